@@ -1,0 +1,232 @@
+//! Content-defined chunking (FastCDC v2020) and chunk identities (BLAKE3 of the plain bytes).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// The BLAKE3 hash of a chunk's plain (uncompressed) bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    pub fn of(data: &[u8]) -> ChunkId {
+        ChunkId(*blake3::hash(data).as_bytes())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// True when `data` hashes to this id.
+    pub fn verify(&self, data: &[u8]) -> bool {
+        ChunkId::of(data) == *self
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({})", &self.to_hex()[..16])
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("chunk id {0:?} is not 64 hex digits")]
+pub struct BadChunkId(String);
+
+impl FromStr for ChunkId {
+    type Err = BadChunkId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| BadChunkId(s.to_string()))?;
+        Ok(ChunkId(out))
+    }
+}
+
+/// FastCDC v2020 parameters, in bytes. Recorded in every manifest so anyone can re-chunk
+/// local data the same way and find reusable chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChunkParams {
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+}
+
+impl Default for ChunkParams {
+    fn default() -> Self {
+        ChunkParams { min: 16 << 10, avg: 64 << 10, max: 256 << 10 }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("chunk sizes min {min} / avg {avg} / max {max}: {problem}")]
+pub struct BadChunkParams {
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+    pub problem: &'static str,
+}
+
+impl ChunkParams {
+    /// Checks the bounds FastCDC v2020 accepts and the protocol's largest chunk.
+    pub fn validate(&self) -> Result<(), BadChunkParams> {
+        use fastcdc::v2020::{AVERAGE_MAX, AVERAGE_MIN, MINIMUM_MAX, MINIMUM_MIN};
+        let bad = |problem| Err(BadChunkParams { min: self.min, avg: self.avg, max: self.max, problem });
+        if !(MINIMUM_MIN..=MINIMUM_MAX).contains(&(self.min as usize)) {
+            return bad("min must be between 64 B and 1 MiB");
+        }
+        if !(AVERAGE_MIN..=AVERAGE_MAX).contains(&(self.avg as usize)) {
+            return bad("avg must be between 256 B and 4 MiB");
+        }
+        if self.max as usize > crate::wire::MAX_CHUNK_BYTES || self.max < 1024 {
+            return bad("max must be between 1 KiB and 4 MiB");
+        }
+        if !(self.min <= self.avg && self.avg <= self.max) {
+            return bad("sizes must satisfy min <= avg <= max");
+        }
+        Ok(())
+    }
+
+    /// Parses "16K/64K/256K" style triples (K, M suffixes; plain numbers are bytes).
+    pub fn parse(s: &str) -> Result<ChunkParams, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        if parts.len() != 3 {
+            return Err(format!("chunk sizes {s:?}: expected MIN/AVG/MAX, e.g. 16K/64K/256K"));
+        }
+        let num = |p: &str| -> Result<u32, String> {
+            let p = p.trim();
+            let (digits, mul) = match p.as_bytes().last() {
+                Some(b'K' | b'k') => (&p[..p.len() - 1], 1024),
+                Some(b'M' | b'm') => (&p[..p.len() - 1], 1024 * 1024),
+                _ => (p, 1),
+            };
+            digits
+                .parse::<u32>()
+                .ok()
+                .and_then(|n| n.checked_mul(mul))
+                .ok_or_else(|| format!("chunk sizes {s:?}: {p:?} is not a size"))
+        };
+        let cp = ChunkParams { min: num(parts[0])?, avg: num(parts[1])?, max: num(parts[2])? };
+        cp.validate().map_err(|e| e.to_string())?;
+        Ok(cp)
+    }
+}
+
+/// A chunk's place in a byte stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkSpan {
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// Cut points of `data` (in memory). Concatenating the spans gives back `data`.
+pub fn cut(data: &[u8], p: &ChunkParams) -> Vec<ChunkSpan> {
+    fastcdc::v2020::FastCDC::new(data, p.min as usize, p.avg as usize, p.max as usize)
+        .map(|c| ChunkSpan { offset: c.offset as u64, len: c.length as u32 })
+        .collect()
+}
+
+/// Streams the chunks of a reader (a file), `batch` chunks at a time, so callers can hash
+/// and compress each batch on all cores while memory stays bounded.
+pub fn for_each_batch<R: std::io::Read>(
+    reader: R,
+    p: &ChunkParams,
+    batch: usize,
+    mut f: impl FnMut(Vec<(u64, Vec<u8>)>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let stream = fastcdc::v2020::StreamCDC::new(reader, p.min as usize, p.avg as usize, p.max as usize);
+    let mut pending = Vec::with_capacity(batch);
+    for c in stream {
+        let c = c.map_err(|e| match e {
+            fastcdc::v2020::Error::IoError(io) => io,
+            other => std::io::Error::other(other.to_string()),
+        })?;
+        pending.push((c.offset, c.data));
+        if pending.len() == batch {
+            f(std::mem::replace(&mut pending, Vec::with_capacity(batch)))?;
+        }
+    }
+    if !pending.is_empty() {
+        f(pending)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn small() -> ChunkParams {
+        ChunkParams { min: 256, avg: 1024, max: 4096 }
+    }
+
+    #[test]
+    fn default_params_are_valid_and_parse() {
+        ChunkParams::default().validate().unwrap();
+        assert_eq!(ChunkParams::parse("16K/64K/256K").unwrap(), ChunkParams::default());
+        assert!(ChunkParams::parse("64K/16K/256K").is_err());
+        assert!(ChunkParams::parse("16K/64K/64M").is_err());
+        assert!(ChunkParams::parse("abc").is_err());
+    }
+
+    #[test]
+    fn id_hex_roundtrip() {
+        let id = ChunkId::of(b"oasis");
+        assert_eq!(id.to_hex().parse::<ChunkId>().unwrap(), id);
+        assert!("zz".parse::<ChunkId>().is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn spans_cover_data_within_bounds(data in proptest::collection::vec(any::<u8>(), 0..40_000)) {
+            let p = small();
+            let spans = cut(&data, &p);
+            let mut off = 0u64;
+            for (i, s) in spans.iter().enumerate() {
+                prop_assert_eq!(s.offset, off);
+                prop_assert!(s.len <= p.max);
+                if i + 1 < spans.len() { prop_assert!(s.len >= p.min); }
+                off += s.len as u64;
+            }
+            prop_assert_eq!(off, data.len() as u64);
+        }
+
+        #[test]
+        fn stream_and_memory_chunking_agree(data in proptest::collection::vec(any::<u8>(), 0..30_000)) {
+            let p = small();
+            let mut streamed = Vec::new();
+            for_each_batch(&data[..], &p, 3, |b| {
+                streamed.extend(b.into_iter().map(|(o, d)| ChunkSpan { offset: o, len: d.len() as u32 }));
+                Ok(())
+            }).unwrap();
+            prop_assert_eq!(streamed, cut(&data, &p));
+        }
+
+        #[test]
+        fn an_edit_leaves_distant_chunks_alone(seed in any::<u64>(), at in 0usize..60_000) {
+            // Content-defined chunking: one inserted byte changes only nearby chunks.
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let data: Vec<u8> = (0..64_000).map(|_| rng.gen()).collect();
+            let mut edited = data.clone();
+            edited.insert(at, 0x5a);
+            let p = small();
+            let ids = |d: &[u8]| -> std::collections::HashSet<ChunkId> {
+                cut(d, &p).iter().map(|s| ChunkId::of(&d[s.offset as usize..(s.offset + s.len as u64) as usize])).collect()
+            };
+            let (a, b) = (ids(&data), ids(&edited));
+            let changed = a.difference(&b).count();
+            prop_assert!(changed <= 3, "{changed} chunks changed for one inserted byte");
+        }
+    }
+}

@@ -1,0 +1,1106 @@
+//! Root of trust and node identities.
+//!
+//! The seed owns a small private CA (ECDSA P-256, made with rcgen) and the ed25519 key that signs
+//! manifests. Every node (the seed itself, reflectors, endpoints) holds a certificate issued by
+//! that CA, and every QUIC connection is mutually authenticated against it: a peer with no
+//! certificate, or one signed by another CA, is refused during the TLS handshake.
+//!
+//! A node's role, name and site travel in its certificate as a URI subject alternative name
+//! `urn:oasis:node:<role>:<name>[:<site>]`; [`peer_info_from_cert`] reads them back. Every node
+//! certificate also carries the DNS name [`NODE_SERVER_NAME`], which clients use as the TLS server
+//! name, so any node can verify any other node without knowing its address.
+//!
+//! Files (all PEM):
+//!
+//! | file           | where                      | content                                            |
+//! |----------------|----------------------------|----------------------------------------------------|
+//! | `trust.pem`    | seed data dir, state dirs  | CA certificate + `OASIS MANIFEST KEY` (public)     |
+//! | `ca.pem`       | seed data dir              | CA certificate                                     |
+//! | `ca.key`       | seed data dir (0600)       | CA private key (PKCS#8)                            |
+//! | `manifest.key` | seed data dir (0600)       | manifest signing key (ed25519, PKCS#8)             |
+//! | `node.pem`     | seed data dir, state dirs  | the node's certificate                             |
+//! | `node.key`     | seed data dir, state dirs (0600) | the node's private key (PKCS#8)              |
+//!
+//! Secret files are written to a temporary file with mode 0600, synced, then renamed (or linked)
+//! into place, so a crash never leaves a half-written key behind.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+
+/// ALPN protocol identifier of the Oasis QUIC protocol.
+pub const ALPN: &[u8] = b"oasis/1";
+
+/// TLS server name every node certificate carries (as DNS SAN) so clients can verify any node.
+pub const NODE_SERVER_NAME: &str = "oasis.node";
+
+/// File name of the trust root (CA certificate + manifest verifying key).
+pub const TRUST_FILE: &str = "trust.pem";
+/// File name of the CA certificate in the seed's data dir.
+pub const CA_CERT_FILE: &str = "ca.pem";
+/// File name of the CA private key in the seed's data dir (secret, 0600).
+pub const CA_KEY_FILE: &str = "ca.key";
+/// File name of the manifest signing key in the seed's data dir (secret, 0600).
+pub const MANIFEST_KEY_FILE: &str = "manifest.key";
+/// File name of a node's certificate.
+pub const NODE_CERT_FILE: &str = "node.pem";
+/// File name of a node's private key (secret, 0600).
+pub const NODE_KEY_FILE: &str = "node.key";
+
+/// Name the seed gives its own node identity unless told otherwise.
+pub const DEFAULT_SEED_NAME: &str = "seed";
+
+/// Longest node name or site accepted by [`validate_node_name`].
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Prefix of the URI SAN carrying role, name and site.
+const NODE_URI_PREFIX: &str = "urn:oasis:node:";
+/// PEM tag of the manifest verifying key in `trust.pem`.
+const MANIFEST_KEY_PEM_TAG: &str = "OASIS MANIFEST KEY";
+const CERT_PEM_TAG: &str = "CERTIFICATE";
+const PRIVATE_KEY_PEM_TAG: &str = "PRIVATE KEY";
+
+/// Validity of node certificates. There is no renewal yet: a node certificate simply stops
+/// working after this long and the node has to be enrolled again.
+pub const NODE_CERT_VALIDITY_YEARS: u64 = 10;
+/// Validity of the CA certificate (and so of the whole root of trust).
+pub const CA_CERT_VALIDITY_YEARS: u64 = 20;
+/// `not_before` is backdated by this much to tolerate clock skew between nodes.
+const BACKDATE: Duration = Duration::from_secs(3600);
+
+const HINT_SEED_INIT: &str =
+    "this data directory holds no root of trust; run `oasis-seed init --data DIR` first";
+const HINT_ENROLL: &str =
+    "not an enrolled node state directory; create it with `oasis-seed enroll ... --out DIR`";
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// Everything that can go wrong with identities. Every variant names the file or object
+/// concerned and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// A file or directory operation failed.
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// A required file is missing.
+    #[error("{}: not found: {hint}", path.display())]
+    Missing { path: PathBuf, hint: &'static str },
+    /// `init` found an existing root of trust.
+    #[error(
+        "{}: already holds a root of trust ({} exists); refusing to overwrite it",
+        dir.display(),
+        file.display()
+    )]
+    AlreadyInitialized { dir: PathBuf, file: PathBuf },
+    /// A file we would write already exists and overwriting it was not allowed.
+    #[error("{}: already exists; refusing to overwrite it{hint}", path.display())]
+    AlreadyExists { path: PathBuf, hint: &'static str },
+    /// A file or object has invalid content (bad PEM, bad certificate, mismatched keys, ...).
+    #[error("{what}: {problem}")]
+    Invalid { what: String, problem: String },
+    /// A node name or site is not acceptable.
+    #[error("invalid {kind} {name:?}: {problem}")]
+    InvalidName {
+        kind: String,
+        name: String,
+        problem: String,
+    },
+    /// A role string is not one of seed, reflector, endpoint.
+    #[error("unknown role {0:?} (expected seed, reflector or endpoint)")]
+    UnknownRole(String),
+    /// rcgen failed to generate a key or certificate.
+    #[error("{what}: {source}")]
+    Rcgen {
+        what: String,
+        #[source]
+        source: rcgen::Error,
+    },
+    /// rustls refused a configuration, key or certificate.
+    #[error("{what}: {source}")]
+    Tls {
+        what: String,
+        #[source]
+        source: rustls::Error,
+    },
+    /// The connection carries no peer certificate.
+    #[error(
+        "connection to {remote}: peer presented no certificate (or the handshake is not complete)"
+    )]
+    NoPeerCertificate { remote: String },
+    /// The operating system's random number generator failed.
+    #[error("random number generator failed while {what}: {problem}")]
+    Random { what: &'static str, problem: String },
+}
+
+fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> IdentityError + 'a {
+    move |source| IdentityError::Io {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
+fn invalid(what: impl fmt::Display, problem: impl fmt::Display) -> IdentityError {
+    IdentityError::Invalid {
+        what: what.to_string(),
+        problem: problem.to_string(),
+    }
+}
+
+fn rcgen_err(what: impl fmt::Display) -> impl FnOnce(rcgen::Error) -> IdentityError {
+    let what = what.to_string();
+    move |source| IdentityError::Rcgen { what, source }
+}
+
+fn tls_err(what: impl fmt::Display) -> impl FnOnce(rustls::Error) -> IdentityError {
+    let what = what.to_string();
+    move |source| IdentityError::Tls { what, source }
+}
+
+fn random_bytes<const N: usize>(what: &'static str) -> Result<[u8; N], IdentityError> {
+    let mut buf = [0u8; N];
+    getrandom::getrandom(&mut buf).map_err(|e| IdentityError::Random {
+        what,
+        problem: e.to_string(),
+    })?;
+    Ok(buf)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Roles, names, peer info
+// ---------------------------------------------------------------------------------------------
+
+/// What a node is in the distribution tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Seed,
+    Reflector,
+    Endpoint,
+}
+
+impl Role {
+    /// All roles, in tree order.
+    pub const ALL: [Role; 3] = [Role::Seed, Role::Reflector, Role::Endpoint];
+
+    /// Lowercase name, as used on the command line and in certificates.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Seed => "seed",
+            Role::Reflector => "reflector",
+            Role::Endpoint => "endpoint",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = IdentityError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "seed" => Ok(Role::Seed),
+            "reflector" => Ok(Role::Reflector),
+            "endpoint" => Ok(Role::Endpoint),
+            other => Err(IdentityError::UnknownRole(other.to_string())),
+        }
+    }
+}
+
+/// Who a peer is, as read from its (CA-verified) certificate.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PeerInfo {
+    pub role: Role,
+    pub name: String,
+    pub site: Option<String>,
+}
+
+impl PeerInfo {
+    /// Builds a `PeerInfo` after validating name and site.
+    pub fn new(role: Role, name: &str, site: Option<&str>) -> Result<PeerInfo, IdentityError> {
+        validate_node_name("node name", name)?;
+        if let Some(site) = site {
+            validate_node_name("site", site)?;
+        }
+        Ok(PeerInfo {
+            role,
+            name: name.to_string(),
+            site: site.map(str::to_string),
+        })
+    }
+
+    /// The URI SAN encoding role, name and site: `urn:oasis:node:<role>:<name>[:<site>]`.
+    pub fn to_uri(&self) -> String {
+        match &self.site {
+            Some(site) => format!("{NODE_URI_PREFIX}{}:{}:{site}", self.role, self.name),
+            None => format!("{NODE_URI_PREFIX}{}:{}", self.role, self.name),
+        }
+    }
+
+    /// Parses the URI produced by [`PeerInfo::to_uri`]; `None` if `uri` is not an Oasis node URI.
+    fn from_uri(uri: &str) -> Option<Result<PeerInfo, IdentityError>> {
+        let rest = uri.strip_prefix(NODE_URI_PREFIX)?;
+        let parts: Vec<&str> = rest.split(':').collect();
+        let parsed = match parts.as_slice() {
+            [role, name] => role
+                .parse::<Role>()
+                .and_then(|role| PeerInfo::new(role, name, None)),
+            [role, name, site] => role
+                .parse::<Role>()
+                .and_then(|role| PeerInfo::new(role, name, Some(site))),
+            _ => Err(invalid(
+                format!("node URI {uri:?}"),
+                "expected urn:oasis:node:<role>:<name>[:<site>]",
+            )),
+        };
+        Some(parsed)
+    }
+}
+
+impl fmt::Display for PeerInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.role, self.name)?;
+        if let Some(site) = &self.site {
+            write!(f, "@{site}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Names and sites: 1..=64 chars of `[A-Za-z0-9._-]`, not starting with '.'; clear error
+/// otherwise. `kind` names what is being checked ("node name", "site") in the error.
+pub fn validate_node_name(kind: &str, name: &str) -> Result<(), IdentityError> {
+    let fail = |problem: String| {
+        Err(IdentityError::InvalidName {
+            kind: kind.to_string(),
+            name: name.to_string(),
+            problem,
+        })
+    };
+    if name.is_empty() {
+        return fail("must not be empty".into());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return fail(format!(
+            "contains {bad:?}; only letters, digits, '.', '_' and '-' are allowed"
+        ));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return fail(format!(
+            "is {} characters long; at most {MAX_NAME_LEN} are allowed",
+            name.len()
+        ));
+    }
+    if name.starts_with('.') {
+        return fail("must not start with '.'".into());
+    }
+    Ok(())
+}
+
+/// Read role/name/site from a peer's (already CA-verified) end-entity certificate.
+///
+/// The certificate must carry exactly one `urn:oasis:node:...` URI SAN.
+pub fn peer_info_from_cert(cert: &CertificateDer<'_>) -> Result<PeerInfo, IdentityError> {
+    let what = "peer certificate";
+    let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| invalid(what, format!("cannot parse X.509: {e}")))?;
+    let san = x509
+        .subject_alternative_name()
+        .map_err(|e| invalid(what, format!("bad subjectAltName extension: {e}")))?
+        .ok_or_else(|| {
+            invalid(
+                what,
+                "has no subjectAltName (not an Oasis node certificate)",
+            )
+        })?;
+    let mut found: Option<PeerInfo> = None;
+    for name in &san.value.general_names {
+        if let x509_parser::extensions::GeneralName::URI(uri) = name {
+            if let Some(parsed) = PeerInfo::from_uri(uri) {
+                let info = parsed.map_err(|e| invalid(what, e))?;
+                if found.is_some() {
+                    return Err(invalid(what, "carries more than one Oasis node URI"));
+                }
+                found = Some(info);
+            }
+        }
+    }
+    found.ok_or_else(|| {
+        invalid(
+            what,
+            format!(
+                "has no {NODE_URI_PREFIX}<role>:<name> URI SAN (not an Oasis node certificate)"
+            ),
+        )
+    })
+}
+
+/// Convenience for quinn: `peer_identity()` of a connection -> [`PeerInfo`].
+///
+/// The certificate was verified against the CA during the handshake (both sides require it), so
+/// this only decodes it.
+pub fn peer_info(conn: &quinn::Connection) -> Result<PeerInfo, IdentityError> {
+    let no_cert = || IdentityError::NoPeerCertificate {
+        remote: conn.remote_address().to_string(),
+    };
+    let identity = conn.peer_identity().ok_or_else(no_cert)?;
+    let certs = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| no_cert())?;
+    let first = certs.first().ok_or_else(no_cert)?;
+    peer_info_from_cert(first)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trust root
+// ---------------------------------------------------------------------------------------------
+
+/// What every node trusts: the CA certificate and the manifest verifying key (`trust.pem`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustRoot {
+    ca: CertificateDer<'static>,
+    manifest_key: VerifyingKey,
+}
+
+impl TrustRoot {
+    /// Reads `trust.pem`.
+    pub fn load(path: &Path) -> Result<TrustRoot, IdentityError> {
+        let text = read_text(path, HINT_ENROLL)?;
+        TrustRoot::from_pem(&text, &path.display().to_string())
+    }
+
+    /// Parses the content of a `trust.pem`; `what` names the source in errors.
+    pub fn from_pem(text: &str, what: &str) -> Result<TrustRoot, IdentityError> {
+        let blocks = pem::parse_many(text).map_err(|e| invalid(what, format!("bad PEM: {e}")))?;
+        let mut ca = None;
+        let mut key = None;
+        for block in blocks {
+            match block.tag() {
+                CERT_PEM_TAG if ca.is_none() => ca = Some(block.into_contents()),
+                MANIFEST_KEY_PEM_TAG if key.is_none() => key = Some(block.into_contents()),
+                CERT_PEM_TAG | MANIFEST_KEY_PEM_TAG => {
+                    return Err(invalid(
+                        what,
+                        format!("more than one {:?} block", block.tag()),
+                    ))
+                }
+                other => return Err(invalid(what, format!("unexpected PEM block {other:?}"))),
+            }
+        }
+        let ca = ca.ok_or_else(|| invalid(what, "no CERTIFICATE block (the CA)"))?;
+        let key = key.ok_or_else(|| invalid(what, "no OASIS MANIFEST KEY block"))?;
+        let key: [u8; 32] = key.as_slice().try_into().map_err(|_| {
+            invalid(
+                what,
+                format!("OASIS MANIFEST KEY is {} bytes, expected 32", key.len()),
+            )
+        })?;
+        let manifest_key = VerifyingKey::from_bytes(&key).map_err(|e| {
+            invalid(
+                what,
+                format!("OASIS MANIFEST KEY is not an ed25519 key: {e}"),
+            )
+        })?;
+        let ca = CertificateDer::from(ca);
+        check_ca_cert(&ca, what)?;
+        Ok(TrustRoot { ca, manifest_key })
+    }
+
+    /// The `trust.pem` text.
+    pub fn to_pem(&self) -> String {
+        pem::encode_many(&[
+            pem::Pem::new(CERT_PEM_TAG, self.ca.to_vec()),
+            pem::Pem::new(MANIFEST_KEY_PEM_TAG, self.manifest_key.to_bytes().to_vec()),
+        ])
+    }
+
+    /// The key manifests must be signed with.
+    pub fn manifest_key(&self) -> &VerifyingKey {
+        &self.manifest_key
+    }
+
+    /// The CA certificate (DER).
+    pub fn ca_der(&self) -> &CertificateDer<'static> {
+        &self.ca
+    }
+
+    fn root_store(&self) -> Result<Arc<RootCertStore>, IdentityError> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(self.ca.clone())
+            .map_err(tls_err("trust root CA certificate"))?;
+        Ok(Arc::new(roots))
+    }
+
+    fn client_verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, IdentityError> {
+        WebPkiClientVerifier::builder_with_provider(self.root_store()?, provider())
+            .build()
+            .map_err(|e| invalid("client certificate verifier", e))
+    }
+}
+
+/// Checks that `der` parses and is a CA certificate.
+fn check_ca_cert(der: &CertificateDer<'_>, what: &str) -> Result<(), IdentityError> {
+    let (_, x509) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| invalid(what, format!("CA certificate does not parse: {e}")))?;
+    if !x509.is_ca() {
+        return Err(invalid(what, "the CERTIFICATE is not a CA certificate"));
+    }
+    Ok(())
+}
+
+/// The crypto provider of every Oasis TLS config: ring, never the process-global default.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node identity
+// ---------------------------------------------------------------------------------------------
+
+/// A node's own certificate and key plus the trust root, as loaded from a state dir (`node.pem`,
+/// `node.key`, `trust.pem`).
+///
+/// Node certificates are valid for [`NODE_CERT_VALIDITY_YEARS`] years. There is no renewal yet:
+/// when one expires the node must be enrolled again.
+#[derive(Clone)]
+pub struct NodeIdentity {
+    info: PeerInfo,
+    cert: CertificateDer<'static>,
+    /// PKCS#8 DER of the node's private key.
+    key: Arc<Vec<u8>>,
+    trust: TrustRoot,
+}
+
+impl fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeIdentity")
+            .field("info", &self.info)
+            .field("key", &"[secret]")
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeIdentity {
+    /// Loads `node.pem`, `node.key` and `trust.pem` from `state_dir` and checks that they belong
+    /// together: the key matches the certificate, and the certificate was issued by the CA in
+    /// `trust.pem`, is currently valid and carries an Oasis node URI. Errors name the file and
+    /// the problem.
+    pub fn load(state_dir: &Path) -> Result<NodeIdentity, IdentityError> {
+        let trust = TrustRoot::load(&state_dir.join(TRUST_FILE))?;
+
+        let cert_path = state_dir.join(NODE_CERT_FILE);
+        let cert_what = cert_path.display().to_string();
+        let cert = read_single_pem(&cert_path, CERT_PEM_TAG, HINT_ENROLL)?;
+        let cert = CertificateDer::from(cert);
+        let info = peer_info_from_cert(&cert).map_err(|e| match e {
+            IdentityError::Invalid { problem, .. } => invalid(&cert_what, problem),
+            other => other,
+        })?;
+
+        let key_path = state_dir.join(NODE_KEY_FILE);
+        let key = read_single_pem(&key_path, PRIVATE_KEY_PEM_TAG, HINT_ENROLL)?;
+
+        let identity = NodeIdentity {
+            info,
+            cert,
+            key: Arc::new(key),
+            trust,
+        };
+        identity.check(&cert_what, &key_path.display().to_string())?;
+        Ok(identity)
+    }
+
+    /// Checks key/cert consistency and that the certificate chains to the trust root.
+    fn check(&self, cert_what: &str, key_what: &str) -> Result<(), IdentityError> {
+        rustls::sign::CertifiedKey::from_der(
+            vec![self.cert.clone()],
+            self.private_key(),
+            &provider(),
+        )
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => invalid(
+                key_what,
+                format!("does not match the certificate in {cert_what}"),
+            ),
+            other => invalid(key_what, format!("unusable private key: {other}")),
+        })?;
+        self.trust
+            .client_verifier()?
+            .verify_client_cert(&self.cert, &[], UnixTime::now())
+            .map_err(|e| {
+                invalid(
+                    cert_what,
+                    format!(
+                        "certificate not accepted by the CA in {TRUST_FILE} ({e}); \
+                         was this node enrolled by another seed, or has it expired?"
+                    ),
+                )
+            })?;
+        Ok(())
+    }
+
+    /// Who this node is.
+    pub fn info(&self) -> &PeerInfo {
+        &self.info
+    }
+
+    /// The trust root this node verifies peers and manifests against.
+    pub fn trust(&self) -> &TrustRoot {
+        &self.trust
+    }
+
+    /// This node's certificate (DER).
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// This node's certificate as PEM (`node.pem`).
+    pub fn cert_pem(&self) -> String {
+        pem::encode(&pem::Pem::new(CERT_PEM_TAG, self.cert.to_vec()))
+    }
+
+    fn key_pem(&self) -> String {
+        pem::encode(&pem::Pem::new(PRIVATE_KEY_PEM_TAG, self.key.as_slice()))
+    }
+
+    fn private_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.as_ref().clone()))
+    }
+
+    /// Writes `node.pem`, `node.key` (0600) and `trust.pem` into `state_dir` (created, mode 0700,
+    /// if missing). Refuses to overwrite an existing `node.key` unless `force`. The key is written
+    /// last, so an interrupted save never leaves a key without its certificate.
+    pub fn save(&self, state_dir: &Path, force: bool) -> Result<(), IdentityError> {
+        create_private_dir(state_dir)?;
+        let key_path = state_dir.join(NODE_KEY_FILE);
+        if !force && exists(&key_path)? {
+            return Err(IdentityError::AlreadyExists {
+                path: key_path,
+                hint: " (this directory already holds a node identity; use --force to replace it)",
+            });
+        }
+        write_atomic(
+            &state_dir.join(NODE_CERT_FILE),
+            self.cert_pem().as_bytes(),
+            FileKind::Public,
+            true,
+        )?;
+        write_atomic(
+            &state_dir.join(TRUST_FILE),
+            self.trust.to_pem().as_bytes(),
+            FileKind::Public,
+            true,
+        )?;
+        write_atomic(
+            &key_path,
+            self.key_pem().as_bytes(),
+            FileKind::Secret,
+            force,
+        )
+    }
+
+    /// rustls server config: our cert, client certs REQUIRED and verified against the CA, TLS 1.3
+    /// only, ALPN set to [`ALPN`].
+    pub fn rustls_server_config(&self) -> Result<Arc<rustls::ServerConfig>, IdentityError> {
+        let what = "TLS server config";
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err(what))?
+            .with_client_cert_verifier(self.trust.client_verifier()?)
+            .with_single_cert(vec![self.cert.clone()], self.private_key())
+            .map_err(tls_err(what))?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// rustls client config: server verified against the CA (server name [`NODE_SERVER_NAME`]),
+    /// our cert presented, TLS 1.3 only, ALPN set to [`ALPN`].
+    pub fn rustls_client_config(&self) -> Result<Arc<rustls::ClientConfig>, IdentityError> {
+        let what = "TLS client config";
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err(what))?
+            .with_root_certificates(self.trust.root_store()?)
+            .with_client_auth_cert(vec![self.cert.clone()], self.private_key())
+            .map_err(tls_err(what))?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seed authority
+// ---------------------------------------------------------------------------------------------
+
+/// The seed's secrets: CA cert+key (to issue node certs) and the manifest signing key.
+pub struct SeedAuthority {
+    data: PathBuf,
+    trust: TrustRoot,
+    ca_key: rcgen::KeyPair,
+    signing_key: SigningKey,
+}
+
+impl fmt::Debug for SeedAuthority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SeedAuthority")
+            .field("data", &self.data)
+            .field(
+                "manifest_key",
+                &hex::encode(self.trust.manifest_key.as_bytes()),
+            )
+            .field("ca_key", &"[secret]")
+            .field("signing_key", &"[secret]")
+            .finish()
+    }
+}
+
+impl SeedAuthority {
+    /// Creates the root of trust in `data` (created, mode 0700, if needed); the seed's own node
+    /// identity is named [`DEFAULT_SEED_NAME`]. See [`SeedAuthority::init_named`].
+    pub fn init(data: &Path) -> Result<SeedAuthority, IdentityError> {
+        SeedAuthority::init_named(data, DEFAULT_SEED_NAME, None)
+    }
+
+    /// Creates DATA dir if needed; refuses (clear error, nothing overwritten) if DATA already
+    /// holds a root of trust. Writes: `trust.pem`, `ca.pem`, `ca.key` (mode 0600),
+    /// `manifest.key` (0600), and the seed's own node identity (role Seed, name `seed_name`,
+    /// optional site) as `node.pem` / `node.key` (0600) in DATA so the seed can serve.
+    pub fn init_named(
+        data: &Path,
+        seed_name: &str,
+        seed_site: Option<&str>,
+    ) -> Result<SeedAuthority, IdentityError> {
+        // Validate before touching the disk.
+        PeerInfo::new(Role::Seed, seed_name, seed_site)?;
+        create_private_dir(data)?;
+        for file in [
+            TRUST_FILE,
+            CA_CERT_FILE,
+            CA_KEY_FILE,
+            MANIFEST_KEY_FILE,
+            NODE_CERT_FILE,
+            NODE_KEY_FILE,
+        ] {
+            let path = data.join(file);
+            if exists(&path)? {
+                return Err(IdentityError::AlreadyInitialized {
+                    dir: data.to_path_buf(),
+                    file: path,
+                });
+            }
+        }
+
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(rcgen_err("generating the CA key"))?;
+        let ca_cert = ca_params()?
+            .self_signed(&ca_key)
+            .map_err(rcgen_err("generating the CA certificate"))?;
+        let signing_key =
+            SigningKey::from_bytes(&random_bytes::<32>("generating the manifest key")?);
+        let trust = TrustRoot {
+            ca: ca_cert.der().clone(),
+            manifest_key: signing_key.verifying_key(),
+        };
+        let authority = SeedAuthority {
+            data: data.to_path_buf(),
+            trust,
+            ca_key,
+            signing_key,
+        };
+        let node = authority.issue(Role::Seed, seed_name, seed_site)?;
+
+        let manifest_der = authority.signing_key.to_pkcs8_der().map_err(|e| {
+            invalid(
+                "manifest signing key",
+                format!("cannot encode as PKCS#8: {e}"),
+            )
+        })?;
+        let manifest_pem =
+            pem::encode(&pem::Pem::new(PRIVATE_KEY_PEM_TAG, manifest_der.as_bytes()));
+        // Secrets first, trust.pem last: a crash part way leaves files that make the next `init`
+        // refuse (naming the file) rather than a trust.pem without its keys.
+        let ca_key_pem = authority.ca_key.serialize_pem();
+        let ca_cert_pem = ca_cert.pem();
+        let node_key_pem = node.key_pem();
+        let node_cert_pem = node.cert_pem();
+        let trust_pem = authority.trust.to_pem();
+        let writes: [(&str, &[u8], FileKind); 6] = [
+            (CA_KEY_FILE, ca_key_pem.as_bytes(), FileKind::Secret),
+            (MANIFEST_KEY_FILE, manifest_pem.as_bytes(), FileKind::Secret),
+            (CA_CERT_FILE, ca_cert_pem.as_bytes(), FileKind::Public),
+            (NODE_KEY_FILE, node_key_pem.as_bytes(), FileKind::Secret),
+            (NODE_CERT_FILE, node_cert_pem.as_bytes(), FileKind::Public),
+            (TRUST_FILE, trust_pem.as_bytes(), FileKind::Public),
+        ];
+        for (file, bytes, kind) in writes {
+            write_atomic(&data.join(file), bytes, kind, false).map_err(|e| match e {
+                IdentityError::AlreadyExists { path, .. } => IdentityError::AlreadyInitialized {
+                    dir: data.to_path_buf(),
+                    file: path,
+                },
+                other => other,
+            })?;
+        }
+        Ok(authority)
+    }
+
+    /// Loads the root of trust from `data`. Errors name the missing or broken file (a missing
+    /// file says to run `oasis-seed init`), and the files are checked against each other.
+    pub fn load(data: &Path) -> Result<SeedAuthority, IdentityError> {
+        let trust_path = data.join(TRUST_FILE);
+        let trust_text = read_text(&trust_path, HINT_SEED_INIT)?;
+        let trust = TrustRoot::from_pem(&trust_text, &trust_path.display().to_string())?;
+
+        let ca_path = data.join(CA_CERT_FILE);
+        let ca_der = read_single_pem(&ca_path, CERT_PEM_TAG, HINT_SEED_INIT)?;
+        if ca_der != trust.ca.as_ref() {
+            return Err(invalid(
+                ca_path.display(),
+                format!(
+                    "differs from the CA certificate in {}",
+                    trust_path.display()
+                ),
+            ));
+        }
+
+        let ca_key_path = data.join(CA_KEY_FILE);
+        let ca_key_text = read_text(&ca_key_path, HINT_SEED_INIT)?;
+        let ca_key = rcgen::KeyPair::from_pem(&ca_key_text).map_err(|e| {
+            invalid(
+                ca_key_path.display(),
+                format!("not a usable private key: {e}"),
+            )
+        })?;
+        let (_, ca_x509) = x509_parser::parse_x509_certificate(&ca_der)
+            .map_err(|e| invalid(ca_path.display(), format!("cannot parse X.509: {e}")))?;
+        if ca_x509.public_key().subject_public_key.data.as_ref() != ca_key.public_key_raw() {
+            return Err(invalid(
+                ca_key_path.display(),
+                format!("does not match the CA certificate in {}", ca_path.display()),
+            ));
+        }
+
+        let mk_path = data.join(MANIFEST_KEY_FILE);
+        let mk_text = read_text(&mk_path, HINT_SEED_INIT)?;
+        let signing_key = SigningKey::from_pkcs8_pem(&mk_text).map_err(|e| {
+            invalid(
+                mk_path.display(),
+                format!("not an ed25519 PKCS#8 private key: {e}"),
+            )
+        })?;
+        if signing_key.verifying_key() != trust.manifest_key {
+            return Err(invalid(
+                mk_path.display(),
+                format!(
+                    "does not match the manifest key in {}",
+                    trust_path.display()
+                ),
+            ));
+        }
+
+        Ok(SeedAuthority {
+            data: data.to_path_buf(),
+            trust,
+            ca_key,
+            signing_key,
+        })
+    }
+
+    /// The data directory this authority lives in.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// The public root of trust (`trust.pem`).
+    pub fn trust(&self) -> &TrustRoot {
+        &self.trust
+    }
+
+    /// The manifest signing key.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing_key
+    }
+
+    /// The seed's own node identity (`node.pem` / `node.key` in the data dir).
+    pub fn node_identity(&self) -> Result<NodeIdentity, IdentityError> {
+        NodeIdentity::load(&self.data)
+    }
+
+    /// Issues a certificate (and a fresh ECDSA P-256 key) for a named node.
+    ///
+    /// The certificate has subject CN = `name`, DNS SAN [`NODE_SERVER_NAME`], URI SAN
+    /// `urn:oasis:node:<role>:<name>[:<site>]`, both serverAuth and clientAuth usages, and is
+    /// valid for [`NODE_CERT_VALIDITY_YEARS`] years (no renewal yet: re-enroll on expiry).
+    pub fn issue(
+        &self,
+        role: Role,
+        name: &str,
+        site: Option<&str>,
+    ) -> Result<NodeIdentity, IdentityError> {
+        let info = PeerInfo::new(role, name, site)?;
+        let what = format!("issuing a certificate for {info}");
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(rcgen_err(&what))?;
+        let params = node_params(&info, &what)?;
+        let issuer = rcgen::Issuer::from_ca_cert_der(&self.trust.ca, &self.ca_key)
+            .map_err(rcgen_err(&what))?;
+        let cert = params.signed_by(&key, &issuer).map_err(rcgen_err(&what))?;
+        Ok(NodeIdentity {
+            info,
+            cert: cert.der().clone(),
+            key: Arc::new(key.serialize_der()),
+            trust: self.trust.clone(),
+        })
+    }
+
+    /// [`issue`](Self::issue) + write `node.pem`, `node.key` (0600), `trust.pem` into `out_dir`
+    /// (created if missing). Refuses to overwrite an existing `node.key` in `out_dir` unless
+    /// `force`.
+    pub fn enroll(
+        &self,
+        role: Role,
+        name: &str,
+        site: Option<&str>,
+        out_dir: &Path,
+        force: bool,
+    ) -> Result<NodeIdentity, IdentityError> {
+        let key_path = out_dir.join(NODE_KEY_FILE);
+        // Check before issuing so a refused enroll does no work; save() checks again.
+        if !force && exists(&key_path)? {
+            return Err(IdentityError::AlreadyExists {
+                path: key_path,
+                hint: " (this directory already holds a node identity; use --force to replace it)",
+            });
+        }
+        let node = self.issue(role, name, site)?;
+        node.save(out_dir, force)?;
+        Ok(node)
+    }
+}
+
+/// Unix time now as rcgen's date type, plus helpers; we avoid naming the `time` crate directly.
+fn set_validity(params: &mut rcgen::CertificateParams, years: u64) {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
+    let days = years * 365 + years / 4;
+    params.not_before = now - BACKDATE;
+    params.not_after = now + Duration::from_secs(days * 86_400);
+}
+
+fn random_serial() -> Result<rcgen::SerialNumber, IdentityError> {
+    let mut bytes = random_bytes::<16>("generating a certificate serial number")?;
+    // Positive and of full length.
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    Ok(rcgen::SerialNumber::from_slice(&bytes))
+}
+
+fn ca_params() -> Result<rcgen::CertificateParams, IdentityError> {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Oasis");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Oasis root CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    params.serial_number = Some(random_serial()?);
+    set_validity(&mut params, CA_CERT_VALIDITY_YEARS);
+    Ok(params)
+}
+
+fn node_params(info: &PeerInfo, what: &str) -> Result<rcgen::CertificateParams, IdentityError> {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Oasis");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationalUnitName, info.role.as_str());
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, info.name.as_str());
+    let dns = rcgen::string::Ia5String::try_from(NODE_SERVER_NAME).map_err(rcgen_err(what))?;
+    let uri = rcgen::string::Ia5String::try_from(info.to_uri()).map_err(rcgen_err(what))?;
+    params.subject_alt_names = vec![rcgen::SanType::DnsName(dns), rcgen::SanType::URI(uri)];
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial()?);
+    set_validity(&mut params, NODE_CERT_VALIDITY_YEARS);
+    Ok(params)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FileKind {
+    /// Mode 0600.
+    Secret,
+    /// Mode 0644.
+    Public,
+}
+
+fn exists(path: &Path) -> Result<bool, IdentityError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(path, "checking whether it exists")(e)),
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .map_err(io_err(dir, "creating directory"))
+}
+
+fn read_text(path: &Path, hint: &'static str) -> Result<String, IdentityError> {
+    fs::read_to_string(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            IdentityError::Missing {
+                path: path.to_path_buf(),
+                hint,
+            }
+        } else {
+            io_err(path, "reading")(e)
+        }
+    })
+}
+
+/// Reads a PEM file and returns the contents of its first block, which must have tag `tag`.
+fn read_single_pem(path: &Path, tag: &str, hint: &'static str) -> Result<Vec<u8>, IdentityError> {
+    let text = read_text(path, hint)?;
+    let what = path.display();
+    let blocks = pem::parse_many(&text).map_err(|e| invalid(&what, format!("bad PEM: {e}")))?;
+    let first = blocks
+        .into_iter()
+        .next()
+        .ok_or_else(|| invalid(&what, format!("no PEM block (expected {tag:?})")))?;
+    if first.tag() != tag {
+        return Err(invalid(
+            &what,
+            format!("PEM block is {:?}, expected {tag:?}", first.tag()),
+        ));
+    }
+    Ok(first.into_contents())
+}
+
+/// Writes `data` to `path` through a temporary file in the same directory (mode 0600 for
+/// secrets), synced before it is moved into place, so readers and crashes only ever see the old
+/// file or the complete new one. Without `overwrite`, an existing `path` is never replaced
+/// (the temp file is hard-linked into place, which fails if `path` exists).
+fn write_atomic(
+    path: &Path,
+    data: &[u8],
+    kind: FileKind,
+    overwrite: bool,
+) -> Result<(), IdentityError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| invalid(path.display(), "not a file path"))?
+        .to_string_lossy();
+    let suffix = hex::encode(random_bytes::<6>("naming a temporary file")?);
+    let tmp = dir.join(format!(".{file_name}.tmp-{}-{suffix}", std::process::id()));
+
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(match kind {
+            FileKind::Secret => 0o600,
+            FileKind::Public => 0o644,
+        });
+    }
+    let written = opts.open(&tmp).and_then(|mut f| {
+        f.write_all(data)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(path, "writing (via a temporary file)")(e));
+    }
+
+    let placed = if overwrite {
+        fs::rename(&tmp, path).map_err(io_err(path, "renaming the temporary file into place"))
+    } else {
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(IdentityError::AlreadyExists {
+                    path: path.to_path_buf(),
+                    hint: "",
+                })
+            }
+            // Filesystems without hard links: fall back to check-then-rename.
+            Err(_) if !exists(path)? => fs::rename(&tmp, path)
+                .map_err(io_err(path, "renaming the temporary file into place")),
+            Err(_) => Err(IdentityError::AlreadyExists {
+                path: path.to_path_buf(),
+                hint: "",
+            }),
+        }
+    };
+    let _ = fs::remove_file(&tmp);
+    placed?;
+
+    #[cfg(unix)]
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

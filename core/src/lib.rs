@@ -1,0 +1,17 @@
+//! Oasis core: what the seed, reflectors and endpoints share.
+//!
+//! Protocol framing (`wire`), chunking (`chunk`) and manifests (`manifest`) are pure: they take
+//! bytes and return values, so the simulator can drive the same code without sockets. The
+//! chunk store (`store`) and the QUIC transport (`net`) are the thin I/O shells around them.
+
+pub mod chunk;
+pub mod compress;
+pub mod identity;
+pub mod logging;
+pub mod manifest;
+pub mod metrics;
+pub mod net;
+pub mod store;
+pub mod wire;
+
+pub use chunk::{ChunkId, ChunkParams};

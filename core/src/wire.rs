@@ -1,0 +1,456 @@
+//! The Oasis wire protocol, `oasis/1`: frame layout and message encoding, with no I/O.
+//!
+//! Every request runs on its own bidirectional QUIC stream: the client writes one request frame
+//! and finishes its side; the server answers with one or more frames and finishes its side.
+//! A frame is `u32 length (big-endian) | u8 type | body`, where `length` counts the type byte
+//! and the body. docs/protocol.md is the normative description; keep the two in step.
+
+use crate::chunk::ChunkId;
+use crate::compress::{Encoding, StoredChunk};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Largest chunk the protocol carries (plain or stored). Chunking parameters above it are refused.
+pub const MAX_CHUNK_BYTES: usize = 4 << 20;
+/// Largest frame a peer may send: a chunk frame with its 37-byte header fits with room to spare.
+pub const MAX_FRAME_BYTES: usize = MAX_CHUNK_BYTES + 1024;
+/// Largest request frame a server accepts (requests carry ids, not data).
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+/// Most ids in one GetChunks or Have request.
+pub const MAX_IDS_PER_REQUEST: usize = 16_384;
+/// Longest layer name or version, in bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+
+pub mod frame_type {
+    pub const GET_MANIFEST: u8 = 0x01;
+    pub const GET_CHUNKS: u8 = 0x02;
+    pub const HAVE: u8 = 0x03;
+    pub const LIST_LAYERS: u8 = 0x04;
+    pub const MANIFEST: u8 = 0x81;
+    pub const CHUNK: u8 = 0x82;
+    pub const MISSING: u8 = 0x83;
+    pub const HAVE_REPLY: u8 = 0x84;
+    pub const END: u8 = 0x85;
+    pub const LAYERS: u8 = 0x86;
+    pub const ERROR: u8 = 0xFF;
+}
+
+/// Error codes carried by an `Error` frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The request frame could not be decoded.
+    Malformed = 1,
+    /// A frame exceeded the size limit.
+    TooLarge = 2,
+    /// The named layer or version does not exist.
+    NotFound = 3,
+    /// The peer's role may not make this request.
+    Forbidden = 4,
+    /// The server failed (storage, upstream); the client may try another source.
+    Internal = 5,
+    /// The server is overloaded or cannot reach upstream in time; try another source.
+    Unavailable = 6,
+    /// Unknown frame type.
+    UnknownType = 7,
+}
+
+impl ErrorCode {
+    pub fn from_u16(v: u16) -> ErrorCode {
+        match v {
+            1 => ErrorCode::Malformed,
+            2 => ErrorCode::TooLarge,
+            3 => ErrorCode::NotFound,
+            4 => ErrorCode::Forbidden,
+            6 => ErrorCode::Unavailable,
+            7 => ErrorCode::UnknownType,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+/// A layer known to a server, as listed by `ListLayers`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerRef {
+    pub name: String,
+    pub version: String,
+    pub digest: [u8; 32],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// Ask for a layer's signed manifest; `version` None means the latest published.
+    GetManifest { name: String, version: Option<String> },
+    /// Ask for chunks; the answer is one `Chunk` or `Missing` per id, in request order, then `End`.
+    GetChunks { ids: Vec<ChunkId> },
+    /// Which of these ids does the server hold? Answer: `HaveReply`.
+    Have { ids: Vec<ChunkId> },
+    /// List published layers. Answer: `Layers`.
+    ListLayers,
+    /// A signed manifest (see manifest::SignedManifest::to_bytes).
+    Manifest { signed: Bytes },
+    Chunk(StoredChunk),
+    Missing { id: ChunkId },
+    /// One bit per requested id, in order, least significant bit first in each byte.
+    HaveReply { count: u32, bitmap: Bytes },
+    End,
+    Layers { layers: Vec<LayerRef> },
+    Error { code: ErrorCode, message: String },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("malformed {what} frame: {problem}")]
+    Malformed { what: &'static str, problem: String },
+    #[error("unknown frame type 0x{0:02x}")]
+    UnknownType(u8),
+    #[error("empty frame (length 0)")]
+    Empty,
+}
+
+fn malformed(what: &'static str, problem: impl Into<String>) -> WireError {
+    WireError::Malformed { what, problem: problem.into() }
+}
+
+impl Frame {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Frame {
+        Frame::Error { code, message: message.into() }
+    }
+
+    pub fn type_byte(&self) -> u8 {
+        use frame_type::*;
+        match self {
+            Frame::GetManifest { .. } => GET_MANIFEST,
+            Frame::GetChunks { .. } => GET_CHUNKS,
+            Frame::Have { .. } => HAVE,
+            Frame::ListLayers => LIST_LAYERS,
+            Frame::Manifest { .. } => MANIFEST,
+            Frame::Chunk(_) => CHUNK,
+            Frame::Missing { .. } => MISSING,
+            Frame::HaveReply { .. } => HAVE_REPLY,
+            Frame::End => END,
+            Frame::Layers { .. } => LAYERS,
+            Frame::Error { .. } => ERROR,
+        }
+    }
+
+    /// Appends the whole frame (length prefix included) to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let start = out.len();
+        out.put_u32(0);
+        out.put_u8(self.type_byte());
+        match self {
+            Frame::GetManifest { name, version } => {
+                put_str(out, name);
+                put_str(out, version.as_deref().unwrap_or(""));
+            }
+            Frame::GetChunks { ids } | Frame::Have { ids } => {
+                out.put_u32(ids.len() as u32);
+                for id in ids {
+                    out.put_slice(id.as_bytes());
+                }
+            }
+            Frame::ListLayers | Frame::End => {}
+            Frame::Manifest { signed } => out.put_slice(signed),
+            Frame::Chunk(c) => {
+                out.put_slice(c.id.as_bytes());
+                out.put_u8(c.encoding as u8);
+                out.put_u32(c.plain_len);
+                out.put_slice(&c.data);
+            }
+            Frame::Missing { id } => out.put_slice(id.as_bytes()),
+            Frame::HaveReply { count, bitmap } => {
+                out.put_u32(*count);
+                out.put_slice(bitmap);
+            }
+            Frame::Layers { layers } => {
+                out.put_u32(layers.len() as u32);
+                for l in layers {
+                    put_str(out, &l.name);
+                    put_str(out, &l.version);
+                    out.put_slice(&l.digest);
+                }
+            }
+            Frame::Error { code, message } => {
+                out.put_u16(*code as u16);
+                // Messages are advisory; truncate rather than fail on a long one.
+                let mut end = message.len().min(MAX_NAME_BYTES * 4);
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                put_long_str(out, &message[..end]);
+            }
+        }
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    pub fn to_bytes(&self) -> Bytes {
+        let mut b = BytesMut::new();
+        self.encode(&mut b);
+        b.freeze()
+    }
+
+    /// The chunk header without its payload, so a server can send stored bytes without a copy.
+    pub fn chunk_header(c: &StoredChunk) -> [u8; 42] {
+        let mut h = [0u8; 42];
+        let len = (1 + 32 + 1 + 4 + c.data.len()) as u32;
+        h[0..4].copy_from_slice(&len.to_be_bytes());
+        h[4] = frame_type::CHUNK;
+        h[5..37].copy_from_slice(c.id.as_bytes());
+        h[37] = c.encoding as u8;
+        h[38..42].copy_from_slice(&c.plain_len.to_be_bytes());
+        h
+    }
+
+    /// Decodes one frame body: `ty` is the type byte, `body` what follows it.
+    pub fn decode(ty: u8, mut body: Bytes) -> Result<Frame, WireError> {
+        use frame_type::*;
+        let f = match ty {
+            GET_MANIFEST => {
+                let name = get_str(&mut body, "GetManifest")?;
+                let version = get_str(&mut body, "GetManifest")?;
+                if name.is_empty() {
+                    return Err(malformed("GetManifest", "empty layer name"));
+                }
+                Frame::GetManifest { name, version: (!version.is_empty()).then_some(version) }
+            }
+            GET_CHUNKS => Frame::GetChunks { ids: get_ids(&mut body, "GetChunks")? },
+            HAVE => Frame::Have { ids: get_ids(&mut body, "Have")? },
+            LIST_LAYERS => Frame::ListLayers,
+            MANIFEST => {
+                let signed = body.split_to(body.len());
+                Frame::Manifest { signed }
+            }
+            CHUNK => {
+                need(&body, 37, "Chunk")?;
+                let id = get_id(&mut body);
+                let enc = body.get_u8();
+                let encoding = Encoding::from_u8(enc)
+                    .ok_or_else(|| malformed("Chunk", format!("unknown encoding {enc}")))?;
+                let plain_len = body.get_u32();
+                if plain_len as usize > MAX_CHUNK_BYTES {
+                    return Err(malformed("Chunk", format!("plain length {plain_len} over limit")));
+                }
+                let data = body.split_to(body.len());
+                Frame::Chunk(StoredChunk { id, encoding, plain_len, data })
+            }
+            MISSING => {
+                need(&body, 32, "Missing")?;
+                Frame::Missing { id: get_id(&mut body) }
+            }
+            HAVE_REPLY => {
+                need(&body, 4, "HaveReply")?;
+                let count = body.get_u32();
+                let bitmap = body.split_to(body.len());
+                if bitmap.len() != (count as usize).div_ceil(8) {
+                    return Err(malformed("HaveReply", "bitmap length does not match count"));
+                }
+                Frame::HaveReply { count, bitmap }
+            }
+            END => Frame::End,
+            LAYERS => {
+                need(&body, 4, "Layers")?;
+                let n = body.get_u32() as usize;
+                // Each entry takes at least 36 bytes: refuse counts the body cannot hold.
+                if n > body.len() / 36 {
+                    return Err(malformed("Layers", "count exceeds body"));
+                }
+                let mut layers = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let name = get_str(&mut body, "Layers")?;
+                    let version = get_str(&mut body, "Layers")?;
+                    need(&body, 32, "Layers")?;
+                    let mut digest = [0u8; 32];
+                    body.copy_to_slice(&mut digest);
+                    layers.push(LayerRef { name, version, digest });
+                }
+                Frame::Layers { layers }
+            }
+            ERROR => {
+                need(&body, 4, "Error")?;
+                let code = ErrorCode::from_u16(body.get_u16());
+                let n = body.get_u16() as usize;
+                need(&body, n, "Error")?;
+                let message = String::from_utf8_lossy(&body.split_to(n)).into_owned();
+                Frame::Error { code, message }
+            }
+            other => return Err(WireError::UnknownType(other)),
+        };
+        if !body.is_empty() {
+            return Err(malformed("frame", format!("{} trailing bytes", body.len())));
+        }
+        Ok(f)
+    }
+}
+
+/// Splits complete frames off the front of a byte buffer, enforcing `max` before buffering.
+///
+/// Returns Ok(None) when more bytes are needed.
+pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, WireError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    check_len(len, max)?;
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    buf.advance(4);
+    let mut body = buf.split_to(len).freeze();
+    let ty = body.get_u8();
+    Frame::decode(ty, body).map(Some)
+}
+
+/// Validates a frame length read from the wire.
+pub fn check_len(len: usize, max: usize) -> Result<(), WireError> {
+    if len == 0 {
+        return Err(WireError::Empty);
+    }
+    if len > max {
+        return Err(WireError::TooLarge { len, max });
+    }
+    Ok(())
+}
+
+/// Packs one bit per flag, least significant bit first.
+pub fn pack_bits(flags: &[bool]) -> Bytes {
+    let mut out = vec![0u8; flags.len().div_ceil(8)];
+    for (i, f) in flags.iter().enumerate() {
+        if *f {
+            out[i / 8] |= 1 << (i % 8);
+        }
+    }
+    Bytes::from(out)
+}
+
+pub fn unpack_bits(bitmap: &[u8], count: usize) -> Vec<bool> {
+    (0..count).map(|i| bitmap.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)).collect()
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    debug_assert!(s.len() <= MAX_NAME_BYTES);
+    out.put_u8(s.len() as u8);
+    out.put_slice(s.as_bytes());
+}
+
+fn put_long_str(out: &mut BytesMut, s: &str) {
+    out.put_u16(s.len() as u16);
+    out.put_slice(s.as_bytes());
+}
+
+fn need(body: &Bytes, n: usize, what: &'static str) -> Result<(), WireError> {
+    if body.len() < n {
+        return Err(malformed(what, format!("truncated: need {n} more bytes, have {}", body.len())));
+    }
+    Ok(())
+}
+
+fn get_str(body: &mut Bytes, what: &'static str) -> Result<String, WireError> {
+    need(body, 1, what)?;
+    let n = body.get_u8() as usize;
+    need(body, n, what)?;
+    String::from_utf8(body.split_to(n).to_vec()).map_err(|_| malformed(what, "string is not UTF-8"))
+}
+
+fn get_id(body: &mut Bytes) -> ChunkId {
+    let mut id = [0u8; 32];
+    body.copy_to_slice(&mut id);
+    ChunkId(id)
+}
+
+fn get_ids(body: &mut Bytes, what: &'static str) -> Result<Vec<ChunkId>, WireError> {
+    need(body, 4, what)?;
+    let n = body.get_u32() as usize;
+    if n > MAX_IDS_PER_REQUEST {
+        return Err(malformed(what, format!("{n} ids exceed the limit of {MAX_IDS_PER_REQUEST}")));
+    }
+    if body.len() != n * 32 {
+        return Err(malformed(what, format!("{n} ids need {} bytes, body has {}", n * 32, body.len())));
+    }
+    Ok((0..n).map(|_| get_id(body)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn roundtrip(f: Frame) {
+        let mut buf = BytesMut::new();
+        f.encode(&mut buf);
+        let got = split_frame(&mut buf, MAX_FRAME_BYTES).unwrap().unwrap();
+        assert_eq!(got, f);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn every_frame_roundtrips() {
+        let id = ChunkId::of(b"x");
+        roundtrip(Frame::GetManifest { name: "base".into(), version: Some("2".into()) });
+        roundtrip(Frame::GetManifest { name: "base".into(), version: None });
+        roundtrip(Frame::GetChunks { ids: vec![id, id] });
+        roundtrip(Frame::Have { ids: vec![] });
+        roundtrip(Frame::ListLayers);
+        roundtrip(Frame::Manifest { signed: Bytes::from_static(b"abc") });
+        roundtrip(Frame::Chunk(StoredChunk::encode(&[7u8; 1000])));
+        roundtrip(Frame::Missing { id });
+        roundtrip(Frame::HaveReply { count: 9, bitmap: pack_bits(&[true; 9]) });
+        roundtrip(Frame::End);
+        roundtrip(Frame::Layers {
+            layers: vec![LayerRef { name: "a".into(), version: "1".into(), digest: [3; 32] }],
+        });
+        roundtrip(Frame::error(ErrorCode::NotFound, "layer base@9 not found"));
+    }
+
+    #[test]
+    fn chunk_header_matches_encoding() {
+        let c = StoredChunk::encode(b"hello world");
+        let full = Frame::Chunk(c.clone()).to_bytes();
+        assert_eq!(&full[..42], &Frame::chunk_header(&c)[..]);
+        assert_eq!(&full[42..], &c.data[..]);
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_before_buffering() {
+        let mut buf = BytesMut::new();
+        buf.put_u32((MAX_REQUEST_BYTES + 1) as u32);
+        buf.put_u8(frame_type::GET_CHUNKS);
+        assert_eq!(
+            split_frame(&mut buf, MAX_REQUEST_BYTES),
+            Err(WireError::TooLarge { len: MAX_REQUEST_BYTES + 1, max: MAX_REQUEST_BYTES })
+        );
+    }
+
+    #[test]
+    fn truncated_and_unknown_frames_are_errors() {
+        assert!(matches!(
+            Frame::decode(frame_type::GET_CHUNKS, Bytes::from_static(&[0, 0, 0, 2, 1])),
+            Err(WireError::Malformed { .. })
+        ));
+        assert_eq!(Frame::decode(0x42, Bytes::new()), Err(WireError::UnknownType(0x42)));
+        assert!(matches!(
+            Frame::decode(frame_type::GET_MANIFEST, Bytes::from_static(&[0, 0])),
+            Err(WireError::Malformed { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(ty in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Frame::decode(ty, Bytes::from(body));
+        }
+
+        #[test]
+        fn bits_roundtrip(flags in proptest::collection::vec(any::<bool>(), 0..200)) {
+            prop_assert_eq!(unpack_bits(&pack_bits(&flags), flags.len()), flags);
+        }
+
+        #[test]
+        fn id_lists_roundtrip(seeds in proptest::collection::vec(any::<u64>(), 0..50)) {
+            let ids: Vec<ChunkId> = seeds.iter().map(|s| ChunkId::of(&s.to_le_bytes())).collect();
+            roundtrip(Frame::GetChunks { ids });
+        }
+    }
+}
