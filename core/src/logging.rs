@@ -19,3 +19,13 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+/// Ends a binary: prints the error chain on one line ("error: publish base@1: ...: cause")
+/// and exits 1. Binaries call this instead of returning the error from main, so users see
+/// the message, not a debug dump.
+pub fn exit_on_error(result: anyhow::Result<()>) {
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

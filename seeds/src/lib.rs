@@ -1,1 +1,8 @@
+//! The datacenter seed: publishes layers into its chunk store and serves them.
 
+pub mod ingest;
+pub mod node;
+pub mod source;
+
+pub use ingest::{publish, PublishOptions, PublishReport};
+pub use node::RunningSeed;

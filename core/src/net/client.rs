@@ -1,0 +1,323 @@
+//! The client side: one QUIC connection to a seed or reflector, one stream per request.
+
+use super::{close_code, read_frame, NetError, ReadFrameError, CONNECT_TIMEOUT};
+use crate::chunk::ChunkId;
+use crate::compress::StoredChunk;
+use crate::identity::{self, PeerInfo, NODE_SERVER_NAME};
+use crate::wire::{self, Frame, MAX_FRAME_BYTES, MAX_IDS_PER_REQUEST, MAX_NAME_BYTES};
+use bytes::Bytes;
+use quinn::{RecvStream, VarInt};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// A connection to a seed or reflector. Cheap to clone; every request opens its own stream, so
+/// any number of requests may run concurrently (the server's stream limit queues the excess).
+#[derive(Clone, Debug)]
+pub struct Client {
+    conn: quinn::Connection,
+    peer: Arc<PeerInfo>,
+    addr: SocketAddr,
+}
+
+/// One answer of a GetChunks request, in request order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChunkReply {
+    /// The chunk as stored by the server: NOT verified yet (use `StoredChunk::decode_verified`).
+    Chunk(StoredChunk),
+    /// The server does not hold this chunk.
+    Missing(ChunkId),
+}
+
+impl ChunkReply {
+    pub fn id(&self) -> ChunkId {
+        match self {
+            ChunkReply::Chunk(c) => c.id,
+            ChunkReply::Missing(id) => *id,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Open,
+    Done,
+    Failed,
+}
+
+/// The answers to one GetChunks request, read off its stream as they arrive. Dropping it before
+/// the end tells the server to stop sending.
+#[derive(Debug)]
+pub struct ChunkReplies {
+    recv: RecvStream,
+    expected: VecDeque<ChunkId>,
+    addr: SocketAddr,
+    state: State,
+}
+
+impl Client {
+    /// Connects to the node at `addr` (TLS server name [`NODE_SERVER_NAME`], verified against the
+    /// Oasis CA), giving up after [`CONNECT_TIMEOUT`].
+    pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<Client, NetError> {
+        let connect_err =
+            |e: Box<dyn std::error::Error + Send + Sync>| NetError::Connect { addr, source: e };
+        let connecting =
+            endpoint.connect(addr, NODE_SERVER_NAME).map_err(|e| connect_err(e.into()))?;
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Err(_) => return Err(NetError::Timeout { addr, what: "connecting" }),
+            Ok(Err(e)) => return Err(connect_err(e.into())),
+            Ok(Ok(conn)) => conn,
+        };
+        let peer = match identity::peer_info(&conn) {
+            Ok(p) => p,
+            Err(e) => {
+                conn.close(VarInt::from_u32(close_code::FORBIDDEN), b"no Oasis node identity");
+                return Err(connect_err(e.into()));
+            }
+        };
+        tracing::debug!(%addr, %peer, "connected");
+        Ok(Client { conn, peer: Arc::new(peer), addr })
+    }
+
+    /// Who the server is, from its certificate.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.peer
+    }
+
+    /// The address this client connected to.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The underlying QUIC connection (for stats or raw streams).
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// A layer's signed manifest (`version` None = latest). Unknown layers give
+    /// `NetError::Remote { code: NotFound, .. }`.
+    pub async fn manifest(&self, name: &str, version: Option<&str>) -> Result<Bytes, NetError> {
+        for (what, s) in [("layer name", Some(name)), ("version", version)] {
+            if let Some(s) = s {
+                if s.is_empty() || s.len() > MAX_NAME_BYTES {
+                    return Err(self.bad_request(format!(
+                        "{what} must be 1 to {MAX_NAME_BYTES} bytes, not {}",
+                        s.len()
+                    )));
+                }
+            }
+        }
+        let req =
+            Frame::GetManifest { name: name.to_string(), version: version.map(str::to_string) };
+        match self.request(&req).await? {
+            Frame::Manifest { signed } => Ok(signed),
+            other => Err(self.unexpected(&other, "Manifest")),
+        }
+    }
+
+    /// Requests `ids` (at most [`MAX_IDS_PER_REQUEST`]) on one stream; the answers arrive in
+    /// request order through the returned [`ChunkReplies`].
+    pub async fn chunks(&self, ids: Vec<ChunkId>) -> Result<ChunkReplies, NetError> {
+        self.check_ids(ids.len())?;
+        let expected = VecDeque::from(ids);
+        let req = Frame::GetChunks { ids: Vec::from(expected.clone()) };
+        let recv = self.open(&req).await?;
+        Ok(ChunkReplies { recv, expected, addr: self.addr, state: State::Open })
+    }
+
+    /// Which of `ids` (at most [`MAX_IDS_PER_REQUEST`]) the server holds, in order.
+    pub async fn have(&self, ids: &[ChunkId]) -> Result<Vec<bool>, NetError> {
+        self.check_ids(ids.len())?;
+        match self.request(&Frame::Have { ids: ids.to_vec() }).await? {
+            Frame::HaveReply { count, bitmap } if count as usize == ids.len() => {
+                Ok(wire::unpack_bits(&bitmap, ids.len()))
+            }
+            Frame::HaveReply { count, .. } => Err(NetError::Protocol {
+                addr: self.addr,
+                problem: format!("HaveReply for {count} ids, asked about {}", ids.len()),
+            }),
+            other => Err(self.unexpected(&other, "HaveReply")),
+        }
+    }
+
+    /// The layers the server publishes.
+    pub async fn layers(&self) -> Result<Vec<wire::LayerRef>, NetError> {
+        match self.request(&Frame::ListLayers).await? {
+            Frame::Layers { layers } => Ok(layers),
+            other => Err(self.unexpected(&other, "Layers")),
+        }
+    }
+
+    /// Closes the connection (code [`close_code::NORMAL`]); requests in flight fail.
+    pub fn close(&self) {
+        self.conn.close(VarInt::from_u32(close_code::NORMAL), b"done");
+    }
+
+    fn check_ids(&self, n: usize) -> Result<(), NetError> {
+        if n > MAX_IDS_PER_REQUEST {
+            return Err(self.bad_request(format!(
+                "{n} ids exceed the limit of {MAX_IDS_PER_REQUEST} per request"
+            )));
+        }
+        Ok(())
+    }
+
+    fn bad_request(&self, problem: String) -> NetError {
+        NetError::Request { addr: self.addr, problem }
+    }
+
+    fn unexpected(&self, got: &Frame, wanted: &str) -> NetError {
+        NetError::Protocol {
+            addr: self.addr,
+            problem: format!(
+                "answered with a frame of type 0x{:02x}, expected {wanted}",
+                got.type_byte()
+            ),
+        }
+    }
+
+    /// Opens a stream, sends `req` and finishes the send side.
+    async fn open(&self, req: &Frame) -> Result<RecvStream, NetError> {
+        let addr = self.addr;
+        let (mut send, recv) =
+            self.conn.open_bi().await.map_err(|source| NetError::Connection { addr, source })?;
+        match send.write_chunk(req.to_bytes()).await {
+            Ok(()) => {
+                let _ = send.finish();
+            }
+            // The server refused the request before reading all of it; its Error frame follows.
+            Err(quinn::WriteError::Stopped(_)) => {}
+            Err(quinn::WriteError::ConnectionLost(source)) => {
+                return Err(NetError::Connection { addr, source })
+            }
+            Err(e) => {
+                return Err(NetError::Stream { addr, problem: format!("sending the request: {e}") })
+            }
+        }
+        Ok(recv)
+    }
+
+    /// A single-frame request: sends it and reads the one answer frame; an Error frame becomes
+    /// `NetError::Remote`.
+    async fn request(&self, req: &Frame) -> Result<Frame, NetError> {
+        let mut recv = self.open(req).await?;
+        match read_answer(&mut recv, self.addr).await? {
+            Some(Frame::Error { code, message }) => {
+                Err(NetError::Remote { addr: self.addr, code, message })
+            }
+            Some(f) => Ok(f),
+            None => Err(NetError::Protocol {
+                addr: self.addr,
+                problem: "stream finished without an answer".into(),
+            }),
+        }
+    }
+}
+
+impl ChunkReplies {
+    /// The next answer in request order; `Ok(None)` after the closing End frame. Fails when the
+    /// stream ends without End (truncation), when an id arrives out of order or unrequested, or
+    /// on an Error frame (answers before it stay valid). After a failure every call fails.
+    pub async fn next(&mut self) -> Result<Option<ChunkReply>, NetError> {
+        match self.state {
+            State::Done => return Ok(None),
+            State::Failed => {
+                return Err(NetError::Stream {
+                    addr: self.addr,
+                    problem: "chunk answer stream already failed".into(),
+                })
+            }
+            State::Open => {}
+        }
+        let result = self.read_next().await;
+        match &result {
+            Ok(None) => self.state = State::Done,
+            Ok(Some(_)) => {}
+            Err(_) => self.state = State::Failed,
+        }
+        result
+    }
+
+    /// Ids requested but not answered yet, in request order.
+    pub fn unanswered(&self) -> impl ExactSizeIterator<Item = &ChunkId> {
+        self.expected.iter()
+    }
+
+    /// How many ids are still unanswered.
+    pub fn remaining(&self) -> usize {
+        self.expected.len()
+    }
+
+    async fn read_next(&mut self) -> Result<Option<ChunkReply>, NetError> {
+        let addr = self.addr;
+        let frame = match read_answer(&mut self.recv, addr).await? {
+            Some(f) => f,
+            None => {
+                return Err(NetError::Protocol {
+                    addr,
+                    problem: format!(
+                        "chunk answer truncated: stream ended with {} ids unanswered and no End",
+                        self.expected.len()
+                    ),
+                })
+            }
+        };
+        let reply = match frame {
+            Frame::Chunk(c) => ChunkReply::Chunk(c),
+            Frame::Missing { id } => ChunkReply::Missing(id),
+            Frame::End if self.expected.is_empty() => return Ok(None),
+            Frame::End => {
+                return Err(NetError::Protocol {
+                    addr,
+                    problem: format!("End with {} ids unanswered", self.expected.len()),
+                })
+            }
+            Frame::Error { code, message } => return Err(NetError::Remote { addr, code, message }),
+            other => {
+                return Err(NetError::Protocol {
+                    addr,
+                    problem: format!(
+                        "unexpected frame type 0x{:02x} in a chunk answer",
+                        other.type_byte()
+                    ),
+                })
+            }
+        };
+        match self.expected.front() {
+            Some(want) if *want == reply.id() => {
+                self.expected.pop_front();
+                Ok(Some(reply))
+            }
+            Some(want) => Err(NetError::Protocol {
+                addr,
+                problem: format!("answer for chunk {} where {} was due", reply.id(), want),
+            }),
+            None => Err(NetError::Protocol {
+                addr,
+                problem: format!("answer for unrequested chunk {}", reply.id()),
+            }),
+        }
+    }
+}
+
+/// Reads and decodes one answer frame (at most [`MAX_FRAME_BYTES`]); `Ok(None)` at a clean end.
+async fn read_answer(recv: &mut RecvStream, addr: SocketAddr) -> Result<Option<Frame>, NetError> {
+    let (ty, body) = match read_frame(recv, MAX_FRAME_BYTES).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return Ok(None),
+        Err(ReadFrameError::Read(quinn::ReadError::ConnectionLost(source))) => {
+            return Err(NetError::Connection { addr, source })
+        }
+        Err(ReadFrameError::Read(e)) => {
+            return Err(NetError::Stream { addr, problem: format!("reading the answer: {e}") })
+        }
+        Err(ReadFrameError::Wire(source)) => return Err(NetError::Wire { addr, source }),
+        Err(ReadFrameError::Truncated { have, need }) => {
+            return Err(NetError::Protocol {
+                addr,
+                problem: format!("answer truncated inside a frame ({have} of {need} bytes)"),
+            })
+        }
+    };
+    Frame::decode(ty, body).map(Some).map_err(|source| NetError::Wire { addr, source })
+}

@@ -1,0 +1,408 @@
+//! The serving side: accept connections, answer one request per stream from a [`ChunkSource`].
+
+use super::{
+    close_code, read_frame, stream_code, wire_error_code, ReadFrameError, CHUNK_READ_AHEAD,
+    MAX_BAD_REQUESTS, REQUEST_TIMEOUT,
+};
+use crate::chunk::ChunkId;
+use crate::compress::StoredChunk;
+use crate::identity::{self, PeerInfo};
+use crate::metrics::NodeMetrics;
+use crate::wire::{self, frame_type, ErrorCode, Frame, MAX_FRAME_BYTES, MAX_REQUEST_BYTES};
+use bytes::Bytes;
+use futures::StreamExt;
+use prometheus_client::metrics::gauge::Gauge;
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// Where a server's answers come from: the seed's store, a reflector's cache + upstream, or an
+/// in-memory map in tests.
+pub trait ChunkSource: Send + Sync + 'static {
+    /// Signed manifest bytes; None when unknown. `version` None = latest.
+    fn manifest(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> impl Future<Output = Result<Option<Bytes>, SourceError>> + Send;
+
+    /// A chunk as stored; None when not held. Implementations verify before returning.
+    fn chunk(
+        &self,
+        id: ChunkId,
+    ) -> impl Future<Output = Result<Option<StoredChunk>, SourceError>> + Send;
+
+    /// One flag per id, in order: is the chunk held?
+    fn have(&self, ids: &[ChunkId]) -> impl Future<Output = Result<Vec<bool>, SourceError>> + Send;
+
+    /// Published layers.
+    fn layers(&self) -> impl Future<Output = Result<Vec<wire::LayerRef>, SourceError>> + Send;
+
+    /// Which peers may connect (default: every enrolled role). A refused peer's connection is
+    /// closed with [`close_code::FORBIDDEN`].
+    fn admits(&self, _peer: &PeerInfo) -> bool {
+        true
+    }
+}
+
+/// Why a [`ChunkSource`] could not answer; sent to the client as an `Error` frame.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Temporarily unable (overloaded, upstream unreachable): answered `Unavailable`.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Broken (storage error, corrupt data): answered `Internal`.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl SourceError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            SourceError::Unavailable(_) => ErrorCode::Unavailable,
+            SourceError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    fn into_frame(self) -> Frame {
+        let code = self.code();
+        let message = match self {
+            SourceError::Unavailable(m) | SourceError::Internal(m) => m,
+        };
+        Frame::Error { code, message }
+    }
+}
+
+/// Serves `source` on `endpoint` until the endpoint is closed: one task per connection and one
+/// per request stream. Never panics on peer input; errors are logged and answered with `Error`
+/// frames.
+pub async fn serve<S: ChunkSource>(
+    endpoint: quinn::Endpoint,
+    source: Arc<S>,
+    metrics: Arc<NodeMetrics>,
+) {
+    let local = endpoint.local_addr().ok();
+    info!(addr = ?local, "serving oasis/1");
+    while let Some(incoming) = endpoint.accept().await {
+        let source = source.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => serve_connection(conn, source, metrics).await,
+                Err(e) => debug!(%remote, error = %e, "handshake failed"),
+            }
+        });
+    }
+    info!(addr = ?local, "endpoint closed, no longer serving");
+}
+
+/// Decrements the connection gauge when a connection task ends, however it ends.
+struct ConnectionGuard(Gauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+async fn serve_connection<S: ChunkSource>(
+    conn: Connection,
+    source: Arc<S>,
+    metrics: Arc<NodeMetrics>,
+) {
+    let remote = conn.remote_address();
+    let peer = match identity::peer_info(&conn) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(%remote, error = %e, "refusing peer without a usable Oasis identity");
+            conn.close(VarInt::from_u32(close_code::FORBIDDEN), b"no Oasis node identity");
+            return;
+        }
+    };
+    if !source.admits(&peer) {
+        info!(%remote, %peer, "refusing peer: role not admitted here");
+        conn.close(VarInt::from_u32(close_code::FORBIDDEN), b"role not admitted");
+        return;
+    }
+    let span = info_span!(
+        "conn",
+        peer = %peer.name,
+        role = %peer.role,
+        site = peer.site.as_deref().unwrap_or("-"),
+        %remote
+    );
+    async move {
+        metrics.connections.inc();
+        let _guard = ConnectionGuard(metrics.connections.clone());
+        info!("peer connected");
+        let bad_requests = Arc::new(AtomicU32::new(0));
+        let reason = loop {
+            match conn.accept_bi().await {
+                Ok((send, recv)) => {
+                    let ctx = StreamCtx {
+                        source: source.clone(),
+                        metrics: metrics.clone(),
+                        conn: conn.clone(),
+                        bad_requests: bad_requests.clone(),
+                    };
+                    tokio::spawn(ctx.handle(send, recv).in_current_span());
+                }
+                Err(e) => break e,
+            }
+        };
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(ref c)
+                if c.error_code == VarInt::from_u32(close_code::NORMAL) =>
+            {
+                info!("peer disconnected")
+            }
+            quinn::ConnectionError::LocallyClosed => info!("connection closed by us"),
+            e => info!(reason = %e, "connection ended"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+struct StreamCtx<S> {
+    source: Arc<S>,
+    metrics: Arc<NodeMetrics>,
+    conn: Connection,
+    bad_requests: Arc<AtomicU32>,
+}
+
+/// Why a request could not be served.
+enum Refusal {
+    /// Answer with this error frame (a bad request, counted against the connection).
+    Bad(Frame),
+    /// The stream or connection went away: nothing to answer.
+    Gone(String),
+}
+
+impl<S: ChunkSource> StreamCtx<S> {
+    async fn handle(self, mut send: SendStream, mut recv: RecvStream) {
+        let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut recv)).await {
+            Ok(r) => r,
+            Err(_) => Err(Refusal::Bad(Frame::error(
+                ErrorCode::Malformed,
+                format!("request not complete within {} s", REQUEST_TIMEOUT.as_secs()),
+            ))),
+        };
+        // Whatever else the client sends on this stream is not wanted.
+        let _ = recv.stop(VarInt::from_u32(stream_code::DONE));
+        drop(recv);
+        let result = match request {
+            Ok(req) => self.answer(&mut send, req).await,
+            Err(Refusal::Gone(why)) => {
+                debug!(%why, "request stream abandoned by the client");
+                return;
+            }
+            Err(Refusal::Bad(frame)) => {
+                if let Frame::Error { code, message } = &frame {
+                    debug!(?code, %message, "bad request");
+                }
+                self.metrics.request_errors.inc();
+                let result = write_frame(&mut send, &frame).await;
+                let strikes = self.bad_requests.fetch_add(1, Ordering::Relaxed) + 1;
+                if strikes >= MAX_BAD_REQUESTS {
+                    warn!(strikes, "closing connection: too many bad requests");
+                    let _ = send.finish();
+                    self.conn.close(
+                        VarInt::from_u32(close_code::PROTOCOL_VIOLATION),
+                        b"too many bad requests",
+                    );
+                    return;
+                }
+                result
+            }
+        };
+        match result {
+            Ok(()) => {
+                let _ = send.finish();
+            }
+            Err(e) => debug!(error = %e, "could not write the answer"),
+        }
+    }
+
+    async fn answer(&self, send: &mut SendStream, req: Frame) -> Result<(), quinn::WriteError> {
+        let source = &*self.source;
+        let reply = match req {
+            Frame::GetChunks { ids } => return self.send_chunks(send, ids).await,
+            Frame::GetManifest { name, version } => match source
+                .manifest(&name, version.as_deref())
+                .await
+            {
+                Ok(Some(signed)) if signed.len() < MAX_FRAME_BYTES => {
+                    Ok(Frame::Manifest { signed })
+                }
+                Ok(Some(signed)) => Err(Frame::error(
+                    ErrorCode::Internal,
+                    format!("manifest of {} bytes exceeds the frame limit", signed.len()),
+                )),
+                Ok(None) => Err(Frame::error(
+                    ErrorCode::NotFound,
+                    format!("layer {name}@{} not found", version.as_deref().unwrap_or("latest")),
+                )),
+                Err(e) => Err(e.into_frame()),
+            },
+            Frame::Have { ids } => match source.have(&ids).await {
+                Ok(flags) if flags.len() == ids.len() => Ok(Frame::HaveReply {
+                    count: flags.len() as u32,
+                    bitmap: wire::pack_bits(&flags),
+                }),
+                Ok(flags) => Err(Frame::error(
+                    ErrorCode::Internal,
+                    format!("source answered {} flags for {} ids", flags.len(), ids.len()),
+                )),
+                Err(e) => Err(e.into_frame()),
+            },
+            Frame::ListLayers => match source.layers().await {
+                Ok(layers) => Ok(Frame::Layers { layers }),
+                Err(e) => Err(e.into_frame()),
+            },
+            // read_request only lets requests through.
+            other => Err(Frame::error(
+                ErrorCode::UnknownType,
+                format!("frame type 0x{:02x} is not a request", other.type_byte()),
+            )),
+        };
+        match reply {
+            Ok(frame) => write_frame(send, &frame).await,
+            Err(frame) => {
+                if let Frame::Error { code, message } = &frame {
+                    if *code == ErrorCode::NotFound {
+                        debug!(%message, "not found");
+                    } else {
+                        warn!(?code, %message, "request failed");
+                    }
+                }
+                self.write_error(send, &frame).await
+            }
+        }
+    }
+
+    /// The hot path: one Chunk or Missing frame per id in request order, then End. Lookups run
+    /// up to CHUNK_READ_AHEAD ahead of the writes; payloads are written without a copy.
+    async fn send_chunks(
+        &self,
+        send: &mut SendStream,
+        ids: Vec<ChunkId>,
+    ) -> Result<(), quinn::WriteError> {
+        let started = Instant::now();
+        let requested = ids.len();
+        let source = &*self.source;
+        let mut lookups = futures::stream::iter(ids)
+            .map(|id| async move { source.chunk(id).await.map(|c| (id, c)) })
+            .buffered(CHUNK_READ_AHEAD);
+        let (mut sent, mut missing, mut bytes) = (0usize, 0usize, 0u64);
+        while let Some(item) = lookups.next().await {
+            match item {
+                Ok((id, Some(chunk))) => {
+                    if chunk.id != id {
+                        let frame = Frame::error(
+                            ErrorCode::Internal,
+                            format!("source returned chunk {} when asked for {}", chunk.id, id),
+                        );
+                        warn!("chunk source returned the wrong chunk");
+                        return self.write_error(send, &frame).await;
+                    }
+                    let len = chunk.data.len() as u64;
+                    let header = Bytes::copy_from_slice(&Frame::chunk_header(&chunk));
+                    send.write_all_chunks(&mut [header, chunk.data]).await?;
+                    self.metrics.served_bytes.inc_by(len);
+                    self.metrics.served_chunks.inc();
+                    sent += 1;
+                    bytes += len;
+                }
+                Ok((id, None)) => {
+                    send.write_all(&missing_frame(&id)).await?;
+                    missing += 1;
+                }
+                Err(e) => {
+                    warn!(error = %e, sent, missing, requested, "chunk lookup failed");
+                    return self.write_error(send, &e.into_frame()).await;
+                }
+            }
+        }
+        send.write_all(&END_FRAME).await?;
+        debug!(
+            requested,
+            sent,
+            missing,
+            bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "GetChunks served"
+        );
+        Ok(())
+    }
+
+    /// Counts a failed request, then sends its error frame.
+    async fn write_error(
+        &self,
+        send: &mut SendStream,
+        frame: &Frame,
+    ) -> Result<(), quinn::WriteError> {
+        self.metrics.request_errors.inc();
+        write_frame(send, frame).await
+    }
+}
+
+const END_FRAME: [u8; 5] = [0, 0, 0, 1, frame_type::END];
+
+fn missing_frame(id: &ChunkId) -> [u8; 37] {
+    let mut f = [0u8; 37];
+    f[..4].copy_from_slice(&33u32.to_be_bytes());
+    f[4] = frame_type::MISSING;
+    f[5..].copy_from_slice(id.as_bytes());
+    f
+}
+
+async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), quinn::WriteError> {
+    send.write_chunk(frame.to_bytes()).await
+}
+
+/// Reads the one request frame of a stream, then the end of the stream.
+async fn read_request(recv: &mut RecvStream) -> Result<Frame, Refusal> {
+    let bad = |code, message: String| Refusal::Bad(Frame::Error { code, message });
+    let (ty, body) = match read_frame(recv, MAX_REQUEST_BYTES).await {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            return Err(bad(ErrorCode::Malformed, "stream finished without a request".into()))
+        }
+        Err(ReadFrameError::Read(e)) => return Err(Refusal::Gone(e.to_string())),
+        Err(ReadFrameError::Wire(e)) => return Err(bad(wire_error_code(&e), e.to_string())),
+        Err(ReadFrameError::Truncated { have, need }) => {
+            return Err(bad(
+                ErrorCode::Malformed,
+                format!("stream finished inside a frame ({have} of {need} bytes)"),
+            ))
+        }
+    };
+    if !matches!(
+        ty,
+        frame_type::GET_MANIFEST
+            | frame_type::GET_CHUNKS
+            | frame_type::HAVE
+            | frame_type::LIST_LAYERS
+    ) {
+        let known = Frame::decode(ty, Bytes::new())
+            .map_or_else(|e| !matches!(e, wire::WireError::UnknownType(_)), |_| true);
+        let message = if known {
+            format!("frame type 0x{ty:02x} is not a request")
+        } else {
+            format!("unknown frame type 0x{ty:02x}")
+        };
+        return Err(bad(ErrorCode::UnknownType, message));
+    }
+    let frame = Frame::decode(ty, body).map_err(|e| bad(wire_error_code(&e), e.to_string()))?;
+    // One request per stream: the client must finish its side right after the frame.
+    match recv.read_chunk(1, true).await {
+        Ok(None) => Ok(frame),
+        Ok(Some(_)) => Err(bad(ErrorCode::Malformed, "data after the request frame".into())),
+        Err(e) => Err(Refusal::Gone(e.to_string())),
+    }
+}

@@ -1,0 +1,94 @@
+//! A seed's data directory and a running seed server, for the binary, tests and the demo.
+//!
+//! Layout of DATA: trust.pem, ca.pem, ca.key, manifest.key, node.pem, node.key (written by
+//! `oasis-seed init`), and `store/` (the chunk store with layers and manifests).
+
+use crate::source::SeedSource;
+use anyhow::Context;
+use oasis_core::identity::{NodeIdentity, SeedAuthority};
+use oasis_core::metrics::NodeMetrics;
+use oasis_core::net::{self, TransportOptions};
+use oasis_core::store::ChunkStore;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub fn store_dir(data: &Path) -> PathBuf {
+    data.join("store")
+}
+
+/// Opens the seed's chunk store, refusing a DATA that was never initialised.
+pub fn open_store(data: &Path) -> anyhow::Result<ChunkStore> {
+    if !data.join(oasis_core::identity::TRUST_FILE).exists() {
+        anyhow::bail!(
+            "{} is not a seed data directory (no trust.pem): run `oasis-seed init --data {}` first",
+            data.display(),
+            data.display()
+        );
+    }
+    Ok(ChunkStore::open(&store_dir(data))?)
+}
+
+/// A seed serving on QUIC (and metrics over HTTP when asked).
+pub struct RunningSeed {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub store: Arc<ChunkStore>,
+    pub metrics: Arc<NodeMetrics>,
+    endpoint: quinn::Endpoint,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningSeed {
+    pub async fn start(
+        data: &Path,
+        listen: SocketAddr,
+        metrics_listen: Option<SocketAddr>,
+    ) -> anyhow::Result<RunningSeed> {
+        // Loading the authority proves DATA holds a complete root of trust.
+        SeedAuthority::load(data)?;
+        let identity = NodeIdentity::load(data)?;
+        let store = Arc::new(open_store(data)?);
+        Self::start_with(identity, store, listen, metrics_listen).await
+    }
+
+    pub async fn start_with(
+        identity: NodeIdentity,
+        store: Arc<ChunkStore>,
+        listen: SocketAddr,
+        metrics_listen: Option<SocketAddr>,
+    ) -> anyhow::Result<RunningSeed> {
+        let endpoint = net::server_endpoint(listen, &identity, &TransportOptions::default())
+            .with_context(|| format!("cannot listen for QUIC on {listen}"))?;
+        let addr = endpoint.local_addr().context("reading the bound address")?;
+        let metrics = Arc::new(NodeMetrics::new());
+        let metrics_addr = match metrics_listen {
+            Some(m) => Some(
+                metrics
+                    .clone()
+                    .serve(m)
+                    .await
+                    .with_context(|| format!("cannot serve metrics on {m}"))?,
+            ),
+            None => None,
+        };
+        let source = Arc::new(SeedSource { store: store.clone() });
+        let task = tokio::spawn(net::serve(endpoint.clone(), source, metrics.clone()));
+        tracing::info!(%addr, node = %identity.info(), "seed serving");
+        Ok(RunningSeed { addr, metrics_addr, store, metrics, endpoint, task })
+    }
+
+    /// Stops accepting and closes every connection at once (used by tests to kill a seed).
+    pub fn shutdown(&self) {
+        self.endpoint.close(0u32.into(), b"seed shutting down");
+        self.task.abort();
+    }
+
+    /// Serves until SIGINT or SIGTERM, then closes connections.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        oasis_core::shutdown::shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown();
+        Ok(())
+    }
+}
