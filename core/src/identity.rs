@@ -12,14 +12,14 @@
 //!
 //! Files (all PEM):
 //!
-//! | file           | where                      | content                                            |
-//! |----------------|----------------------------|----------------------------------------------------|
-//! | `trust.pem`    | seed data dir, state dirs  | CA certificate + `OASIS MANIFEST KEY` (public)     |
-//! | `ca.pem`       | seed data dir              | CA certificate                                     |
-//! | `ca.key`       | seed data dir (0600)       | CA private key (PKCS#8)                            |
-//! | `manifest.key` | seed data dir (0600)       | manifest signing key (ed25519, PKCS#8)             |
-//! | `node.pem`     | seed data dir, state dirs  | the node's certificate                             |
-//! | `node.key`     | seed data dir, state dirs (0600) | the node's private key (PKCS#8)              |
+//! | file           | where                            | content                                        |
+//! |----------------|----------------------------------|------------------------------------------------|
+//! | `trust.pem`    | seed data dir, node state dirs   | CA certificate + `OASIS MANIFEST KEY` (public) |
+//! | `ca.pem`       | seed data dir                    | CA certificate                                 |
+//! | `ca.key`       | seed data dir (0600)             | CA private key (PKCS#8)                        |
+//! | `manifest.key` | seed data dir (0600)             | manifest signing key (ed25519, PKCS#8)         |
+//! | `node.pem`     | seed data dir, node state dirs   | the node's certificate                         |
+//! | `node.key`     | seed data dir, node state dirs (0600) | the node's private key (PKCS#8)           |
 //!
 //! Secret files are written to a temporary file with mode 0600, synced, then renamed (or linked)
 //! into place, so a crash never leaves a half-written key behind.
@@ -119,11 +119,7 @@ pub enum IdentityError {
     Invalid { what: String, problem: String },
     /// A node name or site is not acceptable.
     #[error("invalid {kind} {name:?}: {problem}")]
-    InvalidName {
-        kind: String,
-        name: String,
-        problem: String,
-    },
+    InvalidName { kind: String, name: String, problem: String },
     /// A role string is not one of seed, reflector, endpoint.
     #[error("unknown role {0:?} (expected seed, reflector or endpoint)")]
     UnknownRole(String),
@@ -152,18 +148,11 @@ pub enum IdentityError {
 }
 
 fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> IdentityError + 'a {
-    move |source| IdentityError::Io {
-        path: path.to_path_buf(),
-        what,
-        source,
-    }
+    move |source| IdentityError::Io { path: path.to_path_buf(), what, source }
 }
 
 fn invalid(what: impl fmt::Display, problem: impl fmt::Display) -> IdentityError {
-    IdentityError::Invalid {
-        what: what.to_string(),
-        problem: problem.to_string(),
-    }
+    IdentityError::Invalid { what: what.to_string(), problem: problem.to_string() }
 }
 
 fn rcgen_err(what: impl fmt::Display) -> impl FnOnce(rcgen::Error) -> IdentityError {
@@ -178,10 +167,8 @@ fn tls_err(what: impl fmt::Display) -> impl FnOnce(rustls::Error) -> IdentityErr
 
 fn random_bytes<const N: usize>(what: &'static str) -> Result<[u8; N], IdentityError> {
     let mut buf = [0u8; N];
-    getrandom::getrandom(&mut buf).map_err(|e| IdentityError::Random {
-        what,
-        problem: e.to_string(),
-    })?;
+    getrandom::getrandom(&mut buf)
+        .map_err(|e| IdentityError::Random { what, problem: e.to_string() })?;
     Ok(buf)
 }
 
@@ -246,11 +233,7 @@ impl PeerInfo {
         if let Some(site) = site {
             validate_node_name("site", site)?;
         }
-        Ok(PeerInfo {
-            role,
-            name: name.to_string(),
-            site: site.map(str::to_string),
-        })
+        Ok(PeerInfo { role, name: name.to_string(), site: site.map(str::to_string) })
     }
 
     /// The URI SAN encoding role, name and site: `urn:oasis:node:<role>:<name>[:<site>]`.
@@ -266,12 +249,10 @@ impl PeerInfo {
         let rest = uri.strip_prefix(NODE_URI_PREFIX)?;
         let parts: Vec<&str> = rest.split(':').collect();
         let parsed = match parts.as_slice() {
-            [role, name] => role
-                .parse::<Role>()
-                .and_then(|role| PeerInfo::new(role, name, None)),
-            [role, name, site] => role
-                .parse::<Role>()
-                .and_then(|role| PeerInfo::new(role, name, Some(site))),
+            [role, name] => role.parse::<Role>().and_then(|role| PeerInfo::new(role, name, None)),
+            [role, name, site] => {
+                role.parse::<Role>().and_then(|role| PeerInfo::new(role, name, Some(site)))
+            }
             _ => Err(invalid(
                 format!("node URI {uri:?}"),
                 "expected urn:oasis:node:<role>:<name>[:<site>]",
@@ -295,18 +276,13 @@ impl fmt::Display for PeerInfo {
 /// otherwise. `kind` names what is being checked ("node name", "site") in the error.
 pub fn validate_node_name(kind: &str, name: &str) -> Result<(), IdentityError> {
     let fail = |problem: String| {
-        Err(IdentityError::InvalidName {
-            kind: kind.to_string(),
-            name: name.to_string(),
-            problem,
-        })
+        Err(IdentityError::InvalidName { kind: kind.to_string(), name: name.to_string(), problem })
     };
     if name.is_empty() {
         return fail("must not be empty".into());
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    if let Some(bad) =
+        name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
         return fail(format!(
             "contains {bad:?}; only letters, digits, '.', '_' and '-' are allowed"
@@ -334,12 +310,7 @@ pub fn peer_info_from_cert(cert: &CertificateDer<'_>) -> Result<PeerInfo, Identi
     let san = x509
         .subject_alternative_name()
         .map_err(|e| invalid(what, format!("bad subjectAltName extension: {e}")))?
-        .ok_or_else(|| {
-            invalid(
-                what,
-                "has no subjectAltName (not an Oasis node certificate)",
-            )
-        })?;
+        .ok_or_else(|| invalid(what, "has no subjectAltName (not an Oasis node certificate)"))?;
     let mut found: Option<PeerInfo> = None;
     for name in &san.value.general_names {
         if let x509_parser::extensions::GeneralName::URI(uri) = name {
@@ -367,13 +338,9 @@ pub fn peer_info_from_cert(cert: &CertificateDer<'_>) -> Result<PeerInfo, Identi
 /// The certificate was verified against the CA during the handshake (both sides require it), so
 /// this only decodes it.
 pub fn peer_info(conn: &quinn::Connection) -> Result<PeerInfo, IdentityError> {
-    let no_cert = || IdentityError::NoPeerCertificate {
-        remote: conn.remote_address().to_string(),
-    };
+    let no_cert = || IdentityError::NoPeerCertificate { remote: conn.remote_address().to_string() };
     let identity = conn.peer_identity().ok_or_else(no_cert)?;
-    let certs = identity
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .map_err(|_| no_cert())?;
+    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().map_err(|_| no_cert())?;
     let first = certs.first().ok_or_else(no_cert)?;
     peer_info_from_cert(first)
 }
@@ -406,10 +373,7 @@ impl TrustRoot {
                 CERT_PEM_TAG if ca.is_none() => ca = Some(block.into_contents()),
                 MANIFEST_KEY_PEM_TAG if key.is_none() => key = Some(block.into_contents()),
                 CERT_PEM_TAG | MANIFEST_KEY_PEM_TAG => {
-                    return Err(invalid(
-                        what,
-                        format!("more than one {:?} block", block.tag()),
-                    ))
+                    return Err(invalid(what, format!("more than one {:?} block", block.tag())))
                 }
                 other => return Err(invalid(what, format!("unexpected PEM block {other:?}"))),
             }
@@ -417,17 +381,10 @@ impl TrustRoot {
         let ca = ca.ok_or_else(|| invalid(what, "no CERTIFICATE block (the CA)"))?;
         let key = key.ok_or_else(|| invalid(what, "no OASIS MANIFEST KEY block"))?;
         let key: [u8; 32] = key.as_slice().try_into().map_err(|_| {
-            invalid(
-                what,
-                format!("OASIS MANIFEST KEY is {} bytes, expected 32", key.len()),
-            )
+            invalid(what, format!("OASIS MANIFEST KEY is {} bytes, expected 32", key.len()))
         })?;
-        let manifest_key = VerifyingKey::from_bytes(&key).map_err(|e| {
-            invalid(
-                what,
-                format!("OASIS MANIFEST KEY is not an ed25519 key: {e}"),
-            )
-        })?;
+        let manifest_key = VerifyingKey::from_bytes(&key)
+            .map_err(|e| invalid(what, format!("OASIS MANIFEST KEY is not an ed25519 key: {e}")))?;
         let ca = CertificateDer::from(ca);
         check_ca_cert(&ca, what)?;
         Ok(TrustRoot { ca, manifest_key })
@@ -453,9 +410,7 @@ impl TrustRoot {
 
     fn root_store(&self) -> Result<Arc<RootCertStore>, IdentityError> {
         let mut roots = RootCertStore::empty();
-        roots
-            .add(self.ca.clone())
-            .map_err(tls_err("trust root CA certificate"))?;
+        roots.add(self.ca.clone()).map_err(tls_err("trust root CA certificate"))?;
         Ok(Arc::new(roots))
     }
 
@@ -528,12 +483,7 @@ impl NodeIdentity {
         let key_path = state_dir.join(NODE_KEY_FILE);
         let key = read_single_pem(&key_path, PRIVATE_KEY_PEM_TAG, HINT_ENROLL)?;
 
-        let identity = NodeIdentity {
-            info,
-            cert,
-            key: Arc::new(key),
-            trust,
-        };
+        let identity = NodeIdentity { info, cert, key: Arc::new(key), trust };
         identity.check(&cert_what, &key_path.display().to_string())?;
         Ok(identity)
     }
@@ -546,10 +496,9 @@ impl NodeIdentity {
             &provider(),
         )
         .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => invalid(
-                key_what,
-                format!("does not match the certificate in {cert_what}"),
-            ),
+            rustls::Error::InconsistentKeys(_) => {
+                invalid(key_what, format!("does not match the certificate in {cert_what}"))
+            }
             other => invalid(key_what, format!("unusable private key: {other}")),
         })?;
         self.trust
@@ -619,12 +568,7 @@ impl NodeIdentity {
             FileKind::Public,
             true,
         )?;
-        write_atomic(
-            &key_path,
-            self.key_pem().as_bytes(),
-            FileKind::Secret,
-            force,
-        )
+        write_atomic(&key_path, self.key_pem().as_bytes(), FileKind::Secret, force)
     }
 
     /// rustls server config: our cert, client certs REQUIRED and verified against the CA, TLS 1.3
@@ -672,10 +616,7 @@ impl fmt::Debug for SeedAuthority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SeedAuthority")
             .field("data", &self.data)
-            .field(
-                "manifest_key",
-                &hex::encode(self.trust.manifest_key.as_bytes()),
-            )
+            .field("manifest_key", &hex::encode(self.trust.manifest_key.as_bytes()))
             .field("ca_key", &"[secret]")
             .field("signing_key", &"[secret]")
             .finish()
@@ -725,23 +666,13 @@ impl SeedAuthority {
             .map_err(rcgen_err("generating the CA certificate"))?;
         let signing_key =
             SigningKey::from_bytes(&random_bytes::<32>("generating the manifest key")?);
-        let trust = TrustRoot {
-            ca: ca_cert.der().clone(),
-            manifest_key: signing_key.verifying_key(),
-        };
-        let authority = SeedAuthority {
-            data: data.to_path_buf(),
-            trust,
-            ca_key,
-            signing_key,
-        };
+        let trust =
+            TrustRoot { ca: ca_cert.der().clone(), manifest_key: signing_key.verifying_key() };
+        let authority = SeedAuthority { data: data.to_path_buf(), trust, ca_key, signing_key };
         let node = authority.issue(Role::Seed, seed_name, seed_site)?;
 
         let manifest_der = authority.signing_key.to_pkcs8_der().map_err(|e| {
-            invalid(
-                "manifest signing key",
-                format!("cannot encode as PKCS#8: {e}"),
-            )
+            invalid("manifest signing key", format!("cannot encode as PKCS#8: {e}"))
         })?;
         let manifest_pem =
             pem::encode(&pem::Pem::new(PRIVATE_KEY_PEM_TAG, manifest_der.as_bytes()));
@@ -762,10 +693,9 @@ impl SeedAuthority {
         ];
         for (file, bytes, kind) in writes {
             write_atomic(&data.join(file), bytes, kind, false).map_err(|e| match e {
-                IdentityError::AlreadyExists { path, .. } => IdentityError::AlreadyInitialized {
-                    dir: data.to_path_buf(),
-                    file: path,
-                },
+                IdentityError::AlreadyExists { path, .. } => {
+                    IdentityError::AlreadyInitialized { dir: data.to_path_buf(), file: path }
+                }
                 other => other,
             })?;
         }
@@ -784,20 +714,14 @@ impl SeedAuthority {
         if ca_der != trust.ca.as_ref() {
             return Err(invalid(
                 ca_path.display(),
-                format!(
-                    "differs from the CA certificate in {}",
-                    trust_path.display()
-                ),
+                format!("differs from the CA certificate in {}", trust_path.display()),
             ));
         }
 
         let ca_key_path = data.join(CA_KEY_FILE);
         let ca_key_text = read_text(&ca_key_path, HINT_SEED_INIT)?;
         let ca_key = rcgen::KeyPair::from_pem(&ca_key_text).map_err(|e| {
-            invalid(
-                ca_key_path.display(),
-                format!("not a usable private key: {e}"),
-            )
+            invalid(ca_key_path.display(), format!("not a usable private key: {e}"))
         })?;
         let (_, ca_x509) = x509_parser::parse_x509_certificate(&ca_der)
             .map_err(|e| invalid(ca_path.display(), format!("cannot parse X.509: {e}")))?;
@@ -811,27 +735,16 @@ impl SeedAuthority {
         let mk_path = data.join(MANIFEST_KEY_FILE);
         let mk_text = read_text(&mk_path, HINT_SEED_INIT)?;
         let signing_key = SigningKey::from_pkcs8_pem(&mk_text).map_err(|e| {
-            invalid(
-                mk_path.display(),
-                format!("not an ed25519 PKCS#8 private key: {e}"),
-            )
+            invalid(mk_path.display(), format!("not an ed25519 PKCS#8 private key: {e}"))
         })?;
         if signing_key.verifying_key() != trust.manifest_key {
             return Err(invalid(
                 mk_path.display(),
-                format!(
-                    "does not match the manifest key in {}",
-                    trust_path.display()
-                ),
+                format!("does not match the manifest key in {}", trust_path.display()),
             ));
         }
 
-        Ok(SeedAuthority {
-            data: data.to_path_buf(),
-            trust,
-            ca_key,
-            signing_key,
-        })
+        Ok(SeedAuthority { data: data.to_path_buf(), trust, ca_key, signing_key })
     }
 
     /// The data directory this authority lives in.
@@ -908,9 +821,7 @@ impl SeedAuthority {
 
 /// Unix time now as rcgen's date type, plus helpers; we avoid naming the `time` crate directly.
 fn set_validity(params: &mut rcgen::CertificateParams, years: u64) {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
     let days = years * 365 + years / 4;
     params.not_before = now - BACKDATE;
@@ -927,12 +838,8 @@ fn random_serial() -> Result<rcgen::SerialNumber, IdentityError> {
 fn ca_params() -> Result<rcgen::CertificateParams, IdentityError> {
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "Oasis");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Oasis root CA");
+    params.distinguished_name.push(rcgen::DnType::OrganizationName, "Oasis");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "Oasis root CA");
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
     params.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
@@ -947,15 +854,9 @@ fn ca_params() -> Result<rcgen::CertificateParams, IdentityError> {
 fn node_params(info: &PeerInfo, what: &str) -> Result<rcgen::CertificateParams, IdentityError> {
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "Oasis");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationalUnitName, info.role.as_str());
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, info.name.as_str());
+    params.distinguished_name.push(rcgen::DnType::OrganizationName, "Oasis");
+    params.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, info.role.as_str());
+    params.distinguished_name.push(rcgen::DnType::CommonName, info.name.as_str());
     let dns = rcgen::string::Ia5String::try_from(NODE_SERVER_NAME).map_err(rcgen_err(what))?;
     let uri = rcgen::string::Ia5String::try_from(info.to_uri()).map_err(rcgen_err(what))?;
     params.subject_alt_names = vec![rcgen::SanType::DnsName(dns), rcgen::SanType::URI(uri)];
@@ -999,18 +900,13 @@ fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder
-        .create(dir)
-        .map_err(io_err(dir, "creating directory"))
+    builder.create(dir).map_err(io_err(dir, "creating directory"))
 }
 
 fn read_text(path: &Path, hint: &'static str) -> Result<String, IdentityError> {
     fs::read_to_string(path).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
-            IdentityError::Missing {
-                path: path.to_path_buf(),
-                hint,
-            }
+            IdentityError::Missing { path: path.to_path_buf(), hint }
         } else {
             io_err(path, "reading")(e)
         }
@@ -1027,10 +923,7 @@ fn read_single_pem(path: &Path, tag: &str, hint: &'static str) -> Result<Vec<u8>
         .next()
         .ok_or_else(|| invalid(&what, format!("no PEM block (expected {tag:?})")))?;
     if first.tag() != tag {
-        return Err(invalid(
-            &what,
-            format!("PEM block is {:?}, expected {tag:?}", first.tag()),
-        ));
+        return Err(invalid(&what, format!("PEM block is {:?}, expected {tag:?}", first.tag())));
     }
     Ok(first.into_contents())
 }
@@ -1081,18 +974,12 @@ fn write_atomic(
         match fs::hard_link(&tmp, path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                Err(IdentityError::AlreadyExists {
-                    path: path.to_path_buf(),
-                    hint: "",
-                })
+                Err(IdentityError::AlreadyExists { path: path.to_path_buf(), hint: "" })
             }
             // Filesystems without hard links: fall back to check-then-rename.
             Err(_) if !exists(path)? => fs::rename(&tmp, path)
                 .map_err(io_err(path, "renaming the temporary file into place")),
-            Err(_) => Err(IdentityError::AlreadyExists {
-                path: path.to_path_buf(),
-                hint: "",
-            }),
+            Err(_) => Err(IdentityError::AlreadyExists { path: path.to_path_buf(), hint: "" }),
         }
     };
     let _ = fs::remove_file(&tmp);
@@ -1124,10 +1011,7 @@ mod tests {
         assert_eq!("reflector".parse::<Role>().unwrap(), Role::Reflector);
         let err = "router".parse::<Role>().unwrap_err().to_string();
         assert!(err.contains("\"router\""), "{err}");
-        assert_eq!(
-            serde_json::to_string(&Role::Endpoint).unwrap(),
-            "\"endpoint\""
-        );
+        assert_eq!(serde_json::to_string(&Role::Endpoint).unwrap(), "\"endpoint\"");
     }
 
     #[test]
@@ -1159,33 +1043,17 @@ mod tests {
 
         let loaded = SeedAuthority::load(&data).unwrap();
         assert_eq!(loaded.trust(), auth.trust());
-        assert_eq!(
-            loaded.signing_key().to_bytes(),
-            auth.signing_key().to_bytes()
-        );
-        assert_eq!(
-            TrustRoot::load(&data.join(TRUST_FILE)).unwrap(),
-            *auth.trust()
-        );
+        assert_eq!(loaded.signing_key().to_bytes(), auth.signing_key().to_bytes());
+        assert_eq!(TrustRoot::load(&data.join(TRUST_FILE)).unwrap(), *auth.trust());
 
         // The manifest key signs what the trust root verifies.
         use ed25519_dalek::{Signer, Verifier};
         let sig = loaded.signing_key().sign(b"manifest");
-        auth.trust()
-            .manifest_key()
-            .verify(b"manifest", &sig)
-            .unwrap();
+        auth.trust().manifest_key().verify(b"manifest", &sig).unwrap();
 
         // The seed's own identity.
         let seed = loaded.node_identity().unwrap();
-        assert_eq!(
-            *seed.info(),
-            PeerInfo {
-                role: Role::Seed,
-                name: "seed".into(),
-                site: None
-            }
-        );
+        assert_eq!(*seed.info(), PeerInfo { role: Role::Seed, name: "seed".into(), site: None });
         assert_eq!(seed.trust(), auth.trust());
 
         // A loaded authority can issue certificates the trust root accepts.
@@ -1212,14 +1080,8 @@ mod tests {
             .map(|f| fs::read(dir.path().join(f)).unwrap())
             .collect();
         let err = SeedAuthority::init(dir.path()).unwrap_err();
-        assert!(
-            matches!(err, IdentityError::AlreadyInitialized { .. }),
-            "{err:?}"
-        );
-        assert!(
-            err.to_string().contains("already holds a root of trust"),
-            "{err}"
-        );
+        assert!(matches!(err, IdentityError::AlreadyInitialized { .. }), "{err:?}");
+        assert!(err.to_string().contains("already holds a root of trust"), "{err}");
         let after: Vec<Vec<u8>> = [TRUST_FILE, CA_KEY_FILE, MANIFEST_KEY_FILE, NODE_KEY_FILE]
             .iter()
             .map(|f| fs::read(dir.path().join(f)).unwrap())
@@ -1239,22 +1101,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = SeedAuthority::load(dir.path()).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains(TRUST_FILE) && msg.contains("oasis-seed init"),
-            "{msg}"
-        );
+        assert!(msg.contains(TRUST_FILE) && msg.contains("oasis-seed init"), "{msg}");
 
         SeedAuthority::init(dir.path()).unwrap();
         fs::remove_file(dir.path().join(MANIFEST_KEY_FILE)).unwrap();
         let msg = SeedAuthority::load(dir.path()).unwrap_err().to_string();
-        assert!(
-            msg.contains(MANIFEST_KEY_FILE) && msg.contains("oasis-seed init"),
-            "{msg}"
-        );
+        assert!(msg.contains(MANIFEST_KEY_FILE) && msg.contains("oasis-seed init"), "{msg}");
 
-        let msg = NodeIdentity::load(&dir.path().join("nope"))
-            .unwrap_err()
-            .to_string();
+        let msg = NodeIdentity::load(&dir.path().join("nope")).unwrap_err().to_string();
         assert!(msg.contains(TRUST_FILE) && msg.contains("enroll"), "{msg}");
     }
 
@@ -1265,32 +1119,19 @@ mod tests {
         SeedAuthority::init(a.path()).unwrap();
         SeedAuthority::init(b.path()).unwrap();
         // manifest.key from another seed.
-        fs::copy(
-            b.path().join(MANIFEST_KEY_FILE),
-            a.path().join(MANIFEST_KEY_FILE),
-        )
-        .unwrap();
+        fs::copy(b.path().join(MANIFEST_KEY_FILE), a.path().join(MANIFEST_KEY_FILE)).unwrap();
         let msg = SeedAuthority::load(a.path()).unwrap_err().to_string();
-        assert!(
-            msg.contains(MANIFEST_KEY_FILE) && msg.contains("does not match"),
-            "{msg}"
-        );
+        assert!(msg.contains(MANIFEST_KEY_FILE) && msg.contains("does not match"), "{msg}");
 
         // A node state dir whose trust.pem comes from another seed.
         fs::copy(b.path().join(TRUST_FILE), a.path().join(TRUST_FILE)).unwrap();
         let msg = NodeIdentity::load(a.path()).unwrap_err().to_string();
-        assert!(
-            msg.contains(NODE_CERT_FILE) && msg.contains("not accepted by the CA"),
-            "{msg}"
-        );
+        assert!(msg.contains(NODE_CERT_FILE) && msg.contains("not accepted by the CA"), "{msg}");
 
         // node.key from another node.
         fs::copy(b.path().join(NODE_CERT_FILE), a.path().join(NODE_CERT_FILE)).unwrap();
         let msg = NodeIdentity::load(a.path()).unwrap_err().to_string();
-        assert!(
-            msg.contains(NODE_KEY_FILE) && msg.contains("does not match"),
-            "{msg}"
-        );
+        assert!(msg.contains(NODE_KEY_FILE) && msg.contains("does not match"), "{msg}");
     }
 
     #[test]
@@ -1298,9 +1139,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let auth = SeedAuthority::init(&dir.path().join("seed")).unwrap();
         let out = dir.path().join("nodes").join("r1");
-        let issued = auth
-            .enroll(Role::Reflector, "r1", Some("paris"), &out, false)
-            .unwrap();
+        let issued = auth.enroll(Role::Reflector, "r1", Some("paris"), &out, false).unwrap();
         for f in [NODE_CERT_FILE, NODE_KEY_FILE, TRUST_FILE] {
             assert!(out.join(f).is_file(), "{f} missing");
         }
@@ -1318,13 +1157,8 @@ mod tests {
 
         // Second enroll into the same dir refuses without force and leaves the key alone.
         let key_before = fs::read(out.join(NODE_KEY_FILE)).unwrap();
-        let err = auth
-            .enroll(Role::Reflector, "r1", Some("paris"), &out, false)
-            .unwrap_err();
-        assert!(
-            matches!(err, IdentityError::AlreadyExists { .. }),
-            "{err:?}"
-        );
+        let err = auth.enroll(Role::Reflector, "r1", Some("paris"), &out, false).unwrap_err();
+        assert!(matches!(err, IdentityError::AlreadyExists { .. }), "{err:?}");
         assert!(err.to_string().contains("--force"), "{err}");
         assert_eq!(fs::read(out.join(NODE_KEY_FILE)).unwrap(), key_before);
 
@@ -1347,22 +1181,12 @@ mod tests {
         ] {
             let node = auth.issue(role, name, site).unwrap();
             let info = peer_info_from_cert(node.cert_der()).unwrap();
-            assert_eq!(
-                info,
-                PeerInfo {
-                    role,
-                    name: name.into(),
-                    site: site.map(Into::into)
-                }
-            );
+            assert_eq!(info, PeerInfo { role, name: name.into(), site: site.map(Into::into) });
             assert_eq!(node.info(), &info);
         }
         // The CA certificate is not a node certificate.
         let err = peer_info_from_cert(auth.trust().ca_der()).unwrap_err();
-        assert!(
-            err.to_string().contains("not an Oasis node certificate"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("not an Oasis node certificate"), "{err}");
         // Garbage is refused.
         assert!(peer_info_from_cert(&CertificateDer::from(vec![1u8, 2, 3])).is_err());
     }
@@ -1383,34 +1207,18 @@ mod tests {
         for good in ["a", "r1", "Paris-2.east_1", &"x".repeat(64)] {
             validate_node_name("node name", good).unwrap();
         }
-        for bad in [
-            "",
-            ".hidden",
-            "a:b",
-            "a/b",
-            "a b",
-            "é",
-            &"x".repeat(65),
-            "a\n",
-        ] {
+        for bad in ["", ".hidden", "a:b", "a/b", "a b", "é", &"x".repeat(65), "a\n"] {
             let err = validate_node_name("node name", bad).unwrap_err();
-            assert!(
-                matches!(err, IdentityError::InvalidName { .. }),
-                "{bad:?}: {err:?}"
-            );
+            assert!(matches!(err, IdentityError::InvalidName { .. }), "{bad:?}: {err:?}");
             assert!(err.to_string().starts_with("invalid node name"), "{err}");
         }
         let dir = tempfile::tempdir().unwrap();
         let auth = SeedAuthority::init(dir.path()).unwrap();
         assert!(auth.issue(Role::Endpoint, "bad:name", None).is_err());
-        let err = auth
-            .issue(Role::Endpoint, "ok", Some("bad site"))
-            .unwrap_err();
+        let err = auth.issue(Role::Endpoint, "ok", Some("bad site")).unwrap_err();
         assert!(err.to_string().contains("invalid site"), "{err}");
         let out = dir.path().join("out");
-        assert!(auth
-            .enroll(Role::Endpoint, "../x", None, &out, false)
-            .is_err());
+        assert!(auth.enroll(Role::Endpoint, "../x", None, &out, false).is_err());
         assert!(!out.join(NODE_KEY_FILE).exists());
         let other = tempfile::tempdir().unwrap();
         assert!(SeedAuthority::init_named(other.path(), ".seed", None).is_err());
@@ -1450,10 +1258,7 @@ mod tests {
             })
         };
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let client_side = endpoint
-            .connect_with(client, addr, NODE_SERVER_NAME)
-            .unwrap()
-            .await;
+        let client_side = endpoint.connect_with(client, addr, NODE_SERVER_NAME).unwrap().await;
         // In TLS 1.3 the client finishes before the server has checked its certificate, so a
         // refused client may see its connection closed only afterwards: wait for that.
         let client_side = match client_side {
@@ -1477,16 +1282,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let auth = SeedAuthority::init(&dir.path().join("seed")).unwrap();
         let seed = auth.node_identity().unwrap();
-        let refl = auth
-            .enroll(
-                Role::Reflector,
-                "r1",
-                Some("lyon"),
-                &dir.path().join("r1"),
-                false,
-            )
+        let enrolled = auth
+            .enroll(Role::Reflector, "r1", Some("lyon"), &dir.path().join("r1"), false)
             .unwrap();
+        // Use the identity as a reflector would: loaded from its state dir.
         let refl = NodeIdentity::load(&dir.path().join("r1")).unwrap();
+        assert_eq!(refl.info(), enrolled.info());
 
         let server = quinn_server(&seed);
         let client = quinn_client_config(refl.rustls_client_config().unwrap());
@@ -1497,11 +1298,7 @@ mod tests {
         assert_eq!(peer_info(&client_conn).unwrap(), *seed.info());
         assert_eq!(
             peer_info(&server_conn).unwrap(),
-            PeerInfo {
-                role: Role::Reflector,
-                name: "r1".into(),
-                site: Some("lyon".into())
-            }
+            PeerInfo { role: Role::Reflector, name: "r1".into(), site: Some("lyon".into()) }
         );
         let alpn = server_conn
             .handshake_data()

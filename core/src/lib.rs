@@ -11,6 +11,7 @@ pub mod logging;
 pub mod manifest;
 pub mod metrics;
 pub mod net;
+pub mod policy;
 pub mod shutdown;
 pub mod store;
 pub mod wire;

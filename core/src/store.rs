@@ -291,6 +291,16 @@ impl ChunkStore {
         Ok(())
     }
 
+    /// Stores signed manifest bytes as received, without opening them. Readers always open
+    /// (verify) what they get, so this is safe for caches of upstream manifests; tests also use
+    /// it to plant forged manifests.
+    pub fn put_manifest_bytes(&self, name: &str, version: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.manifests.insert(Self::manifest_key(name, version), bytes)?;
+        self.latest.insert(name.as_bytes(), version.as_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     pub fn has_manifest(&self, name: &str, version: &str) -> Result<bool, StoreError> {
         Ok(self.manifests.contains_key(Self::manifest_key(name, version))?)
     }

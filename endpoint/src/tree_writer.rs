@@ -33,7 +33,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::Arc;
 
 /// Prefix of temporary names; `.oasis-tmp.<name>.<16 hex digits>`.
 pub const TEMP_PREFIX: &str = ".oasis-tmp.";
@@ -141,7 +141,7 @@ pub enum WriteError {
     ChunkLength { id: ChunkId, path: PathBuf, got: usize, want: u32 },
 }
 
-fn io_err(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> WriteError + '_ {
+fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> WriteError + 'a {
     move |source| WriteError::Io { path: path.to_path_buf(), what, source }
 }
 
@@ -240,9 +240,9 @@ enum Staged {
 }
 
 /// Stages a layer's tree in a directory and commits it; see the module docs.
-pub struct TreeWriter<'m> {
+pub struct TreeWriter {
     root: PathBuf,
-    manifest: &'m LayerManifest,
+    manifest: Arc<LayerManifest>,
     disk: Vec<OnDisk>,
     /// Entries whose file on disk already has the manifest's content.
     unchanged: Vec<bool>,
@@ -255,7 +255,7 @@ pub struct TreeWriter<'m> {
     committed: bool,
 }
 
-impl<'m> TreeWriter<'m> {
+impl TreeWriter {
     /// Checks the tree against the disk ([`inspect`]) and creates missing directories.
     ///
     /// `unchanged` lists file entries (by manifest index) whose file on disk was found to have
@@ -263,10 +263,10 @@ impl<'m> TreeWriter<'m> {
     /// its mode is set) if its stamp has not changed since.
     pub fn prepare(
         root: &Path,
-        manifest: &'m LayerManifest,
+        manifest: Arc<LayerManifest>,
         unchanged: &HashMap<usize, FileStamp>,
-    ) -> Result<TreeWriter<'m>, WriteError> {
-        let disk = inspect(root, manifest)?;
+    ) -> Result<TreeWriter, WriteError> {
+        let disk = inspect(root, &manifest)?;
         let keep = disk
             .iter()
             .enumerate()
@@ -496,7 +496,8 @@ impl<'m> TreeWriter<'m> {
     /// (deepest first). Entries still unstaged (chunks unavailable) make this fail before any
     /// rename.
     pub fn commit(mut self) -> Result<WriteStats, WriteError> {
-        let entries = &self.manifest.entries;
+        let manifest = self.manifest.clone();
+        let entries = &manifest.entries;
         if let Some(i) = (0..entries.len()).find(|&i| {
             entries[i].node != Node::Dir && self.staged[i].is_none() && !self.unchanged[i]
         }) {
@@ -560,7 +561,7 @@ impl<'m> TreeWriter<'m> {
     }
 }
 
-impl Drop for TreeWriter<'_> {
+impl Drop for TreeWriter {
     fn drop(&mut self) {
         if self.committed {
             return;
@@ -617,7 +618,7 @@ pub fn write_tree(
     manifest: &LayerManifest,
     reader: &dyn ChunkReader,
 ) -> Result<WriteStats, WriteError> {
-    let mut w = TreeWriter::prepare(root, manifest, &HashMap::new())?;
+    let mut w = TreeWriter::prepare(root, Arc::new(manifest.clone()), &HashMap::new())?;
     let missing = w.write_files(reader, None)?;
     if let Some(id) = missing.first() {
         return Err(WriteError::Io {

@@ -1,1 +1,39 @@
-fn main() {}
+//! `oasis-sim`: the loopback demo and the benchmarks.
+
+use clap::{Parser, Subcommand};
+use oasis_core::logging::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "oasis-sim", version, about = "Oasis simulator, loopback demo and benchmarks")]
+struct Cli {
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the loopback demo: a real seed and endpoints over QUIC on 127.0.0.1.
+    Demo(oasis_sim::demo::DemoArgs),
+    /// Measure ingest and fetch throughput against raw references in the same run.
+    Bench(oasis_sim::bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    logging::exit_on_error(rt.block_on(async {
+        match cli.cmd {
+            Cmd::Demo(a) => oasis_sim::demo::run(a).await,
+            Cmd::Bench(a) => oasis_sim::bench::run(a).await,
+        }
+    }));
+}

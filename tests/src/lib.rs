@@ -1,1 +1,175 @@
+//! Shared harness for the workspace integration tests: a real seed on 127.0.0.1, enrolled
+//! nodes, random trees, and tree comparison.
 
+use oasis_core::identity::{Role, SeedAuthority};
+use oasis_core::manifest::LayerKind;
+use oasis_seed::{publish, PublishOptions, PublishReport, RunningSeed};
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+pub struct TestSeed {
+    pub dir: tempfile::TempDir,
+    pub seed: RunningSeed,
+}
+
+impl TestSeed {
+    pub async fn start() -> anyhow::Result<TestSeed> {
+        let dir = tempfile::tempdir()?;
+        SeedAuthority::init(&dir.path().join("seed"))?;
+        let seed = RunningSeed::start(
+            &dir.path().join("seed"),
+            "127.0.0.1:0".parse()?,
+            Some("127.0.0.1:0".parse()?),
+        )
+        .await?;
+        Ok(TestSeed { dir, seed })
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("seed")
+    }
+
+    pub fn publish(&self, name: &str, version: &str, src: &Path) -> anyhow::Result<PublishReport> {
+        let auth = SeedAuthority::load(&self.data())?;
+        let opts = PublishOptions {
+            name: name.into(),
+            version: version.into(),
+            kind: LayerKind::Base,
+            chunking: Default::default(),
+            progress: false,
+        };
+        Ok(publish(&self.seed.store, auth.signing_key(), src, &opts)?.1)
+    }
+
+    /// Enrolls a node and returns its state directory.
+    pub fn enroll(&self, role: Role, name: &str) -> anyhow::Result<PathBuf> {
+        let out = self.dir.path().join(format!("node-{name}"));
+        SeedAuthority::load(&self.data())?.enroll(role, name, Some("test"), &out, false)?;
+        Ok(out)
+    }
+
+    pub fn served_bytes(&self) -> u64 {
+        self.seed.metrics.served_bytes.get()
+    }
+
+    /// `oasis_served_bytes_total` as scraped over HTTP, the way an operator reads it.
+    pub async fn scrape(&self, name: &str) -> anyhow::Result<f64> {
+        let addr = self.seed.metrics_addr.expect("metrics enabled");
+        let text = http_get(addr, "/metrics").await?;
+        oasis_core::metrics::sample_value(&text, name)
+            .ok_or_else(|| anyhow::anyhow!("metric {name} not in /metrics output:\n{text}"))
+    }
+}
+
+/// A minimal HTTP/1.0 GET, so tests read metrics through the real endpoint.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(out))
+}
+
+/// Shape of a random tree.
+#[derive(Clone, Copy)]
+pub struct TreeSpec {
+    pub small_files: usize,
+    pub large_files: usize,
+    pub large_size: usize,
+    pub depth: usize,
+}
+
+/// Writes a random tree: many small files, a few large ones, empty files, symlinks (relative
+/// and absolute, dangling included), and a deep directory chain. Deterministic per seed.
+pub fn random_tree(root: &Path, seed: u64, spec: TreeSpec) -> std::io::Result<()> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    std::fs::create_dir_all(root)?;
+    let dirs = ["etc", "usr/bin", "usr/lib/x86_64", "var/cache", "opt/app/share"];
+    for d in dirs {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    for i in 0..spec.small_files {
+        let d = dirs[i % dirs.len()];
+        let len = rng.gen_range(0..6000);
+        let data: Vec<u8> = (0..len).map(|_| rng.gen_range(b'a'..=b'z')).collect();
+        let p = root.join(d).join(format!("f{i}.txt"));
+        std::fs::write(&p, data)?;
+        if i % 7 == 0 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    for i in 0..spec.large_files {
+        let mut data = vec![0u8; spec.large_size];
+        // Half random, half repetitive text: realistic compressibility.
+        rng.fill(&mut data[..spec.large_size / 2]);
+        for (j, b) in data[spec.large_size / 2..].iter_mut().enumerate() {
+            *b = b"oasis layer data "[j % 17];
+        }
+        std::fs::write(root.join(format!("usr/lib/x86_64/big{i}.so")), data)?;
+    }
+    std::fs::write(root.join("etc/empty"), b"")?;
+    std::os::unix::fs::symlink("../usr/bin", root.join("etc/bin-link"))?;
+    std::os::unix::fs::symlink("/usr/share/zoneinfo/UTC", root.join("etc/localtime"))?;
+    std::os::unix::fs::symlink("does-not-exist", root.join("var/dangling"))?;
+    let mut deep = root.join("deep");
+    for i in 0..spec.depth {
+        deep = deep.join(format!("level{i}"));
+    }
+    std::fs::create_dir_all(&deep)?;
+    std::fs::write(deep.join("bottom.txt"), b"the bottom of a deep tree\n")?;
+    Ok(())
+}
+
+/// Flips bytes in a copy of the tree so that a few chunks change (for v2 publishes).
+pub fn mutate_tree(root: &Path) -> std::io::Result<()> {
+    let big = root.join("usr/lib/x86_64/big0.so");
+    if big.exists() {
+        let mut data = std::fs::read(&big)?;
+        let mid = data.len() / 3;
+        data[mid..mid + 100].fill(0x42);
+        std::fs::write(&big, data)?;
+    }
+    std::fs::write(root.join("etc/added-in-v2.conf"), b"new = true\n")?;
+    Ok(())
+}
+
+/// What a tree holds, for comparison: path -> (kind, mode, content hash or link target).
+pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for de in std::fs::read_dir(&dir).expect("readable") {
+            let de = de.expect("entry");
+            let p = de.path();
+            let rel = p.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
+            if rel.contains(".oasis-tmp") {
+                out.insert(rel, "LEFTOVER TEMP FILE".into());
+                continue;
+            }
+            let md = std::fs::symlink_metadata(&p).expect("stat");
+            let mode = md.permissions().mode() & 0o7777;
+            let v = if md.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&p).expect("link").display())
+            } else if md.is_dir() {
+                stack.push(p.clone());
+                format!("dir {mode:o}")
+            } else {
+                let data = std::fs::read(&p).expect("read");
+                format!("file {mode:o} {} {}", data.len(), blake3::hash(&data).to_hex())
+            };
+            out.insert(rel, v);
+        }
+    }
+    out
+}
+
+pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    let status = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status()?;
+    if !status.success() {
+        return Err(std::io::Error::other("cp -a failed"));
+    }
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! WAN bandwidth policy (stub while writing).

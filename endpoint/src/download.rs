@@ -1,0 +1,349 @@
+//! Fetching chunks from one source: batches of ids over `streams` concurrent GetChunks requests
+//! on one connection, every chunk verified off the async runtime (on the rayon pool) and stored
+//! in the endpoint's cache as received (compressed form kept).
+//!
+//! A chunk whose bytes do not hash to its id is never stored: it is counted as refetched and
+//! asked for again, up to [`ATTEMPTS_PER_SOURCE`] times per source. A `Missing` answer, a
+//! chunk still bad after the last attempt, and everything not answered when the source fails
+//! are handed back so the caller can go on with the next source.
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use indicatif::ProgressBar;
+use oasis_core::compress::StoredChunk;
+use oasis_core::manifest::ChunkRef;
+use oasis_core::net::{ChunkReply, Client, NetError};
+use oasis_core::store::{ChunkStore, StoreError};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often one source is asked for a chunk that keeps arriving corrupt.
+pub const ATTEMPTS_PER_SOURCE: usize = 3;
+/// Longest wait for the next answer on a chunk stream before the source counts as dead.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Failed requests (stream errors, error frames) a source may cause before it is given up,
+/// even if its connection is still up.
+pub const MAX_REQUEST_ERRORS: u32 = 3;
+/// Most ids and plain bytes per GetChunks request.
+const MAX_BATCH_IDS: usize = 256;
+const MAX_BATCH_BYTES: u64 = 16 << 20;
+/// Chunks per stream being verified at once (bounds memory to streams x this x chunk size).
+const VERIFY_IN_FLIGHT: usize = 16;
+
+/// Counters shared by every download of one fetch.
+#[derive(Debug, Default)]
+pub struct NetCounters {
+    /// Chunk payload bytes received, as sent (compressed size), good or bad.
+    pub bytes_network: AtomicU64,
+    /// Plain bytes of the chunks accepted.
+    pub bytes_plain: AtomicU64,
+    pub chunks_fetched: AtomicU64,
+    /// Chunks that failed verification and were asked for again (or elsewhere).
+    pub chunks_refetched: AtomicU64,
+    /// `Missing` answers.
+    pub chunks_missing: AtomicU64,
+}
+
+/// Everything one download needs besides the connection.
+#[derive(Clone)]
+pub struct Downloader {
+    pub cache: Arc<ChunkStore>,
+    pub streams: usize,
+    pub counters: Arc<NetCounters>,
+    pub progress: ProgressBar,
+}
+
+/// What one source did not deliver.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Answered `Missing`.
+    pub missing: Vec<ChunkRef>,
+    /// Still corrupt after [`ATTEMPTS_PER_SOURCE`] attempts.
+    pub rejected: Vec<ChunkRef>,
+    /// Not (successfully) answered because the source failed.
+    pub unfinished: Vec<ChunkRef>,
+    /// Why the source failed, if it did.
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    pub fn is_complete(&self) -> bool {
+        self.missing.is_empty() && self.rejected.is_empty() && self.unfinished.is_empty()
+    }
+}
+
+/// A local failure (the cache cannot be written): not the source's fault, so the fetch stops.
+#[derive(Debug, thiserror::Error)]
+#[error("storing chunk {id} in the cache: {source}")]
+pub struct CacheError {
+    pub id: oasis_core::ChunkId,
+    #[source]
+    pub source: StoreError,
+}
+
+#[derive(Default)]
+struct Round {
+    missing: Vec<ChunkRef>,
+    bad: Vec<ChunkRef>,
+    unfinished: Vec<ChunkRef>,
+    error: Option<String>,
+    fatal: Option<CacheError>,
+}
+
+enum Verified {
+    Stored,
+    Bad(String),
+    CacheFailed(StoreError),
+}
+
+impl Downloader {
+    /// Fetches `want` (distinct chunks) from `client` into the cache.
+    pub async fn fetch_from(
+        &self,
+        client: &Client,
+        want: Vec<ChunkRef>,
+    ) -> Result<Outcome, CacheError> {
+        let mut out = Outcome::default();
+        let mut todo = want;
+        for attempt in 1..=ATTEMPTS_PER_SOURCE {
+            if todo.is_empty() {
+                break;
+            }
+            if attempt > 1 {
+                tracing::info!(source = %client.remote_addr(), chunks = todo.len(), attempt, "asking again for chunks that failed verification");
+            }
+            let round = self.round(client, todo).await;
+            if let Some(fatal) = round.fatal {
+                return Err(fatal);
+            }
+            out.missing.extend(round.missing);
+            if round.error.is_some() {
+                out.unfinished = round.unfinished;
+                out.unfinished.extend(round.bad);
+                out.error = round.error;
+                return Ok(out);
+            }
+            todo = round.bad;
+        }
+        out.rejected = todo;
+        Ok(out)
+    }
+
+    /// One pass over `todo` with `streams` concurrent requests.
+    async fn round(&self, client: &Client, todo: Vec<ChunkRef>) -> Round {
+        let batches = make_batches(todo, self.streams);
+        let workers = self.streams.max(1).min(batches.len());
+        let queue = Mutex::new(batches);
+        let acc = Mutex::new(Round::default());
+        let stop = AtomicBool::new(false);
+        let errors = AtomicU32::new(0);
+        let worker = || async {
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Some(batch) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+                else {
+                    break;
+                };
+                let r = self.batch(client, batch).await;
+                let mut a = acc.lock().unwrap_or_else(|e| e.into_inner());
+                a.missing.extend(r.missing);
+                a.bad.extend(r.bad);
+                if let Some(fatal) = r.fatal {
+                    a.fatal.get_or_insert(fatal);
+                    stop.store(true, Ordering::Relaxed);
+                    break;
+                }
+                if let Some(err) = r.error {
+                    let n = errors.fetch_add(1, Ordering::Relaxed) + 1;
+                    let dead = client.connection().close_reason().is_some()
+                        || matches!(err, NetError::Connection { .. } | NetError::Timeout { .. })
+                        || n >= MAX_REQUEST_ERRORS;
+                    if dead {
+                        tracing::warn!(source = %client.remote_addr(), error = %err, "source failed during the download");
+                        a.error.get_or_insert(err.to_string());
+                        a.unfinished.extend(r.unanswered);
+                        stop.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    tracing::warn!(source = %client.remote_addr(), error = %err, "chunk request failed; asking again");
+                    drop(a);
+                    if !r.unanswered.is_empty() {
+                        queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(r.unanswered);
+                    }
+                }
+            }
+        };
+        futures::future::join_all((0..workers).map(|_| worker())).await;
+        let mut round = acc.into_inner().unwrap_or_else(|e| e.into_inner());
+        if round.error.is_some() || round.fatal.is_some() {
+            let rest = queue.into_inner().unwrap_or_else(|e| e.into_inner());
+            round.unfinished.extend(rest.into_iter().flatten());
+        }
+        round
+    }
+
+    /// One GetChunks request: reads the answers, verifies and stores the chunks.
+    async fn batch(&self, client: &Client, batch: Vec<ChunkRef>) -> BatchResult {
+        let mut r = BatchResult::default();
+        let ids = batch.iter().map(|c| c.id).collect();
+        let mut pending: VecDeque<ChunkRef> = batch.into();
+        let mut replies = match tokio::time::timeout(REPLY_TIMEOUT, client.chunks(ids)).await {
+            Ok(Ok(replies)) => replies,
+            Ok(Err(e)) => {
+                r.error = Some(e);
+                r.unanswered = pending.into();
+                return r;
+            }
+            Err(_) => {
+                r.error = Some(timeout(client));
+                r.unanswered = pending.into();
+                return r;
+            }
+        };
+        let mut verifying = FuturesOrdered::new();
+        loop {
+            while verifying.len() >= VERIFY_IN_FLIGHT {
+                if let Some((c, v)) = verifying.next().await {
+                    self.settle(c, v, &mut r);
+                }
+            }
+            let reply = match tokio::time::timeout(REPLY_TIMEOUT, replies.next()).await {
+                Err(_) => {
+                    r.error = Some(timeout(client));
+                    break;
+                }
+                Ok(Err(e)) => {
+                    r.error = Some(e);
+                    break;
+                }
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(reply))) => reply,
+            };
+            let Some(want) = pending.pop_front() else { break };
+            match reply {
+                ChunkReply::Missing(_) => {
+                    self.counters.chunks_missing.fetch_add(1, Ordering::Relaxed);
+                    r.missing.push(want);
+                }
+                ChunkReply::Chunk(c) => {
+                    self.counters.bytes_network.fetch_add(c.data.len() as u64, Ordering::Relaxed);
+                    verifying.push_back(self.verify(c, want));
+                }
+            }
+        }
+        while let Some((c, v)) = verifying.next().await {
+            self.settle(c, v, &mut r);
+        }
+        r.unanswered = pending.into();
+        r
+    }
+
+    /// Verifies and stores a chunk on the rayon pool.
+    fn verify(
+        &self,
+        chunk: StoredChunk,
+        want: ChunkRef,
+    ) -> impl std::future::Future<Output = (ChunkRef, Verified)> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let cache = self.cache.clone();
+        rayon::spawn(move || {
+            let v = if chunk.id != want.id || chunk.plain_len != want.len {
+                Verified::Bad(format!(
+                    "answer is chunk {} of {} bytes, expected {} of {} bytes",
+                    chunk.id, chunk.plain_len, want.id, want.len
+                ))
+            } else {
+                match chunk.decode_verified() {
+                    Err(e) => Verified::Bad(e.to_string()),
+                    Ok(_) => match cache.put(&chunk) {
+                        Ok(_) => Verified::Stored,
+                        Err(e) => Verified::CacheFailed(e),
+                    },
+                }
+            };
+            let _ = tx.send(v);
+        });
+        async move {
+            let v = rx.await.unwrap_or_else(|_| Verified::Bad("verification task panicked".into()));
+            (want, v)
+        }
+    }
+
+    fn settle(&self, c: ChunkRef, v: Verified, r: &mut BatchResult) {
+        match v {
+            Verified::Stored => {
+                self.counters.chunks_fetched.fetch_add(1, Ordering::Relaxed);
+                self.counters.bytes_plain.fetch_add(c.len as u64, Ordering::Relaxed);
+                self.progress.inc(c.len as u64);
+            }
+            Verified::Bad(why) => {
+                tracing::warn!(chunk = %c.id, problem = %why, "chunk failed verification; discarded");
+                self.counters.chunks_refetched.fetch_add(1, Ordering::Relaxed);
+                r.bad.push(c);
+            }
+            Verified::CacheFailed(source) => {
+                r.fatal.get_or_insert(CacheError { id: c.id, source });
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct BatchResult {
+    missing: Vec<ChunkRef>,
+    bad: Vec<ChunkRef>,
+    unanswered: Vec<ChunkRef>,
+    error: Option<NetError>,
+    fatal: Option<CacheError>,
+}
+
+fn timeout(client: &Client) -> NetError {
+    NetError::Timeout { addr: client.remote_addr(), what: "waiting for chunks" }
+}
+
+/// Splits `todo` into requests: enough batches to keep every stream busy a few times over,
+/// each at most [`MAX_BATCH_IDS`] ids and about [`MAX_BATCH_BYTES`] plain bytes.
+fn make_batches(todo: Vec<ChunkRef>, streams: usize) -> VecDeque<Vec<ChunkRef>> {
+    let per = todo.len().div_ceil(streams.max(1) * 4).clamp(1, MAX_BATCH_IDS);
+    let mut out = VecDeque::new();
+    let mut cur = Vec::with_capacity(per);
+    let mut bytes = 0u64;
+    for c in todo {
+        if !cur.is_empty() && (cur.len() == per || bytes + c.len as u64 > MAX_BATCH_BYTES) {
+            out.push_back(std::mem::replace(&mut cur, Vec::with_capacity(per)));
+            bytes = 0;
+        }
+        bytes += c.len as u64;
+        cur.push(c);
+    }
+    if !cur.is_empty() {
+        out.push_back(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oasis_core::ChunkId;
+
+    #[test]
+    fn batches_cover_everything_within_limits() {
+        let refs: Vec<ChunkRef> = (0..1000u32)
+            .map(|i| ChunkRef { id: ChunkId::of(&i.to_le_bytes()), len: 64 << 10 })
+            .collect();
+        let b = make_batches(refs.clone(), 8);
+        assert!(b.len() >= 8);
+        assert!(b.iter().all(|x| x.len() <= MAX_BATCH_IDS));
+        let flat: Vec<ChunkRef> = b.into_iter().flatten().collect();
+        assert_eq!(flat, refs);
+        let big: Vec<ChunkRef> = (0..300u32)
+            .map(|i| ChunkRef { id: ChunkId::of(&i.to_le_bytes()), len: 4 << 20 })
+            .collect();
+        assert!(make_batches(big, 1).iter().all(|x| x.len() <= 4));
+        assert!(make_batches(Vec::new(), 8).is_empty());
+    }
+}

@@ -1,0 +1,210 @@
+//! `oasis-sim bench`: throughput of ingest and fetch, each as a ratio against a raw reference
+//! measured in the same run on the same data (figures alone mean little on a shared machine).
+
+use anyhow::Context;
+use oasis_core::chunk::{cut, ChunkParams};
+use oasis_core::identity::{Role, SeedAuthority};
+use oasis_core::manifest::LayerKind;
+use oasis_core::net::{self, TransportOptions};
+use oasis_endpoint::{fetch, FetchOptions};
+use oasis_seed::{publish, PublishOptions, RunningSeed};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Size of the benchmark layer in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub size_mib: usize,
+    /// Runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Which benchmarks: ingest, fetch (comma-separated).
+    #[arg(long, default_value = "ingest,fetch", value_delimiter = ',')]
+    pub only: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let size = args.size_mib << 20;
+    let runs = args.runs.max(1);
+    let data = crate::sample::mixed_bytes(size, 42);
+    let tmp = tempfile::tempdir()?;
+    let src = tmp.path().join("layer");
+    std::fs::create_dir_all(&src)?;
+    // 32 files: enough for the per-file parallelism to matter, large enough to stream.
+    for (i, part) in data.chunks(size.div_ceil(32)).enumerate() {
+        std::fs::write(src.join(format!("part{i:02}.bin")), part)?;
+    }
+    let mut out = serde_json::Map::new();
+    out.insert("size_bytes".into(), size.into());
+    out.insert("runs".into(), runs.into());
+    out.insert("cores".into(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).into());
+
+    if args.only.iter().any(|s| s == "ingest") {
+        let mut reference = Vec::new();
+        let mut ours = Vec::new();
+        for run in 0..runs {
+            reference.push(raw_pipeline_mb_s(&data));
+            let data_dir = tmp.path().join(format!("ingest-seed-{run}"));
+            let auth = SeedAuthority::init(&data_dir)?;
+            let store = oasis_seed::node::open_store(&data_dir)?;
+            let opts = PublishOptions {
+                name: "bench".into(),
+                version: "1".into(),
+                kind: LayerKind::Base,
+                chunking: ChunkParams::default(),
+                progress: false,
+            };
+            let t = Instant::now();
+            publish(&store, auth.signing_key(), &src, &opts)?;
+            ours.push(size as f64 / 1e6 / t.elapsed().as_secs_f64());
+            drop(store);
+            std::fs::remove_dir_all(&data_dir)?;
+        }
+        let (r, o) = (median(reference), median(ours));
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        let ratio = o / (r * cores);
+        out.insert(
+            "ingest".into(),
+            serde_json::json!({
+                "raw_pipeline_1core_mb_s": r, "publish_mb_s": o,
+                "ratio_vs_pipeline_x_cores": ratio, "floor": 0.6, "pass": ratio >= 0.6,
+            }),
+        );
+        if !args.json {
+            println!("ingest: raw fastcdc+blake3+zstd pipeline, 1 core, no I/O: {r:.0} MB/s");
+            println!(
+                "ingest: oasis-seed publish from files: {o:.0} MB/s = {:.0}% of pipeline x {cores} cores (floor 60%)",
+                ratio * 100.0
+            );
+        }
+    }
+
+    if args.only.iter().any(|s| s == "fetch") {
+        let seed_dir = tmp.path().join("fetch-seed");
+        let auth = SeedAuthority::init(&seed_dir)?;
+        let seed = RunningSeed::start(&seed_dir, "127.0.0.1:0".parse()?, None).await?;
+        let opts = PublishOptions {
+            name: "bench".into(),
+            version: "1".into(),
+            kind: LayerKind::Base,
+            chunking: ChunkParams::default(),
+            progress: false,
+        };
+        let (_, pubr) = publish(&seed.store, auth.signing_key(), &src, &opts)?;
+        let ep = tmp.path().join("endpoint");
+        auth.enroll(Role::Endpoint, "bench-endpoint", None, &ep, true)?;
+        let mut reference = Vec::new();
+        let mut ours = Vec::new();
+        let mut network = 0;
+        for run in 0..runs {
+            reference.push(raw_quinn_mb_s(&seed_dir, &ep, size).await?);
+            let cache = ep.join("cache");
+            if cache.exists() {
+                std::fs::remove_dir_all(&cache)?;
+            }
+            let into = tmp.path().join(format!("fetched-{run}"));
+            let t = Instant::now();
+            let r = fetch(&FetchOptions {
+                state_dir: ep.clone(),
+                sources: vec![seed.addr],
+                name: "bench".into(),
+                version: Some("1".into()),
+                into: into.clone(),
+                streams: 8,
+                progress: false,
+            })
+            .await?;
+            ours.push(r.bytes as f64 / 1e6 / t.elapsed().as_secs_f64());
+            network = r.bytes_network;
+            std::fs::remove_dir_all(&into)?;
+        }
+        seed.shutdown();
+        let (r, o) = (median(reference), median(ours));
+        let ratio = o / r;
+        out.insert(
+            "fetch".into(),
+            serde_json::json!({
+                "raw_quinn_stream_mb_s": r, "endpoint_fetch_mb_s": o, "ratio": ratio,
+                "floor": 0.5, "pass": ratio >= 0.5, "layer_bytes": pubr.bytes,
+                "stored_bytes": pubr.stored_bytes, "network_bytes": network,
+            }),
+        );
+        if !args.json {
+            println!("fetch: raw quinn stream, same transport settings, same {} MiB: {r:.0} MB/s", args.size_mib);
+            println!(
+                "fetch: oasis-endpoint fetch (cold cache, empty dir): {o:.0} MB/s = {:.0}% of raw (floor 50%); {} MB over the network for {} MB delivered",
+                ratio * 100.0,
+                network / 1_000_000,
+                pubr.bytes / 1_000_000
+            );
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Object(out));
+    }
+    Ok(())
+}
+
+/// The raw single-core pipeline: FastCDC, BLAKE3 and zstd -1 of every chunk, in memory.
+fn raw_pipeline_mb_s(data: &[u8]) -> f64 {
+    let p = ChunkParams::default();
+    let t = Instant::now();
+    let mut sink = 0usize;
+    for s in cut(data, &p) {
+        let c = &data[s.offset as usize..(s.offset + s.len as u64) as usize];
+        let h = blake3::hash(c);
+        let z = zstd::bulk::compress(c, oasis_core::compress::ZSTD_LEVEL).unwrap_or_default();
+        sink = sink.wrapping_add(h.as_bytes()[0] as usize + z.len());
+    }
+    std::hint::black_box(sink);
+    data.len() as f64 / 1e6 / t.elapsed().as_secs_f64()
+}
+
+/// One raw quinn stream carrying `size` bytes with the transport settings Oasis uses.
+async fn raw_quinn_mb_s(seed_dir: &Path, ep_dir: &Path, size: usize) -> anyhow::Result<f64> {
+    let opts = TransportOptions::default();
+    let server_id = oasis_core::identity::NodeIdentity::load(seed_dir)?;
+    let client_id = oasis_core::identity::NodeIdentity::load(ep_dir)?;
+    let server = net::server_endpoint("127.0.0.1:0".parse()?, &server_id, &opts)?;
+    let addr = server.local_addr()?;
+    let payload = Arc::new(bytes::Bytes::from(vec![0x5au8; 1 << 20]));
+    let srv = tokio::spawn(async move {
+        let conn = server.accept().await.context("no connection")?.await?;
+        let (mut send, _recv) = conn.accept_bi().await?;
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(payload.len());
+            send.write_chunk(payload.slice(..n)).await?;
+            left -= n;
+        }
+        send.finish()?;
+        let _ = send.stopped().await;
+        anyhow::Ok(())
+    });
+    let client = net::client_endpoint(&client_id, &opts)?;
+    let conn = client
+        .connect(addr, oasis_core::identity::NODE_SERVER_NAME)?
+        .await
+        .context("raw quinn connect")?;
+    let t = Instant::now();
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(b"go").await?;
+    let mut got = 0usize;
+    while let Some(c) = recv.read_chunk(1 << 20, true).await? {
+        got += c.bytes.len();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(got == size, "raw stream carried {got} of {size} bytes");
+    srv.await??;
+    conn.close(0u32.into(), b"done");
+    Ok(size as f64 / 1e6 / secs)
+}
