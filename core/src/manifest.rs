@@ -498,3 +498,41 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod documented_example {
+    use super::*;
+
+    /// The worked example in docs/protocol.md, byte for byte.
+    #[test]
+    fn body_matches_protocol_doc() {
+        let m = LayerManifest {
+            format: 1,
+            name: "a".into(),
+            version: "1".into(),
+            kind: LayerKind::App,
+            chunking: ChunkParams::default(),
+            created: 0,
+            entries: vec![
+                Entry { path: "d".into(), mode: 0o755, node: Node::Dir },
+                Entry {
+                    path: "d/f".into(),
+                    mode: 0o644,
+                    node: Node::File {
+                        size: 3,
+                        chunks: vec![ChunkRef { id: ChunkId::of(b"abc"), len: 3 }],
+                    },
+                },
+            ],
+        };
+        let mut want = vec![
+            0x01, 0x01, 0x61, 0x01, 0x31, 0x01, 0x80, 0x80, 0x01, 0x80, 0x80, 0x04, 0x80, 0x80,
+            0x10, 0x00, 0x02, 0x01, 0x64, 0xed, 0x03, 0x00, 0x03, 0x64, 0x2f, 0x66, 0xa4, 0x03,
+            0x01, 0x03, 0x01,
+        ];
+        want.extend_from_slice(blake3::hash(b"abc").as_bytes());
+        want.push(0x03);
+        assert_eq!(m.encode(), want);
+        m.validate().unwrap();
+    }
+}

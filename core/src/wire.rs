@@ -11,7 +11,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Largest chunk the protocol carries (plain or stored). Chunking parameters above it are refused.
 pub const MAX_CHUNK_BYTES: usize = 4 << 20;
-/// Largest frame a peer may send: a chunk frame with its 37-byte header fits with room to spare.
+/// Largest frame a peer may send: a chunk frame with its 42-byte header (length prefix included) fits with room to spare.
 pub const MAX_FRAME_BYTES: usize = MAX_CHUNK_BYTES + 1024;
 /// Largest request frame a server accepts (requests carry ids, not data).
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;

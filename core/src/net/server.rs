@@ -93,7 +93,7 @@ pub async fn serve<S: ChunkSource>(
             let remote = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => serve_connection(conn, source, metrics).await,
-                Err(e) => debug!(%remote, error = %e, "handshake failed"),
+                Err(e) => info!(%remote, error = %e, "handshake failed"),
             }
         });
     }
@@ -203,7 +203,7 @@ impl<S: ChunkSource> StreamCtx<S> {
             }
             Err(Refusal::Bad(frame)) => {
                 if let Frame::Error { code, message } = &frame {
-                    debug!(?code, %message, "bad request");
+                    warn!(?code, %message, "bad request");
                 }
                 self.metrics.request_errors.inc();
                 let result = write_frame(&mut send, &frame).await;
@@ -351,9 +351,9 @@ impl<S: ChunkSource> StreamCtx<S> {
     }
 }
 
-const END_FRAME: [u8; 5] = [0, 0, 0, 1, frame_type::END];
+pub(super) const END_FRAME: [u8; 5] = [0, 0, 0, 1, frame_type::END];
 
-fn missing_frame(id: &ChunkId) -> [u8; 37] {
+pub(super) fn missing_frame(id: &ChunkId) -> [u8; 37] {
     let mut f = [0u8; 37];
     f[..4].copy_from_slice(&33u32.to_be_bytes());
     f[4] = frame_type::MISSING;

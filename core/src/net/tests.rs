@@ -669,3 +669,36 @@ async fn serve_returns_when_the_endpoint_closes() {
     tokio::time::timeout(Duration::from_secs(5), net.serving).await.unwrap().unwrap();
     assert!(matches!(client.layers().await.unwrap_err(), NetError::Connection { .. }));
 }
+
+/// The worked example of docs/protocol.md, section 9.
+#[test]
+fn protocol_doc_example_matches_the_encoder() {
+    let hello = ChunkId::of(b"hello");
+    let world = ChunkId::of(b"world");
+    let hex_of = |s: &str| hex::decode(s.split_whitespace().collect::<String>()).unwrap();
+    let request = hex_of(
+        "00 00 00 45 02 00 00 00 02
+         ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f
+         d7894ae9716d38d2dfad0ec55424ca321ee12453d51f1b3adeb77d0475ed988c",
+    );
+    assert_eq!(Frame::GetChunks { ids: vec![hello, world] }.to_bytes(), request);
+
+    let chunk = StoredChunk::encode(b"hello");
+    assert_eq!(chunk.encoding, crate::compress::Encoding::Raw);
+    let mut answer = BytesMut::new();
+    Frame::Chunk(chunk).encode(&mut answer);
+    Frame::Missing { id: world }.encode(&mut answer);
+    Frame::End.encode(&mut answer);
+    let expected = hex_of(
+        "00 00 00 2b 82
+         ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f
+         00 00 00 00 05 68 65 6c 6c 6f
+         00 00 00 21 83
+         d7894ae9716d38d2dfad0ec55424ca321ee12453d51f1b3adeb77d0475ed988c
+         00 00 00 01 85",
+    );
+    assert_eq!(&answer[..], &expected[..]);
+    // The server's hand-built frames agree with the encoder too.
+    assert_eq!(&server::missing_frame(&world)[..], &Frame::Missing { id: world }.to_bytes()[..]);
+    assert_eq!(&server::END_FRAME[..], &Frame::End.to_bytes()[..]);
+}
