@@ -44,6 +44,18 @@ pub enum StoreError {
     BadManifest { label: String, problem: String },
 }
 
+impl StoreError {
+    /// True when another process holds the store open (sled takes an exclusive lock).
+    pub fn is_locked(&self) -> bool {
+        match self {
+            StoreError::Open { source: sled::Error::Io(e), .. } => {
+                e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("acquire lock")
+            }
+            _ => false,
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.to_path_buf(), source }
 }

@@ -25,12 +25,14 @@ pub mod frame_type {
     pub const GET_CHUNKS: u8 = 0x02;
     pub const HAVE: u8 = 0x03;
     pub const LIST_LAYERS: u8 = 0x04;
+    pub const GET_ASSIGNMENTS: u8 = 0x05;
     pub const MANIFEST: u8 = 0x81;
     pub const CHUNK: u8 = 0x82;
     pub const MISSING: u8 = 0x83;
     pub const HAVE_REPLY: u8 = 0x84;
     pub const END: u8 = 0x85;
     pub const LAYERS: u8 = 0x86;
+    pub const ASSIGNMENTS: u8 = 0x87;
     pub const ERROR: u8 = 0xFF;
 }
 
@@ -68,6 +70,15 @@ impl ErrorCode {
     }
 }
 
+/// A layer assigned to a site (or device), as listed by `Assignments`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    pub name: String,
+    pub version: String,
+    /// Delivery window in the site's time zone, "HH:MM-HH:MM"; empty for "any time".
+    pub window: String,
+}
+
 /// A layer known to a server, as listed by `ListLayers`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LayerRef {
@@ -86,6 +97,9 @@ pub enum Frame {
     Have { ids: Vec<ChunkId> },
     /// List published layers. Answer: `Layers`.
     ListLayers,
+    /// Layers assigned to the requesting node's site (read from its certificate). Answer:
+    /// `Assignments`.
+    GetAssignments,
     /// A signed manifest (see manifest::SignedManifest::to_bytes).
     Manifest { signed: Bytes },
     Chunk(StoredChunk),
@@ -94,6 +108,7 @@ pub enum Frame {
     HaveReply { count: u32, bitmap: Bytes },
     End,
     Layers { layers: Vec<LayerRef> },
+    Assignments { assignments: Vec<Assignment> },
     Error { code: ErrorCode, message: String },
 }
 
@@ -125,12 +140,14 @@ impl Frame {
             Frame::GetChunks { .. } => GET_CHUNKS,
             Frame::Have { .. } => HAVE,
             Frame::ListLayers => LIST_LAYERS,
+            Frame::GetAssignments => GET_ASSIGNMENTS,
             Frame::Manifest { .. } => MANIFEST,
             Frame::Chunk(_) => CHUNK,
             Frame::Missing { .. } => MISSING,
             Frame::HaveReply { .. } => HAVE_REPLY,
             Frame::End => END,
             Frame::Layers { .. } => LAYERS,
+            Frame::Assignments { .. } => ASSIGNMENTS,
             Frame::Error { .. } => ERROR,
         }
     }
@@ -151,7 +168,7 @@ impl Frame {
                     out.put_slice(id.as_bytes());
                 }
             }
-            Frame::ListLayers | Frame::End => {}
+            Frame::ListLayers | Frame::GetAssignments | Frame::End => {}
             Frame::Manifest { signed } => out.put_slice(signed),
             Frame::Chunk(c) => {
                 out.put_slice(c.id.as_bytes());
@@ -170,6 +187,14 @@ impl Frame {
                     put_str(out, &l.name);
                     put_str(out, &l.version);
                     out.put_slice(&l.digest);
+                }
+            }
+            Frame::Assignments { assignments } => {
+                out.put_u32(assignments.len() as u32);
+                for a in assignments {
+                    put_str(out, &a.name);
+                    put_str(out, &a.version);
+                    put_str(out, &a.window);
                 }
             }
             Frame::Error { code, message } => {
@@ -219,6 +244,7 @@ impl Frame {
             GET_CHUNKS => Frame::GetChunks { ids: get_ids(&mut body, "GetChunks")? },
             HAVE => Frame::Have { ids: get_ids(&mut body, "Have")? },
             LIST_LAYERS => Frame::ListLayers,
+            GET_ASSIGNMENTS => Frame::GetAssignments,
             MANIFEST => {
                 let signed = body.split_to(body.len());
                 Frame::Manifest { signed }
@@ -267,6 +293,22 @@ impl Frame {
                     layers.push(LayerRef { name, version, digest });
                 }
                 Frame::Layers { layers }
+            }
+            ASSIGNMENTS => {
+                need(&body, 4, "Assignments")?;
+                let n = body.get_u32() as usize;
+                // Each entry takes at least 3 bytes: refuse counts the body cannot hold.
+                if n > body.len() / 3 {
+                    return Err(malformed("Assignments", "count exceeds body"));
+                }
+                let mut assignments = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let name = get_str(&mut body, "Assignments")?;
+                    let version = get_str(&mut body, "Assignments")?;
+                    let window = get_str(&mut body, "Assignments")?;
+                    assignments.push(Assignment { name, version, window });
+                }
+                Frame::Assignments { assignments }
             }
             ERROR => {
                 need(&body, 4, "Error")?;
@@ -402,6 +444,13 @@ mod tests {
             layers: vec![LayerRef { name: "a".into(), version: "1".into(), digest: [3; 32] }],
         });
         roundtrip(Frame::error(ErrorCode::NotFound, "layer base@9 not found"));
+        roundtrip(Frame::GetAssignments);
+        roundtrip(Frame::Assignments {
+            assignments: vec![
+                Assignment { name: "base".into(), version: "2".into(), window: "02:00-05:00".into() },
+                Assignment { name: "app".into(), version: "1".into(), window: String::new() },
+            ],
+        });
     }
 
     #[test]

@@ -134,6 +134,17 @@ pub fn publish(
     src: &Path,
     opts: &PublishOptions,
 ) -> Result<(SignedManifest, PublishReport), IngestError> {
+    publish_with_bar(store, key, src, opts, None)
+}
+
+/// [`publish`] reporting progress (plain bytes read) on `bar` instead of its own terminal bar.
+pub fn publish_with_bar(
+    store: &ChunkStore,
+    key: &ed25519_dalek::SigningKey,
+    src: &Path,
+    opts: &PublishOptions,
+    bar: Option<ProgressBar>,
+) -> Result<(SignedManifest, PublishReport), IngestError> {
     let layer = format!("{}@{}", opts.name, opts.version);
     let invalid = |problem: String| IngestError::Invalid { layer: layer.clone(), problem };
     validate_label("name", &opts.name).map_err(invalid)?;
@@ -147,7 +158,13 @@ pub fn publish(
     let started = Instant::now();
     let found = walk(src, &layer)?;
     let total: u64 = found.iter().map(|f| if let Found::File { size, .. } = f.2 { size } else { 0 }).sum();
-    let bar = progress_bar(opts.progress, total, &layer);
+    let bar = match bar {
+        Some(b) => {
+            b.set_length(total);
+            b
+        }
+        None => progress_bar(opts.progress, total, &layer),
+    };
 
     let added: Mutex<Vec<ChunkId>> = Mutex::new(Vec::new());
     let new_stored = AtomicU64::new(0);

@@ -1,5 +1,8 @@
 //! The datacenter seed: publishes layers into its chunk store and serves them.
 
+pub mod admin;
+pub mod catalog;
+pub mod commands;
 pub mod ingest;
 pub mod node;
 pub mod source;

@@ -1,16 +1,19 @@
 //! `oasis-seed`: the datacenter seed node's command line.
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 use oasis_core::chunk::ChunkParams;
 use oasis_core::identity::{Role, SeedAuthority};
 use oasis_core::logging::{self, LogFormat};
-use oasis_core::manifest::{self, LayerKind, SignedManifest};
+use oasis_core::manifest::LayerKind;
+use oasis_core::store::StoreError;
+use oasis_seed::admin::forward;
+use oasis_seed::commands::{execute, StoreCommand};
 use oasis_seed::node::open_store;
-use oasis_seed::{publish, PublishOptions, RunningSeed};
+use oasis_seed::RunningSeed;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(name = "oasis-seed", version, about = "Oasis datacenter seed: publish layers and serve them")]
@@ -94,6 +97,40 @@ enum Cmd {
         #[arg(long)]
         metrics: Option<SocketAddr>,
     },
+    /// Assign a published layer version to a site (replaces the site's earlier version).
+    Assign {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        site: String,
+        /// NAME@VERSION (NAME alone: the latest version).
+        layer: String,
+        /// Delivery window in the site's time zone, HH:MM-HH:MM.
+        #[arg(long)]
+        window: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a site's assignment of a layer.
+    Unassign {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        site: String,
+        /// NAME or NAME@VERSION.
+        layer: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List assignments, of every site or one.
+    Assignments {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-read and verify every stored chunk; drop any that fail.
     Verify {
         #[arg(long)]
@@ -101,14 +138,6 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// Splits NAME[@VERSION].
-pub fn split_layer(s: &str) -> (&str, Option<&str>) {
-    match s.split_once('@') {
-        Some((n, v)) => (n, Some(v)),
-        None => (s, None),
-    }
 }
 
 fn main() {
@@ -145,43 +174,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Publish { data, name, version, kind, chunk_sizes, src_dir, json } => {
-            let auth = SeedAuthority::load(&data)?;
-            let store = open_store(&data)?;
-            let opts = PublishOptions {
-                name,
-                version,
-                kind,
-                chunking: chunk_sizes,
-                progress: !json && std::io::stderr().is_terminal(),
-            };
-            let (_, r) = publish(&store, auth.signing_key(), &src_dir, &opts)?;
+            // The running seed resolves paths in its own working directory: send it an absolute one.
+            let src_dir = std::path::absolute(&src_dir).unwrap_or(src_dir);
+            let cmd = StoreCommand::Publish { name, version, kind, chunking: chunk_sizes, src_dir };
+            let r = run_store_command(&data, &cmd, !json)?;
             if json {
-                println!("{}", serde_json::to_string(&r)?);
+                println!("{r}");
             } else {
+                let g = |k: &str| r[k].as_u64().unwrap_or(0);
                 println!(
                     "published {} ({}) digest {}\n  {} files, {} bytes in {} chunks ({} unique, {} bytes plain, {} stored)\n  new in store: {} chunks, {} bytes stored ({} plain); {:.1} s, {:.0} MB/s",
-                    r.layer, r.kind, r.digest, r.files, r.bytes, r.chunks, r.unique_chunks,
-                    r.unique_bytes, r.stored_bytes, r.new_chunks, r.new_bytes, r.new_plain_bytes,
-                    r.seconds, r.mb_per_s
+                    r["layer"].as_str().unwrap_or(""), r["kind"].as_str().unwrap_or(""),
+                    r["digest"].as_str().unwrap_or(""), g("files"), g("bytes"), g("chunks"),
+                    g("unique_chunks"), g("unique_bytes"), g("stored_bytes"), g("new_chunks"),
+                    g("new_bytes"), g("new_plain_bytes"), r["seconds"].as_f64().unwrap_or(0.0),
+                    r["mb_per_s"].as_f64().unwrap_or(0.0)
                 );
             }
         }
         Cmd::List { data, json } => {
-            let auth = SeedAuthority::load(&data)?;
-            let store = open_store(&data)?;
-            let mut rows = Vec::new();
-            for item in store.manifests() {
-                let (name, version, bytes) = item?;
-                let sm = SignedManifest::open(&bytes, auth.trust().manifest_key())
-                    .with_context(|| format!("stored manifest {name}@{version}"))?;
-                let m = &sm.manifest;
-                rows.push(serde_json::json!({
-                    "name": name, "version": version, "kind": m.kind.to_string(),
-                    "digest": sm.digest_hex(), "files": m.files().count(), "bytes": m.total_bytes(),
-                    "created": m.created,
-                    "latest": store.latest_version(&name)?.as_deref() == Some(version.as_str()),
-                }));
-            }
+            let rows = run_store_command(&data, &StoreCommand::List, false)?;
+            let rows = rows.as_array().cloned().unwrap_or_default();
             if json {
                 println!("{}", serde_json::Value::Array(rows));
             } else if rows.is_empty() {
@@ -196,21 +209,72 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         r["kind"].as_str().unwrap_or(""),
                         r["files"].to_string(),
                         r["bytes"].to_string(),
-                        &r["digest"].as_str().unwrap_or("")[..16],
+                        r["digest"].as_str().unwrap_or("").get(..16).unwrap_or(""),
                         if r["latest"] == true { "  (latest)" } else { "" }
                     );
                 }
             }
         }
         Cmd::Show { data, layer } => {
-            let auth = SeedAuthority::load(&data)?;
-            let store = open_store(&data)?;
-            let (name, version) = split_layer(&layer);
-            let bytes = store
-                .manifest_bytes(name, version)?
-                .with_context(|| format!("layer {layer} is not published in {}", data.display()))?;
-            let sm = SignedManifest::open(&bytes, auth.trust().manifest_key())?;
-            println!("{}", serde_json::to_string_pretty(&manifest::to_json(&sm))?);
+            let v = run_store_command(&data, &StoreCommand::Show { layer }, false)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Cmd::Assign { data, site, layer, window, json } => {
+            let v = run_store_command(&data, &StoreCommand::Assign { site, layer, window }, false)?;
+            if json {
+                println!("{v}");
+            } else {
+                println!(
+                    "assigned {}@{} to site {}{}{}",
+                    v["name"].as_str().unwrap_or(""),
+                    v["version"].as_str().unwrap_or(""),
+                    v["site"].as_str().unwrap_or(""),
+                    match v["window"].as_str() {
+                        Some(w) if !w.is_empty() => format!(" in window {w}"),
+                        _ => String::new(),
+                    },
+                    match v["replaced"].as_str() {
+                        Some(old) => format!(" (replaces version {old})"),
+                        None => String::new(),
+                    }
+                );
+            }
+        }
+        Cmd::Unassign { data, site, layer, json } => {
+            let v = run_store_command(&data, &StoreCommand::Unassign { site, layer }, false)?;
+            if json {
+                println!("{v}");
+            } else {
+                println!(
+                    "unassigned {}@{} from site {}",
+                    v["name"].as_str().unwrap_or(""),
+                    v["version"].as_str().unwrap_or(""),
+                    v["site"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Cmd::Assignments { data, site, json } => {
+            let v = run_store_command(&data, &StoreCommand::Assignments { site }, false)?;
+            if json {
+                println!("{v}");
+            } else {
+                let rows = v.as_array().cloned().unwrap_or_default();
+                if rows.is_empty() {
+                    println!("no assignments");
+                }
+                for a in rows {
+                    println!(
+                        "{:<20} {}@{}{}",
+                        a["site"].as_str().unwrap_or(""),
+                        a["name"].as_str().unwrap_or(""),
+                        a["version"].as_str().unwrap_or(""),
+                        match a["window"].as_str() {
+                            Some(w) if !w.is_empty() => format!("  window {w}"),
+                            _ => String::new(),
+                        }
+                    );
+                }
+            }
         }
         Cmd::Serve { data, listen, metrics } => {
             let rt = tokio::runtime::Runtime::new()?;
@@ -223,22 +287,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
         }
         Cmd::Verify { data, json } => {
-            let store = open_store(&data)?;
-            let (mut ok, mut bad, mut bytes) = (0u64, 0u64, 0u64);
-            let ids: Vec<_> = store.ids().collect::<Result<_, _>>()?;
-            for (id, e) in ids {
-                match store.get(&id)? {
-                    Some(_) => {
-                        ok += 1;
-                        bytes += e.stored_len as u64;
-                    }
-                    None => bad += 1,
-                }
-            }
+            let v = run_store_command(&data, &StoreCommand::Verify, false)?;
+            let (ok, bad) = (v["chunks_ok"].as_u64().unwrap_or(0), v["chunks_dropped"].as_u64().unwrap_or(0));
             if json {
-                println!("{}", serde_json::json!({ "chunks_ok": ok, "chunks_dropped": bad, "stored_bytes": bytes }));
+                println!("{v}");
             } else {
-                println!("{ok} chunks verified ({bytes} bytes stored); {bad} dropped as corrupt or missing");
+                println!(
+                    "{ok} chunks verified ({} bytes stored); {bad} dropped as corrupt or missing",
+                    v["stored_bytes"]
+                );
             }
             if bad > 0 {
                 std::process::exit(3);
@@ -246,4 +303,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs a store command here, or in the running seed when it holds the store.
+fn run_store_command(data: &Path, cmd: &StoreCommand, progress: bool) -> anyhow::Result<serde_json::Value> {
+    let auth = SeedAuthority::load(data)?;
+    let bar = (progress && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        b.set_message("publishing");
+        b
+    });
+    let result = match open_store(data) {
+        Ok(store) => execute(cmd, &auth, &store, bar.clone()),
+        Err(e) if e.downcast_ref::<StoreError>().is_some_and(|s| s.is_locked()) => {
+            tracing::debug!("store is held by a running seed; using its admin socket");
+            forward(data, cmd, bar.as_ref())
+        }
+        Err(e) => Err(e),
+    };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    result
 }

@@ -46,9 +46,12 @@ impl RunningSeed {
         metrics_listen: Option<SocketAddr>,
     ) -> anyhow::Result<RunningSeed> {
         // Loading the authority proves DATA holds a complete root of trust.
-        SeedAuthority::load(data)?;
+        let auth = Arc::new(SeedAuthority::load(data)?);
         let identity = NodeIdentity::load(data)?;
         let store = Arc::new(open_store(data)?);
+        crate::admin::spawn(data, auth, store.clone()).with_context(|| {
+            format!("cannot open the admin socket {}", crate::admin::socket_path(data).display())
+        })?;
         Self::start_with(identity, store, listen, metrics_listen).await
     }
 

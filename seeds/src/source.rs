@@ -5,7 +5,9 @@ use oasis_core::chunk::ChunkId;
 use oasis_core::compress::StoredChunk;
 use oasis_core::net::{ChunkSource, SourceError};
 use oasis_core::store::ChunkStore;
-use oasis_core::wire::LayerRef;
+use crate::catalog::Catalog;
+use oasis_core::identity::PeerInfo;
+use oasis_core::wire::{Assignment, LayerRef};
 use std::sync::Arc;
 
 pub struct SeedSource {
@@ -41,5 +43,11 @@ impl ChunkSource for SeedSource {
 
     async fn layers(&self) -> Result<Vec<LayerRef>, SourceError> {
         self.store.layer_refs().map_err(internal)
+    }
+
+    async fn assignments(&self, peer: &PeerInfo) -> Result<Vec<Assignment>, SourceError> {
+        let Some(site) = peer.site.as_deref() else { return Ok(Vec::new()) };
+        let list = Catalog::open(&self.store).and_then(|c| c.list(Some(site))).map_err(internal)?;
+        Ok(list.iter().map(|a| a.to_wire()).collect())
     }
 }

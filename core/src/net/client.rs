@@ -148,6 +148,14 @@ impl Client {
         }
     }
 
+    /// Layers the server assigns to this node's site (or to this device).
+    pub async fn assignments(&self) -> Result<Vec<wire::Assignment>, NetError> {
+        match self.request(&Frame::GetAssignments).await? {
+            Frame::Assignments { assignments } => Ok(assignments),
+            other => Err(self.unexpected(&other, "Assignments")),
+        }
+    }
+
     /// Closes the connection (code [`close_code::NORMAL`]); requests in flight fail.
     pub fn close(&self) {
         self.conn.close(VarInt::from_u32(close_code::NORMAL), b"done");

@@ -41,6 +41,14 @@ pub trait ChunkSource: Send + Sync + 'static {
     /// Published layers.
     fn layers(&self) -> impl Future<Output = Result<Vec<wire::LayerRef>, SourceError>> + Send;
 
+    /// Layers assigned to `peer` (its site, or the device itself). Default: none.
+    fn assignments(
+        &self,
+        _peer: &PeerInfo,
+    ) -> impl Future<Output = Result<Vec<wire::Assignment>, SourceError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
     /// Which peers may connect (default: every enrolled role). A refused peer's connection is
     /// closed with [`close_code::FORBIDDEN`].
     fn admits(&self, _peer: &PeerInfo) -> bool {
@@ -138,6 +146,7 @@ async fn serve_connection<S: ChunkSource>(
     async move {
         metrics.connections.inc();
         let _guard = ConnectionGuard(metrics.connections.clone());
+        let peer = Arc::new(peer);
         info!("peer connected");
         let bad_requests = Arc::new(AtomicU32::new(0));
         let reason = loop {
@@ -145,6 +154,7 @@ async fn serve_connection<S: ChunkSource>(
                 Ok((send, recv)) => {
                     let ctx = StreamCtx {
                         source: source.clone(),
+                        peer: peer.clone(),
                         metrics: metrics.clone(),
                         conn: conn.clone(),
                         bad_requests: bad_requests.clone(),
@@ -170,6 +180,7 @@ async fn serve_connection<S: ChunkSource>(
 
 struct StreamCtx<S> {
     source: Arc<S>,
+    peer: Arc<PeerInfo>,
     metrics: Arc<NodeMetrics>,
     conn: Connection,
     bad_requests: Arc<AtomicU32>,
@@ -262,6 +273,10 @@ impl<S: ChunkSource> StreamCtx<S> {
             },
             Frame::ListLayers => match source.layers().await {
                 Ok(layers) => Ok(Frame::Layers { layers }),
+                Err(e) => Err(e.into_frame()),
+            },
+            Frame::GetAssignments => match source.assignments(&self.peer).await {
+                Ok(assignments) => Ok(Frame::Assignments { assignments }),
                 Err(e) => Err(e.into_frame()),
             },
             // read_request only lets requests through.
@@ -388,6 +403,7 @@ async fn read_request(recv: &mut RecvStream) -> Result<Frame, Refusal> {
             | frame_type::GET_CHUNKS
             | frame_type::HAVE
             | frame_type::LIST_LAYERS
+            | frame_type::GET_ASSIGNMENTS
     ) {
         let known = Frame::decode(ty, Bytes::new())
             .map_or_else(|e| !matches!(e, wire::WireError::UnknownType(_)), |_| true);

@@ -1,0 +1,115 @@
+//! The seed's store operations, shared by the command line (store opened locally) and the
+//! admin socket of a running `oasis-seed serve` (which holds the store's lock).
+
+use crate::catalog::Catalog;
+use crate::ingest::PublishOptions;
+use anyhow::Context;
+use indicatif::ProgressBar;
+use oasis_core::chunk::ChunkParams;
+use oasis_core::identity::SeedAuthority;
+use oasis_core::manifest::{self, LayerKind, SignedManifest};
+use oasis_core::store::ChunkStore;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum StoreCommand {
+    Publish { name: String, version: String, kind: LayerKind, chunking: ChunkParams, src_dir: PathBuf },
+    List,
+    Show { layer: String },
+    Assign { site: String, layer: String, window: Option<String> },
+    Unassign { site: String, layer: String },
+    Assignments { site: Option<String> },
+    Verify,
+}
+
+/// Splits NAME[@VERSION].
+pub fn split_layer(s: &str) -> (&str, Option<&str>) {
+    match s.split_once('@') {
+        Some((n, v)) => (n, Some(v)),
+        None => (s, None),
+    }
+}
+
+/// Runs one command against an open store. `bar` tracks progress of long operations (it may
+/// be hidden: a remote caller polls its position).
+pub fn execute(
+    cmd: &StoreCommand,
+    auth: &SeedAuthority,
+    store: &ChunkStore,
+    bar: Option<ProgressBar>,
+) -> anyhow::Result<Value> {
+    match cmd {
+        StoreCommand::Publish { name, version, kind, chunking, src_dir } => {
+            let opts = PublishOptions {
+                name: name.clone(),
+                version: version.clone(),
+                kind: *kind,
+                chunking: *chunking,
+                progress: false,
+            };
+            let (_, report) = crate::ingest::publish_with_bar(store, auth.signing_key(), src_dir, &opts, bar)?;
+            Ok(serde_json::to_value(report)?)
+        }
+        StoreCommand::List => {
+            let mut rows = Vec::new();
+            for item in store.manifests() {
+                let (name, version, bytes) = item?;
+                let sm = SignedManifest::open(&bytes, auth.trust().manifest_key())
+                    .with_context(|| format!("stored manifest {name}@{version}"))?;
+                let m = &sm.manifest;
+                rows.push(json!({
+                    "name": name, "version": version, "kind": m.kind.to_string(),
+                    "digest": sm.digest_hex(), "files": m.files().count(), "bytes": m.total_bytes(),
+                    "created": m.created,
+                    "latest": store.latest_version(&name)?.as_deref() == Some(version.as_str()),
+                }));
+            }
+            Ok(Value::Array(rows))
+        }
+        StoreCommand::Show { layer } => {
+            let (name, version) = split_layer(layer);
+            let bytes = store
+                .manifest_bytes(name, version)?
+                .with_context(|| format!("layer {layer} is not published"))?;
+            let sm = SignedManifest::open(&bytes, auth.trust().manifest_key())?;
+            Ok(manifest::to_json(&sm))
+        }
+        StoreCommand::Assign { site, layer, window } => {
+            let (name, version) = split_layer(layer);
+            let version = match version {
+                Some(v) => v.to_string(),
+                None => store
+                    .latest_version(name)?
+                    .with_context(|| format!("layer {name} is not published"))?,
+            };
+            let replaced = Catalog::open(store)?.assign(site, name, &version, window.as_deref())?;
+            Ok(json!({ "site": site, "name": name, "version": version,
+                       "window": window.clone().unwrap_or_default(), "replaced": replaced }))
+        }
+        StoreCommand::Unassign { site, layer } => {
+            let (name, version) = split_layer(layer);
+            Ok(serde_json::to_value(Catalog::open(store)?.unassign(site, name, version)?)?)
+        }
+        StoreCommand::Assignments { site } => {
+            Ok(serde_json::to_value(Catalog::open(store)?.list(site.as_deref())?)?)
+        }
+        StoreCommand::Verify => {
+            let (mut ok, mut bad, mut bytes) = (0u64, 0u64, 0u64);
+            let ids: Vec<_> = store.ids().collect::<Result<_, _>>()?;
+            for (id, e) in ids {
+                match store.get(&id)? {
+                    Some(_) => {
+                        ok += 1;
+                        bytes += e.stored_len as u64;
+                    }
+                    None => bad += 1,
+                }
+            }
+            Ok(json!({ "chunks_ok": ok, "chunks_dropped": bad, "stored_bytes": bytes }))
+        }
+    }
+}
+
