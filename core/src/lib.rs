@@ -4,6 +4,7 @@
 //! bytes and return values, so the simulator can drive the same code without sockets. The
 //! chunk store (`store`) and the QUIC transport (`net`) are the thin I/O shells around them.
 
+pub mod cache;
 pub mod chunk;
 pub mod compress;
 pub mod identity;

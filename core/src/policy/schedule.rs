@@ -292,8 +292,9 @@ impl BandwidthPolicy {
                 .chain(self.windows.iter().flat_map(|w| [w.start, w.end]))
                 .filter(|&s| s < DAY);
             for secs in edges {
-                let t = Time::new((secs / 3600) as i8, (secs / 60 % 60) as i8, (secs % 60) as i8, 0)
-                    .expect("seconds of a day form a valid time");
+                let t =
+                    Time::new((secs / 3600) as i8, (secs / 60 % 60) as i8, (secs % 60) as i8, 0)
+                        .expect("seconds of a day form a valid time");
                 let amb = self.tz.tz.to_ambiguous_timestamp(d.to_datetime(t));
                 for at in [amb.earlier(), amb.later()].into_iter().flatten() {
                     consider(at.as_second());
@@ -324,8 +325,8 @@ impl BandwidthPolicy {
 
 /// A jiff timestamp for `unix_secs`, clamped to jiff's supported range (years -9999..=9999).
 fn timestamp(unix_secs: i64) -> Timestamp {
-    let clamped =
-        unix_secs.clamp(Timestamp::MIN.as_second() + 2 * 86_400, Timestamp::MAX.as_second() - 20 * 86_400);
+    let clamped = unix_secs
+        .clamp(Timestamp::MIN.as_second() + 2 * 86_400, Timestamp::MAX.as_second() - 20 * 86_400);
     Timestamp::from_second(clamped).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 

@@ -67,7 +67,8 @@ pub(crate) fn parse_size_str(text: &str) -> Result<u64, String> {
 
 /// `"2.5 MiB"` → 2 621 440. Rounds to the nearest byte (only fractional bits can round).
 fn parse_amount(text: &str) -> Result<u64, String> {
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(text.len());
+    let split =
+        text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let unit = unit.trim();
     if number.is_empty() {
@@ -121,15 +122,12 @@ pub(crate) fn float_bytes(value: f64) -> Result<u64, String> {
 
 /// Human form of a byte count for notes and `Display`: exact binary or decimal unit if one fits.
 pub(crate) fn fmt_bytes(bytes: u64) -> String {
-    const BIN: [(u64, &str); 4] = [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
-    const DEC: [(u64, &str); 4] = [
-        (1_000_000_000_000, "TB"),
-        (1_000_000_000, "GB"),
-        (1_000_000, "MB"),
-        (1_000, "KB"),
-    ];
+    const BIN: [(u64, &str); 4] =
+        [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    const DEC: [(u64, &str); 4] =
+        [(1_000_000_000_000, "TB"), (1_000_000_000, "GB"), (1_000_000, "MB"), (1_000, "KB")];
     for (unit, name) in BIN.into_iter().chain(DEC) {
-        if bytes >= unit && bytes % unit == 0 {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
             return format!("{} {name}", bytes / unit);
         }
     }
