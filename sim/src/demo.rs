@@ -37,9 +37,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             tmp.path()
         }
     };
+    let started = std::time::Instant::now();
     let say = |s: &str| {
         if !args.json {
-            eprintln!("==> {s}");
+            eprintln!("[{:>5.1}s] {s}", started.elapsed().as_secs_f64());
         }
     };
     let data = base.join("seed");

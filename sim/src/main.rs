@@ -22,7 +22,9 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    // The demo tells its own story on the terminal; its nodes log only warnings unless RUST_LOG says otherwise.
+    let default_level = if matches!(cli.cmd, Cmd::Demo(_)) { "warn" } else { "info" };
+    logging::init_with_default(cli.log_format, default_level);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
