@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod chunk;
 pub mod compress;
+pub mod gossip;
 pub mod identity;
 pub mod logging;
 pub mod manifest;

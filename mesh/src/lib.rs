@@ -1,0 +1,354 @@
+//! Oasis reflector mesh: libp2p discovery and chunk-availability gossip between reflectors.
+//!
+//! One task owns the libp2p [`Swarm`](libp2p::Swarm) (identify, gossipsub, Kademlia, mDNS over
+//! TCP+noise+yamux and QUIC); the rest of the program holds a cloneable [`MeshHandle`] that
+//! sends commands over a channel and gets answers on oneshots. No lock guards the swarm.
+//!
+//! What is gossiped, and how peers prove they are enrolled nodes, is described in
+//! `docs/gossip.md` and in [`binding`]; the pure data model (encoding, validation, the view of
+//! the mesh, rendezvous hashing, WAN shares) is [`oasis_core::gossip`].
+//!
+//! ```ignore
+//! let (mesh, task) = Mesh::start(config, &identity, &state_dir)?;
+//! mesh.metrics().register(&mut registry);
+//! mesh.learn_layer(digest, manifest.unique_chunks().len() as u32);
+//! mesh.announce_layer(digest, chunk_count, Holding::Partial(bitmap));
+//! mesh.update_load(load);
+//! let holders = mesh.holders(digest, chunk_index).await?;
+//! ```
+
+pub mod binding;
+mod task;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+pub use binding::{peer_id_of_state, P2P_KEY_FILE};
+pub use libp2p;
+use libp2p::{Multiaddr, PeerId};
+use oasis_core::chunk::ChunkId;
+use oasis_core::gossip::{GossipView, LayerDigest, Load, PeerRef};
+use oasis_core::identity::NodeIdentity;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Default libp2p port (TCP and UDP/QUIC).
+pub const DEFAULT_P2P_PORT: u16 = 7411;
+/// The gossipsub topic of the mesh.
+pub const TOPIC: &str = "oasis/mesh/1";
+/// Kademlia protocol name (a private DHT, not the public IPFS one).
+pub const KAD_PROTOCOL: &str = "/oasis/kad/1.0.0";
+/// Identify protocol version.
+pub const IDENTIFY_PROTOCOL: &str = "/oasis/mesh/1.0.0";
+
+/// Mesh configuration; the reflector maps its flags onto it.
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    /// `--p2p-listen MULTIADDR` (repeatable). Default: TCP and QUIC on port 7411, all IPv4.
+    pub listen: Vec<Multiaddr>,
+    /// `--bootstrap MULTIADDR` (repeatable), with or without a trailing `/p2p/PEER_ID`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// `!--no-mdns`.
+    pub mdns: bool,
+    /// Heartbeat (liveness + load) interval; silent peers expire after 3 of them.
+    pub heartbeat: Duration,
+    /// Availability updates are batched and sent at most this often.
+    pub batch_interval: Duration,
+    /// Full availability state is re-sent every this many heartbeats (late joiners, lost
+    /// messages).
+    pub reannounce_heartbeats: u32,
+    /// Where this node serves the Oasis QUIC protocol (gossiped to siblings).
+    pub serving_addr: Option<SocketAddr>,
+    /// The mesh dials peers it learns of (Kademlia, mDNS) while it has fewer connections.
+    pub target_connections: usize,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            listen: vec![
+                format!("/ip4/0.0.0.0/tcp/{DEFAULT_P2P_PORT}").parse().expect("valid multiaddr"),
+                format!("/ip4/0.0.0.0/udp/{DEFAULT_P2P_PORT}/quic-v1")
+                    .parse()
+                    .expect("valid multiaddr"),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            heartbeat: oasis_core::gossip::DEFAULT_HEARTBEAT,
+            batch_interval: Duration::from_millis(250),
+            reannounce_heartbeats: 10,
+            serving_addr: None,
+            target_connections: 8,
+        }
+    }
+}
+
+/// Which chunks of a layer the local node holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holding {
+    Complete,
+    /// LSB-first bitmap over `unique_chunks()`, `ceil(chunk_count / 8)` bytes.
+    Partial(Vec<u8>),
+    /// Nothing any more (evicted); announced once, then forgotten.
+    Evicted,
+}
+
+/// A live mesh peer as the reflector needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshPeer {
+    pub peer_id: PeerId,
+    pub site: Option<String>,
+    pub serving_addr: Option<SocketAddr>,
+    pub load: Load,
+}
+
+/// Metric handles. Register them with [`MeshMetrics::register`].
+#[derive(Clone, Debug, Default)]
+pub struct MeshMetrics {
+    /// `oasis_peers`: verified, live mesh peers.
+    pub peers: Gauge,
+    /// `oasis_gossip_messages_total{kind, direction}`.
+    pub messages: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// `oasis_gossip_dropped_total{reason}`.
+    pub dropped: Family<Vec<(&'static str, &'static str)>, Counter>,
+}
+
+impl MeshMetrics {
+    /// Registers the metrics. Names are given without the `oasis_` prefix, which the registry of
+    /// `oasis_core::metrics::NodeMetrics` (`Registry::with_prefix("oasis")`) adds.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("peers", "Verified live mesh peers", self.peers.clone());
+        registry.register(
+            "gossip_messages",
+            "Gossip messages by kind (hello, heartbeat, availability) and direction (in, out)",
+            self.messages.clone(),
+        );
+        registry.register(
+            "gossip_dropped",
+            "Gossip messages dropped, by reason",
+            self.dropped.clone(),
+        );
+    }
+
+    /// Messages dropped for `reason` so far.
+    pub fn dropped(&self, reason: &'static str) -> u64 {
+        self.dropped.get_or_create(&vec![("reason", reason)]).get()
+    }
+
+    /// Messages of `kind` received (accepted) so far.
+    pub fn received(&self, kind: &'static str) -> u64 {
+        self.messages.get_or_create(&vec![("kind", kind), ("direction", "in")]).get()
+    }
+
+    pub(crate) fn count_drop(&self, reason: &'static str) {
+        self.dropped.get_or_create(&vec![("reason", reason)]).inc();
+    }
+
+    pub(crate) fn count(&self, kind: &'static str, direction: &'static str) {
+        self.messages.get_or_create(&vec![("kind", kind), ("direction", direction)]).inc();
+    }
+}
+
+pub(crate) enum Command {
+    Announce { layer: LayerDigest, chunk_count: u32, holding: Holding },
+    SetChunk { layer: LayerDigest, chunk_index: u32 },
+    LearnLayer { layer: LayerDigest, chunk_count: u32 },
+    UpdateLoad(Load),
+    View(oneshot::Sender<GossipView>),
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
+    FindProviders { layer: LayerDigest, reply: oneshot::Sender<Vec<PeerId>> },
+    Dial(Multiaddr),
+    Shutdown,
+}
+
+/// Entry point.
+pub struct Mesh;
+
+impl Mesh {
+    /// Loads or creates `state_dir/p2p.key`, signs its binding with the node certificate, starts
+    /// listening and spawns the task owning the swarm. Must be called inside a tokio runtime.
+    /// The task ends (Ok) after [`MeshHandle::shutdown`] or when every handle is dropped.
+    pub fn start(
+        config: MeshConfig,
+        identity: &NodeIdentity,
+        state_dir: &Path,
+    ) -> Result<(MeshHandle, JoinHandle<Result<()>>)> {
+        let keypair = binding::load_or_create_keypair(state_dir)?;
+        let peer_id = keypair.public().to_peer_id();
+        let hello = binding::sign_binding(identity, &peer_id)
+            .context("binding the p2p key to the node certificate")?;
+        let metrics = MeshMetrics::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = task::MeshTask::new(config, keypair, hello, identity, metrics.clone(), rx)?;
+        let join = tokio::spawn(task.run());
+        Ok((
+            MeshHandle {
+                tx,
+                peer_id,
+                site: identity.info().site.clone(),
+                metrics,
+                demand: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            },
+            join,
+        ))
+    }
+}
+
+/// Cloneable handle to the mesh task.
+#[derive(Clone)]
+pub struct MeshHandle {
+    tx: mpsc::UnboundedSender<Command>,
+    peer_id: PeerId,
+    site: Option<String>,
+    metrics: MeshMetrics,
+    demand: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn gone() -> anyhow::Error {
+    anyhow!("the mesh task has stopped")
+}
+
+/// Converts a gossip peer reference back to a libp2p peer id.
+pub fn peer_id_of(r: &PeerRef) -> Option<PeerId> {
+    PeerId::from_bytes(&r.0).ok()
+}
+
+/// The gossip peer reference of a libp2p peer id.
+pub fn peer_ref(p: &PeerId) -> PeerRef {
+    PeerRef(p.to_bytes())
+}
+
+impl MeshHandle {
+    fn send(&self, c: Command) {
+        // A stopped task has nothing to update; queries report it.
+        let _ = self.tx.send(c);
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// This node's site (from its certificate).
+    pub fn site(&self) -> Option<&str> {
+        self.site.as_deref()
+    }
+
+    pub fn metrics(&self) -> &MeshMetrics {
+        &self.metrics
+    }
+
+    /// Announces (or updates) which chunks of a layer this node holds; also call it while the
+    /// layer is still arriving. Sent in the next batch and re-sent periodically.
+    pub fn announce_layer(&self, layer: LayerDigest, chunk_count: u32, holding: Holding) {
+        self.send(Command::Announce { layer, chunk_count, holding });
+    }
+
+    /// Marks one chunk of an announced layer as held (cheap; batched).
+    pub fn set_chunk(&self, layer: LayerDigest, chunk_index: u32) {
+        self.send(Command::SetChunk { layer, chunk_index });
+    }
+
+    /// Tells the mesh the verified chunk count of a layer whose manifest this node knows, so
+    /// sibling claims about it can be checked and trusted.
+    pub fn learn_layer(&self, layer: LayerDigest, chunk_count: u32) {
+        self.send(Command::LearnLayer { layer, chunk_count });
+    }
+
+    /// Updates the load published in the next heartbeats.
+    pub fn update_load(&self, load: Load) {
+        self.demand.store(load.wan_demand, std::sync::atomic::Ordering::Relaxed);
+        self.send(Command::UpdateLoad(load));
+    }
+
+    /// A snapshot of the gossip view.
+    pub async fn view(&self) -> Result<GossipView> {
+        self.ask(Command::View).await
+    }
+
+    /// Live peers holding chunk `chunk_index` of `layer`, least loaded first.
+    pub async fn holders(&self, layer: LayerDigest, chunk_index: u32) -> Result<Vec<MeshPeer>> {
+        let view = self.view().await?;
+        Ok(view.holders(&layer, chunk_index).iter().filter_map(|r| mesh_peer(&view, r)).collect())
+    }
+
+    /// Live verified peers of `site`.
+    pub async fn live_peers(&self, site: &str) -> Result<Vec<MeshPeer>> {
+        let view = self.view().await?;
+        Ok(view.live_peers(site).iter().filter_map(|r| mesh_peer(&view, r)).collect())
+    }
+
+    /// The node of this site (this one included) that should pull `chunk` over the WAN.
+    pub async fn wan_fetcher(&self, chunk: &ChunkId) -> Result<PeerId> {
+        let mut peers = match &self.site {
+            Some(site) => self.view().await?.live_peers(site),
+            None => Vec::new(),
+        };
+        peers.push(peer_ref(&self.peer_id));
+        let chosen = oasis_core::gossip::wan_fetcher(chunk, &peers).expect("non-empty");
+        Ok(peer_id_of(&chosen).unwrap_or(self.peer_id))
+    }
+
+    /// This node's share (0..=1) of the site's WAN rate, from the gossiped demands.
+    pub async fn site_share(&self) -> Result<f64> {
+        let view = self.view().await?;
+        let demands: Vec<u64> = match &self.site {
+            Some(site) => view
+                .live_peers(site)
+                .iter()
+                .filter_map(|p| view.peer(p).map(|r| r.load.wan_demand))
+                .collect(),
+            None => Vec::new(),
+        };
+        let mine = self.demand.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(oasis_core::gossip::site_share(mine, &demands))
+    }
+
+    /// Addresses the swarm listens on (resolved ports).
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>> {
+        self.ask(Command::ListenAddrs).await
+    }
+
+    /// Peers with an open connection.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>> {
+        self.ask(Command::ConnectedPeers).await
+    }
+
+    /// Kademlia providers of a layer (reflectors of any site that announced it).
+    pub async fn find_providers(&self, layer: LayerDigest) -> Result<Vec<PeerId>> {
+        self.ask(|reply| Command::FindProviders { layer, reply }).await
+    }
+
+    /// Dials an address (like a bootstrap address added at run time).
+    pub fn dial(&self, addr: Multiaddr) {
+        self.send(Command::Dial(addr));
+    }
+
+    /// Stops the mesh task (its connections close; siblings expire it after 3 heartbeats).
+    pub fn shutdown(&self) {
+        self.send(Command::Shutdown);
+    }
+}
+
+fn mesh_peer(view: &GossipView, r: &PeerRef) -> Option<MeshPeer> {
+    let rec = view.peer(r)?;
+    Some(MeshPeer {
+        peer_id: peer_id_of(r)?,
+        site: rec.site.clone(),
+        serving_addr: rec.serving_addr.as_deref().and_then(|a| a.parse().ok()),
+        load: rec.load,
+    })
+}

@@ -1,0 +1,534 @@
+//! The task that owns the swarm.
+
+// Event handlers read better as one arm per event with the conditions inside.
+#![allow(clippy::collapsible_match)]
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Result};
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity, ValidationMode};
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, store::MemoryStore, GetProvidersOk, QueryResult, RecordKey};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, mdns, noise, tcp, yamux, PeerId, StreamProtocol, Swarm};
+use oasis_core::gossip::{
+    pack_availability, set_bit, Body, GossipMsg, GossipReject, GossipView, Heartbeat, Held, Hello,
+    LayerAvailability, LayerDigest, Load, MAX_MESSAGE_BYTES,
+};
+use oasis_core::identity::{NodeIdentity, PeerInfo, TrustRoot};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::{binding, peer_ref, Command, Holding, MeshConfig, MeshMetrics};
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    identify: identify::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+struct LocalLayer {
+    chunk_count: u32,
+    complete: bool,
+    bits: Vec<u8>,
+    dirty: bool,
+    evicted: bool,
+}
+
+pub(crate) struct MeshTask {
+    config: MeshConfig,
+    swarm: Swarm<Behaviour>,
+    topic: IdentTopic,
+    hello: Hello,
+    trust: TrustRoot,
+    my_site: Option<String>,
+    metrics: MeshMetrics,
+    rx: mpsc::UnboundedReceiver<Command>,
+    started: Instant,
+    seq: u64,
+    view: GossipView,
+    verified: HashMap<PeerId, PeerInfo>,
+    local: HashMap<LayerDigest, LocalLayer>,
+    load: Load,
+    hello_due: bool,
+    heartbeats: u64,
+    provider_queries: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl MeshTask {
+    pub(crate) fn new(
+        config: MeshConfig,
+        keypair: Keypair,
+        hello: Hello,
+        identity: &NodeIdentity,
+        metrics: MeshMetrics,
+        rx: mpsc::UnboundedReceiver<Command>,
+    ) -> Result<MeshTask> {
+        let mdns_enabled = config.mdns;
+        let gossip_heartbeat = (config.heartbeat / 5).max(Duration::from_millis(50));
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )?
+            .with_quic()
+            .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+                let peer_id = key.public().to_peer_id();
+                let gossip_config = gossipsub::ConfigBuilder::default()
+                    .heartbeat_interval(gossip_heartbeat)
+                    .validation_mode(ValidationMode::Strict)
+                    .validate_messages()
+                    // Above our own 64 KiB limit so that oversized messages reach the
+                    // application and are counted there.
+                    .max_transmit_size(4 * MAX_MESSAGE_BYTES)
+                    .build()
+                    .map_err(|e| format!("gossipsub config: {e}"))?;
+                let gossipsub = gossipsub::Behaviour::new(
+                    MessageAuthenticity::Signed(key.clone()),
+                    gossip_config,
+                )?;
+                let identify = identify::Behaviour::new(
+                    identify::Config::new(crate::IDENTIFY_PROTOCOL.into(), key.public())
+                        .with_agent_version(format!(
+                            "oasis-reflector/{}",
+                            env!("CARGO_PKG_VERSION")
+                        )),
+                );
+                let mut kad_config = kad::Config::new(StreamProtocol::new(crate::KAD_PROTOCOL));
+                kad_config.set_query_timeout(Duration::from_secs(30));
+                let mut kad =
+                    kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
+                kad.set_mode(Some(kad::Mode::Server));
+                let mdns = if mdns_enabled {
+                    let cfg = mdns::Config {
+                        query_interval: Duration::from_secs(10),
+                        ..Default::default()
+                    };
+                    match mdns::tokio::Behaviour::new(cfg, peer_id) {
+                        Ok(m) => Some(m),
+                        Err(e) => {
+                            warn!("mDNS disabled: {e}");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                Ok(Behaviour { identify, gossipsub, kad, mdns: Toggle::from(mdns) })
+            })
+            .map_err(|e| anyhow!("building the mesh behaviour: {e}"))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        let topic = IdentTopic::new(crate::TOPIC);
+        swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
+        for addr in &config.listen {
+            swarm.listen_on(addr.clone()).map_err(|e| anyhow!("listening on {addr}: {e}"))?;
+        }
+        let mut task = MeshTask {
+            view: GossipView::new(config.heartbeat),
+            config,
+            swarm,
+            topic,
+            hello,
+            trust: identity.trust().clone(),
+            my_site: identity.info().site.clone(),
+            metrics,
+            rx,
+            started: Instant::now(),
+            seq: unix_ms() << 10,
+            verified: HashMap::new(),
+            local: HashMap::new(),
+            load: Load::default(),
+            hello_due: true,
+            heartbeats: 0,
+            provider_queries: HashMap::new(),
+        };
+        task.dial_bootstrap(true);
+        Ok(task)
+    }
+
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn dial_bootstrap(&mut self, all: bool) {
+        let connected = self.swarm.connected_peers().count();
+        for addr in self.config.bootstrap.clone() {
+            let peer = match addr.iter().last() {
+                Some(Protocol::P2p(p)) => Some(p),
+                _ => None,
+            };
+            if let Some(p) = peer {
+                if p == *self.swarm.local_peer_id() || self.swarm.is_connected(&p) {
+                    continue;
+                }
+                let mut bare = addr.clone();
+                bare.pop();
+                self.swarm.behaviour_mut().kad.add_address(&p, bare);
+            } else if !all && connected > 0 {
+                continue;
+            }
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                debug!("dialing bootstrap {addr}: {e}");
+            }
+        }
+    }
+
+    pub(crate) async fn run(mut self) -> Result<()> {
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = tokio::time::interval(self.config.batch_interval);
+        batch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                cmd = self.rx.recv() => match cmd {
+                    None | Some(Command::Shutdown) => break,
+                    Some(cmd) => self.on_command(cmd),
+                },
+                _ = heartbeat.tick() => self.on_heartbeat(),
+                _ = batch.tick() => self.on_batch(),
+            }
+        }
+        info!("mesh stopped");
+        Ok(())
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq = (self.seq + 1).max(unix_ms() << 10);
+        self.seq
+    }
+
+    fn publish(&mut self, body: Body, kind: &'static str) -> bool {
+        let msg = GossipMsg { seq: self.next_seq(), body };
+        let bytes = msg.encode();
+        match self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
+            Ok(_) => {
+                self.metrics.count(kind, "out");
+                true
+            }
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => false,
+            Err(e) => {
+                debug!("publishing {kind}: {e}");
+                false
+            }
+        }
+    }
+
+    fn on_heartbeat(&mut self) {
+        self.heartbeats += 1;
+        let hb = Heartbeat {
+            site: self.my_site.clone(),
+            serving_addr: self.config.serving_addr.map(|a| a.to_string()),
+            load: self.load,
+            heartbeat_ms: self.config.heartbeat.as_millis().min(u32::MAX as u128) as u32,
+        };
+        self.publish(Body::Heartbeat(hb), "heartbeat");
+        let every = u64::from(self.config.reannounce_heartbeats.max(1));
+        if self.heartbeats.is_multiple_of(every) {
+            for l in self.local.values_mut() {
+                l.dirty = true;
+            }
+        }
+        if self.heartbeats.is_multiple_of(3 * every) {
+            self.hello_due = true;
+        }
+        if self.heartbeats.is_multiple_of(10) {
+            self.dial_bootstrap(false);
+        }
+        if self.heartbeats.is_multiple_of(60) && self.swarm.connected_peers().next().is_some() {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    fn on_batch(&mut self) {
+        // Expiry is checked every batch tick so a silent peer goes within 3 heartbeats plus
+        // one batch interval.
+        for p in self.view.expire(self.now()) {
+            debug!("mesh peer {:?} expired", p);
+        }
+        self.metrics.peers.set(self.view.len() as i64);
+        if self.hello_due && self.publish(Body::Hello(self.hello.clone()), "hello") {
+            self.hello_due = false;
+        }
+        let mut records = Vec::new();
+        let mut evicted = Vec::new();
+        for (digest, l) in self.local.iter_mut().filter(|(_, l)| l.dirty) {
+            if l.evicted {
+                records.push(LayerAvailability {
+                    layer: *digest,
+                    chunk_count: l.chunk_count,
+                    held: Held::Nothing,
+                });
+                evicted.push(*digest);
+            } else if l.complete {
+                records.push(LayerAvailability {
+                    layer: *digest,
+                    chunk_count: l.chunk_count,
+                    held: Held::Complete,
+                });
+            } else {
+                records.extend(LayerAvailability::from_bitmap(*digest, l.chunk_count, &l.bits));
+            }
+        }
+        if records.is_empty() {
+            return;
+        }
+        let mut all_sent = true;
+        for body in pack_availability(records) {
+            all_sent &= self.publish(Body::Availability(body), "availability");
+        }
+        if all_sent {
+            for l in self.local.values_mut() {
+                l.dirty = false;
+            }
+            for d in evicted {
+                self.local.remove(&d);
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Announce { layer, chunk_count, holding } => {
+                let l = self.local.entry(layer).or_insert(LocalLayer {
+                    chunk_count,
+                    complete: false,
+                    bits: Vec::new(),
+                    dirty: true,
+                    evicted: false,
+                });
+                l.chunk_count = chunk_count;
+                l.dirty = true;
+                l.evicted = false;
+                match holding {
+                    Holding::Complete => {
+                        l.complete = true;
+                        l.bits.clear();
+                    }
+                    Holding::Partial(mut bits) => {
+                        bits.resize(chunk_count.div_ceil(8) as usize, 0);
+                        // Clear padding bits so the record validates.
+                        for i in chunk_count..(bits.len() as u32 * 8) {
+                            bits[(i / 8) as usize] &= !(1 << (i % 8));
+                        }
+                        l.complete = false;
+                        l.bits = bits;
+                    }
+                    Holding::Evicted => {
+                        l.evicted = true;
+                    }
+                }
+                if !l.evicted {
+                    let key = RecordKey::new(&layer);
+                    if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                        debug!("kad start_providing: {e}");
+                    }
+                } else {
+                    self.swarm.behaviour_mut().kad.stop_providing(&RecordKey::new(&layer));
+                }
+            }
+            Command::SetChunk { layer, chunk_index } => {
+                if let Some(l) = self.local.get_mut(&layer) {
+                    if !l.complete && chunk_index < l.chunk_count {
+                        set_bit(&mut l.bits, chunk_index);
+                        l.dirty = true;
+                    }
+                }
+            }
+            Command::LearnLayer { layer, chunk_count } => {
+                let dropped = self.view.learn_layer(layer, chunk_count);
+                for _ in 0..dropped {
+                    self.metrics.count_drop("impossible_chunks");
+                }
+            }
+            Command::UpdateLoad(load) => self.load = load,
+            Command::View(reply) => {
+                let _ = reply.send(self.view.clone());
+            }
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::ConnectedPeers(reply) => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::FindProviders { layer, reply } => {
+                let id = self.swarm.behaviour_mut().kad.get_providers(RecordKey::new(&layer));
+                self.provider_queries.insert(id, (reply, HashSet::new()));
+            }
+            Command::Dial(addr) => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    debug!("dialing {addr}: {e}");
+                }
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn want_more_connections(&self) -> bool {
+        self.swarm.connected_peers().count() < self.config.target_connections
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => info!("mesh listening on {address}"),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => self.on_gossip(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                let kad_proto = StreamProtocol::new(crate::KAD_PROTOCOL);
+                if info.protocols.contains(&kad_proto) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(addr.with_p2p(peer).unwrap_or_else(|a| a));
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad(ev),
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+                if num_established.get() == 1 {
+                    debug!("connected to {peer_id}");
+                    if self.verified.is_empty() {
+                        // First contact: a bootstrap query fills the routing table.
+                        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_kad(&mut self, ev: kad::Event) {
+        match ev {
+            kad::Event::RoutingUpdated { peer, addresses, .. } => {
+                if !self.swarm.is_connected(&peer) && self.want_more_connections() {
+                    if let Some(addr) = addresses.iter().next() {
+                        let _ = self.swarm.dial(addr.clone().with_p2p(peer).unwrap_or_else(|a| a));
+                    }
+                }
+            }
+            kad::Event::OutboundQueryProgressed { id, result, step, .. } => {
+                if let QueryResult::GetProviders(res) = result {
+                    let finished =
+                        step.last || !matches!(res, Ok(GetProvidersOk::FoundProviders { .. }));
+                    if let Some((_, found)) = self.provider_queries.get_mut(&id) {
+                        if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = res {
+                            found.extend(providers);
+                        }
+                    }
+                    if finished {
+                        if let Some((reply, found)) = self.provider_queries.remove(&id) {
+                            let mut v: Vec<PeerId> = found.into_iter().collect();
+                            v.sort();
+                            let _ = reply.send(v);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_gossip(&mut self, ev: gossipsub::Event) {
+        match ev {
+            gossipsub::Event::Message { propagation_source, message_id, message } => {
+                let acceptance = self.on_message(message.source, &message.data);
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    acceptance,
+                );
+            }
+            gossipsub::Event::Subscribed { peer_id, .. } => {
+                if !self.verified.contains_key(&peer_id) {
+                    // A new neighbour: tell it who we are (and our state) soon.
+                    self.hello_due = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_message(&mut self, author: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
+        let Some(author) = author else {
+            self.metrics.count_drop("unverified");
+            return MessageAcceptance::Reject;
+        };
+        let msg = match GossipMsg::decode(data) {
+            Ok(m) => m,
+            Err(e) => return self.reject(&author, e),
+        };
+        let kind = match &msg.body {
+            Body::Hello(_) => "hello",
+            Body::Heartbeat(_) => "heartbeat",
+            Body::Availability(_) => "availability",
+        };
+        if let Body::Hello(hello) = &msg.body {
+            return match binding::verify_binding(hello, &author, &self.trust) {
+                Ok(info) => {
+                    self.metrics.count(kind, "in");
+                    if self.verified.insert(author, info.clone()).is_none() {
+                        debug!("mesh peer {author} verified as {info}");
+                        // A node we did not know: it probably does not know us either.
+                        self.hello_due = true;
+                        for l in self.local.values_mut() {
+                            l.dirty = true;
+                        }
+                    }
+                    let _ = self.view.apply(&msg, &peer_ref(&author), self.now());
+                    MessageAcceptance::Accept
+                }
+                Err(e) => {
+                    debug!("hello from {author} refused: {e:#}");
+                    self.metrics.count_drop("bad_binding");
+                    MessageAcceptance::Reject
+                }
+            };
+        }
+        let Some(info) = self.verified.get(&author) else {
+            self.metrics.count_drop("unverified");
+            // Not forwarded, not penalised: its hello may simply not have reached us yet.
+            return MessageAcceptance::Ignore;
+        };
+        let mut msg = msg;
+        if let Body::Heartbeat(hb) = &mut msg.body {
+            // The certificate is authoritative for the site.
+            hb.site = info.site.clone();
+        }
+        match self.view.apply(&msg, &peer_ref(&author), self.now()) {
+            Ok(()) => {
+                self.metrics.count(kind, "in");
+                self.metrics.peers.set(self.view.len() as i64);
+                MessageAcceptance::Accept
+            }
+            Err(e) => self.reject(&author, e),
+        }
+    }
+
+    fn reject(&mut self, author: &PeerId, e: GossipReject) -> MessageAcceptance {
+        debug!("gossip from {author} dropped: {e}");
+        self.metrics.count_drop(e.reason());
+        MessageAcceptance::Reject
+    }
+}

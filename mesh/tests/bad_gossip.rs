@@ -1,0 +1,186 @@
+//! Gossip that does not decode, is oversized, claims impossible chunks, or comes from a peer
+//! that is not an enrolled node is dropped and counted, never a crash.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt;
+use oasis_core::gossip::{Body, GossipMsg, Held, LayerAvailability, MAX_MESSAGE_BYTES};
+use oasis_core::identity::{Role, SeedAuthority};
+use oasis_mesh::libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
+use oasis_mesh::libp2p::swarm::SwarmEvent;
+use oasis_mesh::libp2p::{identity::Keypair, noise, tcp, yamux, Swarm};
+use oasis_mesh::{binding, peer_ref, Holding};
+
+const LAYER: [u8; 32] = [0x17; 32];
+
+fn raw_swarm(key: Keypair) -> Swarm<gossipsub::Behaviour> {
+    oasis_mesh::libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|key| {
+            let cfg = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(100))
+                .max_transmit_size(4 * MAX_MESSAGE_BYTES)
+                .build()
+                .unwrap();
+            gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), cfg).unwrap()
+        })
+        .unwrap()
+        .build()
+}
+
+/// Polls the swarm for `d`, returning whether `stop` matched an event first.
+async fn pump(
+    swarm: &mut Swarm<gossipsub::Behaviour>,
+    d: Duration,
+    mut stop: impl FnMut(&SwarmEvent<gossipsub::Event>) -> bool,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        tokio::select! {
+            ev = swarm.select_next_some() => if stop(&ev) { return true },
+            _ = tokio::time::sleep_until(deadline) => return false,
+        }
+    }
+}
+
+fn availability(seq: u64, chunk_count: u32, held: Held) -> Vec<u8> {
+    GossipMsg {
+        seq,
+        body: Body::Availability(vec![LayerAvailability { layer: LAYER, chunk_count, held }]),
+    }
+    .encode()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_gossip_is_dropped_and_counted() {
+    let net = Net::new();
+    let (id_t, state_t) = net.enroll("target", "lyon");
+    let (target, target_task) = start(&id_t, &state_t, loopback_config(vec![], false)).await;
+    target.learn_layer(LAYER, 10);
+    let target_addr = addr_of(&target, false).await;
+
+    // An enrolled raw peer that speaks gossipsub directly and sends crafted messages.
+    let (id_raw, _state_raw) = net.enroll("raw", "lyon");
+    let key = Keypair::generate_ed25519();
+    let raw_id = key.public().to_peer_id();
+    let mut raw = raw_swarm(key);
+    let topic = IdentTopic::new(oasis_mesh::TOPIC);
+    raw.behaviour_mut().subscribe(&topic).unwrap();
+    raw.dial(target_addr.clone()).unwrap();
+    let target_id = target.peer_id();
+    assert!(
+        pump(&mut raw, Duration::from_secs(10), |ev| matches!(ev,
+            SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, .. }) if *peer_id == target_id))
+        .await,
+        "target never subscribed"
+    );
+    let publish = |raw: &mut Swarm<gossipsub::Behaviour>, data: Vec<u8>| {
+        raw.behaviour_mut().publish(topic.clone(), data).expect("publish");
+    };
+
+    // Before its hello: unverified.
+    publish(&mut raw, availability(1, 10, Held::Complete));
+    pump(&mut raw, Duration::from_millis(300), |_| false).await;
+    let hello = binding::sign_binding(&id_raw, &raw_id).unwrap();
+    publish(&mut raw, GossipMsg { seq: 2, body: Body::Hello(hello) }.encode());
+    publish(&mut raw, b"\x01definitely not postcard \xff\xff\xff\xff\xff\xff\xff\xff".to_vec());
+    publish(&mut raw, vec![0x63; 10]); // unknown format byte
+    let mut big = vec![oasis_core::gossip::GOSSIP_FORMAT];
+    big.resize(MAX_MESSAGE_BYTES + 1000, 0);
+    publish(&mut raw, big);
+    // Claims 12 chunks of a 10-chunk layer.
+    publish(&mut raw, availability(3, 12, Held::Complete));
+    // Bits beyond the layer's 10 chunks (bit 11 set).
+    publish(&mut raw, availability(4, 10, Held::Bits { first: 0, bits: vec![0, 0b1000] }));
+    // And one honest message, which must be applied.
+    publish(&mut raw, availability(5, 10, Held::Bits { first: 0, bits: vec![0b1, 0] }));
+
+    let m = target.metrics().clone();
+    let ok = wait_for(Duration::from_secs(5), || {
+        let m = m.clone();
+        async move {
+            m.dropped("unverified") >= 1
+                && m.dropped("undecodable") >= 2
+                && m.dropped("oversized") >= 1
+                && m.dropped("impossible_chunks") >= 2
+        }
+    });
+    tokio::select! {
+        r = ok => { r.unwrap_or_else(|| panic!(
+            "drops not counted: unverified {} undecodable {} oversized {} impossible {}",
+            m.dropped("unverified"), m.dropped("undecodable"), m.dropped("oversized"),
+            m.dropped("impossible_chunks"))); }
+        _ = pump(&mut raw, Duration::from_secs(6), |_| false) => panic!("timeout"),
+    }
+    // Keep the raw swarm polled while we look at the view.
+    let view = tokio::select! {
+        v = async {
+            wait_for(Duration::from_secs(3), || async {
+                target.view().await.unwrap().holders(&LAYER, 0) == vec![peer_ref(&raw_id)]
+            }).await.expect("honest record from the raw peer not applied");
+            target.view().await.unwrap()
+        } => v,
+        _ = pump(&mut raw, Duration::from_secs(5), |_| false) => panic!("timeout"),
+    };
+    assert!(view.holders(&LAYER, 1).is_empty());
+    println!(
+        "dropped: unverified {} undecodable {} oversized {} impossible_chunks {}",
+        m.dropped("unverified"),
+        m.dropped("undecodable"),
+        m.dropped("oversized"),
+        m.dropped("impossible_chunks")
+    );
+
+    // A real mesh node whose certificate comes from another CA: its hello fails, its gossip is
+    // dropped, it never enters the view.
+    let rogue_dir = tempfile::tempdir().unwrap();
+    let rogue_auth = SeedAuthority::init(&rogue_dir.path().join("seed")).unwrap();
+    let rogue_state = rogue_dir.path().join("rogue");
+    let rogue_id =
+        rogue_auth.enroll(Role::Reflector, "rogue", Some("lyon"), &rogue_state, false).unwrap();
+    let (rogue, rogue_task) =
+        start(&rogue_id, &rogue_state, loopback_config(vec![target_addr.clone()], false)).await;
+    rogue.announce_layer(LAYER, 10, Holding::Complete);
+    let rogue_ref = peer_ref(&rogue.peer_id());
+    let t = Instant::now();
+    let m2 = m.clone();
+    wait_for(Duration::from_secs(8), || {
+        let m = m2.clone();
+        async move { m.dropped("bad_binding") >= 1 && m.dropped("unverified") >= 3 }
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "rogue not refused: bad_binding {} unverified {}",
+            m.dropped("bad_binding"),
+            m.dropped("unverified")
+        )
+    });
+    println!("rogue refused after {:?}: bad_binding {}", t.elapsed(), m.dropped("bad_binding"));
+    let v = target.view().await.unwrap();
+    assert!(v.peer(&rogue_ref).is_none());
+    assert!(!v.holders(&LAYER, 5).contains(&rogue_ref));
+    // The target is alive and well.
+    assert!(!target_task.is_finished());
+    target.shutdown();
+    rogue.shutdown();
+    target_task.await.unwrap().unwrap();
+    rogue_task.await.unwrap().unwrap();
+}
+
+#[test]
+fn peer_id_is_stable_and_key_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let a = oasis_mesh::peer_id_of_state(dir.path()).unwrap();
+    let b = oasis_mesh::peer_id_of_state(dir.path()).unwrap();
+    assert_eq!(a, b);
+    let mode =
+        std::fs::metadata(dir.path().join(oasis_mesh::P2P_KEY_FILE)).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
