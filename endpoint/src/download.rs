@@ -1,18 +1,21 @@
 //! Fetching chunks from one source: batches of ids over `streams` concurrent GetChunks requests
-//! on one connection, every chunk verified off the async runtime (on the rayon pool) and stored
-//! in the endpoint's cache as received (compressed form kept).
+//! on one connection, every chunk verified off the async runtime (on the rayon pool), written
+//! straight into the staged files that use it when a tree writer is given (so fetched data is
+//! never read back), and stored in the endpoint's cache as received (compressed form kept) by a
+//! [`CacheWriter`] thread, off the path from the network to the tree.
 //!
 //! A chunk whose bytes do not hash to its id is never stored: it is counted as refetched and
 //! asked for again, up to [`ATTEMPTS_PER_SOURCE`] times per source. A `Missing` answer, a
 //! chunk still bad after the last attempt, and everything not answered when the source fails
 //! are handed back so the caller can go on with the next source.
 
+use crate::tree_writer::{TreeWriter, WriteError};
 use futures::stream::{FuturesOrdered, StreamExt};
 use indicatif::ProgressBar;
 use oasis_core::compress::StoredChunk;
 use oasis_core::manifest::ChunkRef;
 use oasis_core::net::{ChunkReply, Client, NetError};
-use oasis_core::store::{ChunkStore, StoreError};
+use oasis_core::store::ChunkStore;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,10 +51,12 @@ pub struct NetCounters {
 /// Everything one download needs besides the connection.
 #[derive(Clone)]
 pub struct Downloader {
-    pub cache: Arc<ChunkStore>,
+    pub cache: Arc<CacheWriter>,
     pub streams: usize,
     pub counters: Arc<NetCounters>,
     pub progress: ProgressBar,
+    /// Staged files to write each verified chunk into.
+    pub sink: Option<Arc<TreeWriter>>,
 }
 
 /// What one source did not deliver.
@@ -73,13 +78,76 @@ impl Outcome {
     }
 }
 
-/// A local failure (the cache cannot be written): not the source's fault, so the fetch stops.
+/// A local failure (the cache or the target cannot be written): not the source's fault, so
+/// the fetch stops.
 #[derive(Debug, thiserror::Error)]
-#[error("storing chunk {id} in the cache: {source}")]
-pub struct CacheError {
-    pub id: oasis_core::ChunkId,
-    #[source]
-    pub source: StoreError,
+pub enum LocalError {
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// Chunks queued for the cache before verification threads wait (bounds memory).
+const CACHE_QUEUE: usize = 256;
+
+/// Stores verified chunks in the endpoint's cache on a thread of its own. A chunk that cannot
+/// be stored is logged and counted, not fatal: the cache only speeds up later fetches.
+pub struct CacheWriter {
+    store: Arc<ChunkStore>,
+    tx: Mutex<Option<std::sync::mpsc::SyncSender<StoredChunk>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    errors: Arc<AtomicU64>,
+}
+
+impl CacheWriter {
+    pub fn start(store: Arc<ChunkStore>) -> std::io::Result<CacheWriter> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<StoredChunk>(CACHE_QUEUE);
+        let errors = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (store, errors) = (store.clone(), errors.clone());
+            std::thread::Builder::new().name("oasis-cache-writer".into()).spawn(move || {
+                for chunk in rx {
+                    if let Err(e) = store.put(&chunk) {
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            tracing::warn!(chunk = %chunk.id, error = %e, "cannot store chunk in the cache (continuing without)");
+                        }
+                    }
+                }
+            })?
+        };
+        Ok(CacheWriter {
+            store,
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            errors,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<ChunkStore> {
+        &self.store
+    }
+
+    /// Queues a verified chunk; waits while the queue is full.
+    pub fn put(&self, chunk: StoredChunk) {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(tx) = tx {
+            let _ = tx.send(chunk);
+        }
+    }
+
+    /// Waits until every queued chunk is stored; returns how many could not be. Blocking.
+    pub fn finish(&self) -> u64 {
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+        self.errors.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for CacheWriter {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 #[derive(Default)]
@@ -88,13 +156,13 @@ struct Round {
     bad: Vec<ChunkRef>,
     unfinished: Vec<ChunkRef>,
     error: Option<String>,
-    fatal: Option<CacheError>,
+    fatal: Option<LocalError>,
 }
 
 enum Verified {
     Stored,
     Bad(String),
-    CacheFailed(StoreError),
+    Failed(LocalError),
 }
 
 impl Downloader {
@@ -103,7 +171,7 @@ impl Downloader {
         &self,
         client: &Client,
         want: Vec<ChunkRef>,
-    ) -> Result<Outcome, CacheError> {
+    ) -> Result<Outcome, LocalError> {
         let mut out = Outcome::default();
         let mut todo = want;
         for attempt in 1..=ATTEMPTS_PER_SOURCE {
@@ -249,6 +317,7 @@ impl Downloader {
     ) -> impl std::future::Future<Output = (ChunkRef, Verified)> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let cache = self.cache.clone();
+        let sink = self.sink.clone();
         rayon::spawn(move || {
             let v = if chunk.id != want.id || chunk.plain_len != want.len {
                 Verified::Bad(format!(
@@ -258,12 +327,18 @@ impl Downloader {
             } else {
                 match chunk.decode_verified() {
                     Err(e) => Verified::Bad(e.to_string()),
-                    Ok(_) => match cache.put(&chunk) {
-                        Ok(_) => Verified::Stored,
-                        Err(e) => Verified::CacheFailed(e),
+                    Ok(plain) => match sink.as_ref().map(|w| w.put_chunk(&want.id, &plain)) {
+                        Some(Err(e)) => Verified::Failed(e.into()),
+                        _ => {
+                            cache.put(chunk);
+                            Verified::Stored
+                        }
                     },
                 }
             };
+            // Release the shared handles before answering, so that once every answer is in
+            // the caller holds the only references (it unwraps the writer to commit it).
+            drop((cache, sink));
             let _ = tx.send(v);
         });
         async move {
@@ -284,8 +359,8 @@ impl Downloader {
                 self.counters.chunks_refetched.fetch_add(1, Ordering::Relaxed);
                 r.bad.push(c);
             }
-            Verified::CacheFailed(source) => {
-                r.fatal.get_or_insert(CacheError { id: c.id, source });
+            Verified::Failed(e) => {
+                r.fatal.get_or_insert(e);
             }
         }
     }
@@ -297,7 +372,7 @@ struct BatchResult {
     bad: Vec<ChunkRef>,
     unanswered: Vec<ChunkRef>,
     error: Option<NetError>,
-    fatal: Option<CacheError>,
+    fatal: Option<LocalError>,
 }
 
 fn timeout(client: &Client) -> NetError {

@@ -7,13 +7,15 @@
 //! 2. inspect the target directory against the manifest ([`tree_writer::inspect`]);
 //! 3. scan existing files for reusable chunks ([`reuse::scan`]) and look the rest up in the cache
 //!    (`STATE_DIR/cache`);
-//! 4. download what is still lacking ([`download`]), failing over to the next source for
-//!    chunks a source lacks, keeps corrupting, or did not deliver before it died;
-//! 5. stage and commit the tree ([`tree_writer::TreeWriter`]). A chunk that turns out
-//!    unreadable while writing (corrupt cache entry, local file changed meanwhile) is fetched and
-//!    the remaining files are written; then everything is renamed into place.
+//! 4. stage the tree ([`tree_writer::TreeWriter::prepare`]: directories, empty temporary files)
+//!    and download what is still lacking ([`download`]), writing each verified chunk straight
+//!    into the staged files and into the cache; failing over to the next source for chunks a
+//!    source lacks, keeps corrupting, or did not deliver before it died;
+//! 5. fill in the chunks that come from local files and the cache; a chunk that turns out
+//!    unreadable (corrupt cache entry, local file changed meanwhile) is fetched too;
+//! 6. commit: rename everything into place, set modes.
 
-use crate::download::{Downloader, NetCounters};
+use crate::download::{CacheWriter, Downloader, NetCounters};
 use crate::reuse::{self, LocalData};
 use crate::sources::{self, SourceFailure, Sources};
 use crate::tree_writer::{self, ChunkReader, OnDisk, TreeWriter, WriteStats};
@@ -129,6 +131,8 @@ pub struct FetchReport {
     pub bytes_written: u64,
     /// Bytes of existing files read to find reusable chunks.
     pub bytes_scanned: u64,
+    /// Fetched chunks that could not be stored in the cache (logged; the tree is complete).
+    pub cache_errors: u64,
     pub seconds: f64,
     pub seconds_manifest: f64,
     pub seconds_scan: f64,
@@ -200,57 +204,53 @@ pub async fn fetch(opts: &FetchOptions) -> anyhow::Result<FetchReport> {
         manifest.unique_chunks().into_iter().map(|c| (c.id, c.len)).collect();
     let mut origin = origin;
 
-    // 4. Download what is lacking.
+    // 4. Stage the tree (directories, empty temporary files), then download what is lacking,
+    // writing each verified chunk straight into the staged files.
+    let t_prep0 = Instant::now();
+    let writer = {
+        let (root, manifest, local) = (opts.into.clone(), manifest.clone(), local.clone());
+        tokio::task::spawn_blocking(move || TreeWriter::prepare(&root, manifest, &local.unchanged))
+            .await??
+    };
+    let writer = Arc::new(writer);
+    // If this future is dropped (Ctrl-C, a caller's timeout), stop the blocking writer soon;
+    // dropping it then removes its temporary files.
+    let _cancel = CancelOnDrop(writer.cancel_handle());
+    let mut t_write = t_prep0.elapsed();
+
     let t_net0 = Instant::now();
     let counters = Arc::new(NetCounters::default());
+    let cache_writer = {
+        let cache = cache.clone();
+        Arc::new(CacheWriter::start(cache).context("starting the cache writer thread")?)
+    };
     let downloader = Downloader {
-        cache: cache.clone(),
+        cache: cache_writer.clone(),
         streams: opts.streams.max(1),
         counters: counters.clone(),
         progress: progress.clone(),
+        sink: Some(writer.clone()),
     };
     let mut net = Net { sources, current: Some(client), used: &mut sources_used };
     stage(&progress, "fetch", missing.iter().map(|c| c.len as u64).sum());
     net.download(&downloader, missing, &manifest).await?;
     let mut t_net = t_net0.elapsed();
-    let mut t_repair = std::time::Duration::ZERO;
 
-    // 5. Write.
-    let t_write0 = Instant::now();
+    // 5. Fill in what came from local files and the cache; fetch what turns out unreadable.
     let reader = Arc::new(LayerReader {
         local: local.clone(),
         cache: cache.clone(),
         bad_local: Mutex::new(HashSet::new()),
     });
-    let mut writer = {
-        let (root, manifest, unchanged) = (opts.into.clone(), manifest.clone(), local.clone());
-        tokio::task::spawn_blocking(move || {
-            TreeWriter::prepare(&root, manifest, &unchanged.unchanged)
-        })
-        .await??
-    };
-    let to_write: u64 = manifest
-        .entries
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !local.unchanged.contains_key(i))
-        .filter_map(|(_, e)| match e.node {
-            Node::File { size, .. } => Some(size),
-            _ => None,
-        })
-        .sum();
-    stage(&progress, "write", to_write);
+    stage(&progress, "write", writer.pending_bytes());
     for round in 0..=MAX_REPAIR_ROUNDS {
-        let (w, unavailable) = {
-            let (reader, progress) = (reader.clone(), progress.clone());
-            tokio::task::spawn_blocking(move || {
-                let r = writer.write_files(&*reader, Some(&progress));
-                (writer, r)
-            })
-            .await?
+        let t = Instant::now();
+        let unavailable = {
+            let (writer, reader, progress) = (writer.clone(), reader.clone(), progress.clone());
+            tokio::task::spawn_blocking(move || writer.write_files(&*reader, Some(&progress)))
+                .await??
         };
-        writer = w;
-        let unavailable = unavailable?;
+        t_write += t.elapsed();
         if unavailable.is_empty() {
             break;
         }
@@ -276,11 +276,19 @@ pub async fn fetch(opts: &FetchOptions) -> anyhow::Result<FetchReport> {
             })
             .collect();
         net.download(&downloader, refs, &manifest).await?;
-        t_repair += t.elapsed();
+        t_net += t.elapsed();
     }
+    drop(downloader);
+    let cache_errors = {
+        let cw = cache_writer.clone();
+        tokio::task::spawn_blocking(move || cw.finish()).await?
+    };
+    drop(cache_writer);
+    let t = Instant::now();
+    let writer = Arc::try_unwrap(writer)
+        .map_err(|_| anyhow::anyhow!("internal error: the tree writer is still in use"))?;
     let stats: WriteStats = tokio::task::spawn_blocking(move || writer.commit()).await??;
-    let t_write = t_write0.elapsed().saturating_sub(t_repair);
-    t_net += t_repair;
+    t_write += t.elapsed();
     progress.finish_and_clear();
     let source_problems = net.sources.failures.clone();
     net.sources.close().await;
@@ -313,6 +321,7 @@ pub async fn fetch(opts: &FetchOptions) -> anyhow::Result<FetchReport> {
         dirs_created: stats.dirs_created,
         bytes_written: stats.bytes_written,
         bytes_scanned: local.bytes_scanned,
+        cache_errors,
         seconds: t0.elapsed().as_secs_f64(),
         seconds_manifest: t_manifest.as_secs_f64(),
         seconds_scan: t_scan.as_secs_f64(),
@@ -437,18 +446,16 @@ impl Net<'_> {
             if out.is_complete() {
                 return Ok(());
             }
-            let note = |list: &[ChunkRef], what: String, why: &mut HashMap<ChunkId, Vec<String>>| {
-                for c in list {
-                    why.entry(c.id).or_default().push(what.clone());
-                }
-            };
+            let note =
+                |list: &[ChunkRef], what: String, why: &mut HashMap<ChunkId, Vec<String>>| {
+                    for c in list {
+                        why.entry(c.id).or_default().push(what.clone());
+                    }
+                };
             note(&out.missing, format!("missing at {addr}"), &mut why);
             note(
                 &out.rejected,
-                format!(
-                    "corrupt {} times from {addr}",
-                    crate::download::ATTEMPTS_PER_SOURCE
-                ),
+                format!("corrupt {} times from {addr}", crate::download::ATTEMPTS_PER_SOURCE),
                 &mut why,
             );
             if let Some(e) = &out.error {
@@ -478,7 +485,8 @@ fn no_manifest_error(asked: &str, failures: &[SourceFailure]) -> String {
         [] => format!("fetching {asked}: no source given"),
         [one] => format!("fetching {asked} from {}: {}", one.addr, one.problem),
         many => {
-            let list: Vec<String> = many.iter().map(|f| format!("{}: {}", f.addr, f.problem)).collect();
+            let list: Vec<String> =
+                many.iter().map(|f| format!("{}: {}", f.addr, f.problem)).collect();
             format!("no source could provide {asked}: {}", list.join("; "))
         }
     }
@@ -495,12 +503,24 @@ fn unfetchable_error(
         .find(|(_, _, chunks)| chunks.iter().any(|r| r.id == c.id))
         .map(|(e, _, _)| format!(", part of {}", e.path))
         .unwrap_or_default();
-    let reasons = why.get(&c.id).map(|w| w.join("; ")).unwrap_or_else(|| "no source reachable".into());
+    let reasons =
+        why.get(&c.id).map(|w| w.join("; ")).unwrap_or_else(|| "no source reachable".into());
     let more = match pending.len() {
         1 => String::new(),
         n => format!(" ({} more chunks could not be fetched either)", n - 1),
     };
-    format!("chunk {} ({} bytes{file}) could not be fetched from any source: {reasons}{more}", c.id, c.len)
+    format!(
+        "chunk {} ({} bytes{file}) could not be fetched from any source: {reasons}{more}",
+        c.id, c.len
+    )
+}
+
+struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Chunk bytes for the writer: local files first (re-verified), then the cache.

@@ -51,7 +51,8 @@ impl Sources {
     pub async fn connect_next(&mut self) -> Option<Client> {
         while let Some(&addr) = self.addrs.get(self.next) {
             self.next += 1;
-            let attempt = tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(&self.endpoint, addr));
+            let attempt =
+                tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(&self.endpoint, addr));
             match attempt.await {
                 Ok(Ok(client)) => {
                     tracing::info!(source = %addr, peer = %client.peer(), "connected");

@@ -4,13 +4,16 @@
 //!    written: a symlink where the layer has a directory (writing below it would follow the
 //!    link), or a directory where the layer has a file or symlink (or the reverse), is refused
 //!    with an error naming the path.
-//! 2. [`TreeWriter::prepare`] creates missing directories (mode 0700 while being filled).
-//! 3. [`TreeWriter::write_files`] stages every file and symlink under a temporary name
-//!    (`.oasis-tmp.<name>.<random>`) in its final directory, on all cores. Chunks that are not
-//!    available are reported back (the caller fetches them and calls again); staged files are
-//!    kept across calls.
-//! 4. [`TreeWriter::commit`] renames the staged entries over their targets, fixes the modes of
-//!    files that were already right, then sets directory modes, deepest first.
+//! 2. [`TreeWriter::prepare`] creates missing directories (mode 0700 while being filled) and
+//!    stages every file and symlink under a temporary name (`.oasis-tmp.<name>.<random>`) in
+//!    its final directory.
+//! 3. Chunks are written into the staged files at every place they occur: by
+//!    [`TreeWriter::put_chunk`] as they arrive from the network, and by
+//!    [`TreeWriter::write_files`] from local files and the cache, on all cores. Chunks that are
+//!    not available are reported back (the caller fetches them and calls again).
+//! 4. [`TreeWriter::commit`] sets the staged files' modes, renames the staged entries over their
+//!    targets, fixes the modes of files that were already right, then sets directory modes,
+//!    deepest first.
 //!
 //! Nothing is renamed before every file is staged, so local data that is being reused is read
 //! while it is still intact, and a failure before the commit leaves every target path as it was.
@@ -66,8 +69,13 @@ impl FileStamp {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnDisk {
     Absent,
-    Dir { mode: u32 },
-    File { stamp: FileStamp, mode: u32 },
+    Dir {
+        mode: u32,
+    },
+    File {
+        stamp: FileStamp,
+        mode: u32,
+    },
     Symlink,
     /// A fifo, socket or device node.
     Other,
@@ -139,6 +147,8 @@ pub enum WriteError {
     },
     #[error("chunk {id} for {}: got {got} bytes, the manifest says {want}", path.display())]
     ChunkLength { id: ChunkId, path: PathBuf, got: usize, want: u32 },
+    #[error("writing the layer was cancelled; temporary files removed")]
+    Cancelled,
 }
 
 fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> WriteError + 'a {
@@ -233,30 +243,75 @@ pub struct WriteStats {
     pub bytes_written: u64,
 }
 
-enum Staged {
-    Done(PathBuf),
-    Unavailable(Vec<ChunkId>),
-    Skipped,
+/// One entry being staged under a temporary name.
+struct Staged {
+    entry: usize,
+    tmp: PathBuf,
+    /// Renamed over its target (commit); a staged entry not placed is removed on drop.
+    placed: AtomicBool,
+    /// For files: where each chunk goes and which are written.
+    parts: Option<Parts>,
+}
+
+struct Parts {
+    offsets: Vec<u64>,
+    filled: Vec<AtomicBool>,
+}
+
+impl Parts {
+    fn complete(&self) -> bool {
+        self.filled.iter().all(|f| f.load(Ordering::Relaxed))
+    }
+}
+
+/// Where a chunk goes: (index into `staged`, chunk index in that file).
+enum Places {
+    One([(u32, u32); 1]),
+    Many(Vec<(u32, u32)>),
+}
+
+impl Places {
+    fn push(&mut self, p: (u32, u32)) {
+        match self {
+            Places::One([first]) => *self = Places::Many(vec![*first, p]),
+            Places::Many(v) => v.push(p),
+        }
+    }
+
+    fn as_slice(&self) -> &[(u32, u32)] {
+        match self {
+            Places::One(a) => a,
+            Places::Many(v) => v,
+        }
+    }
 }
 
 /// Stages a layer's tree in a directory and commits it; see the module docs.
+///
+/// Chunks reach the staged files in two ways, in any order and from several threads:
+/// [`put_chunk`](Self::put_chunk) writes a chunk at every place it occurs as soon as it is
+/// available (the download does this with each verified chunk, so fetched data is written
+/// once and never read back), and [`write_files`](Self::write_files) fills every place still
+/// empty from a [`ChunkReader`] (local files, the cache).
 pub struct TreeWriter {
     root: PathBuf,
     manifest: Arc<LayerManifest>,
     disk: Vec<OnDisk>,
     /// Entries whose file on disk already has the manifest's content.
     unchanged: Vec<bool>,
-    /// Per entry: the staged temporary path, until renamed into place.
-    staged: Vec<Option<PathBuf>>,
+    staged: Vec<Staged>,
+    places: HashMap<ChunkId, Places>,
     created_root: bool,
     created_dirs: Vec<PathBuf>,
     widened_dirs: Vec<(PathBuf, u32)>,
-    stats: WriteStats,
+    dirs_created: u64,
     committed: bool,
+    cancel: Arc<AtomicBool>,
 }
 
 impl TreeWriter {
-    /// Checks the tree against the disk ([`inspect`]) and creates missing directories.
+    /// Checks the tree against the disk ([`inspect`]), creates missing directories and an empty
+    /// temporary file (or the temporary symlink) for every entry to write.
     ///
     /// `unchanged` lists file entries (by manifest index) whose file on disk was found to have
     /// exactly the manifest's content, with the stamp it had then; such a file is kept (only
@@ -278,17 +333,31 @@ impl TreeWriter {
         let mut w = TreeWriter {
             root: root.to_path_buf(),
             manifest,
-            staged: vec![None; disk.len()],
             disk,
             unchanged: keep,
+            staged: Vec::new(),
+            places: HashMap::new(),
             created_root: false,
             created_dirs: Vec::new(),
             widened_dirs: Vec::new(),
-            stats: WriteStats::default(),
+            dirs_created: 0,
             committed: false,
+            cancel: Arc::new(AtomicBool::new(false)),
         };
+        // On an error below, dropping `w` undoes what was done so far.
         w.make_dirs()?;
+        w.make_temps()?;
         Ok(w)
+    }
+
+    /// Setting this flag makes running and later calls fail soon with
+    /// [`WriteError::Cancelled`] (dropping the writer then cleans up).
+    pub fn cancel_handle(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    fn stopped(&self, abort: &AtomicBool) -> bool {
+        abort.load(Ordering::Relaxed) || self.cancel.load(Ordering::Relaxed)
     }
 
     /// What each entry was on disk when the writer was prepared.
@@ -313,7 +382,7 @@ impl TreeWriter {
                 OnDisk::Absent => {
                     builder.create(&path).map_err(io_err(&path, "creating directory"))?;
                     self.created_dirs.push(path);
-                    self.stats.dirs_created += 1;
+                    self.dirs_created += 1;
                 }
                 OnDisk::Dir { mode } if mode & 0o700 != 0o700 => {
                     // We must be able to create entries in it until its mode is set at the end.
@@ -327,136 +396,199 @@ impl TreeWriter {
         Ok(())
     }
 
-    /// Stages every file and symlink not staged yet, on all cores. Returns the ids of chunks
-    /// `reader` did not have (their files stay unstaged; call again once they are available).
-    pub fn write_files(
-        &mut self,
-        reader: &dyn ChunkReader,
-        progress: Option<&indicatif::ProgressBar>,
-    ) -> Result<Vec<ChunkId>, WriteError> {
-        let todo: Vec<usize> = self
-            .manifest
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|&(i, e)| e.node != Node::Dir && self.staged[i].is_none() && !self.unchanged[i])
-            .map(|(i, _)| i)
+    /// Creates the temporary files and symlinks, on all cores.
+    fn make_temps(&mut self) -> Result<(), WriteError> {
+        let todo: Vec<usize> = (0..self.manifest.entries.len())
+            .filter(|&i| self.manifest.entries[i].node != Node::Dir && !self.unchanged[i])
             .collect();
-        let abort = AtomicBool::new(false);
-        let results: Vec<(usize, Result<Staged, WriteError>)> = {
-            let this = &*self;
-            todo.par_iter()
-                .map(|&i| {
-                    if abort.load(Ordering::Relaxed) {
-                        return (i, Ok(Staged::Skipped));
+        let (root, manifest) = (&self.root, &self.manifest);
+        let made: Vec<(usize, Result<PathBuf, WriteError>)> = todo
+            .par_iter()
+            .map(|&i| {
+                let e = &manifest.entries[i];
+                let target = root.join(&e.path);
+                let dir = target.parent().expect("entries lie below the root");
+                let name = e.path.rsplit('/').next().unwrap_or(&e.path);
+                let tmp = match &e.node {
+                    Node::Symlink { target: link } => {
+                        create_temp(dir, name, |tmp| std::os::unix::fs::symlink(link, tmp))
                     }
-                    let r = this.stage(i, reader, progress, &abort);
-                    if r.is_err() {
-                        abort.store(true, Ordering::Relaxed);
-                    }
-                    (i, r)
-                })
-                .collect()
-        };
-        // Record every staged temp first, so an error below still leaves them to be cleaned up.
+                    _ => create_temp(dir, name, |tmp| {
+                        fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .mode(0o600)
+                            .custom_flags(libc::O_NOFOLLOW)
+                            .open(tmp)
+                            .map(drop)
+                    }),
+                };
+                (i, tmp)
+            })
+            .collect();
         let mut first_err = None;
-        let mut unavailable = Vec::new();
-        for (i, r) in results {
-            match r {
-                Ok(Staged::Done(tmp)) => self.staged[i] = Some(tmp),
-                Ok(Staged::Unavailable(ids)) => unavailable.extend(ids),
-                Ok(Staged::Skipped) => {}
+        for (i, r) in made {
+            let tmp = match r {
+                Ok(tmp) => tmp,
                 Err(e) => {
                     first_err.get_or_insert(e);
+                    continue;
                 }
-            }
+            };
+            let parts = match &self.manifest.entries[i].node {
+                Node::File { chunks, .. } => {
+                    let s = self.staged.len() as u32;
+                    let mut offsets = Vec::with_capacity(chunks.len());
+                    let mut off = 0u64;
+                    for (k, c) in chunks.iter().enumerate() {
+                        offsets.push(off);
+                        off += c.len as u64;
+                        match self.places.entry(c.id) {
+                            std::collections::hash_map::Entry::Occupied(mut o) => {
+                                o.get_mut().push((s, k as u32))
+                            }
+                            std::collections::hash_map::Entry::Vacant(v) => {
+                                v.insert(Places::One([(s, k as u32)]));
+                            }
+                        }
+                    }
+                    let filled = chunks.iter().map(|_| AtomicBool::new(false)).collect();
+                    Some(Parts { offsets, filled })
+                }
+                _ => None,
+            };
+            self.staged.push(Staged { entry: i, tmp, placed: AtomicBool::new(false), parts });
         }
-        if let Some(e) = first_err {
-            return Err(e);
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        unavailable.sort();
-        unavailable.dedup();
-        Ok(unavailable)
     }
 
-    fn stage(
+    /// Plain bytes still to be written into staged files.
+    pub fn pending_bytes(&self) -> u64 {
+        self.staged
+            .iter()
+            .filter_map(|st| {
+                let parts = st.parts.as_ref()?;
+                let Node::File { chunks, .. } = &self.manifest.entries[st.entry].node else {
+                    return None;
+                };
+                Some(
+                    chunks
+                        .iter()
+                        .zip(&parts.filled)
+                        .filter(|(_, f)| !f.load(Ordering::Relaxed))
+                        .map(|(c, _)| c.len as u64)
+                        .sum::<u64>(),
+                )
+            })
+            .sum()
+    }
+
+    /// True when some staged file still lacks chunk `id`.
+    pub fn needs(&self, id: &ChunkId) -> bool {
+        self.places.get(id).is_some_and(|p| {
+            p.as_slice().iter().any(|&(s, k)| !self.filled(s, k).load(Ordering::Relaxed))
+        })
+    }
+
+    fn filled(&self, s: u32, k: u32) -> &AtomicBool {
+        &self.staged[s as usize].parts.as_ref().expect("places point at files").filled[k as usize]
+    }
+
+    /// Writes `plain` (the verified bytes of chunk `id`) at every place still lacking it.
+    /// Returns the bytes written. Safe to call from several threads at once.
+    pub fn put_chunk(&self, id: &ChunkId, plain: &[u8]) -> Result<u64, WriteError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(WriteError::Cancelled);
+        }
+        let Some(places) = self.places.get(id) else { return Ok(0) };
+        let mut written = 0;
+        for &(s, k) in places.as_slice() {
+            let st = &self.staged[s as usize];
+            let parts = st.parts.as_ref().expect("places point at files");
+            if parts.filled[k as usize].swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            let f = open_temp(&st.tmp)?;
+            f.write_all_at(plain, parts.offsets[k as usize]).map_err(io_err(
+                &self.root.join(&self.manifest.entries[st.entry].path),
+                "writing",
+            ))?;
+            written += plain.len() as u64;
+        }
+        Ok(written)
+    }
+
+    /// Fills every place still empty from `reader`, on all cores. Returns the ids of chunks
+    /// `reader` did not have (their places stay empty: get them, then [`put_chunk`] them or call
+    /// this again).
+    ///
+    /// [`put_chunk`]: Self::put_chunk
+    pub fn write_files(
         &self,
-        i: usize,
         reader: &dyn ChunkReader,
         progress: Option<&indicatif::ProgressBar>,
-        abort: &AtomicBool,
-    ) -> Result<Staged, WriteError> {
-        let e = &self.manifest.entries[i];
-        let target = self.root.join(&e.path);
-        let dir = target.parent().expect("entries lie below the root");
-        let name = e.path.rsplit('/').next().unwrap_or(&e.path);
-        match &e.node {
-            Node::Dir => Ok(Staged::Skipped),
-            Node::Symlink { target: link } => {
-                let tmp = create_temp(dir, name, |tmp| std::os::unix::fs::symlink(link, tmp))?;
-                Ok(Staged::Done(tmp))
-            }
-            Node::File { chunks, .. } => {
-                let mut file = None;
-                let tmp = create_temp(dir, name, |tmp| {
-                    let f = fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(tmp)?;
-                    file = Some(f);
-                    Ok(())
-                })?;
-                let file = file.expect("set when create_temp succeeds");
-                let written = self.fill(&file, &target, chunks, reader, progress, abort);
-                let done = written.and_then(|missing| {
-                    if !missing.is_empty() {
-                        return Ok(Staged::Unavailable(missing));
-                    }
-                    if abort.load(Ordering::Relaxed) {
-                        return Ok(Staged::Skipped);
-                    }
-                    // After the data: writing clears set-id bits.
-                    file.set_permissions(fs::Permissions::from_mode(e.mode))
-                        .map_err(io_err(&tmp, "setting mode"))?;
-                    Ok(Staged::Done(tmp.clone()))
-                });
-                if !matches!(done, Ok(Staged::Done(_))) {
-                    let _ = fs::remove_file(&tmp);
+    ) -> Result<Vec<ChunkId>, WriteError> {
+        let todo: Vec<&Staged> = self
+            .staged
+            .iter()
+            .filter(|st| st.parts.as_ref().is_some_and(|p| !p.complete()))
+            .collect();
+        let abort = AtomicBool::new(false);
+        let results: Vec<Result<Vec<ChunkId>, WriteError>> = todo
+            .par_iter()
+            .map(|st| {
+                if self.stopped(&abort) {
+                    return Ok(Vec::new());
                 }
-                done
-            }
+                let r = self.fill(st, reader, progress, &abort);
+                if r.is_err() {
+                    abort.store(true, Ordering::Relaxed);
+                }
+                r
+            })
+            .collect();
+        let mut missing = Vec::new();
+        for r in results {
+            missing.extend(r?);
         }
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(WriteError::Cancelled);
+        }
+        missing.sort();
+        missing.dedup();
+        Ok(missing)
     }
 
-    /// Writes `chunks` into `file`; returns the ids `reader` lacked (nothing is written for
-    /// them, and reading continues so that one pass finds all of them).
+    /// Fills the empty places of one staged file; big files by several threads at once.
     fn fill(
         &self,
-        file: &fs::File,
-        target: &Path,
-        chunks: &[ChunkRef],
+        st: &Staged,
         reader: &dyn ChunkReader,
         progress: Option<&indicatif::ProgressBar>,
         abort: &AtomicBool,
     ) -> Result<Vec<ChunkId>, WriteError> {
-        let mut offsets = Vec::with_capacity(chunks.len());
-        let mut off = 0u64;
-        for c in chunks {
-            offsets.push(off);
-            off += c.len as u64;
-        }
+        let e = &self.manifest.entries[st.entry];
+        let (Node::File { chunks, .. }, Some(parts)) = (&e.node, &st.parts) else {
+            return Ok(Vec::new());
+        };
+        let target = self.root.join(&e.path);
+        let file = open_temp(&st.tmp)?;
         let segment = |idx: std::ops::Range<usize>| -> Result<Vec<ChunkId>, WriteError> {
             let mut missing = Vec::new();
             for k in idx {
-                if abort.load(Ordering::Relaxed) {
+                if self.stopped(abort) {
                     break;
+                }
+                if parts.filled[k].load(Ordering::Acquire) {
+                    continue;
                 }
                 let c = &chunks[k];
                 let data = reader.read(c).map_err(|source| WriteError::Read {
                     id: c.id,
-                    path: target.to_path_buf(),
+                    path: target.clone(),
                     source,
                 })?;
                 let Some(data) = data else {
@@ -466,16 +598,17 @@ impl TreeWriter {
                 if data.len() != c.len as usize {
                     return Err(WriteError::ChunkLength {
                         id: c.id,
-                        path: target.to_path_buf(),
+                        path: target.clone(),
                         got: data.len(),
                         want: c.len,
                     });
                 }
-                if missing.is_empty() {
-                    file.write_all_at(&data, offsets[k]).map_err(io_err(target, "writing"))?;
-                    if let Some(p) = progress {
-                        p.inc(data.len() as u64);
-                    }
+                if parts.filled[k].swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                file.write_all_at(&data, parts.offsets[k]).map_err(io_err(&target, "writing"))?;
+                if let Some(p) = progress {
+                    p.inc(data.len() as u64);
                 }
             }
             Ok(missing)
@@ -492,58 +625,59 @@ impl TreeWriter {
         Ok(parts.into_iter().flatten().collect())
     }
 
-    /// Renames staged entries into place, sets the modes of unchanged files and of directories
-    /// (deepest first). Entries still unstaged (chunks unavailable) make this fail before any
-    /// rename.
+    /// Sets the modes of the staged files, renames everything staged into place, sets the
+    /// modes of unchanged files and of directories (deepest first). Fails before any rename if
+    /// a file still lacks chunks.
     pub fn commit(mut self) -> Result<WriteStats, WriteError> {
         let manifest = self.manifest.clone();
         let entries = &manifest.entries;
-        if let Some(i) = (0..entries.len()).find(|&i| {
-            entries[i].node != Node::Dir && self.staged[i].is_none() && !self.unchanged[i]
-        }) {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(WriteError::Cancelled);
+        }
+        if let Some(st) =
+            self.staged.iter().find(|st| st.parts.as_ref().is_some_and(|p| !p.complete()))
+        {
             return Err(WriteError::Io {
-                path: self.root.join(&entries[i].path),
+                path: self.root.join(&entries[st.entry].path),
                 what: "committing",
-                source: io::Error::other("the file was not staged (chunks unavailable)"),
+                source: io::Error::other("chunks of this file were never written"),
             });
         }
-        let renames: Vec<(usize, PathBuf)> =
-            self.staged.iter().enumerate().filter_map(|(i, t)| Some((i, t.clone()?))).collect();
         let root = &self.root;
-        let results: Vec<(usize, io::Result<()>)> = renames
+        // Modes after the data (writing clears set-id bits), before the rename.
+        self.staged.par_iter().filter(|st| st.parts.is_some()).try_for_each(|st| {
+            fs::set_permissions(&st.tmp, fs::Permissions::from_mode(entries[st.entry].mode))
+                .map_err(io_err(&st.tmp, "setting mode"))
+        })?;
+        let renamed: Vec<Result<(), WriteError>> = self
+            .staged
             .par_iter()
-            .map(|(i, tmp)| (*i, fs::rename(tmp, root.join(&entries[*i].path))))
+            .map(|st| {
+                let target = root.join(&entries[st.entry].path);
+                fs::rename(&st.tmp, &target).map_err(io_err(&target, "renaming into place"))?;
+                st.placed.store(true, Ordering::Relaxed);
+                Ok(())
+            })
             .collect();
-        let mut first_err = None;
-        for (i, r) in results {
-            match r {
-                Ok(()) => {
-                    self.staged[i] = None;
-                    match entries[i].node {
-                        Node::File { size, .. } => {
-                            self.stats.files_written += 1;
-                            self.stats.bytes_written += size;
-                        }
-                        Node::Symlink { .. } => self.stats.symlinks_written += 1,
-                        Node::Dir => {}
-                    }
-                }
-                Err(e) => {
-                    let path = self.root.join(&entries[i].path);
-                    first_err.get_or_insert(io_err(&path, "renaming into place")(e));
-                }
-            }
-        }
-        if let Some(e) = first_err {
-            return Err(e);
-        }
+        renamed.into_iter().collect::<Result<Vec<()>, _>>()?;
         // From here on the tree is in place: nothing is undone any more.
         self.committed = true;
+        let mut stats = WriteStats { dirs_created: self.dirs_created, ..WriteStats::default() };
+        for st in &self.staged {
+            match entries[st.entry].node {
+                Node::File { size, .. } => {
+                    stats.files_written += 1;
+                    stats.bytes_written += size;
+                }
+                Node::Symlink { .. } => stats.symlinks_written += 1,
+                Node::Dir => {}
+            }
+        }
         for (i, e) in entries.iter().enumerate() {
             if !self.unchanged[i] {
                 continue;
             }
-            self.stats.files_unchanged += 1;
+            stats.files_unchanged += 1;
             if let OnDisk::File { mode, .. } = self.disk[i] {
                 if mode != e.mode {
                     let path = self.root.join(&e.path);
@@ -557,7 +691,7 @@ impl TreeWriter {
             fs::set_permissions(&path, fs::Permissions::from_mode(e.mode))
                 .map_err(io_err(&path, "setting directory mode"))?;
         }
-        Ok(std::mem::take(&mut self.stats))
+        Ok(stats)
     }
 }
 
@@ -566,9 +700,12 @@ impl Drop for TreeWriter {
         if self.committed {
             return;
         }
-        for tmp in self.staged.iter().flatten() {
-            if let Err(e) = fs::remove_file(tmp) {
-                tracing::warn!(path = %tmp.display(), error = %e, "cannot remove temporary file");
+        for st in &self.staged {
+            if st.placed.load(Ordering::Relaxed) {
+                continue;
+            }
+            if let Err(e) = fs::remove_file(&st.tmp) {
+                tracing::warn!(path = %st.tmp.display(), error = %e, "cannot remove temporary file");
             }
         }
         for (path, mode) in self.widened_dirs.iter().rev() {
@@ -582,6 +719,15 @@ impl Drop for TreeWriter {
             let _ = fs::remove_dir(&self.root);
         }
     }
+}
+
+/// Opens one of our temporary files for writing (never through a symlink).
+fn open_temp(tmp: &Path) -> Result<fs::File, WriteError> {
+    fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(tmp)
+        .map_err(io_err(tmp, "opening temporary file"))
 }
 
 /// Creates a fresh temporary name in `dir` with `create` (which must fail with AlreadyExists
@@ -611,14 +757,14 @@ fn create_temp(
     })
 }
 
-/// Writes a whole tree in one go from `reader`: prepare, stage, commit. Fails (leaving every
+/// Writes a whole tree in one go from `reader`: prepare, fill, commit. Fails (leaving every
 /// target path as it was) if any chunk is unavailable.
 pub fn write_tree(
     root: &Path,
     manifest: &LayerManifest,
     reader: &dyn ChunkReader,
 ) -> Result<WriteStats, WriteError> {
-    let mut w = TreeWriter::prepare(root, Arc::new(manifest.clone()), &HashMap::new())?;
+    let w = TreeWriter::prepare(root, Arc::new(manifest.clone()), &HashMap::new())?;
     let missing = w.write_files(reader, None)?;
     if let Some(id) = missing.first() {
         return Err(WriteError::Io {

@@ -1,0 +1,299 @@
+//! Shared test helpers: building layers in memory and serving them from an in-process QUIC
+//! server with fault injection (corrupt chunks, missing chunks, dying mid-download).
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use oasis_core::chunk::{self, ChunkParams};
+use oasis_core::compress::{Encoding, StoredChunk};
+use oasis_core::identity::{NodeIdentity, Role, SeedAuthority};
+use oasis_core::manifest::{ChunkRef, Entry, LayerKind, LayerManifest, Node, MANIFEST_FORMAT};
+use oasis_core::metrics::NodeMetrics;
+use oasis_core::net::{self, ChunkSource, SourceError, TransportOptions};
+use oasis_core::wire::LayerRef;
+use oasis_core::ChunkId;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Small chunks so test files have many of them.
+pub const PARAMS: ChunkParams = ChunkParams { min: 1024, avg: 4096, max: 16384 };
+
+pub enum Item {
+    Dir(&'static str, u32),
+    File(&'static str, u32, Vec<u8>),
+    Link(&'static str, &'static str),
+}
+
+/// A layer built in memory: its manifest and the plain bytes of its chunks.
+pub struct Layer {
+    pub manifest: LayerManifest,
+    pub chunks: HashMap<ChunkId, Bytes>,
+}
+
+pub fn layer(name: &str, version: &str, items: Vec<Item>) -> Layer {
+    let mut entries = Vec::new();
+    let mut chunks = HashMap::new();
+    for it in items {
+        match it {
+            Item::Dir(p, mode) => entries.push(Entry { path: p.into(), mode, node: Node::Dir }),
+            Item::Link(p, t) => entries.push(Entry {
+                path: p.into(),
+                mode: 0o777,
+                node: Node::Symlink { target: t.into() },
+            }),
+            Item::File(p, mode, data) => {
+                let mut refs = Vec::new();
+                for s in chunk::cut(&data, &PARAMS) {
+                    let bytes = &data[s.offset as usize..(s.offset + s.len as u64) as usize];
+                    let id = ChunkId::of(bytes);
+                    chunks.insert(id, Bytes::copy_from_slice(bytes));
+                    refs.push(ChunkRef { id, len: s.len });
+                }
+                entries.push(Entry {
+                    path: p.into(),
+                    mode,
+                    node: Node::File { size: data.len() as u64, chunks: refs },
+                });
+            }
+        }
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    let manifest = LayerManifest {
+        format: MANIFEST_FORMAT,
+        name: name.into(),
+        version: version.into(),
+        kind: LayerKind::App,
+        chunking: PARAMS,
+        created: 1,
+        entries,
+    };
+    manifest.validate().expect("test layer is valid");
+    Layer { manifest, chunks }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A typical small layer: nested dirs, a big file, an empty file, a symlink, odd modes.
+pub fn sample_layer(version: &str) -> Layer {
+    layer(
+        "app",
+        version,
+        vec![
+            Item::Dir("bin", 0o755),
+            Item::File("bin/tool", 0o755, noise(1, 300_000)),
+            Item::Link("bin/tool-link", "tool"),
+            Item::Dir("etc", 0o750),
+            Item::File("etc/config", 0o640, b"key = value\n".to_vec()),
+            Item::File("etc/empty", 0o600, Vec::new()),
+            Item::Dir("a", 0o755),
+            Item::Dir("a/b", 0o755),
+            Item::Dir("a/b/c", 0o755),
+            Item::Dir("a/b/c/d", 0o555),
+            Item::File("a/b/c/d/deep.bin", 0o444, noise(2, 70_000)),
+            Item::File("dup", 0o644, noise(1, 300_000)),
+        ],
+    )
+}
+
+/// Compares the tree under `root` with the layer: bytes, modes, symlink targets.
+pub fn assert_tree(root: &Path, l: &Layer) {
+    use std::os::unix::fs::PermissionsExt;
+    for e in &l.manifest.entries {
+        let p = root.join(&e.path);
+        let md = std::fs::symlink_metadata(&p).unwrap_or_else(|err| panic!("{}: {err}", e.path));
+        match &e.node {
+            Node::Dir => assert!(md.is_dir(), "{} should be a dir", e.path),
+            Node::Symlink { target } => {
+                assert!(md.file_type().is_symlink(), "{} should be a symlink", e.path);
+                assert_eq!(std::fs::read_link(&p).unwrap(), PathBuf::from(target));
+                continue;
+            }
+            Node::File { chunks, .. } => {
+                assert!(md.is_file(), "{} should be a file", e.path);
+                let want: Vec<u8> =
+                    chunks.iter().flat_map(|c| l.chunks[&c.id].iter().copied()).collect();
+                assert_eq!(std::fs::read(&p).unwrap(), want, "content of {}", e.path);
+            }
+        }
+        assert_eq!(md.permissions().mode() & 0o7777, e.mode, "mode of {}", e.path);
+    }
+}
+
+/// Every path under `root` (relative), sorted; symlinks not followed.
+pub fn listing(root: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        for e in rd {
+            let e = e.unwrap();
+            let p = e.path();
+            out.push(p.strip_prefix(base).unwrap().display().to_string());
+            if e.file_type().unwrap().is_dir() {
+                walk(base, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// In-process servers
+// ---------------------------------------------------------------------------------------------
+
+/// A root of trust and an enrolled endpoint state dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub authority: SeedAuthority,
+    pub state: PathBuf,
+}
+
+pub fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = SeedAuthority::init(&dir.path().join("seed")).unwrap();
+    let state = dir.path().join("endpoint-state");
+    authority.enroll(Role::Endpoint, "ep1", None, &state, false).unwrap();
+    Pki { dir, authority, state }
+}
+
+impl Pki {
+    pub fn sign(&self, m: &LayerManifest) -> Bytes {
+        Bytes::from(m.sign(self.authority.signing_key()).to_bytes())
+    }
+}
+
+/// Faults a [`MemSource`] injects.
+#[derive(Default)]
+pub struct Faults {
+    /// Serve these chunks corrupted this many times (u32::MAX: always).
+    pub corrupt: Mutex<HashMap<ChunkId, u32>>,
+    /// Answer Missing for these.
+    pub missing: HashSet<ChunkId>,
+    /// Close the whole endpoint after serving this many chunks.
+    pub die_after: Option<usize>,
+}
+
+pub struct MemSource {
+    pub manifests: HashMap<(String, String), Bytes>,
+    pub latest: HashMap<String, String>,
+    pub chunks: HashMap<ChunkId, StoredChunk>,
+    pub faults: Faults,
+    pub served: AtomicUsize,
+    pub endpoint: OnceLock<quinn::Endpoint>,
+}
+
+impl MemSource {
+    pub fn new(pki: &Pki, layers: &[&Layer]) -> MemSource {
+        let mut s = MemSource {
+            manifests: HashMap::new(),
+            latest: HashMap::new(),
+            chunks: HashMap::new(),
+            faults: Faults::default(),
+            served: AtomicUsize::new(0),
+            endpoint: OnceLock::new(),
+        };
+        for l in layers {
+            let m = &l.manifest;
+            s.manifests.insert((m.name.clone(), m.version.clone()), pki.sign(m));
+            s.latest.insert(m.name.clone(), m.version.clone());
+            for (id, b) in &l.chunks {
+                s.chunks.insert(*id, StoredChunk::encode_with_id(*id, b));
+            }
+        }
+        s
+    }
+}
+
+impl ChunkSource for MemSource {
+    async fn manifest(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<Bytes>, SourceError> {
+        let version = match version {
+            Some(v) => v.to_string(),
+            None => match self.latest.get(name) {
+                Some(v) => v.clone(),
+                None => return Ok(None),
+            },
+        };
+        Ok(self.manifests.get(&(name.to_string(), version)).cloned())
+    }
+
+    async fn chunk(&self, id: ChunkId) -> Result<Option<StoredChunk>, SourceError> {
+        if self.faults.missing.contains(&id) {
+            return Ok(None);
+        }
+        let n = self.served.fetch_add(1, Ordering::SeqCst);
+        if let Some(limit) = self.faults.die_after {
+            if n >= limit {
+                if let Some(ep) = self.endpoint.get() {
+                    ep.close(0u32.into(), b"dying");
+                }
+                return Err(SourceError::Unavailable("dying".into()));
+            }
+        }
+        let Some(c) = self.chunks.get(&id) else { return Ok(None) };
+        let mut corrupt = self.faults.corrupt.lock().unwrap();
+        if let Some(left) = corrupt.get_mut(&id) {
+            if *left > 0 {
+                if *left != u32::MAX {
+                    *left -= 1;
+                }
+                let mut data = c.data.to_vec();
+                let mid = data.len() / 2;
+                data[mid] ^= 0x55;
+                return Ok(Some(StoredChunk {
+                    id,
+                    encoding: Encoding::Raw,
+                    plain_len: c.plain_len,
+                    data: Bytes::from(if c.encoding == Encoding::Raw {
+                        data
+                    } else {
+                        vec![0u8; c.plain_len as usize]
+                    }),
+                }));
+            }
+        }
+        Ok(Some(c.clone()))
+    }
+
+    async fn have(&self, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError> {
+        Ok(ids.iter().map(|id| self.chunks.contains_key(id)).collect())
+    }
+
+    async fn layers(&self) -> Result<Vec<LayerRef>, SourceError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Serves `source` on 127.0.0.1 with a node identity of `role`; returns its address.
+pub fn serve(pki: &Pki, role: Role, name: &str, source: MemSource) -> (SocketAddr, Arc<MemSource>) {
+    let id: NodeIdentity = match role {
+        Role::Seed => pki.authority.node_identity().unwrap(),
+        other => pki.authority.issue(other, name, None).unwrap(),
+    };
+    let ep =
+        net::server_endpoint("127.0.0.1:0".parse().unwrap(), &id, &TransportOptions::default())
+            .unwrap();
+    let addr = ep.local_addr().unwrap();
+    let source = Arc::new(source);
+    let _ = source.endpoint.set(ep.clone());
+    tokio::spawn(net::serve(ep, source.clone(), Arc::new(NodeMetrics::new())));
+    (addr, source)
+}
