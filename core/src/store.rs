@@ -70,6 +70,10 @@ pub struct IndexEntry {
     pub flags: u8,
     /// How many published layers reference the chunk (seed); 0 for cache entries.
     pub refs: u32,
+    /// BLAKE3 of the stored (possibly compressed) bytes, recorded when the chunk was put.
+    /// Reads check it instead of decompressing and rehashing: the chunk id was verified
+    /// before `put`, so stored bytes matching this digest are the verified bytes.
+    pub stored_digest: [u8; 32],
 }
 
 pub const FLAG_PINNED: u8 = 1;
@@ -133,7 +137,8 @@ impl ChunkStore {
     /// Stores a chunk unless present. Returns true when this call added it.
     ///
     /// The caller vouches that `chunk.data` decodes to bytes hashing to `chunk.id` (it computed
-    /// the id itself or ran `decode_verified`); reads verify again regardless.
+    /// the id itself or ran `decode_verified`). Reads check the stored bytes against the
+    /// digest recorded here, so later corruption on disk is always caught.
     pub fn put(&self, chunk: &StoredChunk) -> Result<bool, StoreError> {
         if self.contains(&chunk.id)? {
             return Ok(false);
@@ -168,6 +173,7 @@ impl ChunkStore {
             encoding: chunk.encoding as u8,
             flags: 0,
             refs: 0,
+            stored_digest: *blake3::hash(&chunk.data).as_bytes(),
         };
         let value = postcard::to_stdvec(&entry).expect("index entries serialize");
         // compare_and_swap so two writers of the same chunk do not both count it as new.
@@ -196,21 +202,27 @@ impl ChunkStore {
             self.drop_corrupt(id);
             return Ok(None);
         };
-        let chunk = StoredChunk { id: *id, encoding, plain_len: entry.plain_len, data };
-        if let Err(e) = chunk.decode_verified() {
-            tracing::warn!(chunk = %id, error = %e, "corrupt chunk on disk; dropping it");
+        if data.len() != entry.stored_len as usize
+            || *blake3::hash(&data).as_bytes() != entry.stored_digest
+        {
+            tracing::warn!(chunk = %id, "corrupt chunk on disk (stored bytes changed); dropping it");
             self.drop_corrupt(id);
             return Ok(None);
         }
-        Ok(Some(chunk))
+        Ok(Some(StoredChunk { id: *id, encoding, plain_len: entry.plain_len, data }))
     }
 
-    /// The plain bytes of a chunk, verified.
+    /// The plain bytes of a chunk, decoded and checked against the chunk id itself.
     pub fn get_plain(&self, id: &ChunkId) -> Result<Option<Bytes>, StoreError> {
-        match self.get(id)? {
-            None => Ok(None),
-            // get() just verified; decoding again cannot fail unless the bytes changed in memory.
-            Some(c) => Ok(c.decode_verified().ok()),
+        let Some(c) = self.get(id)? else { return Ok(None) };
+        match c.decode_verified() {
+            Ok(plain) => Ok(Some(plain)),
+            Err(e) => {
+                // Only a chunk put with a wrong id gets here: the stored digest matched.
+                tracing::warn!(chunk = %id, error = %e, "chunk does not match its id; dropping it");
+                self.drop_corrupt(id);
+                Ok(None)
+            }
         }
     }
 
