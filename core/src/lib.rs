@@ -13,6 +13,7 @@ pub mod logging;
 pub mod manifest;
 pub mod metrics;
 pub mod net;
+pub mod packs;
 pub mod policy;
 pub mod shutdown;
 pub mod store;

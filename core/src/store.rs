@@ -1,16 +1,14 @@
-//! The chunk store: chunk bytes in a fan-out directory, the index in sled.
+//! The chunk store: chunk bytes in append-only pack files, the index in sled.
 //!
 //! Layout under the store directory:
-//! - `index/`                  sled database: trees `chunks`, `manifests`, `latest`
-//! - `chunks/<2 hex>/<64 hex>` one file per chunk, holding its stored (maybe zstd) bytes
+//! - `index/`                 sled database: trees `chunks`, `manifests`, `latest`
+//! - `packs/<8 digits>.pack`  chunks' stored (maybe zstd) bytes, appended (see `packs`)
 //!
-//! Invariant: an index entry is written only after its file is complete and renamed into
-//! place, so a write that dies midway (kill -9, full disk) leaves at most an orphan temp file,
-//! never an index entry pointing at partial data. Every read is verified against the chunk id;
-//! a chunk that fails (bit rot, tampering) is dropped from the index and reported as missing.
-//!
-//! One file per chunk (rather than pack files) keeps eviction a single unlink and lets the
-//! page cache serve hot chunks; docs/benchmarks.md records the measurement behind that choice.
+//! Invariant: an index entry is written only after its bytes are completely written to a
+//! pack, so a write that dies midway (kill -9, full disk) leaves at most unreferenced bytes
+//! at a pack's tail, never an index entry pointing at partial data. Every read is checked
+//! against the digest recorded at put; a chunk that fails (bit rot, tampering) is dropped from
+//! the index and reported as missing, so callers refetch it.
 
 use crate::chunk::ChunkId;
 use crate::compress::{Encoding, StoredChunk};
@@ -18,7 +16,8 @@ use crate::manifest::SignedManifest;
 use crate::wire::LayerRef;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
+use crate::packs::PackSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -74,37 +73,54 @@ pub struct IndexEntry {
     /// Reads check it instead of decompressing and rehashing: the chunk id was verified
     /// before `put`, so stored bytes matching this digest are the verified bytes.
     pub stored_digest: [u8; 32],
+    /// Where the stored bytes are: pack id and byte offset.
+    pub pack: u32,
+    pub offset: u64,
 }
 
 pub const FLAG_PINNED: u8 = 1;
 
 pub struct ChunkStore {
     dir: PathBuf,
-    chunks_dir: PathBuf,
+    packs: PackSet,
     db: sled::Db,
     index: sled::Tree,
     manifests: sled::Tree,
     latest: sled::Tree,
-    tmp_counter: AtomicU64,
     corrupt_dropped: AtomicU64,
 }
 
 impl ChunkStore {
     pub fn open(dir: &Path) -> Result<ChunkStore, StoreError> {
-        std::fs::create_dir_all(dir.join("chunks")).map_err(io_err(dir))?;
+        Self::open_with_pack_size(dir, crate::packs::PACK_TARGET_BYTES)
+    }
+
+    /// [`ChunkStore::open`] sealing packs at `pack_bytes` (small packs let tests compact).
+    pub fn open_with_pack_size(dir: &Path, pack_bytes: u64) -> Result<ChunkStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let db = sled::Config::new()
             .path(dir.join("index"))
             .cache_capacity(64 << 20)
             .open()
             .map_err(|source| StoreError::Open { dir: dir.to_path_buf(), source })?;
+        let index = db.open_tree("chunks")?;
+        // Live bytes per pack, so compaction knows what removals left behind.
+        let mut live: HashMap<u32, u64> = HashMap::new();
+        for kv in index.iter() {
+            let (_, v) = kv?;
+            if let Ok(e) = postcard::from_bytes::<IndexEntry>(&v) {
+                *live.entry(e.pack).or_default() += e.stored_len as u64;
+            }
+        }
+        let packs_dir = dir.join("packs");
+        let packs = PackSet::open(&packs_dir, live, pack_bytes).map_err(io_err(&packs_dir))?;
         Ok(ChunkStore {
-            chunks_dir: dir.join("chunks"),
+            packs,
             dir: dir.to_path_buf(),
-            index: db.open_tree("chunks")?,
+            index,
             manifests: db.open_tree("manifests")?,
             latest: db.open_tree("latest")?,
             db,
-            tmp_counter: AtomicU64::new(0),
             corrupt_dropped: AtomicU64::new(0),
         })
     }
@@ -118,9 +134,10 @@ impl ChunkStore {
         &self.db
     }
 
-    fn chunk_path(&self, id: &ChunkId) -> PathBuf {
-        let hex = id.to_hex();
-        self.chunks_dir.join(&hex[..2]).join(hex)
+    /// Where a chunk's stored bytes are on disk: (pack file, offset, length). For tools and
+    /// tests that inspect (or deliberately damage) the bytes.
+    pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<(PathBuf, u64, u32)>, StoreError> {
+        Ok(self.entry(id)?.map(|e| (self.packs.path(e.pack), e.offset, e.stored_len)))
     }
 
     pub fn entry(&self, id: &ChunkId) -> Result<Option<IndexEntry>, StoreError> {
@@ -143,30 +160,17 @@ impl ChunkStore {
         if self.contains(&chunk.id)? {
             return Ok(false);
         }
-        let path = self.chunk_path(&chunk.id);
-        let parent = path.parent().expect("chunk paths have a fan-out parent");
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = parent.join(format!(".tmp-{}-{}-{n}", chunk.id.to_hex(), std::process::id()));
-        let write = |tmp: &Path| -> std::io::Result<()> {
-            let mut f = match std::fs::File::create(tmp) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir_all(parent)?;
-                    std::fs::File::create(tmp)?
-                }
-                Err(e) => return Err(e),
-            };
-            f.write_all(&chunk.data)?;
-            Ok(())
+        let mut writer = self.packs.take_writer().map_err(io_err(&self.dir))?;
+        let offset = match writer.append(&chunk.data) {
+            Ok(o) => o,
+            Err(e) => {
+                let path = self.packs.path(writer.id);
+                self.packs.discard(writer);
+                return Err(StoreError::Io { path, source: e });
+            }
         };
-        if let Err(e) = write(&tmp) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(StoreError::Io { path: tmp, source: e });
-        }
-        std::fs::rename(&tmp, &path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            StoreError::Io { path: path.clone(), source: e }
-        })?;
+        let pack = writer.id;
+        self.packs.give_back(writer);
         let entry = IndexEntry {
             stored_len: chunk.data.len() as u32,
             plain_len: chunk.plain_len,
@@ -174,6 +178,8 @@ impl ChunkStore {
             flags: 0,
             refs: 0,
             stored_digest: *blake3::hash(&chunk.data).as_bytes(),
+            pack,
+            offset,
         };
         let value = postcard::to_stdvec(&entry).expect("index entries serialize");
         // compare_and_swap so two writers of the same chunk do not both count it as new.
@@ -181,22 +187,40 @@ impl ChunkStore {
             .index
             .compare_and_swap(chunk.id.as_bytes(), None as Option<&[u8]>, Some(value))?
             .is_ok();
+        if added {
+            self.packs.add_live(pack, chunk.data.len() as u64);
+        }
         Ok(added)
     }
 
     /// Reads and verifies a chunk. A chunk that fails verification is dropped (index entry and
     /// file) and reported as absent, so callers refetch it instead of serving bad bytes.
     pub fn get(&self, id: &ChunkId) -> Result<Option<StoredChunk>, StoreError> {
-        let Some(entry) = self.entry(id)? else { return Ok(None) };
-        let path = self.chunk_path(id);
-        let data = match std::fs::read(&path) {
-            Ok(d) => Bytes::from(d),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::warn!(chunk = %id, "index entry without chunk file; dropping it");
-                self.drop_corrupt(id);
-                return Ok(None);
+        let mut entry = match self.entry(id)? {
+            Some(e) => e,
+            None => return Ok(None),
+        };
+        let data = loop {
+            match self.packs.read_at(entry.pack, entry.offset, entry.stored_len) {
+                Ok(d) => break Bytes::from(d),
+                Err(e) => {
+                    // Compaction may have moved the chunk since we read its entry.
+                    match self.entry(id)? {
+                        Some(now) if now != entry => {
+                            entry = now;
+                            continue;
+                        }
+                        None => return Ok(None),
+                        Some(_) => {}
+                    }
+                    if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof) {
+                        tracing::warn!(chunk = %id, error = %e, "chunk bytes missing from its pack; dropping it");
+                        self.drop_corrupt(id);
+                        return Ok(None);
+                    }
+                    return Err(StoreError::Io { path: self.packs.path(entry.pack), source: e });
+                }
             }
-            Err(e) => return Err(StoreError::Io { path, source: e }),
         };
         let Some(encoding) = Encoding::from_u8(entry.encoding) else {
             self.drop_corrupt(id);
@@ -236,16 +260,59 @@ impl ChunkStore {
         self.corrupt_dropped.load(Ordering::Relaxed)
     }
 
-    /// Removes a chunk: index entry first, so no reader ever finds an entry without its file.
+    /// Removes a chunk from the index. Its bytes become dead space in their pack; once a sealed
+    /// pack is at least half dead, its live chunks are copied to a new pack and it is deleted.
     pub fn remove(&self, id: &ChunkId) -> Result<Option<IndexEntry>, StoreError> {
-        let old = self.index.remove(id.as_bytes())?;
-        let path = self.chunk_path(id);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::Io { path, source: e }),
+        let Some(old) = self.index.remove(id.as_bytes())? else { return Ok(None) };
+        let Ok(e) = postcard::from_bytes::<IndexEntry>(&old) else { return Ok(None) };
+        if self.packs.sub_live(e.pack, e.stored_len as u64) {
+            self.compact(e.pack)?;
         }
-        Ok(old.and_then(|v| postcard::from_bytes(&v).ok()))
+        Ok(Some(e))
+    }
+
+    /// Moves a pack's live chunks into the current packs and deletes it. Safe against
+    /// concurrent readers (they retry on the moved entry) and crashes (the old pack is deleted
+    /// only after every entry points elsewhere; a crash leaves duplicate bytes, not loss).
+    fn compact(&self, pack: u32) -> Result<(), StoreError> {
+        let victims: Vec<(ChunkId, IndexEntry)> =
+            self.ids().filter_map(|r| r.ok()).filter(|(_, e)| e.pack == pack).collect();
+        for (id, e) in victims {
+            let data = match self.packs.read_at(e.pack, e.offset, e.stored_len) {
+                Ok(d) => d,
+                Err(_) => continue,
+            };
+            if *blake3::hash(&data).as_bytes() != e.stored_digest {
+                self.corrupt_dropped.fetch_add(1, Ordering::Relaxed);
+                let _ = self.index.remove(id.as_bytes());
+                continue;
+            }
+            let mut w = self.packs.take_writer().map_err(io_err(&self.dir))?;
+            let offset = match w.append(&data) {
+                Ok(o) => o,
+                Err(err) => {
+                    let path = self.packs.path(w.id);
+                    self.packs.discard(w);
+                    return Err(StoreError::Io { path, source: err });
+                }
+            };
+            let moved = IndexEntry { pack: w.id, offset, ..e };
+            let new_pack = w.id;
+            self.packs.give_back(w);
+            let old_v = postcard::to_stdvec(&e).expect("index entries serialize");
+            let new_v = postcard::to_stdvec(&moved).expect("index entries serialize");
+            // Only move an entry nobody changed meanwhile (refs, flags, removal).
+            if self.index.compare_and_swap(id.as_bytes(), Some(old_v), Some(new_v))?.is_ok() {
+                self.packs.add_live(new_pack, e.stored_len as u64);
+            }
+        }
+        // Entries changed during the copy (e.g. refs bumped) still point here: keep the pack.
+        if self.ids().filter_map(|r| r.ok()).any(|(_, e)| e.pack == pack) {
+            return Ok(());
+        }
+        self.db.flush()?;
+        self.packs.sync_idle().map_err(io_err(&self.dir))?;
+        self.packs.delete(pack).map_err(io_err(&self.dir))
     }
 
     /// Applies `f` to a chunk's index entry atomically (refs, flags).
@@ -290,9 +357,9 @@ impl ChunkStore {
         })
     }
 
-    /// Forces index and chunk files to stable storage (end of a publish).
+    /// Forces packs and index to stable storage (end of a publish).
     pub fn sync(&self) -> Result<(), StoreError> {
-        sync_filesystem(&self.chunks_dir).map_err(io_err(&self.chunks_dir))?;
+        self.packs.sync_idle().map_err(io_err(&self.dir))?;
         self.db.flush()?;
         Ok(())
     }
@@ -367,23 +434,6 @@ impl ChunkStore {
     }
 }
 
-/// syncfs(2) on the filesystem holding `dir`: one call instead of an fsync per chunk file.
-fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
-    let f = std::fs::File::open(dir)?;
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: `f` is an open file descriptor for the whole call; syncfs only reads it.
-        let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    f.sync_all()?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,9 +461,9 @@ mod tests {
         let (_d, s) = store();
         let c = StoredChunk::encode(b"some bytes that will rot on disk");
         s.put(&c).unwrap();
-        let path = s.chunk_path(&c.id);
+        let (path, offset, _) = s.chunk_location(&c.id).unwrap().unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[3] ^= 0xff;
+        bytes[offset as usize + 3] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
         assert!(s.get(&c.id).unwrap().is_none());
         assert!(!s.contains(&c.id).unwrap(), "the bad entry is gone so it can be refetched");
@@ -427,9 +477,42 @@ mod tests {
         let (_d, s) = store();
         let c = StoredChunk::encode(b"gone");
         s.put(&c).unwrap();
-        std::fs::remove_file(s.chunk_path(&c.id)).unwrap();
+        std::fs::remove_file(s.chunk_location(&c.id).unwrap().unwrap().0).unwrap();
         assert!(s.get(&c.id).unwrap().is_none());
         assert!(!s.contains(&c.id).unwrap());
+    }
+
+    #[test]
+    fn removals_compact_packs_and_keep_the_rest_readable() {
+        let d = tempfile::tempdir().unwrap();
+        let s = ChunkStore::open_with_pack_size(d.path(), 64 << 10).unwrap();
+        use rand::{RngCore, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let chunks: Vec<StoredChunk> = (0..64)
+            .map(|_| {
+                let mut b = vec![0u8; 8192];
+                rng.fill_bytes(&mut b);
+                StoredChunk::encode(&b)
+            })
+            .collect();
+        for c in &chunks {
+            s.put(c).unwrap();
+        }
+        let packs_before = std::fs::read_dir(d.path().join("packs")).unwrap().count();
+        for c in chunks.iter().step_by(4).chain(chunks.iter().skip(1).step_by(4)) {
+            s.remove(&c.id).unwrap();
+        }
+        let kept: Vec<_> = chunks.iter().skip(2).step_by(4).chain(chunks.iter().skip(3).step_by(4)).collect();
+        for c in &kept {
+            assert_eq!(&s.get(&c.id).unwrap().unwrap(), *c);
+        }
+        let packs_after = std::fs::read_dir(d.path().join("packs")).unwrap().count();
+        assert!(packs_after < packs_before, "half-dead packs were compacted: {packs_before} -> {packs_after}");
+        drop(s);
+        let s = ChunkStore::open(d.path()).unwrap();
+        for c in &kept {
+            assert_eq!(&s.get(&c.id).unwrap().unwrap(), *c);
+        }
     }
 
     #[test]
@@ -451,9 +534,10 @@ mod tests {
     fn failed_write_leaves_no_entry() {
         let (_d, s) = store();
         let c = StoredChunk::encode(b"cannot be written");
-        let fan = s.chunk_path(&c.id).parent().unwrap().to_path_buf();
-        // A plain file where the fan-out directory should be makes every write fail.
-        std::fs::write(&fan, b"in the way").unwrap();
+        let packs = s.dir().join("packs");
+        // A plain file where the packs directory should be makes every new pack fail.
+        std::fs::remove_dir_all(&packs).unwrap();
+        std::fs::write(&packs, b"in the way").unwrap();
         assert!(s.put(&c).is_err());
         assert!(!s.contains(&c.id).unwrap());
     }

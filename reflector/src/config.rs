@@ -1,0 +1,564 @@
+//! The reflector's configuration: a TOML file (`--config FILE`, documented key by key in
+//! `config/reflector.example.toml`) and command-line flags, which override the file.
+//!
+//! Sizes (`cache_size`) and rates (`wan_rate`) are numbers of bytes or strings with a unit, as in
+//! the bandwidth policy: `"200GiB"`, `"10MB/s"`, `"80Mbit/s"`. Durations are strings such as
+//! `"10s"`, `"250ms"`, `"2m"`.
+
+use oasis_core::logging::LogFormat;
+use oasis_core::net::TransportOptions;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long an endpoint's request for a chunk the cache lacks may wait while the upstream
+/// delivers nothing, before it is answered `Error(Unavailable)` (so the endpoint can try its
+/// next source).
+pub const DEFAULT_MISS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request for the latest version of a layer waits for the upstream's answer before
+/// the cached latest version is served instead.
+pub const DEFAULT_LATEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most chunk ids in one upstream GetChunks request.
+pub const DEFAULT_BATCH_MAX_CHUNKS: usize = 64;
+/// How long misses are collected before a batch leaves (when fewer than a full batch wait).
+pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_millis(2);
+/// Upstream GetChunks requests in flight at once.
+pub const DEFAULT_BATCHES_IN_FLIGHT: usize = 8;
+/// How often the policy file's modification time is checked.
+pub const DEFAULT_POLICY_POLL: Duration = Duration::from_secs(1);
+
+/// Where the WAN limit comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WanLimit {
+    /// No limit.
+    Unlimited,
+    /// `wan_rate`: one rate at all times, bytes per second.
+    Flat(u64),
+    /// `policy`: a bandwidth policy file, reloaded when it changes and on SIGHUP.
+    PolicyFile(PathBuf),
+}
+
+/// Everything a running reflector needs. Build it with [`ReflectorConfig::new`] (in-process use,
+/// tests) or [`ConfigArgs::resolve`] (file + flags).
+#[derive(Clone, Debug)]
+pub struct ReflectorConfig {
+    /// State directory from `oasis-seed enroll --role reflector` (node.pem, node.key,
+    /// trust.pem); the cache lives in `STATE/cache`.
+    pub state: PathBuf,
+    /// QUIC address endpoints connect to.
+    pub listen: SocketAddr,
+    /// The seed (or a reflector further up), `HOST:PORT`.
+    pub upstream: String,
+    pub wan: WanLimit,
+    /// Cache size cap in bytes (chunks as stored); `None` = no cap.
+    pub cache_size: Option<u64>,
+    /// Prometheus metrics at http://ADDR/metrics.
+    pub metrics: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    pub miss_timeout: Duration,
+    pub latest_timeout: Duration,
+    pub batch_max_chunks: usize,
+    pub batch_delay: Duration,
+    pub batches_in_flight: usize,
+    /// Zero disables polling (reload on SIGHUP or [`crate::RunningReflector::reload_policy`]).
+    pub policy_poll: Duration,
+    /// QUIC parameters of the serving endpoint (not settable from the file).
+    pub transport: TransportOptions,
+}
+
+impl ReflectorConfig {
+    /// Defaults for everything but the three required settings.
+    pub fn new(state: impl Into<PathBuf>, listen: SocketAddr, upstream: impl Into<String>) -> Self {
+        ReflectorConfig {
+            state: state.into(),
+            listen,
+            upstream: upstream.into(),
+            wan: WanLimit::Unlimited,
+            cache_size: None,
+            metrics: None,
+            log_format: LogFormat::Human,
+            miss_timeout: DEFAULT_MISS_TIMEOUT,
+            latest_timeout: DEFAULT_LATEST_TIMEOUT,
+            batch_max_chunks: DEFAULT_BATCH_MAX_CHUNKS,
+            batch_delay: DEFAULT_BATCH_DELAY,
+            batches_in_flight: DEFAULT_BATCHES_IN_FLIGHT,
+            policy_poll: DEFAULT_POLICY_POLL,
+            transport: TransportOptions::default(),
+        }
+    }
+
+    /// The chunk cache directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.state.join("cache")
+    }
+
+    /// Checks the values that do not depend on the file system.
+    pub fn validate(&self) -> Result<(), String> {
+        check_upstream(&self.upstream)?;
+        if self.miss_timeout < Duration::from_millis(100) {
+            return Err("miss_timeout must be at least 100ms".into());
+        }
+        if self.latest_timeout < Duration::from_millis(10) {
+            return Err("latest_timeout must be at least 10ms".into());
+        }
+        if !(1..=oasis_core::wire::MAX_IDS_PER_REQUEST).contains(&self.batch_max_chunks) {
+            return Err(format!(
+                "batch_max_chunks must be 1 to {}",
+                oasis_core::wire::MAX_IDS_PER_REQUEST
+            ));
+        }
+        if self.batch_delay > Duration::from_secs(1) {
+            return Err("batch_delay must be at most 1s".into());
+        }
+        if !(1..=1024).contains(&self.batches_in_flight) {
+            return Err("batches_in_flight must be 1 to 1024".into());
+        }
+        Ok(())
+    }
+}
+
+/// `HOST:PORT` with a port.
+fn check_upstream(s: &str) -> Result<(), String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(())
+        }
+        _ => Err(format!("upstream {s:?} is not HOST:PORT (e.g. \"seed.example.net:7443\")")),
+    }
+}
+
+/// The settings shared by `serve` and `check`: `--config FILE` plus flags that override it.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ConfigArgs {
+    /// TOML configuration file (see config/reflector.example.toml); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// State directory written by `oasis-seed enroll --role reflector`.
+    #[arg(long, value_name = "STATE_DIR")]
+    pub state: Option<PathBuf>,
+    /// QUIC address to serve endpoints on, e.g. 0.0.0.0:7443.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// The seed, HOST:PORT.
+    #[arg(long, value_name = "SEED_ADDR")]
+    pub upstream: Option<String>,
+    /// Bandwidth policy file (rates, schedule windows); reloaded on change and on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Flat WAN cap instead of a policy file: bytes per second or e.g. "10MB/s"; 0 = unlimited.
+    #[arg(long, value_name = "BYTES_PER_S")]
+    pub wan_rate: Option<String>,
+    /// Cache size cap, e.g. "200GiB" ("unlimited" for none).
+    #[arg(long, value_name = "SIZE")]
+    pub cache_size: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The file's keys; every one optional here, required ones are checked after merging flags.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    state: Option<PathBuf>,
+    listen: Option<toml::Spanned<String>>,
+    upstream: Option<toml::Spanned<String>>,
+    policy: Option<PathBuf>,
+    wan_rate: Option<toml::Spanned<Amount>>,
+    cache_size: Option<toml::Spanned<Amount>>,
+    metrics: Option<toml::Spanned<String>>,
+    log_format: Option<toml::Spanned<String>>,
+    miss_timeout: Option<toml::Spanned<String>>,
+    latest_timeout: Option<toml::Spanned<String>>,
+    batch_max_chunks: Option<usize>,
+    batch_delay: Option<toml::Spanned<String>>,
+    batches_in_flight: Option<usize>,
+    policy_poll: Option<toml::Spanned<String>>,
+}
+
+/// A number or a string with a unit.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+enum Amount {
+    Int(u64),
+    Text(String),
+}
+
+impl Amount {
+    fn text(&self) -> String {
+        match self {
+            Amount::Int(n) => n.to_string(),
+            Amount::Text(s) => s.clone(),
+        }
+    }
+}
+
+/// Locates errors in the file: "reflector.toml line 4: cache_size ...".
+struct FileCtx<'a> {
+    origin: String,
+    text: &'a str,
+}
+
+impl FileCtx<'_> {
+    fn err<T>(
+        &self,
+        key: &str,
+        span: std::ops::Range<usize>,
+        problem: String,
+    ) -> Result<T, String> {
+        let line = self.text[..span.start.min(self.text.len())].matches('\n').count() + 1;
+        Err(format!("{} line {line}: {key} {problem}", self.origin))
+    }
+}
+
+impl ConfigArgs {
+    /// Reads the file (if any), applies the flags over it, and checks the result. Errors name
+    /// the file, line and key, or the flag.
+    pub fn resolve(&self) -> Result<ReflectorConfig, String> {
+        let (file, text, base) = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+                let file: FileConfig = toml::from_str(&text).map_err(|e| {
+                    format!("config file {}: {}", path.display(), e.to_string().trim_end())
+                })?;
+                let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                (file, text, base)
+            }
+            None => (FileConfig::default(), String::new(), PathBuf::new()),
+        };
+        let ctx = FileCtx {
+            origin: self
+                .config
+                .as_ref()
+                .map_or_else(|| "config".to_string(), |p| p.display().to_string()),
+            text: &text,
+        };
+        // Relative paths in the file are relative to the file's directory.
+        let rel = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+
+        let state = match (&self.state, file.state) {
+            (Some(s), _) => s.clone(),
+            (None, Some(s)) => rel(s),
+            (None, None) => {
+                return Err("no state directory: give --state STATE_DIR or `state` in the config \
+                            file (the directory written by `oasis-seed enroll --role reflector`)"
+                    .into())
+            }
+        };
+        let listen = match (&self.listen, &file.listen) {
+            (Some(l), _) => parse_addr(l).map_err(|p| format!("--listen {p}"))?,
+            (None, Some(l)) => match parse_addr(l.get_ref()) {
+                Ok(a) => a,
+                Err(p) => return ctx.err("listen", l.span(), p),
+            },
+            (None, None) => {
+                return Err("no listen address: give --listen ADDR or `listen` in the config \
+                            file (e.g. 0.0.0.0:7443)"
+                    .into())
+            }
+        };
+        let upstream = match (&self.upstream, &file.upstream) {
+            (Some(u), _) => {
+                check_upstream(u).map_err(|p| format!("--upstream: {p}"))?;
+                u.clone()
+            }
+            (None, Some(u)) => {
+                if let Err(p) = check_upstream(u.get_ref()) {
+                    return ctx.err("upstream", u.span(), format!("is invalid: {p}"));
+                }
+                u.get_ref().clone()
+            }
+            (None, None) => {
+                return Err("no upstream: give --upstream SEED_ADDR or `upstream` in the config \
+                            file (the seed's HOST:PORT)"
+                    .into())
+            }
+        };
+        let mut cfg = ReflectorConfig::new(state, listen, upstream);
+
+        // WAN limit: a flag beats the file; within one layer, policy and wan_rate exclude each
+        // other.
+        let flag_rate = match &self.wan_rate {
+            Some(r) => Some(parse_rate(r).map_err(|p| format!("--wan-rate {r:?} {p}"))?),
+            None => None,
+        };
+        let file_rate = match &file.wan_rate {
+            Some(r) => match parse_rate(&r.get_ref().text()) {
+                Ok(v) => Some(v),
+                Err(p) => {
+                    return ctx.err("wan_rate", r.span(), format!("{:?} {p}", r.get_ref().text()))
+                }
+            },
+            None => None,
+        };
+        cfg.wan = match (&self.policy, flag_rate, file.policy, file_rate) {
+            (Some(_), Some(_), _, _) => {
+                return Err("--policy and --wan-rate both given: use one (--wan-rate is a flat \
+                            cap, --policy a full policy file)"
+                    .into())
+            }
+            (Some(p), None, _, _) => WanLimit::PolicyFile(p.clone()),
+            (None, Some(r), _, _) => flat(r),
+            (None, None, Some(_), Some(_)) => {
+                return Err(format!(
+                    "{}: both `policy` and `wan_rate` are set: keep one (wan_rate is a flat \
+                     cap, policy a full policy file)",
+                    ctx.origin
+                ))
+            }
+            (None, None, Some(p), None) => WanLimit::PolicyFile(rel(p)),
+            (None, None, None, Some(r)) => flat(r),
+            (None, None, None, None) => WanLimit::Unlimited,
+        };
+
+        cfg.cache_size = match (&self.cache_size, &file.cache_size) {
+            (Some(s), _) => parse_cache_size(s).map_err(|p| format!("--cache-size {s:?} {p}"))?,
+            (None, Some(s)) => match parse_cache_size(&s.get_ref().text()) {
+                Ok(v) => v,
+                Err(p) => {
+                    return ctx.err("cache_size", s.span(), format!("{:?} {p}", s.get_ref().text()))
+                }
+            },
+            (None, None) => None,
+        };
+        cfg.metrics = match (&self.metrics, &file.metrics) {
+            (Some(m), _) => Some(parse_addr(m).map_err(|p| format!("--metrics {p}"))?),
+            (None, Some(m)) => match parse_addr(m.get_ref()) {
+                Ok(a) => Some(a),
+                Err(p) => return ctx.err("metrics", m.span(), p),
+            },
+            (None, None) => None,
+        };
+        cfg.log_format = match (self.log_format, &file.log_format) {
+            (Some(f), _) => f,
+            (None, Some(f)) => match f.get_ref().as_str() {
+                "human" => LogFormat::Human,
+                "json" => LogFormat::Json,
+                other => {
+                    return ctx.err(
+                        "log_format",
+                        f.span(),
+                        format!("{other:?} is not a log format (human or json)"),
+                    )
+                }
+            },
+            (None, None) => LogFormat::Human,
+        };
+        let duration = |key: &str, v: &Option<toml::Spanned<String>>, default: Duration| match v {
+            None => Ok(default),
+            Some(s) => match parse_duration(s.get_ref()) {
+                Ok(d) => Ok(d),
+                Err(p) => ctx.err(key, s.span(), format!("{:?} {p}", s.get_ref())),
+            },
+        };
+        cfg.miss_timeout = duration("miss_timeout", &file.miss_timeout, cfg.miss_timeout)?;
+        cfg.latest_timeout = duration("latest_timeout", &file.latest_timeout, cfg.latest_timeout)?;
+        cfg.batch_delay = duration("batch_delay", &file.batch_delay, cfg.batch_delay)?;
+        cfg.policy_poll = duration("policy_poll", &file.policy_poll, cfg.policy_poll)?;
+        cfg.batch_max_chunks = file.batch_max_chunks.unwrap_or(cfg.batch_max_chunks);
+        cfg.batches_in_flight = file.batches_in_flight.unwrap_or(cfg.batches_in_flight);
+        cfg.validate().map_err(|p| format!("{}: {p}", ctx.origin))?;
+        Ok(cfg)
+    }
+}
+
+fn flat(rate: u64) -> WanLimit {
+    if rate == 0 {
+        WanLimit::Unlimited
+    } else {
+        WanLimit::Flat(rate)
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| format!("{s:?} is not an IP:PORT address (e.g. 0.0.0.0:7443)"))
+}
+
+/// Units as in the bandwidth policy: value in bytes as `num / den`.
+const UNITS: &[(&str, u128, u128)] = &[
+    ("", 1, 1),
+    ("B", 1, 1),
+    ("KB", 1_000, 1),
+    ("kB", 1_000, 1),
+    ("MB", 1_000_000, 1),
+    ("GB", 1_000_000_000, 1),
+    ("TB", 1_000_000_000_000, 1),
+    ("KiB", 1 << 10, 1),
+    ("MiB", 1 << 20, 1),
+    ("GiB", 1 << 30, 1),
+    ("TiB", 1 << 40, 1),
+    ("bit", 1, 8),
+    ("kbit", 1_000, 8),
+    ("Kbit", 1_000, 8),
+    ("Mbit", 1_000_000, 8),
+    ("Gbit", 1_000_000_000, 8),
+];
+
+/// `"2.5 MiB"` → 2 621 440 (exact, rounded to the nearest byte).
+fn parse_amount(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let unit = unit.trim();
+    let digits: String = number.chars().filter(|&c| c != '_').collect();
+    let (int, frac) = digits.split_once('.').unwrap_or((&digits, ""));
+    if int.is_empty() && frac.is_empty() {
+        return Err("does not start with a number".into());
+    }
+    if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) || frac.len() > 18 {
+        return Err("has a malformed number".into());
+    }
+    let Some(&(_, num, den)) = UNITS.iter().find(|(n, _, _)| *n == unit) else {
+        return Err(format!(
+            "has an unknown unit {unit:?} (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB, kbit, Mbit, \
+             Gbit)"
+        ));
+    };
+    let scale = 10u128.pow(frac.len() as u32);
+    let mantissa: u128 = format!("{int}{frac}").parse().map_err(|_| "is too large".to_string())?;
+    let d = den * scale;
+    let v = mantissa.checked_mul(num).ok_or("is too large")?;
+    let v = (v + d / 2) / d;
+    u64::try_from(v).map_err(|_| "is too large".to_string())
+}
+
+/// A rate: bytes per second, or with a unit and optional "/s"; "unlimited" or 0 = no limit
+/// (returned as 0).
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("unlimited") {
+        return Ok(0);
+    }
+    let body = t.strip_suffix("/s").unwrap_or(t);
+    parse_amount(body).map_err(|p| {
+        format!("is not a rate: it {p} (write e.g. \"10MB/s\", \"80Mbit/s\", or 0 for no limit)")
+    })
+}
+
+/// A size in bytes, with an optional unit ("200GiB").
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if t.ends_with("/s") {
+        return Err("is a rate, but a size is wanted (drop the \"/s\")".into());
+    }
+    parse_amount(t).map_err(|p| format!("is not a size: it {p} (write e.g. \"200GiB\")"))
+}
+
+/// `cache_size`: a size, or "unlimited" (None). Zero is refused: it would evict everything.
+fn parse_cache_size(text: &str) -> Result<Option<u64>, String> {
+    if text.trim().eq_ignore_ascii_case("unlimited") {
+        return Ok(None);
+    }
+    match parse_size(text)? {
+        0 => Err("is zero: the cache could hold nothing (write \"unlimited\" for no cap)".into()),
+        n => Ok(Some(n)),
+    }
+}
+
+/// `"10s"`, `"250ms"`, `"2m"`, `"1h"`, `"1.5s"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| "is not a duration (write e.g. \"10s\", \"250ms\" or \"2m\")".to_string())?;
+    let secs = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" | "" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!("has an unknown unit {other:?} (ms, s, m or h)"));
+        }
+    };
+    if !secs.is_finite() || secs > 1e9 {
+        return Err("is too large".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn units() {
+        assert_eq!(parse_size("200GiB").unwrap(), 200 << 30);
+        assert_eq!(parse_size("1.5 KiB").unwrap(), 1536);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("0.1MB").unwrap(), 100_000);
+        assert!(parse_size("10MB/s").is_err());
+        assert!(parse_size("10 parsecs").is_err());
+        assert!(parse_size("MB").is_err());
+        assert_eq!(parse_rate("10MB/s").unwrap(), 10_000_000);
+        assert_eq!(parse_rate("80Mbit/s").unwrap(), 10_000_000);
+        assert_eq!(parse_rate("2000000").unwrap(), 2_000_000);
+        assert_eq!(parse_rate("unlimited").unwrap(), 0);
+        assert_eq!(parse_cache_size("unlimited").unwrap(), None);
+        assert!(parse_cache_size("0").is_err());
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let f = file(
+            "state = \"st\"\nlisten = \"0.0.0.0:7443\"\nupstream = \"seed.example:7443\"\n\
+             wan_rate = \"10MB/s\"\ncache_size = \"1GiB\"\nmetrics = \"127.0.0.1:9100\"\n\
+             miss_timeout = \"5s\"\n",
+        );
+        let args = ConfigArgs { config: Some(f.path().to_path_buf()), ..Default::default() };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.state, f.path().parent().unwrap().join("st"));
+        assert_eq!(c.wan, WanLimit::Flat(10_000_000));
+        assert_eq!(c.cache_size, Some(1 << 30));
+        assert_eq!(c.miss_timeout, Duration::from_secs(5));
+        // A --policy flag replaces the file's wan_rate; other flags override their keys.
+        let args = ConfigArgs {
+            config: Some(f.path().to_path_buf()),
+            policy: Some("/etc/p.toml".into()),
+            cache_size: Some("2GiB".into()),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.wan, WanLimit::PolicyFile("/etc/p.toml".into()));
+        assert_eq!(c.cache_size, Some(2 << 30));
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let f = file("state = \"s\"\nlisten = \"0.0.0.0:1\"\nupstream = \"x:1\"\ncache_size = \"12 parsecs\"\n");
+        let args = ConfigArgs { config: Some(f.path().to_path_buf()), ..Default::default() };
+        let e = args.resolve().unwrap_err();
+        assert!(e.contains("line 4: cache_size \"12 parsecs\" is not a size"), "{e}");
+        let f = file("state = \"s\"\nlisten = \"0.0.0.0:1\"\nupstream = \"x:1\"\ncache_sise = 1\n");
+        let args = ConfigArgs { config: Some(f.path().to_path_buf()), ..Default::default() };
+        let e = args.resolve().unwrap_err();
+        assert!(e.contains("cache_sise"), "{e}");
+        let f = file("state = \"s\"\nlisten = \"0.0.0.0:1\"\nupstream = \"x\"\n");
+        let args = ConfigArgs { config: Some(f.path().to_path_buf()), ..Default::default() };
+        assert!(args.resolve().unwrap_err().contains("HOST:PORT"));
+        let args = ConfigArgs { listen: Some("0.0.0.0:1".into()), ..Default::default() };
+        assert!(args.resolve().unwrap_err().contains("--state"));
+        let f = file("state = \"s\"\nlisten = \"0.0.0.0:1\"\nupstream = \"x:1\"\npolicy = \"p\"\nwan_rate = 5\n");
+        let args = ConfigArgs { config: Some(f.path().to_path_buf()), ..Default::default() };
+        assert!(args.resolve().unwrap_err().contains("keep one"));
+    }
+}

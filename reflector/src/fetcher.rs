@@ -1,0 +1,618 @@
+//! Upstream chunk fetching: miss coalescing, batching, pipelining, WAN pacing, verification.
+//!
+//! * Every request for a chunk the cache lacks registers a waiter in a [`MissTable`]; only the
+//!   first one (the leader) queues the id, so N concurrent requests cause one upstream fetch.
+//! * One batcher task drains the queue (foreground first): it waits up to `batch_delay` for
+//!   more misses unless a batch is full, takes up to `batch_max_chunks` ids (fewer when the WAN
+//!   rate is low, so a batch is about 1/8 s of traffic) and sends one GetChunks. Up to
+//!   `batches_in_flight` batches are in flight.
+//! * WAN pacing: sizes are only known once chunks arrive, so every chunk is paid for in the
+//!   [`oasis_core::policy::WanLimiter`] with its exact size as sent *when it arrives*, before the
+//!   bytes it frees in the window below can be requested again. Under a rate limit, the bytes
+//!   requested but not yet paid for (counted with a running average of chunk sizes) are kept
+//!   under a window of 1/8 s of the rate (one for foreground, one shared with background). So
+//!   the limiter admits exactly the bytes received, and over any interval the bytes received
+//!   exceed the policy's `burst + rate × T` by at most the two windows (1/4 s of the rate);
+//!   over 10 s that is within 2.5 % of the rate once the burst is spent.
+//! * Each chunk is verified (`decode_verified`) off the async threads before it is stored and
+//!   handed to its waiters; a bad one is asked for again (up to [`MAX_ATTEMPTS`] times).
+//! * A failed request (connection lost, no answer within the reply timeout) puts its
+//!   unanswered ids back at the front of the queue; they go out again once upstream is back.
+
+use crate::cache::Cache;
+use crate::metrics::ReflectorMetrics;
+use crate::policy::{PolicyControl, CHUNK_FRAME_OVERHEAD};
+use crate::upstream::Upstream;
+use oasis_core::cache::{Begin, MissTable};
+use oasis_core::compress::StoredChunk;
+use oasis_core::net::{ChunkReply, Client, NetError};
+use oasis_core::policy::TrafficClass;
+use oasis_core::ChunkId;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+
+/// Times a chunk is asked for when it keeps arriving corrupt or keeps failing, before its
+/// waiters get an error.
+pub const MAX_ATTEMPTS: u8 = 3;
+/// Longest wait for the next answer on an upstream chunk stream before the connection is
+/// considered dead (the limiter is paid before a request is sent, so a healthy upstream answers
+/// at once).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Initial estimate of a chunk's size as sent.
+const INITIAL_ESTIMATE: u64 = 64 << 10;
+/// Smallest unpaid window under a rate limit (so a large chunk can always be requested).
+const MIN_WINDOW: u64 = 256 << 10;
+
+/// What a fetch gives its waiters: the chunk (verified), `None` if upstream does not have it,
+/// or why it failed.
+pub type Outcome = Result<Option<StoredChunk>, String>;
+type Waiter = oneshot::Sender<Outcome>;
+
+/// Why a waiting request gave up.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    /// Upstream did not deliver within the time allowed.
+    #[error("{0}")]
+    Timeout(String),
+    /// Upstream kept sending bad data or refusing.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// How long a waiter waits.
+#[derive(Clone, Copy, Debug)]
+pub struct Patience {
+    /// Give up after this long if upstream delivered nothing meanwhile.
+    pub idle: Duration,
+    /// Give up after this long in any case (None: never while upstream makes progress).
+    pub max: Option<Duration>,
+}
+
+#[derive(Default)]
+struct Queue {
+    fg: VecDeque<ChunkId>,
+    bg: VecDeque<ChunkId>,
+    /// Ids queued and their class; deque entries not matching it are stale (upgraded).
+    queued: HashMap<ChunkId, TrafficClass>,
+    fg_live: usize,
+    bg_live: usize,
+}
+
+impl Queue {
+    fn push(&mut self, id: ChunkId, class: TrafficClass, front: bool) {
+        match (self.queued.get(&id).copied(), class) {
+            (Some(TrafficClass::Foreground), _)
+            | (Some(TrafficClass::Background), TrafficClass::Background) => return,
+            (Some(TrafficClass::Background), TrafficClass::Foreground) => {
+                // Upgrade: an endpoint now waits for a chunk prefetch had queued.
+                self.bg_live -= 1;
+            }
+            (None, _) => {}
+        }
+        self.queued.insert(id, class);
+        let (q, live) = match class {
+            TrafficClass::Foreground => (&mut self.fg, &mut self.fg_live),
+            TrafficClass::Background => (&mut self.bg, &mut self.bg_live),
+        };
+        *live += 1;
+        if front {
+            q.push_front(id);
+        } else {
+            q.push_back(id);
+        }
+    }
+
+    /// Moves a background-queued id to the foreground queue (no-op otherwise).
+    fn upgrade(&mut self, id: ChunkId) {
+        if self.queued.get(&id) == Some(&TrafficClass::Background) {
+            self.push(id, TrafficClass::Foreground, false);
+        }
+    }
+
+    fn pop(&mut self, class: TrafficClass) -> Option<ChunkId> {
+        loop {
+            let id = match class {
+                TrafficClass::Foreground => self.fg.pop_front()?,
+                TrafficClass::Background => self.bg.pop_front()?,
+            };
+            if self.queued.get(&id) == Some(&class) {
+                self.queued.remove(&id);
+                match class {
+                    TrafficClass::Foreground => self.fg_live -= 1,
+                    TrafficClass::Background => self.bg_live -= 1,
+                }
+                return Some(id);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.fg_live + self.bg_live
+    }
+}
+
+/// Bytes requested from upstream and not yet paid for in the limiter (see the module docs).
+#[derive(Debug)]
+struct Window {
+    /// Foreground bytes outstanding (estimated).
+    fg: u64,
+    /// Background bytes outstanding (estimated).
+    bg: u64,
+    /// Running average of chunk sizes as sent.
+    estimate: u64,
+}
+
+impl Window {
+    /// How many ids of `class` may be requested now under `limit` (None = no limit), at most
+    /// `max`.
+    fn room(&self, class: TrafficClass, limit: Option<u64>, max: usize) -> usize {
+        let Some(limit) = limit else { return max };
+        let used = match class {
+            TrafficClass::Foreground => self.fg,
+            TrafficClass::Background => self.fg + self.bg,
+        };
+        if used == 0 {
+            // Always let one batch go, however large the estimate.
+            return max.min((limit / self.estimate.max(1)).max(1) as usize);
+        }
+        (limit.saturating_sub(used) / self.estimate.max(1)).min(max as u64) as usize
+    }
+
+    fn add(&mut self, class: TrafficClass, bytes: u64) {
+        match class {
+            TrafficClass::Foreground => self.fg += bytes,
+            TrafficClass::Background => self.bg += bytes,
+        }
+    }
+
+    fn release(&mut self, class: TrafficClass, bytes: u64) {
+        match class {
+            TrafficClass::Foreground => self.fg = self.fg.saturating_sub(bytes),
+            TrafficClass::Background => self.bg = self.bg.saturating_sub(bytes),
+        }
+    }
+
+    fn observe(&mut self, actual: u64) {
+        self.estimate = ((self.estimate * 7 + actual) / 8).max(1);
+    }
+}
+
+enum BatchFailure {
+    /// No answer in time: the connection is dropped and rebuilt.
+    Timeout,
+    Net(NetError),
+}
+
+pub struct Fetcher {
+    cache: Arc<Cache>,
+    upstream: Arc<Upstream>,
+    policy: Arc<PolicyControl>,
+    metrics: ReflectorMetrics,
+    table: Mutex<MissTable<Waiter>>,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    attempts: Mutex<HashMap<ChunkId, u8>>,
+    window: Mutex<Window>,
+    /// Woken when window bytes are released.
+    window_freed: Notify,
+    in_flight: Arc<Semaphore>,
+    batch_max: usize,
+    batch_delay: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Fetcher {
+    pub fn new(
+        cache: Arc<Cache>,
+        upstream: Arc<Upstream>,
+        policy: Arc<PolicyControl>,
+        metrics: ReflectorMetrics,
+        batch_max: usize,
+        batch_delay: Duration,
+        batches_in_flight: usize,
+    ) -> Fetcher {
+        Fetcher {
+            cache,
+            upstream,
+            policy,
+            metrics,
+            table: Mutex::new(MissTable::new()),
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            attempts: Mutex::new(HashMap::new()),
+            window: Mutex::new(Window { fg: 0, bg: 0, estimate: INITIAL_ESTIMATE }),
+            window_freed: Notify::new(),
+            in_flight: Arc::new(Semaphore::new(batches_in_flight.max(1))),
+            batch_max: batch_max.max(1),
+            batch_delay,
+        }
+    }
+
+    /// Chunks being fetched (leaders in flight or queued).
+    pub fn pending(&self) -> usize {
+        lock(&self.table).len()
+    }
+
+    fn enqueue(&self, id: ChunkId, class: TrafficClass, front: bool) {
+        lock(&self.queue).push(id, class, front);
+        self.wake.notify_one();
+    }
+
+    /// Registers a request for `id`; the receiver gets the outcome. Starts an upstream fetch
+    /// unless one is in flight.
+    pub fn start(&self, id: ChunkId, class: TrafficClass) -> (oneshot::Receiver<Outcome>, Begin) {
+        let (tx, rx) = oneshot::channel();
+        let role = lock(&self.table).begin(id, tx);
+        match role {
+            Begin::Leader => self.enqueue(id, class, false),
+            Begin::Follower => {
+                self.metrics.coalesced.inc();
+                if class == TrafficClass::Foreground {
+                    lock(&self.queue).upgrade(id);
+                    self.wake.notify_one();
+                }
+            }
+        }
+        (rx, role)
+    }
+
+    /// Fetches `id` from upstream (joining a fetch in flight), waiting as `patience` allows.
+    pub async fn fetch(
+        &self,
+        id: ChunkId,
+        class: TrafficClass,
+        patience: Patience,
+    ) -> Result<Option<StoredChunk>, FetchError> {
+        let (mut rx, _) = self.start(id, class);
+        let started = Instant::now();
+        let mut slice = patience.idle;
+        loop {
+            match tokio::time::timeout(slice, &mut rx).await {
+                Ok(Ok(outcome)) => return outcome.map_err(FetchError::Failed),
+                Ok(Err(_)) => {
+                    return Err(FetchError::Failed(format!("fetch of chunk {id} was abandoned")))
+                }
+                Err(_) => {
+                    let waited = started.elapsed();
+                    let stalled = !self.upstream.is_connected()
+                        || !self.upstream.progressed_within(patience.idle);
+                    if stalled || patience.max.is_some_and(|m| waited >= m) {
+                        return Err(FetchError::Timeout(format!(
+                            "chunk {id} not available: {} (waited {:.1} s)",
+                            self.upstream.trouble(),
+                            waited.as_secs_f64()
+                        )));
+                    }
+                    slice = Duration::from_millis(500);
+                }
+            }
+        }
+    }
+
+    /// Fails every request waiting on upstream (shutdown), so that none waits for nothing.
+    pub fn abort_all(&self, why: &str) {
+        let all = lock(&self.table).drain();
+        for (_, waiters) in all {
+            for w in waiters {
+                let _ = w.send(Err(why.to_string()));
+            }
+        }
+    }
+
+    /// Hands the outcome to every waiter of `id`.
+    fn resolve(&self, id: ChunkId, outcome: Outcome) {
+        let waiters = lock(&self.table).complete(&id);
+        lock(&self.attempts).remove(&id);
+        for w in waiters {
+            let _ = w.send(outcome.clone());
+        }
+    }
+
+    /// Counts a failed attempt; true if the id may be tried again.
+    fn retry_allowed(&self, id: ChunkId) -> bool {
+        let mut a = lock(&self.attempts);
+        let n = a.entry(id).or_insert(0);
+        *n += 1;
+        *n < MAX_ATTEMPTS
+    }
+
+    /// The unpaid window under the rate in force (1/8 s of it); None = unlimited.
+    fn window_limit(&self) -> Option<u64> {
+        self.policy.limiter.rate_now().map(|rate| (rate / 8).max(MIN_WINDOW))
+    }
+
+    /// The class the next batch would be of.
+    fn next_class(&self) -> TrafficClass {
+        if lock(&self.queue).fg_live > 0 {
+            TrafficClass::Foreground
+        } else {
+            TrafficClass::Background
+        }
+    }
+
+    /// Takes up to `n` ids of one class (foreground first), skipping ids nobody waits for.
+    fn take_batch(&self, class: TrafficClass, n: usize) -> Option<Vec<ChunkId>> {
+        let mut q = lock(&self.queue);
+        let mut ids = Vec::with_capacity(n.min(q.len()));
+        while ids.len() < n {
+            let Some(id) = q.pop(class) else { break };
+            // Requests that gave up (timed out, endpoint gone) need no fetch.
+            if lock(&self.table).prune(&id, |w| !w.is_closed()) {
+                lock(&self.attempts).remove(&id);
+                continue;
+            }
+            ids.push(id);
+        }
+        (!ids.is_empty()).then_some(ids)
+    }
+
+    /// The batcher: runs until aborted.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            // Work?
+            loop {
+                let notified = self.wake.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if lock(&self.queue).len() > 0 {
+                    break;
+                }
+                notified.await;
+            }
+            // A connection?
+            let Some(client) = self.upstream.current() else {
+                self.upstream.wait(Duration::from_secs(1)).await;
+                continue;
+            };
+            // A slot?
+            let permit =
+                self.in_flight.clone().acquire_owned().await.expect("semaphore never closed");
+            // Room in the unpaid window (under a rate limit)?
+            let (class, room, estimate) = loop {
+                let freed = self.window_freed.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                let class = self.next_class();
+                let limit = self.window_limit();
+                let (room, estimate) = {
+                    let w = lock(&self.window);
+                    (w.room(class, limit, self.batch_max), w.estimate)
+                };
+                if room > 0 {
+                    break (class, room, estimate);
+                }
+                // The rate may change (reload, schedule) while waiting: look again now and then.
+                let _ = tokio::time::timeout(Duration::from_millis(100), freed).await;
+            };
+            if lock(&self.queue).len() < room && !self.batch_delay.is_zero() {
+                tokio::time::sleep(self.batch_delay).await;
+            }
+            // Foreground may have arrived meanwhile; it goes first.
+            let class = if class == TrafficClass::Background { self.next_class() } else { class };
+            let Some(ids) = self.take_batch(class, room) else { continue };
+            // Chunks that landed since they were queued (a racing request) need no fetch.
+            let (ids, present): (Vec<_>, Vec<_>) =
+                ids.into_iter().partition(|id| !self.cache.contains(id));
+            for id in present {
+                let me = self.clone();
+                tokio::spawn(async move { me.resolve_from_cache(id, class).await });
+            }
+            if ids.is_empty() {
+                continue;
+            }
+            lock(&self.window).add(class, estimate * ids.len() as u64);
+            tokio::spawn(self.clone().run_batch(client, ids, class, estimate, permit));
+        }
+    }
+
+    /// Pays for a chunk that arrived, then releases its estimate from the window.
+    async fn pay(&self, class: TrafficClass, actual: u64, estimate: u64) {
+        self.policy.limiter.acquire(class, actual).await;
+        let mut w = lock(&self.window);
+        w.release(class, estimate);
+        w.observe(actual);
+        drop(w);
+        self.window_freed.notify_one();
+    }
+
+    fn release(&self, class: TrafficClass, bytes: u64) {
+        lock(&self.window).release(class, bytes);
+        self.window_freed.notify_one();
+    }
+
+    async fn resolve_from_cache(self: Arc<Self>, id: ChunkId, class: TrafficClass) {
+        let cache = self.cache.clone();
+        match tokio::task::spawn_blocking(move || cache.get(&id)).await {
+            Ok(Ok(Some(c))) => self.resolve(id, Ok(Some(c))),
+            // Dropped as corrupt between the check and the read: fetch it after all.
+            Ok(Ok(None)) => self.enqueue(id, class, true),
+            Ok(Err(e)) => self.resolve(id, Err(format!("reading chunk {id} from the cache: {e}"))),
+            Err(e) => self.resolve(id, Err(format!("reading chunk {id} from the cache: {e}"))),
+        }
+    }
+
+    /// One GetChunks request and its answers.
+    async fn run_batch(
+        self: Arc<Self>,
+        client: Client,
+        ids: Vec<ChunkId>,
+        class: TrafficClass,
+        estimate: u64,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let mut unanswered: VecDeque<ChunkId> = ids.iter().copied().collect();
+        let result = async {
+            let mut replies = match tokio::time::timeout(REPLY_TIMEOUT, client.chunks(ids)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return Err(BatchFailure::Net(e)),
+                Err(_) => return Err(BatchFailure::Timeout),
+            };
+            loop {
+                match tokio::time::timeout(REPLY_TIMEOUT, replies.next()).await {
+                    Err(_) => return Err(BatchFailure::Timeout),
+                    Ok(Err(e)) => return Err(BatchFailure::Net(e)),
+                    Ok(Ok(None)) => return Ok(()),
+                    Ok(Ok(Some(reply))) => {
+                        unanswered.pop_front();
+                        self.handle_reply(reply, class, estimate).await;
+                    }
+                }
+            }
+        }
+        .await;
+        let Err(failure) = result else { return };
+        self.metrics.upstream_errors.inc();
+        self.release(class, estimate * unanswered.len() as u64);
+        let connection_trouble = match &failure {
+            BatchFailure::Timeout => {
+                self.upstream.reset(&client, "no answer to a chunk request in time");
+                true
+            }
+            BatchFailure::Net(e) => {
+                matches!(e, NetError::Connection { .. } | NetError::Timeout { .. })
+                    || client.connection().close_reason().is_some()
+            }
+        };
+        let why = match &failure {
+            BatchFailure::Timeout => format!("no answer within {} s", REPLY_TIMEOUT.as_secs()),
+            BatchFailure::Net(e) => e.to_string(),
+        };
+        tracing::warn!(
+            upstream = %self.upstream.target,
+            error = %why,
+            unanswered = unanswered.len(),
+            "upstream chunk request failed; asking again"
+        );
+        if connection_trouble {
+            // Not the chunks' fault: they go out again once the connection is back.
+            let mut q = lock(&self.queue);
+            for id in unanswered.into_iter().rev() {
+                q.push(id, class, true);
+            }
+            drop(q);
+            self.wake.notify_one();
+            return;
+        }
+        // An error answer: retry a bounded number of times, after a pause.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for id in unanswered.into_iter().rev() {
+            if self.retry_allowed(id) {
+                self.enqueue(id, class, true);
+            } else {
+                self.resolve(
+                    id,
+                    Err(format!("upstream {} refused chunk {id}: {why}", self.upstream.target)),
+                );
+            }
+        }
+    }
+
+    async fn handle_reply(self: &Arc<Self>, reply: ChunkReply, class: TrafficClass, estimate: u64) {
+        self.upstream.progress();
+        match reply {
+            ChunkReply::Missing(id) => {
+                self.release(class, estimate);
+                self.resolve(id, Ok(None));
+            }
+            ChunkReply::Chunk(chunk) => {
+                let len = chunk.data.len() as u64;
+                self.metrics.upstream_bytes.inc_by(len);
+                self.metrics.upstream_chunks.inc();
+                self.policy.note_chunk_size(len + CHUNK_FRAME_OVERHEAD);
+                let me = self.clone();
+                tokio::spawn(async move { me.verify_and_store(chunk, class).await });
+                // Paid before the next answer is read and before its window share is requested
+                // again: the limiter admits exactly what arrived.
+                self.pay(class, len, estimate).await;
+            }
+        }
+    }
+
+    async fn verify_and_store(self: Arc<Self>, chunk: StoredChunk, class: TrafficClass) {
+        let id = chunk.id;
+        let cache = self.cache.clone();
+        let checked = tokio::task::spawn_blocking(move || match chunk.decode_verified() {
+            Ok(_) => {
+                if let Err(e) = cache.put(&chunk) {
+                    // Still good to serve from memory; the next request fetches it again.
+                    tracing::error!(chunk = %chunk.id, error = %e, "cannot store chunk in the cache");
+                }
+                Ok(chunk)
+            }
+            Err(e) => Err(e.to_string()),
+        })
+        .await;
+        match checked {
+            Ok(Ok(chunk)) => self.resolve(id, Ok(Some(chunk))),
+            Ok(Err(problem)) => {
+                self.metrics.upstream_corrupt.inc();
+                if self.retry_allowed(id) {
+                    tracing::warn!(chunk = %id, %problem, "upstream sent a corrupt chunk; asking again");
+                    self.enqueue(id, class, true);
+                } else {
+                    tracing::error!(chunk = %id, %problem, "upstream keeps sending a corrupt chunk");
+                    self.resolve(
+                        id,
+                        Err(format!(
+                            "upstream {} sent chunk {id} corrupt {MAX_ATTEMPTS} times: {problem}",
+                            self.upstream.target
+                        )),
+                    );
+                }
+            }
+            Err(e) => self.resolve(id, Err(format!("verifying chunk {id}: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> ChunkId {
+        ChunkId([n; 32])
+    }
+
+    #[test]
+    fn queue_prefers_foreground_and_upgrades() {
+        let mut q = Queue::default();
+        q.push(id(1), TrafficClass::Background, false);
+        q.push(id(2), TrafficClass::Background, false);
+        q.push(id(3), TrafficClass::Foreground, false);
+        q.push(id(3), TrafficClass::Foreground, false);
+        assert_eq!(q.len(), 3);
+        q.upgrade(id(2));
+        assert_eq!((q.fg_live, q.bg_live), (2, 1));
+        assert_eq!(q.pop(TrafficClass::Foreground), Some(id(3)));
+        assert_eq!(q.pop(TrafficClass::Foreground), Some(id(2)));
+        assert_eq!(q.pop(TrafficClass::Foreground), None);
+        assert_eq!(q.pop(TrafficClass::Background), Some(id(1)));
+        assert_eq!(q.pop(TrafficClass::Background), None, "the upgraded entry is stale");
+        assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn window_bounds_unpaid_bytes() {
+        let mut w = Window { fg: 0, bg: 0, estimate: 100 };
+        let fg = TrafficClass::Foreground;
+        let bg = TrafficClass::Background;
+        assert_eq!(w.room(fg, None, 64), 64, "no limit: a full batch");
+        assert_eq!(w.room(fg, Some(1000), 64), 10);
+        w.add(bg, 800);
+        assert_eq!(w.room(bg, Some(1000), 64), 2);
+        assert_eq!(w.room(fg, Some(1000), 64), 10, "foreground has its own window");
+        w.add(fg, 1000);
+        assert_eq!(w.room(fg, Some(1000), 64), 0);
+        assert_eq!(w.room(bg, Some(1000), 64), 0);
+        w.release(fg, 300);
+        assert_eq!(w.room(fg, Some(1000), 64), 3);
+        // An estimate above the window still lets one chunk go when nothing is outstanding.
+        let w = Window { fg: 0, bg: 0, estimate: 5000 };
+        assert_eq!(w.room(fg, Some(1000), 64), 1);
+    }
+}

@@ -1,0 +1,617 @@
+//! A running reflector: the serving side ([`ChunkSource`] over cache + upstream), manifests,
+//! pins and prefetch, and [`RunningReflector`] which wires the tasks together.
+
+use crate::cache::{Cache, CacheStats};
+use crate::config::ReflectorConfig;
+use crate::fetcher::{FetchError, Fetcher, Patience};
+use crate::metrics::ReflectorMetrics;
+use crate::policy::{PolicyControl, CHUNK_FRAME_OVERHEAD};
+use crate::upstream::{self, Upstream};
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::StreamExt;
+use oasis_core::chunk::ChunkParams;
+use oasis_core::compress::StoredChunk;
+use oasis_core::identity::{NodeIdentity, Role};
+use oasis_core::manifest::SignedManifest;
+use oasis_core::metrics::NodeMetrics;
+use oasis_core::net::{self, ChunkSource, SourceError, TransportOptions};
+use oasis_core::policy::{BandwidthPolicy, PolicyError, TrafficClass};
+use oasis_core::store::ChunkStore;
+use oasis_core::wire::LayerRef;
+use oasis_core::ChunkId;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+/// Longest wait for a manifest answer once the request is on its way upstream.
+pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the evictor looks even without being woken.
+const EVICT_INTERVAL: Duration = Duration::from_secs(30);
+
+type ManifestResult = Result<Option<Bytes>, String>;
+type Flight = Shared<BoxFuture<'static, ManifestResult>>;
+
+/// What [`RunningReflector::prefetch_layer`] did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PrefetchReport {
+    pub layer: String,
+    /// Distinct chunks of the layer.
+    pub chunks: u64,
+    /// Already cached before the prefetch.
+    pub chunks_cached: u64,
+    /// Fetched from upstream now.
+    pub chunks_fetched: u64,
+    /// Bytes (as stored) of the chunks fetched.
+    pub bytes_fetched: u64,
+    /// Upstream does not have them.
+    pub chunks_missing: u64,
+    /// Could not be fetched (upstream trouble); the first error is in `error`.
+    pub chunks_failed: u64,
+    pub error: Option<String>,
+    pub seconds: f64,
+}
+
+/// Everything the serving side and the API share.
+pub(crate) struct Reflector {
+    cfg: ReflectorConfig,
+    identity: NodeIdentity,
+    pub(crate) cache: Arc<Cache>,
+    upstream: Arc<Upstream>,
+    fetcher: Arc<Fetcher>,
+    policy: Arc<PolicyControl>,
+    metrics: ReflectorMetrics,
+    flights: Mutex<HashMap<(String, Option<String>), Flight>>,
+}
+
+fn label(name: &str, version: Option<&str>) -> String {
+    match version {
+        Some(v) => format!("{name}@{v}"),
+        None => format!("{name} (latest)"),
+    }
+}
+
+impl Reflector {
+    fn miss_patience(&self) -> Patience {
+        Patience { idle: self.cfg.miss_timeout, max: Some(self.cfg.miss_timeout * 5 / 2) }
+    }
+
+    /// Fetches, verifies and caches a manifest from upstream. One request per (name, version)
+    /// at a time; the work goes on (and its result is cached) even if the asker stops waiting.
+    fn upstream_manifest(self: &Arc<Self>, name: &str, version: Option<&str>) -> Flight {
+        let key = (name.to_string(), version.map(str::to_string));
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = flights.get(&key) {
+            return f.clone();
+        }
+        let me = self.clone();
+        let k = key.clone();
+        let task = tokio::spawn(async move {
+            let r = me.fetch_manifest_now(&k.0, k.1.as_deref()).await;
+            me.flights.lock().unwrap_or_else(|e| e.into_inner()).remove(&k);
+            r
+        });
+        let flight = task
+            .map(|r| r.unwrap_or_else(|e| Err(format!("manifest fetch task failed: {e}"))))
+            .boxed()
+            .shared();
+        flights.insert(key, flight.clone());
+        flight
+    }
+
+    async fn fetch_manifest_now(&self, name: &str, version: Option<&str>) -> ManifestResult {
+        let what = label(name, version);
+        let client = self
+            .upstream
+            .wait(self.cfg.miss_timeout)
+            .await
+            .ok_or_else(|| self.upstream.trouble())?;
+        let bytes =
+            match tokio::time::timeout(MANIFEST_TIMEOUT, client.manifest(name, version)).await {
+                Err(_) => {
+                    return Err(format!(
+                        "upstream {} sent no manifest of {what} within {} s",
+                        self.upstream.target,
+                        MANIFEST_TIMEOUT.as_secs()
+                    ))
+                }
+                Ok(Err(e)) if e.is_not_found() => return Ok(None),
+                Ok(Err(e)) => return Err(format!("asking upstream for {what}: {e}")),
+                Ok(Ok(b)) => b,
+            };
+        // Verify before caching: a reflector passes on only what the seed signed.
+        let key = *self.identity.trust().manifest_key();
+        let b = bytes.clone();
+        let sm = tokio::task::spawn_blocking(move || SignedManifest::open(&b, &key))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("upstream's manifest of {what} refused: {e}"))?;
+        let m = &sm.manifest;
+        if m.name != name || version.is_some_and(|v| v != m.version) {
+            return Err(format!("upstream answered {what} with a manifest of {}", m.label()));
+        }
+        self.policy.note_chunk_size(u64::from(m.chunking.max) + CHUNK_FRAME_OVERHEAD);
+        let cache = self.cache.clone();
+        let is_latest = version.is_none();
+        let b = bytes.clone();
+        let stored =
+            tokio::task::spawn_blocking(move || cache.put_manifest(&sm, &b, is_latest)).await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(layer = %what, error = %e, "cannot cache manifest"),
+            Err(e) => tracing::error!(layer = %what, error = %e, "cannot cache manifest"),
+        }
+        tracing::debug!(layer = %what, bytes = bytes.len(), "manifest fetched from upstream");
+        Ok(Some(bytes))
+    }
+
+    fn cached_manifest(&self, name: &str, version: Option<&str>) -> Option<Bytes> {
+        match self.cache.manifest_bytes(name, version) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(layer = %label(name, version), error = %e, "cannot read cached manifest");
+                None
+            }
+        }
+    }
+
+    /// A layer's signed manifest: a named version from the cache, else from upstream; the
+    /// latest version from upstream when it answers within `latest_timeout`, else the cached
+    /// latest.
+    pub(crate) async fn manifest(
+        self: &Arc<Self>,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<Bytes>, SourceError> {
+        let what = label(name, version);
+        if version.is_some() {
+            if let Some(b) = self.cached_manifest(name, version) {
+                return Ok(Some(b));
+            }
+            let flight = self.upstream_manifest(name, version);
+            return match tokio::time::timeout(self.cfg.miss_timeout, flight).await {
+                Ok(Ok(b)) => Ok(b),
+                Ok(Err(e)) => Err(SourceError::Unavailable(e)),
+                Err(_) => Err(SourceError::Unavailable(format!(
+                    "manifest of {what} not available: {} (waited {} s)",
+                    self.upstream.trouble(),
+                    self.cfg.miss_timeout.as_secs_f64()
+                ))),
+            };
+        }
+        let mut flight = self.upstream_manifest(name, None);
+        let started = Instant::now();
+        let first = tokio::time::timeout(self.cfg.latest_timeout, &mut flight).await;
+        let problem = match first {
+            Ok(Ok(b)) => return Ok(b),
+            Ok(Err(e)) => e,
+            Err(_) => format!(
+                "upstream gave no answer within {} s",
+                self.cfg.latest_timeout.as_secs_f64()
+            ),
+        };
+        if let Some(b) = self.cached_manifest(name, None) {
+            tracing::info!(layer = %name, %problem, "serving the cached latest manifest");
+            return Ok(Some(b));
+        }
+        // Nothing cached to fall back on: keep waiting for upstream a while longer.
+        let left = self.cfg.miss_timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, flight).await {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(e)) => {
+                Err(SourceError::Unavailable(format!("{e}; no cached manifest of {name}")))
+            }
+            Err(_) => Err(SourceError::Unavailable(format!(
+                "manifest of {what} not available: {}; no cached manifest of {name}",
+                self.upstream.trouble()
+            ))),
+        }
+    }
+
+    pub(crate) async fn chunk(&self, id: ChunkId) -> Result<Option<StoredChunk>, SourceError> {
+        let cache = self.cache.clone();
+        match tokio::task::spawn_blocking(move || cache.get(&id)).await {
+            Ok(Ok(Some(c))) => {
+                self.metrics.cache_hits.inc();
+                return Ok(Some(c));
+            }
+            Ok(Ok(None)) => {}
+            // An unreadable cache is not the end: upstream can still serve it.
+            Ok(Err(e)) => {
+                tracing::warn!(chunk = %id, error = %e, "cache read failed; fetching upstream")
+            }
+            Err(e) => return Err(SourceError::Internal(format!("cache lookup: {e}"))),
+        }
+        self.metrics.cache_misses.inc();
+        match self.fetcher.fetch(id, TrafficClass::Foreground, self.miss_patience()).await {
+            Ok(c) => Ok(c),
+            Err(FetchError::Timeout(m)) => {
+                self.metrics.miss_timeouts.inc();
+                tracing::warn!(chunk = %id, problem = %m, "miss not served in time");
+                Err(SourceError::Unavailable(m))
+            }
+            Err(FetchError::Failed(m)) => Err(SourceError::Unavailable(m)),
+        }
+    }
+
+    pub(crate) async fn layers(&self) -> Result<Vec<LayerRef>, SourceError> {
+        let ask = async {
+            let client = self.upstream.wait(self.cfg.latest_timeout).await?;
+            client.layers().await.ok()
+        };
+        if let Ok(Some(layers)) = tokio::time::timeout(self.cfg.latest_timeout, ask).await {
+            return Ok(layers);
+        }
+        tracing::info!(upstream = %self.upstream.target, "upstream did not list layers; listing cached manifests");
+        self.cache.store.layer_refs().map_err(|e| SourceError::Internal(e.to_string()))
+    }
+
+    /// A verified manifest of `name@version` (cache, else upstream).
+    async fn signed_manifest(
+        self: &Arc<Self>,
+        name: &str,
+        version: Option<&str>,
+    ) -> anyhow::Result<SignedManifest> {
+        let what = label(name, version);
+        let bytes = self
+            .manifest(name, version)
+            .await
+            .map_err(|e| anyhow::anyhow!("manifest of {what}: {e}"))?
+            .ok_or_else(|| anyhow::anyhow!("layer {what} not found upstream"))?;
+        let key = *self.identity.trust().manifest_key();
+        let sm = tokio::task::spawn_blocking(move || SignedManifest::open(&bytes, &key)).await??;
+        Ok(sm)
+    }
+
+    async fn prefetch(
+        self: &Arc<Self>,
+        name: &str,
+        version: Option<&str>,
+    ) -> anyhow::Result<PrefetchReport> {
+        let t0 = Instant::now();
+        let sm = self.signed_manifest(name, version).await?;
+        let chunks = sm.manifest.unique_chunks();
+        let mut report = PrefetchReport {
+            layer: sm.manifest.label(),
+            chunks: chunks.len() as u64,
+            ..Default::default()
+        };
+        let cache = self.cache.clone();
+        let ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
+        let missing: Vec<ChunkId> = tokio::task::spawn_blocking(move || {
+            ids.into_iter().filter(|id| !cache.contains(id)).collect()
+        })
+        .await?;
+        report.chunks_cached = report.chunks - missing.len() as u64;
+        let patience = Patience { idle: self.cfg.miss_timeout * 6, max: None };
+        let fetcher = &self.fetcher;
+        let mut results = futures::stream::iter(missing)
+            .map(|id| async move { fetcher.fetch(id, TrafficClass::Background, patience).await })
+            .buffer_unordered(4096);
+        while let Some(r) = results.next().await {
+            match r {
+                Ok(Some(c)) => {
+                    report.chunks_fetched += 1;
+                    report.bytes_fetched += c.data.len() as u64;
+                }
+                Ok(None) => report.chunks_missing += 1,
+                Err(e) => {
+                    report.chunks_failed += 1;
+                    report.error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        report.seconds = t0.elapsed().as_secs_f64();
+        tracing::info!(
+            layer = %report.layer,
+            fetched = report.chunks_fetched,
+            bytes = report.bytes_fetched,
+            cached = report.chunks_cached,
+            missing = report.chunks_missing,
+            failed = report.chunks_failed,
+            "prefetch done"
+        );
+        Ok(report)
+    }
+}
+
+/// The [`ChunkSource`] endpoints are served from.
+pub struct ReflectorSource(Arc<Reflector>);
+
+impl ChunkSource for ReflectorSource {
+    async fn manifest(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<Bytes>, SourceError> {
+        self.0.manifest(name, version).await
+    }
+
+    async fn chunk(&self, id: ChunkId) -> Result<Option<StoredChunk>, SourceError> {
+        self.0.chunk(id).await
+    }
+
+    async fn have(&self, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError> {
+        self.0.cache.store.have(ids).map_err(|e| SourceError::Internal(e.to_string()))
+    }
+
+    async fn layers(&self) -> Result<Vec<LayerRef>, SourceError> {
+        self.0.layers().await
+    }
+}
+
+/// A reflector serving endpoints on QUIC (and metrics over HTTP when configured).
+pub struct RunningReflector {
+    /// Where endpoints connect (the bound address).
+    pub addr: SocketAddr,
+    /// Where /metrics is served, if configured.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The node's metrics (`oasis_served_bytes_total` and the reflector families).
+    pub metrics: Arc<NodeMetrics>,
+    /// The reflector's own counters, for in-process readers.
+    pub stats: ReflectorMetrics,
+    inner: Arc<Reflector>,
+    endpoint: quinn::Endpoint,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningReflector {
+    /// Loads the identity, opens the cache, binds `listen`, connects upstream (in the
+    /// background: the reflector serves what it has cached while upstream is away) and serves.
+    pub async fn start(config: ReflectorConfig) -> anyhow::Result<RunningReflector> {
+        config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let state = config.state.clone();
+        let identity = tokio::task::spawn_blocking(move || NodeIdentity::load(&state))
+            .await?
+            .with_context(|| {
+                format!(
+                    "loading the reflector identity from {} (written by `oasis-seed enroll \
+                     --role reflector --out DIR`)",
+                    config.state.display()
+                )
+            })?;
+        if identity.info().role != Role::Reflector {
+            bail!(
+                "{} holds the identity of {}, not of a reflector: enroll this box with \
+                 `oasis-seed enroll --role reflector`",
+                config.state.display(),
+                identity.info()
+            );
+        }
+        let node_metrics = Arc::new(NodeMetrics::new());
+        let metrics = ReflectorMetrics::register(&node_metrics);
+        let largest = u64::from(ChunkParams::default().max) + CHUNK_FRAME_OVERHEAD;
+        let policy = Arc::new(
+            PolicyControl::new(config.wan.clone(), largest, metrics.clone())
+                .map_err(|e: PolicyError| anyhow::anyhow!("{e}"))?,
+        );
+        let (dir, cap, m, key) = (
+            config.cache_dir(),
+            config.cache_size,
+            metrics.clone(),
+            *identity.trust().manifest_key(),
+        );
+        let cache = Arc::new(
+            tokio::task::spawn_blocking(move || Cache::open(&dir, cap, m, key))
+                .await?
+                .with_context(|| {
+                    format!("opening the cache in {}", config.cache_dir().display())
+                })?,
+        );
+        let up_endpoint =
+            upstream::client_endpoint(&config.upstream, &identity, &TransportOptions::default())
+                .await
+                .context("setting up the upstream QUIC endpoint")?;
+        let upstream =
+            Arc::new(Upstream::new(config.upstream.clone(), up_endpoint, metrics.clone()));
+        let fetcher = Arc::new(Fetcher::new(
+            cache.clone(),
+            upstream.clone(),
+            policy.clone(),
+            metrics.clone(),
+            config.batch_max_chunks,
+            config.batch_delay,
+            config.batches_in_flight,
+        ));
+        let endpoint = net::server_endpoint(config.listen, &identity, &config.transport)
+            .with_context(|| format!("cannot listen for QUIC on {}", config.listen))?;
+        let addr = endpoint.local_addr().context("reading the bound address")?;
+        let metrics_addr = match config.metrics {
+            Some(m) => Some(
+                node_metrics
+                    .clone()
+                    .serve(m)
+                    .await
+                    .with_context(|| format!("cannot serve metrics on {m}"))?,
+            ),
+            None => None,
+        };
+        let inner = Arc::new(Reflector {
+            cfg: config.clone(),
+            identity: identity.clone(),
+            cache: cache.clone(),
+            upstream: upstream.clone(),
+            fetcher: fetcher.clone(),
+            policy: policy.clone(),
+            metrics: metrics.clone(),
+            flights: Mutex::new(HashMap::new()),
+        });
+        let mut tasks =
+            vec![tokio::spawn(upstream.clone().run()), tokio::spawn(fetcher.clone().run())];
+        {
+            let cache = cache.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let c = cache.clone();
+                    if let Err(e) = tokio::task::spawn_blocking(move || c.evict()).await {
+                        tracing::error!(error = %e, "evictor failed");
+                    }
+                    tokio::select! {
+                        _ = cache.evict_wanted.notified() => {}
+                        _ = tokio::time::sleep(EVICT_INTERVAL) => {}
+                    }
+                }
+            }));
+        }
+        {
+            let (policy, every) = (policy.clone(), config.policy_poll);
+            tasks.push(tokio::spawn(async move { policy.watch(every).await }));
+        }
+        tasks.push(tokio::spawn(net::serve(
+            endpoint.clone(),
+            Arc::new(ReflectorSource(inner.clone())),
+            node_metrics.clone(),
+        )));
+        tracing::info!(
+            %addr,
+            upstream = %config.upstream,
+            node = %identity.info(),
+            metrics = ?metrics_addr,
+            "reflector serving"
+        );
+        Ok(RunningReflector {
+            addr,
+            metrics_addr,
+            metrics: node_metrics,
+            stats: metrics,
+            inner,
+            endpoint,
+            tasks,
+        })
+    }
+
+    /// Stops serving and fetching at once: connections are closed, tasks stopped.
+    pub fn shutdown(&self) {
+        self.endpoint.close(0u32.into(), b"reflector shutting down");
+        self.inner.upstream.close();
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.inner.fetcher.abort_all("the reflector is shutting down");
+    }
+
+    /// [`shutdown`](Self::shutdown), then waits (up to 10 s) until the cache is released, so
+    /// that a new reflector can open the same state directory.
+    pub async fn stop(mut self) {
+        self.shutdown();
+        for t in std::mem::take(&mut self.tasks) {
+            let _ = t.await;
+        }
+        let _ = self.inner.cache.store.db().flush_async().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Connection tasks of `serve` and upstream requests in flight hold the source and the
+        // fetcher a moment longer.
+        while (Arc::strong_count(&self.inner) > 1 || Arc::strong_count(&self.inner.fetcher) > 1)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Serves until SIGINT or SIGTERM; reloads the policy file on SIGHUP.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+            let stop = oasis_core::shutdown::shutdown_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading the bandwidth policy");
+                        // Success and refusal are logged by reload.
+                        if let Ok(None) = self.reload_policy() {
+                            tracing::info!("no policy file configured; nothing to reload");
+                        }
+                    }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        oasis_core::shutdown::shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.stop().await;
+        Ok(())
+    }
+
+    /// Re-reads the policy file and puts it in force; a bad file is refused (error returned and
+    /// logged) and the policy in force stays. `Ok(None)` when no policy file is configured.
+    pub fn reload_policy(&self) -> Result<Option<String>, PolicyError> {
+        self.inner.policy.reload()
+    }
+
+    /// Puts `policy` in force now, without a file.
+    pub fn set_policy(&self, policy: BandwidthPolicy) {
+        self.inner.policy.set_policy(policy);
+    }
+
+    /// The WAN rate in force now (bytes/s); None = unlimited.
+    pub fn wan_rate_now(&self) -> Option<u64> {
+        self.inner.policy.limiter.rate_now()
+    }
+
+    /// Is the upstream connection up?
+    pub fn upstream_connected(&self) -> bool {
+        self.inner.upstream.is_connected()
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner.cache.stats()
+    }
+
+    /// The cache's chunk store (tests inspect and damage it).
+    pub fn store(&self) -> &Arc<ChunkStore> {
+        &self.inner.cache.store
+    }
+
+    /// Is the chunk pinned (by any pinned layer)?
+    pub fn is_pinned(&self, id: &ChunkId) -> bool {
+        self.inner.cache.is_pinned(id)
+    }
+
+    /// Pins a layer's chunks (cached now or later): they are never evicted. Also caches the
+    /// manifest. Returns false if the layer was pinned already.
+    pub async fn pin_layer(&self, manifest: &SignedManifest) -> anyhow::Result<bool> {
+        let (cache, sm) = (self.inner.cache.clone(), manifest.clone());
+        tokio::task::spawn_blocking(move || cache.pin_layer(&sm)).await?
+    }
+
+    /// Pins `name@version`, getting its manifest from the cache or upstream.
+    pub async fn pin_layer_by_name(&self, name: &str, version: &str) -> anyhow::Result<bool> {
+        let sm = self.inner.signed_manifest(name, Some(version)).await?;
+        self.pin_layer(&sm).await
+    }
+
+    /// Removes a layer's pin; its chunks become evictable unless another pinned layer holds
+    /// them. Returns false if it was not pinned.
+    pub async fn unpin_layer(&self, name: &str, version: &str) -> anyhow::Result<bool> {
+        let (cache, n, v) = (self.inner.cache.clone(), name.to_string(), version.to_string());
+        tokio::task::spawn_blocking(move || cache.unpin_layer(&n, &v)).await?
+    }
+
+    /// Pinned layers as (name, version).
+    pub fn pinned_layers(&self) -> Vec<(String, String)> {
+        self.inner.cache.pinned_layers()
+    }
+
+    /// Pulls every chunk of `name@version` (None: latest) the cache lacks, in the Background
+    /// traffic class (it yields to endpoints waiting). Waits until done.
+    pub async fn prefetch_layer(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> anyhow::Result<PrefetchReport> {
+        self.inner.prefetch(name, version).await
+    }
+}
+
+impl Drop for RunningReflector {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
