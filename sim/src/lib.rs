@@ -2,4 +2,8 @@
 
 pub mod bench;
 pub mod demo;
+pub mod engine;
+pub mod report;
 pub mod sample;
+pub mod scenario;
+pub mod simcmd;

@@ -18,6 +18,11 @@ enum Cmd {
     Demo(oasis_sim::demo::DemoArgs),
     /// Measure ingest and fetch throughput against raw references in the same run.
     Bench(oasis_sim::bench::BenchArgs),
+    /// Simulate a scenario (config/sim/*.toml) on a virtual clock: WAN bytes, completion
+    /// times, peak rate against the policy, CSV time series and SVG charts.
+    Run(oasis_sim::simcmd::RunArgs),
+    /// The same scenario under two bandwidth policies, side by side.
+    Compare(oasis_sim::simcmd::CompareArgs),
 }
 
 fn main() {
@@ -36,6 +41,8 @@ fn main() {
         match cli.cmd {
             Cmd::Demo(a) => oasis_sim::demo::run(a).await,
             Cmd::Bench(a) => oasis_sim::bench::run(a).await,
+            Cmd::Run(a) => oasis_sim::simcmd::run(a),
+            Cmd::Compare(a) => oasis_sim::simcmd::compare(a),
         }
     }));
 }

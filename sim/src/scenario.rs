@@ -136,9 +136,8 @@ pub struct Scenario {
 
 impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ScenarioError(format!("cannot read scenario {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ScenarioError(format!("cannot read scenario {}: {e}", path.display())))?;
         Scenario::from_toml_str(&text, &path.display().to_string(), path.parent())
     }
 
@@ -271,7 +270,9 @@ impl<'d, 'a> Tbl<'d, 'a> {
         let Some(v) = self.get(k) else { return Ok(None) };
         let x = match v.get_ref() {
             DeValue::Float(x) => x.as_str().parse::<f64>().ok(),
-            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok().map(|n| n as f64),
+            DeValue::Integer(i) => {
+                i64::from_str_radix(i.as_str(), i.radix()).ok().map(|n| n as f64)
+            }
             _ => None,
         };
         match x {
@@ -351,7 +352,8 @@ impl<'d, 'a> Tbl<'d, 'a> {
         match BandwidthPolicy::from_toml_str(&text, "-") {
             Ok(p) => Ok(Some(p.burst_bytes())),
             Err(e) => {
-                let p = policy_problem(e).replace("is the token bucket's size in bytes", "is a size");
+                let p =
+                    policy_problem(e).replace("is the token bucket's size in bytes", "is a size");
                 Err(self.bad(v, k, p))
             }
         }
@@ -443,7 +445,10 @@ impl<'d, 'a> Tbl<'d, 'a> {
             other => Err(self.bad(
                 v,
                 k,
-                format!("must be \"all\", a site or group name, or an array of names, not {}", shown(other)),
+                format!(
+                    "must be \"all\", a site or group name, or an array of names, not {}",
+                    shown(other)
+                ),
             )),
         }
     }
@@ -563,7 +568,7 @@ fn emit_table(doc: &Doc<'_>, out: &mut Emit, prefix: &str, t: &DeTable<'_>) {
 }
 
 /// "250ms", "30s", "5m", "2h", "1d", "1h30m", "1.5h" → seconds.
-pub fn parse_duration(s: &str) -> Result<f64, ()> {
+fn parse_duration(s: &str) -> Result<f64, ()> {
     let s = s.trim();
     if s.is_empty() {
         return Err(());
@@ -571,9 +576,7 @@ pub fn parse_duration(s: &str) -> Result<f64, ()> {
     let mut total = 0.0;
     let mut rest = s;
     while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         let (num, tail) = rest.split_at(num_end);
         let n: f64 = num.parse().map_err(|_| ())?;
         let tail = tail.trim_start();
@@ -598,10 +601,10 @@ pub fn parse_duration(s: &str) -> Result<f64, ()> {
 /// closing instants (wrap past midnight, DST) come from the same schedule code the reflector
 /// uses for its bandwidth windows.
 pub fn window_schedule(window: &str, timezone: &str) -> Result<BandwidthPolicy, String> {
-    let (start, end) = window
-        .split_once('-')
-        .map(|(a, b)| (a.trim(), b.trim()))
-        .ok_or_else(|| format!("\"{window}\" is not a window (expected HH:MM-HH:MM, e.g. 22:00-06:00)"))?;
+    let (start, end) =
+        window.split_once('-').map(|(a, b)| (a.trim(), b.trim())).ok_or_else(|| {
+            format!("\"{window}\" is not a window (expected HH:MM-HH:MM, e.g. 22:00-06:00)")
+        })?;
     let text = format!(
         "timezone = {timezone:?}\n[wan]\nrate = 1\n[[wan.window]]\ndays = \"all\"\nstart = {start:?}\nend = {end:?}\nrate = \"unlimited\"\n"
     );
@@ -632,7 +635,8 @@ const ROOT_KEYS: &[&str] = &[
 ];
 const MODEL_KEYS: &[&str] =
     &["chunk_avg", "pull_bytes", "fetch_concurrency", "lookahead", "bin", "failover_delay"];
-const LAYER_KEYS: &[&str] = &["name", "size", "shared_with_previous", "shared_with", "shared_fraction"];
+const LAYER_KEYS: &[&str] =
+    &["name", "size", "shared_with_previous", "shared_with", "shared_fraction"];
 const SITE_KEYS: &[&str] = &[
     "name",
     "count",
@@ -666,14 +670,20 @@ fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
                 DeValue::String(s) => s.clone(),
                 DeValue::Datetime(d) => Cow::Owned(d.to_string()),
                 other => {
-                    return Err(root.bad(v, "start", format!("must be a date-time, not {}", shown(other))))
+                    return Err(root.bad(
+                        v,
+                        "start",
+                        format!("must be a date-time, not {}", shown(other)),
+                    ))
                 }
             };
             text.parse::<jiff::Timestamp>().map(|t| t.as_second()).map_err(|_| {
                 root.bad(
                     v,
                     "start",
-                    format!("\"{text}\" is not a UTC date-time (write e.g. \"2025-06-02T20:00:00Z\")"),
+                    format!(
+                        "\"{text}\" is not a UTC date-time (write e.g. \"2025-06-02T20:00:00Z\")"
+                    ),
                 )
             })?
         }
@@ -681,9 +691,8 @@ fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
     let duration_s = root.duration("duration")?.unwrap_or(7.0 * 86400.0);
     let timezone = root.string("timezone")?.unwrap_or_else(|| "UTC".into());
     if let Some(v) = root.get("timezone") {
-        window_schedule("00:00-01:00", &timezone).map_err(|p| {
-            root.bad(v, "timezone", p.trim_start_matches("timezone ").to_string())
-        })?;
+        window_schedule("00:00-01:00", &timezone)
+            .map_err(|p| root.bad(v, "timezone", p.trim_start_matches("timezone ")))?;
     }
     let seed_egress = root.rate("seed_egress")?.unwrap_or(f64::INFINITY);
     let policy = root.policy("policy")?.ok_or_else(|| {
@@ -699,7 +708,9 @@ fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
             Model {
                 chunk_avg,
                 pull_bytes: m.size("pull_bytes", false)?.unwrap_or(d.pull_bytes),
-                fetch_concurrency: m.count("fetch_concurrency", 1)?.map_or(d.fetch_concurrency, |n| n as usize),
+                fetch_concurrency: m
+                    .count("fetch_concurrency", 1)?
+                    .map_or(d.fetch_concurrency, |n| n as usize),
                 lookahead: m.size("lookahead", false)?.unwrap_or(d.lookahead),
                 bin_s: m.duration("bin")?.filter(|b| *b > 0.0).unwrap_or(d.bin_s),
                 failover_s: m.duration("failover_delay")?.unwrap_or(d.failover_s),
@@ -717,15 +728,23 @@ fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
         t.check_keys(LAYER_KEYS)?;
         let name = t.string("name")?.ok_or_else(|| t.missing("name", "e.g. name = \"base\""))?;
         if layers.iter().any(|l| l.name == name) {
-            return Err(t.bad(t.get("name").expect("present"), "name", format!("\"{name}\" is used by two layers")));
+            return Err(t.bad(
+                t.get("name").expect("present"),
+                "name",
+                format!("\"{name}\" is used by two layers"),
+            ));
         }
-        let size = t.size("size", false)?.ok_or_else(|| t.missing("size", "e.g. size = \"4GiB\""))?;
+        let size =
+            t.size("size", false)?.ok_or_else(|| t.missing("size", "e.g. size = \"4GiB\""))?;
         let shared_with_previous = t.fraction("shared_with_previous")?.unwrap_or(0.0);
         let shared_fraction = t.fraction("shared_fraction")?;
         let shared_with = t.string("shared_with")?;
         match (&shared_with, shared_fraction) {
             (Some(_), None) => {
-                return Err(t.missing("shared_fraction", "the fraction of this layer found in `shared_with`"))
+                return Err(t.missing(
+                    "shared_fraction",
+                    "the fraction of this layer found in `shared_with`",
+                ))
             }
             (None, Some(_)) => {
                 return Err(t.missing("shared_with", "the layer `shared_fraction` refers to"))
@@ -752,7 +771,11 @@ fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
                 t.bad(v, "shared_with", format!("\"{other}\" is not a layer of this scenario"))
             })?;
             if j >= i {
-                return Err(t.bad(v, "shared_with", format!("\"{other}\" must be listed before this layer")));
+                return Err(t.bad(
+                    v,
+                    "shared_with",
+                    format!("\"{other}\" must be listed before this layer"),
+                ));
             }
             layers[i].shared_with = Some((j, f));
         }
@@ -767,15 +790,20 @@ fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
         t.check_keys(SITE_KEYS)?;
         let name = t.string("name")?.ok_or_else(|| t.missing("name", "e.g. name = \"branch\""))?;
         if groups.iter().any(|g| g.name == name) {
-            return Err(t.bad(t.get("name").expect("present"), "name", format!("\"{name}\" is used by two site groups")));
+            return Err(t.bad(
+                t.get("name").expect("present"),
+                "name",
+                format!("\"{name}\" is used by two site groups"),
+            ));
         }
         let tz = t.string("timezone")?.unwrap_or_else(|| timezone.clone());
         if let Some(v) = t.get("timezone") {
             window_schedule("00:00-01:00", &tz)
-                .map_err(|p| t.bad(v, "timezone", p.trim_start_matches("timezone ").to_string()))?;
+                .map_err(|p| t.bad(v, "timezone", p.trim_start_matches("timezone ")))?;
         }
-        let wan_rate =
-            t.rate("wan_rate")?.ok_or_else(|| t.missing("wan_rate", "the WAN link rate, e.g. \"100Mbit/s\""))?;
+        let wan_rate = t
+            .rate("wan_rate")?
+            .ok_or_else(|| t.missing("wan_rate", "the WAN link rate, e.g. \"100Mbit/s\""))?;
         let lan_rate = t.rate("lan_rate")?.unwrap_or(125_000_000.0);
         groups.push(GroupSpec {
             name,
@@ -786,7 +814,11 @@ fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
             wan_latency_s: t.duration("wan_latency")?.unwrap_or(0.02),
             wan_loss: match t.fraction("wan_loss")? {
                 Some(l) if l >= 1.0 => {
-                    return Err(t.bad(t.get("wan_loss").expect("present"), "wan_loss", "1 would lose every packet"))
+                    return Err(t.bad(
+                        t.get("wan_loss").expect("present"),
+                        "wan_loss",
+                        "1 would lose every packet",
+                    ))
                 }
                 l => l.unwrap_or(0.0),
             },
@@ -800,9 +832,8 @@ fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
             wake_jitter_s: t.duration("wake_jitter")?.unwrap_or(0.0),
         });
     }
-    let known_name = |n: &str| {
-        groups.iter().any(|g| g.name == n || (0..g.count).any(|i| g.site_name(i) == n))
-    };
+    let known_name =
+        |n: &str| groups.iter().any(|g| g.name == n || (0..g.count).any(|i| g.site_name(i) == n));
     let check_sel = |t: &Tbl<'_, '_>, sel: &SiteSel| -> Result<(), ScenarioError> {
         if let SiteSel::Names(names) = sel {
             for n in names {
@@ -823,7 +854,11 @@ fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
         t.check_keys(ASSIGN_KEYS)?;
         let lname = t.string("layer")?.ok_or_else(|| t.missing("layer", "the layer's name"))?;
         let layer = layers.iter().position(|l| l.name == lname).ok_or_else(|| {
-            t.bad(t.get("layer").expect("present"), "layer", format!("\"{lname}\" is not a layer of this scenario"))
+            t.bad(
+                t.get("layer").expect("present"),
+                "layer",
+                format!("\"{lname}\" is not a layer of this scenario"),
+            )
         })?;
         let sites = t.site_sel("sites")?.unwrap_or(SiteSel::All);
         check_sel(&t, &sites)?;
@@ -831,7 +866,12 @@ fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
         if let (Some(w), Some(v)) = (&window, t.get("window")) {
             window_schedule(w, "UTC").map_err(|p| t.bad(v, "window", p))?;
         }
-        assignments.push(AssignSpec { layer, sites, window, prefetch: t.boolean("prefetch")?.unwrap_or(true) });
+        assignments.push(AssignSpec {
+            layer,
+            sites,
+            window,
+            prefetch: t.boolean("prefetch")?.unwrap_or(true),
+        });
     }
     if assignments.is_empty() {
         return Err(root.missing("assignments", "at least one [[assignments]] table"));
@@ -841,8 +881,11 @@ fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
     for t in root.tables("failures")? {
         t.check_keys(FAILURE_KEYS)?;
         let kind_v = t.get("kind");
-        let kind_s = t.string("kind")?.ok_or_else(|| t.missing("kind", "\"reflector_down\" or \"wan_down\""))?;
-        let sites = t.site_sel("sites")?.ok_or_else(|| t.missing("sites", "the site(s) it happens at"))?;
+        let kind_s = t
+            .string("kind")?
+            .ok_or_else(|| t.missing("kind", "\"reflector_down\" or \"wan_down\""))?;
+        let sites =
+            t.site_sel("sites")?.ok_or_else(|| t.missing("sites", "the site(s) it happens at"))?;
         check_sel(&t, &sites)?;
         let kind = match kind_s.as_str() {
             "reflector_down" => {
@@ -875,7 +918,11 @@ fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
         if let Some(SiteSel::Names(n)) = sel {
             for name in &n {
                 if !known_name(name) {
-                    return Err(root.bad(v, "chart_sites", format!("\"{name}\" is not a site of this scenario")));
+                    return Err(root.bad(
+                        v,
+                        "chart_sites",
+                        format!("\"{name}\" is not a site of this scenario"),
+                    ));
                 }
             }
             chart_sites = n;

@@ -1,0 +1,1353 @@
+//! The discrete-event engine behind `oasis-sim run`.
+//!
+//! Virtual clock, no sleeps: events sit in a binary heap ordered by (time in ns, sequence
+//! number), so a run is a pure function of the scenario and the seed.
+//!
+//! # What is the real code, what is modelled
+//!
+//! * **Real code** (from `oasis-core`, not reimplemented): the WAN token bucket with its two
+//!   classes and schedule windows ([`WanBudget`], one per reflector, `set_share` splitting the
+//!   site's rate between live reflectors), the bandwidth policy parser and schedule
+//!   ([`BandwidthPolicy`], also used to evaluate delivery windows), cache eviction with pins
+//!   ([`CacheLedger`], one per reflector, assigned layers pinned) and miss coalescing
+//!   ([`MissTable`], one per site: one WAN pull per piece per site, however many endpoints
+//!   wait for it).
+//! * **Granularity**: a layer is a list of synthetic chunks (deterministic sizes with a
+//!   FastCDC-like spread around `model.chunk_avg`), grouped in content order into *pulls* of
+//!   about `model.pull_bytes` (default 4 MiB ≈ 64 chunks). The WAN moves, admits, caches,
+//!   evicts and coalesces whole pulls: one `try_acquire` per pull, one ledger entry per pull.
+//!   Sharing (with the previous version, between layers) is decided per pull. Setting
+//!   `model.pull_bytes` to the chunk size gives chunk-level fidelity (fine for one branch; a
+//!   4 GiB layer is then 65k pulls per site).
+//! * **WAN link**: per site, a FIFO pipe at `wan_rate × (1 − wan_loss)` (loss modelled as
+//!   retransmitted capacity), the first byte of a pull arriving one round trip
+//!   (2 × `wan_latency`) after it is admitted; up to `model.fetch_concurrency` pulls in flight
+//!   per reflector.
+//! * **Seed egress**: shared by all sites in simple fair share — a pull's rate is fixed when
+//!   it starts at `min(link, seed_egress / sites transferring)`.
+//! * **LAN**: endpoints are fluid flows sharing `lan_rate` equally (each capped at
+//!   `endpoint_rate`), bounded by what the site's reflectors hold (the first missing pull at or
+//!   after an endpoint's position); an endpoint that reaches a missing pull registers in the
+//!   miss table and waits.
+//! * **Classes**: a pull within `model.lookahead` bytes of the most advanced endpoint on its
+//!   layer is foreground (an endpoint is about to ask for it); the rest is background prefetch
+//!   (when the assignment allows prefetch).
+//! * Every site is simulated individually (no replication of identical sites).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::time::Duration;
+
+use oasis_core::cache::{Begin, CacheLedger, MissTable};
+use oasis_core::policy::{BandwidthPolicy, Decision, TrafficClass, WanBudget};
+use oasis_core::ChunkId;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::scenario::{window_schedule, FailureKind, Scenario};
+
+const NONE: u32 = u32::MAX;
+/// Waiter registered in the miss table by the fetcher itself.
+const FETCHER: u32 = u32::MAX;
+const NS: f64 = 1e9;
+
+/// A unit of WAN transfer: consecutive chunks of a layer.
+#[derive(Clone, Debug)]
+pub struct Pull {
+    pub id: ChunkId,
+    pub bytes: u64,
+    pub chunks: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct LayerData {
+    pub name: String,
+    pub pulls: Vec<u32>,
+    /// Prefix sums of pull sizes (len = pulls + 1).
+    pub cum: Vec<u64>,
+    /// Pulls already cached at every reflector (shared with the previous version).
+    pub prev: Vec<u32>,
+    /// The previous version's other pulls (cached, unpinned: first to be evicted).
+    pub filler: Vec<u32>,
+    pub chunks: u64,
+}
+
+impl LayerData {
+    fn bytes(&self) -> u64 {
+        *self.cum.last().unwrap_or(&0)
+    }
+}
+
+/// The synthetic content of a scenario.
+pub struct Content {
+    pub pulls: Vec<Pull>,
+    pub layers: Vec<LayerData>,
+    pub max_chunk: u64,
+    pub index: HashMap<ChunkId, u32>,
+}
+
+fn pull_id(seed: u64, tag: &str, a: usize, b: usize) -> ChunkId {
+    let mut h = blake3::Hasher::new();
+    h.update(b"oasis-sim pull");
+    h.update(&seed.to_le_bytes());
+    h.update(tag.as_bytes());
+    h.update(&(a as u64).to_le_bytes());
+    h.update(&(b as u64).to_le_bytes());
+    ChunkId(*h.finalize().as_bytes())
+}
+
+/// Selection sampling: exactly `k` of `n` indices, in order.
+fn choose(rng: &mut StdRng, n: usize, k: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(k);
+    let mut need = k.min(n);
+    for i in 0..n {
+        if need == 0 {
+            break;
+        }
+        if rng.gen_range(0..(n - i)) < need {
+            out.push(i);
+            need -= 1;
+        }
+    }
+    out
+}
+
+/// Builds deterministic synthetic layers: chunk sizes between avg/4 and 4·avg (exponential
+/// spread, as content-defined chunking gives), grouped into pulls.
+pub fn build_content(sc: &Scenario, seed: u64) -> Content {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x6f61_7369_735f_6c61);
+    let avg = sc.model.chunk_avg as f64;
+    let (min, max) = (avg / 4.0, avg * 4.0);
+    let mut pulls: Vec<Pull> = Vec::new();
+    let mut layers: Vec<LayerData> = Vec::new();
+    let mut max_chunk = 0u64;
+    for (li, spec) in sc.layers.iter().enumerate() {
+        let shared_f = spec.shared_with.map_or(0.0, |(_, f)| f);
+        let own_bytes = (spec.size as f64 * (1.0 - shared_f)).round() as u64;
+        let mut own: Vec<u32> = Vec::new();
+        let mut chunks_total = 0u64;
+        let (mut acc, mut acc_chunks, mut left) = (0u64, 0u32, own_bytes);
+        while left > 0 {
+            let x = min + (-(1.0 - rng.gen::<f64>()).ln()) * (avg - min);
+            let c = (x.clamp(min, max) as u64).max(1).min(left);
+            max_chunk = max_chunk.max(c);
+            left -= c;
+            acc += c;
+            acc_chunks += 1;
+            chunks_total += 1;
+            if acc >= sc.model.pull_bytes || left == 0 {
+                let k = own.len();
+                pulls.push(Pull {
+                    id: pull_id(seed, "layer", li, k),
+                    bytes: acc,
+                    chunks: acc_chunks,
+                });
+                own.push((pulls.len() - 1) as u32);
+                acc = 0;
+                acc_chunks = 0;
+            }
+        }
+        // Pulls identical to pulls of an earlier layer, spliced in at random positions.
+        let mut list = own.clone();
+        if let Some((j, f)) = spec.shared_with {
+            let other = &layers[j];
+            let other_avg = other.bytes() as f64 / other.pulls.len().max(1) as f64;
+            let want = ((spec.size as f64 * f) / other_avg.max(1.0)).round() as usize;
+            let picked: Vec<u32> = choose(&mut rng, other.pulls.len(), want)
+                .into_iter()
+                .map(|i| other.pulls[i])
+                .collect();
+            chunks_total +=
+                picked.iter().map(|&p| u64::from(pulls[p as usize].chunks)).sum::<u64>();
+            let n = own.len() + picked.len();
+            let positions = choose(&mut rng, n, picked.len());
+            list = Vec::with_capacity(n);
+            let (mut oi, mut si, mut pi) = (0, 0, 0);
+            for i in 0..n {
+                if pi < positions.len() && positions[pi] == i {
+                    list.push(picked[si]);
+                    si += 1;
+                    pi += 1;
+                } else {
+                    list.push(own[oi]);
+                    oi += 1;
+                }
+            }
+        }
+        // Shared with the previous version: already at every reflector.
+        let n_prev = (spec.shared_with_previous * list.len() as f64).round() as usize;
+        let prev: Vec<u32> =
+            choose(&mut rng, list.len(), n_prev).into_iter().map(|i| list[i]).collect();
+        let mut filler = Vec::new();
+        if spec.shared_with_previous > 0.0 {
+            let mut left = (spec.size as f64 * (1.0 - spec.shared_with_previous)) as u64;
+            let mut k = 0;
+            while left > 0 {
+                let b = left.min(sc.model.pull_bytes.max(1));
+                left -= b;
+                pulls.push(Pull { id: pull_id(seed, "previous", li, k), bytes: b, chunks: 0 });
+                filler.push((pulls.len() - 1) as u32);
+                k += 1;
+            }
+        }
+        let mut cum = Vec::with_capacity(list.len() + 1);
+        cum.push(0);
+        for &p in &list {
+            cum.push(cum.last().copied().unwrap_or(0) + pulls[p as usize].bytes);
+        }
+        layers.push(LayerData {
+            name: spec.name.clone(),
+            pulls: list,
+            cum,
+            prev,
+            filler,
+            chunks: chunks_total,
+        });
+    }
+    let index = pulls.iter().enumerate().map(|(i, p)| (p.id, i as u32)).collect();
+    Content { pulls, layers, max_chunk, index }
+}
+
+/// Opening/closing instants of one delivery window, precomputed up to the horizon.
+struct Sched {
+    open_at_start: bool,
+    /// (virtual seconds, open after this edge)
+    edges: Vec<(f64, bool)>,
+}
+
+impl Sched {
+    fn new(p: &BandwidthPolicy, start_unix: i64, horizon: f64) -> Sched {
+        let open_at_start = p.rate_at(start_unix).is_none();
+        let mut edges = Vec::new();
+        let mut t = start_unix;
+        let end = start_unix + horizon.ceil() as i64 + 1;
+        while let Some(e) = p.next_change_after(t) {
+            if e > end {
+                break;
+            }
+            edges.push(((e - start_unix) as f64, p.rate_at(e).is_none()));
+            t = e;
+        }
+        Sched { open_at_start, edges }
+    }
+
+    /// Seconds of [a, b) during which the window is closed.
+    fn closed_within(&self, a: f64, b: f64) -> f64 {
+        if b <= a {
+            return 0.0;
+        }
+        let mut open = self.open_at_start;
+        let mut t = 0.0f64;
+        let mut closed = 0.0;
+        for &(e, o) in self.edges.iter().chain(std::iter::once(&(f64::INFINITY, true))) {
+            // [t, e) has state `open`
+            let lo = t.max(a);
+            let hi = e.min(b);
+            if hi > lo && !open {
+                closed += hi - lo;
+            }
+            if e >= b {
+                break;
+            }
+            t = e;
+            open = o;
+        }
+        closed
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Fetch { site: u32, r: u32, token: u64 },
+    Arrive { site: u32, tid: u64 },
+    Lan { site: u32, gen: u64 },
+    Wake { site: u32 },
+    Edge { site: u32, sl: u32, idx: u32 },
+    ReflDown { site: u32, r: u32 },
+    LinkDown { site: u32 },
+    LinkUp { site: u32 },
+}
+
+struct Refl {
+    alive: bool,
+    budget: WanBudget,
+    ledger: CacheLedger,
+    holds: Vec<u64>,
+    inflight: usize,
+    fg_registered: bool,
+    poll_at: u64,
+    cursor: Vec<u32>,
+    /// (site layer, position) pulls to fetch first: endpoint misses and aborted transfers.
+    demand: Vec<(u32, u32)>,
+}
+
+impl Refl {
+    fn has(&self, p: u32) -> bool {
+        self.holds[(p / 64) as usize] >> (p % 64) & 1 == 1
+    }
+    fn set(&mut self, p: u32, v: bool) {
+        let w = &mut self.holds[(p / 64) as usize];
+        if v {
+            *w |= 1 << (p % 64);
+        } else {
+            *w &= !(1 << (p % 64));
+        }
+    }
+}
+
+struct SLayer {
+    layer: usize,
+    sched: Option<usize>,
+    prefetch: bool,
+    open: bool,
+    opened: bool,
+    open_until: f64,
+    lead: u32,
+    active: u32,
+}
+
+#[derive(Clone)]
+struct Ep {
+    refl: u32,
+    wake_at: f64,
+    pos: u32,
+    progress: f64,
+    k: u32,
+    bound_k: u32,
+    bound: f64,
+    rate: f64,
+    waiting_on: u32,
+    blocked_until: f64,
+    done_at: f64,
+    failed: Option<&'static str>,
+}
+
+struct Transfer {
+    tid: u64,
+    r: u32,
+    sl: u32,
+    k: u32,
+    pull: u32,
+    start: f64,
+    end: f64,
+    bytes: u64,
+}
+
+struct Site {
+    name: String,
+    group: usize,
+    link: f64,
+    rtt: f64,
+    lan: f64,
+    ep_rate: f64,
+    cache_cap: u64,
+    refl: Vec<Refl>,
+    alive: Vec<u32>,
+    held: Vec<u8>,
+    fetching: Vec<u8>,
+    misses: MissTable<u32>,
+    layers: Vec<SLayer>,
+    eps: Vec<Ep>,
+    link_up: bool,
+    link_free: f64,
+    /// Has WAN work it could start (counted in the seed's fair share).
+    wanting: bool,
+    transfers: Vec<Transfer>,
+    lan_last: f64,
+    lan_gen: u64,
+    // results
+    wan_bytes: f64,
+    wasted: f64,
+    outside: f64,
+    evicted: u64,
+    pulls_started: u64,
+    unique: u64,
+    needed: u64,
+    bins: Vec<f32>,
+}
+
+/// Per-site results.
+#[derive(Clone, Debug)]
+pub struct SiteResult {
+    pub name: String,
+    pub group: usize,
+    pub endpoints: usize,
+    pub wan_bytes: u64,
+    pub wasted_wan_bytes: u64,
+    pub unique_bytes: u64,
+    pub needed_bytes: u64,
+    pub evicted_bytes: u64,
+    pub bytes_outside_windows: u64,
+    pub completions: Vec<f64>,
+    pub failures: BTreeMap<String, u64>,
+    pub peak_wan_ratio: f64,
+    pub coalesced_requests: u64,
+    pub wan_pulls: u64,
+    pub bins: Vec<f32>,
+}
+
+/// Everything a run produces.
+pub struct Outcome {
+    pub sites: Vec<SiteResult>,
+    pub group_caps: Vec<Vec<f64>>,
+    pub bin_s: f64,
+    pub sim_seconds: f64,
+    pub events: u64,
+    pub seed_peak_ratio: Option<f64>,
+    pub total_bins: Vec<f64>,
+    pub layer_chunks: u64,
+    pub pulls: usize,
+}
+
+struct Engine<'a> {
+    sc: &'a Scenario,
+    c: &'a Content,
+    scheds: Vec<Sched>,
+    sites: Vec<Site>,
+    heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    seq: u64,
+    now_ns: u64,
+    next_tid: u64,
+    active_sites: usize,
+    wanting: usize,
+    /// (schedule, edge index) openings already announced to every site using them.
+    announced: Vec<(usize, u32)>,
+    remaining: usize,
+    lookahead_pulls: u32,
+    events: u64,
+}
+
+fn ns(t: f64) -> u64 {
+    if t <= 0.0 {
+        0
+    } else {
+        (t * NS).ceil() as u64
+    }
+}
+
+impl Engine<'_> {
+    fn push(&mut self, t: f64, ev: Ev) {
+        let t = ns(t).max(self.now_ns);
+        self.seq += 1;
+        self.heap.push(Reverse((t, self.seq, ev)));
+    }
+
+    fn now(&self) -> f64 {
+        self.now_ns as f64 / NS
+    }
+
+    fn unix(&self) -> i64 {
+        self.sc.start_unix + (self.now_ns / 1_000_000_000) as i64
+    }
+
+    fn add_bins(bins: &mut Vec<f32>, bin_s: f64, a: f64, b: f64, bytes: f64) {
+        if b <= a {
+            let i = (a / bin_s) as usize;
+            if bins.len() <= i {
+                bins.resize(i + 1, 0.0);
+            }
+            bins[i] += bytes as f32;
+            return;
+        }
+        let rate = bytes / (b - a);
+        let (i0, i1) = ((a / bin_s) as usize, (b / bin_s) as usize);
+        if bins.len() <= i1 {
+            bins.resize(i1 + 1, 0.0);
+        }
+        for (i, bin) in bins.iter_mut().enumerate().take(i1 + 1).skip(i0) {
+            let lo = a.max(i as f64 * bin_s);
+            let hi = b.min((i + 1) as f64 * bin_s);
+            if hi > lo {
+                *bin += (rate * (hi - lo)) as f32;
+            }
+        }
+    }
+
+    fn set_wanting(&mut self, s: usize, v: bool) {
+        if self.sites[s].wanting != v {
+            self.sites[s].wanting = v;
+            if v {
+                self.wanting += 1;
+            } else {
+                self.wanting -= 1;
+            }
+        }
+    }
+
+    fn owner(site: &Site, k: u32) -> u32 {
+        site.alive[(k as usize) % site.alive.len()]
+    }
+
+    /// The next pull reflector `r` should fetch: (site layer, position, pull, class, from demand).
+    fn pick(&mut self, s: usize, r: usize) -> Option<(u32, u32, u32, TrafficClass, bool)> {
+        let look = self.lookahead_pulls;
+        let site = &mut self.sites[s];
+        let c = self.c;
+        // Demand first.
+        let mut i = 0;
+        while i < site.refl[r].demand.len() {
+            let (sl, k) = site.refl[r].demand[i];
+            let layer = &c.layers[site.layers[sl as usize].layer];
+            let p = layer.pulls[k as usize];
+            if site.held[p as usize] > 0 || site.fetching[p as usize] > 0 {
+                site.refl[r].demand.swap_remove(i);
+                continue;
+            }
+            let sll = &site.layers[sl as usize];
+            if sll.open {
+                let waited = site.misses.waiters(&c.pulls[p as usize].id) > 0;
+                let fg = waited || (sll.active > 0 && k <= sll.lead.saturating_add(look));
+                if fg || sll.prefetch {
+                    let class =
+                        if fg { TrafficClass::Foreground } else { TrafficClass::Background };
+                    return Some((sl, k, p, class, true));
+                }
+            }
+            i += 1;
+        }
+        let rank = site.alive.iter().position(|&a| a as usize == r)?;
+        let n_alive = site.alive.len();
+        for sl in 0..site.layers.len() {
+            let sll = &site.layers[sl];
+            if !sll.open {
+                continue;
+            }
+            let layer = &c.layers[sll.layer];
+            let n = layer.pulls.len() as u32;
+            let mut cur = site.refl[r].cursor[sl];
+            while cur < n {
+                let p = layer.pulls[cur as usize];
+                if site.held[p as usize] > 0
+                    || site.fetching[p as usize] > 0
+                    || (cur as usize) % n_alive != rank
+                {
+                    cur += 1;
+                    continue;
+                }
+                break;
+            }
+            site.refl[r].cursor[sl] = cur;
+            if cur >= n {
+                continue;
+            }
+            let fg = sll.active > 0 && cur <= sll.lead.saturating_add(look);
+            if fg || sll.prefetch {
+                let class = if fg { TrafficClass::Foreground } else { TrafficClass::Background };
+                return Some((sl as u32, cur, layer.pulls[cur as usize], class, false));
+            }
+        }
+        None
+    }
+
+    fn fetch_loop(&mut self, s: usize, r: usize) {
+        let now = self.now();
+        {
+            let site = &mut self.sites[s];
+            if !site.refl[r].alive || !site.link_up || site.alive.is_empty() {
+                return;
+            }
+            if site.refl[r].fg_registered {
+                site.refl[r].budget.foreground_waiting(-1);
+                site.refl[r].fg_registered = false;
+            }
+        }
+        let conc = self.sc.model.fetch_concurrency;
+        loop {
+            if self.sites[s].refl[r].inflight >= conc {
+                break;
+            }
+            let Some((sl, k, p, class, from_demand)) = self.pick(s, r) else {
+                if self.sites[s].transfers.is_empty() {
+                    self.set_wanting(s, false);
+                }
+                break;
+            };
+            self.set_wanting(s, true);
+            let bytes = self.c.pulls[p as usize].bytes;
+            let busy = self.active_sites + usize::from(self.sites[s].transfers.is_empty());
+            let share = self.sc.seed_egress / busy.max(self.wanting) as f64;
+            let site = &mut self.sites[s];
+            let rate = site.link.min(share);
+            let start = (now + site.rtt).max(site.link_free);
+            let end = start + bytes as f64 / rate;
+            if site.layers[sl as usize].open_until < end {
+                // Would run past the delivery window's end: wait for the next opening.
+                if site.transfers.is_empty() {
+                    self.set_wanting(s, false);
+                }
+                break;
+            }
+            let unix = self.sc.start_unix + now.floor() as i64;
+            match site.refl[r].budget.try_acquire(
+                class,
+                bytes,
+                Duration::from_nanos(self.now_ns),
+                unix,
+            ) {
+                Decision::Admit => {
+                    if from_demand {
+                        site.refl[r].demand.retain(|&(a, b)| (a, b) != (sl, k));
+                    } else {
+                        site.refl[r].cursor[sl as usize] = k + 1;
+                    }
+                    self.start_transfer(s, r, sl, k, p, start, end);
+                }
+                Decision::Wait(d) => {
+                    if class == TrafficClass::Foreground {
+                        site.refl[r].budget.foreground_waiting(1);
+                        site.refl[r].fg_registered = true;
+                    }
+                    let t = self.now_ns + (d.as_nanos() as u64).max(1);
+                    let pa = site.refl[r].poll_at;
+                    if !(pa > self.now_ns && pa <= t) {
+                        site.refl[r].poll_at = t;
+                        self.seq += 1;
+                        self.heap.push(Reverse((
+                            t,
+                            self.seq,
+                            Ev::Fetch { site: s as u32, r: r as u32, token: t },
+                        )));
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_transfer(
+        &mut self,
+        s: usize,
+        r: usize,
+        sl: u32,
+        k: u32,
+        p: u32,
+        start: f64,
+        end: f64,
+    ) {
+        let bin_s = self.sc.model.bin_s;
+        let site = &mut self.sites[s];
+        if site.transfers.is_empty() {
+            self.active_sites += 1;
+        }
+        let bytes = self.c.pulls[p as usize].bytes;
+        site.link_free = end;
+        site.fetching[p as usize] = (r + 1) as u8;
+        let id = self.c.pulls[p as usize].id;
+        if !site.misses.is_pending(&id) {
+            site.misses.begin(id, FETCHER);
+        }
+        site.refl[r].inflight += 1;
+        self.next_tid += 1;
+        let tid = self.next_tid;
+        site.transfers.push(Transfer { tid, r: r as u32, sl, k, pull: p, start, end, bytes });
+        site.wan_bytes += bytes as f64;
+        site.pulls_started += 1;
+        Self::add_bins(&mut site.bins, bin_s, start, end, bytes as f64);
+        if let Some(w) = site.layers[sl as usize].sched {
+            let closed = self.scheds[w].closed_within(start, end);
+            site.outside += bytes as f64 * closed / (end - start).max(1e-12);
+        }
+        self.push(end, Ev::Arrive { site: s as u32, tid });
+    }
+
+    /// Aborts transfers of `site` matching `which`; returns nothing, accounts partial bytes.
+    fn abort(&mut self, s: usize, which: impl Fn(&Transfer) -> bool) {
+        let now = self.now();
+        let bin_s = self.sc.model.bin_s;
+        let site = &mut self.sites[s];
+        let was_busy = !site.transfers.is_empty();
+        let mut kept = Vec::new();
+        for t in std::mem::take(&mut site.transfers) {
+            if !which(&t) {
+                kept.push(t);
+                continue;
+            }
+            let dur = (t.end - t.start).max(1e-12);
+            let from = now.max(t.start);
+            let unsent = t.bytes as f64 * ((t.end - from) / dur).clamp(0.0, 1.0);
+            site.wan_bytes -= unsent;
+            site.wasted += t.bytes as f64 - unsent;
+            Self::add_bins(&mut site.bins, bin_s, from, t.end, -unsent);
+            if let Some(w) = site.layers[t.sl as usize].sched {
+                let closed = self.scheds[w].closed_within(from, t.end);
+                site.outside -= unsent * closed / (t.end - from).max(1e-12);
+            }
+            site.refl[t.r as usize].inflight -= 1;
+            site.fetching[t.pull as usize] = 0;
+            let id = self.c.pulls[t.pull as usize].id;
+            site.misses.prune(&id, |&w| w != FETCHER);
+            if !site.alive.is_empty() {
+                let o = Self::owner(site, t.k) as usize;
+                site.refl[o].demand.push((t.sl, t.k));
+            }
+        }
+        site.link_free = kept.iter().map(|t| t.end).fold(now, f64::max);
+        site.transfers = kept;
+        if was_busy && site.transfers.is_empty() {
+            self.active_sites -= 1;
+        }
+    }
+
+    fn insert_cached(&mut self, s: usize, r: usize, p: u32) {
+        let now = Duration::from_nanos(self.now_ns);
+        let c = self.c;
+        let site = &mut self.sites[s];
+        let pull = &c.pulls[p as usize];
+        let refl = &mut site.refl[r];
+        if refl.has(p) {
+            return;
+        }
+        refl.ledger.insert(pull.id, pull.bytes, now);
+        refl.set(p, true);
+        site.held[p as usize] += 1;
+        if refl.ledger.total_bytes() > site.cache_cap {
+            for id in refl.ledger.evict_candidates(site.cache_cap) {
+                if let Some(b) = refl.ledger.remove(&id) {
+                    site.evicted += b;
+                    let q = c.index[&id];
+                    refl.set(q, false);
+                    site.held[q as usize] -= 1;
+                }
+            }
+        }
+    }
+
+    /// Advances the LAN fluid model of site `s` to now and re-plans it.
+    fn site_update(&mut self, s: usize) {
+        let now = self.now();
+        let c = self.c;
+        let ep_cap = self.sites[s].ep_rate;
+        let site = &mut self.sites[s];
+        let dt = now - site.lan_last;
+        if dt > 0.0 {
+            for ep in site.eps.iter_mut() {
+                if ep.rate > 0.0 {
+                    ep.progress = ep.progress.max((ep.progress + ep.rate * dt).min(ep.bound));
+                }
+            }
+        }
+        site.lan_last = now;
+        for l in site.layers.iter_mut() {
+            l.lead = 0;
+            l.active = 0;
+        }
+        let mut flowing = 0usize;
+        let mut kicks: Vec<u32> = Vec::new();
+        let n_layers = site.layers.len() as u32;
+        for (ei, ep) in site.eps.iter_mut().enumerate() {
+            ep.rate = 0.0;
+            if ep.failed.is_some()
+                || ep.done_at.is_finite()
+                || now < ep.wake_at
+                || now < ep.blocked_until
+            {
+                continue;
+            }
+            loop {
+                let sl = &mut site.layers[ep.pos as usize];
+                if !sl.opened {
+                    break;
+                }
+                let layer = &c.layers[sl.layer];
+                let n = layer.pulls.len() as u32;
+                while ep.k < n && (layer.cum[ep.k as usize + 1] as f64) <= ep.progress + 0.5 {
+                    ep.k += 1;
+                }
+                if ep.k >= n {
+                    ep.pos += 1;
+                    ep.progress = 0.0;
+                    ep.k = 0;
+                    ep.bound_k = 0;
+                    ep.waiting_on = NONE;
+                    if ep.pos >= n_layers {
+                        ep.done_at = now;
+                        self.remaining -= 1;
+                        break;
+                    }
+                    continue;
+                }
+                sl.active += 1;
+                sl.lead = sl.lead.max(ep.k);
+                ep.bound_k = ep.bound_k.max(ep.k);
+                while ep.bound_k < n && site.held[layer.pulls[ep.bound_k as usize] as usize] > 0 {
+                    ep.bound_k += 1;
+                }
+                ep.bound = layer.cum[ep.bound_k as usize] as f64;
+                if ep.progress >= ep.bound - 0.5 {
+                    let p = layer.pulls[ep.bound_k as usize];
+                    if ep.waiting_on != p {
+                        ep.waiting_on = p;
+                        if site.misses.begin(c.pulls[p as usize].id, ei as u32) == Begin::Leader
+                            && site.fetching[p as usize] == 0
+                            && !site.alive.is_empty()
+                        {
+                            let o = site.alive[(ep.bound_k as usize) % site.alive.len()];
+                            site.refl[o as usize].demand.push((ep.pos, ep.bound_k));
+                            if !kicks.contains(&o) {
+                                kicks.push(o);
+                            }
+                        }
+                    }
+                } else {
+                    ep.rate = 1.0; // marked flowing; set below
+                    flowing += 1;
+                }
+                break;
+            }
+        }
+        let mut next = f64::INFINITY;
+        if flowing > 0 {
+            let each = (site.lan / flowing as f64).min(ep_cap);
+            for ep in site.eps.iter_mut() {
+                if ep.rate > 0.0 {
+                    ep.rate = each;
+                    next = next.min((ep.bound - ep.progress) / each);
+                }
+            }
+        }
+        if next.is_finite() {
+            site.lan_gen += 1;
+            let gen = site.lan_gen;
+            let t = now + next.max(0.0) + 1e-9;
+            self.push(t, Ev::Lan { site: s as u32, gen });
+        }
+    }
+
+    fn kick_all(&mut self, s: usize) {
+        for i in 0..self.sites[s].alive.len() {
+            let r = self.sites[s].alive[i] as usize;
+            self.fetch_loop(s, r);
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Fetch { site, r, token } => {
+                let (s, r) = (site as usize, r as usize);
+                if self.sites[s].refl[r].poll_at != token {
+                    return;
+                }
+                self.sites[s].refl[r].poll_at = 0;
+                self.fetch_loop(s, r);
+            }
+            Ev::Arrive { site, tid } => {
+                let s = site as usize;
+                let Some(i) = self.sites[s].transfers.iter().position(|t| t.tid == tid) else {
+                    return;
+                };
+                let t = self.sites[s].transfers.swap_remove(i);
+                if self.sites[s].transfers.is_empty() {
+                    self.active_sites -= 1;
+                }
+                {
+                    let st = &mut self.sites[s];
+                    st.refl[t.r as usize].inflight -= 1;
+                    st.fetching[t.pull as usize] = 0;
+                }
+                self.insert_cached(s, t.r as usize, t.pull);
+                let id = self.c.pulls[t.pull as usize].id;
+                for w in self.sites[s].misses.complete(&id) {
+                    if w != FETCHER && self.sites[s].eps[w as usize].waiting_on == t.pull {
+                        self.sites[s].eps[w as usize].waiting_on = NONE;
+                    }
+                }
+                self.site_update(s);
+                self.kick_all(s);
+            }
+            Ev::Lan { site, gen } => {
+                let s = site as usize;
+                if self.sites[s].lan_gen != gen {
+                    return;
+                }
+                self.site_update(s);
+                self.kick_all(s);
+            }
+            Ev::Wake { site } => {
+                let s = site as usize;
+                self.site_update(s);
+                self.kick_all(s);
+            }
+            Ev::Edge { site, sl, idx } => {
+                let s = site as usize;
+                let w = self.sites[s].layers[sl as usize].sched.expect("edge of a window");
+                let (t, open) = self.scheds[w].edges[idx as usize];
+                let next = self.scheds[w].edges.get(idx as usize + 1).map(|e| e.0);
+                {
+                    let l = &mut self.sites[s].layers[sl as usize];
+                    l.open = open;
+                    l.opened |= open;
+                    l.open_until =
+                        if open { next.unwrap_or(f64::INFINITY) } else { f64::NEG_INFINITY };
+                }
+                let _ = t;
+                if open && !self.announced.contains(&(w, idx)) {
+                    // Every site using this window opens now: count them all in the seed's
+                    // fair share before the first one starts pulling.
+                    self.announced.push((w, idx));
+                    for o in 0..self.sites.len() {
+                        let uses = self.sites[o].layers.iter().any(|l| l.sched == Some(w));
+                        if uses && self.sites[o].link_up && !self.sites[o].alive.is_empty() {
+                            self.set_wanting(o, true);
+                        }
+                    }
+                }
+                if let Some(nt) = next {
+                    if nt <= self.sc.duration_s {
+                        self.push(nt, Ev::Edge { site, sl, idx: idx + 1 });
+                    }
+                }
+                self.site_update(s);
+                self.kick_all(s);
+            }
+            Ev::ReflDown { site, r } => self.reflector_down(site as usize, r as usize),
+            Ev::LinkDown { site } => {
+                let s = site as usize;
+                self.sites[s].link_up = false;
+                self.abort(s, |_| true);
+                self.set_wanting(s, false);
+            }
+            Ev::LinkUp { site } => {
+                let s = site as usize;
+                self.sites[s].link_up = true;
+                self.sites[s].link_free = self.now();
+                self.site_update(s);
+                self.kick_all(s);
+            }
+        }
+    }
+
+    fn reflector_down(&mut self, s: usize, r: usize) {
+        if r >= self.sites[s].refl.len() || !self.sites[s].refl[r].alive {
+            return;
+        }
+        let now = self.now();
+        self.site_update(s);
+        self.sites[s].refl[r].alive = false;
+        self.sites[s].alive.retain(|&a| a as usize != r);
+        self.abort(s, |t| t.r as usize == r);
+        let failover = self.sc.model.failover_s;
+        let unix = self.unix();
+        let now_d = Duration::from_nanos(self.now_ns);
+        let site = &mut self.sites[s];
+        // Its cache is gone.
+        let n_pulls = self.c.pulls.len() as u32;
+        for p in 0..n_pulls {
+            if site.refl[r].has(p) {
+                site.held[p as usize] -= 1;
+            }
+        }
+        site.refl[r].holds.iter_mut().for_each(|w| *w = 0);
+        site.refl[r].ledger = CacheLedger::new();
+        let demand = std::mem::take(&mut site.refl[r].demand);
+        if site.alive.is_empty() {
+            for ep in site.eps.iter_mut() {
+                if ep.failed.is_none() && !ep.done_at.is_finite() {
+                    ep.failed = Some("no reflector alive at the site");
+                    self.remaining -= 1;
+                }
+            }
+            return;
+        }
+        let n_alive = site.alive.len();
+        for &a in &site.alive {
+            let refl = &mut site.refl[a as usize];
+            refl.budget.set_share(1.0 / n_alive as f64, now_d, unix);
+            refl.cursor.iter_mut().for_each(|c| *c = 0);
+        }
+        for (sl, k) in demand {
+            let o = Self::owner(site, k) as usize;
+            site.refl[o].demand.push((sl, k));
+        }
+        for (i, ep) in site.eps.iter_mut().enumerate() {
+            ep.bound_k = ep.k;
+            ep.waiting_on = NONE;
+            if ep.refl as usize == r {
+                ep.refl = site.alive[i % n_alive];
+                ep.blocked_until = ep.blocked_until.max(now + failover);
+            }
+        }
+        self.push(now + failover, Ev::Wake { site: s as u32 });
+        self.site_update(s);
+        self.kick_all(s);
+    }
+}
+
+/// Runs a scenario with a seed.
+pub fn simulate(sc: &Scenario, seed: u64) -> Outcome {
+    let c = build_content(sc, seed);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let horizon = sc.duration_s;
+    let n_pulls = c.pulls.len();
+    let avg_pull = c.layers.iter().map(|l| l.bytes()).sum::<u64>() as f64
+        / c.layers.iter().map(|l| l.pulls.len()).sum::<usize>().max(1) as f64;
+    let lookahead_pulls = ((sc.model.lookahead as f64 / avg_pull.max(1.0)).ceil() as u32).max(1);
+
+    // Delivery window schedules, shared by (window, timezone).
+    let mut sched_index: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut scheds: Vec<Sched> = Vec::new();
+    let mut group_policies: Vec<BandwidthPolicy> = Vec::new();
+    for g in &sc.groups {
+        let mut p = g.policy.as_ref().unwrap_or(&sc.policy).policy.clone();
+        p.ensure_burst_covers(c.max_chunk);
+        group_policies.push(p);
+    }
+
+    let mut sites = Vec::with_capacity(sc.total_sites());
+    let mut seen = vec![false; n_pulls];
+    for (gi, g) in sc.groups.iter().enumerate() {
+        for i in 0..g.count {
+            let name = g.site_name(i);
+            let mut layers: Vec<SLayer> = Vec::new();
+            for a in &sc.assignments {
+                if !a.sites.matches(&g.name, &name) || layers.iter().any(|l| l.layer == a.layer) {
+                    continue;
+                }
+                let sched = a.window.as_ref().map(|w| {
+                    let key = (w.clone(), g.timezone.clone());
+                    *sched_index.entry(key).or_insert_with(|| {
+                        let p = window_schedule(w, &g.timezone).expect("validated when parsed");
+                        scheds.push(Sched::new(&p, sc.start_unix, horizon));
+                        scheds.len() - 1
+                    })
+                });
+                let (open, open_until) = match sched {
+                    None => (true, f64::INFINITY),
+                    Some(w) if scheds[w].open_at_start => {
+                        (true, scheds[w].edges.first().map_or(f64::INFINITY, |e| e.0))
+                    }
+                    Some(_) => (false, f64::NEG_INFINITY),
+                };
+                layers.push(SLayer {
+                    layer: a.layer,
+                    sched,
+                    prefetch: a.prefetch,
+                    open,
+                    opened: open,
+                    open_until,
+                    lead: 0,
+                    active: 0,
+                });
+            }
+            let nr = g.reflectors.max(1);
+            let policy = &group_policies[gi];
+            let mut refl: Vec<Refl> = (0..nr)
+                .map(|_| {
+                    let mut budget = WanBudget::new(policy, Duration::ZERO, sc.start_unix);
+                    if nr > 1 {
+                        budget.set_share(1.0 / nr as f64, Duration::ZERO, sc.start_unix);
+                    }
+                    Refl {
+                        alive: true,
+                        budget,
+                        ledger: CacheLedger::new(),
+                        holds: vec![0; n_pulls.div_ceil(64)],
+                        inflight: 0,
+                        fg_registered: false,
+                        poll_at: 0,
+                        cursor: vec![0; layers.len()],
+                        demand: Vec::new(),
+                    }
+                })
+                .collect();
+            // Pins for assigned layers, then the previous version's content.
+            let mut unique = 0u64;
+            let mut needed = 0u64;
+            seen.iter_mut().for_each(|x| *x = false);
+            let mut held = vec![0u8; n_pulls];
+            for l in &layers {
+                let ld = &c.layers[l.layer];
+                for &p in &ld.pulls {
+                    for rf in refl.iter_mut() {
+                        rf.ledger.pin(c.pulls[p as usize].id);
+                    }
+                }
+            }
+            let mut prev_set = vec![false; 0];
+            if layers.iter().any(|l| !c.layers[l.layer].prev.is_empty()) {
+                prev_set = vec![false; n_pulls];
+            }
+            for l in &layers {
+                let ld = &c.layers[l.layer];
+                for &p in ld.prev.iter().chain(ld.filler.iter()) {
+                    prev_set[p as usize] = true;
+                    for (ri, rf) in refl.iter_mut().enumerate() {
+                        if !rf.has(p) {
+                            rf.ledger.insert(
+                                c.pulls[p as usize].id,
+                                c.pulls[p as usize].bytes,
+                                Duration::ZERO,
+                            );
+                            rf.set(p, true);
+                            held[p as usize] += 1;
+                        }
+                        let _ = ri;
+                    }
+                }
+            }
+            for l in &layers {
+                for &p in &c.layers[l.layer].pulls {
+                    if !seen[p as usize] {
+                        seen[p as usize] = true;
+                        unique += c.pulls[p as usize].bytes;
+                        if prev_set.get(p as usize) != Some(&true) {
+                            needed += c.pulls[p as usize].bytes;
+                        }
+                    }
+                }
+            }
+            // Over the cache cap from the start: evict the previous version's leftovers.
+            let mut evicted = 0;
+            for rf in refl.iter_mut() {
+                if rf.ledger.total_bytes() > g.cache {
+                    for id in rf.ledger.evict_candidates(g.cache) {
+                        if let Some(b) = rf.ledger.remove(&id) {
+                            evicted += b;
+                            let q = c.index[&id];
+                            rf.set(q, false);
+                            held[q as usize] -= 1;
+                        }
+                    }
+                }
+            }
+            // Endpoints: a shuffled `asleep` fraction sleeps until wake_delay (+ jitter).
+            let ne = if layers.is_empty() { 0 } else { g.endpoints };
+            let n_asleep = (g.asleep * ne as f64).round() as usize;
+            let asleep: Vec<usize> = choose(&mut rng, ne, n_asleep);
+            let mut eps = Vec::with_capacity(ne);
+            let mut ai = 0;
+            for e in 0..ne {
+                let mut wake_at = 0.0;
+                if ai < asleep.len() && asleep[ai] == e {
+                    ai += 1;
+                    wake_at = g.wake_delay_s + g.wake_jitter_s * rng.gen::<f64>();
+                }
+                eps.push(Ep {
+                    refl: (e % nr) as u32,
+                    wake_at,
+                    pos: 0,
+                    progress: 0.0,
+                    k: 0,
+                    bound_k: 0,
+                    bound: 0.0,
+                    rate: 0.0,
+                    waiting_on: NONE,
+                    blocked_until: 0.0,
+                    done_at: f64::INFINITY,
+                    failed: None,
+                });
+            }
+            let link = g.wan_rate * (1.0 - g.wan_loss);
+            sites.push(Site {
+                name,
+                group: gi,
+                link,
+                rtt: 2.0 * g.wan_latency_s,
+                lan: g.lan_rate,
+                ep_rate: g.endpoint_rate,
+                cache_cap: g.cache,
+                alive: (0..nr as u32).collect(),
+                refl: std::mem::take(&mut refl),
+                held,
+                fetching: vec![0; n_pulls],
+                misses: MissTable::new(),
+                layers,
+                eps,
+                link_up: true,
+                link_free: 0.0,
+                wanting: false,
+                transfers: Vec::new(),
+                lan_last: 0.0,
+                lan_gen: 0,
+                wan_bytes: 0.0,
+                wasted: 0.0,
+                outside: 0.0,
+                evicted,
+                pulls_started: 0,
+                unique,
+                needed,
+                bins: Vec::new(),
+            });
+        }
+    }
+
+    let remaining = sites.iter().map(|s| s.eps.len()).sum();
+    let mut eng = Engine {
+        sc,
+        c: &c,
+        scheds,
+        sites,
+        heap: BinaryHeap::new(),
+        seq: 0,
+        now_ns: 0,
+        next_tid: 0,
+        active_sites: 0,
+        wanting: 0,
+        announced: Vec::new(),
+        remaining,
+        lookahead_pulls,
+        events: 0,
+    };
+
+    // Initial events. Sites with work at t=0 count in the seed's fair share from the start.
+    for s in 0..eng.sites.len() {
+        if eng.sites[s].needed > 0 && eng.sites[s].layers.iter().any(|l| l.open) {
+            eng.set_wanting(s, true);
+        }
+        let mut wakes: Vec<u64> =
+            eng.sites[s].eps.iter().filter(|e| e.wake_at > 0.0).map(|e| ns(e.wake_at)).collect();
+        wakes.sort_unstable();
+        wakes.dedup();
+        for w in wakes {
+            if w as f64 / NS <= horizon {
+                eng.push(w as f64 / NS, Ev::Wake { site: s as u32 });
+            }
+        }
+        for sl in 0..eng.sites[s].layers.len() {
+            if let Some(w) = eng.sites[s].layers[sl].sched {
+                if let Some(&(t, _)) = eng.scheds[w].edges.first() {
+                    eng.push(t, Ev::Edge { site: s as u32, sl: sl as u32, idx: 0 });
+                }
+            }
+        }
+        eng.push(0.0, Ev::Wake { site: s as u32 });
+    }
+    for f in &sc.failures {
+        for s in 0..eng.sites.len() {
+            let g = &sc.groups[eng.sites[s].group];
+            if !f.sites.matches(&g.name, &eng.sites[s].name) {
+                continue;
+            }
+            match f.kind {
+                FailureKind::ReflectorDown { reflector, at_s } => {
+                    eng.push(at_s, Ev::ReflDown { site: s as u32, r: reflector as u32 })
+                }
+                FailureKind::WanDown { from_s, to_s } => {
+                    eng.push(from_s, Ev::LinkDown { site: s as u32 });
+                    eng.push(to_s, Ev::LinkUp { site: s as u32 });
+                }
+            }
+        }
+    }
+
+    let horizon_ns = ns(horizon);
+    while let Some(Reverse((t, _, ev))) = eng.heap.pop() {
+        if t > horizon_ns || eng.remaining == 0 {
+            break;
+        }
+        eng.now_ns = t;
+        eng.events += 1;
+        eng.handle(ev);
+    }
+    let sim_seconds = if eng.remaining == 0 { eng.now() } else { horizon.max(eng.now()) };
+
+    finish(eng, &group_policies, sim_seconds, &c)
+}
+
+fn finish(eng: Engine<'_>, policies: &[BandwidthPolicy], sim_seconds: f64, c: &Content) -> Outcome {
+    let sc = eng.sc;
+    let bin_s = sc.model.bin_s;
+    let n_bins = eng
+        .sites
+        .iter()
+        .map(|s| s.bins.len())
+        .max()
+        .unwrap_or(0)
+        .max((sim_seconds / bin_s).ceil() as usize);
+    // The policy's allowed rate per bin, per group (link rate where the policy is unlimited).
+    let mut group_caps = Vec::new();
+    for (gi, p) in policies.iter().enumerate() {
+        let link = sc.groups[gi].wan_rate;
+        let mut caps = Vec::with_capacity(n_bins);
+        let mut edges: Vec<i64> = Vec::new();
+        let end_unix = sc.start_unix + (n_bins as f64 * bin_s).ceil() as i64 + 1;
+        let mut t = sc.start_unix;
+        while let Some(e) = p.next_change_after(t) {
+            if e > end_unix {
+                break;
+            }
+            edges.push(e);
+            t = e;
+        }
+        let rate_f = |u: i64| p.rate_at(u).map_or(link, |r| r as f64);
+        let mut ei = 0;
+        for b in 0..n_bins {
+            let a = sc.start_unix as f64 + b as f64 * bin_s;
+            let z = a + bin_s;
+            let mut allowed = 0.0;
+            let mut cur = a;
+            while ei < edges.len() && (edges[ei] as f64) <= a {
+                ei += 1;
+            }
+            let mut j = ei;
+            while cur < z {
+                let seg_end = if j < edges.len() { (edges[j] as f64).min(z) } else { z };
+                allowed += rate_f(cur.floor() as i64) * (seg_end - cur);
+                cur = seg_end;
+                j += 1;
+            }
+            caps.push(allowed / bin_s);
+        }
+        group_caps.push(caps);
+    }
+    let mut total_bins = vec![0.0f64; n_bins];
+    let mut sites_out = Vec::with_capacity(eng.sites.len());
+    for site in eng.sites {
+        let caps = &group_caps[site.group];
+        let mut peak: f64 = 0.0;
+        for (b, &v) in site.bins.iter().enumerate() {
+            total_bins[b] += v as f64;
+            let cap = caps.get(b).copied().unwrap_or(f64::INFINITY);
+            if cap.is_finite() && cap > 0.0 {
+                peak = peak.max(v as f64 / bin_s / cap);
+            }
+        }
+        let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+        let mut completions = Vec::new();
+        for ep in &site.eps {
+            if ep.done_at.is_finite() {
+                completions.push(ep.done_at);
+                continue;
+            }
+            let reason = match ep.failed {
+                Some(r) => r,
+                None if ep.wake_at > sim_seconds => "asleep until the end of the simulation",
+                None if !site.layers[ep.pos as usize].opened => "delivery window never opened",
+                None => "not finished within the simulated duration",
+            };
+            *failures.entry(reason.to_string()).or_default() += 1;
+        }
+        sites_out.push(SiteResult {
+            endpoints: site.eps.len(),
+            wan_bytes: site.wan_bytes.round().max(0.0) as u64,
+            wasted_wan_bytes: site.wasted.round() as u64,
+            unique_bytes: site.unique,
+            needed_bytes: site.needed,
+            evicted_bytes: site.evicted,
+            bytes_outside_windows: site.outside.round().max(0.0) as u64,
+            completions,
+            failures,
+            peak_wan_ratio: peak,
+            coalesced_requests: site.misses.followers(),
+            wan_pulls: site.pulls_started,
+            bins: site.bins,
+            name: site.name,
+            group: site.group,
+        });
+    }
+    let seed_peak_ratio = sc
+        .seed_egress
+        .is_finite()
+        .then(|| total_bins.iter().fold(0.0f64, |m, &v| m.max(v / bin_s)) / sc.seed_egress);
+    Outcome {
+        sites: sites_out,
+        group_caps,
+        bin_s,
+        sim_seconds,
+        events: eng.events,
+        seed_peak_ratio,
+        total_bins,
+        layer_chunks: c.layers.iter().map(|l| l.chunks).sum(),
+        pulls: c.pulls.len(),
+    }
+}

@@ -1,0 +1,265 @@
+//! `oasis-sim run` behaviour on small scenarios (fast in debug builds).
+
+use std::path::Path;
+
+use oasis_sim::scenario::Scenario;
+use oasis_sim::simcmd::run_scenario;
+use serde_json::Value;
+
+/// A small scenario: `sites` branches, one 64 MiB layer in 1 MiB pulls, 10 MB/s policy.
+fn base(extra_site: &str, extra: &str) -> String {
+    format!(
+        r#"
+name = "test"
+start = "2025-06-02T12:00:00Z"
+duration = "3d"
+timezone = "UTC"
+seed_egress = "1Gbit/s"
+
+[policy]
+[policy.wan]
+rate = "10MB/s"
+burst = "1MiB"
+
+[model]
+pull_bytes = "1MiB"
+bin = "10s"
+
+[[layers]]
+name = "base"
+size = "64MiB"
+shared_with_previous = 0.25
+
+[[sites]]
+name = "branch"
+count = 3
+endpoints = 20
+wan_rate = "100Mbit/s"
+lan_rate = "1Gbit/s"
+asleep = 0.1
+wake_delay = "10m"
+wake_jitter = "5m"
+{extra_site}
+
+{extra}
+"#
+    )
+}
+
+fn parse(text: &str) -> Scenario {
+    Scenario::from_toml_str(text, "test.toml", None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn run(text: &str, seed: u64) -> Value {
+    run_scenario(parse(text), seed).json()
+}
+
+fn total(v: &Value) -> &Value {
+    &v["total"]
+}
+
+fn f(v: &Value, k: &str) -> f64 {
+    v["total"][k].as_f64().unwrap_or_else(|| panic!("total.{k} missing in {v}"))
+}
+
+const ASSIGN_ALL: &str = "[[assignments]]\nlayer = \"base\"\n";
+
+#[test]
+fn same_seed_same_results() {
+    let text = base("", ASSIGN_ALL);
+    let strip = |mut v: Value| {
+        let t = v["total"].as_object_mut().unwrap();
+        t.remove("wall_seconds");
+        t.remove("peak_rss_mib");
+        v
+    };
+    let a = strip(run(&text, 42));
+    let b = strip(run(&text, 42));
+    assert_eq!(a, b);
+    for k in [
+        "wan_bytes",
+        "unique_bytes",
+        "completion_p50_s",
+        "completion_p95_s",
+        "completion_max_s",
+        "peak_wan_ratio",
+        "bytes_outside_windows",
+        "failed_endpoints",
+        "sim_seconds",
+    ] {
+        assert!(a["total"].get(k).is_some(), "total.{k} missing");
+    }
+    assert_eq!(f(&a, "failed_endpoints"), 0.0);
+    // One WAN pull per piece per site: WAN bytes = what was not cached.
+    assert_eq!(total(&a)["wan_bytes"], total(&a)["needed_bytes"]);
+    // The policy holds: 10 s bins within burst + rate.
+    assert!(f(&a, "peak_wan_ratio") <= 1.0 + 1.1 / 10.0, "{a}");
+}
+
+#[test]
+fn window_is_never_exceeded() {
+    // 22:00-06:00 UTC; the run starts at 12:00 UTC, so nothing may move before t = 10 h.
+    // A slow link (2 MB/s for 64 MiB x 5 sites sharing nothing) still finishes the same night.
+    let text = base("", "[[assignments]]\nlayer = \"base\"\nwindow = \"22:00-06:00\"\n");
+    let v = run(&text, 1);
+    assert_eq!(f(&v, "bytes_outside_windows"), 0.0, "{v}");
+    assert_eq!(f(&v, "failed_endpoints"), 0.0, "{v}");
+    let ten_h = 10.0 * 3600.0;
+    assert!(f(&v, "completion_p50_s") > ten_h, "{v}");
+    assert!(f(&v, "completion_max_s") < ten_h + 8.0 * 3600.0, "{v}");
+
+    // A window too short for the layer (30 min at 20 KB/s = 36 MB a night for ~49 MB): the
+    // transfer spans two nights, never outside.
+    let slow = base("", "[[assignments]]\nlayer = \"base\"\nwindow = \"22:00-22:30\"\n")
+        .replace("rate = \"10MB/s\"", "rate = \"20KB/s\"");
+    let v = run(&slow, 1);
+    assert_eq!(f(&v, "bytes_outside_windows"), 0.0, "{v}");
+    assert_eq!(f(&v, "failed_endpoints"), 0.0, "{v}");
+    assert!(f(&v, "completion_max_s") > 24.0 * 3600.0, "needs several nights: {v}");
+}
+
+#[test]
+fn dead_reflector_endpoints_finish_from_sibling() {
+    let site = "";
+    let text = base(site, ASSIGN_ALL)
+        .replace("count = 3\n", "count = 1\nreflectors = 2\n")
+        .replace("asleep = 0.1", "asleep = 0.0");
+    let healthy = run(&text, 3);
+    let failed = format!(
+        "{text}\n[[failures]]\nkind = \"reflector_down\"\nsites = \"branch\"\nreflector = 0\nat = \"3s\"\n"
+    );
+    let v = run(&failed, 3);
+    assert_eq!(f(&v, "failed_endpoints"), 0.0, "{v}");
+    assert_eq!(total(&v)["completed_endpoints"], 20);
+    // The dead reflector's share of the cache is pulled again by the survivor.
+    assert!(f(&v, "wan_bytes") > f(&healthy, "wan_bytes"), "{v}");
+    assert!(f(&v, "completion_max_s") >= f(&healthy, "completion_max_s"));
+
+    // With no sibling, its endpoints fail, and the report says why.
+    let alone = text.replace("reflectors = 2\n", "reflectors = 1\n");
+    let alone = format!(
+        "{alone}\n[[failures]]\nkind = \"reflector_down\"\nsites = \"branch\"\nat = \"3s\"\n"
+    );
+    let v = run(&alone, 3);
+    assert_eq!(f(&v, "failed_endpoints"), 20.0, "{v}");
+    assert_eq!(total(&v)["failures"]["no reflector alive at the site"], 20);
+}
+
+#[test]
+fn wan_outage_delays_but_delivers() {
+    let text = base("", ASSIGN_ALL).replace("asleep = 0.1", "asleep = 0.0");
+    let healthy = run(&text, 5);
+    let outage = format!(
+        "{text}\n[[failures]]\nkind = \"wan_down\"\nsites = \"all\"\nfrom = \"2s\"\nto = \"5m\"\n"
+    );
+    let v = run(&outage, 5);
+    assert_eq!(f(&v, "failed_endpoints"), 0.0, "{v}");
+    assert_eq!(total(&v)["completed_endpoints"], 60);
+    assert!(f(&v, "completion_max_s") > 300.0, "{v}");
+    assert!(f(&v, "completion_max_s") > f(&healthy, "completion_max_s"));
+    // Everything needed arrived; bytes in flight when the link dropped are counted as wasted.
+    assert_eq!(f(&v, "wan_bytes") - f(&v, "wasted_wan_bytes"), f(&v, "needed_bytes"), "{v}");
+}
+
+#[test]
+fn slower_policy_takes_longer() {
+    let text = base("", ASSIGN_ALL).replace("asleep = 0.1", "asleep = 0.0");
+    let fast = run(&text, 1);
+    let slow = run(&text.replace("rate = \"10MB/s\"", "rate = \"1MB/s\""), 1);
+    assert!(f(&slow, "completion_p50_s") > 3.0 * f(&fast, "completion_p50_s"), "{slow}");
+    // Within burst + rate over each 10 s bin: 1 MiB / (1 MB/s x 10 s) above 1.
+    assert!(f(&slow, "peak_wan_ratio") <= 1.0 + 1.05 / 10.0 + 0.01, "{slow}");
+}
+
+fn err(text: &str) -> String {
+    match Scenario::from_toml_str(text, "branch-50.toml", None) {
+        Ok(_) => panic!("accepted a bad scenario"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).expect("needle") + 1
+}
+
+#[test]
+fn malformed_scenarios_name_key_and_line() {
+    let good = base("", ASSIGN_ALL);
+    let t = good.replace("wan_rate = \"100Mbit/s\"", "wan_rate = \"fast\"");
+    let e = err(&t);
+    let want = format!(
+        "branch-50.toml line {}: sites[0].wan_rate \"fast\" is not a rate",
+        line_of(&t, "\"fast\"")
+    );
+    assert!(e.starts_with(&want), "{e}\nwanted: {want}");
+
+    let t = good.replace("endpoints = 20", "endpoints = 20\nendpionts = 3");
+    let e = err(&t);
+    assert!(
+        e.starts_with(&format!(
+            "branch-50.toml line {}: sites[0].endpionts is not a known key",
+            line_of(&t, "endpionts")
+        )),
+        "{e}"
+    );
+
+    let t = good.replace("size = \"64MiB\"", "size = \"64Mb\"");
+    let e = err(&t);
+    assert!(e.contains(&format!("line {}: layers[0].size \"64Mb\"", line_of(&t, "64Mb"))), "{e}");
+
+    // Inline policy: the policy parser's error, mapped back to the scenario's line.
+    let t = good.replace("burst = \"1MiB\"", "burst = \"1MiB\"\n[[policy.wan.window]]\ndays = \"all\"\nstart = \"25:00\"\nend = \"06:00\"\nrate = \"1MB/s\"");
+    let e = err(&t);
+    assert!(
+        e.starts_with(&format!(
+            "branch-50.toml line {}: policy.wan.window[0].start \"25:00\" is not a time",
+            line_of(&t, "25:00")
+        )),
+        "{e}"
+    );
+
+    let t = good.replace("[[assignments]]\nlayer = \"base\"", "[[assignments]]\nlayer = \"bsae\"");
+    let e = err(&t);
+    assert!(
+        e.contains(&format!(
+            "line {}: assignments[0].layer \"bsae\" is not a layer",
+            line_of(&t, "bsae")
+        )),
+        "{e}"
+    );
+
+    let t = good.replace(
+        "[[assignments]]\nlayer = \"base\"",
+        "[[assignments]]\nlayer = \"base\"\nwindow = \"22:00-6pm\"",
+    );
+    let e = err(&t);
+    assert!(e.contains(&format!("line {}: assignments[0].window", line_of(&t, "6pm"))), "{e}");
+
+    let t = good.replace("wake_delay = \"10m\"", "wake_delay = \"soon\"");
+    let e = err(&t);
+    assert!(
+        e.contains(&format!(
+            "line {}: sites[0].wake_delay \"soon\" is not a duration",
+            line_of(&t, "soon")
+        )),
+        "{e}"
+    );
+
+    let e = err("name = \"x\"\n[[layers]]\nname = \"a\"\nsize = 5\n");
+    assert!(e.contains("policy is missing"), "{e}");
+
+    let e = err("name = \"x\"\nnot toml at all\n");
+    assert!(e.starts_with("branch-50.toml line 2: not valid TOML"), "{e}");
+}
+
+#[test]
+fn shipped_scenarios_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/sim");
+    for name in ["branch-50.toml", "fleet-1000.toml", "night-window.toml"] {
+        let sc = Scenario::load(&dir.join(name)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(sc.total_sites() >= 1, "{name}");
+    }
+    let fleet = Scenario::load(&dir.join("fleet-1000.toml")).unwrap();
+    assert_eq!(fleet.total_sites(), 1000);
+    assert!(fleet.groups.iter().all(|g| g.endpoints == 50));
+}
