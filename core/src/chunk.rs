@@ -80,7 +80,8 @@ impl ChunkParams {
     /// Checks the bounds FastCDC v2020 accepts and the protocol's largest chunk.
     pub fn validate(&self) -> Result<(), BadChunkParams> {
         use fastcdc::v2020::{AVERAGE_MAX, AVERAGE_MIN, MINIMUM_MAX, MINIMUM_MIN};
-        let bad = |problem| Err(BadChunkParams { min: self.min, avg: self.avg, max: self.max, problem });
+        let bad =
+            |problem| Err(BadChunkParams { min: self.min, avg: self.avg, max: self.max, problem });
         if !(MINIMUM_MIN..=MINIMUM_MAX).contains(&(self.min as usize)) {
             return bad("min must be between 64 B and 1 MiB");
         }
@@ -143,7 +144,8 @@ pub fn for_each_batch<R: std::io::Read>(
     batch: usize,
     mut f: impl FnMut(Vec<(u64, Vec<u8>)>) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let stream = fastcdc::v2020::StreamCDC::new(reader, p.min as usize, p.avg as usize, p.max as usize);
+    let stream =
+        fastcdc::v2020::StreamCDC::new(reader, p.min as usize, p.avg as usize, p.max as usize);
     let mut pending = Vec::with_capacity(batch);
     for c in stream {
         let c = c.map_err(|e| match e {

@@ -75,7 +75,12 @@ impl StoredChunk {
             // Keep compression only when it saves at least 1/32: smaller gains cost more
             // decompression CPU on every read than they save on disk and wire.
             if z.len() + plain.len() / 32 < plain.len() {
-                return StoredChunk { id, encoding: Encoding::Zstd, plain_len, data: Bytes::from(z) };
+                return StoredChunk {
+                    id,
+                    encoding: Encoding::Zstd,
+                    plain_len,
+                    data: Bytes::from(z),
+                };
             }
         }
         StoredChunk { id, encoding: Encoding::Raw, plain_len, data: Bytes::copy_from_slice(plain) }

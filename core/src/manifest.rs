@@ -98,7 +98,9 @@ pub enum ManifestError {
     Malformed(String),
     #[error("manifest {layer}: signature does not verify against the trusted manifest key")]
     BadSignature { layer: String },
-    #[error("manifest {layer}: format {found} is not supported (this build reads {MANIFEST_FORMAT})")]
+    #[error(
+        "manifest {layer}: format {found} is not supported (this build reads {MANIFEST_FORMAT})"
+    )]
     Format { layer: String, found: u16 },
 }
 
@@ -146,11 +148,7 @@ impl LayerManifest {
     /// Distinct chunks with their plain lengths, in first-use order.
     pub fn unique_chunks(&self) -> Vec<ChunkRef> {
         let mut seen = std::collections::HashSet::new();
-        self.files()
-            .flat_map(|(_, _, c)| c.iter())
-            .filter(|c| seen.insert(c.id))
-            .copied()
-            .collect()
+        self.files().flat_map(|(_, _, c)| c.iter()).filter(|c| seen.insert(c.id)).copied().collect()
     }
 
     /// Checks every invariant a receiver relies on before touching the disk: safe relative
@@ -198,7 +196,9 @@ impl LayerManifest {
                         return Err(bad(&format!("lies below the file {parent:?}")))
                     }
                     None => {
-                        return Err(bad(&format!("has no directory entry for its parent {parent:?}")))
+                        return Err(bad(&format!(
+                            "has no directory entry for its parent {parent:?}"
+                        )))
                     }
                 }
             }
@@ -215,7 +215,9 @@ impl LayerManifest {
                         sum += c.len as u64;
                     }
                     if sum != *size {
-                        return Err(bad(&format!("has size {size} but its chunks add up to {sum}")));
+                        return Err(bad(&format!(
+                            "has size {size} but its chunks add up to {sum}"
+                        )));
                     }
                 }
                 Node::Symlink { target } => {
@@ -310,7 +312,9 @@ impl SignedManifest {
         let manifest: LayerManifest = postcard::from_bytes(&body)
             .map_err(|e| ManifestError::Malformed(format!("{layer}: body does not decode: {e}")))?;
         if manifest.encode() != body {
-            return Err(ManifestError::Malformed(format!("{layer}: body is not in canonical form")));
+            return Err(ManifestError::Malformed(format!(
+                "{layer}: body is not in canonical form"
+            )));
         }
         manifest.validate()?;
         Ok(SignedManifest { body, digest, signature, manifest })
@@ -377,7 +381,11 @@ mod tests {
         } else {
             vec![ChunkRef { id: ChunkId::of(data), len: data.len() as u32 }]
         };
-        Entry { path: path.into(), mode: 0o644, node: Node::File { size: data.len() as u64, chunks } }
+        Entry {
+            path: path.into(),
+            mode: 0o644,
+            node: Node::File { size: data.len() as u64, chunks },
+        }
     }
 
     fn dir(path: &str) -> Entry {
@@ -418,7 +426,10 @@ mod tests {
         *tampered.last_mut().unwrap() ^= 1;
         assert!(SignedManifest::open(&tampered, &key().verifying_key()).is_err());
         for cut in [0, 3, 40, bytes.len() - 1] {
-            assert!(SignedManifest::open(&bytes[..cut], &key().verifying_key()).is_err(), "cut {cut}");
+            assert!(
+                SignedManifest::open(&bytes[..cut], &key().verifying_key()).is_err(),
+                "cut {cut}"
+            );
         }
         let mut unsigned = bytes.clone();
         unsigned[4..68].fill(0);
@@ -434,7 +445,11 @@ mod tests {
             (vec![file("a", b"x"), file("a", b"x")], "twice"),
             (
                 vec![
-                    Entry { path: "l".into(), mode: 0o777, node: Node::Symlink { target: "/etc".into() } },
+                    Entry {
+                        path: "l".into(),
+                        mode: 0o777,
+                        node: Node::Symlink { target: "/etc".into() },
+                    },
                     file("l/passwd", b"x"),
                 ],
                 "symlink",
@@ -466,16 +481,20 @@ mod tests {
     }
 
     fn arb_entries() -> impl Strategy<Value = Vec<Entry>> {
-        proptest::collection::btree_map("[a-z]{1,8}", (any::<u16>(), proptest::collection::vec(any::<u8>(), 0..64)), 0..20)
-            .prop_map(|m| {
-                m.into_iter()
-                    .map(|(name, (mode, data))| {
-                        let mut e = file(&name, &data);
-                        e.mode = (mode as u32) & 0o7777;
-                        e
-                    })
-                    .collect()
-            })
+        proptest::collection::btree_map(
+            "[a-z]{1,8}",
+            (any::<u16>(), proptest::collection::vec(any::<u8>(), 0..64)),
+            0..20,
+        )
+        .prop_map(|m| {
+            m.into_iter()
+                .map(|(name, (mode, data))| {
+                    let mut e = file(&name, &data);
+                    e.mode = (mode as u32) & 0o7777;
+                    e
+                })
+                .collect()
+        })
     }
 
     proptest! {

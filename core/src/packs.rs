@@ -58,7 +58,11 @@ impl PackSet {
         let mut max = 0;
         for e in std::fs::read_dir(dir)? {
             let name = e?.file_name();
-            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".pack")).and_then(|n| n.parse::<u32>().ok()) {
+            if let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".pack"))
+                .and_then(|n| n.parse::<u32>().ok())
+            {
                 max = max.max(id + 1);
             }
         }
@@ -84,7 +88,8 @@ impl PackSet {
             return Ok(w);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(self.path(id))?;
+        let file =
+            OpenOptions::new().read(true).write(true).create_new(true).open(self.path(id))?;
         self.active.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
         Ok(PackWriter { id, file, offset: 0 })
     }

@@ -13,10 +13,10 @@
 use crate::chunk::ChunkId;
 use crate::compress::{Encoding, StoredChunk};
 use crate::manifest::SignedManifest;
+use crate::packs::PackSet;
 use crate::wire::LayerRef;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use crate::packs::PackSet;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -143,7 +143,9 @@ impl ChunkStore {
     pub fn entry(&self, id: &ChunkId) -> Result<Option<IndexEntry>, StoreError> {
         match self.index.get(id.as_bytes())? {
             None => Ok(None),
-            Some(v) => postcard::from_bytes(&v).map(Some).map_err(|_| StoreError::BadEntry { id: *id }),
+            Some(v) => {
+                postcard::from_bytes(&v).map(Some).map_err(|_| StoreError::BadEntry { id: *id })
+            }
         }
     }
 
@@ -213,7 +215,10 @@ impl ChunkStore {
                         None => return Ok(None),
                         Some(_) => {}
                     }
-                    if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof) {
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof
+                    ) {
                         tracing::warn!(chunk = %id, error = %e, "chunk bytes missing from its pack; dropping it");
                         self.drop_corrupt(id);
                         return Ok(None);
@@ -351,7 +356,9 @@ impl ChunkStore {
     pub fn ids(&self) -> impl Iterator<Item = Result<(ChunkId, IndexEntry), StoreError>> + '_ {
         self.index.iter().map(|kv| {
             let (k, v) = kv?;
-            let id = ChunkId(k.as_ref().try_into().map_err(|_| StoreError::BadEntry { id: ChunkId([0; 32]) })?);
+            let id = ChunkId(
+                k.as_ref().try_into().map_err(|_| StoreError::BadEntry { id: ChunkId([0; 32]) })?,
+            );
             let e = postcard::from_bytes(&v).map_err(|_| StoreError::BadEntry { id })?;
             Ok((id, e))
         })
@@ -385,7 +392,12 @@ impl ChunkStore {
     /// Stores signed manifest bytes as received, without opening them. Readers always open
     /// (verify) what they get, so this is safe for caches of upstream manifests; tests also use
     /// it to plant forged manifests.
-    pub fn put_manifest_bytes(&self, name: &str, version: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    pub fn put_manifest_bytes(
+        &self,
+        name: &str,
+        version: &str,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
         self.manifests.insert(Self::manifest_key(name, version), bytes)?;
         self.latest.insert(name.as_bytes(), version.as_bytes())?;
         self.db.flush()?;
@@ -397,7 +409,11 @@ impl ChunkStore {
     }
 
     /// Signed manifest bytes for `name@version` (or the latest version when None).
-    pub fn manifest_bytes(&self, name: &str, version: Option<&str>) -> Result<Option<Bytes>, StoreError> {
+    pub fn manifest_bytes(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<Bytes>, StoreError> {
         let version = match version {
             Some(v) => v.to_string(),
             None => match self.latest.get(name.as_bytes())? {
@@ -409,7 +425,9 @@ impl ChunkStore {
     }
 
     /// Every stored manifest as (name, version, signed bytes), ordered by name then version.
-    pub fn manifests(&self) -> impl Iterator<Item = Result<(String, String, Bytes), StoreError>> + '_ {
+    pub fn manifests(
+        &self,
+    ) -> impl Iterator<Item = Result<(String, String, Bytes), StoreError>> + '_ {
         self.manifests.iter().map(|kv| {
             let (k, v) = kv?;
             let key = String::from_utf8_lossy(&k).into_owned();
@@ -502,12 +520,16 @@ mod tests {
         for c in chunks.iter().step_by(4).chain(chunks.iter().skip(1).step_by(4)) {
             s.remove(&c.id).unwrap();
         }
-        let kept: Vec<_> = chunks.iter().skip(2).step_by(4).chain(chunks.iter().skip(3).step_by(4)).collect();
+        let kept: Vec<_> =
+            chunks.iter().skip(2).step_by(4).chain(chunks.iter().skip(3).step_by(4)).collect();
         for c in &kept {
             assert_eq!(&s.get(&c.id).unwrap().unwrap(), *c);
         }
         let packs_after = std::fs::read_dir(d.path().join("packs")).unwrap().count();
-        assert!(packs_after < packs_before, "half-dead packs were compacted: {packs_before} -> {packs_after}");
+        assert!(
+            packs_after < packs_before,
+            "half-dead packs were compacted: {packs_before} -> {packs_after}"
+        );
         drop(s);
         let s = ChunkStore::open(d.path()).unwrap();
         for c in &kept {

@@ -90,26 +90,47 @@ pub struct LayerRef {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
     /// Ask for a layer's signed manifest; `version` None means the latest published.
-    GetManifest { name: String, version: Option<String> },
+    GetManifest {
+        name: String,
+        version: Option<String>,
+    },
     /// Ask for chunks; the answer is one `Chunk` or `Missing` per id, in request order, then `End`.
-    GetChunks { ids: Vec<ChunkId> },
+    GetChunks {
+        ids: Vec<ChunkId>,
+    },
     /// Which of these ids does the server hold? Answer: `HaveReply`.
-    Have { ids: Vec<ChunkId> },
+    Have {
+        ids: Vec<ChunkId>,
+    },
     /// List published layers. Answer: `Layers`.
     ListLayers,
     /// Layers assigned to the requesting node's site (read from its certificate). Answer:
     /// `Assignments`.
     GetAssignments,
     /// A signed manifest (see manifest::SignedManifest::to_bytes).
-    Manifest { signed: Bytes },
+    Manifest {
+        signed: Bytes,
+    },
     Chunk(StoredChunk),
-    Missing { id: ChunkId },
+    Missing {
+        id: ChunkId,
+    },
     /// One bit per requested id, in order, least significant bit first in each byte.
-    HaveReply { count: u32, bitmap: Bytes },
+    HaveReply {
+        count: u32,
+        bitmap: Bytes,
+    },
     End,
-    Layers { layers: Vec<LayerRef> },
-    Assignments { assignments: Vec<Assignment> },
-    Error { code: ErrorCode, message: String },
+    Layers {
+        layers: Vec<LayerRef>,
+    },
+    Assignments {
+        assignments: Vec<Assignment>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -384,7 +405,10 @@ fn put_long_str(out: &mut BytesMut, s: &str) {
 
 fn need(body: &Bytes, n: usize, what: &'static str) -> Result<(), WireError> {
     if body.len() < n {
-        return Err(malformed(what, format!("truncated: need {n} more bytes, have {}", body.len())));
+        return Err(malformed(
+            what,
+            format!("truncated: need {n} more bytes, have {}", body.len()),
+        ));
     }
     Ok(())
 }
@@ -409,7 +433,10 @@ fn get_ids(body: &mut Bytes, what: &'static str) -> Result<Vec<ChunkId>, WireErr
         return Err(malformed(what, format!("{n} ids exceed the limit of {MAX_IDS_PER_REQUEST}")));
     }
     if body.len() != n * 32 {
-        return Err(malformed(what, format!("{n} ids need {} bytes, body has {}", n * 32, body.len())));
+        return Err(malformed(
+            what,
+            format!("{n} ids need {} bytes, body has {}", n * 32, body.len()),
+        ));
     }
     Ok((0..n).map(|_| get_id(body)).collect())
 }
@@ -447,7 +474,11 @@ mod tests {
         roundtrip(Frame::GetAssignments);
         roundtrip(Frame::Assignments {
             assignments: vec![
-                Assignment { name: "base".into(), version: "2".into(), window: "02:00-05:00".into() },
+                Assignment {
+                    name: "base".into(),
+                    version: "2".into(),
+                    window: "02:00-05:00".into(),
+                },
                 Assignment { name: "app".into(), version: "1".into(), window: String::new() },
             ],
         });

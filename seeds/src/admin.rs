@@ -94,7 +94,11 @@ async fn handle(
 use tokio::io::AsyncReadExt as _;
 
 /// Sends a command to the running seed and waits for its answer, mirroring progress on `bar`.
-pub fn forward(data: &Path, cmd: &StoreCommand, bar: Option<&ProgressBar>) -> anyhow::Result<Value> {
+pub fn forward(
+    data: &Path,
+    cmd: &StoreCommand,
+    bar: Option<&ProgressBar>,
+) -> anyhow::Result<Value> {
     let path = socket_path(data);
     let mut s = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
         anyhow::anyhow!(

@@ -28,7 +28,11 @@ pub struct SiteAssignment {
 
 impl SiteAssignment {
     pub fn to_wire(&self) -> Assignment {
-        Assignment { name: self.name.clone(), version: self.version.clone(), window: self.window.clone() }
+        Assignment {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            window: self.window.clone(),
+        }
     }
 }
 

@@ -16,12 +16,29 @@ use std::path::PathBuf;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum StoreCommand {
-    Publish { name: String, version: String, kind: LayerKind, chunking: ChunkParams, src_dir: PathBuf },
+    Publish {
+        name: String,
+        version: String,
+        kind: LayerKind,
+        chunking: ChunkParams,
+        src_dir: PathBuf,
+    },
     List,
-    Show { layer: String },
-    Assign { site: String, layer: String, window: Option<String> },
-    Unassign { site: String, layer: String },
-    Assignments { site: Option<String> },
+    Show {
+        layer: String,
+    },
+    Assign {
+        site: String,
+        layer: String,
+        window: Option<String>,
+    },
+    Unassign {
+        site: String,
+        layer: String,
+    },
+    Assignments {
+        site: Option<String>,
+    },
     Verify,
 }
 
@@ -50,7 +67,8 @@ pub fn execute(
                 chunking: *chunking,
                 progress: false,
             };
-            let (_, report) = crate::ingest::publish_with_bar(store, auth.signing_key(), src_dir, &opts, bar)?;
+            let (_, report) =
+                crate::ingest::publish_with_bar(store, auth.signing_key(), src_dir, &opts, bar)?;
             Ok(serde_json::to_value(report)?)
         }
         StoreCommand::List => {
@@ -112,4 +130,3 @@ pub fn execute(
         }
     }
 }
-

@@ -9,7 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use oasis_core::chunk::{for_each_batch, ChunkId, ChunkParams};
 use oasis_core::compress::StoredChunk;
 use oasis_core::manifest::{
-    validate_label, ChunkRef, Entry, LayerKind, LayerManifest, Node, SignedManifest, MANIFEST_FORMAT,
+    validate_label, ChunkRef, Entry, LayerKind, LayerManifest, Node, SignedManifest,
+    MANIFEST_FORMAT,
 };
 use oasis_core::store::{ChunkStore, StoreError};
 use rayon::prelude::*;
@@ -26,7 +27,9 @@ pub enum IngestError {
     Source { layer: String, path: PathBuf, problem: String },
     #[error("publish {layer}: {problem}")]
     Invalid { layer: String, problem: String },
-    #[error("publish {layer}: {layer} is already published (digest {digest}); publish a new version")]
+    #[error(
+        "publish {layer}: {layer} is already published (digest {digest}); publish a new version"
+    )]
     Exists { layer: String, digest: String },
     #[error("publish {layer}: {source}")]
     Store {
@@ -105,7 +108,8 @@ fn walk(root: &Path, layer: &str) -> Result<Vec<(String, PathBuf, Found)>, Inges
             let mode = md.permissions().mode() & 0o7777;
             let ft = md.file_type();
             if ft.is_symlink() {
-                let target = std::fs::read_link(&path).map_err(|e| src_err(&path, e.to_string()))?;
+                let target =
+                    std::fs::read_link(&path).map_err(|e| src_err(&path, e.to_string()))?;
                 let target = target
                     .into_os_string()
                     .into_string()
@@ -116,7 +120,8 @@ fn walk(root: &Path, layer: &str) -> Result<Vec<(String, PathBuf, Found)>, Inges
                 out.push((relpath, path, Found::Dir { mode }));
             } else if ft.is_file() {
                 // Open now so an unreadable file fails the publish before anything is stored.
-                std::fs::File::open(&path).map_err(|e| src_err(&path, format!("cannot read: {e}")))?;
+                std::fs::File::open(&path)
+                    .map_err(|e| src_err(&path, format!("cannot read: {e}")))?;
                 out.push((relpath, path, Found::File { mode, size: md.size() }));
             } else {
                 return Err(src_err(&path, "is a device, socket or FIFO; a layer holds only files, directories and symlinks".into()));
@@ -151,13 +156,16 @@ pub fn publish_with_bar(
     validate_label("version", &opts.version).map_err(invalid)?;
     opts.chunking.validate().map_err(|e| invalid(e.to_string()))?;
     let store_err = |source| IngestError::Store { layer: layer.clone(), source };
-    if let Some(existing) = store.manifest_bytes(&opts.name, Some(&opts.version)).map_err(store_err)? {
+    if let Some(existing) =
+        store.manifest_bytes(&opts.name, Some(&opts.version)).map_err(store_err)?
+    {
         let digest = hex::encode(blake3::hash(existing.get(68..).unwrap_or_default()).as_bytes());
         return Err(IngestError::Exists { layer, digest });
     }
     let started = Instant::now();
     let found = walk(src, &layer)?;
-    let total: u64 = found.iter().map(|f| if let Found::File { size, .. } = f.2 { size } else { 0 }).sum();
+    let total: u64 =
+        found.iter().map(|f| if let Found::File { size, .. } = f.2 { size } else { 0 }).sum();
     let bar = match bar {
         Some(b) => {
             b.set_length(total);
@@ -189,36 +197,41 @@ pub fn publish_with_bar(
             let mut refs = Vec::new();
             let mut size = 0u64;
             let mut failure: Option<IngestError> = None;
-            for_each_batch(std::io::BufReader::with_capacity(1 << 20, f), &opts.chunking, 16, |batch| {
-                let stored: Result<Vec<ChunkRef>, StoreError> = batch
-                    .par_iter()
-                    .map(|(_, data)| {
-                        let id = ChunkId::of(data);
-                        if !store.contains(&id)? {
-                            let c = StoredChunk::encode_with_id(id, data);
-                            if store.put(&c)? {
-                                new_stored.fetch_add(c.data.len() as u64, Ordering::Relaxed);
-                                new_plain.fetch_add(data.len() as u64, Ordering::Relaxed);
-                                added.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+            for_each_batch(
+                std::io::BufReader::with_capacity(1 << 20, f),
+                &opts.chunking,
+                16,
+                |batch| {
+                    let stored: Result<Vec<ChunkRef>, StoreError> = batch
+                        .par_iter()
+                        .map(|(_, data)| {
+                            let id = ChunkId::of(data);
+                            if !store.contains(&id)? {
+                                let c = StoredChunk::encode_with_id(id, data);
+                                if store.put(&c)? {
+                                    new_stored.fetch_add(c.data.len() as u64, Ordering::Relaxed);
+                                    new_plain.fetch_add(data.len() as u64, Ordering::Relaxed);
+                                    added.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+                                }
                             }
+                            Ok(ChunkRef { id, len: data.len() as u32 })
+                        })
+                        .collect();
+                    match stored {
+                        Ok(r) => {
+                            let n: u64 = r.iter().map(|c| c.len as u64).sum();
+                            size += n;
+                            bar.inc(n);
+                            refs.extend(r);
+                            Ok(())
                         }
-                        Ok(ChunkRef { id, len: data.len() as u32 })
-                    })
-                    .collect();
-                match stored {
-                    Ok(r) => {
-                        let n: u64 = r.iter().map(|c| c.len as u64).sum();
-                        size += n;
-                        bar.inc(n);
-                        refs.extend(r);
-                        Ok(())
+                        Err(e) => {
+                            failure = Some(IngestError::Store { layer: layer.clone(), source: e });
+                            Err(std::io::Error::other("store failed"))
+                        }
                     }
-                    Err(e) => {
-                        failure = Some(IngestError::Store { layer: layer.clone(), source: e });
-                        Err(std::io::Error::other("store failed"))
-                    }
-                }
-            })
+                },
+            )
             .map_err(|e| failure.take().unwrap_or_else(|| src_err(format!("read failed: {e}"))))?;
             Ok((i, refs, size))
         })
@@ -233,7 +246,8 @@ pub fn publish_with_bar(
     };
     bar.finish_and_clear();
 
-    let mut file_chunks: Vec<Option<(Vec<ChunkRef>, u64)>> = (0..found.len()).map(|_| None).collect();
+    let mut file_chunks: Vec<Option<(Vec<ChunkRef>, u64)>> =
+        (0..found.len()).map(|_| None).collect();
     for (i, refs, size) in chunked {
         file_chunks[i] = Some((refs, size));
     }
@@ -279,7 +293,9 @@ pub fn publish_with_bar(
             let e = store
                 .update_entry(&c.id, |e| e.refs = e.refs.saturating_add(1))
                 .map_err(store_err)?
-                .ok_or_else(|| invalid(format!("chunk {} vanished from the store during publish", c.id)))?;
+                .ok_or_else(|| {
+                    invalid(format!("chunk {} vanished from the store during publish", c.id))
+                })?;
             stored_bytes += e.stored_len as u64;
         }
         store.sync().map_err(store_err)?;

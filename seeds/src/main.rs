@@ -16,7 +16,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "oasis-seed", version, about = "Oasis datacenter seed: publish layers and serve them")]
+#[command(
+    name = "oasis-seed",
+    version,
+    about = "Oasis datacenter seed: publish layers and serve them"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "human")]
@@ -200,7 +204,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else if rows.is_empty() {
                 println!("no layers published");
             } else {
-                println!("{:<24} {:<12} {:<6} {:>8} {:>14}  digest", "name", "version", "kind", "files", "bytes");
+                println!(
+                    "{:<24} {:<12} {:<6} {:>8} {:>14}  digest",
+                    "name", "version", "kind", "files", "bytes"
+                );
                 for r in rows {
                     println!(
                         "{:<24} {:<12} {:<6} {:>8} {:>14}  {}{}",
@@ -288,7 +295,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Verify { data, json } => {
             let v = run_store_command(&data, &StoreCommand::Verify, false)?;
-            let (ok, bad) = (v["chunks_ok"].as_u64().unwrap_or(0), v["chunks_dropped"].as_u64().unwrap_or(0));
+            let (ok, bad) =
+                (v["chunks_ok"].as_u64().unwrap_or(0), v["chunks_dropped"].as_u64().unwrap_or(0));
             if json {
                 println!("{v}");
             } else {
@@ -306,14 +314,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Runs a store command here, or in the running seed when it holds the store.
-fn run_store_command(data: &Path, cmd: &StoreCommand, progress: bool) -> anyhow::Result<serde_json::Value> {
+fn run_store_command(
+    data: &Path,
+    cmd: &StoreCommand,
+    progress: bool,
+) -> anyhow::Result<serde_json::Value> {
     let auth = SeedAuthority::load(data)?;
     let bar = (progress && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .expect("static template")
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
         );
         b.set_message("publishing");
         b

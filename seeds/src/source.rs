@@ -1,12 +1,12 @@
 //! The seed answers chunk and manifest requests straight from its store.
 
+use crate::catalog::Catalog;
 use bytes::Bytes;
 use oasis_core::chunk::ChunkId;
 use oasis_core::compress::StoredChunk;
+use oasis_core::identity::PeerInfo;
 use oasis_core::net::{ChunkSource, SourceError};
 use oasis_core::store::ChunkStore;
-use crate::catalog::Catalog;
-use oasis_core::identity::PeerInfo;
 use oasis_core::wire::{Assignment, LayerRef};
 use std::sync::Arc;
 
@@ -19,7 +19,11 @@ fn internal(e: impl std::fmt::Display) -> SourceError {
 }
 
 impl ChunkSource for SeedSource {
-    async fn manifest(&self, name: &str, version: Option<&str>) -> Result<Option<Bytes>, SourceError> {
+    async fn manifest(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<Bytes>, SourceError> {
         let store = self.store.clone();
         let (name, version) = (name.to_string(), version.map(str::to_string));
         tokio::task::spawn_blocking(move || store.manifest_bytes(&name, version.as_deref()))

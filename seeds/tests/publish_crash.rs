@@ -39,7 +39,16 @@ fn kill_dash_nine_mid_publish_leaves_a_consistent_store() {
     let mut interrupted = 0;
     for (i, delay_ms) in [30u64, 80, 150, 250, 400].iter().enumerate() {
         let mut child = Command::new(SEED)
-            .args(["publish", "--data", d, "--name", "big", "--version", "1", src.to_str().unwrap()])
+            .args([
+                "publish",
+                "--data",
+                d,
+                "--name",
+                "big",
+                "--version",
+                "1",
+                src.to_str().unwrap(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -67,7 +76,17 @@ fn kill_dash_nine_mid_publish_leaves_a_consistent_store() {
     let listed = seed(&["list", "--data", d, "--json"]);
     let layers: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     if layers.as_array().unwrap().is_empty() {
-        let out = seed(&["publish", "--data", d, "--name", "big", "--version", "1", "--json", src.to_str().unwrap()]);
+        let out = seed(&[
+            "publish",
+            "--data",
+            d,
+            "--name",
+            "big",
+            "--version",
+            "1",
+            "--json",
+            src.to_str().unwrap(),
+        ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let out = seed(&["verify", "--data", d, "--json"]);
@@ -83,11 +102,27 @@ fn publish_json_reports_what_was_new() {
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("a"), vec![7u8; 300_000]).unwrap();
-    std::fs::write(src.join("b"), (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect::<Vec<_>>()).unwrap();
+    std::fs::write(
+        src.join("b"),
+        (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
     let d = data.to_str().unwrap();
     assert!(seed(&["init", "--data", d]).status.success());
     let run = |ver: &str| -> serde_json::Value {
-        let out = seed(&["publish", "--data", d, "--name", "l", "--version", ver, "--kind", "app", "--json", src.to_str().unwrap()]);
+        let out = seed(&[
+            "publish",
+            "--data",
+            d,
+            "--name",
+            "l",
+            "--version",
+            ver,
+            "--kind",
+            "app",
+            "--json",
+            src.to_str().unwrap(),
+        ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     };
@@ -102,7 +137,8 @@ fn publish_json_reports_what_was_new() {
     let v2 = run("2");
     assert_eq!(v2["new_bytes"], 0);
     // Republishing a version is refused with a clear message.
-    let out = seed(&["publish", "--data", d, "--name", "l", "--version", "1", src.to_str().unwrap()]);
+    let out =
+        seed(&["publish", "--data", d, "--name", "l", "--version", "1", src.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already published"));
 }

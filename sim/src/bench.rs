@@ -46,7 +46,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut out = serde_json::Map::new();
     out.insert("size_bytes".into(), size.into());
     out.insert("runs".into(), runs.into());
-    out.insert("cores".into(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).into());
+    out.insert(
+        "cores".into(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).into(),
+    );
 
     if args.only.iter().any(|s| s == "ingest") {
         let mut reference = Vec::new();
@@ -139,7 +142,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }),
         );
         if !args.json {
-            println!("fetch: raw quinn stream, same transport settings, same {} MiB: {r:.0} MB/s", args.size_mib);
+            println!(
+                "fetch: raw quinn stream, same transport settings, same {} MiB: {r:.0} MB/s",
+                args.size_mib
+            );
             println!(
                 "fetch: oasis-endpoint fetch (cold cache, empty dir): {o:.0} MB/s = {:.0}% of raw (floor 50%); {} MB over the network for {} MB delivered",
                 ratio * 100.0,

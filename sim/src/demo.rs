@@ -98,16 +98,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         for t in tasks {
             let (name, r) = t.await?;
-            let r: FetchReport = r.with_context(|| format!("{name} fetching demo-base@{version}"))?;
+            let r: FetchReport =
+                r.with_context(|| format!("{name} fetching demo-base@{version}"))?;
             rows.push((name, r));
         }
         let served = seed.metrics.served_bytes.get() - before;
-        say(&format!("seed served {} MB of chunk payload for version {version}", served / 1_000_000));
+        say(&format!(
+            "seed served {} MB of chunk payload for version {version}",
+            served / 1_000_000
+        ));
     }
     seed.shutdown();
 
     if args.json {
-        let out: Vec<_> = rows.iter().map(|(n, r)| serde_json::json!({ "endpoint": n, "fetch": r })).collect();
+        let out: Vec<_> =
+            rows.iter().map(|(n, r)| serde_json::json!({ "endpoint": n, "fetch": r })).collect();
         println!("{}", serde_json::Value::Array(out));
         return Ok(());
     }

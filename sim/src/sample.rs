@@ -95,7 +95,8 @@ pub fn write_tree(root: &Path, total: usize, seed: u64) -> std::io::Result<u64> 
 pub fn change_tree(root: &Path, seed: u64) -> std::io::Result<()> {
     let mut rng = SplitMix(seed ^ 0xc4a9);
     let dir = root.join("lib/modules");
-    let mut mods: Vec<_> = std::fs::read_dir(&dir)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    let mut mods: Vec<_> =
+        std::fs::read_dir(&dir)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
     mods.sort();
     for m in mods.iter().step_by(4) {
         let mut data = std::fs::read(m)?;

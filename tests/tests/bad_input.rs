@@ -58,23 +58,41 @@ fn forged(name: &str, entries: Vec<Entry>) -> LayerManifest {
 /// Plants manifests the seed's publish would never produce, signed with the real key, and
 /// checks that the endpoint refuses each one and writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unsafe_or_badly_signed_manifests_are_refused_and_nothing_is_written() -> anyhow::Result<()> {
+async fn unsafe_or_badly_signed_manifests_are_refused_and_nothing_is_written() -> anyhow::Result<()>
+{
     let seed = TestSeed::start().await?;
     let auth = SeedAuthority::load(&seed.data())?;
     let payload = b"payload";
     seed.seed.store.put(&StoredChunk::encode(payload))?;
-    let link = Entry { path: "etc".into(), mode: 0o777, node: Node::Symlink { target: "/etc".into() } };
+    let link =
+        Entry { path: "etc".into(), mode: 0o777, node: Node::Symlink { target: "/etc".into() } };
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("abs", forged("abs", vec![file_entry("/tmp/oasis-abs", payload)]).sign(auth.signing_key()).to_bytes(), "absolute"),
-        ("dotdot", forged("dotdot", vec![file_entry("../escape", payload)]).sign(auth.signing_key()).to_bytes(), ".."),
+        (
+            "abs",
+            forged("abs", vec![file_entry("/tmp/oasis-abs", payload)])
+                .sign(auth.signing_key())
+                .to_bytes(),
+            "absolute",
+        ),
+        (
+            "dotdot",
+            forged("dotdot", vec![file_entry("../escape", payload)])
+                .sign(auth.signing_key())
+                .to_bytes(),
+            "..",
+        ),
         (
             "dup",
-            forged("dup", vec![file_entry("a", payload), file_entry("a", payload)]).sign(auth.signing_key()).to_bytes(),
+            forged("dup", vec![file_entry("a", payload), file_entry("a", payload)])
+                .sign(auth.signing_key())
+                .to_bytes(),
             "twice",
         ),
         (
             "through-link",
-            forged("through-link", vec![link, file_entry("etc/passwd", payload)]).sign(auth.signing_key()).to_bytes(),
+            forged("through-link", vec![link, file_entry("etc/passwd", payload)])
+                .sign(auth.signing_key())
+                .to_bytes(),
             "symlink",
         ),
         (
@@ -84,15 +102,27 @@ async fn unsafe_or_badly_signed_manifests_are_refused_and_nothing_is_written() -
                 .to_bytes(),
             "signature",
         ),
-        ("unsigned", {
-            let mut b = forged("unsigned", vec![file_entry("f", payload)]).sign(auth.signing_key()).to_bytes();
-            b[4..68].fill(0);
-            b
-        }, "signature"),
-        ("truncated", {
-            let b = forged("truncated", vec![file_entry("f", payload)]).sign(auth.signing_key()).to_bytes();
-            b[..b.len() - 5].to_vec()
-        }, "manifest"),
+        (
+            "unsigned",
+            {
+                let mut b = forged("unsigned", vec![file_entry("f", payload)])
+                    .sign(auth.signing_key())
+                    .to_bytes();
+                b[4..68].fill(0);
+                b
+            },
+            "signature",
+        ),
+        (
+            "truncated",
+            {
+                let b = forged("truncated", vec![file_entry("f", payload)])
+                    .sign(auth.signing_key())
+                    .to_bytes();
+                b[..b.len() - 5].to_vec()
+            },
+            "manifest",
+        ),
     ];
     let state = seed.enroll(Role::Endpoint, "ep")?;
     for (name, bytes, word) in cases {
@@ -125,7 +155,10 @@ async fn an_on_disk_symlink_is_never_written_through() -> anyhow::Result<()> {
     let err = fetch(&opts(&state, seed.seed.addr, "base", &root)).await.unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("etc") && msg.contains("symlink"), "{msg}");
-    assert!(std::fs::read_dir(&outside)?.next().is_none(), "something was written outside the root");
+    assert!(
+        std::fs::read_dir(&outside)?.next().is_none(),
+        "something was written outside the root"
+    );
     assert_eq!(snapshot(&root).len(), 1, "only the user's symlink is there");
     Ok(())
 }
@@ -137,7 +170,11 @@ struct CorruptingSource {
 }
 
 impl ChunkSource for CorruptingSource {
-    async fn manifest(&self, name: &str, version: Option<&str>) -> Result<Option<Bytes>, SourceError> {
+    async fn manifest(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<Bytes>, SourceError> {
         self.store.manifest_bytes(name, version).map_err(|e| SourceError::Internal(e.to_string()))
     }
     async fn chunk(&self, id: ChunkId) -> Result<Option<StoredChunk>, SourceError> {
@@ -164,13 +201,20 @@ impl ChunkSource for CorruptingSource {
 async fn corrupt_chunks_are_refetched_and_never_written() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
     let src = seed.dir.path().join("src");
-    random_tree(&src, 9, TreeSpec { small_files: 50, large_files: 1, large_size: 2 << 20, depth: 3 })?;
+    random_tree(
+        &src,
+        9,
+        TreeSpec { small_files: 50, large_files: 1, large_size: 2 << 20, depth: 3 },
+    )?;
     let published = seed.publish("base", "1", &src)?;
     // A second server on the same store whose answers are corrupted in flight.
     let id = oasis_core::identity::NodeIdentity::load(&seed.data())?;
     let endpoint = net::server_endpoint("127.0.0.1:0".parse()?, &id, &TransportOptions::default())?;
     let addr = endpoint.local_addr()?;
-    let source = Arc::new(CorruptingSource { store: seed.seed.store.clone(), corrupted: Mutex::new(HashSet::new()) });
+    let source = Arc::new(CorruptingSource {
+        store: seed.seed.store.clone(),
+        corrupted: Mutex::new(HashSet::new()),
+    });
     tokio::spawn(net::serve(endpoint, source.clone(), Arc::new(NodeMetrics::new())));
 
     let state = seed.enroll(Role::Endpoint, "ep")?;
@@ -213,7 +257,11 @@ async fn publishing_a_missing_or_special_source_stores_nothing() -> anyhow::Resu
     assert!(format!("{err:#}").contains("no-such-dir"), "{err:#}");
 
     let src = seed.dir.path().join("src");
-    random_tree(&src, 2, TreeSpec { small_files: 40, large_files: 1, large_size: 1 << 20, depth: 2 })?;
+    random_tree(
+        &src,
+        2,
+        TreeSpec { small_files: 40, large_files: 1, large_size: 1 << 20, depth: 2 },
+    )?;
     let fifo = src.join("var/cache/a-fifo");
     let status = std::process::Command::new("mkfifo").arg(&fifo).status()?;
     assert!(status.success(), "mkfifo failed");

@@ -60,7 +60,11 @@ async fn random_trees_arrive_byte_identical() -> anyhow::Result<()> {
 async fn version_two_moves_only_changed_chunks() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
     let v1 = seed.dir.path().join("v1");
-    random_tree(&v1, 11, TreeSpec { small_files: 300, large_files: 3, large_size: 4 << 20, depth: 5 })?;
+    random_tree(
+        &v1,
+        11,
+        TreeSpec { small_files: 300, large_files: 3, large_size: 4 << 20, depth: 5 },
+    )?;
     let p1 = seed.publish("base", "1", &v1)?;
     let v2 = seed.dir.path().join("v2");
     copy_tree(&v1, &v2)?;
