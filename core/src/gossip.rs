@@ -6,7 +6,7 @@
 //!
 //! The libp2p side (transports, gossipsub, the certificate binding of peer ids) lives in the
 //! `oasis-mesh` crate; it hands every decoded message from a verified peer to
-//! [`GossipView::apply`]. `docs/gossip.md` describes topics, encoding and every field.
+//! [`GossipView::apply`]. docs/protocol.md (section 12) describes topics, encoding and every field.
 //!
 //! Availability is per layer, not per chunk: a record names the layer digest, the number of
 //! unique chunks the sender believes the layer has (`LayerManifest::unique_chunks().len()`), and

@@ -5,7 +5,7 @@
 //! sends commands over a channel and gets answers on oneshots. No lock guards the swarm.
 //!
 //! What is gossiped, and how peers prove they are enrolled nodes, is described in
-//! `docs/gossip.md` and in [`binding`]; the pure data model (encoding, validation, the view of
+//! docs/protocol.md (section 12) and in [`binding`]; the pure data model (encoding, validation, the view of
 //! the mesh, rendezvous hashing, WAN shares) is [`oasis_core::gossip`].
 //!
 //! ```ignore
