@@ -255,16 +255,13 @@ async fn a_corrupt_cache_entry_is_fetched_again_while_writing() {
     let (addr, _s) = serve(&pki, Role::Seed, "seed", MemSource::new(&pki, &[&l]));
     let a = pki.dir.path().join("a");
     fetch(&opts(&pki, vec![addr], None, &a)).await.unwrap();
-    // Rot every chunk file in the cache.
+    // Rot every byte of every pack in the cache.
     let mut rotted = 0;
-    for dir in std::fs::read_dir(pki.state.join("cache/chunks")).unwrap() {
-        for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
-            let p = f.unwrap().path();
-            let mut b = std::fs::read(&p).unwrap();
-            b[0] ^= 0xff;
-            std::fs::write(&p, b).unwrap();
-            rotted += 1;
-        }
+    for f in std::fs::read_dir(pki.state.join("cache/packs")).unwrap() {
+        let p = f.unwrap().path();
+        let b: Vec<u8> = std::fs::read(&p).unwrap().iter().map(|x| x ^ 0xff).collect();
+        std::fs::write(&p, b).unwrap();
+        rotted += 1;
     }
     assert!(rotted > 0);
     let b = pki.dir.path().join("b");

@@ -63,6 +63,9 @@ pub struct ReflectorConfig {
     pub batches_in_flight: usize,
     /// Zero disables polling (reload on SIGHUP or [`crate::RunningReflector::reload_policy`]).
     pub policy_poll: Duration,
+    /// How often to ask the seed which layers are assigned to this reflector's site (they are
+    /// pinned and prefetched in the background class). Zero disables it.
+    pub assignments_poll: Duration,
     /// QUIC parameters of the serving endpoint (not settable from the file).
     pub transport: TransportOptions,
 }
@@ -84,6 +87,7 @@ impl ReflectorConfig {
             batch_delay: DEFAULT_BATCH_DELAY,
             batches_in_flight: DEFAULT_BATCHES_IN_FLIGHT,
             policy_poll: DEFAULT_POLICY_POLL,
+            assignments_poll: Duration::from_secs(60),
             transport: TransportOptions::default(),
         }
     }
@@ -181,6 +185,7 @@ struct FileConfig {
     batch_delay: Option<toml::Spanned<String>>,
     batches_in_flight: Option<usize>,
     policy_poll: Option<toml::Spanned<String>>,
+    assignments_poll: Option<toml::Spanned<String>>,
 }
 
 /// A number or a string with a unit.
@@ -363,6 +368,8 @@ impl ConfigArgs {
         cfg.latest_timeout = duration("latest_timeout", &file.latest_timeout, cfg.latest_timeout)?;
         cfg.batch_delay = duration("batch_delay", &file.batch_delay, cfg.batch_delay)?;
         cfg.policy_poll = duration("policy_poll", &file.policy_poll, cfg.policy_poll)?;
+        cfg.assignments_poll =
+            duration("assignments_poll", &file.assignments_poll, cfg.assignments_poll)?;
         cfg.batch_max_chunks = file.batch_max_chunks.unwrap_or(cfg.batch_max_chunks);
         cfg.batches_in_flight = file.batches_in_flight.unwrap_or(cfg.batches_in_flight);
         cfg.validate().map_err(|p| format!("{}: {p}", ctx.origin))?;

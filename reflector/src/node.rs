@@ -266,6 +266,36 @@ impl Reflector {
         Ok(sm)
     }
 
+    /// Asks upstream for this site's assignments, pins and prefetches each, and unpins what
+    /// an earlier sync pinned and is no longer assigned. Returns how many are assigned.
+    async fn sync_assignments(
+        self: &Arc<Self>,
+        pinned_by_sync: &mut Vec<(String, String)>,
+    ) -> anyhow::Result<usize> {
+        let client = self
+            .upstream
+            .wait(self.cfg.latest_timeout)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("{}", self.upstream.trouble()))?;
+        let assigned = client.assignments().await?;
+        let now: Vec<(String, String)> =
+            assigned.iter().map(|a| (a.name.clone(), a.version.clone())).collect();
+        for (name, version) in pinned_by_sync.iter().filter(|p| !now.contains(p)) {
+            let (cache, n, v) = (self.cache.clone(), name.clone(), version.clone());
+            tokio::task::spawn_blocking(move || cache.unpin_layer(&n, &v)).await??;
+            tracing::info!(layer = %format!("{name}@{version}"), "no longer assigned: unpinned");
+        }
+        *pinned_by_sync = now.clone();
+        for (name, version) in &now {
+            let sm = self.signed_manifest(name, Some(version)).await?;
+            let cache = self.cache.clone();
+            tokio::task::spawn_blocking(move || cache.pin_layer(&sm)).await??;
+            let r = self.prefetch(name, Some(version)).await?;
+            tracing::info!(layer = %format!("{name}@{version}"), report = ?r, "assigned layer pinned and prefetched");
+        }
+        Ok(now.len())
+    }
+
     async fn prefetch(
         self: &Arc<Self>,
         name: &str,
@@ -459,6 +489,19 @@ impl RunningReflector {
         {
             let (policy, every) = (policy.clone(), config.policy_poll);
             tasks.push(tokio::spawn(async move { policy.watch(every).await }));
+        }
+        if !config.assignments_poll.is_zero() {
+            let (inner, every) = (inner.clone(), config.assignments_poll);
+            tasks.push(tokio::spawn(async move {
+                let mut pinned_by_sync: Vec<(String, String)> = Vec::new();
+                loop {
+                    match inner.sync_assignments(&mut pinned_by_sync).await {
+                        Ok(n) => tracing::debug!(assigned = n, "site assignments synced"),
+                        Err(e) => tracing::warn!(error = %e, "cannot sync site assignments"),
+                    }
+                    tokio::time::sleep(every).await;
+                }
+            }));
         }
         tasks.push(tokio::spawn(net::serve(
             endpoint.clone(),

@@ -769,3 +769,41 @@ async fn cold_fetch_throughput() -> anyhow::Result<()> {
     refl.stop().await;
     Ok(())
 }
+
+/// A layer assigned to the reflector's site is pinned and prefetched on its own, so the first
+/// endpoint finds the cache warm and causes no WAN traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assigned_layers_are_pinned_and_prefetched() -> anyhow::Result<()> {
+    let seed = TestSeed::start().await?;
+    let src = seed.dir.path().join("src");
+    random_tree(
+        &src,
+        21,
+        TreeSpec { small_files: 40, large_files: 1, large_size: 1 << 20, depth: 2 },
+    )?;
+    let published = seed.publish("base", "1", &src)?;
+    // The harness enrolls every node in site "test".
+    oasis_seed::catalog::Catalog::open(&seed.seed.store)?.assign("test", "base", "1", None)?;
+    let refl =
+        reflector(&seed, "refl", |c| c.assignments_poll = Duration::from_millis(200)).await?;
+    let pinned = wait_until(Duration::from_secs(20), || {
+        refl.pinned_layers().contains(&("base".to_string(), "1".to_string()))
+            && refl.stats.upstream_bytes.get() >= published.stored_bytes
+    })
+    .await;
+    assert!(pinned, "assignment not pinned and prefetched: {:?}", refl.pinned_layers());
+    assert_eq!(refl.stats.upstream_bytes.get(), published.stored_bytes);
+    let (into, _) = fetch_fresh(&seed, "ep", refl.addr, "base", Some("1")).await?;
+    assert_eq!(snapshot(&into), snapshot(&src));
+    assert_eq!(
+        refl.stats.upstream_bytes.get(),
+        published.stored_bytes,
+        "the endpoint hit a warm cache"
+    );
+
+    // Unassigning removes the pin at the next sync.
+    oasis_seed::catalog::Catalog::open(&seed.seed.store)?.unassign("test", "base", None)?;
+    let unpinned = wait_until(Duration::from_secs(10), || refl.pinned_layers().is_empty()).await;
+    assert!(unpinned, "still pinned: {:?}", refl.pinned_layers());
+    Ok(())
+}
