@@ -179,7 +179,11 @@ impl ChunkStore {
             encoding: chunk.encoding as u8,
             flags: 0,
             refs: 0,
-            stored_digest: *blake3::hash(&chunk.data).as_bytes(),
+            // Raw chunks are stored as their plain bytes, whose hash is the id: no second pass.
+            stored_digest: match chunk.encoding {
+                Encoding::Raw => chunk.id.0,
+                Encoding::Zstd => *blake3::hash(&chunk.data).as_bytes(),
+            },
             pack,
             offset,
         };

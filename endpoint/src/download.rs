@@ -29,7 +29,7 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// even if its connection is still up.
 pub const MAX_REQUEST_ERRORS: u32 = 3;
 /// Most ids and plain bytes per GetChunks request.
-const MAX_BATCH_IDS: usize = 256;
+const MAX_BATCH_IDS: usize = 64;
 const MAX_BATCH_BYTES: u64 = 16 << 20;
 /// Chunks per stream being verified at once (bounds memory to streams x this x chunk size).
 const VERIFY_IN_FLIGHT: usize = 16;
