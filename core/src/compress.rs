@@ -53,6 +53,23 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+thread_local! {
+    // Likewise for decompression: a fresh context per chunk showed up at ~4% of a fetch.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Decompresses a zstd chunk whose plain length is known, reusing this thread's context.
+pub fn decompress_zstd(data: &[u8], plain_len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        d.as_mut().expect("set above").decompress(data, plain_len)
+    })
+}
+
 fn compress_zstd(plain: &[u8]) -> std::io::Result<Vec<u8>> {
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
@@ -91,7 +108,7 @@ impl StoredChunk {
         let plain = match self.encoding {
             Encoding::Raw => self.data.clone(),
             Encoding::Zstd => {
-                let v = zstd::bulk::decompress(&self.data, self.plain_len as usize)
+                let v = decompress_zstd(&self.data, self.plain_len as usize)
                     .map_err(|source| ChunkDataError::Decode { id: self.id, source })?;
                 Bytes::from(v)
             }

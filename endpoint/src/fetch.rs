@@ -555,9 +555,8 @@ fn cache_plain(cache: &ChunkStore, id: &ChunkId) -> io::Result<Option<Bytes>> {
         Encoding::Raw => Ok(Some(c.data)),
         // get() just checked these bytes decompress to the id's content; decode without
         // hashing a second time.
-        Encoding::Zstd => {
-            zstd::bulk::decompress(&c.data, c.plain_len as usize).map(|v| Some(Bytes::from(v)))
-        }
+        Encoding::Zstd => oasis_core::compress::decompress_zstd(&c.data, c.plain_len as usize)
+            .map(|v| Some(Bytes::from(v))),
     }
 }
 
