@@ -423,9 +423,15 @@ async fn policy_reload_changes_the_rate_mid_transfer() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let fast = measure(&refl, Duration::from_millis(1500)).await;
     eprintln!("upstream rate at 2 MB/s: {slow:.0} B/s; after reload to 8 MB/s: {fast:.0} B/s");
-    assert!(slow <= 2e6 * 1.1, "2 MB/s cap exceeded: {slow:.0} B/s");
+    // Over a window of T seconds the limiter admits at most rate*T + burst (raised to the
+    // largest chunk frame, ~263 KB) + the in-flight allowance (rate/8): over 2 s at 2 MB/s
+    // that is 2.26 MB/s. (The 10 s / 5% criterion is the ignored benchmark
+    // `wan_rate_holds_over_ten_seconds`.)
+    let bound = 2e6 + (263_000.0 + 2e6 / 8.0) / 2.0;
+    assert!(slow <= bound, "2 MB/s cap exceeded: {slow:.0} B/s > {bound:.0}");
     assert!(slow >= 2e6 * 0.6, "2 MB/s cap badly under-used: {slow:.0} B/s");
-    assert!(fast <= 8e6 * 1.1, "8 MB/s cap exceeded: {fast:.0} B/s");
+    let bound = 8e6 + (263_000.0 + 8e6 / 8.0) / 1.5;
+    assert!(fast <= bound, "8 MB/s cap exceeded: {fast:.0} B/s > {bound:.0}");
     assert!(fast >= 2.0 * slow, "rate did not rise: {slow:.0} -> {fast:.0} B/s");
 
     let r = transfer.await??;
