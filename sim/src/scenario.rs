@@ -204,17 +204,7 @@ impl Doc<'_> {
     }
 }
 
-fn shown(v: &DeValue<'_>) -> String {
-    match v {
-        DeValue::String(s) => format!("\"{s}\""),
-        DeValue::Integer(i) => i.to_string(),
-        DeValue::Float(x) => x.to_string(),
-        DeValue::Boolean(b) => b.to_string(),
-        DeValue::Datetime(d) => d.to_string(),
-        DeValue::Array(_) => "an array".to_string(),
-        DeValue::Table(_) => "a table".to_string(),
-    }
-}
+use oasis_core::policy::shown_toml_value as shown;
 
 struct Tbl<'d, 'a> {
     doc: &'d Doc<'a>,

@@ -39,6 +39,7 @@ use std::path::PathBuf;
 
 pub use budget::{Decision, TrafficClass, WanBudget};
 pub use limiter::WanLimiter;
+pub use parse::shown as shown_toml_value;
 pub use schedule::{BandwidthPolicy, DaySet, Window, DEFAULT_BURST};
 
 /// Name of the gauge the reflector exports with [`BandwidthPolicy::rate_at`] /

@@ -81,8 +81,9 @@ fn with_excerpt(message: &str, text: &str, span: Option<Range<usize>>) -> String
     }
 }
 
-/// What a value looks like, for "… must be a string, not an integer" messages.
-fn shown(v: &DeValue<'_>) -> String {
+/// What a value looks like, for "… must be a string, not an integer" messages. Shared with
+/// other TOML readers (the simulator's scenarios) so their messages read the same.
+pub fn shown(v: &DeValue<'_>) -> String {
     match v {
         DeValue::String(s) => format!("\"{s}\""),
         DeValue::Integer(i) => i.to_string(),
