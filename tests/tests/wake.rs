@@ -1,0 +1,433 @@
+//! Wake-on-LAN (issue #5): magic packets byte-checked on real UDP sockets (our sender and
+//! Debian's `wakeonlan` as a reference), broadcast in a network namespace, the inventory,
+//! relay choice across subnets, and a scheduled delivery to an endpoint that sleeps until its
+//! magic packet arrives.
+
+use oasis_core::identity::{NodeIdentity, Role};
+use oasis_core::net::{self, Client, TransportOptions};
+use oasis_core::wake::schedule::{self, MachineState, ScheduleConfig, WakeRun};
+use oasis_core::wake::{self as wol, check_packet, DeviceInfo, Mac, Password, SendOptions};
+use oasis_reflector::{ReflectorConfig, RunningReflector};
+use oasis_seed::devices::Inventory;
+use oasis_tests::{random_tree, snapshot, TestSeed, TreeSpec};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+
+const MAC: Mac = Mac([0x02, 0x42, 0xac, 0x11, 0x00, 0x07]);
+
+/// Receives `n` datagrams (each within 5 s).
+async fn receive(sock: &UdpSocket, n: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 2048];
+    for _ in 0..n {
+        let (len, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+            .await
+            .expect("a magic packet within 5 s")
+            .unwrap();
+        out.push(buf[..len].to_vec());
+    }
+    out
+}
+
+/// The byte check every received packet must pass: exact layout, MAC, password.
+fn assert_magic(p: &[u8], mac: Mac, password: &[u8]) {
+    assert_eq!(p.len(), 102 + password.len(), "packet length");
+    assert!(p[..6].iter().all(|b| *b == 0xff), "sync stream: {:02x?}", &p[..6]);
+    for i in 0..16 {
+        assert_eq!(&p[6 + 6 * i..12 + 6 * i], &mac.0, "MAC repeat {i}");
+    }
+    assert_eq!(&p[102..], password, "SecureOn password");
+    assert_eq!(check_packet(p).unwrap(), (mac, password.to_vec()));
+}
+
+fn fast() -> SendOptions {
+    SendOptions { repeats: 3, spacing: Duration::from_millis(20) }
+}
+
+#[tokio::test]
+async fn packets_are_byte_exact_on_a_udp_listener() {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = sock.local_addr().unwrap();
+    for pw in [None, Some("0a0b0c0d"), Some("01:02:03:04:05:06")] {
+        let password = pw.map(|p| p.parse::<Password>().unwrap());
+        let (n, _) = wol::send(MAC, to, password.as_ref(), fast()).await.unwrap();
+        assert_eq!(n, 3);
+        let want = password.as_ref().map(|p| p.as_bytes().to_vec()).unwrap_or_default();
+        for p in receive(&sock, 3).await {
+            assert_magic(&p, MAC, &want);
+        }
+    }
+    // The default path (plain packet, port 9) goes through wol-rs; port 9 needs root.
+    match UdpSocket::bind("127.0.0.1:9").await {
+        Ok(s9) => {
+            let (_, sender) =
+                wol::send(MAC, "127.0.0.1:9".parse().unwrap(), None, fast()).await.unwrap();
+            assert_eq!(sender, wol::packet::Sender::WolRs);
+            for p in receive(&s9, 3).await {
+                assert_magic(&p, MAC, &[]);
+            }
+        }
+        Err(e) => eprintln!("SKIPPED: wol-rs path to 127.0.0.1:9 (cannot bind port 9: {e})"),
+    }
+}
+
+#[tokio::test]
+async fn wakeonlan_reference_packets_pass_the_same_validator() {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = sock.local_addr().unwrap().port().to_string();
+    let out = std::process::Command::new("wakeonlan")
+        .args(["-i", "127.0.0.1", "-p", &port, "02:42:ac:11:00:07"])
+        .output();
+    match out {
+        Err(e) => {
+            eprintln!(
+                "SKIPPED: Debian's `wakeonlan` is not installed ({e}); apt-get install wakeonlan"
+            );
+        }
+        Ok(o) => {
+            assert!(o.status.success(), "wakeonlan failed: {}", String::from_utf8_lossy(&o.stderr));
+            let p = receive(&sock, 1).await.remove(0);
+            assert_magic(&p, MAC, &[]);
+            // And what we send is what the reference sends.
+            assert_eq!(p, wol::packet::magic_packet(MAC, None));
+        }
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let o = std::process::Command::new(cmd).args(args).output().map_err(|e| e.to_string())?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd} {args:?}: {}", String::from_utf8_lossy(&o.stderr)))
+    }
+}
+
+/// Run inside the namespace by `broadcast_in_a_network_namespace` (re-executing this binary):
+/// sends a wake with no destination, so the relay code picks its subnet's broadcast address.
+#[tokio::test]
+#[ignore = "helper: run by broadcast_in_a_network_namespace inside a netns"]
+async fn netns_sender_helper() {
+    let Ok(mac) = std::env::var("OASIS_WAKE_NETNS_MAC") else { return };
+    let mac: Mac = mac.parse().unwrap();
+    let sent = wol::relay::send_all(
+        vec![wol::WakeTarget { device: "x".into(), mac: mac.0, to: None, password: vec![] }],
+        fast(),
+    )
+    .await;
+    println!("SENT {}", sent[0].sent_to);
+    assert!(sent[0].error.is_empty(), "{}", sent[0].error);
+}
+
+#[tokio::test]
+async fn broadcast_in_a_network_namespace() {
+    let ns = format!("oasis-wake-{}", std::process::id());
+    let (host_if, ns_if) = (
+        format!("ow{}a", std::process::id() % 100000),
+        format!("ow{}b", std::process::id() % 100000),
+    );
+    if let Err(e) = run("ip", &["netns", "add", &ns]) {
+        eprintln!("SKIPPED: netns broadcast test needs root and iproute2 ({e})");
+        return;
+    }
+    let cleanup = |ns: &str, host_if: &str| {
+        let _ = run("ip", &["link", "del", host_if]);
+        let _ = run("ip", &["netns", "del", ns]);
+    };
+    let setup = (|| {
+        run("ip", &["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if])?;
+        run("ip", &["link", "set", &ns_if, "netns", &ns])?;
+        run("ip", &["addr", "add", "10.77.0.1/24", "broadcast", "10.77.0.255", "dev", &host_if])?;
+        run("ip", &["link", "set", &host_if, "up"])?;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns,
+                "ip",
+                "addr",
+                "add",
+                "10.77.0.2/24",
+                "broadcast",
+                "10.77.0.255",
+                "dev",
+                &ns_if,
+            ],
+        )?;
+        run("ip", &["netns", "exec", &ns, "ip", "link", "set", &ns_if, "up"])?;
+        run("ip", &["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])
+    })();
+    if let Err(e) = setup {
+        cleanup(&ns, &host_if);
+        eprintln!("SKIPPED: cannot set up the veth pair ({e})");
+        return;
+    }
+    // The listener sits on the host side of the veth; the sender, in the namespace, knows only
+    // 10.77.0.2/24, so its default destination is 10.77.0.255:9 (the wol-rs path).
+    let sock = match UdpSocket::bind("0.0.0.0:9").await {
+        Ok(s) => s,
+        Err(e) => {
+            cleanup(&ns, &host_if);
+            eprintln!("SKIPPED: cannot bind UDP port 9 on the host ({e})");
+            return;
+        }
+    };
+    let exe = std::env::current_exe().unwrap();
+    let child = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(&exe)
+        .args(["--ignored", "--exact", "netns_sender_helper", "--nocapture"])
+        .env("OASIS_WAKE_NETNS_MAC", MAC.to_string())
+        .output();
+    let (out, packets) = tokio::join!(child, async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while got.len() < 3 {
+            match tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf)).await {
+                Ok(Ok((n, from))) => got.push((buf[..n].to_vec(), from)),
+                _ => break,
+            }
+        }
+        got
+    });
+    cleanup(&ns, &host_if);
+    let out = out.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "helper failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("SENT 10.77.0.255:9"), "helper output: {stdout}");
+    assert_eq!(packets.len(), 3, "three repeats reach the host side");
+    for (p, from) in packets {
+        assert_eq!(from.ip().to_string(), "10.77.0.2", "sent from inside the namespace");
+        assert_magic(&p, MAC, &[]);
+    }
+}
+
+#[test]
+fn a_scheduled_window_wakes_the_right_machines_in_batches_at_the_right_time() {
+    // Site in Paris, window 02:00-05:00 local = 01:00-04:00 UTC on 2026-01-15 (winter).
+    let tz = jiff::tz::TimeZone::get("Europe/Paris").unwrap();
+    let mut now: jiff::Timestamp = "2026-01-15T00:50:00Z".parse().unwrap();
+    let (start, end) = schedule::window_at("02:00-05:00", &tz, now).unwrap();
+    let machines: Vec<String> = (0..7).map(|i| format!("pc-{i}")).collect();
+    let cfg = ScheduleConfig {
+        batch_size: 3,
+        batch_interval: Duration::from_secs(60),
+        online_timeout: Duration::from_secs(600),
+        rewakes: 0,
+        deliver_timeout: Duration::from_secs(3600),
+    };
+    let mut run = WakeRun::new(
+        machines.clone(),
+        schedule::since_epoch(start),
+        Some(schedule::since_epoch(end)),
+        cfg,
+    );
+    // A controllable clock: step 10 s at a time and record when each wake went out.
+    let mut woken: Vec<(String, String)> = Vec::new();
+    while now < "2026-01-15T01:10:00Z".parse().unwrap() {
+        for name in run.poll(schedule::since_epoch(now)) {
+            woken.push((name, now.to_zoned(tz.clone()).strftime("%H:%M:%S").to_string()));
+        }
+        now = now.checked_add(jiff::SignedDuration::from_secs(10)).unwrap();
+    }
+    let at = |t: &str| -> Vec<&str> {
+        woken.iter().filter(|(_, w)| w == t).map(|(n, _)| n.as_str()).collect()
+    };
+    assert_eq!(
+        at("02:00:00"),
+        ["pc-0", "pc-1", "pc-2"],
+        "first batch at the window start, local time"
+    );
+    assert_eq!(at("02:01:00"), ["pc-3", "pc-4", "pc-5"]);
+    assert_eq!(at("02:02:00"), ["pc-6"]);
+    assert_eq!(woken.len(), 7, "each machine woken once: {woken:?}");
+}
+
+async fn reflector(
+    seed: &TestSeed,
+    name: &str,
+    tweak: impl FnOnce(&mut ReflectorConfig),
+) -> anyhow::Result<RunningReflector> {
+    let state = seed.dir.path().join(format!("node-{name}"));
+    if !state.join("node.key").exists() {
+        seed.enroll_in_site(Role::Reflector, name, "branch")?;
+    }
+    let mut cfg = ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, seed.seed.addr.to_string());
+    cfg.wake.sync_every = Duration::from_millis(200);
+    cfg.wake.tick = Duration::from_millis(100);
+    cfg.wake.send = fast();
+    tweak(&mut cfg);
+    RunningReflector::start(cfg).await
+}
+
+async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Registers `info` as the endpoint enrolled in `state`, with `to` (a reflector or the seed).
+async fn register_as(state: &Path, to: SocketAddr, info: &DeviceInfo) -> anyhow::Result<()> {
+    let id = NodeIdentity::load(state)?;
+    let ep = net::client_endpoint(&id, &TransportOptions::default())?;
+    let c = Client::connect(&ep, to).await?;
+    let r = c.register(info).await;
+    c.close();
+    Ok(r?)
+}
+
+fn wake_packets(r: &RunningReflector) -> f64 {
+    oasis_core::metrics::sample_value(&r.metrics.render(), "oasis_wake_packets_total")
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_wake_goes_out_from_the_relay_on_the_targets_subnet_never_the_seed() {
+    let seed = TestSeed::start().await.unwrap();
+    let net = |s: &str| Some(vec![s.parse().unwrap()]);
+    let ra = reflector(&seed, "refl-a", |c| c.wake.addrs = net("10.1.0.2/24")).await.unwrap();
+    let rb = reflector(&seed, "refl-b", |c| c.wake.addrs = net("10.2.0.2/24")).await.unwrap();
+    let rc = reflector(&seed, "refl-c", |c| c.wake.addrs = net("10.3.0.2/24")).await.unwrap();
+    // Machine pc-b sits on 10.2.0.0/24; its "NIC" is a UDP listener here.
+    let nic = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut infos = Vec::new();
+    for (name, addr, wake_to) in [
+        ("pc-b", "10.2.0.5/24", Some(nic.local_addr().unwrap())),
+        ("pc-c", "10.3.0.5/24", None),
+        ("pc-z", "10.9.0.5/24", None),
+    ] {
+        let state = seed.enroll_in_site(Role::Endpoint, name, "branch").unwrap();
+        let info = DeviceInfo {
+            name: name.into(),
+            macs: vec![MAC.0],
+            addrs: vec![addr.parse().unwrap()],
+            wake_to,
+            ..Default::default()
+        };
+        // pc-b registers through its reflector (forwarded to the seed), the others directly.
+        let to = if name == "pc-b" { rb.addr } else { seed.seed.addr };
+        register_as(&state, to, &info).await.unwrap();
+        infos.push(info);
+    }
+    let inv = Inventory::open(&seed.seed.store).unwrap();
+    wait_for("reflectors and pc-b in the seed's inventory", || {
+        let l = inv.list(false).unwrap();
+        ["refl-a", "refl-b", "refl-c", "pc-b"].iter().all(|n| l.iter().any(|r| &r.name == n))
+    })
+    .await;
+    let pcb = inv.get("pc-b").unwrap().unwrap();
+    assert_eq!(pcb.reported_by, "refl-b", "forwarded by its reflector");
+    assert_eq!((pcb.site.as_deref(), pcb.role.as_str()), (Some("branch"), "endpoint"));
+    assert!(inv.get("pc-c").unwrap().unwrap().is_pending());
+    // refl-c goes to sleep: its relay address stops answering.
+    rc.stop().await;
+
+    let seed_id = NodeIdentity::load(&seed.data()).unwrap();
+    let ep = net::client_endpoint(&seed_id, &TransportOptions::default()).unwrap();
+    let list = inv.list(false).unwrap();
+    let names: Vec<String> =
+        ["pc-b", "pc-c", "pc-z", "nope"].iter().map(|s| s.to_string()).collect();
+    let out = oasis_seed::devices::wake_devices(&ep, &list, &names).await;
+
+    assert_eq!(out[0].relay.as_deref(), Some("refl-b"), "{:?}", out[0]);
+    assert_eq!(out[0].error, None);
+    assert_eq!(out[0].sent_to, [nic.local_addr().unwrap().to_string()]);
+    for p in receive(&nic, 3).await {
+        assert_magic(&p, MAC, &[]);
+    }
+    assert_eq!(wake_packets(&rb), 3.0, "refl-b sent the packets");
+    assert_eq!(wake_packets(&ra), 0.0, "refl-a, on another subnet, sent none");
+    let e = out[1].error.as_deref().unwrap();
+    assert!(e.contains("refl-c") && e.contains("asleep or unreachable"), "{e}");
+    assert!(out[2].error.as_deref().unwrap().contains("no relay on the subnet"), "{:?}", out[2]);
+    assert!(out[3].error.as_deref().unwrap().contains("not in the inventory"), "{:?}", out[3]);
+
+    // An endpoint may register only itself.
+    let state = seed.dir.path().join("node-pc-b");
+    let mut other = infos[1].clone();
+    other.name = "pc-c".into();
+    let err = register_as(&state, seed.seed.addr, &other).await.unwrap_err();
+    assert!(err.to_string().contains("may register only itself"), "{err}");
+    drop((ra, rb));
+}
+
+#[tokio::test]
+async fn a_sleeping_endpoint_is_woken_for_its_delivery_window_and_fetches() {
+    let seed = TestSeed::start().await.unwrap();
+    let src = seed.dir.path().join("src");
+    random_tree(
+        &src,
+        5,
+        TreeSpec { small_files: 12, large_files: 1, large_size: 200 << 10, depth: 3 },
+    )
+    .unwrap();
+    seed.publish("base", "1", &src).unwrap();
+    // A window open now (UTC: the reflector has no policy file, so its site time zone is UTC).
+    let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
+    let from = now.checked_sub(jiff::SignedDuration::from_secs(60)).unwrap();
+    let to = now.checked_add(jiff::SignedDuration::from_secs(1800)).unwrap();
+    let window = format!("{}-{}", from.strftime("%H:%M"), to.strftime("%H:%M"));
+    oasis_seed::catalog::Catalog::open(&seed.seed.store)
+        .unwrap()
+        .assign("branch", "base", "1", Some(&window))
+        .unwrap();
+    let state = seed.enroll_in_site(Role::Endpoint, "pc-sleepy", "branch").unwrap();
+    let into = seed.dir.path().join("root");
+    let refl_state = seed.dir.path().join("node-refl");
+    // Batches of one, a short online timeout so a lost machine fails within the test.
+    let r = reflector(&seed, "refl", |c| {
+        c.wake.schedule.batch_size = 1;
+        c.wake.schedule.online_timeout = Duration::from_secs(20);
+        c.assignments_poll = Duration::from_millis(300);
+    })
+    .await
+    .unwrap();
+    let opts = oasis_endpoint::sleep::SleepOptions {
+        state_dir: state,
+        sources: vec![r.addr],
+        listen: "127.0.0.1:0".parse().unwrap(),
+        mac: Some(MAC.0),
+        password: None,
+        layers: vec![],
+        into: into.clone(),
+        streams: 4,
+    };
+    let report = tokio::time::timeout(Duration::from_secs(60), oasis_endpoint::sleep::sleep(&opts))
+        .await
+        .expect("woken and delivered within 60 s")
+        .unwrap();
+    assert_eq!(report.mac, MAC.to_string());
+    assert_eq!(report.fetched.len(), 1);
+    assert_eq!(snapshot(&into.join("base")), snapshot(&src));
+    // The reflector recorded it: woken, online, delivered.
+    let mut last = Vec::new();
+    for _ in 0..100 {
+        last = oasis_reflector::wake::read_runs(&refl_state).unwrap();
+        let m = last.iter().flat_map(|r| r.machines.iter()).find(|m| m["name"] == "pc-sleepy");
+        if m.is_some_and(|m| m["state"] == "delivered") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let run = last.iter().find(|r| r.layer == "base@1").expect("a run for base@1");
+    let m = run.machines.iter().find(|m| m["name"] == "pc-sleepy").expect("pc-sleepy in the run");
+    assert_eq!(m["state"], "delivered", "{run:?}");
+    assert!(m["wakes"].as_u64().unwrap() >= 1);
+    assert!(m["woken_at"].as_f64().unwrap() <= m["online_at"].as_f64().unwrap());
+    let text = r.metrics.render();
+    let v = |n: &str| oasis_core::metrics::sample_value(&text, n).unwrap_or(-1.0);
+    assert_eq!(v("oasis_wake_machines_delivered_total"), 1.0, "{text}");
+    assert_eq!(v("oasis_wake_machines_failed_total"), 0.0);
+    let _ = MachineState::Delivered;
+}
