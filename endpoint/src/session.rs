@@ -1,0 +1,181 @@
+//! What every device command does first and shares: lock the device, finish or roll back an
+//! interrupted transaction, load the state, identity and chunk store; then snapshots,
+//! transactions and retention on top of that.
+
+use crate::compose;
+use crate::device::{self, DeviceLock, DeviceState};
+use crate::journal::{self, Op, Stage};
+use crate::materialize;
+use crate::plan::{self, Plan, Target};
+use crate::retention;
+use crate::snapshot::Snapshot;
+use crate::take::{self, TakeOptions, TakeReport};
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use oasis_core::chunk::ChunkParams;
+use oasis_core::identity::NodeIdentity;
+use oasis_core::store::ChunkStore;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct Session {
+    pub state_dir: PathBuf,
+    pub state: DeviceState,
+    pub identity: NodeIdentity,
+    pub root: PathBuf,
+    pub store: Arc<ChunkStore>,
+    /// What recovery did on start, if anything.
+    pub recovered: Option<String>,
+    pub progress: ProgressBar,
+    _lock: DeviceLock,
+}
+
+/// What a transaction changed.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Changes {
+    pub files_written: u64,
+    pub symlinks_written: u64,
+    pub bytes_written: u64,
+    pub dirs_created: u64,
+    pub removed: u64,
+    pub unchanged: u64,
+    pub seconds_stage: f64,
+    pub seconds_commit: f64,
+}
+
+impl Session {
+    /// `root`: given on the command line (checked against the recorded root), or None to use
+    /// the recorded one.
+    pub fn open(state_dir: &Path, root: Option<&Path>, progress: bool) -> anyhow::Result<Session> {
+        let lock = DeviceLock::acquire(state_dir)?;
+        let recovered = journal::recover(state_dir)?;
+        let state = DeviceState::load(state_dir)?;
+        let identity = NodeIdentity::load(state_dir)
+            .with_context(|| format!("loading the node identity from {}", state_dir.display()))?;
+        let root = state.root(root)?;
+        let store = Arc::new(device::open_store(state_dir)?);
+        Ok(Session {
+            state_dir: state_dir.to_path_buf(),
+            state,
+            identity,
+            root,
+            store,
+            recovered,
+            progress: progress_bar(progress),
+            _lock: lock,
+        })
+    }
+
+    /// Chunking for snapshots: the base layer's, so layer files dedupe with layer chunks.
+    pub fn chunking(&self, manifests: &[oasis_core::manifest::LayerManifest]) -> ChunkParams {
+        manifests.first().map(|m| m.chunking).unwrap_or_default()
+    }
+
+    /// Snapshot of the whole device as it is now. `reuse_identical`: when nothing changed since
+    /// the latest snapshot, return that one instead of storing a copy.
+    pub fn snapshot(
+        &self,
+        reason: &str,
+        full_verify: bool,
+        reuse_identical: bool,
+    ) -> anyhow::Result<(Snapshot, TakeReport)> {
+        let manifests = device::applied_manifests(&self.state_dir, &self.identity, &self.state)?;
+        let refs: Vec<&_> = manifests.iter().collect();
+        let composed = compose::compose(&refs, false)?;
+        let opts = TakeOptions {
+            root: self.root.clone(),
+            reason: reason.to_string(),
+            device: device::device_name(Some(&self.identity)),
+            layers: self.state.layers.clone(),
+            owners: composed.owners(),
+            chunking: self.chunking(&manifests),
+            full_verify,
+            reuse_identical,
+            exclude: self.excluded(),
+            progress: self.progress.clone(),
+        };
+        let r = take::take(&self.state_dir, &self.store, &opts)?;
+        self.progress.set_position(0);
+        Ok(r)
+    }
+
+    /// The state dir, relative to the root, when it lies inside it (a real device whose root
+    /// is `/`): snapshotting the chunk store into itself would never end.
+    fn excluded(&self) -> Vec<String> {
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let (root, state) = (canon(&self.root), canon(&self.state_dir));
+        match state.strip_prefix(&root) {
+            Ok(rel) if !rel.as_os_str().is_empty() => {
+                vec![rel.to_string_lossy().into_owned()]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Turns the root into one holding `targets` and none of `remove`, crash-safely; then
+    /// writes `state_after` (if any) as the device state.
+    pub fn transact(
+        &mut self,
+        current: &Snapshot,
+        targets: &[Target],
+        remove: &[String],
+        state_after: Option<DeviceState>,
+        what: &str,
+    ) -> anyhow::Result<Changes> {
+        let plan: Plan = plan::plan(current, targets, remove);
+        let mut ch = Changes {
+            dirs_created: plan.dirs_created,
+            removed: plan.removed,
+            unchanged: plan.unchanged,
+            ..Default::default()
+        };
+        for s in &plan.staged {
+            match &s.node {
+                oasis_core::manifest::Node::File { size, .. } => {
+                    ch.files_written += 1;
+                    ch.bytes_written += size;
+                }
+                _ => ch.symlinks_written += 1,
+            }
+        }
+        let state_changes = state_after.as_ref().is_some_and(|s| *s != self.state);
+        if plan.is_empty() && !state_changes {
+            return Ok(ch);
+        }
+        let t = std::time::Instant::now();
+        let stage = Stage::begin(&self.state_dir, &self.root)?;
+        self.progress.set_message("write");
+        self.progress.set_length(plan.staged_bytes());
+        self.progress.set_position(0);
+        materialize::write_staged(&stage.dir, &plan.staged, &self.store, &self.progress)?;
+        ch.seconds_stage = t.elapsed().as_secs_f64();
+        journal::crash_point("staged");
+        let t = std::time::Instant::now();
+        let ops: Vec<Op> = plan.ops;
+        stage.commit(ops, state_after.as_ref().map(|s| s.to_bytes()), what)?;
+        ch.seconds_commit = t.elapsed().as_secs_f64();
+        if let Some(s) = state_after {
+            self.state = s;
+        }
+        self.progress.finish_and_clear();
+        Ok(ch)
+    }
+
+    /// Deletes snapshots beyond the retention setting, and chunks only they used.
+    pub fn prune(&self) -> anyhow::Result<retention::PruneReport> {
+        retention::prune(&self.state_dir, &self.store, self.state.keep())
+    }
+}
+
+pub fn progress_bar(enabled: bool) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:>8} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
+}

@@ -1,0 +1,156 @@
+//! `oasis-endpoint apply` against a real seed over QUIC: base and app layers applied in place
+//! over a root holding user files, then a new version; conflicts refused before any change.
+
+mod apply_support;
+
+use apply_support::*;
+use oasis_core::manifest::LayerKind;
+use std::os::unix::fs::PermissionsExt;
+
+fn base_tree(dir: &std::path::Path, v: u32) {
+    write(dir, "etc/motd", format!("welcome to version {v}\n").as_bytes());
+    write(dir, "etc/hostname", b"it-managed-name\n");
+    write(dir, "usr/lib/libbig.so", &noise(1, 400_000 + v as usize * 10));
+    write(dir, "usr/bin/tool", &noise(2, 50_000));
+    std::fs::set_permissions(dir.join("usr/bin/tool"), std::fs::Permissions::from_mode(0o755))
+        .unwrap();
+    std::os::unix::fs::symlink("../usr/bin/tool", dir.join("etc/tool-link")).unwrap();
+    if v == 1 {
+        write(dir, "etc/dropped-in-v2.conf", b"old = 1\n");
+        write(dir, "etc/user-edits-this.conf", b"default = 1\n");
+        write(dir, "var/old/cache.db", b"v1 cache\n");
+    } else {
+        write(dir, "etc/new-in-v2.conf", b"new = 2\n");
+        // Same path, new content: only changed chunks cross the wire.
+        let mut big = noise(1, 400_000 + v as usize * 10);
+        big[1000..1100].fill(7);
+        write(dir, "usr/lib/libbig.so", &big);
+    }
+}
+
+fn app_tree(dir: &std::path::Path, name: &str, v: u32) {
+    write(
+        dir,
+        &format!("opt/{name}/bin/{name}"),
+        format!("#!/bin/sh\necho {name} {v}\n").as_bytes(),
+    );
+    write(
+        dir,
+        &format!("opt/{name}/share/data.bin"),
+        &noise(v as u64 * 100 + name.len() as u64, 70_000),
+    );
+    write(dir, "etc/shared-by-apps.d/.keep", b"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_then_v2_with_apps_keeps_user_files() {
+    let d = Device::new().await;
+    let (b1, b2, a1, a2, n1) =
+        (d.tmp("base1"), d.tmp("base2"), d.tmp("app1"), d.tmp("app1v2"), d.tmp("notes"));
+    base_tree(&b1, 1);
+    base_tree(&b2, 2);
+    app_tree(&a1, "editor", 1);
+    app_tree(&a2, "editor", 2);
+    app_tree(&n1, "notes", 1);
+    d.publish("base", "1", LayerKind::Base, &b1);
+    d.publish("base", "2", LayerKind::Base, &b2);
+    d.publish("editor", "1", LayerKind::App, &a1);
+    d.publish("editor", "2", LayerKind::App, &a2);
+    d.publish("notes", "1", LayerKind::App, &n1);
+
+    // The user's data, including a file where the base layer puts one of its own.
+    let root = &d.root;
+    write(root, "home/alice/thesis.txt", b"chapter one\n");
+    write(root, "home/alice/photo.raw", &noise(9, 300_000));
+    std::os::unix::fs::symlink("thesis.txt", root.join("home/alice/latest")).unwrap();
+    write(root, "etc/hostname", b"alices-laptop\n");
+    write(root, "etc/user-own.conf", b"mine\n");
+    let before = oasis_tests::snapshot(root);
+
+    let r = d.apply("base@1", &["editor@1", "notes@1"]);
+    assert_eq!(r["layers"], serde_json::json!(["base@1", "editor@1", "notes@1"]));
+    assert_eq!(r["user_files_replaced"], serde_json::json!(["etc/hostname"]));
+    let it1 = expected_it(&[&b1, &a1, &n1]);
+    let now = oasis_tests::snapshot(root);
+    let (it_now, user_now) = split(&now, &it1);
+    assert_eq!(it_now, it1, "every IT file as the layers say");
+    let (_, user_before) = split(&before, &it1);
+    assert_eq!(user_now, user_before, "every user file untouched");
+    let pre_apply = r["snapshot"].as_u64().unwrap();
+
+    // The user's own hostname is in the snapshot taken before: bring it back elsewhere.
+    let listed = d.run_json(&["snapshots"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert!(listed[0]["reason"].as_str().unwrap().contains("before apply"));
+
+    // Between versions the user edits an IT file that v2 drops, and adds data.
+    write(root, "etc/user-edits-this.conf", b"default = 1\nmine = 2\n");
+    write(root, "home/alice/new.txt", b"written between versions\n");
+    let before2 = oasis_tests::snapshot(root);
+
+    let r = d.apply("base@2", &["editor@2", "notes@1"]);
+    assert_eq!(r["previous"], serde_json::json!(["base@1", "editor@1", "notes@1"]));
+    assert_eq!(r["kept_user_changed"], serde_json::json!(["etc/user-edits-this.conf"]));
+    assert!(
+        r["fetch"]["chunks_fetched"].as_u64().unwrap()
+            < r["fetch"]["chunks_total"].as_u64().unwrap(),
+        "v2 fetches only what the store lacks: {r}"
+    );
+    let it2 = expected_it(&[&b2, &a2, &n1]);
+    let now = oasis_tests::snapshot(root);
+    let (it_now, user_now) = split(&now, &it2);
+    assert_eq!(it_now, it2, "every IT file as the v2 layers say");
+    for gone in ["etc/dropped-in-v2.conf", "var/old/cache.db", "var/old"] {
+        assert!(!now.contains_key(gone), "{gone} dropped by v2 and unchanged: removed");
+    }
+    let mut want_user = split(&before2, &it1).1;
+    want_user
+        .insert("etc/user-edits-this.conf".into(), before2["etc/user-edits-this.conf"].clone());
+    assert_eq!(user_now, want_user, "user files untouched, the edited dropped file kept");
+
+    // Applying the same versions again changes nothing.
+    let r = d.apply("base@2", &["editor@2", "notes@1"]);
+    assert_eq!(r["files_written"], 0);
+    assert_eq!(r["removed"], 0);
+    assert_eq!(r["fetch"]["chunks_fetched"], 0);
+    assert_eq!(oasis_tests::snapshot(root), now);
+
+    // The user's hostname from before the first apply is restorable.
+    let out = d.run(&["restore-file", "etc/hostname", "--from", &pre_apply.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(root.join("etc/hostname")).unwrap(), b"alices-laptop\n");
+
+    let st = d.run_json(&["status"]);
+    assert_eq!(st["layers"], serde_json::json!(["base@2", "editor@2", "notes@1"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_conflict_is_named_before_anything_changes() {
+    let d = Device::new().await;
+    let (b, x, y) = (d.tmp("base"), d.tmp("x"), d.tmp("y"));
+    base_tree(&b, 1);
+    write(&x, "opt/shared/config", b"x wants this\n");
+    write(&y, "opt/shared/config", b"y wants that\n");
+    d.publish("base", "1", LayerKind::Base, &b);
+    d.publish("x", "1", LayerKind::App, &x);
+    d.publish("y", "1", LayerKind::App, &y);
+    write(&d.root, "home/bob/notes.txt", b"bob\n");
+    let before = oasis_tests::snapshot(&d.root);
+
+    let out = d.apply_cmd("base@1", &["x@1", "y@1"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("x@1") && err.contains("y@1") && err.contains("opt/shared/config"),
+        "{err}"
+    );
+    assert_eq!(oasis_tests::snapshot(&d.root), before, "nothing changed");
+    assert_eq!(d.run_json(&["status"])["layers"], serde_json::json!([]));
+
+    // A base layer given as an app, and a malformed NAME@VERSION, are refused by name too.
+    let out = d.apply_cmd("x@1", &[]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("base layer"));
+    let out = d.apply_cmd("base", &[]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NAME@VERSION"));
+    assert_eq!(oasis_tests::snapshot(&d.root), before);
+}
