@@ -433,6 +433,11 @@ impl GossipView {
         dropped.len()
     }
 
+    /// The verified chunk count of `layer`, if its manifest is known locally.
+    pub fn known_chunk_count(&self, layer: &LayerDigest) -> Option<u32> {
+        self.known.get(layer).copied()
+    }
+
     /// Applies a decoded message from `from` (whose identity the caller has verified).
     /// Hello messages are accepted without effect beyond liveness: the caller verifies them.
     pub fn apply(

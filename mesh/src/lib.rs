@@ -158,6 +158,7 @@ impl MeshMetrics {
 pub(crate) enum Command {
     Announce { layer: LayerDigest, chunk_count: u32, holding: Holding },
     SetChunk { layer: LayerDigest, chunk_index: u32 },
+    ClearChunk { layer: LayerDigest, chunk_index: u32 },
     LearnLayer { layer: LayerDigest, chunk_count: u32 },
     UpdateLoad(Load),
     View(oneshot::Sender<GossipView>),
@@ -260,6 +261,11 @@ impl MeshHandle {
     /// Marks one chunk of an announced layer as held (cheap; batched).
     pub fn set_chunk(&self, layer: LayerDigest, chunk_index: u32) {
         self.send(Command::SetChunk { layer, chunk_index });
+    }
+
+    /// Marks one chunk of an announced layer as no longer held (evicted, dropped as corrupt).
+    pub fn clear_chunk(&self, layer: LayerDigest, chunk_index: u32) {
+        self.send(Command::ClearChunk { layer, chunk_index });
     }
 
     /// Tells the mesh the verified chunk count of a layer whose manifest this node knows, so

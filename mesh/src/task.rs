@@ -348,6 +348,24 @@ impl MeshTask {
                     }
                 }
             }
+            Command::ClearChunk { layer, chunk_index } => {
+                if let Some(l) = self.local.get_mut(&layer) {
+                    if chunk_index < l.chunk_count && !l.evicted {
+                        if l.complete {
+                            // Expand "complete" to an explicit bitmap, then clear the bit.
+                            l.bits = vec![0xff; l.chunk_count.div_ceil(8) as usize];
+                            for i in l.chunk_count..(l.bits.len() as u32 * 8) {
+                                l.bits[(i / 8) as usize] &= !(1 << (i % 8));
+                            }
+                            l.complete = false;
+                        }
+                        if let Some(b) = l.bits.get_mut((chunk_index / 8) as usize) {
+                            *b &= !(1 << (chunk_index % 8));
+                        }
+                        l.dirty = true;
+                    }
+                }
+            }
             Command::LearnLayer { layer, chunk_count } => {
                 let dropped = self.view.learn_layer(layer, chunk_count);
                 for _ in 0..dropped {

@@ -1,0 +1,115 @@
+//! Background work of the mesh side: the address siblings reach us at, announcing what the
+//! cache held at start, and the per-heartbeat load report and WAN share.
+
+use crate::cache::Cache;
+use crate::fetcher::Fetcher;
+use crate::node::Reflector;
+use crate::policy::PolicyControl;
+use crate::siblings::Siblings;
+use oasis_core::gossip::Load;
+use oasis_core::metrics::NodeMetrics;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The `ip:port` siblings reach this reflector's QUIC service at: the bound address, or when it
+/// is unspecified (0.0.0.0 / ::) the local address of the route towards the upstream.
+pub async fn advertised_addr(bound: SocketAddr, upstream: &str) -> SocketAddr {
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    if let Ok(up) = crate::upstream::resolve(upstream).await {
+        let any: SocketAddr = if up.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        // A connected UDP socket sends nothing; it only asks the kernel for the route.
+        if let Ok(sock) = std::net::UdpSocket::bind(any) {
+            if sock.connect(up).is_ok() {
+                if let Ok(local) = sock.local_addr() {
+                    if !local.ip().is_unspecified() {
+                        return SocketAddr::new(local.ip(), bound.port());
+                    }
+                }
+            }
+        }
+    }
+    tracing::warn!(
+        %bound,
+        "cannot tell which address siblings reach this reflector at; set `advertise` in the config"
+    );
+    SocketAddr::new([127, 0, 0, 1].into(), bound.port())
+}
+
+/// Announces the layers whose manifests the cache holds (after a restart siblings learn at
+/// once what this reflector has).
+pub(crate) async fn announce_cached(inner: Arc<Reflector>, s: Arc<Siblings>) {
+    let cache = inner.cache.clone();
+    let r = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        let refs = cache.store.layer_refs()?;
+        for r in &refs {
+            match cache.open_cached_manifest(&r.name, Some(&r.version)) {
+                Ok(Some(sm)) => {
+                    s.learn_manifest(&sm);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(layer = %format!("{}@{}", r.name, r.version), error = %e, "cached manifest not announced"),
+            }
+        }
+        Ok(refs.len())
+    })
+    .await;
+    match r {
+        Ok(Ok(n)) => tracing::debug!(layers = n, "cached layers announced to the mesh"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot list cached layers for the mesh"),
+        Err(e) => tracing::warn!(error = %e, "announcing cached layers failed"),
+    }
+}
+
+/// Every heartbeat: publishes the load (open connections, serving rate, free cache, WAN
+/// demand) and puts this reflector's share of the site's WAN rate in force.
+pub(crate) async fn load_loop(
+    s: Arc<Siblings>,
+    fetcher: Arc<Fetcher>,
+    policy: Arc<PolicyControl>,
+    cache: Arc<Cache>,
+    node: Arc<NodeMetrics>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut last_served, mut last_at) = (node.served_bytes.get(), Instant::now());
+    let mut share_now = 1.0f64;
+    let mut last_upstream = fetcher.upstream_bytes();
+    loop {
+        tick.tick().await;
+        let served = node.served_bytes.get();
+        let dt = last_at.elapsed().as_secs_f64().max(1e-3);
+        let serving_rate = ((served.saturating_sub(last_served)) as f64 / dt) as u64;
+        (last_served, last_at) = (served, Instant::now());
+        let stats = cache.stats();
+        let load = Load {
+            active_transfers: u32::try_from(node.connections.get().max(0)).unwrap_or(u32::MAX),
+            serving_rate,
+            free_cache: stats.cap.map_or(u64::MAX, |c| c.saturating_sub(stats.bytes)),
+            wan_demand: 0,
+        };
+        // Demand: the site's rate while WAN work waits or WAN bytes arrived since the last
+        // round (a queue that happens to be empty at this instant is not idleness), else 0.
+        // Equal demands keep the shares stable: equal among the busy reflectors.
+        let upstream = fetcher.upstream_bytes();
+        let busy = fetcher.pending() > 0 || upstream > last_upstream;
+        last_upstream = upstream;
+        let rate = policy.limiter.policy().default_rate().unwrap_or(u64::from(u32::MAX));
+        let demand = if busy { rate.max(1) } else { 0 };
+        let share = s.tick(load, demand).await;
+        if (share - share_now).abs() > 1e-6 {
+            tracing::debug!(share, demand, "WAN share of the site");
+            policy.limiter.set_share(share);
+            policy.update_gauge();
+            share_now = share;
+        }
+        policy.set_share_metric(share);
+    }
+}

@@ -1,0 +1,474 @@
+//! The reflector's side of the mesh: which chunks of which layers it holds (announced while they
+//! arrive), where a miss is fetched before the WAN (siblings of the same site, then reflectors of
+//! the sites `peer_sites` allows), which reflector of the site pulls a chunk over the WAN
+//! (rendezvous hashing over the site's live reflectors), and this reflector's share of the
+//! site's WAN rate.
+//!
+//! Siblings are asked over the ordinary `oasis/1` QUIC protocol with the reflector's own node
+//! certificate. A sibling asked for a chunk answers from its cache; when it lacks the chunk it
+//! pulls it over the WAN only if rendezvous hashing names it as the site's fetcher for that
+//! chunk, else it answers `Missing` — so requests never go round in circles. Every chunk from a
+//! sibling is verified before it is cached or served; a sibling that sends a bad one is avoided
+//! for [`AVOID_FOR`].
+
+use crate::cache::{Cache, CacheObserver};
+use crate::metrics::ReflectorMetrics;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use oasis_core::compress::StoredChunk;
+use oasis_core::gossip::{GossipView, LayerDigest, Load, PeerRef};
+use oasis_core::manifest::SignedManifest;
+use oasis_core::net::{ChunkReply, Client};
+use oasis_core::ChunkId;
+use oasis_mesh::libp2p::PeerId;
+use oasis_mesh::{peer_id_of, peer_ref, Holding, MeshHandle};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+/// How long a sibling that served a bad chunk (or could not be reached) is left out.
+pub const AVOID_FOR: Duration = Duration::from_secs(30);
+/// QUIC handshake with a sibling.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A holder has the chunk in its cache: it answers at LAN speed.
+const HOLDER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Holders tried per chunk before the next step.
+const MAX_HOLDERS_TRIED: usize = 3;
+/// How often the gossip view snapshot misses are served from is refreshed. Misses never wait
+/// for the mesh task, so a busy mesh (a gossip flood) cannot hold up serving.
+const VIEW_REFRESH: Duration = Duration::from_millis(100);
+
+type Flight = Shared<BoxFuture<'static, Option<StoredChunk>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where a chunk came from, for the metrics.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    SameSite,
+    OtherSite,
+}
+
+pub struct Siblings {
+    pub mesh: MeshHandle,
+    site: Option<String>,
+    peer_sites: Vec<String>,
+    cache: Weak<Cache>,
+    endpoint: quinn::Endpoint,
+    metrics: ReflectorMetrics,
+    /// How long a sibling that must pull over the WAN for us may take.
+    delegate_timeout: Duration,
+    conns: Mutex<HashMap<SocketAddr, Client>>,
+    /// chunk -> (layer, index in `unique_chunks()`), for every layer whose manifest we know.
+    index: Mutex<HashMap<ChunkId, Vec<(LayerDigest, u32)>>>,
+    learned: Mutex<HashSet<LayerDigest>>,
+    view: Mutex<Option<Arc<GossipView>>>,
+    avoid: Mutex<HashMap<PeerId, Instant>>,
+    /// Our requests in flight per sibling (spreads misses between heartbeats).
+    in_flight: Mutex<HashMap<PeerId, u32>>,
+    flights: Mutex<HashMap<ChunkId, Flight>>,
+    /// Demands published in the last two rounds (our own share uses the smaller, so that a rise
+    /// takes effect only once the siblings have seen it and given up their part).
+    published_demand: Mutex<[u64; 2]>,
+}
+
+/// Forwards cache changes to the mesh announcements.
+struct Announcer(Weak<Siblings>);
+
+impl CacheObserver for Announcer {
+    fn stored(&self, id: &ChunkId) {
+        if let Some(s) = self.0.upgrade() {
+            for (layer, i) in s.places(id) {
+                s.mesh.set_chunk(layer, i);
+            }
+        }
+    }
+
+    fn evicted(&self, id: &ChunkId) {
+        if let Some(s) = self.0.upgrade() {
+            for (layer, i) in s.places(id) {
+                s.mesh.clear_chunk(layer, i);
+            }
+        }
+    }
+}
+
+/// A decrement of the in-flight count when a request ends (or is dropped).
+struct InFlight<'a>(&'a Siblings, PeerId);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut m = lock(&self.0.in_flight);
+        if let Some(n) = m.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// A candidate source of a chunk.
+struct Candidate {
+    peer: PeerId,
+    addr: SocketAddr,
+    kind: Kind,
+}
+
+impl Siblings {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        mesh: MeshHandle,
+        peer_sites: Vec<String>,
+        cache: &Arc<Cache>,
+        endpoint: quinn::Endpoint,
+        metrics: ReflectorMetrics,
+        delegate_timeout: Duration,
+    ) -> Arc<Siblings> {
+        let s = Arc::new(Siblings {
+            site: mesh.site().map(str::to_string),
+            mesh,
+            peer_sites,
+            cache: Arc::downgrade(cache),
+            endpoint,
+            metrics,
+            delegate_timeout,
+            conns: Mutex::new(HashMap::new()),
+            index: Mutex::new(HashMap::new()),
+            learned: Mutex::new(HashSet::new()),
+            view: Mutex::new(None),
+            avoid: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
+            published_demand: Mutex::new([0; 2]),
+        });
+        cache.observe(Box::new(Announcer(Arc::downgrade(&s))));
+        let weak = Arc::downgrade(&s);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(VIEW_REFRESH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(s) = weak.upgrade() else { return };
+                if !s.refresh().await {
+                    return;
+                }
+            }
+        });
+        s
+    }
+
+    fn places(&self, id: &ChunkId) -> Vec<(LayerDigest, u32)> {
+        lock(&self.index).get(id).cloned().unwrap_or_default()
+    }
+
+    /// Closes sibling connections.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"reflector shutting down");
+        self.mesh.shutdown();
+    }
+
+    /// Has this manifest (signed bytes, digest = BLAKE3 of the body after the 68-byte header)
+    /// been learned already?
+    pub fn knows_manifest_bytes(&self, bytes: &[u8]) -> bool {
+        let digest = *blake3::hash(bytes.get(68..).unwrap_or_default()).as_bytes();
+        lock(&self.learned).contains(&digest)
+    }
+
+    /// Indexes a verified manifest's chunks, tells the mesh the layer's true chunk count (so
+    /// siblings' claims about it become usable) and announces what the cache holds of it.
+    /// Blocking (reads the cache index).
+    /// Returns false if the layer was known already.
+    pub fn learn_manifest(&self, sm: &SignedManifest) -> bool {
+        if !lock(&self.learned).insert(sm.digest) {
+            return false;
+        }
+        let chunks = sm.manifest.unique_chunks();
+        let count = chunks.len() as u32;
+        {
+            let mut index = lock(&self.index);
+            for (i, c) in chunks.iter().enumerate() {
+                let places = index.entry(c.id).or_default();
+                if !places.iter().any(|(l, _)| *l == sm.digest) {
+                    places.push((sm.digest, i as u32));
+                }
+            }
+        }
+        self.mesh.learn_layer(sm.digest, count);
+        let Some(cache) = self.cache.upgrade() else { return true };
+        let mut bits = vec![0u8; count.div_ceil(8) as usize];
+        let mut held = 0u32;
+        for (i, c) in chunks.iter().enumerate() {
+            if cache.contains(&c.id) {
+                bits[i / 8] |= 1 << (i % 8);
+                held += 1;
+            }
+        }
+        let holding = if held == count { Holding::Complete } else { Holding::Partial(bits) };
+        tracing::debug!(layer = %sm.manifest.label(), chunks = count, held, "layer announced to the mesh");
+        self.mesh.announce_layer(sm.digest, count, holding);
+        true
+    }
+
+    /// Takes a new snapshot of the gossip view (after every command sent so far, such as a
+    /// `learn_layer`). False when the mesh task has stopped.
+    pub async fn refresh(&self) -> bool {
+        match self.mesh.view().await {
+            Ok(v) => {
+                *lock(&self.view) = Some(Arc::new(v));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The latest snapshot of the gossip view (at most [`VIEW_REFRESH`] old while the mesh task
+    /// keeps up; None before the first).
+    async fn view(&self) -> Option<Arc<GossipView>> {
+        lock(&self.view).clone()
+    }
+
+    fn avoided(&self, peer: &PeerId) -> bool {
+        let mut a = lock(&self.avoid);
+        match a.get(peer) {
+            Some(until) if Instant::now() < *until => true,
+            Some(_) => {
+                a.remove(peer);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn avoid(&self, peer: PeerId, why: &str) {
+        tracing::warn!(sibling = %peer, reason = why, secs = AVOID_FOR.as_secs(), "avoiding sibling");
+        lock(&self.avoid).insert(peer, Instant::now() + AVOID_FOR);
+    }
+
+    /// The live reflectors of this site with a serving address, this one included.
+    fn site_members(&self, view: &GossipView) -> Vec<PeerRef> {
+        let mut members: Vec<PeerRef> = match &self.site {
+            Some(site) => view
+                .live_peers(site)
+                .into_iter()
+                .filter(|p| view.peer(p).is_some_and(|r| r.serving_addr.is_some()))
+                .collect(),
+            None => Vec::new(),
+        };
+        members.push(peer_ref(&self.mesh.peer_id()));
+        members
+    }
+
+    /// The reflector of this site that pulls `id` over the WAN (possibly this one).
+    pub async fn wan_fetcher(&self, id: &ChunkId) -> PeerId {
+        let me = self.mesh.peer_id();
+        let Some(view) = self.view().await else { return me };
+        let members = self.site_members(&view);
+        oasis_core::gossip::wan_fetcher(id, &members).and_then(|p| peer_id_of(&p)).unwrap_or(me)
+    }
+
+    /// Live reflectors that hold `id` (same site first, then allowed sites), least loaded
+    /// first (gossiped load plus our own requests in flight to each).
+    fn holders(&self, view: &GossipView, id: &ChunkId) -> Vec<Candidate> {
+        let me = self.mesh.peer_id();
+        let mut seen = HashSet::new();
+        let mut out: Vec<(Candidate, (u8, u64, u64))> = Vec::new();
+        let in_flight = lock(&self.in_flight).clone();
+        for (layer, i) in self.places(id) {
+            for r in view.holders(&layer, i) {
+                let Some(peer) = peer_id_of(&r) else { continue };
+                if peer == me || !seen.insert(peer) || self.avoided(&peer) {
+                    continue;
+                }
+                let Some(rec) = view.peer(&r) else { continue };
+                let Some(addr) = rec.serving_addr.as_deref().and_then(|a| a.parse().ok()) else {
+                    continue;
+                };
+                let kind = match (&rec.site, &self.site) {
+                    (Some(a), Some(b)) if a == b => Kind::SameSite,
+                    (Some(a), _) if self.peer_sites.contains(a) => Kind::OtherSite,
+                    _ => continue,
+                };
+                let busy = u64::from(rec.load.active_transfers)
+                    + u64::from(in_flight.get(&peer).copied().unwrap_or(0));
+                let rank = (u8::from(kind == Kind::OtherSite), busy, rec.load.serving_rate);
+                out.push((Candidate { peer, addr, kind }, rank));
+            }
+        }
+        out.sort_by_key(|(_, rank)| *rank);
+        out.into_iter().map(|(c, _)| c).collect()
+    }
+
+    async fn client(&self, addr: SocketAddr) -> Result<Client, String> {
+        if let Some(c) = lock(&self.conns).get(&addr) {
+            if c.connection().close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let c = tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(&self.endpoint, addr))
+            .await
+            .map_err(|_| format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())?;
+        lock(&self.conns).insert(addr, c.clone());
+        Ok(c)
+    }
+
+    /// Asks one sibling for `id`; verifies and caches what it sends. `Ok(None)`: it lacks it.
+    async fn ask(
+        &self,
+        c: &Candidate,
+        id: ChunkId,
+        timeout: Duration,
+    ) -> Result<Option<StoredChunk>, String> {
+        *lock(&self.in_flight).entry(c.peer).or_insert(0) += 1;
+        let _guard = InFlight(self, c.peer);
+        let client = match self.client(c.addr).await {
+            Ok(client) => client,
+            Err(e) => {
+                self.avoid(c.peer, &format!("unreachable: {e}"));
+                return Err(e);
+            }
+        };
+        let request = async {
+            let mut replies = client.chunks(vec![id]).await.map_err(|e| e.to_string())?;
+            match replies.next().await.map_err(|e| e.to_string())? {
+                Some(ChunkReply::Chunk(chunk)) => Ok(Some(chunk)),
+                Some(ChunkReply::Missing(_)) | None => Ok(None),
+            }
+        };
+        let chunk = match tokio::time::timeout(timeout, request).await {
+            Err(_) => return Err(format!("no answer within {timeout:?}")),
+            Ok(Err(e)) => {
+                if client.connection().close_reason().is_some() {
+                    lock(&self.conns).remove(&c.addr);
+                    self.avoid(c.peer, &format!("connection lost: {e}"));
+                }
+                return Err(e);
+            }
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Ok(Some(chunk))) => chunk,
+        };
+        let len = chunk.data.len() as u64;
+        let cache = self.cache.upgrade().ok_or("the reflector is shutting down")?;
+        let verified = tokio::task::spawn_blocking(move || {
+            if chunk.id != id {
+                return Err(format!("sent chunk {} when asked for {id}", chunk.id));
+            }
+            chunk.decode_verified().map_err(|e| e.to_string())?;
+            if let Err(e) = cache.put(&chunk) {
+                tracing::error!(chunk = %id, error = %e, "cannot store chunk in the cache");
+            }
+            Ok(chunk)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        match verified {
+            Ok(chunk) => {
+                match c.kind {
+                    Kind::SameSite => self.metrics.sibling_bytes.inc_by(len),
+                    Kind::OtherSite => self.metrics.peer_site_bytes.inc_by(len),
+                };
+                Ok(Some(chunk))
+            }
+            Err(problem) => {
+                self.metrics.sibling_corrupt.inc();
+                self.avoid(c.peer, &format!("sent a bad chunk {id}: {problem}"));
+                Err(problem)
+            }
+        }
+    }
+
+    /// Gets `id` from the mesh for an endpoint's miss: a holder (same site, then allowed sites),
+    /// else the sibling rendezvous hashing names as the site's WAN fetcher. `None`: this
+    /// reflector should pull it over the WAN itself. Concurrent calls for one chunk share one
+    /// attempt.
+    pub async fn fetch(self: &Arc<Self>, id: ChunkId) -> Option<StoredChunk> {
+        let flight = {
+            let mut flights = lock(&self.flights);
+            match flights.get(&id) {
+                Some(f) => f.clone(),
+                None => {
+                    let me = self.clone();
+                    let f = tokio::spawn(async move {
+                        let r = me.fetch_now(id).await;
+                        lock(&me.flights).remove(&id);
+                        r
+                    })
+                    .map(|r| r.ok().flatten())
+                    .boxed()
+                    .shared();
+                    flights.insert(id, f.clone());
+                    f
+                }
+            }
+        };
+        flight.await
+    }
+
+    async fn fetch_now(&self, id: ChunkId) -> Option<StoredChunk> {
+        let view = self.view().await?;
+        for c in self.holders(&view, &id).into_iter().take(MAX_HOLDERS_TRIED) {
+            match self.ask(&c, id, HOLDER_TIMEOUT).await {
+                Ok(Some(chunk)) => return Some(chunk),
+                Ok(None) => {
+                    tracing::debug!(chunk = %id, sibling = %c.peer, "holder lacks the chunk")
+                }
+                Err(e) => {
+                    tracing::debug!(chunk = %id, sibling = %c.peer, error = %e, "holder failed")
+                }
+            }
+        }
+        let members = self.site_members(&view);
+        let me = self.mesh.peer_id();
+        let fetcher = oasis_core::gossip::wan_fetcher(&id, &members).and_then(|p| peer_id_of(&p));
+        let fetcher = fetcher.filter(|p| *p != me && !self.avoided(p))?;
+        let addr = view
+            .peer(&peer_ref(&fetcher))
+            .and_then(|r| r.serving_addr.as_deref())
+            .and_then(|a| a.parse().ok())?;
+        let c = Candidate { peer: fetcher, addr, kind: Kind::SameSite };
+        match self.ask(&c, id, self.delegate_timeout).await {
+            Ok(Some(chunk)) => {
+                self.metrics.sibling_delegated.inc();
+                Some(chunk)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::info!(chunk = %id, sibling = %fetcher, error = %e, "the site's WAN fetcher did not deliver; pulling it here");
+                None
+            }
+        }
+    }
+
+    /// Publishes this reflector's load with its WAN `demand` (bytes per second it could use
+    /// now) and returns its share of the site's WAN rate: the share divides the site's rate by
+    /// the gossiped demands ([`oasis_core::gossip::site_share`]). Our own share is computed from
+    /// the smaller of the demands we published in the last two rounds: a rise counts only once
+    /// the siblings have seen it (it reaches them with the next heartbeat) and lowered their
+    /// shares, a fall at once; so the site's shares never add up to more than 1 in between.
+    pub async fn tick(&self, mut load: Load, demand: u64) -> f64 {
+        let mine = {
+            let mut d = lock(&self.published_demand);
+            let mine = d[0].min(d[1]);
+            *d = [d[1], demand];
+            mine
+        };
+        load.wan_demand = demand;
+        self.mesh.update_load(load);
+        let Some(view) = self.view().await else { return 1.0 };
+        let Some(site) = &self.site else { return 1.0 };
+        let demands: Vec<u64> = view
+            .live_peers(site)
+            .iter()
+            .filter_map(|p| view.peer(p).map(|r| r.load.wan_demand))
+            .collect();
+        oasis_core::gossip::site_share(mine, &demands)
+    }
+
+    /// Live mesh peers in the view (for logs and tests).
+    pub async fn live_site_members(&self) -> usize {
+        match self.view().await {
+            Some(v) => self.site_members(&v).len(),
+            None => 1,
+        }
+    }
+}
