@@ -20,11 +20,13 @@ pub struct BenchArgs {
     /// Runs per measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Which benchmarks: ingest, fetch (comma-separated).
+    /// Which benchmarks: ingest, fetch, reflector, apply, snapshot (comma-separated).
     #[arg(long, default_value = "ingest,fetch", value_delimiter = ',')]
     pub only: Vec<String>,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub reflector: crate::bench_reflector::ReflectorBenchArgs,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -153,6 +155,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 pubr.bytes / 1_000_000
             );
         }
+    }
+    if args.only.iter().any(|s| s == "apply" || s == "snapshot") {
+        let r = crate::bench_device::run(&args.only, runs, &src, tmp.path(), args.json).await?;
+        out.insert("device".into(), r);
+    }
+    if args.only.iter().any(|s| s == "reflector") {
+        let r = crate::bench_reflector::run(&args.reflector, &src, tmp.path(), args.json).await?;
+        out.insert("reflector".into(), r);
     }
     if args.json {
         println!("{}", serde_json::Value::Object(out));

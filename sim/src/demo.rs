@@ -1,22 +1,34 @@
-//! `oasis-sim demo`: the loopback demo a newcomer runs first. A real seed and real endpoints
-//! talk QUIC on 127.0.0.1; it publishes a sample tree, fetches it with a few endpoints,
-//! publishes a changed version, fetches again, and shows what crossed the network.
+//! `oasis-sim demo`: the loopback demo a newcomer runs first. A real seed, two branch sites
+//! (berlin with two meshed reflectors, lyon with one; each site's WAN pulls capped by a
+//! bandwidth policy file; and their endpoints)
+//! talk QUIC on 127.0.0.1. It publishes a sample tree, every endpoint fetches it through its
+//! site's reflector, it publishes a changed version, they fetch again, and it shows what
+//! crossed each site's WAN against what was delivered to the endpoints.
 
+use crate::live::{self, LiveSeed, Sampler, SiteWan};
 use anyhow::Context;
-use oasis_core::identity::{Role, SeedAuthority};
-use oasis_core::manifest::LayerKind;
-use oasis_endpoint::{fetch, FetchOptions, FetchReport};
-use oasis_seed::{publish, PublishOptions, RunningSeed};
+use oasis_core::identity::Role;
+use oasis_endpoint::FetchReport;
+use oasis_reflector::config::parse_rate;
+use oasis_reflector::{RunningReflector, WanLimit};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The two branch offices of the demo.
+pub const SITES: [&str; 2] = ["berlin", "lyon"];
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct DemoArgs {
     /// Size of the sample layer in MiB.
     #[arg(long, default_value_t = 64)]
     pub size_mib: usize,
-    /// Number of endpoints.
+    /// Endpoints per site.
     #[arg(long, default_value_t = 3)]
     pub endpoints: usize,
+    /// WAN rate of each site's bandwidth policy (the reflector's policy file format).
+    #[arg(long, default_value = "20MB/s")]
+    pub wan_rate: String,
     /// Keep everything under this directory instead of a temporary one.
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -25,7 +37,122 @@ pub struct DemoArgs {
     pub json: bool,
 }
 
+/// One endpoint's fetch of one version.
+#[derive(Debug, Serialize)]
+pub struct EndpointRow {
+    pub endpoint: String,
+    pub site: String,
+    pub version: String,
+    pub fetch: FetchReport,
+}
+
+/// What one site's WAN carried for one version.
+#[derive(Debug, Serialize)]
+pub struct SiteRow {
+    pub site: String,
+    pub version: String,
+    /// Chunk payload the site's reflector pulled from the seed (`oasis_upstream_bytes_total`).
+    pub wan_bytes: u64,
+    /// Bytes the version added to the seed's store (what a site without it must pull).
+    pub new_stored_bytes: u64,
+    /// Plain bytes of the layer delivered to the site's endpoints (files written).
+    pub delivered_bytes: u64,
+    /// Chunk payload the endpoints received from the reflector over the LAN.
+    pub lan_bytes: u64,
+    /// Seconds from the first to the last WAN byte.
+    pub wan_seconds: f64,
+    pub wan_cap_bytes_per_s: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DemoOutcome {
+    pub endpoints: Vec<EndpointRow>,
+    pub sites: Vec<SiteRow>,
+    /// Chunk payload the seed served in all (both sites' WAN).
+    pub seed_served_bytes: u64,
+}
+
+struct Site {
+    name: &'static str,
+    reflectors: Vec<RunningReflector>,
+    endpoints: Vec<(String, PathBuf)>,
+}
+
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let out = run_demo(&args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!();
+    println!(
+        "{:<18} {:<8} {:<14} {:>12} {:>14} {:>12} {:>8} {:>8}",
+        "endpoint", "site", "layer", "delivered", "over the LAN", "reused", "chunks", "seconds"
+    );
+    for row in &out.endpoints {
+        let r = &row.fetch;
+        println!(
+            "{:<18} {:<8} {:<14} {:>12} {:>14} {:>12} {:>8} {:>8.2}",
+            row.endpoint,
+            row.site,
+            format!("{}@{}", r.layer, r.version),
+            mb(r.bytes),
+            mb(r.bytes_network),
+            mb(r.bytes_reused),
+            r.chunks_fetched,
+            r.seconds
+        );
+    }
+    println!();
+    println!(
+        "{:<8} {:<8} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "site",
+        "version",
+        "over WAN",
+        "new stored",
+        "over LAN",
+        "delivered",
+        "WAN/deliv",
+        "WAN MB/s"
+    );
+    for s in &out.sites {
+        let rate = if s.wan_seconds >= 0.5 {
+            format!("{:.1}", s.wan_bytes as f64 / s.wan_seconds / 1e6)
+        } else {
+            "-".into() // too little to time
+        };
+        println!(
+            "{:<8} {:<8} {:>12} {:>12} {:>12} {:>12} {:>9.1}% {:>5}/{:.0}",
+            s.site,
+            s.version,
+            mb(s.wan_bytes),
+            mb(s.new_stored_bytes),
+            mb(s.lan_bytes),
+            mb(s.delivered_bytes),
+            100.0 * s.wan_bytes as f64 / s.delivered_bytes.max(1) as f64,
+            rate,
+            s.wan_cap_bytes_per_s as f64 / 1e6
+        );
+    }
+    let wan: u64 = out.sites.iter().map(|s| s.wan_bytes).sum();
+    let delivered: u64 = out.sites.iter().map(|s| s.delivered_bytes).sum();
+    println!(
+        "\ntotal: {} delivered to {} endpoints, {} over the WAN ({:.1}% of delivered); the seed served {}",
+        mb(delivered),
+        out.endpoints.len() / 2, // two versions each
+        mb(wan),
+        100.0 * wan as f64 / delivered.max(1) as f64,
+        mb(out.seed_served_bytes)
+    );
+    println!(
+        "each site pulled each new chunk over its WAN once, at no more than its policy's rate; \
+         version 2 moved only the changed chunks."
+    );
+    Ok(())
+}
+
+/// Runs the demo and returns what happened (the command prints it).
+pub async fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
     let tmp;
     let base: &Path = match &args.dir {
         Some(d) => {
@@ -37,121 +164,147 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             tmp.path()
         }
     };
-    let started = std::time::Instant::now();
+    let rate = parse_rate(&args.wan_rate).map_err(|e| anyhow::anyhow!("--wan-rate: {e}"))?;
+    let started = Instant::now();
     let say = |s: &str| {
         if !args.json {
             eprintln!("[{:>5.1}s] {s}", started.elapsed().as_secs_f64());
         }
     };
-    let data = base.join("seed");
-    let auth = SeedAuthority::init(&data).context("initialising the demo seed")?;
-    let seed = RunningSeed::start(&data, "127.0.0.1:0".parse()?, None).await?;
-    say(&format!("seed listening on {} (QUIC, mutual TLS)", seed.addr));
+    let seed = LiveSeed::start(base).await?;
+    say(&format!("seed listening on {} (QUIC, mutual TLS)", seed.seed.addr));
+
+    // Each site: reflectors under the site's policy file, and endpoints that use them first and
+    // the seed as their last resort.
+    let mut sites = Vec::new();
+    for name in SITES {
+        let policy = base.join(format!("policy-{name}.toml"));
+        std::fs::write(
+            &policy,
+            format!(
+                "# WAN policy of site {name}: pulls from the seed at most {}.\n[wan]\nrate = {}\nburst = \"1MiB\"\n",
+                args.wan_rate, rate
+            ),
+        )?;
+        let n = if name == SITES[0] { 2 } else { 1 };
+        let wan = SiteWan::Limit(WanLimit::PolicyFile(policy.clone()));
+        let reflectors = live::site_reflectors(&seed, name, n, wan)
+            .await
+            .with_context(|| format!("starting the reflectors of {name}"))?;
+        let addrs: Vec<String> = reflectors.iter().map(|r| r.addr.to_string()).collect();
+        say(&format!(
+            "site {name}: {} on {}{}, WAN capped at {} by {}",
+            if n > 1 { "reflectors" } else { "reflector" },
+            addrs.join(" and "),
+            if n > 1 { " (meshed: each chunk crosses the site's WAN once)" } else { "" },
+            args.wan_rate,
+            policy.display()
+        ));
+        let mut endpoints = Vec::new();
+        for i in 0..args.endpoints {
+            let ep = format!("{name}-pc{i}");
+            let state = seed.enroll(Role::Endpoint, &ep, name)?;
+            endpoints.push((ep, state));
+        }
+        sites.push(Site { name, reflectors, endpoints });
+    }
 
     let src = base.join("sample-tree");
     let size = args.size_mib << 20;
-    let written = oasis_core_tree(&src, size)?;
+    if src.exists() {
+        std::fs::remove_dir_all(&src)?;
+    }
+    let written = crate::sample::write_tree(&src, size, 1)?;
     say(&format!("generated a sample tree of {} MiB at {}", written >> 20, src.display()));
 
-    let mut rows = Vec::new();
+    let mut out = DemoOutcome { endpoints: Vec::new(), sites: Vec::new(), seed_served_bytes: 0 };
     for version in ["1", "2"] {
         if version == "2" {
             crate::sample::change_tree(&src, 2)?;
             say("changed a few files: publishing version 2");
         }
-        let opts = PublishOptions {
-            name: "demo-base".into(),
-            version: version.into(),
-            kind: LayerKind::Base,
-            chunking: Default::default(),
-            progress: false,
-        };
-        let store = seed.store.clone();
-        let key = auth.signing_key().clone();
-        let src2 = src.clone();
-        let (_, report) =
-            tokio::task::spawn_blocking(move || publish(&store, &key, &src2, &opts)).await??;
+        let report = seed.publish("demo-base", version, &src).await?;
         say(&format!(
             "published demo-base@{version}: {} files, {} MB, {} MB new in the store",
             report.files,
             report.bytes / 1_000_000,
             report.new_bytes / 1_000_000
         ));
-        let before = seed.metrics.served_bytes.get();
+        let t0 = Instant::now();
         let mut tasks = Vec::new();
-        for i in 0..args.endpoints {
-            let name = format!("endpoint-{i}");
-            let state = base.join(&name).join("state");
-            if version == "1" {
-                auth.enroll(Role::Endpoint, &name, Some("demo"), &state, true)?;
+        let mut samplers = Vec::new();
+        for site in &sites {
+            let wan: Vec<_> =
+                site.reflectors.iter().map(|r| r.stats.upstream_bytes.clone()).collect();
+            let read = move || wan.iter().map(|c| c.get()).sum::<u64>();
+            samplers.push((read(), Sampler::start(t0, Duration::from_millis(50), read)));
+            for (i, (ep, state)) in site.endpoints.iter().enumerate() {
+                // Its own reflector first, the site's other ones next, the seed last.
+                let n = site.reflectors.len();
+                let mut sources: Vec<_> =
+                    (0..n).map(|k| site.reflectors[(i + k) % n].addr).collect();
+                sources.push(seed.seed.addr);
+                let (ep, state, into) = (ep.clone(), state.clone(), base.join(ep).join("root"));
+                let site = site.name;
+                tasks.push(tokio::spawn(async move {
+                    let r = live::full_fetch(&state, sources, "demo-base", version, &into).await;
+                    (ep, site, r)
+                }));
             }
-            let opts = FetchOptions {
-                state_dir: state,
-                sources: vec![seed.addr],
-                name: "demo-base".into(),
-                version: Some(version.into()),
-                into: base.join(&name).join("root"),
-                streams: 8,
-                progress: false,
-            };
-            tasks.push(tokio::spawn(async move { (name, fetch(&opts).await) }));
         }
         for t in tasks {
-            let (name, r) = t.await?;
-            let r: FetchReport =
-                r.with_context(|| format!("{name} fetching demo-base@{version}"))?;
-            rows.push((name, r));
+            let (ep, site, r) = t.await?;
+            let r = r.with_context(|| format!("{ep} fetching demo-base@{version}"))?;
+            out.endpoints.push(EndpointRow {
+                endpoint: ep,
+                site: site.into(),
+                version: version.into(),
+                fetch: r,
+            });
         }
-        let served = seed.metrics.served_bytes.get() - before;
+        for (site, (before, sampler)) in sites.iter().zip(samplers) {
+            let samples = sampler.stop().await;
+            let wan_bytes =
+                site.reflectors.iter().map(|r| r.stats.upstream_bytes.get()).sum::<u64>() - before;
+            let first = samples.iter().find(|s| s.1 > before).map_or(0.0, |s| s.0);
+            let last = samples.iter().find(|s| s.1 >= before + wan_bytes).map_or(0.0, |s| s.0);
+            let rows = out.endpoints.iter().filter(|e| e.site == site.name && e.version == version);
+            let (delivered, lan) =
+                rows.fold((0, 0), |a, e| (a.0 + e.fetch.bytes, a.1 + e.fetch.bytes_network));
+            out.sites.push(SiteRow {
+                site: site.name.into(),
+                version: version.into(),
+                wan_bytes,
+                new_stored_bytes: report.new_bytes,
+                delivered_bytes: delivered,
+                lan_bytes: lan,
+                wan_seconds: (last - first).max(0.0),
+                wan_cap_bytes_per_s: rate,
+            });
+        }
         say(&format!(
-            "seed served {} MB of chunk payload for version {version}",
-            served / 1_000_000
+            "version {version}: {} MB over the WAN of {} sites, {} MB delivered",
+            out.sites.iter().filter(|s| s.version == version).map(|s| s.wan_bytes).sum::<u64>()
+                / 1_000_000,
+            sites.len(),
+            out.sites
+                .iter()
+                .filter(|s| s.version == version)
+                .map(|s| s.delivered_bytes)
+                .sum::<u64>()
+                / 1_000_000
         ));
     }
-    seed.shutdown();
-
-    if args.json {
-        let out: Vec<_> =
-            rows.iter().map(|(n, r)| serde_json::json!({ "endpoint": n, "fetch": r })).collect();
-        println!("{}", serde_json::Value::Array(out));
-        return Ok(());
+    out.seed_served_bytes = seed.seed.metrics.served_bytes.get();
+    for site in sites {
+        for r in site.reflectors {
+            r.stop().await;
+        }
     }
-    println!();
-    println!(
-        "{:<12} {:<14} {:>12} {:>14} {:>12} {:>10} {:>8}",
-        "endpoint", "layer", "delivered", "over network", "reused", "chunks", "seconds"
-    );
-    for (name, r) in &rows {
-        println!(
-            "{:<12} {:<14} {:>12} {:>14} {:>12} {:>10} {:>8.2}",
-            name,
-            format!("{}@{}", r.layer, r.version),
-            mb(r.bytes),
-            mb(r.bytes_network),
-            mb(r.bytes_reused),
-            r.chunks_fetched,
-            r.seconds
-        );
-    }
-    let delivered: u64 = rows.iter().map(|(_, r)| r.bytes).sum();
-    let network: u64 = rows.iter().map(|(_, r)| r.bytes_network).sum();
-    println!(
-        "\ntotal: {} delivered, {} over the network ({:.1}% of delivered)",
-        mb(delivered),
-        mb(network),
-        100.0 * network as f64 / delivered.max(1) as f64
-    );
-    println!("version 2 moved only the changed chunks; files already on disk were reused.");
-    Ok(())
+    seed.seed.shutdown();
+    Ok(out)
 }
 
 fn mb(b: u64) -> String {
     format!("{:.1} MB", b as f64 / 1e6)
-}
-
-fn oasis_core_tree(root: &Path, size: usize) -> anyhow::Result<u64> {
-    if root.exists() {
-        std::fs::remove_dir_all(root)?;
-    }
-    Ok(crate::sample::write_tree(root, size, 1)?)
 }

@@ -973,9 +973,70 @@ impl Engine<'_> {
     }
 }
 
+/// Content of real layers: `chunks[i]` holds the unique chunks (id, size as sent) of the
+/// scenario's layer `i` in manifest order, grouped in that order into pulls of about
+/// `model.pull_bytes` (a pull of one chunk carries the chunk's id). The run then moves exactly
+/// the bytes a live run of the same layers moves (`oasis-sim fidelity`). Sharing with a
+/// previous version or between layers comes from the chunks themselves, not from the
+/// scenario's `shared_*` keys.
+pub fn content_from_chunks(sc: &Scenario, chunks: &[Vec<(ChunkId, u64)>]) -> Content {
+    let mut pulls: Vec<Pull> = Vec::new();
+    let mut index: HashMap<ChunkId, u32> = HashMap::new();
+    let mut layers = Vec::new();
+    let mut max_chunk = 0;
+    for (li, list) in chunks.iter().enumerate() {
+        let mut own: Vec<u32> = Vec::new();
+        let mut group: Vec<(ChunkId, u64)> = Vec::new();
+        let mut acc = 0;
+        for (i, &(id, len)) in list.iter().enumerate() {
+            max_chunk = max_chunk.max(len);
+            group.push((id, len));
+            acc += len;
+            if acc < sc.model.pull_bytes && i + 1 < list.len() {
+                continue;
+            }
+            let pid = if group.len() == 1 {
+                group[0].0
+            } else {
+                let mut h = blake3::Hasher::new();
+                h.update(b"oasis-sim pull of chunks");
+                for (id, _) in &group {
+                    h.update(&id.0);
+                }
+                ChunkId(*h.finalize().as_bytes())
+            };
+            let p = *index.entry(pid).or_insert_with(|| {
+                pulls.push(Pull { id: pid, bytes: acc, chunks: group.len() as u32 });
+                (pulls.len() - 1) as u32
+            });
+            own.push(p);
+            group.clear();
+            acc = 0;
+        }
+        let mut cum = Vec::with_capacity(own.len() + 1);
+        cum.push(0);
+        for &p in &own {
+            cum.push(cum.last().copied().unwrap_or(0) + pulls[p as usize].bytes);
+        }
+        layers.push(LayerData {
+            name: sc.layers.get(li).map_or_else(|| format!("layer{li}"), |l| l.name.clone()),
+            pulls: own,
+            cum,
+            prev: Vec::new(),
+            filler: Vec::new(),
+            chunks: list.len() as u64,
+        });
+    }
+    Content { pulls, layers, max_chunk, index }
+}
+
 /// Runs a scenario with a seed.
 pub fn simulate(sc: &Scenario, seed: u64) -> Outcome {
-    let c = build_content(sc, seed);
+    simulate_content(sc, seed, build_content(sc, seed))
+}
+
+/// Runs a scenario on the given content (see [`content_from_chunks`]).
+pub fn simulate_content(sc: &Scenario, seed: u64, c: Content) -> Outcome {
     let mut rng = StdRng::seed_from_u64(seed);
     let horizon = sc.duration_s;
     let n_pulls = c.pulls.len();

@@ -1,8 +1,12 @@
 //! The Oasis simulator and the loopback demo.
 
 pub mod bench;
+pub mod bench_device;
+pub mod bench_reflector;
 pub mod demo;
 pub mod engine;
+pub mod fidelity;
+pub mod live;
 pub mod report;
 pub mod sample;
 pub mod scenario;

@@ -1,4 +1,4 @@
-//! `oasis-sim`: the loopback demo and the benchmarks.
+//! `oasis-sim`: the loopback demo, the benchmarks, the simulator and its fidelity check.
 
 use clap::{Parser, Subcommand};
 use oasis_core::logging::{self, LogFormat};
@@ -23,12 +23,17 @@ enum Cmd {
     Run(oasis_sim::simcmd::RunArgs),
     /// The same scenario under two bandwidth policies, side by side.
     Compare(oasis_sim::simcmd::CompareArgs),
+    /// A small scenario run in the simulator and live on loopback (real seed, reflectors and
+    /// endpoints) on the same layer: WAN bytes and completion times side by side.
+    Fidelity(oasis_sim::fidelity::FidelityArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     // The demo tells its own story on the terminal; its nodes log only warnings unless RUST_LOG says otherwise.
-    let default_level = if matches!(cli.cmd, Cmd::Demo(_)) { "warn" } else { "info" };
+    // So do the benchmarks and the fidelity run, which start dozens of nodes in this process.
+    let quiet = matches!(cli.cmd, Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Fidelity(_));
+    let default_level = if quiet { "warn" } else { "info" };
     logging::init_with_default(cli.log_format, default_level);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -43,6 +48,7 @@ fn main() {
             Cmd::Bench(a) => oasis_sim::bench::run(a).await,
             Cmd::Run(a) => oasis_sim::simcmd::run(a),
             Cmd::Compare(a) => oasis_sim::simcmd::compare(a),
+            Cmd::Fidelity(a) => oasis_sim::fidelity::run(a).await,
         }
     }));
 }

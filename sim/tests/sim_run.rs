@@ -255,11 +255,38 @@ fn malformed_scenarios_name_key_and_line() {
 #[test]
 fn shipped_scenarios_parse() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/sim");
-    for name in ["branch-50.toml", "fleet-1000.toml", "night-window.toml"] {
+    for name in ["branch-50.toml", "fleet-1000.toml", "night-window.toml", "fidelity.toml"] {
         let sc = Scenario::load(&dir.join(name)).unwrap_or_else(|e| panic!("{e}"));
         assert!(sc.total_sites() >= 1, "{name}");
     }
     let fleet = Scenario::load(&dir.join("fleet-1000.toml")).unwrap();
     assert_eq!(fleet.total_sites(), 1000);
     assert!(fleet.groups.iter().all(|g| g.endpoints == 50));
+}
+
+#[test]
+fn real_chunks_move_exactly_their_bytes_once_per_site() {
+    use oasis_core::ChunkId;
+    use oasis_sim::engine::{content_from_chunks, simulate_content};
+    // Two sites, one of two reflectors; a layer given as chunks (as `fidelity` does).
+    let text = base("", ASSIGN_ALL)
+        .replace("count = 3\n", "count = 2\nreflectors = 2\n")
+        .replace("asleep = 0.1", "asleep = 0.0")
+        .replace("shared_with_previous = 0.25", "");
+    let mut sc = parse(&text);
+    sc.model.pull_bytes = 1;
+    let chunks: Vec<(ChunkId, u64)> = (0u64..500)
+        .map(|i| {
+            (ChunkId(*blake3::hash(&i.to_le_bytes()).as_bytes()), 20_000 + (i * 7919) % 90_000)
+        })
+        .collect();
+    let total: u64 = chunks.iter().map(|c| c.1).sum();
+    let content = content_from_chunks(&sc, std::slice::from_ref(&chunks));
+    assert_eq!(content.pulls.len(), 500, "one pull per chunk");
+    let o = simulate_content(&sc, 1, content);
+    assert_eq!(o.sites.len(), 2);
+    for s in &o.sites {
+        assert_eq!(s.wan_bytes, total, "{}", s.name);
+        assert_eq!(s.completions.len(), 20, "{}", s.name);
+    }
 }

@@ -1,0 +1,79 @@
+//! `oasis-sim fidelity` on a small layer: the simulator and a live loopback run (real seed,
+//! a site of two meshed reflectors and a site of one, endpoints over QUIC) move exactly the
+//! same WAN bytes. (Completion times are compared by the command, not here: no timed
+//! assertions in tests; see docs/benchmarks.md.)
+
+use oasis_sim::fidelity::{run_with, FidelityArgs};
+use oasis_sim::scenario::Scenario;
+
+const SCENARIO: &str = r#"
+name = "fidelity-small"
+start = "2025-06-02T12:00:00Z"
+duration = "1h"
+seed_egress = "unlimited"
+
+[policy]
+[policy.wan]
+rate = "8MB/s"
+burst = "1MiB"
+
+[[layers]]
+name = "base"
+size = "6MiB"
+
+[[sites]]
+name = "site-a"
+endpoints = 3
+reflectors = 2
+wan_rate = "1Gbit/s"
+wan_latency = "0s"
+lan_rate = "10Gbit/s"
+
+[[sites]]
+name = "site-b"
+endpoints = 3
+wan_rate = "1Gbit/s"
+wan_latency = "0s"
+lan_rate = "10Gbit/s"
+
+[[assignments]]
+layer = "base"
+prefetch = false
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_and_live_wan_bytes_agree_exactly() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sc = Scenario::from_toml_str(SCENARIO, "fidelity-small.toml", None)?;
+    let args = FidelityArgs {
+        scenario: "fidelity-small.toml".into(),
+        json: true,
+        seed: 1,
+        dir: Some(dir.path().to_path_buf()),
+    };
+    let (out, table) = run_with(&args, sc).await?;
+    eprintln!("{table}");
+    let stored = out["stored_bytes"].as_u64().expect("stored_bytes");
+    assert!(stored > 0);
+    // One WAN pull per chunk per site, in both worlds: a site of two reflectors included.
+    for site in out["sites"].as_array().expect("sites") {
+        assert_eq!(site["wan_bytes_live"].as_u64(), Some(stored), "{site}");
+        assert_eq!(site["wan_bytes_sim"].as_u64(), Some(stored), "{site}");
+        assert_eq!(site["failed_sim"].as_u64(), Some(0), "{site}");
+    }
+    assert_eq!(out["wan_bytes_equal"], true, "{out}");
+    assert_eq!(out["seed_served_bytes_live"].as_u64(), Some(2 * stored));
+    Ok(())
+}
+
+#[test]
+fn scenarios_that_cannot_run_live_are_refused_with_the_reason() {
+    let with_failure = format!(
+        "{SCENARIO}\n[[failures]]\nkind = \"wan_down\"\nsites = \"all\"\nfrom = \"1s\"\nto = \"2s\"\n"
+    );
+    let sc = Scenario::from_toml_str(&with_failure, "f.toml", None).expect("valid scenario");
+    let args = FidelityArgs { scenario: "f.toml".into(), json: true, seed: 1, dir: None };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let err = rt.block_on(run_with(&args, sc)).expect_err("refused").to_string();
+    assert!(err.contains("cannot run live") && err.contains("failures"), "{err}");
+}
