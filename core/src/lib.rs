@@ -4,6 +4,7 @@
 //! bytes and return values, so the simulator can drive the same code without sockets. The
 //! chunk store (`store`) and the QUIC transport (`net`) are the thin I/O shells around them.
 
+pub mod backup;
 pub mod cache;
 pub mod chunk;
 pub mod compress;
@@ -17,6 +18,7 @@ pub mod packs;
 pub mod policy;
 pub mod shutdown;
 pub mod store;
+pub mod wake;
 pub mod wire;
 
 pub use chunk::{ChunkId, ChunkParams};

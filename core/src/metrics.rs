@@ -19,6 +19,11 @@ pub struct NodeMetrics {
     /// Requests refused with an error frame (malformed, too large, not found...).
     pub request_errors: Counter,
     pub connections: Gauge,
+    /// Uploaded chunk payload bytes accepted (as sent, i.e. stored/compressed size).
+    pub upload_bytes: Counter,
+    /// Uploaded chunks accepted, and how many of them were new to the store.
+    pub upload_chunks: Counter,
+    pub upload_new_chunks: Counter,
 }
 
 impl Default for NodeMetrics {
@@ -46,12 +51,28 @@ impl NodeMetrics {
             request_errors.clone(),
         );
         registry.register("connections", "Open peer connections", connections.clone());
+        let (upload_bytes, upload_chunks, upload_new_chunks) =
+            (Counter::default(), Counter::default(), Counter::default());
+        registry.register(
+            "upload_bytes",
+            "Bytes of uploaded chunk payload accepted, as sent on the wire",
+            upload_bytes.clone(),
+        );
+        registry.register("upload_chunks", "Uploaded chunks accepted", upload_chunks.clone());
+        registry.register(
+            "upload_new_chunks",
+            "Uploaded chunks that were new to the store",
+            upload_new_chunks.clone(),
+        );
         NodeMetrics {
             registry: Mutex::new(registry),
             served_bytes,
             served_chunks,
             request_errors,
             connections,
+            upload_bytes,
+            upload_chunks,
+            upload_new_chunks,
         }
     }
 

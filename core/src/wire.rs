@@ -33,6 +33,24 @@ pub mod frame_type {
     pub const END: u8 = 0x85;
     pub const LAYERS: u8 = 0x86;
     pub const ASSIGNMENTS: u8 = 0x87;
+    // Device inventory and Wake-on-LAN (0x10-0x17, 0x90-0x97): see crate::wake::msg.
+    pub const REGISTER: u8 = 0x10;
+    pub const WAKE: u8 = 0x11;
+    pub const GET_DEVICES: u8 = 0x12;
+    pub const REGISTERED: u8 = 0x90;
+    pub const WAKE_REPORT: u8 = 0x91;
+    pub const DEVICES: u8 = 0x92;
+    // Centralized snapshots and provisioning (0x20-0x27, 0xA0-0xA7): see crate::backup.
+    pub const PUT_CHUNKS: u8 = 0x20;
+    pub const PUT_SNAPSHOT: u8 = 0x21;
+    pub const LIST_SNAPSHOTS: u8 = 0x22;
+    pub const GET_SNAPSHOT: u8 = 0x23;
+    pub const GET_PLAN: u8 = 0x24;
+    pub const CHUNKS_STORED: u8 = 0xA0;
+    pub const SNAPSHOT_STORED: u8 = 0xA1;
+    pub const SNAPSHOTS: u8 = 0xA2;
+    pub const SNAPSHOT: u8 = 0xA3;
+    pub const PLAN: u8 = 0xA4;
     pub const ERROR: u8 = 0xFF;
 }
 
@@ -131,6 +149,56 @@ pub enum Frame {
         code: ErrorCode,
         message: String,
     },
+    /// A device describes itself (endpoints on connect; reflectors for themselves and, when
+    /// forwarding to the seed, for their endpoints). Answer: `Registered`.
+    Register {
+        /// Boxed: it is by far the largest request and would bloat every `Frame`.
+        device: Box<crate::wake::msg::DeviceInfo>,
+    },
+    Registered,
+    /// The inventory of the requesting node's site. Answer: `Devices`.
+    GetDevices,
+    Devices {
+        devices: Vec<crate::wake::msg::DeviceEntry>,
+    },
+    /// Send magic packets from this node. Answer: `WakeReport`, one result per target.
+    Wake {
+        targets: Vec<crate::wake::msg::WakeTarget>,
+    },
+    WakeReport {
+        results: Vec<crate::wake::msg::WakeSent>,
+    },
+    /// Upload: `count` `Chunk` frames follow on the same stream, then its end. Answer:
+    /// `ChunksStored`, or an `Error` at the first chunk refused (earlier ones stay stored).
+    PutChunks {
+        count: u32,
+    },
+    ChunksStored {
+        received: u32,
+        added: u32,
+    },
+    /// File a snapshot record whose chunks the server holds. Answer: `SnapshotStored`.
+    PutSnapshot(crate::backup::PutSnapshot),
+    SnapshotStored(crate::backup::SnapshotInfo),
+    /// A device's snapshots, oldest first. Answer: `Snapshots`.
+    ListSnapshots {
+        device: String,
+    },
+    Snapshots {
+        snapshots: Vec<crate::backup::SnapshotInfo>,
+    },
+    /// One snapshot (`id` None = the latest) and where its record is. Answer: `Snapshot`.
+    GetSnapshot {
+        device: String,
+        id: Option<String>,
+    },
+    Snapshot {
+        info: crate::backup::SnapshotInfo,
+        record: crate::backup::RecordRef,
+    },
+    /// The layers assigned to the requesting device. Answer: `Plan`.
+    GetPlan,
+    Plan(crate::backup::DevicePlan),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -145,7 +213,7 @@ pub enum WireError {
     Empty,
 }
 
-fn malformed(what: &'static str, problem: impl Into<String>) -> WireError {
+pub(crate) fn malformed(what: &'static str, problem: impl Into<String>) -> WireError {
     WireError::Malformed { what, problem: problem.into() }
 }
 
@@ -170,6 +238,22 @@ impl Frame {
             Frame::Layers { .. } => LAYERS,
             Frame::Assignments { .. } => ASSIGNMENTS,
             Frame::Error { .. } => ERROR,
+            Frame::Register { .. } => REGISTER,
+            Frame::Registered => REGISTERED,
+            Frame::GetDevices => GET_DEVICES,
+            Frame::Devices { .. } => DEVICES,
+            Frame::Wake { .. } => WAKE,
+            Frame::WakeReport { .. } => WAKE_REPORT,
+            Frame::PutChunks { .. } => PUT_CHUNKS,
+            Frame::ChunksStored { .. } => CHUNKS_STORED,
+            Frame::PutSnapshot(_) => PUT_SNAPSHOT,
+            Frame::SnapshotStored(_) => SNAPSHOT_STORED,
+            Frame::ListSnapshots { .. } => LIST_SNAPSHOTS,
+            Frame::Snapshots { .. } => SNAPSHOTS,
+            Frame::GetSnapshot { .. } => GET_SNAPSHOT,
+            Frame::Snapshot { .. } => SNAPSHOT,
+            Frame::GetPlan => GET_PLAN,
+            Frame::Plan(_) => PLAN,
         }
     }
 
@@ -227,6 +311,27 @@ impl Frame {
                 }
                 put_long_str(out, &message[..end]);
             }
+            Frame::Registered | Frame::GetDevices => {}
+            Frame::Register { device } => device.encode(out),
+            Frame::Devices { devices } => crate::wake::msg::encode_list(out, devices),
+            Frame::Wake { targets } => crate::wake::msg::encode_list(out, targets),
+            Frame::WakeReport { results } => crate::wake::msg::encode_list(out, results),
+            Frame::PutChunks { count } => out.put_u32(*count),
+            Frame::ChunksStored { received, added } => {
+                out.put_u32(*received);
+                out.put_u32(*added);
+            }
+            Frame::PutSnapshot(p) => crate::backup::encode_put_snapshot(p, out),
+            Frame::SnapshotStored(i) => crate::backup::encode_info(i, out),
+            Frame::ListSnapshots { device } => put_str(out, device),
+            Frame::Snapshots { snapshots } => crate::backup::encode_infos(snapshots, out),
+            Frame::GetSnapshot { device, id } => {
+                put_str(out, device);
+                put_str(out, id.as_deref().unwrap_or(""));
+            }
+            Frame::Snapshot { info, record } => crate::backup::encode_snapshot(info, record, out),
+            Frame::GetPlan => {}
+            Frame::Plan(p) => crate::backup::encode_plan(p, out),
         }
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -339,6 +444,46 @@ impl Frame {
                 let message = String::from_utf8_lossy(&body.split_to(n)).into_owned();
                 Frame::Error { code, message }
             }
+            REGISTER => Frame::Register {
+                device: Box::new(crate::wake::msg::DeviceInfo::decode(&mut body)?),
+            },
+            REGISTERED => Frame::Registered,
+            GET_DEVICES => Frame::GetDevices,
+            DEVICES => Frame::Devices { devices: crate::wake::msg::decode_list(&mut body)? },
+            WAKE => Frame::Wake { targets: crate::wake::msg::decode_list(&mut body)? },
+            WAKE_REPORT => Frame::WakeReport { results: crate::wake::msg::decode_list(&mut body)? },
+            PUT_CHUNKS => {
+                need(&body, 4, "PutChunks")?;
+                let count = body.get_u32();
+                if count == 0 || count > crate::backup::MAX_PUT_CHUNKS {
+                    return Err(malformed(
+                        "PutChunks",
+                        format!("count {count} outside 1..={}", crate::backup::MAX_PUT_CHUNKS),
+                    ));
+                }
+                Frame::PutChunks { count }
+            }
+            CHUNKS_STORED => {
+                need(&body, 8, "ChunksStored")?;
+                Frame::ChunksStored { received: body.get_u32(), added: body.get_u32() }
+            }
+            PUT_SNAPSHOT => Frame::PutSnapshot(crate::backup::decode_put_snapshot(&mut body)?),
+            SNAPSHOT_STORED => {
+                Frame::SnapshotStored(crate::backup::decode_info(&mut body, "SnapshotStored")?)
+            }
+            LIST_SNAPSHOTS => Frame::ListSnapshots { device: get_str(&mut body, "ListSnapshots")? },
+            SNAPSHOTS => Frame::Snapshots { snapshots: crate::backup::decode_infos(&mut body)? },
+            GET_SNAPSHOT => {
+                let device = get_str(&mut body, "GetSnapshot")?;
+                let id = get_str(&mut body, "GetSnapshot")?;
+                Frame::GetSnapshot { device, id: (!id.is_empty()).then_some(id) }
+            }
+            SNAPSHOT => {
+                let (info, record) = crate::backup::decode_snapshot(&mut body)?;
+                Frame::Snapshot { info, record }
+            }
+            GET_PLAN => Frame::GetPlan,
+            PLAN => Frame::Plan(crate::backup::decode_plan(&mut body)?),
             other => return Err(WireError::UnknownType(other)),
         };
         if !body.is_empty() {
@@ -392,7 +537,7 @@ pub fn unpack_bits(bitmap: &[u8], count: usize) -> Vec<bool> {
     (0..count).map(|i| bitmap.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)).collect()
 }
 
-fn put_str(out: &mut BytesMut, s: &str) {
+pub(crate) fn put_str(out: &mut BytesMut, s: &str) {
     debug_assert!(s.len() <= MAX_NAME_BYTES);
     out.put_u8(s.len() as u8);
     out.put_slice(s.as_bytes());
@@ -403,7 +548,7 @@ fn put_long_str(out: &mut BytesMut, s: &str) {
     out.put_slice(s.as_bytes());
 }
 
-fn need(body: &Bytes, n: usize, what: &'static str) -> Result<(), WireError> {
+pub(crate) fn need(body: &Bytes, n: usize, what: &'static str) -> Result<(), WireError> {
     if body.len() < n {
         return Err(malformed(
             what,
@@ -413,7 +558,7 @@ fn need(body: &Bytes, n: usize, what: &'static str) -> Result<(), WireError> {
     Ok(())
 }
 
-fn get_str(body: &mut Bytes, what: &'static str) -> Result<String, WireError> {
+pub(crate) fn get_str(body: &mut Bytes, what: &'static str) -> Result<String, WireError> {
     need(body, 1, what)?;
     let n = body.get_u8() as usize;
     need(body, n, what)?;

@@ -1,7 +1,8 @@
 //! Fetching chunks from one source: batches of ids over `streams` concurrent GetChunks requests
 //! on one connection, every chunk verified off the async runtime (on the rayon pool), written
 //! straight into the staged files that use it when a tree writer is given (so fetched data is
-//! never read back), and stored in the endpoint's cache as received (compressed form kept) by a
+//! never read back; the fetch then records file references in the cache instead of a copy), and
+//! otherwise stored in the endpoint's cache as received (compressed form kept) by a
 //! [`CacheWriter`] thread, off the path from the network to the tree.
 //!
 //! A chunk whose bytes do not hash to its id is never stored: it is counted as refetched and
@@ -327,8 +328,13 @@ impl Downloader {
             } else {
                 match chunk.decode_verified() {
                     Err(e) => Verified::Bad(e.to_string()),
-                    Ok(plain) => match sink.as_ref().map(|w| w.put_chunk(&want.id, &plain)) {
-                        Some(Err(e)) => Verified::Failed(e.into()),
+                    Ok(plain) => match &sink {
+                        // Written into the tree: the fetch records a reference to the file
+                        // afterwards instead of a second copy in the cache.
+                        Some(w) if w.uses(&want.id) => match w.put_chunk(&want.id, &plain) {
+                            Err(e) => Verified::Failed(e.into()),
+                            Ok(_) => Verified::Stored,
+                        },
                         _ => {
                             cache.put(chunk);
                             Verified::Stored

@@ -3,6 +3,11 @@
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use oasis_core::logging::{self, LogFormat};
+use oasis_endpoint::apply::{self, ApplyOptions, ApplyReport};
+use oasis_endpoint::device::DeviceState;
+use oasis_endpoint::revert::{self, RestoreReport};
+use oasis_endpoint::session::Session;
+use oasis_endpoint::snapshot::{SnapshotDir, SnapshotInfo};
 use oasis_endpoint::{fetch, parse_layer, FetchOptions, FetchReport, DEFAULT_STREAMS};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -13,7 +18,7 @@ use std::time::Duration;
 #[command(
     name = "oasis-endpoint",
     version,
-    about = "Oasis endpoint: fetch layers into a directory"
+    about = "Oasis endpoint: fetch layers, apply IT layers to a device, snapshots and restore"
 )]
 struct Cli {
     /// Log format on stderr.
@@ -47,6 +52,200 @@ enum Cmd {
         #[arg(long, default_value_t = DEFAULT_STREAMS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
         streams: usize,
     },
+    /// Apply IT layers to the device root in place: every layer file exactly as the layers
+    /// say, user files untouched, a snapshot first; crash-safe.
+    Apply {
+        /// Node state directory (identity, chunk store, device state, snapshots).
+        #[arg(long)]
+        state: PathBuf,
+        /// A source as HOST:PORT; repeat for several, reflectors first, the seed last.
+        #[arg(long = "from", required = true)]
+        from: Vec<String>,
+        /// The device root (recorded in the state dir by the first apply).
+        #[arg(long)]
+        root: PathBuf,
+        /// The base layer, NAME@VERSION.
+        #[arg(long)]
+        base: String,
+        /// An app layer, NAME@VERSION; repeat for several.
+        #[arg(long = "app")]
+        app: Vec<String>,
+        /// Print one JSON report on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Concurrent chunk requests.
+        #[arg(long, default_value_t = DEFAULT_STREAMS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+        streams: usize,
+    },
+    /// Record a snapshot of the whole device now.
+    Snapshot {
+        #[arg(long)]
+        state: PathBuf,
+        /// The device root (default: the one recorded in the state dir).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Rehash every file, even those whose size, mtime, ctime and inode are unchanged.
+        #[arg(long)]
+        full_verify: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the device's snapshots, oldest first.
+    Snapshots {
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Return the whole device to a snapshot (the tree and the layers applied then).
+    Revert {
+        #[arg(long)]
+        state: PathBuf,
+        /// Snapshot id (see `snapshots`) or "latest".
+        snapshot: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring back one file or directory from a snapshot (a snapshot of now is taken first).
+    RestoreFile {
+        #[arg(long)]
+        state: PathBuf,
+        /// Path inside the device root (relative to it, or absolute).
+        path: PathBuf,
+        /// Snapshot id or "latest".
+        #[arg(long = "from")]
+        from: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or set how many snapshots are kept (config key `snapshot_keep`, default 10).
+    Retention {
+        #[arg(long)]
+        state: PathBuf,
+        /// Keep the newest N snapshots; older ones and chunks only they use are deleted.
+        #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(1..=100_000))]
+        keep: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the device: root, applied layers, snapshots; finishes an interrupted apply.
+    Status {
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a snapshot of the device (the latest by default) to the seed: only chunks the seed
+    /// lacks cross the WAN, under the bandwidth policy; an interrupted upload resumes.
+    Upload {
+        #[arg(long)]
+        state: PathBuf,
+        /// The seed, HOST:PORT.
+        #[arg(long)]
+        seed: String,
+        /// Snapshot id (see `snapshots`) or "latest".
+        #[arg(long, default_value = "latest")]
+        snapshot: String,
+        /// WAN bandwidth policy file (the format of config/bandwidth-policy.example.toml).
+        #[arg(long, conflicts_with = "wan_rate")]
+        policy: Option<PathBuf>,
+        /// A flat WAN cap instead of a policy file, e.g. 2MB/s or 20Mbit/s.
+        #[arg(long)]
+        wan_rate: Option<String>,
+        /// Concurrent upload streams.
+        #[arg(long, default_value_t = oasis_endpoint::upload::DEFAULT_UPLOAD_STREAMS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+        streams: usize,
+        /// Reconnections after a break before giving up.
+        #[arg(long, default_value_t = oasis_endpoint::upload::DEFAULT_RETRIES)]
+        retries: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a device from a snapshot it uploaded to the seed, onto an empty or replaced root.
+    Restore {
+        #[arg(long)]
+        state: PathBuf,
+        /// The seed, HOST:PORT.
+        #[arg(long)]
+        seed: String,
+        /// Where layers come from for apps-and-user (reflectors first); default: the seed.
+        #[arg(long = "from")]
+        from: Vec<String>,
+        /// DEVICE or DEVICE@SNAPSHOT (the latest when no snapshot is given).
+        #[arg(long = "from-seed", value_name = "DEVICE[@SNAPSHOT]")]
+        from_seed: String,
+        /// The root to rebuild (full: must be empty or absent).
+        #[arg(long)]
+        root: PathBuf,
+        /// full: the whole device; apps-and-user: the layers assigned now plus everything the
+        /// user owned; user: the user's data and profile only.
+        #[arg(long, value_parser = ["full", "apps-and-user", "user"])]
+        mode: String,
+        /// Top-level directory holding user profiles (mode user); repeat. Default: home, root,
+        /// Users.
+        #[arg(long = "profile-dir")]
+        profile_dir: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build this device from the layers the seed assigns it (`oasis-seed provision`): asks
+    /// the seed for its plan (an unknown device is listed as pending there), then applies it.
+    Provision {
+        #[arg(long)]
+        state: PathBuf,
+        /// The seed, HOST:PORT.
+        #[arg(long)]
+        seed: String,
+        /// Where layers come from (reflectors first); default: the seed.
+        #[arg(long = "from")]
+        from: Vec<String>,
+        /// The device root (may be empty).
+        #[arg(long)]
+        root: PathBuf,
+        /// While pending, ask again every SECONDS until layers are assigned.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Test mode: register, then stay "asleep" listening on a UDP port until this machine's
+    /// magic packet arrives; then wake, fetch the site's layers (or --layer) and report them.
+    Sleep {
+        #[arg(long)]
+        state: PathBuf,
+        /// Sources as HOST:PORT, reflectors first.
+        #[arg(long = "from", required = true)]
+        from: Vec<String>,
+        /// UDP ADDR:PORT to listen on for the magic packet (reported as this machine's wake
+        /// address).
+        #[arg(long)]
+        wake_listen: SocketAddr,
+        /// The MAC to answer to (default: this box's interfaces').
+        #[arg(long)]
+        mac: Option<String>,
+        /// Required SecureOn password, hex.
+        #[arg(long)]
+        password: Option<String>,
+        /// NAME[@VERSION] to fetch on waking (repeatable); default: the site's assignments.
+        #[arg(long)]
+        layer: Vec<String>,
+        /// Layers are written to INTO/NAME.
+        #[arg(long)]
+        into: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Relay wakes for this subnet: serve Wake requests on QUIC and register as a relay.
+    Relay {
+        #[arg(long)]
+        state: PathBuf,
+        /// QUIC ADDR:PORT to serve Wake on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Sources to register with, HOST:PORT.
+        #[arg(long = "from", required = true)]
+        from: Vec<String>,
+    },
 }
 
 /// The fetch was stopped by SIGINT or SIGTERM.
@@ -75,6 +274,53 @@ fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Sleep { state, from, wake_listen, mac, password, layer, into, json } => {
+            let mut sources = Vec::with_capacity(from.len());
+            for s in &from {
+                sources.push(resolve(s).await?);
+            }
+            let opts = oasis_endpoint::sleep::SleepOptions {
+                state_dir: state,
+                sources,
+                listen: wake_listen,
+                mac: mac.map(|m| m.parse::<oasis_core::wake::Mac>()).transpose()?.map(|m| m.0),
+                password: password.map(|p| p.parse()).transpose()?,
+                layers: layer,
+                into,
+                streams: DEFAULT_STREAMS,
+            };
+            let r = tokio::select! {
+                r = oasis_endpoint::sleep::sleep(&opts) => r?,
+                _ = oasis_core::shutdown::shutdown_signal() => return Err(Interrupted.into()),
+            };
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "woken by {} after {:.1} s; fetched {} layer(s)",
+                    r.woken_by,
+                    r.slept_seconds,
+                    r.fetched.len()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Relay { state, listen, from } => {
+            let mut sources = Vec::with_capacity(from.len());
+            for s in &from {
+                sources.push(resolve(s).await?);
+            }
+            let relay = oasis_endpoint::relay::RelayListener::start(
+                &state,
+                listen,
+                sources,
+                Duration::from_secs(30),
+            )
+            .await?;
+            println!("relaying wakes on {}", relay.addr);
+            oasis_core::shutdown::shutdown_signal().await;
+            Ok(())
+        }
         Cmd::Fetch { state, from, layer, into, json, streams } => {
             let (name, version) = parse_layer(&layer);
             if name.is_empty() || version.as_deref() == Some("") {
@@ -106,7 +352,366 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Apply { state, from, root, base, app, json, streams } => {
+            let base = apply::parse_exact(&base, "--base")?;
+            let apps = app
+                .iter()
+                .map(|a| apply::parse_exact(a, "--app"))
+                .collect::<anyhow::Result<_>>()?;
+            let mut sources = Vec::with_capacity(from.len());
+            for s in &from {
+                sources.push(resolve(s).await?);
+            }
+            let opts = ApplyOptions {
+                state_dir: state,
+                sources,
+                root,
+                base,
+                apps,
+                streams,
+                progress: !json && std::io::stderr().is_terminal(),
+            };
+            let report = tokio::select! {
+                r = apply::apply(&opts) => r?,
+                // The journal makes an interrupted apply safe: the next run finishes or rolls back.
+                _ = oasis_core::shutdown::shutdown_signal() => return Err(Interrupted.into()),
+            };
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print_apply(&report);
+            }
+            Ok(())
+        }
+        Cmd::Snapshot { state, root, full_verify, json } => {
+            let (snap, pruned) = blocking(move || {
+                let s = Session::open(
+                    &state,
+                    root.as_deref(),
+                    !json && std::io::stderr().is_terminal(),
+                )?;
+                let (_, r) = s.snapshot("manual", full_verify, false)?;
+                s.progress.finish_and_clear();
+                let pruned = s.prune()?;
+                Ok((r, pruned))
+            })
+            .await?;
+            if json {
+                let mut v = serde_json::to_value(&snap)?;
+                v["snapshots_pruned"] = serde_json::to_value(&pruned.deleted)?;
+                println!("{v}");
+            } else {
+                println!(
+                    "snapshot {}: {} entries, {} files, {}; {} files hashed ({}), {} unchanged, {} new chunks ({}) in {:.2}s",
+                    snap.id, snap.entries, snap.files, mib(snap.bytes), snap.files_hashed,
+                    mib(snap.bytes_hashed), snap.files_unchanged, snap.chunks_new, mib(snap.bytes_new), snap.seconds
+                );
+                for p in &snap.changed_behind_stamp {
+                    println!("  changed without a stamp change: {p}");
+                }
+                for p in &snap.skipped {
+                    println!("  left out: {p}");
+                }
+                if !pruned.deleted.is_empty() {
+                    println!(
+                        "  pruned snapshots {:?} ({} freed)",
+                        pruned.deleted,
+                        mib(pruned.bytes_freed)
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Snapshots { state, json } => {
+            let infos = blocking(move || {
+                let dir = SnapshotDir::new(&state);
+                let mut out = Vec::new();
+                for id in dir.ids()? {
+                    out.push(SnapshotInfo::of(&dir.load(id)?));
+                }
+                Ok(out)
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&infos)?);
+            } else if infos.is_empty() {
+                println!("no snapshots yet");
+            } else {
+                println!(
+                    "{:>6}  {:<20}  {:>8}  {:>10}  {:<24}  reason",
+                    "id", "created (UTC)", "files", "size", "layers"
+                );
+                for i in &infos {
+                    println!(
+                        "{:>6}  {:<20}  {:>8}  {:>10}  {:<24}  {}",
+                        i.id,
+                        utc(i.created),
+                        i.files,
+                        mib(i.bytes),
+                        i.layers.join(" "),
+                        i.reason
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Revert { state, snapshot, json } => {
+            let r = blocking(move || {
+                let mut s = Session::open(&state, None, !json && std::io::stderr().is_terminal())?;
+                revert::revert(&mut s, &snapshot)
+            })
+            .await?;
+            print_restore(&r, json)
+        }
+        Cmd::RestoreFile { state, path, from, json } => {
+            let r = blocking(move || {
+                let mut s = Session::open(&state, None, !json && std::io::stderr().is_terminal())?;
+                revert::restore_file(&mut s, &path, &from)
+            })
+            .await?;
+            print_restore(&r, json)
+        }
+        Cmd::Retention { state, keep, json } => {
+            let (keep_now, pruned) = blocking(move || {
+                let s = Session::open(&state, None, false)?;
+                let mut st = DeviceState::load(&state)?;
+                let mut pruned = None;
+                if let Some(k) = keep {
+                    st.snapshot_keep = Some(k);
+                    st.save(&state)?;
+                    pruned = Some(oasis_endpoint::retention::prune(&state, &s.store, k)?);
+                }
+                Ok((st.keep(), pruned))
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::json!({ "snapshot_keep": keep_now, "pruned": pruned }));
+            } else {
+                println!("snapshot_keep = {keep_now}");
+                if let Some(p) = pruned.filter(|p| !p.deleted.is_empty()) {
+                    println!("pruned snapshots {:?} ({} freed)", p.deleted, mib(p.bytes_freed));
+                }
+            }
+            Ok(())
+        }
+        Cmd::Upload { state, seed, snapshot, policy, wan_rate, streams, retries, json } => {
+            use oasis_endpoint::upload;
+            let policy = upload::policy_from_flags(policy.as_deref(), wan_rate.as_deref())?;
+            let opts = upload::UploadOptions {
+                state_dir: state,
+                seed: resolve(&seed).await?,
+                snapshot,
+                policy,
+                streams,
+                retries,
+                progress: !json && std::io::stderr().is_terminal(),
+            };
+            let r = tokio::select! {
+                r = upload::upload(&opts) => r?,
+                _ = oasis_core::shutdown::shutdown_signal() => return Err(Interrupted.into()),
+            };
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "uploaded snapshot {} of {} as {}@{}: {} files, {:.1} MiB",
+                    r.snapshot,
+                    r.device,
+                    r.filed.device,
+                    r.filed.id,
+                    r.files,
+                    r.bytes as f64 / 1048576.0
+                );
+                println!(
+                    "  {} of {} chunks already at the seed; sent {} chunks, {:.1} MiB on the wire ({:.1} MiB plain) in {:.1}s{}",
+                    r.chunks_at_seed, r.chunks_total, r.chunks_sent,
+                    r.bytes_sent as f64 / 1048576.0, r.bytes_sent_plain as f64 / 1048576.0,
+                    r.seconds,
+                    if r.attempts > 1 { format!(", {} connections (resumed)", r.attempts) } else { String::new() }
+                );
+            }
+            Ok(())
+        }
+        Cmd::Restore { state, seed, from, from_seed, root, mode, profile_dir, json } => {
+            use oasis_endpoint::restore;
+            let (device, snapshot) = restore::parse_target(&from_seed)?;
+            let mut opts = restore::RestoreOptions::new(
+                state,
+                resolve(&seed).await?,
+                &device,
+                root,
+                mode.parse().map_err(anyhow::Error::msg)?,
+            );
+            opts.snapshot = snapshot;
+            for s in &from {
+                opts.sources.push(resolve(s).await?);
+            }
+            if !profile_dir.is_empty() {
+                opts.profile_dirs = profile_dir;
+            }
+            opts.progress = !json && std::io::stderr().is_terminal();
+            let r = tokio::select! {
+                r = restore::restore(&opts) => r?,
+                _ = oasis_core::shutdown::shutdown_signal() => return Err(Interrupted.into()),
+            };
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "restored {}@{} ({}) onto {}: {} entries, {} files, {:.1} MiB; {} chunks fetched ({:.1} MiB) in {:.1}s",
+                    r.device, r.snapshot.id, r.mode, r.root, r.entries, r.files,
+                    r.bytes as f64 / 1048576.0, r.chunks_fetched,
+                    r.bytes_network as f64 / 1048576.0, r.seconds
+                );
+                if !r.layers.is_empty() {
+                    println!("  layers applied: {}", r.layers.join(" "));
+                }
+                if r.skipped_layer_owned > 0 {
+                    println!(
+                        "  {} user files left to the layers that now own their paths",
+                        r.skipped_layer_owned
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Provision { state, seed, from, root, wait, json } => {
+            let seed = resolve(&seed).await?;
+            let mut sources = Vec::new();
+            for s in &from {
+                sources.push(resolve(s).await?);
+            }
+            let opts = oasis_endpoint::restore::ProvisionOptions {
+                state_dir: state,
+                seed,
+                sources,
+                root,
+                wait: wait.map(std::time::Duration::from_secs),
+                streams: DEFAULT_STREAMS,
+                progress: !json && std::io::stderr().is_terminal(),
+            };
+            let r = tokio::select! {
+                r = oasis_endpoint::restore::provision(&opts) => r?,
+                _ = oasis_core::shutdown::shutdown_signal() => return Err(Interrupted.into()),
+            };
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print_apply(&r);
+            }
+            Ok(())
+        }
+        Cmd::Status { state, json } => {
+            let (st, recovered, snaps) = blocking(move || {
+                let lock = oasis_endpoint::device::DeviceLock::acquire(&state)?;
+                let recovered = oasis_endpoint::journal::recover(&state)?;
+                drop(lock);
+                Ok((DeviceState::load(&state)?, recovered, SnapshotDir::new(&state).ids()?))
+            })
+            .await?;
+            let layers: Vec<String> = st.layers.iter().map(|l| l.label()).collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "root": st.root,
+                        "layers": layers,
+                        "digests": st.layers.iter().map(|l| hex::encode(l.digest)).collect::<Vec<_>>(),
+                        "snapshots": snaps,
+                        "snapshot_keep": st.keep(),
+                        "recovered": recovered,
+                    })
+                );
+            } else {
+                if let Some(r) = &recovered {
+                    println!("{r}");
+                }
+                match &st.root {
+                    Some(r) => println!("root: {}", r.display()),
+                    None => println!("root: (none yet)"),
+                }
+                println!(
+                    "layers: {}",
+                    if layers.is_empty() { "(none)".into() } else { layers.join(" ") }
+                );
+                println!("snapshots: {} (keeping {})", snaps.len(), st.keep());
+            }
+            Ok(())
+        }
     }
+}
+
+/// Runs blocking device work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+fn utc(secs: u64) -> String {
+    jiff::Timestamp::from_second(secs as i64)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|_| secs.to_string())
+}
+
+fn print_apply(r: &ApplyReport) {
+    let prev = if r.previous.is_empty() { "nothing".to_string() } else { r.previous.join(" ") };
+    println!("applied {} to {} (was {prev}) in {:.2}s", r.layers.join(" "), r.root, r.seconds);
+    if let Some(x) = &r.recovered {
+        println!("  first {x}");
+    }
+    println!(
+        "  snapshot {} before ({:.2}s, {} files hashed)",
+        r.snapshot, r.snapshot_seconds, r.snapshot_files_hashed
+    );
+    println!(
+        "  fetched {} of {} chunks ({} on the wire)",
+        r.fetch.chunks_fetched,
+        r.fetch.chunks_total,
+        mib(r.fetch.bytes_network)
+    );
+    let c = &r.changes;
+    println!(
+        "  wrote {} files ({}), {} symlinks, {} new directories; removed {}; {} already right",
+        c.files_written,
+        mib(c.bytes_written),
+        c.symlinks_written,
+        c.dirs_created,
+        c.removed,
+        c.unchanged
+    );
+    for p in &r.user_files_replaced {
+        println!("  user file replaced by the layer (kept in snapshot {}): {p}", r.snapshot);
+    }
+    for p in &r.kept_user_changed {
+        println!("  dropped by the layer but changed by the user, kept: {p}");
+    }
+    if !r.snapshots_pruned.is_empty() {
+        println!("  pruned snapshots {:?}", r.snapshots_pruned);
+    }
+}
+
+fn print_restore(r: &RestoreReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+        return Ok(());
+    }
+    let what = if r.path.is_empty() { "device".to_string() } else { r.path.clone() };
+    println!(
+        "restored {what} from snapshot {} in {:.2}s (snapshot {} holds the state before)",
+        r.from, r.seconds, r.snapshot_before
+    );
+    let c = &r.changes;
+    println!(
+        "  wrote {} files ({}), {} symlinks, {} new directories; removed {}; {} already right",
+        c.files_written,
+        mib(c.bytes_written),
+        c.symlinks_written,
+        c.dirs_created,
+        c.removed,
+        c.unchanged
+    );
+    Ok(())
 }
 
 /// HOST:PORT to one socket address (IPv4 preferred, as peers usually listen there).

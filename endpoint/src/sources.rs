@@ -1,6 +1,8 @@
-//! The sources an endpoint fetches from, in order (reflectors first, the seed last), and
-//! failover between them: a source that cannot be reached within [`CONNECT_TIMEOUT`] is skipped,
-//! and once a source has been given up it is not tried again.
+//! The sources an endpoint fetches from and failover between them. With several sources, all
+//! are probed before the first connection and tried best first ([`crate::discovery`]: own site,
+//! own subnet, least loaded, the seed last; the given order breaks ties). A source that cannot be
+//! reached within [`CONNECT_TIMEOUT`] is skipped, and once a source has been given up it is not
+//! tried again.
 
 use oasis_core::identity::{NodeIdentity, TrustRoot};
 use oasis_core::manifest::SignedManifest;
@@ -26,6 +28,10 @@ pub struct Sources {
     addrs: Vec<SocketAddr>,
     next: usize,
     pub failures: Vec<SourceFailure>,
+    site: Option<String>,
+    ranked: bool,
+    /// Who we are, for the registration sent on every connection (issue #5).
+    me: oasis_core::identity::PeerInfo,
 }
 
 impl Sources {
@@ -37,7 +43,15 @@ impl Sources {
             Some(v6) => net::client_endpoint_for(*v6, identity, &opts)?,
             None => net::client_endpoint(identity, &opts)?,
         };
-        Ok(Sources { endpoint, addrs, next: 0, failures: Vec::new() })
+        Ok(Sources {
+            endpoint,
+            addrs,
+            next: 0,
+            failures: Vec::new(),
+            site: identity.info().site.clone(),
+            ranked: false,
+            me: identity.info().clone(),
+        })
     }
 
     /// Records that `addr` was given up and why.
@@ -49,6 +63,13 @@ impl Sources {
 
     /// Connects to the next source in order that answers; None when none is left.
     pub async fn connect_next(&mut self) -> Option<Client> {
+        if !self.ranked && self.addrs.len() > 1 {
+            self.ranked = true;
+            let ranked =
+                crate::discovery::rank(&self.endpoint, self.site.as_deref(), &self.addrs).await;
+            self.addrs = ranked.into_iter().map(|p| p.addr).collect();
+            tracing::info!(order = ?self.addrs, "sources ranked");
+        }
         while let Some(&addr) = self.addrs.get(self.next) {
             self.next += 1;
             let attempt =
@@ -56,6 +77,7 @@ impl Sources {
             match attempt.await {
                 Ok(Ok(client)) => {
                     tracing::info!(source = %addr, peer = %client.peer(), "connected");
+                    crate::sleep::register(&client, &crate::sleep::agent_info(&self.me)).await;
                     return Some(client);
                 }
                 Ok(Err(e)) => self.fail(addr, e),

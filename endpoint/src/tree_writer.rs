@@ -486,6 +486,11 @@ impl TreeWriter {
             .sum()
     }
 
+    /// True when some staged file contains chunk `id` (written or not).
+    pub fn uses(&self, id: &ChunkId) -> bool {
+        self.places.contains_key(id)
+    }
+
     /// True when some staged file still lacks chunk `id`.
     pub fn needs(&self, id: &ChunkId) -> bool {
         self.places.get(id).is_some_and(|p| {

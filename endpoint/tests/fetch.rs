@@ -255,12 +255,18 @@ async fn a_corrupt_cache_entry_is_fetched_again_while_writing() {
     let (addr, _s) = serve(&pki, Role::Seed, "seed", MemSource::new(&pki, &[&l]));
     let a = pki.dir.path().join("a");
     fetch(&opts(&pki, vec![addr], None, &a)).await.unwrap();
-    // Rot every byte of every pack in the cache.
+    // Rot every byte of every pack in the cache, and of every file of the first tree (the
+    // cache refers to the chunks written there instead of copying them), keeping each file's
+    // size and modification time so that only the hash check can notice.
     let mut rotted = 0;
-    for f in std::fs::read_dir(pki.state.join("cache/packs")).unwrap() {
-        let p = f.unwrap().path();
+    let packs = std::fs::read_dir(pki.state.join("cache/packs")).unwrap();
+    let files = ["bin/tool", "etc/config", "a/b/c/d/deep.bin", "dup"].map(|f| a.join(f));
+    for p in packs.map(|f| f.unwrap().path()).chain(files) {
+        let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
         let b: Vec<u8> = std::fs::read(&p).unwrap().iter().map(|x| x ^ 0xff).collect();
         std::fs::write(&p, b).unwrap();
+        std::fs::File::options().write(true).open(&p).unwrap().set_modified(mtime).unwrap();
         rotted += 1;
     }
     assert!(rotted > 0);

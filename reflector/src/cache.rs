@@ -49,6 +49,14 @@ pub struct Cache {
     pub evict_wanted: tokio::sync::Notify,
     /// Pinned bytes exceed the cap (warned once per episode).
     overfull: AtomicBool,
+    /// Called with every chunk id stored and every id evicted (the mesh announces them).
+    observer: std::sync::OnceLock<Box<dyn CacheObserver>>,
+}
+
+/// Told what enters and leaves the cache (the mesh's availability announcements).
+pub trait CacheObserver: Send + Sync {
+    fn stored(&self, id: &ChunkId);
+    fn evicted(&self, id: &ChunkId);
 }
 
 fn pin_key(name: &str, version: &str) -> Vec<u8> {
@@ -85,6 +93,7 @@ impl Cache {
             key,
             evict_wanted: tokio::sync::Notify::new(),
             overfull: AtomicBool::new(false),
+            observer: std::sync::OnceLock::new(),
         };
         // Re-pin the pinned layers from their cached manifests.
         for item in cache.pinned.iter() {
@@ -118,6 +127,11 @@ impl Cache {
             "cache opened"
         );
         Ok(cache)
+    }
+
+    /// Installs the observer (once; later calls are ignored).
+    pub fn observe(&self, observer: Box<dyn CacheObserver>) {
+        let _ = self.observer.set(observer);
     }
 
     fn lock(&self) -> MutexGuard<'_, CacheLedger> {
@@ -172,6 +186,9 @@ impl Cache {
                 };
                 if removed.is_some() {
                     self.update_gauges();
+                    if let Some(o) = self.observer.get() {
+                        o.evicted(id);
+                    }
                 }
                 Ok(None)
             }
@@ -198,6 +215,9 @@ impl Cache {
         if over {
             self.evict_wanted.notify_one();
         }
+        if let Some(o) = self.observer.get() {
+            o.stored(&chunk.id);
+        }
         Ok(())
     }
 
@@ -222,6 +242,9 @@ impl Cache {
             if let Err(e) = self.store.remove(&id) {
                 tracing::warn!(chunk = %id, error = %e, "cannot evict chunk");
                 continue;
+            }
+            if let Some(o) = self.observer.get() {
+                o.evicted(&id);
             }
             n += 1;
             bytes += b;

@@ -7,6 +7,8 @@
 
 use oasis_core::logging::LogFormat;
 use oasis_core::net::TransportOptions;
+use oasis_mesh::libp2p::multiaddr::Protocol;
+use oasis_mesh::libp2p::Multiaddr;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,70 @@ pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_millis(2);
 pub const DEFAULT_BATCHES_IN_FLIGHT: usize = 8;
 /// How often the policy file's modification time is checked.
 pub const DEFAULT_POLICY_POLL: Duration = Duration::from_secs(1);
+
+/// The reflector mesh (libp2p): how this reflector finds its siblings and gossips with them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshSettings {
+    /// `p2p_listen` / `--p2p-listen` (repeatable). Default: TCP and QUIC on port 7411.
+    pub listen: Vec<Multiaddr>,
+    /// `bootstrap` / `--bootstrap` (repeatable), with or without a trailing `/p2p/PEER_ID`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// `mdns` (default true) / `--no-mdns`.
+    pub mdns: bool,
+    /// `mesh_heartbeat`: liveness and load interval; a silent sibling expires after 3.
+    pub heartbeat: Duration,
+    /// `advertise`: the `ip:port` siblings reach this reflector's QUIC service at. Default: the
+    /// listen address, or when that is unspecified (0.0.0.0) the local address of the route to
+    /// the upstream.
+    pub advertise: Option<SocketAddr>,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        let d = oasis_mesh::MeshConfig::default();
+        MeshSettings {
+            listen: d.listen,
+            bootstrap: Vec::new(),
+            mdns: true,
+            heartbeat: d.heartbeat,
+            advertise: None,
+        }
+    }
+}
+
+/// A `--p2p-listen` / `--bootstrap` multiaddr: `/ip4|ip6|dns.../tcp/PORT` or
+/// `/.../udp/PORT/quic-v1`, optionally ending in `/p2p/PEER_ID`.
+pub fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {
+    let addr: Multiaddr = text.trim().parse().map_err(|e| {
+        format!(
+            "{text:?} is not a multiaddr ({e}); write e.g. \"/ip4/10.0.0.5/tcp/7411\" or \
+             \"/ip4/10.0.0.5/udp/7411/quic-v1/p2p/12D3Koo...\""
+        )
+    })?;
+    let parts: Vec<Protocol> = addr.iter().collect();
+    let host = matches!(
+        parts.first(),
+        Some(
+            Protocol::Ip4(_)
+                | Protocol::Ip6(_)
+                | Protocol::Dns(_)
+                | Protocol::Dns4(_)
+                | Protocol::Dns6(_)
+        )
+    );
+    let rest: Vec<&Protocol> =
+        parts.iter().skip(1).filter(|p| !matches!(p, Protocol::P2p(_))).collect();
+    let transport = matches!(rest.as_slice(), [Protocol::Tcp(_)])
+        || matches!(rest.as_slice(), [Protocol::Udp(_), Protocol::QuicV1]);
+    let p2p_last = parts.iter().position(|p| matches!(p, Protocol::P2p(_)));
+    if !host || !transport || p2p_last.is_some_and(|i| i != parts.len() - 1) {
+        return Err(format!(
+            "{text:?} is not a TCP or QUIC address: expected /ip4/ADDR/tcp/PORT or \
+             /ip4/ADDR/udp/PORT/quic-v1, optionally followed by /p2p/PEER_ID"
+        ));
+    }
+    Ok(addr)
+}
 
 /// Where the WAN limit comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +134,14 @@ pub struct ReflectorConfig {
     pub assignments_poll: Duration,
     /// QUIC parameters of the serving endpoint (not settable from the file).
     pub transport: TransportOptions,
+    /// Wake-on-LAN: scheduled delivery pacing, packet repeats, inventory sync.
+    pub wake: crate::wake::WakeSettings,
+    /// The reflector mesh; `None` = off (the default in-process; the command line turns it on
+    /// unless `mesh = false` or `--no-mesh`).
+    pub mesh: Option<MeshSettings>,
+    /// `peer_sites`: other sites whose reflectors this one may fetch chunks from before the
+    /// WAN (a fast inter-site link the policy allows). Default: none.
+    pub peer_sites: Vec<String>,
 }
 
 impl ReflectorConfig {
@@ -89,6 +163,9 @@ impl ReflectorConfig {
             policy_poll: DEFAULT_POLICY_POLL,
             assignments_poll: Duration::from_secs(60),
             transport: TransportOptions::default(),
+            wake: crate::wake::WakeSettings::default(),
+            mesh: None,
+            peer_sites: Vec::new(),
         }
     }
 
@@ -165,6 +242,19 @@ pub struct ConfigArgs {
     /// Log format on stderr.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Mesh listen multiaddr (repeatable), e.g. /ip4/0.0.0.0/tcp/7411 and
+    /// /ip4/0.0.0.0/udp/7411/quic-v1 (the default).
+    #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
+    pub p2p_listen: Vec<String>,
+    /// Mesh peer to dial at start (repeatable), with or without a trailing /p2p/PEER_ID.
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// Do not look for sibling reflectors with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Run without the reflector mesh (no siblings, no gossip).
+    #[arg(long)]
+    pub no_mesh: bool,
 }
 
 /// The file's keys; every one optional here, required ones are checked after merging flags.
@@ -186,6 +276,15 @@ struct FileConfig {
     batches_in_flight: Option<usize>,
     policy_poll: Option<toml::Spanned<String>>,
     assignments_poll: Option<toml::Spanned<String>>,
+    wake_rate: Option<toml::Spanned<u32>>,
+    wake_online_timeout: Option<toml::Spanned<String>>,
+    mesh: Option<bool>,
+    p2p_listen: Option<toml::Spanned<Vec<String>>>,
+    bootstrap: Option<toml::Spanned<Vec<String>>>,
+    mdns: Option<bool>,
+    mesh_heartbeat: Option<toml::Spanned<String>>,
+    advertise: Option<toml::Spanned<String>>,
+    peer_sites: Option<toml::Spanned<Vec<String>>>,
 }
 
 /// A number or a string with a unit.
@@ -370,6 +469,99 @@ impl ConfigArgs {
         cfg.policy_poll = duration("policy_poll", &file.policy_poll, cfg.policy_poll)?;
         cfg.assignments_poll =
             duration("assignments_poll", &file.assignments_poll, cfg.assignments_poll)?;
+        if let Some(r) = &file.wake_rate {
+            if *r.get_ref() == 0 {
+                return ctx.err(
+                    "wake_rate",
+                    r.span(),
+                    "must be at least 1 machine per minute".into(),
+                );
+            }
+            let paced = oasis_core::wake::schedule::ScheduleConfig::from_rate(*r.get_ref());
+            cfg.wake.schedule.batch_size = paced.batch_size;
+            cfg.wake.schedule.batch_interval = paced.batch_interval;
+        }
+        cfg.wake.schedule.online_timeout = duration(
+            "wake_online_timeout",
+            &file.wake_online_timeout,
+            cfg.wake.schedule.online_timeout,
+        )?;
+        if file.mesh != Some(false) && !self.no_mesh {
+            let mut m = MeshSettings {
+                heartbeat: duration(
+                    "mesh_heartbeat",
+                    &file.mesh_heartbeat,
+                    MeshSettings::default().heartbeat,
+                )?,
+                ..MeshSettings::default()
+            };
+            let addrs = |key: &str,
+                         flag: &str,
+                         flags: &[String],
+                         keyed: &Option<toml::Spanned<Vec<String>>>|
+             -> Result<Option<Vec<Multiaddr>>, String> {
+                if !flags.is_empty() {
+                    return flags
+                        .iter()
+                        .map(|a| parse_multiaddr(a).map_err(|p| format!("{flag} {p}")))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(Some);
+                }
+                match keyed {
+                    None => Ok(None),
+                    Some(v) => {
+                        let mut out = Vec::new();
+                        for a in v.get_ref() {
+                            match parse_multiaddr(a) {
+                                Ok(m) => out.push(m),
+                                Err(p) => return ctx.err(key, v.span(), p),
+                            }
+                        }
+                        Ok(Some(out))
+                    }
+                }
+            };
+            if let Some(l) =
+                addrs("p2p_listen", "--p2p-listen", &self.p2p_listen, &file.p2p_listen)?
+            {
+                if l.is_empty() {
+                    return Err(format!("{}: p2p_listen is empty: the mesh needs an address to listen on (or set mesh = false)", ctx.origin));
+                }
+                m.listen = l;
+            }
+            if let Some(b) = addrs("bootstrap", "--bootstrap", &self.bootstrap, &file.bootstrap)? {
+                m.bootstrap = b;
+            }
+            m.mdns = !self.no_mdns && file.mdns.unwrap_or(true);
+            if let Some(a) = &file.advertise {
+                match parse_addr(a.get_ref()) {
+                    Ok(addr) if !addr.ip().is_unspecified() && addr.port() != 0 => {
+                        m.advertise = Some(addr)
+                    }
+                    Ok(_) => {
+                        return ctx.err(
+                            "advertise",
+                            a.span(),
+                            "must be a concrete IP:PORT siblings can reach (not 0.0.0.0 or port 0)"
+                                .into(),
+                        )
+                    }
+                    Err(p) => return ctx.err("advertise", a.span(), p),
+                }
+            }
+            if m.heartbeat < Duration::from_millis(100) || m.heartbeat > Duration::from_secs(60) {
+                return Err(format!("{}: mesh_heartbeat must be 100ms to 60s", ctx.origin));
+            }
+            cfg.mesh = Some(m);
+        }
+        if let Some(sites) = &file.peer_sites {
+            for site in sites.get_ref() {
+                if let Err(e) = oasis_core::identity::validate_node_name("site", site) {
+                    return ctx.err("peer_sites", sites.span(), format!("entry {site:?}: {e}"));
+                }
+            }
+            cfg.peer_sites = sites.get_ref().clone();
+        }
         cfg.batch_max_chunks = file.batch_max_chunks.unwrap_or(cfg.batch_max_chunks);
         cfg.batches_in_flight = file.batches_in_flight.unwrap_or(cfg.batches_in_flight);
         cfg.validate().map_err(|p| format!("{}: {p}", ctx.origin))?;
@@ -547,6 +739,50 @@ mod tests {
         let c = args.resolve().unwrap();
         assert_eq!(c.wan, WanLimit::PolicyFile("/etc/p.toml".into()));
         assert_eq!(c.cache_size, Some(2 << 30));
+    }
+
+    #[test]
+    fn mesh_keys_and_flags() {
+        let base = "state = \"s\"\nlisten = \"0.0.0.0:1\"\nupstream = \"x:1\"\n";
+        let f = file(&format!(
+            "{base}p2p_listen = [\"/ip4/0.0.0.0/tcp/7411\"]\nbootstrap = [\"/ip4/10.0.0.2/udp/7411/quic-v1/p2p/12D3KooWD6Fpb1bkvZG3uXcN834QSk8aekUQu7ht5inToFtTbjqd\", \"/dns4/r.example/tcp/7411\"]\nmdns = false\npeer_sites = [\"annex\"]\nmesh_heartbeat = \"500ms\"\n"
+        ));
+        let args = ConfigArgs { config: Some(f.path().to_path_buf()), ..Default::default() };
+        let c = args.resolve().unwrap();
+        let m = c.mesh.clone().unwrap();
+        assert_eq!((m.listen.len(), m.bootstrap.len(), m.mdns), (1, 2, false));
+        assert_eq!(m.heartbeat, Duration::from_millis(500));
+        assert_eq!(c.peer_sites, vec!["annex".to_string()]);
+        let args = ConfigArgs {
+            config: Some(f.path().to_path_buf()),
+            bootstrap: vec!["/ip4/10.0.0.3/tcp/7411".into()],
+            ..Default::default()
+        };
+        assert_eq!(args.resolve().unwrap().mesh.unwrap().bootstrap.len(), 1, "flags replace");
+        let args = ConfigArgs { no_mesh: true, ..args };
+        assert!(args.resolve().unwrap().mesh.is_none());
+        // Default: on, TCP and QUIC on 7411, mDNS on.
+        let f = file(base);
+        let args = ConfigArgs { config: Some(f.path().to_path_buf()), ..Default::default() };
+        let m = args.resolve().unwrap().mesh.unwrap();
+        assert_eq!((m.listen.len(), m.mdns), (2, true));
+        let args = ConfigArgs { no_mdns: true, ..args };
+        assert!(!args.resolve().unwrap().mesh.unwrap().mdns);
+        // Errors name the key and line, or the flag.
+        let f = file(&format!("{base}bootstrap = [\"/ip4/10.0.0.2/udp/7411\"]\n"));
+        let args = ConfigArgs { config: Some(f.path().to_path_buf()), ..Default::default() };
+        let e = args.resolve().unwrap_err();
+        assert!(e.contains("line 4: bootstrap") && e.contains("quic-v1"), "{e}");
+        let f = file(base);
+        let args = ConfigArgs {
+            config: Some(f.path().to_path_buf()),
+            p2p_listen: vec!["tcp://0.0.0.0:7411".into()],
+            ..Default::default()
+        };
+        assert!(args.resolve().unwrap_err().contains("--p2p-listen"));
+        let f = file(&format!("{base}mesh = false\n"));
+        let args = ConfigArgs { config: Some(f.path().to_path_buf()), ..Default::default() };
+        assert!(args.resolve().unwrap().mesh.is_none());
     }
 
     #[test]

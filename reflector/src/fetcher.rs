@@ -233,6 +233,11 @@ impl Fetcher {
         }
     }
 
+    /// Chunk payload bytes received from upstream so far.
+    pub fn upstream_bytes(&self) -> u64 {
+        self.metrics.upstream_bytes.get()
+    }
+
     /// Chunks being fetched (leaders in flight or queued).
     pub fn pending(&self) -> usize {
         lock(&self.table).len()

@@ -28,12 +28,15 @@ pub mod cache;
 pub mod check;
 pub mod config;
 pub mod fetcher;
+mod mesh_link;
 pub mod metrics;
 pub mod node;
 pub mod policy;
+pub mod siblings;
 pub mod upstream;
+pub mod wake;
 
 pub use cache::CacheStats;
-pub use config::{ConfigArgs, ReflectorConfig, WanLimit};
+pub use config::{ConfigArgs, MeshSettings, ReflectorConfig, WanLimit};
 pub use metrics::ReflectorMetrics;
 pub use node::{PrefetchReport, RunningReflector};

@@ -30,6 +30,36 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Send Wake-on-LAN magic packets from this box to machines by MAC or inventory NAME.
+    Wake {
+        /// State directory (names are looked up in STATE/wake/devices.json).
+        #[arg(long)]
+        state: std::path::PathBuf,
+        /// Destination ADDR[:PORT] instead of the subnet broadcast on port 9.
+        #[arg(long)]
+        to: Option<String>,
+        /// SecureOn password, 4 or 6 bytes as hex.
+        #[arg(long)]
+        password: Option<String>,
+        /// Print what was sent where as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true, value_name = "MAC|NAME")]
+        targets: Vec<String>,
+    },
+    /// Show scheduled wake runs: per machine woken, online, delivered or failed (with reason).
+    WakeStatus {
+        #[arg(long)]
+        state: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print this node's mesh peer id (creating its p2p key on first use; stable afterwards).
+    Id {
+        /// State directory written by `oasis-seed enroll --role reflector`.
+        #[arg(long, value_name = "STATE_DIR")]
+        state: std::path::PathBuf,
+    },
 }
 
 fn main() {
@@ -62,6 +92,36 @@ fn main() {
                 print!("{}", report.render());
             }
             std::process::exit(if report.ok { 0 } else { 1 });
+        }
+        Cmd::Wake { state, to, password, json, targets } => {
+            logging::init(logging::LogFormat::default());
+            std::process::exit(oasis_reflector::wake::cli_wake(
+                &state,
+                to.as_deref(),
+                password.as_deref(),
+                &targets,
+                json,
+            ));
+        }
+        Cmd::WakeStatus { state, json } => {
+            std::process::exit(oasis_reflector::wake::cli_status(&state, json));
+        }
+        Cmd::Id { state } => {
+            if !state.is_dir() {
+                eprintln!(
+                    "error: {} is not a directory (the state directory written by \
+                     `oasis-seed enroll --role reflector`)",
+                    state.display()
+                );
+                std::process::exit(2);
+            }
+            match oasis_mesh::peer_id_of_state(&state) {
+                Ok(id) => println!("{id}"),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    std::process::exit(1);
+                }
+            }
         }
     }
 }

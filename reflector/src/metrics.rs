@@ -5,6 +5,7 @@
 use oasis_core::metrics::NodeMetrics;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use std::sync::atomic::AtomicU64;
 
 /// Counters and gauges of one reflector. Clones share the values.
 #[derive(Clone, Debug, Default)]
@@ -45,6 +46,18 @@ pub struct ReflectorMetrics {
     pub policy_reloads: Counter,
     /// `oasis_policy_reload_errors_total`: policy files refused (the old policy stayed).
     pub policy_reload_errors: Counter,
+    /// `oasis_sibling_bytes_total`: chunk payload received from reflectors of the same site.
+    pub sibling_bytes: Counter,
+    /// `oasis_peer_site_bytes_total`: chunk payload received from reflectors of other sites
+    /// (`peer_sites`).
+    pub peer_site_bytes: Counter,
+    /// `oasis_sibling_corrupt_total`: chunks from siblings that failed verification.
+    pub sibling_corrupt: Counter,
+    /// `oasis_sibling_delegated_total`: misses served by the sibling rendezvous hashing named as
+    /// the site's WAN fetcher of the chunk.
+    pub sibling_delegated: Counter,
+    /// `oasis_wan_site_share`: this reflector's share (0..1) of its site's WAN rate.
+    pub wan_share: Gauge<f64, AtomicU64>,
 }
 
 impl ReflectorMetrics {
@@ -124,6 +137,32 @@ impl ReflectorMetrics {
                 "Bandwidth policy files refused (the previous policy stayed in force)",
                 m.policy_reload_errors.clone(),
             );
+            r.register(
+                "sibling_bytes",
+                "Chunk payload bytes received from reflectors of the same site",
+                m.sibling_bytes.clone(),
+            );
+            r.register(
+                "peer_site_bytes",
+                "Chunk payload bytes received from reflectors of other sites (peer_sites)",
+                m.peer_site_bytes.clone(),
+            );
+            r.register(
+                "sibling_corrupt",
+                "Chunks from sibling reflectors that failed verification (the sibling is avoided)",
+                m.sibling_corrupt.clone(),
+            );
+            r.register(
+                "sibling_delegated",
+                "Misses served by the sibling that pulls the chunk over the WAN for the site",
+                m.sibling_delegated.clone(),
+            );
+            r.register(
+                "wan_site_share",
+                "This reflector's share of its site's WAN rate (1 without siblings)",
+                m.wan_share.clone(),
+            );
+            m.wan_share.set(1.0);
         });
         m
     }

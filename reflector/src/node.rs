@@ -6,6 +6,7 @@ use crate::config::ReflectorConfig;
 use crate::fetcher::{FetchError, Fetcher, Patience};
 use crate::metrics::ReflectorMetrics;
 use crate::policy::{PolicyControl, CHUNK_FRAME_OVERHEAD};
+use crate::siblings::Siblings;
 use crate::upstream::{self, Upstream};
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
 use oasis_core::chunk::ChunkParams;
 use oasis_core::compress::StoredChunk;
-use oasis_core::identity::{NodeIdentity, Role};
+use oasis_core::identity::{NodeIdentity, PeerInfo, Role};
 use oasis_core::manifest::SignedManifest;
 use oasis_core::metrics::NodeMetrics;
 use oasis_core::net::{self, ChunkSource, SourceError, TransportOptions};
@@ -65,6 +66,10 @@ pub(crate) struct Reflector {
     policy: Arc<PolicyControl>,
     metrics: ReflectorMetrics,
     flights: Mutex<HashMap<(String, Option<String>), Flight>>,
+    /// The mesh side (None when the mesh is off).
+    siblings: Option<Arc<Siblings>>,
+    /// Inventory, wake relay and scheduled delivery (issue #5).
+    wake: Arc<crate::wake::WakeNode>,
 }
 
 fn label(name: &str, version: Option<&str>) -> String {
@@ -76,7 +81,14 @@ fn label(name: &str, version: Option<&str>) -> String {
 
 impl Reflector {
     fn miss_patience(&self) -> Patience {
-        Patience { idle: self.cfg.miss_timeout, max: Some(self.cfg.miss_timeout * 5 / 2) }
+        // Under a WAN cap a miss may queue behind others by policy: it waits as long as the
+        // upstream keeps delivering (a stall still ends it after `miss_timeout`). Without a cap
+        // a slow upstream is trouble, and the wait is bounded.
+        let max = match self.policy.limiter.rate_now() {
+            Some(_) => None,
+            None => Some(self.cfg.miss_timeout * 5 / 2),
+        };
+        Patience { idle: self.cfg.miss_timeout, max }
     }
 
     /// Fetches, verifies and caches a manifest from upstream. One request per (name, version)
@@ -166,6 +178,42 @@ impl Reflector {
         name: &str,
         version: Option<&str>,
     ) -> Result<Option<Bytes>, SourceError> {
+        let r = self.manifest_inner(name, version).await;
+        if let Ok(Some(bytes)) = &r {
+            self.learn(bytes).await;
+        }
+        r
+    }
+
+    /// Makes a manifest's layer known to the mesh (once per layer), so that what arrives of it
+    /// is announced and siblings' claims about it are usable.
+    async fn learn(&self, bytes: &Bytes) {
+        let Some(s) = &self.siblings else { return };
+        if s.knows_manifest_bytes(bytes) {
+            return;
+        }
+        let (sib, b, key) = (s.clone(), bytes.clone(), *self.identity.trust().manifest_key());
+        let r = tokio::task::spawn_blocking(move || {
+            SignedManifest::open(&b, &key).map(|sm| sib.learn_manifest(&sm))
+        })
+        .await;
+        match r {
+            // The endpoint asks for chunks next: let the misses see the siblings' claims about
+            // this layer at once, not after the next periodic refresh.
+            Ok(Ok(true)) => {
+                let _ = tokio::time::timeout(Duration::from_millis(200), s.refresh()).await;
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "manifest not announced to the mesh"),
+            Err(e) => tracing::warn!(error = %e, "manifest not announced to the mesh"),
+        }
+    }
+
+    async fn manifest_inner(
+        self: &Arc<Self>,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<Bytes>, SourceError> {
         let what = label(name, version);
         if version.is_some() {
             if let Some(b) = self.cached_manifest(name, version) {
@@ -211,7 +259,12 @@ impl Reflector {
         }
     }
 
-    pub(crate) async fn chunk(&self, id: ChunkId) -> Result<Option<StoredChunk>, SourceError> {
+    /// A chunk for `peer` (None: an in-process caller such as prefetch).
+    pub(crate) async fn chunk(
+        &self,
+        peer: Option<&PeerInfo>,
+        id: ChunkId,
+    ) -> Result<Option<StoredChunk>, SourceError> {
         let cache = self.cache.clone();
         match tokio::task::spawn_blocking(move || cache.get(&id)).await {
             Ok(Ok(Some(c))) => {
@@ -226,6 +279,20 @@ impl Reflector {
             Err(e) => return Err(SourceError::Internal(format!("cache lookup: {e}"))),
         }
         self.metrics.cache_misses.inc();
+        if let Some(s) = &self.siblings {
+            let sibling = peer.is_some_and(|p| {
+                p.role == Role::Reflector && p.site.is_some() && p.site.as_deref() == s.mesh.site()
+            });
+            if sibling {
+                // A sibling asks: pull it over the WAN only if this reflector is the site's
+                // fetcher for it, else say Missing (it goes on elsewhere; no request loops).
+                if s.wan_fetcher(&id).await != s.mesh.peer_id() {
+                    return Ok(None);
+                }
+            } else if let Some(c) = s.fetch(id).await {
+                return Ok(Some(c));
+            }
+        }
         match self.fetcher.fetch(id, TrafficClass::Foreground, self.miss_patience()).await {
             Ok(c) => Ok(c),
             Err(FetchError::Timeout(m)) => {
@@ -318,8 +385,16 @@ impl Reflector {
         report.chunks_cached = report.chunks - missing.len() as u64;
         let patience = Patience { idle: self.cfg.miss_timeout * 6, max: None };
         let fetcher = &self.fetcher;
+        let siblings = &self.siblings;
         let mut results = futures::stream::iter(missing)
-            .map(|id| async move { fetcher.fetch(id, TrafficClass::Background, patience).await })
+            .map(|id| async move {
+                if let Some(s) = siblings {
+                    if let Some(c) = s.fetch(id).await {
+                        return Ok(Some(c));
+                    }
+                }
+                fetcher.fetch(id, TrafficClass::Background, patience).await
+            })
             .buffer_unordered(4096);
         while let Some(r) = results.next().await {
             match r {
@@ -361,7 +436,15 @@ impl ChunkSource for ReflectorSource {
     }
 
     async fn chunk(&self, id: ChunkId) -> Result<Option<StoredChunk>, SourceError> {
-        self.0.chunk(id).await
+        self.0.chunk(None, id).await
+    }
+
+    async fn chunk_for(
+        &self,
+        peer: &PeerInfo,
+        id: ChunkId,
+    ) -> Result<Option<StoredChunk>, SourceError> {
+        self.0.chunk(Some(peer), id).await
     }
 
     async fn have(&self, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError> {
@@ -370,6 +453,36 @@ impl ChunkSource for ReflectorSource {
 
     async fn layers(&self) -> Result<Vec<LayerRef>, SourceError> {
         self.0.layers().await
+    }
+
+    async fn assignments(
+        &self,
+        peer: &PeerInfo,
+    ) -> Result<Vec<oasis_core::wire::Assignment>, SourceError> {
+        Ok(self.0.wake.assignments(peer))
+    }
+
+    async fn register(
+        &self,
+        peer: &PeerInfo,
+        info: oasis_core::wake::DeviceInfo,
+    ) -> Result<(), SourceError> {
+        self.0.wake.register(peer, info).await
+    }
+
+    async fn devices(
+        &self,
+        peer: &PeerInfo,
+    ) -> Result<Vec<oasis_core::wake::DeviceEntry>, SourceError> {
+        self.0.wake.devices(peer)
+    }
+
+    async fn wake(
+        &self,
+        peer: &PeerInfo,
+        targets: Vec<oasis_core::wake::WakeTarget>,
+    ) -> Result<Vec<oasis_core::wake::WakeSent>, SourceError> {
+        self.0.wake.wake(peer, targets).await
     }
 }
 
@@ -386,6 +499,7 @@ pub struct RunningReflector {
     inner: Arc<Reflector>,
     endpoint: quinn::Endpoint,
     tasks: Vec<JoinHandle<()>>,
+    mesh_task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl RunningReflector {
@@ -449,6 +563,38 @@ impl RunningReflector {
         let endpoint = net::server_endpoint(config.listen, &identity, &config.transport)
             .with_context(|| format!("cannot listen for QUIC on {}", config.listen))?;
         let addr = endpoint.local_addr().context("reading the bound address")?;
+        let (siblings, mesh_task) = match &config.mesh {
+            None => (None, None),
+            Some(m) => {
+                let advertise = match m.advertise {
+                    Some(a) => a,
+                    None => crate::mesh_link::advertised_addr(addr, &config.upstream).await,
+                };
+                let mesh_config = oasis_mesh::MeshConfig {
+                    listen: m.listen.clone(),
+                    bootstrap: m.bootstrap.clone(),
+                    mdns: m.mdns,
+                    heartbeat: m.heartbeat,
+                    serving_addr: Some(advertise),
+                    ..oasis_mesh::MeshConfig::default()
+                };
+                let (handle, task) = oasis_mesh::Mesh::start(mesh_config, &identity, &config.state)
+                    .context("starting the reflector mesh")?;
+                node_metrics.with_registry(|r| handle.metrics().register(r));
+                let sib_endpoint = net::client_endpoint(&identity, &TransportOptions::default())
+                    .context("setting up the QUIC endpoint for siblings")?;
+                tracing::info!(peer_id = %handle.peer_id(), %advertise, site = ?handle.site(), "mesh started");
+                let s = Siblings::new(
+                    handle,
+                    config.peer_sites.clone(),
+                    &cache,
+                    sib_endpoint,
+                    metrics.clone(),
+                    config.miss_timeout * 6,
+                );
+                (Some(s), Some(task))
+            }
+        };
         let metrics_addr = match config.metrics {
             Some(m) => Some(
                 node_metrics
@@ -459,6 +605,21 @@ impl RunningReflector {
             ),
             None => None,
         };
+        let wake = {
+            let policy = policy.clone();
+            Arc::new(
+                crate::wake::WakeNode::new(
+                    &identity,
+                    &config.state,
+                    addr,
+                    upstream.clone(),
+                    config.wake.clone(),
+                    Box::new(move || policy.timezone()),
+                    &node_metrics,
+                )
+                .context("setting up the wake state directory")?,
+            )
+        };
         let inner = Arc::new(Reflector {
             cfg: config.clone(),
             identity: identity.clone(),
@@ -468,6 +629,8 @@ impl RunningReflector {
             policy: policy.clone(),
             metrics: metrics.clone(),
             flights: Mutex::new(HashMap::new()),
+            siblings: siblings.clone(),
+            wake: wake.clone(),
         });
         let mut tasks =
             vec![tokio::spawn(upstream.clone().run()), tokio::spawn(fetcher.clone().run())];
@@ -503,6 +666,18 @@ impl RunningReflector {
                 }
             }));
         }
+        if let Some(s) = &siblings {
+            tasks.push(tokio::spawn(crate::mesh_link::announce_cached(inner.clone(), s.clone())));
+            tasks.push(tokio::spawn(crate::mesh_link::load_loop(
+                s.clone(),
+                fetcher.clone(),
+                policy.clone(),
+                cache.clone(),
+                node_metrics.clone(),
+                config.mesh.as_ref().map_or(Duration::from_secs(1), |m| m.heartbeat),
+            )));
+        }
+        tasks.push(tokio::spawn(wake.run()));
         tasks.push(tokio::spawn(net::serve(
             endpoint.clone(),
             Arc::new(ReflectorSource(inner.clone())),
@@ -523,6 +698,7 @@ impl RunningReflector {
             inner,
             endpoint,
             tasks,
+            mesh_task,
         })
     }
 
@@ -530,6 +706,9 @@ impl RunningReflector {
     pub fn shutdown(&self) {
         self.endpoint.close(0u32.into(), b"reflector shutting down");
         self.inner.upstream.close();
+        if let Some(s) = &self.inner.siblings {
+            s.close();
+        }
         for t in &self.tasks {
             t.abort();
         }
@@ -542,6 +721,9 @@ impl RunningReflector {
         self.shutdown();
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
+        }
+        if let Some(t) = self.mesh_task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
         let _ = self.inner.cache.store.db().flush_async().await;
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -596,6 +778,11 @@ impl RunningReflector {
     /// The WAN rate in force now (bytes/s); None = unlimited.
     pub fn wan_rate_now(&self) -> Option<u64> {
         self.inner.policy.limiter.rate_now()
+    }
+
+    /// The mesh handle (None when the mesh is off).
+    pub fn mesh(&self) -> Option<&oasis_mesh::MeshHandle> {
+        self.inner.siblings.as_ref().map(|s| &s.mesh)
     }
 
     /// Is the upstream connection up?

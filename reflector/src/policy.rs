@@ -78,6 +78,11 @@ impl PolicyControl {
     }
 
     /// The policy file, if the limit comes from one.
+    /// The site time zone of the policy in force (delivery windows are read in it).
+    pub fn timezone(&self) -> String {
+        self.base.lock().unwrap_or_else(|e| e.into_inner()).timezone().to_string()
+    }
+
     pub fn file(&self) -> Option<&PathBuf> {
         match &self.source {
             WanLimit::PolicyFile(p) => Some(p),
@@ -145,6 +150,11 @@ impl PolicyControl {
         if now.is_some() && now != last {
             let _ = self.reload();
         }
+    }
+
+    /// Records this reflector's share of the site's WAN rate (`oasis_wan_site_share`).
+    pub fn set_share_metric(&self, share: f64) {
+        self.metrics.wan_share.set(share);
     }
 
     /// Raises the burst floor when a layer with bigger chunks shows up.

@@ -40,6 +40,25 @@ pub enum StoreCommand {
         site: Option<String>,
     },
     Verify,
+    /// Assign layers to a device (`oasis-seed provision`).
+    Provision {
+        device: String,
+        base: String,
+        #[serde(default)]
+        apps: Vec<String>,
+    },
+    /// Uploaded device snapshots: one device's, or the latest of every device.
+    Snapshots {
+        device: Option<String>,
+        /// Forget this snapshot of `device` (its chunks stay stored).
+        #[serde(default)]
+        forget: Option<String>,
+    },
+    /// The device inventory; `pending`: only devices without a plan.
+    Devices {
+        #[serde(default)]
+        pending: bool,
+    },
 }
 
 /// Splits NAME[@VERSION].
@@ -113,6 +132,33 @@ pub fn execute(
         }
         StoreCommand::Assignments { site } => {
             Ok(serde_json::to_value(Catalog::open(store)?.list(site.as_deref())?)?)
+        }
+        StoreCommand::Devices { pending } => {
+            Ok(serde_json::to_value(crate::devices::Inventory::open(store)?.list(*pending)?)?)
+        }
+        StoreCommand::Provision { device, base, apps } => {
+            crate::provision::provision(store, auth, device, base, apps)
+        }
+        StoreCommand::Snapshots { device, forget } => {
+            let snaps = crate::snapshots::Snapshots::open(store)?;
+            match (device, forget) {
+                (Some(d), Some(id)) => Ok(serde_json::to_value(snaps.remove(d, id)?)?),
+                (Some(d), None) => {
+                    let list: Vec<_> = snaps.list(d)?.into_iter().map(|f| f.info).collect();
+                    if list.is_empty() {
+                        anyhow::bail!("device {d} has no snapshots at this seed");
+                    }
+                    Ok(serde_json::to_value(list)?)
+                }
+                (None, Some(_)) => anyhow::bail!("--forget needs a DEVICE"),
+                (None, None) => Ok(Value::Array(
+                    snaps
+                        .devices()?
+                        .into_iter()
+                        .map(|(d, n, latest)| json!({ "device": d, "count": n, "latest": latest }))
+                        .collect(),
+                )),
+            }
         }
         StoreCommand::Verify => {
             let (mut ok, mut bad, mut bytes) = (0u64, 0u64, 0u64);

@@ -3,8 +3,11 @@
 pub mod admin;
 pub mod catalog;
 pub mod commands;
+pub mod devices;
 pub mod ingest;
 pub mod node;
+pub mod provision;
+pub mod snapshots;
 pub mod source;
 
 pub use ingest::{publish, PublishOptions, PublishReport};

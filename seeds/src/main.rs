@@ -135,6 +135,53 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Wake devices through an awake relay on each one's subnet (a reflector, or a relay
+    /// endpoint); the seed sends no magic packet itself.
+    Wake {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true, value_name = "DEVICE")]
+        devices: Vec<String>,
+    },
+    /// List the device inventory: endpoints and reflectors that registered.
+    Devices {
+        #[arg(long)]
+        data: PathBuf,
+        /// Only devices without a plan yet.
+        #[arg(long)]
+        pending: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Assign a base layer and app layers to a device (a pending one, or change its plan); the
+    /// endpoint applies them with `oasis-endpoint provision`.
+    Provision {
+        #[arg(long)]
+        data: PathBuf,
+        /// The device's node name, as listed by `oasis-seed devices`.
+        device: String,
+        /// NAME@VERSION of a published base layer (NAME alone: the latest version).
+        #[arg(long)]
+        base: String,
+        /// NAME@VERSION of a published app layer; repeat for several, applied in order.
+        #[arg(long = "app")]
+        apps: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List device snapshots uploaded by endpoints: every device's latest, or one device's all.
+    Snapshots {
+        #[arg(long)]
+        data: PathBuf,
+        device: Option<String>,
+        /// Forget snapshot ID of DEVICE (its chunks stay stored).
+        #[arg(long, value_name = "ID", requires = "device")]
+        forget: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-read and verify every stored chunk; drop any that fail.
     Verify {
         #[arg(long)]
@@ -293,6 +340,82 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 seed.run_until_signal().await
             })?;
         }
+        Cmd::Wake { data, json, devices } => {
+            let v = run_store_command(&data, &StoreCommand::Devices { pending: false }, false)?;
+            let inventory: Vec<oasis_seed::devices::DeviceRecord> = serde_json::from_value(v)?;
+            let identity = oasis_core::identity::NodeIdentity::load(&data)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let outcomes = rt.block_on(async {
+                let ep = oasis_core::net::client_endpoint(
+                    &identity,
+                    &oasis_core::net::TransportOptions::default(),
+                )?;
+                let o = oasis_seed::devices::wake_devices(&ep, &inventory, &devices).await;
+                ep.close(0u32.into(), b"done");
+                anyhow::Ok(o)
+            })?;
+            let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
+            if json {
+                println!("{}", serde_json::to_string(&outcomes)?);
+            } else {
+                for o in &outcomes {
+                    match &o.error {
+                        None => println!(
+                            "woke {} ({}) through {}: {} packets to {}",
+                            o.device,
+                            o.mac.as_deref().unwrap_or("-"),
+                            o.relay.as_deref().unwrap_or("-"),
+                            o.packets,
+                            o.sent_to.join(", ")
+                        ),
+                        Some(e) => println!("FAILED {}: {e}", o.device),
+                    }
+                }
+            }
+            if failed > 0 {
+                std::process::exit(1);
+            }
+        }
+        Cmd::Devices { data, pending, json } => {
+            let v = run_store_command(&data, &StoreCommand::Devices { pending }, false)?;
+            if json {
+                println!("{v}");
+            } else {
+                print_devices(&v);
+            }
+        }
+        Cmd::Provision { data, device, base, apps, json } => {
+            let cmd = StoreCommand::Provision { device, base, apps };
+            let v = run_store_command(&data, &cmd, false)?;
+            if json {
+                println!("{v}");
+            } else {
+                let pair = |x: &serde_json::Value| {
+                    format!("{}@{}", x[0].as_str().unwrap_or(""), x[1].as_str().unwrap_or(""))
+                };
+                let mut plan = pair(&v["plan"]["base"]);
+                for a in v["plan"]["apps"].as_array().into_iter().flatten() {
+                    plan.push_str(" + ");
+                    plan.push_str(&pair(a));
+                }
+                println!("provisioned {}: {plan}", v["name"].as_str().unwrap_or(""));
+            }
+        }
+        Cmd::Snapshots { data, device, forget, json } => {
+            let listing_one = device.is_some() && forget.is_none();
+            let v = run_store_command(&data, &StoreCommand::Snapshots { device, forget }, false)?;
+            if json {
+                println!("{v}");
+            } else if let Some(rows) = v.as_array() {
+                print_snapshots(rows, listing_one);
+            } else {
+                println!(
+                    "forgot snapshot {} of {}",
+                    v["id"].as_str().unwrap_or(""),
+                    v["device"].as_str().unwrap_or("")
+                );
+            }
+        }
         Cmd::Verify { data, json } => {
             let v = run_store_command(&data, &StoreCommand::Verify, false)?;
             let (ok, bad) =
@@ -344,4 +467,79 @@ fn run_store_command(
         b.finish_and_clear();
     }
     result
+}
+
+fn print_devices(v: &serde_json::Value) {
+    let rows = v.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("no devices registered");
+        return;
+    }
+    let now = oasis_seed::devices::unix_now();
+    println!(
+        "{:<20} {:<9} {:<12} {:<17} {:<18} {:>10}  plan",
+        "name", "role", "site", "mac", "address", "seen"
+    );
+    for r in rows {
+        let first = |k: &str| r[k].as_array().and_then(|a| a.first()).and_then(|x| x.as_str());
+        let seen = now.saturating_sub(r["last_seen"].as_u64().unwrap_or(0));
+        let plan = match &r["plan"] {
+            serde_json::Value::Null => "(pending)".to_string(),
+            p => {
+                let pair = |x: &serde_json::Value| {
+                    format!("{}@{}", x[0].as_str().unwrap_or(""), x[1].as_str().unwrap_or(""))
+                };
+                let mut s = pair(&p["base"]);
+                for a in p["apps"].as_array().into_iter().flatten() {
+                    s.push_str(" + ");
+                    s.push_str(&pair(a));
+                }
+                s
+            }
+        };
+        println!(
+            "{:<20} {:<9} {:<12} {:<17} {:<18} {:>9}s  {plan}",
+            r["name"].as_str().unwrap_or(""),
+            r["role"].as_str().unwrap_or(""),
+            r["site"].as_str().unwrap_or("-"),
+            first("macs").unwrap_or("-"),
+            first("addrs").unwrap_or("-"),
+            seen,
+        );
+    }
+}
+
+fn print_snapshots(rows: &[serde_json::Value], one_device: bool) {
+    if rows.is_empty() {
+        println!("no device snapshots uploaded");
+        return;
+    }
+    println!(
+        "{:<20} {:<10} {:>8} {:>14} {:<20} {}",
+        "device",
+        "snapshot",
+        "files",
+        "bytes",
+        "created",
+        if one_device { "layers" } else { "count" }
+    );
+    for r in rows {
+        let info = if one_device { r } else { &r["latest"] };
+        let age =
+            oasis_seed::devices::unix_now().saturating_sub(info["created"].as_u64().unwrap_or(0));
+        let created = format!("{}h{:02}m ago", age / 3600, age % 3600 / 60);
+        println!(
+            "{:<20} {:<10} {:>8} {:>14} {:<20} {}",
+            info["device"].as_str().unwrap_or(""),
+            info["id"].as_str().unwrap_or(""),
+            info["files"].as_u64().unwrap_or(0),
+            info["bytes"].as_u64().unwrap_or(0),
+            created,
+            if one_device {
+                info["layers"].as_str().unwrap_or("").to_string()
+            } else {
+                r["count"].to_string()
+            }
+        );
+    }
 }

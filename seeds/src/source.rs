@@ -7,6 +7,7 @@ use oasis_core::compress::StoredChunk;
 use oasis_core::identity::PeerInfo;
 use oasis_core::net::{ChunkSource, SourceError};
 use oasis_core::store::ChunkStore;
+use oasis_core::wake::{DeviceEntry, DeviceInfo};
 use oasis_core::wire::{Assignment, LayerRef};
 use std::sync::Arc;
 
@@ -53,5 +54,78 @@ impl ChunkSource for SeedSource {
         let Some(site) = peer.site.as_deref() else { return Ok(Vec::new()) };
         let list = Catalog::open(&self.store).and_then(|c| c.list(Some(site))).map_err(internal)?;
         Ok(list.iter().map(|a| a.to_wire()).collect())
+    }
+
+    async fn register(&self, peer: &PeerInfo, info: DeviceInfo) -> Result<(), SourceError> {
+        let info = crate::devices::admit_registration(peer, info)?;
+        let inv = crate::devices::Inventory::open(&self.store).map_err(internal)?;
+        let r = inv.record(&info, &peer.name, crate::devices::unix_now()).map_err(internal)?;
+        tracing::info!(device = %r.name, by = %peer.name, site = ?r.site, "device registered");
+        Ok(())
+    }
+
+    async fn devices(&self, peer: &PeerInfo) -> Result<Vec<DeviceEntry>, SourceError> {
+        let site = crate::devices::inventory_site(peer)?;
+        let inv = crate::devices::Inventory::open(&self.store).map_err(internal)?;
+        Ok(inv.site(&site).map_err(internal)?.iter().map(|r| r.to_entry()).collect())
+    }
+
+    async fn put_chunk(&self, peer: &PeerInfo, chunk: StoredChunk) -> Result<bool, SourceError> {
+        crate::provision::may_upload(peer)?;
+        let store = self.store.clone();
+        // Decompressing and hashing burn CPU: keep them off the async threads.
+        tokio::task::spawn_blocking(move || crate::provision::store_uploaded(&store, &chunk))
+            .await
+            .map_err(internal)?
+    }
+
+    async fn put_snapshot(
+        &self,
+        peer: &PeerInfo,
+        req: oasis_core::backup::PutSnapshot,
+    ) -> Result<oasis_core::backup::SnapshotInfo, SourceError> {
+        crate::provision::own_device(peer, &req.device)?;
+        let (store, device) = (self.store.clone(), peer.name.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::snapshots::Snapshots::open(&store)
+                .and_then(|s| s.put(&device, &req))
+                .map_err(crate::provision::snapshot_error)
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    async fn snapshots(
+        &self,
+        peer: &PeerInfo,
+        device: &str,
+    ) -> Result<Vec<oasis_core::backup::SnapshotInfo>, SourceError> {
+        crate::provision::own_device(peer, device)?;
+        let list = crate::snapshots::Snapshots::open(&self.store)
+            .and_then(|s| s.list(device))
+            .map_err(crate::provision::snapshot_error)?;
+        Ok(list.into_iter().map(|f| f.info).collect())
+    }
+
+    async fn snapshot(
+        &self,
+        peer: &PeerInfo,
+        device: &str,
+        id: Option<&str>,
+    ) -> Result<(oasis_core::backup::SnapshotInfo, oasis_core::backup::RecordRef), SourceError>
+    {
+        crate::provision::own_device(peer, device)?;
+        let f = crate::snapshots::Snapshots::open(&self.store)
+            .and_then(|s| s.get(device, id))
+            .map_err(crate::provision::snapshot_error)?;
+        Ok((f.info, f.record))
+    }
+
+    async fn plan(&self, peer: &PeerInfo) -> Result<oasis_core::backup::DevicePlan, SourceError> {
+        let store = self.store.clone();
+        let peer = peer.clone();
+        tokio::task::spawn_blocking(move || crate::provision::plan_for(&store, &peer))
+            .await
+            .map_err(internal)?
     }
 }

@@ -50,6 +50,13 @@ impl TestSeed {
         Ok(out)
     }
 
+    /// Enrolls a node of `site` and returns its state directory.
+    pub fn enroll_in_site(&self, role: Role, name: &str, site: &str) -> anyhow::Result<PathBuf> {
+        let out = self.dir.path().join(format!("node-{name}"));
+        SeedAuthority::load(&self.data())?.enroll(role, name, Some(site), &out, false)?;
+        Ok(out)
+    }
+
     pub fn served_bytes(&self) -> u64 {
         self.seed.metrics.served_bytes.get()
     }

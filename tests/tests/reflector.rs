@@ -813,3 +813,108 @@ async fn assigned_layers_are_pinned_and_prefetched() -> anyhow::Result<()> {
     assert!(unpinned, "still pinned: {:?}", refl.pinned_layers());
     Ok(())
 }
+
+/// Issue #3: "measured over any 10 s window the WAN rate stays within 5% above the configured
+/// rate (after the burst); this holds with fifty concurrent endpoints". Fifty real endpoints
+/// fetch one layer at once through a cold reflector capped at 1 MB/s; the upstream byte
+/// counter is sampled every 100 ms and every 10 s window that starts after the burst and ends
+/// before the last byte is checked. 1 MB/s and a 12.6 MB layer keep the test to ~13 s: the
+/// fetcher's unpaid request window (256 KiB at this rate, reflector/src/fetcher.rs) is then
+/// 2.6% of 10 s of traffic, inside the 5%.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_endpoints_hold_the_wan_rate_over_any_ten_seconds() -> anyhow::Result<()> {
+    use rand::{RngCore, SeedableRng};
+    const RATE: f64 = 1e6;
+    let seed = TestSeed::start().await?;
+    let src = seed.dir.path().join("src");
+    std::fs::create_dir_all(&src)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(50);
+    for i in 0..12 {
+        // Incompressible: stored bytes = plain bytes, so the transfer lasts ~12.6 s.
+        let mut data = vec![0u8; 1 << 20];
+        rng.fill_bytes(&mut data);
+        std::fs::write(src.join(format!("blob{i:02}.bin")), data)?;
+    }
+    let published = seed.publish("base", "1", &src)?;
+    let mut policy =
+        BandwidthPolicy::from_toml_str("[wan]\nrate = \"1MB/s\"\nburst = \"64KiB\"\n", "test")?;
+    // What the reflector raises the burst to (the largest chunk as sent).
+    let largest = oasis_core::chunk::ChunkParams::default().max as u64
+        + oasis_reflector::policy::CHUNK_FRAME_OVERHEAD;
+    policy.ensure_burst_covers(largest);
+    let burst = policy.burst_bytes() as f64;
+    let refl = reflector(&seed, "refl", |_| {}).await?;
+    refl.set_policy(policy);
+
+    let mut states = Vec::new();
+    for i in 0..50 {
+        states.push(seed.enroll(Role::Endpoint, &format!("ep{i:02}"))?);
+    }
+    let t0 = Instant::now();
+    let counter = refl.stats.upstream_bytes.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut samples = vec![(0.0, counter.get())];
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                samples.push((t0.elapsed().as_secs_f64(), counter.get()));
+            }
+            samples
+        })
+    };
+    let mut tasks = Vec::new();
+    for (i, state) in states.iter().enumerate() {
+        let into = seed.dir.path().join(format!("root-{i:02}"));
+        let o = opts(state, refl.addr, "base", Some("1"), &into);
+        tasks.push(tokio::spawn(async move { (into, fetch(&o).await) }));
+    }
+    let mut roots = Vec::new();
+    for t in tasks {
+        let (into, r) = t.await?;
+        assert_eq!(r?.bytes_network, published.stored_bytes);
+        roots.push(into);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = sampler.await?;
+
+    let total = refl.stats.upstream_bytes.get();
+    assert!(total as f64 <= 1.05 * published.stored_bytes as f64, "{total} B pulled upstream");
+    let first = samples.iter().find(|s| s.1 > 0).expect("bytes moved").0;
+    let last = samples.iter().find(|s| s.1 == total).expect("final sample").0;
+    let mut windows = Vec::new();
+    for (i, &(t, b)) in samples.iter().enumerate() {
+        if t < first + burst / RATE {
+            continue;
+        }
+        let Some(&(t2, b2)) = samples[i..].iter().find(|s| s.0 >= t + 10.0) else { break };
+        if t2 > last {
+            break;
+        }
+        windows.push((b2 - b) as f64 / (t2 - t));
+    }
+    let peak = windows.iter().copied().fold(0.0, f64::max);
+    let low = windows.iter().copied().fold(f64::INFINITY, f64::min);
+    let mean = windows.iter().sum::<f64>() / windows.len().max(1) as f64;
+    eprintln!(
+        "50 endpoints, {} B stored, transfer {:.1} s: {} windows of 10 s after the {burst} B \
+         burst, rate {:+.2}% .. {:+.2}% of the 1 MB/s cap",
+        published.stored_bytes,
+        last - first,
+        windows.len(),
+        (low / RATE - 1.0) * 100.0,
+        (peak / RATE - 1.0) * 100.0
+    );
+    assert!(windows.len() >= 5, "the transfer was too short to measure 10 s windows");
+    assert!(peak <= 1.05 * RATE, "a 10 s window ran at {peak:.0} B/s, over 1.05 x the cap");
+    // The cap was what held the transfer back (else the check above proves nothing).
+    assert!(mean >= 0.8 * RATE, "the WAN ran far below the cap: {mean:.0} B/s on average");
+    let want = snapshot(&src);
+    for r in &roots {
+        assert_eq!(snapshot(r), want, "tree at {} differs", r.display());
+    }
+    refl.stop().await;
+    Ok(())
+}

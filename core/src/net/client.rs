@@ -156,6 +156,162 @@ impl Client {
         }
     }
 
+    /// Registers a device in the server's inventory (this node itself, or for a reflector, a
+    /// device of its site).
+    pub async fn register(&self, device: &crate::wake::DeviceInfo) -> Result<(), NetError> {
+        if device.name.is_empty() || device.name.len() > MAX_NAME_BYTES {
+            return Err(self.bad_request(format!(
+                "device name must be 1 to {MAX_NAME_BYTES} bytes, not {}",
+                device.name.len()
+            )));
+        }
+        match self.request(&Frame::Register { device: Box::new(device.clone()) }).await? {
+            Frame::Registered => Ok(()),
+            other => Err(self.unexpected(&other, "Registered")),
+        }
+    }
+
+    /// The inventory of this node's site, as the server knows it.
+    pub async fn devices(&self) -> Result<Vec<crate::wake::DeviceEntry>, NetError> {
+        match self.request(&Frame::GetDevices).await? {
+            Frame::Devices { devices } => Ok(devices),
+            other => Err(self.unexpected(&other, "Devices")),
+        }
+    }
+
+    /// Asks the server to send magic packets for `targets` from its own network.
+    pub async fn wake(
+        &self,
+        targets: Vec<crate::wake::WakeTarget>,
+    ) -> Result<Vec<crate::wake::WakeSent>, NetError> {
+        match self.request(&Frame::Wake { targets }).await? {
+            Frame::WakeReport { results } => Ok(results),
+            other => Err(self.unexpected(&other, "WakeReport")),
+        }
+    }
+
+    /// Uploads `chunks` (at most [`crate::backup::MAX_PUT_CHUNKS`]) on one stream, sent as
+    /// stored (compressed when that saves bytes). With a `limiter`, each chunk frame waits for
+    /// its bytes (frame header included) before it is written. Returns `(received, added)`:
+    /// chunks the server stored, and how many of those were new to it.
+    pub async fn put_chunks(
+        &self,
+        chunks: &[StoredChunk],
+        limiter: Option<&crate::policy::WanLimiter>,
+    ) -> Result<(u32, u32), NetError> {
+        let addr = self.addr;
+        if chunks.is_empty() || chunks.len() > crate::backup::MAX_PUT_CHUNKS as usize {
+            return Err(self.bad_request(format!(
+                "{} chunks per upload stream, allowed 1 to {}",
+                chunks.len(),
+                crate::backup::MAX_PUT_CHUNKS
+            )));
+        }
+        let (mut send, mut recv) =
+            self.conn.open_bi().await.map_err(|source| NetError::Connection { addr, source })?;
+        let header = Frame::PutChunks { count: chunks.len() as u32 }.to_bytes();
+        // Ok(false): the server stopped reading (it refused the upload; its Error frame follows).
+        async fn write(
+            send: &mut quinn::SendStream,
+            bufs: &mut [Bytes],
+            addr: SocketAddr,
+        ) -> Result<bool, NetError> {
+            match send.write_all_chunks(bufs).await {
+                Ok(()) => Ok(true),
+                Err(quinn::WriteError::Stopped(_)) => Ok(false),
+                Err(quinn::WriteError::ConnectionLost(source)) => {
+                    Err(NetError::Connection { addr, source })
+                }
+                Err(e) => Err(NetError::Stream { addr, problem: format!("uploading: {e}") }),
+            }
+        }
+        let mut open = write(&mut send, &mut [header], addr).await?;
+        for c in chunks {
+            if !open {
+                break;
+            }
+            if let Some(l) = limiter {
+                l.acquire(crate::policy::TrafficClass::Foreground, 42 + c.data.len() as u64).await;
+            }
+            let head = Bytes::copy_from_slice(&Frame::chunk_header(c));
+            open = write(&mut send, &mut [head, c.data.clone()], addr).await?;
+        }
+        let _ = send.finish();
+        match read_answer(&mut recv, addr).await? {
+            Some(Frame::ChunksStored { received, added }) => Ok((received, added)),
+            Some(Frame::Error { code, message }) => Err(NetError::Remote { addr, code, message }),
+            Some(other) => Err(self.unexpected(&other, "ChunksStored")),
+            None => Err(NetError::Protocol {
+                addr,
+                problem: "upload stream ended without an answer".into(),
+            }),
+        }
+    }
+
+    /// Files a snapshot record whose chunks the server already holds.
+    pub async fn put_snapshot(
+        &self,
+        req: crate::backup::PutSnapshot,
+    ) -> Result<crate::backup::SnapshotInfo, NetError> {
+        self.check_names(&[&req.device, &req.id])?;
+        if req.record.chunks.len() > crate::backup::MAX_RECORD_CHUNKS {
+            return Err(self.bad_request(format!(
+                "record of {} chunks exceeds {}",
+                req.record.chunks.len(),
+                crate::backup::MAX_RECORD_CHUNKS
+            )));
+        }
+        match self.request(&Frame::PutSnapshot(req)).await? {
+            Frame::SnapshotStored(info) => Ok(info),
+            other => Err(self.unexpected(&other, "SnapshotStored")),
+        }
+    }
+
+    /// `device`'s snapshots at the server, oldest first.
+    pub async fn snapshots(
+        &self,
+        device: &str,
+    ) -> Result<Vec<crate::backup::SnapshotInfo>, NetError> {
+        self.check_names(&[device])?;
+        match self.request(&Frame::ListSnapshots { device: device.to_string() }).await? {
+            Frame::Snapshots { snapshots } => Ok(snapshots),
+            other => Err(self.unexpected(&other, "Snapshots")),
+        }
+    }
+
+    /// One of `device`'s snapshots (`id` None = latest) and where its record is.
+    pub async fn snapshot(
+        &self,
+        device: &str,
+        id: Option<&str>,
+    ) -> Result<(crate::backup::SnapshotInfo, crate::backup::RecordRef), NetError> {
+        self.check_names(&[device, id.unwrap_or("x")])?;
+        let req = Frame::GetSnapshot { device: device.to_string(), id: id.map(str::to_string) };
+        match self.request(&req).await? {
+            Frame::Snapshot { info, record } => Ok((info, record)),
+            other => Err(self.unexpected(&other, "Snapshot")),
+        }
+    }
+
+    /// The layers assigned to this device (`base` None while it is pending).
+    pub async fn plan(&self) -> Result<crate::backup::DevicePlan, NetError> {
+        match self.request(&Frame::GetPlan).await? {
+            Frame::Plan(plan) => Ok(plan),
+            other => Err(self.unexpected(&other, "Plan")),
+        }
+    }
+
+    fn check_names(&self, names: &[&str]) -> Result<(), NetError> {
+        for n in names {
+            if n.is_empty() || n.len() > MAX_NAME_BYTES {
+                return Err(
+                    self.bad_request(format!("name {n:?} must be 1 to {MAX_NAME_BYTES} bytes"))
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Closes the connection (code [`close_code::NORMAL`]); requests in flight fail.
     pub fn close(&self) {
         self.conn.close(VarInt::from_u32(close_code::NORMAL), b"done");

@@ -35,6 +35,17 @@ pub trait ChunkSource: Send + Sync + 'static {
         id: ChunkId,
     ) -> impl Future<Output = Result<Option<StoredChunk>, SourceError>> + Send;
 
+    /// A chunk asked for by `peer` (whose certificate the server verified). Default:
+    /// [`ChunkSource::chunk`]. A reflector answers a sibling reflector without passing the miss
+    /// on to another sibling, so requests cannot go round in circles.
+    fn chunk_for(
+        &self,
+        _peer: &PeerInfo,
+        id: ChunkId,
+    ) -> impl Future<Output = Result<Option<StoredChunk>, SourceError>> + Send {
+        self.chunk(id)
+    }
+
     /// One flag per id, in order: is the chunk held?
     fn have(&self, ids: &[ChunkId]) -> impl Future<Output = Result<Vec<bool>, SourceError>> + Send;
 
@@ -47,6 +58,81 @@ pub trait ChunkSource: Send + Sync + 'static {
         _peer: &PeerInfo,
     ) -> impl Future<Output = Result<Vec<wire::Assignment>, SourceError>> + Send {
         async { Ok(Vec::new()) }
+    }
+
+    /// A device registers itself (or a reflector forwards one). Default: this node keeps no
+    /// inventory, answered `Error(Forbidden)`.
+    fn register(
+        &self,
+        _peer: &PeerInfo,
+        _info: crate::wake::DeviceInfo,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send {
+        async { Err(SourceError::Refused("this node keeps no device inventory".into())) }
+    }
+
+    /// The inventory `peer` may see (its site's devices). Default: none kept, `Forbidden`.
+    fn devices(
+        &self,
+        _peer: &PeerInfo,
+    ) -> impl Future<Output = Result<Vec<crate::wake::DeviceEntry>, SourceError>> + Send {
+        async { Err(SourceError::Refused("this node keeps no device inventory".into())) }
+    }
+
+    /// Sends magic packets from this node for `peer`. Default: this node does not relay wakes.
+    fn wake(
+        &self,
+        _peer: &PeerInfo,
+        _targets: Vec<crate::wake::WakeTarget>,
+    ) -> impl Future<Output = Result<Vec<crate::wake::WakeSent>, SourceError>> + Send {
+        async { Err(SourceError::Refused("this node does not relay wakes".into())) }
+    }
+
+    /// Stores one uploaded chunk (NOT verified yet: implementations verify it against its id).
+    /// Returns true when it was new. Default: this node takes no uploads.
+    fn put_chunk(
+        &self,
+        _peer: &PeerInfo,
+        _chunk: StoredChunk,
+    ) -> impl Future<Output = Result<bool, SourceError>> + Send {
+        async { Err(SourceError::Refused("this node takes no uploads".into())) }
+    }
+
+    /// Files an uploaded snapshot record (centralized device snapshots). Default: refused.
+    fn put_snapshot(
+        &self,
+        _peer: &PeerInfo,
+        _req: crate::backup::PutSnapshot,
+    ) -> impl Future<Output = Result<crate::backup::SnapshotInfo, SourceError>> + Send {
+        async { Err(SourceError::Refused("this node keeps no device snapshots".into())) }
+    }
+
+    /// A device's snapshots, oldest first. Default: refused.
+    fn snapshots(
+        &self,
+        _peer: &PeerInfo,
+        _device: &str,
+    ) -> impl Future<Output = Result<Vec<crate::backup::SnapshotInfo>, SourceError>> + Send {
+        async { Err(SourceError::Refused("this node keeps no device snapshots".into())) }
+    }
+
+    /// One snapshot of a device (`id` None = latest) and its record reference. Default: refused.
+    fn snapshot(
+        &self,
+        _peer: &PeerInfo,
+        _device: &str,
+        _id: Option<&str>,
+    ) -> impl Future<
+        Output = Result<(crate::backup::SnapshotInfo, crate::backup::RecordRef), SourceError>,
+    > + Send {
+        async { Err(SourceError::Refused("this node keeps no device snapshots".into())) }
+    }
+
+    /// The layers assigned to the requesting device. Default: refused.
+    fn plan(
+        &self,
+        _peer: &PeerInfo,
+    ) -> impl Future<Output = Result<crate::backup::DevicePlan, SourceError>> + Send {
+        async { Err(SourceError::Refused("this node does not provision devices".into())) }
     }
 
     /// Which peers may connect (default: every enrolled role). A refused peer's connection is
@@ -65,6 +151,12 @@ pub enum SourceError {
     /// Broken (storage error, corrupt data): answered `Internal`.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The peer may not make this request here: answered `Forbidden`.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The request is refused with this error code (bad input, not found...).
+    #[error("{1} ({0:?})")]
+    Rejected(ErrorCode, String),
 }
 
 impl SourceError {
@@ -72,13 +164,18 @@ impl SourceError {
         match self {
             SourceError::Unavailable(_) => ErrorCode::Unavailable,
             SourceError::Internal(_) => ErrorCode::Internal,
+            SourceError::Refused(_) => ErrorCode::Forbidden,
+            SourceError::Rejected(code, _) => *code,
         }
     }
 
     fn into_frame(self) -> Frame {
         let code = self.code();
         let message = match self {
-            SourceError::Unavailable(m) | SourceError::Internal(m) => m,
+            SourceError::Unavailable(m)
+            | SourceError::Internal(m)
+            | SourceError::Refused(m)
+            | SourceError::Rejected(_, m) => m,
         };
         Frame::Error { code, message }
     }
@@ -203,6 +300,9 @@ impl<S: ChunkSource> StreamCtx<S> {
                 format!("request not complete within {} s", REQUEST_TIMEOUT.as_secs()),
             ))),
         };
+        if let Ok(Frame::PutChunks { count }) = request {
+            return self.receive_chunks(send, recv, count).await;
+        }
         // Whatever else the client sends on this stream is not wanted.
         let _ = recv.stop(VarInt::from_u32(stream_code::DONE));
         drop(recv);
@@ -279,6 +379,36 @@ impl<S: ChunkSource> StreamCtx<S> {
                 Ok(assignments) => Ok(Frame::Assignments { assignments }),
                 Err(e) => Err(e.into_frame()),
             },
+            Frame::Register { device } => match source.register(&self.peer, *device).await {
+                Ok(()) => Ok(Frame::Registered),
+                Err(e) => Err(e.into_frame()),
+            },
+            Frame::GetDevices => match source.devices(&self.peer).await {
+                Ok(devices) => Ok(Frame::Devices { devices }),
+                Err(e) => Err(e.into_frame()),
+            },
+            Frame::Wake { targets } => match source.wake(&self.peer, targets).await {
+                Ok(results) => Ok(Frame::WakeReport { results }),
+                Err(e) => Err(e.into_frame()),
+            },
+            Frame::PutSnapshot(req) => match source.put_snapshot(&self.peer, req).await {
+                Ok(info) => Ok(Frame::SnapshotStored(info)),
+                Err(e) => Err(e.into_frame()),
+            },
+            Frame::ListSnapshots { device } => match source.snapshots(&self.peer, &device).await {
+                Ok(snapshots) => Ok(Frame::Snapshots { snapshots }),
+                Err(e) => Err(e.into_frame()),
+            },
+            Frame::GetSnapshot { device, id } => {
+                match source.snapshot(&self.peer, &device, id.as_deref()).await {
+                    Ok((info, record)) => Ok(Frame::Snapshot { info, record }),
+                    Err(e) => Err(e.into_frame()),
+                }
+            }
+            Frame::GetPlan => match source.plan(&self.peer).await {
+                Ok(plan) => Ok(Frame::Plan(plan)),
+                Err(e) => Err(e.into_frame()),
+            },
             // read_request only lets requests through.
             other => Err(Frame::error(
                 ErrorCode::UnknownType,
@@ -310,8 +440,9 @@ impl<S: ChunkSource> StreamCtx<S> {
         let started = Instant::now();
         let requested = ids.len();
         let source = &*self.source;
+        let peer = &*self.peer;
         let mut lookups = futures::stream::iter(ids)
-            .map(|id| async move { source.chunk(id).await.map(|c| (id, c)) })
+            .map(|id| async move { source.chunk_for(peer, id).await.map(|c| (id, c)) })
             .buffered(CHUNK_READ_AHEAD);
         let (mut sent, mut missing, mut bytes) = (0usize, 0usize, 0u64);
         while let Some(item) = lookups.next().await {
@@ -355,6 +486,109 @@ impl<S: ChunkSource> StreamCtx<S> {
         Ok(())
     }
 
+    /// An upload stream: `count` Chunk frames follow the PutChunks request. Each chunk is handed
+    /// to the source (which verifies and stores it) before the next is read, so memory holds one
+    /// frame; the first refused chunk ends the stream with an Error frame (chunks before it stay
+    /// stored: they were verified, and a retry need not send them again).
+    async fn receive_chunks(self, mut send: SendStream, mut recv: RecvStream, count: u32) {
+        let (mut received, mut added) = (0u32, 0u32);
+        let outcome: Result<(), Refusal> = async {
+            let bad = |code, message: String| Refusal::Bad(Frame::Error { code, message });
+            for _ in 0..count {
+                let next = tokio::time::timeout(
+                    UPLOAD_FRAME_TIMEOUT,
+                    read_frame(&mut recv, MAX_FRAME_BYTES),
+                )
+                .await;
+                let (ty, body) = match next {
+                    Err(_) => {
+                        return Err(bad(
+                            ErrorCode::Malformed,
+                            format!(
+                                "no chunk frame within {} s ({received} of {count} received)",
+                                UPLOAD_FRAME_TIMEOUT.as_secs()
+                            ),
+                        ))
+                    }
+                    Ok(Ok(Some(f))) => f,
+                    Ok(Ok(None)) => {
+                        return Err(bad(
+                            ErrorCode::Malformed,
+                            format!("stream ended after {received} of {count} chunk frames"),
+                        ))
+                    }
+                    Ok(Err(ReadFrameError::Read(e))) => return Err(Refusal::Gone(e.to_string())),
+                    Ok(Err(ReadFrameError::Wire(e))) => {
+                        return Err(bad(wire_error_code(&e), e.to_string()))
+                    }
+                    Ok(Err(ReadFrameError::Truncated { have, need })) => {
+                        return Err(bad(
+                            ErrorCode::Malformed,
+                            format!(
+                                "stream finished inside a chunk frame ({have} of {need} bytes)"
+                            ),
+                        ))
+                    }
+                };
+                let chunk = match Frame::decode(ty, body) {
+                    Ok(Frame::Chunk(c)) => c,
+                    Ok(other) => {
+                        return Err(bad(
+                            ErrorCode::Malformed,
+                            format!(
+                                "frame type 0x{:02x} in an upload stream, expected Chunk",
+                                other.type_byte()
+                            ),
+                        ))
+                    }
+                    Err(e) => return Err(bad(wire_error_code(&e), e.to_string())),
+                };
+                let len = chunk.data.len() as u64;
+                match self.source.put_chunk(&self.peer, chunk).await {
+                    Ok(new) => {
+                        received += 1;
+                        added += new as u32;
+                        self.metrics.upload_bytes.inc_by(len);
+                        self.metrics.upload_chunks.inc();
+                        if new {
+                            self.metrics.upload_new_chunks.inc();
+                        }
+                    }
+                    Err(e) => return Err(Refusal::Bad(e.into_frame())),
+                }
+            }
+            match recv.read_chunk(1, true).await {
+                Ok(None) => Ok(()),
+                Ok(Some(_)) => {
+                    Err(bad(ErrorCode::Malformed, format!("more than {count} chunk frames")))
+                }
+                Err(e) => Err(Refusal::Gone(e.to_string())),
+            }
+        }
+        .await;
+        let _ = recv.stop(VarInt::from_u32(stream_code::DONE));
+        let result = match outcome {
+            Ok(()) => {
+                debug!(received, added, "PutChunks stored");
+                write_frame(&mut send, &Frame::ChunksStored { received, added }).await
+            }
+            Err(Refusal::Gone(why)) => {
+                debug!(%why, received, "upload stream abandoned by the client");
+                return;
+            }
+            Err(Refusal::Bad(frame)) => {
+                if let Frame::Error { code, message } = &frame {
+                    warn!(?code, %message, received, "upload refused");
+                }
+                self.bad_requests.fetch_add(1, Ordering::Relaxed);
+                self.write_error(&mut send, &frame).await
+            }
+        };
+        if result.is_ok() {
+            let _ = send.finish();
+        }
+    }
+
     /// Counts a failed request, then sends its error frame.
     async fn write_error(
         &self,
@@ -365,6 +599,9 @@ impl<S: ChunkSource> StreamCtx<S> {
         write_frame(send, frame).await
     }
 }
+
+/// How long an upload stream may wait for its next chunk frame.
+const UPLOAD_FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub(super) const END_FRAME: [u8; 5] = [0, 0, 0, 1, frame_type::END];
 
@@ -404,6 +641,14 @@ async fn read_request(recv: &mut RecvStream) -> Result<Frame, Refusal> {
             | frame_type::HAVE
             | frame_type::LIST_LAYERS
             | frame_type::GET_ASSIGNMENTS
+            | frame_type::REGISTER
+            | frame_type::GET_DEVICES
+            | frame_type::WAKE
+            | frame_type::PUT_CHUNKS
+            | frame_type::PUT_SNAPSHOT
+            | frame_type::LIST_SNAPSHOTS
+            | frame_type::GET_SNAPSHOT
+            | frame_type::GET_PLAN
     ) {
         let known = Frame::decode(ty, Bytes::new())
             .map_or_else(|e| !matches!(e, wire::WireError::UnknownType(_)), |_| true);
@@ -415,6 +660,10 @@ async fn read_request(recv: &mut RecvStream) -> Result<Frame, Refusal> {
         return Err(bad(ErrorCode::UnknownType, message));
     }
     let frame = Frame::decode(ty, body).map_err(|e| bad(wire_error_code(&e), e.to_string()))?;
+    if matches!(frame, Frame::PutChunks { .. }) {
+        // Its chunk frames follow on the same stream.
+        return Ok(frame);
+    }
     // One request per stream: the client must finish its side right after the frame.
     match recv.read_chunk(1, true).await {
         Ok(None) => Ok(frame),
