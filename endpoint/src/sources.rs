@@ -67,6 +67,10 @@ impl Sources {
             self.ranked = true;
             let ranked =
                 crate::discovery::rank(&self.endpoint, self.site.as_deref(), &self.addrs).await;
+            // A silent source stays as a last resort, but the user hears about it now.
+            for p in ranked.iter().filter(|p| p.answered.is_none()) {
+                self.fail(p.addr, "did not answer the probe; kept as a last resort");
+            }
             self.addrs = ranked.into_iter().map(|p| p.addr).collect();
             tracing::info!(order = ?self.addrs, "sources ranked");
         }
