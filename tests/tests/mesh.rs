@@ -3,21 +3,16 @@
 //! for a site of three reflectors, an endpoint surviving the loss of its reflector, one WAN
 //! budget per site, and a sibling that serves corrupt chunks.
 
-use bytes::Bytes;
-use oasis_core::compress::StoredChunk;
 use oasis_core::identity::{NodeIdentity, Role};
 use oasis_core::manifest::SignedManifest;
 use oasis_core::metrics::sample_value;
-use oasis_core::net::{ChunkSource, SourceError, TransportOptions};
-use oasis_core::wire::LayerRef;
-use oasis_core::ChunkId;
+use oasis_core::net::TransportOptions;
 use oasis_endpoint::{fetch, FetchOptions, FetchReport};
 use oasis_mesh::libp2p::multiaddr::Protocol;
 use oasis_mesh::libp2p::Multiaddr;
 use oasis_mesh::{Holding, Mesh, MeshConfig};
 use oasis_reflector::{MeshSettings, ReflectorConfig, RunningReflector, WanLimit};
-use oasis_seed::source::SeedSource;
-use oasis_tests::{http_get, random_tree, snapshot, TestSeed, TreeSpec};
+use oasis_tests::{http_get, random_tree, snapshot, CorruptingSource, TestSeed, TreeSpec};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -303,38 +298,6 @@ async fn site_rate(spec: TreeSpec, window: Duration, within: Option<f64>) -> any
     Ok(())
 }
 
-/// A chunk source that sends every chunk with one bit flipped.
-struct CorruptSource {
-    inner: SeedSource,
-    asked: Arc<AtomicU64>,
-}
-
-impl ChunkSource for CorruptSource {
-    async fn manifest(&self, n: &str, v: Option<&str>) -> Result<Option<Bytes>, SourceError> {
-        self.inner.manifest(n, v).await
-    }
-
-    async fn chunk(&self, id: ChunkId) -> Result<Option<StoredChunk>, SourceError> {
-        self.asked.fetch_add(1, Ordering::Relaxed);
-        let mut c = self.inner.chunk(id).await?;
-        if let Some(c) = c.as_mut() {
-            let mut data = c.data.to_vec();
-            let mid = data.len() / 2;
-            data[mid] ^= 0x01;
-            c.data = Bytes::from(data);
-        }
-        Ok(c)
-    }
-
-    async fn have(&self, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError> {
-        self.inner.have(ids).await
-    }
-
-    async fn layers(&self) -> Result<Vec<LayerRef>, SourceError> {
-        self.inner.layers().await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sibling_serving_corrupt_chunks_is_avoided() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
@@ -352,13 +315,11 @@ async fn a_sibling_serving_corrupt_chunks_is_avoided() -> anyhow::Result<()> {
         &bad_id,
         &TransportOptions::default(),
     )?;
-    let asked = Arc::new(AtomicU64::new(0));
+    let corrupt = CorruptingSource::new(&seed, false);
+    let asked = corrupt.asked.clone();
     let served = tokio::spawn(oasis_core::net::serve(
         ep.clone(),
-        Arc::new(CorruptSource {
-            inner: SeedSource { store: seed.seed.store.clone() },
-            asked: asked.clone(),
-        }),
+        Arc::new(corrupt),
         Arc::new(oasis_core::metrics::NodeMetrics::new()),
     ));
     let cfg = MeshConfig {

@@ -2,20 +2,16 @@
 //! upstream fetch per chunk however many endpoints want it, pins that survive eviction, WAN
 //! policy reloads, a dying seed, and corrupt chunks on the reflector's disk.
 
-use bytes::Bytes;
-use oasis_core::compress::StoredChunk;
 use oasis_core::identity::{NodeIdentity, Role};
 use oasis_core::manifest::SignedManifest;
 use oasis_core::metrics::sample_value;
-use oasis_core::net::{ChunkReply, ChunkSource, Client, SourceError, TransportOptions};
+use oasis_core::net::{ChunkReply, Client, TransportOptions};
 use oasis_core::policy::BandwidthPolicy;
-use oasis_core::wire::LayerRef;
 use oasis_core::ChunkId;
 use oasis_endpoint::{fetch, FetchOptions, FetchReport};
 use oasis_reflector::{ConfigArgs, ReflectorConfig, RunningReflector, WanLimit};
-use oasis_seed::source::SeedSource;
 use oasis_seed::RunningSeed;
-use oasis_tests::{http_get, random_tree, snapshot, TestSeed, TreeSpec};
+use oasis_tests::{http_get, random_tree, snapshot, CorruptingSource, TestSeed, TreeSpec};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -611,39 +607,6 @@ async fn corrupt_chunk_on_reflector_disk_is_refetched_never_served() -> anyhow::
     Ok(())
 }
 
-/// A seed that sends every chunk corrupt the first time it is asked for it.
-struct FlakySeed {
-    inner: SeedSource,
-    sent: std::sync::Mutex<std::collections::HashSet<ChunkId>>,
-}
-
-impl ChunkSource for FlakySeed {
-    async fn manifest(&self, n: &str, v: Option<&str>) -> Result<Option<Bytes>, SourceError> {
-        self.inner.manifest(n, v).await
-    }
-
-    async fn chunk(&self, id: ChunkId) -> Result<Option<StoredChunk>, SourceError> {
-        let mut c = self.inner.chunk(id).await?;
-        if self.sent.lock().unwrap().insert(id) {
-            if let Some(c) = c.as_mut() {
-                let mut data = c.data.to_vec();
-                let mid = data.len() / 2;
-                data[mid] ^= 0x01;
-                c.data = Bytes::from(data);
-            }
-        }
-        Ok(c)
-    }
-
-    async fn have(&self, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError> {
-        self.inner.have(ids).await
-    }
-
-    async fn layers(&self) -> Result<Vec<LayerRef>, SourceError> {
-        self.inner.layers().await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_chunks_from_upstream_are_refetched_never_served() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
@@ -661,10 +624,7 @@ async fn corrupt_chunks_from_upstream_are_refetched_never_served() -> anyhow::Re
         &TransportOptions::default(),
     )?;
     let flaky_addr = ep.local_addr()?;
-    let flaky = Arc::new(FlakySeed {
-        inner: SeedSource { store: seed.seed.store.clone() },
-        sent: Default::default(),
-    });
+    let flaky = Arc::new(CorruptingSource::new(&seed, true));
     let served = tokio::spawn(oasis_core::net::serve(
         ep.clone(),
         flaky,
