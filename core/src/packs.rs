@@ -19,21 +19,56 @@ use std::sync::{Arc, Mutex};
 /// A pack is sealed once it grows past this many bytes.
 pub const PACK_TARGET_BYTES: u64 = 256 << 20;
 
+/// Bytes appended to a pack between two writeback kicks (see [`PackWriter::append`]).
+const WRITEBACK_STEP: u64 = 8 << 20;
+
 pub struct PackWriter {
     pub id: u32,
     file: File,
     pub offset: u64,
+    /// Start of the bytes whose writeback has not been started yet.
+    unkicked: u64,
 }
 
 impl PackWriter {
+    fn new(id: u32, file: File) -> PackWriter {
+        PackWriter { id, file, offset: 0, unkicked: 0 }
+    }
+
     /// Appends `data`, returning its offset. On error the writer must be discarded.
+    ///
+    /// Every [`WRITEBACK_STEP`] bytes the kernel is asked to start writing the new bytes to disk
+    /// without waiting for them. Why: a publish ends with a sync of everything it wrote; left to
+    /// the end, that sync was about 40% of publish time (0.25 s of disk writes for 256 MiB
+    /// after 0.35 s of chunking and compression). Started early, the disk writes overlap the
+    /// CPU work and the final sync only waits for the tail.
     pub fn append(&mut self, data: &[u8]) -> std::io::Result<u64> {
         let at = self.offset;
         self.file.write_all_at(data, at)?;
         self.offset += data.len() as u64;
+        if self.offset - self.unkicked >= WRITEBACK_STEP {
+            start_writeback(&self.file, self.unkicked, self.offset - self.unkicked);
+            self.unkicked = self.offset;
+        }
         Ok(at)
     }
 }
+
+/// Starts writeback of `len` bytes at `offset` of `file` and returns without waiting. Only a
+/// hint: durability still comes from the sync at the end, so a failure is ignored.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is valid for
+    // the call because `file` is borrowed for its duration, and no memory is passed.
+    let _ = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 pub struct PackSet {
     dir: PathBuf,
@@ -91,7 +126,7 @@ impl PackSet {
         let file =
             OpenOptions::new().read(true).write(true).create_new(true).open(self.path(id))?;
         self.active.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
-        Ok(PackWriter { id, file, offset: 0 })
+        Ok(PackWriter::new(id, file))
     }
 
     /// Returns a writer to the pool, or seals its pack when full.

@@ -29,6 +29,26 @@ pub struct BenchArgs {
     pub reflector: crate::bench_reflector::ReflectorBenchArgs,
 }
 
+/// CPU time (user + system) this process has used so far, from `/proc/self/stat`, in seconds.
+/// Beside wall-clock rates it shows whether a run had both cores: the machine is shared.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces, hence the last ')'): utime and
+    // stime are the 12th and 13th of them, in clock ticks of 1/100 s on Linux.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut f = rest.split_whitespace().skip(11);
+    let utime: f64 = f.next()?.parse().ok()?;
+    let stime: f64 = f.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Runs `f`, returning its result with the wall seconds and CPU seconds it took.
+async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, f64, f64) {
+    let (c0, t0) = (process_cpu_seconds().unwrap_or(0.0), Instant::now());
+    let r = f.await;
+    (r, t0.elapsed().as_secs_f64(), process_cpu_seconds().unwrap_or(0.0) - c0)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -109,16 +129,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         auth.enroll(Role::Endpoint, "bench-endpoint", None, &ep, true)?;
         let mut reference = Vec::new();
         let mut ours = Vec::new();
+        let (mut raw_cpu, mut fetch_cpu) = (Vec::new(), Vec::new());
         let mut network = 0;
         for run in 0..runs {
-            reference.push(raw_quinn_mb_s(&seed_dir, &ep, size).await?);
+            let (raw, raw_wall, cpu) = timed(raw_quinn_mb_s(&seed_dir, &ep, size)).await;
+            reference.push(raw?);
+            raw_cpu.push((cpu, cpu / raw_wall));
             let cache = ep.join("cache");
             if cache.exists() {
                 std::fs::remove_dir_all(&cache)?;
             }
             let into = tmp.path().join(format!("fetched-{run}"));
-            let t = Instant::now();
-            let r = fetch(&FetchOptions {
+            let (r, wall, cpu) = timed(fetch(&FetchOptions {
                 state_dir: ep.clone(),
                 sources: vec![seed.addr],
                 name: "bench".into(),
@@ -126,19 +148,36 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 into: into.clone(),
                 streams: 8,
                 progress: false,
-            })
-            .await?;
-            ours.push(r.bytes as f64 / 1e6 / t.elapsed().as_secs_f64());
+            }))
+            .await;
+            let r = r?;
+            ours.push(r.bytes as f64 / 1e6 / wall);
+            fetch_cpu.push((cpu, cpu / wall));
+            tracing::info!(
+                total = r.seconds,
+                manifest = r.seconds_manifest,
+                scan = r.seconds_scan,
+                network = r.seconds_network,
+                write = r.seconds_write,
+                "fetch phases (s)"
+            );
             network = r.bytes_network;
             std::fs::remove_dir_all(&into)?;
         }
         seed.shutdown();
         let (r, o) = (median(reference), median(ours));
         let ratio = o / r;
+        let cpu_of = |v: &[(f64, f64)]| {
+            (median(v.iter().map(|x| x.0).collect()), median(v.iter().map(|x| x.1).collect()))
+        };
+        let ((raw_cpu_s, raw_cores), (fetch_cpu_s, fetch_cores)) =
+            (cpu_of(&raw_cpu), cpu_of(&fetch_cpu));
         out.insert(
             "fetch".into(),
             serde_json::json!({
                 "raw_quinn_stream_mb_s": r, "endpoint_fetch_mb_s": o, "ratio": ratio,
+                "raw_cpu_seconds": raw_cpu_s, "raw_cores_busy": raw_cores,
+                "fetch_cpu_seconds": fetch_cpu_s, "fetch_cores_busy": fetch_cores,
                 "floor": 0.5, "pass": ratio >= 0.5, "layer_bytes": pubr.bytes,
                 "stored_bytes": pubr.stored_bytes, "network_bytes": network,
             }),
@@ -153,6 +192,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 ratio * 100.0,
                 network / 1_000_000,
                 pubr.bytes / 1_000_000
+            );
+            println!(
+                "fetch: CPU per transfer (median): raw stream {raw_cpu_s:.2} CPU-s ({raw_cores:.2} cores busy), fetch {fetch_cpu_s:.2} CPU-s ({fetch_cores:.2} cores busy)"
             );
         }
     }
