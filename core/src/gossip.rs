@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkId;
+pub use crate::wake::gossip::{InventoryRecord, MAX_DEVICES_PER_MESSAGE};
 
 /// First byte of every encoded message. Bump on any change to the types below.
 pub const GOSSIP_FORMAT: u8 = 1;
@@ -183,6 +184,9 @@ pub enum Body {
     Hello(Hello),
     Heartbeat(Heartbeat),
     Availability(Vec<LayerAvailability>),
+    /// Device inventory records of the sender's site (Wake-on-LAN), published on the site's
+    /// inventory topic. Appended last: the variant index is the wire format.
+    Inventory(Vec<InventoryRecord>),
 }
 
 /// One gossip message. `seq` increases with every message a sender publishes (it starts from
@@ -215,6 +219,10 @@ pub enum GossipReject {
     BitsOutOfRange { layer: String, chunk_count: u32 },
     #[error("sender announces more than {MAX_LAYERS_PER_PEER} layers")]
     TooManyLayers,
+    #[error("{0}")]
+    WrongSite(String),
+    #[error("{0}")]
+    WrongSender(String),
 }
 
 impl GossipReject {
@@ -230,6 +238,8 @@ impl GossipReject {
                 "impossible_chunks"
             }
             GossipReject::TooManyLayers => "too_many_layers",
+            GossipReject::WrongSite(_) => "wrong_site",
+            GossipReject::WrongSender(_) => "wrong_sender",
         }
     }
 }
@@ -291,6 +301,14 @@ impl GossipMsg {
                 }
                 for r in records {
                     check_record(r)?;
+                }
+            }
+            Body::Inventory(records) => {
+                if records.is_empty() || records.len() > MAX_DEVICES_PER_MESSAGE {
+                    return bad(format!("inventory with {} device records", records.len()));
+                }
+                for r in records {
+                    r.check().map_err(GossipReject::BadField)?;
                 }
             }
         }
@@ -448,7 +466,7 @@ impl GossipView {
     ) -> Result<(), GossipReject> {
         msg.check()?;
         match &msg.body {
-            Body::Hello(_) => {
+            Body::Hello(_) | Body::Inventory(_) => {
                 self.touch(from, now);
             }
             Body::Heartbeat(hb) => {
