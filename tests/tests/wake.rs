@@ -75,6 +75,41 @@ async fn packets_are_byte_exact_on_a_udp_listener() {
     }
 }
 
+/// Port 7 (echo, the other common WoL port), as `oasis-reflector wake --to ADDR:7` sends it:
+/// through the `wol` crate's builder, plain and with a SecureOn password.
+#[tokio::test]
+async fn port_7_is_reached_when_configured() {
+    let sock = match UdpSocket::bind("127.0.0.1:7").await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("SKIPPED: port 7 test (cannot bind 127.0.0.1:7: {e}; needs root)");
+            return;
+        }
+    };
+    let (n, sender) = wol::send(MAC, "127.0.0.1:7".parse().unwrap(), None, fast()).await.unwrap();
+    assert_eq!((n, sender), (3, wol::packet::Sender::Wol));
+    for p in receive(&sock, 3).await {
+        assert_magic(&p, MAC, &[]);
+    }
+    let state = tempfile::tempdir().unwrap();
+    let mac = MAC.to_string();
+    let sent = oasis_reflector::wake::wake_command(
+        state.path(),
+        Some("127.0.0.1:7"),
+        Some("a1:b2:c3:d4:e5:f6"),
+        std::slice::from_ref(&mac),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent[0].sent_to, "127.0.0.1:7");
+    assert_eq!(sent[0].error, "");
+    for p in receive(&sock, sent[0].packets as usize).await {
+        assert_magic(&p, MAC, &[0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6]);
+    }
+    // Without a port, --to means port 9.
+    assert_eq!(oasis_reflector::wake::parse_to("127.0.0.1").unwrap().port(), 9);
+}
+
 #[tokio::test]
 async fn wakeonlan_reference_packets_pass_the_same_validator() {
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
