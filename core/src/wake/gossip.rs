@@ -236,7 +236,8 @@ mod tests {
 
     #[test]
     fn bad_fields_are_invalid() {
-        let cases: Vec<(fn(&mut InventoryRecord), &str)> = vec![
+        type Spoil = fn(&mut InventoryRecord);
+        let cases: Vec<(Spoil, &str)> = vec![
             (|r| r.name = "bad name!".into(), "device name"),
             (|r| r.role = "seed".into(), "role"),
             (|r| r.site = String::new(), "site"),
