@@ -364,17 +364,28 @@ pub fn set_bit(bitmap: &mut Vec<u8>, i: u32) {
 /// Splits layer records into availability bodies whose encoding stays below
 /// [`MAX_MESSAGE_BYTES`] and [`MAX_LAYERS_PER_MESSAGE`].
 pub fn pack_availability(records: Vec<LayerAvailability>) -> Vec<Vec<LayerAvailability>> {
+    pack_bounded(records, LayerAvailability::encoded_size_bound, MAX_LAYERS_PER_MESSAGE)
+}
+
+/// Splits records into bodies of at most `max_count` records whose encoded sizes (`size`, an
+/// upper bound) add up to less than [`MAX_MESSAGE_BYTES`] with 64 bytes left for the framing
+/// (format byte, seq, body tag, list length).
+pub fn pack_bounded<T>(
+    records: Vec<T>,
+    size: impl Fn(&T) -> usize,
+    max_count: usize,
+) -> Vec<Vec<T>> {
     let budget = MAX_MESSAGE_BYTES - 64;
     let mut out = Vec::new();
-    let mut cur: Vec<LayerAvailability> = Vec::new();
-    let mut size = 0;
+    let mut cur: Vec<T> = Vec::new();
+    let mut total = 0;
     for r in records {
-        let s = r.encoded_size_bound();
-        if !cur.is_empty() && (size + s > budget || cur.len() == MAX_LAYERS_PER_MESSAGE) {
+        let s = size(&r);
+        if !cur.is_empty() && (total + s > budget || cur.len() == max_count) {
             out.push(std::mem::take(&mut cur));
-            size = 0;
+            total = 0;
         }
-        size += s;
+        total += s;
         cur.push(r);
     }
     if !cur.is_empty() {

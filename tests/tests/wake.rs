@@ -526,6 +526,27 @@ fn inventory_of(state: &Path) -> Vec<wol::DeviceEntry> {
         .unwrap_or_default()
 }
 
+/// An endpoint of branch on subnet `net` whose "NIC" is a UDP listener on 127.0.0.1 (its
+/// `wake_to`), registered with `via`.
+async fn machine(
+    seed: &TestSeed,
+    name: &str,
+    net: &str,
+    via: SocketAddr,
+) -> (UdpSocket, DeviceInfo) {
+    let nic = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let state = seed.enroll_in_site(Role::Endpoint, name, "branch").unwrap();
+    let info = DeviceInfo {
+        name: name.into(),
+        macs: vec![MAC.0],
+        addrs: vec![net.parse().unwrap()],
+        wake_to: Some(nic.local_addr().unwrap()),
+        ..Default::default()
+    };
+    register_as(&state, via, &info).await.unwrap();
+    (nic, info)
+}
+
 fn gossip_count(r: &RunningReflector, direction: &'static str) -> u64 {
     let m = r.mesh().expect("mesh on").metrics();
     m.messages.get_or_create(&vec![("kind", "inventory"), ("direction", direction)]).get()
@@ -548,16 +569,7 @@ async fn reflectors_of_a_site_share_the_inventory_over_the_mesh_even_without_the
 
     // The seed goes away: whatever B learns from now on did not come through it.
     seed.seed.shutdown();
-    let nic = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let pc = seed.enroll_in_site(Role::Endpoint, "pc-gossip", "branch").unwrap();
-    let info = DeviceInfo {
-        name: "pc-gossip".into(),
-        macs: vec![MAC.0],
-        addrs: vec!["10.4.0.7/24".parse().unwrap()],
-        wake_to: Some(nic.local_addr().unwrap()),
-        ..Default::default()
-    };
-    register_as(&pc, a.addr, &info).await.unwrap();
+    let (nic, info) = machine(&seed, "pc-gossip", "10.4.0.7/24", a.addr).await;
 
     let b_state = seed.dir.path().join("node-inv-b");
     wait_for("inv-b to learn pc-gossip by gossip", || {
@@ -752,16 +764,7 @@ async fn an_awake_endpoint_relays_wakes_where_no_reflector_is_and_a_sleeping_one
     // registered last, so it is the first candidate (most recently seen first; by name on a tie).
     let awake = endpoint_relay(&seed, "relay-awake", "10.5.0.21/24").await;
     let sleepy = endpoint_relay(&seed, "relay-asleep", "10.5.0.22/24").await;
-    let nic = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let pc = seed.enroll_in_site(Role::Endpoint, "pc-relayed", "branch").unwrap();
-    let info = DeviceInfo {
-        name: "pc-relayed".into(),
-        macs: vec![MAC.0],
-        addrs: vec!["10.5.0.7/24".parse().unwrap()],
-        wake_to: Some(nic.local_addr().unwrap()),
-        ..Default::default()
-    };
-    register_as(&pc, seed.seed.addr, &info).await.unwrap();
+    let (nic, _) = machine(&seed, "pc-relayed", "10.5.0.7/24", seed.seed.addr).await;
     let inv = Inventory::open(&seed.seed.store).unwrap();
     let seed_id = NodeIdentity::load(&seed.data()).unwrap();
     let ep = net::client_endpoint(&seed_id, &TransportOptions::default()).unwrap();

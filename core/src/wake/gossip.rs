@@ -173,24 +173,10 @@ pub fn supersedes(existing: Option<&DeviceEntry>, incoming: &DeviceEntry) -> boo
 /// [`MAX_MESSAGE_BYTES`] and [`MAX_DEVICES_PER_MESSAGE`] records. Records that fail
 /// [`InventoryRecord::check`] are left out (the receiver would drop the whole message).
 pub fn pack_inventory(records: Vec<InventoryRecord>) -> Vec<Vec<InventoryRecord>> {
-    // Format byte, seq (≤ 10), body tag and list length (≤ 3), with room to spare.
-    let budget = MAX_MESSAGE_BYTES - 64;
-    let mut out = Vec::new();
-    let mut cur: Vec<InventoryRecord> = Vec::new();
-    let mut size = 0;
-    for r in records.into_iter().filter(|r| r.check().is_ok()) {
-        let s = postcard::to_stdvec(&r).map(|b| b.len()).unwrap_or(budget);
-        if !cur.is_empty() && (size + s > budget || cur.len() == MAX_DEVICES_PER_MESSAGE) {
-            out.push(std::mem::take(&mut cur));
-            size = 0;
-        }
-        size += s;
-        cur.push(r);
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
+    let valid: Vec<InventoryRecord> = records.into_iter().filter(|r| r.check().is_ok()).collect();
+    // The exact encoded size (a record that cannot encode gets a body of its own).
+    let size = |r: &InventoryRecord| postcard::to_stdvec(r).map_or(MAX_MESSAGE_BYTES, |b| b.len());
+    crate::gossip::pack_bounded(valid, size, MAX_DEVICES_PER_MESSAGE)
 }
 
 #[cfg(test)]
