@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkId;
+pub use crate::wake::gossip::{InventoryRecord, MAX_DEVICES_PER_MESSAGE};
 
 /// First byte of every encoded message. Bump on any change to the types below.
 pub const GOSSIP_FORMAT: u8 = 1;
@@ -183,6 +184,9 @@ pub enum Body {
     Hello(Hello),
     Heartbeat(Heartbeat),
     Availability(Vec<LayerAvailability>),
+    /// Device inventory records of the sender's site (Wake-on-LAN), published on the site's
+    /// inventory topic. Appended last: the variant index is the wire format.
+    Inventory(Vec<InventoryRecord>),
 }
 
 /// One gossip message. `seq` increases with every message a sender publishes (it starts from
@@ -215,6 +219,10 @@ pub enum GossipReject {
     BitsOutOfRange { layer: String, chunk_count: u32 },
     #[error("sender announces more than {MAX_LAYERS_PER_PEER} layers")]
     TooManyLayers,
+    #[error("{0}")]
+    WrongSite(String),
+    #[error("{0}")]
+    WrongSender(String),
 }
 
 impl GossipReject {
@@ -230,6 +238,8 @@ impl GossipReject {
                 "impossible_chunks"
             }
             GossipReject::TooManyLayers => "too_many_layers",
+            GossipReject::WrongSite(_) => "wrong_site",
+            GossipReject::WrongSender(_) => "wrong_sender",
         }
     }
 }
@@ -293,6 +303,14 @@ impl GossipMsg {
                     check_record(r)?;
                 }
             }
+            Body::Inventory(records) => {
+                if records.is_empty() || records.len() > MAX_DEVICES_PER_MESSAGE {
+                    return bad(format!("inventory with {} device records", records.len()));
+                }
+                for r in records {
+                    r.check().map_err(GossipReject::BadField)?;
+                }
+            }
         }
         Ok(())
     }
@@ -346,17 +364,28 @@ pub fn set_bit(bitmap: &mut Vec<u8>, i: u32) {
 /// Splits layer records into availability bodies whose encoding stays below
 /// [`MAX_MESSAGE_BYTES`] and [`MAX_LAYERS_PER_MESSAGE`].
 pub fn pack_availability(records: Vec<LayerAvailability>) -> Vec<Vec<LayerAvailability>> {
+    pack_bounded(records, LayerAvailability::encoded_size_bound, MAX_LAYERS_PER_MESSAGE)
+}
+
+/// Splits records into bodies of at most `max_count` records whose encoded sizes (`size`, an
+/// upper bound) add up to less than [`MAX_MESSAGE_BYTES`] with 64 bytes left for the framing
+/// (format byte, seq, body tag, list length).
+pub fn pack_bounded<T>(
+    records: Vec<T>,
+    size: impl Fn(&T) -> usize,
+    max_count: usize,
+) -> Vec<Vec<T>> {
     let budget = MAX_MESSAGE_BYTES - 64;
     let mut out = Vec::new();
-    let mut cur: Vec<LayerAvailability> = Vec::new();
-    let mut size = 0;
+    let mut cur: Vec<T> = Vec::new();
+    let mut total = 0;
     for r in records {
-        let s = r.encoded_size_bound();
-        if !cur.is_empty() && (size + s > budget || cur.len() == MAX_LAYERS_PER_MESSAGE) {
+        let s = size(&r);
+        if !cur.is_empty() && (total + s > budget || cur.len() == max_count) {
             out.push(std::mem::take(&mut cur));
-            size = 0;
+            total = 0;
         }
-        size += s;
+        total += s;
         cur.push(r);
     }
     if !cur.is_empty() {
@@ -448,7 +477,7 @@ impl GossipView {
     ) -> Result<(), GossipReject> {
         msg.check()?;
         match &msg.body {
-            Body::Hello(_) => {
+            Body::Hello(_) | Body::Inventory(_) => {
                 self.touch(from, now);
             }
             Body::Heartbeat(hb) => {

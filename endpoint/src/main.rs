@@ -245,6 +245,10 @@ enum Cmd {
         /// Sources to register with, HOST:PORT.
         #[arg(long = "from", required = true)]
         from: Vec<String>,
+        /// Register this ADDR/PREFIX instead of the interfaces' addresses (repeatable; for a
+        /// box whose interface addresses are not its LAN addresses).
+        #[arg(long = "addr")]
+        addrs: Vec<oasis_core::wake::IpNet>,
     },
 }
 
@@ -305,18 +309,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Relay { state, listen, from } => {
+        Cmd::Relay { state, listen, from, addrs } => {
             let mut sources = Vec::with_capacity(from.len());
             for s in &from {
                 sources.push(resolve(s).await?);
             }
-            let relay = oasis_endpoint::relay::RelayListener::start(
-                &state,
-                listen,
-                sources,
-                Duration::from_secs(30),
-            )
-            .await?;
+            let relay =
+                oasis_endpoint::relay::RelayListener::start(oasis_endpoint::relay::RelayOptions {
+                    state,
+                    listen,
+                    sources,
+                    every: Duration::from_secs(30),
+                    addrs: (!addrs.is_empty()).then_some(addrs),
+                    send: oasis_core::wake::SendOptions::default(),
+                })
+                .await?;
             println!("relaying wakes on {}", relay.addr);
             oasis_core::shutdown::shutdown_signal().await;
             Ok(())

@@ -1,102 +1,115 @@
 //! `oasis-endpoint relay`: an awake endpoint relaying wakes for its subnet where no reflector
-//! sits on it. It serves only `Wake` (from the seed or a reflector of its site) on QUIC and
-//! registers with its sources as a relay, again every `every` so the inventory sees it awake.
+//! sits on it. It serves only `Wake` (from the seed or a reflector of its site) on QUIC
+//! ([`oasis_core::wake::relay::RelayService`]) and registers with its sources as a relay, again
+//! every `every`, so the inventory sees it awake (relays are tried most recently seen first).
 
 use anyhow::Context;
-use bytes::Bytes;
-use oasis_core::compress::StoredChunk;
-use oasis_core::identity::{NodeIdentity, PeerInfo, Role};
+use oasis_core::identity::NodeIdentity;
 use oasis_core::metrics::NodeMetrics;
-use oasis_core::net::{self, ChunkSource, SourceError, TransportOptions};
-use oasis_core::wake::{self as wol, WakeSent, WakeTarget};
-use oasis_core::wire::LayerRef;
-use oasis_core::ChunkId;
+use oasis_core::net::{self, Client, TransportOptions};
+use oasis_core::wake::relay::RelayService;
+use oasis_core::wake::{self as wol, IpNet, SendOptions};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-struct RelaySource {
-    me: PeerInfo,
-}
+/// How long one registration with a source may take.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
-impl ChunkSource for RelaySource {
-    async fn manifest(&self, _: &str, _: Option<&str>) -> Result<Option<Bytes>, SourceError> {
-        Ok(None)
-    }
-    async fn chunk(&self, _: ChunkId) -> Result<Option<StoredChunk>, SourceError> {
-        Ok(None)
-    }
-    async fn have(&self, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError> {
-        Ok(vec![false; ids.len()])
-    }
-    async fn layers(&self) -> Result<Vec<LayerRef>, SourceError> {
-        Ok(Vec::new())
-    }
-    async fn wake(
-        &self,
-        peer: &PeerInfo,
-        targets: Vec<WakeTarget>,
-    ) -> Result<Vec<WakeSent>, SourceError> {
-        let allowed = peer.role == Role::Seed
-            || peer.role == Role::Reflector && peer.site.is_some() && peer.site == self.me.site;
-        if !allowed {
-            return Err(SourceError::Refused(format!(
-                "{} {} may not ask this endpoint to wake machines",
-                peer.role, peer.name
-            )));
-        }
-        tracing::info!(by = %peer.name, targets = targets.len(), "relaying a wake");
-        Ok(wol::relay::send_all(targets, wol::SendOptions::default()).await)
-    }
+/// What `oasis-endpoint relay` is given.
+#[derive(Clone, Debug)]
+pub struct RelayOptions {
+    pub state: PathBuf,
+    /// QUIC address to serve `Wake` on.
+    pub listen: SocketAddr,
+    /// Where to register (the site's reflector or the seed); the first that accepts is used.
+    pub sources: Vec<SocketAddr>,
+    /// Registration interval.
+    pub every: Duration,
+    /// Addresses to register instead of the interfaces' (`--addr`, for a box whose interface
+    /// addresses are not its LAN addresses, e.g. in a container).
+    pub addrs: Option<Vec<IpNet>>,
+    /// Packets per wake and their spacing.
+    pub send: SendOptions,
 }
 
 /// A running relay listener.
 pub struct RelayListener {
     pub addr: SocketAddr,
     endpoint: quinn::Endpoint,
+    service: Arc<RelayService>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Registers `info` with the first source that accepts it; the error names every failure.
+async fn register_once(
+    ep: &quinn::Endpoint,
+    sources: &[SocketAddr],
+    info: &wol::DeviceInfo,
+) -> Result<SocketAddr, String> {
+    let mut problems = Vec::new();
+    for &s in sources {
+        let attempt = async {
+            let c = Client::connect(ep, s).await.map_err(|e| e.to_string())?;
+            let r = c.register(info).await.map_err(|e| e.to_string());
+            c.close();
+            r
+        };
+        match tokio::time::timeout(REGISTER_TIMEOUT, attempt).await {
+            Ok(Ok(())) => return Ok(s),
+            Ok(Err(e)) => problems.push(format!("{s}: {e}")),
+            Err(_) => problems.push(format!("{s}: no answer within {REGISTER_TIMEOUT:?}")),
+        }
+    }
+    Err(problems.join("; "))
+}
+
 impl RelayListener {
-    /// Serves `Wake` on `listen` and keeps registering as a relay with `sources` every `every`.
-    pub async fn start(
-        state: &Path,
-        listen: SocketAddr,
-        sources: Vec<SocketAddr>,
-        every: Duration,
-    ) -> anyhow::Result<RelayListener> {
-        let identity = NodeIdentity::load(state)
-            .with_context(|| format!("loading the endpoint identity from {}", state.display()))?;
-        let endpoint = net::server_endpoint(listen, &identity, &TransportOptions::default())
-            .with_context(|| format!("cannot listen for QUIC on {listen}"))?;
+    /// Serves `Wake` on `opts.listen` and keeps registering as a relay with `opts.sources`.
+    pub async fn start(opts: RelayOptions) -> anyhow::Result<RelayListener> {
+        let identity = NodeIdentity::load(&opts.state).with_context(|| {
+            format!("loading the endpoint identity from {}", opts.state.display())
+        })?;
+        let endpoint = net::server_endpoint(opts.listen, &identity, &TransportOptions::default())
+            .with_context(|| format!("cannot listen for QUIC on {}", opts.listen))?;
         let addr = endpoint.local_addr()?;
-        crate::sleep::set_announce(crate::sleep::Announce {
-            relay: Some(addr),
-            ..Default::default()
-        });
-        let source = Arc::new(RelaySource { me: identity.info().clone() });
-        let mut tasks =
-            vec![tokio::spawn(net::serve(endpoint.clone(), source, Arc::new(NodeMetrics::new())))];
+        let client = net::client_endpoint(&identity, &TransportOptions::default())
+            .context("setting up the QUIC client endpoint")?;
+        let mut info = wol::iface::self_info(
+            identity.info(),
+            concat!("oasis-endpoint ", env!("CARGO_PKG_VERSION")),
+            None,
+            Some(addr),
+        );
+        if let Some(a) = &opts.addrs {
+            info.addrs = a.clone();
+        }
+        let service = Arc::new(RelayService::new(identity.info().clone(), opts.send));
+        let mut tasks = vec![tokio::spawn(net::serve(
+            endpoint.clone(),
+            service.clone(),
+            Arc::new(NodeMetrics::new()),
+        ))];
         tasks.push(tokio::spawn(async move {
             loop {
-                match crate::sources::Sources::new(&identity, sources.clone()) {
-                    Ok(mut s) => {
-                        // Connecting registers us (as a relay).
-                        if let Some(c) = s.connect_next().await {
-                            c.close();
-                        }
-                        s.close().await;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot reach the sources"),
+                match register_once(&client, &opts.sources, &info).await {
+                    Ok(s) => tracing::debug!(source = %s, "registered as a relay"),
+                    Err(e) => tracing::warn!(error = %e, "cannot register as a relay"),
                 }
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(opts.every).await;
             }
         }));
         tracing::info!(%addr, "relaying wakes");
-        Ok(RelayListener { addr, endpoint, tasks })
+        Ok(RelayListener { addr, endpoint, service, tasks })
     }
 
+    /// Magic packets sent for others so far.
+    pub fn packets_sent(&self) -> u64 {
+        self.service.packets_sent()
+    }
+
+    /// Stops serving: from now on the relay does not answer, like a machine gone to sleep.
     pub fn shutdown(&self) {
         self.endpoint.close(0u32.into(), b"relay stopping");
         for t in &self.tasks {

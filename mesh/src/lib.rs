@@ -29,7 +29,7 @@ pub use binding::{peer_id_of_state, P2P_KEY_FILE};
 pub use libp2p;
 use libp2p::{Multiaddr, PeerId};
 use oasis_core::chunk::ChunkId;
-use oasis_core::gossip::{GossipView, LayerDigest, Load, PeerRef};
+use oasis_core::gossip::{GossipView, InventoryRecord, LayerDigest, Load, PeerRef};
 use oasis_core::identity::NodeIdentity;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -46,6 +46,27 @@ pub const TOPIC: &str = "oasis/mesh/1";
 pub const KAD_PROTOCOL: &str = "/oasis/kad/1.0.0";
 /// Identify protocol version.
 pub const IDENTIFY_PROTOCOL: &str = "/oasis/mesh/1.0.0";
+/// Prefix of a site's inventory topic; the site name follows (`oasis/inventory/1/lyon`).
+pub const INVENTORY_TOPIC_PREFIX: &str = "oasis/inventory/1/";
+/// Device records waiting to be published are kept up to this many (one per device name).
+pub const MAX_PENDING_DEVICES: usize = 4096;
+/// Inventory batches waiting for the application; further ones are dropped (`backlog`).
+pub const DEVICE_BATCH_BACKLOG: usize = 64;
+
+/// The gossipsub topic on which the reflectors of `site` share its device inventory.
+pub fn inventory_topic(site: &str) -> String {
+    format!("{INVENTORY_TOPIC_PREFIX}{site}")
+}
+
+/// Device records received from a verified reflector of this node's site, each checked
+/// ([`oasis_core::wake::gossip::admit_inventory`]): for the application to merge.
+#[derive(Clone, Debug)]
+pub struct DeviceBatch {
+    pub from: PeerId,
+    /// Node name of the sender (from its certificate).
+    pub sender: String,
+    pub records: Vec<InventoryRecord>,
+}
 
 /// Mesh configuration; the reflector maps its flags onto it.
 #[derive(Clone, Debug)]
@@ -166,6 +187,8 @@ pub(crate) enum Command {
     ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
     FindProviders { layer: LayerDigest, reply: oneshot::Sender<Vec<PeerId>> },
     Dial(Multiaddr),
+    AnnounceDevices(Vec<InventoryRecord>),
+    SubscribeDevices(mpsc::Sender<DeviceBatch>),
     Shutdown,
 }
 
@@ -341,6 +364,19 @@ impl MeshHandle {
     /// Dials an address (like a bootstrap address added at run time).
     pub fn dial(&self, addr: Multiaddr) {
         self.send(Command::Dial(addr));
+    }
+
+    /// Publishes device records on this site's inventory topic (batched with the next
+    /// availability batch; kept until a sibling is subscribed). Without a site, nothing is sent.
+    pub fn announce_devices(&self, records: Vec<InventoryRecord>) {
+        self.send(Command::AnnounceDevices(records));
+    }
+
+    /// Device records gossiped by verified reflectors of this site, from now on.
+    pub fn subscribe_devices(&self) -> mpsc::Receiver<DeviceBatch> {
+        let (tx, rx) = mpsc::channel(DEVICE_BATCH_BACKLOG);
+        self.send(Command::SubscribeDevices(tx));
+        rx
     }
 
     /// Stops the mesh task (its connections close; siblings expire it after 3 heartbeats).

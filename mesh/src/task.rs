@@ -3,7 +3,7 @@
 // Event handlers read better as one arm per event with the conditions inside.
 #![allow(clippy::collapsible_match)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Result};
@@ -17,13 +17,13 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, mdns, noise, tcp, yamux, PeerId, StreamProtocol, Swarm};
 use oasis_core::gossip::{
     pack_availability, set_bit, Body, GossipMsg, GossipReject, GossipView, Heartbeat, Held, Hello,
-    LayerAvailability, LayerDigest, Load, MAX_MESSAGE_BYTES,
+    InventoryRecord, LayerAvailability, LayerDigest, Load, MAX_MESSAGE_BYTES,
 };
 use oasis_core::identity::{NodeIdentity, PeerInfo, TrustRoot};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::{binding, peer_ref, Command, Holding, MeshConfig, MeshMetrics};
+use crate::{binding, peer_ref, Command, DeviceBatch, Holding, MeshConfig, MeshMetrics};
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -59,6 +59,10 @@ pub(crate) struct MeshTask {
     hello_due: bool,
     heartbeats: u64,
     provider_queries: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
+    /// This site's inventory topic (None without a site).
+    inventory_topic: Option<IdentTopic>,
+    pending_devices: BTreeMap<String, InventoryRecord>,
+    device_subscribers: Vec<mpsc::Sender<DeviceBatch>>,
 }
 
 fn unix_ms() -> u64 {
@@ -133,6 +137,11 @@ impl MeshTask {
             .build();
         let topic = IdentTopic::new(crate::TOPIC);
         swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
+        let inventory_topic =
+            identity.info().site.as_deref().map(|s| IdentTopic::new(crate::inventory_topic(s)));
+        if let Some(t) = &inventory_topic {
+            swarm.behaviour_mut().gossipsub.subscribe(t)?;
+        }
         for addr in &config.listen {
             swarm.listen_on(addr.clone()).map_err(|e| anyhow!("listening on {addr}: {e}"))?;
         }
@@ -154,6 +163,9 @@ impl MeshTask {
             hello_due: true,
             heartbeats: 0,
             provider_queries: HashMap::new(),
+            inventory_topic,
+            pending_devices: BTreeMap::new(),
+            device_subscribers: Vec::new(),
         };
         task.dial_bootstrap(true);
         Ok(task)
@@ -212,9 +224,14 @@ impl MeshTask {
     }
 
     fn publish(&mut self, body: Body, kind: &'static str) -> bool {
+        let topic = self.topic.clone();
+        self.publish_on(topic, body, kind)
+    }
+
+    fn publish_on(&mut self, topic: IdentTopic, body: Body, kind: &'static str) -> bool {
         let msg = GossipMsg { seq: self.next_seq(), body };
         let bytes = msg.encode();
-        match self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
             Ok(_) => {
                 self.metrics.count(kind, "out");
                 true
@@ -263,6 +280,7 @@ impl MeshTask {
         if self.hello_due && self.publish(Body::Hello(self.hello.clone()), "hello") {
             self.hello_due = false;
         }
+        self.flush_devices();
         let mut records = Vec::new();
         let mut evicted = Vec::new();
         for (digest, l) in self.local.iter_mut().filter(|(_, l)| l.dirty) {
@@ -300,8 +318,50 @@ impl MeshTask {
         }
     }
 
+    /// Publishes the pending device records on the site's inventory topic; what could not be
+    /// sent (no subscribed sibling yet) stays pending for the next batch.
+    fn flush_devices(&mut self) {
+        let Some(topic) = self.inventory_topic.clone() else {
+            self.pending_devices.clear();
+            return;
+        };
+        if self.pending_devices.is_empty() {
+            return;
+        }
+        let records: Vec<InventoryRecord> = self.pending_devices.values().cloned().collect();
+        let mut all_sent = true;
+        for body in oasis_core::wake::gossip::pack_inventory(records) {
+            all_sent &= self.publish_on(topic.clone(), Body::Inventory(body), "inventory");
+        }
+        if all_sent {
+            self.pending_devices.clear();
+        }
+    }
+
+    /// Hands checked device records to the application.
+    fn deliver_devices(&mut self, from: PeerId, sender: String, records: Vec<InventoryRecord>) {
+        let batch = DeviceBatch { from, sender, records };
+        self.device_subscribers.retain(|tx| !tx.is_closed());
+        for tx in &self.device_subscribers {
+            if tx.try_send(batch.clone()).is_err() {
+                self.metrics.count_drop("backlog");
+            }
+        }
+    }
+
     fn on_command(&mut self, cmd: Command) {
         match cmd {
+            Command::AnnounceDevices(records) => {
+                for r in records {
+                    let room = self.pending_devices.len() < crate::MAX_PENDING_DEVICES;
+                    if room || self.pending_devices.contains_key(&r.name) {
+                        self.pending_devices.insert(r.name.clone(), r);
+                    } else {
+                        debug!(device = %r.name, "inventory announcement queue full");
+                    }
+                }
+            }
+            Command::SubscribeDevices(tx) => self.device_subscribers.push(tx),
             Command::Announce { layer, chunk_count, holding } => {
                 let l = self.local.entry(layer).or_insert(LocalLayer {
                     chunk_count,
@@ -501,6 +561,7 @@ impl MeshTask {
             Body::Hello(_) => "hello",
             Body::Heartbeat(_) => "heartbeat",
             Body::Availability(_) => "availability",
+            Body::Inventory(_) => "inventory",
         };
         if let Body::Hello(hello) = &msg.body {
             return match binding::verify_binding(hello, &author, &self.trust) {
@@ -530,6 +591,18 @@ impl MeshTask {
             return MessageAcceptance::Ignore;
         };
         let mut msg = msg;
+        if let Body::Inventory(records) = &msg.body {
+            let now = unix_ms() / 1000;
+            let site = self.my_site.as_deref();
+            if let Err(e) = oasis_core::wake::gossip::admit_inventory(records, info, site, now) {
+                return self.reject(&author, e);
+            }
+            let (sender, records) = (info.name.clone(), records.clone());
+            let _ = self.view.apply(&msg, &peer_ref(&author), self.now());
+            self.metrics.count(kind, "in");
+            self.deliver_devices(author, sender, records);
+            return MessageAcceptance::Accept;
+        }
         if let Body::Heartbeat(hb) = &mut msg.body {
             // The certificate is authoritative for the site.
             hb.site = info.site.clone();

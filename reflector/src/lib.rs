@@ -28,6 +28,7 @@ pub mod cache;
 pub mod check;
 pub mod config;
 pub mod fetcher;
+mod inventory_gossip;
 mod mesh_link;
 pub mod metrics;
 pub mod node;

@@ -611,6 +611,7 @@ impl RunningReflector {
                 crate::wake::WakeNode::new(
                     &identity,
                     &config.state,
+                    cache.store.db(),
                     addr,
                     upstream.clone(),
                     config.wake.clone(),
@@ -675,6 +676,14 @@ impl RunningReflector {
                 cache.clone(),
                 node_metrics.clone(),
                 config.mesh.as_ref().map_or(Duration::from_secs(1), |m| m.heartbeat),
+            )));
+        }
+        if let Some(s) = &siblings {
+            let every = config.wake.sync_every;
+            tasks.push(tokio::spawn(crate::inventory_gossip::run(
+                wake.clone(),
+                s.mesh.clone(),
+                every,
             )));
         }
         tasks.push(tokio::spawn(wake.run()));

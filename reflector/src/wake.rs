@@ -2,12 +2,16 @@
 //! siblings, and scheduled delivery (waking the site's machines when an assignment's delivery
 //! window opens, in staggered batches, and recording per machine what happened).
 //!
-//! The inventory holds the registrations this reflector received (forwarded to the seed) and
-//! the site's inventory pulled from the seed, so siblings share what they know through the
-//! seed. It is kept in memory and written to `STATE/wake/devices.json`; scheduled runs to
-//! `STATE/wake/runs.json` (read by `oasis-reflector wake-status`), both replaced atomically.
+//! The inventory holds the registrations this reflector received (forwarded to the seed), the
+//! site's inventory pulled from the seed, and what the site's other reflectors gossip over the
+//! mesh ([`crate::inventory_gossip`]), merged by last-seen. It persists in the reflector's sled
+//! database (tree `devices`, JSON [`DeviceEntry`] values keyed by name) and is exported to
+//! `STATE/wake/devices.json` for `oasis-reflector wake`, which runs beside the serving reflector
+//! and so cannot open its sled database. Scheduled runs go to `STATE/wake/runs.json` (read by
+//! `oasis-reflector wake-status`); both files are replaced atomically.
 
 use crate::upstream::Upstream;
+use oasis_core::gossip::InventoryRecord;
 use oasis_core::identity::{NodeIdentity, PeerInfo, Role};
 use oasis_core::metrics::NodeMetrics;
 use oasis_core::net::{self, Client, SourceError, TransportOptions};
@@ -66,6 +70,7 @@ struct WakeMetrics {
     failed: Counter,
     relayed: Counter,
     registrations: Counter,
+    gossip_learned: Counter,
     runs_active: Gauge,
 }
 
@@ -95,6 +100,11 @@ impl WakeMetrics {
                 "device_registrations",
                 "Device registrations received",
                 m.registrations.clone(),
+            );
+            r.register(
+                "device_gossip_learned",
+                "Inventory entries learnt or updated from the site's other reflectors over the mesh",
+                m.gossip_learned.clone(),
             );
             r.register(
                 "wake_runs_active",
@@ -136,6 +146,10 @@ pub struct WakeNode {
     dir: PathBuf,
     relay_addr: SocketAddr,
     devices: Mutex<BTreeMap<String, DeviceEntry>>,
+    /// Persistent copy of `devices`.
+    tree: sled::Tree,
+    /// Where registrations received here are gossiped to the site's other reflectors.
+    mesh: Mutex<Option<oasis_mesh::MeshHandle>>,
     unsent: Mutex<BTreeSet<String>>,
     /// When each device last registered here (finer than the inventory's seconds).
     seen: Mutex<BTreeMap<String, Duration>>,
@@ -192,9 +206,11 @@ pub fn runs_file(state: &Path) -> PathBuf {
 }
 
 impl WakeNode {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         identity: &NodeIdentity,
         state: &Path,
+        db: &sled::Db,
         listen: SocketAddr,
         upstream: Arc<Upstream>,
         settings: WakeSettings,
@@ -203,15 +219,33 @@ impl WakeNode {
     ) -> std::io::Result<WakeNode> {
         let dir = state.join("wake");
         std::fs::create_dir_all(&dir)?;
-        // What was known before a restart is a good start; a damaged file is only a cache.
-        let devices: BTreeMap<String, DeviceEntry> = std::fs::read(devices_file(state))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Vec<DeviceEntry>>(&b).ok())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|d| (d.info.name.clone(), d))
-            .collect();
+        let tree = db.open_tree("devices").map_err(std::io::Error::other)?;
+        let mut devices = BTreeMap::new();
+        for kv in tree.iter() {
+            let (k, v) = kv.map_err(std::io::Error::other)?;
+            match serde_json::from_slice::<DeviceEntry>(&v) {
+                Ok(d) => {
+                    devices.insert(d.info.name.clone(), d);
+                }
+                // One damaged record loses that device until it registers again, not the rest.
+                Err(e) => {
+                    tracing::warn!(device = %String::from_utf8_lossy(&k), error = %e, "damaged inventory record dropped")
+                }
+            }
+        }
+        if devices.is_empty() {
+            // An inventory from before the sled tree (only the exported file) is a good start.
+            let old: Vec<DeviceEntry> = std::fs::read(devices_file(state))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            for d in old {
+                devices.insert(d.info.name.clone(), d);
+            }
+        }
         Ok(WakeNode {
+            tree,
+            mesh: Mutex::new(None),
             me: identity.info().clone(),
             identity: identity.clone(),
             dir,
@@ -234,11 +268,86 @@ impl WakeNode {
         peer.site.is_some() && peer.site == self.me.site
     }
 
-    fn save_devices(&self) {
+    /// Persists `changed` entries in the sled tree, then exports the whole inventory file.
+    fn save_devices(&self, changed: &[DeviceEntry]) {
+        let stored = changed.iter().try_for_each(|d| -> Result<(), String> {
+            let v = serde_json::to_vec(d).map_err(|e| e.to_string())?;
+            self.tree.insert(d.info.name.as_bytes(), v).map_err(|e| e.to_string())?;
+            Ok(())
+        });
+        if let Err(e) = stored.and_then(|()| self.tree.flush().map(drop).map_err(|e| e.to_string()))
+        {
+            tracing::warn!(error = %e, "cannot store the device inventory");
+        }
         let list: Vec<DeviceEntry> =
             self.devices.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         if let Err(e) = write_json(&self.dir.join("devices.json"), &list) {
             tracing::warn!(error = %e, "cannot write the device inventory file");
+        }
+    }
+
+    /// Merges entries learnt elsewhere (the seed, a sibling) by last-seen; returns those that
+    /// replaced what was known. This reflector's own entry is never taken from others.
+    fn merge(&self, entries: Vec<DeviceEntry>) -> Vec<DeviceEntry> {
+        let mut changed = Vec::new();
+        {
+            let mut d = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+            for e in entries {
+                if e.info.name != self.me.name
+                    && oasis_core::wake::gossip::supersedes(d.get(&e.info.name), &e)
+                {
+                    d.insert(e.info.name.clone(), e.clone());
+                    changed.push(e);
+                }
+            }
+        }
+        self.save_devices(&changed);
+        changed
+    }
+
+    /// From now on, registrations received here are gossiped to the site's other reflectors.
+    pub fn set_mesh(&self, mesh: oasis_mesh::MeshHandle) {
+        *self.mesh.lock().unwrap_or_else(|e| e.into_inner()) = Some(mesh);
+    }
+
+    /// Device records gossiped by a verified reflector of this site (checked by the mesh):
+    /// merged by last-seen. Records of another site are ignored here too.
+    pub fn learn_from_sibling(&self, sender: &str, records: &[InventoryRecord]) -> usize {
+        let entries: Vec<DeviceEntry> = records
+            .iter()
+            .filter(|r| Some(&r.site) == self.me.site.as_ref() && r.check().is_ok())
+            .map(InventoryRecord::to_entry)
+            .collect();
+        let changed = self.merge(entries);
+        if !changed.is_empty() {
+            let names: Vec<&str> = changed.iter().map(|d| d.info.name.as_str()).collect();
+            tracing::info!(from = %sender, devices = ?names, "inventory learnt from a sibling");
+            self.metrics.gossip_learned.inc_by(changed.len() as u64);
+            // Scheduled runs see machines that came online at a sibling.
+            self.changed.notify_one();
+        }
+        changed.len()
+    }
+
+    /// What this reflector gossips: every device of its site it knows, and itself.
+    pub fn site_records(&self) -> Vec<InventoryRecord> {
+        let mut out: Vec<InventoryRecord> = self
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|d| Some(&d.info.site) == self.me.site.as_ref())
+            .map(InventoryRecord::from_entry)
+            .collect();
+        out.push(InventoryRecord::from_entry(&self.self_entry()));
+        out
+    }
+
+    fn self_entry(&self) -> DeviceEntry {
+        DeviceEntry {
+            info: self.self_info(),
+            last_seen: unix_now(),
+            reported_by: self.me.name.clone(),
         }
     }
 
@@ -278,7 +387,10 @@ impl WakeNode {
         info.site = peer.site.clone().unwrap_or_default();
         let name = info.name.clone();
         let entry = DeviceEntry { info, last_seen: unix_now(), reported_by: self.me.name.clone() };
-        self.devices.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), entry);
+        self.devices.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), entry.clone());
+        if let Some(mesh) = &*self.mesh.lock().unwrap_or_else(|e| e.into_inner()) {
+            mesh.announce_devices(vec![InventoryRecord::from_entry(&entry)]);
+        }
         self.unsent.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone());
         self.seen
             .lock()
@@ -286,7 +398,7 @@ impl WakeNode {
             .insert(name.clone(), schedule::since_epoch(jiff::Timestamp::now()));
         self.metrics.registrations.inc();
         tracing::info!(device = %name, "device registered");
-        self.save_devices();
+        self.save_devices(&[entry]);
         self.changed.notify_one();
         Ok(())
     }
@@ -377,16 +489,7 @@ impl WakeNode {
             }
         }
         let site = client.devices().await.map_err(|e| e.to_string())?;
-        {
-            let mut d = self.devices.lock().unwrap_or_else(|e| e.into_inner());
-            for e in site {
-                let newer = d.get(&e.info.name).is_none_or(|old| old.last_seen < e.last_seen);
-                if newer && e.info.name != self.me.name {
-                    d.insert(e.info.name.clone(), e);
-                }
-            }
-        }
-        self.save_devices();
+        self.merge(site);
         Ok(Some(client))
     }
 
@@ -397,11 +500,7 @@ impl WakeNode {
             let mut v: Vec<DeviceEntry> =
                 self.devices.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
             v.retain(|d| d.info.name != self.me.name);
-            v.push(DeviceEntry {
-                info: self.self_info(),
-                last_seen: unix_now(),
-                reported_by: self.me.name.clone(),
-            });
+            v.push(self.self_entry());
             v
         };
         let mut failures = Vec::new();

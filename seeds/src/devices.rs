@@ -281,6 +281,9 @@ pub struct WakeOutcome {
     pub packets: u8,
     /// Why it was not sent: unknown device, no relay on its subnet, relays asleep.
     pub error: Option<String>,
+    /// Relays tried before the one that sent, each with why it was passed over (asleep,
+    /// unreachable, could not send).
+    pub skipped: Vec<String>,
 }
 
 /// Wakes `names` through relays on their subnets, chosen from `inventory`; the seed sends no
@@ -300,6 +303,7 @@ pub async fn wake_devices(
             sent_to: Vec::new(),
             packets: 0,
             error: None,
+            skipped: Vec::new(),
         };
         let Some(target) = inventory.iter().find(|r| &r.name == name) else {
             o.error = Some(route::RouteError::UnknownDevice(name.clone()).to_string());
@@ -338,7 +342,7 @@ pub async fn wake_devices(
                             .push(format!("relay {} could not send: {}", relay.name, sent.error));
                         continue;
                     }
-                    problems.clear();
+                    o.skipped = std::mem::take(&mut problems);
                     break;
                 }
                 Err(e) => problems.push(format!(
@@ -349,6 +353,9 @@ pub async fn wake_devices(
         }
         if !problems.is_empty() {
             o.error = Some(problems.join("; "));
+        }
+        for s in &o.skipped {
+            tracing::warn!(device = %o.device, "passed over: {s}");
         }
         out.push(o);
     }

@@ -370,6 +370,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         ),
                         Some(e) => println!("FAILED {}: {e}", o.device),
                     }
+                    for s in &o.skipped {
+                        println!("  skipped {s}");
+                    }
                 }
             }
             if failed > 0 {

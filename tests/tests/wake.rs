@@ -7,7 +7,9 @@ use oasis_core::identity::{NodeIdentity, Role};
 use oasis_core::net::{self, Client, TransportOptions};
 use oasis_core::wake::schedule::{self, MachineState, ScheduleConfig, WakeRun};
 use oasis_core::wake::{self as wol, check_packet, DeviceInfo, Mac, Password, SendOptions};
-use oasis_reflector::{ReflectorConfig, RunningReflector};
+use oasis_mesh::libp2p::multiaddr::Protocol;
+use oasis_mesh::libp2p::Multiaddr;
+use oasis_reflector::{MeshSettings, ReflectorConfig, RunningReflector};
 use oasis_seed::devices::Inventory;
 use oasis_tests::{random_tree, snapshot, TestSeed, TreeSpec};
 use std::net::SocketAddr;
@@ -71,6 +73,41 @@ async fn packets_are_byte_exact_on_a_udp_listener() {
         }
         Err(e) => eprintln!("SKIPPED: wol-rs path to 127.0.0.1:9 (cannot bind port 9: {e})"),
     }
+}
+
+/// Port 7 (echo, the other common WoL port), as `oasis-reflector wake --to ADDR:7` sends it:
+/// through the `wol` crate's builder, plain and with a SecureOn password.
+#[tokio::test]
+async fn port_7_is_reached_when_configured() {
+    let sock = match UdpSocket::bind("127.0.0.1:7").await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("SKIPPED: port 7 test (cannot bind 127.0.0.1:7: {e}; needs root)");
+            return;
+        }
+    };
+    let (n, sender) = wol::send(MAC, "127.0.0.1:7".parse().unwrap(), None, fast()).await.unwrap();
+    assert_eq!((n, sender), (3, wol::packet::Sender::Wol));
+    for p in receive(&sock, 3).await {
+        assert_magic(&p, MAC, &[]);
+    }
+    let state = tempfile::tempdir().unwrap();
+    let mac = MAC.to_string();
+    let sent = oasis_reflector::wake::wake_command(
+        state.path(),
+        Some("127.0.0.1:7"),
+        Some("a1:b2:c3:d4:e5:f6"),
+        std::slice::from_ref(&mac),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent[0].sent_to, "127.0.0.1:7");
+    assert_eq!(sent[0].error, "");
+    for p in receive(&sock, sent[0].packets as usize).await {
+        assert_magic(&p, MAC, &[0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6]);
+    }
+    // Without a port, --to means port 9.
+    assert_eq!(oasis_reflector::wake::parse_to("127.0.0.1").unwrap().port(), 9);
 }
 
 #[tokio::test]
@@ -430,4 +467,366 @@ async fn a_sleeping_endpoint_is_woken_for_its_delivery_window_and_fetches() {
     assert_eq!(v("oasis_wake_machines_delivered_total"), 1.0, "{text}");
     assert_eq!(v("oasis_wake_machines_failed_total"), 0.0);
     let _ = MachineState::Delivered;
+}
+
+const MESH_HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// The mesh on 127.0.0.1 (loopback has no multicast: siblings meet through `bootstrap`).
+fn loopback_mesh(bootstrap: Vec<Multiaddr>) -> MeshSettings {
+    MeshSettings {
+        listen: vec![
+            "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
+            "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+        ],
+        bootstrap,
+        mdns: false,
+        heartbeat: MESH_HEARTBEAT,
+        advertise: None,
+    }
+}
+
+/// A mesh address of a running reflector with `/p2p/PEER_ID` (`tcp`: the TCP one, else QUIC).
+async fn mesh_addr(r: &RunningReflector, tcp: bool) -> Multiaddr {
+    let mesh = r.mesh().expect("mesh on");
+    for _ in 0..250 {
+        let found = mesh.listen_addrs().await.unwrap().into_iter().find(|a| {
+            a.iter()
+                .any(|p| if tcp { matches!(p, Protocol::Tcp(_)) } else { p == Protocol::QuicV1 })
+        });
+        if let Some(a) = found {
+            return a.with(Protocol::P2p(mesh.peer_id()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the mesh never listened");
+}
+
+/// Waits until `r` sees each of `peers` (reflector, site) as a verified live mesh peer.
+async fn wait_meshed(r: &RunningReflector, peers: &[(&RunningReflector, &str)]) {
+    let mesh = r.mesh().expect("mesh on");
+    for _ in 0..400 {
+        let view = mesh.view().await.unwrap();
+        let ok = peers.iter().all(|(p, site)| {
+            let id = oasis_mesh::peer_ref(&p.mesh().expect("mesh on").peer_id());
+            view.live_peers(site).contains(&id)
+        });
+        if ok {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("mesh did not settle in 20 s");
+}
+
+/// The inventory a reflector exports to STATE/wake/devices.json.
+fn inventory_of(state: &Path) -> Vec<wol::DeviceEntry> {
+    std::fs::read(oasis_reflector::wake::devices_file(state))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// An endpoint of branch on subnet `net` whose "NIC" is a UDP listener on 127.0.0.1 (its
+/// `wake_to`), registered with `via`.
+async fn machine(
+    seed: &TestSeed,
+    name: &str,
+    net: &str,
+    via: SocketAddr,
+) -> (UdpSocket, DeviceInfo) {
+    let nic = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let state = seed.enroll_in_site(Role::Endpoint, name, "branch").unwrap();
+    let info = DeviceInfo {
+        name: name.into(),
+        macs: vec![MAC.0],
+        addrs: vec![net.parse().unwrap()],
+        wake_to: Some(nic.local_addr().unwrap()),
+        ..Default::default()
+    };
+    register_as(&state, via, &info).await.unwrap();
+    (nic, info)
+}
+
+fn gossip_count(r: &RunningReflector, direction: &'static str) -> u64 {
+    let m = r.mesh().expect("mesh on").metrics();
+    m.messages.get_or_create(&vec![("kind", "inventory"), ("direction", direction)]).get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflectors_of_a_site_share_the_inventory_over_the_mesh_even_without_the_seed() {
+    let seed = TestSeed::start().await.unwrap();
+    let mesh =
+        |boot: Vec<Multiaddr>| move |c: &mut ReflectorConfig| c.mesh = Some(loopback_mesh(boot));
+    let a = reflector(&seed, "inv-a", mesh(vec![])).await.unwrap();
+    let boot = mesh_addr(&a, false).await;
+    let b = reflector(&seed, "inv-b", mesh(vec![boot.clone()])).await.unwrap();
+    // A reflector of another site on the same mesh.
+    seed.enroll_in_site(Role::Reflector, "inv-other", "elsewhere").unwrap();
+    let c = reflector(&seed, "inv-other", mesh(vec![boot])).await.unwrap();
+    wait_meshed(&a, &[(&b, "branch"), (&c, "elsewhere")]).await;
+    wait_meshed(&b, &[(&a, "branch")]).await;
+    wait_meshed(&c, &[(&a, "branch")]).await;
+
+    // The seed goes away: whatever B learns from now on did not come through it.
+    seed.seed.shutdown();
+    let (nic, info) = machine(&seed, "pc-gossip", "10.4.0.7/24", a.addr).await;
+
+    let b_state = seed.dir.path().join("node-inv-b");
+    wait_for("inv-b to learn pc-gossip by gossip", || {
+        inventory_of(&b_state).iter().any(|d| d.info.name == "pc-gossip")
+    })
+    .await;
+    let learnt = inventory_of(&b_state).into_iter().find(|d| d.info.name == "pc-gossip").unwrap();
+    assert_eq!(learnt.reported_by, "inv-a", "registered at A, learnt from A");
+    assert_eq!(learnt.info.site, "branch");
+    assert_eq!(learnt.info.role, "endpoint");
+    assert_eq!(learnt.info.macs, vec![MAC.0]);
+    assert_eq!(learnt.info.addrs, info.addrs);
+    assert_eq!(learnt.info.wake_to, info.wake_to);
+    let v =
+        oasis_core::metrics::sample_value(&b.metrics.render(), "oasis_device_gossip_learned_total");
+    assert!(v.unwrap_or(0.0) >= 1.0, "counted as learnt from a sibling: {v:?}");
+
+    // B wakes it by NAME (what `oasis-reflector wake --state B pc-gossip` runs).
+    let sent =
+        oasis_reflector::wake::wake_command(&b_state, None, None, &["pc-gossip".into()]).await;
+    let sent = sent.unwrap();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].error, "", "{:?}", sent[0]);
+    assert_eq!(sent[0].device, "pc-gossip");
+    assert_eq!(sent[0].sent_to, nic.local_addr().unwrap().to_string());
+    assert_eq!(u32::from(sent[0].packets), wol::packet::DEFAULT_REPEATS);
+    for p in receive(&nic, sent[0].packets as usize).await {
+        assert_magic(&p, MAC, &[]);
+    }
+
+    // The reflector of the other site never hears of it, however often A re-announces.
+    let out0 = gossip_count(&a, "out");
+    wait_for("A to re-announce the site inventory three more times", || {
+        gossip_count(&a, "out") >= out0 + 3
+    })
+    .await;
+    let c_state = seed.dir.path().join("node-inv-other");
+    assert!(
+        !inventory_of(&c_state).iter().any(|d| d.info.name == "pc-gossip"),
+        "a reflector of another site learnt a device of branch"
+    );
+    assert_eq!(gossip_count(&c, "in"), 0, "no inventory of branch reached the other site");
+    assert!(gossip_count(&b, "in") >= 1);
+    for r in [a, b, c] {
+        r.stop().await;
+    }
+}
+
+type GossipSwarm = oasis_mesh::libp2p::Swarm<oasis_mesh::libp2p::gossipsub::Behaviour>;
+
+/// A bare gossipsub node with the p2p key of an enrolled node (it can prove that enrolment).
+fn impostor(keypair: oasis_mesh::libp2p::identity::Keypair) -> GossipSwarm {
+    use oasis_mesh::libp2p::{gossipsub, noise, tcp, yamux};
+    oasis_mesh::libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|key| {
+            let cfg = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(100))
+                .build()
+                .unwrap();
+            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), cfg)
+                .unwrap()
+        })
+        .unwrap()
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_gossip_from_outside_the_site_is_dropped_and_counted() {
+    use futures::StreamExt;
+    use oasis_core::gossip::{Body, GossipMsg, InventoryRecord};
+    use oasis_mesh::libp2p::gossipsub::{Event, IdentTopic};
+    use oasis_mesh::libp2p::swarm::SwarmEvent;
+    let seed = TestSeed::start().await.unwrap();
+    let a = reflector(&seed, "inv-target", |c| c.mesh = Some(loopback_mesh(vec![]))).await.unwrap();
+    let addr = mesh_addr(&a, true).await;
+    let a_state = seed.dir.path().join("node-inv-target");
+    let metrics = a.mesh().expect("mesh on").metrics().clone();
+
+    // Two enrolled nodes that are not reflectors of branch: a reflector of another site and an
+    // endpoint of branch, each proving its enrolment as a real mesh node would.
+    let outsider = seed.enroll_in_site(Role::Reflector, "refl-elsewhere", "elsewhere").unwrap();
+    let endpoint = seed.enroll_in_site(Role::Endpoint, "pc-forger", "branch").unwrap();
+    // And a real reflector of branch whose records are out of bounds.
+    let liar = seed.enroll_in_site(Role::Reflector, "refl-liar", "branch").unwrap();
+    let record = |name: &str, site: &str| InventoryRecord {
+        name: name.into(),
+        role: "endpoint".into(),
+        site: site.into(),
+        agent_version: String::new(),
+        macs: vec![MAC.0],
+        addrs: vec!["10.4.0.66/24".into()],
+        wake_to: Some("127.0.0.1:9".into()),
+        relay: None,
+        held: vec![],
+        last_seen: 4_000_000_000,
+        reported_by: "inv-target".into(),
+    };
+    let now = jiff::Timestamp::now().as_second() as u64;
+    let fresh = |name: &str, site: &str| InventoryRecord { last_seen: now, ..record(name, site) };
+    // (node, records, reason A counts)
+    let cases = [
+        (&outsider, vec![fresh("pc-forged-1", "branch")], "wrong_sender"),
+        // An endpoint cannot even prove a mesh identity (its hello is `bad_binding`).
+        (&endpoint, vec![fresh("pc-forged-2", "branch")], "unverified"),
+        (&liar, vec![record("pc-forged-3", "branch")], "invalid"),
+        (&liar, vec![fresh("pc-ok", "branch"), fresh("pc-forged-4", "elsewhere")], "wrong_site"),
+    ];
+    for (state, records, reason) in cases {
+        let before = metrics.dropped(reason);
+        let id = NodeIdentity::load(state).unwrap();
+        let keypair = oasis_mesh::binding::load_or_create_keypair(state).unwrap();
+        let peer = keypair.public().to_peer_id();
+        let hello = oasis_mesh::binding::sign_binding(&id, &peer).unwrap();
+        let mut swarm = impostor(keypair);
+        let main = IdentTopic::new(oasis_mesh::TOPIC);
+        let inv = IdentTopic::new(oasis_mesh::inventory_topic("branch"));
+        swarm.behaviour_mut().subscribe(&main).unwrap();
+        swarm.behaviour_mut().subscribe(&inv).unwrap();
+        swarm.dial(addr.clone()).unwrap();
+        let mut seq = 1u64 << 50;
+        let mut publish = |swarm: &mut GossipSwarm, topic: &IdentTopic, body| {
+            seq += 1;
+            let _ = swarm.behaviour_mut().publish(topic.clone(), GossipMsg { seq, body }.encode());
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut subscribed = (false, false);
+        while metrics.dropped(reason) == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{reason} never counted (subscribed {subscribed:?}; dropped: unverified {}, \
+                 bad_binding {}, invalid {}; hellos in {})",
+                metrics.dropped("unverified"),
+                metrics.dropped("bad_binding"),
+                metrics.dropped("invalid"),
+                metrics.received("hello"),
+            );
+            tokio::select! {
+                ev = swarm.select_next_some() => {
+                    if let SwarmEvent::Behaviour(Event::Subscribed { topic, .. }) = ev {
+                        subscribed.0 |= topic == main.hash();
+                        subscribed.1 |= topic == inv.hash();
+                    }
+                }
+                _ = tick.tick(), if subscribed.0 && subscribed.1 => {
+                    publish(&mut swarm, &main, Body::Hello(hello.clone()));
+                    publish(&mut swarm, &inv, Body::Inventory(records.clone()));
+                }
+            }
+        }
+    }
+    // No forged device got in, nor the valid record sent in one message with a foreign one.
+    let names: Vec<String> = inventory_of(&a_state).into_iter().map(|d| d.info.name).collect();
+    assert!(!names.iter().any(|n| n.starts_with("pc-forged") || n == "pc-ok"), "{names:?}");
+    a.stop().await;
+}
+
+/// Starts `oasis-endpoint relay` for `name` (enrolled in branch) on subnet `net`, registering
+/// with the seed, and waits until the seed's inventory shows it as a relay.
+async fn endpoint_relay(
+    seed: &TestSeed,
+    name: &str,
+    net: &str,
+) -> oasis_endpoint::relay::RelayListener {
+    let state = seed.enroll_in_site(Role::Endpoint, name, "branch").unwrap();
+    let relay = oasis_endpoint::relay::RelayListener::start(oasis_endpoint::relay::RelayOptions {
+        state,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        sources: vec![seed.seed.addr],
+        every: Duration::from_secs(3600),
+        addrs: Some(vec![net.parse().unwrap()]),
+        send: fast(),
+    })
+    .await
+    .unwrap();
+    let inv = Inventory::open(&seed.seed.store).unwrap();
+    let addr = relay.addr;
+    wait_for("the relay's registration", || {
+        inv.get(name).unwrap().is_some_and(|r| r.relay == Some(addr))
+    })
+    .await;
+    relay
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_awake_endpoint_relays_wakes_where_no_reflector_is_and_a_sleeping_one_is_skipped() {
+    let seed = TestSeed::start().await.unwrap();
+    // Subnet 10.5.0.0/24 has no reflector; two endpoints on it can relay. The sleepy one
+    // registered last, so it is the first candidate (most recently seen first; by name on a tie).
+    let awake = endpoint_relay(&seed, "relay-awake", "10.5.0.21/24").await;
+    let sleepy = endpoint_relay(&seed, "relay-asleep", "10.5.0.22/24").await;
+    let (nic, _) = machine(&seed, "pc-relayed", "10.5.0.7/24", seed.seed.addr).await;
+    let inv = Inventory::open(&seed.seed.store).unwrap();
+    let seed_id = NodeIdentity::load(&seed.data()).unwrap();
+    let ep = net::client_endpoint(&seed_id, &TransportOptions::default()).unwrap();
+    let wake = |names: &[&str]| {
+        let list = inv.list(false).unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let ep = ep.clone();
+        async move { oasis_seed::devices::wake_devices(&ep, &list, &names).await }
+    };
+    let route = wol::route::route(
+        "pc-relayed",
+        &inv.list(false).unwrap().iter().map(|r| r.to_entry()).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let order: Vec<&str> = route.relays.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(order, ["relay-asleep", "relay-awake"], "both on the subnet, the sleepy one first");
+
+    // Both awake: the first candidate sends.
+    let out = wake(&["pc-relayed"]).await;
+    assert_eq!(out[0].error, None, "{:?}", out[0]);
+    assert_eq!(out[0].relay.as_deref(), Some("relay-asleep"));
+    for p in receive(&nic, 3).await {
+        assert_magic(&p, MAC, &[]);
+    }
+    assert_eq!((sleepy.packets_sent(), awake.packets_sent()), (3, 0));
+
+    // relay-asleep goes to sleep: it no longer answers. It is skipped, with the reason
+    // recorded, and the awake relay sends.
+    sleepy.shutdown();
+    let out = wake(&["pc-relayed"]).await;
+    assert_eq!(out[0].error, None, "{:?}", out[0]);
+    assert_eq!(out[0].relay.as_deref(), Some("relay-awake"));
+    assert_eq!(out[0].sent_to, [nic.local_addr().unwrap().to_string()]);
+    assert_eq!(out[0].packets, 3);
+    assert_eq!(out[0].skipped.len(), 1, "{:?}", out[0]);
+    assert!(
+        out[0].skipped[0].contains("relay-asleep") && out[0].skipped[0].contains("asleep"),
+        "{:?}",
+        out[0].skipped
+    );
+    for p in receive(&nic, 3).await {
+        assert_magic(&p, MAC, &[]);
+    }
+    assert_eq!(awake.packets_sent(), 3, "sent by the awake relay, not by the seed");
+    // What `oasis-seed wake --json` prints for it: relay, where, how many, who was skipped.
+    let json = serde_json::to_value(&out).unwrap();
+    assert_eq!(json[0]["relay"], "relay-awake");
+    assert_eq!(json[0]["sent_to"][0], nic.local_addr().unwrap().to_string());
+    assert_eq!(json[0]["packets"], 3);
+    assert_eq!(json[0]["mac"], MAC.to_string());
+    assert!(json[0]["skipped"][0].as_str().unwrap().contains("relay-asleep"));
+
+    // Both asleep: a recorded failure naming each relay and why, nothing sent.
+    awake.shutdown();
+    let out = wake(&["pc-relayed"]).await;
+    let e = out[0].error.as_deref().expect("a failure, not a silent drop");
+    for relay in ["relay-asleep", "relay-awake"] {
+        assert!(e.contains(relay) && e.contains("is asleep or unreachable"), "{e}");
+    }
+    assert_eq!(out[0].relay, None);
+    assert_eq!(out[0].packets, 0);
+    let mut buf = [0u8; 256];
+    let quiet = tokio::time::timeout(Duration::from_millis(300), nic.recv_from(&mut buf)).await;
+    assert!(quiet.is_err(), "no packet without an awake relay");
 }

@@ -7,8 +7,10 @@
 //! - [`schedule`]: staggered batches for a delivery window, waiting for machines to come online,
 //!   per-machine results; an I/O-free state machine driven by `now` so the simulator can run it.
 //! - [`iface`]: this box's MAC and IP addresses, for registration and default destinations.
+//! - [`gossip`]: device inventory records shared between the reflectors of a site over the mesh.
 //! - [`msg`]: the inventory and wake message bodies of the wire protocol.
 
+pub mod gossip;
 pub mod iface;
 pub mod msg;
 pub mod packet;

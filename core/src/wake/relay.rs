@@ -65,3 +65,65 @@ async fn send_one(t: WakeTarget, defaults: &[SocketAddr], opts: SendOptions) -> 
     }
     out
 }
+
+/// A node that only relays wakes (an awake endpoint on a subnet without a reflector): serves
+/// `Wake` from the seed or a reflector of its own site, nothing else. Chunk requests find
+/// nothing here.
+pub struct RelayService {
+    me: crate::identity::PeerInfo,
+    send: SendOptions,
+    packets: std::sync::atomic::AtomicU64,
+}
+
+impl RelayService {
+    pub fn new(me: crate::identity::PeerInfo, send: SendOptions) -> RelayService {
+        RelayService { me, send, packets: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// Magic packets this relay has sent (repeats included).
+    pub fn packets_sent(&self) -> u64 {
+        self.packets.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl crate::net::ChunkSource for RelayService {
+    async fn manifest(
+        &self,
+        _: &str,
+        _: Option<&str>,
+    ) -> Result<Option<bytes::Bytes>, crate::net::SourceError> {
+        Ok(None)
+    }
+    async fn chunk(
+        &self,
+        _: crate::ChunkId,
+    ) -> Result<Option<crate::compress::StoredChunk>, crate::net::SourceError> {
+        Ok(None)
+    }
+    async fn have(&self, ids: &[crate::ChunkId]) -> Result<Vec<bool>, crate::net::SourceError> {
+        Ok(vec![false; ids.len()])
+    }
+    async fn layers(&self) -> Result<Vec<crate::wire::LayerRef>, crate::net::SourceError> {
+        Ok(Vec::new())
+    }
+    async fn wake(
+        &self,
+        peer: &crate::identity::PeerInfo,
+        targets: Vec<WakeTarget>,
+    ) -> Result<Vec<WakeSent>, crate::net::SourceError> {
+        use crate::identity::Role;
+        let allowed = peer.role == Role::Seed
+            || peer.role == Role::Reflector && peer.site.is_some() && peer.site == self.me.site;
+        if !allowed {
+            return Err(crate::net::SourceError::Refused(format!(
+                "{} {} may not ask {} to wake machines",
+                peer.role, peer.name, self.me.name
+            )));
+        }
+        tracing::info!(by = %peer.name, targets = targets.len(), "relaying a wake");
+        let results = send_all(targets, self.send).await;
+        let n: u64 = results.iter().map(|r| u64::from(r.packets)).sum();
+        self.packets.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(results)
+    }
+}
