@@ -855,7 +855,7 @@ fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
             wake_delay_s: t.duration("wake_delay")?.unwrap_or(0.0),
             wake_jitter_s: t.duration("wake_jitter")?.unwrap_or(0.0),
             never_wakes: t.fraction("never_wakes")?.unwrap_or(0.0),
-            wake: wake_schedule(&t)?,
+            wake: wake_schedule(t)?,
             mesh_heartbeat_s: match t.duration("mesh_heartbeat")? {
                 Some(h) if h < 0.01 => {
                     return Err(t.bad(
