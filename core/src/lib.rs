@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod net;
 pub mod packs;
 pub mod policy;
+pub mod select;
 pub mod shutdown;
 pub mod store;
 pub mod wake;

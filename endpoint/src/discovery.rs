@@ -7,13 +7,12 @@
 
 use oasis_core::identity::Role;
 use oasis_core::net::Client;
+use oasis_core::select::{ProbeAnswer, SourceCandidate};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// How long a probe (handshake plus one request) may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Probe times within this of each other count as equally loaded (noise on a LAN).
-const LOAD_BUCKET: Duration = Duration::from_millis(5);
 
 /// What a probe found out about one candidate.
 #[derive(Clone, Debug)]
@@ -35,20 +34,23 @@ pub struct Answer {
 }
 
 impl Probe {
-    /// Sort key: answering first; then own site, own subnet, least loaded; seed last; then
-    /// the given order.
-    fn key(&self, my_site: Option<&str>) -> (bool, bool, bool, bool, u128, usize) {
-        match &self.answered {
-            None => (true, true, true, true, u128::MAX, self.position),
-            Some(a) => (
-                false,
-                a.role == Role::Seed,
-                !(my_site.is_some() && a.site.as_deref() == my_site),
-                !a.same_subnet,
-                a.latency.as_nanos() / LOAD_BUCKET.as_nanos(),
-                self.position,
-            ),
+    /// What the pure ranking in `oasis_core::select` needs to know of this probe.
+    fn candidate(&self) -> SourceCandidate<'_> {
+        SourceCandidate {
+            position: self.position,
+            answered: self.answered.as_ref().map(|a| ProbeAnswer {
+                is_seed: a.role == Role::Seed,
+                site: a.site.as_deref(),
+                same_subnet: a.same_subnet,
+                latency: a.latency,
+            }),
         }
+    }
+
+    /// Sort key: answering first; then own site, own subnet, least loaded; seed last; then
+    /// the given order ([`oasis_core::select::rank_key`]).
+    fn key(&self, my_site: Option<&str>) -> (bool, bool, bool, bool, u128, usize) {
+        oasis_core::select::rank_key(&self.candidate(), my_site)
     }
 }
 

@@ -6,12 +6,19 @@
 //! # What is the real code, what is modelled
 //!
 //! * **Real code** (from `oasis-core`, not reimplemented): the WAN token bucket with its two
-//!   classes and schedule windows ([`WanBudget`], one per reflector, `set_share` splitting the
-//!   site's rate between live reflectors), the bandwidth policy parser and schedule
-//!   ([`BandwidthPolicy`], also used to evaluate delivery windows), cache eviction with pins
-//!   ([`CacheLedger`], one per reflector, assigned layers pinned) and miss coalescing
-//!   ([`MissTable`], one per site: one WAN pull per piece per site, however many endpoints
-//!   wait for it).
+//!   classes and schedule windows ([`WanBudget`], one per reflector), the bandwidth policy
+//!   parser and schedule ([`BandwidthPolicy`], also used to evaluate delivery windows), cache
+//!   eviction with pins ([`CacheLedger`], one per reflector, assigned layers pinned), miss
+//!   coalescing ([`MissTable`], one per site: one WAN pull per piece per site, however many
+//!   endpoints wait for it), the reflector mesh's gossip ([`GossipView`] fed real heartbeats
+//!   with each reflector's WAN demand, [`site_share`] and `WanBudget::set_share` splitting the
+//!   site's rate, [`wan_fetcher`] choosing the one reflector that pulls each piece), source
+//!   selection (`oasis_core::select::rank`, the endpoint's ranking of its sources, for the
+//!   first choice and the failover) and scheduled wakes ([`WakeRun`]: batches, online timeout,
+//!   rewakes, failures with their reasons).
+//! * **Sleep**: a sleeping endpoint comes online `wake_delay` + jitter after the first magic
+//!   packet its site's wake run sends it, or never (`never_wakes`). Runs start when the delivery
+//!   window of the site's first windowed assignment opens (t = 0 without windows).
 //! * **Granularity**: a layer is a list of synthetic chunks (deterministic sizes with a
 //!   FastCDC-like spread around `model.chunk_avg`), grouped in content order into *pulls* of
 //!   about `model.pull_bytes` (default 4 MiB ≈ 64 chunks). The WAN moves, admits, caches,
@@ -39,11 +46,17 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::Duration;
 
 use oasis_core::cache::{Begin, CacheLedger, MissTable};
+use oasis_core::gossip::{
+    site_share, wan_fetcher, Body, GossipMsg, GossipView, Heartbeat, Load, PeerRef,
+};
 use oasis_core::policy::{BandwidthPolicy, Decision, TrafficClass, WanBudget};
+use oasis_core::select::{self, ProbeAnswer, SourceCandidate, LOAD_BUCKET};
+use oasis_core::wake::schedule::{MachineResult, MachineState, ScheduleConfig, WakeRun};
 use oasis_core::ChunkId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::report::{Stats, WakeStats};
 use crate::scenario::{window_schedule, FailureKind, Scenario};
 
 const NONE: u32 = u32::MAX;
@@ -258,14 +271,50 @@ impl Sched {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
-    Fetch { site: u32, r: u32, token: u64 },
-    Arrive { site: u32, tid: u64 },
-    Lan { site: u32, gen: u64 },
-    Wake { site: u32 },
-    Edge { site: u32, sl: u32, idx: u32 },
-    ReflDown { site: u32, r: u32 },
-    LinkDown { site: u32 },
-    LinkUp { site: u32 },
+    Fetch {
+        site: u32,
+        r: u32,
+        token: u64,
+    },
+    Arrive {
+        site: u32,
+        tid: u64,
+    },
+    Lan {
+        site: u32,
+        gen: u64,
+    },
+    Wake {
+        site: u32,
+    },
+    /// A woken endpoint has booted and comes online.
+    Boot {
+        site: u32,
+        e: u32,
+    },
+    /// The site's wake run has something due ([`WakeRun::next_deadline`]).
+    WakePoll {
+        site: u32,
+    },
+    /// The site's reflectors exchange heartbeats and recompute their WAN shares.
+    Gossip {
+        site: u32,
+    },
+    Edge {
+        site: u32,
+        sl: u32,
+        idx: u32,
+    },
+    ReflDown {
+        site: u32,
+        r: u32,
+    },
+    LinkDown {
+        site: u32,
+    },
+    LinkUp {
+        site: u32,
+    },
 }
 
 struct Refl {
@@ -319,7 +368,12 @@ struct Ep {
     waiting_on: u32,
     blocked_until: f64,
     done_at: f64,
-    failed: Option<&'static str>,
+    failed: Option<String>,
+    /// Asleep: comes online only `boot_s` after a magic packet (and never if `never`).
+    asleep: bool,
+    booting: bool,
+    never: bool,
+    boot_s: f64,
 }
 
 struct Transfer {
@@ -333,8 +387,43 @@ struct Transfer {
     bytes: u64,
 }
 
+/// The gossip between the reflectors of a site with more than one (what each reflector's
+/// `oasis_core::gossip::GossipView` holds; one view stands for all of them, since they all
+/// receive the same heartbeats).
+struct Mesh {
+    peers: Vec<PeerRef>,
+    view: GossipView,
+    /// The site label in heartbeats (a valid site name, whatever the scenario calls the site).
+    label: String,
+    /// Per pull: the reflector that pulls it over the WAN ([`wan_fetcher`] over the live ones).
+    fetcher: Vec<u8>,
+    /// The WAN demand each reflector published in its last two heartbeats.
+    published: Vec<[u64; 2]>,
+    /// WAN bytes arrived at the reflector since its last heartbeat.
+    arrived: Vec<bool>,
+    share: Vec<f64>,
+    seq: u64,
+    heartbeat_s: f64,
+    /// Demand of a busy reflector: the site's policy rate (as reflector/src/mesh_link.rs).
+    busy_demand: u64,
+}
+
+/// Scheduled wakes of a site with sleeping endpoints: one [`WakeRun`] per opening of the
+/// delivery window (one from t = 0 when the layers have no window).
+struct SiteWake {
+    cfg: ScheduleConfig,
+    /// Site layer whose delivery window starts the runs.
+    sl: Option<usize>,
+    run: Option<WakeRun>,
+    poll_at: u64,
+    /// Each endpoint's result in the last run that included it.
+    last: Vec<Option<MachineResult>>,
+}
+
 struct Site {
     name: String,
+    mesh: Option<Mesh>,
+    wake: Option<SiteWake>,
     group: usize,
     link: f64,
     rtt: f64,
@@ -366,24 +455,16 @@ struct Site {
     bins: Vec<f32>,
 }
 
-/// Per-site results.
+/// Per-site results: the site's [`Stats`] (`sites` = 1) and its WAN rate bins.
 #[derive(Clone, Debug)]
 pub struct SiteResult {
     pub name: String,
     pub group: usize,
-    pub endpoints: usize,
-    pub wan_bytes: u64,
-    pub wasted_wan_bytes: u64,
-    pub unique_bytes: u64,
-    pub needed_bytes: u64,
-    pub evicted_bytes: u64,
-    pub bytes_outside_windows: u64,
-    pub completions: Vec<f64>,
-    pub failures: BTreeMap<String, u64>,
-    pub peak_wan_ratio: f64,
-    pub coalesced_requests: u64,
-    pub wan_pulls: u64,
+    pub stats: Stats,
     pub bins: Vec<f32>,
+    /// Each endpoint's record in the last wake run that included it (sites with sleepers;
+    /// `name` is the endpoint's index at the site).
+    pub wake_machines: Vec<MachineResult>,
 }
 
 /// Everything a run produces.
@@ -474,8 +555,9 @@ impl Engine<'_> {
         }
     }
 
-    fn owner(site: &Site, k: u32) -> u32 {
-        site.alive[(k as usize) % site.alive.len()]
+    /// The reflector of `site` that pulls pull `p` over the WAN (`site.alive` not empty).
+    fn owner(site: &Site, p: u32) -> u32 {
+        owner_of(site.mesh.as_ref(), &site.alive, p)
     }
 
     /// The next pull reflector `r` should fetch: (site layer, position, pull, class, from demand).
@@ -505,8 +587,9 @@ impl Engine<'_> {
             }
             i += 1;
         }
-        let rank = site.alive.iter().position(|&a| a as usize == r)?;
-        let n_alive = site.alive.len();
+        if !site.alive.contains(&(r as u32)) {
+            return None;
+        }
         for sl in 0..site.layers.len() {
             let sll = &site.layers[sl];
             if !sll.open {
@@ -519,7 +602,7 @@ impl Engine<'_> {
                 let p = layer.pulls[cur as usize];
                 if site.held[p as usize] > 0
                     || site.fetching[p as usize] > 0
-                    || (cur as usize) % n_alive != rank
+                    || Self::owner(site, p) as usize != r
                 {
                     cur += 1;
                     continue;
@@ -678,7 +761,7 @@ impl Engine<'_> {
             let id = self.c.pulls[t.pull as usize].id;
             site.misses.prune(&id, |&w| w != FETCHER);
             if !site.alive.is_empty() {
-                let o = Self::owner(site, t.k) as usize;
+                let o = Self::owner(site, t.pull) as usize;
                 site.refl[o].demand.push((t.sl, t.k));
             }
         }
@@ -734,6 +817,7 @@ impl Engine<'_> {
         }
         let mut flowing = 0usize;
         let mut kicks: Vec<u32> = Vec::new();
+        let mut done_now: Vec<usize> = Vec::new();
         let n_layers = site.layers.len() as u32;
         for (ei, ep) in site.eps.iter_mut().enumerate() {
             ep.rate = 0.0;
@@ -763,6 +847,7 @@ impl Engine<'_> {
                     if ep.pos >= n_layers {
                         ep.done_at = now;
                         self.remaining -= 1;
+                        done_now.push(ei);
                         break;
                     }
                     continue;
@@ -782,7 +867,7 @@ impl Engine<'_> {
                             && site.fetching[p as usize] == 0
                             && !site.alive.is_empty()
                         {
-                            let o = site.alive[(ep.bound_k as usize) % site.alive.len()];
+                            let o = owner_of(site.mesh.as_ref(), &site.alive, p);
                             site.refl[o as usize].demand.push((ep.pos, ep.bound_k));
                             if !kicks.contains(&o) {
                                 kicks.push(o);
@@ -812,6 +897,207 @@ impl Engine<'_> {
             let t = now + next.max(0.0) + 1e-9;
             self.push(t, Ev::Lan { site: s as u32, gen });
         }
+        if !done_now.is_empty() {
+            let now_d = Duration::from_nanos(self.now_ns);
+            if let Some(run) = self.sites[s].wake.as_mut().and_then(|w| w.run.as_mut()) {
+                for e in done_now {
+                    run.delivered(&e.to_string(), now_d);
+                }
+                self.wake_poll(s);
+            }
+        }
+    }
+
+    /// Starts a wake run over the site's unfinished endpoints (its delivery window opened).
+    fn start_wake_run(&mut self, s: usize) {
+        self.end_wake_run(s);
+        let now_d = Duration::from_nanos(self.now_ns);
+        let site = &mut self.sites[s];
+        let Some(w) = site.wake.as_mut() else { return };
+        let end =
+            w.sl.map(|sl| site.layers[sl].open_until)
+                .filter(|e| e.is_finite())
+                .map(|e| Duration::from_nanos(ns(e)));
+        let names: Vec<String> = site
+            .eps
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.done_at.is_finite() && e.failed.is_none())
+            .map(|(i, _)| i.to_string())
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        w.run = Some(WakeRun::new(names, now_d, end, w.cfg));
+        w.poll_at = 0;
+        self.wake_poll(s);
+    }
+
+    /// Drives the site's wake run: sends the wakes that are due (a sleeping endpoint boots
+    /// `boot_s` after its first packet, unless it never wakes; an awake one answers at once),
+    /// and schedules the next poll.
+    fn wake_poll(&mut self, s: usize) {
+        let now_ns = self.now_ns;
+        let now_d = Duration::from_nanos(now_ns);
+        let site = &mut self.sites[s];
+        let Some(w) = site.wake.as_mut() else { return };
+        let Some(run) = w.run.as_mut() else { return };
+        let mut boots: Vec<(u32, f64)> = Vec::new();
+        for name in run.poll(now_d) {
+            let Ok(e) = name.parse::<usize>() else { continue };
+            let ep = &mut site.eps[e];
+            if !ep.asleep {
+                run.online(&name, now_d);
+            } else if !ep.never && !ep.booting {
+                ep.booting = true;
+                boots.push((e as u32, ep.boot_s));
+            }
+        }
+        let done = run.is_done();
+        let next = run.next_deadline().map(|d| d.as_nanos() as u64);
+        let mut poll = None;
+        if let Some(t) = next.filter(|&t| !done && (w.poll_at <= now_ns || t < w.poll_at)) {
+            w.poll_at = t.max(now_ns + 1);
+            poll = Some(w.poll_at);
+        }
+        if done {
+            self.end_wake_run(s);
+        }
+        if let Some(t) = poll {
+            self.seq += 1;
+            self.heap.push(Reverse((t, self.seq, Ev::WakePoll { site: s as u32 })));
+        }
+        let now = self.now();
+        for (e, b) in boots {
+            self.push(now + b, Ev::Boot { site: s as u32, e });
+        }
+    }
+
+    /// Records the results of the site's finished (or superseded) wake run. A machine that
+    /// will never come online and was failed by it (not merely cut off by the window's end,
+    /// after which the next opening tries again) has failed for good.
+    fn end_wake_run(&mut self, s: usize) {
+        let site = &mut self.sites[s];
+        let Some(w) = site.wake.as_mut() else { return };
+        let Some(run) = w.run.take() else { return };
+        for m in run.results() {
+            let Ok(e) = m.name.parse::<usize>() else { continue };
+            w.last[e] = Some(m.clone());
+            let ep = &mut site.eps[e];
+            let cut_off = w.sl.is_some()
+                && m.reason.as_deref().is_some_and(|r| r.starts_with("window ended"));
+            if m.state == MachineState::Failed
+                && ep.asleep
+                && ep.never
+                && !cut_off
+                && ep.failed.is_none()
+                && !ep.done_at.is_finite()
+            {
+                ep.failed = Some(format!(
+                    "wake failed: {}",
+                    m.reason.as_deref().unwrap_or("did not come online")
+                ));
+                self.remaining -= 1;
+            }
+        }
+    }
+
+    /// One heartbeat round of the site's reflectors, as reflector/src/mesh_link.rs runs it:
+    /// each live reflector publishes its WAN demand (the policy rate while WAN work waits or
+    /// WAN bytes arrived since the last round, else 0) in a real [`Heartbeat`] applied to the
+    /// [`GossipView`]; silent (dead) reflectors expire after three heartbeats; each computes
+    /// its share with [`site_share`] from the smaller of its last two published demands
+    /// (reflector/src/siblings.rs `tick`) and sets it on its [`WanBudget`].
+    fn gossip_tick(&mut self, s: usize) {
+        let now = self.now();
+        let now_ns = self.now_ns;
+        let now_d = Duration::from_nanos(now_ns);
+        let unix = self.unix();
+        let site = &mut self.sites[s];
+        let Some(m) = site.mesh.as_mut() else { return };
+        m.seq += 1;
+        let mut mine = vec![0u64; site.refl.len()];
+        for &r in &site.alive {
+            let r = r as usize;
+            let rf = &site.refl[r];
+            let busy =
+                rf.inflight > 0 || rf.poll_at > now_ns || !rf.demand.is_empty() || m.arrived[r];
+            m.arrived[r] = false;
+            let demand = if busy { m.busy_demand } else { 0 };
+            let d = &mut m.published[r];
+            mine[r] = d[0].min(d[1]);
+            *d = [d[1], demand];
+            let msg = GossipMsg {
+                seq: m.seq,
+                body: Body::Heartbeat(Heartbeat {
+                    site: Some(m.label.clone()),
+                    serving_addr: Some(format!("127.0.0.1:{}", 7000 + r)),
+                    load: Load { wan_demand: demand, ..Load::default() },
+                    heartbeat_ms: (m.heartbeat_s * 1000.0) as u32,
+                }),
+            };
+            if let Err(e) = m.view.apply(&msg, &m.peers[r], now_d) {
+                tracing::warn!(site = %site.name, error = %e, "simulated heartbeat refused");
+            }
+        }
+        m.view.expire(now_d);
+        let live = m.view.live_peers(&m.label);
+        let mut raised = Vec::new();
+        for &r in &site.alive {
+            let r = r as usize;
+            let demands: Vec<u64> = live
+                .iter()
+                .filter(|p| **p != m.peers[r])
+                .filter_map(|p| m.view.peer(p).map(|x| x.load.wan_demand))
+                .collect();
+            let share = site_share(mine[r], &demands);
+            if (share - m.share[r]).abs() > 1e-6 {
+                site.refl[r].budget.set_share(share, now_d, unix);
+                if share > m.share[r] {
+                    raised.push(r);
+                }
+                m.share[r] = share;
+            }
+        }
+        let more = site.eps.iter().any(|e| !e.done_at.is_finite() && e.failed.is_none());
+        let next = now + m.heartbeat_s;
+        if more && !site.alive.is_empty() {
+            self.push(next, Ev::Gossip { site: s as u32 });
+        }
+        // A larger share may admit what waits on the budget now.
+        for r in raised {
+            self.fetch_loop(s, r);
+        }
+    }
+
+    /// Picks (with `oasis_core::select::rank`, as the endpoint ranks its probed sources) the
+    /// reflector endpoint `e` uses: the site's reflectors are its sources, all of its site and
+    /// subnet; a dead one does not answer the probe; the probe time of a live one stands for
+    /// its load, here one [`LOAD_BUCKET`] per endpoint it serves. None: no reflector answers.
+    fn choose_reflector(site: &Site, e: usize) -> Option<u32> {
+        let mut served = vec![0u32; site.refl.len()];
+        for (i, ep) in site.eps.iter().enumerate() {
+            let serving = !ep.done_at.is_finite() && ep.failed.is_none();
+            if i != e && serving && ep.refl != NONE && site.refl[ep.refl as usize].alive {
+                served[ep.refl as usize] += 1;
+            }
+        }
+        let cands: Vec<SourceCandidate<'_>> = site
+            .refl
+            .iter()
+            .enumerate()
+            .map(|(r, rf)| SourceCandidate {
+                position: r,
+                answered: rf.alive.then(|| ProbeAnswer {
+                    is_seed: false,
+                    site: Some(site.name.as_str()),
+                    same_subnet: true,
+                    latency: LOAD_BUCKET * served[r],
+                }),
+            })
+            .collect();
+        let best = *select::rank(&cands, Some(site.name.as_str())).first()?;
+        cands[best].answered.is_some().then_some(best as u32)
     }
 
     fn kick_all(&mut self, s: usize) {
@@ -844,6 +1130,9 @@ impl Engine<'_> {
                     let st = &mut self.sites[s];
                     st.refl[t.r as usize].inflight -= 1;
                     st.fetching[t.pull as usize] = 0;
+                    if let Some(m) = st.mesh.as_mut() {
+                        m.arrived[t.r as usize] = true;
+                    }
                 }
                 self.insert_cached(s, t.r as usize, t.pull);
                 let id = self.c.pulls[t.pull as usize].id;
@@ -868,6 +1157,24 @@ impl Engine<'_> {
                 self.site_update(s);
                 self.kick_all(s);
             }
+            Ev::Boot { site, e } => {
+                let s = site as usize;
+                let now_d = Duration::from_nanos(self.now_ns);
+                let now = self.now();
+                let st = &mut self.sites[s];
+                let ep = &mut st.eps[e as usize];
+                ep.asleep = false;
+                ep.booting = false;
+                ep.wake_at = now;
+                if let Some(run) = st.wake.as_mut().and_then(|w| w.run.as_mut()) {
+                    run.online(&e.to_string(), now_d);
+                }
+                self.wake_poll(s);
+                self.site_update(s);
+                self.kick_all(s);
+            }
+            Ev::WakePoll { site } => self.wake_poll(site as usize),
+            Ev::Gossip { site } => self.gossip_tick(site as usize),
             Ev::Edge { site, sl, idx } => {
                 let s = site as usize;
                 let w = self.sites[s].layers[sl as usize].sched.expect("edge of a window");
@@ -896,6 +1203,11 @@ impl Engine<'_> {
                     if nt <= self.sc.duration_s {
                         self.push(nt, Ev::Edge { site, sl, idx: idx + 1 });
                     }
+                }
+                let wakes_here =
+                    self.sites[s].wake.as_ref().is_some_and(|w| w.sl == Some(sl as usize));
+                if open && wakes_here {
+                    self.start_wake_run(s);
                 }
                 self.site_update(s);
                 self.kick_all(s);
@@ -927,8 +1239,6 @@ impl Engine<'_> {
         self.sites[s].alive.retain(|&a| a as usize != r);
         self.abort(s, |t| t.r as usize == r);
         let failover = self.sc.model.failover_s;
-        let unix = self.unix();
-        let now_d = Duration::from_nanos(self.now_ns);
         let site = &mut self.sites[s];
         // Its cache is gone.
         let n_pulls = self.c.pulls.len() as u32;
@@ -943,33 +1253,67 @@ impl Engine<'_> {
         if site.alive.is_empty() {
             for ep in site.eps.iter_mut() {
                 if ep.failed.is_none() && !ep.done_at.is_finite() {
-                    ep.failed = Some("no reflector alive at the site");
+                    ep.failed = Some("no reflector alive at the site".into());
                     self.remaining -= 1;
                 }
             }
             return;
         }
-        let n_alive = site.alive.len();
-        for &a in &site.alive {
-            let refl = &mut site.refl[a as usize];
-            refl.budget.set_share(1.0 / n_alive as f64, now_d, unix);
-            refl.cursor.iter_mut().for_each(|c| *c = 0);
+        // The survivors split the dead one's pulls by rendezvous hashing over the live set
+        // (siblings.rs: a sibling that does not answer is skipped and the chunk pulled by the
+        // asker, so the new split holds from the death on). Their WAN shares follow the
+        // gossip: the dead one's heartbeat expires after three intervals (`gossip_tick`).
+        if let Some(m) = site.mesh.as_mut() {
+            assign_fetchers(m, &site.alive, &self.c.pulls);
         }
+        for &a in &site.alive {
+            site.refl[a as usize].cursor.iter_mut().for_each(|c| *c = 0);
+        }
+        let c = self.c;
         for (sl, k) in demand {
-            let o = Self::owner(site, k) as usize;
+            let p = c.layers[site.layers[sl as usize].layer].pulls[k as usize];
+            let o = Self::owner(site, p) as usize;
             site.refl[o].demand.push((sl, k));
         }
-        for (i, ep) in site.eps.iter_mut().enumerate() {
+        for ep in site.eps.iter_mut() {
             ep.bound_k = ep.k;
             ep.waiting_on = NONE;
             if ep.refl as usize == r {
-                ep.refl = site.alive[i % n_alive];
-                ep.blocked_until = ep.blocked_until.max(now + failover);
+                ep.refl = NONE;
+            }
+        }
+        // Its endpoints fail over: each ranks the site's reflectors again (the dead one does
+        // not answer the probe) and switches after `failover_delay`.
+        for i in 0..site.eps.len() {
+            if site.eps[i].refl == NONE {
+                site.eps[i].refl = Self::choose_reflector(site, i).unwrap_or(NONE);
+                site.eps[i].blocked_until = site.eps[i].blocked_until.max(now + failover);
             }
         }
         self.push(now + failover, Ev::Wake { site: s as u32 });
         self.site_update(s);
         self.kick_all(s);
+    }
+}
+
+/// The reflector that pulls pull `p` over the WAN (`alive` not empty).
+fn owner_of(mesh: Option<&Mesh>, alive: &[u32], p: u32) -> u32 {
+    match mesh {
+        Some(m) => u32::from(m.fetcher[p as usize]),
+        None => alive[0],
+    }
+}
+
+/// Which live reflector pulls each pull over the WAN: [`wan_fetcher`] (rendezvous hashing of
+/// the pull's id over the live reflectors' peer refs), as every reflector of the site computes
+/// it.
+fn assign_fetchers(m: &mut Mesh, alive: &[u32], pulls: &[Pull]) {
+    let members: Vec<PeerRef> = alive.iter().map(|&r| m.peers[r as usize].clone()).collect();
+    for (p, pull) in pulls.iter().enumerate() {
+        let f = wan_fetcher(&pull.id, &members)
+            .and_then(|f| m.peers.iter().position(|x| *x == f))
+            .unwrap_or(alive[0] as usize);
+        m.fetcher[p] = f as u8;
     }
 }
 
@@ -1096,7 +1440,9 @@ pub fn simulate_content(sc: &Scenario, seed: u64, c: Content) -> Outcome {
                 .map(|_| {
                     let mut budget = WanBudget::new(policy, Duration::ZERO, sc.start_unix);
                     if nr > 1 {
-                        budget.set_share(1.0 / nr as f64, Duration::ZERO, sc.start_unix);
+                        // No demand published yet anywhere: equal shares.
+                        let share = site_share(0, &vec![0; nr - 1]);
+                        budget.set_share(share, Duration::ZERO, sc.start_unix);
                     }
                     Refl {
                         alive: true,
@@ -1171,20 +1517,29 @@ pub fn simulate_content(sc: &Scenario, seed: u64, c: Content) -> Outcome {
                     }
                 }
             }
-            // Endpoints: a shuffled `asleep` fraction sleeps until wake_delay (+ jitter).
+            // Endpoints: a shuffled `asleep` fraction sleeps until woken by the site's wake
+            // run; it then boots in wake_delay (+ jitter), or never (probability never_wakes).
             let ne = if layers.is_empty() { 0 } else { g.endpoints };
             let n_asleep = (g.asleep * ne as f64).round() as usize;
             let asleep: Vec<usize> = choose(&mut rng, ne, n_asleep);
             let mut eps = Vec::with_capacity(ne);
             let mut ai = 0;
-            for e in 0..ne {
-                let mut wake_at = 0.0;
-                if ai < asleep.len() && asleep[ai] == e {
+            for _ in 0..ne {
+                let e = eps.len();
+                let (mut wake_at, mut boot_s, mut never) = (0.0, 0.0, false);
+                let sleeps = ai < asleep.len() && asleep[ai] == e;
+                if sleeps {
                     ai += 1;
-                    wake_at = g.wake_delay_s + g.wake_jitter_s * rng.gen::<f64>();
+                    wake_at = f64::INFINITY;
+                    boot_s = g.wake_delay_s + g.wake_jitter_s * rng.gen::<f64>();
+                    never = rng.gen::<f64>() < g.never_wakes;
                 }
                 eps.push(Ep {
-                    refl: (e % nr) as u32,
+                    refl: NONE,
+                    asleep: sleeps,
+                    booting: false,
+                    never,
+                    boot_s,
                     wake_at,
                     pos: 0,
                     progress: 0.0,
@@ -1199,8 +1554,37 @@ pub fn simulate_content(sc: &Scenario, seed: u64, c: Content) -> Outcome {
                 });
             }
             let link = g.wan_rate * (1.0 - g.wan_loss);
+            let mesh = (nr > 1).then(|| {
+                let site_no = sites.len();
+                let mut m = Mesh {
+                    peers: (0..nr)
+                        .map(|r| PeerRef(format!("{name}/reflector-{r}").into_bytes()))
+                        .collect(),
+                    view: GossipView::new(Duration::from_secs_f64(g.mesh_heartbeat_s)),
+                    label: format!("site-{site_no}"),
+                    fetcher: vec![0; n_pulls],
+                    published: vec![[0; 2]; nr],
+                    arrived: vec![false; nr],
+                    share: vec![site_share(0, &vec![0; nr - 1]); nr],
+                    seq: 0,
+                    heartbeat_s: g.mesh_heartbeat_s,
+                    busy_demand: policy.default_rate().unwrap_or(u64::from(u32::MAX)).max(1),
+                };
+                let all: Vec<u32> = (0..nr as u32).collect();
+                assign_fetchers(&mut m, &all, &c.pulls);
+                m
+            });
+            let wake = (n_asleep > 0).then(|| SiteWake {
+                cfg: g.wake,
+                sl: layers.iter().position(|l| l.sched.is_some()),
+                run: None,
+                poll_at: 0,
+                last: vec![None; ne],
+            });
             sites.push(Site {
                 name,
+                mesh,
+                wake,
                 group: gi,
                 link,
                 rtt: 2.0 * g.wan_latency_s,
@@ -1255,13 +1639,17 @@ pub fn simulate_content(sc: &Scenario, seed: u64, c: Content) -> Outcome {
         if eng.sites[s].needed > 0 && eng.sites[s].layers.iter().any(|l| l.open) {
             eng.set_wanting(s, true);
         }
-        let mut wakes: Vec<u64> =
-            eng.sites[s].eps.iter().filter(|e| e.wake_at > 0.0).map(|e| ns(e.wake_at)).collect();
-        wakes.sort_unstable();
-        wakes.dedup();
-        for w in wakes {
-            if w as f64 / NS <= horizon {
-                eng.push(w as f64 / NS, Ev::Wake { site: s as u32 });
+        let site = &mut eng.sites[s];
+        for e in 0..site.eps.len() {
+            site.eps[e].refl = Engine::choose_reflector(site, e).unwrap_or(NONE);
+        }
+        if site.mesh.is_some() && !site.eps.is_empty() {
+            eng.push(0.0, Ev::Gossip { site: s as u32 });
+        }
+        // Wakes start with the delivery window (now if it is open or there is none).
+        if let Some(w) = &eng.sites[s].wake {
+            if w.sl.is_none_or(|sl| eng.sites[s].layers[sl].open) {
+                eng.start_wake_run(s);
             }
         }
         for sl in 0..eng.sites[s].layers.len() {
@@ -1305,7 +1693,12 @@ pub fn simulate_content(sc: &Scenario, seed: u64, c: Content) -> Outcome {
     finish(eng, &group_policies, sim_seconds, &c)
 }
 
-fn finish(eng: Engine<'_>, policies: &[BandwidthPolicy], sim_seconds: f64, c: &Content) -> Outcome {
+fn finish(
+    mut eng: Engine<'_>,
+    policies: &[BandwidthPolicy],
+    sim_seconds: f64,
+    c: &Content,
+) -> Outcome {
     let sc = eng.sc;
     let bin_s = sc.model.bin_s;
     let n_bins = eng
@@ -1351,6 +1744,9 @@ fn finish(eng: Engine<'_>, policies: &[BandwidthPolicy], sim_seconds: f64, c: &C
         }
         group_caps.push(caps);
     }
+    for s in 0..eng.sites.len() {
+        eng.end_wake_run(s);
+    }
     let mut total_bins = vec![0.0f64; n_bins];
     let mut sites_out = Vec::with_capacity(eng.sites.len());
     for site in eng.sites {
@@ -1365,33 +1761,55 @@ fn finish(eng: Engine<'_>, policies: &[BandwidthPolicy], sim_seconds: f64, c: &C
         }
         let mut failures: BTreeMap<String, u64> = BTreeMap::new();
         let mut completions = Vec::new();
-        for ep in &site.eps {
+        let last = |e: usize| site.wake.as_ref().and_then(|w| w.last[e].as_ref());
+        for (e, ep) in site.eps.iter().enumerate() {
             if ep.done_at.is_finite() {
                 completions.push(ep.done_at);
                 continue;
             }
-            let reason = match ep.failed {
-                Some(r) => r,
-                None if ep.wake_at > sim_seconds => "asleep until the end of the simulation",
-                None if !site.layers[ep.pos as usize].opened => "delivery window never opened",
-                None => "not finished within the simulated duration",
+            let reason = match &ep.failed {
+                Some(r) => r.clone(),
+                None if ep.wake_at > sim_seconds => match last(e) {
+                    Some(m) if m.state == MachineState::Failed => format!(
+                        "wake failed: {}",
+                        m.reason.as_deref().unwrap_or("did not come online")
+                    ),
+                    _ => "asleep until the end of the simulation".into(),
+                },
+                None if !site.layers[ep.pos as usize].opened => {
+                    "delivery window never opened".into()
+                }
+                None => "not finished within the simulated duration".into(),
             };
-            *failures.entry(reason.to_string()).or_default() += 1;
+            *failures.entry(reason).or_default() += 1;
         }
+        let mut wake = WakeStats::default();
+        let wake_machines: Vec<MachineResult> =
+            site.wake.iter().flat_map(|w| w.last.iter().flatten()).cloned().collect();
+        for m in &wake_machines {
+            wake.add_machine(m);
+        }
+        let mut completions_sorted = completions;
+        completions_sorted.sort_by(f64::total_cmp);
         sites_out.push(SiteResult {
-            endpoints: site.eps.len(),
-            wan_bytes: site.wan_bytes.round().max(0.0) as u64,
-            wasted_wan_bytes: site.wasted.round() as u64,
-            unique_bytes: site.unique,
-            needed_bytes: site.needed,
-            evicted_bytes: site.evicted,
-            bytes_outside_windows: site.outside.round().max(0.0) as u64,
-            completions,
-            failures,
-            peak_wan_ratio: peak,
-            coalesced_requests: site.misses.followers(),
-            wan_pulls: site.pulls_started,
+            stats: Stats {
+                sites: 1,
+                endpoints: site.eps.len(),
+                wan_bytes: site.wan_bytes.round().max(0.0) as u64,
+                wasted_wan_bytes: site.wasted.round() as u64,
+                unique_bytes: site.unique,
+                needed_bytes: site.needed,
+                evicted_bytes: site.evicted,
+                bytes_outside_windows: site.outside.round().max(0.0) as u64,
+                completions: completions_sorted,
+                failures,
+                peak_wan_ratio: peak,
+                coalesced_requests: site.misses.followers(),
+                wan_pulls: site.pulls_started,
+                wake,
+            },
             bins: site.bins,
+            wake_machines,
             name: site.name,
             group: site.group,
         });

@@ -219,21 +219,21 @@ pub async fn run_with(
             .context("site missing in the simulation")?;
         let mut l = live_done[si].clone();
         l.sort_by(f64::total_cmp);
-        let mut m = s.completions.clone();
+        let mut m = s.stats.completions.clone();
         m.sort_by(f64::total_cmp);
         all_live.extend(l.iter().copied());
         all_sim.extend(m.iter().copied());
-        wan_equal &= s.wan_bytes == live_wan[si];
+        wan_equal &= s.stats.wan_bytes == live_wan[si];
         rows.push(json!({
             "site": site.name,
             "reflectors": site.n_reflectors,
             "endpoints": site.endpoints.len(),
-            "wan_bytes_sim": s.wan_bytes,
+            "wan_bytes_sim": s.stats.wan_bytes,
             "wan_bytes_live": live_wan[si],
-            "wan_equal": s.wan_bytes == live_wan[si],
+            "wan_equal": s.stats.wan_bytes == live_wan[si],
             "completion_p50_s": {"sim": pct(&m, 0.5), "live": pct(&l, 0.5)},
             "completion_max_s": {"sim": pct(&m, 1.0), "live": pct(&l, 1.0)},
-            "failed_sim": s.failures.values().sum::<u64>(),
+            "failed_sim": s.stats.failed(),
         }));
     }
     all_live.sort_by(f64::total_cmp);
@@ -246,7 +246,7 @@ pub async fn run_with(
         times_ok &= diff.abs() <= TOLERANCE;
         times.push((label, s, l, diff));
     }
-    let total_sim: u64 = sim.sites.iter().map(|s| s.wan_bytes).sum();
+    let total_sim: u64 = sim.sites.iter().map(|s| s.stats.wan_bytes).sum();
     let total_live: u64 = live_wan.iter().sum();
     let st = Stats::of(&sim.sites.iter().collect::<Vec<_>>());
     let out = json!({
@@ -281,7 +281,7 @@ pub async fn run_with(
     );
     let _ = writeln!(t, "{:<14} {:>16} {:>16} {:>10}", "", "simulated", "live", "agree");
     for (si, site) in sites.iter().enumerate() {
-        let s = sim.sites.iter().find(|x| x.name == site.name).map_or(0, |x| x.wan_bytes);
+        let s = sim.sites.iter().find(|x| x.name == site.name).map_or(0, |x| x.stats.wan_bytes);
         let _ = writeln!(
             t,
             "{:<14} {:>16} {:>16} {:>10}",

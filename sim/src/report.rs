@@ -5,12 +5,63 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use oasis_core::wake::schedule::{MachineResult, MachineState};
 use serde_json::{json, Value};
 
 use crate::engine::{Outcome, SiteResult};
 use crate::scenario::Scenario;
 
-/// Aggregated figures over some set of sites.
+/// What the sites' scheduled wake runs recorded (each machine's last run), as the reflector's
+/// `oasis_wake_*` counters count it: woken = a magic packet was sent to it (awake machines
+/// too, as the reflector does), online = it came online, delivered = it held the layers,
+/// failed = the run gave up on it, with the run's reason.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WakeStats {
+    pub machines: u64,
+    pub woken: u64,
+    pub online: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub failures: BTreeMap<String, u64>,
+}
+
+impl WakeStats {
+    pub fn add_machine(&mut self, m: &MachineResult) {
+        self.machines += 1;
+        self.woken += u64::from(m.wakes > 0);
+        self.online += u64::from(m.online_at.is_some());
+        self.delivered += u64::from(m.state == MachineState::Delivered);
+        if m.state == MachineState::Failed {
+            self.failed += 1;
+            let reason = m.reason.clone().unwrap_or_else(|| "unknown".into());
+            *self.failures.entry(reason).or_default() += 1;
+        }
+    }
+
+    pub fn add(&mut self, o: &WakeStats) {
+        self.machines += o.machines;
+        self.woken += o.woken;
+        self.online += o.online;
+        self.delivered += o.delivered;
+        self.failed += o.failed;
+        for (k, v) in &o.failures {
+            *self.failures.entry(k.clone()).or_default() += v;
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "machines": self.machines,
+            "woken": self.woken,
+            "online": self.online,
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "failures": self.failures,
+        })
+    }
+}
+
+/// Aggregated figures over some set of sites (one site's in [`SiteResult::stats`]).
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub sites: usize,
@@ -26,11 +77,13 @@ pub struct Stats {
     pub peak_wan_ratio: f64,
     pub coalesced_requests: u64,
     pub wan_pulls: u64,
+    /// Scheduled wakes (sites with sleeping endpoints).
+    pub wake: WakeStats,
 }
 
 impl Stats {
-    pub fn add(&mut self, s: &SiteResult) {
-        self.sites += 1;
+    pub fn add(&mut self, s: &Stats) {
+        self.sites += s.sites;
         self.endpoints += s.endpoints;
         self.wan_bytes += s.wan_bytes;
         self.wasted_wan_bytes += s.wasted_wan_bytes;
@@ -45,12 +98,16 @@ impl Stats {
         self.peak_wan_ratio = self.peak_wan_ratio.max(s.peak_wan_ratio);
         self.coalesced_requests += s.coalesced_requests;
         self.wan_pulls += s.wan_pulls;
+        self.wake.add(&s.wake);
     }
 
     pub fn of(sites: &[&SiteResult]) -> Stats {
+        if let [one] = sites {
+            return one.stats.clone();
+        }
         let mut st = Stats::default();
         for s in sites {
-            st.add(s);
+            st.add(&s.stats);
         }
         st.completions.sort_by(f64::total_cmp);
         st
@@ -91,6 +148,7 @@ impl Stats {
             "failures": self.failures,
             "wan_pulls": self.wan_pulls,
             "coalesced_requests": self.coalesced_requests,
+            "wake": self.wake.to_json(),
         })
     }
 }
@@ -106,8 +164,7 @@ const LIST_ALL: usize = 20;
 
 fn slowest(sites: &[&SiteResult]) -> Vec<usize> {
     let key = |s: &SiteResult| {
-        let failed: u64 = s.failures.values().sum();
-        (failed, s.completions.iter().copied().fold(0.0, f64::max))
+        (s.stats.failed(), s.stats.completions.iter().copied().fold(0.0, f64::max))
     };
     let mut idx: Vec<usize> = (0..sites.len()).collect();
     idx.sort_by(|&a, &b| {
@@ -211,7 +268,7 @@ pub fn fmt_secs(s: Option<f64>) -> String {
 fn table_row(out: &mut String, name: &str, st: &Stats) {
     let _ = writeln!(
         out,
-        "{:<22} {:>6} {:>7} {:>11} {:>11} {:>6} {:>9} {:>9} {:>9} {:>6} {:>9} {:>6}",
+        "{:<22} {:>6} {:>7} {:>11} {:>11} {:>6} {:>9} {:>9} {:>9} {:>6} {:>9} {:>6} {:>6} {:>6} {:>6} {:>6}",
         truncate(name, 22),
         st.sites,
         st.endpoints,
@@ -224,6 +281,10 @@ fn table_row(out: &mut String, name: &str, st: &Stats) {
         format!("{:.2}", st.peak_wan_ratio),
         fmt_bytes(st.bytes_outside_windows as f64),
         st.failed(),
+        st.wake.woken,
+        st.wake.online,
+        st.wake.delivered,
+        st.wake.failed,
     );
 }
 
@@ -250,7 +311,7 @@ pub fn summary(sc: &Scenario, o: &Outcome, seed: u64, policy: &str, wall: f64) -
     );
     let _ = writeln!(
         out,
-        "\n{:<22} {:>6} {:>7} {:>11} {:>11} {:>6} {:>9} {:>9} {:>9} {:>6} {:>9} {:>6}",
+        "\n{:<22} {:>6} {:>7} {:>11} {:>11} {:>6} {:>9} {:>9} {:>9} {:>6} {:>9} {:>6} {:>6} {:>6} {:>6} {:>6}",
         "site / group",
         "sites",
         "endpts",
@@ -262,7 +323,11 @@ pub fn summary(sc: &Scenario, o: &Outcome, seed: u64, policy: &str, wall: f64) -
         "max",
         "peak",
         "outside",
-        "failed"
+        "failed",
+        "woken",
+        "online",
+        "deliv",
+        "wfail"
     );
     let all: Vec<&SiteResult> = o.sites.iter().collect();
     if o.sites.len() <= LIST_ALL {
@@ -285,6 +350,20 @@ pub fn summary(sc: &Scenario, o: &Outcome, seed: u64, policy: &str, wall: f64) -
         "\nratio = WAN bytes / unique layer bytes; peak = highest {}s WAN rate of a site / its policy rate",
         o.bin_s
     );
+    if total.wake.machines > 0 {
+        let _ = writeln!(
+            out,
+            "scheduled wakes (woken/online/deliv/wfail): {} machines in wake runs, {} woken, {} online, {} delivered, {} failed",
+            total.wake.machines,
+            total.wake.woken,
+            total.wake.online,
+            total.wake.delivered,
+            total.wake.failed
+        );
+        for (k, v) in &total.wake.failures {
+            let _ = writeln!(out, "  {v:>7}  {k}");
+        }
+    }
     if !total.failures.is_empty() {
         let _ = writeln!(out, "failed endpoints:");
         for (k, v) in &total.failures {
@@ -349,9 +428,10 @@ pub fn write_outputs(dir: &Path, sc: &Scenario, o: &Outcome) -> anyhow::Result<(
     let chosen = chart_sites(sc, o);
     let bin = o.bin_s;
     let n = o.total_bins.len();
-    let mut done: Vec<f64> = o.sites.iter().flat_map(|s| s.completions.iter().copied()).collect();
+    let mut done: Vec<f64> =
+        o.sites.iter().flat_map(|s| s.stats.completions.iter().copied()).collect();
     done.sort_by(f64::total_cmp);
-    let endpoints: usize = o.sites.iter().map(|s| s.endpoints).sum();
+    let endpoints: usize = o.sites.iter().map(|s| s.stats.endpoints).sum();
     let mut group_bins = vec![vec![0.0f64; n]; sc.groups.len()];
     for s in &o.sites {
         for (b, &v) in s.bins.iter().enumerate() {

@@ -13,6 +13,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use oasis_core::policy::{BandwidthPolicy, PolicyError};
+use oasis_core::wake::schedule::ScheduleConfig;
+use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
@@ -68,6 +70,13 @@ pub struct GroupSpec {
     pub asleep: f64,
     pub wake_delay_s: f64,
     pub wake_jitter_s: f64,
+    /// Probability that a sleeping endpoint never comes online, however often it is woken.
+    pub never_wakes: f64,
+    /// How the site's reflector paces scheduled wakes (`wake_rate`, `wake_online_timeout`;
+    /// rewakes and the delivery timeout at the reflector's defaults).
+    pub wake: ScheduleConfig,
+    /// Gossip heartbeat between the site's reflectors (`mesh_heartbeat`), seconds.
+    pub mesh_heartbeat_s: f64,
 }
 
 impl GroupSpec {
@@ -643,9 +652,34 @@ const SITE_KEYS: &[&str] = &[
     "asleep",
     "wake_delay",
     "wake_jitter",
+    "never_wakes",
+    "wake_rate",
+    "wake_online_timeout",
+    "mesh_heartbeat",
 ];
 const ASSIGN_KEYS: &[&str] = &["layer", "sites", "window", "prefetch"];
 const FAILURE_KEYS: &[&str] = &["kind", "sites", "reflector", "at", "from", "to"];
+
+/// The wake schedule of a site group, from the keys the reflector's config uses for it:
+/// `wake_rate` (machines per minute, paced in batches as the reflector paces them) and
+/// `wake_online_timeout`.
+fn wake_schedule(t: &Tbl<'_, '_>) -> Result<ScheduleConfig, ScenarioError> {
+    let mut cfg = match t.count("wake_rate", 1)? {
+        Some(r) => ScheduleConfig::from_rate(u32::try_from(r).unwrap_or(u32::MAX)),
+        None => ScheduleConfig::default(),
+    };
+    if let Some(s) = t.duration("wake_online_timeout")? {
+        if s < 1.0 {
+            return Err(t.bad(
+                t.get("wake_online_timeout").expect("present"),
+                "wake_online_timeout",
+                format!("{s}s is too short (at least 1s)"),
+            ));
+        }
+        cfg.online_timeout = Duration::from_secs_f64(s);
+    }
+    Ok(cfg)
+}
 
 fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
     let doc = root.doc;
@@ -820,6 +854,18 @@ fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
             asleep: t.fraction("asleep")?.unwrap_or(0.0),
             wake_delay_s: t.duration("wake_delay")?.unwrap_or(0.0),
             wake_jitter_s: t.duration("wake_jitter")?.unwrap_or(0.0),
+            never_wakes: t.fraction("never_wakes")?.unwrap_or(0.0),
+            wake: wake_schedule(t)?,
+            mesh_heartbeat_s: match t.duration("mesh_heartbeat")? {
+                Some(h) if h < 0.01 => {
+                    return Err(t.bad(
+                        t.get("mesh_heartbeat").expect("present"),
+                        "mesh_heartbeat",
+                        format!("{h}s is too short (at least 10ms)"),
+                    ))
+                }
+                h => h.unwrap_or(oasis_core::gossip::DEFAULT_HEARTBEAT.as_secs_f64()),
+            },
         });
     }
     let known_name =

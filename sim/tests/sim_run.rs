@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use oasis_core::wake::schedule::MachineResult;
 use oasis_sim::scenario::Scenario;
 use oasis_sim::simcmd::run_scenario;
 use serde_json::Value;
@@ -37,8 +38,8 @@ endpoints = 20
 wan_rate = "100Mbit/s"
 lan_rate = "1Gbit/s"
 asleep = 0.1
-wake_delay = "10m"
-wake_jitter = "5m"
+wake_delay = "40s"
+wake_jitter = "20s"
 {extra_site}
 
 {extra}
@@ -235,13 +236,29 @@ fn malformed_scenarios_name_key_and_line() {
     let e = err(&t);
     assert!(e.contains(&format!("line {}: assignments[0].window", line_of(&t, "6pm"))), "{e}");
 
-    let t = good.replace("wake_delay = \"10m\"", "wake_delay = \"soon\"");
+    let t = good.replace("wake_delay = \"40s\"", "wake_delay = \"soon\"");
     let e = err(&t);
     assert!(
         e.contains(&format!(
             "line {}: sites[0].wake_delay \"soon\" is not a duration",
             line_of(&t, "soon")
         )),
+        "{e}"
+    );
+
+    let t = good.replace("asleep = 0.1", "asleep = 0.1\nwake_rate = 0");
+    let e = err(&t);
+    assert!(
+        e.contains(&format!(
+            "line {}: sites[0].wake_rate 0 must be a whole number of at least 1",
+            line_of(&t, "wake_rate")
+        )),
+        "{e}"
+    );
+    let t = good.replace("asleep = 0.1", "asleep = 0.1\nnever_wakes = 2");
+    let e = err(&t);
+    assert!(
+        e.contains(&format!("line {}: sites[0].never_wakes", line_of(&t, "never_wakes"))),
         "{e}"
     );
 
@@ -286,7 +303,117 @@ fn real_chunks_move_exactly_their_bytes_once_per_site() {
     let o = simulate_content(&sc, 1, content);
     assert_eq!(o.sites.len(), 2);
     for s in &o.sites {
-        assert_eq!(s.wan_bytes, total, "{}", s.name);
-        assert_eq!(s.completions.len(), 20, "{}", s.name);
+        assert_eq!(s.stats.wan_bytes, total, "{}", s.name);
+        assert_eq!(s.stats.completions.len(), 20, "{}", s.name);
     }
+}
+
+/// One site of 20 endpoints; `site` keys replace the base's sleep keys.
+fn wake_scenario(site: &str, assign: &str) -> String {
+    base("", assign)
+        .replace("count = 3\n", "count = 1\n")
+        .replace("asleep = 0.1\nwake_delay = \"40s\"\nwake_jitter = \"20s\"", site)
+}
+
+#[test]
+fn sleepers_are_woken_in_batches_when_the_window_opens() {
+    // Everyone asleep; 12 machines a minute = batches of 2 every 10 s (the reflector's
+    // `wake_rate` pacing); each boots 30 s after its first packet. The window opens at 22:00
+    // UTC, 10 h after the start.
+    let text = wake_scenario(
+        "asleep = 1.0\nwake_delay = \"30s\"\nwake_rate = 12",
+        "[[assignments]]\nlayer = \"base\"\nwindow = \"22:00-06:00\"\n",
+    );
+    let run = run_scenario(parse(&text), 7);
+    let site = &run.outcome.sites[0];
+    let open = 10.0 * 3600.0;
+    assert_eq!(site.wake_machines.len(), 20);
+    for m in &site.wake_machines {
+        let i: f64 = m.name.parse().unwrap();
+        let batch = (i / 2.0).floor();
+        assert_eq!(m.woken_at, Some(open + 10.0 * batch), "{m:?}");
+        assert_eq!(m.wakes, 1, "came online within the timeout: {m:?}");
+        assert_eq!(m.online_at, Some(open + 10.0 * batch + 30.0), "{m:?}");
+        assert!(m.delivered_at.unwrap() > m.online_at.unwrap(), "{m:?}");
+    }
+    let v = run.json();
+    let w = &v["total"]["wake"];
+    assert_eq!(w["machines"], 20, "{v}");
+    assert_eq!(w["woken"], 20, "{v}");
+    assert_eq!(w["online"], 20, "{v}");
+    assert_eq!(w["delivered"], 20, "{v}");
+    assert_eq!(w["failed"], 0, "{v}");
+    assert_eq!(f(&v, "failed_endpoints"), 0.0, "{v}");
+    // Nobody fetches before it is online: the last batch (t + 90 s) boots at t + 120 s.
+    assert!(f(&v, "completion_max_s") > open + 120.0, "{v}");
+    assert_eq!(f(&v, "bytes_outside_windows"), 0.0, "{v}");
+}
+
+#[test]
+fn a_machine_that_never_wakes_is_failed_with_the_reason() {
+    // A quarter asleep (5 of 20), all of them dead to Wake-on-LAN; no window: the run starts
+    // at the assignment. Each is woken, woken again after 2 min, then failed.
+    let text = wake_scenario(
+        "asleep = 0.25\nwake_delay = \"30s\"\nnever_wakes = 1.0\nwake_online_timeout = \"2m\"",
+        ASSIGN_ALL,
+    );
+    let run = run_scenario(parse(&text), 11);
+    let v = run.json();
+    let reason = "did not come online within 120 s of 2 wake(s)";
+    assert_eq!(f(&v, "failed_endpoints"), 5.0, "{v}");
+    assert_eq!(total(&v)["failures"][format!("wake failed: {reason}")], 5, "{v}");
+    let w = &v["total"]["wake"];
+    assert_eq!(w["failed"], 5, "{v}");
+    assert_eq!(w["failures"][reason], 5, "{v}");
+    // The awake ones answer their batch's packet at once and are delivered; those delivered
+    // (in ~8 s) before their batch came (the second, at 30 s) get no packet at all.
+    assert_eq!(w["online"], 15, "{v}");
+    assert_eq!(w["delivered"], 15, "{v}");
+    let machines = &run.outcome.sites[0].wake_machines;
+    let batch = |m: &MachineResult| m.name.parse::<usize>().unwrap() / 10;
+    let failed: Vec<_> = machines.iter().filter(|m| m.reason.as_deref() == Some(reason)).collect();
+    let want_woken = machines.iter().filter(|m| batch(m) == 0 || m.online_at.is_none()).count();
+    assert!(want_woken < 20, "some awake machine of the second batch was done before it");
+    assert_eq!(w["woken"], want_woken, "{v}");
+    for m in machines.iter().filter(|m| batch(m) == 1 && m.online_at.is_some()) {
+        assert_eq!(m.wakes, 0, "{m:?}");
+        assert!(m.delivered_at.unwrap() < 30.0, "{m:?}");
+    }
+    assert_eq!(failed.len(), 5);
+    for m in failed {
+        assert_eq!((m.wakes, m.online_at), (2, None), "{m:?}");
+        // Default pacing: batches of 10 every 30 s.
+        assert_eq!(m.woken_at, Some(30.0 * batch(m) as f64), "{m:?}");
+    }
+    // The run ends with them: the simulation does not wait for the horizon (3 days).
+    assert!(f(&v, "sim_seconds") < 3600.0, "{v}");
+
+    // Deterministic for a seed, down to which machines never woke.
+    let again = run_scenario(parse(&text), 11);
+    assert_eq!(again.outcome.sites[0].wake_machines, run.outcome.sites[0].wake_machines);
+    let strip = |mut v: Value| {
+        let t = v["total"].as_object_mut().unwrap();
+        t.remove("wall_seconds");
+        t.remove("peak_rss_mib");
+        v
+    };
+    assert_eq!(strip(again.json()), strip(v));
+}
+
+#[test]
+fn reflectors_of_a_site_share_its_wan_and_pull_each_piece_once() {
+    // Three reflectors: rendezvous hashing gives each piece one WAN fetcher, the gossiped
+    // demands split the policy rate, so the site pulls what it needs once and never runs
+    // above its policy (burst + rate over each 10 s bin).
+    let text = base("", ASSIGN_ALL)
+        .replace("count = 3\n", "count = 1\nreflectors = 3\n")
+        .replace("asleep = 0.1", "asleep = 0.0");
+    let v = run(&text, 2);
+    assert_eq!(f(&v, "failed_endpoints"), 0.0, "{v}");
+    assert_eq!(total(&v)["wan_bytes"], total(&v)["needed_bytes"], "{v}");
+    assert!(f(&v, "peak_wan_ratio") <= 1.0 + 1.1 / 10.0, "{v}");
+    // Shares summing to at most one cannot beat the site's rate: needed bytes less one burst
+    // at 10 MB/s is a floor on the completion time.
+    let needed = f(&v, "needed_bytes");
+    assert!(f(&v, "completion_max_s") >= needed / 10e6 - 1.1 * 1024.0 * 1024.0 / 10e6, "{v}");
 }
