@@ -12,5 +12,5 @@ pub mod snapshots;
 pub mod source;
 
 pub use ingest::{publish, PublishOptions, PublishReport};
-pub use mesh::{SeedMesh, SeedMeshSettings};
+pub use mesh::SeedMesh;
 pub use node::RunningSeed;

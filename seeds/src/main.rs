@@ -218,7 +218,7 @@ fn mesh_settings(
     bootstrap: &[String],
     no_mdns: bool,
     advertise: Option<SocketAddr>,
-) -> anyhow::Result<Option<oasis_seed::SeedMeshSettings>> {
+) -> anyhow::Result<Option<oasis_mesh::MeshConfig>> {
     if listen.is_empty() && bootstrap.is_empty() {
         if no_mdns || advertise.is_some() {
             bail!("--no-mdns and --advertise take effect in the mesh: give --p2p-listen too");
@@ -234,12 +234,12 @@ fn mesh_settings(
     if listen.is_empty() {
         listen = oasis_mesh::MeshConfig::default().listen;
     }
-    Ok(Some(oasis_seed::SeedMeshSettings {
+    Ok(Some(oasis_mesh::MeshConfig {
         listen,
         bootstrap: parse("--bootstrap", bootstrap)?,
         mdns: !no_mdns,
-        heartbeat: oasis_core::gossip::DEFAULT_HEARTBEAT,
         serving_addr: advertise,
+        ..oasis_mesh::MeshConfig::default()
     }))
 }
 

@@ -14,10 +14,8 @@ use oasis_core::identity::NodeIdentity;
 use oasis_core::manifest::SignedManifest;
 use oasis_core::metrics::NodeMetrics;
 use oasis_core::store::ChunkStore;
-use oasis_mesh::libp2p::Multiaddr;
 use oasis_mesh::{Holding, Mesh, MeshConfig, MeshHandle};
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,21 +23,6 @@ use tokio::task::JoinHandle;
 
 /// How often the store is looked at for layers published while the seed runs.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
-
-/// `oasis-seed serve` mesh flags.
-#[derive(Clone, Debug)]
-pub struct SeedMeshSettings {
-    /// `--p2p-listen` (repeatable).
-    pub listen: Vec<Multiaddr>,
-    /// `--bootstrap` (repeatable), with or without a trailing `/p2p/PEER_ID`.
-    pub bootstrap: Vec<Multiaddr>,
-    /// `!--no-mdns`.
-    pub mdns: bool,
-    /// Heartbeat interval (the mesh default unless a test shortens it).
-    pub heartbeat: Duration,
-    /// The `ip:port` of the seed's QUIC service published in heartbeats (None: not published).
-    pub serving_addr: Option<SocketAddr>,
-}
 
 /// The seed's mesh node and the task announcing its layers.
 pub struct SeedMesh {
@@ -49,27 +32,21 @@ pub struct SeedMesh {
 }
 
 impl SeedMesh {
-    /// Starts the mesh with the seed's identity (`DATA/node.pem`, `DATA/p2p.key`) and announces
+    /// Starts the mesh (`oasis-seed serve`'s `--p2p-listen`, `--bootstrap`, `--no-mdns` and
+    /// `--advertise` in `config`) with the seed's identity (`DATA/node.pem`, `DATA/p2p.key`) and announces
     /// the store's layers now and whenever new ones are published.
     pub fn start(
-        settings: SeedMeshSettings,
+        config: MeshConfig,
         identity: &NodeIdentity,
         data: &Path,
         store: Arc<ChunkStore>,
         metrics: &NodeMetrics,
     ) -> anyhow::Result<SeedMesh> {
-        let config = MeshConfig {
-            listen: settings.listen,
-            bootstrap: settings.bootstrap,
-            mdns: settings.mdns,
-            heartbeat: settings.heartbeat,
-            serving_addr: settings.serving_addr,
-            ..MeshConfig::default()
-        };
+        let serving = config.serving_addr;
         let (handle, task) =
             Mesh::start(config, identity, data).context("starting the seed's mesh node")?;
         metrics.with_registry(|r| handle.metrics().register(r));
-        tracing::info!(peer_id = %handle.peer_id(), serving = ?settings.serving_addr, "seed joined the mesh");
+        tracing::info!(peer_id = %handle.peer_id(), serving = ?serving, "seed joined the mesh");
         let key = *identity.trust().manifest_key();
         let announcer = tokio::spawn(announce_loop(handle.clone(), store, key));
         Ok(SeedMesh { handle, task, announcer })

@@ -88,7 +88,7 @@ impl RunningSeed {
     pub fn join_mesh(
         &mut self,
         data: &Path,
-        mut settings: crate::mesh::SeedMeshSettings,
+        mut settings: oasis_mesh::MeshConfig,
     ) -> anyhow::Result<&oasis_mesh::MeshHandle> {
         anyhow::ensure!(self.mesh.is_none(), "the seed is in the mesh already");
         if settings.serving_addr.is_none() {

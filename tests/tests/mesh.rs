@@ -549,12 +549,11 @@ async fn reflectors_bootstrapped_from_the_seed_alone_find_each_other() -> anyhow
     let spec = TreeSpec { small_files: 30, large_files: 1, large_size: 1 << 20, depth: 2 };
     let (src, published) = publish_tree(&seed, "base", 27, spec)?;
     let data = seed.data();
-    let settings = oasis_seed::SeedMeshSettings {
+    let settings = MeshConfig {
         listen: loopback_mesh(vec![]).listen,
-        bootstrap: vec![],
         mdns: false,
         heartbeat: HEARTBEAT,
-        serving_addr: None,
+        ..MeshConfig::default()
     };
     let seed_mesh = seed.seed.join_mesh(&data, settings)?.clone();
     let seed_id = seed_mesh.peer_id();
