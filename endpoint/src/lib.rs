@@ -15,6 +15,7 @@
 
 pub mod apply;
 pub mod compose;
+pub mod config;
 pub mod device;
 pub mod discovery;
 pub mod download;

@@ -24,6 +24,10 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// The endpoint's configuration file (default: STATE_DIR/endpoint.toml, if it exists);
+    /// its `sources` are used when no --from is given, and added after --from otherwise.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -36,8 +40,8 @@ enum Cmd {
         #[arg(long)]
         state: PathBuf,
         /// A source as HOST:PORT; repeat for several, in order of preference (reflectors first,
-        /// the seed last).
-        #[arg(long = "from", required = true)]
+        /// the seed last). Default: `sources` in the config file.
+        #[arg(long = "from")]
         from: Vec<String>,
         /// NAME or NAME@VERSION (latest when no version is given).
         #[arg(long)]
@@ -59,7 +63,8 @@ enum Cmd {
         #[arg(long)]
         state: PathBuf,
         /// A source as HOST:PORT; repeat for several, reflectors first, the seed last.
-        #[arg(long = "from", required = true)]
+        /// Default: `sources` in the config file.
+        #[arg(long = "from")]
         from: Vec<String>,
         /// The device root (recorded in the state dir by the first apply).
         #[arg(long)]
@@ -213,8 +218,8 @@ enum Cmd {
     Sleep {
         #[arg(long)]
         state: PathBuf,
-        /// Sources as HOST:PORT, reflectors first.
-        #[arg(long = "from", required = true)]
+        /// Sources as HOST:PORT, reflectors first. Default: `sources` in the config file.
+        #[arg(long = "from")]
         from: Vec<String>,
         /// UDP ADDR:PORT to listen on for the magic packet (reported as this machine's wake
         /// address).
@@ -242,8 +247,8 @@ enum Cmd {
         /// QUIC ADDR:PORT to serve Wake on.
         #[arg(long)]
         listen: SocketAddr,
-        /// Sources to register with, HOST:PORT.
-        #[arg(long = "from", required = true)]
+        /// Sources to register with, HOST:PORT. Default: `sources` in the config file.
+        #[arg(long = "from")]
         from: Vec<String>,
         /// Register this ADDR/PREFIX instead of the interfaces' addresses (repeatable; for a
         /// box whose interface addresses are not its LAN addresses).
@@ -279,10 +284,7 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Sleep { state, from, wake_listen, mac, password, layer, into, json } => {
-            let mut sources = Vec::with_capacity(from.len());
-            for s in &from {
-                sources.push(resolve(s).await?);
-            }
+            let sources = sources(&state, cli.config.as_deref(), &from).await?;
             let opts = oasis_endpoint::sleep::SleepOptions {
                 state_dir: state,
                 sources,
@@ -310,10 +312,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Relay { state, listen, from, addrs } => {
-            let mut sources = Vec::with_capacity(from.len());
-            for s in &from {
-                sources.push(resolve(s).await?);
-            }
+            let sources = sources(&state, cli.config.as_deref(), &from).await?;
             let relay =
                 oasis_endpoint::relay::RelayListener::start(oasis_endpoint::relay::RelayOptions {
                     state,
@@ -333,10 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if name.is_empty() || version.as_deref() == Some("") {
                 bail!("--layer {layer:?}: expected NAME or NAME@VERSION");
             }
-            let mut sources = Vec::with_capacity(from.len());
-            for s in &from {
-                sources.push(resolve(s).await?);
-            }
+            let sources = sources(&state, cli.config.as_deref(), &from).await?;
             let opts = FetchOptions {
                 state_dir: state,
                 sources,
@@ -365,10 +361,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .iter()
                 .map(|a| apply::parse_exact(a, "--app"))
                 .collect::<anyhow::Result<_>>()?;
-            let mut sources = Vec::with_capacity(from.len());
-            for s in &from {
-                sources.push(resolve(s).await?);
-            }
+            let sources = sources(&state, cli.config.as_deref(), &from).await?;
             let opts = ApplyOptions {
                 state_dir: state,
                 sources,
@@ -506,7 +499,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let policy = upload::policy_from_flags(policy.as_deref(), wan_rate.as_deref())?;
             let opts = upload::UploadOptions {
                 state_dir: state,
-                seed: resolve(&seed).await?,
+                seed: resolve(&seed).await.context("--seed")?,
                 snapshot,
                 policy,
                 streams,
@@ -542,17 +535,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Restore { state, seed, from, from_seed, root, mode, profile_dir, json } => {
             use oasis_endpoint::restore;
             let (device, snapshot) = restore::parse_target(&from_seed)?;
+            let layer_sources = optional_sources(&state, cli.config.as_deref(), &from).await?;
             let mut opts = restore::RestoreOptions::new(
                 state,
-                resolve(&seed).await?,
+                resolve(&seed).await.context("--seed")?,
                 &device,
                 root,
                 mode.parse().map_err(anyhow::Error::msg)?,
             );
             opts.snapshot = snapshot;
-            for s in &from {
-                opts.sources.push(resolve(s).await?);
-            }
+            opts.sources.extend(layer_sources);
             if !profile_dir.is_empty() {
                 opts.profile_dirs = profile_dir;
             }
@@ -583,11 +575,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Provision { state, seed, from, root, wait, json } => {
-            let seed = resolve(&seed).await?;
-            let mut sources = Vec::new();
-            for s in &from {
-                sources.push(resolve(s).await?);
-            }
+            let seed = resolve(&seed).await.context("--seed")?;
+            let sources = optional_sources(&state, cli.config.as_deref(), &from).await?;
             let opts = oasis_endpoint::restore::ProvisionOptions {
                 state_dir: state,
                 seed,
@@ -722,20 +711,63 @@ fn print_restore(r: &RestoreReport, json: bool) -> anyhow::Result<()> {
 }
 
 /// HOST:PORT to one socket address (IPv4 preferred, as peers usually listen there).
+/// The sources of a command: `--from` first, then `sources` from the endpoint's config file
+/// (STATE_DIR/endpoint.toml or --config), each resolved to an address.
+async fn sources(
+    state: &std::path::Path,
+    config: Option<&std::path::Path>,
+    from: &[String],
+) -> anyhow::Result<Vec<SocketAddr>> {
+    let out = optional_sources(state, config, from).await?;
+    if out.is_empty() {
+        let file = config.map_or_else(
+            || state.join(oasis_endpoint::config::CONFIG_FILE),
+            std::path::Path::to_path_buf,
+        );
+        bail!(
+            "no source to fetch from: give --from HOST:PORT, or list them as `sources = \
+             [\"HOST:PORT\", ...]` in {}",
+            file.display()
+        );
+    }
+    Ok(out)
+}
+
+/// Like [`sources`], possibly none (commands that fall back on the seed).
+async fn optional_sources(
+    state: &std::path::Path,
+    config: Option<&std::path::Path>,
+    from: &[String],
+) -> anyhow::Result<Vec<SocketAddr>> {
+    let cfg = oasis_endpoint::config::EndpointConfig::load(state, config)?;
+    let all = cfg.merged_sources(from);
+    let mut out = Vec::with_capacity(all.len());
+    for s in &all {
+        let addr = resolve(s).await;
+        match (&cfg.path, from.contains(s)) {
+            (Some(path), false) => {
+                out.push(addr.with_context(|| format!("config file {}: sources", path.display()))?)
+            }
+            _ => out.push(addr.context("--from")?),
+        }
+    }
+    Ok(out)
+}
+
 async fn resolve(s: &str) -> anyhow::Result<SocketAddr> {
     if let Ok(a) = s.parse() {
         return Ok(a);
     }
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(s)
         .await
-        .with_context(|| format!("--from {s:?}: cannot resolve (expected HOST:PORT)"))?
+        .with_context(|| format!("{s:?}: cannot resolve (expected HOST:PORT)"))?
         .collect();
     addrs
         .iter()
         .find(|a| a.is_ipv4())
         .or(addrs.first())
         .copied()
-        .with_context(|| format!("--from {s:?}: resolves to no address"))
+        .with_context(|| format!("{s:?}: resolves to no address"))
 }
 
 fn mib(b: u64) -> String {

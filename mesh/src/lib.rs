@@ -27,6 +27,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 pub use binding::{peer_id_of_state, P2P_KEY_FILE};
 pub use libp2p;
+use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use oasis_core::chunk::ChunkId;
 use oasis_core::gossip::{GossipView, InventoryRecord, LayerDigest, Load, PeerRef};
@@ -68,7 +69,41 @@ pub struct DeviceBatch {
     pub records: Vec<InventoryRecord>,
 }
 
-/// Mesh configuration; the reflector maps its flags onto it.
+/// A `--p2p-listen` / `--bootstrap` multiaddr: `/ip4|ip6|dns.../tcp/PORT` or
+/// `/.../udp/PORT/quic-v1`, optionally ending in `/p2p/PEER_ID`.
+pub fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {
+    let addr: Multiaddr = text.trim().parse().map_err(|e| {
+        format!(
+            "{text:?} is not a multiaddr ({e}); write e.g. \"/ip4/10.0.0.5/tcp/7411\" or \
+             \"/ip4/10.0.0.5/udp/7411/quic-v1/p2p/12D3Koo...\""
+        )
+    })?;
+    let parts: Vec<Protocol> = addr.iter().collect();
+    let host = matches!(
+        parts.first(),
+        Some(
+            Protocol::Ip4(_)
+                | Protocol::Ip6(_)
+                | Protocol::Dns(_)
+                | Protocol::Dns4(_)
+                | Protocol::Dns6(_)
+        )
+    );
+    let rest: Vec<&Protocol> =
+        parts.iter().skip(1).filter(|p| !matches!(p, Protocol::P2p(_))).collect();
+    let transport = matches!(rest.as_slice(), [Protocol::Tcp(_)])
+        || matches!(rest.as_slice(), [Protocol::Udp(_), Protocol::QuicV1]);
+    let p2p_last = parts.iter().position(|p| matches!(p, Protocol::P2p(_)));
+    if !host || !transport || p2p_last.is_some_and(|i| i != parts.len() - 1) {
+        return Err(format!(
+            "{text:?} is not a TCP or QUIC address: expected /ip4/ADDR/tcp/PORT or \
+             /ip4/ADDR/udp/PORT/quic-v1, optionally followed by /p2p/PEER_ID"
+        ));
+    }
+    Ok(addr)
+}
+
+/// Mesh configuration; the reflector and the seed map their flags onto it.
 #[derive(Clone, Debug)]
 pub struct MeshConfig {
     /// `--p2p-listen MULTIADDR` (repeatable). Default: TCP and QUIC on port 7411, all IPv4.

@@ -19,7 +19,7 @@ use oasis_core::gossip::{
     pack_availability, set_bit, Body, GossipMsg, GossipReject, GossipView, Heartbeat, Held, Hello,
     InventoryRecord, LayerAvailability, LayerDigest, Load, MAX_MESSAGE_BYTES,
 };
-use oasis_core::identity::{NodeIdentity, PeerInfo, TrustRoot};
+use oasis_core::identity::{NodeIdentity, PeerInfo, Role, TrustRoot};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -79,6 +79,10 @@ impl MeshTask {
         rx: mpsc::UnboundedReceiver<Command>,
     ) -> Result<MeshTask> {
         let mdns_enabled = config.mdns;
+        let agent = match identity.info().role {
+            Role::Seed => "oasis-seed",
+            _ => "oasis-reflector",
+        };
         let gossip_heartbeat = (config.heartbeat / 5).max(Duration::from_millis(50));
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
@@ -105,10 +109,7 @@ impl MeshTask {
                 )?;
                 let identify = identify::Behaviour::new(
                     identify::Config::new(crate::IDENTIFY_PROTOCOL.into(), key.public())
-                        .with_agent_version(format!(
-                            "oasis-reflector/{}",
-                            env!("CARGO_PKG_VERSION")
-                        )),
+                        .with_agent_version(format!("{agent}/{}", env!("CARGO_PKG_VERSION"))),
                 );
                 let mut kad_config = kad::Config::new(StreamProtocol::new(crate::KAD_PROTOCOL));
                 kad_config.set_query_timeout(Duration::from_secs(30));
@@ -604,8 +605,13 @@ impl MeshTask {
             return MessageAcceptance::Accept;
         }
         if let Body::Heartbeat(hb) = &mut msg.body {
-            // The certificate is authoritative for the site.
-            hb.site = info.site.clone();
+            // The certificate is authoritative for the site. The seed belongs to no site's
+            // mesh: it serves every site over the WAN, so it is never a sibling, never a site's
+            // WAN fetcher and never counted in a site's WAN shares.
+            hb.site = match info.role {
+                Role::Seed => None,
+                _ => info.site.clone(),
+            };
         }
         match self.view.apply(&msg, &peer_ref(&author), self.now()) {
             Ok(()) => {

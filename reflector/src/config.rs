@@ -7,7 +7,6 @@
 
 use oasis_core::logging::LogFormat;
 use oasis_core::net::TransportOptions;
-use oasis_mesh::libp2p::multiaddr::Protocol;
 use oasis_mesh::libp2p::Multiaddr;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -60,39 +59,7 @@ impl Default for MeshSettings {
     }
 }
 
-/// A `--p2p-listen` / `--bootstrap` multiaddr: `/ip4|ip6|dns.../tcp/PORT` or
-/// `/.../udp/PORT/quic-v1`, optionally ending in `/p2p/PEER_ID`.
-pub fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {
-    let addr: Multiaddr = text.trim().parse().map_err(|e| {
-        format!(
-            "{text:?} is not a multiaddr ({e}); write e.g. \"/ip4/10.0.0.5/tcp/7411\" or \
-             \"/ip4/10.0.0.5/udp/7411/quic-v1/p2p/12D3Koo...\""
-        )
-    })?;
-    let parts: Vec<Protocol> = addr.iter().collect();
-    let host = matches!(
-        parts.first(),
-        Some(
-            Protocol::Ip4(_)
-                | Protocol::Ip6(_)
-                | Protocol::Dns(_)
-                | Protocol::Dns4(_)
-                | Protocol::Dns6(_)
-        )
-    );
-    let rest: Vec<&Protocol> =
-        parts.iter().skip(1).filter(|p| !matches!(p, Protocol::P2p(_))).collect();
-    let transport = matches!(rest.as_slice(), [Protocol::Tcp(_)])
-        || matches!(rest.as_slice(), [Protocol::Udp(_), Protocol::QuicV1]);
-    let p2p_last = parts.iter().position(|p| matches!(p, Protocol::P2p(_)));
-    if !host || !transport || p2p_last.is_some_and(|i| i != parts.len() - 1) {
-        return Err(format!(
-            "{text:?} is not a TCP or QUIC address: expected /ip4/ADDR/tcp/PORT or \
-             /ip4/ADDR/udp/PORT/quic-v1, optionally followed by /p2p/PEER_ID"
-        ));
-    }
-    Ok(addr)
-}
+pub use oasis_mesh::parse_multiaddr;
 
 /// Where the WAN limit comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,10 +5,12 @@ pub mod catalog;
 pub mod commands;
 pub mod devices;
 pub mod ingest;
+pub mod mesh;
 pub mod node;
 pub mod provision;
 pub mod snapshots;
 pub mod source;
 
 pub use ingest::{publish, PublishOptions, PublishReport};
+pub use mesh::SeedMesh;
 pub use node::RunningSeed;

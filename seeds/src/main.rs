@@ -100,6 +100,26 @@ enum Cmd {
         /// Serve Prometheus metrics at http://ADDR/metrics.
         #[arg(long)]
         metrics: Option<SocketAddr>,
+        /// Join the reflector mesh listening on this libp2p address (repeatable), e.g.
+        /// /ip4/0.0.0.0/tcp/7411 and /ip4/0.0.0.0/udp/7411/quic-v1. The seed joins the mesh
+        /// when this or --bootstrap is given.
+        #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
+        p2p_listen: Vec<String>,
+        /// Mesh peer to dial at start (repeatable), with or without a trailing /p2p/PEER_ID.
+        #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+        bootstrap: Vec<String>,
+        /// Do not look for mesh peers with mDNS on the local network.
+        #[arg(long)]
+        no_mdns: bool,
+        /// The ip:port reflectors and endpoints reach this seed's QUIC service at, published in
+        /// the mesh (default: the --listen address unless it is 0.0.0.0 or ::).
+        #[arg(long, value_name = "ADDR")]
+        advertise: Option<SocketAddr>,
+    },
+    /// Print the seed's mesh peer id (creating its p2p key on first use; stable afterwards).
+    Id {
+        #[arg(long)]
+        data: PathBuf,
     },
     /// Assign a published layer version to a site (replaces the site's earlier version).
     Assign {
@@ -189,6 +209,38 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The seed's mesh settings from the `serve` flags; None when neither --p2p-listen nor
+/// --bootstrap is given (the seed stays out of the mesh).
+fn mesh_settings(
+    listen: &[String],
+    bootstrap: &[String],
+    no_mdns: bool,
+    advertise: Option<SocketAddr>,
+) -> anyhow::Result<Option<oasis_mesh::MeshConfig>> {
+    if listen.is_empty() && bootstrap.is_empty() {
+        if no_mdns || advertise.is_some() {
+            bail!("--no-mdns and --advertise take effect in the mesh: give --p2p-listen too");
+        }
+        return Ok(None);
+    }
+    let parse = |flag: &str, v: &[String]| -> anyhow::Result<Vec<_>> {
+        v.iter()
+            .map(|a| oasis_mesh::parse_multiaddr(a).map_err(|p| anyhow::anyhow!("{flag} {p}")))
+            .collect()
+    };
+    let mut listen = parse("--p2p-listen", listen)?;
+    if listen.is_empty() {
+        listen = oasis_mesh::MeshConfig::default().listen;
+    }
+    Ok(Some(oasis_mesh::MeshConfig {
+        listen,
+        bootstrap: parse("--bootstrap", bootstrap)?,
+        mdns: !no_mdns,
+        serving_addr: advertise,
+        ..oasis_mesh::MeshConfig::default()
+    }))
 }
 
 fn main() {
@@ -330,15 +382,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Serve { data, listen, metrics } => {
+        Cmd::Serve { data, listen, metrics, p2p_listen, bootstrap, no_mdns, advertise } => {
+            let mesh = mesh_settings(&p2p_listen, &bootstrap, no_mdns, advertise)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
-                let seed = RunningSeed::start(&data, listen, metrics).await?;
+                let mut seed = RunningSeed::start(&data, listen, metrics).await?;
+                if let Some(m) = mesh {
+                    seed.join_mesh(&data, m)?;
+                }
                 if let Some(m) = seed.metrics_addr {
                     tracing::info!("metrics at http://{m}/metrics");
                 }
                 seed.run_until_signal().await
             })?;
+        }
+        Cmd::Id { data } => {
+            if !data.join(oasis_core::identity::TRUST_FILE).exists() {
+                bail!(
+                    "{} is not a seed data directory (no trust.pem): run `oasis-seed init --data {}` first",
+                    data.display(),
+                    data.display()
+                );
+            }
+            println!("{}", oasis_mesh::peer_id_of_state(&data)?);
         }
         Cmd::Wake { data, json, devices } => {
             let v = run_store_command(&data, &StoreCommand::Devices { pending: false }, false)?;

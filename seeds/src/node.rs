@@ -37,6 +37,7 @@ pub struct RunningSeed {
     pub metrics: Arc<NodeMetrics>,
     endpoint: quinn::Endpoint,
     task: tokio::task::JoinHandle<()>,
+    mesh: Option<crate::mesh::SeedMesh>,
 }
 
 impl RunningSeed {
@@ -78,13 +79,52 @@ impl RunningSeed {
         let source = Arc::new(SeedSource { store: store.clone() });
         let task = tokio::spawn(net::serve(endpoint.clone(), source, metrics.clone()));
         tracing::info!(%addr, node = %identity.info(), "seed serving");
-        Ok(RunningSeed { addr, metrics_addr, store, metrics, endpoint, task })
+        Ok(RunningSeed { addr, metrics_addr, store, metrics, endpoint, task, mesh: None })
+    }
+
+    /// Joins the reflector mesh with the identity in `data` (see [`crate::mesh`]). Without a
+    /// serving address in `settings`, the address the seed is bound to is published, unless
+    /// it is unspecified (0.0.0.0 / ::).
+    pub fn join_mesh(
+        &mut self,
+        data: &Path,
+        mut settings: oasis_mesh::MeshConfig,
+    ) -> anyhow::Result<&oasis_mesh::MeshHandle> {
+        anyhow::ensure!(self.mesh.is_none(), "the seed is in the mesh already");
+        if settings.serving_addr.is_none() {
+            if self.addr.ip().is_unspecified() {
+                tracing::warn!(
+                    bound = %self.addr,
+                    "the seed listens on an unspecified address: its serving address is not \
+                     published in the mesh (give --advertise)"
+                );
+            } else {
+                settings.serving_addr = Some(self.addr);
+            }
+        }
+        let identity = NodeIdentity::load(data)?;
+        let mesh = crate::mesh::SeedMesh::start(
+            settings,
+            &identity,
+            data,
+            self.store.clone(),
+            &self.metrics,
+        )?;
+        Ok(&self.mesh.insert(mesh).handle)
+    }
+
+    /// The seed's mesh node, when it joined the mesh.
+    pub fn mesh(&self) -> Option<&oasis_mesh::MeshHandle> {
+        self.mesh.as_ref().map(|m| &m.handle)
     }
 
     /// Stops accepting and closes every connection at once (used by tests to kill a seed).
     pub fn shutdown(&self) {
         self.endpoint.close(0u32.into(), b"seed shutting down");
         self.task.abort();
+        if let Some(m) = &self.mesh {
+            m.shutdown();
+        }
     }
 
     /// Serves until SIGINT or SIGTERM, then closes connections.

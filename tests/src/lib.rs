@@ -239,3 +239,79 @@ impl oasis_core::net::ChunkSource for CorruptingSource {
         self.inner.layers().await
     }
 }
+
+/// Samples a byte counter every `every` from now until [`RateSampler::finish`]: for WAN rates
+/// measured over sliding windows (the reflector's and the site's caps).
+pub struct RateSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(f64, u64)>>,
+}
+
+impl RateSampler {
+    pub fn start(
+        counter: impl Fn() -> u64 + Send + 'static,
+        every: std::time::Duration,
+    ) -> RateSampler {
+        let t0 = std::time::Instant::now();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut samples = vec![(0.0, counter())];
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                samples.push((t0.elapsed().as_secs_f64(), counter()));
+            }
+            samples
+        });
+        RateSampler { stop, task }
+    }
+
+    /// Stops sampling; the samples as (seconds since start, counter).
+    pub async fn finish(self) -> anyhow::Result<Samples> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(Samples(self.task.await?))
+    }
+}
+
+/// (seconds since the start, counter value) pairs, in time order.
+pub struct Samples(pub Vec<(f64, u64)>);
+
+impl Samples {
+    /// When the counter first moved (None: it never did).
+    pub fn first_move(&self) -> Option<f64> {
+        let base = self.0.first()?.1;
+        self.0.iter().find(|s| s.1 > base).map(|s| s.0)
+    }
+
+    /// When the counter reached its final value.
+    pub fn last_move(&self) -> Option<f64> {
+        let end = self.0.last()?.1;
+        self.0.iter().find(|s| s.1 == end).map(|s| s.0)
+    }
+
+    /// Rates (per second) of every window of at least `len` seconds that starts at or after
+    /// `from` and ends at or before `until`.
+    pub fn windows(&self, len: f64, from: f64, until: f64) -> Vec<f64> {
+        let mut out = Vec::new();
+        for (i, &(t, b)) in self.0.iter().enumerate() {
+            if t < from {
+                continue;
+            }
+            let Some(&(t2, b2)) = self.0[i..].iter().find(|s| s.0 >= t + len) else { break };
+            if t2 > until {
+                break;
+            }
+            out.push(b2.saturating_sub(b) as f64 / (t2 - t));
+        }
+        out
+    }
+}
+
+/// The counter's rate per second over the next `over`.
+pub async fn measure_rate(counter: impl Fn() -> u64, over: std::time::Duration) -> f64 {
+    let (b0, t0) = (counter(), std::time::Instant::now());
+    tokio::time::sleep(over).await;
+    counter().saturating_sub(b0) as f64 / t0.elapsed().as_secs_f64()
+}

@@ -364,11 +364,10 @@ fn write_policy(path: &Path, rate: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Upstream bytes per second between two samples.
+/// Upstream bytes per second over the next `over`.
 async fn measure(refl: &RunningReflector, over: Duration) -> f64 {
-    let (b0, t0) = (refl.stats.upstream_bytes.get(), Instant::now());
-    tokio::time::sleep(over).await;
-    (refl.stats.upstream_bytes.get() - b0) as f64 / t0.elapsed().as_secs_f64()
+    let counter = refl.stats.upstream_bytes.clone();
+    oasis_tests::measure_rate(move || counter.get(), over).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -810,21 +809,9 @@ async fn fifty_endpoints_hold_the_wan_rate_over_any_ten_seconds() -> anyhow::Res
     for i in 0..50 {
         states.push(seed.enroll(Role::Endpoint, &format!("ep{i:02}"))?);
     }
-    let t0 = Instant::now();
     let counter = refl.stats.upstream_bytes.clone();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut samples = vec![(0.0, counter.get())];
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                tick.tick().await;
-                samples.push((t0.elapsed().as_secs_f64(), counter.get()));
-            }
-            samples
-        })
-    };
+    let sampler =
+        oasis_tests::RateSampler::start(move || counter.get(), Duration::from_millis(100));
     let mut tasks = Vec::new();
     for (i, state) in states.iter().enumerate() {
         let into = seed.dir.path().join(format!("root-{i:02}"));
@@ -837,24 +824,13 @@ async fn fifty_endpoints_hold_the_wan_rate_over_any_ten_seconds() -> anyhow::Res
         assert_eq!(r?.bytes_network, published.stored_bytes);
         roots.push(into);
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let samples = sampler.await?;
+    let samples = sampler.finish().await?;
 
     let total = refl.stats.upstream_bytes.get();
     assert!(total as f64 <= 1.05 * published.stored_bytes as f64, "{total} B pulled upstream");
-    let first = samples.iter().find(|s| s.1 > 0).expect("bytes moved").0;
-    let last = samples.iter().find(|s| s.1 == total).expect("final sample").0;
-    let mut windows = Vec::new();
-    for (i, &(t, b)) in samples.iter().enumerate() {
-        if t < first + burst / RATE {
-            continue;
-        }
-        let Some(&(t2, b2)) = samples[i..].iter().find(|s| s.0 >= t + 10.0) else { break };
-        if t2 > last {
-            break;
-        }
-        windows.push((b2 - b) as f64 / (t2 - t));
-    }
+    let first = samples.first_move().expect("bytes moved");
+    let last = samples.last_move().expect("final sample");
+    let windows = samples.windows(10.0, first + burst / RATE, last);
     let peak = windows.iter().copied().fold(0.0, f64::max);
     let low = windows.iter().copied().fold(f64::INFINITY, f64::min);
     let mean = windows.iter().sum::<f64>() / windows.len().max(1) as f64;
