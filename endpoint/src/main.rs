@@ -275,10 +275,7 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Sleep { state, from, wake_listen, mac, password, layer, into, json } => {
-            let mut sources = Vec::with_capacity(from.len());
-            for s in &from {
-                sources.push(resolve(s).await?);
-            }
+            let sources = resolve_all(&from).await?;
             let opts = oasis_endpoint::sleep::SleepOptions {
                 state_dir: state,
                 sources,
@@ -289,10 +286,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 into,
                 streams: DEFAULT_STREAMS,
             };
-            let r = tokio::select! {
-                r = oasis_endpoint::sleep::sleep(&opts) => r?,
-                _ = oasis_core::shutdown::shutdown_signal() => return Err(Interrupted.into()),
-            };
+            let r = until_interrupted(oasis_endpoint::sleep::sleep(&opts)).await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -306,10 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Relay { state, listen, from } => {
-            let mut sources = Vec::with_capacity(from.len());
-            for s in &from {
-                sources.push(resolve(s).await?);
-            }
+            let sources = resolve_all(&from).await?;
             let relay = oasis_endpoint::relay::RelayListener::start(
                 &state,
                 listen,
@@ -326,10 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if name.is_empty() || version.as_deref() == Some("") {
                 bail!("--layer {layer:?}: expected NAME or NAME@VERSION");
             }
-            let mut sources = Vec::with_capacity(from.len());
-            for s in &from {
-                sources.push(resolve(s).await?);
-            }
+            let sources = resolve_all(&from).await?;
             let opts = FetchOptions {
                 state_dir: state,
                 sources,
@@ -337,20 +325,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 version,
                 into,
                 streams,
-                progress: !json && std::io::stderr().is_terminal(),
+                progress: progress_on(json),
             };
-            let report = tokio::select! {
-                r = fetch(&opts) => r?,
-                // Dropping the fetch stops it; the writer removes its temporary files while the
-                // runtime shuts down.
-                _ = oasis_core::shutdown::shutdown_signal() => return Err(Interrupted.into()),
-            };
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print_summary(&report);
-            }
-            Ok(())
+            let report = until_interrupted(fetch(&opts)).await?;
+            emit(json, &report, print_summary)
         }
         Cmd::Apply { state, from, root, base, app, json, streams } => {
             let base = apply::parse_exact(&base, "--base")?;
@@ -358,10 +336,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .iter()
                 .map(|a| apply::parse_exact(a, "--app"))
                 .collect::<anyhow::Result<_>>()?;
-            let mut sources = Vec::with_capacity(from.len());
-            for s in &from {
-                sources.push(resolve(s).await?);
-            }
+            let sources = resolve_all(&from).await?;
             let opts = ApplyOptions {
                 state_dir: state,
                 sources,
@@ -369,27 +344,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 base,
                 apps,
                 streams,
-                progress: !json && std::io::stderr().is_terminal(),
+                progress: progress_on(json),
             };
-            let report = tokio::select! {
-                r = apply::apply(&opts) => r?,
-                // The journal makes an interrupted apply safe: the next run finishes or rolls back.
-                _ = oasis_core::shutdown::shutdown_signal() => return Err(Interrupted.into()),
-            };
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print_apply(&report);
-            }
-            Ok(())
+            let report = until_interrupted(apply::apply(&opts)).await?;
+            emit(json, &report, print_apply)
         }
         Cmd::Snapshot { state, root, full_verify, json } => {
             let (snap, pruned) = blocking(move || {
-                let s = Session::open(
-                    &state,
-                    root.as_deref(),
-                    !json && std::io::stderr().is_terminal(),
-                )?;
+                let s = Session::open(&state, root.as_deref(), progress_on(json))?;
                 let (_, r) = s.snapshot("manual", full_verify, false)?;
                 s.progress.finish_and_clear();
                 let pruned = s.prune()?;
@@ -457,7 +419,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Revert { state, snapshot, json } => {
             let r = blocking(move || {
-                let mut s = Session::open(&state, None, !json && std::io::stderr().is_terminal())?;
+                let mut s = Session::open(&state, None, progress_on(json))?;
                 revert::revert(&mut s, &snapshot)
             })
             .await?;
@@ -465,7 +427,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::RestoreFile { state, path, from, json } => {
             let r = blocking(move || {
-                let mut s = Session::open(&state, None, !json && std::io::stderr().is_terminal())?;
+                let mut s = Session::open(&state, None, progress_on(json))?;
                 revert::restore_file(&mut s, &path, &from)
             })
             .await?;
@@ -504,12 +466,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 policy,
                 streams,
                 retries,
-                progress: !json && std::io::stderr().is_terminal(),
+                progress: progress_on(json),
             };
-            let r = tokio::select! {
-                r = upload::upload(&opts) => r?,
-                _ = oasis_core::shutdown::shutdown_signal() => return Err(Interrupted.into()),
-            };
+            let r = until_interrupted(upload::upload(&opts)).await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -549,11 +508,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if !profile_dir.is_empty() {
                 opts.profile_dirs = profile_dir;
             }
-            opts.progress = !json && std::io::stderr().is_terminal();
-            let r = tokio::select! {
-                r = restore::restore(&opts) => r?,
-                _ = oasis_core::shutdown::shutdown_signal() => return Err(Interrupted.into()),
-            };
+            opts.progress = progress_on(json);
+            let r = until_interrupted(restore::restore(&opts)).await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -577,10 +533,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Provision { state, seed, from, root, wait, json } => {
             let seed = resolve(&seed).await?;
-            let mut sources = Vec::new();
-            for s in &from {
-                sources.push(resolve(s).await?);
-            }
+            let sources = resolve_all(&from).await?;
             let opts = oasis_endpoint::restore::ProvisionOptions {
                 state_dir: state,
                 seed,
@@ -588,18 +541,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 root,
                 wait: wait.map(std::time::Duration::from_secs),
                 streams: DEFAULT_STREAMS,
-                progress: !json && std::io::stderr().is_terminal(),
+                progress: progress_on(json),
             };
-            let r = tokio::select! {
-                r = oasis_endpoint::restore::provision(&opts) => r?,
-                _ = oasis_core::shutdown::shutdown_signal() => return Err(Interrupted.into()),
-            };
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                print_apply(&r);
-            }
-            Ok(())
+            let r = until_interrupted(oasis_endpoint::restore::provision(&opts)).await?;
+            emit(json, &r, print_apply)
         }
         Cmd::Status { state, json } => {
             let (st, recovered, snaps) = blocking(move || {
@@ -646,6 +591,42 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
     tokio::task::spawn_blocking(f).await?
+}
+
+/// Runs a command until it ends or the user interrupts it (Ctrl-C, SIGTERM). Dropping the
+/// future stops it: a fetch's writer removes its temporary files while the runtime shuts down,
+/// and an interrupted device transaction is finished or rolled back by the next run (journal).
+async fn until_interrupted<T>(
+    f: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        r = f => r,
+        _ = oasis_core::shutdown::shutdown_signal() => Err(Interrupted.into()),
+    }
+}
+
+/// Every `--from HOST:PORT`, resolved.
+async fn resolve_all(from: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut sources = Vec::with_capacity(from.len());
+    for s in from {
+        sources.push(resolve(s).await?);
+    }
+    Ok(sources)
+}
+
+/// Progress bars only for people: not with `--json`, not when stderr is not a terminal.
+fn progress_on(json: bool) -> bool {
+    !json && std::io::stderr().is_terminal()
+}
+
+/// The report as one JSON line with `--json`, else in words.
+fn emit<T: serde::Serialize>(json: bool, r: &T, human: impl FnOnce(&T)) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+    } else {
+        human(r);
+    }
+    Ok(())
 }
 
 fn utc(secs: u64) -> String {
