@@ -651,16 +651,7 @@ fn print_apply(r: &ApplyReport) {
         r.fetch.chunks_total,
         mib(r.fetch.bytes_network)
     );
-    let c = &r.changes;
-    println!(
-        "  wrote {} files ({}), {} symlinks, {} new directories; removed {}; {} already right",
-        c.files_written,
-        mib(c.bytes_written),
-        c.symlinks_written,
-        c.dirs_created,
-        c.removed,
-        c.unchanged
-    );
+    print_changes(&r.changes);
     for p in &r.user_files_replaced {
         println!("  user file replaced by the layer (kept in snapshot {}): {p}", r.snapshot);
     }
@@ -670,6 +661,18 @@ fn print_apply(r: &ApplyReport) {
     if !r.snapshots_pruned.is_empty() {
         println!("  pruned snapshots {:?}", r.snapshots_pruned);
     }
+}
+
+fn print_changes(c: &oasis_endpoint::session::Changes) {
+    println!(
+        "  wrote {} files ({}), {} symlinks, {} new directories; removed {}; {} already right",
+        c.files_written,
+        mib(c.bytes_written),
+        c.symlinks_written,
+        c.dirs_created,
+        c.removed,
+        c.unchanged
+    );
 }
 
 fn print_restore(r: &RestoreReport, json: bool) -> anyhow::Result<()> {
@@ -682,16 +685,7 @@ fn print_restore(r: &RestoreReport, json: bool) -> anyhow::Result<()> {
         "restored {what} from snapshot {} in {:.2}s (snapshot {} holds the state before)",
         r.from, r.seconds, r.snapshot_before
     );
-    let c = &r.changes;
-    println!(
-        "  wrote {} files ({}), {} symlinks, {} new directories; removed {}; {} already right",
-        c.files_written,
-        mib(c.bytes_written),
-        c.symlinks_written,
-        c.dirs_created,
-        c.removed,
-        c.unchanged
-    );
+    print_changes(&r.changes);
     Ok(())
 }
 
