@@ -182,9 +182,27 @@ impl PackSet {
     }
 
     pub fn read_at(&self, id: u32, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
-        let mut buf = vec![0u8; len as usize];
-        self.reader(id)?.read_exact_at(&mut buf, offset)?;
+        let mut buf = Vec::new();
+        self.read_into(id, offset, len, &mut buf)?;
         Ok(buf)
+    }
+
+    /// Reads `len` bytes at `offset` into `buf` (resized to `len`; a reused buffer is not
+    /// zeroed first, the read overwrites it). On error `buf` holds no meaningful bytes.
+    pub fn read_into(
+        &self,
+        id: u32,
+        offset: u64,
+        len: u32,
+        buf: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        let len = len as usize;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        } else {
+            buf.truncate(len);
+        }
+        self.reader(id)?.read_exact_at(buf, offset)
     }
 
     /// Deletes a compacted pack. Readers holding it open keep reading their copy.

@@ -259,13 +259,31 @@ impl ChunkStore {
     /// Reads and verifies a chunk. A chunk that fails verification is dropped (index entry and
     /// file) and reported as absent, so callers refetch it instead of serving bad bytes.
     pub fn get(&self, id: &ChunkId) -> Result<Option<StoredChunk>, StoreError> {
+        let mut buf = Vec::new();
+        Ok(self.get_into(id, &mut buf)?.map(|(encoding, plain_len)| StoredChunk {
+            id: *id,
+            encoding,
+            plain_len,
+            data: Bytes::from(buf),
+        }))
+    }
+
+    /// [`ChunkStore::get`] into the caller's buffer, which a loop reuses (no allocation and no
+    /// zeroing per chunk): returns the encoding and plain length of the stored bytes now in
+    /// `buf`, checked exactly as `get` checks them. On `Ok(None)` or an error `buf` holds
+    /// nothing meaningful.
+    pub fn get_into(
+        &self,
+        id: &ChunkId,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<(Encoding, u32)>, StoreError> {
         let mut entry = match self.entry(id)? {
             Some(e) => e,
             None => return Ok(None),
         };
-        let data = loop {
-            match self.packs.read_at(entry.pack, entry.offset, entry.stored_len) {
-                Ok(d) => break Bytes::from(d),
+        loop {
+            match self.packs.read_into(entry.pack, entry.offset, entry.stored_len, buf) {
+                Ok(()) => break,
                 Err(e) => {
                     // Compaction may have moved the chunk since we read its entry.
                     match self.entry(id)? {
@@ -287,19 +305,19 @@ impl ChunkStore {
                     return Err(StoreError::Io { path: self.packs.path(entry.pack), source: e });
                 }
             }
-        };
+        }
         let Some(encoding) = Encoding::from_u8(entry.encoding) else {
             self.drop_corrupt(id);
             return Ok(None);
         };
-        if data.len() != entry.stored_len as usize
-            || *blake3::hash(&data).as_bytes() != entry.stored_digest
+        if buf.len() != entry.stored_len as usize
+            || *blake3::hash(buf).as_bytes() != entry.stored_digest
         {
             tracing::warn!(chunk = %id, "corrupt chunk on disk (stored bytes changed); dropping it");
             self.drop_corrupt(id);
             return Ok(None);
         }
-        Ok(Some(StoredChunk { id: *id, encoding, plain_len: entry.plain_len, data }))
+        Ok(Some((encoding, entry.plain_len)))
     }
 
     /// The plain bytes of a chunk, decoded and checked against the chunk id itself.

@@ -10,12 +10,14 @@
 use crate::compose::{self, Composed};
 use crate::device::{self, DeviceState};
 use crate::layer_fetch::{self, LayerFetchReport};
+use crate::materialize::ChunkGone;
 use crate::plan::Target;
 use crate::session::{Changes, Session};
 use crate::snapshot::{AppliedLayer, Snapshot};
 use crate::take::TakeReport;
 use anyhow::Context;
 use oasis_core::manifest::{LayerManifest, Node, SignedManifest};
+use oasis_core::store::ChunkStore;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -56,13 +58,13 @@ pub struct ApplyReport {
     pub seconds: f64,
 }
 
-/// `NAME@VERSION` (both required).
+/// `NAME@VERSION` (both required; split by [`crate::fetch::parse_layer`]).
 pub fn parse_exact(s: &str, flag: &str) -> anyhow::Result<(String, String)> {
-    match s.split_once('@') {
-        Some((n, v)) if !n.is_empty() && !v.is_empty() => {
-            oasis_core::manifest::validate_label("name", n).map_err(anyhow::Error::msg)?;
-            oasis_core::manifest::validate_label("version", v).map_err(anyhow::Error::msg)?;
-            Ok((n.to_string(), v.to_string()))
+    match crate::fetch::parse_layer(s) {
+        (n, Some(v)) if !n.is_empty() && !v.is_empty() => {
+            oasis_core::manifest::validate_label("name", &n).map_err(anyhow::Error::msg)?;
+            oasis_core::manifest::validate_label("version", &v).map_err(anyhow::Error::msg)?;
+            Ok((n, v))
         }
         _ => anyhow::bail!("{flag} {s:?}: expected NAME@VERSION"),
     }
@@ -96,22 +98,64 @@ pub async fn apply(opts: &ApplyOptions) -> anyhow::Result<ApplyReport> {
         compose::compose(&refs, true)?;
         Ok(())
     };
-    let from = layer_fetch::LayerSources {
-        state_dir: &opts.state_dir,
-        identity: &session.identity,
-        addrs: &opts.sources,
-        streams: opts.streams,
-    };
-    let (manifests, fetch) =
-        layer_fetch::fetch_layers(&from, &wanted, session.store.clone(), &session.progress, &check)
-            .await?;
+    let mut retried = false;
+    loop {
+        let from = layer_fetch::LayerSources {
+            state_dir: &opts.state_dir,
+            identity: &session.identity,
+            addrs: &opts.sources,
+            streams: opts.streams,
+        };
+        let (manifests, fetch) = layer_fetch::fetch_layers(
+            &from,
+            &wanted,
+            session.store.clone(),
+            &session.progress,
+            &check,
+        )
+        .await?;
+        let (s, r) = tokio::task::spawn_blocking(move || {
+            let r = apply_local(&mut session, &manifests, fetch);
+            // A chunk that rotted in the store was dropped while staging (nothing was
+            // written): drop every other damaged one now, so one fetch gets them all again.
+            let r = match r {
+                Err(e) if !retried && e.downcast_ref::<ChunkGone>().is_some() => {
+                    match drop_damaged(&session.store, &manifests) {
+                        Ok(n) => {
+                            tracing::warn!(error = %e, damaged = n, "fetching damaged chunks again and retrying the apply");
+                            Ok(None)
+                        }
+                        Err(e2) => Err(e2.context(e)),
+                    }
+                }
+                other => other.map(Some),
+            };
+            (session, r)
+        })
+        .await?;
+        session = s;
+        match r? {
+            Some(report) => {
+                return Ok(ApplyReport { seconds: t0.elapsed().as_secs_f64(), ..report })
+            }
+            None => retried = true,
+        }
+    }
+}
 
-    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<ApplyReport> {
-        let r = apply_local(&mut session, &manifests, fetch)?;
-        Ok(r)
-    })
-    .await??;
-    Ok(ApplyReport { seconds: t0.elapsed().as_secs_f64(), ..report })
+/// Reads every chunk of `manifests` from the store once, on all cores: the store drops each
+/// whose bytes no longer match. Returns how many were dropped.
+fn drop_damaged(store: &ChunkStore, manifests: &[SignedManifest]) -> anyhow::Result<u64> {
+    use rayon::prelude::*;
+    let mut ids: Vec<_> =
+        manifests.iter().flat_map(|m| m.manifest.unique_chunks()).map(|c| c.id).collect();
+    ids.sort();
+    ids.dedup();
+    let gone: Vec<bool> = ids
+        .par_iter()
+        .map(|id| Ok(store.contains(id)? && store.get(id)?.is_none()))
+        .collect::<Result<_, oasis_core::store::StoreError>>()?;
+    Ok(gone.into_iter().filter(|g| *g).count() as u64)
 }
 
 fn apply_local(

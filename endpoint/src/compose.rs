@@ -107,9 +107,9 @@ pub fn compose(layers: &[&LayerManifest], check_kinds: bool) -> Result<Composed,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_entries::{dir, file};
     use oasis_core::chunk::ChunkParams;
-    use oasis_core::manifest::{ChunkRef, MANIFEST_FORMAT};
-    use oasis_core::ChunkId;
+    use oasis_core::manifest::MANIFEST_FORMAT;
 
     fn m(name: &str, kind: LayerKind, entries: Vec<Entry>) -> LayerManifest {
         LayerManifest {
@@ -120,19 +120,6 @@ mod tests {
             chunking: ChunkParams::default(),
             created: 0,
             entries,
-        }
-    }
-    fn dir(p: &str) -> Entry {
-        Entry { path: p.into(), mode: 0o755, node: Node::Dir }
-    }
-    fn file(p: &str, d: &[u8]) -> Entry {
-        Entry {
-            path: p.into(),
-            mode: 0o644,
-            node: Node::File {
-                size: d.len() as u64,
-                chunks: vec![ChunkRef { id: ChunkId::of(d), len: d.len() as u32 }],
-            },
         }
     }
 

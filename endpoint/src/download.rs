@@ -11,9 +11,10 @@
 //! are handed back so the caller can go on with the next source.
 
 use crate::tree_writer::{TreeWriter, WriteError};
+use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
 use indicatif::ProgressBar;
-use oasis_core::compress::StoredChunk;
+use oasis_core::compress::{Encoding, StoredChunk};
 use oasis_core::manifest::ChunkRef;
 use oasis_core::net::{ChunkReply, Client, NetError};
 use oasis_core::store::ChunkStore;
@@ -87,6 +88,17 @@ pub enum LocalError {
     Write(#[from] WriteError),
 }
 
+/// How the cache keeps chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheForm {
+    /// As the source sent them (zstd where that was smaller): least disk.
+    AsSent,
+    /// Plain bytes: for chunks a device apply writes out again, so the apply reads and checks
+    /// them without decoding (docs/benchmarks.md, "Device: apply": what this costs on disk and
+    /// saves in time). Costs no CPU here: the plain bytes were decoded to verify the chunk.
+    Plain,
+}
+
 /// Chunks queued for the cache before verification threads wait (bounds memory).
 const CACHE_QUEUE: usize = 256;
 
@@ -94,13 +106,14 @@ const CACHE_QUEUE: usize = 256;
 /// be stored is logged and counted, not fatal: the cache only speeds up later fetches.
 pub struct CacheWriter {
     store: Arc<ChunkStore>,
+    form: CacheForm,
     tx: Mutex<Option<std::sync::mpsc::SyncSender<StoredChunk>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     errors: Arc<AtomicU64>,
 }
 
 impl CacheWriter {
-    pub fn start(store: Arc<ChunkStore>) -> std::io::Result<CacheWriter> {
+    pub fn start(store: Arc<ChunkStore>, form: CacheForm) -> std::io::Result<CacheWriter> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<StoredChunk>(CACHE_QUEUE);
         let errors = Arc::new(AtomicU64::new(0));
         let thread = {
@@ -117,6 +130,7 @@ impl CacheWriter {
         };
         Ok(CacheWriter {
             store,
+            form,
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             errors,
@@ -127,8 +141,18 @@ impl CacheWriter {
         &self.store
     }
 
-    /// Queues a verified chunk; waits while the queue is full.
-    pub fn put(&self, chunk: StoredChunk) {
+    /// Queues a verified chunk (`plain`: its decoded bytes, for [`CacheForm::Plain`]); waits
+    /// while the queue is full.
+    pub fn put(&self, chunk: StoredChunk, plain: Bytes) {
+        let chunk = match self.form {
+            CacheForm::AsSent => chunk,
+            CacheForm::Plain => StoredChunk {
+                id: chunk.id,
+                encoding: Encoding::Raw,
+                plain_len: chunk.plain_len,
+                data: plain,
+            },
+        };
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(tx) = tx {
             let _ = tx.send(chunk);
@@ -336,7 +360,7 @@ impl Downloader {
                             Ok(_) => Verified::Stored,
                         },
                         _ => {
-                            cache.put(chunk);
+                            cache.put(chunk, plain);
                             Verified::Stored
                         }
                     },

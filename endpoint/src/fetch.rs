@@ -20,7 +20,7 @@
 //!    reads them back through [`cached_chunk`], which checks the file's stamp and the chunk's
 //!    hash; a chunk whose file was changed or removed since is simply fetched again.
 
-use crate::download::{CacheWriter, Downloader, NetCounters};
+use crate::download::{CacheForm, CacheWriter, Downloader, NetCounters};
 use crate::reuse::{self, LocalData};
 use crate::sources::{self, SourceFailure, Sources};
 use crate::tree_writer::{self, ChunkReader, OnDisk, TreeWriter, WriteStats};
@@ -228,7 +228,10 @@ pub async fn fetch(opts: &FetchOptions) -> anyhow::Result<FetchReport> {
     let counters = Arc::new(NetCounters::default());
     let cache_writer = {
         let cache = cache.clone();
-        Arc::new(CacheWriter::start(cache).context("starting the cache writer thread")?)
+        Arc::new(
+            CacheWriter::start(cache, CacheForm::AsSent)
+                .context("starting the cache writer thread")?,
+        )
     };
     let downloader = Downloader {
         cache: cache_writer.clone(),

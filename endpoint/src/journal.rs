@@ -112,13 +112,16 @@ impl Stage {
     }
 
     /// Makes the staged data durable, writes the journal (the commit point) and runs it.
+    /// Returns the seconds spent making the staged data durable.
     pub fn commit(
         mut self,
         ops: Vec<Op>,
         state_after: Option<Vec<u8>>,
         what: &str,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<f64> {
+        let t = std::time::Instant::now();
         sync_fs(&self.dir).context("syncing the staged files")?;
+        let synced = t.elapsed().as_secs_f64();
         let journal = Journal {
             root: self.root.clone(),
             stage: self.name.clone(),
@@ -130,7 +133,8 @@ impl Stage {
         write_durably(&journal_path(&self.state_dir), &bytes).context("writing the journal")?;
         self.done = true;
         crash_point("committed");
-        roll_forward(&self.state_dir, &journal)
+        roll_forward(&self.state_dir, &journal)?;
+        Ok(synced)
     }
 }
 

@@ -38,3 +38,6 @@ pub mod tree_writer;
 pub mod upload;
 
 pub use fetch::{fetch, parse_layer, FetchOptions, FetchReport, DEFAULT_STREAMS};
+
+#[cfg(test)]
+mod test_entries;

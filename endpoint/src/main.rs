@@ -295,10 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 into,
                 streams: DEFAULT_STREAMS,
             };
-            let r = tokio::select! {
-                r = oasis_endpoint::sleep::sleep(&opts) => r?,
-                _ = oasis_core::shutdown::shutdown_signal() => return Err(Interrupted.into()),
-            };
+            let r = until_interrupted(oasis_endpoint::sleep::sleep(&opts)).await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -340,20 +337,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 version,
                 into,
                 streams,
-                progress: !json && std::io::stderr().is_terminal(),
+                progress: progress_on(json),
             };
-            let report = tokio::select! {
-                r = fetch(&opts) => r?,
-                // Dropping the fetch stops it; the writer removes its temporary files while the
-                // runtime shuts down.
-                _ = oasis_core::shutdown::shutdown_signal() => return Err(Interrupted.into()),
-            };
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print_summary(&report);
-            }
-            Ok(())
+            let report = until_interrupted(fetch(&opts)).await?;
+            emit(json, &report, print_summary)
         }
         Cmd::Apply { state, from, root, base, app, json, streams } => {
             let base = apply::parse_exact(&base, "--base")?;
@@ -369,27 +356,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 base,
                 apps,
                 streams,
-                progress: !json && std::io::stderr().is_terminal(),
+                progress: progress_on(json),
             };
-            let report = tokio::select! {
-                r = apply::apply(&opts) => r?,
-                // The journal makes an interrupted apply safe: the next run finishes or rolls back.
-                _ = oasis_core::shutdown::shutdown_signal() => return Err(Interrupted.into()),
-            };
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print_apply(&report);
-            }
-            Ok(())
+            let report = until_interrupted(apply::apply(&opts)).await?;
+            emit(json, &report, print_apply)
         }
         Cmd::Snapshot { state, root, full_verify, json } => {
             let (snap, pruned) = blocking(move || {
-                let s = Session::open(
-                    &state,
-                    root.as_deref(),
-                    !json && std::io::stderr().is_terminal(),
-                )?;
+                let s = Session::open(&state, root.as_deref(), progress_on(json))?;
                 let (_, r) = s.snapshot("manual", full_verify, false)?;
                 s.progress.finish_and_clear();
                 let pruned = s.prune()?;
@@ -457,7 +431,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Revert { state, snapshot, json } => {
             let r = blocking(move || {
-                let mut s = Session::open(&state, None, !json && std::io::stderr().is_terminal())?;
+                let mut s = Session::open(&state, None, progress_on(json))?;
                 revert::revert(&mut s, &snapshot)
             })
             .await?;
@@ -465,7 +439,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::RestoreFile { state, path, from, json } => {
             let r = blocking(move || {
-                let mut s = Session::open(&state, None, !json && std::io::stderr().is_terminal())?;
+                let mut s = Session::open(&state, None, progress_on(json))?;
                 revert::restore_file(&mut s, &path, &from)
             })
             .await?;
@@ -504,12 +478,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 policy,
                 streams,
                 retries,
-                progress: !json && std::io::stderr().is_terminal(),
+                progress: progress_on(json),
             };
-            let r = tokio::select! {
-                r = upload::upload(&opts) => r?,
-                _ = oasis_core::shutdown::shutdown_signal() => return Err(Interrupted.into()),
-            };
+            let r = until_interrupted(upload::upload(&opts)).await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -548,11 +519,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if !profile_dir.is_empty() {
                 opts.profile_dirs = profile_dir;
             }
-            opts.progress = !json && std::io::stderr().is_terminal();
-            let r = tokio::select! {
-                r = restore::restore(&opts) => r?,
-                _ = oasis_core::shutdown::shutdown_signal() => return Err(Interrupted.into()),
-            };
+            opts.progress = progress_on(json);
+            let r = until_interrupted(restore::restore(&opts)).await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -584,18 +552,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 root,
                 wait: wait.map(std::time::Duration::from_secs),
                 streams: DEFAULT_STREAMS,
-                progress: !json && std::io::stderr().is_terminal(),
+                progress: progress_on(json),
             };
-            let r = tokio::select! {
-                r = oasis_endpoint::restore::provision(&opts) => r?,
-                _ = oasis_core::shutdown::shutdown_signal() => return Err(Interrupted.into()),
-            };
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                print_apply(&r);
-            }
-            Ok(())
+            let r = until_interrupted(oasis_endpoint::restore::provision(&opts)).await?;
+            emit(json, &r, print_apply)
         }
         Cmd::Status { state, json } => {
             let (st, recovered, snaps) = blocking(move || {
@@ -644,6 +604,33 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await?
 }
 
+/// Runs a command until it ends or the user interrupts it (Ctrl-C, SIGTERM). Dropping the
+/// future stops it: a fetch's writer removes its temporary files while the runtime shuts down,
+/// and an interrupted device transaction is finished or rolled back by the next run (journal).
+async fn until_interrupted<T>(
+    f: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        r = f => r,
+        _ = oasis_core::shutdown::shutdown_signal() => Err(Interrupted.into()),
+    }
+}
+
+/// Progress bars only for people: not with `--json`, not when stderr is not a terminal.
+fn progress_on(json: bool) -> bool {
+    !json && std::io::stderr().is_terminal()
+}
+
+/// The report as one JSON line with `--json`, else in words.
+fn emit<T: serde::Serialize>(json: bool, r: &T, human: impl FnOnce(&T)) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+    } else {
+        human(r);
+    }
+    Ok(())
+}
+
 fn utc(secs: u64) -> String {
     jiff::Timestamp::from_second(secs as i64)
         .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
@@ -666,16 +653,7 @@ fn print_apply(r: &ApplyReport) {
         r.fetch.chunks_total,
         mib(r.fetch.bytes_network)
     );
-    let c = &r.changes;
-    println!(
-        "  wrote {} files ({}), {} symlinks, {} new directories; removed {}; {} already right",
-        c.files_written,
-        mib(c.bytes_written),
-        c.symlinks_written,
-        c.dirs_created,
-        c.removed,
-        c.unchanged
-    );
+    print_changes(&r.changes);
     for p in &r.user_files_replaced {
         println!("  user file replaced by the layer (kept in snapshot {}): {p}", r.snapshot);
     }
@@ -685,6 +663,18 @@ fn print_apply(r: &ApplyReport) {
     if !r.snapshots_pruned.is_empty() {
         println!("  pruned snapshots {:?}", r.snapshots_pruned);
     }
+}
+
+fn print_changes(c: &oasis_endpoint::session::Changes) {
+    println!(
+        "  wrote {} files ({}), {} symlinks, {} new directories; removed {}; {} already right",
+        c.files_written,
+        mib(c.bytes_written),
+        c.symlinks_written,
+        c.dirs_created,
+        c.removed,
+        c.unchanged
+    );
 }
 
 fn print_restore(r: &RestoreReport, json: bool) -> anyhow::Result<()> {
@@ -697,20 +687,10 @@ fn print_restore(r: &RestoreReport, json: bool) -> anyhow::Result<()> {
         "restored {what} from snapshot {} in {:.2}s (snapshot {} holds the state before)",
         r.from, r.seconds, r.snapshot_before
     );
-    let c = &r.changes;
-    println!(
-        "  wrote {} files ({}), {} symlinks, {} new directories; removed {}; {} already right",
-        c.files_written,
-        mib(c.bytes_written),
-        c.symlinks_written,
-        c.dirs_created,
-        c.removed,
-        c.unchanged
-    );
+    print_changes(&r.changes);
     Ok(())
 }
 
-/// HOST:PORT to one socket address (IPv4 preferred, as peers usually listen there).
 /// The sources of a command: `--from` first, then `sources` from the endpoint's config file
 /// (STATE_DIR/endpoint.toml or --config), each resolved to an address.
 async fn sources(
@@ -754,6 +734,7 @@ async fn optional_sources(
     Ok(out)
 }
 
+/// HOST:PORT to one socket address (IPv4 preferred, as peers usually listen there).
 async fn resolve(s: &str) -> anyhow::Result<SocketAddr> {
     if let Ok(a) = s.parse() {
         return Ok(a);

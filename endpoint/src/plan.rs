@@ -171,22 +171,9 @@ pub fn plan(current: &Snapshot, targets: &[Target], remove: &[String]) -> Plan {
 mod tests {
     use super::*;
     use crate::snapshot::{Owner, SnapEntry, SNAPSHOT_FORMAT};
+    use crate::test_entries::{dir, file};
     use oasis_core::chunk::ChunkParams;
-    use oasis_core::ChunkId;
 
-    fn file(p: &str, d: &[u8]) -> Entry {
-        Entry {
-            path: p.into(),
-            mode: 0o644,
-            node: Node::File {
-                size: d.len() as u64,
-                chunks: vec![ChunkRef { id: ChunkId::of(d), len: d.len() as u32 }],
-            },
-        }
-    }
-    fn dir(p: &str) -> Entry {
-        Entry { path: p.into(), mode: 0o755, node: Node::Dir }
-    }
     fn snap(entries: Vec<Entry>) -> Snapshot {
         Snapshot {
             format: SNAPSHOT_FORMAT,

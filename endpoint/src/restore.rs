@@ -156,25 +156,34 @@ fn in_profile(path: &str, dirs: &[String]) -> bool {
 
 pub async fn restore(opts: &RestoreOptions) -> anyhow::Result<RestoreReport> {
     let t0 = Instant::now();
-    let state_dir = opts.state_dir.clone();
-    let identity = tokio::task::spawn_blocking(move || NodeIdentity::load(&state_dir))
-        .await?
-        .with_context(|| format!("loading the node identity from {}", opts.state_dir.display()))?;
     if opts.mode == RestoreMode::Full {
         check_empty_root(&opts.root)?;
     }
-    let endpoint = match opts.seed {
-        SocketAddr::V6(_) => {
-            net::client_endpoint_for(opts.seed, &identity, &TransportOptions::default())?
-        }
-        SocketAddr::V4(_) => net::client_endpoint(&identity, &TransportOptions::default())?,
-    };
+    let (identity, endpoint) = seed_client(&opts.state_dir, opts.seed).await?;
     let client = Client::connect(&endpoint, opts.seed).await?;
     let result = restore_with(opts, &identity, &client, t0).await;
     client.close();
     endpoint.close(0u32.into(), b"done");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     result
+}
+
+/// This node's identity and a QUIC endpoint that can reach `seed` with it.
+async fn seed_client(
+    state_dir: &std::path::Path,
+    seed: SocketAddr,
+) -> anyhow::Result<(NodeIdentity, quinn::Endpoint)> {
+    let dir = state_dir.to_path_buf();
+    let identity = tokio::task::spawn_blocking(move || NodeIdentity::load(&dir))
+        .await?
+        .with_context(|| format!("loading the node identity from {}", state_dir.display()))?;
+    let endpoint = match seed {
+        SocketAddr::V6(_) => {
+            net::client_endpoint_for(seed, &identity, &TransportOptions::default())?
+        }
+        SocketAddr::V4(_) => net::client_endpoint(&identity, &TransportOptions::default())?,
+    };
+    Ok((identity, endpoint))
 }
 
 fn check_empty_root(root: &std::path::Path) -> anyhow::Result<()> {
@@ -495,17 +504,8 @@ pub struct ProvisionOptions {
 /// Asks the seed for this device's plan (a device unknown to the seed is listed there as
 /// pending), waits for one if asked to, then applies it onto the root.
 pub async fn provision(opts: &ProvisionOptions) -> anyhow::Result<ApplyReport> {
-    let state_dir = opts.state_dir.clone();
-    let identity = tokio::task::spawn_blocking(move || NodeIdentity::load(&state_dir))
-        .await?
-        .with_context(|| format!("loading the node identity from {}", opts.state_dir.display()))?;
+    let (identity, endpoint) = seed_client(&opts.state_dir, opts.seed).await?;
     let name = identity.info().name.clone();
-    let endpoint = match opts.seed {
-        SocketAddr::V6(_) => {
-            net::client_endpoint_for(opts.seed, &identity, &TransportOptions::default())?
-        }
-        SocketAddr::V4(_) => net::client_endpoint(&identity, &TransportOptions::default())?,
-    };
     let plan = loop {
         let asked = async {
             let client = Client::connect(&endpoint, opts.seed).await?;

@@ -40,7 +40,10 @@ pub struct Changes {
     pub removed: u64,
     pub unchanged: u64,
     pub seconds_stage: f64,
+    /// Syncing, journal, renames, syncing again.
     pub seconds_commit: f64,
+    /// The part of `seconds_commit` spent waiting for the staged data to reach the disk.
+    pub seconds_sync_staged: f64,
 }
 
 impl Session {
@@ -152,7 +155,8 @@ impl Session {
         journal::crash_point("staged");
         let t = std::time::Instant::now();
         let ops: Vec<Op> = plan.ops;
-        stage.commit(ops, state_after.as_ref().map(|s| s.to_bytes()), what)?;
+        ch.seconds_sync_staged =
+            stage.commit(ops, state_after.as_ref().map(|s| s.to_bytes()), what)?;
         ch.seconds_commit = t.elapsed().as_secs_f64();
         if let Some(s) = state_after {
             self.state = s;

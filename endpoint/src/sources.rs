@@ -94,8 +94,8 @@ impl Sources {
     /// Closes the endpoint. The close frames are queued at once and sent by the endpoint's
     /// driver task; the draining period after them (three probe timeouts, about 0.1 s on a LAN,
     /// during which a lost close frame would be sent again) runs in the background instead of
-    /// holding up the caller: a fetch is done when its tree is committed. Measured: waiting for
-    /// it here was about a sixth of a 256 MiB fetch over loopback.
+    /// holding up the caller: a fetch is done when its tree is committed. Measured on a 256 MiB
+    /// fetch over loopback: the time outside the transfer fell from 0.15–0.19 s to 0.04 s.
     pub async fn close(self) {
         self.endpoint.close(0u32.into(), b"done");
         let endpoint = self.endpoint;

@@ -154,3 +154,44 @@ async fn app_conflict_is_named_before_anything_changes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("NAME@VERSION"));
     assert_eq!(oasis_tests::snapshot(&d.root), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotted_cache_chunks_are_never_written_and_are_fetched_again() {
+    let d = Device::new().await;
+    let b = d.tmp("base");
+    base_tree(&b, 1);
+    d.publish("base", "1", LayerKind::Base, &b);
+    d.apply("base@1", &[]);
+    let it = expected_it(&[&b]);
+
+    // Every chunk in the endpoint's store rots (one byte flipped in its pack), then two IT
+    // files go missing from the root, so the next apply writes them again from the store.
+    {
+        let store = oasis_core::store::ChunkStore::open(&d.state.join("cache")).unwrap();
+        let ids: Vec<_> = store.ids().map(|r| r.unwrap().0).collect();
+        assert!(ids.len() > 3, "the layer's chunks are in the store");
+        for id in &ids {
+            let (pack, offset, len) = store.chunk_location(id).unwrap().unwrap();
+            let f = std::fs::OpenOptions::new().read(true).write(true).open(&pack).unwrap();
+            use std::os::unix::fs::FileExt;
+            let at = offset + len as u64 / 2;
+            let mut byte = [0u8];
+            f.read_exact_at(&mut byte, at).unwrap();
+            f.write_all_at(&[byte[0] ^ 0x5a], at).unwrap();
+        }
+    }
+    std::fs::remove_file(d.root.join("usr/lib/libbig.so")).unwrap();
+    std::fs::remove_file(d.root.join("usr/bin/tool")).unwrap();
+
+    let r = d.apply("base@1", &[]);
+    assert_eq!(r["files_written"], 2, "{r}");
+    assert!(r["fetch"]["chunks_fetched"].as_u64().unwrap() > 0, "damaged chunks refetched: {r}");
+    let (it_now, _) = split(&oasis_tests::snapshot(&d.root), &it);
+    assert_eq!(it_now, it, "every IT file byte-identical to the layer, none from a rotted chunk");
+    let leftovers: Vec<_> = std::fs::read_dir(&d.root)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".oasis-stage."))
+        .collect();
+    assert!(leftovers.is_empty(), "the failed staging left nothing behind");
+}

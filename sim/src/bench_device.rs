@@ -81,6 +81,7 @@ async fn bench_apply(
     };
     // Warm-up: the first apply fetches every chunk into the store.
     apply(&apply_opts).await?;
+    let store_bytes = dir_bytes(&state.join("cache").join("packs"))?;
     let reset = || -> anyhow::Result<()> {
         // A fresh device with the same (warm) chunk store: no layers, no snapshots, empty root.
         for d in [state.join("device"), state.join("snapshots"), root.clone()] {
@@ -93,6 +94,7 @@ async fn bench_apply(
     let copy = tmp.join("device-cp");
     let (mut ours, mut cp, mut cp_sync) = (Vec::new(), Vec::new(), Vec::new());
     let (mut stage, mut commit, mut pre) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut synced, mut before) = (Vec::new(), Vec::new());
     for run in 0..runs {
         // Alternate the order so page-cache and writeback state favour no one.
         let cp_run = |with_sync: bool| -> anyhow::Result<f64> {
@@ -114,7 +116,12 @@ async fn bench_apply(
         timed_cmd(&mut Command::new("sync"))?;
         let t = Instant::now();
         let r = apply(&apply_opts).await?;
-        ours.push(t.elapsed().as_secs_f64());
+        let total = t.elapsed().as_secs_f64();
+        ours.push(total);
+        synced.push(r.changes.seconds_sync_staged);
+        // Opening the device, getting the manifest, checking the store has every chunk.
+        before
+            .push(total - r.snapshot_seconds - r.changes.seconds_stage - r.changes.seconds_commit);
         anyhow::ensure!(r.fetch.chunks_fetched == 0, "the chunk store was not warm");
         anyhow::ensure!(r.changes.bytes_written == pubr.bytes, "apply wrote a partial tree");
         stage.push(r.changes.seconds_stage);
@@ -140,11 +147,19 @@ async fn bench_apply(
             o / cs
         );
         println!(
-            "  apply phases (median): pre-apply snapshot {:.3} s, staging (read store, verify, \
-             decompress, write) {:.3} s, commit (syncfs, journal, renames, syncfs) {:.3} s",
+            "  apply phases (median): open, manifest, store check {:.3} s; pre-apply snapshot \
+             {:.3} s; staging (read store, verify, write) {:.3} s; commit (syncfs, journal, \
+             renames, syncfs) {:.3} s, of which waiting for the staged data {:.3} s",
+            median(before.clone()),
             median(pre.clone()),
             median(stage.clone()),
-            median(commit.clone())
+            median(commit.clone()),
+            median(synced.clone())
+        );
+        println!(
+            "  endpoint chunk store: {} MiB on disk for the {} MiB layer",
+            store_bytes >> 20,
+            pubr.bytes >> 20
         );
         println!("  every run: apply {ours:.2?} s, cp -a {cp:.2?} s, cp -a + sync {cp_sync:.2?} s");
     }
@@ -153,7 +168,27 @@ async fn bench_apply(
         "cp_a_sync_s": cs, "ratio_vs_cp_a": ratio, "ratio_vs_cp_a_sync": o / cs,
         "floor": 2.0, "pass": ratio <= 2.0, "runs": all,
         "stage_s": median(stage), "commit_s": median(commit), "pre_snapshot_s": median(pre),
+        "sync_staged_s": median(synced), "before_snapshot_s": median(before),
+        "store_bytes": store_bytes,
     }))
+}
+
+/// Bytes of the regular files below `dir`.
+fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for de in std::fs::read_dir(&d)? {
+            let de = de?;
+            let md = de.metadata()?;
+            if md.is_dir() {
+                stack.push(de.path());
+            } else {
+                n += md.len();
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// 10,000 files in 100 directories, 1 to 16 KiB each.
