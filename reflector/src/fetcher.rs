@@ -243,18 +243,6 @@ impl Fetcher {
         lock(&self.table).len()
     }
 
-    /// Bytes still to be pulled for the chunks being fetched: [`pending`](Self::pending) times
-    /// the running average size of a chunk as sent. This reflector's WAN backlog, from which
-    /// its demand on the site's rate is computed.
-    pub fn backlog_bytes(&self) -> u64 {
-        (self.pending() as u64).saturating_mul(self.chunk_estimate())
-    }
-
-    /// Running average size of a chunk as sent.
-    pub fn chunk_estimate(&self) -> u64 {
-        lock(&self.window).estimate
-    }
-
     fn enqueue(&self, id: ChunkId, class: TrafficClass, front: bool) {
         lock(&self.queue).push(id, class, front);
         self.wake.notify_one();

@@ -67,22 +67,8 @@ pub(crate) async fn announce_cached(inner: Arc<Reflector>, s: Arc<Siblings>) {
     }
 }
 
-/// Samples of the WAN backlog taken per heartbeat; the demand published is their average, so
-/// a queue that happens to be empty (or full) at the instant of the heartbeat does not swing
-/// the site's shares.
-const BACKLOG_SAMPLES: u32 = 8;
-
 /// Every heartbeat: publishes the load (open connections, serving rate, free cache, WAN
 /// demand) and puts this reflector's share of the site's WAN rate in force.
-///
-/// Demand: the site's rate while the reflector is busy, else 0. Busy means that on average
-/// at least one chunk waited for the WAN during the round (the backlog is sampled
-/// [`BACKLOG_SAMPLES`] times per heartbeat), or WAN bytes arrived and work is queued now. A
-/// reflector whose queue ran dry gives its share up at the next heartbeat instead of holding a
-/// third of the site's rate while it received its last bytes. (Tried and dropped: demand
-/// proportional to the backlog, raw or smoothed over rounds. Backlogs swing every round, and
-/// since a rise counts only once the siblings have seen it the shares then summed to as little
-/// as 0.6, or lagged behind the queues; the site ran 8-15% below its cap.)
 pub(crate) async fn load_loop(
     s: Arc<Siblings>,
     fetcher: Arc<Fetcher>,
@@ -91,21 +77,13 @@ pub(crate) async fn load_loop(
     node: Arc<NodeMetrics>,
     every: Duration,
 ) {
-    let mut tick = tokio::time::interval(every / BACKLOG_SAMPLES);
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut last_served, mut last_at) = (node.served_bytes.get(), Instant::now());
     let mut share_now = 1.0f64;
     let mut last_upstream = fetcher.upstream_bytes();
-    let (mut backlog_sum, mut samples) = (0u64, 0u32);
     loop {
         tick.tick().await;
-        backlog_sum = backlog_sum.saturating_add(fetcher.backlog_bytes());
-        samples += 1;
-        if samples < BACKLOG_SAMPLES {
-            continue;
-        }
-        let backlog = backlog_sum / u64::from(samples);
-        (backlog_sum, samples) = (0, 0);
         let served = node.served_bytes.get();
         let dt = last_at.elapsed().as_secs_f64().max(1e-3);
         let serving_rate = ((served.saturating_sub(last_served)) as f64 / dt) as u64;
@@ -117,11 +95,12 @@ pub(crate) async fn load_loop(
             free_cache: stats.cap.map_or(u64::MAX, |c| c.saturating_sub(stats.bytes)),
             wan_demand: 0,
         };
+        // Demand: the site's rate while WAN work waits or WAN bytes arrived since the last
+        // round (a queue that happens to be empty at this instant is not idleness), else 0.
+        // Equal demands keep the shares stable: equal among the busy reflectors.
         let upstream = fetcher.upstream_bytes();
-        let received = upstream.saturating_sub(last_upstream);
+        let busy = fetcher.pending() > 0 || upstream > last_upstream;
         last_upstream = upstream;
-        // Busy: on average at least one chunk was waiting for the WAN during the round.
-        let busy = backlog >= fetcher.chunk_estimate() || (received > 0 && fetcher.pending() > 0);
         let rate = policy.limiter.policy().default_rate().unwrap_or(u64::from(u32::MAX));
         let demand = if busy { rate.max(1) } else { 0 };
         let share = s.tick(load, demand).await;
