@@ -73,11 +73,15 @@ async fn bad_gossip_is_dropped_and_counted() {
     raw.behaviour_mut().subscribe(&topic).unwrap();
     raw.dial(target_addr.clone()).unwrap();
     let target_id = target.peer_id();
+    // The target also joins its site's inventory topic, which may be announced first: wait for
+    // the availability topic itself, or publishing finds no subscriber.
+    let topic_hash = topic.hash();
     assert!(
         pump(&mut raw, Duration::from_secs(10), |ev| matches!(ev,
-            SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, .. }) if *peer_id == target_id))
+            SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, topic })
+                if *peer_id == target_id && *topic == topic_hash))
         .await,
-        "target never subscribed"
+        "target never subscribed to the availability topic"
     );
     let publish = |raw: &mut Swarm<gossipsub::Behaviour>, data: Vec<u8>| {
         raw.behaviour_mut().publish(topic.clone(), data).expect("publish");
