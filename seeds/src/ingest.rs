@@ -72,6 +72,10 @@ pub struct PublishReport {
     pub new_plain_bytes: u64,
     pub new_chunks: u64,
     pub seconds: f64,
+    /// Of `seconds`: reading, chunking, hashing, compressing and storing the files.
+    pub seconds_chunking: f64,
+    /// Of `seconds`: counting references, making the store durable, signing the manifest.
+    pub seconds_commit: f64,
     pub mb_per_s: f64,
 }
 
@@ -245,6 +249,7 @@ pub fn publish_with_bar(
         }
     };
     bar.finish_and_clear();
+    let chunking_done = std::time::Instant::now();
 
     let mut file_chunks: Vec<Option<(Vec<ChunkRef>, u64)>> =
         (0..found.len()).map(|_| None).collect();
@@ -321,6 +326,8 @@ pub fn publish_with_bar(
             new_plain_bytes: new_plain.load(Ordering::Relaxed),
             new_chunks: added.lock().unwrap_or_else(|e| e.into_inner()).len() as u64,
             seconds,
+            seconds_chunking: (chunking_done - started).as_secs_f64(),
+            seconds_commit: chunking_done.elapsed().as_secs_f64(),
             mb_per_s: bytes as f64 / 1e6 / seconds.max(1e-9),
         };
         Ok((signed, report))

@@ -608,9 +608,13 @@ async fn reflectors_bootstrapped_from_the_seed_alone_find_each_other() -> anyhow
         let t0 = Instant::now();
         loop {
             let v = mesh.view().await?;
-            if v.layer_peers(&digest)
-                .iter()
-                .any(|(p, n)| *p == seed_ref && *n == published.unique_chunks as u32)
+            // The serving address comes with the seed's heartbeat, which may follow its
+            // availability: wait for both.
+            let heard = v.peer(&seed_ref).is_some_and(|rec| rec.serving_addr.is_some());
+            if heard
+                && v.layer_peers(&digest)
+                    .iter()
+                    .any(|(p, n)| *p == seed_ref && *n == published.unique_chunks as u32)
             {
                 let rec = v.peer(&seed_ref).expect("the seed is a live peer");
                 assert_eq!(rec.site, None, "the seed belongs to no site's mesh");
@@ -620,7 +624,7 @@ async fn reflectors_bootstrapped_from_the_seed_alone_find_each_other() -> anyhow
             }
             anyhow::ensure!(
                 t0.elapsed() < Duration::from_secs(10),
-                "the seed's layer never arrived"
+                "the seed's layer or heartbeat never arrived"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
