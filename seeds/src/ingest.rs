@@ -72,7 +72,8 @@ pub struct PublishReport {
     pub new_plain_bytes: u64,
     pub new_chunks: u64,
     pub seconds: f64,
-    /// Of `seconds`: reading, chunking, hashing, compressing and storing the files.
+    /// Of `seconds`: walking the tree, then reading, chunking, hashing, compressing and storing
+    /// the files.
     pub seconds_chunking: f64,
     /// Of `seconds`: counting references, making the store durable, signing the manifest.
     pub seconds_commit: f64,

@@ -121,7 +121,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 ratio * 100.0
             );
             println!(
-                "ingest: publish phases (median): read, chunk, hash, compress, store {chunking_s:.3} s; \
+                "ingest: publish phases (median): walk, read, chunk, hash, compress, store {chunking_s:.3} s; \
                  references, sync, sign {commit_s:.3} s; {cpu_s:.2} CPU-s, {busy:.2} cores busy"
             );
         }
