@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::chunk::ChunkId;
+pub use crate::site_wan::{site_share, wan_fetcher};
 pub use crate::wake::gossip::{InventoryRecord, MAX_DEVICES_PER_MESSAGE};
 
 /// First byte of every encoded message. Bump on any change to the types below.
@@ -689,36 +689,6 @@ impl GossipView {
     }
 }
 
-/// Rendezvous (highest random weight) choice of the one node of a site that pulls `chunk` over
-/// the WAN: the peer with the highest `blake3(peer || chunk)`. `site_peers` must include the
-/// local node; every node of the site computes the same answer from the same live set. `None`
-/// only for an empty set.
-pub fn wan_fetcher(chunk: &ChunkId, site_peers: &[PeerRef]) -> Option<PeerRef> {
-    site_peers
-        .iter()
-        .max_by_key(|p| {
-            let mut h = blake3::Hasher::new();
-            h.update(&p.0);
-            h.update(chunk.as_bytes());
-            (*h.finalize().as_bytes(), (*p).clone())
-        })
-        .cloned()
-}
-
-/// Fraction (0..=1) of the site's WAN rate this node may use, given its own demand and the
-/// gossiped demands (bytes/s) of the other live nodes of the site. Shares are proportional to
-/// demand, with a floor of a tenth of an equal share (at least 1 byte/s) so an idle node can
-/// start a transfer; with no demand anywhere every node gets an equal share. The shares of all
-/// nodes computed from the same demands sum to 1.
-pub fn site_share(my_demand: u64, peer_demands: &[u64]) -> f64 {
-    let n = (peer_demands.len() + 1) as f64;
-    let total: f64 = my_demand as f64 + peer_demands.iter().map(|d| *d as f64).sum::<f64>();
-    let floor = (total / (10.0 * n)).max(1.0);
-    let w = |d: u64| (d as f64).max(floor);
-    let sum: f64 = w(my_demand) + peer_demands.iter().map(|d| w(*d)).sum::<f64>();
-    w(my_demand) / sum
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -873,31 +843,6 @@ mod tests {
             2,
         );
         assert_eq!(v.apply(&more, &p(1), S), Err(GossipReject::TooManyLayers));
-    }
-
-    #[test]
-    fn rendezvous_and_share() {
-        let peers: Vec<PeerRef> = (0..5).map(p).collect();
-        let mut counts = [0usize; 5];
-        for i in 0..1000u32 {
-            let c = ChunkId::of(&i.to_le_bytes());
-            let w = wan_fetcher(&c, &peers).unwrap();
-            // Order of the input does not matter.
-            let mut rev = peers.clone();
-            rev.reverse();
-            assert_eq!(wan_fetcher(&c, &rev).unwrap(), w);
-            counts[w.0[0] as usize] += 1;
-        }
-        assert!(counts.iter().all(|c| *c > 120), "{counts:?}");
-        assert_eq!(wan_fetcher(&ChunkId::of(b"x"), &[]), None);
-
-        assert!((site_share(0, &[0, 0, 0]) - 0.25).abs() < 1e-9);
-        let s = site_share(300, &[100]);
-        assert!((s - 0.75).abs() < 1e-9);
-        let idle = site_share(0, &[1000, 1000]);
-        assert!(idle > 0.0 && idle < 0.1, "{idle}");
-        let total = site_share(0, &[1000, 1000]) + 2.0 * site_share(1000, &[0, 1000]);
-        assert!((total - 1.0).abs() < 1e-9);
     }
 
     proptest! {

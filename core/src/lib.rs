@@ -18,6 +18,7 @@ pub mod packs;
 pub mod policy;
 pub mod select;
 pub mod shutdown;
+pub mod site_wan;
 pub mod store;
 pub mod wake;
 pub mod wire;

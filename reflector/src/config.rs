@@ -7,6 +7,7 @@
 
 use oasis_core::logging::LogFormat;
 use oasis_core::net::TransportOptions;
+pub use oasis_core::site_wan::WanSharing;
 use oasis_mesh::libp2p::Multiaddr;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -44,6 +45,10 @@ pub struct MeshSettings {
     /// listen address, or when that is unspecified (0.0.0.0) the local address of the route to
     /// the upstream.
     pub advertise: Option<SocketAddr>,
+    /// `wan_sharing` / `--wan-sharing`: `leader` (default; one reflector of the site pulls over
+    /// the WAN at the site's whole rate) or `spread` (chunks spread over the reflectors, the rate
+    /// divided by demand). Every reflector of a site must use the same.
+    pub wan_sharing: WanSharing,
 }
 
 impl Default for MeshSettings {
@@ -55,6 +60,7 @@ impl Default for MeshSettings {
             mdns: true,
             heartbeat: d.heartbeat,
             advertise: None,
+            wan_sharing: WanSharing::default(),
         }
     }
 }
@@ -222,6 +228,10 @@ pub struct ConfigArgs {
     /// Run without the reflector mesh (no siblings, no gossip).
     #[arg(long)]
     pub no_mesh: bool,
+    /// How the site's reflectors share its WAN: `leader` (one pulls, at the whole rate) or
+    /// `spread` (chunks spread over all, the rate divided by demand).
+    #[arg(long = "wan-sharing", value_name = "MODE")]
+    pub wan_sharing: Option<String>,
 }
 
 /// The file's keys; every one optional here, required ones are checked after merging flags.
@@ -252,6 +262,7 @@ struct FileConfig {
     mesh_heartbeat: Option<toml::Spanned<String>>,
     advertise: Option<toml::Spanned<String>>,
     peer_sites: Option<toml::Spanned<Vec<String>>>,
+    wan_sharing: Option<toml::Spanned<String>>,
 }
 
 /// A number or a string with a unit.
@@ -500,6 +511,14 @@ impl ConfigArgs {
                 m.bootstrap = b;
             }
             m.mdns = !self.no_mdns && file.mdns.unwrap_or(true);
+            if let Some(flag) = &self.wan_sharing {
+                m.wan_sharing = flag.parse().map_err(|p| format!("--wan-sharing {p}"))?;
+            } else if let Some(v) = &file.wan_sharing {
+                match v.get_ref().parse() {
+                    Ok(mode) => m.wan_sharing = mode,
+                    Err(p) => return ctx.err("wan_sharing", v.span(), p),
+                }
+            }
             if let Some(a) = &file.advertise {
                 match parse_addr(a.get_ref()) {
                     Ok(addr) if !addr.ip().is_unspecified() && addr.port() != 0 => {
@@ -750,6 +769,22 @@ mod tests {
         let f = file(&format!("{base}mesh = false\n"));
         let args = ConfigArgs { config: Some(f.path().to_path_buf()), ..Default::default() };
         assert!(args.resolve().unwrap().mesh.is_none());
+        // WAN sharing: leader by default, the key and the flag (the flag wins), errors named.
+        let f = file(base);
+        let args = ConfigArgs { config: Some(f.path().to_path_buf()), ..Default::default() };
+        assert_eq!(args.resolve().unwrap().mesh.unwrap().wan_sharing, WanSharing::Leader);
+        let f = file(&format!("{base}wan_sharing = \"spread\"\n"));
+        let args = ConfigArgs { config: Some(f.path().to_path_buf()), ..Default::default() };
+        assert_eq!(args.resolve().unwrap().mesh.unwrap().wan_sharing, WanSharing::Spread);
+        let args = ConfigArgs { wan_sharing: Some("leader".into()), ..args };
+        assert_eq!(args.resolve().unwrap().mesh.unwrap().wan_sharing, WanSharing::Leader);
+        let args = ConfigArgs { wan_sharing: Some("fair".into()), ..args };
+        let e = args.resolve().unwrap_err();
+        assert!(e.contains("--wan-sharing \"fair\" is not a WAN sharing mode"), "{e}");
+        let f = file(&format!("{base}wan_sharing = \"half\"\n"));
+        let args = ConfigArgs { config: Some(f.path().to_path_buf()), ..Default::default() };
+        let e = args.resolve().unwrap_err();
+        assert!(e.contains("line 4: wan_sharing \"half\""), "{e}");
     }
 
     #[test]

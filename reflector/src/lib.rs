@@ -38,6 +38,6 @@ pub mod upstream;
 pub mod wake;
 
 pub use cache::CacheStats;
-pub use config::{ConfigArgs, MeshSettings, ReflectorConfig, WanLimit};
+pub use config::{ConfigArgs, MeshSettings, ReflectorConfig, WanLimit, WanSharing};
 pub use metrics::ReflectorMetrics;
 pub use node::{PrefetchReport, RunningReflector};

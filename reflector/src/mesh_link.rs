@@ -95,17 +95,16 @@ pub(crate) async fn load_loop(
             free_cache: stats.cap.map_or(u64::MAX, |c| c.saturating_sub(stats.bytes)),
             wan_demand: 0,
         };
-        // Demand: the site's rate while WAN work waits or WAN bytes arrived since the last
-        // round (a queue that happens to be empty at this instant is not idleness), else 0.
-        // Equal demands keep the shares stable: equal among the busy reflectors.
+        // Busy: WAN work waits or WAN bytes arrived since the last round (a queue that happens
+        // to be empty at this instant is not idleness). Equal demands keep spread shares
+        // stable: equal among the busy reflectors.
         let upstream = fetcher.upstream_bytes();
         let busy = fetcher.pending() > 0 || upstream > last_upstream;
         last_upstream = upstream;
         let rate = policy.limiter.policy().default_rate().unwrap_or(u64::from(u32::MAX));
-        let demand = if busy { rate.max(1) } else { 0 };
-        let share = s.tick(load, demand).await;
+        let share = s.tick(load, busy, rate).await;
         if (share - share_now).abs() > 1e-6 {
-            tracing::debug!(share, demand, "WAN share of the site");
+            tracing::debug!(share, busy, sharing = %s.sharing(), "WAN share of the site");
             policy.limiter.set_share(share);
             policy.update_gauge();
             share_now = share;

@@ -591,6 +591,7 @@ impl RunningReflector {
                     sib_endpoint,
                     metrics.clone(),
                     config.miss_timeout * 6,
+                    m.wan_sharing,
                 );
                 (Some(s), Some(task))
             }

@@ -1,13 +1,14 @@
 //! The reflector's side of the mesh: which chunks of which layers it holds (announced while they
 //! arrive), where a miss is fetched before the WAN (siblings of the same site, then reflectors of
 //! the sites `peer_sites` allows), which reflector of the site pulls a chunk over the WAN
-//! (rendezvous hashing over the site's live reflectors), and this reflector's share of the
+//! (the site's WAN leader, or under `wan_sharing = "spread"` rendezvous hashing of the chunk id
+//! over the site's live reflectors: [`oasis_core::site_wan`]), and this reflector's share of the
 //! site's WAN rate.
 //!
 //! Siblings are asked over the ordinary `oasis/1` QUIC protocol with the reflector's own node
 //! certificate. A sibling asked for a chunk answers from its cache; when it lacks the chunk it
-//! pulls it over the WAN only if rendezvous hashing names it as the site's fetcher for that
-//! chunk, else it answers `Missing` — so requests never go round in circles. Every chunk from a
+//! pulls it over the WAN only if it is the site's fetcher for that chunk in its own view, else
+//! it answers `Missing` — so requests never go round in circles. Every chunk from a
 //! sibling is verified before it is cached or served; a sibling that sends a bad one is avoided
 //! for [`AVOID_FOR`].
 
@@ -18,6 +19,7 @@ use oasis_core::compress::StoredChunk;
 use oasis_core::gossip::{GossipView, LayerDigest, Load, PeerRef};
 use oasis_core::manifest::SignedManifest;
 use oasis_core::net::{ChunkReply, Client};
+use oasis_core::site_wan::{self, ShareRounds, WanSharing};
 use oasis_core::ChunkId;
 use oasis_mesh::libp2p::PeerId;
 use oasis_mesh::{peer_id_of, peer_ref, Holding, MeshHandle};
@@ -69,9 +71,10 @@ pub struct Siblings {
     /// Our requests in flight per sibling (spreads misses between heartbeats).
     in_flight: Mutex<HashMap<PeerId, u32>>,
     flights: Mutex<HashMap<ChunkId, Flight>>,
-    /// Demands published in the last two rounds (our own share uses the smaller, so that a rise
-    /// takes effect only once the siblings have seen it and given up their part).
-    published_demand: Mutex<[u64; 2]>,
+    /// How the site shares its WAN work and rate.
+    sharing: WanSharing,
+    /// Demands published in the last rounds, turned into our share.
+    rounds: Mutex<ShareRounds>,
 }
 
 /// Forwards cache changes to the mesh announcements.
@@ -123,6 +126,7 @@ impl Siblings {
         endpoint: quinn::Endpoint,
         metrics: ReflectorMetrics,
         delegate_timeout: Duration,
+        sharing: WanSharing,
     ) -> Arc<Siblings> {
         let s = Arc::new(Siblings {
             site: mesh.site().map(str::to_string),
@@ -139,7 +143,8 @@ impl Siblings {
             avoid: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
-            published_demand: Mutex::new([0; 2]),
+            sharing,
+            rounds: Mutex::new(ShareRounds::default()),
         });
         cache.observe(Box::new(Announcer(Arc::downgrade(&s))));
         let weak = Arc::downgrade(&s);
@@ -258,12 +263,18 @@ impl Siblings {
         members
     }
 
+    /// The reflector of this site that pulls `id` over the WAN in `view` (None: no site).
+    fn fetcher_in(&self, view: &GossipView, id: &ChunkId) -> Option<PeerId> {
+        let site = self.site.as_deref()?;
+        let members = self.site_members(view);
+        site_wan::site_fetcher(self.sharing, site, id, &members).and_then(|p| peer_id_of(&p))
+    }
+
     /// The reflector of this site that pulls `id` over the WAN (possibly this one).
     pub async fn wan_fetcher(&self, id: &ChunkId) -> PeerId {
         let me = self.mesh.peer_id();
         let Some(view) = self.view().await else { return me };
-        let members = self.site_members(&view);
-        oasis_core::gossip::wan_fetcher(id, &members).and_then(|p| peer_id_of(&p)).unwrap_or(me)
+        self.fetcher_in(&view, id).unwrap_or(me)
     }
 
     /// Live reflectors that hold `id` (same site first, then allowed sites), least loaded
@@ -417,10 +428,8 @@ impl Siblings {
                 }
             }
         }
-        let members = self.site_members(&view);
         let me = self.mesh.peer_id();
-        let fetcher = oasis_core::gossip::wan_fetcher(&id, &members).and_then(|p| peer_id_of(&p));
-        let fetcher = fetcher.filter(|p| *p != me && !self.avoided(p))?;
+        let fetcher = self.fetcher_in(&view, &id).filter(|p| *p != me && !self.avoided(p))?;
         let addr = view
             .peer(&peer_ref(&fetcher))
             .and_then(|r| r.serving_addr.as_deref())
@@ -439,29 +448,37 @@ impl Siblings {
         }
     }
 
-    /// Publishes this reflector's load with its WAN `demand` (bytes per second it could use
-    /// now) and returns its share of the site's WAN rate: the share divides the site's rate by
-    /// the gossiped demands ([`oasis_core::gossip::site_share`]). Our own share is computed from
-    /// the smaller of the demands we published in the last two rounds: a rise counts only once
-    /// the siblings have seen it (it reaches them with the next heartbeat) and lowered their
-    /// shares, a fall at once; so the site's shares never add up to more than 1 in between.
-    pub async fn tick(&self, mut load: Load, demand: u64) -> f64 {
-        let mine = {
-            let mut d = lock(&self.published_demand);
-            let mine = d[0].min(d[1]);
-            *d = [d[1], demand];
-            mine
+    /// Publishes this reflector's load with its WAN demand and returns its share of the site's
+    /// WAN rate ([`ShareRounds`]): under `spread` the demand is the site's `rate` while `busy`
+    /// (WAN work queued, or WAN bytes arrived since the last round) and the shares divide the
+    /// rate by demand; under `leader` the demand is the rate while this reflector is the site's
+    /// leader, which takes the whole rate once no other claims it. Either way a rise counts only
+    /// once the siblings have seen it, so the site's buckets never admit more than its rate.
+    pub async fn tick(&self, mut load: Load, busy: bool, rate: u64) -> f64 {
+        let Some(site) = &self.site else {
+            // No site, no siblings to share with: the policy's rate is this reflector's own.
+            self.mesh.update_load(load);
+            return 1.0;
         };
+        let me = self.mesh.peer_id();
+        let view = self.view().await;
+        let leader_is_me = view.as_ref().is_none_or(|v| {
+            site_wan::site_leader(site, &self.site_members(v))
+                .and_then(|p| peer_id_of(&p))
+                .is_none_or(|p| p == me)
+        });
+        let demand = ShareRounds::demand(self.sharing, busy, leader_is_me, rate);
         load.wan_demand = demand;
         self.mesh.update_load(load);
-        let Some(view) = self.view().await else { return 1.0 };
-        let Some(site) = &self.site else { return 1.0 };
-        let demands: Vec<u64> = view
-            .live_peers(site)
-            .iter()
-            .filter_map(|p| view.peer(p).map(|r| r.load.wan_demand))
-            .collect();
-        oasis_core::gossip::site_share(mine, &demands)
+        let demands: Vec<u64> = view.as_ref().map_or_else(Vec::new, |v| {
+            v.live_peers(site).iter().filter_map(|p| v.peer(p).map(|r| r.load.wan_demand)).collect()
+        });
+        lock(&self.rounds).round(self.sharing, demand, &demands)
+    }
+
+    /// How this site shares its WAN.
+    pub fn sharing(&self) -> WanSharing {
+        self.sharing
     }
 
     /// Live mesh peers in the view (for logs and tests).

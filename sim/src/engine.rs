@@ -11,8 +11,9 @@
 //!   eviction with pins ([`CacheLedger`], one per reflector, assigned layers pinned), miss
 //!   coalescing ([`MissTable`], one per site: one WAN pull per piece per site, however many
 //!   endpoints wait for it), the reflector mesh's gossip ([`GossipView`] fed real heartbeats
-//!   with each reflector's WAN demand, [`site_share`] and `WanBudget::set_share` splitting the
-//!   site's rate, [`wan_fetcher`] choosing the one reflector that pulls each piece), source
+//!   with each reflector's WAN demand, [`ShareRounds`] and `WanBudget::set_share` splitting
+//!   the site's rate, [`site_fetcher`] choosing the one reflector that pulls each piece: the
+//!   site's leader, or under `wan_sharing = "spread"` rendezvous hashing of the piece), source
 //!   selection (`oasis_core::select::rank`, the endpoint's ranking of its sources, for the
 //!   first choice and the failover) and scheduled wakes ([`WakeRun`]: batches, online timeout,
 //!   rewakes, failures with their reasons).
@@ -46,11 +47,10 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::Duration;
 
 use oasis_core::cache::{Begin, CacheLedger, MissTable};
-use oasis_core::gossip::{
-    site_share, wan_fetcher, Body, GossipMsg, GossipView, Heartbeat, Load, PeerRef,
-};
+use oasis_core::gossip::{Body, GossipMsg, GossipView, Heartbeat, Load, PeerRef};
 use oasis_core::policy::{BandwidthPolicy, Decision, TrafficClass, WanBudget};
 use oasis_core::select::{self, ProbeAnswer, SourceCandidate, LOAD_BUCKET};
+use oasis_core::site_wan::{site_fetcher, site_leader, ShareRounds, WanSharing};
 use oasis_core::wake::schedule::{MachineResult, MachineState, ScheduleConfig, WakeRun};
 use oasis_core::ChunkId;
 use rand::rngs::StdRng;
@@ -395,10 +395,11 @@ struct Mesh {
     view: GossipView,
     /// The site label in heartbeats (a valid site name, whatever the scenario calls the site).
     label: String,
-    /// Per pull: the reflector that pulls it over the WAN ([`wan_fetcher`] over the live ones).
+    /// Per pull: the reflector that pulls it over the WAN ([`site_fetcher`] over the live ones).
     fetcher: Vec<u8>,
-    /// The WAN demand each reflector published in its last two heartbeats.
-    published: Vec<[u64; 2]>,
+    sharing: WanSharing,
+    /// The WAN demands each reflector published in its last heartbeats.
+    rounds: Vec<ShareRounds>,
     /// WAN bytes arrived at the reflector since its last heartbeat.
     arrived: Vec<bool>,
     share: Vec<f64>,
@@ -1003,11 +1004,12 @@ impl Engine<'_> {
     }
 
     /// One heartbeat round of the site's reflectors, as reflector/src/mesh_link.rs runs it:
-    /// each live reflector publishes its WAN demand (the policy rate while WAN work waits or
-    /// WAN bytes arrived since the last round, else 0) in a real [`Heartbeat`] applied to the
-    /// [`GossipView`]; silent (dead) reflectors expire after three heartbeats; each computes
-    /// its share with [`site_share`] from the smaller of its last two published demands
-    /// (reflector/src/siblings.rs `tick`) and sets it on its [`WanBudget`].
+    /// each live reflector publishes its WAN demand ([`ShareRounds::demand`]: under `spread`
+    /// the policy rate while WAN work waits or WAN bytes arrived since the last round, under
+    /// `leader` the rate while it is the site's leader; else 0) in a real [`Heartbeat`] applied
+    /// to the [`GossipView`]; silent (dead) reflectors expire after three heartbeats; each
+    /// computes its share with [`ShareRounds::round`] (reflector/src/siblings.rs `tick`) and
+    /// sets it on its [`WanBudget`].
     fn gossip_tick(&mut self, s: usize) {
         let now = self.now();
         let now_ns = self.now_ns;
@@ -1017,16 +1019,18 @@ impl Engine<'_> {
         let Some(m) = site.mesh.as_mut() else { return };
         m.seq += 1;
         let mut mine = vec![0u64; site.refl.len()];
+        let members: Vec<PeerRef> =
+            site.alive.iter().map(|&r| m.peers[r as usize].clone()).collect();
+        let leader = site_leader(&m.label, &members);
         for &r in &site.alive {
             let r = r as usize;
             let rf = &site.refl[r];
             let busy =
                 rf.inflight > 0 || rf.poll_at > now_ns || !rf.demand.is_empty() || m.arrived[r];
             m.arrived[r] = false;
-            let demand = if busy { m.busy_demand } else { 0 };
-            let d = &mut m.published[r];
-            mine[r] = d[0].min(d[1]);
-            *d = [d[1], demand];
+            let leader_is_me = leader.as_ref() == Some(&m.peers[r]);
+            let demand = ShareRounds::demand(m.sharing, busy, leader_is_me, m.busy_demand);
+            mine[r] = demand;
             let msg = GossipMsg {
                 seq: m.seq,
                 body: Body::Heartbeat(Heartbeat {
@@ -1050,7 +1054,7 @@ impl Engine<'_> {
                 .filter(|p| **p != m.peers[r])
                 .filter_map(|p| m.view.peer(p).map(|x| x.load.wan_demand))
                 .collect();
-            let share = site_share(mine[r], &demands);
+            let share = m.rounds[r].round(m.sharing, mine[r], &demands);
             if (share - m.share[r]).abs() > 1e-6 {
                 site.refl[r].budget.set_share(share, now_d, unix);
                 if share > m.share[r] {
@@ -1304,13 +1308,13 @@ fn owner_of(mesh: Option<&Mesh>, alive: &[u32], p: u32) -> u32 {
     }
 }
 
-/// Which live reflector pulls each pull over the WAN: [`wan_fetcher`] (rendezvous hashing of
-/// the pull's id over the live reflectors' peer refs), as every reflector of the site computes
-/// it.
+/// Which live reflector pulls each pull over the WAN: [`site_fetcher`] (the site's leader, or
+/// rendezvous hashing of the pull's id, over the live reflectors' peer refs), as every
+/// reflector of the site computes it.
 fn assign_fetchers(m: &mut Mesh, alive: &[u32], pulls: &[Pull]) {
     let members: Vec<PeerRef> = alive.iter().map(|&r| m.peers[r as usize].clone()).collect();
     for (p, pull) in pulls.iter().enumerate() {
-        let f = wan_fetcher(&pull.id, &members)
+        let f = site_fetcher(m.sharing, &m.label, &pull.id, &members)
             .and_then(|f| m.peers.iter().position(|x| *x == f))
             .unwrap_or(alive[0] as usize);
         m.fetcher[p] = f as u8;
@@ -1438,12 +1442,7 @@ pub fn simulate_content(sc: &Scenario, seed: u64, c: Content) -> Outcome {
             let policy = &group_policies[gi];
             let mut refl: Vec<Refl> = (0..nr)
                 .map(|_| {
-                    let mut budget = WanBudget::new(policy, Duration::ZERO, sc.start_unix);
-                    if nr > 1 {
-                        // No demand published yet anywhere: equal shares.
-                        let share = site_share(0, &vec![0; nr - 1]);
-                        budget.set_share(share, Duration::ZERO, sc.start_unix);
-                    }
+                    let budget = WanBudget::new(policy, Duration::ZERO, sc.start_unix);
                     Refl {
                         alive: true,
                         budget,
@@ -1556,19 +1555,45 @@ pub fn simulate_content(sc: &Scenario, seed: u64, c: Content) -> Outcome {
             let link = g.wan_rate * (1.0 - g.wan_loss);
             let mesh = (nr > 1).then(|| {
                 let site_no = sites.len();
+                let busy_demand = policy.default_rate().unwrap_or(u64::from(u32::MAX)).max(1);
+                let label = format!("site-{site_no}");
+                let peers: Vec<PeerRef> = (0..nr)
+                    .map(|r| PeerRef(format!("{name}/reflector-{r}").into_bytes()))
+                    .collect();
+                // The site has been up for a while when the run starts: under `leader` the
+                // leader has claimed the rate for rounds; under `spread` no demand yet anywhere.
+                let leader = site_leader(&label, &peers);
+                let claims: Vec<u64> = peers
+                    .iter()
+                    .map(|p| {
+                        let lead = leader.as_ref() == Some(p);
+                        ShareRounds::demand(g.wan_sharing, false, lead, busy_demand)
+                    })
+                    .collect();
+                let rounds: Vec<ShareRounds> =
+                    claims.iter().map(|c| ShareRounds::settled(*c)).collect();
+                let share: Vec<f64> = (0..nr)
+                    .map(|r| {
+                        let others: Vec<u64> =
+                            (0..nr).filter(|o| *o != r).map(|o| claims[o]).collect();
+                        rounds[r].clone().round(g.wan_sharing, claims[r], &others)
+                    })
+                    .collect();
+                for (rf, s) in refl.iter_mut().zip(&share) {
+                    rf.budget.set_share(*s, Duration::ZERO, sc.start_unix);
+                }
                 let mut m = Mesh {
-                    peers: (0..nr)
-                        .map(|r| PeerRef(format!("{name}/reflector-{r}").into_bytes()))
-                        .collect(),
+                    peers,
                     view: GossipView::new(Duration::from_secs_f64(g.mesh_heartbeat_s)),
-                    label: format!("site-{site_no}"),
+                    label,
                     fetcher: vec![0; n_pulls],
-                    published: vec![[0; 2]; nr],
+                    sharing: g.wan_sharing,
+                    rounds,
                     arrived: vec![false; nr],
-                    share: vec![site_share(0, &vec![0; nr - 1]); nr],
+                    share,
                     seq: 0,
                     heartbeat_s: g.mesh_heartbeat_s,
-                    busy_demand: policy.default_rate().unwrap_or(u64::from(u32::MAX)).max(1),
+                    busy_demand,
                 };
                 let all: Vec<u32> = (0..nr as u32).collect();
                 assign_fetchers(&mut m, &all, &c.pulls);

@@ -135,6 +135,7 @@ pub async fn site_reflectors(
                 mdns: false,
                 heartbeat: Duration::from_millis(500),
                 advertise: None,
+                wan_sharing: Default::default(),
             });
         }
         let refl = RunningReflector::start(cfg).await?;

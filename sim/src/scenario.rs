@@ -13,6 +13,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use oasis_core::policy::{BandwidthPolicy, PolicyError};
+use oasis_core::site_wan::WanSharing;
 use oasis_core::wake::schedule::ScheduleConfig;
 use std::time::Duration;
 use toml::de::{DeTable, DeValue};
@@ -77,6 +78,8 @@ pub struct GroupSpec {
     pub wake: ScheduleConfig,
     /// Gossip heartbeat between the site's reflectors (`mesh_heartbeat`), seconds.
     pub mesh_heartbeat_s: f64,
+    /// How the site's reflectors share the WAN (`wan_sharing`).
+    pub wan_sharing: WanSharing,
 }
 
 impl GroupSpec {
@@ -656,6 +659,7 @@ const SITE_KEYS: &[&str] = &[
     "wake_rate",
     "wake_online_timeout",
     "mesh_heartbeat",
+    "wan_sharing",
 ];
 const ASSIGN_KEYS: &[&str] = &["layer", "sites", "window", "prefetch"];
 const FAILURE_KEYS: &[&str] = &["kind", "sites", "reflector", "at", "from", "to"];
@@ -865,6 +869,12 @@ fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
                     ))
                 }
                 h => h.unwrap_or(oasis_core::gossip::DEFAULT_HEARTBEAT.as_secs_f64()),
+            },
+            wan_sharing: match t.string("wan_sharing")? {
+                None => WanSharing::default(),
+                Some(m) => m.parse().map_err(|p: String| {
+                    t.bad(t.get("wan_sharing").expect("present"), "wan_sharing", p)
+                })?,
             },
         });
     }

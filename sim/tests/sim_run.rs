@@ -121,20 +121,39 @@ fn window_is_never_exceeded() {
 
 #[test]
 fn dead_reflector_endpoints_finish_from_sibling() {
-    let site = "";
-    let text = base(site, ASSIGN_ALL)
+    let kill = |text: &str, r: u32| {
+        format!(
+            "{text}\n[[failures]]\nkind = \"reflector_down\"\nsites = \"branch\"\nreflector = {r}\nat = \"3s\"\n"
+        )
+    };
+    // Spread: each reflector pulled its own part of the layer.
+    let text = base("wan_sharing = \"spread\"\n", ASSIGN_ALL)
         .replace("count = 3\n", "count = 1\nreflectors = 2\n")
         .replace("asleep = 0.1", "asleep = 0.0");
     let healthy = run(&text, 3);
-    let failed = format!(
-        "{text}\n[[failures]]\nkind = \"reflector_down\"\nsites = \"branch\"\nreflector = 0\nat = \"3s\"\n"
-    );
-    let v = run(&failed, 3);
+    let v = run(&kill(&text, 0), 3);
     assert_eq!(f(&v, "failed_endpoints"), 0.0, "{v}");
     assert_eq!(total(&v)["completed_endpoints"], 20);
     // The dead reflector's share of the cache is pulled again by the survivor.
     assert!(f(&v, "wan_bytes") > f(&healthy, "wan_bytes"), "{v}");
     assert!(f(&v, "completion_max_s") >= f(&healthy, "completion_max_s"));
+
+    // Leader: whichever dies, leader or not, every endpoint finishes; losing the leader costs
+    // time (its successor waits for its entry to expire) and never less WAN.
+    let text = text.replace("wan_sharing = \"spread\"\n", "");
+    let healthy = run(&text, 3);
+    let mut slower = 0;
+    for r in [0, 1] {
+        let v = run(&kill(&text, r), 3);
+        assert_eq!(f(&v, "failed_endpoints"), 0.0, "reflector {r} down: {v}");
+        assert_eq!(total(&v)["completed_endpoints"], 20);
+        assert!(f(&v, "wan_bytes") >= f(&healthy, "wan_bytes"), "{v}");
+        assert!(f(&v, "completion_max_s") >= f(&healthy, "completion_max_s"));
+        if f(&v, "completion_max_s") > f(&healthy, "completion_max_s") {
+            slower += 1;
+        }
+    }
+    assert!(slower >= 1, "losing the leader mid-transfer must show");
 
     // With no sibling, its endpoints fail, and the report says why.
     let alone = text.replace("reflectors = 2\n", "reflectors = 1\n");
@@ -402,18 +421,28 @@ fn a_machine_that_never_wakes_is_failed_with_the_reason() {
 
 #[test]
 fn reflectors_of_a_site_share_its_wan_and_pull_each_piece_once() {
-    // Three reflectors: rendezvous hashing gives each piece one WAN fetcher, the gossiped
-    // demands split the policy rate, so the site pulls what it needs once and never runs
-    // above its policy (burst + rate over each 10 s bin).
-    let text = base("", ASSIGN_ALL)
-        .replace("count = 3\n", "count = 1\nreflectors = 3\n")
-        .replace("asleep = 0.1", "asleep = 0.0");
-    let v = run(&text, 2);
-    assert_eq!(f(&v, "failed_endpoints"), 0.0, "{v}");
-    assert_eq!(total(&v)["wan_bytes"], total(&v)["needed_bytes"], "{v}");
-    assert!(f(&v, "peak_wan_ratio") <= 1.0 + 1.1 / 10.0, "{v}");
-    // Shares summing to at most one cannot beat the site's rate: needed bytes less one burst
-    // at 10 MB/s is a floor on the completion time.
-    let needed = f(&v, "needed_bytes");
-    assert!(f(&v, "completion_max_s") >= needed / 10e6 - 1.1 * 1024.0 * 1024.0 / 10e6, "{v}");
+    // Three reflectors, both ways of sharing: the site's leader (default) or rendezvous hashing
+    // gives each piece one WAN fetcher, and the shares never let the site run above its policy
+    // (burst + rate over each 10 s bin), so the site pulls what it needs once.
+    for sharing in ["", "wan_sharing = \"leader\"\n", "wan_sharing = \"spread\"\n"] {
+        let text = base("", ASSIGN_ALL)
+            .replace("count = 3\n", &format!("count = 1\nreflectors = 3\n{sharing}"))
+            .replace("asleep = 0.1", "asleep = 0.0");
+        let v = run(&text, 2);
+        assert_eq!(f(&v, "failed_endpoints"), 0.0, "{sharing}: {v}");
+        assert_eq!(total(&v)["wan_bytes"], total(&v)["needed_bytes"], "{sharing}: {v}");
+        assert!(f(&v, "peak_wan_ratio") <= 1.0 + 1.1 / 10.0, "{sharing}: {v}");
+        // Shares summing to at most one cannot beat the site's rate: needed bytes less one
+        // burst at 10 MB/s is a floor on the completion time.
+        let needed = f(&v, "needed_bytes");
+        let floor = needed / 10e6 - 1.1 * 1024.0 * 1024.0 / 10e6;
+        assert!(f(&v, "completion_max_s") >= floor, "{sharing}: {v}");
+    }
+}
+
+#[test]
+fn a_wan_sharing_mode_that_does_not_exist_is_refused_by_name() {
+    let text = base("wan_sharing = \"fair\"\n", ASSIGN_ALL);
+    let e = Scenario::from_toml_str(&text, "test.toml", None).unwrap_err().to_string();
+    assert!(e.contains("wan_sharing") && e.contains("\"fair\" is not a WAN sharing mode"), "{e}");
 }

@@ -11,7 +11,7 @@ use oasis_endpoint::{fetch, FetchOptions, FetchReport};
 use oasis_mesh::libp2p::multiaddr::Protocol;
 use oasis_mesh::libp2p::Multiaddr;
 use oasis_mesh::{Holding, Mesh, MeshConfig};
-use oasis_reflector::{MeshSettings, ReflectorConfig, RunningReflector, WanLimit};
+use oasis_reflector::{MeshSettings, ReflectorConfig, RunningReflector, WanLimit, WanSharing};
 use oasis_tests::{
     http_get, random_tree, snapshot, CorruptingSource, RateSampler, TestSeed, TreeSpec,
 };
@@ -34,6 +34,7 @@ fn loopback_mesh(bootstrap: Vec<Multiaddr>) -> MeshSettings {
         mdns: false,
         heartbeat: HEARTBEAT,
         advertise: None,
+        wan_sharing: Default::default(),
     }
 }
 
@@ -214,25 +215,28 @@ async fn endpoint_survives_losing_its_reflector_mid_fetch() -> anyhow::Result<()
 
 /// The issue's criterion: "A site with three reflectors and a site cap of R: the site's total
 /// WAN rate stays within 5% of R." Three reflectors of a site under a 3 MB/s site cap, one
-/// endpoint on each, all fetching one ~42 MB layer (about 14 s at the cap). The seed's served
-/// byte counter (the site's WAN) is sampled every 100 ms, and every 10 s window that starts
-/// after the start-up and ends before the last byte must be within 5% of R.
+/// endpoint on each, all fetching one ~84 MB layer (about 28 s at the cap), with the default
+/// `wan_sharing = "leader"`. The seed's served byte counter (the site's WAN) is sampled every
+/// 100 ms, and every 10 s window that starts after the start-up and ends before the last byte
+/// must be within 5% of R, above and below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_site_of_three_reflectors_holds_its_cap_over_every_ten_seconds() -> anyhow::Result<()> {
-    site_cap(false).await
+async fn a_site_of_three_reflectors_uses_its_cap_within_five_percent() -> anyhow::Result<()> {
+    site_cap(WanSharing::Leader, true).await
 }
 
-/// Not run by default: the lower half of the issue's criterion, every 10 s window at least
-/// 95% of R, is NOT met yet (measured -12% .. -2%; see docs/benchmarks.md "Reflector mesh"):
-/// rendezvous hashing gives one reflector more of the layer than its equal share lets it pull
-/// in step, and a reflector whose queue ran dry gets its share back only two heartbeats later.
+/// Not run by default (another ~30 s): `wan_sharing = "spread"` never exceeds the cap either,
+/// but does not hold the lower bound (measured 10 s windows 1–17% below R; see
+/// docs/benchmarks.md "Reflector mesh"): rendezvous hashing gives one reflector more of the
+/// layer than its equal share lets it pull in step, and a reflector whose queue ran dry gets
+/// its share back only two heartbeats later. Run with `--ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
-async fn a_site_of_three_reflectors_uses_its_cap_within_five_percent() -> anyhow::Result<()> {
-    site_cap(true).await
+async fn a_site_of_three_spread_reflectors_holds_its_cap_over_every_ten_seconds(
+) -> anyhow::Result<()> {
+    site_cap(WanSharing::Spread, false).await
 }
 
-async fn site_cap(strict_low: bool) -> anyhow::Result<()> {
+async fn site_cap(sharing: WanSharing, strict_low: bool) -> anyhow::Result<()> {
     const RATE: f64 = 3_000_000.0;
     const WINDOW: f64 = 10.0;
     let seed = TestSeed::start().await?;
@@ -240,7 +244,13 @@ async fn site_cap(strict_low: bool) -> anyhow::Result<()> {
     let (src, published) = publish_tree(&seed, "big", 23, spec)?;
     let policy = seed.dir.path().join("policy.toml");
     std::fs::write(&policy, "[wan]\nrate = \"3MB/s\"\nburst = \"256KiB\"\n")?;
-    let refls = site_of(&seed, "w", 3, |c| c.wan = WanLimit::PolicyFile(policy.clone())).await?;
+    let refls = site_of(&seed, "w", 3, |c| {
+        c.wan = WanLimit::PolicyFile(policy.clone());
+        if let Some(m) = c.mesh.as_mut() {
+            m.wan_sharing = sharing;
+        }
+    })
+    .await?;
     let served = seed.seed.metrics.served_bytes.clone();
     let sampler = RateSampler::start(move || served.get(), Duration::from_millis(100));
     let (share_stop, shares_seen) = watch_shares(&refls);
@@ -275,7 +285,7 @@ async fn site_cap(strict_low: bool) -> anyhow::Result<()> {
     // heartbeat on, and the shares never add up to more than 1.
     let allowance = 3.0 * (256.0 * 1024.0 + 263_000.0) / WINDOW / RATE;
     eprintln!(
-        "site of three reflectors, {RATE:.0} B/s site cap, {} B stored, transfer {:.1} s: {} \
+        "site of three reflectors ({sharing}), {RATE:.0} B/s site cap, {} B stored, transfer {:.1} s: {} \
          windows of {WINDOW} s, rate {:+.2}% .. {:+.2}% of the cap (token-bucket allowance \
          {:.1}%); share sums seen {:.3} .. {:.3}",
         published.stored_bytes,

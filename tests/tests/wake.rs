@@ -482,6 +482,7 @@ fn loopback_mesh(bootstrap: Vec<Multiaddr>) -> MeshSettings {
         mdns: false,
         heartbeat: MESH_HEARTBEAT,
         advertise: None,
+        wan_sharing: Default::default(),
     }
 }
 
