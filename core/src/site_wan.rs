@@ -10,7 +10,7 @@
 //!   the site's name over the live reflectors — pulls every chunk the site lacks, with the whole
 //!   rate in one token bucket; the others ask it over the LAN. One bucket admits exactly the
 //!   policy's rate, so the site's WAN use follows the cap however the misses are spread over the
-//!   reflectors. Measured: 10 s windows within 1 % of the cap (docs/benchmarks.md).
+//!   reflectors. Measured: 10 s windows within 2 % of the cap (docs/benchmarks.md).
 //! * [`WanSharing::Spread`]: rendezvous hashing of each chunk id names its fetcher, so WAN work
 //!   spreads over all reflectors, and the rate is divided by gossiped demand. Never above the
 //!   cap, but each reflector gets a random part of a layer and the shares follow the queues a

@@ -584,15 +584,13 @@ impl RunningReflector {
                 let sib_endpoint = net::client_endpoint(&identity, &TransportOptions::default())
                     .context("setting up the QUIC endpoint for siblings")?;
                 tracing::info!(peer_id = %handle.peer_id(), %advertise, site = ?handle.site(), "mesh started");
-                let s = Siblings::new(
-                    handle,
-                    config.peer_sites.clone(),
-                    &cache,
-                    sib_endpoint,
-                    metrics.clone(),
-                    config.miss_timeout * 6,
-                    m.wan_sharing,
-                );
+                let settings = crate::siblings::SiblingSettings {
+                    peer_sites: config.peer_sites.clone(),
+                    delegate_timeout: config.miss_timeout * 6,
+                    sharing: m.wan_sharing,
+                    heartbeat: m.heartbeat,
+                };
+                let s = Siblings::new(handle, settings, &cache, sib_endpoint, metrics.clone());
                 (Some(s), Some(task))
             }
         };

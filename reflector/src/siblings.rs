@@ -53,6 +53,19 @@ enum Kind {
     OtherSite,
 }
 
+/// How a reflector works with its siblings.
+#[derive(Clone, Debug)]
+pub struct SiblingSettings {
+    /// Other sites whose reflectors may be asked (`peer_sites`).
+    pub peer_sites: Vec<String>,
+    /// How long a sibling that must pull over the WAN for us may take.
+    pub delegate_timeout: Duration,
+    /// How the site shares its WAN (`wan_sharing`).
+    pub sharing: WanSharing,
+    /// The mesh heartbeat (`mesh_heartbeat`): a dead sibling expires after 3.
+    pub heartbeat: Duration,
+}
+
 pub struct Siblings {
     pub mesh: MeshHandle,
     site: Option<String>,
@@ -62,6 +75,9 @@ pub struct Siblings {
     metrics: ReflectorMetrics,
     /// How long a sibling that must pull over the WAN for us may take.
     delegate_timeout: Duration,
+    /// Under `leader`, how long a miss waits for the site's leader to be reachable again (or
+    /// replaced) before this reflector pulls it itself.
+    handover_wait: Duration,
     conns: Mutex<HashMap<SocketAddr, Client>>,
     /// chunk -> (layer, index in `unique_chunks()`), for every layer whose manifest we know.
     index: Mutex<HashMap<ChunkId, Vec<(LayerDigest, u32)>>>,
@@ -118,16 +134,14 @@ struct Candidate {
 }
 
 impl Siblings {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         mesh: MeshHandle,
-        peer_sites: Vec<String>,
+        settings: SiblingSettings,
         cache: &Arc<Cache>,
         endpoint: quinn::Endpoint,
         metrics: ReflectorMetrics,
-        delegate_timeout: Duration,
-        sharing: WanSharing,
     ) -> Arc<Siblings> {
+        let SiblingSettings { peer_sites, delegate_timeout, sharing, heartbeat } = settings;
         let s = Arc::new(Siblings {
             site: mesh.site().map(str::to_string),
             mesh,
@@ -136,6 +150,10 @@ impl Siblings {
             endpoint,
             metrics,
             delegate_timeout,
+            // A dead leader's entry expires 3 heartbeats after its last one (up to 4 after its
+            // death); the rest is slack for a loaded mesh task. Misses end the wait as soon as
+            // the view names the next leader.
+            handover_wait: heartbeat * 6 + VIEW_REFRESH,
             conns: Mutex::new(HashMap::new()),
             index: Mutex::new(HashMap::new()),
             learned: Mutex::new(HashSet::new()),
@@ -416,35 +434,53 @@ impl Siblings {
     }
 
     async fn fetch_now(&self, id: ChunkId) -> Option<StoredChunk> {
-        let view = self.view().await?;
-        for c in self.holders(&view, &id).into_iter().take(MAX_HOLDERS_TRIED) {
-            match self.ask(&c, id, HOLDER_TIMEOUT).await {
-                Ok(Some(chunk)) => return Some(chunk),
-                Ok(None) => {
-                    tracing::debug!(chunk = %id, sibling = %c.peer, "holder lacks the chunk")
-                }
-                Err(e) => {
-                    tracing::debug!(chunk = %id, sibling = %c.peer, error = %e, "holder failed")
-                }
-            }
-        }
         let me = self.mesh.peer_id();
-        let fetcher = self.fetcher_in(&view, &id).filter(|p| *p != me && !self.avoided(p))?;
-        let addr = view
-            .peer(&peer_ref(&fetcher))
-            .and_then(|r| r.serving_addr.as_deref())
-            .and_then(|a| a.parse().ok())?;
-        let c = Candidate { peer: fetcher, addr, kind: Kind::SameSite };
-        match self.ask(&c, id, self.delegate_timeout).await {
-            Ok(Some(chunk)) => {
-                self.metrics.sibling_delegated.inc();
-                Some(chunk)
+        // Counted from the first failure: a miss may have queued at the leader for long before.
+        let mut give_up: Option<Instant> = None;
+        loop {
+            let view = self.view().await?;
+            for c in self.holders(&view, &id).into_iter().take(MAX_HOLDERS_TRIED) {
+                match self.ask(&c, id, HOLDER_TIMEOUT).await {
+                    Ok(Some(chunk)) => return Some(chunk),
+                    Ok(None) => {
+                        tracing::debug!(chunk = %id, sibling = %c.peer, "holder lacks the chunk")
+                    }
+                    Err(e) => {
+                        tracing::debug!(chunk = %id, sibling = %c.peer, error = %e, "holder failed")
+                    }
+                }
             }
-            Ok(None) => None,
-            Err(e) => {
-                tracing::info!(chunk = %id, sibling = %fetcher, error = %e, "the site's WAN fetcher did not deliver; pulling it here");
-                None
+            let fetcher = self.fetcher_in(&view, &id).filter(|p| *p != me)?;
+            let asked = match view
+                .peer(&peer_ref(&fetcher))
+                .and_then(|r| r.serving_addr.as_deref())
+                .and_then(|a| a.parse().ok())
+            {
+                Some(addr) if !self.avoided(&fetcher) => {
+                    let c = Candidate { peer: fetcher, addr, kind: Kind::SameSite };
+                    self.ask(&c, id, self.delegate_timeout).await
+                }
+                _ => Err(format!("sibling {fetcher} is not reachable")),
+            };
+            let why = match asked {
+                Ok(Some(chunk)) => {
+                    self.metrics.sibling_delegated.inc();
+                    return Some(chunk);
+                }
+                // Its view does not name it the fetcher (the views differ for a moment).
+                Ok(None) => "it does not take the chunk".to_string(),
+                Err(e) => e,
+            };
+            // Spread: pull it here. Leader: every other reflector of the site that waits on the
+            // leader would pull the same chunks, so wait for the leader to answer again or for
+            // its entry to expire and a new leader to be named; pull it here only after that.
+            let give_up = *give_up.get_or_insert_with(|| Instant::now() + self.handover_wait);
+            if self.sharing == WanSharing::Spread || Instant::now() >= give_up {
+                tracing::info!(chunk = %id, sibling = %fetcher, problem = %why, "the site's WAN fetcher did not deliver; pulling it here");
+                return None;
             }
+            tracing::debug!(chunk = %id, sibling = %fetcher, problem = %why, "waiting for the site's WAN leader");
+            tokio::time::sleep(VIEW_REFRESH * 2).await;
         }
     }
 
