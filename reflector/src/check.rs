@@ -129,6 +129,24 @@ pub async fn check_config(cfg: &ReflectorConfig, upstream_timeout: Duration, r: 
         },
     }
 
+    // The mesh: how this reflector finds its siblings and shares the site's WAN with them.
+    match &cfg.mesh {
+        None => r.push("mesh", Status::Ok, "off (no siblings, no gossip)"),
+        Some(m) => r.push(
+            "mesh",
+            Status::Ok,
+            format!(
+                "{} listen address(es), {} bootstrap peer(s), mDNS {}, heartbeat {:?}, WAN \
+                 sharing {} (every reflector of the site must use the same)",
+                m.listen.len(),
+                m.bootstrap.len(),
+                if m.mdns { "on" } else { "off" },
+                m.heartbeat,
+                m.wan_sharing
+            ),
+        ),
+    }
+
     // Cache directory and size.
     check_cache_dir(cfg, r);
 

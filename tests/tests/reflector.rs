@@ -667,6 +667,7 @@ async fn cache_survives_restart_and_check_reaches_upstream() -> anyhow::Result<(
     let report = oasis_reflector::check::check(&args).await;
     assert!(report.ok, "{}", report.render());
     assert!(report.render().contains("seed"), "{}", report.render());
+    assert!(report.render().contains("WAN sharing leader"), "{}", report.render());
     // An endpoint identity is refused, with the fix spelled out.
     let ep_state = seed.enroll(Role::Endpoint, "not-a-reflector")?;
     let report =
