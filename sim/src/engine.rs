@@ -1139,6 +1139,25 @@ impl Engine<'_> {
                     }
                 }
                 self.insert_cached(s, t.r as usize, t.pull);
+                // Its siblings that serve endpoints still fetching ask it for the pull and keep
+                // a copy (reflector/src/siblings.rs caches what it relays), so a reflector's
+                // death loses only what no live sibling has passed on yet.
+                let relays: Vec<usize> = {
+                    let st = &self.sites[s];
+                    st.alive
+                        .iter()
+                        .map(|&r| r as usize)
+                        .filter(|&r| r != t.r as usize)
+                        .filter(|&r| {
+                            st.eps.iter().any(|e| {
+                                e.refl as usize == r && !e.done_at.is_finite() && e.failed.is_none()
+                            })
+                        })
+                        .collect()
+                };
+                for r in relays {
+                    self.insert_cached(s, r, t.pull);
+                }
                 let id = self.c.pulls[t.pull as usize].id;
                 for w in self.sites[s].misses.complete(&id) {
                     if w != FETCHER && self.sites[s].eps[w as usize].waiting_on == t.pull {

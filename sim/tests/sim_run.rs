@@ -126,34 +126,32 @@ fn dead_reflector_endpoints_finish_from_sibling() {
             "{text}\n[[failures]]\nkind = \"reflector_down\"\nsites = \"branch\"\nreflector = {r}\nat = \"3s\"\n"
         )
     };
-    // Spread: each reflector pulled its own part of the layer.
-    let text = base("wan_sharing = \"spread\"\n", ASSIGN_ALL)
-        .replace("count = 3\n", "count = 1\nreflectors = 2\n")
-        .replace("asleep = 0.1", "asleep = 0.0");
-    let healthy = run(&text, 3);
-    let v = run(&kill(&text, 0), 3);
-    assert_eq!(f(&v, "failed_endpoints"), 0.0, "{v}");
-    assert_eq!(total(&v)["completed_endpoints"], 20);
-    // The dead reflector's share of the cache is pulled again by the survivor.
-    assert!(f(&v, "wan_bytes") > f(&healthy, "wan_bytes"), "{v}");
-    assert!(f(&v, "completion_max_s") >= f(&healthy, "completion_max_s"));
-
-    // Leader: whichever dies, leader or not, every endpoint finishes; losing the leader costs
-    // time (its successor waits for its entry to expire) and never less WAN.
-    let text = text.replace("wan_sharing = \"spread\"\n", "");
-    let healthy = run(&text, 3);
-    let mut slower = 0;
-    for r in [0, 1] {
-        let v = run(&kill(&text, r), 3);
-        assert_eq!(f(&v, "failed_endpoints"), 0.0, "reflector {r} down: {v}");
-        assert_eq!(total(&v)["completed_endpoints"], 20);
-        assert!(f(&v, "wan_bytes") >= f(&healthy, "wan_bytes"), "{v}");
-        assert!(f(&v, "completion_max_s") >= f(&healthy, "completion_max_s"));
-        if f(&v, "completion_max_s") > f(&healthy, "completion_max_s") {
-            slower += 1;
+    // Either way of sharing, whichever reflector dies: every endpoint finishes from the
+    // survivor, later or not at all later, and the WAN carries again only what was on the way
+    // to the dead one: at most `fetch_concurrency` (4) pulls of 1 MiB in flight per reflector,
+    // both reflectors counted (the survivor kept a copy of everything it relayed).
+    let mut text = String::new();
+    for sharing in ["wan_sharing = \"spread\"\n", ""] {
+        text = base(sharing, ASSIGN_ALL)
+            .replace("count = 3\n", "count = 1\nreflectors = 2\n")
+            .replace("asleep = 0.1", "asleep = 0.0");
+        let healthy = run(&text, 3);
+        let mut slower = 0;
+        for r in [0, 1] {
+            let v = run(&kill(&text, r), 3);
+            let what = format!("{sharing:?} reflector {r} down");
+            assert_eq!(f(&v, "failed_endpoints"), 0.0, "{what}: {v}");
+            assert_eq!(total(&v)["completed_endpoints"], 20, "{what}");
+            let extra = f(&v, "wan_bytes") - f(&healthy, "wan_bytes");
+            eprintln!("{what}: {extra} B more over the WAN");
+            assert!((0.0..=8.0 * 1048576.0).contains(&extra), "{what}: {extra} B more: {v}");
+            assert!(f(&v, "completion_max_s") >= f(&healthy, "completion_max_s"), "{what}");
+            if f(&v, "completion_max_s") > f(&healthy, "completion_max_s") {
+                slower += 1;
+            }
         }
+        assert!(slower >= 1, "{sharing:?}: losing a reflector mid-transfer must show");
     }
-    assert!(slower >= 1, "losing the leader mid-transfer must show");
 
     // With no sibling, its endpoints fail, and the report says why.
     let alone = text.replace("reflectors = 2\n", "reflectors = 1\n");
