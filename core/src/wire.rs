@@ -26,6 +26,7 @@ pub mod frame_type {
     pub const HAVE: u8 = 0x03;
     pub const LIST_LAYERS: u8 = 0x04;
     pub const GET_ASSIGNMENTS: u8 = 0x05;
+    pub const GET_CHUNKS_BACKGROUND: u8 = 0x06;
     pub const MANIFEST: u8 = 0x81;
     pub const CHUNK: u8 = 0x82;
     pub const MISSING: u8 = 0x83;
@@ -114,6 +115,12 @@ pub enum Frame {
     },
     /// Ask for chunks; the answer is one `Chunk` or `Missing` per id, in request order, then `End`.
     GetChunks {
+        ids: Vec<ChunkId>,
+    },
+    /// `GetChunks` for prefetch (background traffic class): the same answers. A reflector asked
+    /// by a sibling this way pulls what it lacks over the WAN in its own background class, so a
+    /// site's prefetch keeps the policy's background limits whichever reflector pulls for it.
+    GetChunksBackground {
         ids: Vec<ChunkId>,
     },
     /// Which of these ids does the server hold? Answer: `HaveReply`.
@@ -227,6 +234,7 @@ impl Frame {
         match self {
             Frame::GetManifest { .. } => GET_MANIFEST,
             Frame::GetChunks { .. } => GET_CHUNKS,
+            Frame::GetChunksBackground { .. } => GET_CHUNKS_BACKGROUND,
             Frame::Have { .. } => HAVE,
             Frame::ListLayers => LIST_LAYERS,
             Frame::GetAssignments => GET_ASSIGNMENTS,
@@ -267,7 +275,7 @@ impl Frame {
                 put_str(out, name);
                 put_str(out, version.as_deref().unwrap_or(""));
             }
-            Frame::GetChunks { ids } | Frame::Have { ids } => {
+            Frame::GetChunks { ids } | Frame::GetChunksBackground { ids } | Frame::Have { ids } => {
                 out.put_u32(ids.len() as u32);
                 for id in ids {
                     out.put_slice(id.as_bytes());
@@ -368,6 +376,9 @@ impl Frame {
                 Frame::GetManifest { name, version: (!version.is_empty()).then_some(version) }
             }
             GET_CHUNKS => Frame::GetChunks { ids: get_ids(&mut body, "GetChunks")? },
+            GET_CHUNKS_BACKGROUND => {
+                Frame::GetChunksBackground { ids: get_ids(&mut body, "GetChunksBackground")? }
+            }
             HAVE => Frame::Have { ids: get_ids(&mut body, "Have")? },
             LIST_LAYERS => Frame::ListLayers,
             GET_ASSIGNMENTS => Frame::GetAssignments,
@@ -605,6 +616,7 @@ mod tests {
         roundtrip(Frame::GetManifest { name: "base".into(), version: Some("2".into()) });
         roundtrip(Frame::GetManifest { name: "base".into(), version: None });
         roundtrip(Frame::GetChunks { ids: vec![id, id] });
+        roundtrip(Frame::GetChunksBackground { ids: vec![id] });
         roundtrip(Frame::Have { ids: vec![] });
         roundtrip(Frame::ListLayers);
         roundtrip(Frame::Manifest { signed: Bytes::from_static(b"abc") });

@@ -149,6 +149,9 @@ impl Window {
     /// `max`.
     fn room(&self, class: TrafficClass, limit: Option<u64>, max: usize) -> usize {
         let Some(limit) = limit else { return max };
+        if limit == 0 {
+            return 0;
+        }
         let used = match class {
             TrafficClass::Foreground => self.fg,
             TrafficClass::Background => self.fg + self.bg,
@@ -326,9 +329,18 @@ impl Fetcher {
         *n < MAX_ATTEMPTS
     }
 
-    /// The unpaid window under the rate in force (1/8 s of it); None = unlimited.
-    fn window_limit(&self) -> Option<u64> {
-        self.policy.limiter.rate_now().map(|rate| (rate / 8).max(MIN_WINDOW))
+    /// The unpaid window for `class` under the rate in force (1/8 s of it); None = unlimited.
+    /// 0 for background when the policy stops prefetch over the WAN (`background_share = 0`):
+    /// chunks are paid for when they arrive, so a background request sent then would bring
+    /// bytes over the WAN that the policy forbids, and hold up what an endpoint later needs.
+    fn window_limit(&self, class: TrafficClass) -> Option<u64> {
+        let rate = self.policy.limiter.rate_now()?;
+        if class == TrafficClass::Background
+            && self.policy.limiter.policy().background_share() <= 0.0
+        {
+            return Some(0);
+        }
+        Some((rate / 8).max(MIN_WINDOW))
     }
 
     /// The class the next batch would be of.
@@ -383,7 +395,7 @@ impl Fetcher {
                 tokio::pin!(freed);
                 freed.as_mut().enable();
                 let class = self.next_class();
-                let limit = self.window_limit();
+                let limit = self.window_limit(class);
                 let (room, estimate) = {
                     let w = lock(&self.window);
                     (w.room(class, limit, self.batch_max), w.estimate)
@@ -619,5 +631,7 @@ mod tests {
         // An estimate above the window still lets one chunk go when nothing is outstanding.
         let w = Window { fg: 0, bg: 0, estimate: 5000 };
         assert_eq!(w.room(fg, Some(1000), 64), 1);
+        // A window of 0 (background stopped by the policy) lets nothing go.
+        assert_eq!(w.room(bg, Some(0), 64), 0);
     }
 }

@@ -259,11 +259,13 @@ impl Reflector {
         }
     }
 
-    /// A chunk for `peer` (None: an in-process caller such as prefetch).
+    /// A chunk for `peer` (None: an in-process caller) in `class` (a sibling's prefetch asks in
+    /// the background class, and a miss is then pulled in it).
     pub(crate) async fn chunk(
         &self,
         peer: Option<&PeerInfo>,
         id: ChunkId,
+        class: TrafficClass,
     ) -> Result<Option<StoredChunk>, SourceError> {
         let cache = self.cache.clone();
         match tokio::task::spawn_blocking(move || cache.get(&id)).await {
@@ -289,11 +291,11 @@ impl Reflector {
                 if s.wan_fetcher(&id).await != s.mesh.peer_id() {
                     return Ok(None);
                 }
-            } else if let Some(c) = s.fetch(id).await {
+            } else if let Some(c) = s.fetch(id, class).await {
                 return Ok(Some(c));
             }
         }
-        match self.fetcher.fetch(id, TrafficClass::Foreground, self.miss_patience()).await {
+        match self.fetcher.fetch(id, class, self.miss_patience()).await {
             Ok(c) => Ok(c),
             Err(FetchError::Timeout(m)) => {
                 self.metrics.miss_timeouts.inc();
@@ -389,7 +391,7 @@ impl Reflector {
         let mut results = futures::stream::iter(missing)
             .map(|id| async move {
                 if let Some(s) = siblings {
-                    if let Some(c) = s.fetch(id).await {
+                    if let Some(c) = s.fetch(id, TrafficClass::Background).await {
                         return Ok(Some(c));
                     }
                 }
@@ -436,7 +438,7 @@ impl ChunkSource for ReflectorSource {
     }
 
     async fn chunk(&self, id: ChunkId) -> Result<Option<StoredChunk>, SourceError> {
-        self.0.chunk(None, id).await
+        self.0.chunk(None, id, TrafficClass::Foreground).await
     }
 
     async fn chunk_for(
@@ -444,7 +446,16 @@ impl ChunkSource for ReflectorSource {
         peer: &PeerInfo,
         id: ChunkId,
     ) -> Result<Option<StoredChunk>, SourceError> {
-        self.0.chunk(Some(peer), id).await
+        self.0.chunk(Some(peer), id, TrafficClass::Foreground).await
+    }
+
+    async fn chunk_in(
+        &self,
+        peer: &PeerInfo,
+        id: ChunkId,
+        class: TrafficClass,
+    ) -> Result<Option<StoredChunk>, SourceError> {
+        self.0.chunk(Some(peer), id, class).await
     }
 
     async fn have(&self, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError> {

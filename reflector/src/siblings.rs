@@ -19,6 +19,7 @@ use oasis_core::compress::StoredChunk;
 use oasis_core::gossip::{GossipView, LayerDigest, Load, PeerRef};
 use oasis_core::manifest::SignedManifest;
 use oasis_core::net::{ChunkReply, Client};
+use oasis_core::policy::TrafficClass;
 use oasis_core::site_wan::{self, ShareRounds, WanSharing};
 use oasis_core::ChunkId;
 use oasis_mesh::libp2p::PeerId;
@@ -86,7 +87,8 @@ pub struct Siblings {
     avoid: Mutex<HashMap<PeerId, Instant>>,
     /// Our requests in flight per sibling (spreads misses between heartbeats).
     in_flight: Mutex<HashMap<PeerId, u32>>,
-    flights: Mutex<HashMap<ChunkId, Flight>>,
+    /// Per chunk and class: a background flight does not hold up a foreground miss.
+    flights: Mutex<HashMap<(ChunkId, TrafficClass), Flight>>,
     /// How the site shares its WAN work and rate.
     sharing: WanSharing,
     /// Demands published in the last rounds, turned into our share.
@@ -346,6 +348,7 @@ impl Siblings {
         &self,
         c: &Candidate,
         id: ChunkId,
+        class: TrafficClass,
         timeout: Duration,
     ) -> Result<Option<StoredChunk>, String> {
         *lock(&self.in_flight).entry(c.peer).or_insert(0) += 1;
@@ -358,7 +361,7 @@ impl Siblings {
             }
         };
         let request = async {
-            let mut replies = client.chunks(vec![id]).await.map_err(|e| e.to_string())?;
+            let mut replies = client.chunks_in(vec![id], class).await.map_err(|e| e.to_string())?;
             match replies.next().await.map_err(|e| e.to_string())? {
                 Some(ChunkReply::Chunk(chunk)) => Ok(Some(chunk)),
                 Some(ChunkReply::Missing(_)) | None => Ok(None),
@@ -406,26 +409,28 @@ impl Siblings {
         }
     }
 
-    /// Gets `id` from the mesh for an endpoint's miss: a holder (same site, then allowed sites),
-    /// else the sibling rendezvous hashing names as the site's WAN fetcher. `None`: this
-    /// reflector should pull it over the WAN itself. Concurrent calls for one chunk share one
+    /// Gets `id` from the mesh for a miss of `class` (an endpoint's: foreground; prefetch:
+    /// background, which the site's WAN fetcher pulls in its background class): a holder (same
+    /// site, then allowed sites), else the site's WAN fetcher. `None`: this reflector should
+    /// pull it over the WAN itself. Concurrent calls for one chunk and class share one
     /// attempt.
-    pub async fn fetch(self: &Arc<Self>, id: ChunkId) -> Option<StoredChunk> {
+    pub async fn fetch(self: &Arc<Self>, id: ChunkId, class: TrafficClass) -> Option<StoredChunk> {
+        let key = (id, class);
         let flight = {
             let mut flights = lock(&self.flights);
-            match flights.get(&id) {
+            match flights.get(&key) {
                 Some(f) => f.clone(),
                 None => {
                     let me = self.clone();
                     let f = tokio::spawn(async move {
-                        let r = me.fetch_now(id).await;
-                        lock(&me.flights).remove(&id);
+                        let r = me.fetch_now(id, class).await;
+                        lock(&me.flights).remove(&key);
                         r
                     })
                     .map(|r| r.ok().flatten())
                     .boxed()
                     .shared();
-                    flights.insert(id, f.clone());
+                    flights.insert(key, f.clone());
                     f
                 }
             }
@@ -433,14 +438,14 @@ impl Siblings {
         flight.await
     }
 
-    async fn fetch_now(&self, id: ChunkId) -> Option<StoredChunk> {
+    async fn fetch_now(&self, id: ChunkId, class: TrafficClass) -> Option<StoredChunk> {
         let me = self.mesh.peer_id();
         // Counted from the first failure: a miss may have queued at the leader for long before.
         let mut give_up: Option<Instant> = None;
         loop {
             let view = self.view().await?;
             for c in self.holders(&view, &id).into_iter().take(MAX_HOLDERS_TRIED) {
-                match self.ask(&c, id, HOLDER_TIMEOUT).await {
+                match self.ask(&c, id, class, HOLDER_TIMEOUT).await {
                     Ok(Some(chunk)) => return Some(chunk),
                     Ok(None) => {
                         tracing::debug!(chunk = %id, sibling = %c.peer, "holder lacks the chunk")
@@ -458,7 +463,7 @@ impl Siblings {
             {
                 Some(addr) if !self.avoided(&fetcher) => {
                     let c = Candidate { peer: fetcher, addr, kind: Kind::SameSite };
-                    self.ask(&c, id, self.delegate_timeout).await
+                    self.ask(&c, id, class, self.delegate_timeout).await
                 }
                 _ => Err(format!("sibling {fetcher} is not reachable")),
             };

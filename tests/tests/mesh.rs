@@ -213,6 +213,59 @@ async fn endpoint_survives_losing_its_reflector_mid_fetch() -> anyhow::Result<()
     Ok(())
 }
 
+/// Prefetch keeps its traffic class across the mesh: a sibling's prefetch that the site's WAN
+/// leader pulls for it is pulled in the leader's background class. With `background_share = 0`
+/// (no prefetch over the WAN) nothing moves; an endpoint's fetch of the same layer through the
+/// same sibling goes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_siblings_prefetch_is_pulled_in_the_background_class() -> anyhow::Result<()> {
+    let seed = TestSeed::start().await?;
+    let spec = TreeSpec { small_files: 20, large_files: 1, large_size: 1 << 20, depth: 1 };
+    let (src, published) = publish_tree(&seed, "pre", 28, spec)?;
+    let policy = seed.dir.path().join("policy-bg.toml");
+    std::fs::write(&policy, "[wan]\nrate = \"20MB/s\"\nbackground_share = 0\n")?;
+    let mut refls =
+        site_of(&seed, "b", 2, |c| c.wan = WanLimit::PolicyFile(policy.clone())).await?;
+    let t0 = Instant::now();
+    let leader = loop {
+        let full: Vec<usize> = (0..2).filter(|i| refls[*i].stats.wan_share.get() == 1.0).collect();
+        if let [one] = full[..] {
+            break one;
+        }
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(10), "no leader took the rate");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let follower = refls.remove(1 - leader);
+    let leader = refls.remove(0);
+    let follower = Arc::new(follower);
+    let f2 = follower.clone();
+    let prefetch = tokio::spawn(async move { f2.prefetch_layer("pre", Some("1")).await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during_prefetch = seed.served_bytes();
+    let delegated = follower.stats.sibling_delegated.get();
+    // The endpoint's fetch through the follower: foreground, admitted at once.
+    let state = seed.enroll_in_site(Role::Endpoint, "bep", SITE)?;
+    let into = seed.dir.path().join("bep-root");
+    let r = fetch(&opts(&state, vec![follower.addr], "pre", &into)).await?;
+    eprintln!(
+        "WAN bytes while only a sibling's prefetch asked: {during_prefetch} (background_share \
+         = 0); then the endpoint's fetch moved {} B over the WAN for {} B stored",
+        seed.served_bytes(),
+        published.stored_bytes
+    );
+    assert_eq!(during_prefetch, 0, "prefetch pulled over the WAN with background_share = 0");
+    assert_eq!(delegated, 0, "nothing was delivered to the prefetch");
+    assert_eq!(snapshot(&into), snapshot(&src));
+    assert_eq!(r.bytes_network, published.stored_bytes);
+    prefetch.abort();
+    let _ = prefetch.await;
+    leader.stop().await;
+    if let Ok(f) = Arc::try_unwrap(follower) {
+        f.stop().await;
+    }
+    Ok(())
+}
+
 /// `wan_sharing = "leader"`: the site's WAN leader dies mid-transfer. The endpoints (on the
 /// other two reflectors) finish with intact trees, a survivor takes the whole rate once the dead
 /// leader's entry has expired, never two buckets at the whole rate at once, and the WAN carries

@@ -4,6 +4,7 @@ use super::{close_code, read_frame, NetError, ReadFrameError, CONNECT_TIMEOUT};
 use crate::chunk::ChunkId;
 use crate::compress::StoredChunk;
 use crate::identity::{self, PeerInfo, NODE_SERVER_NAME};
+use crate::policy::TrafficClass;
 use crate::wire::{self, Frame, MAX_FRAME_BYTES, MAX_IDS_PER_REQUEST, MAX_NAME_BYTES};
 use bytes::Bytes;
 use quinn::{RecvStream, VarInt};
@@ -118,9 +119,23 @@ impl Client {
     /// Requests `ids` (at most [`MAX_IDS_PER_REQUEST`]) on one stream; the answers arrive in
     /// request order through the returned [`ChunkReplies`].
     pub async fn chunks(&self, ids: Vec<ChunkId>) -> Result<ChunkReplies, NetError> {
+        self.chunks_in(ids, TrafficClass::Foreground).await
+    }
+
+    /// [`Client::chunks`] in a traffic class: `Background` sends `GetChunksBackground`, which a
+    /// reflector serves from its WAN's background class when it must pull a chunk.
+    pub async fn chunks_in(
+        &self,
+        ids: Vec<ChunkId>,
+        class: TrafficClass,
+    ) -> Result<ChunkReplies, NetError> {
         self.check_ids(ids.len())?;
         let expected = VecDeque::from(ids);
-        let req = Frame::GetChunks { ids: Vec::from(expected.clone()) };
+        let ids = Vec::from(expected.clone());
+        let req = match class {
+            TrafficClass::Foreground => Frame::GetChunks { ids },
+            TrafficClass::Background => Frame::GetChunksBackground { ids },
+        };
         let recv = self.open(&req).await?;
         Ok(ChunkReplies { recv, expected, addr: self.addr, state: State::Open })
     }

@@ -8,6 +8,7 @@ use crate::chunk::ChunkId;
 use crate::compress::StoredChunk;
 use crate::identity::{self, PeerInfo};
 use crate::metrics::NodeMetrics;
+use crate::policy::TrafficClass;
 use crate::wire::{self, frame_type, ErrorCode, Frame, MAX_FRAME_BYTES, MAX_REQUEST_BYTES};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -44,6 +45,17 @@ pub trait ChunkSource: Send + Sync + 'static {
         id: ChunkId,
     ) -> impl Future<Output = Result<Option<StoredChunk>, SourceError>> + Send {
         self.chunk(id)
+    }
+
+    /// A chunk asked for by `peer` in a traffic class (`GetChunksBackground` is background).
+    /// Default: [`ChunkSource::chunk_for`]; a reflector pulls a miss in that class.
+    fn chunk_in(
+        &self,
+        peer: &PeerInfo,
+        id: ChunkId,
+        _class: TrafficClass,
+    ) -> impl Future<Output = Result<Option<StoredChunk>, SourceError>> + Send {
+        self.chunk_for(peer, id)
     }
 
     /// One flag per id, in order: is the chunk held?
@@ -342,7 +354,12 @@ impl<S: ChunkSource> StreamCtx<S> {
     async fn answer(&self, send: &mut SendStream, req: Frame) -> Result<(), quinn::WriteError> {
         let source = &*self.source;
         let reply = match req {
-            Frame::GetChunks { ids } => return self.send_chunks(send, ids).await,
+            Frame::GetChunks { ids } => {
+                return self.send_chunks(send, ids, TrafficClass::Foreground).await
+            }
+            Frame::GetChunksBackground { ids } => {
+                return self.send_chunks(send, ids, TrafficClass::Background).await
+            }
             Frame::GetManifest { name, version } => match source
                 .manifest(&name, version.as_deref())
                 .await
@@ -436,13 +453,14 @@ impl<S: ChunkSource> StreamCtx<S> {
         &self,
         send: &mut SendStream,
         ids: Vec<ChunkId>,
+        class: TrafficClass,
     ) -> Result<(), quinn::WriteError> {
         let started = Instant::now();
         let requested = ids.len();
         let source = &*self.source;
         let peer = &*self.peer;
         let mut lookups = futures::stream::iter(ids)
-            .map(|id| async move { source.chunk_for(peer, id).await.map(|c| (id, c)) })
+            .map(|id| async move { source.chunk_in(peer, id, class).await.map(|c| (id, c)) })
             .buffered(CHUNK_READ_AHEAD);
         let (mut sent, mut missing, mut bytes) = (0usize, 0usize, 0u64);
         while let Some(item) = lookups.next().await {
@@ -638,6 +656,7 @@ async fn read_request(recv: &mut RecvStream) -> Result<Frame, Refusal> {
         ty,
         frame_type::GET_MANIFEST
             | frame_type::GET_CHUNKS
+            | frame_type::GET_CHUNKS_BACKGROUND
             | frame_type::HAVE
             | frame_type::LIST_LAYERS
             | frame_type::GET_ASSIGNMENTS
