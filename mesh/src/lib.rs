@@ -355,7 +355,9 @@ impl MeshHandle {
         Ok(view.live_peers(site).iter().filter_map(|r| mesh_peer(&view, r)).collect())
     }
 
-    /// The node of this site (this one included) that should pull `chunk` over the WAN.
+    /// The node of this site (this one included) that should pull `chunk` over the WAN under
+    /// `wan_sharing = "spread"` (rendezvous hashing of the chunk id). The reflector chooses
+    /// with [`oasis_core::site_wan::site_fetcher`], which also covers the site's WAN leader.
     pub async fn wan_fetcher(&self, chunk: &ChunkId) -> Result<PeerId> {
         let mut peers = match &self.site {
             Some(site) => self.view().await?.live_peers(site),
@@ -366,7 +368,8 @@ impl MeshHandle {
         Ok(peer_id_of(&chosen).unwrap_or(self.peer_id))
     }
 
-    /// This node's share (0..=1) of the site's WAN rate, from the gossiped demands.
+    /// This node's share (0..=1) of the site's WAN rate from the gossiped demands, as
+    /// `wan_sharing = "spread"` divides it ([`oasis_core::site_wan::site_share`]).
     pub async fn site_share(&self) -> Result<f64> {
         let view = self.view().await?;
         let demands: Vec<u64> = match &self.site {
