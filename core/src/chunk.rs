@@ -136,31 +136,77 @@ pub fn cut(data: &[u8], p: &ChunkParams) -> Vec<ChunkSpan> {
         .collect()
 }
 
-/// Streams the chunks of a reader (a file), `batch` chunks at a time, so callers can hash
-/// and compress each batch on all cores while memory stays bounded.
+/// Bytes read from a stream at a time when chunking it.
+const READ_WINDOW: usize = 4 << 20;
+
+/// Streams the chunks of a reader (a file), up to `batch` chunks at a time as `(offset,
+/// bytes)`, so callers can hash and compress each batch on all cores while memory stays
+/// bounded (one read window). The chunks are exactly those [`cut`] finds in the whole stream.
 pub fn for_each_batch<R: std::io::Read>(
     reader: R,
     p: &ChunkParams,
     batch: usize,
-    mut f: impl FnMut(Vec<(u64, Vec<u8>)>) -> std::io::Result<()>,
+    f: impl FnMut(&[(u64, &[u8])]) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let stream =
-        fastcdc::v2020::StreamCDC::new(reader, p.min as usize, p.avg as usize, p.max as usize);
-    let mut pending = Vec::with_capacity(batch);
-    for c in stream {
-        let c = c.map_err(|e| match e {
-            fastcdc::v2020::Error::IoError(io) => io,
-            other => std::io::Error::other(other.to_string()),
-        })?;
-        pending.push((c.offset, c.data));
-        if pending.len() == batch {
-            f(std::mem::replace(&mut pending, Vec::with_capacity(batch)))?;
+    chunk_windows(reader, p, batch, READ_WINDOW.max(2 * p.max as usize), f)
+}
+
+/// [`for_each_batch`] with a read window of `window` bytes (at least `2 × max`).
+///
+/// Why windows: FastCDC's `StreamCDC` keeps a buffer of one maximum chunk, copies every chunk
+/// out and shifts the rest of its buffer down after each one (about three copies of every
+/// byte). Here a window is cut in place with the in-memory cutter and the chunks are lent as
+/// slices. A FastCDC cut depends only on the bytes from the chunk's start up to the cut (at
+/// most `max` of them), so a chunk is final when the stream has ended, when it ends before the
+/// window's end, or when the window holds `max` bytes from its start; the rest (less than
+/// `max`) moves to the front of the window and is cut again with the next read.
+fn chunk_windows<R: std::io::Read>(
+    mut reader: R,
+    p: &ChunkParams,
+    batch: usize,
+    window: usize,
+    mut f: impl FnMut(&[(u64, &[u8])]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let (min, avg, max) = (p.min as usize, p.avg as usize, p.max as usize);
+    let mut buf = vec![0u8; window.max(2 * max)];
+    let (mut len, mut base, mut eof) = (0usize, 0u64, false);
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let batch = batch.max(1);
+    loop {
+        while !eof && len < buf.len() {
+            match reader.read(&mut buf[len..]) {
+                Ok(0) => eof = true,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
+        spans.clear();
+        let mut start = 0;
+        {
+            let cdc = fastcdc::v2020::FastCDC::new(&buf[..len], min, avg, max);
+            while start < len {
+                let (_, end) = cdc.cut(start, len - start);
+                if !(eof || end < len || start + max <= len) {
+                    break;
+                }
+                spans.push((start, end));
+                start = end;
+            }
+            let mut items: Vec<(u64, &[u8])> = Vec::with_capacity(batch);
+            for group in spans.chunks(batch) {
+                items.clear();
+                items.extend(group.iter().map(|&(s, e)| (base + s as u64, &buf[s..e])));
+                f(&items)?;
+            }
+        }
+        if eof {
+            return Ok(());
+        }
+        buf.copy_within(start..len, 0);
+        base += start as u64;
+        len -= start;
     }
-    if !pending.is_empty() {
-        f(pending)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -170,6 +216,22 @@ mod tests {
 
     fn small() -> ChunkParams {
         ChunkParams { min: 256, avg: 1024, max: 4096 }
+    }
+
+    /// A reader that hands out at most `step` bytes per read (short reads, as pipes give).
+    struct Trickle<'a> {
+        data: &'a [u8],
+        at: usize,
+        step: usize,
+    }
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = out.len().min(self.step).min(self.data.len() - self.at);
+            out[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
     }
 
     #[test]
@@ -208,10 +270,38 @@ mod tests {
             let p = small();
             let mut streamed = Vec::new();
             for_each_batch(&data[..], &p, 3, |b| {
-                streamed.extend(b.into_iter().map(|(o, d)| ChunkSpan { offset: o, len: d.len() as u32 }));
+                streamed.extend(b.iter().map(|(o, d)| ChunkSpan { offset: *o, len: d.len() as u32 }));
                 Ok(())
             }).unwrap();
             prop_assert_eq!(streamed, cut(&data, &p));
+        }
+
+        /// Windows of any size (from the smallest allowed), reads of any size: the same chunks
+        /// as cutting the whole stream in memory, and as FastCDC's own `StreamCDC`.
+        #[test]
+        fn windowed_chunking_matches_whole_stream_cutting(
+            data in proptest::collection::vec(any::<u8>(), 0..40_000),
+            window in 0usize..20_000,
+            read in 1usize..5_000,
+        ) {
+            let p = small();
+            let mut got = Vec::new();
+            let mut bytes_match = true;
+            let reader = Trickle { data: &data[..], at: 0, step: read };
+            chunk_windows(reader, &p, 2, window, |b| {
+                for (o, d) in b {
+                    bytes_match &= data.get(*o as usize..*o as usize + d.len()) == Some(*d);
+                    got.push(ChunkSpan { offset: *o, len: d.len() as u32 });
+                }
+                Ok(())
+            }).unwrap();
+            prop_assert!(bytes_match, "a chunk's bytes are not the stream's at its offset");
+            prop_assert_eq!(&got, &cut(&data, &p));
+            let streamed: Vec<ChunkSpan> = fastcdc::v2020::StreamCDC::new(&data[..], 256, 1024, 4096)
+                .map(|c| c.unwrap())
+                .map(|c| ChunkSpan { offset: c.offset, len: c.length as u32 })
+                .collect();
+            prop_assert_eq!(got, streamed);
         }
 
         #[test]

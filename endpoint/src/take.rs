@@ -208,11 +208,11 @@ fn hash_file(
     let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let before = Stamp::of(&f.metadata()?);
     let mut chunks = Vec::new();
-    chunk::for_each_batch(std::io::BufReader::with_capacity(1 << 20, f), chunking, 16, |batch| {
+    chunk::for_each_batch(f, chunking, 16, |batch| {
         for (_, data) in batch {
-            let id = ChunkId::of(&data);
+            let id = ChunkId::of(data);
             if !store.contains(&id).map_err(std::io::Error::other)? {
-                let c = StoredChunk::encode_with_id(id, &data);
+                let c = StoredChunk::encode_with_id(id, data);
                 if store.put(&c).map_err(std::io::Error::other)? {
                     new_chunks.fetch_add(1, Ordering::Relaxed);
                     new_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);

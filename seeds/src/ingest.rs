@@ -202,41 +202,36 @@ pub fn publish_with_bar(
             let mut refs = Vec::new();
             let mut size = 0u64;
             let mut failure: Option<IngestError> = None;
-            for_each_batch(
-                std::io::BufReader::with_capacity(1 << 20, f),
-                &opts.chunking,
-                16,
-                |batch| {
-                    let stored: Result<Vec<ChunkRef>, StoreError> = batch
-                        .par_iter()
-                        .map(|(_, data)| {
-                            let id = ChunkId::of(data);
-                            if !store.contains(&id)? {
-                                let c = StoredChunk::encode_with_id(id, data);
-                                if store.put(&c)? {
-                                    new_stored.fetch_add(c.data.len() as u64, Ordering::Relaxed);
-                                    new_plain.fetch_add(data.len() as u64, Ordering::Relaxed);
-                                    added.lock().unwrap_or_else(|e| e.into_inner()).push(id);
-                                }
+            for_each_batch(f, &opts.chunking, 16, |batch| {
+                let stored: Result<Vec<ChunkRef>, StoreError> = batch
+                    .par_iter()
+                    .map(|(_, data)| {
+                        let id = ChunkId::of(data);
+                        if !store.contains(&id)? {
+                            let c = StoredChunk::encode_with_id(id, data);
+                            if store.put(&c)? {
+                                new_stored.fetch_add(c.data.len() as u64, Ordering::Relaxed);
+                                new_plain.fetch_add(data.len() as u64, Ordering::Relaxed);
+                                added.lock().unwrap_or_else(|e| e.into_inner()).push(id);
                             }
-                            Ok(ChunkRef { id, len: data.len() as u32 })
-                        })
-                        .collect();
-                    match stored {
-                        Ok(r) => {
-                            let n: u64 = r.iter().map(|c| c.len as u64).sum();
-                            size += n;
-                            bar.inc(n);
-                            refs.extend(r);
-                            Ok(())
                         }
-                        Err(e) => {
-                            failure = Some(IngestError::Store { layer: layer.clone(), source: e });
-                            Err(std::io::Error::other("store failed"))
-                        }
+                        Ok(ChunkRef { id, len: data.len() as u32 })
+                    })
+                    .collect();
+                match stored {
+                    Ok(r) => {
+                        let n: u64 = r.iter().map(|c| c.len as u64).sum();
+                        size += n;
+                        bar.inc(n);
+                        refs.extend(r);
+                        Ok(())
                     }
-                },
-            )
+                    Err(e) => {
+                        failure = Some(IngestError::Store { layer: layer.clone(), source: e });
+                        Err(std::io::Error::other("store failed"))
+                    }
+                }
+            })
             .map_err(|e| failure.take().unwrap_or_else(|| src_err(format!("read failed: {e}"))))?;
             Ok((i, refs, size))
         })
