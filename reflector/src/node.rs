@@ -848,6 +848,24 @@ impl RunningReflector {
         self.inner.cache.pinned_layers()
     }
 
+    /// Waits up to `within` until exactly one of `site` (the running reflectors of one site)
+    /// holds the site's whole WAN rate (`oasis_wan_site_share` = 1): the site's WAN leader,
+    /// three heartbeat rounds after the reflectors found each other. Its index in `site`.
+    pub async fn wait_for_wan_leader(site: &[RunningReflector], within: Duration) -> Option<usize> {
+        let t0 = Instant::now();
+        loop {
+            let full: Vec<usize> =
+                (0..site.len()).filter(|i| site[*i].stats.wan_share.get() == 1.0).collect();
+            if let [one] = full[..] {
+                return Some(one);
+            }
+            if t0.elapsed() >= within {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Pulls every chunk of `name@version` (None: latest) the cache lacks, in the Background
     /// traffic class (it yields to endpoints waiting). Waits until done.
     pub async fn prefetch_layer(

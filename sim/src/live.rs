@@ -180,16 +180,10 @@ pub async fn site_reflectors(
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // As a site that has been up for a while: its WAN leader has taken the site's rate
-        // (three heartbeat rounds after the reflectors found each other).
-        let t0 = Instant::now();
-        while out.iter().filter(|r| r.stats.wan_share.get() == 1.0).count() != 1 {
-            anyhow::ensure!(
-                t0.elapsed() < Duration::from_secs(30),
-                "no reflector of {site} took the site's WAN rate in 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // As a site that has been up for a while: its WAN leader has taken the site's rate.
+        RunningReflector::wait_for_wan_leader(&out, Duration::from_secs(30))
+            .await
+            .with_context(|| format!("no reflector of {site} took the site's WAN rate in 30 s"))?;
     }
     Ok(out)
 }

@@ -226,15 +226,9 @@ async fn a_siblings_prefetch_is_pulled_in_the_background_class() -> anyhow::Resu
     std::fs::write(&policy, "[wan]\nrate = \"20MB/s\"\nbackground_share = 0\n")?;
     let mut refls =
         site_of(&seed, "b", 2, |c| c.wan = WanLimit::PolicyFile(policy.clone())).await?;
-    let t0 = Instant::now();
-    let leader = loop {
-        let full: Vec<usize> = (0..2).filter(|i| refls[*i].stats.wan_share.get() == 1.0).collect();
-        if let [one] = full[..] {
-            break one;
-        }
-        anyhow::ensure!(t0.elapsed() < Duration::from_secs(10), "no leader took the rate");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let leader = RunningReflector::wait_for_wan_leader(&refls, Duration::from_secs(10))
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no leader took the rate"))?;
     let follower = refls.remove(1 - leader);
     let leader = refls.remove(0);
     let follower = Arc::new(follower);
@@ -277,16 +271,9 @@ async fn losing_the_site_wan_leader_hands_the_wan_to_a_sibling() -> anyhow::Resu
     let spec = TreeSpec { small_files: 30, large_files: 4, large_size: 4 << 20, depth: 2 };
     let (src, published) = publish_tree(&seed, "lead", 27, spec)?;
     let mut refls = site_of(&seed, "l", 3, |c| c.wan = WanLimit::Flat(RATE)).await?;
-    // The leader is the one that took the whole rate (three rounds after the site formed).
-    let t0 = Instant::now();
-    let leader = loop {
-        let full: Vec<usize> = (0..3).filter(|i| refls[*i].stats.wan_share.get() == 1.0).collect();
-        if let [one] = full[..] {
-            break one;
-        }
-        anyhow::ensure!(t0.elapsed() < Duration::from_secs(10), "no leader took the rate");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let leader = RunningReflector::wait_for_wan_leader(&refls, Duration::from_secs(10))
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no leader took the rate"))?;
     let leader = refls.remove(leader);
     let mut fetches = Vec::new();
     for (i, r) in refls.iter().enumerate() {
