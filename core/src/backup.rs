@@ -437,7 +437,7 @@ mod tests {
         let data = b"hello".to_vec();
         let c = ChunkRef { id: ChunkId::of(&data), len: 5 };
         let e = |path: &str, node: Node, layer| RecordEntry {
-            entry: Entry { path: path.into(), mode: 0o755, node },
+            entry: Entry::new(path, 0o755, node),
             layer,
         };
         SnapshotRecord {

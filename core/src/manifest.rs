@@ -1,9 +1,18 @@
 //! Layer manifests: what a layer contains, in a canonical signed encoding.
 //!
-//! The manifest body is encoded with postcard (a compact, deterministic serde format), hashed with
-//! BLAKE3 (the layer digest) and signed with the seed's ed25519 key. Endpoints and reflectors
-//! check the signature against trust.pem before trusting a single entry, so an untrusted cache
-//! can serve a manifest but never forge one.
+//! A manifest has two parts. The **body** is the layer's entries, one after another in postcard
+//! (a compact, deterministic serde format), cut into content-defined chunks with
+//! [`BODY_CHUNKING`] and moved and stored like any other chunk. The **root** is small: the
+//! layer's name, version, kind, totals and the list of body chunks. The root is hashed with
+//! BLAKE3 (the layer digest) and signed with the seed's ed25519 key. Since every body chunk is
+//! named by its hash in the signed root, the signature covers every entry.
+//!
+//! Cutting the body by content means a new version that changes a few entries changes a few
+//! body chunks: a receiver that kept the previous version's body fetches only those, plus the
+//! root. And no single frame has to carry a manifest of a million entries.
+//!
+//! Endpoints and reflectors check the root's signature against trust.pem before trusting a
+//! single field, so an untrusted cache can serve a manifest but never forge one.
 
 use crate::chunk::{ChunkId, ChunkParams};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
@@ -11,14 +20,26 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 
-/// Version of the manifest body encoding. Bump on any change to the types below.
-pub const MANIFEST_FORMAT: u16 = 1;
-/// First bytes of a signed manifest.
-pub const SIGNED_MAGIC: &[u8; 4] = b"OAS1";
+/// Version of the manifest encoding (root and body). Bump on any change to the types below.
+pub const MANIFEST_FORMAT: u16 = 2;
+/// First bytes of a signed manifest root.
+pub const SIGNED_MAGIC: &[u8; 4] = b"OAS2";
 /// Domain separation for the signature: the signed message is this followed by the digest.
-pub const SIGNATURE_CONTEXT: &[u8] = b"oasis manifest v1\0";
-/// Largest signed manifest accepted (about two million entries of typical size).
-pub const MAX_MANIFEST_BYTES: usize = 256 << 20;
+pub const SIGNATURE_CONTEXT: &[u8] = b"oasis manifest v2\0";
+/// Largest signed root (magic, signature and root body): it travels in one `Manifest` frame.
+pub const MAX_MANIFEST_ROOT_BYTES: usize = 4 << 20;
+/// Most body chunks a root may list (a root of about 3.6 MB, a body of about 400 MB).
+pub const MAX_BODY_CHUNKS: usize = 100_000;
+/// Largest manifest body: the entries, encoded (about seven million entries of typical size).
+pub const MAX_MANIFEST_BODY_BYTES: u64 = 1 << 30;
+/// Most entries in one layer.
+pub const MAX_MANIFEST_ENTRIES: u64 = 8_000_000;
+/// Most extended attributes on one entry, and their largest name and value (Linux's limits).
+pub const MAX_XATTRS_PER_ENTRY: usize = 64;
+pub const MAX_XATTR_NAME_BYTES: usize = 255;
+pub const MAX_XATTR_VALUE_BYTES: usize = 65_536;
+/// How the manifest body is cut: small chunks, so that a change to a few entries moves little.
+pub const BODY_CHUNKING: ChunkParams = ChunkParams { min: 1024, avg: 4096, max: 16384 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -62,17 +83,54 @@ pub struct ChunkRef {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Node {
     Dir,
-    File { size: u64, chunks: Vec<ChunkRef> },
-    Symlink { target: String },
+    File {
+        size: u64,
+        chunks: Vec<ChunkRef>,
+    },
+    Symlink {
+        target: String,
+    },
+    /// Another name for the inode of an earlier file entry (`target` is that entry's path). It
+    /// carries no chunks; its metadata is the target's.
+    Hardlink {
+        target: String,
+    },
+}
+
+/// An extended attribute: `security.capability`, `user.*`, ACLs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xattr {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+/// Ownership, time and extended attributes of an entry, as the source filesystem had them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub uid: u32,
+    pub gid: u32,
+    /// Modification time: seconds since the Unix epoch (negative before it) and nanoseconds.
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    /// Sorted by name, no duplicates.
+    pub xattrs: Vec<Xattr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Relative, '/'-separated, no '.', '..' or empty components.
     pub path: String,
-    /// Permission bits (0o7777 at most).
+    /// Permission bits with setuid, setgid and sticky (0o7777 at most). Symlinks carry 0o777.
     pub mode: u32,
+    pub meta: Meta,
     pub node: Node,
+}
+
+impl Entry {
+    /// An entry with no recorded owner, time or attributes (uid and gid 0, mtime 0).
+    pub fn new(path: impl Into<String>, mode: u32, node: Node) -> Entry {
+        Entry { path: path.into(), mode, meta: Meta::default(), node }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +144,26 @@ pub struct LayerManifest {
     pub created: u64,
     /// Sorted by path (byte order), parents before children.
     pub entries: Vec<Entry>,
+}
+
+/// The signed part of a manifest: the layer's identity, totals and where its body is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestRoot {
+    pub format: u16,
+    pub name: String,
+    pub version: String,
+    pub kind: LayerKind,
+    /// How the layer's files are cut.
+    pub chunking: ChunkParams,
+    pub created: u64,
+    /// Number of entries in the body.
+    pub entries: u64,
+    /// Regular files (hard links not counted) and their plain bytes.
+    pub files: u64,
+    pub bytes: u64,
+    /// Length of the body, and its chunks in order (cut with [`BODY_CHUNKING`]).
+    pub body_len: u64,
+    pub body: Vec<ChunkRef>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -102,6 +180,8 @@ pub enum ManifestError {
         "manifest {layer}: format {found} is not supported (this build reads {MANIFEST_FORMAT})"
     )]
     Format { layer: String, found: u16 },
+    #[error("manifest {layer}: body chunk {id} is not available: {problem}")]
+    BodyUnavailable { layer: String, id: ChunkId, problem: String },
 }
 
 /// Layer names and versions: 1..=128 chars of [A-Za-z0-9._+-], not starting with '.'.
@@ -119,18 +199,73 @@ pub fn validate_label(what: &str, s: &str) -> Result<(), String> {
     }
 }
 
+/// A manifest's body, cut into chunks: what a publisher stores beside the signed root.
+#[derive(Clone, Debug)]
+pub struct ManifestBody {
+    pub bytes: Vec<u8>,
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl ManifestBody {
+    /// Each chunk with its plain bytes.
+    pub fn pieces(&self) -> impl Iterator<Item = (ChunkRef, &[u8])> + '_ {
+        let mut at = 0usize;
+        self.chunks.iter().map(move |c| {
+            let piece = &self.bytes[at..at + c.len as usize];
+            at += c.len as usize;
+            (*c, piece)
+        })
+    }
+}
+
 impl LayerManifest {
     pub fn label(&self) -> String {
         format!("{}@{}", self.name, self.version)
     }
 
-    /// Canonical body encoding (postcard). Deterministic for a given value.
-    pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("manifest types always serialize")
+    /// Canonical body encoding: every entry in postcard, one after another.
+    pub fn encode_body(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.entries.len() * 96);
+        for e in &self.entries {
+            out = postcard::to_extend(e, out).expect("manifest entries always serialize");
+        }
+        out
     }
 
+    /// The body cut into its chunks.
+    pub fn body(&self) -> ManifestBody {
+        let bytes = self.encode_body();
+        let chunks = crate::chunk::cut(&bytes, &BODY_CHUNKING)
+            .into_iter()
+            .map(|s| {
+                let (o, l) = (s.offset as usize, s.len as usize);
+                ChunkRef { id: ChunkId::of(&bytes[o..o + l]), len: s.len }
+            })
+            .collect();
+        ManifestBody { bytes, chunks }
+    }
+
+    /// The root of this manifest for a body already cut.
+    pub fn root(&self, body: &ManifestBody) -> ManifestRoot {
+        let (files, bytes) = self.files().fold((0u64, 0u64), |(n, b), (_, s, _)| (n + 1, b + s));
+        ManifestRoot {
+            format: self.format,
+            name: self.name.clone(),
+            version: self.version.clone(),
+            kind: self.kind,
+            chunking: self.chunking,
+            created: self.created,
+            entries: self.entries.len() as u64,
+            files,
+            bytes,
+            body_len: body.bytes.len() as u64,
+            body: body.chunks.clone(),
+        }
+    }
+
+    /// The layer digest: BLAKE3 of the encoded root.
     pub fn digest(&self) -> [u8; 32] {
-        *blake3::hash(&self.encode()).as_bytes()
+        *blake3::hash(&self.root(&self.body()).encode()).as_bytes()
     }
 
     /// Total plain bytes of all files.
@@ -152,7 +287,8 @@ impl LayerManifest {
     }
 
     /// Checks every invariant a receiver relies on before touching the disk: safe relative
-    /// paths, no duplicates, no entry below a symlink or a file, sizes that add up.
+    /// paths, no duplicates, no entry below a symlink or a file, sizes that add up, hard links
+    /// to earlier files, attributes within Linux's limits.
     pub fn validate(&self) -> Result<(), ManifestError> {
         let layer = self.label();
         let invalid = |problem: String| ManifestError::Invalid { layer: layer.clone(), problem };
@@ -162,6 +298,12 @@ impl LayerManifest {
         validate_label("name", &self.name).map_err(invalid)?;
         validate_label("version", &self.version).map_err(invalid)?;
         self.chunking.validate().map_err(|e| invalid(e.to_string()))?;
+        if self.entries.len() as u64 > MAX_MANIFEST_ENTRIES {
+            return Err(invalid(format!(
+                "{} entries exceed the limit of {MAX_MANIFEST_ENTRIES}",
+                self.entries.len()
+            )));
+        }
         let mut kinds: HashMap<&str, &Node> = HashMap::with_capacity(self.entries.len());
         let mut prev: Option<&str> = None;
         for e in &self.entries {
@@ -174,12 +316,17 @@ impl LayerManifest {
             if e.mode & !0o7777 != 0 {
                 return Err(bad("has mode bits beyond 0o7777"));
             }
-            if kinds.contains_key(e.path.as_str()) {
-                return Err(bad("appears twice"));
+            if e.meta.mtime_nsec >= 1_000_000_000 {
+                return Err(bad("has an mtime with 1e9 or more nanoseconds"));
             }
+            check_xattrs(&e.meta.xattrs).map_err(|p| bad(&p))?;
             if let Some(p) = prev {
-                if p > e.path.as_str() {
-                    return Err(bad("is out of order (entries must be sorted by path)"));
+                if p >= e.path.as_str() {
+                    return Err(bad(if p == e.path {
+                        "appears twice"
+                    } else {
+                        "is out of order (entries must be sorted by path)"
+                    }));
                 }
             }
             prev = Some(&e.path);
@@ -192,7 +339,7 @@ impl LayerManifest {
                     Some(Node::Symlink { .. }) => {
                         return Err(bad(&format!("lies below the symlink {parent:?}")))
                     }
-                    Some(Node::File { .. }) => {
+                    Some(Node::File { .. } | Node::Hardlink { .. }) => {
                         return Err(bad(&format!("lies below the file {parent:?}")))
                     }
                     None => {
@@ -225,6 +372,14 @@ impl LayerManifest {
                         return Err(bad("has an empty symlink target or one with NUL"));
                     }
                 }
+                Node::Hardlink { target } => match kinds.get(target.as_str()) {
+                    Some(Node::File { .. }) => {}
+                    _ => {
+                        return Err(bad(&format!(
+                            "is a hard link to {target:?}, which is not an earlier file entry"
+                        )))
+                    }
+                },
                 Node::Dir => {}
             }
             kinds.insert(&e.path, &e.node);
@@ -232,12 +387,48 @@ impl LayerManifest {
         Ok(())
     }
 
-    pub fn sign(&self, key: &SigningKey) -> SignedManifest {
-        let body = self.encode();
-        let digest = *blake3::hash(&body).as_bytes();
-        let signature = key.sign(&signed_message(&digest));
-        SignedManifest { body, digest, signature: signature.to_bytes(), manifest: self.clone() }
+    /// Cuts the body, builds and signs the root. The body's chunks must be stored (or sent)
+    /// beside the root: the root names them but does not hold them.
+    pub fn sign(&self, key: &SigningKey) -> (SignedManifest, ManifestBody) {
+        let body = self.body();
+        let root = self.root(&body);
+        let root_body = root.encode();
+        let digest = *blake3::hash(&root_body).as_bytes();
+        let signature = key.sign(&signed_message(&digest)).to_bytes();
+        let sm = SignedManifest { root_body, digest, signature, root, manifest: self.clone() };
+        (sm, body)
     }
+}
+
+fn check_xattrs(xattrs: &[Xattr]) -> Result<(), String> {
+    if xattrs.len() > MAX_XATTRS_PER_ENTRY {
+        return Err(format!(
+            "has {} extended attributes, more than {MAX_XATTRS_PER_ENTRY}",
+            xattrs.len()
+        ));
+    }
+    let mut prev: Option<&str> = None;
+    for x in xattrs {
+        if x.name.is_empty() || x.name.len() > MAX_XATTR_NAME_BYTES || x.name.contains('\0') {
+            return Err(format!(
+                "has an extended attribute name {:?} that is empty, longer than \
+                 {MAX_XATTR_NAME_BYTES} bytes or holds NUL",
+                x.name
+            ));
+        }
+        if x.value.len() > MAX_XATTR_VALUE_BYTES {
+            return Err(format!(
+                "has extended attribute {} of {} bytes, more than {MAX_XATTR_VALUE_BYTES}",
+                x.name,
+                x.value.len()
+            ));
+        }
+        if prev.is_some_and(|p| p >= x.name.as_str()) {
+            return Err("has extended attributes out of order or twice".into());
+        }
+        prev = Some(&x.name);
+    }
+    Ok(())
 }
 
 fn signed_message(digest: &[u8; 32]) -> Vec<u8> {
@@ -267,62 +458,296 @@ fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A manifest with its signature, as stored and sent:
-/// `"OAS1" | signature (64) | body (postcard LayerManifest)`.
-#[derive(Clone, Debug)]
-pub struct SignedManifest {
-    pub body: Vec<u8>,
-    pub digest: [u8; 32],
-    pub signature: [u8; 64],
-    pub manifest: LayerManifest,
-}
-
-impl SignedManifest {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(4 + 64 + self.body.len());
-        out.extend_from_slice(SIGNED_MAGIC);
-        out.extend_from_slice(&self.signature);
-        out.extend_from_slice(&self.body);
-        out
+impl ManifestRoot {
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.name, self.version)
     }
 
-    /// Parses, checks the signature against `key`, then validates the manifest.
-    /// Nothing in the body is trusted before the signature verifies.
-    pub fn open(bytes: &[u8], key: &VerifyingKey) -> Result<SignedManifest, ManifestError> {
-        if bytes.len() > MAX_MANIFEST_BYTES {
+    /// Canonical root encoding (postcard). Deterministic for a given value.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("manifest roots always serialize")
+    }
+
+    fn validate(&self) -> Result<(), ManifestError> {
+        let layer = self.label();
+        let invalid = |problem: String| ManifestError::Invalid { layer: layer.clone(), problem };
+        if self.format != MANIFEST_FORMAT {
+            return Err(ManifestError::Format { layer, found: self.format });
+        }
+        validate_label("name", &self.name).map_err(invalid)?;
+        validate_label("version", &self.version).map_err(invalid)?;
+        self.chunking.validate().map_err(|e| invalid(e.to_string()))?;
+        if self.entries > MAX_MANIFEST_ENTRIES {
+            return Err(invalid(format!(
+                "{} entries exceed the limit of {MAX_MANIFEST_ENTRIES}",
+                self.entries
+            )));
+        }
+        if self.body.len() > MAX_BODY_CHUNKS {
+            return Err(invalid(format!(
+                "{} body chunks exceed the limit of {MAX_BODY_CHUNKS}",
+                self.body.len()
+            )));
+        }
+        if self.body_len > MAX_MANIFEST_BODY_BYTES {
+            return Err(invalid(format!(
+                "a body of {} bytes exceeds the limit of {MAX_MANIFEST_BODY_BYTES}",
+                self.body_len
+            )));
+        }
+        let mut sum = 0u64;
+        for c in &self.body {
+            if c.len == 0 || c.len > BODY_CHUNKING.max {
+                return Err(invalid(format!(
+                    "body chunk {} has {} bytes, outside 1..={}",
+                    c.id, c.len, BODY_CHUNKING.max
+                )));
+            }
+            sum += c.len as u64;
+        }
+        if sum != self.body_len {
+            return Err(invalid(format!(
+                "body chunks add up to {sum} bytes, the root says {}",
+                self.body_len
+            )));
+        }
+        Ok(())
+    }
+
+    /// Distinct body chunks, in order.
+    pub fn unique_body_chunks(&self) -> Vec<ChunkRef> {
+        let mut seen = std::collections::HashSet::new();
+        self.body.iter().filter(|c| seen.insert(c.id)).copied().collect()
+    }
+}
+
+/// A manifest root whose signature verified, before its body is known.
+#[derive(Clone, Debug)]
+pub struct SignedRoot {
+    pub root_body: Vec<u8>,
+    pub digest: [u8; 32],
+    pub signature: [u8; 64],
+    pub root: ManifestRoot,
+}
+
+impl SignedRoot {
+    /// Parses signed root bytes, checks the signature against `key`, then the root's limits.
+    /// Nothing in the root is trusted before the signature verifies.
+    pub fn open(bytes: &[u8], key: &VerifyingKey) -> Result<SignedRoot, ManifestError> {
+        if bytes.len() > MAX_MANIFEST_ROOT_BYTES {
             return Err(ManifestError::Malformed(format!(
-                "{} bytes exceed the limit of {MAX_MANIFEST_BYTES}",
+                "a root of {} bytes exceeds the limit of {MAX_MANIFEST_ROOT_BYTES}",
                 bytes.len()
             )));
         }
         if bytes.len() < 4 + 64 || &bytes[..4] != SIGNED_MAGIC {
-            return Err(ManifestError::Malformed(
-                "truncated, or not a signed Oasis manifest (bad magic)".into(),
-            ));
+            let what = if bytes.starts_with(b"OAS1") {
+                "a format 1 manifest; this build reads format 2 (OAS2)"
+            } else {
+                "truncated, or not a signed Oasis manifest (bad magic)"
+            };
+            return Err(ManifestError::Malformed(what.into()));
         }
         let signature: [u8; 64] = bytes[4..68].try_into().expect("length checked");
-        let body = bytes[68..].to_vec();
-        let digest = *blake3::hash(&body).as_bytes();
-        // Peek at the label only for the error message; the body is not trusted yet.
-        let layer = postcard::from_bytes::<LayerManifest>(&body)
+        let root_body = bytes[68..].to_vec();
+        let digest = *blake3::hash(&root_body).as_bytes();
+        // Peek at the label only for the error message; the root is not trusted yet.
+        let layer = postcard::from_bytes::<ManifestRoot>(&root_body)
             .map(|m| m.label())
             .unwrap_or_else(|_| format!("(digest {})", hex::encode(&digest[..8])));
         key.verify(&signed_message(&digest), &Signature::from_bytes(&signature))
             .map_err(|_| ManifestError::BadSignature { layer: layer.clone() })?;
-        let manifest: LayerManifest = postcard::from_bytes(&body)
-            .map_err(|e| ManifestError::Malformed(format!("{layer}: body does not decode: {e}")))?;
-        if manifest.encode() != body {
+        let root: ManifestRoot = postcard::from_bytes(&root_body)
+            .map_err(|e| ManifestError::Malformed(format!("{layer}: root does not decode: {e}")))?;
+        if root.encode() != root_body {
             return Err(ManifestError::Malformed(format!(
-                "{layer}: body is not in canonical form"
+                "{layer}: root is not in canonical form"
             )));
         }
+        root.validate()?;
+        Ok(SignedRoot { root_body, digest, signature, root })
+    }
+
+    pub fn label(&self) -> String {
+        self.root.label()
+    }
+
+    /// Checks that this is the layer a client asked for: the name, and the version when one was
+    /// named. A cache must never hand over another layer in place of the one requested.
+    pub fn check_request(&self, name: &str, version: Option<&str>) -> Result<(), ManifestError> {
+        let r = &self.root;
+        if r.name != name || version.is_some_and(|v| v != r.version) {
+            let want = match version {
+                Some(v) => format!("{name}@{v}"),
+                None => format!("{name} (latest)"),
+            };
+            return Err(ManifestError::Invalid {
+                layer: r.label(),
+                problem: format!("was sent in answer to a request for {want}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Joins the body's chunks (each checked against its id), decodes and validates the
+    /// entries. `chunk` gives a body chunk's plain bytes, or why it cannot.
+    pub fn assemble(
+        self,
+        mut chunk: impl FnMut(&ChunkRef) -> Result<bytes::Bytes, String>,
+    ) -> Result<SignedManifest, ManifestError> {
+        let layer = self.label();
+        let mut body = Vec::with_capacity(self.root.body_len as usize);
+        for c in &self.root.body {
+            let data = chunk(c).map_err(|problem| ManifestError::BodyUnavailable {
+                layer: layer.clone(),
+                id: c.id,
+                problem,
+            })?;
+            if data.len() != c.len as usize || !c.id.verify(&data) {
+                return Err(ManifestError::BodyUnavailable {
+                    layer,
+                    id: c.id,
+                    problem: "its bytes do not match its id".into(),
+                });
+            }
+            body.extend_from_slice(&data);
+        }
+        self.assemble_body(&body)
+    }
+
+    /// Decodes and validates a whole body whose chunks the caller has already joined.
+    pub fn assemble_body(self, body: &[u8]) -> Result<SignedManifest, ManifestError> {
+        let layer = self.label();
+        let malformed = |problem: String| ManifestError::Malformed(format!("{layer}: {problem}"));
+        if body.len() as u64 != self.root.body_len {
+            return Err(malformed(format!(
+                "body of {} bytes, the root says {}",
+                body.len(),
+                self.root.body_len
+            )));
+        }
+        let mut at = 0usize;
+        let mut pos = 0usize;
+        for c in &self.root.body {
+            let end = pos + c.len as usize;
+            if !c.id.verify(&body[pos..end]) {
+                return Err(malformed(format!("body chunk {} does not match its bytes", c.id)));
+            }
+            pos = end;
+        }
+        let mut entries = Vec::with_capacity(self.root.entries.min(1 << 20) as usize);
+        let mut scratch = Vec::new();
+        while at < body.len() {
+            if entries.len() as u64 >= self.root.entries {
+                return Err(malformed(format!(
+                    "body holds more than the {} entries the root says",
+                    self.root.entries
+                )));
+            }
+            let (e, rest): (Entry, &[u8]) = postcard::take_from_bytes(&body[at..])
+                .map_err(|e| malformed(format!("entry {} does not decode: {e}", entries.len())))?;
+            let used = body.len() - at - rest.len();
+            scratch.clear();
+            scratch = postcard::to_extend(&e, scratch).expect("entries always serialize");
+            if scratch[..] != body[at..at + used] {
+                return Err(malformed(format!("entry {:?} is not in canonical form", e.path)));
+            }
+            at += used;
+            entries.push(e);
+        }
+        if entries.len() as u64 != self.root.entries {
+            return Err(malformed(format!(
+                "body holds {} entries, the root says {}",
+                entries.len(),
+                self.root.entries
+            )));
+        }
+        let r = &self.root;
+        let manifest = LayerManifest {
+            format: r.format,
+            name: r.name.clone(),
+            version: r.version.clone(),
+            kind: r.kind,
+            chunking: r.chunking,
+            created: r.created,
+            entries,
+        };
         manifest.validate()?;
-        Ok(SignedManifest { body, digest, signature, manifest })
+        let (files, bytes) =
+            manifest.files().fold((0u64, 0u64), |(n, b), (_, s, _)| (n + 1, b + s));
+        if (files, bytes) != (r.files, r.bytes) {
+            return Err(ManifestError::Invalid {
+                layer,
+                problem: format!(
+                    "body has {files} files of {bytes} bytes, the root says {} of {}",
+                    r.files, r.bytes
+                ),
+            });
+        }
+        let SignedRoot { root_body, digest, signature, root } = self;
+        Ok(SignedManifest { root_body, digest, signature, root, manifest })
+    }
+}
+
+/// A manifest with its signed root, as stored and sent:
+/// `"OAS2" | signature (64) | root (postcard ManifestRoot)`, the body in chunks beside it.
+#[derive(Clone, Debug)]
+pub struct SignedManifest {
+    pub root_body: Vec<u8>,
+    pub digest: [u8; 32],
+    pub signature: [u8; 64],
+    pub root: ManifestRoot,
+    pub manifest: LayerManifest,
+}
+
+impl SignedManifest {
+    /// The signed root, as stored and as sent in a `Manifest` frame.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        signed_root_bytes(&self.signature, &self.root_body)
+    }
+
+    /// Opens signed root bytes and assembles the body from `chunk`: the two steps of
+    /// [`SignedRoot::open`] and [`SignedRoot::assemble`].
+    pub fn open(
+        bytes: &[u8],
+        key: &VerifyingKey,
+        chunk: impl FnMut(&ChunkRef) -> Result<bytes::Bytes, String>,
+    ) -> Result<SignedManifest, ManifestError> {
+        SignedRoot::open(bytes, key)?.assemble(chunk)
     }
 
     pub fn digest_hex(&self) -> String {
         hex::encode(self.digest)
     }
+
+    pub fn signed_root(&self) -> SignedRoot {
+        SignedRoot {
+            root_body: self.root_body.clone(),
+            digest: self.digest,
+            signature: self.signature,
+            root: self.root.clone(),
+        }
+    }
+}
+
+impl SignedRoot {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        signed_root_bytes(&self.signature, &self.root_body)
+    }
+}
+
+fn signed_root_bytes(signature: &[u8; 64], root_body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + 64 + root_body.len());
+    out.extend_from_slice(SIGNED_MAGIC);
+    out.extend_from_slice(signature);
+    out.extend_from_slice(root_body);
+    out
+}
+
+/// The layer digest of signed root bytes (BLAKE3 of the root after the 68-byte header), for
+/// recognising a manifest already seen without opening it.
+pub fn digest_of_signed(bytes: &[u8]) -> [u8; 32] {
+    *blake3::hash(bytes.get(68..).unwrap_or_default()).as_bytes()
 }
 
 /// A JSON view for people (`oasis-seed show`).
@@ -332,11 +757,30 @@ pub fn to_json(sm: &SignedManifest) -> serde_json::Value {
         .entries
         .iter()
         .map(|e| {
-            let mut v = serde_json::json!({ "path": e.path, "mode": format!("{:o}", e.mode) });
+            let mut v = serde_json::json!({
+                "path": e.path,
+                "mode": format!("{:o}", e.mode),
+                "uid": e.meta.uid,
+                "gid": e.meta.gid,
+                "mtime": e.meta.mtime,
+                "mtime_nsec": e.meta.mtime_nsec,
+            });
+            if !e.meta.xattrs.is_empty() {
+                v["xattrs"] = e
+                    .meta
+                    .xattrs
+                    .iter()
+                    .map(|x| serde_json::json!({ "name": x.name, "value": hex::encode(&x.value) }))
+                    .collect();
+            }
             match &e.node {
                 Node::Dir => v["type"] = "dir".into(),
                 Node::Symlink { target } => {
                     v["type"] = "symlink".into();
+                    v["target"] = target.clone().into();
+                }
+                Node::Hardlink { target } => {
+                    v["type"] = "hardlink".into();
                     v["target"] = target.clone().into();
                 }
                 Node::File { size, chunks } => {
@@ -362,6 +806,8 @@ pub fn to_json(sm: &SignedManifest) -> serde_json::Value {
         "files": m.files().count(),
         "bytes": m.total_bytes(),
         "unique_chunks": m.unique_chunks().len(),
+        "body_bytes": sm.root.body_len,
+        "body_chunks": sm.root.body.len(),
         "entries": entries,
     })
 }
@@ -381,15 +827,11 @@ mod tests {
         } else {
             vec![ChunkRef { id: ChunkId::of(data), len: data.len() as u32 }]
         };
-        Entry {
-            path: path.into(),
-            mode: 0o644,
-            node: Node::File { size: data.len() as u64, chunks },
-        }
+        Entry::new(path, 0o644, Node::File { size: data.len() as u64, chunks })
     }
 
     fn dir(path: &str) -> Entry {
-        Entry { path: path.into(), mode: 0o755, node: Node::Dir }
+        Entry::new(path, 0o755, Node::Dir)
     }
 
     fn manifest(entries: Vec<Entry>) -> LayerManifest {
@@ -404,36 +846,138 @@ mod tests {
         }
     }
 
+    /// Signs and opens again, the body's chunks coming from what the signer cut.
+    fn roundtrip(m: &LayerManifest, k: &VerifyingKey) -> Result<SignedManifest, ManifestError> {
+        let (sm, body) = m.sign(&key());
+        let pieces: HashMap<ChunkId, bytes::Bytes> =
+            body.pieces().map(|(c, d)| (c.id, bytes::Bytes::copy_from_slice(d))).collect();
+        SignedManifest::open(&sm.to_bytes(), k, |c| {
+            pieces.get(&c.id).cloned().ok_or_else(|| "not here".to_string())
+        })
+    }
+
     #[test]
     fn sign_and_open_roundtrip() {
         let m = manifest(vec![dir("etc"), file("etc/hosts", b"127.0.0.1 localhost\n")]);
-        let sm = m.sign(&key());
-        let opened = SignedManifest::open(&sm.to_bytes(), &key().verifying_key()).unwrap();
+        let opened = roundtrip(&m, &key().verifying_key()).unwrap();
         assert_eq!(opened.manifest, m);
         assert_eq!(opened.digest, m.digest());
+        assert_eq!(opened.root.files, 1);
+        assert_eq!(opened.root.bytes, 20);
+    }
+
+    #[test]
+    fn metadata_and_hard_links_roundtrip() {
+        let mut f = file("bin/su", b"elf");
+        f.mode = 0o4755;
+        f.meta = Meta {
+            uid: 0,
+            gid: 4,
+            mtime: 1_700_000_000,
+            mtime_nsec: 123_456_789,
+            xattrs: vec![
+                Xattr { name: "security.capability".into(), value: vec![1, 0, 0, 2] },
+                Xattr { name: "user.note".into(), value: b"x".to_vec() },
+            ],
+        };
+        let mut link = Entry::new("bin/sudo", 0o4755, Node::Hardlink { target: "bin/su".into() });
+        link.meta = f.meta.clone();
+        let m = manifest(vec![dir("bin"), f, link]);
+        let opened = roundtrip(&m, &key().verifying_key()).unwrap();
+        assert_eq!(opened.manifest, m);
+        assert_eq!(opened.root.files, 1, "a hard link is not a second file");
+    }
+
+    #[test]
+    fn bad_hard_links_and_xattrs_are_refused() {
+        let link = |t: &str| Entry::new("z", 0o644, Node::Hardlink { target: t.into() });
+        for (entries, word) in [
+            (vec![link("a")], "not an earlier file"),
+            (vec![dir("a"), link("a")], "not an earlier file"),
+        ] {
+            let err = manifest(entries).validate().unwrap_err().to_string();
+            assert!(err.contains(word), "{err}");
+        }
+        let mut f = file("a", b"x");
+        f.meta.xattrs = vec![
+            Xattr { name: "user.b".into(), value: vec![] },
+            Xattr { name: "user.a".into(), value: vec![] },
+        ];
+        assert!(manifest(vec![f.clone()]).validate().is_err());
+        f.meta.xattrs = vec![Xattr { name: "user.a".into(), value: vec![0; 65_537] }];
+        assert!(manifest(vec![f.clone()]).validate().is_err());
+        f.meta.xattrs.clear();
+        f.meta.mtime_nsec = 1_000_000_000;
+        assert!(manifest(vec![f]).validate().is_err());
     }
 
     #[test]
     fn wrong_key_tampering_and_truncation_are_refused() {
         let m = manifest(vec![file("a", b"x")]);
-        let bytes = m.sign(&key()).to_bytes();
+        let (sm, _) = m.sign(&key());
+        let bytes = sm.to_bytes();
         let other = SigningKey::from_bytes(&[9u8; 32]).verifying_key();
-        assert!(matches!(
-            SignedManifest::open(&bytes, &other),
-            Err(ManifestError::BadSignature { .. })
-        ));
+        assert!(matches!(SignedRoot::open(&bytes, &other), Err(ManifestError::BadSignature { .. })));
         let mut tampered = bytes.clone();
         *tampered.last_mut().unwrap() ^= 1;
-        assert!(SignedManifest::open(&tampered, &key().verifying_key()).is_err());
+        assert!(SignedRoot::open(&tampered, &key().verifying_key()).is_err());
         for cut in [0, 3, 40, bytes.len() - 1] {
-            assert!(
-                SignedManifest::open(&bytes[..cut], &key().verifying_key()).is_err(),
-                "cut {cut}"
-            );
+            assert!(SignedRoot::open(&bytes[..cut], &key().verifying_key()).is_err(), "cut {cut}");
         }
         let mut unsigned = bytes.clone();
         unsigned[4..68].fill(0);
-        assert!(SignedManifest::open(&unsigned, &key().verifying_key()).is_err());
+        assert!(SignedRoot::open(&unsigned, &key().verifying_key()).is_err());
+    }
+
+    #[test]
+    fn a_body_chunk_that_does_not_match_is_refused() {
+        let m = manifest(vec![dir("etc"), file("etc/hosts", b"x")]);
+        let (sm, body) = m.sign(&key());
+        let root = SignedRoot::open(&sm.to_bytes(), &key().verifying_key()).unwrap();
+        let mut evil = body.bytes.clone();
+        evil[0] ^= 1;
+        let err = root
+            .clone()
+            .assemble(|_| Ok(bytes::Bytes::from(evil.clone())))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("do not match"), "{err}");
+        let err = root.assemble(|_| Err("gone".into())).unwrap_err().to_string();
+        assert!(err.contains("not available: gone"), "{err}");
+    }
+
+    #[test]
+    fn a_root_for_another_layer_is_refused() {
+        let (sm, _) = manifest(vec![file("a", b"x")]).sign(&key());
+        let root = SignedRoot::open(&sm.to_bytes(), &key().verifying_key()).unwrap();
+        root.check_request("base", None).unwrap();
+        root.check_request("base", Some("1")).unwrap();
+        assert!(root.check_request("base", Some("2")).is_err());
+        assert!(root.check_request("office", None).is_err());
+    }
+
+    #[test]
+    fn a_small_change_moves_few_body_chunks() {
+        let mut entries = vec![dir("d")];
+        for i in 0..20_000u32 {
+            entries.push(file(&format!("d/{i:06}"), &i.to_le_bytes()));
+        }
+        let v1 = manifest(entries.clone());
+        for i in (0..20_000).step_by(2000) {
+            entries[i + 1] = file(&entries[i + 1].path.clone(), b"changed");
+        }
+        let v2 = manifest(entries);
+        let (b1, b2) = (v1.body(), v2.body());
+        let old: std::collections::HashSet<ChunkId> = b1.chunks.iter().map(|c| c.id).collect();
+        let new_bytes: u64 =
+            b2.chunks.iter().filter(|c| !old.contains(&c.id)).map(|c| c.len as u64).sum();
+        // 10 changed entries of 20,000: each change costs the body chunk it falls in, and
+        // perhaps its neighbour where the cut moves; never the body's size.
+        assert!(
+            new_bytes <= 10 * 2 * BODY_CHUNKING.max as u64 && new_bytes * 10 < b2.bytes.len() as u64,
+            "{new_bytes} new of {} body bytes",
+            b2.bytes.len()
+        );
     }
 
     #[test]
@@ -445,11 +989,7 @@ mod tests {
             (vec![file("a", b"x"), file("a", b"x")], "twice"),
             (
                 vec![
-                    Entry {
-                        path: "l".into(),
-                        mode: 0o777,
-                        node: Node::Symlink { target: "/etc".into() },
-                    },
+                    Entry::new("l", 0o777, Node::Symlink { target: "/etc".into() }),
                     file("l/passwd", b"x"),
                 ],
                 "symlink",
@@ -473,9 +1013,9 @@ mod tests {
         // A forged manifest with an escaping path must fail on the signature, not be parsed.
         let m = manifest(vec![file("../x", b"x")]);
         let other = SigningKey::from_bytes(&[1u8; 32]);
-        let bytes = m.sign(&other).to_bytes();
+        let bytes = m.sign(&other).0.to_bytes();
         assert!(matches!(
-            SignedManifest::open(&bytes, &key().verifying_key()),
+            SignedRoot::open(&bytes, &key().verifying_key()),
             Err(ManifestError::BadSignature { .. })
         ));
     }
@@ -483,14 +1023,20 @@ mod tests {
     fn arb_entries() -> impl Strategy<Value = Vec<Entry>> {
         proptest::collection::btree_map(
             "[a-z]{1,8}",
-            (any::<u16>(), proptest::collection::vec(any::<u8>(), 0..64)),
+            (
+                any::<u16>(),
+                proptest::collection::vec(any::<u8>(), 0..64),
+                any::<(u32, u32, i64)>(),
+                0u32..1_000_000_000,
+            ),
             0..20,
         )
         .prop_map(|m| {
             m.into_iter()
-                .map(|(name, (mode, data))| {
+                .map(|(name, (mode, data, (uid, gid, mtime), nsec))| {
                     let mut e = file(&name, &data);
                     e.mode = (mode as u32) & 0o7777;
+                    e.meta = Meta { uid, gid, mtime, mtime_nsec: nsec, xattrs: vec![] };
                     e
                 })
                 .collect()
@@ -502,18 +1048,24 @@ mod tests {
         fn encoding_is_canonical_and_roundtrips(entries in arb_entries(), created in any::<u64>()) {
             let mut m = manifest(entries);
             m.created = created;
-            let body = m.encode();
-            let back: LayerManifest = postcard::from_bytes(&body).unwrap();
-            prop_assert_eq!(&back, &m);
-            prop_assert_eq!(back.encode(), body);
-            let sm = m.sign(&key());
-            let opened = SignedManifest::open(&sm.to_bytes(), &key().verifying_key()).unwrap();
+            let opened = roundtrip(&m, &key().verifying_key()).unwrap();
             prop_assert_eq!(opened.manifest, m);
         }
 
         #[test]
         fn open_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = SignedManifest::open(&bytes, &key().verifying_key());
+            let _ = SignedRoot::open(&bytes, &key().verifying_key());
+        }
+
+        #[test]
+        fn assemble_never_panics_on_garbage(body in proptest::collection::vec(any::<u8>(), 1..300)) {
+            let m = manifest(vec![file("a", b"x")]);
+            let (sm, _) = m.sign(&key());
+            let mut root = SignedRoot::open(&sm.to_bytes(), &key().verifying_key()).unwrap();
+            // A root that names this garbage as its body (as a seed with a bug might).
+            root.root.body = vec![ChunkRef { id: ChunkId::of(&body), len: body.len() as u32 }];
+            root.root.body_len = body.len() as u64;
+            let _ = root.assemble_body(&body);
         }
     }
 }
@@ -524,34 +1076,50 @@ mod documented_example {
 
     /// The worked example in docs/protocol.md, byte for byte.
     #[test]
-    fn body_matches_protocol_doc() {
+    fn body_and_root_match_protocol_doc() {
+        let mut f = Entry::new(
+            "d/f",
+            0o644,
+            Node::File { size: 3, chunks: vec![ChunkRef { id: ChunkId::of(b"abc"), len: 3 }] },
+        );
+        f.meta = Meta {
+            uid: 1000,
+            gid: 100,
+            mtime: 1_700_000_000,
+            mtime_nsec: 5,
+            xattrs: vec![Xattr { name: "user.a".into(), value: b"1".to_vec() }],
+        };
         let m = LayerManifest {
-            format: 1,
+            format: 2,
             name: "a".into(),
             version: "1".into(),
             kind: LayerKind::App,
             chunking: ChunkParams::default(),
             created: 0,
-            entries: vec![
-                Entry { path: "d".into(), mode: 0o755, node: Node::Dir },
-                Entry {
-                    path: "d/f".into(),
-                    mode: 0o644,
-                    node: Node::File {
-                        size: 3,
-                        chunks: vec![ChunkRef { id: ChunkId::of(b"abc"), len: 3 }],
-                    },
-                },
-            ],
+            entries: vec![Entry::new("d", 0o755, Node::Dir), f],
         };
-        let mut want = vec![
-            0x01, 0x01, 0x61, 0x01, 0x31, 0x01, 0x80, 0x80, 0x01, 0x80, 0x80, 0x04, 0x80, 0x80,
-            0x10, 0x00, 0x02, 0x01, 0x64, 0xed, 0x03, 0x00, 0x03, 0x64, 0x2f, 0x66, 0xa4, 0x03,
-            0x01, 0x03, 0x01,
+        let mut want_body = vec![
+            0x01, 0x64, 0xed, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // "d" dir
+            0x03, 0x64, 0x2f, 0x66, 0xa4, 0x03, // "d/f" 0644
+            0xe8, 0x07, 0x64, // uid 1000, gid 100
+            0x80, 0xc4, 0x9f, 0xd5, 0x0c, 0x05, // mtime 1700000000 (zigzag), nsec 5
+            0x01, 0x06, 0x75, 0x73, 0x65, 0x72, 0x2e, 0x61, 0x01, 0x31, // user.a = "1"
+            0x01, 0x03, 0x01, // file, size 3, 1 chunk
         ];
-        want.extend_from_slice(blake3::hash(b"abc").as_bytes());
-        want.push(0x03);
-        assert_eq!(m.encode(), want);
+        want_body.extend_from_slice(blake3::hash(b"abc").as_bytes());
+        want_body.push(0x03);
+        let body = m.body();
+        assert_eq!(body.bytes, want_body);
+        assert_eq!(body.chunks.len(), 1);
+        let mut want_root = vec![
+            0x02, 0x01, 0x61, 0x01, 0x31, 0x01, // format 2, "a", "1", app
+            0x80, 0x80, 0x01, 0x80, 0x80, 0x04, 0x80, 0x80, 0x10, // chunking
+            0x00, 0x02, 0x01, 0x03, // created 0, 2 entries, 1 file, 3 bytes
+            want_body.len() as u8, 0x01, // body_len, 1 body chunk
+        ];
+        want_root.extend_from_slice(blake3::hash(&want_body).as_bytes());
+        want_root.push(want_body.len() as u8);
+        assert_eq!(m.root(&body).encode(), want_root);
         m.validate().unwrap();
     }
 }

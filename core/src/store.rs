@@ -22,7 +22,8 @@
 
 use crate::chunk::ChunkId;
 use crate::compress::{Encoding, StoredChunk};
-use crate::manifest::SignedManifest;
+use crate::manifest::{ManifestBody, ManifestError, SignedManifest};
+use ed25519_dalek::VerifyingKey;
 use crate::packs::PackSet;
 use crate::wire::LayerRef;
 use bytes::Bytes;
@@ -53,6 +54,12 @@ pub enum StoreError {
     BadEntry { id: ChunkId },
     #[error("chunk store: manifest {label} is stored but unreadable: {problem}")]
     BadManifest { label: String, problem: String },
+    #[error("chunk store: stored manifest {label}: {source}")]
+    Manifest {
+        label: String,
+        #[source]
+        source: ManifestError,
+    },
 }
 
 impl StoreError {
@@ -559,13 +566,79 @@ impl ChunkStore {
         k
     }
 
-    /// Stores a signed manifest and makes it the latest version of its layer.
-    pub fn put_manifest(&self, sm: &SignedManifest) -> Result<(), StoreError> {
+    /// Stores a signed manifest's root and body chunks and makes it the latest version of its
+    /// layer. Each distinct body chunk gets one reference, as a layer's file chunks do, so
+    /// that whatever counts references keeps a manifest's body as long as its layer. Returns
+    /// the body chunks this call added to the store.
+    pub fn put_manifest(
+        &self,
+        sm: &SignedManifest,
+        body: &ManifestBody,
+    ) -> Result<Vec<ChunkId>, StoreError> {
+        let added = self.put_manifest_body(body)?;
+        let mut seen = std::collections::HashSet::new();
+        for c in &body.chunks {
+            if seen.insert(c.id) {
+                self.update_entry(&c.id, |e| e.refs = e.refs.saturating_add(1))?;
+            }
+        }
+        self.sync()?;
         let m = &sm.manifest;
         self.manifests.insert(Self::manifest_key(&m.name, &m.version), sm.to_bytes())?;
         self.latest.insert(m.name.as_bytes(), m.version.as_bytes())?;
         self.db.flush()?;
-        Ok(())
+        Ok(added)
+    }
+
+    /// Stores a manifest body's chunks (compressed where that pays), without references.
+    /// Returns the ones that were not in the store yet.
+    pub fn put_manifest_body(&self, body: &ManifestBody) -> Result<Vec<ChunkId>, StoreError> {
+        let mut added = Vec::new();
+        for (c, data) in body.pieces() {
+            if !self.contains(&c.id)? && self.put(&StoredChunk::encode_with_id(c.id, data))? {
+                added.push(c.id);
+            }
+        }
+        Ok(added)
+    }
+
+    /// Opens `name@version` (the latest when None): verifies the stored root against `key`
+    /// and assembles the body from this store's chunks. `None` when no such root is stored.
+    pub fn open_manifest(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        key: &VerifyingKey,
+    ) -> Result<Option<SignedManifest>, StoreError> {
+        let Some(bytes) = self.manifest_bytes(name, version)? else { return Ok(None) };
+        self.open_manifest_bytes(&bytes, key).map(Some)
+    }
+
+    /// Opens signed root bytes, the body coming from this store's chunks.
+    pub fn open_manifest_bytes(
+        &self,
+        bytes: &[u8],
+        key: &VerifyingKey,
+    ) -> Result<SignedManifest, StoreError> {
+        let root = crate::manifest::SignedRoot::open(bytes, key).map_err(|source| {
+            StoreError::Manifest { label: "(unopened root)".into(), source }
+        })?;
+        let label = root.label();
+        let mut store_error = None;
+        let opened = root.assemble(|c| match self.get_plain(&c.id) {
+            Ok(Some(b)) => Ok(b),
+            Ok(None) => Err("not in the store".into()),
+            Err(e) => {
+                let msg = e.to_string();
+                store_error = Some(e);
+                Err(msg)
+            }
+        });
+        match (opened, store_error) {
+            (Ok(sm), _) => Ok(sm),
+            (Err(_), Some(e)) => Err(e),
+            (Err(source), None) => Err(StoreError::Manifest { label, source }),
+        }
     }
 
     /// Stores signed manifest bytes as received, without opening them. Readers always open
@@ -619,13 +692,13 @@ impl ChunkStore {
         Ok(self.latest.get(name.as_bytes())?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    /// Layers for a `ListLayers` answer: digest of each stored manifest body.
+    /// Layers for a `ListLayers` answer: the digest of each stored manifest root.
     pub fn layer_refs(&self) -> Result<Vec<LayerRef>, StoreError> {
         self.manifests()
             .map(|r| {
                 let (name, version, bytes) = r?;
-                let body = bytes.get(68..).unwrap_or_default();
-                Ok(LayerRef { name, version, digest: *blake3::hash(body).as_bytes() })
+                let digest = crate::manifest::digest_of_signed(&bytes);
+                Ok(LayerRef { name, version, digest })
             })
             .collect()
     }

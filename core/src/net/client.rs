@@ -3,6 +3,8 @@
 use super::{close_code, read_frame, NetError, ReadFrameError, CONNECT_TIMEOUT};
 use crate::chunk::ChunkId;
 use crate::compress::StoredChunk;
+use crate::manifest::{ChunkRef, SignedManifest, SignedRoot};
+use std::collections::HashMap;
 use crate::identity::{self, PeerInfo, NODE_SERVER_NAME};
 use crate::policy::TrafficClass;
 use crate::wire::{self, Frame, MAX_FRAME_BYTES, MAX_IDS_PER_REQUEST, MAX_NAME_BYTES};
@@ -37,6 +39,18 @@ impl ChunkReply {
             ChunkReply::Missing(id) => *id,
         }
     }
+}
+
+/// A manifest fetched by [`Client::open_manifest`], and what its fetch moved.
+#[derive(Clone, Debug)]
+pub struct FetchedManifest {
+    pub manifest: SignedManifest,
+    /// Bytes of the signed root.
+    pub root_bytes: u64,
+    /// Body chunk bytes as sent (compressed where the server stores them so).
+    pub body_wire_bytes: u64,
+    /// The body chunks that were fetched (not given by `local`), with their plain bytes.
+    pub fetched: Vec<(ChunkRef, Bytes)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +128,89 @@ impl Client {
             Frame::Manifest { signed } => Ok(signed),
             other => Err(self.unexpected(&other, "Manifest")),
         }
+    }
+
+    /// A layer's manifest, whole: the signed root (checked against `key` and against the
+    /// request), then the body chunks that `local` does not give, fetched over a few streams and
+    /// each verified against its id. What was fetched comes back beside the manifest, so the
+    /// caller can keep it: the next version's body then costs only the chunks that changed.
+    pub async fn open_manifest(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        key: &ed25519_dalek::VerifyingKey,
+        local: impl Fn(&ChunkId) -> Option<Bytes>,
+    ) -> Result<FetchedManifest, NetError> {
+        let addr = self.addr;
+        let bad = |source| NetError::Manifest { addr, source };
+        let signed = self.manifest(name, version).await?;
+        let root = SignedRoot::open(&signed, key).map_err(bad)?;
+        root.check_request(name, version).map_err(bad)?;
+        let mut have: HashMap<ChunkId, Bytes> = HashMap::new();
+        let mut want = Vec::new();
+        for c in root.root.unique_body_chunks() {
+            match local(&c.id) {
+                Some(b) if c.id.verify(&b) => {
+                    have.insert(c.id, b);
+                }
+                _ => want.push(c.id),
+            }
+        }
+        let fetched = self.plain_chunks(&want).await?;
+        let mut wire_bytes = 0u64;
+        let mut fetched_refs = Vec::with_capacity(fetched.len());
+        for (stored_len, id, plain) in fetched {
+            wire_bytes += stored_len;
+            fetched_refs.push((ChunkRef { id, len: plain.len() as u32 }, plain.clone()));
+            have.insert(id, plain);
+        }
+        let manifest = root
+            .assemble(|c| have.get(&c.id).cloned().ok_or_else(|| "not received".to_string()))
+            .map_err(bad)?;
+        Ok(FetchedManifest {
+            manifest,
+            root_bytes: signed.len() as u64,
+            body_wire_bytes: wire_bytes,
+            fetched: fetched_refs,
+        })
+    }
+
+    /// Fetches and verifies `ids`, in batches over up to four streams at once. Every id must
+    /// arrive: a `Missing` answer or a chunk that does not match its id fails the whole call.
+    /// Returns (bytes as sent, id, plain bytes) per chunk.
+    pub async fn plain_chunks(&self, ids: &[ChunkId]) -> Result<Vec<(u64, ChunkId, Bytes)>, NetError> {
+        use futures::StreamExt;
+        let addr = self.addr;
+        let batches = ids.chunks(1024).map(|batch| async move {
+            let mut replies = self.chunks(batch.to_vec()).await?;
+            let mut out = Vec::with_capacity(batch.len());
+            while let Some(r) = replies.next().await? {
+                match r {
+                    ChunkReply::Chunk(c) => {
+                        let sent = c.data.len() as u64;
+                        let plain = c.decode_verified().map_err(|e| NetError::Protocol {
+                            addr,
+                            problem: format!("chunk {}: {e}", c.id),
+                        })?;
+                        out.push((sent, c.id, plain));
+                    }
+                    ChunkReply::Missing(id) => {
+                        return Err(NetError::Remote {
+                            addr,
+                            code: wire::ErrorCode::NotFound,
+                            message: format!("chunk {id} is missing"),
+                        })
+                    }
+                }
+            }
+            Ok::<_, NetError>(out)
+        });
+        let mut all = Vec::with_capacity(ids.len());
+        let mut s = futures::stream::iter(batches).buffered(4);
+        while let Some(batch) = s.next().await {
+            all.extend(batch?);
+        }
+        Ok(all)
     }
 
     /// Requests `ids` (at most [`MAX_IDS_PER_REQUEST`]) on one stream; the answers arrive in

@@ -16,7 +16,7 @@ mod server;
 #[cfg(test)]
 mod tests;
 
-pub use client::{ChunkReplies, ChunkReply, Client};
+pub use client::{ChunkReplies, ChunkReply, Client, FetchedManifest};
 pub use server::{serve, ChunkSource, SourceError};
 
 use crate::identity::{IdentityError, NodeIdentity};
@@ -163,6 +163,14 @@ pub enum NetError {
     /// nothing was sent.
     #[error("invalid request to {addr}: {problem}")]
     Request { addr: SocketAddr, problem: String },
+    /// The manifest the peer sent does not verify, is not the one asked for, or its body does
+    /// not assemble.
+    #[error("manifest from {addr}: {source}")]
+    Manifest {
+        addr: SocketAddr,
+        #[source]
+        source: crate::manifest::ManifestError,
+    },
 }
 
 impl NetError {
@@ -177,7 +185,8 @@ impl NetError {
             | NetError::Remote { addr, .. }
             | NetError::Timeout { addr, .. }
             | NetError::Protocol { addr, .. }
-            | NetError::Request { addr, .. } => *addr,
+            | NetError::Request { addr, .. }
+            | NetError::Manifest { addr, .. } => *addr,
         }
     }
 

@@ -369,7 +369,7 @@ impl<S: ChunkSource> StreamCtx<S> {
                 }
                 Ok(Some(signed)) => Err(Frame::error(
                     ErrorCode::Internal,
-                    format!("manifest of {} bytes exceeds the frame limit", signed.len()),
+                    format!("manifest root of {} bytes exceeds the frame limit", signed.len()),
                 )),
                 Ok(None) => Err(Frame::error(
                     ErrorCode::NotFound,
