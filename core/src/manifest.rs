@@ -1108,6 +1108,7 @@ mod documented_example {
         ];
         want_body.extend_from_slice(blake3::hash(b"abc").as_bytes());
         want_body.push(0x03);
+        assert_eq!(want_body.len(), 71, "the document gives the body's length");
         let body = m.body();
         assert_eq!(body.bytes, want_body);
         assert_eq!(body.chunks.len(), 1);
