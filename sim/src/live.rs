@@ -63,9 +63,9 @@ impl LiveSeed {
     /// order.
     pub fn stored_chunks(&self, name: &str, version: &str) -> anyhow::Result<Vec<(ChunkId, u64)>> {
         let store = &self.seed.store;
-        let bytes = store.manifest_bytes(name, Some(version))?.context("layer not published")?;
-        let m =
-            oasis_core::manifest::SignedManifest::open(&bytes, self.auth.trust().manifest_key())?;
+        let m = store
+            .open_manifest(name, Some(version), self.auth.trust().manifest_key())?
+            .context("layer not published")?;
         let mut out = Vec::new();
         for c in m.manifest.unique_chunks() {
             let (_, _, len) =

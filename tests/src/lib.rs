@@ -57,6 +57,27 @@ impl TestSeed {
         Ok(out)
     }
 
+    /// A reflector enrolled by this seed (role reflector, site "test"), listening on 127.0.0.1
+    /// with metrics, its upstream this seed; `tweak` adjusts the configuration first.
+    pub async fn reflector(
+        &self,
+        name: &str,
+        tweak: impl FnOnce(&mut oasis_reflector::ReflectorConfig),
+    ) -> anyhow::Result<oasis_reflector::RunningReflector> {
+        let state = self.dir.path().join(format!("node-{name}"));
+        if !state.join("node.key").exists() {
+            self.enroll(Role::Reflector, name)?;
+        }
+        let mut cfg = oasis_reflector::ReflectorConfig::new(
+            &state,
+            "127.0.0.1:0".parse()?,
+            self.seed.addr.to_string(),
+        );
+        cfg.metrics = Some("127.0.0.1:0".parse()?);
+        tweak(&mut cfg);
+        oasis_reflector::RunningReflector::start(cfg).await
+    }
+
     pub fn served_bytes(&self) -> u64 {
         self.seed.metrics.served_bytes.get()
     }
@@ -171,6 +192,66 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
         }
     }
     out
+}
+
+/// Everything a tree holds that a restore must give back: [`snapshot`]'s kind, mode, content
+/// and link target, plus owner, mtime to the nanosecond, extended attributes, and which paths
+/// share an inode (named by the first path of the group).
+pub fn snapshot_meta(root: &Path) -> BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = snapshot(root);
+    let mut inodes: BTreeMap<(u64, u64), String> = BTreeMap::new();
+    for (rel, v) in out.iter_mut() {
+        let p = root.join(rel);
+        let md = std::fs::symlink_metadata(&p).expect("stat");
+        let xattrs = oasis_core::fsmeta::read_xattrs(&p).expect("xattrs");
+        let xattrs: Vec<String> =
+            xattrs.iter().map(|x| format!("{}={}", x.name, hex_of(&x.value))).collect();
+        let mut extra = format!(
+            " owner {}:{} mtime {}.{:09} xattrs [{}]",
+            md.uid(),
+            md.gid(),
+            md.mtime(),
+            md.mtime_nsec(),
+            xattrs.join(" ")
+        );
+        if md.is_file() && md.nlink() > 1 {
+            // Paths come in sorted order, so the first of an inode's names is the group's name.
+            let first = inodes.entry((md.dev(), md.ino())).or_insert_with(|| rel.clone());
+            extra.push_str(&format!(" inode-of {first}"));
+        }
+        v.push_str(&extra);
+    }
+    out
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A wide, shallow tree of `entries` entries shaped like a Linux `/usr/share`: directories of
+/// a few hundred small files with realistic path lengths, a third of them empty. Cheap to
+/// write and to publish, and its manifest is far larger than its content.
+pub fn wide_tree(root: &Path, entries: usize) -> std::io::Result<()> {
+    let per_dir = 250;
+    let mut made = 0;
+    let mut d = 0;
+    while made < entries {
+        let dir = root.join(format!("usr/share/locale-{d:04}/LC_MESSAGES"));
+        std::fs::create_dir_all(&dir)?;
+        made += if d == 0 { 4 } else { 2 };
+        for i in 0..per_dir.min(entries.saturating_sub(made)) {
+            let p = dir.join(format!("package-{i:05}-translations.mo"));
+            if i % 3 == 0 {
+                std::fs::write(&p, b"")?;
+            } else {
+                std::fs::write(&p, format!("msgid {d} {i}\n"))?;
+            }
+            made += 1;
+        }
+        d += 1;
+    }
+    Ok(())
 }
 
 pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {

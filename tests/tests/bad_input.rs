@@ -29,18 +29,26 @@ fn opts(state: &Path, from: SocketAddr, name: &str, into: &Path) -> FetchOptions
 }
 
 fn file_entry(path: &str, data: &[u8]) -> Entry {
-    Entry {
-        path: path.into(),
-        mode: 0o644,
-        node: Node::File {
+    Entry::new(
+        path,
+        0o644,
+        Node::File {
             size: data.len() as u64,
             chunks: vec![ChunkRef { id: ChunkId::of(data), len: data.len() as u32 }],
         },
-    }
+    )
 }
 
 fn dir_entry(path: &str) -> Entry {
-    Entry { path: path.into(), mode: 0o755, node: Node::Dir }
+    Entry::new(path, 0o755, Node::Dir)
+}
+
+/// Signs `m` with `key` and stores its body chunks in the seed's store, as a publish would;
+/// returns the signed root for planting.
+fn signed(seed: &TestSeed, m: LayerManifest, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
+    let (sm, body) = m.sign(key);
+    seed.seed.store.put_manifest_body(&body).expect("store body chunks");
+    sm.to_bytes()
 }
 
 fn forged(name: &str, entries: Vec<Entry>) -> LayerManifest {
@@ -64,50 +72,43 @@ async fn unsafe_or_badly_signed_manifests_are_refused_and_nothing_is_written() -
     let auth = SeedAuthority::load(&seed.data())?;
     let payload = b"payload";
     seed.seed.store.put(&StoredChunk::encode(payload))?;
-    let link =
-        Entry { path: "etc".into(), mode: 0o777, node: Node::Symlink { target: "/etc".into() } };
+    let link = Entry::new("etc", 0o777, Node::Symlink { target: "/etc".into() });
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "abs",
-            forged("abs", vec![file_entry("/tmp/oasis-abs", payload)])
-                .sign(auth.signing_key())
-                .to_bytes(),
+            signed(&seed, forged("abs", vec![file_entry("/tmp/oasis-abs", payload)]), auth.signing_key()),
             "absolute",
         ),
         (
             "dotdot",
-            forged("dotdot", vec![file_entry("../escape", payload)])
-                .sign(auth.signing_key())
-                .to_bytes(),
+            signed(&seed, forged("dotdot", vec![file_entry("../escape", payload)]), auth.signing_key()),
             "..",
         ),
         (
             "dup",
-            forged("dup", vec![file_entry("a", payload), file_entry("a", payload)])
-                .sign(auth.signing_key())
-                .to_bytes(),
+            signed(&seed, forged("dup", vec![file_entry("a", payload), file_entry("a", payload)]), auth.signing_key()),
             "twice",
         ),
         (
             "through-link",
-            forged("through-link", vec![link, file_entry("etc/passwd", payload)])
-                .sign(auth.signing_key())
-                .to_bytes(),
+            signed(&seed, forged("through-link", vec![link, file_entry("etc/passwd", payload)]), auth.signing_key()),
             "symlink",
         ),
         (
+            // A cache answering for "impostor" with another layer's genuine manifest.
+            "impostor",
+            signed(&seed, forged("other", vec![file_entry("f", payload)]), auth.signing_key()),
+            "request for impostor",
+        ),
+        (
             "wrong-key",
-            forged("wrong-key", vec![dir_entry("d"), file_entry("d/f", payload)])
-                .sign(&ed25519_dalek::SigningKey::from_bytes(&[3; 32]))
-                .to_bytes(),
+            signed(&seed, forged("wrong-key", vec![dir_entry("d"), file_entry("d/f", payload)]), &ed25519_dalek::SigningKey::from_bytes(&[3; 32])),
             "signature",
         ),
         (
             "unsigned",
             {
-                let mut b = forged("unsigned", vec![file_entry("f", payload)])
-                    .sign(auth.signing_key())
-                    .to_bytes();
+                let mut b = signed(&seed, forged("unsigned", vec![file_entry("f", payload)]), auth.signing_key());
                 b[4..68].fill(0);
                 b
             },
@@ -116,9 +117,7 @@ async fn unsafe_or_badly_signed_manifests_are_refused_and_nothing_is_written() -
         (
             "truncated",
             {
-                let b = forged("truncated", vec![file_entry("f", payload)])
-                    .sign(auth.signing_key())
-                    .to_bytes();
+                let b = signed(&seed, forged("truncated", vec![file_entry("f", payload)]), auth.signing_key());
                 b[..b.len() - 5].to_vec()
             },
             "manifest",

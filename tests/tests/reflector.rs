@@ -23,14 +23,7 @@ async fn reflector(
     name: &str,
     tweak: impl FnOnce(&mut ReflectorConfig),
 ) -> anyhow::Result<RunningReflector> {
-    let state = seed.dir.path().join(format!("node-{name}"));
-    if !state.join("node.key").exists() {
-        seed.enroll(Role::Reflector, name)?;
-    }
-    let mut cfg = ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, seed.seed.addr.to_string());
-    cfg.metrics = Some("127.0.0.1:0".parse()?);
-    tweak(&mut cfg);
-    RunningReflector::start(cfg).await
+    seed.reflector(name, tweak).await
 }
 
 fn opts(
@@ -71,9 +64,9 @@ async fn scrape(r: &RunningReflector, name: &str) -> anyhow::Result<f64> {
 }
 
 fn manifest_of(seed: &TestSeed, name: &str, version: &str) -> anyhow::Result<SignedManifest> {
-    let bytes = seed.seed.store.manifest_bytes(name, Some(version))?.expect("published");
+
     let id = NodeIdentity::load(&seed.data())?;
-    Ok(SignedManifest::open(&bytes, id.trust().manifest_key())?)
+    Ok(seed.seed.store.open_manifest(name, Some(version), id.trust().manifest_key())?.expect("published"))
 }
 
 /// Polls `f` every 50 ms until true or `limit` passes.
