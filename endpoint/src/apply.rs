@@ -11,7 +11,6 @@ use crate::compose::{self, Composed};
 use crate::device::{self, DeviceState};
 use crate::layer_fetch::{self, LayerFetchReport};
 use crate::materialize::ChunkGone;
-use crate::plan::Target;
 use crate::session::{Changes, Session};
 use crate::snapshot::{AppliedLayer, Snapshot};
 use crate::take::TakeReport;
@@ -70,7 +69,8 @@ pub fn parse_exact(s: &str, flag: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
-/// True when what is on disk (`cur`) is exactly what the layer entry says.
+/// True when what is on disk (`cur`) has the content the layer entry says (content and mode:
+/// a time or owner changed alone does not make a file the user's).
 fn matches_layer(cur: &oasis_core::manifest::Entry, layer: &oasis_core::manifest::Entry) -> bool {
     match (&cur.node, &layer.node) {
         (Node::Dir, Node::Dir) => true,
@@ -78,6 +78,7 @@ fn matches_layer(cur: &oasis_core::manifest::Entry, layer: &oasis_core::manifest
             a == b && cur.mode == layer.mode
         }
         (Node::Symlink { target: a }, Node::Symlink { target: b }) => a == b,
+        (Node::Hardlink { target: a }, Node::Hardlink { target: b }) => a == b,
         _ => false,
     }
 }
@@ -174,7 +175,7 @@ fn apply_local(
         s.snapshot(&format!("before apply {}", labels.join(" ")), false, true)?;
 
     let mut user_files_replaced = Vec::new();
-    let targets: Vec<Target> = new
+    let targets: Vec<oasis_core::manifest::Entry> = new
         .sorted()
         .into_iter()
         .map(|e| {
@@ -183,7 +184,7 @@ fn apply_local(
                     user_files_replaced.push(e.path.clone());
                 }
             }
-            Target { entry: e.clone(), mtime_ns: None }
+            e.clone()
         })
         .collect();
     let mut remove = Vec::new();

@@ -15,6 +15,8 @@ pub enum ComposeError {
     WrongKind { label: String, kind: LayerKind },
     #[error("layer {0} is given twice")]
     Duplicate(String),
+    #[error("layer {layer} has a hard link {path:?} to {target:?}, where layer {upper} puts {what}; nothing was changed")]
+    HardlinkCovered { layer: String, path: String, target: String, upper: String, what: String },
 }
 
 /// The composed IT tree: path -> (entry, index of the layer that provides it).
@@ -41,6 +43,7 @@ fn describe(n: &Node) -> &'static str {
         Node::Dir => "a directory",
         Node::File { .. } => "a file",
         Node::Symlink { .. } => "a symlink",
+        Node::Hardlink { .. } => "a hard link",
     }
 }
 
@@ -101,6 +104,29 @@ pub fn compose(layers: &[&LayerManifest], check_kinds: bool) -> Result<Composed,
             }
         }
     }
+    // A hard link is another name of a file; an upper layer may replace that file (the link
+    // then names the upper one, as a hard link does), but not with something else.
+    for (path, (e, owner)) in &entries {
+        let Node::Hardlink { target } = &e.node else { continue };
+        match entries.get(target) {
+            Some((t, _)) if matches!(t.node, Node::File { .. }) => {}
+            other => {
+                let (upper, what) = match other {
+                    Some((t, towner)) => {
+                        (layers[*towner as usize].label(), describe(&t.node).to_string())
+                    }
+                    None => (layers[*owner as usize].label(), "nothing".to_string()),
+                };
+                return Err(ComposeError::HardlinkCovered {
+                    layer: layers[*owner as usize].label(),
+                    path: path.clone(),
+                    target: target.clone(),
+                    upper,
+                    what,
+                });
+            }
+        }
+    }
     Ok(Composed { entries })
 }
 
@@ -138,6 +164,22 @@ mod tests {
         let app4 = m("app4", LayerKind::App, vec![dir("etc"), file("etc/b", b"3")]);
         compose(&[&base, &app2, &app4], true).unwrap();
         assert!(matches!(compose(&[&app1], true), Err(ComposeError::WrongKind { .. })));
+    }
+
+    #[test]
+    fn a_hard_link_whose_file_another_layer_replaces_by_a_non_file_is_refused() {
+        let link = Entry::new("etc/b", 0o644, Node::Hardlink { target: "etc/a".into() });
+        let base = m("base", LayerKind::Base, vec![dir("etc"), file("etc/a", b"1"), link]);
+        compose(&[&base], true).unwrap();
+        let app = m("app", LayerKind::App, vec![dir("etc"), file("etc/a", b"2")]);
+        compose(&[&base, &app], true).unwrap();
+        let app = m(
+            "app",
+            LayerKind::App,
+            vec![dir("etc"), Entry::new("etc/a", 0o777, Node::Symlink { target: "x".into() })],
+        );
+        let err = compose(&[&base, &app], true).err().unwrap().to_string();
+        assert!(err.contains("hard link") && err.contains("app@1"), "{err}");
     }
 
     #[test]

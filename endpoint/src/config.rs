@@ -9,6 +9,12 @@
 //! `sources` is used when no `--from` is given; with `--from`, the command line's sources come
 //! first and the file's follow (each address once). The endpoint probes them all and ranks them
 //! (own site, own subnet, least loaded, the seed last), so their order only breaks ties.
+//!
+//! ```toml
+//! # Other filesystems that device snapshots include (mount points, relative to the device
+//! # root or absolute inside it). A snapshot otherwise stays on the root's filesystem.
+//! snapshot_mounts = ["home", "/boot/efi"]
+//! ```
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -31,7 +37,11 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     sources: Option<toml::Spanned<Vec<toml::Spanned<String>>>>,
+    snapshot_mounts: Option<toml::Spanned<Vec<toml::Spanned<String>>>>,
 }
+
+/// Most mount points `snapshot_mounts` may list.
+pub const MAX_SNAPSHOT_MOUNTS: usize = 64;
 
 /// What the endpoint's configuration file says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,6 +50,9 @@ pub struct EndpointConfig {
     pub path: Option<PathBuf>,
     /// `sources`: HOST:PORT each, as written.
     pub sources: Vec<String>,
+    /// `snapshot_mounts`: mount points (relative to the device root, '/'-separated, no '..')
+    /// whose filesystems device snapshots include.
+    pub snapshot_mounts: Vec<String>,
 }
 
 impl EndpointConfig {
@@ -65,9 +78,9 @@ impl EndpointConfig {
             path: path.to_path_buf(),
             problem: e.to_string().trim_end().to_string(),
         })?;
-        let key_err = |span: std::ops::Range<usize>, problem: String| {
+        let key_err = |key: &'static str, span: std::ops::Range<usize>, problem: String| {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            ConfigError::Key { path: path.to_path_buf(), line, key: "sources", problem }
+            ConfigError::Key { path: path.to_path_buf(), line, key, problem }
         };
         let mut sources = Vec::new();
         if let Some(list) = file.sources {
@@ -75,6 +88,7 @@ impl EndpointConfig {
             let list = list.into_inner();
             if list.len() > MAX_SOURCES {
                 return Err(key_err(
+                    "sources",
                     span,
                     format!("lists {} sources; at most {MAX_SOURCES}", list.len()),
                 ));
@@ -82,13 +96,33 @@ impl EndpointConfig {
             for s in list {
                 let span = s.span();
                 let s = s.into_inner();
-                check_host_port(&s).map_err(|p| key_err(span, p))?;
+                check_host_port(&s).map_err(|p| key_err("sources", span, p))?;
                 if !sources.contains(&s) {
                     sources.push(s);
                 }
             }
         }
-        Ok(EndpointConfig { path: Some(path.to_path_buf()), sources })
+        let mut snapshot_mounts = Vec::new();
+        if let Some(list) = file.snapshot_mounts {
+            let span = list.span();
+            let list = list.into_inner();
+            if list.len() > MAX_SNAPSHOT_MOUNTS {
+                return Err(key_err(
+                    "snapshot_mounts",
+                    span,
+                    format!("lists {} mount points; at most {MAX_SNAPSHOT_MOUNTS}", list.len()),
+                ));
+            }
+            for m in list {
+                let span = m.span();
+                let m =
+                    mount_point(m.get_ref()).map_err(|p| key_err("snapshot_mounts", span, p))?;
+                if !snapshot_mounts.contains(&m) {
+                    snapshot_mounts.push(m);
+                }
+            }
+        }
+        Ok(EndpointConfig { path: Some(path.to_path_buf()), sources, snapshot_mounts })
     }
 
     /// The sources to use: `from` (the command line) first, then the file's, each once.
@@ -101,6 +135,21 @@ impl EndpointConfig {
         }
         out
     }
+}
+
+/// A mount point as a path relative to the device root: `/boot/efi` and `boot/efi` both give
+/// `boot/efi`; empty, `.` and `..` components are refused.
+fn mount_point(s: &str) -> Result<String, String> {
+    let rel = s.trim_start_matches('/').trim_end_matches('/');
+    let bad = rel.is_empty()
+        || rel.contains('\0')
+        || rel.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+    if bad {
+        return Err(format!(
+            "{s:?} is not a mount point inside the device root (e.g. \"home\" or \"/boot/efi\")"
+        ));
+    }
+    Ok(rel.to_string())
 }
 
 /// `HOST:PORT` (an IP address, `[v6]:port`, or a DNS name) with a port from 1 to 65535.
@@ -155,6 +204,19 @@ mod tests {
         assert!(e.starts_with("config file /st/endpoint.toml:") && e.contains("sources"), "{e}");
         let e = parse("source = []").unwrap_err().to_string();
         assert!(e.contains("source"), "{e}");
+    }
+
+    #[test]
+    fn snapshot_mounts_are_relative_paths_inside_the_root() {
+        let c = parse("snapshot_mounts = [\"/home\", \"boot/efi/\", \"home\"]\n").unwrap();
+        assert_eq!(c.snapshot_mounts, vec!["home", "boot/efi"]);
+        for bad in ["/", "../x", "a//b", "a/./b"] {
+            let e = parse(&format!("\nsnapshot_mounts = [{bad:?}]")).unwrap_err().to_string();
+            assert!(
+                e.contains("line 2: snapshot_mounts") && e.contains("not a mount point"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

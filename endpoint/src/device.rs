@@ -2,15 +2,18 @@
 //! settings, and the lock that keeps two agents off one device.
 //!
 //! `STATE_DIR/device/state.json` holds the root, the applied layers (base first) and settings;
-//! `STATE_DIR/device/manifests/NAME@VERSION` the signed manifest of each applied layer, opened
-//! against the trusted manifest key whenever it is read. Paths named by an applied layer are
+//! `STATE_DIR/device/manifests/NAME@VERSION` the signed manifest root of each applied layer and
+//! `NAME@VERSION.body` its body (the entries; a million of them make about 100 MB, so they are
+//! a file of their own, not a value in the chunk store's database). Both are checked whenever
+//! they are read: the root against the trusted manifest key, the body against the chunk ids
+//! the root names. Paths named by an applied layer are
 //! IT's; every other path under the root is the user's.
 
 use crate::journal::device_dir;
 use crate::snapshot::{write_durably, AppliedLayer};
 use anyhow::{bail, Context};
 use oasis_core::identity::NodeIdentity;
-use oasis_core::manifest::{LayerManifest, SignedManifest};
+use oasis_core::manifest::{LayerManifest, SignedManifest, SignedRoot};
 use oasis_core::store::ChunkStore;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -89,16 +92,32 @@ fn manifest_path(state_dir: &Path, name: &str, version: &str) -> PathBuf {
     device_dir(state_dir).join("manifests").join(format!("{name}@{version}"))
 }
 
-/// Keeps the signed manifest of a layer about to be applied.
+fn body_path(root: &Path) -> PathBuf {
+    let mut p = root.as_os_str().to_owned();
+    p.push(".body");
+    PathBuf::from(p)
+}
+
+/// Keeps the signed manifest of a layer about to be applied: the body first, then the root
+/// (a root on disk always has its body beside it). Kept files that already hold this
+/// manifest are not written again.
 pub fn save_manifest(state_dir: &Path, sm: &SignedManifest) -> anyhow::Result<()> {
     let m = &sm.manifest;
     let p = manifest_path(state_dir, &m.name, &m.version);
+    let bp = body_path(&p);
     std::fs::create_dir_all(p.parent().expect("has a parent"))?;
-    write_durably(&p, &sm.to_bytes()).with_context(|| format!("writing {}", p.display()))
+    let root = sm.to_bytes();
+    let same_root = std::fs::read(&p).is_ok_and(|b| b == root);
+    let same_body = std::fs::metadata(&bp).is_ok_and(|md| md.len() == sm.root.body_len);
+    if same_root && same_body {
+        return Ok(());
+    }
+    write_durably(&bp, &m.encode_body()).with_context(|| format!("writing {}", bp.display()))?;
+    write_durably(&p, &root).with_context(|| format!("writing {}", p.display()))
 }
 
-/// A layer's manifest kept by an earlier apply, verified against the trusted key; None when
-/// not kept.
+/// A layer's manifest kept by an earlier apply, verified against the trusted key and the
+/// root's body chunk ids; None when not kept.
 pub fn load_manifest(
     state_dir: &Path,
     identity: &NodeIdentity,
@@ -111,11 +130,16 @@ pub fn load_manifest(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
     };
-    let sm = SignedManifest::open(&bytes, identity.trust().manifest_key())
+    let root = SignedRoot::open(&bytes, identity.trust().manifest_key())
         .with_context(|| format!("kept manifest {}", p.display()))?;
-    if sm.manifest.name != name || sm.manifest.version != version {
-        bail!("kept manifest {} holds {}", p.display(), sm.manifest.label());
-    }
+    root.check_request(name, Some(version))
+        .with_context(|| format!("kept manifest {}", p.display()))?;
+    let bp = body_path(&p);
+    let body = std::fs::read(&bp)
+        .with_context(|| format!("reading the body of kept manifest {}", bp.display()))?;
+    let sm = root
+        .assemble_body(&body)
+        .with_context(|| format!("kept manifest body {}", bp.display()))?;
     Ok(Some(sm))
 }
 
@@ -186,4 +210,58 @@ pub fn open_store(state_dir: &Path) -> anyhow::Result<ChunkStore> {
 /// The enrolled endpoint's name, for snapshots (empty when the identity cannot be read).
 pub fn device_name(identity: Option<&NodeIdentity>) -> String {
     identity.map(|i| i.info().name.clone()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oasis_core::identity::{Role, SeedAuthority};
+    use oasis_core::manifest::{Entry, LayerKind, Node, MANIFEST_FORMAT};
+
+    /// A manifest of a million entries (a whole OS image) is kept and read back whole: the root
+    /// and the body as files of their own, the body checked against the root on reading.
+    #[test]
+    fn a_million_entry_manifest_is_saved_and_loaded() {
+        let d = tempfile::tempdir().unwrap();
+        let authority = SeedAuthority::init(&d.path().join("seed")).unwrap();
+        let state = d.path().join("state");
+        authority.enroll(Role::Endpoint, "ep", None, &state, false).unwrap();
+        let identity = NodeIdentity::load(&state).unwrap();
+        let t = std::time::Instant::now();
+        let mut entries = Vec::with_capacity(1_000_001);
+        entries.push(Entry::new("usr", 0o755, Node::Dir));
+        for i in 0..1_000_000u32 {
+            let path = format!("usr/f{i:07}");
+            entries.push(Entry::new(path, 0o644, Node::File { size: 0, chunks: vec![] }));
+        }
+        let m = LayerManifest {
+            format: MANIFEST_FORMAT,
+            name: "base".into(),
+            version: "1".into(),
+            kind: LayerKind::Base,
+            chunking: Default::default(),
+            created: 1,
+            entries,
+        };
+        let (sm, _) = m.sign(authority.signing_key());
+        drop(m);
+        save_manifest(&state, &sm).unwrap();
+        let root = manifest_path(&state, "base", "1");
+        let root_len = std::fs::metadata(&root).unwrap().len();
+        let body_len = std::fs::metadata(body_path(&root)).unwrap().len();
+        assert!(root_len < 4 << 20 && body_len > 10 << 20, "root {root_len}, body {body_len}");
+        let loaded = load_manifest(&state, &identity, "base", "1").unwrap().unwrap();
+        assert_eq!(loaded.digest, sm.digest);
+        assert_eq!(loaded.manifest.entries.len(), 1_000_001);
+        eprintln!("1M entries built, saved and loaded in {:?}", t.elapsed());
+
+        // A damaged body is refused, naming the file.
+        let mut body = std::fs::read(body_path(&root)).unwrap();
+        let mid = body.len() / 2;
+        body[mid] ^= 1;
+        std::fs::write(body_path(&root), &body).unwrap();
+        let err = load_manifest(&state, &identity, "base", "1").unwrap_err();
+        assert!(format!("{err:#}").contains("base@1.body"), "{err:#}");
+        assert!(load_manifest(&state, &identity, "base", "2").unwrap().is_none());
+    }
 }

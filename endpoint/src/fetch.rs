@@ -3,7 +3,9 @@
 //!
 //! Order of work (each step refuses before the next one writes anything):
 //! 1. load the node identity, connect to the first reachable source, get the signed manifest
-//!    and open it against the trusted manifest key (sources that fail are skipped);
+//!    root, open it against the trusted manifest key and fetch the body chunks the cache does
+//!    not hold (sources that fail are skipped); the body chunks fetched are kept in the cache,
+//!    so the next version of the layer moves only those that changed, plus the root;
 //! 2. inspect the target directory against the manifest ([`tree_writer::inspect`]);
 //! 3. scan existing files for reusable chunks ([`reuse::scan`]) and look the rest up in the cache
 //!    (`STATE_DIR/cache`);
@@ -13,7 +15,9 @@
 //!    corrupting, or did not deliver before it died;
 //! 5. fill in the chunks that come from local files and the cache; a chunk that turns out
 //!    unreadable (corrupt cache entry, local file changed meanwhile) is fetched too;
-//! 6. commit: rename everything into place, set modes;
+//! 6. commit: give every entry its owner (as root), mode, extended attributes and mtime,
+//!    stage hard links, rename everything into place, set the kept files' and the directories'
+//!    metadata; with [`Extraneous::Delete`], remove what the layer does not have first;
 //! 7. record in the cache where every chunk of the layer now lies in the written files (file
 //!    references, see [`oasis_core::store`]) rather than keeping a second copy of each chunk:
 //!    writing that copy cost about a tenth of a fetch's CPU. A later fetch, into any directory,
@@ -22,12 +26,13 @@
 
 use crate::download::{CacheForm, CacheWriter, Downloader, NetCounters};
 use crate::reuse::{self, LocalData};
-use crate::sources::{self, SourceFailure, Sources};
+use crate::sources::{self, ManifestTraffic, SourceFailure, Sources};
 use crate::tree_writer::{self, ChunkReader, OnDisk, TreeWriter, WriteStats};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use oasis_core::compress::Encoding;
+use oasis_core::fsmeta::MetaReport;
 use oasis_core::identity::{NodeIdentity, Role};
 use oasis_core::manifest::{ChunkRef, LayerManifest, Node};
 use oasis_core::net::Client;
@@ -84,6 +89,18 @@ impl FetchOptions {
     }
 }
 
+/// What a fetch does with entries under the target directory that the layer does not have.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Extraneous {
+    /// Leave them (the default): the directory holds the layer and whatever else it held.
+    #[default]
+    Keep,
+    /// Remove them, as `rsync --delete` does: the directory becomes exactly the layer.
+    /// Symlinks are removed, never followed; other filesystems mounted below it and the
+    /// endpoint's own state directory are left.
+    Delete,
+}
+
 /// Splits `NAME[@VERSION]`.
 pub fn parse_layer(s: &str) -> (String, Option<String>) {
     match s.split_once('@') {
@@ -108,6 +125,16 @@ pub struct FetchReport {
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
+    /// Further names of files of the layer (hard links).
+    pub hardlinks: u64,
+    /// Manifest bytes moved: the signed root plus the body chunks not already in the cache,
+    /// as sent.
+    pub manifest_bytes: u64,
+    pub manifest_root_bytes: u64,
+    pub manifest_body_bytes: u64,
+    /// Body chunks received, of the body's distinct chunks (the rest came from the cache).
+    pub manifest_body_chunks_fetched: u64,
+    pub manifest_body_chunks: u64,
     /// Plain bytes of all files of the layer.
     pub bytes: u64,
     /// Chunk payload bytes received from the network, as sent (compressed size).
@@ -129,11 +156,19 @@ pub struct FetchReport {
     /// `Missing` answers (the source lacked the chunk; the next source was asked).
     pub chunks_missing_answers: u64,
     pub files_written: u64,
-    /// Files already on disk with the right content (kept; only their mode was set).
+    /// Files already on disk with the right content (kept; only their metadata was set).
     pub files_unchanged: u64,
     pub symlinks_written: u64,
+    pub hardlinks_written: u64,
     pub dirs_created: u64,
     pub bytes_written: u64,
+    /// Metadata the layer asks for that could not be applied (owners, set-id bits and
+    /// security attributes need root; attributes the filesystem refused): counted, not dropped.
+    pub not_applied: MetaReport,
+    /// With [`Extraneous::Delete`]: entries removed because the layer does not have them (not
+    /// directories, and directories each counted once with what they held).
+    pub deleted_files: u64,
+    pub deleted_dirs: u64,
     /// Bytes of existing files read to find reusable chunks.
     pub bytes_scanned: u64,
     /// Fetched chunks that could not be stored in the cache, plus 1 if the file references
@@ -153,9 +188,18 @@ enum Origin {
     Network,
 }
 
-/// Fetches `opts.name[@opts.version]` into `opts.into`. Callable in-process (needs a tokio
-/// runtime; either flavour works). Does not set up logging.
+/// Fetches `opts.name[@opts.version]` into `opts.into`, leaving entries the layer does not
+/// have. Callable in-process (needs a tokio runtime; either flavour works). Does not set up
+/// logging.
 pub async fn fetch(opts: &FetchOptions) -> anyhow::Result<FetchReport> {
+    fetch_with(opts, Extraneous::Keep).await
+}
+
+/// [`fetch`], choosing what happens to entries under `opts.into` the layer does not have.
+pub async fn fetch_with(
+    opts: &FetchOptions,
+    extraneous: Extraneous,
+) -> anyhow::Result<FetchReport> {
     let t0 = Instant::now();
     if opts.sources.is_empty() {
         bail!("no source to fetch from (give at least one --from ADDR)");
@@ -172,22 +216,42 @@ pub async fn fetch(opts: &FetchOptions) -> anyhow::Result<FetchReport> {
         tracing::warn!(identity = %identity.info(), "state directory does not hold an endpoint identity");
     }
 
+    // The cache holds the body chunks of manifests fetched before.
+    let cache_dir = opts.state_dir.join("cache");
+    let cache = {
+        let dir = cache_dir.clone();
+        Arc::new(
+            tokio::task::spawn_blocking(move || ChunkStore::open(&dir))
+                .await?
+                .with_context(|| format!("opening the chunk cache {}", cache_dir.display()))?,
+        )
+    };
+
     // 1. The manifest, from the first source that has a valid one.
     let mut sources = Sources::new(&identity, opts.sources.clone())?;
-    let (client, sm) = loop {
+    let (client, got) = loop {
         let Some(client) = sources.connect_next().await else {
             bail!("{}", no_manifest_error(&asked, &sources.failures));
         };
-        match sources::get_manifest(&client, &opts.name, opts.version.as_deref(), identity.trust())
-            .await
-        {
-            Ok(sm) => break (client, sm),
+        let got = sources::get_manifest_with(
+            &client,
+            &opts.name,
+            opts.version.as_deref(),
+            identity.trust(),
+            Some(&cache),
+        )
+        .await;
+        match got {
+            Ok(got) => break (client, got),
             Err(e) => {
                 sources.fail(client.remote_addr(), format!("{e:#}"));
                 client.close();
             }
         }
     };
+    let mut traffic = ManifestTraffic::default();
+    traffic.add(&got);
+    let sm = got.manifest;
     let manifest = Arc::new(sm.manifest);
     let digest = hex::encode(sm.digest);
     let source = client.remote_addr().to_string();
@@ -199,10 +263,10 @@ pub async fn fetch(opts: &FetchOptions) -> anyhow::Result<FetchReport> {
 
     // 2 + 3. Inspect the target, find what is local, plan.
     let t_scan0 = Instant::now();
-    let cache_dir = opts.state_dir.join("cache");
     let plan = {
         let (root, manifest, progress) = (opts.into.clone(), manifest.clone(), progress.clone());
-        tokio::task::spawn_blocking(move || plan(&root, &manifest, &cache_dir, &progress)).await??
+        let cache = cache.clone();
+        tokio::task::spawn_blocking(move || plan(&root, &manifest, cache, &progress)).await??
     };
     let Plan { cache, local, origin, missing } = plan;
     let t_scan = t_scan0.elapsed();
@@ -296,7 +360,13 @@ pub async fn fetch(opts: &FetchOptions) -> anyhow::Result<FetchReport> {
     let t = Instant::now();
     let writer = Arc::try_unwrap(writer)
         .map_err(|_| anyhow::anyhow!("internal error: the tree writer is still in use"))?;
-    let stats: WriteStats = tokio::task::spawn_blocking(move || writer.commit()).await??;
+    // The state directory may lie inside the target: --delete leaves it.
+    let keep = vec![std::path::absolute(&opts.state_dir).unwrap_or(opts.state_dir.clone())];
+    let stats: WriteStats = tokio::task::spawn_blocking(move || match extraneous {
+        Extraneous::Keep => writer.commit(),
+        Extraneous::Delete => writer.commit_exact(&keep),
+    })
+    .await??;
     t_write += t.elapsed();
     let t_refs = Instant::now();
     let recorded = {
@@ -331,6 +401,12 @@ pub async fn fetch(opts: &FetchOptions) -> anyhow::Result<FetchReport> {
         files: 0,
         dirs: 0,
         symlinks: 0,
+        hardlinks: 0,
+        manifest_bytes: traffic.manifest_bytes,
+        manifest_root_bytes: traffic.manifest_root_bytes,
+        manifest_body_bytes: traffic.manifest_body_bytes,
+        manifest_body_chunks_fetched: traffic.manifest_body_chunks_fetched,
+        manifest_body_chunks: traffic.manifest_body_chunks,
         bytes: manifest.total_bytes(),
         bytes_network: counters.bytes_network.load(Ordering::Relaxed),
         bytes_fetched: counters.bytes_plain.load(Ordering::Relaxed),
@@ -346,8 +422,12 @@ pub async fn fetch(opts: &FetchOptions) -> anyhow::Result<FetchReport> {
         files_written: stats.files_written,
         files_unchanged: stats.files_unchanged,
         symlinks_written: stats.symlinks_written,
+        hardlinks_written: stats.hardlinks_written,
         dirs_created: stats.dirs_created,
         bytes_written: stats.bytes_written,
+        not_applied: stats.not_applied,
+        deleted_files: stats.deleted_files,
+        deleted_dirs: stats.deleted_dirs,
         bytes_scanned: local.bytes_scanned,
         cache_errors,
         seconds: t0.elapsed().as_secs_f64(),
@@ -361,6 +441,7 @@ pub async fn fetch(opts: &FetchOptions) -> anyhow::Result<FetchReport> {
             Node::Dir => report.dirs += 1,
             Node::File { .. } => report.files += 1,
             Node::Symlink { .. } => report.symlinks += 1,
+            Node::Hardlink { .. } => report.hardlinks += 1,
         }
     }
     for (id, o) in &origin {
@@ -393,14 +474,10 @@ struct Plan {
 fn plan(
     root: &Path,
     manifest: &LayerManifest,
-    cache_dir: &Path,
+    cache: Arc<ChunkStore>,
     progress: &ProgressBar,
 ) -> anyhow::Result<Plan> {
     let disk = tree_writer::inspect(root, manifest)?;
-    let cache = Arc::new(
-        ChunkStore::open(cache_dir)
-            .with_context(|| format!("opening the chunk cache {}", cache_dir.display()))?,
-    );
     let unique = manifest.unique_chunks();
     let wanted: HashSet<ChunkId> = unique.iter().map(|c| c.id).collect();
     let scan_bytes: u64 = disk

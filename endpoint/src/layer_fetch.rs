@@ -1,7 +1,9 @@
 //! Getting the layers an apply needs into the endpoint's chunk store, without writing any tree:
 //! manifests kept from an earlier apply are reused (verified again), others come from the
-//! first source that has them; then only the chunks the store lacks are downloaded, failing
-//! over source by source. When everything is local no connection is made at all.
+//! first source that has them (their body chunks, too, are kept in the store, so a new version
+//! moves only the body chunks that changed); then only the chunks the store lacks are
+//! downloaded, failing over source by source. When everything is local no connection is made
+//! at all.
 
 use crate::device;
 use crate::download::{CacheForm, CacheWriter, Downloader, NetCounters};
@@ -26,6 +28,9 @@ pub struct LayerFetchReport {
     pub chunks_refetched: u64,
     pub sources_used: Vec<String>,
     pub source_problems: Vec<sources::SourceFailure>,
+    /// What the manifests not kept from an earlier apply cost.
+    #[serde(flatten)]
+    pub manifests: sources::ManifestTraffic,
 }
 
 /// Manifests of `wanted` (NAME, VERSION) in order, with every chunk they use in `store`.
@@ -74,8 +79,13 @@ pub async fn fetch_layers(
                     ),
                 },
             };
-            match sources::get_manifest(c, name, Some(version), identity.trust()).await {
-                Ok(sm) => break sm,
+            match sources::get_manifest_with(c, name, Some(version), identity.trust(), Some(&store))
+                .await
+            {
+                Ok(got) => {
+                    report.manifests.add(&got);
+                    break got.manifest;
+                }
                 Err(e) => {
                     // Not found at a reflector may still be found at the seed.
                     let addr = c.remote_addr();

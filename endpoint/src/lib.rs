@@ -5,7 +5,8 @@
 //!
 //! Modules: [`sources`] (connecting, failover, the manifest), [`download`] (parallel verified
 //! chunk download from one source), [`reuse`] (chunks already in the target directory),
-//! [`tree_writer`] (checking the target and writing the tree), [`fetch`] (orchestration).
+//! [`tree_writer`] (checking the target and writing the tree), [`fetch`] (orchestration),
+//! [`meta`] (owners, modes, times and extended attributes on every tree write).
 //!
 //! The device (issue #7): [`device`] (state dir model, lock), [`compose`] (stacking layers),
 //! [`snapshot`] (snapshot format and files), [`take`] (taking a snapshot), [`plan`] (what to
@@ -23,6 +24,7 @@ pub mod fetch;
 pub mod journal;
 pub mod layer_fetch;
 pub mod materialize;
+pub mod meta;
 pub mod plan;
 pub mod relay;
 pub mod restore;
@@ -37,7 +39,9 @@ pub mod take;
 pub mod tree_writer;
 pub mod upload;
 
-pub use fetch::{fetch, parse_layer, FetchOptions, FetchReport, DEFAULT_STREAMS};
+pub use fetch::{
+    fetch, fetch_with, parse_layer, Extraneous, FetchOptions, FetchReport, DEFAULT_STREAMS,
+};
 
 #[cfg(test)]
 mod test_entries;

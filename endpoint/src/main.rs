@@ -8,7 +8,9 @@ use oasis_endpoint::device::DeviceState;
 use oasis_endpoint::revert::{self, RestoreReport};
 use oasis_endpoint::session::Session;
 use oasis_endpoint::snapshot::{SnapshotDir, SnapshotInfo};
-use oasis_endpoint::{fetch, parse_layer, FetchOptions, FetchReport, DEFAULT_STREAMS};
+use oasis_endpoint::{
+    fetch_with, parse_layer, Extraneous, FetchOptions, FetchReport, DEFAULT_STREAMS,
+};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,7 +27,9 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value = "human")]
     log_format: LogFormat,
     /// The endpoint's configuration file (default: STATE_DIR/endpoint.toml, if it exists);
-    /// its `sources` are used when no --from is given, and added after --from otherwise.
+    /// its `sources` are used when no --from is given, and added after --from otherwise;
+    /// `snapshot_mounts = ["home", "/boot/efi"]` lists other filesystems (mount points inside
+    /// the device root) that device snapshots include.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -35,6 +39,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Fetch a layer and write its tree into a directory, reusing cached and local data.
+    ///
+    /// Every entry gets the owner (when run as root), mode (with set-id and sticky bits),
+    /// extended attributes and mtime the layer records, and hard links stay hard links; what
+    /// cannot be applied when not root is counted and reported ("not applied", `not_applied`).
+    /// Entries under DIR that the layer does not have are left there unless --delete is given.
     Fetch {
         /// Node state directory (written by `oasis-seed enroll --role endpoint`).
         #[arg(long)]
@@ -46,9 +55,15 @@ enum Cmd {
         /// NAME or NAME@VERSION (latest when no version is given).
         #[arg(long)]
         layer: String,
-        /// Directory to write the tree into (created if missing).
-        #[arg(long)]
+        /// Directory to write the tree into (created if missing). Files and directories already
+        /// in it that the layer does not have are left in place (see --delete).
+        #[arg(long, value_name = "DIR")]
         into: PathBuf,
+        /// Make DIR exactly the layer: remove every entry under it that the layer does not have
+        /// (as rsync --delete does), after the layer is written. Symlinks are removed, never
+        /// followed; other filesystems mounted inside DIR and the state directory are left.
+        #[arg(long)]
+        delete: bool,
         /// Print one JSON report on stdout.
         #[arg(long)]
         json: bool,
@@ -82,7 +97,14 @@ enum Cmd {
         #[arg(long, default_value_t = DEFAULT_STREAMS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
         streams: usize,
     },
-    /// Record a snapshot of the whole device now.
+    /// Record a snapshot of the whole device now: every directory, file, symlink and hard link
+    /// with its owner, mode, mtime and extended attributes.
+    ///
+    /// A snapshot stays on the root's filesystem: where another filesystem is mounted (/proc,
+    /// /sys, /dev, /run, a tmpfs, ...) it lists the directory but does not descend. Mount points
+    /// whose filesystems belong to the device (a separate /home) are listed in the config file
+    /// as `snapshot_mounts = ["home"]`. Revert and restore never write into, replace or remove
+    /// a mount point.
     Snapshot {
         #[arg(long)]
         state: PathBuf,
@@ -265,6 +287,9 @@ struct Interrupted;
 fn main() {
     let cli = Cli::parse();
     logging::init(cli.log_format);
+    if let Some(c) = &cli.config {
+        oasis_endpoint::session::set_config_file(c);
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -324,7 +349,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             oasis_core::shutdown::shutdown_signal().await;
             Ok(())
         }
-        Cmd::Fetch { state, from, layer, into, json, streams } => {
+        Cmd::Fetch { state, from, layer, into, delete, json, streams } => {
             let (name, version) = parse_layer(&layer);
             if name.is_empty() || version.as_deref() == Some("") {
                 bail!("--layer {layer:?}: expected NAME or NAME@VERSION");
@@ -339,7 +364,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 streams,
                 progress: progress_on(json),
             };
-            let report = until_interrupted(fetch(&opts)).await?;
+            let extraneous = if delete { Extraneous::Delete } else { Extraneous::Keep };
+            let report = until_interrupted(fetch_with(&opts, extraneous)).await?;
             emit(json, &report, print_summary)
         }
         Cmd::Apply { state, from, root, base, app, json, streams } => {
@@ -380,6 +406,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     snap.id, snap.entries, snap.files, mib(snap.bytes), snap.files_hashed,
                     mib(snap.bytes_hashed), snap.files_unchanged, snap.chunks_new, mib(snap.bytes_new), snap.seconds
                 );
+                if snap.hardlinks > 0 {
+                    println!("  {} hard links (further names of files listed)", snap.hardlinks);
+                }
+                if !snap.other_filesystems.is_empty() {
+                    println!(
+                        "  other filesystems not descended into: {}",
+                        snap.other_filesystems.join(", ")
+                    );
+                }
+                if !snap.included_filesystems.is_empty() {
+                    println!(
+                        "  other filesystems included: {}",
+                        snap.included_filesystems.join(", ")
+                    );
+                }
                 for p in &snap.changed_behind_stamp {
                     println!("  changed without a stamp change: {p}");
                 }
@@ -533,6 +574,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if !r.layers.is_empty() {
                     println!("  layers applied: {}", r.layers.join(" "));
                 }
+                if r.hardlinks > 0 {
+                    println!("  {} hard links", r.hardlinks);
+                }
+                if let Some(m) = r.not_applied.summary() {
+                    println!("  metadata {m}");
+                }
                 if r.skipped_layer_owned > 0 {
                     println!(
                         "  {} user files left to the layers that now own their paths",
@@ -648,10 +695,11 @@ fn print_apply(r: &ApplyReport) {
         r.snapshot, r.snapshot_seconds, r.snapshot_files_hashed
     );
     println!(
-        "  fetched {} of {} chunks ({} on the wire)",
+        "  fetched {} of {} chunks ({} on the wire); manifests {}",
         r.fetch.chunks_fetched,
         r.fetch.chunks_total,
-        mib(r.fetch.bytes_network)
+        mib(r.fetch.bytes_network),
+        kib(r.fetch.manifests.manifest_bytes)
     );
     print_changes(&r.changes);
     for p in &r.user_files_replaced {
@@ -667,14 +715,23 @@ fn print_apply(r: &ApplyReport) {
 
 fn print_changes(c: &oasis_endpoint::session::Changes) {
     println!(
-        "  wrote {} files ({}), {} symlinks, {} new directories; removed {}; {} already right",
+        "  wrote {} files ({}), {} symlinks, {} hard links, {} new directories; metadata of {} \
+         set; removed {}; {} already right",
         c.files_written,
         mib(c.bytes_written),
         c.symlinks_written,
+        c.hardlinks_written,
         c.dirs_created,
+        c.metadata_set,
         c.removed,
         c.unchanged
     );
+    if let Some(m) = c.not_applied.summary() {
+        println!("  metadata {m}");
+    }
+    for p in &c.skipped {
+        println!("  left alone: {p}");
+    }
 }
 
 fn print_restore(r: &RestoreReport, json: bool) -> anyhow::Result<()> {
@@ -755,6 +812,10 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
 }
 
+fn kib(b: u64) -> String {
+    format!("{:.1} KiB", b as f64 / 1024.0)
+}
+
 fn print_summary(r: &FetchReport) {
     let rate = if r.seconds > 0.0 { r.bytes as f64 / r.seconds / (1u64 << 20) as f64 } else { 0.0 };
     println!(
@@ -785,13 +846,31 @@ fn print_summary(r: &FetchReport) {
         r.chunks_from_local_files
     );
     println!(
-        "  written: {} files ({}), {} unchanged, {} symlinks, {} new directories",
+        "  manifest: {} moved (root {}, {} of {} body chunks, {})",
+        kib(r.manifest_bytes),
+        kib(r.manifest_root_bytes),
+        r.manifest_body_chunks_fetched,
+        r.manifest_body_chunks,
+        kib(r.manifest_body_bytes)
+    );
+    println!(
+        "  written: {} files ({}), {} unchanged, {} symlinks, {} hard links, {} new directories",
         r.files_written,
         mib(r.bytes_written),
         r.files_unchanged,
         r.symlinks_written,
+        r.hardlinks_written,
         r.dirs_created
     );
+    if let Some(m) = r.not_applied.summary() {
+        println!("  metadata {m}");
+    }
+    if r.deleted_files + r.deleted_dirs > 0 {
+        println!(
+            "  deleted (not in the layer): {} files, {} directories",
+            r.deleted_files, r.deleted_dirs
+        );
+    }
     for p in &r.source_problems {
         println!("  skipped source {}: {}", p.addr, p.problem);
     }

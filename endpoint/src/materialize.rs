@@ -5,21 +5,24 @@
 //! [`ITEM_BYTES`] (a big file is several items, so both cores write it) on the rayon pool,
 //! each chunk read into a per-thread buffer, checked by the store and written at its offset;
 //! after each item the kernel is asked to start writing it to disk, so the disk works while
-//! the next items are read, and the commit's `syncfs` waits for little. Modes and times are
-//! set last (writing clears set-id bits).
+//! the next items are read, and the commit's `syncfs` waits for little. Then every staged file
+//! and symlink gets its metadata ([`oasis_core::fsmeta::apply_meta`]: owner, mode, attributes,
+//! mtime, in that order, after the data, since writing clears set-id bits), and last the hard
+//! links are made, to a staged file or to a file in place.
 
-use crate::plan::Staged;
+use crate::journal::Stage;
+use crate::plan::{LinkFrom, Staged};
 use anyhow::{bail, Context};
 use indicatif::ProgressBar;
 use oasis_core::compress::Encoding;
+use oasis_core::fsmeta::{self, MetaReport, Writer};
 use oasis_core::manifest::{ChunkRef, Node};
 use oasis_core::store::ChunkStore;
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::FileExt;
 
 /// Plain bytes per work item (a file's run of consecutive chunks).
 const ITEM_BYTES: u64 = 8 << 20;
@@ -48,16 +51,17 @@ struct Item<'a> {
     offset: u64,
 }
 
-/// Writes every staged entry as `dir/<n>`. Fails naming the first file whose chunk is not in
-/// the store (nothing is moved into the root before the whole stage is written).
+/// Writes every staged entry into the stage (see [`Stage::path`]), with its metadata. Fails
+/// naming the first file whose chunk is not in the store (nothing is moved into the root before
+/// the whole stage is written). Returns what of the metadata could not be applied.
 pub fn write_staged(
-    dir: &Path,
+    stage: &Stage,
     staged: &[Staged],
     store: &ChunkStore,
     progress: &ProgressBar,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<MetaReport> {
     let files: Vec<Option<File>> =
-        staged.par_iter().map(|s| create(dir, s)).collect::<anyhow::Result<_>>()?;
+        staged.par_iter().map(|s| create(stage, s)).collect::<anyhow::Result<_>>()?;
     let mut items = Vec::new();
     for (i, s) in staged.iter().enumerate() {
         if let Node::File { chunks, .. } = &s.node {
@@ -95,21 +99,45 @@ pub fn write_staged(
         let _ = hints.join();
         written
     })?;
-    staged.par_iter().zip(&files).try_for_each(|(s, f)| -> anyhow::Result<()> {
-        let Some(f) = f else { return Ok(()) };
-        f.set_permissions(std::fs::Permissions::from_mode(s.mode))
-            .with_context(|| format!("setting the mode of staged {}", s.path))?;
-        if let Some(m) = s.mtime_ns {
-            f.set_modified(crate::journal::system_time(m))
-                .with_context(|| format!("setting the time of staged {}", s.path))?;
-        }
-        Ok(())
-    })
+    drop(files);
+    // Metadata after the data; hard links share their file's, so they are made afterwards.
+    let who = Writer::current();
+    let report = staged
+        .par_iter()
+        .filter(|s| s.link.is_none())
+        .map(|s| -> anyhow::Result<MetaReport> {
+            let mut r = MetaReport::default();
+            let is_symlink = matches!(s.node, Node::Symlink { .. });
+            fsmeta::apply_meta(&stage.path(s.n, &s.path), is_symlink, s.mode, &s.meta, who, &mut r)
+                .with_context(|| format!("setting the metadata of staged {}", s.path))?;
+            Ok(r)
+        })
+        .try_reduce(MetaReport::default, |mut a, b| {
+            a.add(&b);
+            Ok(a)
+        })?;
+    for s in staged {
+        let Some(link) = &s.link else { continue };
+        let from = match link {
+            LinkFrom::Staged(n) => {
+                let t = staged.get(*n as usize).with_context(|| {
+                    format!("internal error: {} links to staged entry {n}, which is not", s.path)
+                })?;
+                stage.path(t.n, &t.path)
+            }
+            LinkFrom::Root(p) => stage.root.join(p),
+        };
+        let dest = stage.path(s.n, &s.path);
+        std::fs::hard_link(&from, &dest)
+            .with_context(|| format!("staging {} as a hard link to {}", s.path, from.display()))?;
+    }
+    Ok(report)
 }
 
-/// Creates a staged entry: a symlink complete, a file empty (returned for writing).
-fn create(dir: &Path, s: &Staged) -> anyhow::Result<Option<File>> {
-    let dest = dir.join(s.n.to_string());
+/// Creates a staged entry: a symlink complete, a file empty (returned for writing); hard links
+/// are made once their file is complete.
+fn create(stage: &Stage, s: &Staged) -> anyhow::Result<Option<File>> {
+    let dest = stage.path(s.n, &s.path);
     match &s.node {
         Node::Symlink { target } => {
             std::os::unix::fs::symlink(target, &dest)
@@ -120,6 +148,7 @@ fn create(dir: &Path, s: &Staged) -> anyhow::Result<Option<File>> {
             File::create(&dest)
                 .with_context(|| format!("staging {} as {}", s.path, dest.display()))?,
         )),
+        Node::Hardlink { .. } => Ok(None),
         Node::Dir => bail!("internal error: a directory was staged ({})", s.path),
     }
 }

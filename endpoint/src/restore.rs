@@ -15,7 +15,9 @@
 //! The snapshot record comes from the seed (`GetSnapshot`, then its chunks with `GetChunks`,
 //! checked against the record digest); file chunks the local store lacks are fetched from the
 //! seed, verified, and stored locally, then the tree is written with the same staged writer
-//! as `fetch` (temporary files renamed into place).
+//! as `fetch` (temporary files renamed into place), with every entry's owner (as root), mode,
+//! extended attributes, mtime and hard links as the snapshot recorded them. A hard link whose
+//! file the mode leaves out becomes a file of its own.
 
 use crate::apply::{self, ApplyOptions, ApplyReport};
 use crate::device::{self, DeviceLock, DeviceState};
@@ -25,6 +27,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use oasis_core::backup::{RecordRef, SnapshotInfo, SnapshotRecord};
 use oasis_core::chunk::ChunkId;
+use oasis_core::fsmeta::MetaReport;
 use oasis_core::identity::NodeIdentity;
 use oasis_core::manifest::{ChunkRef, LayerManifest};
 use oasis_core::net::{self, ChunkReply, Client, TransportOptions};
@@ -125,6 +128,11 @@ pub struct RestoreReport {
     pub bytes: u64,
     /// User entries left out because a layer applied now owns their path.
     pub skipped_layer_owned: u64,
+    /// Entries that are further names of a file written (hard links).
+    pub hardlinks: u64,
+    /// Metadata the snapshot recorded that could not be applied (owners, set-id bits and
+    /// security attributes need root): counted, not dropped.
+    pub not_applied: MetaReport,
     /// Chunks fetched from the seed (the rest came from the local store).
     pub chunks_fetched: u64,
     /// Chunk payload bytes received, as sent.
@@ -308,8 +316,25 @@ async fn restore_with(
         .iter()
         .filter(|e| selected_paths.contains(e.entry.path.as_str()) && layer_owned(e))
         .count() as u64;
-    let manifest =
+    let mut manifest =
         record.to_manifest(|e| selected_paths.contains(e.entry.path.as_str()) && !layer_owned(e));
+    {
+        let files: std::collections::HashMap<&str, &oasis_core::manifest::Entry> = record
+            .entries
+            .iter()
+            .filter(|e| matches!(e.entry.node, oasis_core::manifest::Node::File { .. }))
+            .map(|e| (e.entry.path.as_str(), &e.entry))
+            .collect();
+        crate::revert::detach_hardlinks(&mut manifest.entries, |p| {
+            files.get(p).map(|e| (*e).clone())
+        });
+    }
+    manifest.validate().context("the snapshot's tree")?;
+    let hardlinks = manifest
+        .entries
+        .iter()
+        .filter(|e| matches!(e.node, oasis_core::manifest::Node::Hardlink { .. }))
+        .count() as u64;
     let (files, bytes) =
         manifest.files().fold((0u64, 0u64), |(n, b), (_, size, _)| (n + 1, b + size));
 
@@ -332,16 +357,19 @@ async fn restore_with(
         fetch_chunks(client, &store, lacking, opts.streams).await?;
 
     let (root, m, s) = (opts.root.clone(), manifest.clone(), store.clone());
-    tokio::task::spawn_blocking(move || {
+    let written = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
         tree_writer::write_tree(&root, &m, &StoreReader(s))
             .with_context(|| format!("writing the restored tree into {}", root.display()))
     })
     .await??;
+    if let Some(s) = written.not_applied.summary() {
+        tracing::warn!("restore of {}: metadata {s}", opts.device);
+    }
 
     let mut layers: Vec<String> = Vec::new();
     if opts.mode == RestoreMode::Full {
-        layers = adopt_layers(opts, identity, client, &record).await?;
+        layers = adopt_layers(opts, identity, client, &record, &store).await?;
     } else if let Some(a) = &apply_report {
         layers = a.layers.clone();
     }
@@ -356,6 +384,8 @@ async fn restore_with(
         files,
         bytes,
         skipped_layer_owned: skipped,
+        hardlinks,
+        not_applied: written.not_applied,
         chunks_fetched,
         bytes_network,
         layers,
@@ -380,12 +410,19 @@ async fn adopt_layers(
     identity: &NodeIdentity,
     client: &Client,
     record: &SnapshotRecord,
+    store: &Arc<ChunkStore>,
 ) -> anyhow::Result<Vec<String>> {
     let mut manifests = Vec::new();
     for l in &record.layers {
-        match crate::sources::get_manifest(client, &l.name, Some(&l.version), identity.trust())
-            .await
-        {
+        let got = crate::sources::get_manifest_with(
+            client,
+            &l.name,
+            Some(&l.version),
+            identity.trust(),
+            Some(store),
+        )
+        .await;
+        match got.map(|g| g.manifest) {
             Ok(sm) if sm.digest == l.digest => manifests.push(sm),
             Ok(_) => {
                 tracing::warn!(layer = %l.label(), "the seed's manifest differs from the one applied when the snapshot was taken; not recording layers");

@@ -1,12 +1,12 @@
 //! Retention: keep the newest N snapshots (`snapshot_keep` in the device state, set with
 //! `oasis-endpoint retention --keep N`), delete older ones, and drop from the chunk store the
 //! chunks that only deleted snapshots used. Chunks of any kept snapshot, of any kept layer
-//! manifest and of any manifest in the store stay.
+//! manifest (its files' chunks and its body's) and of any manifest in the store stay.
 
 use crate::journal::device_dir;
 use crate::snapshot::SnapshotDir;
 use anyhow::Context;
-use oasis_core::manifest::LayerManifest;
+use oasis_core::manifest::{ManifestRoot, SignedRoot};
 use oasis_core::store::ChunkStore;
 use oasis_core::ChunkId;
 use std::collections::HashSet;
@@ -47,31 +47,41 @@ pub fn prune(state_dir: &Path, store: &ChunkStore, keep: u32) -> anyhow::Result<
             candidates.remove(&c);
         }
     }
-    // Layer chunks stay cached for fetches and applies.
-    let mut manifests: Vec<LayerManifest> = Vec::new();
+    // Layer chunks stay cached for fetches and applies, and so do manifest bodies (a new
+    // version of a layer then moves only the body chunks that changed). Only chunk ids are
+    // read here: trust is not needed to keep chunks.
+    let mut keep_chunk = |id: &ChunkId| {
+        candidates.remove(id);
+    };
     if let Ok(rd) = std::fs::read_dir(device_dir(state_dir).join("manifests")) {
         for de in rd.flatten() {
-            if let Ok(b) = std::fs::read(de.path()) {
-                // Only chunk ids are read here; trust is not needed to keep chunks.
-                if let Ok(m) =
-                    postcard::from_bytes::<LayerManifest>(b.get(68..).unwrap_or_default())
-                {
-                    manifests.push(m);
+            let path = de.path();
+            if path.extension().is_some_and(|e| e == "body") {
+                continue;
+            }
+            let Some(root) = std::fs::read(&path).ok().and_then(|b| unverified_root(&b)) else {
+                continue;
+            };
+            root.root.body.iter().for_each(|c| keep_chunk(&c.id));
+            let mut body_path = path.into_os_string();
+            body_path.push(".body");
+            if let Ok(body) = std::fs::read(&body_path) {
+                if let Ok(sm) = root.assemble_body(&body) {
+                    sm.manifest.unique_chunks().iter().for_each(|c| keep_chunk(&c.id));
                 }
             }
         }
     }
     for r in store.manifests() {
         let (_, _, b) = r?;
-        if let Ok(m) = postcard::from_bytes::<LayerManifest>(b.get(68..).unwrap_or_default()) {
-            manifests.push(m);
-        }
-    }
-    for m in &manifests {
-        for (_, _, chunks) in m.files() {
-            for c in chunks {
-                candidates.remove(&c.id);
-            }
+        let Some(root) = unverified_root(&b) else { continue };
+        root.root.body.iter().for_each(|c| keep_chunk(&c.id));
+        let assembled = root.assemble(|c| match store.get_plain(&c.id) {
+            Ok(Some(b)) => Ok(b),
+            _ => Err("not in the store".into()),
+        });
+        if let Ok(sm) = assembled {
+            sm.manifest.unique_chunks().iter().for_each(|c| keep_chunk(&c.id));
         }
     }
     for id in candidates {
@@ -82,4 +92,13 @@ pub fn prune(state_dir: &Path, store: &ChunkStore, keep: u32) -> anyhow::Result<
     }
     store.sync()?;
     Ok(report)
+}
+
+/// A signed manifest root parsed without checking its signature (for the chunk ids it names).
+fn unverified_root(bytes: &[u8]) -> Option<SignedRoot> {
+    let signature: [u8; 64] = bytes.get(4..68)?.try_into().ok()?;
+    let root_body = bytes.get(68..)?.to_vec();
+    let root: ManifestRoot = postcard::from_bytes(&root_body).ok()?;
+    let digest = oasis_core::manifest::digest_of_signed(bytes);
+    Some(SignedRoot { root_body, digest, signature, root })
 }

@@ -1,15 +1,14 @@
-//! `revert SNAPSHOT` (the whole device back to a snapshot: every path, mode, symlink and file
-//! time, and the layers applied then) and `restore-file PATH --from SNAPSHOT` (one file or
+//! `revert SNAPSHOT` (the whole device back to a snapshot: every path, mode, owner, extended
+//! attribute, symlink, hard link and time, and the layers applied then) and `restore-file PATH --from SNAPSHOT` (one file or
 //! directory back, nothing else touched). Both snapshot the device first, so they can be
 //! undone the same way, and change it through the journal.
 
 use crate::device::DeviceState;
-use crate::plan::Target;
 use crate::session::{Changes, Session};
 use crate::snapshot::{SnapEntry, Snapshot, SnapshotDir};
 use anyhow::{bail, Context};
-use oasis_core::manifest::Node;
-use std::collections::HashSet;
+use oasis_core::manifest::{Entry, Node};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -31,18 +30,18 @@ pub struct RestoreReport {
 /// Every chunk the snapshot's files need must be in the store before anything changes.
 fn check_chunks<'a>(
     s: &Session,
-    entries: impl Iterator<Item = &'a SnapEntry>,
+    entries: impl Iterator<Item = &'a Entry>,
     id: u64,
 ) -> anyhow::Result<()> {
     for e in entries {
-        if let Node::File { chunks, .. } = &e.entry.node {
+        if let Node::File { chunks, .. } = &e.node {
             for c in chunks {
                 if !s.store.contains(&c.id)? {
                     bail!(
                         "snapshot {id} cannot be restored: chunk {} of {} is missing from the \
                          chunk store; nothing was changed",
                         c.id,
-                        e.entry.path
+                        e.path
                     );
                 }
             }
@@ -51,8 +50,31 @@ fn check_chunks<'a>(
     Ok(())
 }
 
-fn target(e: &SnapEntry) -> Target {
-    Target { entry: e.entry.clone(), mtime_ns: Some(e.mtime_ns) }
+/// Entries to write, in order, with every hard link whose file is not among them made a file
+/// of its own (the first such name; later names link to it): a part of a tree restored alone
+/// must not link to whatever the file outside it holds now.
+pub fn detach_hardlinks(entries: &mut [Entry], file_of: impl Fn(&str) -> Option<Entry>) {
+    let present: HashSet<String> = entries
+        .iter()
+        .filter(|e| matches!(e.node, Node::File { .. }))
+        .map(|e| e.path.clone())
+        .collect();
+    // Target outside -> the name that became its file here.
+    let mut moved: HashMap<String, String> = HashMap::new();
+    for e in entries.iter_mut() {
+        let Node::Hardlink { target } = &e.node else { continue };
+        if present.contains(target) {
+            continue;
+        }
+        if let Some(first) = moved.get(target) {
+            e.node = Node::Hardlink { target: first.clone() };
+        } else if let Some(file) = file_of(target) {
+            moved.insert(target.clone(), e.path.clone());
+            e.node = file.node;
+            e.mode = file.mode;
+            e.meta = file.meta;
+        }
+    }
 }
 
 /// Makes the root exactly the snapshot's tree and the applied layers the snapshot's layers.
@@ -61,7 +83,7 @@ pub fn revert(s: &mut Session, arg: &str) -> anyhow::Result<RestoreReport> {
     let dir = SnapshotDir::new(&s.state_dir);
     let id = dir.resolve(arg)?;
     let snap: Snapshot = dir.load(id)?;
-    check_chunks(s, snap.entries.iter(), id)?;
+    check_chunks(s, snap.entries.iter().map(|e| &e.entry), id)?;
     for l in &snap.layers {
         crate::device::load_manifest(&s.state_dir, &s.identity, &l.name, &l.version)?
             .with_context(|| {
@@ -69,7 +91,7 @@ pub fn revert(s: &mut Session, arg: &str) -> anyhow::Result<RestoreReport> {
             })?;
     }
     let (current, before) = s.snapshot(&format!("before revert to {id}"), false, true)?;
-    let targets: Vec<Target> = snap.entries.iter().map(target).collect();
+    let targets: Vec<Entry> = snap.entries.iter().map(|e| e.entry.clone()).collect();
     let keep: HashSet<&str> = snap.entries.iter().map(|e| e.entry.path.as_str()).collect();
     let remove: Vec<String> = current
         .entries
@@ -145,11 +167,13 @@ pub fn restore_file(s: &mut Session, path: &Path, arg: &str) -> anyhow::Result<R
     if sub.is_empty() {
         bail!("{rel} is not in snapshot {id} (see `oasis-endpoint snapshots`)");
     }
-    check_chunks(s, sub.iter().copied(), id)?;
+    let mut sub: Vec<Entry> = sub.iter().map(|e| e.entry.clone()).collect();
+    detach_hardlinks(&mut sub, |p| snap.get(p).map(|e| e.entry.clone()));
+    check_chunks(s, sub.iter(), id)?;
     let (current, before) =
         s.snapshot(&format!("before restore-file {rel} from {id}"), false, true)?;
     // Parent directories the path needs, as they were (only created or fixed if not a
-    // directory now; their times are left alone).
+    // directory now; the others are left alone).
     let mut targets = Vec::new();
     let mut prefix = String::new();
     for part in rel.split('/').collect::<Vec<_>>().split_last().map(|(_, p)| p).unwrap_or(&[]) {
@@ -157,11 +181,11 @@ pub fn restore_file(s: &mut Session, path: &Path, arg: &str) -> anyhow::Result<R
         if let Some(e) = snap.get(&prefix) {
             let ok_now = current.get(&prefix).is_some_and(|c| matches!(c.entry.node, Node::Dir));
             if !ok_now {
-                targets.push(Target { entry: e.entry.clone(), mtime_ns: None });
+                targets.push(e.entry.clone());
             }
         }
     }
-    targets.extend(sub.iter().map(|e| target(e)));
+    targets.extend(sub);
     let changes =
         s.transact(&current, &targets, &[], None, &format!("restore-file {rel} from {id}"))?;
     let pruned = s.prune()?;

@@ -6,17 +6,29 @@ use crate::compose;
 use crate::device::{self, DeviceLock, DeviceState};
 use crate::journal::{self, Op, Stage};
 use crate::materialize;
-use crate::plan::{self, Plan, Target};
+use crate::plan::{self, Plan};
 use crate::retention;
 use crate::snapshot::Snapshot;
 use crate::take::{self, TakeOptions, TakeReport};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use oasis_core::chunk::ChunkParams;
+use oasis_core::fsmeta::{MetaReport, Writer};
 use oasis_core::identity::NodeIdentity;
+use oasis_core::manifest::{Entry, Node};
 use oasis_core::store::ChunkStore;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+/// The configuration file device commands read (`--config FILE`), set once by the binary.
+/// Without it, `STATE_DIR/endpoint.toml` is read if it exists.
+static CONFIG_FILE: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes every session of this process read `path` as the endpoint's configuration file
+/// (the binary's `--config`). Only the first call counts.
+pub fn set_config_file(path: &Path) {
+    let _ = CONFIG_FILE.set(path.to_path_buf());
+}
 
 pub struct Session {
     pub state_dir: PathBuf,
@@ -26,6 +38,8 @@ pub struct Session {
     pub store: Arc<ChunkStore>,
     /// What recovery did on start, if anything.
     pub recovered: Option<String>,
+    /// Mount points whose filesystems snapshots include (`snapshot_mounts` in the config).
+    pub snapshot_mounts: Vec<String>,
     pub progress: ProgressBar,
     _lock: DeviceLock,
 }
@@ -35,6 +49,9 @@ pub struct Session {
 pub struct Changes {
     pub files_written: u64,
     pub symlinks_written: u64,
+    pub hardlinks_written: u64,
+    /// Entries whose content was right and whose owner, mode, attributes or time were set.
+    pub metadata_set: u64,
     pub bytes_written: u64,
     pub dirs_created: u64,
     pub removed: u64,
@@ -44,6 +61,11 @@ pub struct Changes {
     pub seconds_commit: f64,
     /// The part of `seconds_commit` spent waiting for the staged data to reach the disk.
     pub seconds_sync_staged: f64,
+    /// Metadata the layers or snapshot ask for that this writer could not apply (owners,
+    /// set-id bits and security attributes need root), counted, never dropped silently.
+    pub not_applied: MetaReport,
+    /// Targets left alone, with the reason (at or below a mount point of another filesystem).
+    pub skipped: Vec<String>,
 }
 
 impl Session {
@@ -57,6 +79,10 @@ impl Session {
             .with_context(|| format!("loading the node identity from {}", state_dir.display()))?;
         let root = state.root(root)?;
         let store = Arc::new(device::open_store(state_dir)?);
+        let config = crate::config::EndpointConfig::load(
+            state_dir,
+            CONFIG_FILE.get().map(PathBuf::as_path),
+        )?;
         Ok(Session {
             state_dir: state_dir.to_path_buf(),
             state,
@@ -64,6 +90,7 @@ impl Session {
             root,
             store,
             recovered,
+            snapshot_mounts: config.snapshot_mounts,
             progress: progress_bar(progress),
             _lock: lock,
         })
@@ -95,6 +122,7 @@ impl Session {
             full_verify,
             reuse_identical,
             exclude: self.excluded(),
+            include_mounts: self.snapshot_mounts.clone(),
             progress: self.progress.clone(),
         };
         let r = take::take(&self.state_dir, &self.store, &opts)?;
@@ -115,29 +143,37 @@ impl Session {
         }
     }
 
-    /// Turns the root into one holding `targets` and none of `remove`, crash-safely; then
-    /// writes `state_after` (if any) as the device state.
+    /// Turns the root into one holding `targets` (sorted by path, parents first) and none of
+    /// `remove`, crash-safely, with every target's metadata; then writes `state_after` (if
+    /// any) as the device state.
     pub fn transact(
         &mut self,
         current: &Snapshot,
-        targets: &[Target],
+        targets: &[Entry],
         remove: &[String],
         state_after: Option<DeviceState>,
         what: &str,
     ) -> anyhow::Result<Changes> {
-        let plan: Plan = plan::plan(current, targets, remove);
+        let plan: Plan = plan::plan(current, targets, remove, Writer::current());
         let mut ch = Changes {
             dirs_created: plan.dirs_created,
             removed: plan.removed,
             unchanged: plan.unchanged,
+            metadata_set: plan.metadata_set,
+            not_applied: plan.not_applied.clone(),
+            skipped: plan.skipped.clone(),
             ..Default::default()
         };
+        for p in &ch.skipped {
+            tracing::warn!(entry = %p, "left alone");
+        }
         for s in &plan.staged {
             match &s.node {
-                oasis_core::manifest::Node::File { size, .. } => {
+                Node::File { size, .. } => {
                     ch.files_written += 1;
                     ch.bytes_written += size;
                 }
+                Node::Hardlink { .. } => ch.hardlinks_written += 1,
                 _ => ch.symlinks_written += 1,
             }
         }
@@ -146,22 +182,29 @@ impl Session {
             return Ok(ch);
         }
         let t = std::time::Instant::now();
-        let stage = Stage::begin(&self.state_dir, &self.root)?;
+        let stage = Stage::begin(&self.state_dir, &self.root, &current.included_filesystems)?;
         self.progress.set_message("write");
         self.progress.set_length(plan.staged_bytes());
         self.progress.set_position(0);
-        materialize::write_staged(&stage.dir, &plan.staged, &self.store, &self.progress)?;
+        let staged_report =
+            materialize::write_staged(&stage, &plan.staged, &self.store, &self.progress)?;
+        ch.not_applied.add(&staged_report);
         ch.seconds_stage = t.elapsed().as_secs_f64();
         journal::crash_point("staged");
         let t = std::time::Instant::now();
         let ops: Vec<Op> = plan.ops;
-        ch.seconds_sync_staged =
+        let (synced, ops_report) =
             stage.commit(ops, state_after.as_ref().map(|s| s.to_bytes()), what)?;
+        ch.seconds_sync_staged = synced;
+        ch.not_applied.add(&ops_report);
         ch.seconds_commit = t.elapsed().as_secs_f64();
         if let Some(s) = state_after {
             self.state = s;
         }
         self.progress.finish_and_clear();
+        if let Some(s) = ch.not_applied.summary() {
+            tracing::warn!("{what}: metadata {s}");
+        }
         Ok(ch)
     }
 

@@ -8,8 +8,15 @@
 //! reused. A snapshot file is written (temp, fsync, rename) only after every chunk it names is
 //! in the store and the store is synced, so a snapshot on disk is always complete.
 //!
-//! The entries reuse the layer manifest's [`Entry`] (path, mode, node), so a snapshot's tree is a
-//! valid `LayerManifest` body ([`Snapshot::as_manifest`]) and the same code writes either.
+//! The entries reuse the layer manifest's [`Entry`] (path, mode, owner, mtime, extended
+//! attributes, node; hard links as [`Node::Hardlink`] to the first path of their inode), so a
+//! snapshot's tree is a valid `LayerManifest` body ([`Snapshot::as_manifest`]) and the same
+//! code writes either.
+//!
+//! A snapshot stays on the filesystems it was told to: the root's, and those mounted at the
+//! configured `snapshot_mounts`. Other mount points (`/proc`, `/sys`, `/dev`, `/run`, a tmpfs)
+//! are listed as directories in [`Snapshot::other_filesystems`] with nothing below them, and
+//! nothing ever writes into, replaces or removes them.
 
 use oasis_core::chunk::ChunkParams;
 use oasis_core::manifest::{ChunkRef, Entry, LayerKind, LayerManifest, Node, MANIFEST_FORMAT};
@@ -19,8 +26,9 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Version of the snapshot body encoding. Bump on any change to the types below.
-pub const SNAPSHOT_FORMAT: u16 = 1;
+/// Version of the snapshot body encoding. Bump on any change to the types below (2: entries
+/// carry owner, mtime, extended attributes and hard links; mount points are listed).
+pub const SNAPSHOT_FORMAT: u16 = 2;
 /// First bytes of a snapshot file.
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"OSN1";
 /// Largest snapshot file read (a few million entries).
@@ -55,11 +63,9 @@ pub enum Owner {
 /// One path of the device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapEntry {
-    /// Path (relative, '/'-separated), permission bits, and what it is (for files: size and
-    /// chunk list in the snapshot's chunking).
+    /// Path (relative, '/'-separated), mode, owner, mtime and extended attributes (restored by
+    /// revert), and what it is (for files: size and chunk list in the snapshot's chunking).
     pub entry: Entry,
-    /// Modification time, nanoseconds since the Unix epoch (restored by revert).
-    pub mtime_ns: i64,
     /// Inode number when the snapshot was taken (informational; the change check uses the
     /// stamp cache).
     pub ino: u64,
@@ -83,6 +89,13 @@ pub struct Snapshot {
     pub layers: Vec<AppliedLayer>,
     /// Sorted by path (byte order), parents before children; the root itself is not listed.
     pub entries: Vec<SnapEntry>,
+    /// Directories where another filesystem is mounted that the snapshot did not descend into
+    /// (listed as entries, with nothing below them). Never written into, replaced or removed.
+    pub other_filesystems: Vec<String>,
+    /// Mount points of other filesystems the snapshot did include (`snapshot_mounts`): never
+    /// replaced or removed; a transaction stages what it writes below them on their own
+    /// filesystem.
+    pub included_filesystems: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,14 +150,17 @@ impl Snapshot {
         if blake3::hash(body).as_bytes() != &bytes[4..36] {
             return Err(bad("content does not match its digest (damaged file)".into()));
         }
-        let s: Snapshot =
-            postcard::from_bytes(body).map_err(|e| bad(format!("body does not decode: {e}")))?;
-        if s.format != SNAPSHOT_FORMAT {
+        // The format comes first: an older snapshot is named as such, not as undecodable.
+        let format: u16 = postcard::take_from_bytes(body)
+            .map(|(f, _)| f)
+            .map_err(|e| bad(format!("body does not decode: {e}")))?;
+        if format != SNAPSHOT_FORMAT {
             return Err(bad(format!(
-                "format {} is not supported (this build reads {SNAPSHOT_FORMAT})",
-                s.format
+                "format {format} is not supported (this build reads {SNAPSHOT_FORMAT})"
             )));
         }
+        let s: Snapshot =
+            postcard::from_bytes(body).map_err(|e| bad(format!("body does not decode: {e}")))?;
         if s.encode() != body {
             return Err(bad("body is not in canonical form".into()));
         }
@@ -153,9 +169,15 @@ impl Snapshot {
     }
 
     /// The tree invariants of a layer manifest (safe relative paths, sorted, parents listed as
-    /// directories, sizes adding up) plus owners pointing at listed layers.
+    /// directories, sizes adding up, hard links to earlier files) plus owners pointing at listed
+    /// layers and mount points listed as directories.
     pub fn validate(&self) -> Result<(), String> {
         self.as_manifest().validate().map_err(|e| e.to_string())?;
+        for m in self.other_filesystems.iter().chain(&self.included_filesystems) {
+            if !self.get(m).is_some_and(|e| e.entry.node == Node::Dir) {
+                return Err(format!("mount point {m:?} is not listed as a directory"));
+            }
+        }
         for e in &self.entries {
             if let Owner::Layer(i) = e.owner {
                 if i as usize >= self.layers.len() {
@@ -403,25 +425,44 @@ mod tests {
             }],
             entries: vec![
                 SnapEntry {
-                    entry: Entry { path: "etc".into(), mode: 0o755, node: Node::Dir },
-                    mtime_ns: 1,
+                    entry: Entry::new("etc", 0o755, Node::Dir),
                     ino: 2,
                     owner: Owner::Layer(0),
                 },
                 SnapEntry {
                     entry: Entry {
                         path: "etc/motd".into(),
-                        mode: 0o644,
+                        mode: 0o4644,
+                        meta: oasis_core::manifest::Meta {
+                            uid: 1000,
+                            gid: 100,
+                            mtime: -5,
+                            mtime_nsec: 999_999_999,
+                            xattrs: vec![oasis_core::manifest::Xattr {
+                                name: "user.x".into(),
+                                value: b"1".to_vec(),
+                            }],
+                        },
                         node: Node::File {
                             size: 5,
                             chunks: vec![ChunkRef { id: ChunkId::of(data), len: 5 }],
                         },
                     },
-                    mtime_ns: -5,
+                    ino: 3,
+                    owner: Owner::User,
+                },
+                SnapEntry {
+                    entry: Entry::new(
+                        "etc/motd.link",
+                        0o4644,
+                        Node::Hardlink { target: "etc/motd".into() },
+                    ),
                     ino: 3,
                     owner: Owner::User,
                 },
             ],
+            other_filesystems: vec![],
+            included_filesystems: vec![],
         }
     }
 
@@ -446,6 +487,17 @@ mod tests {
         let mut s = sample();
         s.entries.swap(0, 1);
         assert!(s.validate().is_err());
+        let mut s = sample();
+        s.other_filesystems.push("etc/motd".into());
+        assert!(s.validate().unwrap_err().contains("mount point"));
+    }
+
+    #[test]
+    fn an_older_format_is_named() {
+        let mut s = sample();
+        s.format = 1;
+        let err = Snapshot::from_bytes(&s.to_bytes(), Path::new("x")).unwrap_err().to_string();
+        assert!(err.contains("format 1 is not supported"), "{err}");
     }
 
     #[test]
@@ -472,7 +524,7 @@ mod tests {
         let s = sample();
         assert!(s.get("etc/motd").is_some());
         assert!(s.get("etc/nope").is_none());
-        assert_eq!(s.subtree("etc").count(), 2);
+        assert_eq!(s.subtree("etc").count(), 3);
         assert_eq!(s.subtree("et").count(), 0);
     }
 }

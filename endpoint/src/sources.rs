@@ -4,16 +4,21 @@
 //! reached within [`CONNECT_TIMEOUT`] is skipped, and once a source has been given up it is not
 //! tried again.
 
+use oasis_core::compress::StoredChunk;
 use oasis_core::identity::{NodeIdentity, TrustRoot};
 use oasis_core::manifest::SignedManifest;
 use oasis_core::net::{self, Client, NetError, TransportOptions};
+use oasis_core::store::ChunkStore;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long to wait for one source's QUIC handshake before trying the next.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a manifest request may take (manifests can be large).
-pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long getting a manifest (its root and the body chunks not held locally) may take. A
+/// manifest of a million entries has a body of about 100 MB; a source that stops answering is
+/// noticed sooner, by the connection's idle timeout.
+pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Why a source was skipped or given up, for reports and error messages.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -105,32 +110,123 @@ impl Sources {
     }
 }
 
+/// A manifest as fetched, and what fetching it moved.
+#[derive(Debug)]
+pub struct GotManifest {
+    pub manifest: SignedManifest,
+    /// Bytes of the signed root.
+    pub root_bytes: u64,
+    /// Body chunk bytes received, as sent.
+    pub body_wire_bytes: u64,
+    /// Body chunks received, and the body's distinct chunks in all.
+    pub body_chunks_fetched: u64,
+    pub body_chunks: u64,
+}
+
+impl GotManifest {
+    /// Manifest bytes moved: the root and the body chunks received.
+    pub fn bytes_moved(&self) -> u64 {
+        self.root_bytes + self.body_wire_bytes
+    }
+}
+
+/// What fetching manifests moved, summed (reports).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ManifestTraffic {
+    /// Bytes moved: signed roots plus body chunks as sent.
+    pub manifest_bytes: u64,
+    pub manifest_root_bytes: u64,
+    pub manifest_body_bytes: u64,
+    /// Body chunks received, of the distinct body chunks of the manifests fetched (the rest
+    /// were in the chunk store from an earlier version).
+    pub manifest_body_chunks_fetched: u64,
+    pub manifest_body_chunks: u64,
+}
+
+impl ManifestTraffic {
+    pub fn add(&mut self, g: &GotManifest) {
+        self.manifest_bytes += g.bytes_moved();
+        self.manifest_root_bytes += g.root_bytes;
+        self.manifest_body_bytes += g.body_wire_bytes;
+        self.manifest_body_chunks_fetched += g.body_chunks_fetched;
+        self.manifest_body_chunks += g.body_chunks;
+    }
+}
+
 /// Asks `client` for `name[@version]` and opens it against the trusted manifest key; checks the
 /// answer is the layer asked for (a validly signed manifest of another layer or version is
-/// refused as well).
+/// refused as well). The body chunks come from nowhere but `client`; see [`get_manifest_with`]
+/// to reuse and keep them.
 pub async fn get_manifest(
     client: &Client,
     name: &str,
     version: Option<&str>,
     trust: &TrustRoot,
 ) -> anyhow::Result<SignedManifest> {
+    Ok(get_manifest_with(client, name, version, trust, None).await?.manifest)
+}
+
+/// [`get_manifest`], with the body chunks `store` holds taken from it and those fetched kept
+/// in it, so that the next version of the layer moves only the body chunks that changed.
+pub async fn get_manifest_with(
+    client: &Client,
+    name: &str,
+    version: Option<&str>,
+    trust: &TrustRoot,
+    store: Option<&Arc<ChunkStore>>,
+) -> anyhow::Result<GotManifest> {
     let asked = match version {
         Some(v) => format!("{name}@{v}"),
         None => name.to_string(),
     };
-    let bytes = match tokio::time::timeout(MANIFEST_TIMEOUT, client.manifest(name, version)).await {
-        Err(_) => anyhow::bail!("no manifest within {MANIFEST_TIMEOUT:?}"),
-        Ok(Err(e)) if e.is_not_found() => anyhow::bail!("layer {asked} not found"),
-        Ok(Err(e)) => return Err(e.into()),
-        Ok(Ok(b)) => b,
-    };
     let key = *trust.manifest_key();
-    let sm = tokio::task::spawn_blocking(move || SignedManifest::open(&bytes, &key))
-        .await?
-        .map_err(|e| anyhow::anyhow!("manifest refused: {e}"))?;
-    let m = &sm.manifest;
-    if m.name != name || version.is_some_and(|v| v != m.version) {
-        anyhow::bail!("manifest refused: asked for {asked}, got a manifest for {}", m.label());
+    // Local reads are short (the chunks lie in the store's packs) and happen before the
+    // body's chunks are requested, while nothing else is in flight on this connection.
+    let local = |id: &oasis_core::ChunkId| store.and_then(|s| s.get_plain(id).ok().flatten());
+    let got =
+        tokio::time::timeout(MANIFEST_TIMEOUT, client.open_manifest(name, version, &key, local))
+            .await;
+    let fetched = match got {
+        Err(_) => anyhow::bail!("no manifest within {MANIFEST_TIMEOUT:?}"),
+        // The layer, or a body chunk of its manifest: the source's message says which.
+        Ok(Err(e)) if e.is_not_found() => anyhow::bail!("{asked} not found: {e}"),
+        Ok(Err(NetError::Manifest { source, .. })) => {
+            anyhow::bail!("manifest refused: {source}")
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(f)) => f,
+    };
+    let got = GotManifest {
+        body_chunks: fetched.manifest.root.unique_body_chunks().len() as u64,
+        body_chunks_fetched: fetched.fetched.len() as u64,
+        root_bytes: fetched.root_bytes,
+        body_wire_bytes: fetched.body_wire_bytes,
+        manifest: fetched.manifest,
+    };
+    if let Some(store) = store {
+        let (store, pieces) = (store.clone(), fetched.fetched);
+        let kept =
+            tokio::task::spawn_blocking(move || -> Result<(), oasis_core::store::StoreError> {
+                for (c, data) in &pieces {
+                    if !store.contains(&c.id)? {
+                        store.put(&StoredChunk::encode_with_id(c.id, data))?;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        // The store is a cache: failing to keep the body costs the next fetch, not this one.
+        if let Err(e) = kept {
+            tracing::warn!(layer = %got.manifest.manifest.label(), error = %e, "cannot keep the manifest body in the chunk store");
+        }
     }
-    Ok(sm)
+    tracing::debug!(
+        layer = %got.manifest.manifest.label(),
+        root = got.root_bytes,
+        body = got.body_wire_bytes,
+        body_chunks = got.body_chunks,
+        body_chunks_fetched = got.body_chunks_fetched,
+        "manifest opened"
+    );
+    Ok(got)
 }

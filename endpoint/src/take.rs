@@ -6,6 +6,14 @@
 //! list last seen; apply adds the files it wrote (it knows their chunks from the manifest), so
 //! the snapshot after an apply does not rehash the layer either. `full_verify` ignores the
 //! cache and rehashes everything.
+//!
+//! Every entry records owner, mode, mtime to the nanosecond and extended attributes
+//! ([`oasis_core::fsmeta::read_meta`]); a file with several names under the root is read once,
+//! its first path (byte order) a file entry and the others [`Node::Hardlink`]s to it.
+//!
+//! The walk stays on the root's filesystem: a directory where another filesystem is mounted
+//! (`/proc`, `/sys`, `/dev`, `/run`, a tmpfs) is listed, but not descended into, unless it is
+//! one of [`TakeOptions::include_mounts`].
 
 use crate::snapshot::SNAPSHOT_FORMAT;
 use crate::snapshot::{write_durably, AppliedLayer, Owner, SnapEntry, Snapshot, SnapshotDir};
@@ -13,7 +21,8 @@ use anyhow::Context;
 use indicatif::ProgressBar;
 use oasis_core::chunk::{self, ChunkParams};
 use oasis_core::compress::StoredChunk;
-use oasis_core::manifest::{ChunkRef, Entry, Node};
+use oasis_core::fsmeta;
+use oasis_core::manifest::{ChunkRef, Entry, Meta, Node};
 use oasis_core::store::ChunkStore;
 use oasis_core::ChunkId;
 use rayon::prelude::*;
@@ -105,6 +114,9 @@ pub struct TakeOptions {
     /// Paths (relative to the root) never snapshotted: the agent's own state dir when it lies
     /// inside the root.
     pub exclude: Vec<String>,
+    /// Mount points (relative to the root) whose filesystems are snapshotted too; the walk
+    /// does not descend into any other filesystem than the root's.
+    pub include_mounts: Vec<String>,
     pub progress: ProgressBar,
 }
 
@@ -127,6 +139,12 @@ pub struct TakeReport {
     pub changed_behind_stamp: Vec<String>,
     /// Paths left out (not UTF-8, sockets, devices, unreadable), with the reason.
     pub skipped: Vec<String>,
+    /// Mount points of other filesystems listed but not descended into.
+    pub other_filesystems: Vec<String>,
+    /// Mount points of other filesystems included (`snapshot_mounts`).
+    pub included_filesystems: Vec<String>,
+    /// Entries that are further names of a file already listed (hard links).
+    pub hardlinks: u64,
     /// True when the device equalled the latest snapshot, which was reused.
     pub reused_latest: bool,
     pub seconds: f64,
@@ -140,11 +158,33 @@ struct Found {
     md: std::fs::Metadata,
 }
 
-/// Every directory, file and symlink under `root` (not `root` itself), sorted by path bytes.
-fn walk(root: &Path, exclude: &[String], skipped: &mut Vec<String>) -> anyhow::Result<Vec<Found>> {
-    let mut out = Vec::new();
-    let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
-    while let Some((dir, rel)) = stack.pop() {
+/// What the walk found: entries sorted by path bytes, and the mount points it met.
+struct Walked {
+    found: Vec<Found>,
+    other_filesystems: Vec<String>,
+    included_filesystems: Vec<String>,
+}
+
+/// Every directory, file and symlink under `root` (not `root` itself) on the root's filesystem
+/// and on those mounted at `include` (paths relative to the root). A directory on another
+/// filesystem is listed but not descended into.
+fn walk(
+    root: &Path,
+    exclude: &[String],
+    include: &[String],
+    skipped: &mut Vec<String>,
+) -> anyhow::Result<Walked> {
+    let root_dev = std::fs::metadata(root)
+        .with_context(|| format!("reading the device root {}", root.display()))?
+        .dev();
+    let mut out = Walked {
+        found: Vec::new(),
+        other_filesystems: Vec::new(),
+        included_filesystems: Vec::new(),
+    };
+    let mut stack: Vec<(PathBuf, String, u64)> =
+        vec![(root.to_path_buf(), String::new(), root_dev)];
+    while let Some((dir, rel, dev)) = stack.pop() {
         let rd = match std::fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) if rel.is_empty() => {
@@ -182,15 +222,24 @@ fn walk(root: &Path, exclude: &[String], skipped: &mut Vec<String>) -> anyhow::R
             };
             let ft = md.file_type();
             if ft.is_dir() {
-                stack.push((de.path(), path.clone()));
+                if md.dev() == dev {
+                    stack.push((de.path(), path.clone(), dev));
+                } else if include.contains(&path) {
+                    stack.push((de.path(), path.clone(), md.dev()));
+                    out.included_filesystems.push(path.clone());
+                } else {
+                    out.other_filesystems.push(path.clone());
+                }
             } else if !ft.is_file() && !ft.is_symlink() {
                 skipped.push(format!("{path}: not a file, directory or symlink"));
                 continue;
             }
-            out.push(Found { path, md });
+            out.found.push(Found { path, md });
         }
     }
-    out.sort_unstable_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    out.found.sort_unstable_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    out.other_filesystems.sort_unstable();
+    out.included_filesystems.sort_unstable();
     Ok(out)
 }
 
@@ -237,17 +286,39 @@ pub fn take(
 ) -> anyhow::Result<(Snapshot, TakeReport)> {
     let t0 = Instant::now();
     let mut report = TakeReport::default();
-    let found = walk(&opts.root, &opts.exclude, &mut report.skipped)?;
+    let walked = walk(&opts.root, &opts.exclude, &opts.include_mounts, &mut report.skipped)?;
+    let found = walked.found;
     let mut stamps = StampCache::load(state_dir);
     if stamps.chunking != Some(opts.chunking) {
         stamps = StampCache { chunking: Some(opts.chunking), files: HashMap::new() };
     }
 
+    // Further names of an inode already found (paths are sorted, so the first name comes
+    // first): hard links, not read again.
+    let mut first_name: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut link_of: HashMap<usize, usize> = HashMap::new();
+    for (i, f) in found.iter().enumerate() {
+        if f.md.is_file() && f.md.nlink() > 1 {
+            match first_name.entry((f.md.dev(), f.md.ino())) {
+                std::collections::hash_map::Entry::Occupied(o) => {
+                    link_of.insert(i, *o.get());
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(i);
+                }
+            }
+        }
+    }
+
+    // Owner, mtime and extended attributes of every entry, on all cores.
+    let metas: Vec<std::io::Result<Meta>> =
+        found.par_iter().map(|f| fsmeta::read_meta(&opts.root.join(&f.path), &f.md)).collect();
+
     // Which files need reading.
     let mut reuse: HashMap<usize, Vec<ChunkRef>> = HashMap::new();
     let mut todo: Vec<usize> = Vec::new();
     for (i, f) in found.iter().enumerate() {
-        if !f.md.is_file() {
+        if !f.md.is_file() || link_of.contains_key(&i) {
             continue;
         }
         let cached = stamps.files.get(&f.path).filter(|s| s.stamp == Stamp::of(&f.md));
@@ -309,8 +380,10 @@ pub fn take(
     }
     report.files_unchanged = reuse.len() as u64;
 
-    let mut entries = Vec::with_capacity(found.len());
+    let mut entries: Vec<SnapEntry> = Vec::with_capacity(found.len());
     let mut listed: std::collections::HashSet<&str> = Default::default();
+    // Files listed, by found index -> index into `entries` (the targets of hard links).
+    let mut listed_files: HashMap<usize, usize> = HashMap::new();
     for (i, f) in found.iter().enumerate() {
         if vanished.contains(&i) {
             continue;
@@ -321,6 +394,34 @@ pub fn take(
                 continue;
             }
         }
+        let owner = opts.owners.get(&f.path).map_or(Owner::User, |&l| Owner::Layer(l));
+        if let Some(first) = link_of.get(&i) {
+            // Another name of a file listed before: its mode and metadata are that file's.
+            let Some(&at) = listed_files.get(first) else {
+                report.skipped.push(format!(
+                    "{}: a hard link to {}, which was left out",
+                    f.path, found[*first].path
+                ));
+                continue;
+            };
+            let target = &entries[at].entry;
+            let entry = Entry {
+                path: f.path.clone(),
+                mode: target.mode,
+                meta: target.meta.clone(),
+                node: Node::Hardlink { target: target.path.clone() },
+            };
+            report.hardlinks += 1;
+            entries.push(SnapEntry { entry, ino: f.md.ino(), owner });
+            continue;
+        }
+        let meta = match &metas[i] {
+            Ok(m) => m.clone(),
+            Err(e) => {
+                report.skipped.push(format!("{}: {e}", f.path));
+                continue;
+            }
+        };
         let mode = f.md.permissions().mode() & 0o7777;
         let node = if f.md.is_dir() {
             Node::Dir
@@ -348,19 +449,30 @@ pub fn take(
             report.bytes += size;
             Node::File { size, chunks }
         };
-        if matches!(node, Node::Dir) {
-            listed.insert(&f.path);
+        match node {
+            Node::Dir => {
+                listed.insert(&f.path);
+            }
+            Node::File { .. } => {
+                listed_files.insert(i, entries.len());
+            }
+            _ => {}
         }
-        let owner = opts.owners.get(&f.path).map_or(Owner::User, |&l| Owner::Layer(l));
-        let mtime_ns = f.md.mtime().saturating_mul(1_000_000_000).saturating_add(f.md.mtime_nsec());
         entries.push(SnapEntry {
-            entry: Entry { path: f.path.clone(), mode, node },
-            mtime_ns,
+            entry: Entry { path: f.path.clone(), mode, meta, node },
             ino: f.md.ino(),
             owner,
         });
     }
     report.entries = entries.len() as u64;
+    // Mount points that were left out themselves (unreadable) are not listed either.
+    let present_dir = |p: &String| listed.contains(p.as_str());
+    let other_filesystems: Vec<String> =
+        walked.other_filesystems.into_iter().filter(present_dir).collect();
+    let included_filesystems: Vec<String> =
+        walked.included_filesystems.into_iter().filter(present_dir).collect();
+    report.other_filesystems = other_filesystems.clone();
+    report.included_filesystems = included_filesystems.clone();
     // Paths that are gone do not need stamps any more.
     let present: std::collections::HashSet<&str> =
         entries.iter().map(|e| e.entry.path.as_str()).collect();
@@ -369,7 +481,11 @@ pub fn take(
     let dir = SnapshotDir::new(state_dir);
     if opts.reuse_identical {
         if let Some(prev) = dir.latest_id()?.and_then(|id| dir.load(id).ok()) {
-            if prev.entries == entries && prev.layers == opts.layers {
+            if prev.entries == entries
+                && prev.layers == opts.layers
+                && prev.other_filesystems == other_filesystems
+                && prev.included_filesystems == included_filesystems
+            {
                 store.sync().context("syncing the chunk store")?;
                 let _ = stamps.save(state_dir);
                 report.id = prev.id;
@@ -391,6 +507,8 @@ pub fn take(
         chunking: opts.chunking,
         layers: opts.layers.clone(),
         entries,
+        other_filesystems,
+        included_filesystems,
     };
     snapshot.validate().map_err(|e| anyhow::anyhow!("internal error: snapshot invalid: {e}"))?;
     // Chunks first, then the snapshot naming them.

@@ -11,21 +11,28 @@
 //!    [`TreeWriter::put_chunk`] as they arrive from the network, and by
 //!    [`TreeWriter::write_files`] from local files and the cache, on all cores. Chunks that are
 //!    not available are reported back (the caller fetches them and calls again).
-//! 4. [`TreeWriter::commit`] sets the staged files' modes, renames the staged entries over their
-//!    targets, fixes the modes of files that were already right, then sets directory modes,
-//!    deepest first.
+//! 4. [`TreeWriter::commit`] gives the staged files and symlinks their metadata
+//!    ([`oasis_core::fsmeta::apply_meta`]: owner when root, the whole mode with set-id and
+//!    sticky bits, extended attributes, mtime to the nanosecond, in that order), stages each
+//!    hard link as a link to its file's temporary (or to the file in place when it was kept),
+//!    renames the staged entries over their targets, gives files that were already right their
+//!    metadata, then the directories theirs, deepest first (a directory's time is right only
+//!    once nothing below it changes any more). What a writer that is not root cannot apply is
+//!    counted in [`WriteStats::not_applied`].
 //!
 //! Nothing is renamed before every file is staged, so local data that is being reused is read
 //! while it is still intact, and a failure before the commit leaves every target path as it was.
 //! Dropping a writer that was not committed removes its temporary files, the directories it
 //! created (when empty) and restores the directory modes it widened. Entries on disk that the
-//! manifest does not list are left alone. Existing files are never written in place: they are
-//! replaced by rename, so hard links to them keep their old content.
+//! manifest does not list are left alone, unless [`TreeWriter::commit_exact`] removes them.
+//! Existing files are never written in place: they are replaced by rename, so hard links to
+//! them that the manifest does not list keep their old content.
 //!
 //! The check and the writes are separate steps: a concurrent process that swaps a directory for
 //! a symlink in between is not defended against (the tree is assumed to be ours while we write).
 
 use bytes::Bytes;
+use oasis_core::fsmeta::{self, MetaReport, Writer};
 use oasis_core::manifest::{ChunkRef, Entry, LayerManifest, Node};
 use oasis_core::ChunkId;
 use rayon::prelude::*;
@@ -112,6 +119,7 @@ fn describe_node(node: &Node) -> &'static str {
         Node::Dir => "a directory",
         Node::File { .. } => "a regular file",
         Node::Symlink { .. } => "a symlink",
+        Node::Hardlink { .. } => "a hard link",
     }
 }
 
@@ -149,6 +157,8 @@ pub enum WriteError {
     ChunkLength { id: ChunkId, path: PathBuf, got: usize, want: u32 },
     #[error("writing the layer was cancelled; temporary files removed")]
     Cancelled,
+    #[error("{}: a hard link to {target:?}, which is not a file of the layer", path.display())]
+    BadLink { path: PathBuf, target: String },
 }
 
 fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> WriteError + 'a {
@@ -236,11 +246,19 @@ fn check_entry(root: &Path, e: &Entry, state: &OnDisk) -> Result<(), WriteError>
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct WriteStats {
     pub files_written: u64,
-    /// Files whose content on disk already matched (only their mode was set).
+    /// Files whose content on disk already matched (only their metadata was set).
     pub files_unchanged: u64,
     pub symlinks_written: u64,
+    pub hardlinks_written: u64,
     pub dirs_created: u64,
     pub bytes_written: u64,
+    /// Metadata the manifest asks for that this writer could not apply (owners, set-id bits
+    /// and security attributes need root; attributes the filesystem refused).
+    pub not_applied: MetaReport,
+    /// What [`TreeWriter::commit_exact`] removed: entries that are not directories, and
+    /// directories (each counted once, with what was inside).
+    pub deleted_files: u64,
+    pub deleted_dirs: u64,
 }
 
 /// One entry being staged under a temporary name.
@@ -299,6 +317,8 @@ pub struct TreeWriter {
     disk: Vec<OnDisk>,
     /// Entries whose file on disk already has the manifest's content.
     unchanged: Vec<bool>,
+    /// Hard links to stage at commit: (entry, entry of its file).
+    links: Vec<(usize, usize)>,
     staged: Vec<Staged>,
     places: HashMap<ChunkId, Places>,
     created_root: bool,
@@ -322,19 +342,48 @@ impl TreeWriter {
         unchanged: &HashMap<usize, FileStamp>,
     ) -> Result<TreeWriter, WriteError> {
         let disk = inspect(root, &manifest)?;
-        let keep = disk
+        let keep: Vec<bool> = disk
             .iter()
             .enumerate()
-            .map(|(i, d)| match d {
-                OnDisk::File { stamp, .. } => unchanged.get(&i) == Some(stamp),
+            .map(|(i, d)| match (d, &manifest.entries[i].node) {
+                (OnDisk::File { stamp, .. }, Node::File { .. }) => unchanged.get(&i) == Some(stamp),
                 _ => false,
             })
             .collect();
+        // A hard link already naming the inode of its kept file stays; others are staged.
+        let files: HashMap<&str, usize> = manifest
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| matches!(e.node, Node::File { .. }))
+            .map(|(i, e)| (e.path.as_str(), i))
+            .collect();
+        let mut links = Vec::new();
+        for (i, e) in manifest.entries.iter().enumerate() {
+            let Node::Hardlink { target } = &e.node else { continue };
+            let Some(&t) = files.get(target.as_str()) else {
+                return Err(WriteError::BadLink {
+                    path: root.join(&e.path),
+                    target: target.clone(),
+                });
+            };
+            let same_inode = match (&disk[i], &disk[t]) {
+                (OnDisk::File { stamp: a, .. }, OnDisk::File { stamp: b, .. }) => {
+                    (a.dev, a.ino) == (b.dev, b.ino)
+                }
+                _ => false,
+            };
+            if !(keep[t] && same_inode) {
+                links.push((i, t));
+            }
+        }
+        drop(files);
         let mut w = TreeWriter {
             root: root.to_path_buf(),
             manifest,
             disk,
             unchanged: keep,
+            links,
             staged: Vec::new(),
             places: HashMap::new(),
             created_root: false,
@@ -399,7 +448,10 @@ impl TreeWriter {
     /// Creates the temporary files and symlinks, on all cores.
     fn make_temps(&mut self) -> Result<(), WriteError> {
         let todo: Vec<usize> = (0..self.manifest.entries.len())
-            .filter(|&i| self.manifest.entries[i].node != Node::Dir && !self.unchanged[i])
+            .filter(|&i| {
+                let node = &self.manifest.entries[i].node;
+                matches!(node, Node::File { .. } | Node::Symlink { .. }) && !self.unchanged[i]
+            })
             .collect();
         let (root, manifest) = (&self.root, &self.manifest);
         let made: Vec<(usize, Result<PathBuf, WriteError>)> = todo
@@ -630,10 +682,23 @@ impl TreeWriter {
         Ok(parts.into_iter().flatten().collect())
     }
 
-    /// Sets the modes of the staged files, renames everything staged into place, sets the
-    /// modes of unchanged files and of directories (deepest first). Fails before any rename if
-    /// a file still lacks chunks.
-    pub fn commit(mut self) -> Result<WriteStats, WriteError> {
+    /// Gives the staged entries their metadata, stages the hard links, renames everything
+    /// staged into place, then gives files that were kept and directories (deepest first)
+    /// their metadata. Fails before any rename if a file still lacks chunks.
+    pub fn commit(self) -> Result<WriteStats, WriteError> {
+        self.commit_with(None)
+    }
+
+    /// [`commit`](Self::commit), and the root becomes exactly the manifest's tree: every entry
+    /// below it that the manifest does not list is removed (as `rsync --delete` does), before
+    /// the directories get their times. Symlinks are removed, never followed; another
+    /// filesystem mounted below the root is not entered. `keep` (absolute or relative to the
+    /// root) are left, with their parent directories: the endpoint's own state directory.
+    pub fn commit_exact(self, keep: &[PathBuf]) -> Result<WriteStats, WriteError> {
+        self.commit_with(Some(keep))
+    }
+
+    fn commit_with(mut self, delete: Option<&[PathBuf]>) -> Result<WriteStats, WriteError> {
         let manifest = self.manifest.clone();
         let entries = &manifest.entries;
         if self.cancel.load(Ordering::Relaxed) {
@@ -648,12 +713,38 @@ impl TreeWriter {
                 source: io::Error::other("chunks of this file were never written"),
             });
         }
+        let who = Writer::current();
+        // Metadata after the data (writing clears set-id bits), before the rename.
+        let reports: Vec<Result<MetaReport, WriteError>> = self
+            .staged
+            .par_iter()
+            .map(|st| {
+                let e = &entries[st.entry];
+                let is_symlink = matches!(e.node, Node::Symlink { .. });
+                let mut r = MetaReport::default();
+                fsmeta::apply_meta(&st.tmp, is_symlink, e.mode, &e.meta, who, &mut r)
+                    .map_err(io_err(&st.tmp, "setting metadata"))?;
+                Ok(r)
+            })
+            .collect();
+        let mut not_applied = MetaReport::default();
+        for r in reports {
+            not_applied.add(&r?);
+        }
+        // Hard links share their file's inode and metadata: staged as links to its temporary
+        // (or to the file in place when kept), so they too are renamed into place at once.
+        let tmp_of: HashMap<usize, PathBuf> =
+            self.staged.iter().map(|st| (st.entry, st.tmp.clone())).collect();
+        for &(i, t) in &self.links.clone() {
+            let from = tmp_of.get(&t).cloned().unwrap_or_else(|| self.root.join(&entries[t].path));
+            let e = &entries[i];
+            let target = self.root.join(&e.path);
+            let dir = target.parent().expect("entries lie below the root");
+            let name = e.path.rsplit('/').next().unwrap_or(&e.path);
+            let tmp = create_temp(dir, name, |tmp| fs::hard_link(&from, tmp))?;
+            self.staged.push(Staged { entry: i, tmp, placed: AtomicBool::new(false), parts: None });
+        }
         let root = &self.root;
-        // Modes after the data (writing clears set-id bits), before the rename.
-        self.staged.par_iter().filter(|st| st.parts.is_some()).try_for_each(|st| {
-            fs::set_permissions(&st.tmp, fs::Permissions::from_mode(entries[st.entry].mode))
-                .map_err(io_err(&st.tmp, "setting mode"))
-        })?;
         let renamed: Vec<Result<(), WriteError>> = self
             .staged
             .par_iter()
@@ -675,6 +766,7 @@ impl TreeWriter {
                     stats.bytes_written += size;
                 }
                 Node::Symlink { .. } => stats.symlinks_written += 1,
+                Node::Hardlink { .. } => stats.hardlinks_written += 1,
                 Node::Dir => {}
             }
         }
@@ -683,20 +775,139 @@ impl TreeWriter {
                 continue;
             }
             stats.files_unchanged += 1;
-            if let OnDisk::File { mode, .. } = self.disk[i] {
-                if mode != e.mode {
-                    let path = self.root.join(&e.path);
-                    fs::set_permissions(&path, fs::Permissions::from_mode(e.mode))
-                        .map_err(io_err(&path, "setting mode"))?;
-                }
-            }
+            set_existing_meta(&self.root.join(&e.path), e, who, &mut not_applied)?;
+        }
+        if let Some(keep) = delete {
+            let (files, dirs) = delete_extraneous(&self.root, &manifest, keep)?;
+            stats.deleted_files = files;
+            stats.deleted_dirs = dirs;
         }
         for e in entries.iter().rev().filter(|e| e.node == Node::Dir) {
-            let path = self.root.join(&e.path);
-            fs::set_permissions(&path, fs::Permissions::from_mode(e.mode))
-                .map_err(io_err(&path, "setting directory mode"))?;
+            set_existing_meta(&self.root.join(&e.path), e, who, &mut not_applied)?;
         }
+        stats.not_applied = not_applied;
         Ok(stats)
+    }
+}
+
+/// Gives an entry that was already on disk (a kept file, a directory) the metadata of `e`,
+/// unless it has it already (as far as `who` can make it so): an entry that is right is not
+/// touched, whoever owns it. What `who` cannot apply is counted either way.
+fn set_existing_meta(
+    path: &Path,
+    e: &Entry,
+    who: Writer,
+    report: &mut MetaReport,
+) -> Result<(), WriteError> {
+    let md = fs::symlink_metadata(path).map_err(io_err(path, "inspecting"))?;
+    let have = fsmeta::read_meta(path, &md).map_err(io_err(path, "reading metadata"))?;
+    if crate::meta::matches(false, md.mode(), &have, e.mode, &e.meta, who) {
+        report.add(&crate::meta::unachievable(false, e.mode, &e.meta, who));
+        return Ok(());
+    }
+    crate::meta::restore_existing(path, false, e.mode, &e.meta, who, report)
+        .map_err(io_err(path, "setting metadata"))
+}
+
+/// Removes every entry below `root` that `m` does not list, except `keep` and the directories
+/// leading to them; never follows a symlink and never enters another filesystem (a mount
+/// point is left, with what is on it). Returns (non-directories, directories) removed.
+pub fn delete_extraneous(
+    root: &Path,
+    m: &LayerManifest,
+    keep: &[PathBuf],
+) -> Result<(u64, u64), WriteError> {
+    let listed: HashMap<&str, bool> =
+        m.entries.iter().map(|e| (e.path.as_str(), e.node == Node::Dir)).collect();
+    let canon_root = fs::canonicalize(root).map_err(io_err(root, "resolving the target"))?;
+    let mut kept: HashSet<String> = HashSet::new();
+    let mut on_the_way: HashSet<String> = HashSet::new();
+    for k in keep {
+        let abs = if k.is_absolute() { k.clone() } else { canon_root.join(k) };
+        let abs = fs::canonicalize(&abs).unwrap_or(abs);
+        let Ok(rel) = abs.strip_prefix(&canon_root) else { continue };
+        let Some(rel) = rel.to_str().filter(|r| !r.is_empty()) else { continue };
+        let mut p = rel;
+        while let Some((up, _)) = p.rsplit_once('/') {
+            on_the_way.insert(up.to_string());
+            p = up;
+        }
+        kept.insert(rel.to_string());
+    }
+    let dev = fs::metadata(root).map_err(io_err(root, "inspecting the target"))?.dev();
+    let mut counts = (0u64, 0u64);
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let rd = fs::read_dir(&dir).map_err(io_err(&dir, "listing"))?;
+        for de in rd {
+            let de = de.map_err(io_err(&dir, "listing"))?;
+            let path = de.path();
+            let md = match fs::symlink_metadata(&path) {
+                Ok(md) => md,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&path, "inspecting")(e)),
+            };
+            let child = de.file_name().to_str().map(|n| {
+                if rel.is_empty() {
+                    n.to_string()
+                } else {
+                    format!("{rel}/{n}")
+                }
+            });
+            let same_fs_dir = md.is_dir() && md.dev() == dev;
+            if let Some(child) = child {
+                if let Some(&is_dir) = listed.get(child.as_str()) {
+                    if is_dir && same_fs_dir {
+                        stack.push((path, child));
+                    }
+                    continue;
+                }
+                if kept.contains(&child) {
+                    continue;
+                }
+                if on_the_way.contains(&child) && same_fs_dir {
+                    stack.push((path, child));
+                    continue;
+                }
+            }
+            if md.is_dir() {
+                remove_tree(&path, dev, &mut counts)?;
+            } else {
+                fs::remove_file(&path).map_err(io_err(&path, "removing"))?;
+                counts.0 += 1;
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// Removes a directory and everything in it without following symlinks; a filesystem mounted
+/// inside is left (and so are the directories holding it).
+fn remove_tree(dir: &Path, dev: u64, counts: &mut (u64, u64)) -> Result<(), WriteError> {
+    let md = fs::symlink_metadata(dir).map_err(io_err(dir, "inspecting"))?;
+    if md.dev() != dev {
+        tracing::warn!(path = %dir.display(), "another filesystem is mounted here; not removed");
+        return Ok(());
+    }
+    for de in fs::read_dir(dir).map_err(io_err(dir, "listing"))? {
+        let de = de.map_err(io_err(dir, "listing"))?;
+        let path = de.path();
+        let md = fs::symlink_metadata(&path).map_err(io_err(&path, "inspecting"))?;
+        if md.is_dir() {
+            remove_tree(&path, dev, counts)?;
+        } else {
+            fs::remove_file(&path).map_err(io_err(&path, "removing"))?;
+            counts.0 += 1;
+        }
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => {
+            counts.1 += 1;
+            Ok(())
+        }
+        // A mount point below kept it from emptying.
+        Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(()),
+        Err(e) => Err(io_err(dir, "removing")(e)),
     }
 }
 

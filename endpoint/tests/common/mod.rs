@@ -25,6 +25,8 @@ pub enum Item {
     Dir(&'static str, u32),
     File(&'static str, u32, Vec<u8>),
     Link(&'static str, &'static str),
+    /// Another name of the file at the second path (which must come earlier).
+    Hardlink(&'static str, &'static str),
 }
 
 /// A layer built in memory: its manifest and the plain bytes of its chunks.
@@ -38,12 +40,13 @@ pub fn layer(name: &str, version: &str, items: Vec<Item>) -> Layer {
     let mut chunks = HashMap::new();
     for it in items {
         match it {
-            Item::Dir(p, mode) => entries.push(Entry { path: p.into(), mode, node: Node::Dir }),
-            Item::Link(p, t) => entries.push(Entry {
-                path: p.into(),
-                mode: 0o777,
-                node: Node::Symlink { target: t.into() },
-            }),
+            Item::Dir(p, mode) => entries.push(Entry::new(p, mode, Node::Dir)),
+            Item::Link(p, t) => {
+                entries.push(Entry::new(p, 0o777, Node::Symlink { target: t.into() }))
+            }
+            Item::Hardlink(p, t) => {
+                entries.push(Entry::new(p, 0o644, Node::Hardlink { target: t.into() }))
+            }
             Item::File(p, mode, data) => {
                 let mut refs = Vec::new();
                 for s in chunk::cut(&data, &PARAMS) {
@@ -52,15 +55,24 @@ pub fn layer(name: &str, version: &str, items: Vec<Item>) -> Layer {
                     chunks.insert(id, Bytes::copy_from_slice(bytes));
                     refs.push(ChunkRef { id, len: s.len });
                 }
-                entries.push(Entry {
-                    path: p.into(),
+                entries.push(Entry::new(
+                    p,
                     mode,
-                    node: Node::File { size: data.len() as u64, chunks: refs },
-                });
+                    Node::File { size: data.len() as u64, chunks: refs },
+                ));
             }
         }
     }
     entries.sort_by(|a, b| a.path.cmp(&b.path));
+    // A hard link's mode and metadata are its file's.
+    for i in 0..entries.len() {
+        if let Node::Hardlink { target } = &entries[i].node {
+            let t = entries.iter().find(|e| &e.path == target).expect("link target listed");
+            let (mode, meta) = (t.mode, t.meta.clone());
+            entries[i].mode = mode;
+            entries[i].meta = meta;
+        }
+    }
     let manifest = LayerManifest {
         format: MANIFEST_FORMAT,
         name: name.into(),
@@ -128,6 +140,11 @@ pub fn assert_tree(root: &Path, l: &Layer) {
                     chunks.iter().flat_map(|c| l.chunks[&c.id].iter().copied()).collect();
                 assert_eq!(std::fs::read(&p).unwrap(), want, "content of {}", e.path);
             }
+            Node::Hardlink { target } => {
+                use std::os::unix::fs::MetadataExt;
+                let t = std::fs::symlink_metadata(root.join(target)).unwrap();
+                assert_eq!((md.dev(), md.ino()), (t.dev(), t.ino()), "{} is {target}", e.path);
+            }
         }
         assert_eq!(md.permissions().mode() & 0o7777, e.mode, "mode of {}", e.path);
     }
@@ -172,9 +189,50 @@ pub fn pki() -> Pki {
 }
 
 impl Pki {
+    /// The signed root of `m`, as a `Manifest` frame carries it.
     pub fn sign(&self, m: &LayerManifest) -> Bytes {
-        Bytes::from(m.sign(self.authority.signing_key()).to_bytes())
+        Bytes::from(m.sign(self.authority.signing_key()).0.to_bytes())
     }
+}
+
+/// Compares owner, mode, mtime (ns) and extended attributes of every entry under `root` with
+/// the layer's (owners only when `owners`; the attributes the layer lists must be there).
+pub fn assert_meta(root: &Path, l: &Layer, owners: bool) {
+    use std::os::unix::fs::MetadataExt;
+    for e in &l.manifest.entries {
+        let p = root.join(&e.path);
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        let what = &e.path;
+        if owners {
+            assert_eq!((md.uid(), md.gid()), (e.meta.uid, e.meta.gid), "owner of {what}");
+        }
+        if !md.file_type().is_symlink() {
+            assert_eq!(md.mode() & 0o7777, e.mode, "mode of {what}");
+        }
+        assert_eq!(
+            (md.mtime(), md.mtime_nsec() as u32),
+            (e.meta.mtime, e.meta.mtime_nsec),
+            "mtime of {what}"
+        );
+        let have = oasis_core::fsmeta::read_xattrs(&p).unwrap();
+        for x in &e.meta.xattrs {
+            assert!(have.contains(x), "{what} lacks xattr {}: {have:?}", x.name);
+        }
+    }
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    oasis_core::fsmeta::Writer::current().root
+}
+
+/// Whether the filesystem of `dir` takes `user.*` extended attributes.
+pub fn user_xattrs(dir: &Path) -> bool {
+    let probe = dir.join(".xattr-probe");
+    let _ = std::fs::write(&probe, b"");
+    let ok = xattr::set(&probe, "user.probe", b"1").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
 }
 
 /// Faults a [`MemSource`] injects.
@@ -208,14 +266,23 @@ impl MemSource {
             endpoint: OnceLock::new(),
         };
         for l in layers {
-            let m = &l.manifest;
-            s.manifests.insert((m.name.clone(), m.version.clone()), pki.sign(m));
-            s.latest.insert(m.name.clone(), m.version.clone());
-            for (id, b) in &l.chunks {
-                s.chunks.insert(*id, StoredChunk::encode_with_id(*id, b));
-            }
+            s.add(pki, l);
         }
         s
+    }
+
+    /// Serves `l`: its signed root, its body chunks and its file chunks.
+    pub fn add(&mut self, pki: &Pki, l: &Layer) {
+        let m = &l.manifest;
+        let (sm, body) = m.sign(pki.authority.signing_key());
+        self.manifests.insert((m.name.clone(), m.version.clone()), Bytes::from(sm.to_bytes()));
+        self.latest.insert(m.name.clone(), m.version.clone());
+        for (c, piece) in body.pieces() {
+            self.chunks.insert(c.id, StoredChunk::encode_with_id(c.id, piece));
+        }
+        for (id, b) in &l.chunks {
+            self.chunks.insert(*id, StoredChunk::encode_with_id(*id, b));
+        }
     }
 }
 
