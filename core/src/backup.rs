@@ -139,7 +139,15 @@ impl SnapshotRecord {
             .zip(wanted)
             .filter(|(e, w)| *w || needed_dirs.contains(&e.entry.path))
             .map(|(e, _)| e.entry.clone())
-            .collect();
+            .collect::<Vec<_>>();
+        let mut entries = entries;
+        // A kept hard link whose file was left out becomes a file of its own.
+        crate::manifest::detach_hardlinks(&mut entries, |p| {
+            self.entries
+                .binary_search_by(|e| e.entry.path.as_str().cmp(p))
+                .ok()
+                .map(|i| self.entries[i].entry.clone())
+        });
         LayerManifest {
             format: MANIFEST_FORMAT,
             name: self.device.clone(),

@@ -17,7 +17,7 @@
 use crate::chunk::{ChunkId, ChunkParams};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 /// Version of the manifest encoding (root and body). Bump on any change to the types below.
@@ -397,6 +397,33 @@ impl LayerManifest {
         let signature = key.sign(&signed_message(&digest)).to_bytes();
         let sm = SignedManifest { root_body, digest, signature, root, manifest: self.clone() };
         (sm, body)
+    }
+}
+
+/// Entries to write, in order, with every hard link whose file is not among them made a file
+/// of its own (the first such name; later names link to it): a part of a tree restored alone
+/// must not link to whatever the file outside it holds now.
+pub fn detach_hardlinks(entries: &mut [Entry], file_of: impl Fn(&str) -> Option<Entry>) {
+    let present: HashSet<String> = entries
+        .iter()
+        .filter(|e| matches!(e.node, Node::File { .. }))
+        .map(|e| e.path.clone())
+        .collect();
+    // Target outside -> the name that became its file here.
+    let mut moved: HashMap<String, String> = HashMap::new();
+    for e in entries.iter_mut() {
+        let Node::Hardlink { target } = &e.node else { continue };
+        if present.contains(target) {
+            continue;
+        }
+        if let Some(first) = moved.get(target) {
+            e.node = Node::Hardlink { target: first.clone() };
+        } else if let Some(file) = file_of(target) {
+            moved.insert(target.clone(), e.path.clone());
+            e.node = file.node;
+            e.mode = file.mode;
+            e.meta = file.meta;
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use crate::session::{Changes, Session};
 use crate::snapshot::{SnapEntry, Snapshot, SnapshotDir};
 use anyhow::{bail, Context};
 use oasis_core::manifest::{Entry, Node};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -50,32 +50,7 @@ fn check_chunks<'a>(
     Ok(())
 }
 
-/// Entries to write, in order, with every hard link whose file is not among them made a file
-/// of its own (the first such name; later names link to it): a part of a tree restored alone
-/// must not link to whatever the file outside it holds now.
-pub fn detach_hardlinks(entries: &mut [Entry], file_of: impl Fn(&str) -> Option<Entry>) {
-    let present: HashSet<String> = entries
-        .iter()
-        .filter(|e| matches!(e.node, Node::File { .. }))
-        .map(|e| e.path.clone())
-        .collect();
-    // Target outside -> the name that became its file here.
-    let mut moved: HashMap<String, String> = HashMap::new();
-    for e in entries.iter_mut() {
-        let Node::Hardlink { target } = &e.node else { continue };
-        if present.contains(target) {
-            continue;
-        }
-        if let Some(first) = moved.get(target) {
-            e.node = Node::Hardlink { target: first.clone() };
-        } else if let Some(file) = file_of(target) {
-            moved.insert(target.clone(), e.path.clone());
-            e.node = file.node;
-            e.mode = file.mode;
-            e.meta = file.meta;
-        }
-    }
-}
+pub use oasis_core::manifest::detach_hardlinks;
 
 /// Makes the root exactly the snapshot's tree and the applied layers the snapshot's layers.
 pub fn revert(s: &mut Session, arg: &str) -> anyhow::Result<RestoreReport> {

@@ -3,7 +3,7 @@
 use super::{close_code, read_frame, NetError, ReadFrameError, CONNECT_TIMEOUT};
 use crate::chunk::ChunkId;
 use crate::compress::StoredChunk;
-use crate::manifest::{ChunkRef, SignedManifest, SignedRoot};
+use crate::manifest::{ChunkRef, ManifestError, SignedManifest, SignedRoot};
 use std::collections::HashMap;
 use crate::identity::{self, PeerInfo, NODE_SERVER_NAME};
 use crate::policy::TrafficClass;
@@ -156,7 +156,16 @@ impl Client {
                 _ => want.push(c.id),
             }
         }
-        let fetched = self.plain_chunks(&want).await?;
+        let fetched = self.plain_chunks(&want).await.map_err(|e| match e {
+            // The source has the root but not one of its body chunks: a broken source, not a
+            // missing layer.
+            NetError::Missing { id, .. } => bad(ManifestError::BodyUnavailable {
+                layer: root.label(),
+                id,
+                problem: "the source does not hold it".into(),
+            }),
+            other => other,
+        })?;
         let mut wire_bytes = 0u64;
         let mut fetched_refs = Vec::with_capacity(fetched.len());
         for (stored_len, id, plain) in fetched {
@@ -176,7 +185,8 @@ impl Client {
     }
 
     /// Fetches and verifies `ids`, in batches over up to four streams at once. Every id must
-    /// arrive: a `Missing` answer or a chunk that does not match its id fails the whole call.
+    /// arrive: a `Missing` answer ([`NetError::Missing`]) or a chunk that does not match its id
+    /// fails the whole call.
     /// Returns (bytes as sent, id, plain bytes) per chunk.
     pub async fn plain_chunks(&self, ids: &[ChunkId]) -> Result<Vec<(u64, ChunkId, Bytes)>, NetError> {
         use futures::StreamExt;
@@ -194,13 +204,7 @@ impl Client {
                         })?;
                         out.push((sent, c.id, plain));
                     }
-                    ChunkReply::Missing(id) => {
-                        return Err(NetError::Remote {
-                            addr,
-                            code: wire::ErrorCode::NotFound,
-                            message: format!("chunk {id} is missing"),
-                        })
-                    }
+                    ChunkReply::Missing(id) => return Err(NetError::Missing { addr, id }),
                 }
             }
             Ok::<_, NetError>(out)

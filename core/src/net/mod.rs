@@ -163,6 +163,9 @@ pub enum NetError {
     /// nothing was sent.
     #[error("invalid request to {addr}: {problem}")]
     Request { addr: SocketAddr, problem: String },
+    /// The peer does not hold a chunk that the caller needed.
+    #[error("{addr} does not hold chunk {id}")]
+    Missing { addr: SocketAddr, id: crate::chunk::ChunkId },
     /// The manifest the peer sent does not verify, is not the one asked for, or its body does
     /// not assemble.
     #[error("manifest from {addr}: {source}")]
@@ -186,6 +189,7 @@ impl NetError {
             | NetError::Timeout { addr, .. }
             | NetError::Protocol { addr, .. }
             | NetError::Request { addr, .. }
+            | NetError::Missing { addr, .. }
             | NetError::Manifest { addr, .. } => *addr,
         }
     }
