@@ -5,10 +5,12 @@
 //! every read) and fetches what it lacks from upstream: misses for the same chunk are coalesced
 //! into one upstream fetch, misses are batched into pipelined GetChunks requests, every upstream
 //! chunk is verified before it is cached or served, and every upstream pull is paid for in the
-//! WAN limiter of the bandwidth policy first. Manifests are the seed's signed bytes, verified
-//! against `trust.pem` before they are cached: a reflector cannot forge a layer.
+//! WAN limiter of the bandwidth policy first. A manifest is the seed's signed root, verified
+//! against `trust.pem` before it is cached, and its body chunks, fetched and cached like any
+//! other chunk (see [`node`]): a reflector cannot forge a layer.
 //!
-//! Modules: [`config`] (file + flags), [`cache`] (store + LRU ledger + pins), [`fetcher`]
+//! Modules: [`config`] (file + flags), [`cache`] (store + LRU ledger + pins), [`body`] (a
+//! cached manifest body read entry by entry), [`fetcher`]
 //! (coalescing, batching, pacing, verification), [`upstream`] (connection with backoff),
 //! [`policy`] (WAN policy, reloads), [`metrics`], [`check`] (`oasis-reflector check`) and
 //! [`node`] ([`RunningReflector`]).
@@ -24,6 +26,7 @@
 //! # }
 //! ```
 
+pub mod body;
 pub mod cache;
 pub mod check;
 pub mod config;

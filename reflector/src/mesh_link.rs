@@ -43,18 +43,32 @@ pub async fn advertised_addr(bound: SocketAddr, upstream: &str) -> SocketAddr {
 }
 
 /// Announces the layers whose manifests the cache holds (after a restart siblings learn at
-/// once what this reflector has).
+/// once what this reflector has): each manifest's body chunks, and its files' chunks (one
+/// layer's list at a time, read from its cached body; a layer whose body is not whole is
+/// announced when it is next asked for).
 pub(crate) async fn announce_cached(inner: Arc<Reflector>, s: Arc<Siblings>) {
     let cache = inner.cache.clone();
     let r = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
-        let refs = cache.store.layer_refs()?;
+        let refs = cache.layer_refs()?;
         for r in &refs {
-            match cache.open_cached_manifest(&r.name, Some(&r.version)) {
-                Ok(Some(sm)) => {
-                    s.learn_manifest(&sm);
+            let label = format!("{}@{}", r.name, r.version);
+            if s.knows_layer(&r.digest) {
+                continue;
+            }
+            let announced = cache.cached_root(&r.name, Some(&r.version)).and_then(|root| {
+                let Some(root) = root else { return Ok(false) };
+                s.learn_body(&root);
+                match cache.layer_chunks(&root)? {
+                    Some(chunks) => Ok(s.learn_layer(root.digest, &label, &chunks)),
+                    None => Ok(false),
                 }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(layer = %format!("{}@{}", r.name, r.version), error = %e, "cached manifest not announced"),
+            });
+            match announced {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(layer = %label, "cached manifest is not whole; its files are announced when it is next asked for")
+                }
+                Err(e) => tracing::warn!(layer = %label, error = %e, "cached manifest not announced"),
             }
         }
         Ok(refs.len())

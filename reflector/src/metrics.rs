@@ -12,6 +12,9 @@ use std::sync::atomic::AtomicU64;
 pub struct ReflectorMetrics {
     /// `oasis_upstream_bytes_total`: chunk payload received from upstream, as sent (stored size).
     pub upstream_bytes: Counter,
+    /// `oasis_upstream_manifest_bytes_total`: signed manifest roots received from upstream,
+    /// bytes (their body chunks count in `upstream_bytes`).
+    pub upstream_manifest_bytes: Counter,
     /// `oasis_upstream_chunks_total`: chunks received from upstream (good or bad).
     pub upstream_chunks: Counter,
     /// `oasis_upstream_corrupt_total`: upstream chunks that failed verification (refetched).
@@ -69,6 +72,11 @@ impl ReflectorMetrics {
                 "upstream_bytes",
                 "Chunk payload bytes received from upstream, as sent (stored size)",
                 m.upstream_bytes.clone(),
+            );
+            r.register(
+                "upstream_manifest_bytes",
+                "Signed manifest root bytes received from upstream (body chunks count in upstream_bytes)",
+                m.upstream_manifest_bytes.clone(),
             );
             r.register(
                 "upstream_chunks",

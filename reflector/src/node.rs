@@ -1,5 +1,14 @@
 //! A running reflector: the serving side ([`ChunkSource`] over cache + upstream), manifests,
 //! pins and prefetch, and [`RunningReflector`] which wires the tasks together.
+//!
+//! Manifests (format 2) come in two parts. The signed root arrives from upstream in one
+//! `Manifest` frame; it is verified against `trust.pem` and checked to be the layer asked for.
+//! The body chunks then come through [`Reflector::chunk`], the same path that serves endpoints'
+//! `GetChunks`: the cache, else a coalesced miss through the siblings, the site's WAN leader or
+//! upstream, paced by the WAN policy in the foreground class. So the body is cached, counted as
+//! WAN bytes, and served to endpoints from the cache afterwards. Only once the body is whole is
+//! the root recorded in the cache and handed out; from then on the body chunks are pinned for
+//! as long as the cache holds the root.
 
 use crate::cache::{Cache, CacheStats};
 use crate::config::ReflectorConfig;
@@ -15,7 +24,7 @@ use futures::StreamExt;
 use oasis_core::chunk::ChunkParams;
 use oasis_core::compress::StoredChunk;
 use oasis_core::identity::{NodeIdentity, PeerInfo, Role};
-use oasis_core::manifest::SignedManifest;
+use oasis_core::manifest::{ChunkRef, SignedManifest, SignedRoot};
 use oasis_core::metrics::NodeMetrics;
 use oasis_core::net::{self, ChunkSource, SourceError, TransportOptions};
 use oasis_core::policy::{BandwidthPolicy, PolicyError, TrafficClass};
@@ -24,7 +33,8 @@ use oasis_core::wire::LayerRef;
 use oasis_core::ChunkId;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
@@ -33,8 +43,33 @@ pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the evictor looks even without being woken.
 const EVICT_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Body chunks of one manifest asked for at once through the chunk path (enough to fill the
+/// fetcher's batches).
+const BODY_FETCHES: usize = 1024;
+
 type ManifestResult = Result<Option<Bytes>, String>;
 type Flight = Shared<BoxFuture<'static, ManifestResult>>;
+type ChunkList = Result<Arc<Vec<ChunkRef>>, String>;
+type ChunkListFlight = Shared<BoxFuture<'static, ChunkList>>;
+
+/// A manifest fetch in flight (root, then body), and how far it has got.
+#[derive(Clone)]
+struct ManifestFlight {
+    result: Flight,
+    /// The root arriving and each body chunk in place count one: waiters keep waiting while
+    /// this moves.
+    progress: Arc<AtomicU64>,
+}
+
+/// A layer's verified manifest root and the distinct chunks of its files.
+pub(crate) struct Layer {
+    pub(crate) root: Arc<SignedRoot>,
+    pub(crate) chunks: Arc<Vec<ChunkRef>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// What [`RunningReflector::prefetch_layer`] did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -65,7 +100,10 @@ pub(crate) struct Reflector {
     fetcher: Arc<Fetcher>,
     policy: Arc<PolicyControl>,
     metrics: ReflectorMetrics,
-    flights: Mutex<HashMap<(String, Option<String>), Flight>>,
+    flights: Mutex<HashMap<(String, Option<String>), ManifestFlight>>,
+    /// Chunk lists being read from cached bodies, by layer digest: concurrent askers (an
+    /// endpoint's manifest for the mesh, an assignment's pin) share one read and one list.
+    chunk_lists: Mutex<HashMap<[u8; 32], ChunkListFlight>>,
     /// The mesh side (None when the mesh is off).
     siblings: Option<Arc<Siblings>>,
     /// Inventory, wake relay and scheduled delivery (issue #5).
@@ -91,30 +129,64 @@ impl Reflector {
         Patience { idle: self.cfg.miss_timeout, max }
     }
 
-    /// Fetches, verifies and caches a manifest from upstream. One request per (name, version)
-    /// at a time; the work goes on (and its result is cached) even if the asker stops waiting.
-    fn upstream_manifest(self: &Arc<Self>, name: &str, version: Option<&str>) -> Flight {
+    /// Fetches, verifies and caches a manifest (root and body) from upstream. One fetch per
+    /// (name, version) at a time; the work goes on (and its result is cached) even if the asker
+    /// stops waiting.
+    fn upstream_manifest(self: &Arc<Self>, name: &str, version: Option<&str>) -> ManifestFlight {
         let key = (name.to_string(), version.map(str::to_string));
-        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        let mut flights = locked(&self.flights);
         if let Some(f) = flights.get(&key) {
             return f.clone();
         }
         let me = self.clone();
         let k = key.clone();
+        let progress = Arc::new(AtomicU64::new(0));
+        let p = progress.clone();
         let task = tokio::spawn(async move {
-            let r = me.fetch_manifest_now(&k.0, k.1.as_deref()).await;
-            me.flights.lock().unwrap_or_else(|e| e.into_inner()).remove(&k);
+            let r = me.fetch_manifest_now(&k.0, k.1.as_deref(), &p).await;
+            locked(&me.flights).remove(&k);
             r
         });
-        let flight = task
+        let result = task
             .map(|r| r.unwrap_or_else(|e| Err(format!("manifest fetch task failed: {e}"))))
             .boxed()
             .shared();
+        let flight = ManifestFlight { result, progress };
         flights.insert(key, flight.clone());
         flight
     }
 
-    async fn fetch_manifest_now(&self, name: &str, version: Option<&str>) -> ManifestResult {
+    /// Waits for a manifest fetch: `first` at most, then on as long as it makes progress (the
+    /// root or body chunks arriving) within every `miss_timeout`. `seen` is its progress when
+    /// the asker started waiting. `None`: it stalled.
+    async fn wait_flight(
+        &self,
+        flight: ManifestFlight,
+        first: Duration,
+        mut seen: u64,
+    ) -> Option<ManifestResult> {
+        let ManifestFlight { mut result, progress } = flight;
+        let mut slice = first;
+        loop {
+            match tokio::time::timeout(slice, &mut result).await {
+                Ok(r) => return Some(r),
+                Err(_) => {
+                    let now = progress.load(Ordering::Relaxed);
+                    if now == seen {
+                        return None;
+                    }
+                    (seen, slice) = (now, self.cfg.miss_timeout);
+                }
+            }
+        }
+    }
+
+    async fn fetch_manifest_now(
+        self: &Arc<Self>,
+        name: &str,
+        version: Option<&str>,
+        progress: &AtomicU64,
+    ) -> ManifestResult {
         let what = label(name, version);
         let client = self
             .upstream
@@ -134,30 +206,125 @@ impl Reflector {
                 Ok(Err(e)) => return Err(format!("asking upstream for {what}: {e}")),
                 Ok(Ok(b)) => b,
             };
-        // Verify before caching: a reflector passes on only what the seed signed.
+        progress.fetch_add(1, Ordering::Relaxed);
+        // The root crossed the WAN: counted, and paid for in the policy's bucket (in the
+        // background: it has arrived already, and the body need not wait for the payment).
+        let len = bytes.len() as u64;
+        self.metrics.upstream_manifest_bytes.inc_by(len);
+        let policy = self.policy.clone();
+        tokio::spawn(async move {
+            policy.limiter.acquire(TrafficClass::Foreground, len + CHUNK_FRAME_OVERHEAD).await
+        });
+        // Verify before anything else: a reflector passes on only what the seed signed, and
+        // only the layer that was asked for.
         let key = *self.identity.trust().manifest_key();
         let b = bytes.clone();
-        let sm = tokio::task::spawn_blocking(move || SignedManifest::open(&b, &key))
+        let root = tokio::task::spawn_blocking(move || SignedRoot::open(&b, &key))
             .await
             .map_err(|e| e.to_string())?
+            .and_then(|root| root.check_request(name, version).map(|()| root))
             .map_err(|e| format!("upstream's manifest of {what} refused: {e}"))?;
-        let m = &sm.manifest;
-        if m.name != name || version.is_some_and(|v| v != m.version) {
-            return Err(format!("upstream answered {what} with a manifest of {}", m.label()));
+        let root = Arc::new(root);
+        self.policy.note_chunk_size(u64::from(root.root.chunking.max) + CHUNK_FRAME_OVERHEAD);
+        // Body chunks are pinned before they arrive, so that no eviction races the fetch.
+        let (cache, r) = (self.cache.clone(), root.clone());
+        match tokio::task::spawn_blocking(move || cache.hold_manifest(&r)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(layer = %what, error = %e, "cannot pin manifest body"),
+            Err(e) => tracing::error!(layer = %what, error = %e, "cannot pin manifest body"),
         }
-        self.policy.note_chunk_size(u64::from(m.chunking.max) + CHUNK_FRAME_OVERHEAD);
-        let cache = self.cache.clone();
-        let is_latest = version.is_none();
-        let b = bytes.clone();
-        let stored =
-            tokio::task::spawn_blocking(move || cache.put_manifest(&sm, &b, is_latest)).await;
-        match stored {
+        self.learn_body(&root).await;
+        self.fill_body(&root, Some(progress)).await?;
+        let (cache, r, is_latest) = (self.cache.clone(), root.clone(), version.is_none());
+        match tokio::task::spawn_blocking(move || cache.put_manifest(&r, is_latest)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(layer = %what, error = %e, "cannot cache manifest"),
             Err(e) => tracing::error!(layer = %what, error = %e, "cannot cache manifest"),
         }
-        tracing::debug!(layer = %what, bytes = bytes.len(), "manifest fetched from upstream");
+        tracing::debug!(
+            layer = %root.label(),
+            root_bytes = len,
+            body_bytes = root.root.body_len,
+            body_chunks = root.root.body.len(),
+            "manifest fetched"
+        );
         Ok(Some(bytes))
+    }
+
+    /// Brings every body chunk of `root` the cache lacks through the chunk path (cache, else a
+    /// coalesced miss via the siblings or upstream, foreground class), counting each one in
+    /// `progress`.
+    async fn fill_body(
+        &self,
+        root: &Arc<SignedRoot>,
+        progress: Option<&AtomicU64>,
+    ) -> Result<(), String> {
+        let layer = root.label();
+        let (cache, r) = (self.cache.clone(), root.clone());
+        let missing = tokio::task::spawn_blocking(move || cache.body_missing(&r))
+            .await
+            .map_err(|e| format!("manifest {layer}: looking for its body in the cache: {e}"))?
+            .map_err(|e| format!("manifest {layer}: looking for its body in the cache: {e}"))?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let n = missing.len();
+        let mut results = futures::stream::iter(missing)
+            .map(|id| async move { (id, self.chunk(None, id, TrafficClass::Foreground).await) })
+            .buffer_unordered(BODY_FETCHES);
+        while let Some((id, r)) = results.next().await {
+            match r {
+                Ok(Some(_)) => {
+                    if let Some(p) = progress {
+                        p.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(None) => {
+                    return Err(format!("manifest {layer}: body chunk {id} is missing upstream"))
+                }
+                Err(e) => return Err(format!("manifest {layer}: body chunk {id}: {e}")),
+            }
+        }
+        tracing::debug!(%layer, chunks = n, "manifest body chunks fetched");
+        Ok(())
+    }
+
+    /// The distinct chunks of `root`'s files, read from the cached body; body chunks gone from
+    /// the cache are fetched again first. One read per layer at a time, shared by its askers.
+    async fn layer_chunks(self: &Arc<Self>, root: &Arc<SignedRoot>) -> ChunkList {
+        let flight = {
+            let mut lists = locked(&self.chunk_lists);
+            match lists.get(&root.digest) {
+                Some(f) => f.clone(),
+                None => {
+                    let (me, r) = (self.clone(), root.clone());
+                    let f = tokio::spawn(async move {
+                        let list = me.read_layer_chunks(&r).await.map(Arc::new);
+                        locked(&me.chunk_lists).remove(&r.digest);
+                        list
+                    })
+                    .map(|r| r.unwrap_or_else(|e| Err(format!("reading a chunk list failed: {e}"))))
+                    .boxed()
+                    .shared();
+                    lists.insert(root.digest, f.clone());
+                    f
+                }
+            }
+        };
+        flight.await
+    }
+
+    async fn read_layer_chunks(&self, root: &Arc<SignedRoot>) -> Result<Vec<ChunkRef>, String> {
+        for _ in 0..2 {
+            let (cache, r) = (self.cache.clone(), root.clone());
+            match tokio::task::spawn_blocking(move || cache.layer_chunks(&r)).await {
+                Ok(Ok(Some(chunks))) => return Ok(chunks),
+                Ok(Ok(None)) => self.fill_body(root, None).await?,
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(e) => return Err(format!("manifest {}: reading its body: {e}", root.label())),
+            }
+        }
+        Err(format!("manifest {}: its body chunks keep leaving the cache", root.label()))
     }
 
     fn cached_manifest(&self, name: &str, version: Option<&str>) -> Option<Bytes> {
@@ -170,9 +337,9 @@ impl Reflector {
         }
     }
 
-    /// A layer's signed manifest: a named version from the cache, else from upstream; the
+    /// A layer's signed manifest root: a named version from the cache, else from upstream; the
     /// latest version from upstream when it answers within `latest_timeout`, else the cached
-    /// latest.
+    /// latest. What is handed out is whole in the cache (root and body) at that moment.
     pub(crate) async fn manifest(
         self: &Arc<Self>,
         name: &str,
@@ -187,26 +354,64 @@ impl Reflector {
 
     /// Makes a manifest's layer known to the mesh (once per layer), so that what arrives of it
     /// is announced and siblings' claims about it are usable.
-    async fn learn(&self, bytes: &Bytes) {
+    async fn learn(self: &Arc<Self>, bytes: &Bytes) {
         let Some(s) = &self.siblings else { return };
         if s.knows_manifest_bytes(bytes) {
             return;
         }
-        let (sib, b, key) = (s.clone(), bytes.clone(), *self.identity.trust().manifest_key());
-        let r = tokio::task::spawn_blocking(move || {
-            SignedManifest::open(&b, &key).map(|sm| sib.learn_manifest(&sm))
-        })
+        let learned = async {
+            let (b, key) = (bytes.clone(), *self.identity.trust().manifest_key());
+            let root = tokio::task::spawn_blocking(move || SignedRoot::open(&b, &key))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            let root = Arc::new(root);
+            self.learn_body(&root).await;
+            let chunks = self.layer_chunks(&root).await?;
+            self.learn_layer(&root, chunks).await
+        }
         .await;
-        match r {
+        match learned {
             // The endpoint asks for chunks next: let the misses see the siblings' claims about
             // this layer at once, not after the next periodic refresh.
-            Ok(Ok(true)) => {
+            Ok(true) => {
                 let _ = tokio::time::timeout(Duration::from_millis(200), s.refresh()).await;
             }
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "manifest not announced to the mesh"),
+            Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "manifest not announced to the mesh"),
         }
+    }
+
+    /// Makes a manifest's body known to the mesh ([`Siblings::learn_body`]) before its chunks
+    /// are fetched: they are announced as they arrive, and a miss finds the siblings that hold
+    /// them instead of going to the WAN.
+    async fn learn_body(&self, root: &Arc<SignedRoot>) {
+        let Some(s) = &self.siblings else { return };
+        let (sib, r) = (s.clone(), root.clone());
+        match tokio::task::spawn_blocking(move || sib.learn_body(&r)).await {
+            Ok(true) => {
+                let _ = tokio::time::timeout(Duration::from_millis(200), s.refresh()).await;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "manifest body not announced to the mesh"),
+        }
+    }
+
+    /// Indexes a layer's chunk list for the mesh. Returns whether the layer was new to the
+    /// mesh side.
+    async fn learn_layer(
+        &self,
+        root: &Arc<SignedRoot>,
+        chunks: Arc<Vec<ChunkRef>>,
+    ) -> Result<bool, String> {
+        let Some(s) = &self.siblings else { return Ok(false) };
+        if s.knows_layer(&root.digest) {
+            return Ok(false);
+        }
+        let (sib, digest, layer) = (s.clone(), root.digest, root.label());
+        tokio::task::spawn_blocking(move || sib.learn_layer(digest, &layer, &chunks))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn manifest_inner(
@@ -220,19 +425,21 @@ impl Reflector {
                 return Ok(Some(b));
             }
             let flight = self.upstream_manifest(name, version);
-            return match tokio::time::timeout(self.cfg.miss_timeout, flight).await {
-                Ok(Ok(b)) => Ok(b),
-                Ok(Err(e)) => Err(SourceError::Unavailable(e)),
-                Err(_) => Err(SourceError::Unavailable(format!(
-                    "manifest of {what} not available: {} (waited {} s)",
+            let seen = flight.progress.load(Ordering::Relaxed);
+            return match self.wait_flight(flight, self.cfg.miss_timeout, seen).await {
+                Some(Ok(b)) => Ok(b),
+                Some(Err(e)) => Err(SourceError::Unavailable(e)),
+                None => Err(SourceError::Unavailable(format!(
+                    "manifest of {what} not available: {} (no progress for {} s)",
                     self.upstream.trouble(),
                     self.cfg.miss_timeout.as_secs_f64()
                 ))),
             };
         }
-        let mut flight = self.upstream_manifest(name, None);
+        let flight = self.upstream_manifest(name, None);
         let started = Instant::now();
-        let first = tokio::time::timeout(self.cfg.latest_timeout, &mut flight).await;
+        let seen = flight.progress.load(Ordering::Relaxed);
+        let first = tokio::time::timeout(self.cfg.latest_timeout, flight.result.clone()).await;
         let problem = match first {
             Ok(Ok(b)) => return Ok(b),
             Ok(Err(e)) => e,
@@ -245,14 +452,14 @@ impl Reflector {
             tracing::info!(layer = %name, %problem, "serving the cached latest manifest");
             return Ok(Some(b));
         }
-        // Nothing cached to fall back on: keep waiting for upstream a while longer.
+        // Nothing cached to fall back on: keep waiting for upstream while it makes progress.
         let left = self.cfg.miss_timeout.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, flight).await {
-            Ok(Ok(b)) => Ok(b),
-            Ok(Err(e)) => {
+        match self.wait_flight(flight, left, seen).await {
+            Some(Ok(b)) => Ok(b),
+            Some(Err(e)) => {
                 Err(SourceError::Unavailable(format!("{e}; no cached manifest of {name}")))
             }
-            Err(_) => Err(SourceError::Unavailable(format!(
+            None => Err(SourceError::Unavailable(format!(
                 "manifest of {what} not available: {}; no cached manifest of {name}",
                 self.upstream.trouble()
             ))),
@@ -315,24 +522,51 @@ impl Reflector {
             return Ok(layers);
         }
         tracing::info!(upstream = %self.upstream.target, "upstream did not list layers; listing cached manifests");
-        self.cache.store.layer_refs().map_err(|e| SourceError::Internal(e.to_string()))
+        self.cache.layer_refs().map_err(|e| SourceError::Internal(e.to_string()))
     }
 
-    /// A verified manifest of `name@version` (cache, else upstream).
-    async fn signed_manifest(
+    /// `name@version`'s verified root and the distinct chunks of its files (cache, else
+    /// upstream), with the layer made known to the mesh. The chunk list is read from the cached
+    /// body one body chunk at a time: the whole manifest is never in memory.
+    pub(crate) async fn layer(
         self: &Arc<Self>,
         name: &str,
         version: Option<&str>,
-    ) -> anyhow::Result<SignedManifest> {
+    ) -> anyhow::Result<Layer> {
         let what = label(name, version);
         let bytes = self
-            .manifest(name, version)
+            .manifest_inner(name, version)
             .await
             .map_err(|e| anyhow::anyhow!("manifest of {what}: {e}"))?
             .ok_or_else(|| anyhow::anyhow!("layer {what} not found upstream"))?;
         let key = *self.identity.trust().manifest_key();
-        let sm = tokio::task::spawn_blocking(move || SignedManifest::open(&bytes, &key)).await??;
-        Ok(sm)
+        let root =
+            Arc::new(tokio::task::spawn_blocking(move || SignedRoot::open(&bytes, &key)).await??);
+        self.learn_body(&root).await;
+        let chunks = self.layer_chunks(&root).await.map_err(anyhow::Error::msg)?;
+        self.learn_layer(&root, chunks.clone()).await.map_err(anyhow::Error::msg)?;
+        Ok(Layer { root, chunks })
+    }
+
+    /// Removes the pin of `name@version`; a body chunk of its cached manifest that has gone
+    /// is fetched again first (the chunk list to unpin is read from the body).
+    pub(crate) async fn unpin(self: &Arc<Self>, name: &str, version: &str) -> anyhow::Result<bool> {
+        if self.cache.pin_applied(name, version) {
+            let (cache, n, v) = (self.cache.clone(), name.to_string(), version.to_string());
+            let root =
+                tokio::task::spawn_blocking(move || cache.cached_root(&n, Some(&v))).await??;
+            if let Some(root) = root {
+                self.fill_body(&Arc::new(root), None).await.map_err(anyhow::Error::msg)?;
+            }
+        }
+        let (cache, n, v) = (self.cache.clone(), name.to_string(), version.to_string());
+        tokio::task::spawn_blocking(move || cache.unpin_layer(&n, &v)).await?
+    }
+
+    /// Pins a layer's chunks (see [`Cache::pin_layer`]).
+    async fn pin(&self, layer: &Layer) -> anyhow::Result<bool> {
+        let (cache, root, chunks) = (self.cache.clone(), layer.root.clone(), layer.chunks.clone());
+        tokio::task::spawn_blocking(move || cache.pin_layer(&root, &chunks)).await?
     }
 
     /// Asks upstream for this site's assignments, pins and prefetches each, and unpins what
@@ -350,16 +584,14 @@ impl Reflector {
         let now: Vec<(String, String)> =
             assigned.iter().map(|a| (a.name.clone(), a.version.clone())).collect();
         for (name, version) in pinned_by_sync.iter().filter(|p| !now.contains(p)) {
-            let (cache, n, v) = (self.cache.clone(), name.clone(), version.clone());
-            tokio::task::spawn_blocking(move || cache.unpin_layer(&n, &v)).await??;
+            self.unpin(name, version).await?;
             tracing::info!(layer = %format!("{name}@{version}"), "no longer assigned: unpinned");
         }
         *pinned_by_sync = now.clone();
         for (name, version) in &now {
-            let sm = self.signed_manifest(name, Some(version)).await?;
-            let cache = self.cache.clone();
-            tokio::task::spawn_blocking(move || cache.pin_layer(&sm)).await??;
-            let r = self.prefetch(name, Some(version)).await?;
+            let layer = self.layer(name, Some(version)).await?;
+            self.pin(&layer).await?;
+            let r = self.prefetch_chunks(&layer).await?;
             tracing::info!(layer = %format!("{name}@{version}"), report = ?r, "assigned layer pinned and prefetched");
         }
         Ok(now.len())
@@ -370,18 +602,22 @@ impl Reflector {
         name: &str,
         version: Option<&str>,
     ) -> anyhow::Result<PrefetchReport> {
+        let layer = self.layer(name, version).await?;
+        self.prefetch_chunks(&layer).await
+    }
+
+    /// Pulls every chunk of `layer` the cache lacks, in the background class.
+    async fn prefetch_chunks(&self, layer: &Layer) -> anyhow::Result<PrefetchReport> {
         let t0 = Instant::now();
-        let sm = self.signed_manifest(name, version).await?;
-        let chunks = sm.manifest.unique_chunks();
+        let chunks = &layer.chunks;
         let mut report = PrefetchReport {
-            layer: sm.manifest.label(),
+            layer: layer.root.label(),
             chunks: chunks.len() as u64,
             ..Default::default()
         };
-        let cache = self.cache.clone();
-        let ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
+        let (cache, list) = (self.cache.clone(), layer.chunks.clone());
         let missing: Vec<ChunkId> = tokio::task::spawn_blocking(move || {
-            ids.into_iter().filter(|id| !cache.contains(id)).collect()
+            list.iter().map(|c| c.id).filter(|id| !cache.contains(id)).collect()
         })
         .await?;
         report.chunks_cached = report.chunks - missing.len() as u64;
@@ -640,6 +876,7 @@ impl RunningReflector {
             policy: policy.clone(),
             metrics: metrics.clone(),
             flights: Mutex::new(HashMap::new()),
+            chunk_lists: Mutex::new(HashMap::new()),
             siblings: siblings.clone(),
             wake: wake.clone(),
         });
@@ -818,29 +1055,49 @@ impl RunningReflector {
         &self.inner.cache.store
     }
 
-    /// Is the chunk pinned (by any pinned layer)?
+    /// Is the chunk pinned (by any pinned layer, or as a body chunk of a cached manifest)?
     pub fn is_pinned(&self, id: &ChunkId) -> bool {
         self.inner.cache.is_pinned(id)
     }
 
     /// Pins a layer's chunks (cached now or later): they are never evicted. Also caches the
-    /// manifest. Returns false if the layer was pinned already.
+    /// manifest: its root (verified against `trust.pem`) and its body chunks. Returns false if
+    /// the layer was pinned already.
     pub async fn pin_layer(&self, manifest: &SignedManifest) -> anyhow::Result<bool> {
         let (cache, sm) = (self.inner.cache.clone(), manifest.clone());
-        tokio::task::spawn_blocking(move || cache.pin_layer(&sm)).await?
+        let key = *self.inner.identity.trust().manifest_key();
+        tokio::task::spawn_blocking(move || {
+            let root = SignedRoot::open(&sm.to_bytes(), &key)?;
+            let body = sm.manifest.body();
+            if body.chunks != root.root.body {
+                bail!(
+                    "manifest {}: its entries do not encode to the body its root names",
+                    root.label()
+                );
+            }
+            // Held first: the body chunks are pinned as they go in.
+            cache.hold_manifest(&root)?;
+            for (c, data) in body.pieces() {
+                if !cache.contains(&c.id) {
+                    cache.put(&StoredChunk::encode_with_id(c.id, data))?;
+                }
+            }
+            drop(body);
+            cache.pin_layer(&root, &sm.manifest.unique_chunks())
+        })
+        .await?
     }
 
     /// Pins `name@version`, getting its manifest from the cache or upstream.
     pub async fn pin_layer_by_name(&self, name: &str, version: &str) -> anyhow::Result<bool> {
-        let sm = self.inner.signed_manifest(name, Some(version)).await?;
-        self.pin_layer(&sm).await
+        let layer = self.inner.layer(name, Some(version)).await?;
+        self.inner.pin(&layer).await
     }
 
     /// Removes a layer's pin; its chunks become evictable unless another pinned layer holds
     /// them. Returns false if it was not pinned.
     pub async fn unpin_layer(&self, name: &str, version: &str) -> anyhow::Result<bool> {
-        let (cache, n, v) = (self.inner.cache.clone(), name.to_string(), version.to_string());
-        tokio::task::spawn_blocking(move || cache.unpin_layer(&n, &v)).await?
+        self.inner.unpin(name, version).await
     }
 
     /// Pinned layers as (name, version).

@@ -17,7 +17,7 @@ use crate::metrics::ReflectorMetrics;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use oasis_core::compress::StoredChunk;
 use oasis_core::gossip::{GossipView, LayerDigest, Load, PeerRef};
-use oasis_core::manifest::SignedManifest;
+use oasis_core::manifest::{digest_of_signed, ChunkRef, SignedRoot};
 use oasis_core::net::{ChunkReply, Client};
 use oasis_core::policy::TrafficClass;
 use oasis_core::site_wan::{self, ShareRounds, WanSharing};
@@ -81,7 +81,7 @@ pub struct Siblings {
     handover_wait: Duration,
     conns: Mutex<HashMap<SocketAddr, Client>>,
     /// chunk -> (layer, index in `unique_chunks()`), for every layer whose manifest we know.
-    index: Mutex<HashMap<ChunkId, Vec<(LayerDigest, u32)>>>,
+    index: Mutex<ChunkIndex>,
     learned: Mutex<HashSet<LayerDigest>>,
     view: Mutex<Option<Arc<GossipView>>>,
     avoid: Mutex<HashMap<PeerId, Instant>>,
@@ -93,6 +93,76 @@ pub struct Siblings {
     sharing: WanSharing,
     /// Demands published in the last rounds, turned into our share.
     rounds: Mutex<ShareRounds>,
+}
+
+/// The mesh's name for the body of the manifest with layer digest `layer`: its body chunks in
+/// root order (distinct) are gossiped as a layer of their own, apart from the layer's files
+/// (whose chunk count all mesh members, the seed included, take from the entries).
+pub fn body_layer(layer: &LayerDigest) -> LayerDigest {
+    let mut h = blake3::Hasher::new_derive_key("oasis manifest body chunks v2");
+    h.update(layer);
+    *h.finalize().as_bytes()
+}
+
+/// Marks a packed place that is an index into [`ChunkIndex::many`].
+const MANY: u64 = 1 << 63;
+
+/// Where each chunk sits in the layers learned: (layer, index in its `unique_chunks()`). Kept
+/// compact, since it holds every chunk of every layer known (a million for a large layer): a
+/// chunk in one layer costs its key and one packed place (about 40 bytes with the table's
+/// slack); chunks shared by several layers (versions) keep their places in a side table.
+#[derive(Default)]
+struct ChunkIndex {
+    /// Layer digests by number, in the order learned.
+    layers: Vec<LayerDigest>,
+    /// One place packed as `layer number << 32 | index`, or `MANY | slot in many`.
+    places: HashMap<ChunkId, u64>,
+    many: Vec<Box<[u64]>>,
+}
+
+impl ChunkIndex {
+    /// Numbers a new layer; `None` once numbers would reach the [`MANY`] bit.
+    fn add_layer(&mut self, digest: LayerDigest) -> Option<u32> {
+        let n = u32::try_from(self.layers.len()).ok().filter(|n| *n < 1 << 31)?;
+        self.layers.push(digest);
+        Some(n)
+    }
+
+    /// Records chunk `id` at `index` in layer number `layer` (once per layer).
+    fn add(&mut self, id: ChunkId, layer: u32, index: u32) {
+        let place = (u64::from(layer) << 32) | u64::from(index);
+        let same_layer = |p: &u64| *p >> 32 == u64::from(layer);
+        match self.places.entry(id) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(place);
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let cur = *o.get();
+                if cur & MANY == 0 {
+                    if !same_layer(&cur) {
+                        self.many.push(Box::new([cur, place]));
+                        *o.get_mut() = MANY | (self.many.len() - 1) as u64;
+                    }
+                } else {
+                    let slot = &mut self.many[(cur & !MANY) as usize];
+                    if !slot.iter().any(same_layer) {
+                        let mut v = std::mem::take(slot).into_vec();
+                        v.push(place);
+                        *slot = v.into_boxed_slice();
+                    }
+                }
+            }
+        }
+    }
+
+    fn places(&self, id: &ChunkId) -> Vec<(LayerDigest, u32)> {
+        let unpack = |p: u64| (self.layers[(p >> 32) as usize], p as u32);
+        match self.places.get(id) {
+            None => Vec::new(),
+            Some(&p) if p & MANY == 0 => vec![unpack(p)],
+            Some(&p) => self.many[(p & !MANY) as usize].iter().map(|&p| unpack(p)).collect(),
+        }
+    }
 }
 
 /// Forwards cache changes to the mesh announcements.
@@ -157,7 +227,7 @@ impl Siblings {
             // the view names the next leader.
             handover_wait: heartbeat * 6 + VIEW_REFRESH,
             conns: Mutex::new(HashMap::new()),
-            index: Mutex::new(HashMap::new()),
+            index: Mutex::new(ChunkIndex::default()),
             learned: Mutex::new(HashSet::new()),
             view: Mutex::new(None),
             avoid: Mutex::new(HashMap::new()),
@@ -183,7 +253,7 @@ impl Siblings {
     }
 
     fn places(&self, id: &ChunkId) -> Vec<(LayerDigest, u32)> {
-        lock(&self.index).get(id).cloned().unwrap_or_default()
+        lock(&self.index).places(id)
     }
 
     /// Closes sibling connections.
@@ -192,33 +262,57 @@ impl Siblings {
         self.mesh.shutdown();
     }
 
-    /// Has this manifest (signed bytes, digest = BLAKE3 of the body after the 68-byte header)
-    /// been learned already?
-    pub fn knows_manifest_bytes(&self, bytes: &[u8]) -> bool {
-        let digest = *blake3::hash(bytes.get(68..).unwrap_or_default()).as_bytes();
-        lock(&self.learned).contains(&digest)
+    /// Has the layer with this digest (of its signed manifest root) been learned already?
+    pub fn knows_layer(&self, digest: &LayerDigest) -> bool {
+        lock(&self.learned).contains(digest)
     }
 
-    /// Indexes a verified manifest's chunks, tells the mesh the layer's true chunk count (so
-    /// siblings' claims about it become usable) and announces what the cache holds of it.
-    /// Blocking (reads the cache index).
-    /// Returns false if the layer was known already.
-    pub fn learn_manifest(&self, sm: &SignedManifest) -> bool {
-        if !lock(&self.learned).insert(sm.digest) {
+    /// Indexes a manifest's body chunks as a layer of their own ([`body_layer`]), known from the
+    /// verified root alone: every reflector that holds the root agrees on the list, so a miss
+    /// for a body chunk finds the siblings that hold it, as for a file chunk. Blocking.
+    /// Returns false if it was known already.
+    pub fn learn_body(&self, root: &SignedRoot) -> bool {
+        let digest = body_layer(&root.digest);
+        if self.knows_layer(&digest) {
             return false;
         }
-        let chunks = sm.manifest.unique_chunks();
+        let label = format!("{} (manifest body)", root.label());
+        self.learn_layer(digest, &label, &root.root.unique_body_chunks())
+    }
+
+    /// Has this manifest (signed root bytes) been learned already?
+    pub fn knows_manifest_bytes(&self, bytes: &[u8]) -> bool {
+        self.knows_layer(&digest_of_signed(bytes))
+    }
+
+    /// Indexes a layer's chunks (`chunks`: its distinct file chunks in first-use order, as
+    /// `LayerManifest::unique_chunks` gives them, read from a verified manifest), tells the mesh
+    /// the layer's true chunk count (so siblings' claims about it become usable) and announces
+    /// what the cache holds of it. Blocking (reads the cache index).
+    /// Returns false if the layer was known already.
+    pub fn learn_layer(&self, digest: LayerDigest, label: &str, chunks: &[ChunkRef]) -> bool {
+        if !lock(&self.learned).insert(digest) {
+            return false;
+        }
         let count = chunks.len() as u32;
         {
             let mut index = lock(&self.index);
-            for (i, c) in chunks.iter().enumerate() {
-                let places = index.entry(c.id).or_default();
-                if !places.iter().any(|(l, _)| *l == sm.digest) {
-                    places.push((sm.digest, i as u32));
+            match index.add_layer(digest) {
+                Some(layer) => {
+                    // Room for the largest layer at once, rather than doubling (and holding old
+                    // and new tables) on the way; later versions mostly share its chunks.
+                    let room = index.places.capacity();
+                    index.places.reserve(chunks.len().saturating_sub(room));
+                    for (i, c) in chunks.iter().enumerate() {
+                        index.add(c.id, layer, i as u32);
+                    }
+                }
+                None => {
+                    tracing::warn!(layer = %label, "too many layers learned; this one's chunks are not indexed")
                 }
             }
         }
-        self.mesh.learn_layer(sm.digest, count);
+        self.mesh.learn_layer(digest, count);
         let Some(cache) = self.cache.upgrade() else { return true };
         let mut bits = vec![0u8; count.div_ceil(8) as usize];
         let mut held = 0u32;
@@ -229,8 +323,8 @@ impl Siblings {
             }
         }
         let holding = if held == count { Holding::Complete } else { Holding::Partial(bits) };
-        tracing::debug!(layer = %sm.manifest.label(), chunks = count, held, "layer announced to the mesh");
-        self.mesh.announce_layer(sm.digest, count, holding);
+        tracing::debug!(layer = %label, chunks = count, held, "layer announced to the mesh");
+        self.mesh.announce_layer(digest, count, holding);
         true
     }
 
@@ -528,5 +622,32 @@ impl Siblings {
             Some(v) => self.site_members(&v).len(),
             None => 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_keeps_every_place_of_a_chunk_once_per_layer() {
+        let mut x = ChunkIndex::default();
+        let (a, b, c) = (ChunkId([1; 32]), ChunkId([2; 32]), ChunkId([3; 32]));
+        let (l1, l2, l3) = ([10u8; 32], [20u8; 32], [30u8; 32]);
+        let n1 = x.add_layer(l1).unwrap();
+        x.add(a, n1, 0);
+        x.add(b, n1, 1);
+        x.add(a, n1, 5);
+        assert_eq!(x.places(&a), vec![(l1, 0)], "one place per layer: the first");
+        let n2 = x.add_layer(l2).unwrap();
+        x.add(b, n2, 0);
+        x.add(c, n2, 1);
+        let n3 = x.add_layer(l3).unwrap();
+        x.add(b, n3, 7);
+        x.add(b, n3, 8);
+        assert_eq!(x.places(&b), vec![(l1, 1), (l2, 0), (l3, 7)]);
+        assert_eq!(x.places(&c), vec![(l2, 1)]);
+        assert_eq!(x.places(&ChunkId([9; 32])), vec![]);
+        assert_eq!(x.many.len(), 1, "only the shared chunk has a side entry");
     }
 }
