@@ -76,22 +76,38 @@ async fn unsafe_or_badly_signed_manifests_are_refused_and_nothing_is_written() -
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "abs",
-            signed(&seed, forged("abs", vec![file_entry("/tmp/oasis-abs", payload)]), auth.signing_key()),
+            signed(
+                &seed,
+                forged("abs", vec![file_entry("/tmp/oasis-abs", payload)]),
+                auth.signing_key(),
+            ),
             "absolute",
         ),
         (
             "dotdot",
-            signed(&seed, forged("dotdot", vec![file_entry("../escape", payload)]), auth.signing_key()),
+            signed(
+                &seed,
+                forged("dotdot", vec![file_entry("../escape", payload)]),
+                auth.signing_key(),
+            ),
             "..",
         ),
         (
             "dup",
-            signed(&seed, forged("dup", vec![file_entry("a", payload), file_entry("a", payload)]), auth.signing_key()),
+            signed(
+                &seed,
+                forged("dup", vec![file_entry("a", payload), file_entry("a", payload)]),
+                auth.signing_key(),
+            ),
             "twice",
         ),
         (
             "through-link",
-            signed(&seed, forged("through-link", vec![link, file_entry("etc/passwd", payload)]), auth.signing_key()),
+            signed(
+                &seed,
+                forged("through-link", vec![link, file_entry("etc/passwd", payload)]),
+                auth.signing_key(),
+            ),
             "symlink",
         ),
         (
@@ -102,13 +118,21 @@ async fn unsafe_or_badly_signed_manifests_are_refused_and_nothing_is_written() -
         ),
         (
             "wrong-key",
-            signed(&seed, forged("wrong-key", vec![dir_entry("d"), file_entry("d/f", payload)]), &ed25519_dalek::SigningKey::from_bytes(&[3; 32])),
+            signed(
+                &seed,
+                forged("wrong-key", vec![dir_entry("d"), file_entry("d/f", payload)]),
+                &ed25519_dalek::SigningKey::from_bytes(&[3; 32]),
+            ),
             "signature",
         ),
         (
             "unsigned",
             {
-                let mut b = signed(&seed, forged("unsigned", vec![file_entry("f", payload)]), auth.signing_key());
+                let mut b = signed(
+                    &seed,
+                    forged("unsigned", vec![file_entry("f", payload)]),
+                    auth.signing_key(),
+                );
                 b[4..68].fill(0);
                 b
             },
@@ -117,7 +141,11 @@ async fn unsafe_or_badly_signed_manifests_are_refused_and_nothing_is_written() -
         (
             "truncated",
             {
-                let b = signed(&seed, forged("truncated", vec![file_entry("f", payload)]), auth.signing_key());
+                let b = signed(
+                    &seed,
+                    forged("truncated", vec![file_entry("f", payload)]),
+                    auth.signing_key(),
+                );
                 b[..b.len() - 5].to_vec()
             },
             "manifest",

@@ -4,7 +4,6 @@
 //! budget per site, and a sibling that serves corrupt chunks.
 
 use oasis_core::identity::{NodeIdentity, Role};
-use oasis_core::manifest::SignedManifest;
 use oasis_core::metrics::sample_value;
 use oasis_core::net::TransportOptions;
 use oasis_endpoint::{fetch, FetchOptions, FetchReport};
@@ -745,7 +744,6 @@ async fn reflectors_bootstrapped_from_the_seed_alone_find_each_other() -> anyhow
     }
     let direct = took.max(t0.elapsed());
     // The seed's layer: gossiped as complete, and a Kademlia provider record.
-    let key = *NodeIdentity::load(&data)?.trust().manifest_key();
     let bytes = seed.seed.store.manifest_bytes("base", Some("1"))?.expect("published");
     let digest = oasis_core::manifest::digest_of_signed(&bytes);
     let seed_ref = oasis_mesh::peer_ref(&seed_id);

@@ -46,9 +46,10 @@ fn image_like_tree(root: &Path) -> std::io::Result<()> {
     std::fs::hard_link(&python, root.join("usr/bin/python"))?;
     std::os::unix::fs::symlink("python3", root.join("usr/bin/py"))?;
     std::os::unix::fs::lchown(root.join("usr/bin/py"), Some(1000), Some(1000))?;
-    for (i, p) in ["usr/bin/su", "usr/bin/wall", "usr/bin/ping", "etc/ssl/openssl.cnf", "usr/bin/python3.11"]
-        .iter()
-        .enumerate()
+    for (i, p) in
+        ["usr/bin/su", "usr/bin/wall", "usr/bin/ping", "etc/ssl/openssl.cnf", "usr/bin/python3.11"]
+            .iter()
+            .enumerate()
     {
         set_mtime(&root.join(p), 1_600_000_000 + i as i64, 123_456_789 + i as u32)?;
     }

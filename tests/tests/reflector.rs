@@ -64,9 +64,12 @@ async fn scrape(r: &RunningReflector, name: &str) -> anyhow::Result<f64> {
 }
 
 fn manifest_of(seed: &TestSeed, name: &str, version: &str) -> anyhow::Result<SignedManifest> {
-
     let id = NodeIdentity::load(&seed.data())?;
-    Ok(seed.seed.store.open_manifest(name, Some(version), id.trust().manifest_key())?.expect("published"))
+    Ok(seed
+        .seed
+        .store
+        .open_manifest(name, Some(version), id.trust().manifest_key())?
+        .expect("published"))
 }
 
 /// Polls `f` every 50 ms until true or `limit` passes.

@@ -3,13 +3,13 @@
 use super::{close_code, read_frame, NetError, ReadFrameError, CONNECT_TIMEOUT};
 use crate::chunk::ChunkId;
 use crate::compress::StoredChunk;
-use crate::manifest::{ChunkRef, ManifestError, SignedManifest, SignedRoot};
-use std::collections::HashMap;
 use crate::identity::{self, PeerInfo, NODE_SERVER_NAME};
+use crate::manifest::{ChunkRef, ManifestError, SignedManifest, SignedRoot};
 use crate::policy::TrafficClass;
 use crate::wire::{self, Frame, MAX_FRAME_BYTES, MAX_IDS_PER_REQUEST, MAX_NAME_BYTES};
 use bytes::Bytes;
 use quinn::{RecvStream, VarInt};
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -188,33 +188,43 @@ impl Client {
     /// arrive: a `Missing` answer ([`NetError::Missing`]) or a chunk that does not match its id
     /// fails the whole call.
     /// Returns (bytes as sent, id, plain bytes) per chunk.
-    pub async fn plain_chunks(&self, ids: &[ChunkId]) -> Result<Vec<(u64, ChunkId, Bytes)>, NetError> {
+    pub async fn plain_chunks(
+        &self,
+        ids: &[ChunkId],
+    ) -> Result<Vec<(u64, ChunkId, Bytes)>, NetError> {
         use futures::StreamExt;
-        let addr = self.addr;
-        let batches = ids.chunks(1024).map(|batch| async move {
-            let mut replies = self.chunks(batch.to_vec()).await?;
-            let mut out = Vec::with_capacity(batch.len());
-            while let Some(r) = replies.next().await? {
-                match r {
-                    ChunkReply::Chunk(c) => {
-                        let sent = c.data.len() as u64;
-                        let plain = c.decode_verified().map_err(|e| NetError::Protocol {
-                            addr,
-                            problem: format!("chunk {}: {e}", c.id),
-                        })?;
-                        out.push((sent, c.id, plain));
-                    }
-                    ChunkReply::Missing(id) => return Err(NetError::Missing { addr, id }),
-                }
-            }
-            Ok::<_, NetError>(out)
-        });
+        // Owned batches: a future borrowing a slice per batch would tie every batch to one
+        // lifetime, which futures spawned by callers cannot name.
+        let batches: Vec<Vec<ChunkId>> = ids.chunks(1024).map(<[ChunkId]>::to_vec).collect();
         let mut all = Vec::with_capacity(ids.len());
-        let mut s = futures::stream::iter(batches).buffered(4);
+        let mut s = futures::stream::iter(batches).map(|b| self.plain_batch(b)).buffered(4);
         while let Some(batch) = s.next().await {
             all.extend(batch?);
         }
         Ok(all)
+    }
+
+    async fn plain_batch(
+        &self,
+        batch: Vec<ChunkId>,
+    ) -> Result<Vec<(u64, ChunkId, Bytes)>, NetError> {
+        let addr = self.addr;
+        let mut out = Vec::with_capacity(batch.len());
+        let mut replies = self.chunks(batch).await?;
+        while let Some(r) = replies.next().await? {
+            match r {
+                ChunkReply::Chunk(c) => {
+                    let sent = c.data.len() as u64;
+                    let plain = c.decode_verified().map_err(|e| NetError::Protocol {
+                        addr,
+                        problem: format!("chunk {}: {e}", c.id),
+                    })?;
+                    out.push((sent, c.id, plain));
+                }
+                ChunkReply::Missing(id) => return Err(NetError::Missing { addr, id }),
+            }
+        }
+        Ok(out)
     }
 
     /// Requests `ids` (at most [`MAX_IDS_PER_REQUEST`]) on one stream; the answers arrive in
