@@ -41,6 +41,11 @@ impl ChunkReply {
     }
 }
 
+/// How often [`Client::plain_chunks`] asks for a chunk whose bytes do not match its id.
+pub const PLAIN_CHUNK_TRIES: usize = 3;
+
+type PlainBatch = (Vec<(u64, ChunkId, Bytes)>, Vec<ChunkId>);
+
 /// A manifest fetched by [`Client::open_manifest`], and what its fetch moved.
 #[derive(Clone, Debug)]
 pub struct FetchedManifest {
@@ -184,47 +189,60 @@ impl Client {
         })
     }
 
-    /// Fetches and verifies `ids`, in batches over up to four streams at once. Every id must
-    /// arrive: a `Missing` answer ([`NetError::Missing`]) or a chunk that does not match its id
-    /// fails the whole call.
-    /// Returns (bytes as sent, id, plain bytes) per chunk.
+    /// Fetches and verifies `ids`, in batches over up to four streams at once. A chunk that
+    /// does not match its id is asked for again (corruption in flight or at rest is fixed
+    /// by the server's own check); after [`PLAIN_CHUNK_TRIES`] bad copies, or a `Missing`
+    /// answer ([`NetError::Missing`]), the whole call fails. Returns (bytes as sent, id, plain
+    /// bytes) per chunk.
     pub async fn plain_chunks(
         &self,
         ids: &[ChunkId],
     ) -> Result<Vec<(u64, ChunkId, Bytes)>, NetError> {
         use futures::StreamExt;
-        // Owned batches: a future borrowing a slice per batch would tie every batch to one
-        // lifetime, which futures spawned by callers cannot name.
-        let batches: Vec<Vec<ChunkId>> = ids.chunks(1024).map(<[ChunkId]>::to_vec).collect();
         let mut all = Vec::with_capacity(ids.len());
-        let mut s = futures::stream::iter(batches).map(|b| self.plain_batch(b)).buffered(4);
-        while let Some(batch) = s.next().await {
-            all.extend(batch?);
+        let mut want = ids.to_vec();
+        for _ in 0..PLAIN_CHUNK_TRIES {
+            // Owned batches: a future borrowing a slice per batch would tie every batch to one
+            // lifetime, which futures spawned by callers cannot name.
+            let batches: Vec<Vec<ChunkId>> = want.chunks(1024).map(<[ChunkId]>::to_vec).collect();
+            let mut s = futures::stream::iter(batches).map(|b| self.plain_batch(b)).buffered(4);
+            let mut bad = Vec::new();
+            while let Some(batch) = s.next().await {
+                let (good, wrong) = batch?;
+                all.extend(good);
+                bad.extend(wrong);
+            }
+            if bad.is_empty() {
+                return Ok(all);
+            }
+            tracing::warn!(peer = %self.addr, chunks = bad.len(), "chunks did not match their ids; asking again");
+            want = bad;
         }
-        Ok(all)
+        Err(NetError::Protocol {
+            addr: self.addr,
+            problem: format!(
+                "{} chunks (first {}) did not match their ids {PLAIN_CHUNK_TRIES} times",
+                want.len(),
+                want[0]
+            ),
+        })
     }
 
-    async fn plain_batch(
-        &self,
-        batch: Vec<ChunkId>,
-    ) -> Result<Vec<(u64, ChunkId, Bytes)>, NetError> {
+    /// One batch: the verified chunks, and the ids whose bytes did not match.
+    async fn plain_batch(&self, batch: Vec<ChunkId>) -> Result<PlainBatch, NetError> {
         let addr = self.addr;
-        let mut out = Vec::with_capacity(batch.len());
+        let (mut out, mut bad) = (Vec::with_capacity(batch.len()), Vec::new());
         let mut replies = self.chunks(batch).await?;
         while let Some(r) = replies.next().await? {
             match r {
-                ChunkReply::Chunk(c) => {
-                    let sent = c.data.len() as u64;
-                    let plain = c.decode_verified().map_err(|e| NetError::Protocol {
-                        addr,
-                        problem: format!("chunk {}: {e}", c.id),
-                    })?;
-                    out.push((sent, c.id, plain));
-                }
+                ChunkReply::Chunk(c) => match c.decode_verified() {
+                    Ok(plain) => out.push((c.data.len() as u64, c.id, plain)),
+                    Err(_) => bad.push(c.id),
+                },
                 ChunkReply::Missing(id) => return Err(NetError::Missing { addr, id }),
             }
         }
-        Ok(out)
+        Ok((out, bad))
     }
 
     /// Requests `ids` (at most [`MAX_IDS_PER_REQUEST`]) on one stream; the answers arrive in
