@@ -39,7 +39,7 @@ async fn random_trees_arrive_byte_identical() -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move { (into, fetch(&o).await) }));
     }
     let want = snapshot(&src);
-    let mut network = 0;
+    let (mut network, mut body) = (0, 0);
     for t in tasks {
         let (into, r) = t.await?;
         let r = r?;
@@ -47,12 +47,14 @@ async fn random_trees_arrive_byte_identical() -> anyhow::Result<()> {
         assert_eq!(r.bytes, published.bytes);
         assert_eq!(r.bytes_reused, 0, "nothing to reuse in an empty dir with an empty cache");
         network += r.bytes_network;
+        body += r.manifest_body_bytes;
         assert_eq!(snapshot(&into), want, "tree at {} differs from the source", into.display());
     }
-    // Each endpoint pulled each unique chunk exactly once, as stored.
+    // Each endpoint pulled each unique chunk exactly once, as stored, and the manifest's body
+    // chunks beside them.
     assert_eq!(network, 2 * published.stored_bytes);
-    assert_eq!(seed.served_bytes(), 2 * published.stored_bytes);
-    assert_eq!(seed.scrape("oasis_served_bytes_total").await? as u64, 2 * published.stored_bytes);
+    assert_eq!(seed.served_bytes(), network + body);
+    assert_eq!(seed.scrape("oasis_served_bytes_total").await? as u64, network + body);
     Ok(())
 }
 
@@ -81,7 +83,7 @@ async fn version_two_moves_only_changed_chunks() -> anyhow::Result<()> {
     assert_eq!(snapshot(&root), snapshot(&v2));
     // Only chunks new in v2 crossed the network; everything else came from the cache.
     assert_eq!(r2.bytes_network, p2.new_bytes);
-    assert_eq!(seed.served_bytes() - before, p2.new_bytes);
+    assert_eq!(seed.served_bytes() - before, p2.new_bytes + r2.manifest_body_bytes);
     assert!(r2.bytes_reused > 0);
 
     // A second endpoint with an empty cache but v1 already on disk reuses those files.
