@@ -31,7 +31,12 @@ pub fn read_xattrs(path: &Path) -> io::Result<Vec<Xattr>> {
     let names = match xattr::list(path) {
         Ok(n) => n,
         Err(e) if is_unsupported(&e) => return Ok(Vec::new()),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: listing xattrs: {e}", path.display()))),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{}: listing xattrs: {e}", path.display()),
+            ))
+        }
     };
     let mut out = Vec::new();
     for name in names {

@@ -944,7 +944,10 @@ mod tests {
         let (sm, _) = m.sign(&key());
         let bytes = sm.to_bytes();
         let other = SigningKey::from_bytes(&[9u8; 32]).verifying_key();
-        assert!(matches!(SignedRoot::open(&bytes, &other), Err(ManifestError::BadSignature { .. })));
+        assert!(matches!(
+            SignedRoot::open(&bytes, &other),
+            Err(ManifestError::BadSignature { .. })
+        ));
         let mut tampered = bytes.clone();
         *tampered.last_mut().unwrap() ^= 1;
         assert!(SignedRoot::open(&tampered, &key().verifying_key()).is_err());
@@ -1001,7 +1004,8 @@ mod tests {
         // 10 changed entries of 20,000: each change costs the body chunk it falls in, and
         // perhaps its neighbour where the cut moves; never the body's size.
         assert!(
-            new_bytes <= 10 * 2 * BODY_CHUNKING.max as u64 && new_bytes * 10 < b2.bytes.len() as u64,
+            new_bytes <= 10 * 2 * BODY_CHUNKING.max as u64
+                && new_bytes * 10 < b2.bytes.len() as u64,
             "{new_bytes} new of {} body bytes",
             b2.bytes.len()
         );
@@ -1139,6 +1143,7 @@ mod documented_example {
         let body = m.body();
         assert_eq!(body.bytes, want_body);
         assert_eq!(body.chunks.len(), 1);
+        #[rustfmt::skip]
         let mut want_root = vec![
             0x02, 0x01, 0x61, 0x01, 0x31, 0x01, // format 2, "a", "1", app
             0x80, 0x80, 0x01, 0x80, 0x80, 0x04, 0x80, 0x80, 0x10, // chunking

@@ -23,10 +23,10 @@
 use crate::chunk::ChunkId;
 use crate::compress::{Encoding, StoredChunk};
 use crate::manifest::{ManifestBody, ManifestError, SignedManifest};
-use ed25519_dalek::VerifyingKey;
 use crate::packs::PackSet;
 use crate::wire::LayerRef;
 use bytes::Bytes;
+use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
@@ -620,9 +620,8 @@ impl ChunkStore {
         bytes: &[u8],
         key: &VerifyingKey,
     ) -> Result<SignedManifest, StoreError> {
-        let root = crate::manifest::SignedRoot::open(bytes, key).map_err(|source| {
-            StoreError::Manifest { label: "(unopened root)".into(), source }
-        })?;
+        let root = crate::manifest::SignedRoot::open(bytes, key)
+            .map_err(|source| StoreError::Manifest { label: "(unopened root)".into(), source })?;
         let label = root.label();
         let mut store_error = None;
         let opened = root.assemble(|c| match self.get_plain(&c.id) {
