@@ -139,16 +139,66 @@ pub fn cut(data: &[u8], p: &ChunkParams) -> Vec<ChunkSpan> {
 /// Bytes read from a stream at a time when chunking it.
 const READ_WINDOW: usize = 4 << 20;
 
+/// A stream is first read into a buffer of this size that each thread keeps. One that ends
+/// within it (most files of an OS image) is cut in memory from there, with no read window to
+/// allocate: a fresh 4 MiB window per file cost more than chunking a small file.
+const SMALL_STREAM: usize = 1 << 20;
+
+thread_local! {
+    static SMALL_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Streams the chunks of a reader (a file), up to `batch` chunks at a time as `(offset,
 /// bytes)`, so callers can hash and compress each batch on all cores while memory stays
-/// bounded (one read window). The chunks are exactly those [`cut`] finds in the whole stream.
+/// bounded (one read window, and the thread's small-stream buffer). The chunks are exactly
+/// those [`cut`] finds in the whole stream.
 pub fn for_each_batch<R: std::io::Read>(
-    reader: R,
+    mut reader: R,
     p: &ChunkParams,
     batch: usize,
-    f: impl FnMut(&[(u64, &[u8])]) -> std::io::Result<()>,
+    mut f: impl FnMut(&[(u64, &[u8])]) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    chunk_windows(reader, p, batch, READ_WINDOW.max(2 * p.max as usize), f)
+    // Taken, not borrowed: `f` may chunk another stream on this thread (a thread pool's work
+    // stealing), which then allocates its own buffer.
+    let mut buf = SMALL_BUF.with(|b| b.take());
+    if buf.len() < SMALL_STREAM {
+        buf.resize(SMALL_STREAM, 0);
+    }
+    let (mut len, mut eof) = (0usize, false);
+    let read = loop {
+        if len == buf.len() {
+            break Ok(());
+        }
+        match reader.read(&mut buf[len..]) {
+            Ok(0) => {
+                eof = true;
+                break Ok(());
+            }
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let out = read.and_then(|()| {
+        if eof {
+            let spans = cut(&buf[..len], p);
+            let mut items: Vec<(u64, &[u8])> = Vec::with_capacity(batch.max(1).min(spans.len()));
+            for group in spans.chunks(batch.max(1)) {
+                items.clear();
+                items.extend(group.iter().map(|s| {
+                    (s.offset, &buf[s.offset as usize..(s.offset + s.len as u64) as usize])
+                }));
+                f(&items)?;
+            }
+            Ok(())
+        } else {
+            // A longer stream: what was read goes first, the rest streams through windows.
+            let head = std::io::Read::chain(&buf[..len], reader);
+            chunk_windows(head, p, batch, READ_WINDOW.max(2 * p.max as usize), f)
+        }
+    });
+    SMALL_BUF.with(|b| b.set(buf));
+    out
 }
 
 /// [`for_each_batch`] with a read window of `window` bytes (at least `2 × max`).

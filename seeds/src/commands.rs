@@ -7,7 +7,7 @@ use anyhow::Context;
 use indicatif::ProgressBar;
 use oasis_core::chunk::ChunkParams;
 use oasis_core::identity::SeedAuthority;
-use oasis_core::manifest::{self, LayerKind, SignedManifest};
+use oasis_core::manifest::{self, LayerKind, SignedRoot};
 use oasis_core::store::ChunkStore;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -94,13 +94,15 @@ pub fn execute(
             let mut rows = Vec::new();
             for item in store.manifests() {
                 let (name, version, bytes) = item?;
-                let sm = SignedManifest::open(&bytes, auth.trust().manifest_key())
+                // The signed root carries every total a listing shows: no body to assemble.
+                let sr = SignedRoot::open(&bytes, auth.trust().manifest_key())
                     .with_context(|| format!("stored manifest {name}@{version}"))?;
-                let m = &sm.manifest;
+                let r = &sr.root;
                 rows.push(json!({
-                    "name": name, "version": version, "kind": m.kind.to_string(),
-                    "digest": sm.digest_hex(), "files": m.files().count(), "bytes": m.total_bytes(),
-                    "created": m.created,
+                    "name": name, "version": version, "kind": r.kind.to_string(),
+                    "digest": hex::encode(sr.digest), "files": r.files, "bytes": r.bytes,
+                    "entries": r.entries, "body_bytes": r.body_len, "body_chunks": r.body.len(),
+                    "created": r.created,
                     "latest": store.latest_version(&name)?.as_deref() == Some(version.as_str()),
                 }));
             }
@@ -108,10 +110,10 @@ pub fn execute(
         }
         StoreCommand::Show { layer } => {
             let (name, version) = split_layer(layer);
-            let bytes = store
-                .manifest_bytes(name, version)?
+            let sm = store
+                .open_manifest(name, version, auth.trust().manifest_key())
+                .with_context(|| format!("stored manifest {layer}"))?
                 .with_context(|| format!("layer {layer} is not published"))?;
-            let sm = SignedManifest::open(&bytes, auth.trust().manifest_key())?;
             Ok(manifest::to_json(&sm))
         }
         StoreCommand::Assign { site, layer, window } => {
@@ -172,7 +174,20 @@ pub fn execute(
                     None => bad += 1,
                 }
             }
-            Ok(json!({ "chunks_ok": ok, "chunks_dropped": bad, "stored_bytes": bytes }))
+            // Then every layer's manifest: its root's signature, and a body whose chunks are
+            // all stored and decode to valid entries.
+            let (mut layers_ok, mut layers_bad) = (0u64, Vec::new());
+            for item in store.manifests() {
+                let (name, version, root) = item?;
+                match store.open_manifest_bytes(&root, auth.trust().manifest_key()) {
+                    Ok(_) => layers_ok += 1,
+                    Err(e) => layers_bad.push(json!({
+                        "layer": format!("{name}@{version}"), "problem": e.to_string(),
+                    })),
+                }
+            }
+            Ok(json!({ "chunks_ok": ok, "chunks_dropped": bad, "stored_bytes": bytes,
+                       "manifests_ok": layers_ok, "manifests_bad": layers_bad }))
         }
     }
 }

@@ -286,12 +286,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 let g = |k: &str| r[k].as_u64().unwrap_or(0);
                 println!(
-                    "published {} ({}) digest {}\n  {} files, {} bytes in {} chunks ({} unique, {} bytes plain, {} stored)\n  new in store: {} chunks, {} bytes stored ({} plain); {:.1} s, {:.0} MB/s",
+                    "published {} ({}) digest {}\n  {} files, {} bytes in {} chunks ({} unique, {} bytes plain, {} stored)\n  {} directories, {} symlinks, {} hard links; manifest body {} bytes in {} chunks\n  new in store: {} chunks, {} bytes stored ({} plain); {:.1} s, {:.0} MB/s",
                     r["layer"].as_str().unwrap_or(""), r["kind"].as_str().unwrap_or(""),
                     r["digest"].as_str().unwrap_or(""), g("files"), g("bytes"), g("chunks"),
-                    g("unique_chunks"), g("unique_bytes"), g("stored_bytes"), g("new_chunks"),
-                    g("new_bytes"), g("new_plain_bytes"), r["seconds"].as_f64().unwrap_or(0.0),
-                    r["mb_per_s"].as_f64().unwrap_or(0.0)
+                    g("unique_chunks"), g("unique_bytes"), g("stored_bytes"), g("dirs"),
+                    g("symlinks"), g("hardlinks"), g("body_bytes"), g("body_chunks"),
+                    g("new_chunks"), g("new_bytes"), g("new_plain_bytes"),
+                    r["seconds"].as_f64().unwrap_or(0.0), r["mb_per_s"].as_f64().unwrap_or(0.0)
                 );
             }
         }
@@ -489,6 +490,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let v = run_store_command(&data, &StoreCommand::Verify, false)?;
             let (ok, bad) =
                 (v["chunks_ok"].as_u64().unwrap_or(0), v["chunks_dropped"].as_u64().unwrap_or(0));
+            let bad_layers = v["manifests_bad"].as_array().cloned().unwrap_or_default();
             if json {
                 println!("{v}");
             } else {
@@ -496,8 +498,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "{ok} chunks verified ({} bytes stored); {bad} dropped as corrupt or missing",
                     v["stored_bytes"]
                 );
+                println!(
+                    "{} manifests open; {} do not",
+                    v["manifests_ok"].as_u64().unwrap_or(0),
+                    bad_layers.len()
+                );
+                for l in &bad_layers {
+                    println!(
+                        "  {}: {}",
+                        l["layer"].as_str().unwrap_or(""),
+                        l["problem"].as_str().unwrap_or("")
+                    );
+                }
             }
-            if bad > 0 {
+            if bad > 0 || !bad_layers.is_empty() {
                 std::process::exit(3);
             }
         }

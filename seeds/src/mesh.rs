@@ -11,7 +11,6 @@
 use anyhow::Context;
 use oasis_core::gossip::LayerDigest;
 use oasis_core::identity::NodeIdentity;
-use oasis_core::manifest::SignedManifest;
 use oasis_core::metrics::NodeMetrics;
 use oasis_core::store::ChunkStore;
 use oasis_mesh::{Holding, Mesh, MeshConfig, MeshHandle};
@@ -97,7 +96,7 @@ fn announce_new(
         }
         let label = format!("{}@{}", r.name, r.version);
         let Some(bytes) = store.manifest_bytes(&r.name, Some(&r.version))? else { continue };
-        let sm = match SignedManifest::open(&bytes, key) {
+        let sm = match store.open_manifest_bytes(&bytes, key) {
             Ok(sm) => sm,
             Err(e) => {
                 tracing::warn!(layer = %label, error = %e, "published manifest does not verify; not announced");

@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use oasis_core::backup;
 use oasis_core::compress::StoredChunk;
 use oasis_core::identity::{PeerInfo, Role, SeedAuthority};
-use oasis_core::manifest::{LayerKind, SignedManifest};
+use oasis_core::manifest::LayerKind;
 use oasis_core::net::SourceError;
 use oasis_core::store::ChunkStore;
 use oasis_core::wire::ErrorCode;
@@ -115,10 +115,10 @@ pub fn provision(
                 .latest_version(name)?
                 .with_context(|| format!("layer {name} is not published"))?,
         };
-        let bytes = store
-            .manifest_bytes(name, Some(&version))?
+        let sm = store
+            .open_manifest(name, Some(&version), auth.trust().manifest_key())
+            .with_context(|| format!("stored manifest {name}@{version}"))?
             .with_context(|| format!("layer {name}@{version} is not published"))?;
-        let sm = SignedManifest::open(&bytes, auth.trust().manifest_key())?;
         if !want.contains(&sm.manifest.kind) {
             bail!(
                 "layer {name}@{version} is a {} layer; expected {}",

@@ -253,14 +253,14 @@ mod tests {
             chunking: Default::default(),
             layers: vec![],
             entries: vec![RecordEntry {
-                entry: Entry {
-                    path: "doc".into(),
-                    mode: 0o644,
-                    node: Node::File {
+                entry: Entry::new(
+                    "doc",
+                    0o644,
+                    Node::File {
                         size: data.len() as u64,
                         chunks: vec![ChunkRef { id: ChunkId::of(data), len: data.len() as u32 }],
                     },
-                },
+                ),
                 layer: None,
             }],
         }

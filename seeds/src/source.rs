@@ -1,4 +1,6 @@
-//! The seed answers chunk and manifest requests straight from its store.
+//! The seed answers chunk and manifest requests straight from its store: a `Manifest` answer is
+//! the signed root as published, and the manifest's body chunks are ordinary chunks, served by
+//! `GetChunks` like any layer chunk.
 
 use crate::catalog::Catalog;
 use bytes::Bytes;
