@@ -20,13 +20,16 @@ pub struct BenchArgs {
     /// Runs per measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Which benchmarks: ingest, fetch, reflector, apply, snapshot (comma-separated).
+    /// Which benchmarks: ingest, fetch, reflector, apply, snapshot, tree, tree-rss
+    /// (comma-separated).
     #[arg(long, default_value = "ingest,fetch", value_delimiter = ',')]
     pub only: Vec<String>,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub reflector: crate::bench_reflector::ReflectorBenchArgs,
+    #[command(flatten)]
+    pub tree: crate::bench_tree::TreeBenchArgs,
 }
 
 /// CPU time (user + system) this process has used so far, from `/proc/self/stat`, in seconds.
@@ -43,13 +46,13 @@ pub fn process_cpu_seconds() -> Option<f64> {
 }
 
 /// Runs `f`, returning its result with the wall seconds and CPU seconds it took.
-async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, f64, f64) {
+pub(crate) async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, f64, f64) {
     let (c0, t0) = (process_cpu_seconds().unwrap_or(0.0), Instant::now());
     let r = f.await;
     (r, t0.elapsed().as_secs_f64(), process_cpu_seconds().unwrap_or(0.0) - c0)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -57,7 +60,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let size = args.size_mib << 20;
     let runs = args.runs.max(1);
-    let data = crate::sample::mixed_bytes(size, 42);
+    // The tree benchmarks make their own trees; the others share one layer.
+    let tree_only = args.only.iter().all(|s| s == "tree" || s == "tree-rss");
+    let data = if tree_only { Vec::new() } else { crate::sample::mixed_bytes(size, 42) };
     let tmp = tempfile::tempdir()?;
     let src = tmp.path().join("layer");
     std::fs::create_dir_all(&src)?;
@@ -219,6 +224,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.only.iter().any(|s| s == "reflector") {
         let r = crate::bench_reflector::run(&args.reflector, &src, tmp.path(), args.json).await?;
         out.insert("reflector".into(), r);
+    }
+    if args.only.iter().any(|s| s == "tree" || s == "tree-rss") {
+        let r = crate::bench_tree::run(&args.tree, &args.only, runs, args.json).await?;
+        if let serde_json::Value::Object(m) = r {
+            out.extend(m);
+        }
     }
     if args.json {
         println!("{}", serde_json::Value::Object(out));

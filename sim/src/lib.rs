@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_device;
 pub mod bench_reflector;
+pub mod bench_tree;
 pub mod demo;
 pub mod engine;
 pub mod fidelity;
