@@ -53,7 +53,8 @@ pub struct SiteRow {
     pub version: String,
     /// Chunk payload the site's reflector pulled from the seed (`oasis_upstream_bytes_total`).
     pub wan_bytes: u64,
-    /// Bytes the version added to the seed's store (what a site without it must pull).
+    /// Bytes the version added to the seed's store, file and manifest body chunks (what a site
+    /// without it must pull).
     pub new_stored_bytes: u64,
     /// Plain bytes of the layer delivered to the site's endpoints (files written).
     pub delivered_bytes: u64,
@@ -224,6 +225,10 @@ pub async fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
             say("changed a few files: publishing version 2");
         }
         let report = seed.publish("demo-base", version, &src).await?;
+        let previous = (version == "2").then_some("1");
+        // What a site that holds the previous version must pull: the new file chunks and the
+        // manifest body chunks that changed.
+        let new_stored = report.new_bytes + seed.new_body_bytes("demo-base", version, previous)?;
         say(&format!(
             "published demo-base@{version}: {} files, {} MB, {} MB new in the store",
             report.files,
@@ -269,13 +274,14 @@ pub async fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
             let first = samples.iter().find(|s| s.1 > before).map_or(0.0, |s| s.0);
             let last = samples.iter().find(|s| s.1 >= before + wan_bytes).map_or(0.0, |s| s.0);
             let rows = out.endpoints.iter().filter(|e| e.site == site.name && e.version == version);
-            let (delivered, lan) =
-                rows.fold((0, 0), |a, e| (a.0 + e.fetch.bytes, a.1 + e.fetch.bytes_network));
+            let (delivered, lan) = rows.fold((0, 0), |a, e| {
+                (a.0 + e.fetch.bytes, a.1 + e.fetch.bytes_network + e.fetch.manifest_body_bytes)
+            });
             out.sites.push(SiteRow {
                 site: site.name.into(),
                 version: version.into(),
                 wan_bytes,
-                new_stored_bytes: report.new_bytes,
+                new_stored_bytes: new_stored,
                 delivered_bytes: delivered,
                 lan_bytes: lan,
                 wan_seconds: (last - first).max(0.0),

@@ -59,6 +59,33 @@ impl LiveSeed {
         Ok(tokio::task::spawn_blocking(move || publish(&store, &key, &src, &opts)).await??.1)
     }
 
+    /// Stored bytes of the manifest body chunks of `name@version` that `previous` did not
+    /// have: what a site holding the previous version pulls for the new manifest's body.
+    pub fn new_body_bytes(
+        &self,
+        name: &str,
+        version: &str,
+        previous: Option<&str>,
+    ) -> anyhow::Result<u64> {
+        let store = &self.seed.store;
+        let key = self.auth.trust().manifest_key();
+        let body = |v: &str| -> anyhow::Result<Vec<oasis_core::manifest::ChunkRef>> {
+            let bytes = store.manifest_bytes(name, Some(v))?.context("layer not published")?;
+            Ok(oasis_core::manifest::SignedRoot::open(&bytes, key)?.root.unique_body_chunks())
+        };
+        let old: std::collections::HashSet<ChunkId> = match previous {
+            Some(p) => body(p)?.into_iter().map(|c| c.id).collect(),
+            None => Default::default(),
+        };
+        let mut sum = 0;
+        for c in body(version)?.into_iter().filter(|c| !old.contains(&c.id)) {
+            let (_, _, len) =
+                store.chunk_location(&c.id)?.context("body chunk not in the seed store")?;
+            sum += u64::from(len);
+        }
+        Ok(sum)
+    }
+
     /// Stored size (as sent on the wire) of every unique chunk of `name@version`, in manifest
     /// order.
     pub fn stored_chunks(&self, name: &str, version: &str) -> anyhow::Result<Vec<(ChunkId, u64)>> {
