@@ -78,6 +78,29 @@ impl TestSeed {
         oasis_reflector::RunningReflector::start(cfg).await
     }
 
+    /// The manifest body of `name@version` as the seed stores it: (distinct body chunks,
+    /// their stored bytes). Bodies move as chunks, so the byte counts of a fetch include them.
+    pub fn body(&self, name: &str, version: &str) -> anyhow::Result<(u64, u64)> {
+        let key = *oasis_core::identity::NodeIdentity::load(&self.data())?.trust().manifest_key();
+        let bytes = self
+            .seed
+            .store
+            .manifest_bytes(name, Some(version))?
+            .ok_or_else(|| anyhow::anyhow!("{name}@{version} is not published"))?;
+        let chunks =
+            oasis_core::manifest::SignedRoot::open(&bytes, &key)?.root.unique_body_chunks();
+        let mut stored = 0;
+        for c in &chunks {
+            let (_, _, len) = self
+                .seed
+                .store
+                .chunk_location(&c.id)?
+                .ok_or_else(|| anyhow::anyhow!("body chunk {} is not in the store", c.id))?;
+            stored += u64::from(len);
+        }
+        Ok((chunks.len() as u64, stored))
+    }
+
     pub fn served_bytes(&self) -> u64 {
         self.seed.metrics.served_bytes.get()
     }

@@ -246,8 +246,15 @@ async fn a_siblings_prefetch_is_pulled_in_the_background_class() -> anyhow::Resu
         seed.served_bytes(),
         published.stored_bytes
     );
-    assert_eq!(during_prefetch, 0, "prefetch pulled over the WAN with background_share = 0");
-    assert_eq!(delegated, 0, "nothing was delivered to the prefetch");
+    // The manifest itself is pulled in the foreground (nothing can be planned without it);
+    // no layer chunk moves.
+    let (_, body) = seed.body("pre", "1")?;
+    assert_eq!(
+        during_prefetch, body,
+        "prefetch pulled more than the manifest's body over the WAN with background_share = 0"
+    );
+    let body_chunks = seed.body("pre", "1")?.0;
+    assert!(delegated <= body_chunks, "{delegated} chunks delivered to the prefetch");
     assert_eq!(snapshot(&into), snapshot(&src));
     assert_eq!(r.bytes_network, published.stored_bytes);
     prefetch.abort();
@@ -536,7 +543,7 @@ async fn a_sibling_serving_corrupt_chunks_is_avoided() -> anyhow::Result<()> {
     );
     assert!(corrupt >= 1, "the corrupt chunk was detected");
     assert_eq!(good.stats.sibling_bytes.get(), 0, "no byte from the bad sibling was accepted");
-    assert_eq!(good.stats.upstream_bytes.get(), published.stored_bytes);
+    assert_eq!(good.stats.upstream_bytes.get(), published.stored_bytes + seed.body("base", "1")?.1);
     // Once caught, the bad sibling is left out: another layer it claims to hold comes from the
     // WAN without a single request to it.
     let state2 = seed.enroll_in_site(Role::Endpoint, "ep2", SITE)?;
@@ -799,9 +806,14 @@ async fn reflectors_bootstrapped_from_the_seed_alone_find_each_other() -> anyhow
     // Every chunk crossed the WAN once, through a reflector's upstream path: had the seed been
     // taken for a sibling holder, chunks would have come from it as "sibling" bytes instead.
     let wan: u64 = refls.iter().map(|r| r.stats.upstream_bytes.get()).sum();
-    assert_eq!(wan, published.stored_bytes, "one WAN pull per chunk, through the upstream path");
+    let body = seed.body("base", "1")?.1;
+    assert_eq!(
+        wan,
+        published.stored_bytes + body,
+        "one WAN pull per chunk, through the upstream path"
+    );
     let r0 = &refls[0].stats;
-    assert_eq!(r0.upstream_bytes.get() + r0.sibling_bytes.get(), published.stored_bytes);
+    assert_eq!(r0.upstream_bytes.get() + r0.sibling_bytes.get(), published.stored_bytes + body);
     assert_eq!(
         refls[1].stats.upstream_bytes.get(),
         r1_wan_before,

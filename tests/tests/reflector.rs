@@ -118,7 +118,8 @@ async fn twenty_endpoints_cause_one_upstream_fetch_per_chunk() -> anyhow::Result
     }
     let wave1 = t0.elapsed();
     let upstream = seed.scrape("oasis_served_bytes_total").await? as u64;
-    let stored = published.stored_bytes;
+    // The layer's chunks and its manifest's body chunks, as stored.
+    let stored = published.stored_bytes + seed.body("base", "1")?.1;
     eprintln!(
         "wave 1: {:.2} s; layer {stored} B stored ({} chunks); seed served {upstream} B ({:.3}x); \
          hits {} misses {} coalesced {}",
@@ -159,7 +160,7 @@ async fn twenty_endpoints_cause_one_upstream_fetch_per_chunk() -> anyhow::Result
     for t in tasks {
         let (into, r) = t.await?;
         let r = r?;
-        assert_eq!(r.bytes_network, stored);
+        assert_eq!(r.bytes_network + r.manifest_body_bytes, stored);
         assert_eq!(snapshot(&into), want);
     }
     eprintln!("wave 2 (warm): {:.2} s", t1.elapsed().as_secs_f64());
@@ -630,10 +631,11 @@ async fn corrupt_chunks_from_upstream_are_refetched_never_served() -> anyhow::Re
     assert_eq!(snapshot(&into), snapshot(&src));
     assert_eq!(r.chunks_refetched, 0, "the endpoint never saw a corrupt chunk");
     let s = &refl.stats;
-    let n = published.unique_chunks;
+    // The layer's chunks and its manifest's body chunks.
+    let n = published.unique_chunks + seed.body("base", "1")?.0;
     assert_eq!(s.upstream_corrupt.get(), n, "every first delivery was caught");
     assert_eq!(s.upstream_chunks.get(), 2 * n, "and every chunk asked for once more");
-    assert_eq!(refl.cache_stats().bytes, published.stored_bytes);
+    assert_eq!(refl.cache_stats().bytes, published.stored_bytes + seed.body("base", "1")?.1);
     refl.stop().await;
     ep.close(0u32.into(), b"done");
     served.abort();
@@ -686,7 +688,7 @@ async fn cache_survives_restart_and_check_reaches_upstream() -> anyhow::Result<(
 
     // A new process on the same state serves the cached layer with the seed gone.
     let refl = reflector(&seed, "refl", |c| c.miss_timeout = Duration::from_secs(1)).await?;
-    assert_eq!(refl.cache_stats().bytes, p.stored_bytes);
+    assert_eq!(refl.cache_stats().bytes, p.stored_bytes + seed.body("base", "1")?.1);
     let (into, _) = fetch_fresh(&seed, "ep2", refl.addr, "base", Some("1")).await?;
     assert_eq!(snapshot(&into), snapshot(&src));
     assert_eq!(refl.stats.upstream_bytes.get(), 0);
@@ -744,22 +746,23 @@ async fn assigned_layers_are_pinned_and_prefetched() -> anyhow::Result<()> {
         TreeSpec { small_files: 40, large_files: 1, large_size: 1 << 20, depth: 2 },
     )?;
     let published = seed.publish("base", "1", &src)?;
+    let (_, body) = seed.body("base", "1")?;
     // The harness enrolls every node in site "test".
     oasis_seed::catalog::Catalog::open(&seed.seed.store)?.assign("test", "base", "1", None)?;
     let refl =
         reflector(&seed, "refl", |c| c.assignments_poll = Duration::from_millis(200)).await?;
     let pinned = wait_until(Duration::from_secs(20), || {
         refl.pinned_layers().contains(&("base".to_string(), "1".to_string()))
-            && refl.stats.upstream_bytes.get() >= published.stored_bytes
+            && refl.stats.upstream_bytes.get() >= published.stored_bytes + body
     })
     .await;
     assert!(pinned, "assignment not pinned and prefetched: {:?}", refl.pinned_layers());
-    assert_eq!(refl.stats.upstream_bytes.get(), published.stored_bytes);
+    assert_eq!(refl.stats.upstream_bytes.get(), published.stored_bytes + body);
     let (into, _) = fetch_fresh(&seed, "ep", refl.addr, "base", Some("1")).await?;
     assert_eq!(snapshot(&into), snapshot(&src));
     assert_eq!(
         refl.stats.upstream_bytes.get(),
-        published.stored_bytes,
+        published.stored_bytes + body,
         "the endpoint hit a warm cache"
     );
 
