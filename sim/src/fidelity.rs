@@ -128,6 +128,8 @@ pub async fn run_with(
     live::write_layer(&src, layer.size as usize, 42)?;
     let published = seed.publish(&layer.name, "1", &src).await?;
     let chunks = seed.stored_chunks(&layer.name, "1")?;
+    // What one site pulls: the layer's chunks and its manifest's body chunks, as stored.
+    let stored_total: u64 = chunks.iter().map(|c| c.1).sum();
     std::fs::remove_dir_all(&src)?;
     say(format!(
         "fidelity: layer {} of {} MB ({} MB as stored, {} chunks) published",
@@ -254,7 +256,7 @@ pub async fn run_with(
         "file": a.scenario.display().to_string(),
         "seed": a.seed,
         "layer_bytes": published.bytes,
-        "stored_bytes": published.stored_bytes,
+        "stored_bytes": stored_total,
         "chunks": chunks.len(),
         "wan_bytes_sim": total_sim,
         "wan_bytes_live": total_live,

@@ -86,15 +86,17 @@ impl LiveSeed {
         Ok(sum)
     }
 
-    /// Stored size (as sent on the wire) of every unique chunk of `name@version`, in manifest
-    /// order.
+    /// Stored size (as sent on the wire) of every unique chunk of `name@version`, its
+    /// manifest's body chunks first, then the layer's in manifest order.
     pub fn stored_chunks(&self, name: &str, version: &str) -> anyhow::Result<Vec<(ChunkId, u64)>> {
         let store = &self.seed.store;
         let m = store
             .open_manifest(name, Some(version), self.auth.trust().manifest_key())?
             .context("layer not published")?;
         let mut out = Vec::new();
-        for c in m.manifest.unique_chunks() {
+        // The manifest's body chunks first: a reflector pulls them before any chunk of the
+        // layer, through the same path.
+        for c in m.root.unique_body_chunks().into_iter().chain(m.manifest.unique_chunks()) {
             let (_, _, len) =
                 store.chunk_location(&c.id)?.context("chunk not in the seed store")?;
             out.push((c.id, u64::from(len)));
