@@ -8,7 +8,7 @@
 //! [`tree_writer`] (checking the target and writing the tree), [`fetch`] (orchestration),
 //! [`meta`] (owners, modes, times and extended attributes on every tree write).
 //!
-//! The device (issue #7): [`device`] (state dir model, lock), [`compose`] (stacking layers),
+//! The device: [`device`] (state dir model, lock), [`compose`] (stacking layers),
 //! [`snapshot`] (snapshot format and files), [`take`] (taking a snapshot), [`plan`] (what to
 //! change), [`journal`] (crash-safe transactions), [`materialize`] (writing staged files from
 //! the chunk store), [`layer_fetch`] (layers into the store), [`session`] (what every device

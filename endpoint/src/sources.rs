@@ -35,7 +35,7 @@ pub struct Sources {
     pub failures: Vec<SourceFailure>,
     site: Option<String>,
     ranked: bool,
-    /// Who we are, for the registration sent on every connection (issue #5).
+    /// Who we are, for the registration sent on every connection.
     me: oasis_core::identity::PeerInfo,
 }
 

@@ -106,7 +106,7 @@ pub(crate) struct Reflector {
     chunk_lists: Mutex<HashMap<[u8; 32], ChunkListFlight>>,
     /// The mesh side (None when the mesh is off).
     siblings: Option<Arc<Siblings>>,
-    /// Inventory, wake relay and scheduled delivery (issue #5).
+    /// Inventory, wake relay and scheduled delivery.
     wake: Arc<crate::wake::WakeNode>,
 }
 

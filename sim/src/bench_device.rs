@@ -1,4 +1,4 @@
-//! `oasis-sim bench --only apply,snapshot`: the device benchmarks of issue #7, each against a
+//! `oasis-sim bench --only apply,snapshot`: the device benchmarks, each against a
 //! reference measured in the same run on the same disk.
 //!
 //! - apply: `oasis-endpoint apply` of a layer whose chunks are already in the endpoint's chunk

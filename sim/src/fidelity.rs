@@ -1,7 +1,7 @@
 //! `oasis-sim fidelity`: one small scenario run twice, in the simulator and live on loopback
 //! (real seed, reflectors under the scenario's policy, endpoints over QUIC), on the same
 //! layer: the simulator is given the live layer's chunks (ids and sizes as sent), so WAN bytes
-//! must agree exactly, and completion times are compared (issue #6: within 15%).
+//! must agree exactly, and completion times are compared (the target: within 15%).
 //!
 //! What can run live is limited to what loopback can stand for: one layer assigned to every
 //! site, no windows, failures or sleeping endpoints, no sharing with a previous version (the

@@ -1,4 +1,4 @@
-//! Centralization, restore and provisioning (issue #7) with a real seed and real endpoints over
+//! Centralization, restore and provisioning with a real seed and real endpoints over
 //! QUIC on 127.0.0.1: uploads send only what the seed lacks, resume after a break, each restore
 //! mode rebuilds exactly what it promises, and a pending device is provisioned end to end.
 

@@ -1,4 +1,4 @@
-//! Wake-on-LAN (issue #5): magic packets byte-checked on real UDP sockets (our sender and
+//! Wake-on-LAN: magic packets byte-checked on real UDP sockets (our sender and
 //! Debian's `wakeonlan` as a reference), broadcast in a network namespace, the inventory,
 //! relay choice across subnets, and a scheduled delivery to an endpoint that sleeps until its
 //! magic packet arrives.
