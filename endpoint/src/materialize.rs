@@ -20,12 +20,15 @@ use oasis_core::manifest::{ChunkRef, Node};
 use oasis_core::store::ChunkStore;
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 /// Plain bytes per work item (a file's run of consecutive chunks).
 const ITEM_BYTES: u64 = 8 << 20;
+
+/// Written items whose writeback hint (and descriptor) may wait for the hint thread.
+const HINT_QUEUE: usize = 32;
 
 thread_local! {
     // Stored bytes of the chunk being written: reused, so no allocation or zeroing per chunk.
@@ -60,8 +63,7 @@ pub fn write_staged(
     store: &ChunkStore,
     progress: &ProgressBar,
 ) -> anyhow::Result<MetaReport> {
-    let files: Vec<Option<File>> =
-        staged.par_iter().map(|s| create(stage, s)).collect::<anyhow::Result<_>>()?;
+    staged.par_iter().try_for_each(|s| create(stage, s))?;
     let mut items = Vec::new();
     for (i, s) in staged.iter().enumerate() {
         if let Node::File { chunks, .. } = &s.node {
@@ -77,29 +79,35 @@ pub fn write_staged(
     }
     std::thread::scope(|scope| -> anyhow::Result<()> {
         // The writeback hints go to a thread of their own: the call can wait for the disk's
-        // queue, and the writers should not.
-        let (tx, rx) = std::sync::mpsc::channel::<(usize, u64, u64)>();
-        let files = &files;
+        // queue, and the writers should not. Each hint owns its item's descriptor, so the
+        // channel is bounded: a stage of a million files never holds more than a few dozen
+        // descriptors open, and a hint that finds the queue full is dropped (it is only a hint).
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(File, u64, u64)>(HINT_QUEUE);
         let hints = std::thread::Builder::new()
             .name("oasis-writeback".into())
             .spawn_scoped(scope, move || {
-                for (i, offset, len) in rx {
-                    if let Some(f) = &files[i] {
-                        start_writeback(f, offset, len);
-                    }
+                for (f, offset, len) in rx {
+                    start_writeback(&f, offset, len);
                 }
             })
             .context("starting the writeback thread")?;
         let written = items.par_iter().try_for_each_with(tx, |tx, it| {
-            let f = files[it.file].as_ref().expect("items are files");
-            let len = write_item(&staged[it.file], f, it, store, progress)?;
-            let _ = tx.send((it.file, it.offset, len));
+            let s = &staged[it.file];
+            let dest = stage.path(s.n, &s.path);
+            // Every item of a file may come first; none truncates, and the stage is fresh.
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&dest)
+                .with_context(|| format!("opening staged {} ({})", s.path, dest.display()))?;
+            let len = write_item(s, &f, it, store, progress)?;
+            let _ = tx.try_send((f, it.offset, len));
             anyhow::Ok(())
         });
         let _ = hints.join();
         written
     })?;
-    drop(files);
     // Metadata after the data; hard links share their file's, so they are made afterwards.
     let who = Writer::current();
     let report = staged
@@ -134,21 +142,19 @@ pub fn write_staged(
     Ok(report)
 }
 
-/// Creates a staged entry: a symlink complete, a file empty (returned for writing); hard links
-/// are made once their file is complete.
-fn create(stage: &Stage, s: &Staged) -> anyhow::Result<Option<File>> {
+/// Creates a staged symlink complete and an empty file; a file with data is created by its
+/// items, each opening it only while writing, so the stage's size is not bounded by the
+/// process's descriptor limit. Hard links are made once their file is complete.
+fn create(stage: &Stage, s: &Staged) -> anyhow::Result<()> {
     let dest = stage.path(s.n, &s.path);
     match &s.node {
-        Node::Symlink { target } => {
-            std::os::unix::fs::symlink(target, &dest)
-                .with_context(|| format!("staging symlink {}", s.path))?;
-            Ok(None)
-        }
-        Node::File { .. } => Ok(Some(
-            File::create(&dest)
-                .with_context(|| format!("staging {} as {}", s.path, dest.display()))?,
-        )),
-        Node::Hardlink { .. } => Ok(None),
+        Node::Symlink { target } => std::os::unix::fs::symlink(target, &dest)
+            .with_context(|| format!("staging symlink {}", s.path)),
+        Node::File { chunks, .. } if !chunks.is_empty() => Ok(()),
+        Node::File { .. } => File::create(&dest)
+            .map(drop)
+            .with_context(|| format!("staging {} as {}", s.path, dest.display())),
+        Node::Hardlink { .. } => Ok(()),
         Node::Dir => bail!("internal error: a directory was staged ({})", s.path),
     }
 }

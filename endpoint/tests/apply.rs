@@ -195,3 +195,43 @@ async fn rotted_cache_chunks_are_never_written_and_are_fetched_again() {
         .collect();
     assert!(leftovers.is_empty(), "the failed staging left nothing behind");
 }
+
+/// Runs `cmd` under a shell with the open-descriptor limit lowered to `limit`.
+fn with_nofile(limit: u32, cmd: &std::process::Command) -> std::process::Command {
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c").arg(format!("ulimit -n {limit} && exec \"$@\"")).arg("sh");
+    c.arg(cmd.get_program()).args(cmd.get_args());
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_of_more_files_than_open_descriptors_applies_and_fetches() {
+    // A base image has far more files than a process may hold open (1,024 by default): neither
+    // apply nor fetch may keep a descriptor per file until the commit.
+    const FILES: usize = 1_500;
+    const NOFILE: u32 = 256;
+    let d = Device::new().await;
+    let src = d.tmp("many");
+    for i in 0..FILES {
+        write(&src, &format!("usr/share/doc/pkg{:03}/f{i}", i % 97), &noise(i as u64, 600 + i));
+    }
+    d.publish("many", "1", LayerKind::Base, &src);
+    let want = oasis_tests::snapshot(&src);
+
+    let out = with_nofile(NOFILE, &d.apply_cmd("many@1", &[])).output().unwrap();
+    let r = json_ok(out, &format!("apply under ulimit -n {NOFILE}"));
+    assert_eq!(r["files_written"], FILES as u64, "{r}");
+    let (it_now, _) = split(&oasis_tests::snapshot(&d.root), &want);
+    assert_eq!(it_now, want, "every file of the layer, byte for byte");
+
+    let dir = d.tmp("fetched");
+    let mut fetch = std::process::Command::new(BIN);
+    fetch
+        .args(["fetch", "--layer", "many@1", "--from", &d.seed.seed.addr.to_string(), "--json"])
+        .arg("--state")
+        .arg(&d.state)
+        .arg("--into")
+        .arg(&dir);
+    json_ok(with_nofile(NOFILE, &fetch).output().unwrap(), "fetch under a low ulimit -n");
+    assert_eq!(oasis_tests::snapshot(&dir), want, "the fetched directory is the layer");
+}
