@@ -56,8 +56,10 @@ pub struct FileStamp {
     pub dev: u64,
     pub ino: u64,
     pub len: u64,
-    pub mtime_ns: i128,
-    pub ctime_ns: i128,
+    /// Nanoseconds since the epoch (saturating: i64 spans the years 1678 to 2262, and a stamp
+    /// is only compared for equality).
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
 }
 
 impl FileStamp {
@@ -66,8 +68,8 @@ impl FileStamp {
             dev: md.dev(),
             ino: md.ino(),
             len: md.len(),
-            mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
-            ctime_ns: md.ctime() as i128 * 1_000_000_000 + md.ctime_nsec() as i128,
+            mtime_ns: md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec()),
+            ctime_ns: md.ctime().saturating_mul(1_000_000_000).saturating_add(md.ctime_nsec()),
         }
     }
 }
@@ -261,10 +263,11 @@ pub struct WriteStats {
     pub deleted_dirs: u64,
 }
 
-/// One entry being staged under a temporary name.
+/// One entry being staged under a temporary name (see [`temp_path`]; only its random part is
+/// kept: a million staged entries would otherwise hold a million paths).
 struct Staged {
     entry: usize,
-    tmp: PathBuf,
+    token: u64,
     /// Renamed over its target (commit); a staged entry not placed is removed on drop.
     placed: AtomicBool,
     /// For files: where each chunk goes and which are written.
@@ -454,18 +457,15 @@ impl TreeWriter {
             })
             .collect();
         let (root, manifest) = (&self.root, &self.manifest);
-        let made: Vec<(usize, Result<PathBuf, WriteError>)> = todo
+        let made: Vec<(usize, Result<u64, WriteError>)> = todo
             .par_iter()
             .map(|&i| {
                 let e = &manifest.entries[i];
-                let target = root.join(&e.path);
-                let dir = target.parent().expect("entries lie below the root");
-                let name = e.path.rsplit('/').next().unwrap_or(&e.path);
                 let tmp = match &e.node {
                     Node::Symlink { target: link } => {
-                        create_temp(dir, name, |tmp| std::os::unix::fs::symlink(link, tmp))
+                        create_temp(root, &e.path, |tmp| std::os::unix::fs::symlink(link, tmp))
                     }
-                    _ => create_temp(dir, name, |tmp| {
+                    _ => create_temp(root, &e.path, |tmp| {
                         fs::OpenOptions::new()
                             .write(true)
                             .create_new(true)
@@ -480,8 +480,8 @@ impl TreeWriter {
             .collect();
         let mut first_err = None;
         for (i, r) in made {
-            let tmp = match r {
-                Ok(tmp) => tmp,
+            let token = match r {
+                Ok(token) => token,
                 Err(e) => {
                     first_err.get_or_insert(e);
                     continue;
@@ -509,7 +509,7 @@ impl TreeWriter {
                 }
                 _ => None,
             };
-            self.staged.push(Staged { entry: i, tmp, placed: AtomicBool::new(false), parts });
+            self.staged.push(Staged { entry: i, token, placed: AtomicBool::new(false), parts });
         }
         match first_err {
             Some(e) => Err(e),
@@ -550,6 +550,10 @@ impl TreeWriter {
         })
     }
 
+    fn tmp(&self, st: &Staged) -> PathBuf {
+        temp_path(&self.root, &self.manifest.entries[st.entry].path, st.token)
+    }
+
     fn filled(&self, s: u32, k: u32) -> &AtomicBool {
         &self.staged[s as usize].parts.as_ref().expect("places point at files").filled[k as usize]
     }
@@ -568,7 +572,7 @@ impl TreeWriter {
             if parts.filled[k as usize].swap(true, Ordering::AcqRel) {
                 continue;
             }
-            let f = open_temp(&st.tmp)?;
+            let f = open_temp(&self.tmp(st))?;
             f.write_all_at(plain, parts.offsets[k as usize]).map_err(io_err(
                 &self.root.join(&self.manifest.entries[st.entry].path),
                 "writing",
@@ -594,7 +598,7 @@ impl TreeWriter {
             .filter(|st| st.parts.as_ref().is_some_and(|p| !p.complete()))
             .collect();
         let abort = AtomicBool::new(false);
-        let results: Vec<Result<Vec<ChunkId>, WriteError>> = todo
+        let mut missing = todo
             .par_iter()
             .map(|st| {
                 if self.stopped(&abort) {
@@ -606,11 +610,10 @@ impl TreeWriter {
                 }
                 r
             })
-            .collect();
-        let mut missing = Vec::new();
-        for r in results {
-            missing.extend(r?);
-        }
+            .try_reduce(Vec::new, |mut a, b| {
+                a.extend(b);
+                Ok(a)
+            })?;
         if self.cancel.load(Ordering::Relaxed) {
             return Err(WriteError::Cancelled);
         }
@@ -632,7 +635,7 @@ impl TreeWriter {
             return Ok(Vec::new());
         };
         let target = self.root.join(&e.path);
-        let file = open_temp(&st.tmp)?;
+        let file = open_temp(&self.tmp(st))?;
         let segment = |idx: std::ops::Range<usize>| -> Result<Vec<ChunkId>, WriteError> {
             let mut missing = Vec::new();
             for k in idx {
@@ -715,47 +718,56 @@ impl TreeWriter {
         }
         let who = Writer::current();
         // Metadata after the data (writing clears set-id bits), before the rename.
-        let reports: Vec<Result<MetaReport, WriteError>> = self
+        let mut not_applied = self
             .staged
             .par_iter()
             .map(|st| {
                 let e = &entries[st.entry];
                 let is_symlink = matches!(e.node, Node::Symlink { .. });
                 let mut r = MetaReport::default();
-                fsmeta::apply_meta(&st.tmp, is_symlink, e.mode, &e.meta, who, &mut r)
-                    .map_err(io_err(&st.tmp, "setting metadata"))?;
+                let tmp = self.tmp(st);
+                fsmeta::apply_meta(&tmp, is_symlink, e.mode, &e.meta, who, &mut r)
+                    .map_err(io_err(&tmp, "setting metadata"))?;
                 Ok(r)
             })
-            .collect();
-        let mut not_applied = MetaReport::default();
-        for r in reports {
-            not_applied.add(&r?);
-        }
+            .try_reduce(MetaReport::default, |mut a, b| {
+                a.add(&b);
+                Ok(a)
+            })?;
         // Hard links share their file's inode and metadata: staged as links to its temporary
         // (or to the file in place when kept), so they too are renamed into place at once.
-        let tmp_of: HashMap<usize, PathBuf> =
-            self.staged.iter().map(|st| (st.entry, st.tmp.clone())).collect();
-        for &(i, t) in &self.links.clone() {
-            let from = tmp_of.get(&t).cloned().unwrap_or_else(|| self.root.join(&entries[t].path));
-            let e = &entries[i];
-            let target = self.root.join(&e.path);
-            let dir = target.parent().expect("entries lie below the root");
-            let name = e.path.rsplit('/').next().unwrap_or(&e.path);
-            let tmp = create_temp(dir, name, |tmp| fs::hard_link(&from, tmp))?;
-            self.staged.push(Staged { entry: i, tmp, placed: AtomicBool::new(false), parts: None });
-        }
-        let root = &self.root;
-        let renamed: Vec<Result<(), WriteError>> = self
+        let link_targets: HashSet<usize> = self.links.iter().map(|&(_, t)| t).collect();
+        let token_of: HashMap<usize, u64> = self
             .staged
-            .par_iter()
-            .map(|st| {
-                let target = root.join(&entries[st.entry].path);
-                fs::rename(&st.tmp, &target).map_err(io_err(&target, "renaming into place"))?;
-                st.placed.store(true, Ordering::Relaxed);
-                Ok(())
-            })
+            .iter()
+            .filter(|st| link_targets.contains(&st.entry))
+            .map(|st| (st.entry, st.token))
             .collect();
-        renamed.into_iter().collect::<Result<Vec<()>, _>>()?;
+        drop(link_targets);
+        for &(i, t) in &self.links.clone() {
+            let from = match token_of.get(&t) {
+                Some(&token) => temp_path(&self.root, &entries[t].path, token),
+                None => self.root.join(&entries[t].path),
+            };
+            let e = &entries[i];
+            let token = create_temp(&self.root, &e.path, |tmp| fs::hard_link(&from, tmp))?;
+            self.staged.push(Staged {
+                entry: i,
+                token,
+                placed: AtomicBool::new(false),
+                parts: None,
+            });
+        }
+        drop(token_of);
+        let root = &self.root;
+        self.staged.par_iter().try_for_each(|st| {
+            let path = &entries[st.entry].path;
+            let target = root.join(path);
+            fs::rename(temp_path(root, path, st.token), &target)
+                .map_err(io_err(&target, "renaming into place"))?;
+            st.placed.store(true, Ordering::Relaxed);
+            Ok::<_, WriteError>(())
+        })?;
         // From here on the tree is in place: nothing is undone any more.
         self.committed = true;
         let mut stats = WriteStats { dirs_created: self.dirs_created, ..WriteStats::default() };
@@ -920,8 +932,9 @@ impl Drop for TreeWriter {
             if st.placed.load(Ordering::Relaxed) {
                 continue;
             }
-            if let Err(e) = fs::remove_file(&st.tmp) {
-                tracing::warn!(path = %st.tmp.display(), error = %e, "cannot remove temporary file");
+            let tmp = self.tmp(st);
+            if let Err(e) = fs::remove_file(&tmp) {
+                tracing::warn!(path = %tmp.display(), error = %e, "cannot remove temporary file");
             }
         }
         for (path, mode) in self.widened_dirs.iter().rev() {
@@ -946,28 +959,39 @@ fn open_temp(tmp: &Path) -> Result<fs::File, WriteError> {
         .map_err(io_err(tmp, "opening temporary file"))
 }
 
-/// Creates a fresh temporary name in `dir` with `create` (which must fail with AlreadyExists
-/// when the name is taken).
-fn create_temp(
-    dir: &Path,
-    name: &str,
-    mut create: impl FnMut(&Path) -> io::Result<()>,
-) -> Result<PathBuf, WriteError> {
+/// The temporary name of the entry at `path` (relative to `root`) with random part `token`:
+/// in the entry's own directory, so the commit's rename stays within one directory.
+fn temp_path(root: &Path, path: &str, token: u64) -> PathBuf {
+    let (dir, name) = match path.rsplit_once('/') {
+        Some((dir, name)) => (root.join(dir), name),
+        None => (root.to_path_buf(), path),
+    };
     // Keep the temporary name within NAME_MAX whatever the target's name length.
     let mut end = name.len().min(100);
     while !name.is_char_boundary(end) {
         end -= 1;
     }
+    dir.join(format!("{TEMP_PREFIX}{}.{token:016x}", &name[..end]))
+}
+
+/// Creates a fresh temporary name for the entry at `path` with `create` (which must fail with
+/// AlreadyExists when the name is taken); returns the random part of the name.
+fn create_temp(
+    root: &Path,
+    path: &str,
+    mut create: impl FnMut(&Path) -> io::Result<()>,
+) -> Result<u64, WriteError> {
     for _ in 0..16 {
-        let tmp = dir.join(format!("{TEMP_PREFIX}{}.{:016x}", &name[..end], rand::random::<u64>()));
+        let token = rand::random::<u64>();
+        let tmp = temp_path(root, path, token);
         match create(&tmp) {
-            Ok(()) => return Ok(tmp),
+            Ok(()) => return Ok(token),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(io_err(&tmp, "creating temporary file")(e)),
         }
     }
     Err(WriteError::Io {
-        path: dir.join(name),
+        path: root.join(path),
         what: "creating temporary file",
         source: io::Error::new(io::ErrorKind::AlreadyExists, "no free temporary name"),
     })
