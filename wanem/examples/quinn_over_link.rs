@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p oasis-wanem --example quinn_over_link -- \
-//!     [--size-mb 40] [--rtt 80ms] [--rate 100Mbit] [--loss 0,0.5,1] [--cc cubic,bbr] \
+//!     [--size-mb 40] [--rtt 80ms] [--rate 100Mbit] [--loss 0,0.5,1] [--cc cubic,bbr,oasis] \
 //!     [--windows oasis|quinn] [--extra "queue=256KiB,jitter=1ms"] [--timeout 240]
 //! ```
 //!
@@ -81,6 +81,9 @@ fn transport(o: &Opts, cc: &str) -> anyhow::Result<Arc<TransportConfig>> {
         "cubic" => t.congestion_controller_factory(Arc::new(CubicConfig::default())),
         "bbr" => t.congestion_controller_factory(Arc::new(BbrConfig::default())),
         "newreno" => t.congestion_controller_factory(Arc::new(NewRenoConfig::default())),
+        "oasis" => t.congestion_controller_factory(Arc::new(
+            oasis_core::net::congestion::PipeConfig::new(),
+        )),
         other => return Err(anyhow!("unknown congestion controller {other}")),
     };
     t.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
@@ -194,6 +197,10 @@ async fn run_one(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let o = parse_args()?;
     println!(
         "quinn 0.11 bulk transfer of {:.1} MB, one stream, windows: {}{}",
@@ -219,7 +226,10 @@ async fn main() -> anyhow::Result<()> {
                 ),
                 Err(e) => format!("FAILED: {e}"),
             };
-            println!("{cc:>6} {spec:<28} {line}");
+            println!(
+                "{cc:>6} {spec:<28} {line}; offered {:.3}x the payload (down + up)",
+                (d.offered_bytes + c.up.offered_bytes) as f64 / o.size as f64
+            );
             let s = out.server.as_ref();
             println!(
                 "        down: {} pkts delivered, {} lost on the path, {} dropped at the queue (peak {} KB); up: {} pkts; relay drops {:?}, relay CPU {:?}",

@@ -12,6 +12,7 @@
 //! the server down.
 
 mod client;
+pub mod congestion;
 mod server;
 #[cfg(test)]
 mod tests;
@@ -97,6 +98,7 @@ impl TransportOptions {
             VarInt::from_u64(v).map_err(|_| format!("{what} {v} is too large for QUIC"))
         };
         let mut t = TransportConfig::default();
+        t.congestion_controller_factory(Arc::new(congestion::PipeConfig::new()));
         t.stream_receive_window(var(self.stream_receive_window, "stream_receive_window")?)
             .receive_window(var(self.receive_window, "receive_window")?)
             .send_window(self.send_window)

@@ -1,0 +1,695 @@
+//! The congestion controller of every Oasis QUIC connection: a delivery-rate controller that
+//! fills a link with latency and random loss, and backs off when a link's queue grows while
+//! its connection only carries background traffic.
+//!
+//! Loss-based controllers (Cubic, quinn's default) read every lost packet as congestion: on a
+//! branch link with 0.5% random loss and 80 ms RTT they use a few percent of it (the Mathis
+//! bound). quinn's experimental BBR ignores random loss but keeps twice the path's
+//! bandwidth-delay product in flight, paced at 1.25 windows per RTT, so a bounded bottleneck
+//! queue drops a large share of what it sends, and every drop is sent again over the WAN.
+//!
+//! This controller measures what the path delivers instead:
+//! - **bandwidth**: bytes acknowledged per round trip (a round ends when a packet sent after
+//!   it began is acknowledged), the maximum of the last [`BW_WINDOW_ROUNDS`] rounds; rounds in
+//!   which the sender ran out of data only ever raise it;
+//! - **base RTT**: the smallest RTT sample; after [`MIN_RTT_WINDOW`] the smallest of the last
+//!   gain cycle replaces it (the cycle's draining round empties the queue, so a standing queue
+//!   is never taken for path delay);
+//! - **window**: bandwidth × base RTT (the bandwidth-delay product) × a gain that cycles once
+//!   per round through [`PROBE_GAINS`]: one round at 1.25 to find more bandwidth, one below 1
+//!   to drain what that queued, then 1.2 (ACKs arrive in batches, and a lost packet holds its
+//!   place in the window until it is declared lost: on the emulated 80 ms, 1%-loss link, 1.1
+//!   left 14% of the link unused, 1.2 leaves 11%, at a standing queue of a fifth of the RTT).
+//!   quinn paces a window over one smoothed RTT, so the window is also the sending rate. The
+//!   RTT in the product is never taken below [`MIN_BDP_RTT`]: under that, when ACKs come back
+//!   depends on the hosts' scheduling more than on the path (a LAN, loopback).
+//!
+//! It starts like slow start (the window grows by what is acknowledged, doubling per round)
+//! and leaves that start when the bandwidth stops growing by a quarter for
+//! [`STARTUP_FLAT_ROUNDS`] rounds, as soon as [`STARTUP_DELAYED_ACKS`] acknowledgements in a
+//! row come back more than an eighth of the base RTT late (the queue is filling: leave before
+//! it overflows, taking the rate those acknowledgements arrived at as the bandwidth), or when a
+//! round loses more than [`CONGESTION_LOSS`] of its packets.
+//!
+//! Random loss of a few percent does not slow it; a round of at least
+//! [`CONGESTION_MIN_DATAGRAMS`] that was not short of data and lost more than
+//! [`CONGESTION_LOSS`] of its bytes is congestion: the bandwidth estimate falls to what that
+//! round delivered, or by [`CONGESTION_KEEP`] at most. Persistent congestion (every packet of
+//! several PTOs lost) starts over.
+//!
+//! **Yielding.** A connection whose [`YieldSwitch`] is on (it carries background prefetch only)
+//! also keeps a LEDBAT window (RFC 6817): it grows while the queueing delay (a round's smallest
+//! RTT sample over the base) is under [`YIELD_TARGET`] and shrinks in proportion when it is
+//! over. Another flow filling the bottleneck raises the delay, and the background window falls
+//! to a few packets; when the other flow stops, the delay falls and the window doubles per
+//! round back to the path's bandwidth-delay product.
+//!
+//! Everything here is arithmetic on the events quinn reports: no clock is read and nothing is
+//! sent, so the simulator can drive the same code.
+
+use quinn::congestion::{Controller, ControllerFactory};
+use quinn_proto::RttEstimator;
+use std::any::Any;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Rounds whose delivery rate the bandwidth estimate is the maximum of.
+pub const BW_WINDOW_ROUNDS: usize = 10;
+/// How long a base-RTT sample stands before a newer, larger one may replace it.
+pub const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
+/// Smallest RTT the bandwidth-delay product is computed with.
+pub const MIN_BDP_RTT: Duration = Duration::from_millis(4);
+/// Window gains over the bandwidth-delay product, one per round, cycled.
+pub const PROBE_GAINS: [f64; 8] = [1.25, 0.95, 1.2, 1.2, 1.2, 1.2, 1.2, 1.2];
+/// Startup ends after this many rounds without 25% more bandwidth.
+pub const STARTUP_FLAT_ROUNDS: u32 = 3;
+/// Window, in datagrams, from which startup watches the RTT for a filling queue.
+pub const STARTUP_DELAY_MIN_DATAGRAMS: u64 = 32;
+/// Datagrams a round must carry before its loss rate is read as congestion.
+pub const CONGESTION_MIN_DATAGRAMS: u64 = 32;
+/// Share of the bandwidth estimate a congested round keeps at least.
+pub const CONGESTION_KEEP: f64 = 0.85;
+/// Consecutive acknowledgements delayed by a filling queue that end startup.
+pub const STARTUP_DELAYED_ACKS: u32 = 8;
+/// Share of a round's bytes lost above which the loss is read as congestion, not as the
+/// random loss every radio and long-haul link has.
+pub const CONGESTION_LOSS: f64 = 0.05;
+/// Queueing delay a yielding connection aims for (LEDBAT's target; RFC 6817 allows up to 100 ms,
+/// Windows' LEDBAT++ uses 60 ms; branch links queue less than that before they drop).
+pub const YIELD_TARGET: Duration = Duration::from_millis(20);
+/// Initial window, in datagrams (RFC 9002's 10, as quinn's controllers).
+const INITIAL_DATAGRAMS: u64 = 10;
+/// Smallest window, in datagrams.
+const MIN_DATAGRAMS: u64 = 4;
+/// Datagrams of slack above the bandwidth-delay product: ACKs come in batches.
+const SLACK_DATAGRAMS: u64 = 4;
+
+/// Turns a connection's yielding on and off while it runs (see the module docs); one per
+/// connection, shared by the server's request handler and the connection's controller.
+#[derive(Debug, Default)]
+pub struct YieldSwitch(AtomicBool);
+
+impl YieldSwitch {
+    pub fn set(&self, on: bool) {
+        self.0.store(on, Ordering::Relaxed);
+    }
+    pub fn is_on(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Builds [`PipeController`]s. A config with a [`YieldSwitch`] must serve exactly one
+/// connection (quinn builds a controller per connection from the transport config).
+#[derive(Clone, Debug, Default)]
+pub struct PipeConfig {
+    switch: Option<Arc<YieldSwitch>>,
+}
+
+impl PipeConfig {
+    /// A config whose controllers never yield.
+    pub fn new() -> PipeConfig {
+        PipeConfig { switch: None }
+    }
+
+    /// A config whose controller yields while `switch` is on.
+    pub fn yielding(switch: Arc<YieldSwitch>) -> PipeConfig {
+        PipeConfig { switch: Some(switch) }
+    }
+}
+
+impl ControllerFactory for PipeConfig {
+    fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        Box::new(PipeController(Pipe::new(now, current_mtu, self.switch.clone())))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Startup,
+    /// Probing: index into [`PROBE_GAINS`].
+    Probe(usize),
+}
+
+/// The controller's state and rules, driven by plain events (quinn's through
+/// [`PipeController`], a simulated link's in tests and in the simulator).
+#[derive(Clone, Debug)]
+pub struct Pipe {
+    mtu: u64,
+    window: u64,
+    mode: Mode,
+    // The current round.
+    max_sent: u64,
+    round_end: u64,
+    round_start: Instant,
+    round_acked: u64,
+    round_lost: u64,
+    round_min_rtt: Option<Duration>,
+    round_app_limited: bool,
+    // Estimates.
+    bw: VecDeque<u64>,
+    startup_best: u64,
+    startup_flat: u32,
+    startup_delayed: u32,
+    min_rtt: Option<Duration>,
+    min_rtt_at: Instant,
+    cycle_min_rtt: Option<Duration>,
+    // Yielding (LEDBAT).
+    switch: Option<Arc<YieldSwitch>>,
+    yield_window: u64,
+}
+
+impl Pipe {
+    pub fn new(now: Instant, mtu: u16, switch: Option<Arc<YieldSwitch>>) -> Pipe {
+        let mtu = mtu as u64;
+        Pipe {
+            mtu,
+            window: INITIAL_DATAGRAMS * mtu,
+            mode: Mode::Startup,
+            max_sent: 0,
+            round_end: 0,
+            round_start: now,
+            round_acked: 0,
+            round_lost: 0,
+            round_min_rtt: None,
+            round_app_limited: false,
+            bw: VecDeque::with_capacity(BW_WINDOW_ROUNDS),
+            startup_best: 0,
+            startup_flat: 0,
+            startup_delayed: 0,
+            min_rtt: None,
+            min_rtt_at: now,
+            cycle_min_rtt: None,
+            switch,
+            yield_window: INITIAL_DATAGRAMS * mtu,
+        }
+    }
+
+    fn min_window(&self) -> u64 {
+        MIN_DATAGRAMS * self.mtu
+    }
+
+    /// Bandwidth estimate, bytes per second (0 before the first round).
+    pub fn bandwidth(&self) -> u64 {
+        self.bw.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Base RTT estimate.
+    pub fn base_rtt(&self) -> Option<Duration> {
+        self.min_rtt
+    }
+
+    fn yielding(&self) -> bool {
+        self.switch.as_ref().is_some_and(|s| s.is_on())
+    }
+
+    /// Bandwidth-delay product × `gain`, plus slack; None before a first estimate.
+    fn target(&self, gain: f64) -> Option<u64> {
+        let (bw, rtt) = (self.bandwidth(), self.min_rtt?.max(MIN_BDP_RTT));
+        if bw == 0 {
+            return None;
+        }
+        let bdp = bw as f64 * rtt.as_secs_f64();
+        Some(((bdp * gain) as u64 + SLACK_DATAGRAMS * self.mtu).max(self.min_window()))
+    }
+
+    /// A congested round: the bandwidth estimate falls to what the round delivered, at least
+    /// [`CONGESTION_KEEP`] of what it was (one bad round does not empty the pipe).
+    fn congestion(&mut self, delivered: u64) {
+        let keep = (self.bandwidth() as f64 * CONGESTION_KEEP) as u64;
+        self.bw.clear();
+        self.push_bw(delivered.max(keep));
+    }
+
+    fn push_bw(&mut self, sample: u64) {
+        if self.bw.len() == BW_WINDOW_ROUNDS {
+            self.bw.pop_front();
+        }
+        self.bw.push_back(sample);
+    }
+
+    fn end_round(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.round_start);
+        let acked = self.round_acked;
+        let lost = self.round_lost;
+        let sample =
+            if elapsed.is_zero() { 0 } else { (acked as f64 / elapsed.as_secs_f64()) as u64 };
+        // A round much shorter than the RTT (a few packets acknowledged at once) measures the
+        // ACKs' spacing, not the path; a round short of data says only that the path carries
+        // at least this much.
+        let full_round = self.min_rtt.is_none_or(|base| elapsed >= base / 2);
+        if full_round && (!self.round_app_limited || sample > self.bandwidth()) {
+            self.push_bw(sample);
+        }
+        // A round of a few packets says nothing about the loss rate (one random loss in ten
+        // packets is 10%), and a round short of data did not fill any queue.
+        let congested = !self.round_app_limited
+            && acked + lost >= CONGESTION_MIN_DATAGRAMS * self.mtu
+            && (lost as f64) > CONGESTION_LOSS * (acked + lost) as f64;
+        let queue_delay = match (self.round_min_rtt, self.min_rtt) {
+            (Some(r), Some(base)) => r.saturating_sub(base),
+            _ => Duration::ZERO,
+        };
+        match self.mode {
+            Mode::Startup => {
+                let bw = self.bandwidth();
+                if bw as f64 >= self.startup_best as f64 * 1.25 {
+                    self.startup_best = bw;
+                    self.startup_flat = 0;
+                } else if !self.round_app_limited {
+                    self.startup_flat += 1;
+                }
+                if self.startup_flat >= STARTUP_FLAT_ROUNDS || congested {
+                    if congested {
+                        self.congestion(sample);
+                    }
+                    // Begin with the draining round.
+                    self.mode = Mode::Probe(1);
+                }
+            }
+            Mode::Probe(i) => {
+                if congested {
+                    self.congestion(sample);
+                }
+                let next = (i + 1) % PROBE_GAINS.len();
+                if next == 0 {
+                    // A cycle's smallest RTT was taken in its draining round, with the queue
+                    // empty: it replaces a base RTT too old to trust (the path may have
+                    // changed) without ever reading a standing queue as path delay.
+                    if now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_WINDOW {
+                        if let Some(m) = self.cycle_min_rtt {
+                            self.min_rtt = Some(m);
+                            self.min_rtt_at = now;
+                        }
+                    }
+                    self.cycle_min_rtt = None;
+                }
+                self.mode = Mode::Probe(next);
+            }
+        }
+        if let Mode::Probe(i) = self.mode {
+            if let Some(t) = self.target(PROBE_GAINS[i]) {
+                self.window = t;
+            }
+        }
+        tracing::trace!(
+            mode = ?self.mode,
+            sample,
+            bw = self.bandwidth(),
+            acked,
+            lost,
+            app_limited = self.round_app_limited,
+            queue_ms = queue_delay.as_secs_f64() * 1e3,
+            base_ms = self.min_rtt.map(|r| r.as_secs_f64() * 1e3),
+            window = self.window,
+            "round"
+        );
+        if self.yielding() {
+            self.adjust_yield(queue_delay, congested);
+        } else {
+            self.yield_window = self.window;
+        }
+        self.round_start = now;
+        self.round_end = self.max_sent;
+        self.round_acked = 0;
+        self.round_lost = 0;
+        self.round_min_rtt = None;
+        self.round_app_limited = false;
+    }
+
+    /// LEDBAT, once per round: the window moves by (target − delay) / target of itself, at
+    /// most doubling, and halves on congestion.
+    fn adjust_yield(&mut self, queue_delay: Duration, congested: bool) {
+        let target = YIELD_TARGET.as_secs_f64();
+        let off = ((target - queue_delay.as_secs_f64()) / target).clamp(-1.0, 1.0);
+        let w = self.yield_window as f64;
+        let mut next = if off >= 0.0 { w * (1.0 + off) } else { w * (1.0 + off / 2.0) };
+        if congested {
+            next = next.min(w / 2.0);
+        }
+        let cap = self.window.max(self.min_window());
+        self.yield_window = (next as u64).clamp(self.min_window(), cap);
+    }
+
+    /// Packets up to `last_packet_number` were sent.
+    pub fn on_sent(&mut self, last_packet_number: u64) {
+        self.max_sent = self.max_sent.max(last_packet_number);
+    }
+
+    /// `bytes` sent at `sent` were acknowledged at `now`; `floor` is a lower bound of the
+    /// path's RTT (quinn's minimum, which discounts the peer's ACK delay).
+    pub fn on_ack(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        bytes: u64,
+        app_limited: bool,
+        floor: Duration,
+    ) {
+        self.round_acked += bytes;
+        self.round_app_limited |= app_limited;
+        let sample = now.saturating_duration_since(sent).max(floor);
+        self.round_min_rtt = Some(self.round_min_rtt.map_or(sample, |m| m.min(sample)));
+        self.cycle_min_rtt = Some(self.cycle_min_rtt.map_or(sample, |m| m.min(sample)));
+        if self.min_rtt.is_none_or(|m| sample <= m) {
+            self.min_rtt = Some(sample);
+            self.min_rtt_at = now;
+        }
+        if self.mode == Mode::Startup {
+            self.startup_ack(now, sample, bytes, app_limited);
+        }
+    }
+
+    /// Slow start's growth, and its end as soon as the queue fills: waiting for the round to
+    /// end would send another round's growth into a queue that is already full.
+    fn startup_ack(&mut self, now: Instant, sample: Duration, bytes: u64, app_limited: bool) {
+        let base = self.min_rtt.unwrap_or(sample);
+        // Below a few dozen packets in flight, the peer's delayed ACKs alone add more than
+        // the threshold; a queue worth noticing needs a window of that size anyway.
+        if self.window >= STARTUP_DELAY_MIN_DATAGRAMS * self.mtu
+            && sample > base + (base / 8).max(Duration::from_millis(4))
+        {
+            self.startup_delayed += 1;
+        } else {
+            self.startup_delayed = 0;
+        }
+        if self.startup_delayed < STARTUP_DELAYED_ACKS {
+            if !app_limited {
+                self.window += bytes;
+            }
+            return;
+        }
+        // The bottleneck is busy: this round's acks so far arrived at its rate.
+        let elapsed = now.saturating_duration_since(self.round_start);
+        if !elapsed.is_zero() {
+            let rate = (self.round_acked as f64 / elapsed.as_secs_f64()) as u64;
+            self.push_bw(rate);
+        }
+        self.mode = Mode::Probe(1);
+        if let Some(t) = self.target(PROBE_GAINS[1]) {
+            self.window = t;
+        }
+    }
+
+    /// A batch of acknowledgements is complete; `largest_acked` is the largest packet number
+    /// acknowledged so far.
+    pub fn on_end_acks(&mut self, now: Instant, app_limited: bool, largest_acked: Option<u64>) {
+        self.round_app_limited |= app_limited;
+        if largest_acked.is_some_and(|pn| pn >= self.round_end) {
+            self.end_round(now);
+        }
+    }
+
+    /// `lost_bytes` were declared lost; `persistent`: everything sent over several PTOs was.
+    pub fn on_loss(&mut self, now: Instant, persistent: bool, lost_bytes: u64) {
+        self.round_lost += lost_bytes;
+        if persistent {
+            let keep = self.switch.clone();
+            *self = Pipe::new(now, self.mtu as u16, keep);
+            self.window = self.min_window();
+        }
+    }
+
+    pub fn on_mtu(&mut self, mtu: u16) {
+        self.mtu = mtu as u64;
+        self.window = self.window.max(self.min_window());
+    }
+
+    /// Bytes that may be in flight.
+    pub fn window(&self) -> u64 {
+        if self.yielding() {
+            self.window.min(self.yield_window).max(self.min_window())
+        } else {
+            self.window
+        }
+    }
+}
+
+/// [`Pipe`] as a quinn congestion controller.
+#[derive(Clone, Debug)]
+pub struct PipeController(pub Pipe);
+
+impl Controller for PipeController {
+    fn on_sent(&mut self, _now: Instant, _bytes: u64, last_packet_number: u64) {
+        self.0.on_sent(last_packet_number);
+    }
+
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        bytes: u64,
+        app_limited: bool,
+        rtt: &RttEstimator,
+    ) {
+        self.0.on_ack(now, sent, bytes, app_limited, rtt.min());
+    }
+
+    fn on_end_acks(
+        &mut self,
+        now: Instant,
+        _in_flight: u64,
+        app_limited: bool,
+        largest_packet_num_acked: Option<u64>,
+    ) {
+        self.0.on_end_acks(now, app_limited, largest_packet_num_acked);
+    }
+
+    fn on_congestion_event(
+        &mut self,
+        now: Instant,
+        _sent: Instant,
+        is_persistent_congestion: bool,
+        lost_bytes: u64,
+    ) {
+        self.0.on_loss(now, is_persistent_congestion, lost_bytes);
+    }
+
+    fn on_mtu_update(&mut self, new_mtu: u16) {
+        self.0.on_mtu(new_mtu);
+    }
+
+    fn window(&self) -> u64 {
+        self.0.window()
+    }
+
+    fn clone_box(&self) -> Box<dyn Controller> {
+        Box::new(self.clone())
+    }
+
+    fn initial_window(&self) -> u64 {
+        INITIAL_DATAGRAMS * self.0.mtu
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The controller against a packet-level model of a branch link: a bottleneck of fixed
+    //! rate with a tail-drop queue, propagation delay, random loss before the bottleneck, and
+    //! optionally a competing flow of constant rate through the same queue.
+
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use std::cmp::Reverse;
+    use std::collections::{BinaryHeap, HashMap};
+
+    const MTU: u16 = 1200;
+
+    struct Link {
+        rtt: Duration,
+        rate: f64,
+        queue: f64,
+        loss: f64,
+    }
+
+    impl Link {
+        fn new(rtt_ms: u64, mbit: f64, loss_pct: f64) -> Link {
+            let rate = mbit * 1e6 / 8.0;
+            // 50 ms of the bottleneck rate, as the WAN emulator's default queue.
+            Link {
+                rtt: Duration::from_millis(rtt_ms),
+                rate,
+                queue: rate * 0.05,
+                loss: loss_pct / 100.0,
+            }
+        }
+    }
+
+    /// A competitor sending `rate` bytes/s through the bottleneck from `from` until `to`.
+    struct Competitor {
+        rate: f64,
+        from: Duration,
+        to: Duration,
+    }
+
+    #[derive(Default, Debug)]
+    struct Outcome {
+        /// Bytes of ours delivered per 100 ms slot.
+        delivered: Vec<u64>,
+        sent: u64,
+        unique: u64,
+        queue_drops: u64,
+    }
+
+    impl Outcome {
+        fn rate(&self, from: Duration, to: Duration) -> f64 {
+            let (a, b) = ((from.as_millis() / 100) as usize, (to.as_millis() / 100) as usize);
+            self.delivered[a..b].iter().sum::<u64>() as f64 / (to - from).as_secs_f64()
+        }
+    }
+
+    enum Ev {
+        Ack { pn: u64, sent: Duration, bytes: u64 },
+        Lost { bytes: u64 },
+        CompetitorSend,
+    }
+
+    /// Events in time order (ties in the order pushed).
+    #[derive(Default)]
+    struct Events {
+        heap: BinaryHeap<Reverse<(Duration, u64)>>,
+        payloads: HashMap<u64, Ev>,
+        seq: u64,
+    }
+
+    impl Events {
+        fn push(&mut self, at: Duration, ev: Ev) {
+            self.seq += 1;
+            self.payloads.insert(self.seq, ev);
+            self.heap.push(Reverse((at, self.seq)));
+        }
+
+        fn pop(&mut self) -> Option<(Duration, Ev)> {
+            let Reverse((at, id)) = self.heap.pop()?;
+            Some((at, self.payloads.remove(&id).expect("every event has a payload")))
+        }
+    }
+
+    /// Runs a bulk sender with `pipe` over `link` for `run`.
+    fn simulate(
+        pipe: &mut Pipe,
+        link: &Link,
+        competitor: Option<Competitor>,
+        run: Duration,
+        seed: u64,
+    ) -> Outcome {
+        let t0 = Instant::now();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut out = Outcome {
+            delivered: vec![0; (run.as_millis() / 100) as usize + 1],
+            ..Outcome::default()
+        };
+        let mut events = Events::default();
+        // The bottleneck: when its queue is next empty (departure time of its last packet).
+        let mut busy_until = Duration::ZERO;
+        let enqueue = |now: Duration, bytes: u64, busy: &mut Duration| -> Option<Duration> {
+            let start = (*busy).max(now);
+            let backlog = (start - now).as_secs_f64() * link.rate;
+            if backlog + bytes as f64 > link.queue {
+                return None;
+            }
+            *busy = start + Duration::from_secs_f64(bytes as f64 / link.rate);
+            Some(*busy)
+        };
+        let (mtu, mut now, mut in_flight, mut pn, mut largest_acked) =
+            (MTU as u64, Duration::ZERO, 0u64, 0u64, None);
+        if let Some(c) = &competitor {
+            events.push(c.from, Ev::CompetitorSend);
+        }
+        while now < run {
+            // Send what the window allows.
+            while in_flight + mtu <= pipe.window() {
+                pn += 1;
+                in_flight += mtu;
+                out.sent += mtu;
+                pipe.on_sent(pn);
+                let lost = rng.gen::<f64>() < link.loss;
+                match (lost, enqueue(now, mtu, &mut busy_until)) {
+                    (false, Some(departs)) => {
+                        events.push(departs + link.rtt, Ev::Ack { pn, sent: now, bytes: mtu })
+                    }
+                    (_, departs) => {
+                        if departs.is_none() {
+                            out.queue_drops += 1;
+                        }
+                        // Detected a little over one RTT later, as packet-threshold loss
+                        // detection does.
+                        events.push(now + link.rtt + link.rtt / 8, Ev::Lost { bytes: mtu });
+                    }
+                }
+            }
+            let Some((at, ev)) = events.pop() else { break };
+            now = at;
+            match ev {
+                Ev::Ack { pn, sent, bytes } => {
+                    in_flight -= bytes;
+                    out.unique += bytes;
+                    out.delivered[(now.as_millis() / 100) as usize] += bytes;
+                    pipe.on_ack(t0 + now, t0 + sent, bytes, false, link.rtt);
+                    largest_acked = Some(largest_acked.map_or(pn, |l: u64| l.max(pn)));
+                    pipe.on_end_acks(t0 + now, false, largest_acked);
+                }
+                Ev::Lost { bytes } => {
+                    in_flight -= bytes;
+                    pipe.on_loss(t0 + now, false, bytes);
+                }
+                Ev::CompetitorSend => {
+                    let c = competitor.as_ref().expect("scheduled only with a competitor");
+                    let _ = enqueue(now, mtu, &mut busy_until);
+                    let next = now + Duration::from_secs_f64(mtu as f64 / c.rate);
+                    if next < c.to {
+                        events.push(next, Ev::CompetitorSend);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn fill(rtt_ms: u64, loss_pct: f64) -> (f64, Outcome) {
+        let link = Link::new(rtt_ms, 100.0, loss_pct);
+        let mut pipe = Pipe::new(Instant::now(), MTU, None);
+        let run = Duration::from_secs(20);
+        let out = simulate(&mut pipe, &link, None, run, rtt_ms ^ loss_pct.to_bits());
+        (out.rate(Duration::from_secs(5), run) / link.rate, out)
+    }
+
+    #[test]
+    fn fills_a_lossy_long_link_and_sends_little_twice() {
+        for (rtt, loss) in [(20, 0.0), (80, 0.5), (80, 1.0), (150, 1.0)] {
+            let (share, out) = fill(rtt, loss);
+            let overhead = out.sent as f64 / out.unique as f64;
+            assert!(share >= 0.85, "{rtt} ms, {loss}% loss: {share:.2} of the bottleneck");
+            assert!(
+                overhead <= 1.0 + loss / 100.0 + 0.03,
+                "{rtt} ms, {loss}% loss: sent {overhead:.3}x what arrived ({} queue drops)",
+                out.queue_drops
+            );
+        }
+    }
+
+    #[test]
+    fn a_yielding_connection_backs_off_for_a_competitor_and_comes_back() {
+        let link = Link::new(80, 100.0, 0.0);
+        let switch = Arc::new(YieldSwitch::default());
+        switch.set(true);
+        let mut pipe = Pipe::new(Instant::now(), MTU, Some(switch));
+        let competitor = Competitor {
+            rate: link.rate * 0.95,
+            from: Duration::from_secs(8),
+            to: Duration::from_secs(20),
+        };
+        let out = simulate(&mut pipe, &link, Some(competitor), Duration::from_secs(30), 3);
+        let alone = out.rate(Duration::from_secs(4), Duration::from_secs(8)) / link.rate;
+        let beside = out.rate(Duration::from_secs(10), Duration::from_secs(20)) / link.rate;
+        let after = out.rate(Duration::from_secs(23), Duration::from_secs(30)) / link.rate;
+        assert!(alone >= 0.8, "alone it fills the link: {alone:.2}");
+        assert!(beside <= 0.10, "beside a competitor it keeps to a small share: {beside:.2}");
+        assert!(after >= 0.8, "within 3 s of the competitor stopping it is back: {after:.2}");
+    }
+}
