@@ -44,6 +44,9 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 const INITIAL_ESTIMATE: u64 = 64 << 10;
 /// Smallest unpaid window under a rate limit (so a large chunk can always be requested).
 const MIN_WINDOW: u64 = 256 << 10;
+/// Largest upstream RTT the unpaid window grows with (a satellite hop; a stalled connection's
+/// estimate must not open the window without bound).
+const MAX_WINDOW_RTT: Duration = Duration::from_millis(1000);
 
 /// What a fetch gives its waiters: the chunk (verified), `None` if upstream does not have it,
 /// or why it failed.
@@ -329,18 +332,22 @@ impl Fetcher {
         *n < MAX_ATTEMPTS
     }
 
-    /// The unpaid window for `class` under the rate in force (1/8 s of it); None = unlimited.
+    /// The unpaid window for `class` under the rate in force; None = unlimited. It holds what
+    /// arrives in 1/8 s plus two upstream round trips at that rate: requests are answered a
+    /// round trip after they are sent, and a lost packet holds its answer back another one,
+    /// so a window shorter than that leaves a long link idle between answers.
     /// 0 for background when the policy stops prefetch over the WAN (`background_share = 0`):
     /// chunks are paid for when they arrive, so a background request sent then would bring
     /// bytes over the WAN that the policy forbids, and hold up what an endpoint later needs.
-    fn window_limit(&self, class: TrafficClass) -> Option<u64> {
+    fn window_limit(&self, class: TrafficClass, rtt: Duration) -> Option<u64> {
         let rate = self.policy.limiter.rate_now()?;
         if class == TrafficClass::Background
             && self.policy.limiter.policy().background_share() <= 0.0
         {
             return Some(0);
         }
-        Some((rate / 8).max(MIN_WINDOW))
+        let span = Duration::from_millis(125) + 2 * rtt.min(MAX_WINDOW_RTT);
+        Some(((rate as f64 * span.as_secs_f64()) as u64).max(MIN_WINDOW))
     }
 
     /// The class the next batch would be of.
@@ -395,7 +402,7 @@ impl Fetcher {
                 tokio::pin!(freed);
                 freed.as_mut().enable();
                 let class = self.next_class();
-                let limit = self.window_limit(class);
+                let limit = self.window_limit(class, client.connection().rtt());
                 let (room, estimate) = {
                     let w = lock(&self.window);
                     (w.room(class, limit, self.batch_max), w.estimate)
