@@ -20,7 +20,7 @@ pub struct BenchArgs {
     /// Runs per measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Which benchmarks: ingest, fetch, reflector, apply, snapshot, tree, tree-rss
+    /// Which benchmarks: ingest, fetch, reflector, apply, snapshot, tree, tree-rss, wan
     /// (comma-separated).
     #[arg(long, default_value = "ingest,fetch", value_delimiter = ',')]
     pub only: Vec<String>,
@@ -30,6 +30,8 @@ pub struct BenchArgs {
     pub reflector: crate::bench_reflector::ReflectorBenchArgs,
     #[command(flatten)]
     pub tree: crate::bench_tree::TreeBenchArgs,
+    #[command(flatten)]
+    pub wan: crate::bench_wan::WanBenchArgs,
 }
 
 /// CPU time (user + system) this process has used so far, from `/proc/self/stat`, in seconds.
@@ -61,7 +63,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let size = args.size_mib << 20;
     let runs = args.runs.max(1);
     // The tree benchmarks make their own trees; the others share one layer.
-    let tree_only = args.only.iter().all(|s| s == "tree" || s == "tree-rss");
+    let tree_only = args.only.iter().all(|s| s == "tree" || s == "tree-rss" || s == "wan");
     let data = if tree_only { Vec::new() } else { crate::sample::mixed_bytes(size, 42) };
     let tmp = tempfile::tempdir()?;
     let src = tmp.path().join("layer");
@@ -230,6 +232,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         if let serde_json::Value::Object(m) = r {
             out.extend(m);
         }
+    }
+    if args.only.iter().any(|s| s == "wan") {
+        let r = crate::bench_wan::run(&args.wan, tmp.path(), args.json).await?;
+        out.insert("wan".into(), r);
     }
     if args.json {
         println!("{}", serde_json::Value::Object(out));

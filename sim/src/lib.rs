@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_device;
 pub mod bench_reflector;
 pub mod bench_tree;
+pub mod bench_wan;
 pub mod demo;
 pub mod engine;
 pub mod fidelity;

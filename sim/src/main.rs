@@ -17,7 +17,7 @@ enum Cmd {
     /// Run the loopback demo: a real seed and endpoints over QUIC on 127.0.0.1.
     Demo(oasis_sim::demo::DemoArgs),
     /// Measure ingest and fetch throughput against raw references in the same run.
-    Bench(oasis_sim::bench::BenchArgs),
+    Bench(Box<oasis_sim::bench::BenchArgs>),
     /// Simulate a scenario (config/sim/*.toml) on a virtual clock: WAN bytes, completion
     /// times, peak rate against the policy, CSV time series and SVG charts.
     Run(oasis_sim::simcmd::RunArgs),
@@ -45,7 +45,7 @@ fn main() {
     logging::exit_on_error(rt.block_on(async {
         match cli.cmd {
             Cmd::Demo(a) => oasis_sim::demo::run(a).await,
-            Cmd::Bench(a) => oasis_sim::bench::run(a).await,
+            Cmd::Bench(a) => oasis_sim::bench::run(*a).await,
             Cmd::Run(a) => oasis_sim::simcmd::run(a),
             Cmd::Compare(a) => oasis_sim::simcmd::compare(a),
             Cmd::Fidelity(a) => oasis_sim::fidelity::run(a).await,

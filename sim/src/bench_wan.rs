@@ -1,0 +1,211 @@
+//! `oasis-sim bench --only wan`: a cold reflector pulls a layer from the seed under its WAN
+//! policy through the WAN emulator ([`oasis_wanem`]), over a matrix of links (RTT × random
+//! loss, one bottleneck rate) and policy caps. Per cell: the achieved WAN rate (stored bytes of
+//! the layer over the time the endpoint's fetch through the reflector took, handshakes and
+//! manifest included) against the cap where the cap is below the bottleneck, against the
+//! bottleneck where the link is the limit; and the WAN bytes (every UDP payload byte the
+//! emulator carried, both directions: QUIC headers, ACKs and retransmissions included) over the
+//! layer's stored bytes. A reference row per cap goes over a clean emulated link (no delay, no
+//! loss, same bottleneck) in the same run.
+
+use crate::live::{self, LiveSeed};
+use oasis_core::identity::Role;
+use oasis_reflector::config::parse_rate;
+use oasis_reflector::{ReflectorConfig, RunningReflector, WanLimit};
+use oasis_wanem::{EmulatorThread, WanSpec};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Achieved rate over the cap, where the cap is below the bottleneck.
+pub const CAP_FLOOR: f64 = 0.90;
+/// Achieved rate over the bottleneck, where the link is the limit.
+pub const LINK_FLOOR: f64 = 0.85;
+/// WAN bytes over stored bytes at 1% loss.
+pub const WAN_BYTES_CEILING: f64 = 1.05;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct WanBenchArgs {
+    /// wan: round-trip times of the matrix, in ms (comma-separated).
+    #[arg(long, default_value = "20,80,150", value_delimiter = ',')]
+    pub wan_rtts: Vec<u64>,
+    /// wan: random loss rates of the matrix, in percent (comma-separated).
+    #[arg(long, default_value = "0,0.1,0.5,1", value_delimiter = ',')]
+    pub wan_losses: Vec<f64>,
+    /// wan: the bottleneck of every link ("100Mbit"; see `oasis-wanem --help`).
+    #[arg(long, default_value = "100Mbit")]
+    pub wan_bottleneck: String,
+    /// wan: the reflector's WAN caps (comma-separated rates: "8MiB/s,40MiB/s").
+    #[arg(long, default_value = "8MiB/s,40MiB/s", value_delimiter = ',')]
+    pub wan_caps: Vec<String>,
+    /// wan: size of the layer in MiB (mixed content; stored smaller).
+    #[arg(long, default_value_t = 128)]
+    pub wan_mib: usize,
+    /// wan: extra link settings appended to every cell's spec ("queue=256KiB,jitter=2ms").
+    #[arg(long, default_value = "")]
+    pub wan_extra: String,
+}
+
+/// One cell of the matrix.
+#[derive(Debug, serde::Serialize)]
+struct Cell {
+    link: String,
+    cap_bytes_per_s: u64,
+    /// min(cap, bottleneck payload rate): what the rate is judged against.
+    limit_bytes_per_s: f64,
+    limited_by: &'static str,
+    seconds: f64,
+    rate_bytes_per_s: f64,
+    rate_over_limit: f64,
+    wan_bytes: u64,
+    wan_over_stored: f64,
+    reflector_upstream_bytes: u64,
+    queue_drops: u64,
+    path_losses: u64,
+    floor: f64,
+    pass: bool,
+}
+
+/// The bottleneck's payload rate in bytes/s: its bit rate less the per-packet overhead the
+/// emulator counts (IPv4 + UDP headers on full-size datagrams).
+fn payload_rate(spec: &WanSpec) -> Option<f64> {
+    let down = &spec.down;
+    let bits = down.rate? as f64;
+    let mtu = 1452.0;
+    Some(bits / 8.0 * mtu / (mtu + down.overhead as f64))
+}
+
+async fn cell(
+    seed: &LiveSeed,
+    tag: &str,
+    spec: WanSpec,
+    cap: u64,
+    stored: u64,
+    body: u64,
+) -> anyhow::Result<Cell> {
+    let emu = EmulatorThread::start("127.0.0.1:0".parse()?, seed.seed.addr, spec.clone())?;
+    let state = seed.enroll(Role::Reflector, &format!("{tag}-refl"), tag)?;
+    let mut cfg =
+        ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, emu.local_addr().to_string());
+    cfg.wan = WanLimit::Flat(cap);
+    cfg.assignments_poll = Duration::ZERO;
+    let refl = RunningReflector::start(cfg).await?;
+    let ep = seed.enroll(Role::Endpoint, &format!("{tag}-ep"), tag)?;
+    let t0 = Instant::now();
+    let run = live::verify_fetch(&ep, refl.addr, "bench-wan", "1", 8, t0).await?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let upstream = refl.stats.upstream_bytes.get();
+    refl.stop().await;
+    let c = emu.counters();
+    drop(emu);
+    anyhow::ensure!(
+        run.bytes_network + body == stored,
+        "the endpoint received {} B of a layer whose chunks are stored in {} B",
+        run.bytes_network,
+        stored - body
+    );
+    let link = payload_rate(&spec).unwrap_or(f64::INFINITY);
+    let (limit, limited_by) =
+        if (cap as f64) < link { (cap as f64, "cap") } else { (link, "link") };
+    let rate = stored as f64 / seconds;
+    let wan_bytes = c.down.offered_bytes + c.up.offered_bytes;
+    let floor = if limited_by == "cap" { CAP_FLOOR } else { LINK_FLOOR };
+    let wan_over_stored = wan_bytes as f64 / stored as f64;
+    Ok(Cell {
+        link: spec.to_string(),
+        cap_bytes_per_s: cap,
+        limit_bytes_per_s: limit,
+        limited_by,
+        seconds,
+        rate_bytes_per_s: rate,
+        rate_over_limit: rate / limit,
+        wan_bytes,
+        wan_over_stored,
+        reflector_upstream_bytes: upstream,
+        queue_drops: c.down.queue_dropped_packets + c.up.queue_dropped_packets,
+        path_losses: c.down.lost_packets + c.up.lost_packets,
+        floor,
+        pass: rate / limit >= floor,
+    })
+}
+
+pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<serde_json::Value> {
+    let base = tmp.join("wan-bench");
+    std::fs::create_dir_all(&base)?;
+    let src = base.join("layer");
+    live::write_layer(&src, args.wan_mib << 20, 42)?;
+    let seed = LiveSeed::start(&base).await?;
+    seed.publish("bench-wan", "1", &src).await?;
+    let stored: u64 = seed.stored_chunks("bench-wan", "1")?.iter().map(|(_, len)| len).sum();
+    let body = seed.new_body_bytes("bench-wan", "1", None)?;
+    let say = |s: String| {
+        if !json {
+            eprintln!("{s}");
+        }
+    };
+    say(format!(
+        "wan: layer {} MiB, {:.1} MB stored (manifest body included); bottleneck {}",
+        args.wan_mib,
+        stored as f64 / 1e6,
+        args.wan_bottleneck
+    ));
+    let extra =
+        |s: String| if args.wan_extra.is_empty() { s } else { format!("{s},{}", args.wan_extra) };
+    let mut cells = Vec::new();
+    let mut n = 0;
+    for cap_text in &args.wan_caps {
+        let cap =
+            parse_rate(cap_text).map_err(|e| anyhow::anyhow!("--wan-caps {cap_text}: {e}"))?;
+        anyhow::ensure!(cap > 0, "--wan-caps: {cap_text} is not a rate");
+        let mut links = vec![(format!("0ms,0%,{}", args.wan_bottleneck), 0.0, true)];
+        for rtt in &args.wan_rtts {
+            for &loss in &args.wan_losses {
+                links.push((format!("{rtt}ms,{loss}%,{}", args.wan_bottleneck), loss, false));
+            }
+        }
+        for (text, loss, reference) in links {
+            let text = extra(text);
+            let spec: WanSpec = text.parse().map_err(|e| anyhow::anyhow!("link {text}: {e}"))?;
+            n += 1;
+            let c = cell(&seed, &format!("w{n:02}"), spec, cap, stored, body).await?;
+            say(format!(
+                "wan: cap {cap_text:>8} link {:<28}{} {:>6.2} MB/s = {:>5.1}% of the {} ({}); WAN bytes {:.3}x stored; {} queue drops",
+                c.link,
+                if reference { " (reference)" } else { "" },
+                c.rate_bytes_per_s / 1e6,
+                c.rate_over_limit * 100.0,
+                c.limited_by,
+                if c.pass { "met" } else { "NOT MET" },
+                c.wan_over_stored,
+                c.queue_drops
+            ));
+            cells.push((cap_text.clone(), loss, reference, c));
+        }
+    }
+    seed.seed.shutdown();
+    let rows: Vec<serde_json::Value> = cells
+        .iter()
+        .map(|(cap, _, reference, c)| {
+            let mut v = serde_json::to_value(c).unwrap_or_default();
+            v["cap"] = serde_json::json!(cap);
+            v["reference"] = serde_json::json!(reference);
+            v
+        })
+        .collect();
+    let worst_bytes_1pct = cells
+        .iter()
+        .filter(|(_, loss, r, _)| !r && *loss >= 1.0)
+        .map(|(_, _, _, c)| c.wan_over_stored)
+        .fold(0.0, f64::max);
+    let all_met = cells.iter().filter(|(_, _, r, _)| !r).all(|(_, _, _, c)| c.pass);
+    say(format!(
+        "wan: every cell meets its floor: {}; worst WAN bytes / stored at 1% loss: {worst_bytes_1pct:.3}x (ceiling {WAN_BYTES_CEILING})",
+        if all_met { "yes" } else { "NO" }
+    ));
+    Ok(serde_json::json!({
+        "stored_bytes": stored,
+        "layer_mib": args.wan_mib,
+        "cells": rows,
+        "all_met": all_met,
+        "worst_wan_over_stored_at_1pct": worst_bytes_1pct,
+    }))
+}
