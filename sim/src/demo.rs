@@ -11,6 +11,7 @@ use oasis_core::identity::Role;
 use oasis_endpoint::FetchReport;
 use oasis_reflector::config::parse_rate;
 use oasis_reflector::{RunningReflector, WanLimit};
+use oasis_wanem::{EmulatorThread, WanSpec};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -29,6 +30,12 @@ pub struct DemoArgs {
     /// WAN rate of each site's bandwidth policy (the reflector's policy file format).
     #[arg(long, default_value = "20MB/s")]
     pub wan_rate: String,
+    /// Run each site's WAN over an emulated link (oasis-wanem): "RTT,LOSS,RATE[,key=value...]",
+    /// e.g. "80ms,0.5%,100Mbit" (see `oasis-wanem --help` for every key). Each site gets its own
+    /// link to the seed; its reflectors, and its endpoints' last resort, reach the seed
+    /// through it.
+    #[arg(long, value_name = "SPEC")]
+    pub wan: Option<WanSpec>,
     /// Keep everything under this directory instead of a temporary one.
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -63,6 +70,10 @@ pub struct SiteRow {
     /// Seconds from the first to the last WAN byte.
     pub wan_seconds: f64,
     pub wan_cap_bytes_per_s: u64,
+    /// With `--wan`: every UDP payload byte the site's emulated link carried so far, both ways
+    /// (QUIC headers, ACKs, handshakes and retransmissions included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_bytes_total: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -77,6 +88,9 @@ struct Site {
     name: &'static str,
     reflectors: Vec<RunningReflector>,
     endpoints: Vec<(String, PathBuf)>,
+    /// The site's emulated WAN link (`--wan`), and where the seed is reached through it.
+    link: Option<EmulatorThread>,
+    seed_addr: std::net::SocketAddr,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -135,6 +149,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             s.wan_cap_bytes_per_s as f64 / 1e6
         );
     }
+    for s in out.sites.iter().filter(|s| s.version == "2") {
+        if let Some(link) = s.link_bytes_total {
+            let counted: u64 =
+                out.sites.iter().filter(|r| r.site == s.site).map(|r| r.wan_bytes).sum();
+            println!(
+                "site {}: its emulated WAN link carried {} both ways for {} of chunks counted \
+                 ({:.3}x: QUIC framing, ACKs, handshakes, manifests and retransmissions)",
+                s.site,
+                mb(link),
+                mb(counted),
+                link as f64 / counted.max(1) as f64
+            );
+        }
+    }
     let wan: u64 = out.sites.iter().map(|s| s.wan_bytes).sum();
     let delivered: u64 = out.sites.iter().map(|s| s.delivered_bytes).sum();
     println!(
@@ -189,7 +217,18 @@ pub async fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
         )?;
         let n = if name == SITES[0] { 2 } else { 1 };
         let wan = SiteWan::Limit(WanLimit::PolicyFile(policy.clone()));
-        let reflectors = live::site_reflectors(&seed, name, n, wan)
+        let link = match &args.wan {
+            Some(spec) => Some(
+                EmulatorThread::start("127.0.0.1:0".parse()?, seed.seed.addr, spec.clone())
+                    .with_context(|| format!("starting the emulated WAN link of {name}"))?,
+            ),
+            None => None,
+        };
+        let seed_addr = link.as_ref().map_or(seed.seed.addr, |l| l.local_addr());
+        if let Some(spec) = &args.wan {
+            say(&format!("site {name}: WAN link to the seed emulated on {seed_addr}: {spec}"));
+        }
+        let reflectors = live::site_reflectors_via(&seed, name, n, wan, seed_addr)
             .await
             .with_context(|| format!("starting the reflectors of {name}"))?;
         let addrs: Vec<String> = reflectors.iter().map(|r| r.addr.to_string()).collect();
@@ -207,7 +246,7 @@ pub async fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
             let state = seed.enroll(Role::Endpoint, &ep, name)?;
             endpoints.push((ep, state));
         }
-        sites.push(Site { name, reflectors, endpoints });
+        sites.push(Site { name, reflectors, endpoints, link, seed_addr });
     }
 
     let src = base.join("sample-tree");
@@ -248,7 +287,7 @@ pub async fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
                 let n = site.reflectors.len();
                 let mut sources: Vec<_> =
                     (0..n).map(|k| site.reflectors[(i + k) % n].addr).collect();
-                sources.push(seed.seed.addr);
+                sources.push(site.seed_addr);
                 let (ep, state, into) = (ep.clone(), state.clone(), base.join(ep).join("root"));
                 let site = site.name;
                 tasks.push(tokio::spawn(async move {
@@ -277,10 +316,15 @@ pub async fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
             let (delivered, lan) = rows.fold((0, 0), |a, e| {
                 (a.0 + e.fetch.bytes, a.1 + e.fetch.bytes_network + e.fetch.manifest_body_bytes)
             });
+            let link_bytes = site.link.as_ref().map(|l| {
+                let c = l.counters();
+                c.down.offered_bytes + c.up.offered_bytes
+            });
             out.sites.push(SiteRow {
                 site: site.name.into(),
                 version: version.into(),
                 wan_bytes,
+                link_bytes_total: link_bytes,
                 new_stored_bytes: new_stored,
                 delivered_bytes: delivered,
                 lan_bytes: lan,

@@ -146,13 +146,24 @@ pub async fn site_reflectors(
     n: usize,
     wan: SiteWan<'_>,
 ) -> anyhow::Result<Vec<RunningReflector>> {
+    site_reflectors_via(seed, site, n, wan, seed.seed.addr).await
+}
+
+/// [`site_reflectors`] whose upstream is `upstream` (the site's end of an emulated WAN link
+/// to the seed) instead of the seed itself.
+pub async fn site_reflectors_via(
+    seed: &LiveSeed,
+    site: &str,
+    n: usize,
+    wan: SiteWan<'_>,
+    upstream: SocketAddr,
+) -> anyhow::Result<Vec<RunningReflector>> {
     use oasis_mesh::libp2p::multiaddr::Protocol;
     let mut out: Vec<RunningReflector> = Vec::new();
     let mut boot = Vec::new();
     for r in 0..n.max(1) {
         let state = seed.enroll(Role::Reflector, &format!("{site}-reflector{r}"), site)?;
-        let mut cfg =
-            ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, seed.seed.addr.to_string());
+        let mut cfg = ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, upstream.to_string());
         cfg.assignments_poll = Duration::ZERO;
         if let SiteWan::Limit(w) = &wan {
             cfg.wan = w.clone();
