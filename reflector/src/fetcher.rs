@@ -333,9 +333,11 @@ impl Fetcher {
     }
 
     /// The unpaid window for `class` under the rate in force; None = unlimited. It holds what
-    /// arrives in 1/8 s plus two upstream round trips at that rate: requests are answered a
-    /// round trip after they are sent, and a lost packet holds its answer back another one,
-    /// so a window shorter than that leaves a long link idle between answers.
+    /// arrives in 1/8 s, and for foreground two upstream round trips more at that rate:
+    /// requests are answered a round trip after they are sent, and a lost packet holds its
+    /// answer back another one, so a shorter window leaves a long link idle between answers.
+    /// Background keeps 1/8 s: foreground that arrives later waits behind whatever background
+    /// is already in flight.
     /// 0 for background when the policy stops prefetch over the WAN (`background_share = 0`):
     /// chunks are paid for when they arrive, so a background request sent then would bring
     /// bytes over the WAN that the policy forbids, and hold up what an endpoint later needs.
@@ -346,7 +348,10 @@ impl Fetcher {
         {
             return Some(0);
         }
-        let span = Duration::from_millis(125) + 2 * rtt.min(MAX_WINDOW_RTT);
+        let span = match class {
+            TrafficClass::Foreground => Duration::from_millis(125) + 2 * rtt.min(MAX_WINDOW_RTT),
+            TrafficClass::Background => Duration::from_millis(125),
+        };
         Some(((rate as f64 * span.as_secs_f64()) as u64).max(MIN_WINDOW))
     }
 
