@@ -22,6 +22,8 @@ pub const CAP_FLOOR: f64 = 0.90;
 pub const LINK_FLOOR: f64 = 0.85;
 /// WAN bytes over stored bytes at 1% loss.
 pub const WAN_BYTES_CEILING: f64 = 1.05;
+/// An endpoint's rate from a warm reflector over a Wi-Fi-like link, over the link.
+pub const LAN_FLOOR: f64 = 0.70;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct WanBenchArgs {
@@ -43,6 +45,10 @@ pub struct WanBenchArgs {
     /// wan: extra link settings appended to every cell's spec ("queue=256KiB,jitter=2ms").
     #[arg(long, default_value = "")]
     pub wan_extra: String,
+    /// wan: the link between an endpoint and a warm reflector, measured after the matrix
+    /// against a clean link of the same rate ("" to skip).
+    #[arg(long, default_value = "5ms,1%,300Mbit")]
+    pub wan_lan: String,
 }
 
 /// One cell of the matrix.
@@ -181,6 +187,11 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
             cells.push((cap_text.clone(), loss, reference, c));
         }
     }
+    let lan = if args.wan_lan.is_empty() {
+        serde_json::Value::Null
+    } else {
+        lan_cells(&seed, &args.wan_lan, stored - body, &say).await?
+    };
     seed.seed.shutdown();
     let rows: Vec<serde_json::Value> = cells
         .iter()
@@ -207,5 +218,65 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
         "cells": rows,
         "all_met": all_met,
         "worst_wan_over_stored_at_1pct": worst_bytes_1pct,
+        "endpoint_link": lan,
     }))
+}
+
+/// An endpoint fetching from a warm reflector through `link`, and through a clean link of the
+/// same rate: stored bytes of the layer's chunks / fetch time, against the link's payload rate.
+async fn lan_cells(
+    seed: &LiveSeed,
+    link: &str,
+    layer_stored: u64,
+    say: &impl Fn(String),
+) -> anyhow::Result<serde_json::Value> {
+    let spec: WanSpec = link.parse().map_err(|e| anyhow::anyhow!("--wan-lan {link}: {e}"))?;
+    let rate = spec.down.rate.map(|r| format!("{}bit", r)).unwrap_or_default();
+    let clean: WanSpec = format!("0ms,0%,{rate}")
+        .parse()
+        .map_err(|e| anyhow::anyhow!("clean link of {link}: {e}"))?;
+    let state = seed.enroll(Role::Reflector, "lan-refl", "lan")?;
+    let mut cfg = ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, seed.seed.addr.to_string());
+    cfg.assignments_poll = Duration::ZERO;
+    let refl = RunningReflector::start(cfg).await?;
+    let warm = seed.enroll(Role::Endpoint, "lan-warm", "lan")?;
+    live::verify_fetch(&warm, refl.addr, "bench-wan", "1", 8, Instant::now()).await?;
+    let mut out = serde_json::Map::new();
+    for (tag, spec) in [("reference", clean), ("link", spec)] {
+        let emu = EmulatorThread::start("127.0.0.1:0".parse()?, refl.addr, spec.clone())?;
+        let ep = seed.enroll(Role::Endpoint, &format!("lan-{tag}"), "lan")?;
+        let t0 = Instant::now();
+        let run = live::verify_fetch(&ep, emu.local_addr(), "bench-wan", "1", 8, t0).await?;
+        let seconds = t0.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            run.bytes_network == layer_stored,
+            "the endpoint got {} B",
+            run.bytes_network
+        );
+        let limit = payload_rate(&spec).unwrap_or(f64::INFINITY);
+        let share = layer_stored as f64 / seconds / limit;
+        let floor_text = if tag == "link" {
+            format!(
+                " (floor {:.0}%: {})",
+                LAN_FLOOR * 100.0,
+                if share >= LAN_FLOOR { "met" } else { "NOT MET" }
+            )
+        } else {
+            String::new()
+        };
+        say(format!(
+            "wan: endpoint from a warm reflector over {spec}: {:.2} MB/s = {:.1}% of the link{floor_text}",
+            layer_stored as f64 / seconds / 1e6,
+            share * 100.0
+        ));
+        out.insert(
+            tag.into(),
+            serde_json::json!({
+                "link": spec.to_string(), "seconds": seconds, "rate_over_link": share,
+                "floor": if tag == "link" { Some(LAN_FLOOR) } else { None },
+            }),
+        );
+    }
+    refl.stop().await;
+    Ok(serde_json::Value::Object(out))
 }

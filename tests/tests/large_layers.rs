@@ -13,6 +13,16 @@ use std::path::Path;
 /// More entries than the 4 MiB frame that once had to hold a whole manifest could list.
 const ENTRIES: usize = 60_000;
 
+/// Entries of the delta test's layer: `ENTRIES`, or `OASIS_DELTA_ENTRIES` for a measurement at
+/// another size (`OASIS_DELTA_ENTRIES=200000 cargo test --release -p oasis-tests --test
+/// large_layers a_small_change -- --nocapture`).
+fn delta_entries() -> usize {
+    match std::env::var("OASIS_DELTA_ENTRIES") {
+        Ok(v) => v.parse().unwrap_or_else(|_| panic!("OASIS_DELTA_ENTRIES={v:?} is not a number")),
+        Err(_) => ENTRIES,
+    }
+}
+
 fn opts(state: &Path, from: SocketAddr, version: &str, into: &Path) -> FetchOptions {
     FetchOptions {
         state_dir: state.to_path_buf(),
@@ -79,7 +89,8 @@ async fn a_small_change_to_a_large_layer_moves_a_small_part_of_its_manifest() ->
 {
     let seed = TestSeed::start().await?;
     let v1 = seed.dir.path().join("v1");
-    wide_tree(&v1, ENTRIES)?;
+    let entries = delta_entries();
+    wide_tree(&v1, entries)?;
     seed.publish("usr", "1", &v1)?;
     // v2: 100 files spread over the whole layer get new content.
     let v2 = seed.dir.path().join("v2");
@@ -103,8 +114,12 @@ async fn a_small_change_to_a_large_layer_moves_a_small_part_of_its_manifest() ->
     // moved, whatever the layer's size; the root is sent whole.
     let bound = root + 100 * 2 * BODY_CHUNKING.max as u64;
     eprintln!(
-        "manifest bytes: v1 {} (body {} plain), v2 {} (root {root}, bound {bound})",
-        first.manifest_bytes, sm.root.body_len, second.manifest_bytes
+        "{} entries; manifest bytes: v1 {} (body {} plain), v2 with 100 files changed {} \
+         (root {root}, bound {bound})",
+        sm.manifest.entries.len(),
+        first.manifest_bytes,
+        sm.root.body_len,
+        second.manifest_bytes
     );
     assert!(second.manifest_bytes <= bound, "{} > {bound}", second.manifest_bytes);
     assert!(

@@ -19,7 +19,7 @@
 //!   per round through [`PROBE_GAINS`]: one round at 1.25 to find more bandwidth, one below 1
 //!   to drain what that queued, then 1.2 (ACKs arrive in batches, and a lost packet holds its
 //!   place in the window until it is declared lost: on the emulated 80 ms, 1%-loss link, 1.1
-//!   left 14% of the link unused, 1.2 leaves 11%, at a standing queue of a fifth of the RTT).
+//!   left 16% of the link unused, 1.2 leaves 14%, at a standing queue of a fifth of the RTT).
 //!   quinn paces a window over one smoothed RTT, so the window is also the sending rate. The
 //!   RTT in the product is never taken below [`MIN_BDP_RTT`]: under that, when ACKs come back
 //!   depends on the hosts' scheduling more than on the path (a LAN, loopback).
