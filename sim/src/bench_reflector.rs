@@ -1,4 +1,4 @@
-//! `oasis-sim bench --only reflector`: the reflector issue's benchmark. Fifty endpoints fetch a
+//! `oasis-sim bench --only reflector`: the reflector's benchmark. Fifty endpoints fetch a
 //! layer at once through one cold reflector whose WAN is capped; the total time is compared
 //! with the lower bound measured in the same run: the larger of (stored bytes / WAN rate) and
 //! (endpoints × layer bytes / the reflector's serving rate on a warm cache), since the two
@@ -14,9 +14,9 @@ use oasis_reflector::WanLimit;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The floor of the issue: total time within 1.25× the lower bound.
+/// The floor: total time within 1.25× the lower bound.
 pub const FLOOR: f64 = 1.25;
-/// Issue #3: over any 10 s window the WAN rate stays within 5% above the cap.
+/// Over any 10 s window the WAN rate stays within 5% above the cap.
 pub const RATE_TOLERANCE: f64 = 0.05;
 
 #[derive(Clone, Debug, clap::Args)]

@@ -19,7 +19,7 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// Issue #6: completion times within 15%.
+/// Completion times within 15% of the live run.
 pub const TOLERANCE: f64 = 0.15;
 const MAX_LIVE_ENDPOINTS: usize = 64;
 

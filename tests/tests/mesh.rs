@@ -356,7 +356,7 @@ async fn losing_the_site_wan_leader_hands_the_wan_to_a_sibling() -> anyhow::Resu
     Ok(())
 }
 
-/// The issue's criterion: "A site with three reflectors and a site cap of R: the site's total
+/// The criterion: "A site with three reflectors and a site cap of R: the site's total
 /// WAN rate stays within 5% of R." Three reflectors of a site under a 3 MB/s site cap, one
 /// endpoint on each, all fetching one ~84 MB layer (about 28 s at the cap), with the default
 /// `wan_sharing = "leader"`. The seed's served byte counter (the site's WAN) is sampled every

@@ -417,7 +417,7 @@ async fn policy_reload_changes_the_rate_mid_transfer() -> anyhow::Result<()> {
     eprintln!("upstream rate at 2 MB/s: {slow:.0} B/s; after reload to 8 MB/s: {fast:.0} B/s");
     // Over a window of T seconds the limiter admits at most rate*T + burst (raised to the
     // largest chunk frame, ~263 KB) + the in-flight allowance (rate/8): over 2 s at 2 MB/s
-    // that is 2.26 MB/s. (The issue's 10 s / 5% criterion is the ignored benchmark
+    // that is 2.26 MB/s. (The 10 s / 5% criterion is the ignored benchmark
     // `wan_rate_holds_over_ten_seconds`.)
     let bound = 2e6 + (263_000.0 + 2e6 / 8.0) / 2.0;
     assert!(slow <= bound, "2 MB/s cap exceeded: {slow:.0} B/s > {bound:.0}");
@@ -773,7 +773,7 @@ async fn assigned_layers_are_pinned_and_prefetched() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Issue #3: "measured over any 10 s window the WAN rate stays within 5% above the configured
+/// "Measured over any 10 s window the WAN rate stays within 5% above the configured
 /// rate (after the burst); this holds with fifty concurrent endpoints". Fifty real endpoints
 /// fetch one layer at once through a cold reflector capped at 1 MB/s; the upstream byte
 /// counter is sampled every 100 ms and every 10 s window that starts after the burst and ends

@@ -773,7 +773,7 @@ proptest! {
         prop_assert!(u128::from(total) * u128::from(NS) <= u128::from(cap) * u128::from(NS) + u128::from(rate) * u128::from(last));
     }
 
-    /// The criterion: measured over any 10 s window the WAN rate stays within 5% of the
+    /// The criterion: measured over any 10 s window the WAN rate stays within 5% of the
     /// configured rate (burst ≤ half a second of rate), while saturated links are kept busy.
     #[test]
     fn ten_second_windows_within_five_percent(
