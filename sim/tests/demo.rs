@@ -10,6 +10,7 @@ async fn each_site_pulls_each_new_chunk_once() -> anyhow::Result<()> {
         size_mib: 6,
         endpoints: 3,
         wan_rate: "40MB/s".into(),
+        wan: None,
         dir: Some(dir.path().to_path_buf()),
         json: true,
     };
@@ -33,5 +34,34 @@ async fn each_site_pulls_each_new_chunk_once() -> anyhow::Result<()> {
     }
     let wan: u64 = out.sites.iter().map(|s| s.wan_bytes).sum();
     assert_eq!(out.seed_served_bytes, wan, "the seed served only the reflectors' WAN pulls");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_an_emulated_wan_each_site_still_pulls_each_chunk_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let args = DemoArgs {
+        size_mib: 4,
+        endpoints: 2,
+        wan_rate: "40MB/s".into(),
+        wan: Some("20ms,1%,100Mbit,jitter=2ms".parse()?),
+        dir: Some(dir.path().to_path_buf()),
+        json: true,
+    };
+    let out = run_demo(&args).await?;
+    assert_eq!(out.endpoints.len(), SITES.len() * 2 * 2, "every endpoint fetched both versions");
+    for site in SITES {
+        let rows: Vec<_> = out.sites.iter().filter(|s| s.site == site).collect();
+        for s in &rows {
+            assert_eq!(s.wan_bytes, s.new_stored_bytes, "{s:?}");
+        }
+        // The link carried what the site's reflectors counted, and the protocol's overhead.
+        let counted: u64 = rows.iter().map(|s| s.wan_bytes).sum();
+        let carried = rows.iter().filter_map(|s| s.link_bytes_total).max().expect("--wan given");
+        assert!(
+            carried >= counted && carried <= counted + counted / 5 + (512 << 10),
+            "site {site}: the link carried {carried} B for {counted} B counted"
+        );
+    }
     Ok(())
 }
