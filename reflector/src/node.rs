@@ -488,6 +488,24 @@ impl Reflector {
             Err(e) => return Err(SourceError::Internal(format!("cache lookup: {e}"))),
         }
         self.metrics.cache_misses.inc();
+        match self.pull(peer, id, class).await {
+            Ok(c) => Ok(c),
+            Err(FetchError::Timeout(m)) => {
+                self.metrics.miss_timeouts.inc();
+                tracing::warn!(chunk = %id, problem = %m, "miss not served in time");
+                Err(SourceError::Unavailable(m))
+            }
+            Err(FetchError::Failed(m)) => Err(SourceError::Unavailable(m)),
+        }
+    }
+
+    /// A chunk the cache lacks: through the siblings, else a coalesced miss upstream.
+    async fn pull(
+        &self,
+        peer: Option<&PeerInfo>,
+        id: ChunkId,
+        class: TrafficClass,
+    ) -> Result<Option<StoredChunk>, FetchError> {
         if let Some(s) = &self.siblings {
             let sibling = peer.is_some_and(|p| {
                 p.role == Role::Reflector && p.site.is_some() && p.site.as_deref() == s.mesh.site()
@@ -502,14 +520,31 @@ impl Reflector {
                 return Ok(Some(c));
             }
         }
-        match self.fetcher.fetch(id, class, self.miss_patience()).await {
-            Ok(c) => Ok(c),
-            Err(FetchError::Timeout(m)) => {
-                self.metrics.miss_timeouts.inc();
-                tracing::warn!(chunk = %id, problem = %m, "miss not served in time");
-                Err(SourceError::Unavailable(m))
-            }
-            Err(FetchError::Failed(m)) => Err(SourceError::Unavailable(m)),
+        self.fetcher.fetch(id, class, self.miss_patience()).await
+    }
+
+    /// Starts pulling the chunks of `ids` the cache lacks, without waiting for them. The server
+    /// looks up only a few chunks of a request ahead of what it has written (memory stays
+    /// bounded); without this a long link would carry no more than those few chunks per
+    /// request at a time, and a lost packet holding one back would idle it. The pulled chunks
+    /// land in the cache, where the lookups find them, or join the fetch in flight. Counted
+    /// neither as hits nor as misses: the lookups that follow are.
+    async fn pull_ahead(self: Arc<Self>, peer: PeerInfo, ids: Vec<ChunkId>, class: TrafficClass) {
+        let store = self.cache.store.clone();
+        let held = match tokio::task::spawn_blocking(move || store.have(&ids).map(|h| (ids, h)))
+            .await
+        {
+            Ok(Ok(held)) => held,
+            // The lookups report what is wrong with the cache.
+            _ => return,
+        };
+        let peer = Arc::new(peer);
+        for (id, _) in held.0.into_iter().zip(held.1).filter(|(_, held)| !held) {
+            let (me, peer) = (self.clone(), peer.clone());
+            tokio::spawn(async move {
+                // Failures reach the lookup that waits on the same fetch.
+                let _ = me.pull(Some(&peer), id, class).await;
+            });
         }
     }
 
@@ -692,6 +727,12 @@ impl ChunkSource for ReflectorSource {
         class: TrafficClass,
     ) -> Result<Option<StoredChunk>, SourceError> {
         self.0.chunk(Some(peer), id, class).await
+    }
+
+    fn pull_ahead(&self, peer: &PeerInfo, ids: &[ChunkId], class: TrafficClass) {
+        if !ids.is_empty() {
+            tokio::spawn(self.0.clone().pull_ahead(peer.clone(), ids.to_vec(), class));
+        }
     }
 
     async fn have(&self, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError> {

@@ -3,10 +3,12 @@
 //! loss, one bottleneck rate) and policy caps. Per cell: the achieved WAN rate (stored bytes of
 //! the layer over the time the endpoint's fetch through the reflector took, handshakes and
 //! manifest included) against the cap where the cap is below the bottleneck, against the
-//! bottleneck where the link is the limit; and the WAN bytes (every UDP payload byte the
-//! emulator carried, both directions: QUIC headers, ACKs and retransmissions included) over the
-//! layer's stored bytes. A reference row per cap goes over a clean emulated link (no delay, no
-//! loss, same bottleneck) in the same run.
+//! bottleneck where the link is the limit; and the WAN bytes over the layer's stored bytes:
+//! every UDP payload byte that crossed the bottleneck, both directions, QUIC headers, ACKs and
+//! retransmissions included (a packet the path loses at random crossed it and counts; a packet
+//! the bottleneck's queue drops never did, and is reported beside as offered bytes). A
+//! reference row per cap goes over a clean emulated link (no delay, no loss, same bottleneck)
+//! in the same run.
 
 use crate::live::{self, LiveSeed};
 use oasis_core::identity::Role;
@@ -64,6 +66,8 @@ struct Cell {
     rate_over_limit: f64,
     wan_bytes: u64,
     wan_over_stored: f64,
+    /// Bytes offered to the link, queue drops included.
+    offered_bytes: u64,
     reflector_upstream_bytes: u64,
     queue_drops: u64,
     path_losses: u64,
@@ -113,7 +117,8 @@ async fn cell(
     let (limit, limited_by) =
         if (cap as f64) < link { (cap as f64, "cap") } else { (link, "link") };
     let rate = stored as f64 / seconds;
-    let wan_bytes = c.down.offered_bytes + c.up.offered_bytes;
+    let offered_bytes = c.down.offered_bytes + c.up.offered_bytes;
+    let wan_bytes = offered_bytes - c.down.queue_dropped_bytes - c.up.queue_dropped_bytes;
     let floor = if limited_by == "cap" { CAP_FLOOR } else { LINK_FLOOR };
     let wan_over_stored = wan_bytes as f64 / stored as f64;
     Ok(Cell {
@@ -126,6 +131,7 @@ async fn cell(
         rate_over_limit: rate / limit,
         wan_bytes,
         wan_over_stored,
+        offered_bytes,
         reflector_upstream_bytes: upstream,
         queue_drops: c.down.queue_dropped_packets + c.up.queue_dropped_packets,
         path_losses: c.down.lost_packets + c.up.lost_packets,
@@ -174,7 +180,7 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
             n += 1;
             let c = cell(&seed, &format!("w{n:02}"), spec, cap, stored, body).await?;
             say(format!(
-                "wan: cap {cap_text:>8} link {:<28}{} {:>6.2} MB/s = {:>5.1}% of the {} ({}); WAN bytes {:.3}x stored; {} queue drops",
+                "wan: cap {cap_text:>8} link {:<28}{} {:>6.2} MB/s = {:>5.1}% of the {} ({}); WAN bytes {:.3}x stored ({:.3}x offered, {} queue drops)",
                 c.link,
                 if reference { " (reference)" } else { "" },
                 c.rate_bytes_per_s / 1e6,
@@ -182,6 +188,7 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
                 c.limited_by,
                 if c.pass { "met" } else { "NOT MET" },
                 c.wan_over_stored,
+                c.offered_bytes as f64 / stored as f64,
                 c.queue_drops
             ));
             cells.push((cap_text.clone(), loss, reference, c));

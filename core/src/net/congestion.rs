@@ -71,6 +71,8 @@ pub const STARTUP_DELAY_MIN_DATAGRAMS: u64 = 32;
 pub const CONGESTION_MIN_DATAGRAMS: u64 = 32;
 /// Share of the bandwidth estimate a congested round keeps at least.
 pub const CONGESTION_KEEP: f64 = 0.85;
+/// Fewest datagrams a round must lose to count as congested, whatever its loss rate.
+pub const CONGESTION_MIN_LOST_DATAGRAMS: u64 = 4;
 /// Consecutive acknowledgements delayed by a filling queue that end startup.
 pub const STARTUP_DELAYED_ACKS: u32 = 8;
 /// Share of a round's bytes lost above which the loss is read as congestion, not as the
@@ -222,6 +224,18 @@ impl Pipe {
         self.push_bw(delivered.max(keep));
     }
 
+    /// Did this round lose more than random loss explains? A round of a few packets says
+    /// nothing about the loss rate (one random loss in ten packets is 10%; two in forty, 5%,
+    /// happen in one round of eleven at 1% random loss), and a round short of data did not fill
+    /// any queue.
+    fn heavy_loss(&self) -> bool {
+        let (acked, lost) = (self.round_acked, self.round_lost);
+        !self.round_app_limited
+            && acked + lost >= CONGESTION_MIN_DATAGRAMS * self.mtu
+            && lost >= CONGESTION_MIN_LOST_DATAGRAMS * self.mtu
+            && (lost as f64) > CONGESTION_LOSS * (acked + lost) as f64
+    }
+
     fn push_bw(&mut self, sample: u64) {
         if self.bw.len() == BW_WINDOW_ROUNDS {
             self.bw.pop_front();
@@ -242,11 +256,7 @@ impl Pipe {
         if full_round && (!self.round_app_limited || sample > self.bandwidth()) {
             self.push_bw(sample);
         }
-        // A round of a few packets says nothing about the loss rate (one random loss in ten
-        // packets is 10%), and a round short of data did not fill any queue.
-        let congested = !self.round_app_limited
-            && acked + lost >= CONGESTION_MIN_DATAGRAMS * self.mtu
-            && (lost as f64) > CONGESTION_LOSS * (acked + lost) as f64;
+        let congested = self.heavy_loss();
         let queue_delay = match (self.round_min_rtt, self.min_rtt) {
             (Some(r), Some(base)) => r.saturating_sub(base),
             _ => Duration::ZERO,
@@ -257,10 +267,21 @@ impl Pipe {
                 if bw as f64 >= self.startup_best as f64 * 1.25 {
                     self.startup_best = bw;
                     self.startup_flat = 0;
-                } else if !self.round_app_limited {
+                } else if !self.round_app_limited
+                    && self.window >= STARTUP_DELAY_MIN_DATAGRAMS * self.mtu
+                {
+                    // A window of a few packets measures the handshake and the peer's ACK
+                    // timing, not the path: a random loss or a delayed ACK there would end
+                    // slow start at a fraction of a long path's rate.
                     self.startup_flat += 1;
                 }
                 if self.startup_flat >= STARTUP_FLAT_ROUNDS || congested {
+                    tracing::trace!(
+                        flat = self.startup_flat,
+                        congested,
+                        window = self.window,
+                        "slow start ends at the round's end"
+                    );
                     if congested {
                         self.congestion(sample);
                     }
@@ -380,7 +401,13 @@ impl Pipe {
             }
             return;
         }
-        // The bottleneck is busy: this round's acks so far arrived at its rate.
+        tracing::trace!(?sample, ?base, window = self.window, "slow start ends: queue building");
+        self.leave_startup(now);
+    }
+
+    /// Ends slow start in the middle of a round: the bottleneck is busy, so this round's acks
+    /// so far arrived at its rate.
+    fn leave_startup(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.round_start);
         if !elapsed.is_zero() {
             let rate = (self.round_acked as f64 / elapsed.as_secs_f64()) as u64;
@@ -404,6 +431,18 @@ impl Pipe {
     /// `lost_bytes` were declared lost; `persistent`: everything sent over several PTOs was.
     pub fn on_loss(&mut self, now: Instant, persistent: bool, lost_bytes: u64) {
         self.round_lost += lost_bytes;
+        // A queue that overflowed during slow start: on a path whose RTT is longer than its
+        // queue, the delay signal comes back too late, and every ack until the round ends
+        // would grow the window further into the drops.
+        if self.mode == Mode::Startup && self.heavy_loss() {
+            tracing::trace!(
+                acked = self.round_acked,
+                lost = self.round_lost,
+                window = self.window,
+                "slow start ends: heavy loss"
+            );
+            self.leave_startup(now);
+        }
         if persistent {
             let keep = self.switch.clone();
             *self = Pipe::new(now, self.mtu as u16, keep);
@@ -669,6 +708,28 @@ mod tests {
                 overhead <= 1.0 + loss / 100.0 + 0.03,
                 "{rtt} ms, {loss}% loss: sent {overhead:.3}x what arrived ({} queue drops)",
                 out.queue_drops
+            );
+        }
+    }
+
+    #[test]
+    fn random_loss_does_not_end_slow_start_early_on_a_long_link() {
+        // At 1% random loss, a round of forty packets loses two (5%) about one time in eleven,
+        // and a few rounds of a small window look flat: neither may end slow start at a
+        // fraction of the path, or a 150 ms link needs seconds more to fill.
+        let link = Link::new(150, 100.0, 1.0);
+        let bucket = Duration::from_millis(100);
+        for seed in 0..24 {
+            let mut pipe = Pipe::new(Instant::now(), MTU, None);
+            let out = simulate(&mut pipe, &link, None, Duration::from_secs(5), seed);
+            let full = out
+                .delivered
+                .iter()
+                .position(|&b| b as f64 / bucket.as_secs_f64() >= 0.8 * link.rate)
+                .map(|i| bucket * i as u32);
+            assert!(
+                full.is_some_and(|t| t <= Duration::from_secs(3)),
+                "seed {seed}: 80% of the link first reached at {full:?}"
             );
         }
     }

@@ -58,6 +58,12 @@ pub trait ChunkSource: Send + Sync + 'static {
         self.chunk_for(peer, id)
     }
 
+    /// The ids of a GetChunks request beyond the first [`CHUNK_READ_AHEAD`], before any is
+    /// looked up: a source that must fetch what it lacks (a reflector) starts on them now, so
+    /// that the whole request is on its way over a long link instead of a few chunks at a
+    /// time. Must not wait. Default: nothing.
+    fn pull_ahead(&self, _peer: &PeerInfo, _ids: &[ChunkId], _class: TrafficClass) {}
+
     /// One flag per id, in order: is the chunk held?
     fn have(&self, ids: &[ChunkId]) -> impl Future<Output = Result<Vec<bool>, SourceError>> + Send;
 
@@ -459,6 +465,7 @@ impl<S: ChunkSource> StreamCtx<S> {
         let requested = ids.len();
         let source = &*self.source;
         let peer = &*self.peer;
+        source.pull_ahead(peer, &ids[CHUNK_READ_AHEAD.min(ids.len())..], class);
         let mut lookups = futures::stream::iter(ids)
             .map(|id| async move { source.chunk_in(peer, id, class).await.map(|c| (id, c)) })
             .buffered(CHUNK_READ_AHEAD);
