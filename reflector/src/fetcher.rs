@@ -476,11 +476,12 @@ impl Fetcher {
     ) {
         let mut unanswered: VecDeque<ChunkId> = ids.iter().copied().collect();
         let result = async {
-            let mut replies = match tokio::time::timeout(REPLY_TIMEOUT, client.chunks(ids)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => return Err(BatchFailure::Net(e)),
-                Err(_) => return Err(BatchFailure::Timeout),
-            };
+            let mut replies =
+                match tokio::time::timeout(REPLY_TIMEOUT, client.chunks_in(ids, class)).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => return Err(BatchFailure::Net(e)),
+                    Err(_) => return Err(BatchFailure::Timeout),
+                };
             loop {
                 match tokio::time::timeout(REPLY_TIMEOUT, replies.next()).await {
                     Err(_) => return Err(BatchFailure::Timeout),

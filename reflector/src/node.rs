@@ -531,13 +531,12 @@ impl Reflector {
     /// neither as hits nor as misses: the lookups that follow are.
     async fn pull_ahead(self: Arc<Self>, peer: PeerInfo, ids: Vec<ChunkId>, class: TrafficClass) {
         let store = self.cache.store.clone();
-        let held = match tokio::task::spawn_blocking(move || store.have(&ids).map(|h| (ids, h)))
-            .await
-        {
-            Ok(Ok(held)) => held,
-            // The lookups report what is wrong with the cache.
-            _ => return,
-        };
+        let held =
+            match tokio::task::spawn_blocking(move || store.have(&ids).map(|h| (ids, h))).await {
+                Ok(Ok(held)) => held,
+                // The lookups report what is wrong with the cache.
+                _ => return,
+            };
         let peer = Arc::new(peer);
         for (id, _) in held.0.into_iter().zip(held.1).filter(|(_, held)| !held) {
             let (me, peer) = (self.clone(), peer.clone());

@@ -20,7 +20,7 @@ pub struct BenchArgs {
     /// Runs per measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Which benchmarks: ingest, fetch, reflector, apply, snapshot, tree, tree-rss, wan
+    /// Which benchmarks: ingest, fetch, reflector, apply, snapshot, tree, tree-rss, wan, yield
     /// (comma-separated).
     #[arg(long, default_value = "ingest,fetch", value_delimiter = ',')]
     pub only: Vec<String>,
@@ -32,6 +32,8 @@ pub struct BenchArgs {
     pub tree: crate::bench_tree::TreeBenchArgs,
     #[command(flatten)]
     pub wan: crate::bench_wan::WanBenchArgs,
+    #[command(flatten)]
+    pub yields: crate::bench_yield::YieldBenchArgs,
 }
 
 /// CPU time (user + system) this process has used so far, from `/proc/self/stat`, in seconds.
@@ -63,7 +65,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let size = args.size_mib << 20;
     let runs = args.runs.max(1);
     // The tree benchmarks make their own trees; the others share one layer.
-    let tree_only = args.only.iter().all(|s| s == "tree" || s == "tree-rss" || s == "wan");
+    let tree_only =
+        args.only.iter().all(|s| ["tree", "tree-rss", "wan", "yield"].contains(&s.as_str()));
     let data = if tree_only { Vec::new() } else { crate::sample::mixed_bytes(size, 42) };
     let tmp = tempfile::tempdir()?;
     let src = tmp.path().join("layer");
@@ -244,6 +247,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.only.iter().any(|s| s == "wan") {
         let r = crate::bench_wan::run(&args.wan, tmp.path(), args.json).await?;
         out.insert("wan".into(), r);
+    }
+    if args.only.iter().any(|s| s == "yield") {
+        let r = crate::bench_yield::run(&args.yields, tmp.path(), args.json).await?;
+        out.insert("yield".into(), r);
     }
     if args.json {
         println!("{}", serde_json::Value::Object(out));

@@ -5,6 +5,7 @@ pub mod bench_device;
 pub mod bench_reflector;
 pub mod bench_tree;
 pub mod bench_wan;
+pub mod bench_yield;
 pub mod demo;
 pub mod engine;
 pub mod fidelity;

@@ -51,8 +51,16 @@ impl Counters {
 enum Target {
     /// Up: through the client's upstream socket (connected to the server).
     Upstream(Arc<UdpSocket>),
-    /// Down: from the listen socket to this client.
-    Client(SocketAddr),
+    /// Down: from the listen socket the client sent to, to the client.
+    Client(Arc<UdpSocket>, SocketAddr),
+}
+
+/// One way through the link: what clients send to `listen` goes to `upstream`. Every route of
+/// an emulator crosses the same two links (same queue, same bottleneck), as the flows of a
+/// branch office to different servers cross its one WAN link.
+struct Route {
+    listen: Arc<UdpSocket>,
+    upstream: SocketAddr,
 }
 
 struct Queued {
@@ -125,8 +133,7 @@ impl Direction {
 
 struct Shared {
     dirs: [Direction; 2],
-    listen: Arc<UdpSocket>,
-    upstream: SocketAddr,
+    routes: Vec<Route>,
     flows: Mutex<JoinSet<()>>,
     flow_socks: Mutex<Vec<Arc<UdpSocket>>>,
 }
@@ -142,7 +149,7 @@ const DOWN: usize = 1;
 /// [`Emulator::shutdown`] does the same and waits until everything is closed.
 pub struct Emulator {
     shared: Arc<Shared>,
-    local: SocketAddr,
+    locals: Vec<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -153,35 +160,58 @@ impl Emulator {
         upstream: SocketAddr,
         spec: WanSpec,
     ) -> io::Result<Self> {
-        let listen = Arc::new(bind_udp(listen)?);
-        let local = listen.local_addr()?;
+        Self::start_routes(&[(listen, upstream)], spec).await
+    }
+
+    /// Binds each route's listen address and relays what arrives there to the route's
+    /// upstream, every route through the same link (at least one route).
+    pub async fn start_routes(
+        routes: &[(SocketAddr, SocketAddr)],
+        spec: WanSpec,
+    ) -> io::Result<Self> {
+        if routes.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "an emulator needs a route"));
+        }
+        let mut bound = Vec::with_capacity(routes.len());
+        let mut locals = Vec::with_capacity(routes.len());
+        for &(listen, upstream) in routes {
+            let listen = Arc::new(bind_udp(listen)?);
+            locals.push(listen.local_addr()?);
+            bound.push(Route { listen, upstream });
+        }
         let shared = Arc::new(Shared {
             dirs: [
                 Direction::new(LinkModel::new(spec.up, UP as u64)),
                 Direction::new(LinkModel::new(spec.down, DOWN as u64)),
             ],
-            listen,
-            upstream,
+            routes: bound,
             flows: Mutex::new(JoinSet::new()),
             flow_socks: Mutex::new(Vec::new()),
         });
-        let tasks = vec![
-            tokio::spawn(listen_task(shared.clone())),
+        let mut tasks = vec![
             tokio::spawn(scheduler(shared.clone(), UP)),
             tokio::spawn(scheduler(shared.clone(), DOWN)),
         ];
-        tracing::debug!(%local, %upstream, "WAN emulator started");
-        Ok(Emulator { shared, local, tasks })
+        for i in 0..routes.len() {
+            tasks.push(tokio::spawn(listen_task(shared.clone(), i)));
+        }
+        tracing::debug!(?locals, ?routes, "WAN emulator started");
+        Ok(Emulator { shared, locals, tasks })
     }
 
-    /// The address clients send to.
+    /// The address clients send to (the first route's).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local
+        self.locals[0]
     }
 
-    /// Where packets are forwarded.
+    /// The address clients send to for each route, in the order given.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.locals
+    }
+
+    /// Where packets are forwarded (the first route's upstream).
     pub fn upstream_addr(&self) -> SocketAddr {
-        self.shared.upstream
+        self.shared.routes[0].upstream
     }
 
     /// Counters of both directions now.
@@ -208,7 +238,7 @@ impl Emulator {
         let now = Instant::now();
         self.shared.dirs[UP].lock().model.set_spec(spec.up, now);
         self.shared.dirs[DOWN].lock().model.set_spec(spec.down, now);
-        tracing::debug!(local = %self.local, "WAN emulator spec changed");
+        tracing::debug!(locals = ?self.locals, "WAN emulator spec changed");
     }
 
     /// Waits until nothing is in flight in either direction and nothing waits unread in the
@@ -247,7 +277,7 @@ impl Emulator {
                 r == 0 && n > 0
             };
             use std::os::fd::AsRawFd;
-            if pending(self.shared.listen.as_raw_fd()) {
+            if self.shared.routes.iter().any(|r| pending(r.listen.as_raw_fd())) {
                 return true;
             }
             let flows = self.shared.flow_socks.lock().unwrap_or_else(|e| e.into_inner());
@@ -262,7 +292,7 @@ impl Emulator {
     /// cannot be read). Anything above 0 means the relay lost packets the model did not
     /// decide to lose: the emulator was the bottleneck.
     pub fn socket_drops(&self) -> Option<u64> {
-        let mut addrs = vec![self.local];
+        let mut addrs = self.locals.clone();
         let flows = self.shared.flow_socks.lock().unwrap_or_else(|e| e.into_inner());
         addrs.extend(flows.iter().filter_map(|s| s.local_addr().ok()));
         proc_udp_drops(&addrs)
@@ -313,11 +343,12 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(sock.into())
 }
 
-async fn listen_task(shared: Arc<Shared>) {
+async fn listen_task(shared: Arc<Shared>, route: usize) {
     let mut flows: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let listen = shared.routes[route].listen.clone();
     loop {
-        let (n, from) = match shared.listen.recv_from(&mut buf).await {
+        let (n, from) = match listen.recv_from(&mut buf).await {
             Ok(v) => v,
             Err(e) => {
                 // ICMP errors for earlier sends to a client surface here; keep going, but do
@@ -335,7 +366,7 @@ async fn listen_task(shared: Arc<Shared>) {
         let now = Instant::now();
         let sock = match flows.get(&from) {
             Some(s) => s.clone(),
-            None => match new_flow(&shared, from).await {
+            None => match new_flow(&shared, route, from).await {
                 Ok(s) => {
                     flows.insert(from, s.clone());
                     s
@@ -351,8 +382,13 @@ async fn listen_task(shared: Arc<Shared>) {
 }
 
 /// Opens the upstream socket of a new client and starts relaying its answers.
-async fn new_flow(shared: &Arc<Shared>, client: SocketAddr) -> io::Result<Arc<UdpSocket>> {
-    let up = shared.upstream;
+async fn new_flow(
+    shared: &Arc<Shared>,
+    route: usize,
+    client: SocketAddr,
+) -> io::Result<Arc<UdpSocket>> {
+    let up = shared.routes[route].upstream;
+    let listen = shared.routes[route].listen.clone();
     let bind_ip = match up.ip() {
         ip if ip.is_loopback() => ip,
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -368,7 +404,11 @@ async fn new_flow(shared: &Arc<Shared>, client: SocketAddr) -> io::Result<Arc<Ud
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             match s.recv(&mut buf).await {
-                Ok(n) => sh.dirs[DOWN].offer(Instant::now(), buf[..n].to_vec(), Target::Client(client)),
+                Ok(n) => sh.dirs[DOWN].offer(
+                    Instant::now(),
+                    buf[..n].to_vec(),
+                    Target::Client(listen.clone(), client),
+                ),
                 // Port unreachable from an earlier send (server not up yet, or restarting).
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
                 Err(e) => {
@@ -400,7 +440,7 @@ async fn scheduler(shared: Arc<Shared>, dir: usize) {
             for q in batch.drain(..) {
                 let r = match &q.to {
                     Target::Upstream(sock) => sock.send(&q.data).await,
-                    Target::Client(addr) => shared.listen.send_to(&q.data, *addr).await,
+                    Target::Client(listen, addr) => listen.send_to(&q.data, *addr).await,
                 };
                 if let Err(e) = &r {
                     tracing::trace!(error = %e, "WAN emulator: send failed");
@@ -467,6 +507,11 @@ pub struct EmulatorThread {
 impl EmulatorThread {
     /// Starts an emulator as [`Emulator::start`] does, on a new thread.
     pub fn start(listen: SocketAddr, upstream: SocketAddr, spec: WanSpec) -> io::Result<Self> {
+        Self::start_routes(vec![(listen, upstream)], spec)
+    }
+
+    /// Starts an emulator as [`Emulator::start_routes`] does, on a new thread.
+    pub fn start_routes(routes: Vec<(SocketAddr, SocketAddr)>, spec: WanSpec) -> io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("oasis-wanem".into()).spawn(move || {
@@ -487,7 +532,7 @@ impl EmulatorThread {
             #[cfg(not(target_os = "linux"))]
             let clock: Option<i32> = None;
             rt.block_on(async move {
-                match Emulator::start(listen, upstream, spec).await {
+                match Emulator::start_routes(&routes, spec).await {
                     Ok(e) => {
                         let e = Arc::new(e);
                         let _ = tx.send(Ok((e.clone(), clock)));

@@ -419,3 +419,44 @@ async fn emulator_on_its_own_thread() {
     drop(wan); // stops the relay and joins its thread
     assert!(std::net::UdpSocket::bind(addr).is_ok(), "port released once the thread is joined");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_routes_reach_their_own_servers_through_one_bottleneck() {
+    // Two servers behind one emulated link: each route's packets reach its own server and the
+    // answers come back from the address the client sent to; both share the queue, so a burst
+    // on one delays the other's packets behind it.
+    let a = echo_server().await;
+    let (b, mut b_rx) = sink().await;
+    let wan =
+        Emulator::start_routes(&[(lo(), a), (lo(), b)], "0ms,0%,8Mbit,queue=1MiB".parse().unwrap())
+            .await
+            .unwrap();
+    let [to_a, to_b] = [wan.local_addrs()[0], wan.local_addrs()[1]];
+    assert_ne!(to_a, to_b);
+    // 200 x 1000 bytes to the sink: 200 ms of the 8 Mbit/s link.
+    let cb = bind_udp(lo()).unwrap();
+    cb.connect(to_b).await.unwrap();
+    for i in 0..200u32 {
+        cb.send(&packet(i, 972)).await.unwrap();
+    }
+    // A ping to the echo server right behind the burst waits for it in the shared queue.
+    let ca = bind_udp(lo()).unwrap();
+    ca.connect(to_a).await.unwrap();
+    let t = Instant::now();
+    ca.send(&packet(7, 32)).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), ca.recv(&mut buf)).await.unwrap().unwrap();
+    let waited = t.elapsed();
+    assert_eq!((n, u32::from_be_bytes(buf[..4].try_into().unwrap())), (32, 7));
+    assert!(waited >= ms(150), "the ping waited behind the other route's burst: {waited:?}");
+    drained(&wan).await;
+    let mut got = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(ms(50), b_rx.recv()).await {
+        got += 1;
+    }
+    assert_eq!(got, 200, "every packet of the burst reached the sink");
+    let k = wan.counters();
+    assert_eq!(k.up.delivered_packets, 201);
+    assert_eq!(k.down.delivered_packets, 1);
+    assert_eq!(k.flows, 2);
+}

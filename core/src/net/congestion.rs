@@ -38,7 +38,7 @@
 //! several PTOs lost) starts over.
 //!
 //! **Yielding.** A connection whose [`YieldSwitch`] is on (it carries background prefetch only)
-//! also keeps a LEDBAT window (RFC 6817): it grows while the queueing delay (a round's smallest
+//! also keeps a LEDBAT window (RFC 6817): it grows while the queueing delay (a round's mean
 //! RTT sample over the base) is under [`YIELD_TARGET`] and shrinks in proportion when it is
 //! over. Another flow filling the bottleneck raises the delay, and the background window falls
 //! to a few packets; when the other flow stops, the delay falls and the window doubles per
@@ -81,6 +81,8 @@ pub const CONGESTION_LOSS: f64 = 0.05;
 /// Queueing delay a yielding connection aims for (LEDBAT's target; RFC 6817 allows up to 100 ms,
 /// Windows' LEDBAT++ uses 60 ms; branch links queue less than that before they drop).
 pub const YIELD_TARGET: Duration = Duration::from_millis(20);
+/// How long a yielding connection grows gently after it last saw another flow's queue.
+pub const YIELD_CALM: Duration = Duration::from_secs(2);
 /// Initial window, in datagrams (RFC 9002's 10, as quinn's controllers).
 const INITIAL_DATAGRAMS: u64 = 10;
 /// Smallest window, in datagrams.
@@ -102,20 +104,21 @@ impl YieldSwitch {
     }
 }
 
-/// Builds [`PipeController`]s. A config with a [`YieldSwitch`] must serve exactly one
-/// connection (quinn builds a controller per connection from the transport config).
+/// Builds [`PipeController`]s, each with a [`YieldSwitch`] of its own (off), which the
+/// connection's owner reaches through [`yield_switch`]; or all sharing one given switch.
 #[derive(Clone, Debug, Default)]
 pub struct PipeConfig {
     switch: Option<Arc<YieldSwitch>>,
 }
 
 impl PipeConfig {
-    /// A config whose controllers never yield.
+    /// A config whose controllers each get a switch of their own, off until turned on.
     pub fn new() -> PipeConfig {
         PipeConfig { switch: None }
     }
 
-    /// A config whose controller yields while `switch` is on.
+    /// A config whose controllers yield while `switch` is on (it must serve one connection,
+    /// or connections that are to yield together).
     pub fn yielding(switch: Arc<YieldSwitch>) -> PipeConfig {
         PipeConfig { switch: Some(switch) }
     }
@@ -123,8 +126,16 @@ impl PipeConfig {
 
 impl ControllerFactory for PipeConfig {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
-        Box::new(PipeController(Pipe::new(now, current_mtu, self.switch.clone())))
+        let switch = self.switch.clone().unwrap_or_default();
+        Box::new(PipeController(Pipe::new(now, current_mtu, Some(switch))))
     }
+}
+
+/// The yield switch of `conn`'s controller, when it is a [`PipeController`]. quinn hands out
+/// a copy of the controller; the copy shares the switch with the live one.
+pub fn yield_switch(conn: &quinn::Connection) -> Option<Arc<YieldSwitch>> {
+    let state = conn.congestion_state().into_any().downcast::<PipeController>().ok()?;
+    state.0.switch.clone()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,6 +159,9 @@ pub struct Pipe {
     round_acked: u64,
     round_lost: u64,
     round_min_rtt: Option<Duration>,
+    /// Sum and count of this round's RTT samples (the yield window reads their mean).
+    round_rtt_sum: Duration,
+    round_rtt_samples: u32,
     round_app_limited: bool,
     // Estimates.
     bw: VecDeque<u64>,
@@ -160,6 +174,8 @@ pub struct Pipe {
     // Yielding (LEDBAT).
     switch: Option<Arc<YieldSwitch>>,
     yield_window: u64,
+    /// When a yielding round last saw the queue over the target (another flow is there).
+    yield_pressure_at: Option<Instant>,
 }
 
 impl Pipe {
@@ -175,6 +191,8 @@ impl Pipe {
             round_acked: 0,
             round_lost: 0,
             round_min_rtt: None,
+            round_rtt_sum: Duration::ZERO,
+            round_rtt_samples: 0,
             round_app_limited: false,
             bw: VecDeque::with_capacity(BW_WINDOW_ROUNDS),
             startup_best: 0,
@@ -185,6 +203,7 @@ impl Pipe {
             cycle_min_rtt: None,
             switch,
             yield_window: INITIAL_DATAGRAMS * mtu,
+            yield_pressure_at: None,
         }
     }
 
@@ -324,10 +343,18 @@ impl Pipe {
             queue_ms = queue_delay.as_secs_f64() * 1e3,
             base_ms = self.min_rtt.map(|r| r.as_secs_f64() * 1e3),
             window = self.window,
+            yield_window = self.yielding().then_some(self.yield_window),
             "round"
         );
         if self.yielding() {
-            self.adjust_yield(queue_delay, congested);
+            // The mean, not the minimum: a competitor's queue swings (a loss-based flow halves
+            // and refills it), and a round's minimum catches its lowest point, where the
+            // yielding window would grow while the queue stands half full.
+            let mean_delay = match (self.round_rtt_samples, self.min_rtt) {
+                (n, Some(base)) if n > 0 => (self.round_rtt_sum / n).saturating_sub(base),
+                _ => queue_delay,
+            };
+            self.adjust_yield(now, mean_delay, congested);
         } else {
             self.yield_window = self.window;
         }
@@ -336,16 +363,31 @@ impl Pipe {
         self.round_acked = 0;
         self.round_lost = 0;
         self.round_min_rtt = None;
+        self.round_rtt_sum = Duration::ZERO;
+        self.round_rtt_samples = 0;
         self.round_app_limited = false;
     }
 
-    /// LEDBAT, once per round: the window moves by (target − delay) / target of itself, at
-    /// most doubling, and halves on congestion.
-    fn adjust_yield(&mut self, queue_delay: Duration, congested: bool) {
+    /// LEDBAT, once per round: over the target the window shrinks by up to half of itself in
+    /// proportion to the excess, and halves on congestion. Under it, it grows by up to two
+    /// datagrams a round while another flow was seen within [`YIELD_CALM`] (a loss-based flow
+    /// that has just backed off leaves the queue short for a few seconds; growing by doubling
+    /// then would take back the link it is about to reclaim), and by up to doubling once the
+    /// path has been calm that long.
+    fn adjust_yield(&mut self, now: Instant, queue_delay: Duration, congested: bool) {
         let target = YIELD_TARGET.as_secs_f64();
         let off = ((target - queue_delay.as_secs_f64()) / target).clamp(-1.0, 1.0);
+        if off < 0.0 || congested {
+            self.yield_pressure_at = Some(now);
+        }
+        let calm =
+            self.yield_pressure_at.is_none_or(|t| now.saturating_duration_since(t) >= YIELD_CALM);
         let w = self.yield_window as f64;
-        let mut next = if off >= 0.0 { w * (1.0 + off) } else { w * (1.0 + off / 2.0) };
+        let mut next = match (off >= 0.0, calm) {
+            (true, true) => w * (1.0 + off),
+            (true, false) => w + off * 2.0 * self.mtu as f64,
+            (false, _) => w * (1.0 + off / 2.0),
+        };
         if congested {
             next = next.min(w / 2.0);
         }
@@ -372,6 +414,8 @@ impl Pipe {
         self.round_app_limited |= app_limited;
         let sample = now.saturating_duration_since(sent).max(floor);
         self.round_min_rtt = Some(self.round_min_rtt.map_or(sample, |m| m.min(sample)));
+        self.round_rtt_sum += sample;
+        self.round_rtt_samples = self.round_rtt_samples.saturating_add(1);
         self.cycle_min_rtt = Some(self.cycle_min_rtt.map_or(sample, |m| m.min(sample)));
         if self.min_rtt.is_none_or(|m| sample <= m) {
             self.min_rtt = Some(sample);

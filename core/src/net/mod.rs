@@ -74,6 +74,20 @@ pub struct TransportOptions {
     pub idle_timeout: Duration,
     /// SO_RCVBUF and SO_SNDBUF of the UDP socket (the kernel may cap them; best effort).
     pub socket_buffer_bytes: usize,
+    /// The congestion controller of every connection.
+    pub congestion: Congestion,
+}
+
+/// Which congestion controller connections use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Congestion {
+    /// Oasis's own ([`congestion::Pipe`]): fills lossy long links, yields while a connection
+    /// carries only background traffic.
+    #[default]
+    Pipe,
+    /// quinn's default, loss-based like TCP's: the reference and the competing flow of the
+    /// benchmarks.
+    Cubic,
 }
 
 impl Default for TransportOptions {
@@ -86,6 +100,7 @@ impl Default for TransportOptions {
             keep_alive: Some(Duration::from_secs(5)),
             idle_timeout: Duration::from_secs(30),
             socket_buffer_bytes: 4 << 20,
+            congestion: Congestion::Pipe,
         }
     }
 }
@@ -98,7 +113,14 @@ impl TransportOptions {
             VarInt::from_u64(v).map_err(|_| format!("{what} {v} is too large for QUIC"))
         };
         let mut t = TransportConfig::default();
-        t.congestion_controller_factory(Arc::new(congestion::PipeConfig::new()));
+        match self.congestion {
+            Congestion::Pipe => {
+                t.congestion_controller_factory(Arc::new(congestion::PipeConfig::new()))
+            }
+            Congestion::Cubic => {
+                t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+            }
+        };
         t.stream_receive_window(var(self.stream_receive_window, "stream_receive_window")?)
             .receive_window(var(self.receive_window, "receive_window")?)
             .send_window(self.send_window)

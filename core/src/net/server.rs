@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -223,6 +223,56 @@ pub async fn serve<S: ChunkSource>(
     info!(addr = ?local, "endpoint closed, no longer serving");
 }
 
+/// Longest a chunk answer counts for its class after it is written (a stalled client must not
+/// keep a connection from yielding, or from ceasing to, for ever).
+const ANSWER_DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The chunk answers a connection is sending, by traffic class. While it sends background
+/// answers and no foreground one, its congestion controller yields to other traffic on the
+/// path (LEDBAT-like, see [`super::congestion`]): prefetch must not crowd out a branch's
+/// other traffic, while what a user waits for takes its fair share.
+struct ClassLoad {
+    counts: Mutex<[u32; 2]>,
+    switch: Option<Arc<super::congestion::YieldSwitch>>,
+}
+
+impl ClassLoad {
+    fn new(switch: Option<Arc<super::congestion::YieldSwitch>>) -> ClassLoad {
+        ClassLoad { counts: Mutex::new([0, 0]), switch }
+    }
+
+    /// Counts an answer of `class` until the guard drops.
+    fn begin(self: &Arc<Self>, class: TrafficClass) -> ClassGuard {
+        self.change(class, true);
+        ClassGuard { load: self.clone(), class }
+    }
+
+    fn change(&self, class: TrafficClass, up: bool) {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let i = (class == TrafficClass::Background) as usize;
+        c[i] = if up { c[i].saturating_add(1) } else { c[i].saturating_sub(1) };
+        if let Some(s) = &self.switch {
+            let on = c[1] > 0 && c[0] == 0;
+            if s.is_on() != on {
+                debug!(yielding = on, "traffic class of the connection's answers changed");
+            }
+            s.set(on);
+        }
+    }
+}
+
+/// One answer counted in a [`ClassLoad`].
+struct ClassGuard {
+    load: Arc<ClassLoad>,
+    class: TrafficClass,
+}
+
+impl Drop for ClassGuard {
+    fn drop(&mut self) {
+        self.load.change(self.class, false);
+    }
+}
+
 /// Decrements the connection gauge when a connection task ends, however it ends.
 struct ConnectionGuard(Gauge);
 
@@ -264,6 +314,7 @@ async fn serve_connection<S: ChunkSource>(
         let peer = Arc::new(peer);
         info!("peer connected");
         let bad_requests = Arc::new(AtomicU32::new(0));
+        let load = Arc::new(ClassLoad::new(super::congestion::yield_switch(&conn)));
         let reason = loop {
             match conn.accept_bi().await {
                 Ok((send, recv)) => {
@@ -273,6 +324,7 @@ async fn serve_connection<S: ChunkSource>(
                         metrics: metrics.clone(),
                         conn: conn.clone(),
                         bad_requests: bad_requests.clone(),
+                        load: load.clone(),
                     };
                     tokio::spawn(ctx.handle(send, recv).in_current_span());
                 }
@@ -299,6 +351,7 @@ struct StreamCtx<S> {
     metrics: Arc<NodeMetrics>,
     conn: Connection,
     bad_requests: Arc<AtomicU32>,
+    load: Arc<ClassLoad>,
 }
 
 /// Why a request could not be served.
@@ -324,6 +377,16 @@ impl<S: ChunkSource> StreamCtx<S> {
         // Whatever else the client sends on this stream is not wanted.
         let _ = recv.stop(VarInt::from_u32(stream_code::DONE));
         drop(recv);
+        // A chunk answer counts for its class until the client has all of it: written is not
+        // sent (the send buffer holds megabytes), and the controller must yield while the
+        // bytes go out, not while they are queued.
+        let counted = match &request {
+            Ok(Frame::GetChunks { .. }) => Some(self.load.begin(TrafficClass::Foreground)),
+            Ok(Frame::GetChunksBackground { .. }) => {
+                Some(self.load.begin(TrafficClass::Background))
+            }
+            _ => None,
+        };
         let result = match request {
             Ok(req) => self.answer(&mut send, req).await,
             Err(Refusal::Gone(why)) => {
@@ -352,6 +415,10 @@ impl<S: ChunkSource> StreamCtx<S> {
         match result {
             Ok(()) => {
                 let _ = send.finish();
+                if let Some(counted) = counted {
+                    let _ = tokio::time::timeout(ANSWER_DELIVERY_WAIT, send.stopped()).await;
+                    drop(counted);
+                }
             }
             Err(e) => debug!(error = %e, "could not write the answer"),
         }
@@ -695,5 +762,28 @@ async fn read_request(recv: &mut RecvStream) -> Result<Frame, Refusal> {
         Ok(None) => Ok(frame),
         Ok(Some(_)) => Err(bad(ErrorCode::Malformed, "data after the request frame".into())),
         Err(e) => Err(Refusal::Gone(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod class_load_tests {
+    use super::*;
+    use crate::net::congestion::YieldSwitch;
+
+    #[test]
+    fn a_connection_yields_only_while_it_sends_background_alone() {
+        let switch = Arc::new(YieldSwitch::default());
+        let load = Arc::new(ClassLoad::new(Some(switch.clone())));
+        let bg = load.begin(TrafficClass::Background);
+        assert!(switch.is_on(), "prefetch alone yields");
+        let fg = load.begin(TrafficClass::Foreground);
+        assert!(!switch.is_on(), "a user's fetch on the same connection takes its fair share");
+        let bg2 = load.begin(TrafficClass::Background);
+        drop(fg);
+        assert!(switch.is_on(), "back to prefetch alone");
+        drop(bg);
+        assert!(switch.is_on(), "one background answer is still going");
+        drop(bg2);
+        assert!(!switch.is_on(), "an idle connection does not yield");
     }
 }
