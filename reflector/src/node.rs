@@ -92,6 +92,10 @@ pub struct PrefetchReport {
 }
 
 /// Everything the serving side and the API share.
+/// Chunks being pulled (queued or in flight) above which a request's later chunks are not
+/// pulled ahead: about 12 MB, several bandwidth-delay products of a 100 Mbit/s, 150 ms link.
+const PULL_AHEAD_PENDING: usize = 192;
+
 pub(crate) struct Reflector {
     cfg: ReflectorConfig,
     identity: NodeIdentity,
@@ -539,6 +543,11 @@ impl Reflector {
             };
         let peer = Arc::new(peer);
         for (id, _) in held.0.into_iter().zip(held.1).filter(|(_, held)| !held) {
+            // Enough ahead to fill a long link through lost packets; not so much that a miss
+            // asked for later waits behind minutes of pulled-ahead chunks on a slow one.
+            if self.fetcher.pending() >= PULL_AHEAD_PENDING {
+                break;
+            }
             let (me, peer) = (self.clone(), peer.clone());
             tokio::spawn(async move {
                 // Failures reach the lookup that waits on the same fetch.

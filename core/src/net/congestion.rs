@@ -317,7 +317,12 @@ impl Pipe {
                     // A cycle's smallest RTT was taken in its draining round, with the queue
                     // empty: it replaces a base RTT too old to trust (the path may have
                     // changed) without ever reading a standing queue as path delay.
-                    if now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_WINDOW {
+                    // Not while yielding: the draining round empties only this connection's
+                    // queue, and the standing queue of the flow it yields to would become the
+                    // base, so that it stopped yielding to that flow.
+                    if now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_WINDOW
+                        && !self.yielding()
+                    {
                         if let Some(m) = self.cycle_min_rtt {
                             self.min_rtt = Some(m);
                             self.min_rtt_at = now;
