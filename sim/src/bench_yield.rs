@@ -143,6 +143,53 @@ fn start_reflector_config(
     Ok(cfg)
 }
 
+/// One phase: a fresh link with a route to the seed and one to the competitor, a cold
+/// reflector behind it, and the two byte counters sampled from now.
+struct Phase {
+    emu: EmulatorThread,
+    refl: RunningReflector,
+    t0: Instant,
+    ours: Sampler,
+    theirs_bytes: Arc<AtomicU64>,
+    theirs: Sampler,
+}
+
+impl Phase {
+    async fn start(
+        seed: &LiveSeed,
+        tag: &str,
+        competitor: SocketAddr,
+        spec: &WanSpec,
+    ) -> anyhow::Result<Phase> {
+        let emu = EmulatorThread::start_routes(
+            vec![("127.0.0.1:0".parse()?, seed.seed.addr), ("127.0.0.1:0".parse()?, competitor)],
+            spec.clone(),
+        )?;
+        let refl =
+            RunningReflector::start(start_reflector_config(seed, tag, emu.local_addrs()[0])?)
+                .await?;
+        let t0 = Instant::now();
+        let ours = {
+            let s = refl.stats.clone();
+            Sampler::start(t0, SAMPLE, move || s.upstream_bytes.get())
+        };
+        let theirs_bytes = Arc::new(AtomicU64::new(0));
+        let theirs = {
+            let b = theirs_bytes.clone();
+            Sampler::start(t0, SAMPLE, move || b.load(Ordering::Relaxed))
+        };
+        Ok(Phase { emu, refl, t0, ours, theirs_bytes, theirs })
+    }
+
+    /// Stops the samplers, the reflector and the link; the two sample series.
+    async fn finish(self) -> (Vec<(f64, u64)>, Vec<(f64, u64)>) {
+        let samples = (self.ours.stop().await, self.theirs.stop().await);
+        self.refl.stop().await;
+        drop(self.emu);
+        samples
+    }
+}
+
 pub async fn run(
     args: &YieldBenchArgs,
     tmp: &Path,
@@ -180,24 +227,10 @@ pub async fn run(
     ));
 
     // Background.
-    let emu = EmulatorThread::start_routes(
-        vec![("127.0.0.1:0".parse()?, seed.seed.addr), ("127.0.0.1:0".parse()?, competitor.addr)],
-        spec.clone(),
-    )?;
-    let refl = RunningReflector::start(start_reflector_config(&seed, "ybg", emu.local_addrs()[0])?)
-        .await?;
-    let t0 = Instant::now();
-    let ours = {
-        let s = refl.stats.clone();
-        Sampler::start(t0, SAMPLE, move || s.upstream_bytes.get())
-    };
-    let theirs_bytes = Arc::new(AtomicU64::new(0));
-    let theirs = {
-        let b = theirs_bytes.clone();
-        Sampler::start(t0, SAMPLE, move || b.load(Ordering::Relaxed))
-    };
+    let phase = Phase::start(&seed, "ybg", competitor.addr, &spec).await?;
+    let (t0, theirs_bytes) = (phase.t0, phase.theirs_bytes.clone());
     let prefetch = {
-        let refl = &refl;
+        let refl = &phase.refl;
         async move { refl.prefetch_layer("bench-yield", Some("1")).await }
     };
     let schedule = async {
@@ -205,7 +238,7 @@ pub async fn run(
         let stop = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(compete(
             competitor_id.clone(),
-            emu.local_addrs()[1],
+            phase.emu.local_addrs()[1],
             theirs_bytes.clone(),
             stop.clone(),
         ));
@@ -217,9 +250,7 @@ pub async fn run(
     let prefetched = prefetched.context("background prefetch")?;
     competed?;
     let done = t0.elapsed().as_secs_f64();
-    let (ours, theirs) = (ours.stop().await, theirs.stop().await);
-    refl.stop().await;
-    drop(emu);
+    let (ours, theirs) = phase.finish().await;
     anyhow::ensure!(
         done > args.yield_to + 1.0,
         "the prefetch ended {done:.1} s in, before the competitor stopped: give a larger --yield-mib"
@@ -251,38 +282,21 @@ pub async fn run(
     ));
 
     // Foreground.
-    let emu = EmulatorThread::start_routes(
-        vec![("127.0.0.1:0".parse()?, seed.seed.addr), ("127.0.0.1:0".parse()?, competitor.addr)],
-        spec.clone(),
-    )?;
-    let refl = RunningReflector::start(start_reflector_config(&seed, "yfg", emu.local_addrs()[0])?)
-        .await?;
+    let phase = Phase::start(&seed, "yfg", competitor.addr, &spec).await?;
     let ep = seed.enroll(Role::Endpoint, "yfg-ep", "yfg")?;
-    let t0 = Instant::now();
-    let ours = {
-        let s = refl.stats.clone();
-        Sampler::start(t0, SAMPLE, move || s.upstream_bytes.get())
-    };
-    let theirs_bytes = Arc::new(AtomicU64::new(0));
-    let theirs = {
-        let b = theirs_bytes.clone();
-        Sampler::start(t0, SAMPLE, move || b.load(Ordering::Relaxed))
-    };
     let stop = Arc::new(AtomicBool::new(false));
     let rival = tokio::spawn(compete(
         competitor_id.clone(),
-        emu.local_addrs()[1],
-        theirs_bytes.clone(),
+        phase.emu.local_addrs()[1],
+        phase.theirs_bytes.clone(),
         stop.clone(),
     ));
-    let fetched = live::verify_fetch(&ep, refl.addr, "bench-yield", "1", 8, t0).await;
-    let fg_end = t0.elapsed().as_secs_f64();
+    let fetched = live::verify_fetch(&ep, phase.refl.addr, "bench-yield", "1", 8, phase.t0).await;
+    let fg_end = phase.t0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     rival.await.context("competitor task")??;
     fetched?;
-    let (ours, theirs) = (ours.stop().await, theirs.stop().await);
-    refl.stop().await;
-    drop(emu);
+    let (ours, theirs) = phase.finish().await;
     // Both running: from when both are past their start (2 s) to the end of the fetch.
     let (from, to) = (2.0, fg_end - 0.5);
     anyhow::ensure!(to > from + 2.0, "the foreground fetch took {fg_end:.1} s: too short to judge");
