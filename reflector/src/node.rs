@@ -26,7 +26,7 @@ use oasis_core::compress::StoredChunk;
 use oasis_core::identity::{NodeIdentity, PeerInfo, Role};
 use oasis_core::manifest::{ChunkRef, SignedManifest, SignedRoot};
 use oasis_core::metrics::NodeMetrics;
-use oasis_core::net::{self, ChunkSource, SourceError, TransportOptions};
+use oasis_core::net::{self, SourceError, TransportOptions};
 use oasis_core::policy::{BandwidthPolicy, PolicyError, TrafficClass};
 use oasis_core::store::ChunkStore;
 use oasis_core::wire::LayerRef;
@@ -37,6 +37,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
+
+mod source;
+pub use source::ReflectorSource;
 
 /// Longest wait for a manifest answer once the request is on its way upstream.
 pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -708,84 +711,6 @@ impl Reflector {
             "prefetch done"
         );
         Ok(report)
-    }
-}
-
-/// The [`ChunkSource`] endpoints are served from.
-pub struct ReflectorSource(Arc<Reflector>);
-
-impl ChunkSource for ReflectorSource {
-    async fn manifest(
-        &self,
-        name: &str,
-        version: Option<&str>,
-    ) -> Result<Option<Bytes>, SourceError> {
-        self.0.manifest(name, version).await
-    }
-
-    async fn chunk(&self, id: ChunkId) -> Result<Option<StoredChunk>, SourceError> {
-        self.0.chunk(None, id, TrafficClass::Foreground).await
-    }
-
-    async fn chunk_for(
-        &self,
-        peer: &PeerInfo,
-        id: ChunkId,
-    ) -> Result<Option<StoredChunk>, SourceError> {
-        self.0.chunk(Some(peer), id, TrafficClass::Foreground).await
-    }
-
-    async fn chunk_in(
-        &self,
-        peer: &PeerInfo,
-        id: ChunkId,
-        class: TrafficClass,
-    ) -> Result<Option<StoredChunk>, SourceError> {
-        self.0.chunk(Some(peer), id, class).await
-    }
-
-    fn pull_ahead(&self, peer: &PeerInfo, ids: &[ChunkId], class: TrafficClass) {
-        if !ids.is_empty() {
-            tokio::spawn(self.0.clone().pull_ahead(peer.clone(), ids.to_vec(), class));
-        }
-    }
-
-    async fn have(&self, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError> {
-        self.0.cache.store.have(ids).map_err(|e| SourceError::Internal(e.to_string()))
-    }
-
-    async fn layers(&self) -> Result<Vec<LayerRef>, SourceError> {
-        self.0.layers().await
-    }
-
-    async fn assignments(
-        &self,
-        peer: &PeerInfo,
-    ) -> Result<Vec<oasis_core::wire::Assignment>, SourceError> {
-        Ok(self.0.wake.assignments(peer))
-    }
-
-    async fn register(
-        &self,
-        peer: &PeerInfo,
-        info: oasis_core::wake::DeviceInfo,
-    ) -> Result<(), SourceError> {
-        self.0.wake.register(peer, info).await
-    }
-
-    async fn devices(
-        &self,
-        peer: &PeerInfo,
-    ) -> Result<Vec<oasis_core::wake::DeviceEntry>, SourceError> {
-        self.0.wake.devices(peer)
-    }
-
-    async fn wake(
-        &self,
-        peer: &PeerInfo,
-        targets: Vec<oasis_core::wake::WakeTarget>,
-    ) -> Result<Vec<oasis_core::wake::WakeSent>, SourceError> {
-        self.0.wake.wake(peer, targets).await
     }
 }
 

@@ -1,0 +1,90 @@
+//! What endpoints and siblings are served from: the reflector behind the [`ChunkSource`]
+//! interface of `oasis_core::net::serve`.
+
+use super::Reflector;
+use bytes::Bytes;
+use oasis_core::compress::StoredChunk;
+use oasis_core::identity::PeerInfo;
+use oasis_core::net::{ChunkSource, SourceError};
+use oasis_core::policy::TrafficClass;
+use oasis_core::wire::LayerRef;
+use oasis_core::ChunkId;
+use std::sync::Arc;
+
+/// The [`ChunkSource`] endpoints are served from.
+pub struct ReflectorSource(pub(super) Arc<Reflector>);
+
+impl ChunkSource for ReflectorSource {
+    async fn manifest(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<Bytes>, SourceError> {
+        self.0.manifest(name, version).await
+    }
+
+    async fn chunk(&self, id: ChunkId) -> Result<Option<StoredChunk>, SourceError> {
+        self.0.chunk(None, id, TrafficClass::Foreground).await
+    }
+
+    async fn chunk_for(
+        &self,
+        peer: &PeerInfo,
+        id: ChunkId,
+    ) -> Result<Option<StoredChunk>, SourceError> {
+        self.0.chunk(Some(peer), id, TrafficClass::Foreground).await
+    }
+
+    async fn chunk_in(
+        &self,
+        peer: &PeerInfo,
+        id: ChunkId,
+        class: TrafficClass,
+    ) -> Result<Option<StoredChunk>, SourceError> {
+        self.0.chunk(Some(peer), id, class).await
+    }
+
+    fn pull_ahead(&self, peer: &PeerInfo, ids: &[ChunkId], class: TrafficClass) {
+        if !ids.is_empty() {
+            tokio::spawn(self.0.clone().pull_ahead(peer.clone(), ids.to_vec(), class));
+        }
+    }
+
+    async fn have(&self, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError> {
+        self.0.cache.store.have(ids).map_err(|e| SourceError::Internal(e.to_string()))
+    }
+
+    async fn layers(&self) -> Result<Vec<LayerRef>, SourceError> {
+        self.0.layers().await
+    }
+
+    async fn assignments(
+        &self,
+        peer: &PeerInfo,
+    ) -> Result<Vec<oasis_core::wire::Assignment>, SourceError> {
+        Ok(self.0.wake.assignments(peer))
+    }
+
+    async fn register(
+        &self,
+        peer: &PeerInfo,
+        info: oasis_core::wake::DeviceInfo,
+    ) -> Result<(), SourceError> {
+        self.0.wake.register(peer, info).await
+    }
+
+    async fn devices(
+        &self,
+        peer: &PeerInfo,
+    ) -> Result<Vec<oasis_core::wake::DeviceEntry>, SourceError> {
+        self.0.wake.devices(peer)
+    }
+
+    async fn wake(
+        &self,
+        peer: &PeerInfo,
+        targets: Vec<oasis_core::wake::WakeTarget>,
+    ) -> Result<Vec<oasis_core::wake::WakeSent>, SourceError> {
+        self.0.wake.wake(peer, targets).await
+    }
+}
