@@ -9,11 +9,11 @@
 //! * WAN pacing: sizes are only known once chunks arrive, so every chunk is paid for in the
 //!   [`oasis_core::policy::WanLimiter`] with its exact size as sent *when it arrives*, before the
 //!   bytes it frees in the window below can be requested again. Under a rate limit, the bytes
-//!   requested but not yet paid for (counted with a running average of chunk sizes) are kept
-//!   under a window of 1/8 s of the rate (one for foreground, one shared with background). So
-//!   the limiter admits exactly the bytes received, and over any interval the bytes received
-//!   exceed the policy's `burst + rate × T` by at most the two windows (1/4 s of the rate);
-//!   over 10 s that is within 2.5 % of the rate once the burst is spent.
+//!   requested but not yet paid for are kept under the unpaid window of
+//!   [`oasis_core::policy::unpaid`] (1/8 s of the rate shared with background, plus two round
+//!   trips for foreground). So the limiter admits exactly the bytes received, and over any
+//!   interval the bytes received exceed the policy's `burst + rate × T` by at most the two
+//!   windows (1/4 s of the rate and two round trips of it).
 //! * Each chunk is verified (`decode_verified`) off the async threads before it is stored and
 //!   handed to its waiters; a bad one is asked for again (up to [`MAX_ATTEMPTS`] times).
 //! * A failed request (connection lost, no answer within the reply timeout) puts its
@@ -26,6 +26,7 @@ use crate::upstream::Upstream;
 use oasis_core::cache::{Begin, MissTable};
 use oasis_core::compress::StoredChunk;
 use oasis_core::net::{ChunkReply, Client, NetError};
+use oasis_core::policy::unpaid::{window_limit, UnpaidWindow};
 use oasis_core::policy::TrafficClass;
 use oasis_core::ChunkId;
 use std::collections::{HashMap, VecDeque};
@@ -40,13 +41,6 @@ pub const MAX_ATTEMPTS: u8 = 3;
 /// considered dead (the limiter is paid before a request is sent, so a healthy upstream answers
 /// at once).
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Initial estimate of a chunk's size as sent.
-const INITIAL_ESTIMATE: u64 = 64 << 10;
-/// Smallest unpaid window under a rate limit (so a large chunk can always be requested).
-const MIN_WINDOW: u64 = 256 << 10;
-/// Largest upstream RTT the unpaid window grows with (a satellite hop; a stalled connection's
-/// estimate must not open the window without bound).
-const MAX_WINDOW_RTT: Duration = Duration::from_millis(1000);
 
 /// What a fetch gives its waiters: the chunk (verified), `None` if upstream does not have it,
 /// or why it failed.
@@ -136,55 +130,6 @@ impl Queue {
     }
 }
 
-/// Bytes requested from upstream and not yet paid for in the limiter (see the module docs).
-#[derive(Debug)]
-struct Window {
-    /// Foreground bytes outstanding (estimated).
-    fg: u64,
-    /// Background bytes outstanding (estimated).
-    bg: u64,
-    /// Running average of chunk sizes as sent.
-    estimate: u64,
-}
-
-impl Window {
-    /// How many ids of `class` may be requested now under `limit` (None = no limit), at most
-    /// `max`.
-    fn room(&self, class: TrafficClass, limit: Option<u64>, max: usize) -> usize {
-        let Some(limit) = limit else { return max };
-        if limit == 0 {
-            return 0;
-        }
-        let used = match class {
-            TrafficClass::Foreground => self.fg,
-            TrafficClass::Background => self.fg + self.bg,
-        };
-        if used == 0 {
-            // Always let one batch go, however large the estimate.
-            return max.min((limit / self.estimate.max(1)).max(1) as usize);
-        }
-        (limit.saturating_sub(used) / self.estimate.max(1)).min(max as u64) as usize
-    }
-
-    fn add(&mut self, class: TrafficClass, bytes: u64) {
-        match class {
-            TrafficClass::Foreground => self.fg += bytes,
-            TrafficClass::Background => self.bg += bytes,
-        }
-    }
-
-    fn release(&mut self, class: TrafficClass, bytes: u64) {
-        match class {
-            TrafficClass::Foreground => self.fg = self.fg.saturating_sub(bytes),
-            TrafficClass::Background => self.bg = self.bg.saturating_sub(bytes),
-        }
-    }
-
-    fn observe(&mut self, actual: u64) {
-        self.estimate = ((self.estimate * 7 + actual) / 8).max(1);
-    }
-}
-
 enum BatchFailure {
     /// No answer in time: the connection is dropped and rebuilt.
     Timeout,
@@ -200,7 +145,7 @@ pub struct Fetcher {
     queue: Mutex<Queue>,
     wake: Notify,
     attempts: Mutex<HashMap<ChunkId, u8>>,
-    window: Mutex<Window>,
+    window: Mutex<UnpaidWindow>,
     /// Woken when window bytes are released.
     window_freed: Notify,
     in_flight: Arc<Semaphore>,
@@ -231,7 +176,7 @@ impl Fetcher {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             attempts: Mutex::new(HashMap::new()),
-            window: Mutex::new(Window { fg: 0, bg: 0, estimate: INITIAL_ESTIMATE }),
+            window: Mutex::new(UnpaidWindow::default()),
             window_freed: Notify::new(),
             in_flight: Arc::new(Semaphore::new(batches_in_flight.max(1))),
             batch_max: batch_max.max(1),
@@ -342,17 +287,8 @@ impl Fetcher {
     /// chunks are paid for when they arrive, so a background request sent then would bring
     /// bytes over the WAN that the policy forbids, and hold up what an endpoint later needs.
     fn window_limit(&self, class: TrafficClass, rtt: Duration) -> Option<u64> {
-        let rate = self.policy.limiter.rate_now()?;
-        if class == TrafficClass::Background
-            && self.policy.limiter.policy().background_share() <= 0.0
-        {
-            return Some(0);
-        }
-        let span = match class {
-            TrafficClass::Foreground => Duration::from_millis(125) + 2 * rtt.min(MAX_WINDOW_RTT),
-            TrafficClass::Background => Duration::from_millis(125),
-        };
-        Some(((rate as f64 * span.as_secs_f64()) as u64).max(MIN_WINDOW))
+        let limiter = &self.policy.limiter;
+        window_limit(class, limiter.rate_now(), limiter.policy().background_share(), rtt)
     }
 
     /// The class the next batch would be of.
@@ -410,7 +346,7 @@ impl Fetcher {
                 let limit = self.window_limit(class, client.connection().rtt());
                 let (room, estimate) = {
                     let w = lock(&self.window);
-                    (w.room(class, limit, self.batch_max), w.estimate)
+                    (w.room(class, limit, self.batch_max), w.estimate())
                 };
                 if room > 0 {
                     break (class, room, estimate);
@@ -624,27 +560,5 @@ mod tests {
         assert_eq!(q.pop(TrafficClass::Background), Some(id(1)));
         assert_eq!(q.pop(TrafficClass::Background), None, "the upgraded entry is stale");
         assert_eq!(q.len(), 0);
-    }
-
-    #[test]
-    fn window_bounds_unpaid_bytes() {
-        let mut w = Window { fg: 0, bg: 0, estimate: 100 };
-        let fg = TrafficClass::Foreground;
-        let bg = TrafficClass::Background;
-        assert_eq!(w.room(fg, None, 64), 64, "no limit: a full batch");
-        assert_eq!(w.room(fg, Some(1000), 64), 10);
-        w.add(bg, 800);
-        assert_eq!(w.room(bg, Some(1000), 64), 2);
-        assert_eq!(w.room(fg, Some(1000), 64), 10, "foreground has its own window");
-        w.add(fg, 1000);
-        assert_eq!(w.room(fg, Some(1000), 64), 0);
-        assert_eq!(w.room(bg, Some(1000), 64), 0);
-        w.release(fg, 300);
-        assert_eq!(w.room(fg, Some(1000), 64), 3);
-        // An estimate above the window still lets one chunk go when nothing is outstanding.
-        let w = Window { fg: 0, bg: 0, estimate: 5000 };
-        assert_eq!(w.room(fg, Some(1000), 64), 1);
-        // A window of 0 (background stopped by the policy) lets nothing go.
-        assert_eq!(w.room(bg, Some(0), 64), 0);
     }
 }

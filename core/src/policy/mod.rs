@@ -34,6 +34,7 @@ mod limiter;
 mod parse;
 mod schedule;
 mod units;
+pub mod unpaid;
 
 use std::path::PathBuf;
 
