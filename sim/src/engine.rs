@@ -27,10 +27,17 @@
 //!   Sharing (with the previous version, between layers) is decided per pull. Setting
 //!   `model.pull_bytes` to the chunk size gives chunk-level fidelity (fine for one branch; a
 //!   4 GiB layer is then 65k pulls per site).
-//! * **WAN link**: per site, a FIFO pipe at `wan_rate × (1 − wan_loss)` (loss modelled as
-//!   retransmitted capacity), the first byte of a pull arriving one round trip
-//!   (2 × `wan_latency`) after it is admitted; up to `model.fetch_concurrency` pulls in flight
-//!   per reflector.
+//! * **WAN link**: per site, a FIFO pipe at the rate one connection under the transport's
+//!   congestion controller reaches on the site's link (`wan_rate`, `wan_latency`,
+//!   `wan_loss`): [`link_model::profile`] runs the real controller
+//!   (`oasis_core::net::congestion::Pipe`) over a packet-level model of that link once per
+//!   group, which also gives the time a fresh connection's slow start costs at the site's
+//!   policy rate, added to a reflector's first transfer (and again after the link comes back).
+//!   The first byte of a pull arrives one round trip (2 × `wan_latency`) after it is admitted,
+//!   and a layer's first pull one more (the manifest's signed root). A reflector keeps at most
+//!   `model.fetch_concurrency` pulls in flight and, under a rate, no more bytes than the unpaid
+//!   window of `oasis_core::policy::unpaid` (the reflector's fetcher uses the same one). Pulls
+//!   that hold a manifest's body come before any other pull of the layer.
 //! * **Seed egress**: shared by all sites in simple fair share — a pull's rate is fixed when
 //!   it starts at `min(link, seed_egress / sites transferring)`.
 //! * **LAN**: endpoints are fluid flows sharing `lan_rate` equally (each capped at
@@ -48,6 +55,8 @@ use std::time::Duration;
 
 use oasis_core::cache::{Begin, CacheLedger, MissTable};
 use oasis_core::gossip::{Body, GossipMsg, GossipView, Heartbeat, Load, PeerRef};
+use oasis_core::net::congestion::model::{self as link_model, Profile};
+use oasis_core::policy::unpaid::window_limit;
 use oasis_core::policy::{BandwidthPolicy, Decision, TrafficClass, WanBudget};
 use oasis_core::select::{self, ProbeAnswer, SourceCandidate, LOAD_BUCKET};
 use oasis_core::site_wan::{site_fetcher, site_leader, ShareRounds, WanSharing};
@@ -83,6 +92,9 @@ pub struct LayerData {
     /// The previous version's other pulls (cached, unpinned: first to be evicted).
     pub filler: Vec<u32>,
     pub chunks: u64,
+    /// Its first pulls that hold the manifest's body: a reflector learns the layer's chunk
+    /// ids from them, so it asks for no other pull before they are in.
+    pub body_pulls: u32,
 }
 
 impl LayerData {
@@ -215,6 +227,7 @@ pub fn build_content(sc: &Scenario, seed: u64) -> Content {
             prev,
             filler,
             chunks: chunks_total,
+            body_pulls: 0,
         });
     }
     let index = pulls.iter().enumerate().map(|(i, p)| (p.id, i as u32)).collect();
@@ -323,6 +336,10 @@ struct Refl {
     ledger: CacheLedger,
     holds: Vec<u64>,
     inflight: usize,
+    /// Bytes of the pulls in flight (bounded by the unpaid window under a rate).
+    inflight_bytes: u64,
+    /// Its connection upstream has carried data (slow start is behind it).
+    started: bool,
     fg_registered: bool,
     poll_at: u64,
     cursor: Vec<u32>,
@@ -353,6 +370,8 @@ struct SLayer {
     open_until: f64,
     lead: u32,
     active: u32,
+    /// The site has asked upstream for the layer's signed manifest root.
+    root_asked: bool,
 }
 
 #[derive(Clone)]
@@ -426,7 +445,10 @@ struct Site {
     mesh: Option<Mesh>,
     wake: Option<SiteWake>,
     group: usize,
+    /// What a connection under the transport's controller moves over the link, bytes/s.
     link: f64,
+    /// What a connection's slow start costs at the site's policy rate, seconds.
+    start_lag: f64,
     rtt: f64,
     lan: f64,
     ep_rate: f64,
@@ -597,7 +619,13 @@ impl Engine<'_> {
                 continue;
             }
             let layer = &c.layers[sll.layer];
-            let n = layer.pulls.len() as u32;
+            let body = layer.pulls[..layer.body_pulls as usize].iter();
+            // Until the manifest's body is in, its pulls are all there is to ask for.
+            let n = if body.clone().all(|&p| site.held[p as usize] > 0) {
+                layer.pulls.len() as u32
+            } else {
+                layer.body_pulls
+            };
             let mut cur = site.refl[r].cursor[sl];
             while cur < n {
                 let p = layer.pulls[cur as usize];
@@ -651,8 +679,27 @@ impl Engine<'_> {
             let busy = self.active_sites + usize::from(self.sites[s].transfers.is_empty());
             let share = self.sc.seed_egress / busy.max(self.wanting) as f64;
             let site = &mut self.sites[s];
+            let rf = &site.refl[r];
+            let limit = window_limit(
+                class,
+                rf.budget.current_rate(),
+                rf.budget.policy().background_share(),
+                Duration::from_secs_f64(site.rtt),
+            );
+            if rf.inflight_bytes > 0 && limit.is_some_and(|l| rf.inflight_bytes + bytes > l) {
+                // The unpaid window is full: the next arrival makes room.
+                break;
+            }
             let rate = site.link.min(share);
-            let start = (now + site.rtt).max(site.link_free);
+            let mut start = (now + site.rtt).max(site.link_free);
+            if !rf.started {
+                // A fresh connection's slow start.
+                start = start.max(now + site.rtt + site.start_lag);
+            }
+            if !site.layers[sl as usize].root_asked {
+                // The manifest's root comes first, one round trip.
+                start += site.rtt;
+            }
             let end = start + bytes as f64 / rate;
             if site.layers[sl as usize].open_until < end {
                 // Would run past the delivery window's end: wait for the next opening.
@@ -722,6 +769,9 @@ impl Engine<'_> {
             site.misses.begin(id, FETCHER);
         }
         site.refl[r].inflight += 1;
+        site.refl[r].inflight_bytes += bytes;
+        site.refl[r].started = true;
+        site.layers[sl as usize].root_asked = true;
         self.next_tid += 1;
         let tid = self.next_tid;
         site.transfers.push(Transfer { tid, r: r as u32, sl, k, pull: p, start, end, bytes });
@@ -758,6 +808,7 @@ impl Engine<'_> {
                 site.outside -= unsent * closed / (t.end - from).max(1e-12);
             }
             site.refl[t.r as usize].inflight -= 1;
+            site.refl[t.r as usize].inflight_bytes -= t.bytes;
             site.fetching[t.pull as usize] = 0;
             let id = self.c.pulls[t.pull as usize].id;
             site.misses.prune(&id, |&w| w != FETCHER);
@@ -1133,6 +1184,7 @@ impl Engine<'_> {
                 {
                     let st = &mut self.sites[s];
                     st.refl[t.r as usize].inflight -= 1;
+                    st.refl[t.r as usize].inflight_bytes -= t.bytes;
                     st.fetching[t.pull as usize] = 0;
                     if let Some(m) = st.mesh.as_mut() {
                         m.arrived[t.r as usize] = true;
@@ -1246,6 +1298,10 @@ impl Engine<'_> {
                 let s = site as usize;
                 self.sites[s].link_up = true;
                 self.sites[s].link_free = self.now();
+                // Connections upstream start over.
+                for rf in &mut self.sites[s].refl {
+                    rf.started = false;
+                }
                 self.site_update(s);
                 self.kick_all(s);
             }
@@ -1341,12 +1397,18 @@ fn assign_fetchers(m: &mut Mesh, alive: &[u32], pulls: &[Pull]) {
 }
 
 /// Content of real layers: `chunks[i]` holds the unique chunks (id, size as sent) of the
-/// scenario's layer `i` in manifest order, grouped in that order into pulls of about
+/// scenario's layer `i` in manifest order, the first `body[i]` of them the manifest's body
+/// chunks (a reflector fetches those first: they name the rest), grouped in that order into
+/// pulls of about
 /// `model.pull_bytes` (a pull of one chunk carries the chunk's id). The run then moves exactly
 /// the bytes a live run of the same layers moves (`oasis-sim fidelity`). Sharing with a
 /// previous version or between layers comes from the chunks themselves, not from the
 /// scenario's `shared_*` keys.
-pub fn content_from_chunks(sc: &Scenario, chunks: &[Vec<(ChunkId, u64)>]) -> Content {
+pub fn content_from_chunks(
+    sc: &Scenario,
+    chunks: &[Vec<(ChunkId, u64)>],
+    body: &[usize],
+) -> Content {
     let mut pulls: Vec<Pull> = Vec::new();
     let mut index: HashMap<ChunkId, u32> = HashMap::new();
     let mut layers = Vec::new();
@@ -1355,12 +1417,18 @@ pub fn content_from_chunks(sc: &Scenario, chunks: &[Vec<(ChunkId, u64)>]) -> Con
         let mut own: Vec<u32> = Vec::new();
         let mut group: Vec<(ChunkId, u64)> = Vec::new();
         let mut acc = 0;
+        let body_chunks = body.get(li).copied().unwrap_or(0);
+        let mut body_pulls = 0;
         for (i, &(id, len)) in list.iter().enumerate() {
             max_chunk = max_chunk.max(len);
             group.push((id, len));
             acc += len;
-            if acc < sc.model.pull_bytes && i + 1 < list.len() {
+            // A pull ends at the body's end too: the body's pulls are exactly its chunks.
+            if acc < sc.model.pull_bytes && i + 1 < list.len() && i + 1 != body_chunks {
                 continue;
+            }
+            if i < body_chunks {
+                body_pulls += 1;
             }
             let pid = if group.len() == 1 {
                 group[0].0
@@ -1392,6 +1460,7 @@ pub fn content_from_chunks(sc: &Scenario, chunks: &[Vec<(ChunkId, u64)>]) -> Con
             prev: Vec::new(),
             filler: Vec::new(),
             chunks: list.len() as u64,
+            body_pulls,
         });
     }
     Content { pulls, layers, max_chunk, index }
@@ -1400,6 +1469,30 @@ pub fn content_from_chunks(sc: &Scenario, chunks: &[Vec<(ChunkId, u64)>]) -> Con
 /// Runs a scenario with a seed.
 pub fn simulate(sc: &Scenario, seed: u64) -> Outcome {
     simulate_content(sc, seed, build_content(sc, seed))
+}
+
+/// What one upstream connection achieves on a group's WAN link: the real congestion
+/// controller run over a packet-level model of the link ([`link_model::profile`]).
+struct SiteLink {
+    /// Chunk data per second.
+    rate: f64,
+    profile: Option<Profile>,
+}
+
+impl SiteLink {
+    fn of(g: &crate::scenario::GroupSpec, seed: u64) -> SiteLink {
+        if !g.wan_rate.is_finite() {
+            return SiteLink { rate: f64::INFINITY, profile: None };
+        }
+        let rtt = Duration::from_secs_f64(2.0 * g.wan_latency_s);
+        let p = link_model::profile(&link_model::Link::new(rtt, g.wan_rate, g.wan_loss), seed);
+        SiteLink { rate: p.rate, profile: Some(p) }
+    }
+
+    /// Seconds a connection's start costs a transfer paced at `rate` bytes/s.
+    fn start_lag(&self, rate: f64) -> f64 {
+        self.profile.as_ref().map_or(0.0, |p| p.start_lag(rate).as_secs_f64())
+    }
 }
 
 /// Runs a scenario on the given content (see [`content_from_chunks`]).
@@ -1420,6 +1513,7 @@ pub fn simulate_content(sc: &Scenario, seed: u64, c: Content) -> Outcome {
         p.ensure_burst_covers(c.max_chunk);
         group_policies.push(p);
     }
+    let links: Vec<SiteLink> = sc.groups.iter().map(|g| SiteLink::of(g, seed)).collect();
 
     let mut sites = Vec::with_capacity(sc.total_sites());
     let mut seen = vec![false; n_pulls];
@@ -1455,6 +1549,7 @@ pub fn simulate_content(sc: &Scenario, seed: u64, c: Content) -> Outcome {
                     open_until,
                     lead: 0,
                     active: 0,
+                    root_asked: false,
                 });
             }
             let nr = g.reflectors.max(1);
@@ -1468,6 +1563,8 @@ pub fn simulate_content(sc: &Scenario, seed: u64, c: Content) -> Outcome {
                         ledger: CacheLedger::new(),
                         holds: vec![0; n_pulls.div_ceil(64)],
                         inflight: 0,
+                        inflight_bytes: 0,
+                        started: false,
                         fg_registered: false,
                         poll_at: 0,
                         cursor: vec![0; layers.len()],
@@ -1571,7 +1668,7 @@ pub fn simulate_content(sc: &Scenario, seed: u64, c: Content) -> Outcome {
                     failed: None,
                 });
             }
-            let link = g.wan_rate * (1.0 - g.wan_loss);
+            let link = &links[gi];
             let mesh = (nr > 1).then(|| {
                 let site_no = sites.len();
                 let busy_demand = policy.default_rate().unwrap_or(u64::from(u32::MAX)).max(1);
@@ -1630,7 +1727,9 @@ pub fn simulate_content(sc: &Scenario, seed: u64, c: Content) -> Outcome {
                 mesh,
                 wake,
                 group: gi,
-                link,
+                link: link.rate,
+                start_lag: link
+                    .start_lag(policy.default_rate().map_or(f64::INFINITY, |r| r as f64)),
                 rtt: 2.0 * g.wan_latency_s,
                 lan: g.lan_rate,
                 ep_rate: g.endpoint_rate,

@@ -3,10 +3,14 @@
 //! layer: the simulator is given the live layer's chunks (ids and sizes as sent), so WAN bytes
 //! must agree exactly, and completion times are compared (the target: within 15%).
 //!
+//! Live, each site reaches the seed through its own emulated WAN link (`oasis-wanem`) with the
+//! scenario's `wan_rate` as its bottleneck, `wan_latency` each way and `wan_loss` in both
+//! directions; the simulator models what the transport achieves on the same link.
+//!
 //! What can run live is limited to what loopback can stand for: one layer assigned to every
 //! site, no windows, failures or sleeping endpoints, no sharing with a previous version (the
-//! caches start empty), a handful of sites. The WAN link itself is not shaped on loopback: the
-//! policy's rate must be the bottleneck (the scenario's `wan_rate` should be well above it).
+//! caches start empty), a handful of sites. The LAN is loopback: its rate must be well above
+//! what the WAN delivers.
 
 use crate::engine::{content_from_chunks, simulate_content};
 use crate::live::{self, LiveSeed, Sampler};
@@ -15,6 +19,7 @@ use crate::scenario::Scenario;
 use anyhow::Context;
 use oasis_core::identity::Role;
 use oasis_reflector::RunningReflector;
+use oasis_wanem::{EmulatorThread, Probability, WanSpec};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -82,6 +87,16 @@ struct LiveSite {
     n_reflectors: usize,
     reflectors: Vec<RunningReflector>,
     endpoints: Vec<std::path::PathBuf>,
+    /// The site's emulated WAN link to the seed.
+    link: EmulatorThread,
+}
+
+/// The emulated link of a site of group `g`: `wan_rate` as the bottleneck each way,
+/// `wan_latency` each way, `wan_loss` in each direction.
+pub fn site_link(g: &crate::scenario::GroupSpec) -> WanSpec {
+    let rate = g.wan_rate.is_finite().then_some((g.wan_rate * 8.0) as u64);
+    let rtt = Duration::from_secs_f64(2.0 * g.wan_latency_s);
+    WanSpec::symmetric(rtt, Probability::fraction(g.wan_loss), rate)
 }
 
 pub async fn run(a: FidelityArgs) -> anyhow::Result<()> {
@@ -104,8 +119,11 @@ pub async fn run_with(
     if let Some(p) = live_problem(&sc) {
         anyhow::bail!("{}: cannot run live: {p}", a.scenario.display());
     }
-    // Chunk by chunk: every pull is one chunk of the live layer.
+    // Chunk by chunk: every pull is one chunk of the live layer, as many in flight as a live
+    // reflector's batches hold.
     sc.model.pull_bytes = 1;
+    sc.model.fetch_concurrency = oasis_reflector::config::DEFAULT_BATCHES_IN_FLIGHT
+        * oasis_reflector::config::DEFAULT_BATCH_MAX_CHUNKS;
     let say = |s: String| {
         if !a.json {
             eprintln!("{s}");
@@ -127,7 +145,7 @@ pub async fn run_with(
     let src = base.join("layer");
     live::write_layer(&src, layer.size as usize, 42)?;
     let published = seed.publish(&layer.name, "1", &src).await?;
-    let chunks = seed.stored_chunks(&layer.name, "1")?;
+    let (chunks, body_chunks) = seed.stored_layer(&layer.name, "1")?;
     // What one site pulls: the layer's chunks and its manifest's body chunks, as stored.
     let stored_total: u64 = chunks.iter().map(|c| c.1).sum();
     std::fs::remove_dir_all(&src)?;
@@ -141,7 +159,7 @@ pub async fn run_with(
 
     // The simulator, on the same chunks.
     let t = Instant::now();
-    let content = content_from_chunks(&sc, std::slice::from_ref(&chunks));
+    let content = content_from_chunks(&sc, std::slice::from_ref(&chunks), &[body_chunks]);
     let sim = simulate_content(&sc, a.seed, content);
     let sim_wall = t.elapsed().as_secs_f64();
 
@@ -151,14 +169,20 @@ pub async fn run_with(
         let policy = g.policy.as_ref().unwrap_or(&sc.policy).policy.clone();
         for i in 0..g.count {
             let name = g.site_name(i);
+            let spec = site_link(g);
+            let link = EmulatorThread::start("127.0.0.1:0".parse()?, seed.seed.addr, spec.clone())
+                .with_context(|| format!("starting the emulated WAN link of {name}"))?;
+            say(format!("fidelity: {name} reaches the seed over an emulated link: {spec}"));
+            let wan = live::SiteWan::Policy(&policy);
             let reflectors =
-                live::site_reflectors(&seed, &name, g.reflectors, live::SiteWan::Policy(&policy))
+                live::site_reflectors_via(&seed, &name, g.reflectors, wan, link.local_addr())
                     .await?;
             let mut endpoints = Vec::new();
             for e in 0..g.endpoints {
                 endpoints.push(seed.enroll(Role::Endpoint, &format!("{name}-ep{e:02}"), &name)?);
             }
-            sites.push(LiveSite { name, n_reflectors: reflectors.len(), reflectors, endpoints });
+            let n_reflectors = reflectors.len();
+            sites.push(LiveSite { name, n_reflectors, reflectors, endpoints, link });
         }
     }
     say(format!(
@@ -196,9 +220,13 @@ pub async fn run_with(
     }
     let live_wall = t0.elapsed().as_secs_f64();
     let mut live_wan = Vec::new();
+    let mut carried = Vec::new();
+    let mut series = Vec::new();
     for (site, s) in sites.iter().zip(samplers) {
-        s.stop().await;
+        series.push(s.stop().await);
         live_wan.push(site.reflectors.iter().map(|r| r.stats.upstream_bytes.get()).sum::<u64>());
+        let c = site.link.counters();
+        carried.push(c.down.delivered_bytes + c.down.lost_bytes);
     }
     let seed_served = seed.seed.metrics.served_bytes.get();
     for site in sites.iter_mut() {
@@ -233,6 +261,9 @@ pub async fn run_with(
             "wan_bytes_sim": s.stats.wan_bytes,
             "wan_bytes_live": live_wan[si],
             "wan_equal": s.stats.wan_bytes == live_wan[si],
+            "link": site.link.spec().to_string(),
+            "link_carried_bytes_down": carried[si],
+            "wan_bytes_live_per_second": per_second(&series[si]),
             "completion_p50_s": {"sim": pct(&m, 0.5), "live": pct(&l, 0.5)},
             "completion_max_s": {"sim": pct(&m, 1.0), "live": pct(&l, 1.0)},
             "failed_sim": s.stats.failed(),
@@ -292,6 +323,14 @@ pub async fn run_with(
             live_wan[si],
             if s == live_wan[si] { "exact" } else { "NO" }
         );
+        let _ = writeln!(
+            t,
+            "{:<14} {:>16} {:>16} {:>10}",
+            "  link carried",
+            "",
+            carried[si],
+            format!("{:.3}x", carried[si] as f64 / live_wan[si].max(1) as f64)
+        );
     }
     let _ = writeln!(
         t,
@@ -319,6 +358,21 @@ pub async fn run_with(
         TOLERANCE * 100.0
     );
     Ok((out, t))
+}
+
+/// Bytes per whole second from cumulative samples (time, bytes so far).
+fn per_second(samples: &[(f64, u64)]) -> Vec<u64> {
+    let mut out: Vec<u64> = Vec::new();
+    let mut last = 0;
+    for &(t, b) in samples {
+        let sec = t.floor() as usize;
+        if out.len() <= sec {
+            out.resize(sec + 1, 0);
+        }
+        out[sec] += b.saturating_sub(last);
+        last = b;
+    }
+    out
 }
 
 /// The q-quantile of sorted values (nearest rank).

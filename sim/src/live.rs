@@ -89,6 +89,16 @@ impl LiveSeed {
     /// Stored size (as sent on the wire) of every unique chunk of `name@version`, its
     /// manifest's body chunks first, then the layer's in manifest order.
     pub fn stored_chunks(&self, name: &str, version: &str) -> anyhow::Result<Vec<(ChunkId, u64)>> {
+        Ok(self.stored_layer(name, version)?.0)
+    }
+
+    /// As [`LiveSeed::stored_chunks`], and how many of them, first in the list, are the
+    /// manifest's body chunks.
+    pub fn stored_layer(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> anyhow::Result<(Vec<(ChunkId, u64)>, usize)> {
         let store = &self.seed.store;
         let m = store
             .open_manifest(name, Some(version), self.auth.trust().manifest_key())?
@@ -96,12 +106,13 @@ impl LiveSeed {
         let mut out = Vec::new();
         // The manifest's body chunks first: a reflector pulls them before any chunk of the
         // layer, through the same path.
-        for c in m.root.unique_body_chunks().into_iter().chain(m.manifest.unique_chunks()) {
+        let body = m.root.unique_body_chunks();
+        for c in body.iter().copied().chain(m.manifest.unique_chunks()) {
             let (_, _, len) =
                 store.chunk_location(&c.id)?.context("chunk not in the seed store")?;
             out.push((c.id, u64::from(len)));
         }
-        Ok(out)
+        Ok((out, body.len()))
     }
 
     /// Enrolls a node into `base/NAME/state`.

@@ -315,7 +315,7 @@ fn real_chunks_move_exactly_their_bytes_once_per_site() {
         })
         .collect();
     let total: u64 = chunks.iter().map(|c| c.1).sum();
-    let content = content_from_chunks(&sc, std::slice::from_ref(&chunks));
+    let content = content_from_chunks(&sc, std::slice::from_ref(&chunks), &[0]);
     assert_eq!(content.pulls.len(), 500, "one pull per chunk");
     let o = simulate_content(&sc, 1, content);
     assert_eq!(o.sites.len(), 2);
@@ -443,4 +443,27 @@ fn a_wan_sharing_mode_that_does_not_exist_is_refused_by_name() {
     let text = base("wan_sharing = \"fair\"\n", ASSIGN_ALL);
     let e = Scenario::from_toml_str(&text, "test.toml", None).unwrap_err().to_string();
     assert!(e.contains("wan_sharing") && e.contains("\"fair\" is not a WAN sharing mode"), "{e}");
+}
+
+#[test]
+fn a_long_lossy_link_costs_time_and_never_beats_the_link() {
+    // No policy limit: the link is the limit. Same link rate, 20 ms vs 150 ms RTT with 1% loss.
+    let text = |latency: &str, loss: &str| {
+        base("", ASSIGN_ALL)
+            .replace("rate = \"10MB/s\"", "rate = \"unlimited\"")
+            .replace("asleep = 0.1", "asleep = 0.0")
+            .replace(
+                "wan_rate = \"100Mbit/s\"\n",
+                &format!(
+                    "wan_rate = \"100Mbit/s\"\nwan_latency = \"{latency}\"\nwan_loss = {loss}\n"
+                ),
+            )
+    };
+    let short = run(&text("10ms", "0.0"), 1);
+    let long = run(&text("75ms", "0.01"), 1);
+    let (a, b) = (f(&short, "completion_p50_s"), f(&long, "completion_p50_s"));
+    // 64 MiB less the 25% shared with the previous version, at most 12.5 MB/s.
+    let floor = 48.0 * 1048576.0 / 12.5e6;
+    assert!(a > floor && b > floor, "{a} s, {b} s: faster than the link ({floor} s)");
+    assert!(b > a + 0.5, "slow start and round trips on the long link: {a} s vs {b} s");
 }
