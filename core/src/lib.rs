@@ -8,6 +8,7 @@ pub mod backup;
 pub mod cache;
 pub mod chunk;
 pub mod compress;
+pub mod durable;
 pub mod fsmeta;
 pub mod gossip;
 pub mod identity;

@@ -23,7 +23,6 @@ use oasis_core::manifest::{ChunkRef, Entry, LayerKind, LayerManifest, Node, MANI
 use oasis_core::ChunkId;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Version of the snapshot body encoding. Bump on any change to the types below (2: entries
@@ -385,24 +384,7 @@ impl SnapshotDir {
     }
 }
 
-/// Writes `bytes` to `path` so that after a crash the path holds either the old content or all
-/// of the new: a temporary file beside it, fsync, rename, fsync of the directory.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+pub use oasis_core::durable::write_durably;
 
 #[cfg(test)]
 mod tests {

@@ -190,11 +190,10 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, listen.port())
 }
 
-/// Writes `value` as JSON to `path` through a temporary file and a rename.
+/// Writes `value` as JSON to `path` durably (a reflector's wake tasks may write the same file
+/// at once).
 fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
-    std::fs::rename(&tmp, path)
+    oasis_core::durable::write_durably(path, &serde_json::to_vec_pretty(value)?)
 }
 
 pub fn devices_file(state: &Path) -> PathBuf {
