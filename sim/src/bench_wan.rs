@@ -9,13 +9,25 @@
 //! the bottleneck's queue drops never did, and is reported beside as offered bytes). A
 //! reference row per cap goes over a clean emulated link (no delay, no loss, same bottleneck)
 //! in the same run.
+//!
+//! The same matrix runs over three paths (`--wan-paths`): `seed`, a branch reflector pulling
+//! from the seed; `sibling`, a branch reflector pulling from a warm reflector of another site
+//! (its upstream is that reflector); `upload`, an endpoint sending a fresh snapshot of the
+//! same size and content mix to the seed under the cap (centralization), judged by the stored
+//! bytes it sent.
 
 use crate::live::{self, LiveSeed};
+use anyhow::Context;
 use oasis_core::identity::Role;
+use oasis_core::policy::BandwidthPolicy;
+use oasis_endpoint::apply::{self, ApplyOptions};
+use oasis_endpoint::session::Session;
+use oasis_endpoint::upload::{self, UploadOptions};
 use oasis_reflector::config::parse_rate;
 use oasis_reflector::{ReflectorConfig, RunningReflector, WanLimit};
 use oasis_wanem::{EmulatorThread, WanSpec};
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Achieved rate over the cap, where the cap is below the bottleneck.
@@ -51,11 +63,46 @@ pub struct WanBenchArgs {
     /// against a clean link of the same rate ("" to skip).
     #[arg(long, default_value = "5ms,1%,300Mbit")]
     pub wan_lan: String,
+    /// wan: the paths the matrix runs over (comma-separated: seed, sibling, upload).
+    #[arg(long, default_value = "seed,sibling,upload", value_delimiter = ',')]
+    pub wan_paths: Vec<String>,
+}
+
+/// What crosses the emulated link in a cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum WanPath {
+    /// A branch reflector pulls the layer from the seed.
+    Seed,
+    /// A branch reflector pulls the layer from a warm reflector of another site.
+    Sibling,
+    /// An endpoint uploads a snapshot to the seed.
+    Upload,
+}
+
+impl WanPath {
+    fn name(self) -> &'static str {
+        match self {
+            WanPath::Seed => "seed",
+            WanPath::Sibling => "sibling",
+            WanPath::Upload => "upload",
+        }
+    }
+
+    fn parse(s: &str) -> anyhow::Result<WanPath> {
+        match s.trim() {
+            "seed" => Ok(WanPath::Seed),
+            "sibling" => Ok(WanPath::Sibling),
+            "upload" => Ok(WanPath::Upload),
+            other => anyhow::bail!("--wan-paths: {other:?} is not a path (seed, sibling, upload)"),
+        }
+    }
 }
 
 /// One cell of the matrix.
 #[derive(Debug, serde::Serialize)]
 struct Cell {
+    path: WanPath,
     link: String,
     cap_bytes_per_s: u64,
     /// min(cap, bottleneck payload rate): what the rate is judged against.
@@ -68,7 +115,9 @@ struct Cell {
     wan_over_stored: f64,
     /// Bytes offered to the link, queue drops included.
     offered_bytes: u64,
-    reflector_upstream_bytes: u64,
+    /// Stored bytes the cell moved: the layer as the reflector stored it, or the snapshot's
+    /// chunks as the endpoint sent them.
+    moved_bytes: u64,
     queue_drops: u64,
     path_losses: u64,
     floor: f64,
@@ -84,18 +133,91 @@ fn payload_rate(spec: &WanSpec) -> Option<f64> {
     Some(bits / 8.0 * mtu / (mtu + down.overhead as f64))
 }
 
-async fn cell(
+/// What a cell's transfer did, before it is judged.
+struct Transfer {
+    seconds: f64,
+    /// Stored bytes moved.
+    moved: u64,
+}
+
+/// The warm reflector of another site that `sibling` cells pull from.
+struct Hub {
+    reflector: RunningReflector,
+}
+
+/// The endpoint whose snapshots `upload` cells send.
+struct Uploader {
+    state: PathBuf,
+    root: PathBuf,
+}
+
+impl Uploader {
+    /// An endpoint with a tiny base layer applied (a device needs a root to snapshot).
+    async fn start(seed: &LiveSeed, base: &Path) -> anyhow::Result<Uploader> {
+        let src = base.join("uploader-base");
+        std::fs::create_dir_all(src.join("etc"))?;
+        std::fs::write(src.join("etc/hostname"), b"bench-uploader\n")?;
+        seed.publish("bench-uploader-base", "1", &src).await?;
+        let state = seed.enroll(Role::Endpoint, "uploader", "uploads")?;
+        let root = base.join("uploader-root");
+        std::fs::create_dir_all(&root)?;
+        apply::apply(&ApplyOptions {
+            state_dir: state.clone(),
+            sources: vec![seed.seed.addr],
+            root: root.clone(),
+            base: ("bench-uploader-base".into(), "1".into()),
+            apps: Vec::new(),
+            streams: 4,
+            progress: false,
+        })
+        .await
+        .context("applying the uploader's base layer")?;
+        Ok(Uploader { state, root })
+    }
+
+    /// Writes `size` bytes of fresh content (`n` seeds it: no cell's chunks are at the seed
+    /// yet), snapshots them, and uploads through `via` under `cap`.
+    async fn upload(
+        &self,
+        size: usize,
+        n: u64,
+        via: SocketAddr,
+        cap: u64,
+    ) -> anyhow::Result<Transfer> {
+        live::write_layer(&self.root.join("home/data"), size, 1000 + n)?;
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || {
+            let s = Session::open(&state, None, false)?;
+            s.snapshot("bench", false, false).map(|_| ())
+        })
+        .await??;
+        let mut opts = UploadOptions::new(&self.state, via);
+        let text = format!("[wan]\nrate = {cap}\nburst = \"1MiB\"\n");
+        opts.policy = Some(BandwidthPolicy::from_toml_str(&text, "bench upload policy")?);
+        let t0 = Instant::now();
+        let report = upload::upload(&opts).await.context("uploading the snapshot")?;
+        let seconds = t0.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            report.bytes_sent_plain >= size as u64,
+            "the upload sent {} plain bytes of a {size}-byte snapshot",
+            report.bytes_sent_plain
+        );
+        Ok(Transfer { seconds, moved: report.bytes_sent })
+    }
+}
+
+/// A branch reflector under `cap` behind `via` pulls the layer; an endpoint fetches it through
+/// the reflector.
+async fn pull(
     seed: &LiveSeed,
     tag: &str,
-    spec: WanSpec,
+    via: SocketAddr,
     cap: u64,
     stored: u64,
     body: u64,
-) -> anyhow::Result<Cell> {
-    let emu = EmulatorThread::start("127.0.0.1:0".parse()?, seed.seed.addr, spec.clone())?;
+) -> anyhow::Result<Transfer> {
     let state = seed.enroll(Role::Reflector, &format!("{tag}-refl"), tag)?;
-    let mut cfg =
-        ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, emu.local_addr().to_string());
+    let mut cfg = ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, via.to_string());
     cfg.wan = WanLimit::Flat(cap);
     cfg.assignments_poll = Duration::ZERO;
     let refl = RunningReflector::start(cfg).await?;
@@ -103,36 +225,65 @@ async fn cell(
     let t0 = Instant::now();
     let run = live::verify_fetch(&ep, refl.addr, "bench-wan", "1", 8, t0).await?;
     let seconds = t0.elapsed().as_secs_f64();
-    let upstream = refl.stats.upstream_bytes.get();
     refl.stop().await;
-    let c = emu.counters();
-    drop(emu);
     anyhow::ensure!(
         run.bytes_network + body == stored,
         "the endpoint received {} B of a layer whose chunks are stored in {} B",
         run.bytes_network,
         stored - body
     );
+    Ok(Transfer { seconds, moved: stored })
+}
+
+struct Ctx<'a> {
+    seed: &'a LiveSeed,
+    hub: Option<&'a Hub>,
+    uploader: Option<&'a Uploader>,
+    stored: u64,
+    body: u64,
+    upload_size: usize,
+}
+
+async fn cell(
+    cx: &Ctx<'_>,
+    path: WanPath,
+    n: u64,
+    spec: WanSpec,
+    cap: u64,
+) -> anyhow::Result<Cell> {
+    let upstream = match (path, cx.hub) {
+        (WanPath::Sibling, Some(hub)) => hub.reflector.addr,
+        _ => cx.seed.seed.addr,
+    };
+    let emu = EmulatorThread::start("127.0.0.1:0".parse()?, upstream, spec.clone())?;
+    let via = emu.local_addr();
+    let t = match (path, cx.uploader) {
+        (WanPath::Upload, Some(u)) => u.upload(cx.upload_size, n, via, cap).await?,
+        _ => pull(cx.seed, &format!("w{n:02}"), via, cap, cx.stored, cx.body).await?,
+    };
+    let c = emu.counters();
+    drop(emu);
     let link = payload_rate(&spec).unwrap_or(f64::INFINITY);
     let (limit, limited_by) =
         if (cap as f64) < link { (cap as f64, "cap") } else { (link, "link") };
-    let rate = stored as f64 / seconds;
+    let rate = t.moved as f64 / t.seconds;
     let offered_bytes = c.down.offered_bytes + c.up.offered_bytes;
     let wan_bytes = offered_bytes - c.down.queue_dropped_bytes - c.up.queue_dropped_bytes;
     let floor = if limited_by == "cap" { CAP_FLOOR } else { LINK_FLOOR };
-    let wan_over_stored = wan_bytes as f64 / stored as f64;
+    let wan_over_stored = wan_bytes as f64 / t.moved as f64;
     Ok(Cell {
+        path,
         link: spec.to_string(),
         cap_bytes_per_s: cap,
         limit_bytes_per_s: limit,
         limited_by,
-        seconds,
+        seconds: t.seconds,
         rate_bytes_per_s: rate,
         rate_over_limit: rate / limit,
         wan_bytes,
         wan_over_stored,
         offered_bytes,
-        reflector_upstream_bytes: upstream,
+        moved_bytes: t.moved,
         queue_drops: c.down.queue_dropped_packets + c.up.queue_dropped_packets,
         path_losses: c.down.lost_packets + c.up.lost_packets,
         floor,
@@ -162,25 +313,55 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
     ));
     let extra =
         |s: String| if args.wan_extra.is_empty() { s } else { format!("{s},{}", args.wan_extra) };
+    let paths = args.wan_paths.iter().map(|p| WanPath::parse(p)).collect::<Result<Vec<_>, _>>()?;
+    let hub = if paths.contains(&WanPath::Sibling) {
+        // Another site's reflector, next to the seed and warm with the layer.
+        let state = seed.enroll(Role::Reflector, "hub-refl", "hub")?;
+        let mut cfg =
+            ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, seed.seed.addr.to_string());
+        cfg.assignments_poll = Duration::ZERO;
+        let reflector = RunningReflector::start(cfg).await?;
+        let ep = seed.enroll(Role::Endpoint, "hub-ep", "hub")?;
+        live::verify_fetch(&ep, reflector.addr, "bench-wan", "1", 8, Instant::now()).await?;
+        Some(Hub { reflector })
+    } else {
+        None
+    };
+    let uploader = if paths.contains(&WanPath::Upload) {
+        Some(Uploader::start(&seed, &base).await?)
+    } else {
+        None
+    };
+    let cx = Ctx {
+        seed: &seed,
+        hub: hub.as_ref(),
+        uploader: uploader.as_ref(),
+        stored,
+        body,
+        upload_size: args.wan_mib << 20,
+    };
     let mut cells = Vec::new();
     let mut n = 0;
-    for cap_text in &args.wan_caps {
-        let cap =
-            parse_rate(cap_text).map_err(|e| anyhow::anyhow!("--wan-caps {cap_text}: {e}"))?;
-        anyhow::ensure!(cap > 0, "--wan-caps: {cap_text} is not a rate");
-        let mut links = vec![(format!("0ms,0%,{}", args.wan_bottleneck), 0.0, true)];
-        for rtt in &args.wan_rtts {
-            for &loss in &args.wan_losses {
-                links.push((format!("{rtt}ms,{loss}%,{}", args.wan_bottleneck), loss, false));
+    for &path in &paths {
+        for cap_text in &args.wan_caps {
+            let cap =
+                parse_rate(cap_text).map_err(|e| anyhow::anyhow!("--wan-caps {cap_text}: {e}"))?;
+            anyhow::ensure!(cap > 0, "--wan-caps: {cap_text} is not a rate");
+            let mut links = vec![(format!("0ms,0%,{}", args.wan_bottleneck), 0.0, true)];
+            for rtt in &args.wan_rtts {
+                for &loss in &args.wan_losses {
+                    links.push((format!("{rtt}ms,{loss}%,{}", args.wan_bottleneck), loss, false));
+                }
             }
-        }
-        for (text, loss, reference) in links {
-            let text = extra(text);
-            let spec: WanSpec = text.parse().map_err(|e| anyhow::anyhow!("link {text}: {e}"))?;
-            n += 1;
-            let c = cell(&seed, &format!("w{n:02}"), spec, cap, stored, body).await?;
-            say(format!(
-                "wan: cap {cap_text:>8} link {:<28}{} {:>6.2} MB/s = {:>5.1}% of the {} ({}); WAN bytes {:.3}x stored ({:.3}x offered, {} queue drops)",
+            for (text, loss, reference) in links {
+                let text = extra(text);
+                let spec: WanSpec =
+                    text.parse().map_err(|e| anyhow::anyhow!("link {text}: {e}"))?;
+                n += 1;
+                let c = cell(&cx, path, n, spec, cap).await?;
+                say(format!(
+                "wan: {:<7} cap {cap_text:>8} link {:<28}{} {:>6.2} MB/s = {:>5.1}% of the {} ({}); WAN bytes {:.3}x stored ({:.3}x offered, {} queue drops)",
+                path.name(),
                 c.link,
                 if reference { " (reference)" } else { "" },
                 c.rate_bytes_per_s / 1e6,
@@ -188,10 +369,11 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
                 c.limited_by,
                 if c.pass { "met" } else { "NOT MET" },
                 c.wan_over_stored,
-                c.offered_bytes as f64 / stored as f64,
+                c.offered_bytes as f64 / c.moved_bytes as f64,
                 c.queue_drops
             ));
-            cells.push((cap_text.clone(), loss, reference, c));
+                cells.push((cap_text.clone(), loss, reference, c));
+            }
         }
     }
     let lan = if args.wan_lan.is_empty() {
@@ -199,6 +381,9 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
     } else {
         lan_cells(&seed, &args.wan_lan, stored - body, &say).await?
     };
+    if let Some(h) = hub {
+        h.reflector.stop().await;
+    }
     seed.seed.shutdown();
     let rows: Vec<serde_json::Value> = cells
         .iter()
@@ -209,21 +394,36 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
             v
         })
         .collect();
+    let mut summary = serde_json::Map::new();
+    for &path in &paths {
+        let of_path = || cells.iter().filter(move |(_, _, r, c)| !r && c.path == path);
+        let worst = of_path()
+            .filter(|(_, loss, _, _)| *loss >= 1.0)
+            .map(|(_, _, _, c)| c.wan_over_stored)
+            .fold(0.0, f64::max);
+        let met = of_path().filter(|(_, _, _, c)| c.pass).count();
+        let total = of_path().count();
+        say(format!(
+            "wan: {}: {met} of {total} cells meet their floor; worst WAN bytes / stored at 1% loss: {worst:.3}x (ceiling {WAN_BYTES_CEILING})",
+            path.name()
+        ));
+        summary.insert(
+            path.name().into(),
+            serde_json::json!({"cells_met": met, "cells": total, "worst_wan_over_stored_at_1pct": worst}),
+        );
+    }
     let worst_bytes_1pct = cells
         .iter()
         .filter(|(_, loss, r, _)| !r && *loss >= 1.0)
         .map(|(_, _, _, c)| c.wan_over_stored)
         .fold(0.0, f64::max);
     let all_met = cells.iter().filter(|(_, _, r, _)| !r).all(|(_, _, _, c)| c.pass);
-    say(format!(
-        "wan: every cell meets its floor: {}; worst WAN bytes / stored at 1% loss: {worst_bytes_1pct:.3}x (ceiling {WAN_BYTES_CEILING})",
-        if all_met { "yes" } else { "NO" }
-    ));
     Ok(serde_json::json!({
         "stored_bytes": stored,
         "layer_mib": args.wan_mib,
         "cells": rows,
         "all_met": all_met,
+        "paths": summary,
         "worst_wan_over_stored_at_1pct": worst_bytes_1pct,
         "endpoint_link": lan,
     }))
