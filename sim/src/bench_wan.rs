@@ -28,6 +28,7 @@ use oasis_reflector::{ReflectorConfig, RunningReflector, WanLimit};
 use oasis_wanem::{EmulatorThread, WanSpec};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Achieved rate over the cap, where the cap is below the bottleneck.
@@ -99,6 +100,17 @@ impl WanPath {
     }
 }
 
+/// Bytes per second between the samples where a quarter and nine tenths of the final count
+/// were reached.
+fn steady_rate(samples: &[(f64, u64)]) -> f64 {
+    let total = samples.last().map_or(0, |s| s.1) as f64;
+    let at = |share: f64| samples.iter().find(|s| s.1 as f64 >= share * total).copied();
+    match (at(0.25), at(0.9)) {
+        (Some(a), Some(b)) if b.0 > a.0 => (b.1 - a.1) as f64 / (b.0 - a.0),
+        _ => 0.0,
+    }
+}
+
 /// One cell of the matrix.
 #[derive(Debug, serde::Serialize)]
 struct Cell {
@@ -111,6 +123,10 @@ struct Cell {
     seconds: f64,
     rate_bytes_per_s: f64,
     rate_over_limit: f64,
+    /// Once the link is full: the rate from a quarter to nine tenths of the transfer (the
+    /// link's data-direction counter sampled every 100 ms), as stored bytes.
+    steady_rate_bytes_per_s: f64,
+    steady_over_limit: f64,
     wan_bytes: u64,
     wan_over_stored: f64,
     /// Bytes offered to the link, queue drops included.
@@ -255,18 +271,31 @@ async fn cell(
         (WanPath::Sibling, Some(hub)) => hub.reflector.addr,
         _ => cx.seed.seed.addr,
     };
-    let emu = EmulatorThread::start("127.0.0.1:0".parse()?, upstream, spec.clone())?;
+    let emu = Arc::new(EmulatorThread::start("127.0.0.1:0".parse()?, upstream, spec.clone())?);
     let via = emu.local_addr();
+    let probe = emu.clone();
+    let data_direction = move || {
+        let c = probe.counters();
+        if path == WanPath::Upload {
+            c.up.delivered_bytes
+        } else {
+            c.down.delivered_bytes
+        }
+    };
+    let sampler = live::Sampler::start(Instant::now(), Duration::from_millis(100), data_direction);
     let t = match (path, cx.uploader) {
         (WanPath::Upload, Some(u)) => u.upload(cx.upload_size, n, via, cap).await?,
         _ => pull(cx.seed, &format!("w{n:02}"), via, cap, cx.stored, cx.body).await?,
     };
+    let samples = sampler.stop().await;
     let c = emu.counters();
     drop(emu);
     let link = payload_rate(&spec).unwrap_or(f64::INFINITY);
     let (limit, limited_by) =
         if (cap as f64) < link { (cap as f64, "cap") } else { (link, "link") };
     let rate = t.moved as f64 / t.seconds;
+    let steady =
+        steady_rate(&samples) * t.moved as f64 / samples.last().map_or(0, |s| s.1).max(1) as f64;
     let offered_bytes = c.down.offered_bytes + c.up.offered_bytes;
     let wan_bytes = offered_bytes - c.down.queue_dropped_bytes - c.up.queue_dropped_bytes;
     let floor = if limited_by == "cap" { CAP_FLOOR } else { LINK_FLOOR };
@@ -280,6 +309,8 @@ async fn cell(
         seconds: t.seconds,
         rate_bytes_per_s: rate,
         rate_over_limit: rate / limit,
+        steady_rate_bytes_per_s: steady,
+        steady_over_limit: steady / limit,
         wan_bytes,
         wan_over_stored,
         offered_bytes,
@@ -360,7 +391,7 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
                 n += 1;
                 let c = cell(&cx, path, n, spec, cap).await?;
                 say(format!(
-                "wan: {:<7} cap {cap_text:>8} link {:<28}{} {:>6.2} MB/s = {:>5.1}% of the {} ({}); WAN bytes {:.3}x stored ({:.3}x offered, {} queue drops)",
+                "wan: {:<7} cap {cap_text:>8} link {:<28}{} {:>6.2} MB/s = {:>5.1}% of the {} ({}; steady {:.1}%); WAN bytes {:.3}x stored ({:.3}x offered, {} queue drops)",
                 path.name(),
                 c.link,
                 if reference { " (reference)" } else { "" },
@@ -368,6 +399,7 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
                 c.rate_over_limit * 100.0,
                 c.limited_by,
                 if c.pass { "met" } else { "NOT MET" },
+                c.steady_over_limit * 100.0,
                 c.wan_over_stored,
                 c.offered_bytes as f64 / c.moved_bytes as f64,
                 c.queue_drops
