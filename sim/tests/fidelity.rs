@@ -41,12 +41,12 @@ layer = "base"
 prefetch = false
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn simulated_and_live_wan_bytes_agree_exactly() -> anyhow::Result<()> {
+/// Runs scenario `text` both ways; returns the comparison's JSON and its stored bytes.
+async fn fidelity(text: &str, name: &str) -> anyhow::Result<(serde_json::Value, u64)> {
     let dir = tempfile::tempdir()?;
-    let sc = Scenario::from_toml_str(SCENARIO, "fidelity-small.toml", None)?;
+    let sc = Scenario::from_toml_str(text, name, None)?;
     let args = FidelityArgs {
-        scenario: "fidelity-small.toml".into(),
+        scenario: name.into(),
         json: true,
         seed: 1,
         dir: Some(dir.path().to_path_buf()),
@@ -54,6 +54,12 @@ async fn simulated_and_live_wan_bytes_agree_exactly() -> anyhow::Result<()> {
     let (out, table) = run_with(&args, sc).await?;
     eprintln!("{table}");
     let stored = out["stored_bytes"].as_u64().expect("stored_bytes");
+    Ok((out, stored))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_and_live_wan_bytes_agree_exactly() -> anyhow::Result<()> {
+    let (out, stored) = fidelity(SCENARIO, "fidelity-small.toml").await?;
     assert!(stored > 0);
     // One WAN pull per chunk per site, in both worlds: a site of two reflectors included.
     for site in out["sites"].as_array().expect("sites") {
@@ -74,17 +80,7 @@ async fn over_lossy_long_links_wan_bytes_still_agree_and_the_link_carries_little
     let text = SCENARIO
         .replace("wan_rate = \"1Gbit/s\"", "wan_rate = \"50Mbit/s\"\nwan_loss = 0.01")
         .replace("wan_latency = \"0s\"", "wan_latency = \"40ms\"");
-    let dir = tempfile::tempdir()?;
-    let sc = Scenario::from_toml_str(&text, "fidelity-lossy.toml", None)?;
-    let args = FidelityArgs {
-        scenario: "fidelity-lossy.toml".into(),
-        json: true,
-        seed: 1,
-        dir: Some(dir.path().to_path_buf()),
-    };
-    let (out, table) = run_with(&args, sc).await?;
-    eprintln!("{table}");
-    let stored = out["stored_bytes"].as_u64().expect("stored_bytes");
+    let (out, stored) = fidelity(&text, "fidelity-lossy.toml").await?;
     for site in out["sites"].as_array().expect("sites") {
         assert_eq!(site["link"], "80ms,1%,50Mbit", "{site}");
         assert_eq!(site["wan_bytes_live"].as_u64(), Some(stored), "{site}");
