@@ -73,6 +73,9 @@ pub const CONGESTION_MIN_DATAGRAMS: u64 = 32;
 pub const CONGESTION_KEEP: f64 = 0.85;
 /// Fewest datagrams a round must lose to count as congested, whatever its loss rate.
 pub const CONGESTION_MIN_LOST_DATAGRAMS: u64 = 4;
+/// Share of another flow's standing queue (the last gain cycle's smallest RTT over the base)
+/// that the window counts as path delay.
+pub const COMPETING_QUEUE_SHARE: f64 = 0.5;
 /// Consecutive acknowledgements delayed by a filling queue that end startup.
 pub const STARTUP_DELAYED_ACKS: u32 = 8;
 /// Share of a round's bytes lost above which the loss is read as congestion, not as the
@@ -171,6 +174,9 @@ pub struct Pipe {
     min_rtt: Option<Duration>,
     min_rtt_at: Instant,
     cycle_min_rtt: Option<Duration>,
+    /// The smallest RTT of the last whole gain cycle: over the base RTT only by a queue this
+    /// connection's draining round could not empty, another flow's.
+    last_cycle_min_rtt: Option<Duration>,
     // Yielding (LEDBAT).
     switch: Option<Arc<YieldSwitch>>,
     yield_window: u64,
@@ -201,6 +207,7 @@ impl Pipe {
             min_rtt: None,
             min_rtt_at: now,
             cycle_min_rtt: None,
+            last_cycle_min_rtt: None,
             switch,
             yield_window: INITIAL_DATAGRAMS * mtu,
             yield_pressure_at: None,
@@ -227,10 +234,19 @@ impl Pipe {
 
     /// Bandwidth-delay product × `gain`, plus slack; None before a first estimate.
     fn target(&self, gain: f64) -> Option<u64> {
-        let (bw, rtt) = (self.bandwidth(), self.min_rtt?.max(MIN_BDP_RTT));
+        let (bw, base) = (self.bandwidth(), self.min_rtt?);
         if bw == 0 {
             return None;
         }
+        // Beside a flow that keeps a standing queue (a loss-based download), the round trip is
+        // the base plus that queue: a window of bandwidth × base would send below the rate it
+        // measured, measure less, and shrink round after round to nothing. Part of that queue
+        // counts; all of it would take the link from the other flow.
+        let standing = match self.last_cycle_min_rtt {
+            Some(m) if !self.yielding() => m.saturating_sub(base).mul_f64(COMPETING_QUEUE_SHARE),
+            _ => Duration::ZERO,
+        };
+        let rtt = (base + standing).max(MIN_BDP_RTT);
         let bdp = bw as f64 * rtt.as_secs_f64();
         Some(((bdp * gain) as u64 + SLACK_DATAGRAMS * self.mtu).max(self.min_window()))
     }
@@ -328,6 +344,7 @@ impl Pipe {
                             self.min_rtt_at = now;
                         }
                     }
+                    self.last_cycle_min_rtt = self.cycle_min_rtt;
                     self.cycle_min_rtt = None;
                 }
                 self.mode = Mode::Probe(next);
