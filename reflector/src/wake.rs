@@ -288,6 +288,13 @@ impl WakeNode {
     /// Merges entries learnt elsewhere (the seed, a sibling) by last-seen; returns those that
     /// replaced what was known. This reflector's own entry is never taken from others.
     fn merge(&self, entries: Vec<DeviceEntry>) -> Vec<DeviceEntry> {
+        let changed = self.merge_in_memory(entries);
+        self.save_devices(&changed);
+        changed
+    }
+
+    /// [`Self::merge`] without persisting: the caller saves once it has counted the change.
+    fn merge_in_memory(&self, entries: Vec<DeviceEntry>) -> Vec<DeviceEntry> {
         let mut changed = Vec::new();
         {
             let mut d = self.devices.lock().unwrap_or_else(|e| e.into_inner());
@@ -300,7 +307,6 @@ impl WakeNode {
                 }
             }
         }
-        self.save_devices(&changed);
         changed
     }
 
@@ -317,11 +323,14 @@ impl WakeNode {
             .filter(|r| Some(&r.site) == self.me.site.as_ref() && r.check().is_ok())
             .map(InventoryRecord::to_entry)
             .collect();
-        let changed = self.merge(entries);
+        let changed = self.merge_in_memory(entries);
         if !changed.is_empty() {
             let names: Vec<&str> = changed.iter().map(|d| d.info.name.as_str()).collect();
             tracing::info!(from = %sender, devices = ?names, "inventory learnt from a sibling");
+            // Counted before the inventory file shows it: whoever reads the file then the
+            // metric sees both.
             self.metrics.gossip_learned.inc_by(changed.len() as u64);
+            self.save_devices(&changed);
             // Scheduled runs see machines that came online at a sibling.
             self.changed.notify_one();
         }
