@@ -86,6 +86,11 @@ impl Upstream {
                     let reason = client.connection().closed().await;
                     self.client.send_replace(None);
                     self.metrics.upstream_connected.set(0);
+                    if reason == quinn::ConnectionError::LocallyClosed {
+                        // This reflector is stopping: it closed the connection itself.
+                        tracing::debug!(upstream = %self.target, "upstream connection closed here");
+                        return;
+                    }
                     let why = format!("connection to {} lost: {reason}", self.target);
                     tracing::warn!(upstream = %self.target, reason = %reason, "upstream connection lost; reconnecting");
                     self.set_error(why);
