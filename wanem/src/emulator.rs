@@ -273,6 +273,9 @@ impl Emulator {
             let pending = |fd: std::os::fd::RawFd| {
                 let mut n: libc::c_int = 0;
                 // SIOCINQ (= FIONREAD): size of the next pending datagram, 0 if none.
+                // SAFETY: `fd` belongs to a socket the relay owns and keeps open for this call
+                // (borrowed from `routes`, or from `flow_socks` under its lock); FIONREAD writes
+                // one c_int through the pointer, and `n` is a live, aligned c_int.
                 let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
                 r == 0 && n > 0
             };
