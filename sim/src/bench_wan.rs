@@ -65,14 +65,14 @@ pub struct WanBenchArgs {
     #[arg(long, default_value = "5ms,1%,300Mbit")]
     pub wan_lan: String,
     /// wan: the paths the matrix runs over (comma-separated: seed, sibling, upload).
-    #[arg(long, default_value = "seed,sibling,upload", value_delimiter = ',')]
-    pub wan_paths: Vec<String>,
+    #[arg(long, value_enum, default_value = "seed,sibling,upload", value_delimiter = ',')]
+    pub wan_paths: Vec<WanPath>,
 }
 
 /// What crosses the emulated link in a cell.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-enum WanPath {
+pub enum WanPath {
     /// A branch reflector pulls the layer from the seed.
     Seed,
     /// A branch reflector pulls the layer from a warm reflector of another site.
@@ -87,15 +87,6 @@ impl WanPath {
             WanPath::Seed => "seed",
             WanPath::Sibling => "sibling",
             WanPath::Upload => "upload",
-        }
-    }
-
-    fn parse(s: &str) -> anyhow::Result<WanPath> {
-        match s.trim() {
-            "seed" => Ok(WanPath::Seed),
-            "sibling" => Ok(WanPath::Sibling),
-            "upload" => Ok(WanPath::Upload),
-            other => anyhow::bail!("--wan-paths: {other:?} is not a path (seed, sibling, upload)"),
         }
     }
 }
@@ -344,7 +335,7 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
     ));
     let extra =
         |s: String| if args.wan_extra.is_empty() { s } else { format!("{s},{}", args.wan_extra) };
-    let paths = args.wan_paths.iter().map(|p| WanPath::parse(p)).collect::<Result<Vec<_>, _>>()?;
+    let paths = &args.wan_paths;
     let hub = if paths.contains(&WanPath::Sibling) {
         // Another site's reflector, next to the seed and warm with the layer.
         let state = seed.enroll(Role::Reflector, "hub-refl", "hub")?;
@@ -373,7 +364,7 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
     };
     let mut cells = Vec::new();
     let mut n = 0;
-    for &path in &paths {
+    for &path in paths {
         for cap_text in &args.wan_caps {
             let cap =
                 parse_rate(cap_text).map_err(|e| anyhow::anyhow!("--wan-caps {cap_text}: {e}"))?;
@@ -427,7 +418,7 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
         })
         .collect();
     let mut summary = serde_json::Map::new();
-    for &path in &paths {
+    for &path in paths {
         let of_path = || cells.iter().filter(move |(_, _, r, c)| !r && c.path == path);
         let worst = of_path()
             .filter(|(_, loss, _, _)| *loss >= 1.0)
