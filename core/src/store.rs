@@ -142,6 +142,34 @@ impl FileRef {
     }
 }
 
+/// Removes the snapshot files sled was still writing when its process died.
+///
+/// sled 0.34 writes a snapshot to `snap.<lsn>.generating` and renames it to `snap.<lsn>` once it
+/// is complete and synced, so a `.generating` file is by construction unfinished and the last
+/// renamed snapshot (or the log alone) is the state to recover. Its recovery, though, takes the
+/// highest-sorted `snap.*` file, which is the `.generating` one, and a process killed while
+/// writing it leaves a database that refuses to open ("empty/corrupt snapshot file found"). An
+/// endpoint or reflector is killed at any moment (power loss, `kill -9`, OOM), so the store
+/// clears these before sled looks.
+fn drop_unfinished_sled_snapshots(index_dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(index_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %entry.path().display(),
+                "removing an index snapshot left unfinished by a crash");
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 pub struct ChunkStore {
     dir: PathBuf,
     packs: PackSet,
@@ -161,8 +189,10 @@ impl ChunkStore {
     /// [`ChunkStore::open`] sealing packs at `pack_bytes` (small packs let tests compact).
     pub fn open_with_pack_size(dir: &Path, pack_bytes: u64) -> Result<ChunkStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let index_dir = dir.join("index");
+        drop_unfinished_sled_snapshots(&index_dir).map_err(io_err(&index_dir))?;
         let db = sled::Config::new()
-            .path(dir.join("index"))
+            .path(&index_dir)
             .cache_capacity(64 << 20)
             .open()
             .map_err(|source| StoreError::Open { dir: dir.to_path_buf(), source })?;
@@ -723,6 +753,24 @@ mod tests {
         assert_eq!(got, c);
         assert_eq!(s.get_plain(&c.id).unwrap().unwrap().as_ref(), &[1u8; 5000][..]);
         assert_eq!(s.totals().unwrap(), (1, c.data.len() as u64));
+    }
+
+    #[test]
+    fn a_snapshot_left_half_written_by_a_crash_does_not_stop_the_store_opening() {
+        let d = tempfile::tempdir().unwrap();
+        let c = StoredChunk::encode(&[7u8; 3000]);
+        {
+            let s = ChunkStore::open(d.path()).unwrap();
+            s.put(&c).unwrap();
+            s.sync().unwrap();
+        }
+        // What sled leaves when killed while writing a snapshot: a `.generating` file that sorts
+        // after every finished one and holds only part of its bytes.
+        let partial = d.path().join("index").join("snap.FFFFFFFFFFFFFFFF.generating");
+        std::fs::write(&partial, [1u8, 2, 3]).unwrap();
+        let s = ChunkStore::open(d.path()).expect("the store opens after the crash");
+        assert_eq!(s.get(&c.id).unwrap().unwrap(), c, "what was flushed before is still there");
+        assert!(!partial.exists());
     }
 
     #[test]
