@@ -28,7 +28,6 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -62,11 +61,6 @@ pub const NODE_KEY_FILE: &str = "node.key";
 /// Name the seed gives its own node identity unless told otherwise.
 pub const DEFAULT_SEED_NAME: &str = "seed";
 
-/// Longest node name or site accepted by [`validate_node_name`].
-pub const MAX_NAME_LEN: usize = 64;
-
-/// Prefix of the URI SAN carrying role, name and site.
-const NODE_URI_PREFIX: &str = "urn:oasis:node:";
 /// PEM tag of the manifest verifying key in `trust.pem`.
 const MANIFEST_KEY_PEM_TAG: &str = "OASIS MANIFEST KEY";
 const CERT_PEM_TAG: &str = "CERTIFICATE";
@@ -117,12 +111,9 @@ pub enum IdentityError {
     /// A file or object has invalid content (bad PEM, bad certificate, mismatched keys, ...).
     #[error("{what}: {problem}")]
     Invalid { what: String, problem: String },
-    /// A node name or site is not acceptable.
-    #[error("invalid {kind} {name:?}: {problem}")]
-    InvalidName { kind: String, name: String, problem: String },
-    /// A role string is not one of seed, reflector, endpoint.
-    #[error("unknown role {0:?} (expected seed, reflector or endpoint)")]
-    UnknownRole(String),
+    /// A role, node name, site or node URI is not acceptable.
+    #[error(transparent)]
+    Name(#[from] NameError),
     /// rcgen failed to generate a key or certificate.
     #[error("{what}: {source}")]
     Rcgen {
@@ -173,132 +164,12 @@ fn random_bytes<const N: usize>(what: &'static str) -> Result<[u8; N], IdentityE
 }
 
 // ---------------------------------------------------------------------------------------------
-// Roles, names, peer info
+// Roles, names, peer info: defined with the protocol (`oasis_proto::names`)
 // ---------------------------------------------------------------------------------------------
 
-/// What a node is in the distribution tree.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Seed,
-    Reflector,
-    Endpoint,
-}
-
-impl Role {
-    /// All roles, in tree order.
-    pub const ALL: [Role; 3] = [Role::Seed, Role::Reflector, Role::Endpoint];
-
-    /// Lowercase name, as used on the command line and in certificates.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Seed => "seed",
-            Role::Reflector => "reflector",
-            Role::Endpoint => "endpoint",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = IdentityError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "seed" => Ok(Role::Seed),
-            "reflector" => Ok(Role::Reflector),
-            "endpoint" => Ok(Role::Endpoint),
-            other => Err(IdentityError::UnknownRole(other.to_string())),
-        }
-    }
-}
-
-/// Who a peer is, as read from its (CA-verified) certificate.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct PeerInfo {
-    pub role: Role,
-    pub name: String,
-    pub site: Option<String>,
-}
-
-impl PeerInfo {
-    /// Builds a `PeerInfo` after validating name and site.
-    pub fn new(role: Role, name: &str, site: Option<&str>) -> Result<PeerInfo, IdentityError> {
-        validate_node_name("node name", name)?;
-        if let Some(site) = site {
-            validate_node_name("site", site)?;
-        }
-        Ok(PeerInfo { role, name: name.to_string(), site: site.map(str::to_string) })
-    }
-
-    /// The URI SAN encoding role, name and site: `urn:oasis:node:<role>:<name>[:<site>]`.
-    pub fn to_uri(&self) -> String {
-        match &self.site {
-            Some(site) => format!("{NODE_URI_PREFIX}{}:{}:{site}", self.role, self.name),
-            None => format!("{NODE_URI_PREFIX}{}:{}", self.role, self.name),
-        }
-    }
-
-    /// Parses the URI produced by [`PeerInfo::to_uri`]; `None` if `uri` is not an Oasis node URI.
-    fn from_uri(uri: &str) -> Option<Result<PeerInfo, IdentityError>> {
-        let rest = uri.strip_prefix(NODE_URI_PREFIX)?;
-        let parts: Vec<&str> = rest.split(':').collect();
-        let parsed = match parts.as_slice() {
-            [role, name] => role.parse::<Role>().and_then(|role| PeerInfo::new(role, name, None)),
-            [role, name, site] => {
-                role.parse::<Role>().and_then(|role| PeerInfo::new(role, name, Some(site)))
-            }
-            _ => Err(invalid(
-                format!("node URI {uri:?}"),
-                "expected urn:oasis:node:<role>:<name>[:<site>]",
-            )),
-        };
-        Some(parsed)
-    }
-}
-
-impl fmt::Display for PeerInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.role, self.name)?;
-        if let Some(site) = &self.site {
-            write!(f, "@{site}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Names and sites: 1..=64 chars of `[A-Za-z0-9._-]`, not starting with '.'; clear error
-/// otherwise. `kind` names what is being checked ("node name", "site") in the error.
-pub fn validate_node_name(kind: &str, name: &str) -> Result<(), IdentityError> {
-    let fail = |problem: String| {
-        Err(IdentityError::InvalidName { kind: kind.to_string(), name: name.to_string(), problem })
-    };
-    if name.is_empty() {
-        return fail("must not be empty".into());
-    }
-    if let Some(bad) =
-        name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return fail(format!(
-            "contains {bad:?}; only letters, digits, '.', '_' and '-' are allowed"
-        ));
-    }
-    if name.len() > MAX_NAME_LEN {
-        return fail(format!(
-            "is {} characters long; at most {MAX_NAME_LEN} are allowed",
-            name.len()
-        ));
-    }
-    if name.starts_with('.') {
-        return fail("must not start with '.'".into());
-    }
-    Ok(())
-}
+pub use oasis_proto::names::{
+    validate_node_name, NameError, PeerInfo, Role, MAX_NAME_LEN, NODE_URI_PREFIX,
+};
 
 /// Read role/name/site from a peer's (already CA-verified) end-entity certificate.
 ///
@@ -1209,7 +1080,7 @@ mod tests {
         }
         for bad in ["", ".hidden", "a:b", "a/b", "a b", "é", &"x".repeat(65), "a\n"] {
             let err = validate_node_name("node name", bad).unwrap_err();
-            assert!(matches!(err, IdentityError::InvalidName { .. }), "{bad:?}: {err:?}");
+            assert!(matches!(err, NameError::InvalidName { .. }), "{bad:?}: {err:?}");
             assert!(err.to_string().starts_with("invalid node name"), "{err}");
         }
         let dir = tempfile::tempdir().unwrap();

@@ -1,28 +1,25 @@
 //! Oasis core: what the seed, reflectors and endpoints share.
 //!
-//! Protocol framing (`wire`), chunking (`chunk`) and manifests (`manifest`) are pure: they take
-//! bytes and return values, so the simulator can drive the same code without sockets. The
-//! chunk store (`store`) and the QUIC transport (`net`) are the thin I/O shells around them.
+//! The codecs and decisions are `oasis-proto`'s, without I/O, and are re-exported here under the
+//! same names (`oasis_core::manifest` is `oasis_proto::manifest`). This crate adds the shells
+//! that touch the world: the chunk store (`store`, `packs`), the QUIC transport (`net`), node
+//! identities and TLS (`identity`), the WAN limiter on real time (`policy`), Wake-on-LAN sockets
+//! (`wake`), file metadata (`fsmeta`), durable writes, logging and metrics.
 
-pub mod backup;
-pub mod cache;
-pub mod chunk;
-pub mod compress;
+pub use oasis_proto::{
+    backup, cache, chunk, compress, gossip, manifest, names, select, site_wan, wire,
+};
+
 pub mod durable;
 pub mod fsmeta;
-pub mod gossip;
 pub mod identity;
 pub mod logging;
-pub mod manifest;
 pub mod metrics;
 pub mod net;
 pub mod packs;
 pub mod policy;
-pub mod select;
 pub mod shutdown;
-pub mod site_wan;
 pub mod store;
 pub mod wake;
-pub mod wire;
 
 pub use chunk::{ChunkId, ChunkParams};

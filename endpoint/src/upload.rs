@@ -470,7 +470,7 @@ pub fn policy_from_flags(
         (Some(_), Some(_)) => {
             bail!("--policy and --wan-rate both given: use one (--wan-rate is a flat cap, --policy a full policy file)")
         }
-        (Some(p), None) => Ok(Some(BandwidthPolicy::load(p)?)),
+        (Some(p), None) => Ok(Some(oasis_core::policy::load(p)?)),
         (None, Some(r)) => {
             let text = format!("[wan]\nrate = {}\n", toml_string(r));
             Ok(Some(BandwidthPolicy::from_toml_str(&text, "--wan-rate")?))

@@ -6,7 +6,6 @@ use crate::policy::describe;
 use crate::upstream;
 use oasis_core::identity::{NodeIdentity, Role};
 use oasis_core::net::TransportOptions;
-use oasis_core::policy::BandwidthPolicy;
 use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;
@@ -123,7 +122,7 @@ pub async fn check_config(cfg: &ReflectorConfig, upstream_timeout: Duration, r: 
     match &cfg.wan {
         WanLimit::Unlimited => r.push("policy", Status::Ok, "no WAN limit"),
         WanLimit::Flat(rate) => r.push("policy", Status::Ok, format!("flat WAN cap {rate} B/s")),
-        WanLimit::PolicyFile(p) => match BandwidthPolicy::load(p) {
+        WanLimit::PolicyFile(p) => match oasis_core::policy::load(p) {
             Ok(pol) => r.push("policy", Status::Ok, format!("{}: {}", p.display(), describe(&pol))),
             Err(e) => r.push("policy", Status::Problem, e.to_string()),
         },

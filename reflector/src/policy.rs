@@ -57,7 +57,7 @@ impl PolicyControl {
             WanLimit::Flat(r) => (BandwidthPolicy::flat(*r), None),
             WanLimit::PolicyFile(p) => {
                 let stamp = file_stamp(p);
-                (BandwidthPolicy::load(p)?, stamp)
+                (oasis_core::policy::load(p)?, stamp)
             }
         };
         let mut effective = base.clone();
@@ -122,7 +122,7 @@ impl PolicyControl {
         let Some(path) = self.file() else { return Ok(None) };
         let stamp = file_stamp(path);
         *self.stamp.lock().unwrap_or_else(|e| e.into_inner()) = stamp;
-        match BandwidthPolicy::load(path) {
+        match oasis_core::policy::load(path) {
             Ok(p) => {
                 let effective = self.install(p);
                 self.metrics.policy_reloads.inc();

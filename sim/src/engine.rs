@@ -14,7 +14,7 @@
 //!   with each reflector's WAN demand, [`ShareRounds`] and `WanBudget::set_share` splitting
 //!   the site's rate, [`site_fetcher`] choosing the one reflector that pulls each piece: the
 //!   site's leader, or under `wan_sharing = "spread"` rendezvous hashing of the piece), source
-//!   selection (`oasis_core::select::rank`, the endpoint's ranking of its sources, for the
+//!   selection (`oasis_proto::select::rank`, the endpoint's ranking of its sources, for the
 //!   first choice and the failover) and scheduled wakes ([`WakeRun`]: batches, online timeout,
 //!   rewakes, failures with their reasons).
 //! * **Sleep**: a sleeping endpoint comes online `wake_delay` + jitter after the first magic
@@ -30,13 +30,13 @@
 //! * **WAN link**: per site, a FIFO pipe at the rate one connection under the transport's
 //!   congestion controller reaches on the site's link (`wan_rate`, `wan_latency`,
 //!   `wan_loss`): [`link_model::profile`] runs the real controller
-//!   (`oasis_core::net::congestion::Pipe`) over a packet-level model of that link once per
+//!   (`oasis_proto::congestion::Pipe`) over a packet-level model of that link once per
 //!   group, which also gives the time a fresh connection's slow start costs at the site's
 //!   policy rate, added to a reflector's first transfer (and again after the link comes back).
 //!   The first byte of a pull arrives one round trip (2 × `wan_latency`) after it is admitted,
 //!   and a layer's first pull one more (the manifest's signed root). A reflector keeps at most
 //!   `model.fetch_concurrency` pulls in flight and, under a rate, no more bytes than the unpaid
-//!   window of `oasis_core::policy::unpaid` (the reflector's fetcher uses the same one). Pulls
+//!   window of `oasis_proto::policy::unpaid` (the reflector's fetcher uses the same one). Pulls
 //!   that hold a manifest's body come before any other pull of the layer.
 //! * **Seed egress**: shared by all sites in simple fair share — a pull's rate is fixed when
 //!   it starts at `min(link, seed_egress / sites transferring)`.
@@ -53,15 +53,15 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::Duration;
 
-use oasis_core::cache::{Begin, CacheLedger, MissTable};
-use oasis_core::gossip::{Body, GossipMsg, GossipView, Heartbeat, Load, PeerRef};
-use oasis_core::net::congestion::model::{self as link_model, Profile};
-use oasis_core::policy::unpaid::window_limit;
-use oasis_core::policy::{BandwidthPolicy, Decision, TrafficClass, WanBudget};
-use oasis_core::select::{self, ProbeAnswer, SourceCandidate, LOAD_BUCKET};
-use oasis_core::site_wan::{site_fetcher, site_leader, ShareRounds, WanSharing};
-use oasis_core::wake::schedule::{MachineResult, MachineState, ScheduleConfig, WakeRun};
-use oasis_core::ChunkId;
+use oasis_proto::cache::{Begin, CacheLedger, MissTable};
+use oasis_proto::congestion::model::{self as link_model, Profile};
+use oasis_proto::gossip::{Body, GossipMsg, GossipView, Heartbeat, Load, PeerRef};
+use oasis_proto::policy::unpaid::window_limit;
+use oasis_proto::policy::{BandwidthPolicy, Decision, TrafficClass, WanBudget};
+use oasis_proto::select::{self, ProbeAnswer, SourceCandidate, LOAD_BUCKET};
+use oasis_proto::site_wan::{site_fetcher, site_leader, ShareRounds, WanSharing};
+use oasis_proto::wake::schedule::{MachineResult, MachineState, ScheduleConfig, WakeRun};
+use oasis_proto::ChunkId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -407,7 +407,7 @@ struct Transfer {
 }
 
 /// The gossip between the reflectors of a site with more than one (what each reflector's
-/// `oasis_core::gossip::GossipView` holds; one view stands for all of them, since they all
+/// `oasis_proto::gossip::GossipView` holds; one view stands for all of them, since they all
 /// receive the same heartbeats).
 struct Mesh {
     peers: Vec<PeerRef>,
@@ -1125,7 +1125,7 @@ impl Engine<'_> {
         }
     }
 
-    /// Picks (with `oasis_core::select::rank`, as the endpoint ranks its probed sources) the
+    /// Picks (with `oasis_proto::select::rank`, as the endpoint ranks its probed sources) the
     /// reflector endpoint `e` uses: the site's reflectors are its sources, all of its site and
     /// subnet; a dead one does not answer the probe; the probe time of a live one stands for
     /// its load, here one [`LOAD_BUCKET`] per endpoint it serves. None: no reflector answers.
@@ -1485,7 +1485,9 @@ impl SiteLink {
             return SiteLink { rate: f64::INFINITY, profile: None };
         }
         let rtt = Duration::from_secs_f64(2.0 * g.wan_latency_s);
-        let p = link_model::profile(&link_model::Link::new(rtt, g.wan_rate, g.wan_loss), seed);
+        let link = link_model::Link::new(rtt, g.wan_rate, g.wan_loss);
+        // The model runs on virtual time from any origin; the profile does not depend on it.
+        let p = link_model::profile(&link, seed, std::time::Instant::now());
         SiteLink { rate: p.rate, profile: Some(p) }
     }
 

@@ -186,7 +186,7 @@ impl Scenario {
 
 /// Loads a policy file for `compare` (the same parser the reflector uses).
 pub fn load_policy(path: &Path) -> Result<PolicySpec, ScenarioError> {
-    let policy = BandwidthPolicy::load(path).map_err(|e| ScenarioError(e.to_string()))?;
+    let policy = oasis_core::policy::load(path).map_err(|e| ScenarioError(e.to_string()))?;
     Ok(PolicySpec { policy, source: path.display().to_string() })
 }
 
@@ -461,7 +461,7 @@ impl<'d, 'a> Tbl<'d, 'a> {
         match v.get_ref() {
             DeValue::String(p) => {
                 let path = self.doc.dir.join(p.as_ref());
-                let policy = BandwidthPolicy::load(&path).map_err(|e| {
+                let policy = oasis_core::policy::load(&path).map_err(|e| {
                     self.bad(v, k, format!("\"{p}\": {e}"))
                 })?;
                 Ok(Some(PolicySpec { policy, source: path.display().to_string() }))

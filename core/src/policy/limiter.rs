@@ -6,8 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::budget::{Decision, TrafficClass, WanBudget};
-use super::schedule::BandwidthPolicy;
+use super::{BandwidthPolicy, Decision, TrafficClass, WanBudget};
 
 /// Longest single sleep in [`WanLimiter::acquire`], so reloads, share changes and foreground
 /// arrivals take effect quickly even if a notification is missed.

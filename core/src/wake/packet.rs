@@ -4,8 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
-/// The usual Wake-on-LAN port (discard); 7 (echo) is common too.
-pub const DEFAULT_PORT: u16 = 9;
+pub use oasis_proto::wake::DEFAULT_PORT;
 /// Packets sent per wake: UDP loses packets and a NIC in standby sees only what arrives.
 pub const DEFAULT_REPEATS: u32 = 3;
 /// Time between repeats.

@@ -3,7 +3,6 @@
 //! change" for an instant given as UTC unix seconds; it never reads a clock.
 
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 
 use jiff::civil::{Date, Time};
@@ -175,13 +174,6 @@ impl BandwidthPolicy {
         super::parse::parse_policy(text, origin)
     }
 
-    /// Reads and parses a policy file: the only function here that touches the file system.
-    pub fn load(path: &Path) -> Result<BandwidthPolicy, PolicyError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| PolicyError::Io { path: path.to_path_buf(), source })?;
-        Self::from_toml_str(&text, &path.display().to_string())
-    }
-
     /// One rate at all times (for `--wan-rate`), with a [`DEFAULT_BURST`] bucket. As with
     /// rsync's `--bwlimit`, `0` means no limit.
     pub fn flat(rate_bytes_per_s: u64) -> BandwidthPolicy {
@@ -193,6 +185,12 @@ impl BandwidthPolicy {
             background_share: 1.0,
             windows: Arc::from(Vec::new()),
         }
+    }
+
+    /// The same policy with a bucket of `bytes` (what a file's `burst` key sets).
+    pub fn with_burst(mut self, bytes: u64) -> BandwidthPolicy {
+        self.burst = bytes;
+        self
     }
 
     /// No limit at all.

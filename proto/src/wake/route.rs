@@ -2,7 +2,7 @@
 //! target's own subnet, chosen from the inventory. The seed never sends magic packets itself.
 
 use super::msg::{DeviceEntry, WakeTarget};
-use super::packet::DEFAULT_PORT;
+use super::DEFAULT_PORT;
 use std::net::{IpAddr, SocketAddr};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -9,6 +9,12 @@ fn link(rtt_ms: u64, mbit: f64, loss_pct: f64) -> Link {
     Link::new(Duration::from_millis(rtt_ms), mbit * 1e6 / 8.0, loss_pct / 100.0)
 }
 
+/// The instant every test's pipe is built at and the model's virtual time counts from.
+fn start() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
 fn simulate(
     pipe: &mut Pipe,
     link: &Link,
@@ -16,12 +22,12 @@ fn simulate(
     run: Duration,
     seed: u64,
 ) -> Outcome {
-    model::simulate(pipe, MTU, link, competitor, run, seed)
+    model::simulate(pipe, start(), MTU, link, competitor, run, seed)
 }
 
 fn fill(rtt_ms: u64, loss_pct: f64) -> (f64, Outcome) {
     let link = link(rtt_ms, 100.0, loss_pct);
-    let mut pipe = Pipe::new(Instant::now(), MTU, None);
+    let mut pipe = Pipe::new(start(), MTU, None);
     let run = Duration::from_secs(20);
     let out = simulate(&mut pipe, &link, None, run, rtt_ms ^ loss_pct.to_bits());
     (out.rate(Duration::from_secs(5), run) / link.rate, out)
@@ -49,7 +55,7 @@ fn random_loss_does_not_end_slow_start_early_on_a_long_link() {
     let link = link(150, 100.0, 1.0);
     let bucket = Duration::from_millis(100);
     for seed in 0..24 {
-        let mut pipe = Pipe::new(Instant::now(), MTU, None);
+        let mut pipe = Pipe::new(start(), MTU, None);
         let out = simulate(&mut pipe, &link, None, Duration::from_secs(5), seed);
         let full =
             (0..50u32).map(|i| bucket * i).find(|&t| out.rate(t, t + bucket) >= 0.8 * link.rate);
@@ -65,7 +71,7 @@ fn a_yielding_connection_backs_off_for_a_competitor_and_comes_back() {
     let link = link(80, 100.0, 0.0);
     let switch = Arc::new(YieldSwitch::default());
     switch.set(true);
-    let mut pipe = Pipe::new(Instant::now(), MTU, Some(switch));
+    let mut pipe = Pipe::new(start(), MTU, Some(switch));
     let competitor = Competitor {
         rate: link.rate * 0.95,
         from: Duration::from_secs(8),
@@ -82,8 +88,8 @@ fn a_yielding_connection_backs_off_for_a_competitor_and_comes_back() {
 
 #[test]
 fn a_profile_tells_the_rate_and_the_start_a_longer_link_costs() {
-    let short = model::profile(&link(20, 100.0, 0.0), 1);
-    let long = model::profile(&link(150, 100.0, 1.0), 1);
+    let short = model::profile(&link(20, 100.0, 0.0), 1, start());
+    let long = model::profile(&link(150, 100.0, 1.0), 1, start());
     let wire = 100e6 / 8.0;
     for (name, p) in [("20 ms", &short), ("150 ms, 1%", &long)] {
         // Chunk data: the link less the datagrams' own bytes, the gain cycle and the loss.

@@ -99,7 +99,7 @@ impl SnapshotRecord {
             return Err(RecordError::Format { id: self.id.clone(), found: self.format });
         }
         crate::manifest::validate_label("snapshot id", &self.id).map_err(invalid)?;
-        crate::identity::validate_node_name("device", &self.device)
+        crate::names::validate_node_name("device", &self.device)
             .map_err(|e| invalid(e.to_string()))?;
         for l in &self.layers {
             crate::manifest::validate_label("layer name", &l.name).map_err(invalid)?;

@@ -126,16 +126,18 @@ impl Events {
 }
 
 /// Runs a bulk sender of `mtu`-byte datagrams with `pipe` over `link` for `run`; `seed` draws
-/// the random losses.
+/// the random losses. `start` is the instant `pipe` was built at: the model's virtual time
+/// counts from it (the model reads no clock).
 pub fn simulate(
     pipe: &mut Pipe,
+    start: Instant,
     mtu: u16,
     link: &Link,
     competitor: Option<Competitor>,
     run: Duration,
     seed: u64,
 ) -> Outcome {
-    let t0 = Instant::now();
+    let t0 = start;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut out = Outcome { delivered: vec![0; slot_of(run) + 1], ..Outcome::default() };
     let mut events = Events::default();
@@ -264,11 +266,12 @@ impl Profile {
 }
 
 /// Runs a fresh [`Pipe`] over `link` and measures its [`Profile`]: long enough for slow start
-/// to end on links up to a satellite hop, and for the gain cycle to settle.
-pub fn profile(link: &Link, seed: u64) -> Profile {
+/// to end on links up to a satellite hop, and for the gain cycle to settle. `origin` is any
+/// instant; the model's virtual time counts from it.
+pub fn profile(link: &Link, seed: u64, origin: Instant) -> Profile {
     let run = (link.rtt * 60).clamp(Duration::from_secs(2), Duration::from_secs(12));
-    let mut pipe = Pipe::new(Instant::now(), PROFILE_MTU, None);
-    let out = simulate(&mut pipe, PROFILE_MTU, link, None, run, seed);
+    let mut pipe = Pipe::new(origin, PROFILE_MTU, None);
+    let out = simulate(&mut pipe, origin, PROFILE_MTU, link, None, run, seed);
     let data = f64::from(PROFILE_MTU - PACKET_OVERHEAD) / f64::from(PROFILE_MTU);
     let mut curve = Vec::with_capacity(out.delivered.len());
     let mut sum = 0.0;

@@ -35,7 +35,7 @@ pub const MAX_CHUNKS_PER_LAYER: u32 = 1 << 22;
 /// Most layers tracked per peer; records for further layers are rejected.
 pub const MAX_LAYERS_PER_PEER: usize = 4096;
 /// Longest site name (same bound as node names).
-pub const MAX_SITE_LEN: usize = crate::identity::MAX_NAME_LEN;
+pub const MAX_SITE_LEN: usize = crate::names::MAX_NAME_LEN;
 /// Longest serving address string (`ip:port`).
 pub const MAX_ADDR_LEN: usize = 64;
 /// Longest certificate / signature in a hello.
@@ -285,7 +285,7 @@ impl GossipMsg {
             }
             Body::Heartbeat(hb) => {
                 if let Some(site) = &hb.site {
-                    if crate::identity::validate_node_name("site", site).is_err() {
+                    if crate::names::validate_node_name("site", site).is_err() {
                         return bad(format!("heartbeat site {site:?} is not a valid site name"));
                     }
                 }

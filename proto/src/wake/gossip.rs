@@ -7,7 +7,7 @@
 
 use super::msg::{DeviceEntry, DeviceInfo, IpNet, MAX_DEVICE_ADDRS};
 use crate::gossip::{GossipReject, MAX_ADDR_LEN, MAX_MESSAGE_BYTES};
-use crate::identity::{validate_node_name, PeerInfo, Role};
+use crate::names::{validate_node_name, PeerInfo, Role};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
