@@ -7,7 +7,8 @@
 //! (`wake`), file metadata (`fsmeta`), durable writes, logging and metrics.
 
 pub use oasis_proto::{
-    backup, cache, chunk, compress, gossip, manifest, names, select, site_wan, wire,
+    backup, cache, chunk, compress, file_errors, gossip, manifest, names, select, site_wan, units,
+    wire,
 };
 
 pub mod durable;

@@ -79,7 +79,7 @@ impl EndpointConfig {
             problem: e.to_string().trim_end().to_string(),
         })?;
         let key_err = |key: &'static str, span: std::ops::Range<usize>, problem: String| {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let line = oasis_core::file_errors::line_of(text, span.start);
             ConfigError::Key { path: path.to_path_buf(), line, key, problem }
         };
         let mut sources = Vec::new();

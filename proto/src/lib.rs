@@ -22,12 +22,14 @@ pub mod cache;
 pub mod chunk;
 pub mod compress;
 pub mod congestion;
+pub mod file_errors;
 pub mod gossip;
 pub mod manifest;
 pub mod names;
 pub mod policy;
 pub mod select;
 pub mod site_wan;
+pub mod units;
 pub mod wake;
 pub mod wire;
 

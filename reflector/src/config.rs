@@ -8,6 +8,7 @@
 use oasis_core::logging::LogFormat;
 use oasis_core::net::TransportOptions;
 pub use oasis_core::site_wan::WanSharing;
+use oasis_core::units::parse_amount;
 use oasis_mesh::libp2p::Multiaddr;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -295,8 +296,7 @@ impl FileCtx<'_> {
         span: std::ops::Range<usize>,
         problem: String,
     ) -> Result<T, String> {
-        let line = self.text[..span.start.min(self.text.len())].matches('\n').count() + 1;
-        Err(format!("{} line {line}: {key} {problem}", self.origin))
+        Err(oasis_core::file_errors::at_line(&self.origin, self.text, &span, key, &problem))
     }
 }
 
@@ -567,54 +567,6 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| format!("{s:?} is not an IP:PORT address (e.g. 0.0.0.0:7443)"))
 }
 
-/// Units as in the bandwidth policy: value in bytes as `num / den`.
-const UNITS: &[(&str, u128, u128)] = &[
-    ("", 1, 1),
-    ("B", 1, 1),
-    ("KB", 1_000, 1),
-    ("kB", 1_000, 1),
-    ("MB", 1_000_000, 1),
-    ("GB", 1_000_000_000, 1),
-    ("TB", 1_000_000_000_000, 1),
-    ("KiB", 1 << 10, 1),
-    ("MiB", 1 << 20, 1),
-    ("GiB", 1 << 30, 1),
-    ("TiB", 1 << 40, 1),
-    ("bit", 1, 8),
-    ("kbit", 1_000, 8),
-    ("Kbit", 1_000, 8),
-    ("Mbit", 1_000_000, 8),
-    ("Gbit", 1_000_000_000, 8),
-];
-
-/// `"2.5 MiB"` → 2 621 440 (exact, rounded to the nearest byte).
-fn parse_amount(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let unit = unit.trim();
-    let digits: String = number.chars().filter(|&c| c != '_').collect();
-    let (int, frac) = digits.split_once('.').unwrap_or((&digits, ""));
-    if int.is_empty() && frac.is_empty() {
-        return Err("does not start with a number".into());
-    }
-    if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) || frac.len() > 18 {
-        return Err("has a malformed number".into());
-    }
-    let Some(&(_, num, den)) = UNITS.iter().find(|(n, _, _)| *n == unit) else {
-        return Err(format!(
-            "has an unknown unit {unit:?} (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB, kbit, Mbit, \
-             Gbit)"
-        ));
-    };
-    let scale = 10u128.pow(frac.len() as u32);
-    let mantissa: u128 = format!("{int}{frac}").parse().map_err(|_| "is too large".to_string())?;
-    let d = den * scale;
-    let v = mantissa.checked_mul(num).ok_or("is too large")?;
-    let v = (v + d / 2) / d;
-    u64::try_from(v).map_err(|_| "is too large".to_string())
-}
-
 /// A rate: bytes per second, or with a unit and optional "/s"; "unlimited" or 0 = no limit
 /// (returned as 0).
 pub fn parse_rate(text: &str) -> Result<u64, String> {
@@ -624,7 +576,7 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
     }
     let body = t.strip_suffix("/s").unwrap_or(t);
     parse_amount(body).map_err(|p| {
-        format!("is not a rate: it {p} (write e.g. \"10MB/s\", \"80Mbit/s\", or 0 for no limit)")
+        format!("is not a rate ({p}; write e.g. \"10MB/s\", \"80Mbit/s\", or 0 for no limit)")
     })
 }
 
@@ -634,7 +586,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     if t.ends_with("/s") {
         return Err("is a rate, but a size is wanted (drop the \"/s\")".into());
     }
-    parse_amount(t).map_err(|p| format!("is not a size: it {p} (write e.g. \"200GiB\")"))
+    parse_amount(t).map_err(|p| format!("is not a size ({p}; write e.g. \"200GiB\")"))
 }
 
 /// `cache_size`: a size, or "unlimited" (None). Zero is refused: it would evict everything.
@@ -648,27 +600,10 @@ fn parse_cache_size(text: &str) -> Result<Option<u64>, String> {
     }
 }
 
-/// `"10s"`, `"250ms"`, `"2m"`, `"1h"`, `"1.5s"`.
+/// A duration in the one grammar of `oasis_core::units` (`"10s"`, `"250ms"`, `"2m"`, `"1h30m"`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| "is not a duration (write e.g. \"10s\", \"250ms\" or \"2m\")".to_string())?;
-    let secs = match unit.trim() {
-        "ms" => value / 1000.0,
-        "s" | "" => value,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!("has an unknown unit {other:?} (ms, s, m or h)"));
-        }
-    };
-    if !secs.is_finite() || secs > 1e9 {
-        return Err("is too large".into());
-    }
-    Ok(Duration::from_secs_f64(secs))
+    oasis_core::units::parse_duration(text)
+        .map_err(|p| format!("is not a duration ({p}; write e.g. \"10s\", \"250ms\" or \"2m\")"))
 }
 
 #[cfg(test)]

@@ -581,7 +581,9 @@ impl WakeNode {
         let now_ts = jiff::Timestamp::now();
         let now = schedule::since_epoch(now_ts);
         let tz_name = (self.timezone)();
-        let tz = jiff::tz::TimeZone::get(&tz_name).unwrap_or(jiff::tz::TimeZone::UTC);
+        // The policy's own zone grammar (IANA names, "UTC", "+02:00"); the name passed it when
+        // the policy was loaded.
+        let tz = oasis_core::policy::time_zone(&tz_name).unwrap_or(jiff::tz::TimeZone::UTC);
         let devices: Vec<DeviceEntry> =
             self.devices.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         {

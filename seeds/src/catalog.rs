@@ -36,20 +36,10 @@ impl SiteAssignment {
     }
 }
 
-/// Checks "HH:MM-HH:MM" (a window may wrap past midnight: 22:00-06:00).
+/// Checks "HH:MM-HH:MM" (a window may wrap past midnight: 22:00-06:00) with the parser the
+/// reflectors run the window with.
 pub fn validate_window(w: &str) -> Result<(), String> {
-    let parse = |t: &str| -> Option<u32> {
-        let (h, m) = t.split_once(':')?;
-        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-        (h < 24 && m < 60 && t.len() == 5).then_some(h * 60 + m)
-    };
-    let bad = || format!("window {w:?}: expected HH:MM-HH:MM, e.g. 02:00-05:00");
-    let (a, b) = w.split_once('-').ok_or_else(bad)?;
-    let (a, b) = (parse(a).ok_or_else(bad)?, parse(b).ok_or_else(bad)?);
-    if a == b {
-        return Err(format!("window {w:?}: start and end are the same"));
-    }
-    Ok(())
+    oasis_core::wake::schedule::parse_window(w).map(|_| ())
 }
 
 pub struct Catalog<'a> {

@@ -5,9 +5,10 @@
 //!
 //! # What is the real code, what is modelled
 //!
-//! * **Real code** (from `oasis-core`, not reimplemented): the WAN token bucket with its two
+//! * **Real code** (from `oasis-proto`, not reimplemented): the WAN token bucket with its two
 //!   classes and schedule windows ([`WanBudget`], one per reflector), the bandwidth policy
-//!   parser and schedule ([`BandwidthPolicy`], also used to evaluate delivery windows), cache
+//!   parser and schedule ([`BandwidthPolicy`]), delivery windows (the occurrences
+//!   [`window_edges`] finds with the reflector's `window_at`, in the site's [`time_zone`]), cache
 //!   eviction with pins ([`CacheLedger`], one per reflector, assigned layers pinned), miss
 //!   coalescing ([`MissTable`], one per site: one WAN pull per piece per site, however many
 //!   endpoints wait for it), the reflector mesh's gossip ([`GossipView`] fed real heartbeats
@@ -53,20 +54,23 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::Duration;
 
+use jiff::Timestamp;
 use oasis_proto::cache::{Begin, CacheLedger, MissTable};
 use oasis_proto::congestion::model::{self as link_model, Profile};
 use oasis_proto::gossip::{Body, GossipMsg, GossipView, Heartbeat, Load, PeerRef};
 use oasis_proto::policy::unpaid::window_limit;
-use oasis_proto::policy::{BandwidthPolicy, Decision, TrafficClass, WanBudget};
+use oasis_proto::policy::{time_zone, BandwidthPolicy, Decision, TrafficClass, WanBudget};
 use oasis_proto::select::{self, ProbeAnswer, SourceCandidate, LOAD_BUCKET};
 use oasis_proto::site_wan::{site_fetcher, site_leader, ShareRounds, WanSharing};
-use oasis_proto::wake::schedule::{MachineResult, MachineState, ScheduleConfig, WakeRun};
+use oasis_proto::wake::schedule::{
+    window_edges, MachineResult, MachineState, ScheduleConfig, WakeRun,
+};
 use oasis_proto::ChunkId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::report::{Stats, WakeStats};
-use crate::scenario::{window_schedule, FailureKind, Scenario};
+use crate::scenario::{FailureKind, Scenario};
 
 const NONE: u32 = u32::MAX;
 /// Waiter registered in the miss table by the fetcher itself.
@@ -242,19 +246,15 @@ struct Sched {
 }
 
 impl Sched {
-    fn new(p: &BandwidthPolicy, start_unix: i64, horizon: f64) -> Sched {
-        let open_at_start = p.rate_at(start_unix).is_none();
-        let mut edges = Vec::new();
-        let mut t = start_unix;
-        let end = start_unix + horizon.ceil() as i64 + 1;
-        while let Some(e) = p.next_change_after(t) {
-            if e > end {
-                break;
-            }
-            edges.push(((e - start_unix) as f64, p.rate_at(e).is_none()));
-            t = e;
-        }
-        Sched { open_at_start, edges }
+    /// A delivery window's openings and closings over the run, in virtual seconds: the
+    /// occurrences the reflector's `wake::schedule::window_at` finds, one after another.
+    fn new(window: &str, timezone: &str, start_unix: i64, horizon: f64) -> Result<Sched, String> {
+        let tz = time_zone(timezone)?;
+        let at = |s: i64| Timestamp::from_second(s).map_err(|e| e.to_string());
+        let until = at(start_unix + horizon.ceil() as i64 + 1)?;
+        let (open_at_start, edges) = window_edges(window, &tz, at(start_unix)?, until)?;
+        let edges = edges.into_iter().map(|(t, o)| ((t.as_second() - start_unix) as f64, o));
+        Ok(Sched { open_at_start, edges: edges.collect() })
     }
 
     /// Seconds of [a, b) during which the window is closed.
@@ -1530,8 +1530,8 @@ pub fn simulate_content(sc: &Scenario, seed: u64, c: Content) -> Outcome {
                 let sched = a.window.as_ref().map(|w| {
                     let key = (w.clone(), g.timezone.clone());
                     *sched_index.entry(key).or_insert_with(|| {
-                        let p = window_schedule(w, &g.timezone).expect("validated when parsed");
-                        scheds.push(Sched::new(&p, sc.start_unix, horizon));
+                        let sched = Sched::new(w, &g.timezone, sc.start_unix, horizon);
+                        scheds.push(sched.expect("validated when parsed"));
                         scheds.len() - 1
                     })
                 });

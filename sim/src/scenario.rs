@@ -12,9 +12,10 @@ use std::fmt::Write as _;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use oasis_core::policy::{BandwidthPolicy, PolicyError};
+use oasis_core::file_errors;
+use oasis_core::policy::{time_zone, BandwidthPolicy, PolicyError};
 use oasis_core::site_wan::WanSharing;
-use oasis_core::wake::schedule::ScheduleConfig;
+use oasis_core::wake::schedule::{window_times, ScheduleConfig};
 use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -198,17 +199,11 @@ struct Doc<'a> {
 
 impl Doc<'_> {
     fn line(&self, span: &Range<usize>) -> usize {
-        let end = span.start.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+        file_errors::line_of(self.text, span.start)
     }
 
     fn err(&self, span: &Range<usize>, key: &str, problem: impl AsRef<str>) -> ScenarioError {
-        ScenarioError(format!(
-            "{} line {}: {key} {}",
-            self.origin,
-            self.line(span),
-            problem.as_ref()
-        ))
+        ScenarioError(file_errors::at_line(self.origin, self.text, span, key, problem.as_ref()))
     }
 
     fn raw(&self, v: &V<'_>) -> &str {
@@ -365,7 +360,9 @@ impl<'d, 'a> Tbl<'d, 'a> {
     fn duration(&self, k: &str) -> Result<Option<f64>, ScenarioError> {
         let Some(v) = self.get(k) else { return Ok(None) };
         let parsed = match v.get_ref() {
-            DeValue::String(s) => parse_duration(s),
+            DeValue::String(s) => {
+                oasis_core::units::parse_duration(s).map(|d| d.as_secs_f64()).map_err(|_| ())
+            }
             DeValue::Integer(_) | DeValue::Float(_) => {
                 self.number(k)?.filter(|x| *x >= 0.0).ok_or(())
             }
@@ -569,58 +566,6 @@ fn emit_table(doc: &Doc<'_>, out: &mut Emit, prefix: &str, t: &DeTable<'_>) {
     }
 }
 
-/// "250ms", "30s", "5m", "2h", "1d", "1h30m", "1.5h" → seconds.
-fn parse_duration(s: &str) -> Result<f64, ()> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err(());
-    }
-    let mut total = 0.0;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let (num, tail) = rest.split_at(num_end);
-        let n: f64 = num.parse().map_err(|_| ())?;
-        let tail = tail.trim_start();
-        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == ' ').unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_end);
-        let mult = match unit {
-            "ms" => 0.001,
-            "s" | "sec" | "" => 1.0,
-            "m" | "min" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            _ => return Err(()),
-        };
-        total += n * mult;
-        rest = tail.trim_start();
-    }
-    Ok(total)
-}
-
-/// A delivery window "HH:MM-HH:MM" in a time zone, as a schedule the policy code evaluates:
-/// the window is a policy whose rate is "unlimited" inside and 1 B/s outside, so opening and
-/// closing instants (wrap past midnight, DST) come from the same schedule code the reflector
-/// uses for its bandwidth windows.
-pub fn window_schedule(window: &str, timezone: &str) -> Result<BandwidthPolicy, String> {
-    let (start, end) =
-        window.split_once('-').map(|(a, b)| (a.trim(), b.trim())).ok_or_else(|| {
-            format!("\"{window}\" is not a window (expected HH:MM-HH:MM, e.g. 22:00-06:00)")
-        })?;
-    let text = format!(
-        "timezone = {timezone:?}\n[wan]\nrate = 1\n[[wan.window]]\ndays = \"all\"\nstart = {start:?}\nend = {end:?}\nrate = \"unlimited\"\n"
-    );
-    BandwidthPolicy::from_toml_str(&text, "-").map_err(|e| match e {
-        PolicyError::Invalid { key, problem, .. } if key == "timezone" => {
-            format!("timezone {problem}")
-        }
-        PolicyError::Invalid { problem, .. } => {
-            format!("\"{window}\": {problem} (expected HH:MM-HH:MM, e.g. 22:00-06:00)")
-        }
-        other => other.to_string(),
-    })
-}
-
 const ROOT_KEYS: &[&str] = &[
     "name",
     "start",
@@ -719,8 +664,7 @@ fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
     let duration_s = root.duration("duration")?.unwrap_or(7.0 * 86400.0);
     let timezone = root.string("timezone")?.unwrap_or_else(|| "UTC".into());
     if let Some(v) = root.get("timezone") {
-        window_schedule("00:00-01:00", &timezone)
-            .map_err(|p| root.bad(v, "timezone", p.trim_start_matches("timezone ")))?;
+        time_zone(&timezone).map_err(|p| root.bad(v, "timezone", p))?;
     }
     let seed_egress = root.rate("seed_egress")?.unwrap_or(f64::INFINITY);
     let policy = root.policy("policy")?.ok_or_else(|| {
@@ -826,8 +770,7 @@ fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
         }
         let tz = t.string("timezone")?.unwrap_or_else(|| timezone.clone());
         if let Some(v) = t.get("timezone") {
-            window_schedule("00:00-01:00", &tz)
-                .map_err(|p| t.bad(v, "timezone", p.trim_start_matches("timezone ")))?;
+            time_zone(&tz).map_err(|p| t.bad(v, "timezone", p))?;
         }
         let wan_rate = t
             .rate("wan_rate")?
@@ -910,7 +853,7 @@ fn parse_root(root: &Tbl<'_, '_>) -> Result<Scenario, ScenarioError> {
         check_sel(&t, &sites)?;
         let window = t.string("window")?;
         if let (Some(w), Some(v)) = (&window, t.get("window")) {
-            window_schedule(w, "UTC").map_err(|p| t.bad(v, "window", p))?;
+            window_times(w).map_err(|p| t.bad(v, "window", format!("\"{w}\": {p}")))?;
         }
         assignments.push(AssignSpec {
             layer,

@@ -32,13 +32,12 @@
 mod budget;
 mod parse;
 mod schedule;
-mod units;
 pub mod unpaid;
 
 use std::path::PathBuf;
 
 pub use budget::{Decision, TrafficClass, WanBudget};
-pub use parse::shown as shown_toml_value;
+pub use parse::{shown as shown_toml_value, time_zone};
 pub use schedule::{BandwidthPolicy, DaySet, Window, DEFAULT_BURST};
 
 /// Name of the gauge the reflector exports with [`BandwidthPolicy::rate_at`]: the WAN rate the policy allows now, in bytes per second.

@@ -13,8 +13,8 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::schedule::{BandwidthPolicy, DaySet, SiteTimeZone, Window, DEFAULT_BURST};
-use super::units::{float_bytes, parse_rate_str, parse_size_str};
 use super::PolicyError;
+use crate::units::{float_bytes, parse_rate_str, parse_size_str};
 
 const ROOT_KEYS: &str = "timezone, wan";
 const WAN_KEYS: &str = "rate, burst, background_share, window";
@@ -27,8 +27,7 @@ struct Cx<'a> {
 
 impl Cx<'_> {
     fn line_of(&self, span: &Range<usize>) -> usize {
-        let end = span.start.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+        crate::file_errors::line_of(self.text, span.start)
     }
 
     fn err(
@@ -257,7 +256,18 @@ fn timezone_value(cx: &Cx<'_>, v: &Spanned<DeValue<'_>>) -> Result<SiteTimeZone,
         ));
     };
     let name = name.trim();
-    let tz = if name.eq_ignore_ascii_case("utc") || name == "Z" {
+    match time_zone(name) {
+        Ok(tz) => Ok(SiteTimeZone { tz, name: Arc::from(name) }),
+        Err(p) => Err(cx.err(Some(v.span()), "timezone", p)),
+    }
+}
+
+/// A site's time zone as policy files, scenarios and the reflector's delivery windows name it:
+/// `"UTC"` (or `"Z"`), a UTC offset (`"+02:00"`, `"-0530"`, `"+2"`) or an IANA name
+/// (`"Europe/Berlin"`). `Err` holds the problem, to follow the quoted value's key.
+pub fn time_zone(name: &str) -> Result<TimeZone, String> {
+    let name = name.trim();
+    if name.eq_ignore_ascii_case("utc") || name == "Z" {
         Ok(TimeZone::UTC)
     } else if name.starts_with(['+', '-']) {
         fixed_offset(name).map(TimeZone::fixed).ok_or_else(|| {
@@ -272,10 +282,6 @@ fn timezone_value(cx: &Cx<'_>, v: &Spanned<DeValue<'_>>) -> Result<SiteTimeZone,
                  \"+02:00\")"
             )
         })
-    };
-    match tz {
-        Ok(tz) => Ok(SiteTimeZone { tz, name: Arc::from(name) }),
-        Err(p) => Err(cx.err(Some(v.span()), "timezone", p)),
     }
 }
 

@@ -9,8 +9,8 @@ use jiff::civil::{Date, Time};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 
-use super::units::{fmt_bytes, fmt_rate};
 use super::PolicyError;
+use crate::units::{fmt_bytes, fmt_rate};
 
 /// Bucket size used by [`BandwidthPolicy::flat`] and [`BandwidthPolicy::unlimited`], and when a
 /// policy file leaves `wan.burst` out.

@@ -281,9 +281,16 @@ impl WakeRun {
     }
 }
 
-/// Parses "HH:MM-HH:MM" (may wrap past midnight).
+/// Parses a delivery window "HH:MM-HH:MM" (may wrap past midnight: 22:00-06:00): the one
+/// parser the seed's catalog, the reflector and the simulator use. Errors name the window.
 pub fn parse_window(w: &str) -> Result<(Time, Time), String> {
-    let bad = || format!("window {w:?}: expected HH:MM-HH:MM, e.g. 02:00-05:00");
+    window_times(w).map_err(|p| format!("window {w:?}: {p}"))
+}
+
+/// [`parse_window`] with the bare problem as the error, for callers that name the window
+/// themselves (a scenario file's key).
+pub fn window_times(w: &str) -> Result<(Time, Time), String> {
+    let bad = || "expected HH:MM-HH:MM, e.g. 02:00-05:00".to_string();
     let (a, b) = w.split_once('-').ok_or_else(bad)?;
     let t = |s: &str| -> Result<Time, String> {
         let (h, m) = s.split_once(':').ok_or_else(bad)?;
@@ -295,9 +302,39 @@ pub fn parse_window(w: &str) -> Result<(Time, Time), String> {
     };
     let (a, b) = (t(a)?, t(b)?);
     if a == b {
-        return Err(format!("window {w:?}: start and end are the same"));
+        return Err("start and end are the same".to_string());
     }
     Ok((a, b))
+}
+
+/// Whether `window` is open at `from`, and every instant in (`from`, `until`] at which it
+/// opens (`true`) or closes (`false`), in order: the occurrences [`window_at`] gives one after
+/// another, as a reflector meets them.
+pub fn window_edges(
+    window: &str,
+    tz: &TimeZone,
+    from: Timestamp,
+    until: Timestamp,
+) -> Result<(bool, Vec<(Timestamp, bool)>), String> {
+    let (first_start, _) = window_at(window, tz, from)?;
+    let open_at_start = first_start <= from;
+    let mut edges = Vec::new();
+    let mut now = from;
+    loop {
+        let (start, end) = window_at(window, tz, now)?;
+        if start > now {
+            if start > until {
+                break;
+            }
+            edges.push((start, true));
+        }
+        if end > until {
+            break;
+        }
+        edges.push((end, false));
+        now = end;
+    }
+    Ok((open_at_start, edges))
 }
 
 /// The occurrence of `window` (in time zone `tz`) that is open at `now`, else the next one:
@@ -348,6 +385,35 @@ mod tests {
 
     fn names(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("pc-{i}")).collect()
+    }
+
+    #[test]
+    fn window_edges_follow_each_occurrence_across_a_dst_change() {
+        let tz = TimeZone::get("Europe/Berlin").unwrap();
+        // Saturday 2025-03-29 12:00 local; clocks go forward on the Sunday night at 02:00.
+        let from: Timestamp = "2025-03-29T12:00:00+01:00".parse().unwrap();
+        let until: Timestamp = "2025-03-31T12:00:00+02:00".parse().unwrap();
+        let (open, edges) = window_edges("22:00-06:00", &tz, from, until).unwrap();
+        assert!(!open, "closed at noon");
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        assert_eq!(
+            edges,
+            vec![
+                (at("2025-03-29T22:00:00+01:00"), true),
+                (at("2025-03-30T06:00:00+02:00"), false),
+                (at("2025-03-30T22:00:00+02:00"), true),
+                (at("2025-03-31T06:00:00+02:00"), false),
+            ]
+        );
+        let (open, edges) =
+            window_edges("22:00-06:00", &tz, at("2025-03-29T23:00:00+01:00"), until).unwrap();
+        assert!(open, "open at 23:00");
+        assert_eq!(edges[0], (at("2025-03-30T06:00:00+02:00"), false));
+        assert_eq!(window_times("6pm"), Err("expected HH:MM-HH:MM, e.g. 02:00-05:00".into()));
+        assert_eq!(
+            parse_window("02:00-02:00"),
+            Err("window \"02:00-02:00\": start and end are the same".into())
+        );
     }
 
     #[test]

@@ -1,8 +1,11 @@
-//! Byte sizes and byte rates as people write them: `"10MB/s"`, `"2.5 MiB/s"`, `"80Mbit/s"`,
-//! `"4MiB"`, plain numbers of bytes, and `"unlimited"`.
+//! Amounts and durations as people write them, one grammar for every file, flag and scenario:
+//! byte sizes and rates (`"10MB/s"`, `"2.5 MiB/s"`, `"80Mbit/s"`, `"4MiB"`, plain numbers of
+//! bytes, `"unlimited"`) and durations (`"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"`, `"1h30m"`).
 //!
-//! Everything is exact integer arithmetic (a decimal mantissa times a rational unit), so
+//! Amounts are exact integer arithmetic (a decimal mantissa times a rational unit), so
 //! `"0.1MB/s"` is exactly 100 000 bytes per second and no float rounding leaks into the limiter.
+
+use std::time::Duration;
 
 /// One accepted unit: its spellings and its value in bytes as a fraction `num / den`.
 struct Unit {
@@ -66,7 +69,10 @@ pub(crate) fn parse_size_str(text: &str) -> Result<u64, String> {
 }
 
 /// `"2.5 MiB"` → 2 621 440. Rounds to the nearest byte (only fractional bits can round).
-fn parse_amount(text: &str) -> Result<u64, String> {
+/// `Err` holds the problem, to be put in brackets after the value ("it does not start with a
+/// number", "unknown unit \"parsecs\"; units: ...").
+pub fn parse_amount(text: &str) -> Result<u64, String> {
+    let text = text.trim();
     let split =
         text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
@@ -109,6 +115,45 @@ fn parse_amount(text: &str) -> Result<u64, String> {
     u64::try_from(rounded).map_err(|_| "it is too large".to_string())
 }
 
+/// A duration: `"250ms"`, `"30s"` (or `"sec"`), `"5m"` (or `"min"`), `"2h"`, `"1d"`, decimals
+/// (`"1.5h"`), sums (`"1h30m"`), and a bare number of seconds. `Err` holds the problem, as
+/// [`parse_amount`]'s.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err("it is empty".to_string());
+    }
+    let mut secs = 0.0;
+    while !rest.is_empty() {
+        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(end);
+        let n: f64 = number.parse().map_err(|_| {
+            if number.is_empty() {
+                format!("\"{rest}\" does not start with a number")
+            } else {
+                format!("\"{number}\" is not a number")
+            }
+        })?;
+        let tail = tail.trim_start();
+        let end = tail.find(|c: char| c.is_ascii_digit() || c == ' ').unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(end);
+        let unit_secs = match unit {
+            "ms" => 0.001,
+            "s" | "sec" | "" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
+            other => return Err(format!("unknown unit \"{other}\" (ms, s, m, h or d)")),
+        };
+        secs += n * unit_secs;
+        rest = tail.trim_start();
+    }
+    if !secs.is_finite() || secs > 1e12 {
+        return Err("it is too large".to_string());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 /// A TOML float given for a rate or size (`rate = 2.5e6`): must be finite, positive, in range.
 pub(crate) fn float_bytes(value: f64) -> Result<u64, String> {
     if !value.is_finite() || value < 0.0 {
@@ -121,7 +166,7 @@ pub(crate) fn float_bytes(value: f64) -> Result<u64, String> {
 }
 
 /// Human form of a byte count for notes and `Display`: exact binary or decimal unit if one fits.
-pub(crate) fn fmt_bytes(bytes: u64) -> String {
+pub fn fmt_bytes(bytes: u64) -> String {
     const BIN: [(u64, &str); 4] =
         [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     const DEC: [(u64, &str); 4] =
@@ -135,7 +180,7 @@ pub(crate) fn fmt_bytes(bytes: u64) -> String {
 }
 
 /// Human form of a rate (`None` = unlimited).
-pub(crate) fn fmt_rate(rate: Option<u64>) -> String {
+pub fn fmt_rate(rate: Option<u64>) -> String {
     match rate {
         Some(r) => format!("{}/s", fmt_bytes(r)),
         None => "unlimited".to_string(),
@@ -172,6 +217,22 @@ mod tests {
         assert!(parse_size_str("4MiB/s").unwrap_err().contains("rate"));
         assert!(parse_size_str("unlimited").is_err());
         assert!(parse_size_str("0").is_err());
+    }
+
+    #[test]
+    fn amounts_and_durations() {
+        assert_eq!(parse_amount(" 1.5 KiB "), Ok(1536));
+        assert!(parse_amount("10 parsecs").unwrap_err().contains("unknown unit"));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("soon").unwrap_err().contains("does not start with a number"));
+        assert!(parse_duration("5 fortnights").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("1e300h").is_err());
     }
 
     #[test]
