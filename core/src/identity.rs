@@ -26,7 +26,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -799,68 +799,27 @@ fn read_single_pem(path: &Path, tag: &str, hint: &'static str) -> Result<Vec<u8>
     Ok(first.into_contents())
 }
 
-/// Writes `data` to `path` through a temporary file in the same directory (mode 0600 for
-/// secrets), synced before it is moved into place, so readers and crashes only ever see the old
-/// file or the complete new one. Without `overwrite`, an existing `path` is never replaced
-/// (the temp file is hard-linked into place, which fails if `path` exists).
+/// Writes `data` to `path` durably ([`crate::durable`]: mode 0600 for secrets, 0644 otherwise),
+/// so readers and crashes only ever see the old file or the complete new one. Without
+/// `overwrite`, an existing `path` is never replaced.
 fn write_atomic(
     path: &Path,
     data: &[u8],
     kind: FileKind,
     overwrite: bool,
 ) -> Result<(), IdentityError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
+    let mode = match kind {
+        FileKind::Secret => 0o600,
+        FileKind::Public => 0o644,
     };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| invalid(path.display(), "not a file path"))?
-        .to_string_lossy();
-    let suffix = hex::encode(random_bytes::<6>("naming a temporary file")?);
-    let tmp = dir.join(format!(".{file_name}.tmp-{}-{suffix}", std::process::id()));
-
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(match kind {
-            FileKind::Secret => 0o600,
-            FileKind::Public => 0o644,
-        });
-    }
-    let written = opts.open(&tmp).and_then(|mut f| {
-        f.write_all(data)?;
-        f.sync_all()
-    });
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(path, "writing (via a temporary file)")(e));
-    }
-
-    let placed = if overwrite {
-        fs::rename(&tmp, path).map_err(io_err(path, "renaming the temporary file into place"))
-    } else {
-        match fs::hard_link(&tmp, path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                Err(IdentityError::AlreadyExists { path: path.to_path_buf(), hint: "" })
+    crate::durable::write_with(path, data, crate::durable::Options { mode, overwrite }).map_err(
+        |e| match e.kind() {
+            io::ErrorKind::AlreadyExists => {
+                IdentityError::AlreadyExists { path: path.to_path_buf(), hint: "" }
             }
-            // Filesystems without hard links: fall back to check-then-rename.
-            Err(_) if !exists(path)? => fs::rename(&tmp, path)
-                .map_err(io_err(path, "renaming the temporary file into place")),
-            Err(_) => Err(IdentityError::AlreadyExists { path: path.to_path_buf(), hint: "" }),
-        }
-    };
-    let _ = fs::remove_file(&tmp);
-    placed?;
-
-    #[cfg(unix)]
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+            _ => io_err(path, "writing (via a temporary file)")(e),
+        },
+    )
 }
 
 #[cfg(test)]

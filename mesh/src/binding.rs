@@ -11,7 +11,6 @@
 //! counted (`oasis_gossip_dropped_total{reason="unverified"}`).
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -36,28 +35,14 @@ pub fn load_or_create_keypair(state: &Path) -> Result<Keypair> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = Keypair::generate_ed25519();
             let bytes = key.to_protobuf_encoding().context("encoding the p2p key")?;
-            let tmp = state.join(format!(".{P2P_KEY_FILE}.tmp.{}", std::process::id()));
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .with_context(|| format!("{}: creating", tmp.display()))?;
-                f.write_all(&bytes).with_context(|| format!("{}: writing", tmp.display()))?;
-                f.sync_all().with_context(|| format!("{}: syncing", tmp.display()))?;
-            }
-            // Two processes racing: the first rename wins and both then read the same key.
-            if path.exists() {
-                let _ = fs::remove_file(&tmp);
-                return load_or_create_keypair(state);
-            }
-            fs::rename(&tmp, &path)
-                .with_context(|| format!("{}: renaming into place", path.display()))?;
-            if let Ok(dir) = fs::File::open(state) {
-                let _ = dir.sync_all();
+            // Two processes racing: the first to place the file wins and both then read it.
+            let secret = oasis_core::durable::Options { mode: 0o600, overwrite: false };
+            match oasis_core::durable::write_with(&path, &bytes, secret) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return load_or_create_keypair(state);
+                }
+                Err(e) => return Err(e).with_context(|| format!("{}: writing", path.display())),
             }
             Ok(key)
         }
