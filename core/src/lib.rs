@@ -13,11 +13,11 @@ pub use oasis_proto::{
 
 pub mod durable;
 pub mod fsmeta;
-pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod packs;
+pub mod pki;
 pub mod policy;
 pub mod shutdown;
 pub mod store;

@@ -12,8 +12,8 @@
 use crate::journal::device_dir;
 use crate::snapshot::{write_durably, AppliedLayer};
 use anyhow::{bail, Context};
-use oasis_core::identity::NodeIdentity;
 use oasis_core::manifest::{LayerManifest, SignedManifest, SignedRoot};
+use oasis_core::pki::NodeIdentity;
 use oasis_core::store::ChunkStore;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -215,8 +215,8 @@ pub fn device_name(identity: Option<&NodeIdentity>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oasis_core::identity::{Role, SeedAuthority};
     use oasis_core::manifest::{Entry, LayerKind, Node, MANIFEST_FORMAT};
+    use oasis_core::pki::{Role, SeedAuthority};
 
     /// A manifest of a million entries (a whole OS image) is kept and read back whole: the root
     /// and the body as files of their own, the body checked against the root on reading.

@@ -5,8 +5,8 @@
 //! given by the user breaks ties. Candidates that do not answer are left at the end (they are
 //! tried, and given up, only if everything before them failed).
 
-use oasis_core::identity::Role;
 use oasis_core::net::Client;
+use oasis_core::pki::Role;
 use oasis_core::select::{ProbeAnswer, SourceCandidate};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};

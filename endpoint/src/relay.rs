@@ -4,9 +4,9 @@
 //! every `every`, so the inventory sees it awake (relays are tried most recently seen first).
 
 use anyhow::Context;
-use oasis_core::identity::NodeIdentity;
 use oasis_core::metrics::NodeMetrics;
 use oasis_core::net::{self, Client, TransportOptions};
+use oasis_core::pki::NodeIdentity;
 use oasis_core::wake::relay::RelayService;
 use oasis_core::wake::{self as wol, IpNet, SendOptions};
 use std::net::SocketAddr;

@@ -28,9 +28,9 @@ use bytes::Bytes;
 use oasis_core::backup::{RecordRef, SnapshotInfo, SnapshotRecord};
 use oasis_core::chunk::ChunkId;
 use oasis_core::fsmeta::MetaReport;
-use oasis_core::identity::NodeIdentity;
 use oasis_core::manifest::{ChunkRef, LayerManifest};
 use oasis_core::net::{self, ChunkReply, Client, TransportOptions};
+use oasis_core::pki::NodeIdentity;
 use oasis_core::store::ChunkStore;
 use std::collections::HashSet;
 use std::io;
@@ -150,7 +150,7 @@ pub fn parse_target(s: &str) -> anyhow::Result<(String, Option<String>)> {
         Some((d, id)) => (d, Some(id.to_string())),
         None => (s, None),
     };
-    oasis_core::identity::validate_node_name("device", d).map_err(anyhow::Error::msg)?;
+    oasis_core::pki::validate_node_name("device", d).map_err(anyhow::Error::msg)?;
     if let Some(id) = &id {
         oasis_core::manifest::validate_label("snapshot", id).map_err(anyhow::Error::msg)?;
     }

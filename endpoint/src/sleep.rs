@@ -9,8 +9,8 @@
 
 use crate::{fetch, FetchOptions, FetchReport};
 use anyhow::Context;
-use oasis_core::identity::{NodeIdentity, PeerInfo};
 use oasis_core::net::{Client, NetError};
+use oasis_core::pki::{NodeIdentity, PeerInfo};
 use oasis_core::wake::{self as wol, DeviceInfo, Mac};
 use oasis_core::wire::ErrorCode;
 use std::net::SocketAddr;

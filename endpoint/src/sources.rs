@@ -5,9 +5,9 @@
 //! tried again.
 
 use oasis_core::compress::StoredChunk;
-use oasis_core::identity::{NodeIdentity, TrustRoot};
 use oasis_core::manifest::SignedManifest;
 use oasis_core::net::{self, Client, NetError, TransportOptions};
+use oasis_core::pki::{NodeIdentity, TrustRoot};
 use oasis_core::store::ChunkStore;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,7 +36,7 @@ pub struct Sources {
     site: Option<String>,
     ranked: bool,
     /// Who we are, for the registration sent on every connection.
-    me: oasis_core::identity::PeerInfo,
+    me: oasis_core::pki::PeerInfo,
 }
 
 impl Sources {

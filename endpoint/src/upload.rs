@@ -22,8 +22,8 @@ use oasis_core::backup::{
 };
 use oasis_core::chunk::ChunkId;
 use oasis_core::compress::StoredChunk;
-use oasis_core::identity::NodeIdentity;
 use oasis_core::net::{self, Client, NetError, TransportOptions};
+use oasis_core::pki::NodeIdentity;
 use oasis_core::policy::{BandwidthPolicy, WanLimiter};
 use oasis_core::store::ChunkStore;
 use oasis_core::wire::{ErrorCode, MAX_IDS_PER_REQUEST};

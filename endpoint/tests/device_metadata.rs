@@ -9,8 +9,8 @@
 mod apply_support;
 
 use apply_support::*;
-use oasis_core::identity::{Role, SeedAuthority};
 use oasis_core::manifest::LayerKind;
+use oasis_core::pki::{Role, SeedAuthority};
 use oasis_endpoint::snapshot::SnapshotDir;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

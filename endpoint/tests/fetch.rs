@@ -3,9 +3,9 @@
 mod common;
 
 use common::*;
-use oasis_core::identity::Role;
 use oasis_core::manifest::{Entry, Node};
 use oasis_core::manifest::{LayerManifest, Meta, Xattr};
+use oasis_core::pki::Role;
 use oasis_endpoint::{fetch, fetch_with, Extraneous, FetchOptions};
 use std::net::SocketAddr;
 

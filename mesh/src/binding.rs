@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
 use oasis_core::gossip::{binding_message, Hello};
-use oasis_core::identity::{peer_info_from_cert, NodeIdentity, PeerInfo, Role, TrustRoot};
+use oasis_core::pki::{peer_info_from_cert, NodeIdentity, PeerInfo, Role, TrustRoot};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::SignatureScheme;
 use webpki::ring as algs;

@@ -31,7 +31,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use oasis_core::chunk::ChunkId;
 use oasis_core::gossip::{GossipView, InventoryRecord, LayerDigest, Load, PeerRef};
-use oasis_core::identity::NodeIdentity;
+use oasis_core::pki::NodeIdentity;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;

@@ -19,7 +19,7 @@ use oasis_core::gossip::{
     pack_availability, set_bit, Body, GossipMsg, GossipReject, GossipView, Heartbeat, Held, Hello,
     InventoryRecord, LayerAvailability, LayerDigest, Load, MAX_MESSAGE_BYTES,
 };
-use oasis_core::identity::{NodeIdentity, PeerInfo, Role, TrustRoot};
+use oasis_core::pki::{NodeIdentity, PeerInfo, Role, TrustRoot};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures::StreamExt;
 use oasis_core::gossip::{Body, GossipMsg, Held, LayerAvailability, MAX_MESSAGE_BYTES};
-use oasis_core::identity::{Role, SeedAuthority};
+use oasis_core::pki::{Role, SeedAuthority};
 use oasis_mesh::libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
 use oasis_mesh::libp2p::swarm::SwarmEvent;
 use oasis_mesh::libp2p::{identity::Keypair, noise, tcp, yamux, Swarm};

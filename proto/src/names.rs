@@ -1,5 +1,5 @@
 //! Node roles, names and sites: what a node is in the distribution tree, and the names it goes
-//! by. Certificates carry them (`oasis_core::identity` reads them from there); gossip, inventory
+//! by. Certificates carry them (`oasis_core::pki` reads them from there); gossip, inventory
 //! and backup messages check names with the same rule.
 
 use std::fmt;

@@ -4,8 +4,8 @@
 use crate::config::{ConfigArgs, ReflectorConfig, WanLimit};
 use crate::policy::describe;
 use crate::upstream;
-use oasis_core::identity::{NodeIdentity, Role};
 use oasis_core::net::TransportOptions;
+use oasis_core::pki::{NodeIdentity, Role};
 use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;

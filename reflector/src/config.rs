@@ -542,7 +542,7 @@ impl ConfigArgs {
         }
         if let Some(sites) = &file.peer_sites {
             for site in sites.get_ref() {
-                if let Err(e) = oasis_core::identity::validate_node_name("site", site) {
+                if let Err(e) = oasis_core::pki::validate_node_name("site", site) {
                     return ctx.err("peer_sites", sites.span(), format!("entry {site:?}: {e}"));
                 }
             }

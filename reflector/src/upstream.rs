@@ -2,8 +2,8 @@
 //! exponential backoff (capped), and shared by everything that asks upstream.
 
 use crate::metrics::ReflectorMetrics;
-use oasis_core::identity::NodeIdentity;
 use oasis_core::net::{self, Client, TransportOptions};
+use oasis_core::pki::NodeIdentity;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -12,9 +12,9 @@
 
 use crate::upstream::Upstream;
 use oasis_core::gossip::InventoryRecord;
-use oasis_core::identity::{NodeIdentity, PeerInfo, Role};
 use oasis_core::metrics::NodeMetrics;
 use oasis_core::net::{self, Client, SourceError, TransportOptions};
+use oasis_core::pki::{NodeIdentity, PeerInfo, Role};
 use oasis_core::wake::schedule::{self, MachineResult, ScheduleConfig, WakeRun};
 use oasis_core::wake::{
     self as wol, route, DeviceEntry, DeviceInfo, SendOptions, WakeSent, WakeTarget,

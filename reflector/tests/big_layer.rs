@@ -13,8 +13,8 @@
 mod common;
 
 use common::{layer, World};
-use oasis_core::identity::Role;
 use oasis_core::net::Client;
+use oasis_core::pki::Role;
 use oasis_core::wire::Assignment;
 use oasis_core::ChunkId;
 use std::net::SocketAddr;

@@ -7,8 +7,8 @@
 mod common;
 
 use common::{layer, wait_until, World};
-use oasis_core::identity::Role;
 use oasis_core::net::NetError;
+use oasis_core::pki::Role;
 use oasis_core::store::ChunkStore;
 use oasis_core::ChunkId;
 use oasis_mesh::libp2p::multiaddr::Protocol;

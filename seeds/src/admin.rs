@@ -8,7 +8,7 @@
 
 use crate::commands::{execute, StoreCommand};
 use indicatif::ProgressBar;
-use oasis_core::identity::SeedAuthority;
+use oasis_core::pki::SeedAuthority;
 use oasis_core::store::ChunkStore;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};

@@ -64,7 +64,7 @@ impl<'a> Catalog<'a> {
         version: &str,
         window: Option<&str>,
     ) -> Result<Option<String>, CatalogError> {
-        oasis_core::identity::validate_node_name("site", site)
+        oasis_core::pki::validate_node_name("site", site)
             .map_err(|e| CatalogError::Invalid(e.to_string()))?;
         if let Some(w) = window {
             validate_window(w).map_err(CatalogError::Invalid)?;

@@ -5,8 +5,8 @@
 //! [`DeviceRecord`]s. A registration updates what the device reports and keeps its plan;
 //! `set_plan` changes only the plan. Device names are node names: unique across the fleet.
 
-use oasis_core::identity::{PeerInfo, Role};
 use oasis_core::net::SourceError;
+use oasis_core::pki::{PeerInfo, Role};
 use oasis_core::store::ChunkStore;
 use oasis_core::wake::{DeviceEntry, DeviceInfo, IpNet, Mac};
 use serde::{Deserialize, Serialize};
@@ -132,10 +132,10 @@ impl Inventory {
         reported_by: &str,
         now: u64,
     ) -> Result<DeviceRecord, DeviceError> {
-        oasis_core::identity::validate_node_name("device name", &info.name)
+        oasis_core::pki::validate_node_name("device name", &info.name)
             .map_err(|e| DeviceError::Invalid(e.to_string()))?;
         if !info.site.is_empty() {
-            oasis_core::identity::validate_node_name("site", &info.site)
+            oasis_core::pki::validate_node_name("site", &info.site)
                 .map_err(|e| DeviceError::Invalid(e.to_string()))?;
         }
         let old = self.get(&info.name)?;

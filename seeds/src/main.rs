@@ -3,9 +3,9 @@
 use anyhow::bail;
 use clap::{Parser, Subcommand};
 use oasis_core::chunk::ChunkParams;
-use oasis_core::identity::{Role, SeedAuthority};
 use oasis_core::logging::{self, LogFormat};
 use oasis_core::manifest::LayerKind;
+use oasis_core::pki::{Role, SeedAuthority};
 use oasis_core::store::StoreError;
 use oasis_seed::admin::forward;
 use oasis_seed::commands::{execute, StoreCommand};
@@ -398,7 +398,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
         }
         Cmd::Id { data } => {
-            if !data.join(oasis_core::identity::TRUST_FILE).exists() {
+            if !data.join(oasis_core::pki::TRUST_FILE).exists() {
                 bail!(
                     "{} is not a seed data directory (no trust.pem): run `oasis-seed init --data {}` first",
                     data.display(),
@@ -410,7 +410,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Wake { data, json, devices } => {
             let v = run_store_command(&data, &StoreCommand::Devices { pending: false }, false)?;
             let inventory: Vec<oasis_seed::devices::DeviceRecord> = serde_json::from_value(v)?;
-            let identity = oasis_core::identity::NodeIdentity::load(&data)?;
+            let identity = oasis_core::pki::NodeIdentity::load(&data)?;
             let rt = tokio::runtime::Runtime::new()?;
             let outcomes = rt.block_on(async {
                 let ep = oasis_core::net::client_endpoint(

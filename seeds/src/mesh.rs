@@ -10,8 +10,8 @@
 
 use anyhow::Context;
 use oasis_core::gossip::LayerDigest;
-use oasis_core::identity::NodeIdentity;
 use oasis_core::metrics::NodeMetrics;
+use oasis_core::pki::NodeIdentity;
 use oasis_core::store::ChunkStore;
 use oasis_mesh::{Holding, Mesh, MeshConfig, MeshHandle};
 use std::collections::HashSet;

@@ -5,9 +5,9 @@
 
 use crate::source::SeedSource;
 use anyhow::Context;
-use oasis_core::identity::{NodeIdentity, SeedAuthority};
 use oasis_core::metrics::NodeMetrics;
 use oasis_core::net::{self, TransportOptions};
+use oasis_core::pki::{NodeIdentity, SeedAuthority};
 use oasis_core::store::ChunkStore;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ pub fn store_dir(data: &Path) -> PathBuf {
 
 /// Opens the seed's chunk store, refusing a DATA that was never initialised.
 pub fn open_store(data: &Path) -> anyhow::Result<ChunkStore> {
-    if !data.join(oasis_core::identity::TRUST_FILE).exists() {
+    if !data.join(oasis_core::pki::TRUST_FILE).exists() {
         anyhow::bail!(
             "{} is not a seed data directory (no trust.pem): run `oasis-seed init --data {}` first",
             data.display(),

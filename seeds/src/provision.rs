@@ -14,9 +14,9 @@ use crate::snapshots::SnapshotError;
 use anyhow::{bail, Context};
 use oasis_core::backup;
 use oasis_core::compress::StoredChunk;
-use oasis_core::identity::{PeerInfo, Role, SeedAuthority};
 use oasis_core::manifest::LayerKind;
 use oasis_core::net::SourceError;
+use oasis_core::pki::{PeerInfo, Role, SeedAuthority};
 use oasis_core::store::ChunkStore;
 use oasis_core::wire::ErrorCode;
 

@@ -1,8 +1,8 @@
 //! `oasis-seed devices` and `oasis-seed wake` as an operator runs them: against a running seed
 //! (through its admin socket) and offline, on the same persisted inventory.
 
-use oasis_core::identity::NodeIdentity;
 use oasis_core::net::{self, Client, TransportOptions};
+use oasis_core::pki::NodeIdentity;
 use oasis_core::wake::DeviceInfo;
 use serde_json::Value;
 use std::path::Path;

@@ -2,8 +2,8 @@
 //! bits, nanosecond mtimes, extended attributes (user.* and security.capability) and hard
 //! links; and it refuses what a layer cannot hold (a FIFO) naming the path.
 
-use oasis_core::identity::SeedAuthority;
 use oasis_core::manifest::{Entry, Node, Xattr};
+use oasis_core::pki::SeedAuthority;
 use oasis_core::store::ChunkStore;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;

@@ -3,9 +3,9 @@
 
 use anyhow::Context;
 use oasis_core::chunk::{cut, ChunkParams};
-use oasis_core::identity::{Role, SeedAuthority};
 use oasis_core::manifest::LayerKind;
 use oasis_core::net::{self, TransportOptions};
+use oasis_core::pki::{Role, SeedAuthority};
 use oasis_endpoint::{fetch, FetchOptions};
 use oasis_seed::{publish, PublishOptions, RunningSeed};
 use std::path::Path;
@@ -293,8 +293,8 @@ fn raw_pipeline(data: &[u8]) -> usize {
 /// One raw quinn stream carrying `size` bytes with the transport settings Oasis uses.
 async fn raw_quinn_mb_s(seed_dir: &Path, ep_dir: &Path, size: usize) -> anyhow::Result<f64> {
     let opts = TransportOptions::default();
-    let server_id = oasis_core::identity::NodeIdentity::load(seed_dir)?;
-    let client_id = oasis_core::identity::NodeIdentity::load(ep_dir)?;
+    let server_id = oasis_core::pki::NodeIdentity::load(seed_dir)?;
+    let client_id = oasis_core::pki::NodeIdentity::load(ep_dir)?;
     let server = net::server_endpoint("127.0.0.1:0".parse()?, &server_id, &opts)?;
     let addr = server.local_addr()?;
     let payload = Arc::new(bytes::Bytes::from(vec![0x5au8; 1 << 20]));
@@ -313,7 +313,7 @@ async fn raw_quinn_mb_s(seed_dir: &Path, ep_dir: &Path, size: usize) -> anyhow::
     });
     let client = net::client_endpoint(&client_id, &opts)?;
     let conn = client
-        .connect(addr, oasis_core::identity::NODE_SERVER_NAME)?
+        .connect(addr, oasis_core::pki::NODE_SERVER_NAME)?
         .await
         .context("raw quinn connect")?;
     let t = Instant::now();

@@ -9,8 +9,8 @@
 
 use anyhow::Context;
 use oasis_core::chunk::ChunkParams;
-use oasis_core::identity::{Role, SeedAuthority};
 use oasis_core::manifest::LayerKind;
+use oasis_core::pki::{Role, SeedAuthority};
 use oasis_endpoint::apply::{apply, ApplyOptions};
 use oasis_endpoint::session::Session;
 use oasis_seed::{publish, PublishOptions, RunningSeed};

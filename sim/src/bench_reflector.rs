@@ -8,7 +8,7 @@
 //! [`crate::live::verify_fetch`] unless `--full-fetch` (see [`crate::live`] for why).
 
 use crate::live::{self, EndpointRun, LiveSeed, Sampler};
-use oasis_core::identity::Role;
+use oasis_core::pki::Role;
 use oasis_reflector::config::parse_rate;
 use oasis_reflector::WanLimit;
 use std::path::{Path, PathBuf};

@@ -22,8 +22,8 @@ use crate::live::{self, LiveSeed};
 use crate::sample::SplitMix;
 use anyhow::Context;
 use oasis_core::fsmeta::{apply_meta, MetaReport, Writer};
-use oasis_core::identity::{Role, SeedAuthority, TrustRoot};
 use oasis_core::manifest::{LayerKind, Meta, Node, Xattr};
+use oasis_core::pki::{Role, SeedAuthority, TrustRoot};
 use oasis_endpoint::apply::{apply, ApplyOptions};
 use oasis_reflector::{RunningReflector, WanLimit};
 use oasis_seed::{publish, PublishOptions, PublishReport, RunningSeed};
@@ -1183,7 +1183,7 @@ fn bench_rss(args: &TreeBenchArgs, dir: &Path, json: bool) -> anyhow::Result<ser
 
     // The manifest's size, read from the seed's store now that the seed has stopped.
     let manifest = {
-        let trust = TrustRoot::load(&data.join(oasis_core::identity::TRUST_FILE))?;
+        let trust = TrustRoot::load(&data.join(oasis_core::pki::TRUST_FILE))?;
         let store = oasis_seed::node::open_store(&data)?;
         let sm = store
             .open_manifest("rss", Some("1"), trust.manifest_key())?

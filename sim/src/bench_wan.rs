@@ -18,7 +18,7 @@
 
 use crate::live::{self, LiveSeed};
 use anyhow::Context;
-use oasis_core::identity::Role;
+use oasis_core::pki::Role;
 use oasis_core::policy::BandwidthPolicy;
 use oasis_endpoint::apply::{self, ApplyOptions};
 use oasis_endpoint::session::Session;

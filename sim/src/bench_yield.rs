@@ -16,8 +16,8 @@
 
 use crate::live::{self, LiveSeed, Sampler};
 use anyhow::Context;
-use oasis_core::identity::{NodeIdentity, Role, NODE_SERVER_NAME};
 use oasis_core::net::{self, Congestion, TransportOptions};
+use oasis_core::pki::{NodeIdentity, Role, NODE_SERVER_NAME};
 use oasis_reflector::{ReflectorConfig, RunningReflector, WanLimit};
 use oasis_wanem::{EmulatorThread, WanSpec};
 use std::net::SocketAddr;

@@ -7,7 +7,7 @@
 
 use crate::live::{self, LiveSeed, Sampler, SiteWan};
 use anyhow::Context;
-use oasis_core::identity::Role;
+use oasis_core::pki::Role;
 use oasis_endpoint::FetchReport;
 use oasis_reflector::config::parse_rate;
 use oasis_reflector::{RunningReflector, WanLimit};

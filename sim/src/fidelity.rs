@@ -17,7 +17,7 @@ use crate::live::{self, LiveSeed, Sampler};
 use crate::report::Stats;
 use crate::scenario::Scenario;
 use anyhow::Context;
-use oasis_core::identity::Role;
+use oasis_core::pki::Role;
 use oasis_reflector::RunningReflector;
 use oasis_wanem::{EmulatorThread, Probability, WanSpec};
 use serde_json::json;

@@ -9,9 +9,9 @@
 //! reflector, not the endpoints' disks.
 
 use anyhow::Context;
-use oasis_core::identity::{NodeIdentity, Role, SeedAuthority};
 use oasis_core::manifest::LayerKind;
 use oasis_core::net::{ChunkReply, Client, TransportOptions};
+use oasis_core::pki::{NodeIdentity, Role, SeedAuthority};
 use oasis_core::ChunkId;
 use oasis_endpoint::{fetch, FetchOptions, FetchReport};
 use oasis_reflector::{ReflectorConfig, RunningReflector, WanLimit};

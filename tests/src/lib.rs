@@ -1,8 +1,8 @@
 //! Shared harness for the workspace integration tests: a real seed on 127.0.0.1, enrolled
 //! nodes, random trees, and tree comparison.
 
-use oasis_core::identity::{Role, SeedAuthority};
 use oasis_core::manifest::LayerKind;
+use oasis_core::pki::{Role, SeedAuthority};
 use oasis_seed::{publish, PublishOptions, PublishReport, RunningSeed};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -81,7 +81,7 @@ impl TestSeed {
     /// The manifest body of `name@version` as the seed stores it: (distinct body chunks,
     /// their stored bytes). Bodies move as chunks, so the byte counts of a fetch include them.
     pub fn body(&self, name: &str, version: &str) -> anyhow::Result<(u64, u64)> {
-        let key = *oasis_core::identity::NodeIdentity::load(&self.data())?.trust().manifest_key();
+        let key = *oasis_core::pki::NodeIdentity::load(&self.data())?.trust().manifest_key();
         let bytes = self
             .seed
             .store

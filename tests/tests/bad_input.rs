@@ -3,10 +3,10 @@
 use bytes::Bytes;
 use oasis_core::chunk::{ChunkId, ChunkParams};
 use oasis_core::compress::StoredChunk;
-use oasis_core::identity::{Role, SeedAuthority};
 use oasis_core::manifest::{ChunkRef, Entry, LayerKind, LayerManifest, Node, MANIFEST_FORMAT};
 use oasis_core::metrics::NodeMetrics;
 use oasis_core::net::{self, ChunkSource, SourceError, TransportOptions};
+use oasis_core::pki::{Role, SeedAuthority};
 use oasis_core::store::ChunkStore;
 use oasis_core::wire::LayerRef;
 use oasis_endpoint::{fetch, FetchOptions};
@@ -235,7 +235,7 @@ async fn corrupt_chunks_are_refetched_and_never_written() -> anyhow::Result<()> 
     )?;
     let published = seed.publish("base", "1", &src)?;
     // A second server on the same store whose answers are corrupted in flight.
-    let id = oasis_core::identity::NodeIdentity::load(&seed.data())?;
+    let id = oasis_core::pki::NodeIdentity::load(&seed.data())?;
     let endpoint = net::server_endpoint("127.0.0.1:0".parse()?, &id, &TransportOptions::default())?;
     let addr = endpoint.local_addr()?;
     let source = Arc::new(CorruptingSource {

@@ -3,9 +3,9 @@
 //! mode rebuilds exactly what it promises, and a pending device is provisioned end to end.
 
 use oasis_core::backup::RecordRef;
-use oasis_core::identity::{Role, SeedAuthority};
 use oasis_core::manifest::LayerKind;
 use oasis_core::net::{self, Client, TransportOptions};
+use oasis_core::pki::{Role, SeedAuthority};
 use oasis_core::ChunkId;
 use oasis_endpoint::apply::{self, ApplyOptions};
 use oasis_endpoint::restore::{self, ProvisionOptions, RestoreMode, RestoreOptions};
@@ -205,7 +205,7 @@ async fn second_upload_sends_only_changed_chunks() {
 }
 
 async fn client(seed: &TestSeed, state: &Path) -> Client {
-    let id = oasis_core::identity::NodeIdentity::load(state).unwrap();
+    let id = oasis_core::pki::NodeIdentity::load(state).unwrap();
     let ep = net::client_endpoint(&id, &TransportOptions::default()).unwrap();
     Client::connect(&ep, seed.seed.addr).await.unwrap()
 }
@@ -488,7 +488,7 @@ async fn upload_survives_a_seed_restart() {
     let mut tries = 0;
     f.seed.seed = loop {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let identity = oasis_core::identity::NodeIdentity::load(&data).unwrap();
+        let identity = oasis_core::pki::NodeIdentity::load(&data).unwrap();
         match oasis_seed::RunningSeed::start_with(identity, store.clone(), addr, None).await {
             Ok(s) => break s,
             Err(e) if tries < 30 => {

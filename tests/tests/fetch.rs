@@ -1,7 +1,7 @@
 //! A real seed and endpoints over QUIC on 127.0.0.1: trees arrive byte-identical, and a new
 //! version moves only its changed chunks.
 
-use oasis_core::identity::Role;
+use oasis_core::pki::Role;
 use oasis_endpoint::{fetch, FetchOptions};
 use oasis_tests::{copy_tree, mutate_tree, random_tree, snapshot, TestSeed, TreeSpec};
 use std::path::Path;

@@ -2,8 +2,8 @@
 //! arrives byte-identical, a second endpoint costs the WAN nothing, and a small change to a
 //! large layer moves a small part of its manifest.
 
-use oasis_core::identity::{NodeIdentity, Role};
 use oasis_core::manifest::BODY_CHUNKING;
+use oasis_core::pki::{NodeIdentity, Role};
 use oasis_core::wire::MAX_FRAME_BYTES;
 use oasis_endpoint::{fetch, FetchOptions, FetchReport};
 use oasis_tests::{copy_tree, snapshot, wide_tree, TestSeed};

@@ -3,9 +3,9 @@
 //! for a site of three reflectors, an endpoint surviving the loss of its reflector, one WAN
 //! budget per site, and a sibling that serves corrupt chunks.
 
-use oasis_core::identity::{NodeIdentity, Role};
 use oasis_core::metrics::sample_value;
 use oasis_core::net::TransportOptions;
+use oasis_core::pki::{NodeIdentity, Role};
 use oasis_endpoint::{fetch, FetchOptions, FetchReport};
 use oasis_mesh::libp2p::multiaddr::Protocol;
 use oasis_mesh::libp2p::Multiaddr;

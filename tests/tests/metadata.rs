@@ -1,7 +1,7 @@
 //! The metadata a real OS image has (owners, set-id and sticky bits, nanosecond mtimes,
 //! extended attributes, hard links) crosses seed → reflector → endpoint intact.
 
-use oasis_core::identity::Role;
+use oasis_core::pki::Role;
 use oasis_endpoint::{fetch, FetchOptions};
 use oasis_tests::{snapshot_meta, TestSeed};
 use std::os::unix::fs::PermissionsExt;

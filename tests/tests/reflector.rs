@@ -2,10 +2,10 @@
 //! upstream fetch per chunk however many endpoints want it, pins that survive eviction, WAN
 //! policy reloads, a dying seed, and corrupt chunks on the reflector's disk.
 
-use oasis_core::identity::{NodeIdentity, Role};
 use oasis_core::manifest::SignedManifest;
 use oasis_core::metrics::sample_value;
 use oasis_core::net::{ChunkReply, Client, TransportOptions};
+use oasis_core::pki::{NodeIdentity, Role};
 use oasis_core::policy::BandwidthPolicy;
 use oasis_core::ChunkId;
 use oasis_endpoint::{fetch, FetchOptions, FetchReport};
@@ -510,7 +510,7 @@ async fn seed_dying_mid_transfer_leaves_the_cache_serving() -> anyhow::Result<()
     // Cached layers are still served, and fast; "latest" falls back to the cached latest.
     let t = Instant::now();
     let state = dir.path().join("ep-down");
-    oasis_core::identity::SeedAuthority::load(&data)?.enroll(
+    oasis_core::pki::SeedAuthority::load(&data)?.enroll(
         Role::Endpoint,
         "ep-down",
         None,

@@ -3,8 +3,8 @@
 //! relay choice across subnets, and a scheduled delivery to an endpoint that sleeps until its
 //! magic packet arrives.
 
-use oasis_core::identity::{NodeIdentity, Role};
 use oasis_core::net::{self, Client, TransportOptions};
+use oasis_core::pki::{NodeIdentity, Role};
 use oasis_core::wake::schedule::{self, MachineState, ScheduleConfig, WakeRun};
 use oasis_core::wake::{self as wol, check_packet, DeviceInfo, Mac, Password, SendOptions};
 use oasis_mesh::libp2p::multiaddr::Protocol;

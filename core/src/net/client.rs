@@ -3,8 +3,8 @@
 use super::{close_code, read_frame, NetError, ReadFrameError, CONNECT_TIMEOUT};
 use crate::chunk::ChunkId;
 use crate::compress::StoredChunk;
-use crate::identity::{self, PeerInfo, NODE_SERVER_NAME};
 use crate::manifest::{ChunkRef, ManifestError, SignedManifest, SignedRoot};
+use crate::pki::{self, PeerInfo, NODE_SERVER_NAME};
 use crate::policy::TrafficClass;
 use crate::wire::{self, Frame, MAX_FRAME_BYTES, MAX_IDS_PER_REQUEST, MAX_NAME_BYTES};
 use bytes::Bytes;
@@ -88,7 +88,7 @@ impl Client {
             Ok(Err(e)) => return Err(connect_err(e.into())),
             Ok(Ok(conn)) => conn,
         };
-        let peer = match identity::peer_info(&conn) {
+        let peer = match pki::peer_info(&conn) {
             Ok(p) => p,
             Err(e) => {
                 conn.close(VarInt::from_u32(close_code::FORBIDDEN), b"no Oasis node identity");

@@ -20,7 +20,7 @@ mod tests;
 pub use client::{ChunkReplies, ChunkReply, Client, FetchedManifest};
 pub use server::{serve, ChunkSource, SourceError};
 
-use crate::identity::{IdentityError, NodeIdentity};
+use crate::pki::{IdentityError, NodeIdentity};
 use crate::wire::{self, ErrorCode, WireError};
 use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};

@@ -6,8 +6,8 @@ use super::{
 };
 use crate::chunk::ChunkId;
 use crate::compress::StoredChunk;
-use crate::identity::{self, PeerInfo};
 use crate::metrics::NodeMetrics;
+use crate::pki::{self, PeerInfo};
 use crate::policy::TrafficClass;
 use crate::wire::{self, frame_type, ErrorCode, Frame, MAX_FRAME_BYTES, MAX_REQUEST_BYTES};
 use bytes::Bytes;
@@ -288,7 +288,7 @@ async fn serve_connection<S: ChunkSource>(
     metrics: Arc<NodeMetrics>,
 ) {
     let remote = conn.remote_address();
-    let peer = match identity::peer_info(&conn) {
+    let peer = match pki::peer_info(&conn) {
         Ok(p) => p,
         Err(e) => {
             warn!(%remote, error = %e, "refusing peer without a usable Oasis identity");

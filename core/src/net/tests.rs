@@ -3,8 +3,8 @@
 use super::*;
 use crate::chunk::ChunkId;
 use crate::compress::StoredChunk;
-use crate::identity::{PeerInfo, Role, SeedAuthority};
 use crate::metrics::NodeMetrics;
+use crate::pki::{PeerInfo, Role, SeedAuthority};
 use crate::wire::{frame_type, ErrorCode, Frame, LayerRef, MAX_FRAME_BYTES, MAX_REQUEST_BYTES};
 use bytes::{BufMut, Bytes, BytesMut};
 use rand::{rngs::StdRng, Rng, RngCore, SeedableRng};

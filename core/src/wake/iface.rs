@@ -63,7 +63,7 @@ pub fn local_interfaces() -> LocalInterfaces {
 /// This node's own registration: name, role and site from its certificate, MACs and
 /// addresses from its interfaces.
 pub fn self_info(
-    node: &crate::identity::PeerInfo,
+    node: &crate::pki::PeerInfo,
     agent_version: &str,
     wake_to: Option<std::net::SocketAddr>,
     relay: Option<std::net::SocketAddr>,

@@ -70,13 +70,13 @@ async fn send_one(t: WakeTarget, defaults: &[SocketAddr], opts: SendOptions) -> 
 /// `Wake` from the seed or a reflector of its own site, nothing else. Chunk requests find
 /// nothing here.
 pub struct RelayService {
-    me: crate::identity::PeerInfo,
+    me: crate::pki::PeerInfo,
     send: SendOptions,
     packets: std::sync::atomic::AtomicU64,
 }
 
 impl RelayService {
-    pub fn new(me: crate::identity::PeerInfo, send: SendOptions) -> RelayService {
+    pub fn new(me: crate::pki::PeerInfo, send: SendOptions) -> RelayService {
         RelayService { me, send, packets: std::sync::atomic::AtomicU64::new(0) }
     }
 
@@ -108,10 +108,10 @@ impl crate::net::ChunkSource for RelayService {
     }
     async fn wake(
         &self,
-        peer: &crate::identity::PeerInfo,
+        peer: &crate::pki::PeerInfo,
         targets: Vec<WakeTarget>,
     ) -> Result<Vec<WakeSent>, crate::net::SourceError> {
-        use crate::identity::Role;
+        use crate::pki::Role;
         let allowed = peer.role == Role::Seed
             || peer.role == Role::Reflector && peer.site.is_some() && peer.site == self.me.site;
         if !allowed {

@@ -2,8 +2,8 @@
 //! `oasis-endpoint` binary driven as a user would.
 #![allow(dead_code)]
 
-use oasis_core::identity::{Role, SeedAuthority};
 use oasis_core::manifest::LayerKind;
+use oasis_core::pki::{Role, SeedAuthority};
 use oasis_seed::{publish, PublishOptions};
 use oasis_tests::TestSeed;
 use std::collections::BTreeMap;

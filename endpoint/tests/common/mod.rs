@@ -6,10 +6,10 @@
 use bytes::Bytes;
 use oasis_core::chunk::{self, ChunkParams};
 use oasis_core::compress::{Encoding, StoredChunk};
-use oasis_core::identity::{NodeIdentity, Role, SeedAuthority};
 use oasis_core::manifest::{ChunkRef, Entry, LayerKind, LayerManifest, Node, MANIFEST_FORMAT};
 use oasis_core::metrics::NodeMetrics;
 use oasis_core::net::{self, ChunkSource, SourceError, TransportOptions};
+use oasis_core::pki::{NodeIdentity, Role, SeedAuthority};
 use oasis_core::wire::LayerRef;
 use oasis_core::ChunkId;
 use std::collections::{HashMap, HashSet};

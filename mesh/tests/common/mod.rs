@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use oasis_core::identity::{NodeIdentity, Role, SeedAuthority};
+use oasis_core::pki::{NodeIdentity, Role, SeedAuthority};
 use oasis_mesh::libp2p::multiaddr::Protocol;
 use oasis_mesh::libp2p::Multiaddr;
 use oasis_mesh::{Mesh, MeshConfig, MeshHandle};

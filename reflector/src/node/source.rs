@@ -4,8 +4,8 @@
 use super::Reflector;
 use bytes::Bytes;
 use oasis_core::compress::StoredChunk;
-use oasis_core::identity::PeerInfo;
 use oasis_core::net::{ChunkSource, SourceError};
+use oasis_core::pki::PeerInfo;
 use oasis_core::policy::TrafficClass;
 use oasis_core::wire::LayerRef;
 use oasis_core::ChunkId;

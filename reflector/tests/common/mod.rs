@@ -7,12 +7,12 @@
 use bytes::Bytes;
 use oasis_core::chunk::ChunkParams;
 use oasis_core::compress::StoredChunk;
-use oasis_core::identity::{NodeIdentity, PeerInfo, Role, SeedAuthority};
 use oasis_core::manifest::{
     ChunkRef, Entry, LayerKind, LayerManifest, Meta, Node, SignedManifest, MANIFEST_FORMAT,
 };
 use oasis_core::metrics::NodeMetrics;
 use oasis_core::net::{self, ChunkSource, Client, SourceError, TransportOptions};
+use oasis_core::pki::{NodeIdentity, PeerInfo, Role, SeedAuthority};
 use oasis_core::store::ChunkStore;
 use oasis_core::wire::{Assignment, LayerRef};
 use oasis_core::ChunkId;

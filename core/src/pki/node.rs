@@ -1,0 +1,163 @@
+//! A node's own identity (certificate and key) and the TLS configs it connects and serves with.
+
+use super::*;
+
+/// A node's own certificate and key plus the trust root, as loaded from a state dir (`node.pem`,
+/// `node.key`, `trust.pem`).
+///
+/// Node certificates are valid for [`NODE_CERT_VALIDITY_YEARS`] years. There is no renewal yet:
+/// when one expires the node must be enrolled again.
+#[derive(Clone)]
+pub struct NodeIdentity {
+    pub(super) info: PeerInfo,
+    pub(super) cert: CertificateDer<'static>,
+    /// PKCS#8 DER of the node's private key.
+    pub(super) key: Arc<Vec<u8>>,
+    pub(super) trust: TrustRoot,
+}
+
+impl fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeIdentity")
+            .field("info", &self.info)
+            .field("key", &"[secret]")
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeIdentity {
+    /// Loads `node.pem`, `node.key` and `trust.pem` from `state_dir` and checks that they belong
+    /// together: the key matches the certificate, and the certificate was issued by the CA in
+    /// `trust.pem`, is currently valid and carries an Oasis node URI. Errors name the file and
+    /// the problem.
+    pub fn load(state_dir: &Path) -> Result<NodeIdentity, IdentityError> {
+        let trust = TrustRoot::load(&state_dir.join(TRUST_FILE))?;
+
+        let cert_path = state_dir.join(NODE_CERT_FILE);
+        let cert_what = cert_path.display().to_string();
+        let cert = read_single_pem(&cert_path, CERT_PEM_TAG, HINT_ENROLL)?;
+        let cert = CertificateDer::from(cert);
+        let info = peer_info_from_cert(&cert).map_err(|e| match e {
+            IdentityError::Invalid { problem, .. } => invalid(&cert_what, problem),
+            other => other,
+        })?;
+
+        let key_path = state_dir.join(NODE_KEY_FILE);
+        let key = read_single_pem(&key_path, PRIVATE_KEY_PEM_TAG, HINT_ENROLL)?;
+
+        let identity = NodeIdentity { info, cert, key: Arc::new(key), trust };
+        identity.check(&cert_what, &key_path.display().to_string())?;
+        Ok(identity)
+    }
+
+    /// Checks key/cert consistency and that the certificate chains to the trust root.
+    pub(super) fn check(&self, cert_what: &str, key_what: &str) -> Result<(), IdentityError> {
+        rustls::sign::CertifiedKey::from_der(
+            vec![self.cert.clone()],
+            self.private_key(),
+            &provider(),
+        )
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => {
+                invalid(key_what, format!("does not match the certificate in {cert_what}"))
+            }
+            other => invalid(key_what, format!("unusable private key: {other}")),
+        })?;
+        self.trust
+            .client_verifier()?
+            .verify_client_cert(&self.cert, &[], UnixTime::now())
+            .map_err(|e| {
+                invalid(
+                    cert_what,
+                    format!(
+                        "certificate not accepted by the CA in {TRUST_FILE} ({e}); \
+                         was this node enrolled by another seed, or has it expired?"
+                    ),
+                )
+            })?;
+        Ok(())
+    }
+
+    /// Who this node is.
+    pub fn info(&self) -> &PeerInfo {
+        &self.info
+    }
+
+    /// The trust root this node verifies peers and manifests against.
+    pub fn trust(&self) -> &TrustRoot {
+        &self.trust
+    }
+
+    /// This node's certificate (DER).
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// This node's certificate as PEM (`node.pem`).
+    pub fn cert_pem(&self) -> String {
+        pem::encode(&pem::Pem::new(CERT_PEM_TAG, self.cert.to_vec()))
+    }
+
+    pub(super) fn key_pem(&self) -> String {
+        pem::encode(&pem::Pem::new(PRIVATE_KEY_PEM_TAG, self.key.as_slice()))
+    }
+
+    fn private_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.as_ref().clone()))
+    }
+
+    /// Writes `node.pem`, `node.key` (0600) and `trust.pem` into `state_dir` (created, mode 0700,
+    /// if missing). Refuses to overwrite an existing `node.key` unless `force`. The key is written
+    /// last, so an interrupted save never leaves a key without its certificate.
+    pub fn save(&self, state_dir: &Path, force: bool) -> Result<(), IdentityError> {
+        create_private_dir(state_dir)?;
+        let key_path = state_dir.join(NODE_KEY_FILE);
+        if !force && exists(&key_path)? {
+            return Err(IdentityError::AlreadyExists {
+                path: key_path,
+                hint: " (this directory already holds a node identity; use --force to replace it)",
+            });
+        }
+        write_atomic(
+            &state_dir.join(NODE_CERT_FILE),
+            self.cert_pem().as_bytes(),
+            FileKind::Public,
+            true,
+        )?;
+        write_atomic(
+            &state_dir.join(TRUST_FILE),
+            self.trust.to_pem().as_bytes(),
+            FileKind::Public,
+            true,
+        )?;
+        write_atomic(&key_path, self.key_pem().as_bytes(), FileKind::Secret, force)
+    }
+
+    /// rustls server config: our cert, client certs REQUIRED and verified against the CA, TLS 1.3
+    /// only, ALPN set to [`ALPN`].
+    pub fn rustls_server_config(&self) -> Result<Arc<rustls::ServerConfig>, IdentityError> {
+        let what = "TLS server config";
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err(what))?
+            .with_client_cert_verifier(self.trust.client_verifier()?)
+            .with_single_cert(vec![self.cert.clone()], self.private_key())
+            .map_err(tls_err(what))?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// rustls client config: server verified against the CA (server name [`NODE_SERVER_NAME`]),
+    /// our cert presented, TLS 1.3 only, ALPN set to [`ALPN`].
+    pub fn rustls_client_config(&self) -> Result<Arc<rustls::ClientConfig>, IdentityError> {
+        let what = "TLS client config";
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err(what))?
+            .with_root_certificates(self.trust.root_store()?)
+            .with_client_auth_cert(vec![self.cert.clone()], self.private_key())
+            .map_err(tls_err(what))?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(Arc::new(config))
+    }
+}
