@@ -1,0 +1,312 @@
+//! The reflector's WAN fetcher: which pull next, in which class, and moving it under the
+//! site's budget and unpaid window.
+
+use super::*;
+
+/// The reflector that pulls pull `p` over the WAN (`alive` not empty).
+pub(super) fn owner_of(mesh: Option<&Mesh>, alive: &[u32], p: u32) -> u32 {
+    match mesh {
+        Some(m) => u32::from(m.fetcher[p as usize]),
+        None => alive[0],
+    }
+}
+
+/// Which live reflector pulls each pull over the WAN: [`site_fetcher`] (the site's leader, or
+/// rendezvous hashing of the pull's id, over the live reflectors' peer refs), as every
+/// reflector of the site computes it.
+pub(super) fn assign_fetchers(m: &mut Mesh, alive: &[u32], pulls: &[Pull]) {
+    let members: Vec<PeerRef> = alive.iter().map(|&r| m.peers[r as usize].clone()).collect();
+    for (p, pull) in pulls.iter().enumerate() {
+        let f = site_fetcher(m.sharing, &m.label, &pull.id, &members)
+            .and_then(|f| m.peers.iter().position(|x| *x == f))
+            .unwrap_or(alive[0] as usize);
+        m.fetcher[p] = f as u8;
+    }
+}
+
+impl Engine<'_> {
+    pub(super) fn set_wanting(&mut self, s: usize, v: bool) {
+        if self.sites[s].wanting != v {
+            self.sites[s].wanting = v;
+            if v {
+                self.wanting += 1;
+            } else {
+                self.wanting -= 1;
+            }
+        }
+    }
+
+    /// The reflector of `site` that pulls pull `p` over the WAN (`site.alive` not empty).
+    pub(super) fn owner(site: &Site, p: u32) -> u32 {
+        owner_of(site.mesh.as_ref(), &site.alive, p)
+    }
+
+    /// The next pull reflector `r` should fetch: (site layer, position, pull, class, from demand).
+    pub(super) fn pick(
+        &mut self,
+        s: usize,
+        r: usize,
+    ) -> Option<(u32, u32, u32, TrafficClass, bool)> {
+        let look = self.lookahead_pulls;
+        let site = &mut self.sites[s];
+        let c = self.c;
+        // Demand first.
+        let mut i = 0;
+        while i < site.refl[r].demand.len() {
+            let (sl, k) = site.refl[r].demand[i];
+            let layer = &c.layers[site.layers[sl as usize].layer];
+            let p = layer.pulls[k as usize];
+            if site.held[p as usize] > 0 || site.fetching[p as usize] > 0 {
+                site.refl[r].demand.swap_remove(i);
+                continue;
+            }
+            let sll = &site.layers[sl as usize];
+            if sll.open {
+                let waited = site.misses.waiters(&c.pulls[p as usize].id) > 0;
+                let fg = waited || (sll.active > 0 && k <= sll.lead.saturating_add(look));
+                if fg || sll.prefetch {
+                    let class =
+                        if fg { TrafficClass::Foreground } else { TrafficClass::Background };
+                    return Some((sl, k, p, class, true));
+                }
+            }
+            i += 1;
+        }
+        if !site.alive.contains(&(r as u32)) {
+            return None;
+        }
+        for sl in 0..site.layers.len() {
+            let sll = &site.layers[sl];
+            if !sll.open {
+                continue;
+            }
+            let layer = &c.layers[sll.layer];
+            let body = layer.pulls[..layer.body_pulls as usize].iter();
+            // Until the manifest's body is in, its pulls are all there is to ask for.
+            let n = if body.clone().all(|&p| site.held[p as usize] > 0) {
+                layer.pulls.len() as u32
+            } else {
+                layer.body_pulls
+            };
+            let mut cur = site.refl[r].cursor[sl];
+            while cur < n {
+                let p = layer.pulls[cur as usize];
+                if site.held[p as usize] > 0
+                    || site.fetching[p as usize] > 0
+                    || Self::owner(site, p) as usize != r
+                {
+                    cur += 1;
+                    continue;
+                }
+                break;
+            }
+            site.refl[r].cursor[sl] = cur;
+            if cur >= n {
+                continue;
+            }
+            let fg = sll.active > 0 && cur <= sll.lead.saturating_add(look);
+            if fg || sll.prefetch {
+                let class = if fg { TrafficClass::Foreground } else { TrafficClass::Background };
+                return Some((sl as u32, cur, layer.pulls[cur as usize], class, false));
+            }
+        }
+        None
+    }
+
+    pub(super) fn fetch_loop(&mut self, s: usize, r: usize) {
+        let now = self.now();
+        {
+            let site = &mut self.sites[s];
+            if !site.refl[r].alive || !site.link_up || site.alive.is_empty() {
+                return;
+            }
+            if site.refl[r].fg_registered {
+                site.refl[r].budget.foreground_waiting(-1);
+                site.refl[r].fg_registered = false;
+            }
+        }
+        let conc = self.sc.model.fetch_concurrency;
+        loop {
+            if self.sites[s].refl[r].inflight >= conc {
+                break;
+            }
+            let Some((sl, k, p, class, from_demand)) = self.pick(s, r) else {
+                if self.sites[s].transfers.is_empty() {
+                    self.set_wanting(s, false);
+                }
+                break;
+            };
+            self.set_wanting(s, true);
+            let bytes = self.c.pulls[p as usize].bytes;
+            let busy = self.active_sites + usize::from(self.sites[s].transfers.is_empty());
+            let share = self.sc.seed_egress / busy.max(self.wanting) as f64;
+            let site = &mut self.sites[s];
+            let rf = &site.refl[r];
+            let limit = window_limit(
+                class,
+                rf.budget.current_rate(),
+                rf.budget.policy().background_share(),
+                Duration::from_secs_f64(site.rtt),
+            );
+            if rf.inflight_bytes > 0 && limit.is_some_and(|l| rf.inflight_bytes + bytes > l) {
+                // The unpaid window is full: the next arrival makes room.
+                break;
+            }
+            let rate = site.link.min(share);
+            let mut start = (now + site.rtt).max(site.link_free);
+            if !rf.started {
+                // A fresh connection's slow start.
+                start = start.max(now + site.rtt + site.start_lag);
+            }
+            if !site.layers[sl as usize].root_asked {
+                // The manifest's root comes first, one round trip.
+                start += site.rtt;
+            }
+            let end = start + bytes as f64 / rate;
+            if site.layers[sl as usize].open_until < end {
+                // Would run past the delivery window's end: wait for the next opening.
+                if site.transfers.is_empty() {
+                    self.set_wanting(s, false);
+                }
+                break;
+            }
+            let unix = self.sc.start_unix + now.floor() as i64;
+            match site.refl[r].budget.try_acquire(
+                class,
+                bytes,
+                Duration::from_nanos(self.now_ns),
+                unix,
+            ) {
+                Decision::Admit => {
+                    if from_demand {
+                        site.refl[r].demand.retain(|&(a, b)| (a, b) != (sl, k));
+                    } else {
+                        site.refl[r].cursor[sl as usize] = k + 1;
+                    }
+                    self.start_transfer(s, r, sl, k, p, start, end);
+                }
+                Decision::Wait(d) => {
+                    if class == TrafficClass::Foreground {
+                        site.refl[r].budget.foreground_waiting(1);
+                        site.refl[r].fg_registered = true;
+                    }
+                    let t = self.now_ns + (d.as_nanos() as u64).max(1);
+                    let pa = site.refl[r].poll_at;
+                    if !(pa > self.now_ns && pa <= t) {
+                        site.refl[r].poll_at = t;
+                        self.seq += 1;
+                        self.heap.push(Reverse((
+                            t,
+                            self.seq,
+                            Ev::Fetch { site: s as u32, r: r as u32, token: t },
+                        )));
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn start_transfer(
+        &mut self,
+        s: usize,
+        r: usize,
+        sl: u32,
+        k: u32,
+        p: u32,
+        start: f64,
+        end: f64,
+    ) {
+        let bin_s = self.sc.model.bin_s;
+        let site = &mut self.sites[s];
+        if site.transfers.is_empty() {
+            self.active_sites += 1;
+        }
+        let bytes = self.c.pulls[p as usize].bytes;
+        site.link_free = end;
+        site.fetching[p as usize] = (r + 1) as u8;
+        let id = self.c.pulls[p as usize].id;
+        if !site.misses.is_pending(&id) {
+            site.misses.begin(id, FETCHER);
+        }
+        site.refl[r].inflight += 1;
+        site.refl[r].inflight_bytes += bytes;
+        site.refl[r].started = true;
+        site.layers[sl as usize].root_asked = true;
+        self.next_tid += 1;
+        let tid = self.next_tid;
+        site.transfers.push(Transfer { tid, r: r as u32, sl, k, pull: p, start, end, bytes });
+        site.wan_bytes += bytes as f64;
+        site.pulls_started += 1;
+        Self::add_bins(&mut site.bins, bin_s, start, end, bytes as f64);
+        if let Some(w) = site.layers[sl as usize].sched {
+            let closed = self.scheds[w].closed_within(start, end);
+            site.outside += bytes as f64 * closed / (end - start).max(1e-12);
+        }
+        self.push(end, Ev::Arrive { site: s as u32, tid });
+    }
+
+    /// Aborts transfers of `site` matching `which`; returns nothing, accounts partial bytes.
+    pub(super) fn abort(&mut self, s: usize, which: impl Fn(&Transfer) -> bool) {
+        let now = self.now();
+        let bin_s = self.sc.model.bin_s;
+        let site = &mut self.sites[s];
+        let was_busy = !site.transfers.is_empty();
+        let mut kept = Vec::new();
+        for t in std::mem::take(&mut site.transfers) {
+            if !which(&t) {
+                kept.push(t);
+                continue;
+            }
+            let dur = (t.end - t.start).max(1e-12);
+            let from = now.max(t.start);
+            let unsent = t.bytes as f64 * ((t.end - from) / dur).clamp(0.0, 1.0);
+            site.wan_bytes -= unsent;
+            site.wasted += t.bytes as f64 - unsent;
+            Self::add_bins(&mut site.bins, bin_s, from, t.end, -unsent);
+            if let Some(w) = site.layers[t.sl as usize].sched {
+                let closed = self.scheds[w].closed_within(from, t.end);
+                site.outside -= unsent * closed / (t.end - from).max(1e-12);
+            }
+            site.refl[t.r as usize].inflight -= 1;
+            site.refl[t.r as usize].inflight_bytes -= t.bytes;
+            site.fetching[t.pull as usize] = 0;
+            let id = self.c.pulls[t.pull as usize].id;
+            site.misses.prune(&id, |&w| w != FETCHER);
+            if !site.alive.is_empty() {
+                let o = Self::owner(site, t.pull) as usize;
+                site.refl[o].demand.push((t.sl, t.k));
+            }
+        }
+        site.link_free = kept.iter().map(|t| t.end).fold(now, f64::max);
+        site.transfers = kept;
+        if was_busy && site.transfers.is_empty() {
+            self.active_sites -= 1;
+        }
+    }
+
+    pub(super) fn insert_cached(&mut self, s: usize, r: usize, p: u32) {
+        let now = Duration::from_nanos(self.now_ns);
+        let c = self.c;
+        let site = &mut self.sites[s];
+        let pull = &c.pulls[p as usize];
+        let refl = &mut site.refl[r];
+        if refl.has(p) {
+            return;
+        }
+        refl.ledger.insert(pull.id, pull.bytes, now);
+        refl.set(p, true);
+        site.held[p as usize] += 1;
+        if refl.ledger.total_bytes() > site.cache_cap {
+            for id in refl.ledger.evict_candidates(site.cache_cap) {
+                if let Some(b) = refl.ledger.remove(&id) {
+                    site.evicted += b;
+                    let q = c.index[&id];
+                    refl.set(q, false);
+                    site.held[q as usize] -= 1;
+                }
+            }
+        }
+    }
+}
