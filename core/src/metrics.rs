@@ -10,6 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use tracing::Instrument;
 
 pub struct NodeMetrics {
     registry: Mutex<Registry>,
@@ -108,11 +109,14 @@ impl NodeMetrics {
                 }
             }),
         );
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "metrics server stopped");
+        tokio::spawn(
+            async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "metrics server stopped");
+                }
             }
-        });
+            .instrument(tracing::info_span!("task", task = "metrics", addr = %bound)),
+        );
         Ok(bound)
     }
 }

@@ -1,7 +1,7 @@
 //! `oasis-endpoint`: the endpoint's command line.
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use oasis_core::logging::{self, LogFormat};
 use oasis_endpoint::apply::{self, ApplyOptions, ApplyReport};
 use oasis_endpoint::device::DeviceState;
@@ -285,8 +285,11 @@ enum Cmd {
 struct Interrupted;
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     logging::init(cli.log_format);
+    // Every log line of a command carries its name (`cmd{name=apply}`).
+    let span = tracing::info_span!("cmd", name = matches.subcommand_name().unwrap_or("-"));
     if let Some(c) = &cli.config {
         oasis_endpoint::session::set_config_file(c);
     }
@@ -297,7 +300,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let result = rt.block_on(run(cli));
+    let result = rt.block_on(tracing::Instrument::instrument(run(cli), span));
     // Lets a cancelled writer finish removing its temporary files before the process exits.
     rt.shutdown_timeout(Duration::from_secs(30));
     if let Err(e) = result {

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// How long one registration with a source may take.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -86,12 +87,10 @@ impl RelayListener {
             info.addrs = a.clone();
         }
         let service = Arc::new(RelayService::new(identity.info().clone(), opts.send));
-        let mut tasks = vec![tokio::spawn(net::serve(
-            endpoint.clone(),
-            service.clone(),
-            Arc::new(NodeMetrics::new()),
-        ))];
-        tasks.push(tokio::spawn(async move {
+        let serving = net::serve(endpoint.clone(), service.clone(), Arc::new(NodeMetrics::new()));
+        let mut tasks =
+            vec![tokio::spawn(serving.instrument(tracing::info_span!("task", task = "serve")))];
+        let registering = async move {
             loop {
                 match register_once(&client, &opts.sources, &info).await {
                     Ok(s) => tracing::debug!(source = %s, "registered as a relay"),
@@ -99,7 +98,10 @@ impl RelayListener {
                 }
                 tokio::time::sleep(opts.every).await;
             }
-        }));
+        };
+        tasks.push(tokio::spawn(
+            registering.instrument(tracing::info_span!("task", task = "relay-register")),
+        ));
         tracing::info!(%addr, "relaying wakes");
         Ok(RelayListener { addr, endpoint, service, tasks })
     }

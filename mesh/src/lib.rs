@@ -23,6 +23,7 @@ mod task;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+use tracing::Instrument;
 
 use anyhow::{anyhow, Context, Result};
 pub use binding::{peer_id_of_state, P2P_KEY_FILE};
@@ -246,7 +247,7 @@ impl Mesh {
         let metrics = MeshMetrics::default();
         let (tx, rx) = mpsc::unbounded_channel();
         let task = task::MeshTask::new(config, keypair, hello, identity, metrics.clone(), rx)?;
-        let join = tokio::spawn(task.run());
+        let join = tokio::spawn(task.run().instrument(tracing::info_span!("task", task = "mesh")));
         Ok((
             MeshHandle {
                 tx,

@@ -33,6 +33,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// Times a chunk is asked for when it keeps arriving corrupt or keeps failing, before its
 /// waiters get an error.
@@ -151,10 +153,21 @@ pub struct Fetcher {
     in_flight: Arc<Semaphore>,
     batch_max: usize,
     batch_delay: Duration,
+    /// Batches and stores in flight; the reflector waits for them when it stops.
+    tasks: TaskTracker,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How the fetcher batches its upstream requests (the config's `batch_max_chunks`,
+/// `batch_delay` and `batches_in_flight`).
+#[derive(Clone, Copy, Debug)]
+pub struct Batching {
+    pub batch_max: usize,
+    pub batch_delay: Duration,
+    pub batches_in_flight: usize,
 }
 
 impl Fetcher {
@@ -163,10 +176,10 @@ impl Fetcher {
         upstream: Arc<Upstream>,
         policy: Arc<PolicyControl>,
         metrics: ReflectorMetrics,
-        batch_max: usize,
-        batch_delay: Duration,
-        batches_in_flight: usize,
+        batching: Batching,
+        tasks: TaskTracker,
     ) -> Fetcher {
+        let Batching { batch_max, batch_delay, batches_in_flight } = batching;
         Fetcher {
             cache,
             upstream,
@@ -181,6 +194,7 @@ impl Fetcher {
             in_flight: Arc::new(Semaphore::new(batches_in_flight.max(1))),
             batch_max: batch_max.max(1),
             batch_delay,
+            tasks,
         }
     }
 
@@ -365,13 +379,16 @@ impl Fetcher {
                 ids.into_iter().partition(|id| !self.cache.contains(id));
             for id in present {
                 let me = self.clone();
-                tokio::spawn(async move { me.resolve_from_cache(id, class).await });
+                self.tasks
+                    .spawn(async move { me.resolve_from_cache(id, class).await }.in_current_span());
             }
             if ids.is_empty() {
                 continue;
             }
             lock(&self.window).add(class, estimate * ids.len() as u64);
-            tokio::spawn(self.clone().run_batch(client, ids, class, estimate, permit));
+            self.tasks.spawn(
+                self.clone().run_batch(client, ids, class, estimate, permit).in_current_span(),
+            );
         }
     }
 
@@ -491,7 +508,9 @@ impl Fetcher {
                 self.metrics.upstream_chunks.inc();
                 self.policy.note_chunk_size(len + CHUNK_FRAME_OVERHEAD);
                 let me = self.clone();
-                tokio::spawn(async move { me.verify_and_store(chunk, class).await });
+                self.tasks.spawn(
+                    async move { me.verify_and_store(chunk, class).await }.in_current_span(),
+                );
                 // Paid before the next answer is read and before its window share is requested
                 // again: the limiter admits exactly what arrived.
                 self.pay(class, len, estimate).await;

@@ -36,7 +36,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 mod running;
 mod source;
@@ -117,6 +120,9 @@ pub(crate) struct Reflector {
     siblings: Option<Arc<Siblings>>,
     /// Inventory, wake relay and scheduled delivery.
     wake: Arc<crate::wake::WakeNode>,
+    /// Work spawned on behalf of requests (manifest fetches, pulls ahead, chunk-list reads);
+    /// stopping waits for it.
+    tasks: TaskTracker,
 }
 
 fn label(name: &str, version: Option<&str>) -> String {
@@ -151,11 +157,14 @@ impl Reflector {
         let k = key.clone();
         let progress = Arc::new(AtomicU64::new(0));
         let p = progress.clone();
-        let task = tokio::spawn(async move {
-            let r = me.fetch_manifest_now(&k.0, k.1.as_deref(), &p).await;
-            locked(&me.flights).remove(&k);
-            r
-        });
+        let task = self.tasks.spawn(
+            async move {
+                let r = me.fetch_manifest_now(&k.0, k.1.as_deref(), &p).await;
+                locked(&me.flights).remove(&k);
+                r
+            }
+            .in_current_span(),
+        );
         let result = task
             .map(|r| r.unwrap_or_else(|e| Err(format!("manifest fetch task failed: {e}"))))
             .boxed()
@@ -221,9 +230,12 @@ impl Reflector {
         let len = bytes.len() as u64;
         self.metrics.upstream_manifest_bytes.inc_by(len);
         let policy = self.policy.clone();
-        tokio::spawn(async move {
-            policy.limiter.acquire(TrafficClass::Foreground, len + CHUNK_FRAME_OVERHEAD).await
-        });
+        self.tasks.spawn(
+            async move {
+                policy.limiter.acquire(TrafficClass::Foreground, len + CHUNK_FRAME_OVERHEAD).await
+            }
+            .in_current_span(),
+        );
         // Verify before anything else: a reflector passes on only what the seed signed, and
         // only the layer that was asked for.
         let key = *self.identity.trust().manifest_key();
@@ -307,14 +319,21 @@ impl Reflector {
                 Some(f) => f.clone(),
                 None => {
                     let (me, r) = (self.clone(), root.clone());
-                    let f = tokio::spawn(async move {
-                        let list = me.read_layer_chunks(&r).await.map(Arc::new);
-                        locked(&me.chunk_lists).remove(&r.digest);
-                        list
-                    })
-                    .map(|r| r.unwrap_or_else(|e| Err(format!("reading a chunk list failed: {e}"))))
-                    .boxed()
-                    .shared();
+                    let f = self
+                        .tasks
+                        .spawn(
+                            async move {
+                                let list = me.read_layer_chunks(&r).await.map(Arc::new);
+                                locked(&me.chunk_lists).remove(&r.digest);
+                                list
+                            }
+                            .in_current_span(),
+                        )
+                        .map(|r| {
+                            r.unwrap_or_else(|e| Err(format!("reading a chunk list failed: {e}")))
+                        })
+                        .boxed()
+                        .shared();
                     lists.insert(root.digest, f.clone());
                     f
                 }
@@ -561,10 +580,13 @@ impl Reflector {
                 break;
             }
             let (me, peer) = (self.clone(), peer.clone());
-            tokio::spawn(async move {
-                // Failures reach the lookup that waits on the same fetch.
-                let _ = me.pull(Some(&peer), id, class).await;
-            });
+            self.tasks.spawn(
+                async move {
+                    // Failures reach the lookup that waits on the same fetch.
+                    let _ = me.pull(Some(&peer), id, class).await;
+                }
+                .in_current_span(),
+            );
         }
     }
 

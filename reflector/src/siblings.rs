@@ -28,6 +28,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// How long a sibling that served a bad chunk (or could not be reached) is left out.
 pub const AVOID_FOR: Duration = Duration::from_secs(30);
@@ -93,6 +95,9 @@ pub struct Siblings {
     sharing: WanSharing,
     /// Demands published in the last rounds, turned into our share.
     rounds: Mutex<ShareRounds>,
+    /// Sibling fetches in flight and the view refresher; the reflector waits for them when it
+    /// stops.
+    tasks: TaskTracker,
 }
 
 /// The mesh's name for the body of the manifest with layer digest `layer`: its body chunks in
@@ -212,6 +217,7 @@ impl Siblings {
         cache: &Arc<Cache>,
         endpoint: quinn::Endpoint,
         metrics: ReflectorMetrics,
+        tasks: TaskTracker,
     ) -> Arc<Siblings> {
         let SiblingSettings { peer_sites, delegate_timeout, sharing, heartbeat } = settings;
         let s = Arc::new(Siblings {
@@ -235,20 +241,24 @@ impl Siblings {
             flights: Mutex::new(HashMap::new()),
             sharing,
             rounds: Mutex::new(ShareRounds::default()),
+            tasks,
         });
         cache.observe(Box::new(Announcer(Arc::downgrade(&s))));
         let weak = Arc::downgrade(&s);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(VIEW_REFRESH);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(s) = weak.upgrade() else { return };
-                if !s.refresh().await {
-                    return;
+        s.tasks.spawn(
+            async move {
+                let mut tick = tokio::time::interval(VIEW_REFRESH);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(s) = weak.upgrade() else { return };
+                    if !s.refresh().await {
+                        return;
+                    }
                 }
             }
-        });
+            .instrument(tracing::info_span!("task", task = "mesh-view")),
+        );
         s
     }
 
@@ -516,14 +526,19 @@ impl Siblings {
                 Some(f) => f.clone(),
                 None => {
                     let me = self.clone();
-                    let f = tokio::spawn(async move {
-                        let r = me.fetch_now(id, class).await;
-                        lock(&me.flights).remove(&key);
-                        r
-                    })
-                    .map(|r| r.ok().flatten())
-                    .boxed()
-                    .shared();
+                    let f = self
+                        .tasks
+                        .spawn(
+                            async move {
+                                let r = me.fetch_now(id, class).await;
+                                lock(&me.flights).remove(&key);
+                                r
+                            }
+                            .in_current_span(),
+                        )
+                        .map(|r| r.ok().flatten())
+                        .boxed()
+                        .shared();
                     flights.insert(key, f.clone());
                     f
                 }

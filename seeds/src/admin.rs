@@ -15,6 +15,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tracing::Instrument;
 
 pub fn socket_path(data: &Path) -> PathBuf {
     data.join("admin.sock")
@@ -29,23 +30,29 @@ pub fn spawn(data: &Path, auth: Arc<SeedAuthority>, store: Arc<ChunkStore>) -> s
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    tokio::spawn(async move {
-        loop {
-            let (conn, _) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin socket accept failed");
-                    continue;
-                }
-            };
-            let (auth, store) = (auth.clone(), store.clone());
-            tokio::spawn(async move {
-                if let Err(e) = handle(conn, auth, store).await {
-                    tracing::warn!(error = %e, "admin request failed");
-                }
-            });
+    tokio::spawn(
+        async move {
+            loop {
+                let (conn, _) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin socket accept failed");
+                        continue;
+                    }
+                };
+                let (auth, store) = (auth.clone(), store.clone());
+                tokio::spawn(
+                    async move {
+                        if let Err(e) = handle(conn, auth, store).await {
+                            tracing::warn!(error = %e, "admin request failed");
+                        }
+                    }
+                    .in_current_span(),
+                );
+            }
         }
-    });
+        .instrument(tracing::info_span!("task", task = "admin-socket")),
+    );
     Ok(())
 }
 

@@ -19,6 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// How often the store is looked at for layers published while the seed runs.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
@@ -47,7 +48,9 @@ impl SeedMesh {
         metrics.with_registry(|r| handle.metrics().register(r));
         tracing::info!(peer_id = %handle.peer_id(), serving = ?serving, "seed joined the mesh");
         let key = *identity.trust().manifest_key();
-        let announcer = tokio::spawn(announce_loop(handle.clone(), store, key));
+        let announce = announce_loop(handle.clone(), store, key);
+        let announcer =
+            tokio::spawn(announce.instrument(tracing::info_span!("task", task = "mesh-announce")));
         Ok(SeedMesh { handle, task, announcer })
     }
 

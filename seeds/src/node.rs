@@ -12,6 +12,7 @@ use oasis_core::store::ChunkStore;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tracing::Instrument;
 
 pub fn store_dir(data: &Path) -> PathBuf {
     data.join("store")
@@ -77,7 +78,8 @@ impl RunningSeed {
             None => None,
         };
         let source = Arc::new(SeedSource { store: store.clone() });
-        let task = tokio::spawn(net::serve(endpoint.clone(), source, metrics.clone()));
+        let serving = net::serve(endpoint.clone(), source, metrics.clone());
+        let task = tokio::spawn(serving.instrument(tracing::info_span!("task", task = "serve")));
         tracing::info!(%addr, node = %identity.info(), "seed serving");
         Ok(RunningSeed { addr, metrics_addr, store, metrics, endpoint, task, mesh: None })
     }

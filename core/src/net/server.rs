@@ -18,6 +18,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 /// Where a server's answers come from: the seed's store, a reflector's cache + upstream, or an
@@ -209,17 +210,22 @@ pub async fn serve<S: ChunkSource>(
 ) {
     let local = endpoint.local_addr().ok();
     info!(addr = ?local, "serving oasis/1");
+    // Every connection and request task, so that `serve` returns only once they have ended
+    // (closing the endpoint closes the connections): a node that awaits `serve` knows nothing
+    // it serves with is still held.
+    let tasks = TaskTracker::new();
     while let Some(incoming) = endpoint.accept().await {
-        let source = source.clone();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
+        let (source, metrics, t) = (source.clone(), metrics.clone(), tasks.clone());
+        tasks.spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
-                Ok(conn) => serve_connection(conn, source, metrics).await,
+                Ok(conn) => serve_connection(conn, source, metrics, t).await,
                 Err(e) => info!(%remote, error = %e, "handshake failed"),
             }
         });
     }
+    tasks.close();
+    tasks.wait().await;
     info!(addr = ?local, "endpoint closed, no longer serving");
 }
 
@@ -286,6 +292,7 @@ async fn serve_connection<S: ChunkSource>(
     conn: Connection,
     source: Arc<S>,
     metrics: Arc<NodeMetrics>,
+    tasks: TaskTracker,
 ) {
     let remote = conn.remote_address();
     let peer = match pki::peer_info(&conn) {
@@ -326,7 +333,7 @@ async fn serve_connection<S: ChunkSource>(
                         bad_requests: bad_requests.clone(),
                         load: load.clone(),
                     };
-                    tokio::spawn(ctx.handle(send, recv).in_current_span());
+                    tasks.spawn(ctx.handle(send, recv).in_current_span());
                 }
                 Err(e) => break e,
             }

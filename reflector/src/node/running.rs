@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Longest a stop waits for tasks and work in flight to end.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
 /// A reflector serving endpoints on QUIC (and metrics over HTTP when configured).
 pub struct RunningReflector {
     /// Where endpoints connect (the bound address).
@@ -15,8 +18,32 @@ pub struct RunningReflector {
     pub stats: ReflectorMetrics,
     inner: Arc<Reflector>,
     endpoint: quinn::Endpoint,
-    tasks: Vec<JoinHandle<()>>,
+    /// The reflector's long-lived tasks, each in a span named for it.
+    tasks: JoinSet<()>,
+    /// Ends every task of `tasks` but `serve` (which ends when the endpoint closes).
+    cancel: CancellationToken,
+    /// Work spawned on behalf of requests, by the node, the fetcher and the siblings.
+    work: TaskTracker,
     mesh_task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Spawns `task` into `tasks` in a span `task = name`, ending when `cancel` fires.
+fn spawn_task(
+    tasks: &mut JoinSet<()>,
+    cancel: &CancellationToken,
+    name: &'static str,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let cancel = cancel.clone();
+    tasks.spawn(
+        async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = task => {}
+            }
+        }
+        .instrument(tracing::info_span!("task", task = name)),
+    );
 }
 
 impl RunningReflector {
@@ -68,14 +95,18 @@ impl RunningReflector {
                 .context("setting up the upstream QUIC endpoint")?;
         let upstream =
             Arc::new(Upstream::new(config.upstream.clone(), up_endpoint, metrics.clone()));
+        let work = TaskTracker::new();
         let fetcher = Arc::new(Fetcher::new(
             cache.clone(),
             upstream.clone(),
             policy.clone(),
             metrics.clone(),
-            config.batch_max_chunks,
-            config.batch_delay,
-            config.batches_in_flight,
+            crate::fetcher::Batching {
+                batch_max: config.batch_max_chunks,
+                batch_delay: config.batch_delay,
+                batches_in_flight: config.batches_in_flight,
+            },
+            work.clone(),
         ));
         let endpoint = net::server_endpoint(config.listen, &identity, &config.transport)
             .with_context(|| format!("cannot listen for QUIC on {}", config.listen))?;
@@ -107,7 +138,14 @@ impl RunningReflector {
                     sharing: m.wan_sharing,
                     heartbeat: m.heartbeat,
                 };
-                let s = Siblings::new(handle, settings, &cache, sib_endpoint, metrics.clone());
+                let s = Siblings::new(
+                    handle,
+                    settings,
+                    &cache,
+                    sib_endpoint,
+                    metrics.clone(),
+                    work.clone(),
+                );
                 (Some(s), Some(task))
             }
         };
@@ -149,12 +187,14 @@ impl RunningReflector {
             chunk_lists: Mutex::new(HashMap::new()),
             siblings: siblings.clone(),
             wake: wake.clone(),
+            tasks: work.clone(),
         });
-        let mut tasks =
-            vec![tokio::spawn(upstream.clone().run()), tokio::spawn(fetcher.clone().run())];
+        let (mut tasks, cancel) = (JoinSet::new(), CancellationToken::new());
+        spawn_task(&mut tasks, &cancel, "upstream", upstream.clone().run());
+        spawn_task(&mut tasks, &cancel, "fetcher", fetcher.clone().run());
         {
             let cache = cache.clone();
-            tasks.push(tokio::spawn(async move {
+            spawn_task(&mut tasks, &cancel, "evictor", async move {
                 loop {
                     let c = cache.clone();
                     if let Err(e) = tokio::task::spawn_blocking(move || c.evict()).await {
@@ -165,15 +205,20 @@ impl RunningReflector {
                         _ = tokio::time::sleep(EVICT_INTERVAL) => {}
                     }
                 }
-            }));
+            });
         }
         {
             let (policy, every) = (policy.clone(), config.policy_poll);
-            tasks.push(tokio::spawn(async move { policy.watch(every).await }));
+            spawn_task(
+                &mut tasks,
+                &cancel,
+                "policy-watch",
+                async move { policy.watch(every).await },
+            );
         }
         if !config.assignments_poll.is_zero() {
             let (inner, every) = (inner.clone(), config.assignments_poll);
-            tasks.push(tokio::spawn(async move {
+            spawn_task(&mut tasks, &cancel, "assignments", async move {
                 let mut pinned_by_sync: Vec<(String, String)> = Vec::new();
                 loop {
                     match inner.sync_assignments(&mut pinned_by_sync).await {
@@ -182,33 +227,34 @@ impl RunningReflector {
                     }
                     tokio::time::sleep(every).await;
                 }
-            }));
+            });
         }
         if let Some(s) = &siblings {
-            tasks.push(tokio::spawn(crate::mesh_link::announce_cached(inner.clone(), s.clone())));
-            tasks.push(tokio::spawn(crate::mesh_link::load_loop(
+            let announce = crate::mesh_link::announce_cached(inner.clone(), s.clone());
+            spawn_task(&mut tasks, &cancel, "mesh-announce", announce);
+            let load = crate::mesh_link::load_loop(
                 s.clone(),
                 fetcher.clone(),
                 policy.clone(),
                 cache.clone(),
                 node_metrics.clone(),
                 config.mesh.as_ref().map_or(Duration::from_secs(1), |m| m.heartbeat),
-            )));
-        }
-        if let Some(s) = &siblings {
+            );
+            spawn_task(&mut tasks, &cancel, "mesh-load", load);
             let every = config.wake.sync_every;
-            tasks.push(tokio::spawn(crate::inventory_gossip::run(
-                wake.clone(),
-                s.mesh.clone(),
-                every,
-            )));
+            let gossip = crate::inventory_gossip::run(wake.clone(), s.mesh.clone(), every);
+            spawn_task(&mut tasks, &cancel, "inventory-gossip", gossip);
         }
-        tasks.push(tokio::spawn(wake.run()));
-        tasks.push(tokio::spawn(net::serve(
-            endpoint.clone(),
-            Arc::new(ReflectorSource(inner.clone())),
-            node_metrics.clone(),
-        )));
+        spawn_task(&mut tasks, &cancel, "wake", wake.clone().run());
+        // Not cancelled: `serve` ends when the endpoint closes, once its connections have.
+        tasks.spawn(
+            net::serve(
+                endpoint.clone(),
+                Arc::new(ReflectorSource(inner.clone())),
+                node_metrics.clone(),
+            )
+            .instrument(tracing::info_span!("task", task = "serve")),
+        );
         tracing::info!(
             %addr,
             upstream = %config.upstream,
@@ -224,42 +270,44 @@ impl RunningReflector {
             inner,
             endpoint,
             tasks,
+            cancel,
+            work,
             mesh_task,
         })
     }
 
-    /// Stops serving and fetching at once: connections are closed, tasks stopped.
+    /// Stops serving and fetching at once: connections are closed, tasks told to end.
     pub fn shutdown(&self) {
         self.endpoint.close(0u32.into(), b"reflector shutting down");
         self.inner.upstream.close();
         if let Some(s) = &self.inner.siblings {
             s.close();
         }
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.cancel.cancel();
         self.inner.fetcher.abort_all("the reflector is shutting down");
     }
 
-    /// [`shutdown`](Self::shutdown), then waits (up to 10 s) until the cache is released, so
-    /// that a new reflector can open the same state directory.
+    /// [`shutdown`](Self::shutdown), then waits (up to 10 s) until every task and every piece
+    /// of work it spawned has ended, so that the cache is released and a new reflector can open
+    /// the same state directory.
     pub async fn stop(mut self) {
         self.shutdown();
-        for t in std::mem::take(&mut self.tasks) {
-            let _ = t.await;
+        let deadline = Instant::now() + STOP_WAIT;
+        let tasks = &mut self.tasks;
+        let ended = tokio::time::timeout_at(deadline.into(), async {
+            while tasks.join_next().await.is_some() {}
+        });
+        if ended.await.is_err() {
+            tracing::warn!(left = self.tasks.len(), "tasks still running after {STOP_WAIT:?}");
         }
         if let Some(t) = self.mesh_task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
-        let _ = self.inner.cache.store.db().flush_async().await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        // Connection tasks of `serve` and upstream requests in flight hold the source and the
-        // fetcher a moment longer.
-        while (Arc::strong_count(&self.inner) > 1 || Arc::strong_count(&self.inner.fetcher) > 1)
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        self.work.close();
+        if tokio::time::timeout_at(deadline.into(), self.work.wait()).await.is_err() {
+            tracing::warn!(left = self.work.len(), "work still in flight after {STOP_WAIT:?}");
         }
+        let _ = self.inner.cache.store.db().flush_async().await;
     }
 
     /// Serves until SIGINT or SIGTERM; reloads the policy file on SIGHUP.

@@ -10,6 +10,7 @@ use oasis_core::policy::TrafficClass;
 use oasis_core::wire::LayerRef;
 use oasis_core::ChunkId;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// The [`ChunkSource`] endpoints are served from.
 pub struct ReflectorSource(pub(super) Arc<Reflector>);
@@ -46,7 +47,8 @@ impl ChunkSource for ReflectorSource {
 
     fn pull_ahead(&self, peer: &PeerInfo, ids: &[ChunkId], class: TrafficClass) {
         if !ids.is_empty() {
-            tokio::spawn(self.0.clone().pull_ahead(peer.clone(), ids.to_vec(), class));
+            let work = self.0.clone().pull_ahead(peer.clone(), ids.to_vec(), class);
+            self.0.tasks.spawn(work.in_current_span());
         }
     }
 
