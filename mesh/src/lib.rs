@@ -19,6 +19,7 @@
 
 pub mod binding;
 mod task;
+pub use task::VIEW_PUBLISH;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -218,7 +219,7 @@ pub(crate) enum Command {
     ClearChunk { layer: LayerDigest, chunk_index: u32 },
     LearnLayer { layer: LayerDigest, chunk_count: u32 },
     UpdateLoad(Load),
-    View(oneshot::Sender<GossipView>),
+    View(oneshot::Sender<std::sync::Arc<GossipView>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
     FindProviders { layer: LayerDigest, reply: oneshot::Sender<Vec<PeerId>> },
@@ -246,11 +247,15 @@ impl Mesh {
             .context("binding the p2p key to the node certificate")?;
         let metrics = MeshMetrics::default();
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = task::MeshTask::new(config, keypair, hello, identity, metrics.clone(), rx)?;
+        let (view_tx, view) =
+            tokio::sync::watch::channel(std::sync::Arc::new(GossipView::new(config.heartbeat)));
+        let task =
+            task::MeshTask::new(config, keypair, hello, identity, metrics.clone(), rx, view_tx)?;
         let join = tokio::spawn(task.run().instrument(tracing::info_span!("task", task = "mesh")));
         Ok((
             MeshHandle {
                 tx,
+                view,
                 peer_id,
                 site: identity.info().site.clone(),
                 metrics,
@@ -265,6 +270,8 @@ impl Mesh {
 #[derive(Clone)]
 pub struct MeshHandle {
     tx: mpsc::UnboundedSender<Command>,
+    /// The view the mesh task publishes (see [`MeshHandle::watch_view`]).
+    view: tokio::sync::watch::Receiver<std::sync::Arc<GossipView>>,
     peer_id: PeerId,
     site: Option<String>,
     metrics: MeshMetrics,
@@ -339,9 +346,16 @@ impl MeshHandle {
         self.send(Command::UpdateLoad(load));
     }
 
-    /// A snapshot of the gossip view.
-    pub async fn view(&self) -> Result<GossipView> {
+    /// The gossip view after every command sent so far (such as a `learn_layer`): the mesh
+    /// task publishes it now and answers with it.
+    pub async fn view(&self) -> Result<std::sync::Arc<GossipView>> {
         self.ask(Command::View).await
+    }
+
+    /// The view as the mesh task last published it (at most [`VIEW_PUBLISH`] behind a
+    /// change), and a receiver that wakes on the next: reading costs an `Arc` clone.
+    pub fn watch_view(&self) -> tokio::sync::watch::Receiver<std::sync::Arc<GossipView>> {
+        self.view.clone()
     }
 
     /// Live peers holding chunk `chunk_index` of `layer`, least loaded first.

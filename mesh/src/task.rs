@@ -20,10 +20,15 @@ use oasis_core::gossip::{
     InventoryRecord, LayerAvailability, LayerDigest, Load, MAX_MESSAGE_BYTES,
 };
 use oasis_core::pki::{NodeIdentity, PeerInfo, Role, TrustRoot};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::{binding, peer_ref, Command, DeviceBatch, Holding, MeshConfig, MeshMetrics};
+
+/// How often a changed view is published at most: readers see a change within this, and a
+/// busy mesh copies its view at most this often.
+pub const VIEW_PUBLISH: Duration = Duration::from_millis(50);
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -42,6 +47,11 @@ struct LocalLayer {
 }
 
 pub(crate) struct MeshTask {
+    /// Where the view is published: readers take an `Arc` of the latest one, nothing is
+    /// copied for them per read.
+    view_tx: watch::Sender<Arc<GossipView>>,
+    /// The view changed since it was last published.
+    view_dirty: bool,
     config: MeshConfig,
     swarm: Swarm<Behaviour>,
     topic: IdentTopic,
@@ -77,6 +87,7 @@ impl MeshTask {
         identity: &NodeIdentity,
         metrics: MeshMetrics,
         rx: mpsc::UnboundedReceiver<Command>,
+        view_tx: watch::Sender<Arc<GossipView>>,
     ) -> Result<MeshTask> {
         let mdns_enabled = config.mdns;
         let agent = match identity.info().role {
@@ -147,6 +158,8 @@ impl MeshTask {
             swarm.listen_on(addr.clone()).map_err(|e| anyhow!("listening on {addr}: {e}"))?;
         }
         let mut task = MeshTask {
+            view_tx,
+            view_dirty: false,
             view: GossipView::new(config.heartbeat),
             config,
             swarm,
@@ -204,6 +217,8 @@ impl MeshTask {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = tokio::time::interval(self.config.batch_interval);
         batch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut publish = tokio::time::interval(VIEW_PUBLISH);
+        publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
@@ -213,10 +228,17 @@ impl MeshTask {
                 },
                 _ = heartbeat.tick() => self.on_heartbeat(),
                 _ = batch.tick() => self.on_batch(),
+                _ = publish.tick(), if self.view_dirty => self.publish_view(),
             }
         }
         info!("mesh stopped");
         Ok(())
+    }
+
+    /// Publishes the view as it is now to every [`watch`] reader.
+    fn publish_view(&mut self) {
+        self.view_tx.send_replace(Arc::new(self.view.clone()));
+        self.view_dirty = false;
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -276,6 +298,7 @@ impl MeshTask {
         // one batch interval.
         for p in self.view.expire(self.now()) {
             debug!("mesh peer {:?} expired", p);
+            self.view_dirty = true;
         }
         self.metrics.peers.set(self.view.len() as i64);
         if self.hello_due && self.publish(Body::Hello(self.hello.clone()), "hello") {
@@ -429,13 +452,15 @@ impl MeshTask {
             }
             Command::LearnLayer { layer, chunk_count } => {
                 let dropped = self.view.learn_layer(layer, chunk_count);
+                self.view_dirty = true;
                 for _ in 0..dropped {
                     self.metrics.count_drop("impossible_chunks");
                 }
             }
             Command::UpdateLoad(load) => self.load = load,
             Command::View(reply) => {
-                let _ = reply.send(self.view.clone());
+                self.publish_view();
+                let _ = reply.send(self.view_tx.borrow().clone());
             }
             Command::ListenAddrs(reply) => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
@@ -577,6 +602,7 @@ impl MeshTask {
                         }
                     }
                     let _ = self.view.apply(&msg, &peer_ref(&author), self.now());
+                    self.view_dirty = true;
                     MessageAcceptance::Accept
                 }
                 Err(e) => {
@@ -600,6 +626,7 @@ impl MeshTask {
             }
             let (sender, records) = (info.name.clone(), records.clone());
             let _ = self.view.apply(&msg, &peer_ref(&author), self.now());
+            self.view_dirty = true;
             self.metrics.count(kind, "in");
             self.deliver_devices(author, sender, records);
             return MessageAcceptance::Accept;
@@ -613,6 +640,7 @@ impl MeshTask {
                 _ => info.site.clone(),
             };
         }
+        self.view_dirty = true;
         match self.view.apply(&msg, &peer_ref(&author), self.now()) {
             Ok(()) => {
                 self.metrics.count(kind, "in");

@@ -39,9 +39,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const HOLDER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Holders tried per chunk before the next step.
 const MAX_HOLDERS_TRIED: usize = 3;
-/// How often the gossip view snapshot misses are served from is refreshed. Misses never wait
-/// for the mesh task, so a busy mesh (a gossip flood) cannot hold up serving.
-const VIEW_REFRESH: Duration = Duration::from_millis(100);
+/// How long a change takes at most to reach the view misses are served from (the mesh task
+/// publishes it). Misses read the published view and never wait for the mesh task, so a busy
+/// mesh (a gossip flood) cannot hold up serving.
+const VIEW_REFRESH: Duration = oasis_mesh::VIEW_PUBLISH;
 
 type Flight = Shared<BoxFuture<'static, Option<StoredChunk>>>;
 
@@ -85,7 +86,8 @@ pub struct Siblings {
     /// chunk -> (layer, index in `unique_chunks()`), for every layer whose manifest we know.
     index: Mutex<ChunkIndex>,
     learned: Mutex<HashSet<LayerDigest>>,
-    view: Mutex<Option<Arc<GossipView>>>,
+    /// The gossip view as the mesh task last published it.
+    view: tokio::sync::watch::Receiver<Arc<GossipView>>,
     avoid: Mutex<HashMap<PeerId, Instant>>,
     /// Our requests in flight per sibling (spreads misses between heartbeats).
     in_flight: Mutex<HashMap<PeerId, u32>>,
@@ -220,6 +222,7 @@ impl Siblings {
         tasks: TaskTracker,
     ) -> Arc<Siblings> {
         let SiblingSettings { peer_sites, delegate_timeout, sharing, heartbeat } = settings;
+        let view = mesh.watch_view();
         let s = Arc::new(Siblings {
             site: mesh.site().map(str::to_string),
             mesh,
@@ -235,7 +238,7 @@ impl Siblings {
             conns: Mutex::new(HashMap::new()),
             index: Mutex::new(ChunkIndex::default()),
             learned: Mutex::new(HashSet::new()),
-            view: Mutex::new(None),
+            view,
             avoid: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
@@ -244,21 +247,6 @@ impl Siblings {
             tasks,
         });
         cache.observe(Box::new(Announcer(Arc::downgrade(&s))));
-        let weak = Arc::downgrade(&s);
-        s.tasks.spawn(
-            async move {
-                let mut tick = tokio::time::interval(VIEW_REFRESH);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let Some(s) = weak.upgrade() else { return };
-                    if !s.refresh().await {
-                        return;
-                    }
-                }
-            }
-            .instrument(tracing::info_span!("task", task = "mesh-view")),
-        );
         s
     }
 
@@ -338,22 +326,16 @@ impl Siblings {
         true
     }
 
-    /// Takes a new snapshot of the gossip view (after every command sent so far, such as a
+    /// Has the mesh task publish its view now (after every command sent so far, such as a
     /// `learn_layer`). False when the mesh task has stopped.
     pub async fn refresh(&self) -> bool {
-        match self.mesh.view().await {
-            Ok(v) => {
-                *lock(&self.view) = Some(Arc::new(v));
-                true
-            }
-            Err(_) => false,
-        }
+        self.mesh.view().await.is_ok()
     }
 
-    /// The latest snapshot of the gossip view (at most [`VIEW_REFRESH`] old while the mesh task
-    /// keeps up; None before the first).
+    /// The gossip view as last published (at most [`VIEW_REFRESH`] behind a change while the
+    /// mesh task keeps up).
     async fn view(&self) -> Option<Arc<GossipView>> {
-        lock(&self.view).clone()
+        Some(self.view.borrow().clone())
     }
 
     fn avoided(&self, peer: &PeerId) -> bool {
