@@ -87,7 +87,8 @@ impl RelayListener {
             info.addrs = a.clone();
         }
         let service = Arc::new(RelayService::new(identity.info().clone(), opts.send));
-        let serving = net::serve(endpoint.clone(), service.clone(), Arc::new(NodeMetrics::new()));
+        let router = net::Router::new(Arc::new(net::Refuse)).inventory(service.clone());
+        let serving = net::serve(endpoint.clone(), router, Arc::new(NodeMetrics::new()));
         let mut tasks =
             vec![tokio::spawn(serving.instrument(tracing::info_span!("task", task = "serve")))];
         let registering = async move {

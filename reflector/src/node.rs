@@ -1,4 +1,4 @@
-//! A running reflector: the serving side ([`ChunkSource`] over cache + upstream), manifests,
+//! A running reflector: the serving side (sources over cache + upstream), manifests,
 //! pins and prefetch, and [`RunningReflector`] which wires the tasks together.
 //!
 //! Manifests (format 2) come in two parts. The signed root arrives from upstream in one

@@ -78,7 +78,8 @@ impl RunningSeed {
             None => None,
         };
         let source = Arc::new(SeedSource { store: store.clone() });
-        let serving = net::serve(endpoint.clone(), source, metrics.clone());
+        let router = net::Router::new(source.clone()).inventory(source.clone()).backup(source);
+        let serving = net::serve(endpoint.clone(), router, metrics.clone());
         let task = tokio::spawn(serving.instrument(tracing::info_span!("task", task = "serve")));
         tracing::info!(%addr, node = %identity.info(), "seed serving");
         Ok(RunningSeed { addr, metrics_addr, store, metrics, endpoint, task, mesh: None })

@@ -6,7 +6,7 @@ use crate::catalog::Catalog;
 use bytes::Bytes;
 use oasis_core::chunk::ChunkId;
 use oasis_core::compress::StoredChunk;
-use oasis_core::net::{ChunkSource, SourceError};
+use oasis_core::net::{BackupSource, ContentSource, InventorySource, SourceError};
 use oasis_core::pki::PeerInfo;
 use oasis_core::store::ChunkStore;
 use oasis_core::wake::{DeviceEntry, DeviceInfo};
@@ -21,7 +21,7 @@ fn internal(e: impl std::fmt::Display) -> SourceError {
     SourceError::Internal(e.to_string())
 }
 
-impl ChunkSource for SeedSource {
+impl ContentSource for SeedSource {
     async fn manifest(
         &self,
         name: &str,
@@ -57,7 +57,9 @@ impl ChunkSource for SeedSource {
         let list = Catalog::open(&self.store).and_then(|c| c.list(Some(site))).map_err(internal)?;
         Ok(list.iter().map(|a| a.to_wire()).collect())
     }
+}
 
+impl InventorySource for SeedSource {
     async fn register(&self, peer: &PeerInfo, info: DeviceInfo) -> Result<(), SourceError> {
         let info = crate::devices::admit_registration(peer, info)?;
         let inv = crate::devices::Inventory::open(&self.store).map_err(internal)?;
@@ -71,7 +73,9 @@ impl ChunkSource for SeedSource {
         let inv = crate::devices::Inventory::open(&self.store).map_err(internal)?;
         Ok(inv.site(&site).map_err(internal)?.iter().map(|r| r.to_entry()).collect())
     }
+}
 
+impl BackupSource for SeedSource {
     async fn put_chunk(&self, peer: &PeerInfo, chunk: StoredChunk) -> Result<bool, SourceError> {
         crate::provision::may_upload(peer)?;
         let store = self.store.clone();

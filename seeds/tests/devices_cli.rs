@@ -120,7 +120,7 @@ async fn devices_are_listed_online_and_offline_and_unroutable_wakes_fail_clearly
     ));
     let serving = tokio::spawn(net::serve(
         relay_ep.clone(),
-        relay.clone(),
+        net::Router::new(std::sync::Arc::new(net::Refuse)).inventory(relay.clone()),
         std::sync::Arc::new(oasis_core::metrics::NodeMetrics::new()),
     ));
     let relay_info = DeviceInfo {

@@ -305,7 +305,7 @@ impl CorruptingSource {
     }
 }
 
-impl oasis_core::net::ChunkSource for CorruptingSource {
+impl oasis_core::net::ContentSource for CorruptingSource {
     async fn manifest(
         &self,
         n: &str,

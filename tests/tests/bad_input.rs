@@ -5,7 +5,7 @@ use oasis_core::chunk::{ChunkId, ChunkParams};
 use oasis_core::compress::StoredChunk;
 use oasis_core::manifest::{ChunkRef, Entry, LayerKind, LayerManifest, Node, MANIFEST_FORMAT};
 use oasis_core::metrics::NodeMetrics;
-use oasis_core::net::{self, ChunkSource, SourceError, TransportOptions};
+use oasis_core::net::{self, ContentSource, SourceError, TransportOptions};
 use oasis_core::pki::{Role, SeedAuthority};
 use oasis_core::store::ChunkStore;
 use oasis_core::wire::LayerRef;
@@ -196,7 +196,7 @@ struct CorruptingSource {
     corrupted: Mutex<HashSet<ChunkId>>,
 }
 
-impl ChunkSource for CorruptingSource {
+impl ContentSource for CorruptingSource {
     async fn manifest(
         &self,
         name: &str,
@@ -204,6 +204,7 @@ impl ChunkSource for CorruptingSource {
     ) -> Result<Option<Bytes>, SourceError> {
         self.store.manifest_bytes(name, version).map_err(|e| SourceError::Internal(e.to_string()))
     }
+
     async fn chunk(&self, id: ChunkId) -> Result<Option<StoredChunk>, SourceError> {
         let c = self.store.get(&id).map_err(|e| SourceError::Internal(e.to_string()))?;
         Ok(c.map(|mut c| {
@@ -216,9 +217,11 @@ impl ChunkSource for CorruptingSource {
             c
         }))
     }
+
     async fn have(&self, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError> {
         self.store.have(ids).map_err(|e| SourceError::Internal(e.to_string()))
     }
+
     async fn layers(&self) -> Result<Vec<LayerRef>, SourceError> {
         Ok(vec![])
     }
@@ -242,7 +245,11 @@ async fn corrupt_chunks_are_refetched_and_never_written() -> anyhow::Result<()> 
         store: seed.seed.store.clone(),
         corrupted: Mutex::new(HashSet::new()),
     });
-    tokio::spawn(net::serve(endpoint, source.clone(), Arc::new(NodeMetrics::new())));
+    tokio::spawn(net::serve(
+        endpoint,
+        net::Router::new(source.clone()),
+        Arc::new(NodeMetrics::new()),
+    ));
 
     let state = seed.enroll(Role::Endpoint, "ep")?;
     let root = seed.dir.path().join("root");

@@ -500,7 +500,7 @@ async fn a_sibling_serving_corrupt_chunks_is_avoided() -> anyhow::Result<()> {
     let asked = corrupt.asked.clone();
     let served = tokio::spawn(oasis_core::net::serve(
         ep.clone(),
-        Arc::new(corrupt),
+        oasis_core::net::Router::new(Arc::new(corrupt)),
         Arc::new(oasis_core::metrics::NodeMetrics::new()),
     ));
     let cfg = MeshConfig {

@@ -623,7 +623,7 @@ async fn corrupt_chunks_from_upstream_are_refetched_never_served() -> anyhow::Re
     let flaky = Arc::new(CorruptingSource::new(&seed, true));
     let served = tokio::spawn(oasis_core::net::serve(
         ep.clone(),
-        flaky,
+        oasis_core::net::Router::new(flaky),
         Arc::new(oasis_core::metrics::NodeMetrics::new()),
     ));
     let refl = reflector(&seed, "refl", |c| c.upstream = flaky_addr.to_string()).await?;

@@ -1,4 +1,4 @@
-//! The QUIC transport: endpoint set-up, the serving side ([`serve`] over any [`ChunkSource`]) and
+//! The QUIC transport: endpoint set-up, the serving side ([`serve`] over a [`Router`] of sources) and
 //! the client side ([`Client`]).
 //!
 //! Everything here is a thin I/O shell around [`crate::wire`]: a request is one frame on its own
@@ -18,7 +18,9 @@ mod server;
 mod tests;
 
 pub use client::{ChunkReplies, ChunkReply, Client, FetchedManifest};
-pub use server::{serve, ChunkSource, SourceError};
+pub use server::{
+    serve, BackupSource, ContentSource, InventorySource, Refuse, Router, SourceError,
+};
 
 use crate::pki::{IdentityError, NodeIdentity};
 use crate::wire::{self, ErrorCode, WireError};

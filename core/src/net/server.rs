@@ -1,4 +1,5 @@
-//! The serving side: accept connections, answer one request per stream from a [`ChunkSource`].
+//! The serving side: accept connections, answer one request per stream from a [`Router`]
+//! over a node's [`ContentSource`], [`InventorySource`] and [`BackupSource`].
 
 use super::{
     close_code, read_frame, stream_code, wire_error_code, ReadFrameError, CHUNK_READ_AHEAD,
@@ -21,9 +22,9 @@ use std::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-/// Where a server's answers come from: the seed's store, a reflector's cache + upstream, or an
-/// in-memory map in tests.
-pub trait ChunkSource: Send + Sync + 'static {
+/// Layers and chunks: what every server answers from (the seed's store, a reflector's cache and
+/// upstream, an in-memory map in tests).
+pub trait ContentSource: Send + Sync + 'static {
     /// Signed manifest bytes; None when unknown. `version` None = latest.
     fn manifest(
         &self,
@@ -38,7 +39,7 @@ pub trait ChunkSource: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<StoredChunk>, SourceError>> + Send;
 
     /// A chunk asked for by `peer` (whose certificate the server verified). Default:
-    /// [`ChunkSource::chunk`]. A reflector answers a sibling reflector without passing the miss
+    /// [`ContentSource::chunk`]. A reflector answers a sibling reflector without passing the miss
     /// on to another sibling, so requests cannot go round in circles.
     fn chunk_for(
         &self,
@@ -49,7 +50,7 @@ pub trait ChunkSource: Send + Sync + 'static {
     }
 
     /// A chunk asked for by `peer` in a traffic class (`GetChunksBackground` is background).
-    /// Default: [`ChunkSource::chunk_for`]; a reflector pulls a miss in that class.
+    /// Default: [`ContentSource::chunk_for`]; a reflector pulls a miss in that class.
     fn chunk_in(
         &self,
         peer: &PeerInfo,
@@ -79,6 +80,16 @@ pub trait ChunkSource: Send + Sync + 'static {
         async { Ok(Vec::new()) }
     }
 
+    /// Which peers may connect (default: every enrolled role). A refused peer's connection is
+    /// closed with [`close_code::FORBIDDEN`].
+    fn admits(&self, _peer: &PeerInfo) -> bool {
+        true
+    }
+}
+
+/// The device inventory and Wake-on-LAN: seeds and reflectors keep an inventory, relays wake.
+/// Every request defaults to a refusal (`Error(Forbidden)`).
+pub trait InventorySource: Send + Sync + 'static {
     /// A device registers itself (or a reflector forwards one). Default: this node keeps no
     /// inventory, answered `Error(Forbidden)`.
     fn register(
@@ -105,7 +116,11 @@ pub trait ChunkSource: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<crate::wake::WakeSent>, SourceError>> + Send {
         async { Err(SourceError::Refused("this node does not relay wakes".into())) }
     }
+}
 
+/// Centralized backups: uploads, device snapshots and plans (the seed). Every request defaults
+/// to a refusal (`Error(Forbidden)`).
+pub trait BackupSource: Send + Sync + 'static {
     /// Stores one uploaded chunk (NOT verified yet: implementations verify it against its id).
     /// Returns true when it was new. Default: this node takes no uploads.
     fn put_chunk(
@@ -153,15 +168,69 @@ pub trait ChunkSource: Send + Sync + 'static {
     ) -> impl Future<Output = Result<crate::backup::DevicePlan, SourceError>> + Send {
         async { Err(SourceError::Refused("this node does not provision devices".into())) }
     }
+}
 
-    /// Which peers may connect (default: every enrolled role). A refused peer's connection is
-    /// closed with [`close_code::FORBIDDEN`].
-    fn admits(&self, _peer: &PeerInfo) -> bool {
-        true
+/// The part a node does not serve: inventory and backup requests are refused, and as content it
+/// holds nothing (a relay that only wakes).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Refuse;
+
+impl InventorySource for Refuse {}
+impl BackupSource for Refuse {}
+
+impl ContentSource for Refuse {
+    async fn manifest(&self, _: &str, _: Option<&str>) -> Result<Option<Bytes>, SourceError> {
+        Ok(None)
+    }
+    async fn chunk(&self, _: ChunkId) -> Result<Option<StoredChunk>, SourceError> {
+        Ok(None)
+    }
+    async fn have(&self, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError> {
+        Ok(vec![false; ids.len()])
+    }
+    async fn layers(&self) -> Result<Vec<wire::LayerRef>, SourceError> {
+        Ok(Vec::new())
     }
 }
 
-/// Why a [`ChunkSource`] could not answer; sent to the client as an `Error` frame.
+/// What [`serve`] answers from: each request goes to the part it belongs to (content,
+/// inventory and wakes, backups); a node lacking a part leaves it [`Refuse`].
+pub struct Router<C, I = Refuse, B = Refuse> {
+    pub content: Arc<C>,
+    pub inventory: Arc<I>,
+    pub backup: Arc<B>,
+}
+
+impl<C, I, B> Clone for Router<C, I, B> {
+    fn clone(&self) -> Self {
+        Router {
+            content: self.content.clone(),
+            inventory: self.inventory.clone(),
+            backup: self.backup.clone(),
+        }
+    }
+}
+
+impl<C: ContentSource> Router<C> {
+    /// Content only: inventory and backup requests are refused.
+    pub fn new(content: Arc<C>) -> Router<C> {
+        Router { content, inventory: Arc::new(Refuse), backup: Arc::new(Refuse) }
+    }
+}
+
+impl<C, I, B> Router<C, I, B> {
+    /// The same router answering inventory and wake requests from `inventory`.
+    pub fn inventory<I2: InventorySource>(self, inventory: Arc<I2>) -> Router<C, I2, B> {
+        Router { content: self.content, inventory, backup: self.backup }
+    }
+
+    /// The same router answering backup requests from `backup`.
+    pub fn backup<B2: BackupSource>(self, backup: Arc<B2>) -> Router<C, I, B2> {
+        Router { content: self.content, inventory: self.inventory, backup }
+    }
+}
+
+/// Why a source could not answer; sent to the client as an `Error` frame.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// Temporarily unable (overloaded, upstream unreachable): answered `Unavailable`.
@@ -200,12 +269,12 @@ impl SourceError {
     }
 }
 
-/// Serves `source` on `endpoint` until the endpoint is closed: one task per connection and one
+/// Serves `router` on `endpoint` until the endpoint is closed: one task per connection and one
 /// per request stream. Never panics on peer input; errors are logged and answered with `Error`
 /// frames.
-pub async fn serve<S: ChunkSource>(
+pub async fn serve<C: ContentSource, I: InventorySource, B: BackupSource>(
     endpoint: quinn::Endpoint,
-    source: Arc<S>,
+    router: Router<C, I, B>,
     metrics: Arc<NodeMetrics>,
 ) {
     let local = endpoint.local_addr().ok();
@@ -215,7 +284,7 @@ pub async fn serve<S: ChunkSource>(
     // it serves with is still held.
     let tasks = TaskTracker::new();
     while let Some(incoming) = endpoint.accept().await {
-        let (source, metrics, t) = (source.clone(), metrics.clone(), tasks.clone());
+        let (source, metrics, t) = (Arc::new(router.clone()), metrics.clone(), tasks.clone());
         tasks.spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
@@ -288,9 +357,9 @@ impl Drop for ConnectionGuard {
     }
 }
 
-async fn serve_connection<S: ChunkSource>(
+async fn serve_connection<C: ContentSource, I: InventorySource, B: BackupSource>(
     conn: Connection,
-    source: Arc<S>,
+    source: Arc<Router<C, I, B>>,
     metrics: Arc<NodeMetrics>,
     tasks: TaskTracker,
 ) {
@@ -303,7 +372,7 @@ async fn serve_connection<S: ChunkSource>(
             return;
         }
     };
-    if !source.admits(&peer) {
+    if !source.content.admits(&peer) {
         info!(%remote, %peer, "refusing peer: role not admitted here");
         conn.close(VarInt::from_u32(close_code::FORBIDDEN), b"role not admitted");
         return;
@@ -352,8 +421,8 @@ async fn serve_connection<S: ChunkSource>(
     .await
 }
 
-struct StreamCtx<S> {
-    source: Arc<S>,
+struct StreamCtx<C, I, B> {
+    source: Arc<Router<C, I, B>>,
     peer: Arc<PeerInfo>,
     metrics: Arc<NodeMetrics>,
     conn: Connection,
@@ -369,7 +438,7 @@ enum Refusal {
     Gone(String),
 }
 
-impl<S: ChunkSource> StreamCtx<S> {
+impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
     async fn handle(self, mut send: SendStream, mut recv: RecvStream) {
         let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut recv)).await {
             Ok(r) => r,
@@ -432,7 +501,8 @@ impl<S: ChunkSource> StreamCtx<S> {
     }
 
     async fn answer(&self, send: &mut SendStream, req: Frame) -> Result<(), quinn::WriteError> {
-        let source = &*self.source;
+        let (content, inventory, backup) =
+            (&*self.source.content, &*self.source.inventory, &*self.source.backup);
         let reply = match req {
             Frame::GetChunks { ids } => {
                 return self.send_chunks(send, ids, TrafficClass::Foreground).await
@@ -440,7 +510,7 @@ impl<S: ChunkSource> StreamCtx<S> {
             Frame::GetChunksBackground { ids } => {
                 return self.send_chunks(send, ids, TrafficClass::Background).await
             }
-            Frame::GetManifest { name, version } => match source
+            Frame::GetManifest { name, version } => match content
                 .manifest(&name, version.as_deref())
                 .await
             {
@@ -457,7 +527,7 @@ impl<S: ChunkSource> StreamCtx<S> {
                 )),
                 Err(e) => Err(e.into_frame()),
             },
-            Frame::Have { ids } => match source.have(&ids).await {
+            Frame::Have { ids } => match content.have(&ids).await {
                 Ok(flags) if flags.len() == ids.len() => Ok(Frame::HaveReply {
                     count: flags.len() as u32,
                     bitmap: wire::pack_bits(&flags),
@@ -468,41 +538,41 @@ impl<S: ChunkSource> StreamCtx<S> {
                 )),
                 Err(e) => Err(e.into_frame()),
             },
-            Frame::ListLayers => match source.layers().await {
+            Frame::ListLayers => match content.layers().await {
                 Ok(layers) => Ok(Frame::Layers { layers }),
                 Err(e) => Err(e.into_frame()),
             },
-            Frame::GetAssignments => match source.assignments(&self.peer).await {
+            Frame::GetAssignments => match content.assignments(&self.peer).await {
                 Ok(assignments) => Ok(Frame::Assignments { assignments }),
                 Err(e) => Err(e.into_frame()),
             },
-            Frame::Register { device } => match source.register(&self.peer, *device).await {
+            Frame::Register { device } => match inventory.register(&self.peer, *device).await {
                 Ok(()) => Ok(Frame::Registered),
                 Err(e) => Err(e.into_frame()),
             },
-            Frame::GetDevices => match source.devices(&self.peer).await {
+            Frame::GetDevices => match inventory.devices(&self.peer).await {
                 Ok(devices) => Ok(Frame::Devices { devices }),
                 Err(e) => Err(e.into_frame()),
             },
-            Frame::Wake { targets } => match source.wake(&self.peer, targets).await {
+            Frame::Wake { targets } => match inventory.wake(&self.peer, targets).await {
                 Ok(results) => Ok(Frame::WakeReport { results }),
                 Err(e) => Err(e.into_frame()),
             },
-            Frame::PutSnapshot(req) => match source.put_snapshot(&self.peer, req).await {
+            Frame::PutSnapshot(req) => match backup.put_snapshot(&self.peer, req).await {
                 Ok(info) => Ok(Frame::SnapshotStored(info)),
                 Err(e) => Err(e.into_frame()),
             },
-            Frame::ListSnapshots { device } => match source.snapshots(&self.peer, &device).await {
+            Frame::ListSnapshots { device } => match backup.snapshots(&self.peer, &device).await {
                 Ok(snapshots) => Ok(Frame::Snapshots { snapshots }),
                 Err(e) => Err(e.into_frame()),
             },
             Frame::GetSnapshot { device, id } => {
-                match source.snapshot(&self.peer, &device, id.as_deref()).await {
+                match backup.snapshot(&self.peer, &device, id.as_deref()).await {
                     Ok((info, record)) => Ok(Frame::Snapshot { info, record }),
                     Err(e) => Err(e.into_frame()),
                 }
             }
-            Frame::GetPlan => match source.plan(&self.peer).await {
+            Frame::GetPlan => match backup.plan(&self.peer).await {
                 Ok(plan) => Ok(Frame::Plan(plan)),
                 Err(e) => Err(e.into_frame()),
             },
@@ -537,7 +607,7 @@ impl<S: ChunkSource> StreamCtx<S> {
     ) -> Result<(), quinn::WriteError> {
         let started = Instant::now();
         let requested = ids.len();
-        let source = &*self.source;
+        let source = &*self.source.content;
         let peer = &*self.peer;
         source.pull_ahead(peer, &ids[CHUNK_READ_AHEAD.min(ids.len())..], class);
         let mut lookups = futures::stream::iter(ids)
@@ -643,7 +713,7 @@ impl<S: ChunkSource> StreamCtx<S> {
                     Err(e) => return Err(bad(wire_error_code(&e), e.to_string())),
                 };
                 let len = chunk.data.len() as u64;
-                match self.source.put_chunk(&self.peer, chunk).await {
+                match self.source.backup.put_chunk(&self.peer, chunk).await {
                     Ok(new) => {
                         received += 1;
                         added += new as u32;

@@ -43,7 +43,7 @@ impl MemSource {
     }
 }
 
-impl ChunkSource for MemSource {
+impl ContentSource for MemSource {
     async fn manifest(
         &self,
         name: &str,
@@ -98,7 +98,8 @@ impl Net {
         let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &seed, &opts).unwrap();
         let addr = server.local_addr().unwrap();
         let metrics = Arc::new(NodeMetrics::new());
-        let serving = tokio::spawn(serve(server.clone(), Arc::new(source), metrics.clone()));
+        let serving =
+            tokio::spawn(serve(server.clone(), Router::new(Arc::new(source)), metrics.clone()));
         let id = auth.issue(Role::Endpoint, "ep-1", Some("lab")).unwrap();
         let client_ep = client_endpoint(&id, &opts).unwrap();
         Net { auth, _dir: dir, addr, server, serving, client_ep, metrics }

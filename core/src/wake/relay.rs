@@ -86,26 +86,8 @@ impl RelayService {
     }
 }
 
-impl crate::net::ChunkSource for RelayService {
-    async fn manifest(
-        &self,
-        _: &str,
-        _: Option<&str>,
-    ) -> Result<Option<bytes::Bytes>, crate::net::SourceError> {
-        Ok(None)
-    }
-    async fn chunk(
-        &self,
-        _: crate::ChunkId,
-    ) -> Result<Option<crate::compress::StoredChunk>, crate::net::SourceError> {
-        Ok(None)
-    }
-    async fn have(&self, ids: &[crate::ChunkId]) -> Result<Vec<bool>, crate::net::SourceError> {
-        Ok(vec![false; ids.len()])
-    }
-    async fn layers(&self) -> Result<Vec<crate::wire::LayerRef>, crate::net::SourceError> {
-        Ok(Vec::new())
-    }
+/// A relay serves no content (see [`crate::net::Refuse`]) and keeps no inventory: it wakes.
+impl crate::net::InventorySource for RelayService {
     async fn wake(
         &self,
         peer: &crate::pki::PeerInfo,

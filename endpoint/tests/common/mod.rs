@@ -8,7 +8,7 @@ use oasis_core::chunk::{self, ChunkParams};
 use oasis_core::compress::{Encoding, StoredChunk};
 use oasis_core::manifest::{ChunkRef, Entry, LayerKind, LayerManifest, Node, MANIFEST_FORMAT};
 use oasis_core::metrics::NodeMetrics;
-use oasis_core::net::{self, ChunkSource, SourceError, TransportOptions};
+use oasis_core::net::{self, ContentSource, SourceError, TransportOptions};
 use oasis_core::pki::{NodeIdentity, Role, SeedAuthority};
 use oasis_core::wire::LayerRef;
 use oasis_core::ChunkId;
@@ -286,7 +286,7 @@ impl MemSource {
     }
 }
 
-impl ChunkSource for MemSource {
+impl ContentSource for MemSource {
     async fn manifest(
         &self,
         name: &str,
@@ -361,6 +361,6 @@ pub fn serve(pki: &Pki, role: Role, name: &str, source: MemSource) -> (SocketAdd
     let addr = ep.local_addr().unwrap();
     let source = Arc::new(source);
     let _ = source.endpoint.set(ep.clone());
-    tokio::spawn(net::serve(ep, source.clone(), Arc::new(NodeMetrics::new())));
+    tokio::spawn(net::serve(ep, net::Router::new(source.clone()), Arc::new(NodeMetrics::new())));
     (addr, source)
 }

@@ -250,7 +250,10 @@ impl RunningReflector {
         tasks.spawn(
             net::serve(
                 endpoint.clone(),
-                Arc::new(ReflectorSource(inner.clone())),
+                {
+                    let source = Arc::new(ReflectorSource(inner.clone()));
+                    net::Router::new(source.clone()).inventory(source)
+                },
                 node_metrics.clone(),
             )
             .instrument(tracing::info_span!("task", task = "serve")),

@@ -1,10 +1,10 @@
-//! What endpoints and siblings are served from: the reflector behind the [`ChunkSource`]
+//! What endpoints and siblings are served from: the reflector behind the [`ContentSource`] and [`InventorySource`]
 //! interface of `oasis_core::net::serve`.
 
 use super::Reflector;
 use bytes::Bytes;
 use oasis_core::compress::StoredChunk;
-use oasis_core::net::{ChunkSource, SourceError};
+use oasis_core::net::{ContentSource, InventorySource, SourceError};
 use oasis_core::pki::PeerInfo;
 use oasis_core::policy::TrafficClass;
 use oasis_core::wire::LayerRef;
@@ -12,10 +12,10 @@ use oasis_core::ChunkId;
 use std::sync::Arc;
 use tracing::Instrument;
 
-/// The [`ChunkSource`] endpoints are served from.
+/// The sources endpoints are served from: content, and the inventory and wakes.
 pub struct ReflectorSource(pub(super) Arc<Reflector>);
 
-impl ChunkSource for ReflectorSource {
+impl ContentSource for ReflectorSource {
     async fn manifest(
         &self,
         name: &str,
@@ -66,7 +66,9 @@ impl ChunkSource for ReflectorSource {
     ) -> Result<Vec<oasis_core::wire::Assignment>, SourceError> {
         Ok(self.0.wake.assignments(peer))
     }
+}
 
+impl InventorySource for ReflectorSource {
     async fn register(
         &self,
         peer: &PeerInfo,

@@ -11,7 +11,7 @@ use oasis_core::manifest::{
     ChunkRef, Entry, LayerKind, LayerManifest, Meta, Node, SignedManifest, MANIFEST_FORMAT,
 };
 use oasis_core::metrics::NodeMetrics;
-use oasis_core::net::{self, ChunkSource, Client, SourceError, TransportOptions};
+use oasis_core::net::{self, Client, ContentSource, SourceError, TransportOptions};
 use oasis_core::pki::{NodeIdentity, PeerInfo, Role, SeedAuthority};
 use oasis_core::store::ChunkStore;
 use oasis_core::wire::{Assignment, LayerRef};
@@ -39,7 +39,7 @@ pub struct Upstream {
     pub assigned: Mutex<Vec<Assignment>>,
 }
 
-impl ChunkSource for Upstream {
+impl ContentSource for Upstream {
     async fn manifest(
         &self,
         name: &str,
@@ -116,7 +116,11 @@ impl World {
         let endpoint =
             net::server_endpoint("127.0.0.1:0".parse()?, &id, &TransportOptions::default())?;
         let addr = endpoint.local_addr()?;
-        tokio::spawn(net::serve(endpoint.clone(), upstream.clone(), Arc::new(NodeMetrics::new())));
+        tokio::spawn(net::serve(
+            endpoint.clone(),
+            net::Router::new(upstream.clone()),
+            Arc::new(NodeMetrics::new()),
+        ));
         Ok(World { dir, authority, upstream, addr, endpoint })
     }
 
