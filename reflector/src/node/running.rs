@@ -51,24 +51,7 @@ impl RunningReflector {
     /// background: the reflector serves what it has cached while upstream is away) and serves.
     pub async fn start(config: ReflectorConfig) -> anyhow::Result<RunningReflector> {
         config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let state = config.state.clone();
-        let identity = tokio::task::spawn_blocking(move || NodeIdentity::load(&state))
-            .await?
-            .with_context(|| {
-                format!(
-                    "loading the reflector identity from {} (written by `oasis-seed enroll \
-                     --role reflector --out DIR`)",
-                    config.state.display()
-                )
-            })?;
-        if identity.info().role != Role::Reflector {
-            bail!(
-                "{} holds the identity of {}, not of a reflector: enroll this box with \
-                 `oasis-seed enroll --role reflector`",
-                config.state.display(),
-                identity.info()
-            );
-        }
+        let identity = load_identity(&config).await?;
         let node_metrics = Arc::new(NodeMetrics::new());
         let metrics = ReflectorMetrics::register(&node_metrics);
         let largest = u64::from(ChunkParams::default().max) + CHUNK_FRAME_OVERHEAD;
@@ -111,44 +94,8 @@ impl RunningReflector {
         let endpoint = net::server_endpoint(config.listen, &identity, &config.transport)
             .with_context(|| format!("cannot listen for QUIC on {}", config.listen))?;
         let addr = endpoint.local_addr().context("reading the bound address")?;
-        let (siblings, mesh_task) = match &config.mesh {
-            None => (None, None),
-            Some(m) => {
-                let advertise = match m.advertise {
-                    Some(a) => a,
-                    None => crate::mesh_link::advertised_addr(addr, &config.upstream).await,
-                };
-                let mesh_config = oasis_mesh::MeshConfig {
-                    listen: m.listen.clone(),
-                    bootstrap: m.bootstrap.clone(),
-                    mdns: m.mdns,
-                    heartbeat: m.heartbeat,
-                    serving_addr: Some(advertise),
-                    ..oasis_mesh::MeshConfig::default()
-                };
-                let (handle, task) = oasis_mesh::Mesh::start(mesh_config, &identity, &config.state)
-                    .context("starting the reflector mesh")?;
-                node_metrics.with_registry(|r| handle.metrics().register(r));
-                let sib_endpoint = net::client_endpoint(&identity, &TransportOptions::default())
-                    .context("setting up the QUIC endpoint for siblings")?;
-                tracing::info!(peer_id = %handle.peer_id(), %advertise, site = ?handle.site(), "mesh started");
-                let settings = crate::siblings::SiblingSettings {
-                    peer_sites: config.peer_sites.clone(),
-                    delegate_timeout: config.miss_timeout * 6,
-                    sharing: m.wan_sharing,
-                    heartbeat: m.heartbeat,
-                };
-                let s = Siblings::new(
-                    handle,
-                    settings,
-                    &cache,
-                    sib_endpoint,
-                    metrics.clone(),
-                    work.clone(),
-                );
-                (Some(s), Some(task))
-            }
-        };
+        let (siblings, mesh_task) =
+            start_mesh(&config, &identity, addr, &cache, &metrics, &node_metrics, &work).await?;
         let metrics_addr = match config.metrics {
             Some(m) => Some(
                 node_metrics
@@ -189,75 +136,7 @@ impl RunningReflector {
             wake: wake.clone(),
             tasks: work.clone(),
         });
-        let (mut tasks, cancel) = (JoinSet::new(), CancellationToken::new());
-        spawn_task(&mut tasks, &cancel, "upstream", upstream.clone().run());
-        spawn_task(&mut tasks, &cancel, "fetcher", fetcher.clone().run());
-        {
-            let cache = cache.clone();
-            spawn_task(&mut tasks, &cancel, "evictor", async move {
-                loop {
-                    let c = cache.clone();
-                    if let Err(e) = tokio::task::spawn_blocking(move || c.evict()).await {
-                        tracing::error!(error = %e, "evictor failed");
-                    }
-                    tokio::select! {
-                        _ = cache.evict_wanted.notified() => {}
-                        _ = tokio::time::sleep(EVICT_INTERVAL) => {}
-                    }
-                }
-            });
-        }
-        {
-            let (policy, every) = (policy.clone(), config.policy_poll);
-            spawn_task(
-                &mut tasks,
-                &cancel,
-                "policy-watch",
-                async move { policy.watch(every).await },
-            );
-        }
-        if !config.assignments_poll.is_zero() {
-            let (inner, every) = (inner.clone(), config.assignments_poll);
-            spawn_task(&mut tasks, &cancel, "assignments", async move {
-                let mut pinned_by_sync: Vec<(String, String)> = Vec::new();
-                loop {
-                    match inner.sync_assignments(&mut pinned_by_sync).await {
-                        Ok(n) => tracing::debug!(assigned = n, "site assignments synced"),
-                        Err(e) => tracing::warn!(error = %e, "cannot sync site assignments"),
-                    }
-                    tokio::time::sleep(every).await;
-                }
-            });
-        }
-        if let Some(s) = &siblings {
-            let announce = crate::mesh_link::announce_cached(inner.clone(), s.clone());
-            spawn_task(&mut tasks, &cancel, "mesh-announce", announce);
-            let load = crate::mesh_link::load_loop(
-                s.clone(),
-                fetcher.clone(),
-                policy.clone(),
-                cache.clone(),
-                node_metrics.clone(),
-                config.mesh.as_ref().map_or(Duration::from_secs(1), |m| m.heartbeat),
-            );
-            spawn_task(&mut tasks, &cancel, "mesh-load", load);
-            let every = config.wake.sync_every;
-            let gossip = crate::inventory_gossip::run(wake.clone(), s.mesh.clone(), every);
-            spawn_task(&mut tasks, &cancel, "inventory-gossip", gossip);
-        }
-        spawn_task(&mut tasks, &cancel, "wake", wake.clone().run());
-        // Not cancelled: `serve` ends when the endpoint closes, once its connections have.
-        tasks.spawn(
-            net::serve(
-                endpoint.clone(),
-                {
-                    let source = Arc::new(ReflectorSource(inner.clone()));
-                    net::Router::new(source.clone()).inventory(source)
-                },
-                node_metrics.clone(),
-            )
-            .instrument(tracing::info_span!("task", task = "serve")),
-        );
+        let (tasks, cancel) = spawn_tasks(&config, &inner, &endpoint, &node_metrics);
         tracing::info!(
             %addr,
             upstream = %config.upstream,
@@ -459,4 +338,153 @@ impl Drop for RunningReflector {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The reflector's identity from its state directory, refused unless it is a reflector's.
+async fn load_identity(config: &ReflectorConfig) -> anyhow::Result<NodeIdentity> {
+    let state = config.state.clone();
+    let identity = tokio::task::spawn_blocking(move || NodeIdentity::load(&state))
+        .await?
+        .with_context(|| {
+            format!(
+                "loading the reflector identity from {} (written by `oasis-seed enroll \
+                 --role reflector --out DIR`)",
+                config.state.display()
+            )
+        })?;
+    if identity.info().role != Role::Reflector {
+        bail!(
+            "{} holds the identity of {}, not of a reflector: enroll this box with \
+             `oasis-seed enroll --role reflector`",
+            config.state.display(),
+            identity.info()
+        );
+    }
+    Ok(identity)
+}
+
+/// Spawns the reflector's long-lived tasks, each in a span named for it (see [`spawn_task`]).
+fn spawn_tasks(
+    config: &ReflectorConfig,
+    inner: &Arc<Reflector>,
+    endpoint: &quinn::Endpoint,
+    node_metrics: &Arc<NodeMetrics>,
+) -> (JoinSet<()>, CancellationToken) {
+    let (upstream, fetcher, cache, policy, wake, siblings) = (
+        &inner.upstream,
+        &inner.fetcher,
+        &inner.cache,
+        &inner.policy,
+        &inner.wake,
+        &inner.siblings,
+    );
+    let (mut tasks, cancel) = (JoinSet::new(), CancellationToken::new());
+    spawn_task(&mut tasks, &cancel, "upstream", upstream.clone().run());
+    spawn_task(&mut tasks, &cancel, "fetcher", fetcher.clone().run());
+    {
+        let cache = cache.clone();
+        spawn_task(&mut tasks, &cancel, "evictor", async move {
+            loop {
+                let c = cache.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || c.evict()).await {
+                    tracing::error!(error = %e, "evictor failed");
+                }
+                tokio::select! {
+                    _ = cache.evict_wanted.notified() => {}
+                    _ = tokio::time::sleep(EVICT_INTERVAL) => {}
+                }
+            }
+        });
+    }
+    {
+        let (policy, every) = (policy.clone(), config.policy_poll);
+        spawn_task(&mut tasks, &cancel, "policy-watch", async move { policy.watch(every).await });
+    }
+    if !config.assignments_poll.is_zero() {
+        let (inner, every) = (inner.clone(), config.assignments_poll);
+        spawn_task(&mut tasks, &cancel, "assignments", async move {
+            let mut pinned_by_sync: Vec<(String, String)> = Vec::new();
+            loop {
+                match inner.sync_assignments(&mut pinned_by_sync).await {
+                    Ok(n) => tracing::debug!(assigned = n, "site assignments synced"),
+                    Err(e) => tracing::warn!(error = %e, "cannot sync site assignments"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+    if let Some(s) = &siblings {
+        let announce = crate::mesh_link::announce_cached(inner.clone(), s.clone());
+        spawn_task(&mut tasks, &cancel, "mesh-announce", announce);
+        let load = crate::mesh_link::load_loop(
+            s.clone(),
+            fetcher.clone(),
+            policy.clone(),
+            cache.clone(),
+            node_metrics.clone(),
+            config.mesh.as_ref().map_or(Duration::from_secs(1), |m| m.heartbeat),
+        );
+        spawn_task(&mut tasks, &cancel, "mesh-load", load);
+        let every = config.wake.sync_every;
+        let gossip = crate::inventory_gossip::run(wake.clone(), s.mesh.clone(), every);
+        spawn_task(&mut tasks, &cancel, "inventory-gossip", gossip);
+    }
+    spawn_task(&mut tasks, &cancel, "wake", wake.clone().run());
+    // Not cancelled: `serve` ends when the endpoint closes, once its connections have.
+    tasks.spawn(
+        net::serve(
+            endpoint.clone(),
+            {
+                let source = Arc::new(ReflectorSource(inner.clone()));
+                net::Router::new(source.clone()).inventory(source)
+            },
+            node_metrics.clone(),
+        )
+        .instrument(tracing::info_span!("task", task = "serve")),
+    );
+    (tasks, cancel)
+}
+
+/// Starts the mesh and the sibling logic when the config has a `[mesh]` section.
+async fn start_mesh(
+    config: &ReflectorConfig,
+    identity: &NodeIdentity,
+    addr: SocketAddr,
+    cache: &Arc<Cache>,
+    metrics: &ReflectorMetrics,
+    node_metrics: &Arc<NodeMetrics>,
+    work: &TaskTracker,
+) -> anyhow::Result<(Option<Arc<Siblings>>, Option<JoinHandle<anyhow::Result<()>>>)> {
+    Ok(match &config.mesh {
+        None => (None, None),
+        Some(m) => {
+            let advertise = match m.advertise {
+                Some(a) => a,
+                None => crate::mesh_link::advertised_addr(addr, &config.upstream).await,
+            };
+            let mesh_config = oasis_mesh::MeshConfig {
+                listen: m.listen.clone(),
+                bootstrap: m.bootstrap.clone(),
+                mdns: m.mdns,
+                heartbeat: m.heartbeat,
+                serving_addr: Some(advertise),
+                ..oasis_mesh::MeshConfig::default()
+            };
+            let (handle, task) = oasis_mesh::Mesh::start(mesh_config, identity, &config.state)
+                .context("starting the reflector mesh")?;
+            node_metrics.with_registry(|r| handle.metrics().register(r));
+            let sib_endpoint = net::client_endpoint(identity, &TransportOptions::default())
+                .context("setting up the QUIC endpoint for siblings")?;
+            tracing::info!(peer_id = %handle.peer_id(), %advertise, site = ?handle.site(), "mesh started");
+            let settings = crate::siblings::SiblingSettings {
+                peer_sites: config.peer_sites.clone(),
+                delegate_timeout: config.miss_timeout * 6,
+                sharing: m.wan_sharing,
+                heartbeat: m.heartbeat,
+            };
+            let s =
+                Siblings::new(handle, settings, cache, sib_endpoint, metrics.clone(), work.clone());
+            (Some(s), Some(task))
+        }
+    })
 }
