@@ -404,39 +404,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 v["snapshots_pruned"] = serde_json::to_value(&pruned.deleted)?;
                 println!("{v}");
             } else {
-                println!(
-                    "snapshot {}: {} entries, {} files, {}; {} files hashed ({}), {} unchanged, {} new chunks ({}) in {:.2}s",
-                    snap.id, snap.entries, snap.files, mib(snap.bytes), snap.files_hashed,
-                    mib(snap.bytes_hashed), snap.files_unchanged, snap.chunks_new, mib(snap.bytes_new), snap.seconds
-                );
-                if snap.hardlinks > 0 {
-                    println!("  {} hard links (further names of files listed)", snap.hardlinks);
-                }
-                if !snap.other_filesystems.is_empty() {
-                    println!(
-                        "  other filesystems not descended into: {}",
-                        snap.other_filesystems.join(", ")
-                    );
-                }
-                if !snap.included_filesystems.is_empty() {
-                    println!(
-                        "  other filesystems included: {}",
-                        snap.included_filesystems.join(", ")
-                    );
-                }
-                for p in &snap.changed_behind_stamp {
-                    println!("  changed without a stamp change: {p}");
-                }
-                for p in &snap.skipped {
-                    println!("  left out: {p}");
-                }
-                if !pruned.deleted.is_empty() {
-                    println!(
-                        "  pruned snapshots {:?} ({} freed)",
-                        pruned.deleted,
-                        mib(pruned.bytes_freed)
-                    );
-                }
+                print_snapshot(&snap, &pruned);
             }
             Ok(())
         }
@@ -450,28 +418,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(out)
             })
             .await?;
-            if json {
-                println!("{}", serde_json::to_string(&infos)?);
-            } else if infos.is_empty() {
-                println!("no snapshots yet");
-            } else {
-                println!(
-                    "{:>6}  {:<20}  {:>8}  {:>10}  {:<24}  reason",
-                    "id", "created (UTC)", "files", "size", "layers"
-                );
-                for i in &infos {
-                    println!(
-                        "{:>6}  {:<20}  {:>8}  {:>10}  {:<24}  {}",
-                        i.id,
-                        utc(i.created),
-                        i.files,
-                        mib(i.bytes),
-                        i.layers.join(" "),
-                        i.reason
-                    );
-                }
-            }
-            Ok(())
+            emit(json, &infos, |i| print_snapshot_list(i))
         }
         Cmd::Revert { state, snapshot, json } => {
             let r = blocking(move || {
@@ -525,27 +472,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 progress: progress_on(json),
             };
             let r = until_interrupted(upload::upload(&opts)).await?;
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                println!(
-                    "uploaded snapshot {} of {} as {}@{}: {} files, {:.1} MiB",
-                    r.snapshot,
-                    r.device,
-                    r.filed.device,
-                    r.filed.id,
-                    r.files,
-                    r.bytes as f64 / 1048576.0
-                );
-                println!(
-                    "  {} of {} chunks already at the seed; sent {} chunks, {:.1} MiB on the wire ({:.1} MiB plain) in {:.1}s{}",
-                    r.chunks_at_seed, r.chunks_total, r.chunks_sent,
-                    r.bytes_sent as f64 / 1048576.0, r.bytes_sent_plain as f64 / 1048576.0,
-                    r.seconds,
-                    if r.attempts > 1 { format!(", {} connections (resumed)", r.attempts) } else { String::new() }
-                );
-            }
-            Ok(())
+            emit(json, &r, print_upload)
         }
         Cmd::Restore { state, seed, from, from_seed, root, mode, profile_dir, json } => {
             use oasis_endpoint::restore;
@@ -565,32 +492,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             opts.progress = progress_on(json);
             let r = until_interrupted(restore::restore(&opts)).await?;
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                println!(
-                    "restored {}@{} ({}) onto {}: {} entries, {} files, {:.1} MiB; {} chunks fetched ({:.1} MiB) in {:.1}s",
-                    r.device, r.snapshot.id, r.mode, r.root, r.entries, r.files,
-                    r.bytes as f64 / 1048576.0, r.chunks_fetched,
-                    r.bytes_network as f64 / 1048576.0, r.seconds
-                );
-                if !r.layers.is_empty() {
-                    println!("  layers applied: {}", r.layers.join(" "));
-                }
-                if r.hardlinks > 0 {
-                    println!("  {} hard links", r.hardlinks);
-                }
-                if let Some(m) = r.not_applied.summary() {
-                    println!("  metadata {m}");
-                }
-                if r.skipped_layer_owned > 0 {
-                    println!(
-                        "  {} user files left to the layers that now own their paths",
-                        r.skipped_layer_owned
-                    );
-                }
-            }
-            Ok(())
+            emit(json, &r, print_seed_restore)
         }
         Cmd::Provision { state, seed, from, root, wait, json } => {
             let seed = resolve(&seed).await.context("--seed")?;
@@ -876,5 +778,99 @@ fn print_summary(r: &FetchReport) {
     }
     for p in &r.source_problems {
         println!("  skipped source {}: {}", p.addr, p.problem);
+    }
+}
+
+fn print_snapshot(
+    snap: &oasis_endpoint::take::TakeReport,
+    pruned: &oasis_endpoint::retention::PruneReport,
+) {
+    println!(
+        "snapshot {}: {} entries, {} files, {}; {} files hashed ({}), {} unchanged, {} new chunks ({}) in {:.2}s",
+        snap.id, snap.entries, snap.files, mib(snap.bytes), snap.files_hashed,
+        mib(snap.bytes_hashed), snap.files_unchanged, snap.chunks_new, mib(snap.bytes_new), snap.seconds
+    );
+    if snap.hardlinks > 0 {
+        println!("  {} hard links (further names of files listed)", snap.hardlinks);
+    }
+    if !snap.other_filesystems.is_empty() {
+        println!("  other filesystems not descended into: {}", snap.other_filesystems.join(", "));
+    }
+    if !snap.included_filesystems.is_empty() {
+        println!("  other filesystems included: {}", snap.included_filesystems.join(", "));
+    }
+    for p in &snap.changed_behind_stamp {
+        println!("  changed without a stamp change: {p}");
+    }
+    for p in &snap.skipped {
+        println!("  left out: {p}");
+    }
+    if !pruned.deleted.is_empty() {
+        println!("  pruned snapshots {:?} ({} freed)", pruned.deleted, mib(pruned.bytes_freed));
+    }
+}
+
+fn print_snapshot_list(infos: &[SnapshotInfo]) {
+    if infos.is_empty() {
+        println!("no snapshots yet");
+    } else {
+        println!(
+            "{:>6}  {:<20}  {:>8}  {:>10}  {:<24}  reason",
+            "id", "created (UTC)", "files", "size", "layers"
+        );
+        for i in infos {
+            println!(
+                "{:>6}  {:<20}  {:>8}  {:>10}  {:<24}  {}",
+                i.id,
+                utc(i.created),
+                i.files,
+                mib(i.bytes),
+                i.layers.join(" "),
+                i.reason
+            );
+        }
+    }
+}
+
+fn print_upload(r: &oasis_endpoint::upload::UploadReport) {
+    println!(
+        "uploaded snapshot {} of {} as {}@{}: {} files, {:.1} MiB",
+        r.snapshot,
+        r.device,
+        r.filed.device,
+        r.filed.id,
+        r.files,
+        r.bytes as f64 / 1048576.0
+    );
+    println!(
+        "  {} of {} chunks already at the seed; sent {} chunks, {:.1} MiB on the wire ({:.1} MiB plain) in {:.1}s{}",
+        r.chunks_at_seed, r.chunks_total, r.chunks_sent,
+        r.bytes_sent as f64 / 1048576.0, r.bytes_sent_plain as f64 / 1048576.0,
+        r.seconds,
+        if r.attempts > 1 { format!(", {} connections (resumed)", r.attempts) } else { String::new() }
+    );
+}
+
+fn print_seed_restore(r: &oasis_endpoint::restore::RestoreReport) {
+    println!(
+        "restored {}@{} ({}) onto {}: {} entries, {} files, {:.1} MiB; {} chunks fetched ({:.1} MiB) in {:.1}s",
+        r.device, r.snapshot.id, r.mode, r.root, r.entries, r.files,
+        r.bytes as f64 / 1048576.0, r.chunks_fetched,
+        r.bytes_network as f64 / 1048576.0, r.seconds
+    );
+    if !r.layers.is_empty() {
+        println!("  layers applied: {}", r.layers.join(" "));
+    }
+    if r.hardlinks > 0 {
+        println!("  {} hard links", r.hardlinks);
+    }
+    if let Some(m) = r.not_applied.summary() {
+        println!("  metadata {m}");
+    }
+    if r.skipped_layer_owned > 0 {
+        println!(
+            "  {} user files left to the layers that now own their paths",
+            r.skipped_layer_owned
+        );
     }
 }
