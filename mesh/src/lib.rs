@@ -31,7 +31,6 @@ pub use binding::{peer_id_of_state, P2P_KEY_FILE};
 pub use libp2p;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use oasis_core::chunk::ChunkId;
 use oasis_core::gossip::{GossipView, InventoryRecord, LayerDigest, Load, PeerRef};
 use oasis_core::pki::NodeIdentity;
 use prometheus_client::metrics::counter::Counter;
@@ -252,17 +251,7 @@ impl Mesh {
         let task =
             task::MeshTask::new(config, keypair, hello, identity, metrics.clone(), rx, view_tx)?;
         let join = tokio::spawn(task.run().instrument(tracing::info_span!("task", task = "mesh")));
-        Ok((
-            MeshHandle {
-                tx,
-                view,
-                peer_id,
-                site: identity.info().site.clone(),
-                metrics,
-                demand: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            },
-            join,
-        ))
+        Ok((MeshHandle { tx, view, peer_id, site: identity.info().site.clone(), metrics }, join))
     }
 }
 
@@ -275,7 +264,6 @@ pub struct MeshHandle {
     peer_id: PeerId,
     site: Option<String>,
     metrics: MeshMetrics,
-    demand: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn gone() -> anyhow::Error {
@@ -342,7 +330,6 @@ impl MeshHandle {
 
     /// Updates the load published in the next heartbeats.
     pub fn update_load(&self, load: Load) {
-        self.demand.store(load.wan_demand, std::sync::atomic::Ordering::Relaxed);
         self.send(Command::UpdateLoad(load));
     }
 
@@ -368,35 +355,6 @@ impl MeshHandle {
     pub async fn live_peers(&self, site: &str) -> Result<Vec<MeshPeer>> {
         let view = self.view().await?;
         Ok(view.live_peers(site).iter().filter_map(|r| mesh_peer(&view, r)).collect())
-    }
-
-    /// The node of this site (this one included) that should pull `chunk` over the WAN under
-    /// `wan_sharing = "spread"` (rendezvous hashing of the chunk id). The reflector chooses
-    /// with [`oasis_core::site_wan::site_fetcher`], which also covers the site's WAN leader.
-    pub async fn wan_fetcher(&self, chunk: &ChunkId) -> Result<PeerId> {
-        let mut peers = match &self.site {
-            Some(site) => self.view().await?.live_peers(site),
-            None => Vec::new(),
-        };
-        peers.push(peer_ref(&self.peer_id));
-        let chosen = oasis_core::gossip::wan_fetcher(chunk, &peers).expect("non-empty");
-        Ok(peer_id_of(&chosen).unwrap_or(self.peer_id))
-    }
-
-    /// This node's share (0..=1) of the site's WAN rate from the gossiped demands, as
-    /// `wan_sharing = "spread"` divides it ([`oasis_core::site_wan::site_share`]).
-    pub async fn site_share(&self) -> Result<f64> {
-        let view = self.view().await?;
-        let demands: Vec<u64> = match &self.site {
-            Some(site) => view
-                .live_peers(site)
-                .iter()
-                .filter_map(|p| view.peer(p).map(|r| r.load.wan_demand))
-                .collect(),
-            None => Vec::new(),
-        };
-        let mine = self.demand.load(std::sync::atomic::Ordering::Relaxed);
-        Ok(oasis_core::gossip::site_share(mine, &demands))
     }
 
     /// Addresses the swarm listens on (resolved ports).

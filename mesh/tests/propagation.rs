@@ -119,11 +119,17 @@ async fn twenty_reflectors_availability_and_expiry() {
     println!("kad providers of the layer seen from node 19: {}", providers.len());
 
     // Rendezvous: every node of the site picks the same WAN fetcher for a chunk.
+    // Each node decides with its own view, as a reflector's siblings do.
     let chunk = oasis_core::ChunkId::of(b"some chunk");
-    let first = handles[0].wan_fetcher(&chunk).await.unwrap();
-    for h in &handles[1..] {
-        assert_eq!(h.wan_fetcher(&chunk).await.unwrap(), first);
+    let mut chosen = Vec::new();
+    for h in &handles {
+        let mut members = h.view().await.unwrap().live_peers("lyon");
+        members.push(peer_ref(&h.peer_id()));
+        let spread = oasis_core::site_wan::WanSharing::Spread;
+        chosen.push(oasis_core::site_wan::site_fetcher(spread, "lyon", &chunk, &members));
     }
+    assert!(chosen[0].is_some());
+    assert!(chosen.iter().all(|c| *c == chosen[0]), "one WAN fetcher per chunk: {chosen:?}");
 
     // Kill node 15 (abort, no goodbye): it vanishes from every view within 3 heartbeats.
     let killed = tasks[announcer].abort_handle();

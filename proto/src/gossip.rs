@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::site_wan::{site_share, wan_fetcher};
 pub use crate::wake::gossip::{InventoryRecord, MAX_DEVICES_PER_MESSAGE};
 
 /// First byte of every encoded message. Bump on any change to the types below.
