@@ -39,8 +39,13 @@ pub fn load_or_create_keypair(state: &Path) -> Result<Keypair> {
             let secret = oasis_core::durable::Options { mode: 0o600, overwrite: false };
             match oasis_core::durable::write_with(&path, &bytes, secret) {
                 Ok(()) => {}
+                // Read what is there once (no retry: a dangling symlink would loop for ever).
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    return load_or_create_keypair(state);
+                    let bytes = fs::read(&path).with_context(|| {
+                        format!("{}: exists but cannot be read", path.display())
+                    })?;
+                    return Keypair::from_protobuf_encoding(&bytes)
+                        .with_context(|| format!("{}: not a libp2p key", path.display()));
                 }
                 Err(e) => return Err(e).with_context(|| format!("{}: writing", path.display())),
             }

@@ -111,7 +111,8 @@ pub fn parse_amount(text: &str) -> Result<u64, String> {
     let scale = 10u128.pow(frac_part.len() as u32);
     let numer = mantissa.checked_mul(u.num).ok_or_else(|| "it is too large".to_string())?;
     let denom = scale * u.den;
-    let rounded = (numer + denom / 2) / denom;
+    let rounded =
+        numer.checked_add(denom / 2).ok_or_else(|| "it is too large".to_string())? / denom;
     u64::try_from(rounded).map_err(|_| "it is too large".to_string())
 }
 
@@ -223,6 +224,8 @@ mod tests {
     fn amounts_and_durations() {
         assert_eq!(parse_amount(" 1.5 KiB "), Ok(1536));
         assert!(parse_amount("10 parsecs").unwrap_err().contains("unknown unit"));
+        let max = "340282366920938463463374607431.768211455";
+        assert!(parse_amount(max).unwrap_err().contains("too large"), "no overflow, no wrap");
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));

@@ -37,6 +37,8 @@ const FORBIDDEN_CRATES: &[&str] = &[
 /// Calls that reach the world from std. Non-test code may not name them.
 const FORBIDDEN_CALLS: &[&str] = &[
     "std::fs",
+    "fs::",
+    "env::",
     "File::",
     "UdpSocket",
     "TcpStream",

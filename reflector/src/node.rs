@@ -230,7 +230,9 @@ impl Reflector {
         let len = bytes.len() as u64;
         self.metrics.upstream_manifest_bytes.inc_by(len);
         let policy = self.policy.clone();
-        self.tasks.spawn(
+        // Not tracked: it holds only the policy, and under a low rate or a closed window it
+        // may wait longer than a stop should.
+        tokio::spawn(
             async move {
                 policy.limiter.acquire(TrafficClass::Foreground, len + CHUNK_FRAME_OVERHEAD).await
             }

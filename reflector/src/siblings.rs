@@ -43,6 +43,8 @@ const MAX_HOLDERS_TRIED: usize = 3;
 /// publishes it). Misses read the published view and never wait for the mesh task, so a busy
 /// mesh (a gossip flood) cannot hold up serving.
 const VIEW_REFRESH: Duration = oasis_mesh::VIEW_PUBLISH;
+/// How often a miss waiting on the site's WAN leader asks it again.
+const LEADER_RETRY: Duration = Duration::from_millis(200);
 
 type Flight = Shared<BoxFuture<'static, Option<StoredChunk>>>;
 
@@ -97,8 +99,7 @@ pub struct Siblings {
     sharing: WanSharing,
     /// Demands published in the last rounds, turned into our share.
     rounds: Mutex<ShareRounds>,
-    /// Sibling fetches in flight and the view refresher; the reflector waits for them when it
-    /// stops.
+    /// Sibling fetches in flight; the reflector waits for them when it stops.
     tasks: TaskTracker,
 }
 
@@ -576,7 +577,7 @@ impl Siblings {
                 return None;
             }
             tracing::debug!(chunk = %id, sibling = %fetcher, problem = %why, "waiting for the site's WAN leader");
-            tokio::time::sleep(VIEW_REFRESH * 2).await;
+            tokio::time::sleep(LEADER_RETRY).await;
         }
     }
 

@@ -21,7 +21,9 @@ impl Sched {
     ) -> Result<Sched, String> {
         let tz = time_zone(timezone)?;
         let at = |s: i64| Timestamp::from_second(s).map_err(|e| e.to_string());
-        let until = at(start_unix + horizon.ceil() as i64 + 1)?;
+        // A run longer than the calendar goes (year 9999) stops at its end.
+        let end = start_unix.saturating_add(horizon.ceil() as i64).saturating_add(1);
+        let until = Timestamp::from_second(end).unwrap_or(Timestamp::MAX);
         let (open_at_start, edges) = window_edges(window, &tz, at(start_unix)?, until)?;
         let edges = edges.into_iter().map(|(t, o)| ((t.as_second() - start_unix) as f64, o));
         Ok(Sched { open_at_start, edges: edges.collect() })
