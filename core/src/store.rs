@@ -170,6 +170,38 @@ fn drop_unfinished_sled_snapshots(index_dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How long an open waits for a lock this process is still letting go of.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Index directories of stores this process closed, and when.
+///
+/// sled's writer threads keep the database file, and with it the exclusive lock, for a moment
+/// after the last handle drops, so a store closed and opened again in one process (a restart
+/// within a daemon, a test) can find its own lock still taken. Only those opens wait; a lock
+/// held by another process is reported at once, so the seed's CLI can turn to the running
+/// seed without a pause.
+static CLOSED_HERE: std::sync::Mutex<Vec<(PathBuf, std::time::Instant)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn closed_here_lately(index_dir: &Path) -> bool {
+    let mut closed = CLOSED_HERE.lock().unwrap_or_else(|p| p.into_inner());
+    closed.retain(|(_, at)| at.elapsed() < LOCK_GRACE);
+    closed.iter().any(|(dir, _)| dir == index_dir)
+}
+
+/// Opens the sled index, waiting while a lock this process let go of lately is still held.
+fn open_index(dir: &Path, index_dir: &Path) -> Result<sled::Db, StoreError> {
+    loop {
+        let opened = sled::Config::new().path(index_dir).cache_capacity(64 << 20).open();
+        match opened.map_err(|source| StoreError::Open { dir: dir.to_path_buf(), source }) {
+            Err(e) if e.is_locked() && closed_here_lately(index_dir) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 pub struct ChunkStore {
     dir: PathBuf,
     packs: PackSet,
@@ -179,6 +211,14 @@ pub struct ChunkStore {
     latest: sled::Tree,
     file_refs: sled::Tree,
     corrupt_dropped: AtomicU64,
+}
+
+impl Drop for ChunkStore {
+    fn drop(&mut self) {
+        let mut closed = CLOSED_HERE.lock().unwrap_or_else(|p| p.into_inner());
+        closed.retain(|(_, at)| at.elapsed() < LOCK_GRACE);
+        closed.push((self.dir.join("index"), std::time::Instant::now()));
+    }
 }
 
 impl ChunkStore {
@@ -191,11 +231,7 @@ impl ChunkStore {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let index_dir = dir.join("index");
         drop_unfinished_sled_snapshots(&index_dir).map_err(io_err(&index_dir))?;
-        let db = sled::Config::new()
-            .path(&index_dir)
-            .cache_capacity(64 << 20)
-            .open()
-            .map_err(|source| StoreError::Open { dir: dir.to_path_buf(), source })?;
+        let db = open_index(dir, &index_dir)?;
         let index = db.open_tree("chunks")?;
         // Live bytes per pack, so compaction knows what removals left behind.
         let mut live: HashMap<u32, u64> = HashMap::new();
@@ -771,6 +807,34 @@ mod tests {
         let s = ChunkStore::open(d.path()).expect("the store opens after the crash");
         assert_eq!(s.get(&c.id).unwrap().unwrap(), c, "what was flushed before is still there");
         assert!(!partial.exists());
+    }
+
+    #[test]
+    fn a_store_closed_and_opened_again_in_one_process_opens_every_time() {
+        let d = tempfile::tempdir().unwrap();
+        for round in 0..40u32 {
+            let s =
+                ChunkStore::open(d.path()).unwrap_or_else(|e| panic!("open in round {round}: {e}"));
+            // Enough writes that sled's writer threads are busy when the handle drops.
+            for i in 0..50u32 {
+                s.put(&StoredChunk::encode(&[(round * 50 + i).to_le_bytes(); 600].concat()))
+                    .unwrap();
+            }
+        }
+        let s = ChunkStore::open(d.path()).unwrap();
+        assert_eq!(s.index.len(), 40 * 50);
+    }
+
+    #[test]
+    fn another_process_holding_the_store_is_reported_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let held = ChunkStore::open(d.path()).unwrap();
+        let started = std::time::Instant::now();
+        // A store open elsewhere is not one this process closed: no grace, a locked error.
+        let err = ChunkStore::open(d.path()).err().expect("the second open is refused");
+        assert!(err.is_locked(), "{err}");
+        assert!(started.elapsed() < LOCK_GRACE, "the open waited out the grace");
+        drop(held);
     }
 
     #[test]
