@@ -61,7 +61,7 @@ pub fn inventory_topic(site: &str) -> String {
 }
 
 /// Device records received from a verified reflector of this node's site, each checked
-/// ([`oasis_core::wake::gossip::admit_inventory`]): for the application to merge.
+/// ([`oasis_core::gossip::inventory::admit_inventory`]): for the application to merge.
 #[derive(Clone, Debug)]
 pub struct DeviceBatch {
     pub from: PeerId,

@@ -354,7 +354,7 @@ impl MeshTask {
         }
         let records: Vec<InventoryRecord> = self.pending_devices.values().cloned().collect();
         let mut all_sent = true;
-        for body in oasis_core::wake::gossip::pack_inventory(records) {
+        for body in oasis_core::gossip::inventory::pack_inventory(records) {
             all_sent &= self.publish_on(topic.clone(), Body::Inventory(body), "inventory");
         }
         if all_sent {
@@ -621,7 +621,8 @@ impl MeshTask {
         if let Body::Inventory(records) = &msg.body {
             let now = unix_ms() / 1000;
             let site = self.my_site.as_deref();
-            if let Err(e) = oasis_core::wake::gossip::admit_inventory(records, info, site, now) {
+            if let Err(e) = oasis_core::gossip::inventory::admit_inventory(records, info, site, now)
+            {
                 return self.reject(&author, e);
             }
             let (sender, records) = (info.name.clone(), records.clone());

@@ -10,7 +10,7 @@
 //!
 //! - Content: [`chunk`] (ids and cutting), [`compress`], [`manifest`].
 //! - Codecs: [`wire`] (frames and requests), [`backup`] (snapshot and restore messages),
-//!   [`gossip`] (mesh messages and the peer view), [`wake::msg`] and [`wake::gossip`].
+//!   [`gossip`] (mesh messages and the peer view), [`wake::msg`] and [`gossip::inventory`].
 //! - Decisions: [`policy`] (schedule, the WAN token bucket, the unpaid window), [`cache`]
 //!   (ledger and miss table), [`select`] (which source serves), [`site_wan`] (who fetches for a
 //!   site and its share), [`wake::schedule`] and [`wake::route`], [`congestion`] (the transport's

@@ -2,12 +2,12 @@
 //! delivery window's wake schedule. `oasis_core::wake` adds the packets and sockets.
 //!
 //! - [`msg`]: the inventory and wake message bodies of the wire protocol.
-//! - [`gossip`]: device inventory records shared between the reflectors of a site over the mesh.
 //! - [`route`]: which awake node on the target's subnet relays a wake (the seed never sends).
 //! - [`schedule`]: staggered batches for a delivery window, waiting for machines to come online,
 //!   per-machine results; a state machine driven by `now` so the simulator can run it.
+//!
+//! The records reflectors gossip about these devices are [`crate::gossip::inventory`]'s.
 
-pub mod gossip;
 pub mod msg;
 pub mod route;
 pub mod schedule;

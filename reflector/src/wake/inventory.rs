@@ -38,7 +38,7 @@ impl WakeNode {
             let mut d = self.devices.lock().unwrap_or_else(|e| e.into_inner());
             for e in entries {
                 if e.info.name != self.me.name
-                    && oasis_core::wake::gossip::supersedes(d.get(&e.info.name), &e)
+                    && oasis_core::gossip::inventory::supersedes(d.get(&e.info.name), &e)
                 {
                     d.insert(e.info.name.clone(), e.clone());
                     changed.push(e);

@@ -2,12 +2,13 @@
 //! them received, so a sibling can wake a machine by name even when the seed is out of reach.
 //!
 //! Pure: no I/O, no clock (`now` is passed in). The record is carried as
-//! [`Body::Inventory`](crate::gossip::Body::Inventory) on the site's own inventory topic;
-//! docs/protocol.md (section 12, "Device inventory gossip") is normative.
+//! [`Body::Inventory`](super::Body::Inventory) on the site's own inventory topic;
+//! docs/protocol.md (section 12, "Device inventory gossip") is normative. The inventory itself
+//! (entries, registrations) is [`crate::wake::msg`]'s.
 
-use super::msg::{DeviceEntry, DeviceInfo, IpNet, MAX_DEVICE_ADDRS};
-use crate::gossip::{GossipReject, MAX_ADDR_LEN, MAX_MESSAGE_BYTES};
+use super::{GossipReject, MAX_ADDR_LEN, MAX_MESSAGE_BYTES};
 use crate::names::{validate_node_name, PeerInfo, Role};
+use crate::wake::msg::{DeviceEntry, DeviceInfo, IpNet, MAX_DEVICE_ADDRS};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -176,7 +177,7 @@ pub fn pack_inventory(records: Vec<InventoryRecord>) -> Vec<Vec<InventoryRecord>
     let valid: Vec<InventoryRecord> = records.into_iter().filter(|r| r.check().is_ok()).collect();
     // The exact encoded size (a record that cannot encode gets a body of its own).
     let size = |r: &InventoryRecord| postcard::to_stdvec(r).map_or(MAX_MESSAGE_BYTES, |b| b.len());
-    crate::gossip::pack_bounded(valid, size, MAX_DEVICES_PER_MESSAGE)
+    super::pack_bounded(valid, size, MAX_DEVICES_PER_MESSAGE)
 }
 
 #[cfg(test)]

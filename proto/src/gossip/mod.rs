@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::wake::gossip::{InventoryRecord, MAX_DEVICES_PER_MESSAGE};
+pub mod inventory;
+
+pub use inventory::{InventoryRecord, MAX_DEVICES_PER_MESSAGE};
 
 /// First byte of every encoded message. Bump on any change to the types below.
 pub const GOSSIP_FORMAT: u8 = 1;
