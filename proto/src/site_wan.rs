@@ -1,8 +1,11 @@
 //! One WAN budget per site: which reflector of a site pulls a chunk over the WAN, and what share
 //! of the site's rate each reflector's limiter runs at.
 //!
-//! Pure, like the rest of the gossip logic: the reflector (reflector/src/siblings.rs) and the
-//! simulator (sim/src/engine.rs) call these same functions every heartbeat round.
+//! [`SiteWan`] is the state machine both the reflector (reflector/src/mesh_link.rs) and the
+//! simulator (sim/src/engine/mesh.rs) run once a heartbeat: membership and leader from the
+//! gossip view, the demand to publish, and the share of the site's rate, with its own timer
+//! deadline. [`SitePlace`] answers the same questions for a single miss (which reflector pulls
+//! this chunk) without the rounds' state.
 //!
 //! Two ways of sharing, chosen per site with the reflector's `wan_sharing` key:
 //!
@@ -19,11 +22,12 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkId;
-use crate::gossip::PeerRef;
+use crate::gossip::{GossipView, PeerRef};
 
 /// How the reflectors of a site share its WAN work and rate (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,9 +196,164 @@ impl ShareRounds {
     }
 }
 
+/// Where one reflector stands in its site's WAN sharing: its site, the site's sharing mode and
+/// its own peer. Enough to name the leader and each chunk's WAN fetcher from a gossip view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SitePlace {
+    site: Option<String>,
+    sharing: WanSharing,
+    me: PeerRef,
+}
+
+impl SitePlace {
+    /// `site`: `None` for a reflector that belongs to no site (it shares with nobody).
+    pub fn new(site: Option<&str>, sharing: WanSharing, me: PeerRef) -> SitePlace {
+        SitePlace { site: site.map(str::to_string), sharing, me }
+    }
+
+    pub fn site(&self) -> Option<&str> {
+        self.site.as_deref()
+    }
+
+    pub fn sharing(&self) -> WanSharing {
+        self.sharing
+    }
+
+    pub fn me(&self) -> &PeerRef {
+        &self.me
+    }
+
+    /// The live reflectors of the site in `view` that gossip a serving address (the others
+    /// cannot be asked for a chunk), with this one once whether or not the view lists it.
+    /// Empty without a site.
+    pub fn members(&self, view: &GossipView) -> Vec<PeerRef> {
+        let Some(site) = &self.site else { return Vec::new() };
+        let mut members: Vec<PeerRef> = view
+            .live_peers(site)
+            .into_iter()
+            .filter(|p| *p != self.me)
+            .filter(|p| view.peer(p).is_some_and(|r| r.serving_addr.is_some()))
+            .collect();
+        members.push(self.me.clone());
+        members
+    }
+
+    /// The site's WAN leader in `view` (this node when it is alone; `None` without a site).
+    pub fn leader(&self, view: &GossipView) -> Option<PeerRef> {
+        site_leader(self.site.as_deref()?, &self.members(view))
+    }
+
+    /// The reflector of the site that pulls `chunk` over the WAN in `view` (`None` without a
+    /// site: this node pulls everything it lacks).
+    pub fn fetcher(&self, view: &GossipView, chunk: &ChunkId) -> Option<PeerRef> {
+        site_fetcher(self.sharing, self.site.as_deref()?, chunk, &self.members(view))
+    }
+
+    /// The `wan_demand`s the other live reflectors of the site gossiped.
+    fn peer_demands(&self, view: &GossipView) -> Vec<u64> {
+        let Some(site) = &self.site else { return Vec::new() };
+        view.live_peers(site)
+            .iter()
+            .filter(|p| **p != self.me)
+            .filter_map(|p| view.peer(p).map(|r| r.load.wan_demand))
+            .collect()
+    }
+}
+
+/// What one round decides: the `wan_demand` to publish in this heartbeat and the share of the
+/// site's rate to put in force on the WAN budget from now on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Round {
+    pub demand: u64,
+    pub share: f64,
+    /// The share differs from the one before (the budget must be told).
+    pub changed: bool,
+}
+
+/// One reflector's side of its site's WAN sharing, advanced one heartbeat round at a time.
+///
+/// Sans I/O: the caller calls [`SiteWan::round`] at [`SiteWan::next_round`] with the gossip view
+/// as it stands (the other reflectors' last heartbeats), whether WAN work is waiting, and the
+/// policy's rate; it publishes the demand in its heartbeat and sets the share on its budget.
+#[derive(Clone, Debug)]
+pub struct SiteWan {
+    place: SitePlace,
+    heartbeat: Duration,
+    rounds: ShareRounds,
+    share: f64,
+    next_round: Duration,
+}
+
+impl SiteWan {
+    /// A reflector that has just started: the whole rate is its own until the first round (due
+    /// at once) names its share.
+    pub fn new(place: SitePlace, heartbeat: Duration) -> SiteWan {
+        SiteWan {
+            place,
+            heartbeat,
+            rounds: ShareRounds::default(),
+            share: 1.0,
+            next_round: Duration::ZERO,
+        }
+    }
+
+    pub fn place(&self) -> &SitePlace {
+        &self.place
+    }
+
+    /// The share of the site's rate in force.
+    pub fn share(&self) -> f64 {
+        self.share
+    }
+
+    /// When the next round is due (the caller's clock, as given to [`SiteWan::round`]).
+    pub fn next_round(&self) -> Duration {
+        self.next_round
+    }
+
+    /// The demand this node publishes with `view` as it stands: under `spread` the site's
+    /// `rate` while `busy` (WAN work queued, or WAN bytes arrived since the last round), under
+    /// `leader` the rate while the view names this node the leader; else 0.
+    pub fn demand(&self, view: &GossipView, busy: bool, rate: u64) -> u64 {
+        if self.place.site.is_none() {
+            return 0;
+        }
+        let leader_is_me = self.place.leader(view).is_none_or(|l| l == self.place.me);
+        ShareRounds::demand(self.place.sharing, busy, leader_is_me, rate)
+    }
+
+    /// One heartbeat round at `now`: the demand to publish and this round's share (see
+    /// [`ShareRounds::round`]). A node without a site publishes 0 and keeps the whole rate.
+    pub fn round(&mut self, now: Duration, view: &GossipView, busy: bool, rate: u64) -> Round {
+        self.next_round = now + self.heartbeat;
+        let demand = self.demand(view, busy, rate);
+        let share = if self.place.site.is_none() {
+            1.0
+        } else {
+            self.rounds.round(self.place.sharing, demand, &self.place.peer_demands(view))
+        };
+        let changed = (share - self.share).abs() > 1e-6;
+        self.share = share;
+        Round { demand, share, changed }
+    }
+
+    /// Puts this node where a site that has been up for a while with `view` stands: it has
+    /// published the same demand (idle) for rounds, and holds the share the next round gives.
+    /// For the simulator's start.
+    pub fn settle(&mut self, view: &GossipView, rate: u64) -> Round {
+        let demand = self.demand(view, false, rate);
+        self.rounds = ShareRounds::settled(demand);
+        let mut probe = self.clone();
+        let round = probe.round(self.next_round, view, false, rate);
+        self.share = round.share;
+        round
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gossip::EXPIRY_HEARTBEATS;
 
     fn p(n: u8) -> PeerRef {
         PeerRef(vec![n])
@@ -280,6 +439,168 @@ mod tests {
                 rounds[i].round(WanSharing::Leader, d, &others)
             })
             .collect()
+    }
+
+    /// Reflectors of one site, each with its own gossip view fed by the others' heartbeats, as
+    /// the mesh delivers them: a round's demand reaches the others for their next round.
+    struct Site {
+        views: Vec<GossipView>,
+        wan: Vec<SiteWan>,
+        alive: Vec<bool>,
+        seq: u64,
+        now: Duration,
+    }
+
+    const HB: Duration = Duration::from_secs(1);
+
+    impl Site {
+        fn new(n: u8, sharing: WanSharing) -> Site {
+            Site {
+                views: (0..n).map(|_| GossipView::new(HB)).collect(),
+                wan: (0..n)
+                    .map(|i| SiteWan::new(SitePlace::new(Some("lyon"), sharing, p(i)), HB))
+                    .collect(),
+                alive: vec![true; n as usize],
+                seq: 0,
+                now: Duration::ZERO,
+            }
+        }
+
+        /// One round of every live reflector; returns the shares.
+        fn round(&mut self, busy: impl Fn(usize) -> bool) -> Vec<f64> {
+            self.seq += 1;
+            let mut shares = vec![0.0; self.wan.len()];
+            let mut sent = Vec::new();
+            for i in (0..self.wan.len()).filter(|i| self.alive[*i]) {
+                assert!(self.wan[i].next_round() <= self.now);
+                let r = self.wan[i].round(self.now, &self.views[i], busy(i), 1000);
+                shares[i] = r.share;
+                sent.push((i, r.demand));
+            }
+            for (from, demand) in sent {
+                let msg = crate::gossip::GossipMsg {
+                    seq: self.seq,
+                    body: crate::gossip::Body::Heartbeat(crate::gossip::Heartbeat {
+                        site: Some("lyon".into()),
+                        serving_addr: Some(format!("10.0.0.{from}:7000")),
+                        load: crate::gossip::Load { wan_demand: demand, ..Default::default() },
+                        heartbeat_ms: 1000,
+                    }),
+                };
+                for to in (0..self.wan.len()).filter(|t| *t != from && self.alive[*t]) {
+                    self.views[to].apply(&msg, &p(from as u8), self.now).unwrap();
+                }
+            }
+            self.now += HB;
+            for v in &mut self.views {
+                v.expire(self.now);
+            }
+            shares
+        }
+    }
+
+    #[test]
+    fn the_site_wan_names_one_leader_at_the_whole_rate_and_hands_over_when_it_dies() {
+        let mut site = Site::new(3, WanSharing::Leader);
+        let mut full_at = None;
+        for k in 0..6 {
+            let shares = site.round(|_| true);
+            assert!(shares.iter().filter(|s| **s == 1.0).count() <= 1, "round {k}: {shares:?}");
+            if full_at.is_none() && shares.contains(&1.0) {
+                full_at = Some(k);
+            }
+        }
+        // Alone at first, every node names itself; the views fill after a round and the
+        // claims of the others hold everyone back until only the leader claims.
+        assert!(full_at.is_some_and(|k| k <= 4), "{full_at:?}");
+        let leader = site.wan[0].place().leader(&site.views[0]).unwrap();
+        let l = leader.0[0] as usize;
+        for (i, w) in site.wan.iter().enumerate() {
+            assert_eq!(w.place().leader(&site.views[i]).as_ref(), Some(&leader), "views agree");
+            assert_eq!(w.share() == 1.0, i == l, "only the leader runs at the rate");
+            for c in 0..20u32 {
+                let id = ChunkId::of(&c.to_le_bytes());
+                assert_eq!(w.place().fetcher(&site.views[i], &id).as_ref(), Some(&leader));
+            }
+        }
+
+        // The leader dies: after its entry expires, the next takes over, never two at once.
+        site.alive[l] = false;
+        let mut handed = None;
+        for k in 0..10 {
+            let shares = site.round(|_| true);
+            assert!(shares.iter().filter(|s| **s == 1.0).count() <= 1, "{shares:?}");
+            if handed.is_none() && shares.contains(&1.0) {
+                handed = Some(k);
+            }
+        }
+        let k = handed.expect("a new leader takes the rate");
+        assert!(k >= EXPIRY_HEARTBEATS as usize - 1, "not before the dead one expires: {k}");
+        assert!(site.wan[l].share() == 1.0, "the dead one's own state is frozen");
+        let live: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+        assert_eq!(live.iter().filter(|i| site.wan[**i].share() == 1.0).count(), 1);
+    }
+
+    #[test]
+    fn spread_divides_the_rate_by_demand_and_a_siteless_node_keeps_it_all() {
+        let mut site = Site::new(2, WanSharing::Spread);
+        for _ in 0..4 {
+            site.round(|i| i == 0);
+        }
+        let shares: Vec<f64> = site.wan.iter().map(SiteWan::share).collect();
+        assert!(shares[0] > 0.9 && shares[1] < 0.1, "the busy one has the rate: {shares:?}");
+        for _ in 0..4 {
+            site.round(|_| true);
+        }
+        let shares: Vec<f64> = site.wan.iter().map(SiteWan::share).collect();
+        assert!((shares[0] - 0.5).abs() < 1e-9 && (shares[1] - 0.5).abs() < 1e-9, "{shares:?}");
+
+        let mut alone = SiteWan::new(SitePlace::new(None, WanSharing::Leader, p(9)), HB);
+        let view = GossipView::new(HB);
+        let r = alone.round(Duration::from_secs(5), &view, true, 1000);
+        assert_eq!(r, Round { demand: 0, share: 1.0, changed: false });
+        assert_eq!(alone.next_round(), Duration::from_secs(6), "its own timer deadline");
+        assert_eq!(alone.place().fetcher(&view, &ChunkId::of(b"x")), None);
+    }
+
+    #[test]
+    fn a_settled_site_starts_with_the_leader_at_the_rate() {
+        let mut site = Site::new(3, WanSharing::Leader);
+        for _ in 0..2 {
+            site.round(|_| false);
+        }
+        // Fresh state machines over views that already list everyone.
+        for i in 0..3 {
+            site.wan[i] =
+                SiteWan::new(SitePlace::new(Some("lyon"), WanSharing::Leader, p(i as u8)), HB);
+        }
+        // The views hold the others' last claims; settle as the simulator does at its start.
+        let shares: Vec<f64> =
+            (0..3).map(|i| site.wan[i].settle(&site.views[i], 1000).share).collect();
+        assert_eq!(shares.iter().filter(|s| **s == 1.0).count(), 1, "{shares:?}");
+        let next = site.round(|_| true);
+        assert_eq!(next, shares, "the next round keeps the settled shares");
+    }
+
+    #[test]
+    fn a_member_without_a_serving_address_is_not_asked() {
+        let me = SitePlace::new(Some("lyon"), WanSharing::Leader, p(0));
+        let mut view = GossipView::new(HB);
+        let msg = |addr: Option<&str>| crate::gossip::GossipMsg {
+            seq: 1,
+            body: crate::gossip::Body::Heartbeat(crate::gossip::Heartbeat {
+                site: Some("lyon".into()),
+                serving_addr: addr.map(str::to_string),
+                load: crate::gossip::Load::default(),
+                heartbeat_ms: 1000,
+            }),
+        };
+        view.apply(&msg(None), &p(1), Duration::ZERO).unwrap();
+        view.apply(&msg(Some("10.0.0.2:7000")), &p(2), Duration::ZERO).unwrap();
+        view.apply(&msg(Some("10.0.0.0:7000")), &p(0), Duration::ZERO).unwrap();
+        let mut members = me.members(&view);
+        members.sort();
+        assert_eq!(members, vec![p(0), p(2)], "itself once, and the peer that serves");
     }
 
     #[test]

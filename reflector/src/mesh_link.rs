@@ -8,6 +8,7 @@ use crate::policy::PolicyControl;
 use crate::siblings::Siblings;
 use oasis_core::gossip::Load;
 use oasis_core::metrics::NodeMetrics;
+use oasis_core::site_wan::SiteWan;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,7 +83,8 @@ pub(crate) async fn announce_cached(inner: Arc<Reflector>, s: Arc<Siblings>) {
 }
 
 /// Every heartbeat: publishes the load (open connections, serving rate, free cache, WAN
-/// demand) and puts this reflector's share of the site's WAN rate in force.
+/// demand) and puts this reflector's share of the site's WAN rate in force. The task owns the
+/// site-WAN state machine ([`SiteWan`]) and runs its rounds at the deadlines it sets.
 pub(crate) async fn load_loop(
     s: Arc<Siblings>,
     fetcher: Arc<Fetcher>,
@@ -91,24 +93,18 @@ pub(crate) async fn load_loop(
     node: Arc<NodeMetrics>,
     every: Duration,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let origin = tokio::time::Instant::now();
+    let mut wan = SiteWan::new(s.place().clone(), every);
     let (mut last_served, mut last_at) = (node.served_bytes.get(), Instant::now());
-    let mut share_now = 1.0f64;
     let mut last_upstream = fetcher.upstream_bytes();
     loop {
-        tick.tick().await;
+        // A round that ran late moves the next one back rather than running two at once.
+        tokio::time::sleep_until(origin + wan.next_round()).await;
         let served = node.served_bytes.get();
         let dt = last_at.elapsed().as_secs_f64().max(1e-3);
         let serving_rate = ((served.saturating_sub(last_served)) as f64 / dt) as u64;
         (last_served, last_at) = (served, Instant::now());
         let stats = cache.stats();
-        let load = Load {
-            active_transfers: u32::try_from(node.connections.get().max(0)).unwrap_or(u32::MAX),
-            serving_rate,
-            free_cache: stats.cap.map_or(u64::MAX, |c| c.saturating_sub(stats.bytes)),
-            wan_demand: 0,
-        };
         // Busy: WAN work waits or WAN bytes arrived since the last round (a queue that happens
         // to be empty at this instant is not idleness). Equal demands keep spread shares
         // stable: equal among the busy reflectors.
@@ -116,13 +112,19 @@ pub(crate) async fn load_loop(
         let busy = fetcher.pending() > 0 || upstream > last_upstream;
         last_upstream = upstream;
         let rate = policy.limiter.policy().default_rate().unwrap_or(u64::from(u32::MAX));
-        let share = s.tick(load, busy, rate).await;
-        if (share - share_now).abs() > 1e-6 {
-            tracing::debug!(share, busy, sharing = %s.sharing(), "WAN share of the site");
-            policy.limiter.set_share(share);
+        let round = wan.round(origin.elapsed(), &s.current_view(), busy, rate);
+        s.mesh.update_load(Load {
+            active_transfers: u32::try_from(node.connections.get().max(0)).unwrap_or(u32::MAX),
+            serving_rate,
+            free_cache: stats.cap.map_or(u64::MAX, |c| c.saturating_sub(stats.bytes)),
+            wan_demand: round.demand,
+        });
+        if round.changed {
+            let sharing = s.place().sharing();
+            tracing::debug!(share = round.share, busy, %sharing, "WAN share of the site");
+            policy.limiter.set_share(round.share);
             policy.update_gauge();
-            share_now = share;
         }
-        policy.set_share_metric(share);
+        policy.set_share_metric(round.share);
     }
 }

@@ -16,11 +16,11 @@ use crate::cache::{Cache, CacheObserver};
 use crate::metrics::ReflectorMetrics;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use oasis_core::compress::StoredChunk;
-use oasis_core::gossip::{GossipView, LayerDigest, Load, PeerRef};
+use oasis_core::gossip::{GossipView, LayerDigest};
 use oasis_core::manifest::{digest_of_signed, ChunkRef, SignedRoot};
 use oasis_core::net::{ChunkReply, Client};
 use oasis_core::policy::TrafficClass;
-use oasis_core::site_wan::{self, ShareRounds, WanSharing};
+use oasis_core::site_wan::{SitePlace, WanSharing};
 use oasis_core::ChunkId;
 use oasis_mesh::libp2p::PeerId;
 use oasis_mesh::{peer_id_of, peer_ref, Holding, MeshHandle};
@@ -74,7 +74,8 @@ pub struct SiblingSettings {
 
 pub struct Siblings {
     pub mesh: MeshHandle,
-    site: Option<String>,
+    /// This reflector's site, the site's WAN sharing and its own peer.
+    place: SitePlace,
     peer_sites: Vec<String>,
     cache: Weak<Cache>,
     endpoint: quinn::Endpoint,
@@ -95,10 +96,6 @@ pub struct Siblings {
     in_flight: Mutex<HashMap<PeerId, u32>>,
     /// Per chunk and class: a background flight does not hold up a foreground miss.
     flights: Mutex<HashMap<(ChunkId, TrafficClass), Flight>>,
-    /// How the site shares its WAN work and rate.
-    sharing: WanSharing,
-    /// Demands published in the last rounds, turned into our share.
-    rounds: Mutex<ShareRounds>,
     /// Sibling fetches in flight; the reflector waits for them when it stops.
     tasks: TaskTracker,
 }
@@ -224,8 +221,9 @@ impl Siblings {
     ) -> Arc<Siblings> {
         let SiblingSettings { peer_sites, delegate_timeout, sharing, heartbeat } = settings;
         let view = mesh.watch_view();
+        let place = SitePlace::new(mesh.site(), sharing, peer_ref(&mesh.peer_id()));
         let s = Arc::new(Siblings {
-            site: mesh.site().map(str::to_string),
+            place,
             mesh,
             peer_sites,
             cache: Arc::downgrade(cache),
@@ -243,8 +241,6 @@ impl Siblings {
             avoid: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
-            sharing,
-            rounds: Mutex::new(ShareRounds::default()),
             tasks,
         });
         cache.observe(Box::new(Announcer(Arc::downgrade(&s))));
@@ -333,12 +329,6 @@ impl Siblings {
         self.mesh.view().await.is_ok()
     }
 
-    /// The gossip view as last published (at most [`VIEW_REFRESH`] behind a change while the
-    /// mesh task keeps up).
-    async fn view(&self) -> Option<Arc<GossipView>> {
-        Some(self.view.borrow().clone())
-    }
-
     fn avoided(&self, peer: &PeerId) -> bool {
         let mut a = lock(&self.avoid);
         match a.get(peer) {
@@ -356,31 +346,15 @@ impl Siblings {
         lock(&self.avoid).insert(peer, Instant::now() + AVOID_FOR);
     }
 
-    /// The live reflectors of this site with a serving address, this one included.
-    fn site_members(&self, view: &GossipView) -> Vec<PeerRef> {
-        let mut members: Vec<PeerRef> = match &self.site {
-            Some(site) => view
-                .live_peers(site)
-                .into_iter()
-                .filter(|p| view.peer(p).is_some_and(|r| r.serving_addr.is_some()))
-                .collect(),
-            None => Vec::new(),
-        };
-        members.push(peer_ref(&self.mesh.peer_id()));
-        members
-    }
-
     /// The reflector of this site that pulls `id` over the WAN in `view` (None: no site).
     fn fetcher_in(&self, view: &GossipView, id: &ChunkId) -> Option<PeerId> {
-        let site = self.site.as_deref()?;
-        let members = self.site_members(view);
-        site_wan::site_fetcher(self.sharing, site, id, &members).and_then(|p| peer_id_of(&p))
+        self.place.fetcher(view, id).and_then(|p| peer_id_of(&p))
     }
 
     /// The reflector of this site that pulls `id` over the WAN (possibly this one).
     pub async fn wan_fetcher(&self, id: &ChunkId) -> PeerId {
         let me = self.mesh.peer_id();
-        let Some(view) = self.view().await else { return me };
+        let view = self.current_view();
         self.fetcher_in(&view, id).unwrap_or(me)
     }
 
@@ -401,9 +375,9 @@ impl Siblings {
                 let Some(addr) = rec.serving_addr.as_deref().and_then(|a| a.parse().ok()) else {
                     continue;
                 };
-                let kind = match (&rec.site, &self.site) {
+                let kind = match (rec.site.as_deref(), self.place.site()) {
                     (Some(a), Some(b)) if a == b => Kind::SameSite,
-                    (Some(a), _) if self.peer_sites.contains(a) => Kind::OtherSite,
+                    (Some(a), _) if self.peer_sites.iter().any(|s| s == a) => Kind::OtherSite,
                     _ => continue,
                 };
                 let busy = u64::from(rec.load.active_transfers)
@@ -535,7 +509,7 @@ impl Siblings {
         // Counted from the first failure: a miss may have queued at the leader for long before.
         let mut give_up: Option<Instant> = None;
         loop {
-            let view = self.view().await?;
+            let view = self.current_view();
             for c in self.holders(&view, &id).into_iter().take(MAX_HOLDERS_TRIED) {
                 match self.ask(&c, id, class, HOLDER_TIMEOUT).await {
                     Ok(Some(chunk)) => return Some(chunk),
@@ -572,7 +546,7 @@ impl Siblings {
             // leader would pull the same chunks, so wait for the leader to answer again or for
             // its entry to expire and a new leader to be named; pull it here only after that.
             let give_up = *give_up.get_or_insert_with(|| Instant::now() + self.handover_wait);
-            if self.sharing == WanSharing::Spread || Instant::now() >= give_up {
+            if self.place.sharing() == WanSharing::Spread || Instant::now() >= give_up {
                 tracing::info!(chunk = %id, sibling = %fetcher, problem = %why, "the site's WAN fetcher did not deliver; pulling it here");
                 return None;
             }
@@ -581,45 +555,15 @@ impl Siblings {
         }
     }
 
-    /// Publishes this reflector's load with its WAN demand and returns its share of the site's
-    /// WAN rate ([`ShareRounds`]): under `spread` the demand is the site's `rate` while `busy`
-    /// (WAN work queued, or WAN bytes arrived since the last round) and the shares divide the
-    /// rate by demand; under `leader` the demand is the rate while this reflector is the site's
-    /// leader, which takes the whole rate once no other claims it. Either way a rise counts only
-    /// once the siblings have seen it, so the site's buckets never admit more than its rate.
-    pub async fn tick(&self, mut load: Load, busy: bool, rate: u64) -> f64 {
-        let Some(site) = &self.site else {
-            // No site, no siblings to share with: the policy's rate is this reflector's own.
-            self.mesh.update_load(load);
-            return 1.0;
-        };
-        let me = self.mesh.peer_id();
-        let view = self.view().await;
-        let leader_is_me = view.as_ref().is_none_or(|v| {
-            site_wan::site_leader(site, &self.site_members(v))
-                .and_then(|p| peer_id_of(&p))
-                .is_none_or(|p| p == me)
-        });
-        let demand = ShareRounds::demand(self.sharing, busy, leader_is_me, rate);
-        load.wan_demand = demand;
-        self.mesh.update_load(load);
-        let demands: Vec<u64> = view.as_ref().map_or_else(Vec::new, |v| {
-            v.live_peers(site).iter().filter_map(|p| v.peer(p).map(|r| r.load.wan_demand)).collect()
-        });
-        lock(&self.rounds).round(self.sharing, demand, &demands)
+    /// Where this reflector stands in its site's WAN sharing.
+    pub fn place(&self) -> &SitePlace {
+        &self.place
     }
 
-    /// How this site shares its WAN.
-    pub fn sharing(&self) -> WanSharing {
-        self.sharing
-    }
-
-    /// Live mesh peers in the view (for logs and tests).
-    pub async fn live_site_members(&self) -> usize {
-        match self.view().await {
-            Some(v) => self.site_members(&v).len(),
-            None => 1,
-        }
+    /// The gossip view as the mesh task last published it (at most [`VIEW_REFRESH`] behind a
+    /// change while the mesh task keeps up).
+    pub fn current_view(&self) -> Arc<GossipView> {
+        self.view.borrow().clone()
     }
 }
 

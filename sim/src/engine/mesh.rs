@@ -4,33 +4,37 @@ use super::*;
 
 impl Engine<'_> {
     /// One heartbeat round of the site's reflectors, as reflector/src/mesh_link.rs runs it:
-    /// each live reflector publishes its WAN demand ([`ShareRounds::demand`]: under `spread`
-    /// the policy rate while WAN work waits or WAN bytes arrived since the last round, under
-    /// `leader` the rate while it is the site's leader; else 0) in a real [`Heartbeat`] applied
-    /// to the [`GossipView`]; silent (dead) reflectors expire after three heartbeats; each
-    /// computes its share with [`ShareRounds::round`] (reflector/src/siblings.rs `tick`) and
-    /// sets it on its [`WanBudget`].
+    /// each live reflector runs its [`SiteWan`] round on the gossip view as it stands (the
+    /// others' last heartbeats; busy while WAN work waits or WAN bytes arrived since the last
+    /// round), sets the share on its [`WanBudget`] and publishes its demand in a real
+    /// [`Heartbeat`] applied to the [`GossipView`]; silent (dead) reflectors expire after three
+    /// heartbeats.
     pub(super) fn gossip_tick(&mut self, s: usize) {
-        let now = self.now();
         let now_ns = self.now_ns;
         let now_d = Duration::from_nanos(now_ns);
         let unix = self.unix();
         let site = &mut self.sites[s];
         let Some(m) = site.mesh.as_mut() else { return };
         m.seq += 1;
-        let mut mine = vec![0u64; site.refl.len()];
-        let members: Vec<PeerRef> =
-            site.alive.iter().map(|&r| m.peers[r as usize].clone()).collect();
-        let leader = site_leader(&m.label, &members);
+        let mut raised = Vec::new();
+        let mut sent = Vec::new();
         for &r in &site.alive {
             let r = r as usize;
-            let rf = &site.refl[r];
+            let rf = &mut site.refl[r];
             let busy =
                 rf.inflight > 0 || rf.poll_at > now_ns || !rf.demand.is_empty() || m.arrived[r];
             m.arrived[r] = false;
-            let leader_is_me = leader.as_ref() == Some(&m.peers[r]);
-            let demand = ShareRounds::demand(m.sharing, busy, leader_is_me, m.busy_demand);
-            mine[r] = demand;
+            let before = m.wan[r].share();
+            let round = m.wan[r].round(now_d, &m.view, busy, m.busy_demand);
+            if round.changed {
+                rf.budget.set_share(round.share, now_d, unix);
+                if round.share > before {
+                    raised.push(r);
+                }
+            }
+            sent.push((r, round.demand));
+        }
+        for (r, demand) in sent {
             let msg = GossipMsg {
                 seq: m.seq,
                 body: Body::Heartbeat(Heartbeat {
@@ -40,33 +44,17 @@ impl Engine<'_> {
                     heartbeat_ms: (m.heartbeat_s * 1000.0) as u32,
                 }),
             };
-            if let Err(e) = m.view.apply(&msg, &m.peers[r], now_d) {
+            if let Err(e) = m.view.apply(&msg, m.wan[r].place().me(), now_d) {
                 tracing::warn!(site = %site.name, error = %e, "simulated heartbeat refused");
             }
         }
         m.view.expire(now_d);
-        let live = m.view.live_peers(&m.label);
-        let mut raised = Vec::new();
-        for &r in &site.alive {
-            let r = r as usize;
-            let demands: Vec<u64> = live
-                .iter()
-                .filter(|p| **p != m.peers[r])
-                .filter_map(|p| m.view.peer(p).map(|x| x.load.wan_demand))
-                .collect();
-            let share = m.rounds[r].round(m.sharing, mine[r], &demands);
-            if (share - m.share[r]).abs() > 1e-6 {
-                site.refl[r].budget.set_share(share, now_d, unix);
-                if share > m.share[r] {
-                    raised.push(r);
-                }
-                m.share[r] = share;
-            }
-        }
         let more = site.eps.iter().any(|e| !e.done_at.is_finite() && e.failed.is_none());
-        let next = now + m.heartbeat_s;
-        if more && !site.alive.is_empty() {
-            self.push(next, Ev::Gossip { site: s as u32 });
+        // The site's reflectors run their rounds together, at the deadline their state
+        // machines set.
+        let next = site.alive.iter().map(|&r| m.wan[r as usize].next_round()).min();
+        if let Some(next) = next.filter(|_| more) {
+            self.push(next.as_secs_f64(), Ev::Gossip { site: s as u32 });
         }
         // A larger share may admit what waits on the budget now.
         for r in raised {

@@ -12,7 +12,7 @@
 //!   eviction with pins ([`CacheLedger`], one per reflector, assigned layers pinned), miss
 //!   coalescing ([`MissTable`], one per site: one WAN pull per piece per site, however many
 //!   endpoints wait for it), the reflector mesh's gossip ([`GossipView`] fed real heartbeats
-//!   with each reflector's WAN demand, [`ShareRounds`] and `WanBudget::set_share` splitting
+//!   with each reflector's WAN demand, its [`SiteWan`] rounds and `WanBudget::set_share` splitting
 //!   the site's rate, [`site_fetcher`] choosing the one reflector that pulls each piece: the
 //!   site's leader, or under `wan_sharing = "spread"` rendezvous hashing of the piece), source
 //!   selection (`oasis_proto::select::rank`, the endpoint's ranking of its sources, for the
@@ -61,7 +61,7 @@ use oasis_proto::gossip::{Body, GossipMsg, GossipView, Heartbeat, Load, PeerRef}
 use oasis_proto::policy::unpaid::window_limit;
 use oasis_proto::policy::{time_zone, BandwidthPolicy, Decision, TrafficClass, WanBudget};
 use oasis_proto::select::{self, ProbeAnswer, SourceCandidate, LOAD_BUCKET};
-use oasis_proto::site_wan::{site_fetcher, site_leader, ShareRounds, WanSharing};
+use oasis_proto::site_wan::{site_fetcher, SitePlace, SiteWan, WanSharing};
 use oasis_proto::wake::schedule::{
     window_edges, MachineResult, MachineState, ScheduleConfig, WakeRun,
 };
@@ -229,11 +229,10 @@ struct Mesh {
     /// Per pull: the reflector that pulls it over the WAN ([`site_fetcher`] over the live ones).
     fetcher: Vec<u8>,
     sharing: WanSharing,
-    /// The WAN demands each reflector published in its last heartbeats.
-    rounds: Vec<ShareRounds>,
+    /// Each reflector's site-WAN state machine (leader, demand, share).
+    wan: Vec<SiteWan>,
     /// WAN bytes arrived at the reflector since its last heartbeat.
     arrived: Vec<bool>,
-    share: Vec<f64>,
     seq: u64,
     heartbeat_s: f64,
     /// Demand of a busy reflector: the site's policy rate (as reflector/src/mesh_link.rs).

@@ -280,8 +280,9 @@ fn endpoints(g: &crate::scenario::GroupSpec, ne: usize, rng: &mut StdRng) -> (Ve
 }
 
 /// The mesh of a site of several reflectors, as it stands when the run starts: the site has
-/// been up for a while, so under `leader` the leader has claimed the rate for rounds, and under
-/// `spread` no reflector has demand yet. Sets each reflector's budget share accordingly.
+/// been up for a while, so every view lists every reflector, under `leader` the leader has
+/// claimed the rate for rounds, and under `spread` no reflector has demand yet. Sets each
+/// reflector's budget share accordingly ([`SiteWan::settle`]).
 fn site_mesh(
     sc: &Scenario,
     g: &crate::scenario::GroupSpec,
@@ -294,36 +295,47 @@ fn site_mesh(
     let nr = refl.len();
     let busy_demand = policy.default_rate().unwrap_or(u64::from(u32::MAX)).max(1);
     let label = format!("site-{site_no}");
+    let heartbeat = Duration::from_secs_f64(g.mesh_heartbeat_s);
     let peers: Vec<PeerRef> =
         (0..nr).map(|r| PeerRef(format!("{name}/reflector-{r}").into_bytes())).collect();
-    let leader = site_leader(&label, &peers);
-    let claims: Vec<u64> = peers
+    let mut wan: Vec<SiteWan> = peers
         .iter()
-        .map(|p| {
-            let lead = leader.as_ref() == Some(p);
-            ShareRounds::demand(g.wan_sharing, false, lead, busy_demand)
-        })
+        .map(|p| SiteWan::new(SitePlace::new(Some(&label), g.wan_sharing, p.clone()), heartbeat))
         .collect();
-    let rounds: Vec<ShareRounds> = claims.iter().map(|c| ShareRounds::settled(*c)).collect();
-    let share: Vec<f64> = (0..nr)
-        .map(|r| {
-            let others: Vec<u64> = (0..nr).filter(|o| *o != r).map(|o| claims[o]).collect();
-            rounds[r].clone().round(g.wan_sharing, claims[r], &others)
-        })
-        .collect();
-    for (rf, s) in refl.iter_mut().zip(&share) {
-        rf.budget.set_share(*s, Duration::ZERO, sc.start_unix);
+    let mut view = GossipView::new(heartbeat);
+    let heartbeat_msg = |seq: u64, r: usize, demand: u64| GossipMsg {
+        seq,
+        body: Body::Heartbeat(Heartbeat {
+            site: Some(label.clone()),
+            serving_addr: Some(format!("127.0.0.1:{}", 7000 + r)),
+            load: Load { wan_demand: demand, ..Load::default() },
+            heartbeat_ms: (g.mesh_heartbeat_s * 1000.0) as u32,
+        }),
+    };
+    // First who is in the site, then what each has claimed for rounds in the view that gives.
+    let publish = |view: &mut GossipView, seq: u64, demands: &[u64]| {
+        for (r, d) in demands.iter().enumerate() {
+            view.apply(&heartbeat_msg(seq, r, *d), &peers[r], Duration::ZERO)
+                .expect("a simulated heartbeat is well formed");
+        }
+    };
+    publish(&mut view, 1, &vec![0; nr]);
+    let claims: Vec<u64> = wan.iter().map(|w| w.demand(&view, false, busy_demand)).collect();
+    publish(&mut view, 2, &claims);
+    let seq = 2;
+    for (rf, w) in refl.iter_mut().zip(wan.iter_mut()) {
+        let settled = w.settle(&view, busy_demand);
+        rf.budget.set_share(settled.share, Duration::ZERO, sc.start_unix);
     }
     let mut m = Mesh {
         peers,
-        view: GossipView::new(Duration::from_secs_f64(g.mesh_heartbeat_s)),
+        view,
         label,
         fetcher: vec![0; c.pulls.len()],
         sharing: g.wan_sharing,
-        rounds,
+        wan,
         arrived: vec![false; nr],
-        share,
-        seq: 0,
+        seq,
         heartbeat_s: g.mesh_heartbeat_s,
         busy_demand,
     };
