@@ -65,13 +65,13 @@ async fn v1_then_v2_with_apps_keeps_user_files() {
     std::os::unix::fs::symlink("thesis.txt", root.join("home/alice/latest")).unwrap();
     write(root, "etc/hostname", b"alices-laptop\n");
     write(root, "etc/user-own.conf", b"mine\n");
-    let before = oasis_tests::snapshot(root);
+    let before = oasis_testkit::snapshot(root);
 
     let r = d.apply("base@1", &["editor@1", "notes@1"]);
     assert_eq!(r["layers"], serde_json::json!(["base@1", "editor@1", "notes@1"]));
     assert_eq!(r["user_files_replaced"], serde_json::json!(["etc/hostname"]));
     let it1 = expected_it(&[&b1, &a1, &n1]);
-    let now = oasis_tests::snapshot(root);
+    let now = oasis_testkit::snapshot(root);
     let (it_now, user_now) = split(&now, &it1);
     assert_eq!(it_now, it1, "every IT file as the layers say");
     let (_, user_before) = split(&before, &it1);
@@ -86,7 +86,7 @@ async fn v1_then_v2_with_apps_keeps_user_files() {
     // Between versions the user edits an IT file that v2 drops, and adds data.
     write(root, "etc/user-edits-this.conf", b"default = 1\nmine = 2\n");
     write(root, "home/alice/new.txt", b"written between versions\n");
-    let before2 = oasis_tests::snapshot(root);
+    let before2 = oasis_testkit::snapshot(root);
 
     let r = d.apply("base@2", &["editor@2", "notes@1"]);
     assert_eq!(r["previous"], serde_json::json!(["base@1", "editor@1", "notes@1"]));
@@ -97,7 +97,7 @@ async fn v1_then_v2_with_apps_keeps_user_files() {
         "v2 fetches only what the store lacks: {r}"
     );
     let it2 = expected_it(&[&b2, &a2, &n1]);
-    let now = oasis_tests::snapshot(root);
+    let now = oasis_testkit::snapshot(root);
     let (it_now, user_now) = split(&now, &it2);
     assert_eq!(it_now, it2, "every IT file as the v2 layers say");
     for gone in ["etc/dropped-in-v2.conf", "var/old/cache.db", "var/old"] {
@@ -113,7 +113,7 @@ async fn v1_then_v2_with_apps_keeps_user_files() {
     assert_eq!(r["files_written"], 0);
     assert_eq!(r["removed"], 0);
     assert_eq!(r["fetch"]["chunks_fetched"], 0);
-    assert_eq!(oasis_tests::snapshot(root), now);
+    assert_eq!(oasis_testkit::snapshot(root), now);
 
     // The user's hostname from before the first apply is restorable.
     let out = d.run(&["restore-file", "etc/hostname", "--from", &pre_apply.to_string()]);
@@ -135,7 +135,7 @@ async fn app_conflict_is_named_before_anything_changes() {
     d.publish("x", "1", LayerKind::App, &x);
     d.publish("y", "1", LayerKind::App, &y);
     write(&d.root, "home/bob/notes.txt", b"bob\n");
-    let before = oasis_tests::snapshot(&d.root);
+    let before = oasis_testkit::snapshot(&d.root);
 
     let out = d.apply_cmd("base@1", &["x@1", "y@1"]).output().unwrap();
     assert!(!out.status.success());
@@ -144,7 +144,7 @@ async fn app_conflict_is_named_before_anything_changes() {
         err.contains("x@1") && err.contains("y@1") && err.contains("opt/shared/config"),
         "{err}"
     );
-    assert_eq!(oasis_tests::snapshot(&d.root), before, "nothing changed");
+    assert_eq!(oasis_testkit::snapshot(&d.root), before, "nothing changed");
     assert_eq!(d.run_json(&["status"])["layers"], serde_json::json!([]));
 
     // A base layer given as an app, and a malformed NAME@VERSION, are refused by name too.
@@ -152,7 +152,7 @@ async fn app_conflict_is_named_before_anything_changes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("base layer"));
     let out = d.apply_cmd("base", &[]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("NAME@VERSION"));
-    assert_eq!(oasis_tests::snapshot(&d.root), before);
+    assert_eq!(oasis_testkit::snapshot(&d.root), before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,7 +186,7 @@ async fn rotted_cache_chunks_are_never_written_and_are_fetched_again() {
     let r = d.apply("base@1", &[]);
     assert_eq!(r["files_written"], 2, "{r}");
     assert!(r["fetch"]["chunks_fetched"].as_u64().unwrap() > 0, "damaged chunks refetched: {r}");
-    let (it_now, _) = split(&oasis_tests::snapshot(&d.root), &it);
+    let (it_now, _) = split(&oasis_testkit::snapshot(&d.root), &it);
     assert_eq!(it_now, it, "every IT file byte-identical to the layer, none from a rotted chunk");
     let leftovers: Vec<_> = std::fs::read_dir(&d.root)
         .unwrap()
@@ -216,12 +216,12 @@ async fn a_layer_of_more_files_than_open_descriptors_applies_and_fetches() {
         write(&src, &format!("usr/share/doc/pkg{:03}/f{i}", i % 97), &noise(i as u64, 600 + i));
     }
     d.publish("many", "1", LayerKind::Base, &src);
-    let want = oasis_tests::snapshot(&src);
+    let want = oasis_testkit::snapshot(&src);
 
     let out = with_nofile(NOFILE, &d.apply_cmd("many@1", &[])).output().unwrap();
     let r = json_ok(out, &format!("apply under ulimit -n {NOFILE}"));
     assert_eq!(r["files_written"], FILES as u64, "{r}");
-    let (it_now, _) = split(&oasis_tests::snapshot(&d.root), &want);
+    let (it_now, _) = split(&oasis_testkit::snapshot(&d.root), &want);
     assert_eq!(it_now, want, "every file of the layer, byte for byte");
 
     let dir = d.tmp("fetched");
@@ -233,5 +233,5 @@ async fn a_layer_of_more_files_than_open_descriptors_applies_and_fetches() {
         .arg("--into")
         .arg(&dir);
     json_ok(with_nofile(NOFILE, &fetch).output().unwrap(), "fetch under a low ulimit -n");
-    assert_eq!(oasis_tests::snapshot(&dir), want, "the fetched directory is the layer");
+    assert_eq!(oasis_testkit::snapshot(&dir), want, "the fetched directory is the layer");
 }

@@ -5,7 +5,7 @@ mod apply_support;
 
 use apply_support::*;
 use oasis_core::manifest::LayerKind;
-use oasis_tests::{random_tree, TreeSpec};
+use oasis_testkit::{random_tree, TreeSpec};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,7 +17,7 @@ fn replace_dir(from: &Path, to: &Path) {
     if to.exists() {
         std::fs::remove_dir_all(to).unwrap();
     }
-    oasis_tests::copy_tree(from, to).unwrap();
+    oasis_testkit::copy_tree(from, to).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,7 +38,7 @@ async fn kill_9_at_random_moments_leaves_old_or_new() {
     write(&d.root, "etc/user-tweak.conf", b"the user's own\n");
 
     d.apply("base@1", &[]);
-    let old = oasis_tests::snapshot(&d.root);
+    let old = oasis_testkit::snapshot(&d.root);
     // Chunks of v2 already in the cache, so kills land in the local phases too.
     let scratch = d.tmp("scratch");
     let out = std::process::Command::new(BIN)
@@ -51,8 +51,8 @@ async fn kill_9_at_random_moments_leaves_old_or_new() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (pristine_state, pristine_root) = (d.tmp("pristine-state"), d.tmp("pristine-root"));
-    oasis_tests::copy_tree(&d.state, &pristine_state).unwrap();
-    oasis_tests::copy_tree(&d.root, &pristine_root).unwrap();
+    oasis_testkit::copy_tree(&d.state, &pristine_state).unwrap();
+    oasis_testkit::copy_tree(&d.root, &pristine_root).unwrap();
 
     let t = Instant::now();
     let ref_report = d.apply("base@2", &[]);
@@ -64,7 +64,7 @@ async fn kill_9_at_random_moments_leaves_old_or_new() {
         ref_report["seconds_commit"],
         ref_report["seconds"]
     );
-    let new = oasis_tests::snapshot(&d.root);
+    let new = oasis_testkit::snapshot(&d.root);
     assert_ne!(old, new);
     let user_paths: Vec<&String> =
         old.keys().filter(|k| k.starts_with("home/") || k.contains("user-tweak")).collect();
@@ -77,7 +77,7 @@ async fn kill_9_at_random_moments_leaves_old_or_new() {
         let t_status = Instant::now();
         let st = d.run_json(&["status"]);
         let t_status = t_status.elapsed();
-        let now = oasis_tests::snapshot(&d.root);
+        let now = oasis_testkit::snapshot(&d.root);
         let which = if now == old {
             assert_eq!(st["layers"], serde_json::json!(["base@1"]), "{label}: old tree, old state");
             "old"
@@ -102,7 +102,11 @@ async fn kill_9_at_random_moments_leaves_old_or_new() {
         // keep the test short).
         if rerun {
             d.apply("base@2", &[]);
-            assert_eq!(oasis_tests::snapshot(&d.root), new, "{label}: rerun reaches the new tree");
+            assert_eq!(
+                oasis_testkit::snapshot(&d.root),
+                new,
+                "{label}: rerun reaches the new tree"
+            );
         }
         eprintln!("{label}: {which}; status {t_status:?}, rerun {:?}", t_rerun.elapsed());
     };

@@ -34,7 +34,7 @@ async fn revert_returns_the_exact_earlier_tree() {
     let d = device_with_layers().await;
     let snap = d.run_json(&["snapshot"]);
     let id = snap["id"].as_u64().unwrap();
-    let tree = oasis_tests::snapshot(&d.root);
+    let tree = oasis_testkit::snapshot(&d.root);
     let times = mtimes(&d.root);
 
     // Much changes: a new layer version, user edits, deletions, a type change, new files.
@@ -45,11 +45,11 @@ async fn revert_returns_the_exact_earlier_tree() {
     write(&d.root, "home/u/new/deep/file", b"created after\n");
     std::fs::remove_file(d.root.join("home/u/notes")).unwrap();
     std::os::unix::fs::symlink("elsewhere", d.root.join("home/u/notes")).unwrap();
-    assert_ne!(oasis_tests::snapshot(&d.root), tree);
+    assert_ne!(oasis_testkit::snapshot(&d.root), tree);
 
     let r = d.run_json(&["revert", &id.to_string()]);
     assert_eq!(r["from"], id);
-    assert_eq!(oasis_tests::snapshot(&d.root), tree, "contents, modes, symlinks exactly as then");
+    assert_eq!(oasis_testkit::snapshot(&d.root), tree, "contents, modes, symlinks exactly as then");
     assert_eq!(mtimes(&d.root), times, "file times as then");
     assert_eq!(d.run_json(&["status"])["layers"], serde_json::json!(["base@1"]));
 
@@ -71,7 +71,7 @@ async fn revert_returns_the_exact_earlier_tree() {
 async fn restore_file_brings_back_one_path_only() {
     let d = device_with_layers().await;
     let id = d.run_json(&["snapshot"])["id"].as_u64().unwrap();
-    let tree = oasis_tests::snapshot(&d.root);
+    let tree = oasis_testkit::snapshot(&d.root);
 
     std::fs::remove_file(d.root.join("home/u/a.txt")).unwrap();
     write(&d.root, "home/u/docs/notes.md", b"# notes\nruined\n");
@@ -82,7 +82,7 @@ async fn restore_file_brings_back_one_path_only() {
     let r = d.run_json(&["restore-file", "home/u/a.txt", "--from", &id.to_string()]);
     assert_eq!(r["files_written"], 1);
     assert_eq!(std::fs::read(d.root.join("home/u/a.txt")).unwrap(), b"first\n");
-    let now = oasis_tests::snapshot(&d.root);
+    let now = oasis_testkit::snapshot(&d.root);
     assert_eq!(now["home/u/a.txt"], tree["home/u/a.txt"], "mode restored too");
     assert!(now.contains_key("home/u/other.txt"));
     assert_ne!(
@@ -98,7 +98,7 @@ async fn restore_file_brings_back_one_path_only() {
     assert!(latest.as_array().unwrap().len() >= 2, "restore-file snapshots the device first");
     // "latest" was the snapshot restore-file itself took (the ruined notes): use the id.
     d.run_json(&["restore-file", abs.to_str().unwrap(), "--from", &id.to_string()]);
-    let now = oasis_tests::snapshot(&d.root);
+    let now = oasis_testkit::snapshot(&d.root);
     for p in ["home/u/docs/notes.md", "home/u/docs/report.odt"] {
         assert_eq!(now[p], tree[p], "{p} back");
     }

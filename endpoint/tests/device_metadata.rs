@@ -116,7 +116,7 @@ fn comparable(mut t: BTreeMap<String, String>, root: bool) -> BTreeMap<String, S
 async fn metadata_round_trips_through_apply_snapshot_revert_and_restore() {
     let d = Device::new().await;
     let root = is_root();
-    let xattrs = user_xattrs(d.seed.dir.path());
+    let xattrs = user_xattrs(d.seed.base());
     if !root {
         eprintln!(
             "SKIPPED: owners, set-id bits and security.capability need root (CI runs as root); \
@@ -124,7 +124,7 @@ async fn metadata_round_trips_through_apply_snapshot_revert_and_restore() {
         );
     }
     if !xattrs {
-        eprintln!("SKIPPED part: {} takes no user.* xattrs", d.seed.dir.path().display());
+        eprintln!("SKIPPED part: {} takes no user.* xattrs", d.seed.base().display());
     }
     let img = d.tmp("img");
     image(&img, root, xattrs);
@@ -133,8 +133,8 @@ async fn metadata_round_trips_through_apply_snapshot_revert_and_restore() {
     // apply: the tree exactly as the layer has it.
     let r = d.apply("base@1", &[]);
     assert_eq!(r["hardlinks_written"], 2, "{r}");
-    let want = oasis_tests::snapshot_meta(&img);
-    assert_eq!(comparable(oasis_tests::snapshot_meta(&d.root), root), comparable(want, root));
+    let want = oasis_testkit::snapshot_meta(&img);
+    assert_eq!(comparable(oasis_testkit::snapshot_meta(&d.root), root), comparable(want, root));
     if root {
         assert_eq!(r["not_applied"]["owners_not_applied"], 0, "{r}");
         assert_eq!(r["not_applied"]["setid_not_applied"], 0, "{r}");
@@ -154,7 +154,7 @@ async fn metadata_round_trips_through_apply_snapshot_revert_and_restore() {
     let snap = d.run_json(&["snapshot"]);
     let id = snap["id"].as_u64().unwrap().to_string();
     assert_eq!(snap["hardlinks"], 3, "{snap}");
-    let then = oasis_tests::snapshot_meta(&d.root);
+    let then = oasis_testkit::snapshot_meta(&d.root);
 
     // Everything drifts: modes, owners, times, attributes, hard links.
     let p = |rel: &str| d.root.join(rel);
@@ -175,12 +175,12 @@ async fn metadata_round_trips_through_apply_snapshot_revert_and_restore() {
         std::os::unix::fs::lchown(p("usr/bin/py"), Some(0), Some(0)).unwrap();
         xattr::remove(p("usr/bin/ping"), "security.capability").unwrap();
     }
-    assert_ne!(oasis_tests::snapshot_meta(&d.root), then);
+    assert_ne!(oasis_testkit::snapshot_meta(&d.root), then);
 
     // revert: every owner, mode, attribute, link and time as then.
     let r = d.run_json(&["revert", &id]);
     assert!(r["not_applied"].is_object(), "{r}");
-    assert_eq!(oasis_tests::snapshot_meta(&d.root), then, "revert gives back the metadata");
+    assert_eq!(oasis_testkit::snapshot_meta(&d.root), then, "revert gives back the metadata");
 
     // restore-file of a directory: its entries' metadata and their hard link come back.
     chmod(&p("home/u/a.txt"), 0o600);
@@ -189,7 +189,7 @@ async fn metadata_round_trips_through_apply_snapshot_revert_and_restore() {
     std::fs::write(p("home/u/a-too.txt"), b"mine\n").unwrap();
     let r = d.run_json(&["restore-file", "home/u", "--from", &id]);
     assert_eq!(r["hardlinks_written"], 1, "{r}");
-    assert_eq!(oasis_tests::snapshot_meta(&d.root), then, "restore-file gives back the metadata");
+    assert_eq!(oasis_testkit::snapshot_meta(&d.root), then, "restore-file gives back the metadata");
 
     // restore --mode full onto a replacement machine (fresh root and state dir).
     let up = d.run(&["upload", "--seed", &d.seed.seed.addr.to_string(), "--snapshot", &id]);
@@ -213,7 +213,7 @@ async fn metadata_round_trips_through_apply_snapshot_revert_and_restore() {
     assert_eq!(r["hardlinks"], 3, "{r}");
     assert_eq!(r["not_applied"]["owners_not_applied"], 0, "{r}");
     assert_eq!(
-        oasis_tests::snapshot_meta(&new_root),
+        oasis_testkit::snapshot_meta(&new_root),
         then,
         "restore --mode full gives back the metadata"
     );

@@ -499,7 +499,7 @@ async fn delete_makes_the_directory_exactly_the_layer_and_never_follows_symlinks
     std::os::unix::fs::symlink(&outside, into.join("a/b/to-outside")).unwrap();
     let state = into.join("var/lib/oasis");
     std::fs::create_dir_all(state.parent().unwrap()).unwrap();
-    oasis_tests::copy_tree(&pki.state, &state).unwrap();
+    oasis_testkit::copy_tree(&pki.state, &state).unwrap();
 
     // Without --delete the strays stay.
     let mut o = opts(&pki, vec![addr], None, &into);

@@ -7,7 +7,7 @@
 //! Seed, reflector and endpoints run in this process on 127.0.0.1 (real QUIC). Endpoints are
 //! [`crate::live::verify_fetch`] unless `--full-fetch` (see [`crate::live`] for why).
 
-use crate::live::{self, EndpointRun, LiveSeed, Sampler};
+use crate::live::{self, EndpointRun, RateSampler, TestSeed};
 use oasis_core::pki::Role;
 use oasis_reflector::config::parse_rate;
 use oasis_reflector::WanLimit;
@@ -43,7 +43,7 @@ struct Wave {
 }
 
 async fn wave(
-    seed: &LiveSeed,
+    seed: &TestSeed,
     tag: &str,
     n: usize,
     from: std::net::SocketAddr,
@@ -52,7 +52,7 @@ async fn wave(
 ) -> anyhow::Result<Wave> {
     let mut states = Vec::with_capacity(n);
     for i in 0..n {
-        states.push(seed.enroll(Role::Endpoint, &format!("{tag}-ep{i:02}"), "bench")?);
+        states.push(seed.enroll_in_site(Role::Endpoint, &format!("{tag}-ep{i:02}"), "bench")?);
     }
     let mut tasks = Vec::with_capacity(n);
     let start = t0.elapsed().as_secs_f64();
@@ -95,9 +95,9 @@ pub async fn run(
     let n = args.endpoints.max(1);
     let base = tmp.join("reflector-bench");
     std::fs::create_dir_all(&base)?;
-    let seed = LiveSeed::start(&base).await?;
-    let layer = seed.publish("bench-refl", "1", src).await?;
-    let refl = seed.reflector("reflector", "bench", WanLimit::Flat(rate)).await?;
+    let seed = TestSeed::start_in(&base).await?;
+    let layer = seed.publish_blocking("bench-refl", "1", src).await?;
+    let refl = live::site_reflector(&seed, "reflector", "bench", WanLimit::Flat(rate)).await?;
     let burst = oasis_core::policy::BandwidthPolicy::flat(rate).burst_bytes();
     let say = |s: String| {
         if !json {
@@ -114,9 +114,9 @@ pub async fn run(
     // Cold: every endpoint at once, the WAN sampled every 100 ms.
     let t0 = Instant::now();
     let upstream = refl.stats.upstream_bytes.clone();
-    let sampler = Sampler::start(t0, Duration::from_millis(100), move || upstream.get());
+    let sampler = RateSampler::start_at(t0, Duration::from_millis(100), move || upstream.get());
     let cold = wave(&seed, "cold", n, refl.addr, args.full_fetch, t0).await?;
-    let samples = sampler.stop().await;
+    let samples = sampler.finish().await?.0;
     let wan_bytes = refl.stats.upstream_bytes.get();
     let seed_served = seed.seed.metrics.served_bytes.get();
     say(format!("reflector: cold wave done in {:.1} s", cold.seconds));

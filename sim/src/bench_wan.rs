@@ -16,7 +16,7 @@
 //! same size and content mix to the seed under the cap (centralization), judged by the stored
 //! bytes it sent.
 
-use crate::live::{self, LiveSeed};
+use crate::live::{self, RateSampler, TestSeed};
 use anyhow::Context;
 use oasis_core::pki::Role;
 use oasis_core::policy::BandwidthPolicy;
@@ -160,12 +160,12 @@ struct Uploader {
 
 impl Uploader {
     /// An endpoint with a tiny base layer applied (a device needs a root to snapshot).
-    async fn start(seed: &LiveSeed, base: &Path) -> anyhow::Result<Uploader> {
+    async fn start(seed: &TestSeed, base: &Path) -> anyhow::Result<Uploader> {
         let src = base.join("uploader-base");
         std::fs::create_dir_all(src.join("etc"))?;
         std::fs::write(src.join("etc/hostname"), b"bench-uploader\n")?;
-        seed.publish("bench-uploader-base", "1", &src).await?;
-        let state = seed.enroll(Role::Endpoint, "uploader", "uploads")?;
+        seed.publish_blocking("bench-uploader-base", "1", &src).await?;
+        let state = seed.enroll_in_site(Role::Endpoint, "uploader", "uploads")?;
         let root = base.join("uploader-root");
         std::fs::create_dir_all(&root)?;
         apply::apply(&ApplyOptions {
@@ -216,19 +216,19 @@ impl Uploader {
 /// A branch reflector under `cap` behind `via` pulls the layer; an endpoint fetches it through
 /// the reflector.
 async fn pull(
-    seed: &LiveSeed,
+    seed: &TestSeed,
     tag: &str,
     via: SocketAddr,
     cap: u64,
     stored: u64,
     body: u64,
 ) -> anyhow::Result<Transfer> {
-    let state = seed.enroll(Role::Reflector, &format!("{tag}-refl"), tag)?;
+    let state = seed.enroll_in_site(Role::Reflector, &format!("{tag}-refl"), tag)?;
     let mut cfg = ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, via.to_string());
     cfg.wan = WanLimit::Flat(cap);
     cfg.assignments_poll = Duration::ZERO;
     let refl = RunningReflector::start(cfg).await?;
-    let ep = seed.enroll(Role::Endpoint, &format!("{tag}-ep"), tag)?;
+    let ep = seed.enroll_in_site(Role::Endpoint, &format!("{tag}-ep"), tag)?;
     let t0 = Instant::now();
     let run = live::verify_fetch(&ep, refl.addr, "bench-wan", "1", 8, t0).await?;
     let seconds = t0.elapsed().as_secs_f64();
@@ -243,7 +243,7 @@ async fn pull(
 }
 
 struct Ctx<'a> {
-    seed: &'a LiveSeed,
+    seed: &'a TestSeed,
     hub: Option<&'a Hub>,
     uploader: Option<&'a Uploader>,
     stored: u64,
@@ -273,12 +273,12 @@ async fn cell(
             c.down.delivered_bytes
         }
     };
-    let sampler = live::Sampler::start(Instant::now(), Duration::from_millis(100), data_direction);
+    let sampler = RateSampler::start_at(Instant::now(), Duration::from_millis(100), data_direction);
     let t = match (path, cx.uploader) {
         (WanPath::Upload, Some(u)) => u.upload(cx.upload_size, n, via, cap).await?,
         _ => pull(cx.seed, &format!("w{n:02}"), via, cap, cx.stored, cx.body).await?,
     };
-    let samples = sampler.stop().await;
+    let samples = sampler.finish().await?.0;
     let c = emu.counters();
     drop(emu);
     let link = payload_rate(&spec).unwrap_or(f64::INFINITY);
@@ -318,8 +318,8 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
     std::fs::create_dir_all(&base)?;
     let src = base.join("layer");
     live::write_layer(&src, args.wan_mib << 20, 42)?;
-    let seed = LiveSeed::start(&base).await?;
-    seed.publish("bench-wan", "1", &src).await?;
+    let seed = TestSeed::start_in(&base).await?;
+    seed.publish_blocking("bench-wan", "1", &src).await?;
     let stored: u64 = seed.stored_chunks("bench-wan", "1")?.iter().map(|(_, len)| len).sum();
     let body = seed.new_body_bytes("bench-wan", "1", None)?;
     let say = |s: String| {
@@ -338,12 +338,12 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
     let paths = &args.wan_paths;
     let hub = if paths.contains(&WanPath::Sibling) {
         // Another site's reflector, next to the seed and warm with the layer.
-        let state = seed.enroll(Role::Reflector, "hub-refl", "hub")?;
+        let state = seed.enroll_in_site(Role::Reflector, "hub-refl", "hub")?;
         let mut cfg =
             ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, seed.seed.addr.to_string());
         cfg.assignments_poll = Duration::ZERO;
         let reflector = RunningReflector::start(cfg).await?;
-        let ep = seed.enroll(Role::Endpoint, "hub-ep", "hub")?;
+        let ep = seed.enroll_in_site(Role::Endpoint, "hub-ep", "hub")?;
         live::verify_fetch(&ep, reflector.addr, "bench-wan", "1", 8, Instant::now()).await?;
         Some(Hub { reflector })
     } else {
@@ -455,7 +455,7 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
 /// An endpoint fetching from a warm reflector through `link`, and through a clean link of the
 /// same rate: stored bytes of the layer's chunks / fetch time, against the link's payload rate.
 async fn lan_cells(
-    seed: &LiveSeed,
+    seed: &TestSeed,
     link: &str,
     layer_stored: u64,
     say: &impl Fn(String),
@@ -465,16 +465,16 @@ async fn lan_cells(
     let clean: WanSpec = format!("0ms,0%,{rate}")
         .parse()
         .map_err(|e| anyhow::anyhow!("clean link of {link}: {e}"))?;
-    let state = seed.enroll(Role::Reflector, "lan-refl", "lan")?;
+    let state = seed.enroll_in_site(Role::Reflector, "lan-refl", "lan")?;
     let mut cfg = ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, seed.seed.addr.to_string());
     cfg.assignments_poll = Duration::ZERO;
     let refl = RunningReflector::start(cfg).await?;
-    let warm = seed.enroll(Role::Endpoint, "lan-warm", "lan")?;
+    let warm = seed.enroll_in_site(Role::Endpoint, "lan-warm", "lan")?;
     live::verify_fetch(&warm, refl.addr, "bench-wan", "1", 8, Instant::now()).await?;
     let mut out = serde_json::Map::new();
     for (tag, spec) in [("reference", clean), ("link", spec)] {
         let emu = EmulatorThread::start("127.0.0.1:0".parse()?, refl.addr, spec.clone())?;
-        let ep = seed.enroll(Role::Endpoint, &format!("lan-{tag}"), "lan")?;
+        let ep = seed.enroll_in_site(Role::Endpoint, &format!("lan-{tag}"), "lan")?;
         let t0 = Instant::now();
         let run = live::verify_fetch(&ep, emu.local_addr(), "bench-wan", "1", 8, t0).await?;
         let seconds = t0.elapsed().as_secs_f64();

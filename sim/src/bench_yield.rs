@@ -14,7 +14,7 @@
 //! Rates come from byte counters sampled every 100 ms: the reflector's upstream chunk bytes
 //! and the competitor's received bytes (stream payload, as the reflector's are).
 
-use crate::live::{self, LiveSeed, Sampler};
+use crate::live::{self, RateSampler, TestSeed};
 use anyhow::Context;
 use oasis_core::net::{self, Congestion, TransportOptions};
 use oasis_core::pki::{NodeIdentity, Role, NODE_SERVER_NAME};
@@ -132,11 +132,11 @@ pub fn jain(rates: &[f64]) -> f64 {
 }
 
 fn start_reflector_config(
-    seed: &LiveSeed,
+    seed: &TestSeed,
     tag: &str,
     upstream: SocketAddr,
 ) -> anyhow::Result<ReflectorConfig> {
-    let state = seed.enroll(Role::Reflector, &format!("{tag}-refl"), tag)?;
+    let state = seed.enroll_in_site(Role::Reflector, &format!("{tag}-refl"), tag)?;
     let mut cfg = ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, upstream.to_string());
     cfg.wan = WanLimit::Unlimited;
     cfg.assignments_poll = Duration::ZERO;
@@ -149,14 +149,14 @@ struct Phase {
     emu: EmulatorThread,
     refl: RunningReflector,
     t0: Instant,
-    ours: Sampler,
+    ours: RateSampler,
     theirs_bytes: Arc<AtomicU64>,
-    theirs: Sampler,
+    theirs: RateSampler,
 }
 
 impl Phase {
     async fn start(
-        seed: &LiveSeed,
+        seed: &TestSeed,
         tag: &str,
         competitor: SocketAddr,
         spec: &WanSpec,
@@ -171,19 +171,21 @@ impl Phase {
         let t0 = Instant::now();
         let ours = {
             let s = refl.stats.clone();
-            Sampler::start(t0, SAMPLE, move || s.upstream_bytes.get())
+            RateSampler::start_at(t0, SAMPLE, move || s.upstream_bytes.get())
         };
         let theirs_bytes = Arc::new(AtomicU64::new(0));
         let theirs = {
             let b = theirs_bytes.clone();
-            Sampler::start(t0, SAMPLE, move || b.load(Ordering::Relaxed))
+            RateSampler::start_at(t0, SAMPLE, move || b.load(Ordering::Relaxed))
         };
         Ok(Phase { emu, refl, t0, ours, theirs_bytes, theirs })
     }
 
     /// Stops the samplers, the reflector and the link; the two sample series.
     async fn finish(self) -> (Vec<(f64, u64)>, Vec<(f64, u64)>) {
-        let samples = (self.ours.stop().await, self.theirs.stop().await);
+        // A sampler task that failed leaves an empty series, which the report shows as no data.
+        let series = |r: anyhow::Result<live::Samples>| r.map(|s| s.0).unwrap_or_default();
+        let samples = (series(self.ours.finish().await), series(self.theirs.finish().await));
         self.refl.stop().await;
         drop(self.emu);
         samples
@@ -212,9 +214,10 @@ pub async fn run(
     std::fs::create_dir_all(&base)?;
     let src = base.join("layer");
     live::write_layer(&src, args.yield_mib << 20, 7)?;
-    let seed = LiveSeed::start(&base).await?;
-    seed.publish("bench-yield", "1", &src).await?;
-    let competitor_id = NodeIdentity::load(&seed.enroll(Role::Reflector, "competitor", "c")?)?;
+    let seed = TestSeed::start_in(&base).await?;
+    seed.publish_blocking("bench-yield", "1", &src).await?;
+    let competitor_id =
+        NodeIdentity::load(&seed.enroll_in_site(Role::Reflector, "competitor", "c")?)?;
     let competitor = Competitor::start(&competitor_id)?;
     let say = |s: String| {
         if !json {
@@ -283,7 +286,7 @@ pub async fn run(
 
     // Foreground.
     let phase = Phase::start(&seed, "yfg", competitor.addr, &spec).await?;
-    let ep = seed.enroll(Role::Endpoint, "yfg-ep", "yfg")?;
+    let ep = seed.enroll_in_site(Role::Endpoint, "yfg-ep", "yfg")?;
     let stop = Arc::new(AtomicBool::new(false));
     let rival = tokio::spawn(compete(
         competitor_id.clone(),

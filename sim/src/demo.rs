@@ -5,7 +5,7 @@
 //! site's reflector, it publishes a changed version, they fetch again, and it shows what
 //! crossed each site's WAN against what was delivered to the endpoints.
 
-use crate::live::{self, LiveSeed, Sampler, SiteWan};
+use crate::live::{self, RateSampler, SitePolicy, TestSeed};
 use anyhow::Context;
 use oasis_core::pki::Role;
 use oasis_endpoint::FetchReport;
@@ -200,7 +200,7 @@ pub async fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
             eprintln!("[{:>5.1}s] {s}", started.elapsed().as_secs_f64());
         }
     };
-    let seed = LiveSeed::start(base).await?;
+    let seed = TestSeed::start_in(base).await?;
     say(&format!("seed listening on {} (QUIC, mutual TLS)", seed.seed.addr));
 
     // Each site: reflectors under the site's policy file, and endpoints that use them first and
@@ -216,7 +216,7 @@ pub async fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
             ),
         )?;
         let n = if name == SITES[0] { 2 } else { 1 };
-        let wan = SiteWan::Limit(WanLimit::PolicyFile(policy.clone()));
+        let wan = SitePolicy::Limit(WanLimit::PolicyFile(policy.clone()));
         let link = match &args.wan {
             Some(spec) => Some(
                 EmulatorThread::start("127.0.0.1:0".parse()?, seed.seed.addr, spec.clone())
@@ -243,7 +243,7 @@ pub async fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
         let mut endpoints = Vec::new();
         for i in 0..args.endpoints {
             let ep = format!("{name}-pc{i}");
-            let state = seed.enroll(Role::Endpoint, &ep, name)?;
+            let state = seed.enroll_in_site(Role::Endpoint, &ep, name)?;
             endpoints.push((ep, state));
         }
         sites.push(Site { name, reflectors, endpoints, link, seed_addr });
@@ -263,7 +263,7 @@ pub async fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
             crate::sample::change_tree(&src, 2)?;
             say("changed a few files: publishing version 2");
         }
-        let report = seed.publish("demo-base", version, &src).await?;
+        let report = seed.publish_blocking("demo-base", version, &src).await?;
         let previous = (version == "2").then_some("1");
         // What a site that holds the previous version must pull: the new file chunks and the
         // manifest body chunks that changed.
@@ -281,7 +281,7 @@ pub async fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
             let wan: Vec<_> =
                 site.reflectors.iter().map(|r| r.stats.upstream_bytes.clone()).collect();
             let read = move || wan.iter().map(|c| c.get()).sum::<u64>();
-            samplers.push((read(), Sampler::start(t0, Duration::from_millis(50), read)));
+            samplers.push((read(), RateSampler::start_at(t0, Duration::from_millis(50), read)));
             for (i, (ep, state)) in site.endpoints.iter().enumerate() {
                 // Its own reflector first, the site's other ones next, the seed last.
                 let n = site.reflectors.len();
@@ -307,7 +307,7 @@ pub async fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
             });
         }
         for (site, (before, sampler)) in sites.iter().zip(samplers) {
-            let samples = sampler.stop().await;
+            let samples = sampler.finish().await?.0;
             let wan_bytes =
                 site.reflectors.iter().map(|r| r.stats.upstream_bytes.get()).sum::<u64>() - before;
             let first = samples.iter().find(|s| s.1 > before).map_or(0.0, |s| s.0);

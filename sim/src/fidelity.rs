@@ -13,7 +13,7 @@
 //! what the WAN delivers.
 
 use crate::engine::{content_from_chunks, simulate_content};
-use crate::live::{self, LiveSeed, Sampler};
+use crate::live::{self, RateSampler, TestSeed};
 use crate::report::Stats;
 use crate::scenario::Scenario;
 use anyhow::Context;
@@ -141,10 +141,10 @@ pub async fn run_with(
         }
     };
     let layer = &sc.layers[0];
-    let seed = LiveSeed::start(&base).await?;
+    let seed = TestSeed::start_in(&base).await?;
     let src = base.join("layer");
     live::write_layer(&src, layer.size as usize, 42)?;
-    let published = seed.publish(&layer.name, "1", &src).await?;
+    let published = seed.publish_blocking(&layer.name, "1", &src).await?;
     let (chunks, body_chunks) = seed.stored_layer(&layer.name, "1")?;
     // What one site pulls: the layer's chunks and its manifest's body chunks, as stored.
     let stored_total: u64 = chunks.iter().map(|c| c.1).sum();
@@ -173,13 +173,17 @@ pub async fn run_with(
             let link = EmulatorThread::start("127.0.0.1:0".parse()?, seed.seed.addr, spec.clone())
                 .with_context(|| format!("starting the emulated WAN link of {name}"))?;
             say(format!("fidelity: {name} reaches the seed over an emulated link: {spec}"));
-            let wan = live::SiteWan::Policy(&policy);
+            let wan = live::SitePolicy::Policy(&policy);
             let reflectors =
                 live::site_reflectors_via(&seed, &name, g.reflectors, wan, link.local_addr())
                     .await?;
             let mut endpoints = Vec::new();
             for e in 0..g.endpoints {
-                endpoints.push(seed.enroll(Role::Endpoint, &format!("{name}-ep{e:02}"), &name)?);
+                endpoints.push(seed.enroll_in_site(
+                    Role::Endpoint,
+                    &format!("{name}-ep{e:02}"),
+                    &name,
+                )?);
             }
             let n_reflectors = reflectors.len();
             sites.push(LiveSite { name, n_reflectors, reflectors, endpoints, link });
@@ -197,7 +201,7 @@ pub async fn run_with(
     for (si, site) in sites.iter().enumerate() {
         let counters: Vec<_> =
             site.reflectors.iter().map(|r| r.stats.upstream_bytes.clone()).collect();
-        samplers.push(Sampler::start(t0, Duration::from_millis(100), move || {
+        samplers.push(RateSampler::start_at(t0, Duration::from_millis(100), move || {
             counters.iter().map(|c| c.get()).sum()
         }));
         for (e, state) in site.endpoints.iter().enumerate() {
@@ -223,7 +227,7 @@ pub async fn run_with(
     let mut carried = Vec::new();
     let mut series = Vec::new();
     for (site, s) in sites.iter().zip(samplers) {
-        series.push(s.stop().await);
+        series.push(s.finish().await?.0);
         live_wan.push(site.reflectors.iter().map(|r| r.stats.upstream_bytes.get()).sum::<u64>());
         let c = site.link.counters();
         carried.push(c.down.delivered_bytes + c.down.lost_bytes);

@@ -9,138 +9,37 @@
 //! reflector, not the endpoints' disks.
 
 use anyhow::Context;
-use oasis_core::manifest::LayerKind;
 use oasis_core::net::{ChunkReply, Client, TransportOptions};
-use oasis_core::pki::{NodeIdentity, Role, SeedAuthority};
+use oasis_core::pki::{NodeIdentity, Role};
 use oasis_core::ChunkId;
 use oasis_endpoint::{fetch, FetchOptions, FetchReport};
 use oasis_reflector::{ReflectorConfig, RunningReflector, WanLimit};
-use oasis_seed::{publish, PublishOptions, PublishReport, RunningSeed};
+pub use oasis_testkit::{window_rates, RateSampler, Samples, TestSeed};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Chunks verified together off the async threads.
 const VERIFY_GROUP: usize = 16;
 
-/// A seed with its authority, in `base/seed`.
-pub struct LiveSeed {
-    pub seed: RunningSeed,
-    pub auth: SeedAuthority,
-    pub base: PathBuf,
-}
-
-impl LiveSeed {
-    pub async fn start(base: &Path) -> anyhow::Result<LiveSeed> {
-        let data = base.join("seed");
-        let auth = SeedAuthority::init(&data).context("initialising the seed")?;
-        let seed = RunningSeed::start(&data, "127.0.0.1:0".parse()?, None).await?;
-        Ok(LiveSeed { seed, auth, base: base.to_path_buf() })
-    }
-
-    /// Publishes the tree at `src` as `name@version` (off the async threads).
-    pub async fn publish(
-        &self,
-        name: &str,
-        version: &str,
-        src: &Path,
-    ) -> anyhow::Result<PublishReport> {
-        let opts = PublishOptions {
-            name: name.into(),
-            version: version.into(),
-            kind: LayerKind::Base,
-            chunking: Default::default(),
-            progress: false,
-        };
-        let (store, key, src) =
-            (self.seed.store.clone(), self.auth.signing_key().clone(), src.to_owned());
-        Ok(tokio::task::spawn_blocking(move || publish(&store, &key, &src, &opts)).await??.1)
-    }
-
-    /// Stored bytes of the manifest body chunks of `name@version` that `previous` did not
-    /// have: what a site holding the previous version pulls for the new manifest's body.
-    pub fn new_body_bytes(
-        &self,
-        name: &str,
-        version: &str,
-        previous: Option<&str>,
-    ) -> anyhow::Result<u64> {
-        let store = &self.seed.store;
-        let key = self.auth.trust().manifest_key();
-        let body = |v: &str| -> anyhow::Result<Vec<oasis_core::manifest::ChunkRef>> {
-            let bytes = store.manifest_bytes(name, Some(v))?.context("layer not published")?;
-            Ok(oasis_core::manifest::SignedRoot::open(&bytes, key)?.root.unique_body_chunks())
-        };
-        let old: std::collections::HashSet<ChunkId> = match previous {
-            Some(p) => body(p)?.into_iter().map(|c| c.id).collect(),
-            None => Default::default(),
-        };
-        let mut sum = 0;
-        for c in body(version)?.into_iter().filter(|c| !old.contains(&c.id)) {
-            let (_, _, len) =
-                store.chunk_location(&c.id)?.context("body chunk not in the seed store")?;
-            sum += u64::from(len);
-        }
-        Ok(sum)
-    }
-
-    /// Stored size (as sent on the wire) of every unique chunk of `name@version`, its
-    /// manifest's body chunks first, then the layer's in manifest order.
-    pub fn stored_chunks(&self, name: &str, version: &str) -> anyhow::Result<Vec<(ChunkId, u64)>> {
-        Ok(self.stored_layer(name, version)?.0)
-    }
-
-    /// As [`LiveSeed::stored_chunks`], and how many of them, first in the list, are the
-    /// manifest's body chunks.
-    pub fn stored_layer(
-        &self,
-        name: &str,
-        version: &str,
-    ) -> anyhow::Result<(Vec<(ChunkId, u64)>, usize)> {
-        let store = &self.seed.store;
-        let m = store
-            .open_manifest(name, Some(version), self.auth.trust().manifest_key())?
-            .context("layer not published")?;
-        let mut out = Vec::new();
-        // The manifest's body chunks first: a reflector pulls them before any chunk of the
-        // layer, through the same path.
-        let body = m.root.unique_body_chunks();
-        for c in body.iter().copied().chain(m.manifest.unique_chunks()) {
-            let (_, _, len) =
-                store.chunk_location(&c.id)?.context("chunk not in the seed store")?;
-            out.push((c.id, u64::from(len)));
-        }
-        Ok((out, body.len()))
-    }
-
-    /// Enrolls a node into `base/NAME/state`.
-    pub fn enroll(&self, role: Role, name: &str, site: &str) -> anyhow::Result<PathBuf> {
-        let state = self.base.join(name).join("state");
-        self.auth.enroll(role, name, Some(site), &state, true)?;
-        Ok(state)
-    }
-
-    /// Starts a reflector of `site` in front of the seed, its WAN capped by `wan`.
-    pub async fn reflector(
-        &self,
-        name: &str,
-        site: &str,
-        wan: WanLimit,
-    ) -> anyhow::Result<RunningReflector> {
-        let state = self.enroll(Role::Reflector, name, site)?;
-        let mut cfg =
-            ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, self.seed.addr.to_string());
-        cfg.wan = wan;
-        // Assignments are not used here; endpoints pull on demand.
-        cfg.assignments_poll = Duration::ZERO;
-        RunningReflector::start(cfg).await
-    }
+/// Starts a reflector of `site` in front of `seed`, its WAN capped by `wan`.
+pub async fn site_reflector(
+    seed: &TestSeed,
+    name: &str,
+    site: &str,
+    wan: WanLimit,
+) -> anyhow::Result<RunningReflector> {
+    let state = seed.enroll_in_site(Role::Reflector, name, site)?;
+    let mut cfg = ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, seed.seed.addr.to_string());
+    cfg.wan = wan;
+    // Assignments are not used here; endpoints pull on demand.
+    cfg.assignments_poll = Duration::ZERO;
+    RunningReflector::start(cfg).await
 }
 
 /// Where a site's WAN policy comes from.
-pub enum SiteWan<'a> {
+pub enum SitePolicy<'a> {
     /// As the reflector reads it: `--wan-rate` or `--policy FILE`.
     Limit(WanLimit),
     /// A parsed policy put in force right after start (scenarios with an inline policy).
@@ -152,10 +51,10 @@ pub enum SiteWan<'a> {
 /// so the site pulls each chunk over its WAN once. Each is given the site's whole policy;
 /// the mesh divides it between them. Returns once every one sees all its siblings.
 pub async fn site_reflectors(
-    seed: &LiveSeed,
+    seed: &TestSeed,
     site: &str,
     n: usize,
-    wan: SiteWan<'_>,
+    wan: SitePolicy<'_>,
 ) -> anyhow::Result<Vec<RunningReflector>> {
     site_reflectors_via(seed, site, n, wan, seed.seed.addr).await
 }
@@ -163,20 +62,20 @@ pub async fn site_reflectors(
 /// [`site_reflectors`] whose upstream is `upstream` (the site's end of an emulated WAN link
 /// to the seed) instead of the seed itself.
 pub async fn site_reflectors_via(
-    seed: &LiveSeed,
+    seed: &TestSeed,
     site: &str,
     n: usize,
-    wan: SiteWan<'_>,
+    wan: SitePolicy<'_>,
     upstream: SocketAddr,
 ) -> anyhow::Result<Vec<RunningReflector>> {
     use oasis_mesh::libp2p::multiaddr::Protocol;
     let mut out: Vec<RunningReflector> = Vec::new();
     let mut boot = Vec::new();
     for r in 0..n.max(1) {
-        let state = seed.enroll(Role::Reflector, &format!("{site}-reflector{r}"), site)?;
+        let state = seed.enroll_in_site(Role::Reflector, &format!("{site}-reflector{r}"), site)?;
         let mut cfg = ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, upstream.to_string());
         cfg.assignments_poll = Duration::ZERO;
-        if let SiteWan::Limit(w) = &wan {
+        if let SitePolicy::Limit(w) = &wan {
             cfg.wan = w.clone();
         }
         if n > 1 {
@@ -190,7 +89,7 @@ pub async fn site_reflectors_via(
             });
         }
         let refl = RunningReflector::start(cfg).await?;
-        if let SiteWan::Policy(p) = &wan {
+        if let SitePolicy::Policy(p) = &wan {
             refl.set_policy((*p).clone());
         }
         if r == 0 && n > 1 {
@@ -402,74 +301,4 @@ pub async fn full_fetch(
         progress: false,
     };
     fetch(&opts).await
-}
-
-/// Samples a byte counter every `every` until stopped: (seconds since `t0`, value).
-pub struct Sampler {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<(f64, u64)>>,
-}
-
-impl Sampler {
-    pub fn start(t0: Instant, every: Duration, read: impl Fn() -> u64 + Send + 'static) -> Sampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut out = vec![(t0.elapsed().as_secs_f64(), read())];
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            while !s.load(Ordering::Relaxed) {
-                tick.tick().await;
-                out.push((t0.elapsed().as_secs_f64(), read()));
-            }
-            out
-        });
-        Sampler { stop, task }
-    }
-
-    pub async fn stop(self) -> Vec<(f64, u64)> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap_or_default()
-    }
-}
-
-/// Rates over every window of `window` seconds between samples (start at each sample at or
-/// after `from`, end at the first sample `window` later, windows ending after the counter
-/// stopped growing are left out: the transfer was over). Returns (window start, bytes/s).
-pub fn window_rates(samples: &[(f64, u64)], window: f64, from: f64) -> Vec<(f64, f64)> {
-    let Some(&(_, last)) = samples.last() else { return Vec::new() };
-    let end = samples.iter().find(|s| s.1 >= last).map_or(0.0, |s| s.0);
-    let mut out = Vec::new();
-    let mut j = 0;
-    for (i, &(t, b)) in samples.iter().enumerate() {
-        if t < from {
-            continue;
-        }
-        j = j.max(i);
-        while j < samples.len() && samples[j].0 < t + window {
-            j += 1;
-        }
-        let Some(&(t2, b2)) = samples.get(j) else { break };
-        if t2 > end {
-            break;
-        }
-        out.push((t, (b2 - b) as f64 / (t2 - t)));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::window_rates;
-
-    #[test]
-    fn windows_cover_the_transfer_only() {
-        // 1 MB/s for 20 s, then idle for 5 s.
-        let s: Vec<(f64, u64)> =
-            (0..=25).map(|t| (t as f64, (t.min(20) as u64) * 1_000_000)).collect();
-        let w = window_rates(&s, 10.0, 1.0);
-        assert_eq!(w.first().map(|x| x.0), Some(1.0));
-        assert_eq!(w.last().map(|x| x.0), Some(10.0), "the last window ends when bytes stop");
-        assert!(w.iter().all(|x| (x.1 - 1e6).abs() < 1.0));
-    }
 }

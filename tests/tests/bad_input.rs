@@ -10,7 +10,7 @@ use oasis_core::pki::{Role, SeedAuthority};
 use oasis_core::store::ChunkStore;
 use oasis_core::wire::LayerRef;
 use oasis_endpoint::{fetch, FetchOptions};
-use oasis_tests::{random_tree, snapshot, TestSeed, TreeSpec};
+use oasis_testkit::{random_tree, snapshot, TestSeed, TreeSpec};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -154,7 +154,7 @@ async fn unsafe_or_badly_signed_manifests_are_refused_and_nothing_is_written() -
     let state = seed.enroll(Role::Endpoint, "ep")?;
     for (name, bytes, word) in cases {
         seed.seed.store.put_manifest_bytes(name, "1", &bytes)?;
-        let into = seed.dir.path().join(format!("root-{name}"));
+        let into = seed.base().join(format!("root-{name}"));
         std::fs::create_dir_all(&into)?;
         let err = fetch(&opts(&state, seed.seed.addr, name, &into)).await.unwrap_err();
         let msg = format!("{err:#}");
@@ -162,20 +162,20 @@ async fn unsafe_or_badly_signed_manifests_are_refused_and_nothing_is_written() -
         assert!(snapshot(&into).is_empty(), "{name}: something was written: {:?}", snapshot(&into));
     }
     assert!(!Path::new("/tmp/oasis-abs").exists());
-    assert!(!seed.dir.path().join("escape").exists());
+    assert!(!seed.base().join("escape").exists());
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_on_disk_symlink_is_never_written_through() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
-    let src = seed.dir.path().join("src");
+    let src = seed.base().join("src");
     random_tree(&src, 5, TreeSpec { small_files: 30, large_files: 0, large_size: 0, depth: 2 })?;
     seed.publish("base", "1", &src)?;
     let state = seed.enroll(Role::Endpoint, "ep")?;
-    let outside = seed.dir.path().join("outside");
+    let outside = seed.base().join("outside");
     std::fs::create_dir_all(&outside)?;
-    let root = seed.dir.path().join("root");
+    let root = seed.base().join("root");
     std::fs::create_dir_all(&root)?;
     // The layer has a directory "etc"; on disk "etc" is a symlink pointing outside the root.
     std::os::unix::fs::symlink(&outside, root.join("etc"))?;
@@ -230,7 +230,7 @@ impl ContentSource for CorruptingSource {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_chunks_are_refetched_and_never_written() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
-    let src = seed.dir.path().join("src");
+    let src = seed.base().join("src");
     random_tree(
         &src,
         9,
@@ -252,7 +252,7 @@ async fn corrupt_chunks_are_refetched_and_never_written() -> anyhow::Result<()> 
     ));
 
     let state = seed.enroll(Role::Endpoint, "ep")?;
-    let root = seed.dir.path().join("root");
+    let root = seed.base().join("root");
     let r = fetch(&opts(&state, addr, "base", &root)).await?;
     assert_eq!(snapshot(&root), snapshot(&src));
     assert_eq!(r.chunks_refetched, published.unique_chunks, "every chunk came bad once");
@@ -263,21 +263,21 @@ async fn corrupt_chunks_are_refetched_and_never_written() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_from_another_authority_is_refused_and_the_seed_stays_up() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
-    let src = seed.dir.path().join("src");
+    let src = seed.base().join("src");
     random_tree(&src, 1, TreeSpec { small_files: 10, large_files: 0, large_size: 0, depth: 1 })?;
     seed.publish("base", "1", &src)?;
     // An impostor enrolled by a different root of trust.
-    let other = seed.dir.path().join("other-seed");
+    let other = seed.base().join("other-seed");
     let rogue = SeedAuthority::init(&other)?;
-    let rogue_state = seed.dir.path().join("rogue");
+    let rogue_state = seed.base().join("rogue");
     rogue.enroll(Role::Endpoint, "rogue", None, &rogue_state, false)?;
-    let into = seed.dir.path().join("rogue-root");
+    let into = seed.base().join("rogue-root");
     let err = fetch(&opts(&rogue_state, seed.seed.addr, "base", &into)).await.unwrap_err();
     assert!(!format!("{err:#}").is_empty());
     assert!(!into.exists() || snapshot(&into).is_empty());
     // A properly enrolled endpoint is still served.
     let state = seed.enroll(Role::Endpoint, "good")?;
-    let root = seed.dir.path().join("root");
+    let root = seed.base().join("root");
     fetch(&opts(&state, seed.seed.addr, "base", &root)).await?;
     assert_eq!(snapshot(&root), snapshot(&src));
     Ok(())
@@ -287,10 +287,10 @@ async fn a_node_from_another_authority_is_refused_and_the_seed_stays_up() -> any
 async fn publishing_a_missing_or_special_source_stores_nothing() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
     let before = seed.seed.store.totals()?;
-    let err = seed.publish("base", "1", &seed.dir.path().join("no-such-dir")).unwrap_err();
+    let err = seed.publish("base", "1", &seed.base().join("no-such-dir")).unwrap_err();
     assert!(format!("{err:#}").contains("no-such-dir"), "{err:#}");
 
-    let src = seed.dir.path().join("src");
+    let src = seed.base().join("src");
     random_tree(
         &src,
         2,

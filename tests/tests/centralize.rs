@@ -13,7 +13,7 @@ use oasis_endpoint::session::Session;
 use oasis_endpoint::snapshot::Snapshot;
 use oasis_endpoint::upload::{self, UploadOptions};
 use oasis_seed::{publish, PublishOptions};
-use oasis_tests::{random_tree, snapshot as tree, TestSeed, TreeSpec};
+use oasis_testkit::{random_tree, snapshot as tree, TestSeed, TreeSpec};
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -56,7 +56,7 @@ fn user_files(root: &Path, seed: u64) {
 }
 
 fn enroll(seed: &TestSeed, name: &str, dir: &str) -> PathBuf {
-    let out = seed.dir.path().join(dir);
+    let out = seed.base().join(dir);
     SeedAuthority::load(&seed.data())
         .unwrap()
         .enroll(Role::Endpoint, name, Some("test"), &out, false)
@@ -113,20 +113,20 @@ struct Fixture {
 /// user files.
 async fn fixture() -> Fixture {
     let seed = TestSeed::start().await.unwrap();
-    let base_src = seed.dir.path().join("base1");
+    let base_src = seed.base().join("base1");
     random_tree(&base_src, 1, SMALL).unwrap();
     publish_kind(&seed, "base", "1", LayerKind::Base, &base_src);
-    let base2 = seed.dir.path().join("base2");
-    oasis_tests::copy_tree(&base_src, &base2).unwrap();
-    oasis_tests::mutate_tree(&base2).unwrap();
+    let base2 = seed.base().join("base2");
+    oasis_testkit::copy_tree(&base_src, &base2).unwrap();
+    oasis_testkit::mutate_tree(&base2).unwrap();
     std::fs::remove_file(base2.join("etc/empty")).unwrap();
     publish_kind(&seed, "base", "2", LayerKind::Base, &base2);
-    let app_src = seed.dir.path().join("office1");
+    let app_src = seed.base().join("office1");
     app_tree(&app_src);
     publish_kind(&seed, "office", "1", LayerKind::App, &app_src);
 
     let state = enroll(&seed, "laptop-1", "laptop-state");
-    let root = seed.dir.path().join("laptop-root");
+    let root = seed.base().join("laptop-root");
     std::fs::create_dir_all(&root).unwrap();
     user_files(&root, 9);
     apply_layers(&seed, &state, &root, "base@1", &["office@1"]).await;
@@ -220,7 +220,7 @@ async fn each_restore_mode_rebuilds_what_it_promises() {
 
     // full: the whole device, byte for byte, on a replacement machine with a fresh state dir.
     let state = enroll(&f.seed, "laptop-1", "replacement-full");
-    let new_root = f.seed.dir.path().join("restored-full");
+    let new_root = f.seed.base().join("restored-full");
     let r = restore::restore(&RestoreOptions::new(
         &state,
         f.seed.seed.addr,
@@ -241,7 +241,7 @@ async fn each_restore_mode_rebuilds_what_it_promises() {
 
     // user: the profile and data only; nothing of IT's, not the user's own applications.
     let state = enroll(&f.seed, "laptop-1", "replacement-user");
-    let new_root = f.seed.dir.path().join("restored-user");
+    let new_root = f.seed.base().join("restored-user");
     restore::restore(&RestoreOptions::new(
         &state,
         f.seed.seed.addr,
@@ -256,7 +256,7 @@ async fn each_restore_mode_rebuilds_what_it_promises() {
     // apps-and-user: the layers assigned now (base@2 + office@1) plus everything the user owned.
     let auth = SeedAuthority::load(&f.seed.data()).unwrap();
     let state = enroll(&f.seed, "laptop-1", "replacement-apps");
-    let new_root = f.seed.dir.path().join("restored-apps");
+    let new_root = f.seed.base().join("restored-apps");
     let pending = restore::provision(&ProvisionOptions {
         state_dir: state.clone(),
         seed: f.seed.seed.addr,
@@ -287,7 +287,7 @@ async fn each_restore_mode_rebuilds_what_it_promises() {
     .unwrap();
     assert_eq!(r.layers, ["base@2", "office@1"]);
     let got = tree(&new_root);
-    let mut want = tree(&f.seed.dir.path().join("base2"));
+    let mut want = tree(&f.seed.base().join("base2"));
     want.extend(tree(&f.app_src));
     want.extend(only(&original, user_part));
     assert_eq!(got, want, "apps-and-user = assigned layers + user data and applications");
@@ -297,14 +297,14 @@ async fn each_restore_mode_rebuilds_what_it_promises() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_device_is_provisioned_to_a_complete_device() {
     let seed = TestSeed::start().await.unwrap();
-    let base_src = seed.dir.path().join("base1");
+    let base_src = seed.base().join("base1");
     random_tree(&base_src, 3, SMALL).unwrap();
     publish_kind(&seed, "base", "1", LayerKind::Base, &base_src);
-    let app_src = seed.dir.path().join("office1");
+    let app_src = seed.base().join("office1");
     app_tree(&app_src);
     publish_kind(&seed, "office", "1", LayerKind::App, &app_src);
     let state = enroll(&seed, "kiosk-7", "kiosk-state");
-    let root = seed.dir.path().join("kiosk-root");
+    let root = seed.base().join("kiosk-root");
     let opts = ProvisionOptions {
         state_dir: state.clone(),
         seed: seed.seed.addr,

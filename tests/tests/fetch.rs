@@ -3,7 +3,7 @@
 
 use oasis_core::pki::Role;
 use oasis_endpoint::{fetch, FetchOptions};
-use oasis_tests::{copy_tree, mutate_tree, random_tree, snapshot, TestSeed, TreeSpec};
+use oasis_testkit::{copy_tree, mutate_tree, random_tree, snapshot, TestSeed, TreeSpec};
 use std::path::Path;
 
 fn opts(state: &Path, seed: &TestSeed, version: &str, into: &Path) -> FetchOptions {
@@ -21,7 +21,7 @@ fn opts(state: &Path, seed: &TestSeed, version: &str, into: &Path) -> FetchOptio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_trees_arrive_byte_identical() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
-    let src = seed.dir.path().join("src");
+    let src = seed.base().join("src");
     random_tree(
         &src,
         7,
@@ -34,7 +34,7 @@ async fn random_trees_arrive_byte_identical() -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for name in ["ep-a", "ep-b"] {
         let state = seed.enroll(Role::Endpoint, name)?;
-        let into = seed.dir.path().join(format!("{name}-root"));
+        let into = seed.base().join(format!("{name}-root"));
         let o = opts(&state, &seed, "1", &into);
         tasks.push(tokio::spawn(async move { (into, fetch(&o).await) }));
     }
@@ -61,21 +61,21 @@ async fn random_trees_arrive_byte_identical() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_two_moves_only_changed_chunks() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
-    let v1 = seed.dir.path().join("v1");
+    let v1 = seed.base().join("v1");
     random_tree(
         &v1,
         11,
         TreeSpec { small_files: 300, large_files: 3, large_size: 4 << 20, depth: 5 },
     )?;
     let p1 = seed.publish("base", "1", &v1)?;
-    let v2 = seed.dir.path().join("v2");
+    let v2 = seed.base().join("v2");
     copy_tree(&v1, &v2)?;
     mutate_tree(&v2)?;
     let p2 = seed.publish("base", "2", &v2)?;
     assert!(p2.new_bytes > 0 && p2.new_bytes < p1.stored_bytes / 10, "v2 adds little: {p2:?}");
 
     let state = seed.enroll(Role::Endpoint, "ep")?;
-    let root = seed.dir.path().join("root");
+    let root = seed.base().join("root");
     let r1 = fetch(&opts(&state, &seed, "1", &root)).await?;
     assert_eq!(r1.bytes_network, p1.stored_bytes);
     let before = seed.served_bytes();
@@ -88,7 +88,7 @@ async fn version_two_moves_only_changed_chunks() -> anyhow::Result<()> {
 
     // A second endpoint with an empty cache but v1 already on disk reuses those files.
     let state2 = seed.enroll(Role::Endpoint, "ep2")?;
-    let root2 = seed.dir.path().join("root2");
+    let root2 = seed.base().join("root2");
     copy_tree(&v1, &root2)?;
     let r3 = fetch(&opts(&state2, &seed, "2", &root2)).await?;
     assert_eq!(snapshot(&root2), snapshot(&v2));
@@ -105,15 +105,15 @@ async fn version_two_moves_only_changed_chunks() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_version_is_fetched_when_none_is_named() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
-    let v1 = seed.dir.path().join("v1");
+    let v1 = seed.base().join("v1");
     random_tree(&v1, 3, TreeSpec { small_files: 20, large_files: 0, large_size: 0, depth: 2 })?;
     seed.publish("base", "1", &v1)?;
-    let v2 = seed.dir.path().join("v2");
+    let v2 = seed.base().join("v2");
     copy_tree(&v1, &v2)?;
     mutate_tree(&v2)?;
     seed.publish("base", "2", &v2)?;
     let state = seed.enroll(Role::Endpoint, "ep")?;
-    let root = seed.dir.path().join("root");
+    let root = seed.base().join("root");
     let mut o = opts(&state, &seed, "x", &root);
     o.version = None;
     let r = fetch(&o).await?;

@@ -6,7 +6,7 @@ use oasis_core::manifest::BODY_CHUNKING;
 use oasis_core::pki::{NodeIdentity, Role};
 use oasis_core::wire::MAX_FRAME_BYTES;
 use oasis_endpoint::{fetch, FetchOptions, FetchReport};
-use oasis_tests::{copy_tree, snapshot, wide_tree, TestSeed};
+use oasis_testkit::{copy_tree, snapshot, wide_tree, TestSeed};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -41,11 +41,11 @@ async fn fetch_as(
     from: SocketAddr,
     version: &str,
 ) -> anyhow::Result<(std::path::PathBuf, FetchReport)> {
-    let state = seed.dir.path().join(format!("node-{endpoint}"));
+    let state = seed.base().join(format!("node-{endpoint}"));
     if !state.exists() {
         seed.enroll(Role::Endpoint, endpoint)?;
     }
-    let into = seed.dir.path().join(format!("{endpoint}-root"));
+    let into = seed.base().join(format!("{endpoint}-root"));
     let r = fetch(&opts(&state, from, version, &into)).await?;
     Ok((into, r))
 }
@@ -53,7 +53,7 @@ async fn fetch_as(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_larger_than_a_frame_passes_a_reflector_byte_identical() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
-    let src = seed.dir.path().join("src");
+    let src = seed.base().join("src");
     wide_tree(&src, ENTRIES)?;
     let published = seed.publish("usr", "1", &src)?;
     let key = *NodeIdentity::load(&seed.data())?.trust().manifest_key();
@@ -88,12 +88,12 @@ async fn a_manifest_larger_than_a_frame_passes_a_reflector_byte_identical() -> a
 async fn a_small_change_to_a_large_layer_moves_a_small_part_of_its_manifest() -> anyhow::Result<()>
 {
     let seed = TestSeed::start().await?;
-    let v1 = seed.dir.path().join("v1");
+    let v1 = seed.base().join("v1");
     let entries = delta_entries();
     wide_tree(&v1, entries)?;
     seed.publish("usr", "1", &v1)?;
     // v2: 100 files spread over the whole layer get new content.
-    let v2 = seed.dir.path().join("v2");
+    let v2 = seed.base().join("v2");
     copy_tree(&v1, &v2)?;
     let mut files: Vec<_> = snapshot(&v2).into_keys().filter(|p| p.ends_with(".mo")).collect();
     files.sort();

@@ -11,7 +11,7 @@ use oasis_mesh::libp2p::multiaddr::Protocol;
 use oasis_mesh::libp2p::Multiaddr;
 use oasis_mesh::{Holding, Mesh, MeshConfig};
 use oasis_reflector::{MeshSettings, ReflectorConfig, RunningReflector, WanLimit, WanSharing};
-use oasis_tests::{
+use oasis_testkit::{
     http_get, random_tree, snapshot, CorruptingSource, RateSampler, TestSeed, TreeSpec,
 };
 use std::net::SocketAddr;
@@ -44,7 +44,7 @@ async fn site_reflector(
     bootstrap: Vec<Multiaddr>,
     tweak: impl FnOnce(&mut ReflectorConfig),
 ) -> anyhow::Result<RunningReflector> {
-    let state = seed.dir.path().join(format!("node-{name}"));
+    let state = seed.base().join(format!("node-{name}"));
     if !state.join("node.key").exists() {
         seed.enroll_in_site(Role::Reflector, name, SITE)?;
     }
@@ -126,7 +126,7 @@ fn publish_tree(
     seed_n: u64,
     spec: TreeSpec,
 ) -> anyhow::Result<(PathBuf, oasis_seed::PublishReport)> {
-    let src = seed.dir.path().join(format!("src-{name}"));
+    let src = seed.base().join(format!("src-{name}"));
     random_tree(&src, seed_n, spec)?;
     let report = seed.publish(name, "1", &src)?;
     Ok((src, report))
@@ -143,7 +143,7 @@ async fn three_reflectors_of_a_site_pull_each_chunk_once() -> anyhow::Result<()>
     let mut fetches = Vec::new();
     for i in 0..10 {
         let state = seed.enroll_in_site(Role::Endpoint, &format!("ep{i}"), SITE)?;
-        let into = seed.dir.path().join(format!("ep{i}-root"));
+        let into = seed.base().join(format!("ep{i}-root"));
         let o = opts(&state, vec![refls[i % 3].addr], "base", &into);
         fetches.push(tokio::spawn(async move { fetch(&o).await.map(|r| (into, r)) }));
     }
@@ -183,7 +183,7 @@ async fn endpoint_survives_losing_its_reflector_mid_fetch() -> anyhow::Result<()
     // A WAN cap keeps the transfer going long enough to lose the reflector half-way.
     let refls = site_of(&seed, "k", 2, |c| c.wan = WanLimit::Flat(2_000_000)).await?;
     let state = seed.enroll_in_site(Role::Endpoint, "ep", SITE)?;
-    let into = seed.dir.path().join("ep-root");
+    let into = seed.base().join("ep-root");
     let o = opts(&state, vec![refls[0].addr, refls[1].addr, seed.seed.addr], "app", &into);
     let transfer = tokio::spawn(async move { fetch(&o).await });
     let used = refls[0].metrics.clone();
@@ -221,7 +221,7 @@ async fn a_siblings_prefetch_is_pulled_in_the_background_class() -> anyhow::Resu
     let seed = TestSeed::start().await?;
     let spec = TreeSpec { small_files: 20, large_files: 1, large_size: 1 << 20, depth: 1 };
     let (src, published) = publish_tree(&seed, "pre", 28, spec)?;
-    let policy = seed.dir.path().join("policy-bg.toml");
+    let policy = seed.base().join("policy-bg.toml");
     std::fs::write(&policy, "[wan]\nrate = \"20MB/s\"\nbackground_share = 0\n")?;
     let mut refls =
         site_of(&seed, "b", 2, |c| c.wan = WanLimit::PolicyFile(policy.clone())).await?;
@@ -238,7 +238,7 @@ async fn a_siblings_prefetch_is_pulled_in_the_background_class() -> anyhow::Resu
     let delegated = follower.stats.sibling_delegated.get();
     // The endpoint's fetch through the follower: foreground, admitted at once.
     let state = seed.enroll_in_site(Role::Endpoint, "bep", SITE)?;
-    let into = seed.dir.path().join("bep-root");
+    let into = seed.base().join("bep-root");
     let r = fetch(&opts(&state, vec![follower.addr], "pre", &into)).await?;
     eprintln!(
         "WAN bytes while only a sibling's prefetch asked: {during_prefetch} (background_share \
@@ -284,7 +284,7 @@ async fn losing_the_site_wan_leader_hands_the_wan_to_a_sibling() -> anyhow::Resu
     let mut fetches = Vec::new();
     for (i, r) in refls.iter().enumerate() {
         let state = seed.enroll_in_site(Role::Endpoint, &format!("lep{i}"), SITE)?;
-        let into = seed.dir.path().join(format!("lep{i}-root"));
+        let into = seed.base().join(format!("lep{i}-root"));
         let o = opts(&state, vec![r.addr], "lead", &into);
         fetches.push(tokio::spawn(async move { fetch(&o).await.map(|r| (into, r)) }));
     }
@@ -385,7 +385,7 @@ async fn site_cap(sharing: WanSharing, strict_low: bool) -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
     let spec = TreeSpec { small_files: 40, large_files: 8, large_size: 10 << 20, depth: 2 };
     let (src, published) = publish_tree(&seed, "big", 23, spec)?;
-    let policy = seed.dir.path().join("policy.toml");
+    let policy = seed.base().join("policy.toml");
     std::fs::write(&policy, "[wan]\nrate = \"3MB/s\"\nburst = \"256KiB\"\n")?;
     let refls = site_of(&seed, "w", 3, |c| {
         c.wan = WanLimit::PolicyFile(policy.clone());
@@ -400,7 +400,7 @@ async fn site_cap(sharing: WanSharing, strict_low: bool) -> anyhow::Result<()> {
     let mut fetches = Vec::new();
     for (i, r) in refls.iter().enumerate() {
         let state = seed.enroll_in_site(Role::Endpoint, &format!("ep{i}"), SITE)?;
-        let into = seed.dir.path().join(format!("ep{i}-root"));
+        let into = seed.base().join(format!("ep{i}-root"));
         let o = opts(&state, vec![r.addr], "big", &into);
         fetches.push(tokio::spawn(async move { fetch(&o).await.map(|r| (into, r)) }));
     }
@@ -530,7 +530,7 @@ async fn a_sibling_serving_corrupt_chunks_is_avoided() -> anyhow::Result<()> {
     }
 
     let state = seed.enroll_in_site(Role::Endpoint, "ep", SITE)?;
-    let into = seed.dir.path().join("ep-root");
+    let into = seed.base().join("ep-root");
     let r = fetch(&opts(&state, vec![good.addr], "base", &into)).await?;
     assert_eq!(snapshot(&into), snapshot(&src), "the layer arrived intact");
     assert_eq!(r.chunks_refetched, 0, "the endpoint never received a corrupt chunk");
@@ -547,7 +547,7 @@ async fn a_sibling_serving_corrupt_chunks_is_avoided() -> anyhow::Result<()> {
     // Once caught, the bad sibling is left out: another layer it claims to hold comes from the
     // WAN without a single request to it.
     let state2 = seed.enroll_in_site(Role::Endpoint, "ep2", SITE)?;
-    let into2 = seed.dir.path().join("ep2-root");
+    let into2 = seed.base().join("ep2-root");
     fetch(&opts(&state2, vec![good.addr], "other", &into2)).await?;
     assert_eq!(snapshot(&into2), snapshot(&src2));
     assert_eq!(asked_now.load(Ordering::Relaxed), asked, "the bad sibling was asked again");
@@ -565,7 +565,7 @@ async fn peer_id_is_stable_across_restarts() -> anyhow::Result<()> {
     let r = site_reflector(&seed, "stable", vec![], |_| {}).await?;
     let first = r.mesh().expect("mesh on").peer_id();
     r.stop().await;
-    let state = seed.dir.path().join("node-stable");
+    let state = seed.base().join("node-stable");
     assert_eq!(oasis_mesh::peer_id_of_state(&state)?, first, "`id` prints the running id");
     let r = site_reflector(&seed, "stable", vec![], |_| {}).await?;
     assert_eq!(r.mesh().expect("mesh on").peer_id(), first, "same peer id after a restart");
@@ -604,7 +604,7 @@ async fn a_gossip_flood_is_dropped_and_counted_while_serving_goes_on() -> anyhow
     let refl = site_reflector(&seed, "flooded", vec![], |_| {}).await?;
     let mesh = refl.mesh().expect("mesh on").clone();
     let timed_fetch = |name: &'static str| {
-        let (seed_dir, addr) = (seed.dir.path().to_path_buf(), refl.addr);
+        let (seed_dir, addr) = (seed.base().to_path_buf(), refl.addr);
         let state = seed.enroll_in_site(Role::Endpoint, &format!("ep-{name}"), SITE);
         async move {
             let into = seed_dir.join(format!("{name}-root"));
@@ -799,7 +799,7 @@ async fn reflectors_bootstrapped_from_the_seed_alone_find_each_other() -> anyhow
             }
         }
         let state = seed.enroll_in_site(Role::Endpoint, &format!("ep{i}"), SITE)?;
-        let into = seed.dir.path().join(format!("ep{i}-root"));
+        let into = seed.base().join(format!("ep{i}-root"));
         fetch(&opts(&state, vec![r.addr], "base", &into)).await?;
         assert_eq!(snapshot(&into), snapshot(&src));
     }

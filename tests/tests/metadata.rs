@@ -3,7 +3,7 @@
 
 use oasis_core::pki::Role;
 use oasis_endpoint::{fetch, FetchOptions};
-use oasis_tests::{snapshot_meta, TestSeed};
+use oasis_testkit::{snapshot_meta, TestSeed};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -69,7 +69,7 @@ async fn owners_modes_times_xattrs_and_hard_links_cross_seed_reflector_endpoint(
         return Ok(());
     }
     let seed = TestSeed::start().await?;
-    let src = seed.dir.path().join("src");
+    let src = seed.base().join("src");
     std::fs::create_dir_all(&src)?;
     if xattr::set(&src, "user.probe", b"1").is_err() {
         eprintln!("SKIPPED: {} takes no user.* xattrs", src.display());
@@ -82,7 +82,7 @@ async fn owners_modes_times_xattrs_and_hard_links_cross_seed_reflector_endpoint(
 
     let refl = seed.reflector("refl", |_| {}).await?;
     let state = seed.enroll(Role::Endpoint, "ep")?;
-    let into = seed.dir.path().join("into");
+    let into = seed.base().join("into");
     let r = fetch(&FetchOptions {
         state_dir: state,
         sources: vec![refl.addr],

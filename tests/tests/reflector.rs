@@ -11,7 +11,7 @@ use oasis_core::ChunkId;
 use oasis_endpoint::{fetch, FetchOptions, FetchReport};
 use oasis_reflector::{ConfigArgs, ReflectorConfig, RunningReflector, WanLimit};
 use oasis_seed::RunningSeed;
-use oasis_tests::{http_get, random_tree, snapshot, CorruptingSource, TestSeed, TreeSpec};
+use oasis_testkit::{http_get, random_tree, snapshot, CorruptingSource, TestSeed, TreeSpec};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,7 +53,7 @@ async fn fetch_fresh(
     version: Option<&str>,
 ) -> anyhow::Result<(PathBuf, FetchReport)> {
     let state = seed.enroll(Role::Endpoint, name)?;
-    let into = seed.dir.path().join(format!("{name}-root"));
+    let into = seed.base().join(format!("{name}-root"));
     let r = fetch(&opts(&state, from, layer, version, &into)).await?;
     Ok((into, r))
 }
@@ -87,7 +87,7 @@ async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_endpoints_cause_one_upstream_fetch_per_chunk() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
-    let src = seed.dir.path().join("src");
+    let src = seed.base().join("src");
     random_tree(
         &src,
         21,
@@ -105,7 +105,7 @@ async fn twenty_endpoints_cause_one_upstream_fetch_per_chunk() -> anyhow::Result
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for (i, state) in states.iter().enumerate() {
-        let into = seed.dir.path().join(format!("w1-{i}"));
+        let into = seed.base().join(format!("w1-{i}"));
         let o = opts(state, refl.addr, "base", Some("1"), &into);
         tasks.push(tokio::spawn(async move { (into, fetch(&o).await) }));
     }
@@ -153,7 +153,7 @@ async fn twenty_endpoints_cause_one_upstream_fetch_per_chunk() -> anyhow::Result
     let t1 = Instant::now();
     let mut tasks = Vec::new();
     for (i, state) in states.iter().enumerate() {
-        let into = seed.dir.path().join(format!("w2-{i}"));
+        let into = seed.base().join(format!("w2-{i}"));
         let o = opts(state, refl.addr, "base", Some("1"), &into);
         tasks.push(tokio::spawn(async move { (into, fetch(&o).await) }));
     }
@@ -174,7 +174,7 @@ async fn twenty_endpoints_cause_one_upstream_fetch_per_chunk() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_for_one_chunk_cause_one_upstream_fetch() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
-    let src = seed.dir.path().join("src");
+    let src = seed.base().join("src");
     random_tree(
         &src,
         12,
@@ -234,8 +234,8 @@ async fn concurrent_misses_for_one_chunk_cause_one_upstream_fetch() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eviction_honours_pins() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
-    let a_src = seed.dir.path().join("a");
-    let b_src = seed.dir.path().join("b");
+    let a_src = seed.base().join("a");
+    let b_src = seed.base().join("b");
     random_tree(
         &a_src,
         1,
@@ -298,8 +298,8 @@ async fn eviction_honours_pins() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_fills_the_cache_in_the_background() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
-    let a_src = seed.dir.path().join("a");
-    let b_src = seed.dir.path().join("b");
+    let a_src = seed.base().join("a");
+    let b_src = seed.base().join("b");
     random_tree(
         &a_src,
         31,
@@ -364,13 +364,13 @@ fn write_policy(path: &Path, rate: &str) -> anyhow::Result<()> {
 /// Upstream bytes per second over the next `over`.
 async fn measure(refl: &RunningReflector, over: Duration) -> f64 {
     let counter = refl.stats.upstream_bytes.clone();
-    oasis_tests::measure_rate(move || counter.get(), over).await
+    oasis_testkit::measure_rate(move || counter.get(), over).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_reload_changes_the_rate_mid_transfer() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
-    let src = seed.dir.path().join("src");
+    let src = seed.base().join("src");
     // 4 x 12 MiB files, half random: about 25 MB as stored.
     random_tree(
         &src,
@@ -378,7 +378,7 @@ async fn policy_reload_changes_the_rate_mid_transfer() -> anyhow::Result<()> {
         TreeSpec { small_files: 20, large_files: 4, large_size: 12 << 20, depth: 2 },
     )?;
     let published = seed.publish("big", "1", &src)?;
-    let policy = seed.dir.path().join("policy.toml");
+    let policy = seed.base().join("policy.toml");
     write_policy(&policy, "2MB/s")?;
     let refl = reflector(&seed, "refl", |c| {
         c.wan = WanLimit::PolicyFile(policy.clone());
@@ -389,7 +389,7 @@ async fn policy_reload_changes_the_rate_mid_transfer() -> anyhow::Result<()> {
     assert_eq!(scrape(&refl, "oasis_wan_rate_limit_bytes_per_second").await?, 2e6);
 
     let state = seed.enroll(Role::Endpoint, "ep")?;
-    let into = seed.dir.path().join("root");
+    let into = seed.base().join("root");
     let o = opts(&state, refl.addr, "big", Some("1"), &into);
     let transfer = tokio::spawn(async move { fetch(&o).await });
 
@@ -438,7 +438,7 @@ async fn policy_reload_changes_the_rate_mid_transfer() -> anyhow::Result<()> {
 #[ignore]
 async fn wan_rate_holds_over_ten_seconds() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
-    let src = seed.dir.path().join("src");
+    let src = seed.base().join("src");
     random_tree(
         &src,
         9,
@@ -447,7 +447,7 @@ async fn wan_rate_holds_over_ten_seconds() -> anyhow::Result<()> {
     seed.publish("big", "1", &src)?;
     let refl = reflector(&seed, "refl", |c| c.wan = WanLimit::Flat(2_000_000)).await?;
     let state = seed.enroll(Role::Endpoint, "ep")?;
-    let into = seed.dir.path().join("root");
+    let into = seed.base().join("root");
     let o = opts(&state, refl.addr, "big", Some("1"), &into);
     let transfer = tokio::spawn(async move { fetch(&o).await });
     // The flat policy's default 4 MiB burst goes first; measure after it.
@@ -462,8 +462,8 @@ async fn wan_rate_holds_over_ten_seconds() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_dying_mid_transfer_leaves_the_cache_serving() -> anyhow::Result<()> {
     let ts = TestSeed::start().await?;
-    let a_src = ts.dir.path().join("a");
-    let b_src = ts.dir.path().join("b");
+    let a_src = ts.base().join("a");
+    let b_src = ts.base().join("b");
     random_tree(
         &a_src,
         3,
@@ -489,7 +489,7 @@ async fn seed_dying_mid_transfer_leaves_the_cache_serving() -> anyhow::Result<()
 
     // Layer b is slow (4 MB/s); kill the seed in the middle of it.
     let state_b = ts.enroll(Role::Endpoint, "ep-b")?;
-    let into_b = ts.dir.path().join("b-root");
+    let into_b = ts.base().join("b-root");
     let o = opts(&state_b, refl.addr, "b", Some("1"), &into_b);
     let transfer = tokio::spawn(async move { fetch(&o).await });
     assert!(
@@ -497,9 +497,9 @@ async fn seed_dying_mid_transfer_leaves_the_cache_serving() -> anyhow::Result<()
             > upstream_a + b.stored_bytes / 4)
         .await
     );
-    let TestSeed { dir, seed } = ts;
+    let (seed, base, tmp) = ts.into_parts();
     let (data, addr, store, served_before) =
-        (dir.path().join("seed"), seed.addr, seed.store.clone(), seed.metrics.served_bytes.get());
+        (base.join("seed"), seed.addr, seed.store.clone(), seed.metrics.served_bytes.get());
     seed.shutdown();
     drop(seed);
     let died = Instant::now();
@@ -509,7 +509,7 @@ async fn seed_dying_mid_transfer_leaves_the_cache_serving() -> anyhow::Result<()
 
     // Cached layers are still served, and fast; "latest" falls back to the cached latest.
     let t = Instant::now();
-    let state = dir.path().join("ep-down");
+    let state = base.join("ep-down");
     oasis_core::pki::SeedAuthority::load(&data)?.enroll(
         Role::Endpoint,
         "ep-down",
@@ -517,7 +517,7 @@ async fn seed_dying_mid_transfer_leaves_the_cache_serving() -> anyhow::Result<()
         &state,
         false,
     )?;
-    let into = dir.path().join("down-root");
+    let into = base.join("down-root");
     let r = fetch(&opts(&state, refl.addr, "a", None, &into)).await?;
     assert_eq!(r.version, "1");
     assert_eq!(snapshot(&into), snapshot(&a_src));
@@ -544,7 +544,7 @@ async fn seed_dying_mid_transfer_leaves_the_cache_serving() -> anyhow::Result<()
         "reflector did not reconnect"
     );
     eprintln!("reconnected {:.1} s after the seed came back", back.elapsed().as_secs_f64());
-    let into = dir.path().join("b-root-2");
+    let into = base.join("b-root-2");
     let r = fetch(&opts(&state_b, refl.addr, "b", Some("1"), &into)).await?;
     assert_eq!(snapshot(&into), snapshot(&b_src));
     assert_eq!(r.chunks_refetched, 0);
@@ -558,14 +558,14 @@ async fn seed_dying_mid_transfer_leaves_the_cache_serving() -> anyhow::Result<()
     assert!(seed_total >= refl.stats.upstream_bytes.get());
     seed2.shutdown();
     refl.stop().await;
-    drop(dir);
+    drop(tmp);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_chunk_on_reflector_disk_is_refetched_never_served() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
-    let src = seed.dir.path().join("src");
+    let src = seed.base().join("src");
     random_tree(
         &src,
         8,
@@ -606,7 +606,7 @@ async fn corrupt_chunk_on_reflector_disk_is_refetched_never_served() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_chunks_from_upstream_are_refetched_never_served() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
-    let src = seed.dir.path().join("src");
+    let src = seed.base().join("src");
     random_tree(
         &src,
         13,
@@ -645,7 +645,7 @@ async fn corrupt_chunks_from_upstream_are_refetched_never_served() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_survives_restart_and_check_reaches_upstream() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
-    let src = seed.dir.path().join("src");
+    let src = seed.base().join("src");
     random_tree(
         &src,
         6,
@@ -702,7 +702,7 @@ async fn cache_survives_restart_and_check_reaches_upstream() -> anyhow::Result<(
 #[ignore]
 async fn cold_fetch_throughput() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
-    let src = seed.dir.path().join("src");
+    let src = seed.base().join("src");
     random_tree(
         &src,
         9,
@@ -739,7 +739,7 @@ async fn cold_fetch_throughput() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assigned_layers_are_pinned_and_prefetched() -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
-    let src = seed.dir.path().join("src");
+    let src = seed.base().join("src");
     random_tree(
         &src,
         21,
@@ -785,7 +785,7 @@ async fn fifty_endpoints_hold_the_wan_rate_over_any_ten_seconds() -> anyhow::Res
     use rand::{RngCore, SeedableRng};
     const RATE: f64 = 1e6;
     let seed = TestSeed::start().await?;
-    let src = seed.dir.path().join("src");
+    let src = seed.base().join("src");
     std::fs::create_dir_all(&src)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(50);
     for i in 0..12 {
@@ -811,10 +811,10 @@ async fn fifty_endpoints_hold_the_wan_rate_over_any_ten_seconds() -> anyhow::Res
     }
     let counter = refl.stats.upstream_bytes.clone();
     let sampler =
-        oasis_tests::RateSampler::start(move || counter.get(), Duration::from_millis(100));
+        oasis_testkit::RateSampler::start(move || counter.get(), Duration::from_millis(100));
     let mut tasks = Vec::new();
     for (i, state) in states.iter().enumerate() {
-        let into = seed.dir.path().join(format!("root-{i:02}"));
+        let into = seed.base().join(format!("root-{i:02}"));
         let o = opts(state, refl.addr, "base", Some("1"), &into);
         tasks.push(tokio::spawn(async move { (into, fetch(&o).await) }));
     }
@@ -860,7 +860,7 @@ async fn a_lossy_reordering_jittery_wan_delivers_byte_identical_and_is_counted(
 ) -> anyhow::Result<()> {
     use oasis_wanem::{EmulatorThread, WanSpec};
     let seed = TestSeed::start().await?;
-    let src = seed.dir.path().join("wan-src");
+    let src = seed.base().join("wan-src");
     random_tree(
         &src,
         31,

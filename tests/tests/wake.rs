@@ -11,7 +11,7 @@ use oasis_mesh::libp2p::multiaddr::Protocol;
 use oasis_mesh::libp2p::Multiaddr;
 use oasis_reflector::{MeshSettings, ReflectorConfig, RunningReflector};
 use oasis_seed::devices::Inventory;
-use oasis_tests::{random_tree, snapshot, TestSeed, TreeSpec};
+use oasis_testkit::{random_tree, snapshot, TestSeed, TreeSpec};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -292,7 +292,7 @@ async fn reflector(
     name: &str,
     tweak: impl FnOnce(&mut ReflectorConfig),
 ) -> anyhow::Result<RunningReflector> {
-    let state = seed.dir.path().join(format!("node-{name}"));
+    let state = seed.base().join(format!("node-{name}"));
     if !state.join("node.key").exists() {
         seed.enroll_in_site(Role::Reflector, name, "branch")?;
     }
@@ -391,7 +391,7 @@ async fn a_wake_goes_out_from_the_relay_on_the_targets_subnet_never_the_seed() {
     assert!(out[3].error.as_deref().unwrap().contains("not in the inventory"), "{:?}", out[3]);
 
     // An endpoint may register only itself.
-    let state = seed.dir.path().join("node-pc-b");
+    let state = seed.base().join("node-pc-b");
     let mut other = infos[1].clone();
     other.name = "pc-c".into();
     let err = register_as(&state, seed.seed.addr, &other).await.unwrap_err();
@@ -402,7 +402,7 @@ async fn a_wake_goes_out_from_the_relay_on_the_targets_subnet_never_the_seed() {
 #[tokio::test]
 async fn a_sleeping_endpoint_is_woken_for_its_delivery_window_and_fetches() {
     let seed = TestSeed::start().await.unwrap();
-    let src = seed.dir.path().join("src");
+    let src = seed.base().join("src");
     random_tree(
         &src,
         5,
@@ -420,8 +420,8 @@ async fn a_sleeping_endpoint_is_woken_for_its_delivery_window_and_fetches() {
         .assign("branch", "base", "1", Some(&window))
         .unwrap();
     let state = seed.enroll_in_site(Role::Endpoint, "pc-sleepy", "branch").unwrap();
-    let into = seed.dir.path().join("root");
-    let refl_state = seed.dir.path().join("node-refl");
+    let into = seed.base().join("root");
+    let refl_state = seed.base().join("node-refl");
     // Batches of one, a short online timeout so a lost machine fails within the test.
     let r = reflector(&seed, "refl", |c| {
         c.wake.schedule.batch_size = 1;
@@ -572,7 +572,7 @@ async fn reflectors_of_a_site_share_the_inventory_over_the_mesh_even_without_the
     seed.seed.shutdown();
     let (nic, info) = machine(&seed, "pc-gossip", "10.4.0.7/24", a.addr).await;
 
-    let b_state = seed.dir.path().join("node-inv-b");
+    let b_state = seed.base().join("node-inv-b");
     wait_for("inv-b to learn pc-gossip by gossip", || {
         inventory_of(&b_state).iter().any(|d| d.info.name == "pc-gossip")
     })
@@ -607,7 +607,7 @@ async fn reflectors_of_a_site_share_the_inventory_over_the_mesh_even_without_the
         gossip_count(&a, "out") >= out0 + 3
     })
     .await;
-    let c_state = seed.dir.path().join("node-inv-other");
+    let c_state = seed.base().join("node-inv-other");
     assert!(
         !inventory_of(&c_state).iter().any(|d| d.info.name == "pc-gossip"),
         "a reflector of another site learnt a device of branch"
@@ -649,7 +649,7 @@ async fn inventory_gossip_from_outside_the_site_is_dropped_and_counted() {
     let seed = TestSeed::start().await.unwrap();
     let a = reflector(&seed, "inv-target", |c| c.mesh = Some(loopback_mesh(vec![]))).await.unwrap();
     let addr = mesh_addr(&a, true).await;
-    let a_state = seed.dir.path().join("node-inv-target");
+    let a_state = seed.base().join("node-inv-target");
     let metrics = a.mesh().expect("mesh on").metrics().clone();
 
     // Two enrolled nodes that are not reflectors of branch: a reflector of another site and an

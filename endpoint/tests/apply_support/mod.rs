@@ -5,7 +5,7 @@
 use oasis_core::manifest::LayerKind;
 use oasis_core::pki::{Role, SeedAuthority};
 use oasis_seed::{publish, PublishOptions};
-use oasis_tests::TestSeed;
+use oasis_testkit::TestSeed;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -22,13 +22,13 @@ impl Device {
     pub async fn new() -> Device {
         let seed = TestSeed::start().await.expect("seed starts");
         let state = seed.enroll(Role::Endpoint, "pc-1").expect("enroll");
-        let root = seed.dir.path().join("device-root");
+        let root = seed.base().join("device-root");
         std::fs::create_dir_all(&root).unwrap();
         Device { seed, state, root }
     }
 
     pub fn tmp(&self, name: &str) -> PathBuf {
-        self.seed.dir.path().join(name)
+        self.seed.base().join(name)
     }
 
     pub fn publish(&self, name: &str, version: &str, kind: LayerKind, src: &Path) {
@@ -107,7 +107,7 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
 pub fn expected_it(srcs: &[&Path]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for s in srcs {
-        out.extend(oasis_tests::snapshot(s));
+        out.extend(oasis_testkit::snapshot(s));
     }
     out
 }

@@ -18,7 +18,7 @@
 //!   fetch`), each its own child process: peak RSS (VmHWM) and wall time of each.
 
 use crate::bench::{median, timed};
-use crate::live::{self, LiveSeed};
+use crate::live::{self, TestSeed};
 use crate::sample::SplitMix;
 use anyhow::Context;
 use oasis_core::fsmeta::{apply_meta, MetaReport, Writer};
@@ -318,18 +318,18 @@ async fn bench_one(
         "body_stored_bytes": body_stored,
     });
     drop(sm);
-    let live = LiveSeed { seed, auth, base: work.to_path_buf() };
+    let seed = TestSeed::from_parts(seed, auth, work);
 
     // 2. A reflector in front of the seed, warmed by one endpoint's fetch.
-    let refl = live.reflector("tree-reflector", "bench", WanLimit::Unlimited).await?;
-    let warm_ep = live.enroll(Role::Endpoint, "tree-warm", "bench")?;
+    let refl = live::site_reflector(&seed, "tree-reflector", "bench", WanLimit::Unlimited).await?;
+    let warm_ep = seed.enroll_in_site(Role::Endpoint, "tree-warm", "bench")?;
     let into = work.join("fetched");
     let t = Instant::now();
     live::full_fetch(&warm_ep, vec![refl.addr], LAYER, VERSION, &into)
         .await
         .context("warming the reflector with one endpoint fetch")?;
     let cold_fetch = t.elapsed().as_secs_f64();
-    let wan_cold = Wan::read(&refl, &live.seed);
+    let wan_cold = Wan::read(&refl, &seed.seed);
     remove(&into)?;
     remove(&warm_ep.join("cache"))?;
     say(json, &format!("tree [{label}]: reflector warmed by a fetch of {cold_fetch:.2} s"));
@@ -337,7 +337,7 @@ async fn bench_one(
     // 3. Fetch through the warm reflector by a second endpoint (empty cache, empty directory)
     //    vs rsync -a from a daemon.
     let daemon = RsyncDaemon::start(src, work)?;
-    let ep = live.enroll(Role::Endpoint, "tree-ep2", "bench")?;
+    let ep = seed.enroll_in_site(Role::Endpoint, "tree-ep2", "bench")?;
     let rsync_dst = work.join("rsync");
     let (mut ours, mut rs) = (Vec::new(), Vec::new());
     let mut fetch_phases: Vec<[f64; 5]> = Vec::new();
@@ -377,11 +377,11 @@ async fn bench_one(
         }
     }
     drop(daemon);
-    let wan_fetch = Wan::read(&refl, &live.seed).since(wan_cold);
+    let wan_fetch = Wan::read(&refl, &seed.seed).since(wan_cold);
 
     // 4. Apply onto an empty root from the warm reflector: a fresh device each run (empty
     //    chunk store, no layers, no snapshots).
-    let dev = live.enroll(Role::Endpoint, "tree-device", "bench")?;
+    let dev = seed.enroll_in_site(Role::Endpoint, "tree-device", "bench")?;
     let root = work.join("root");
     let apply_opts = ApplyOptions {
         state_dir: dev.clone(),
@@ -396,7 +396,7 @@ async fn bench_one(
     let mut apply_phases: Vec<[f64; 6]> = Vec::new();
     let mut applied_count = None;
     let mut apply_written = 0;
-    let before_apply = Wan::read(&refl, &live.seed);
+    let before_apply = Wan::read(&refl, &seed.seed);
     // An apply that runs out of file descriptors is reported as such, then measured again
     // with the limit raised (and put back after) where this process may raise it, so the
     // table shows both; where it may not, there are no apply figures.
@@ -453,10 +453,10 @@ async fn bench_one(
     if let (Some((_, Some(_))), Some(l)) = (&emfile, limit) {
         set_nofile(l).context("putting RLIMIT_NOFILE back")?;
     }
-    let wan_apply = Wan::read(&refl, &live.seed).since(before_apply);
+    let wan_apply = Wan::read(&refl, &seed.seed).since(before_apply);
     remove(&root)?;
     refl.stop().await;
-    live.seed.shutdown();
+    seed.seed.shutdown();
 
     let (c, cs, p, f, r, a) = (
         median(cp.clone()),

@@ -1,0 +1,16 @@
+//! The harness the workspace's tests, benchmarks and the simulator's live runs share: a real
+//! seed on 127.0.0.1 with its authority and the nodes it enrolls ([`seed`]), trees to publish
+//! and compare ([`trees`]), misbehaving sources ([`sources`]) and byte-counter samplers
+//! ([`rates`]). A development crate: no daemon depends on it.
+
+pub mod rates;
+pub mod seed;
+pub mod sources;
+pub mod trees;
+
+pub use rates::{measure_rate, window_rates, RateSampler, Samples};
+pub use seed::{http_get, TestSeed};
+pub use sources::CorruptingSource;
+pub use trees::{
+    copy_tree, mutate_tree, random_tree, snapshot, snapshot_meta, wide_tree, TreeSpec,
+};
