@@ -29,6 +29,10 @@ pub const MAX_SOURCES: usize = 256;
 pub enum ConfigError {
     #[error("config file {path}: {problem}")]
     Read { path: PathBuf, problem: String },
+    /// Not TOML, or values the config's types refuse; `problem` starts with where (" line L,
+    /// column C: ...").
+    #[error("config file {path}{problem}")]
+    Toml { path: PathBuf, problem: String },
     #[error("config file {path} line {line}: {key} {problem}")]
     Key { path: PathBuf, line: usize, key: &'static str, problem: String },
 }
@@ -74,9 +78,9 @@ impl EndpointConfig {
 
     /// Parses the text of the file at `path` (named in errors).
     pub fn parse(path: &Path, text: &str) -> Result<EndpointConfig, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Read {
-            path: path.to_path_buf(),
-            problem: e.to_string().trim_end().to_string(),
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            let p = oasis_core::file_errors::TomlProblem::of(text, &e);
+            ConfigError::Toml { path: path.to_path_buf(), problem: p.describe("") }
         })?;
         let key_err = |key: &'static str, span: std::ops::Range<usize>, problem: String| {
             let line = oasis_core::file_errors::line_of(text, span.start);
@@ -201,7 +205,8 @@ mod tests {
         let e = parse("sources = [\"bad host:1\"]").unwrap_err().to_string();
         assert!(e.contains("is not HOST:PORT"), "{e}");
         let e = parse("sources = \"10.0.0.5:7443\"").unwrap_err().to_string();
-        assert!(e.starts_with("config file /st/endpoint.toml:") && e.contains("sources"), "{e}");
+        assert!(e.starts_with("config file /st/endpoint.toml line 1, column 11: "), "{e}");
+        assert!(e.contains("expected a sequence (at `sources = \"10.0.0.5:7443\"`)"), "{e}");
         let e = parse("source = []").unwrap_err().to_string();
         assert!(e.contains("source"), "{e}");
     }

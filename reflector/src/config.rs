@@ -309,7 +309,8 @@ impl ConfigArgs {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
                 let file: FileConfig = toml::from_str(&text).map_err(|e| {
-                    format!("config file {}: {}", path.display(), e.to_string().trim_end())
+                    let origin = format!("config file {}", path.display());
+                    oasis_core::file_errors::TomlProblem::of(&text, &e).describe(&origin)
                 })?;
                 let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
                 (file, text, base)

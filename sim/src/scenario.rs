@@ -162,8 +162,7 @@ impl Scenario {
     ) -> Result<Scenario, ScenarioError> {
         let doc = Doc { origin, text, dir: dir.map(Path::to_path_buf).unwrap_or_default() };
         let root = DeTable::parse(text).map_err(|e| {
-            let at = e.span().map(|s| format!(" line {}", doc.line(&s))).unwrap_or_default();
-            ScenarioError(format!("{origin}{at}: not valid TOML: {}", e.message().trim()))
+            ScenarioError(oasis_proto::file_errors::TomlProblem::of(text, &e).describe(origin))
         })?;
         let span = root.span();
         let root = Tbl { doc: &doc, path: String::new(), t: root.get_ref(), span };

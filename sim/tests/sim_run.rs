@@ -283,7 +283,7 @@ fn malformed_scenarios_name_key_and_line() {
     assert!(e.contains("policy is missing"), "{e}");
 
     let e = err("name = \"x\"\nnot toml at all\n");
-    assert!(e.starts_with("branch-50.toml line 2: not valid TOML"), "{e}");
+    assert!(e.starts_with("branch-50.toml line 2, column 5: not valid TOML"), "{e}");
 }
 
 #[test]

@@ -67,19 +67,6 @@ fn join(path: &str, key: &str) -> String {
 }
 
 /// toml's message plus the short piece of text it points at, e.g. "duplicate key (at `rate`)".
-fn with_excerpt(message: &str, text: &str, span: Option<Range<usize>>) -> String {
-    let excerpt = span.and_then(|s| text.get(s)).map(str::trim).unwrap_or("");
-    if excerpt.is_empty()
-        || excerpt.len() > 60
-        || excerpt.contains('\n')
-        || message.contains(excerpt)
-    {
-        message.to_string()
-    } else {
-        format!("{message} (at `{excerpt}`)")
-    }
-}
-
 /// What a value looks like, for "… must be a string, not an integer" messages. Shared with
 /// other TOML readers (the simulator's scenarios) so their messages read the same.
 pub fn shown(v: &DeValue<'_>) -> String {
@@ -97,20 +84,12 @@ pub fn shown(v: &DeValue<'_>) -> String {
 pub(crate) fn parse_policy(text: &str, origin: &str) -> Result<BandwidthPolicy, PolicyError> {
     let cx = Cx { origin, text };
     let root = DeTable::parse(text).map_err(|e| {
-        let (line, column) = match e.span() {
-            Some(span) => {
-                let line = cx.line_of(&span);
-                let line_start =
-                    text[..span.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
-                (Some(line), Some(text[line_start..span.start.min(text.len())].chars().count() + 1))
-            }
-            None => (None, None),
-        };
+        let p = crate::file_errors::TomlProblem::of(text, &e);
         PolicyError::Syntax {
             origin: origin.to_string(),
-            line,
-            column,
-            message: with_excerpt(e.message().trim(), text, e.span()),
+            line: p.line,
+            column: p.column,
+            message: p.message,
         }
     })?;
 
