@@ -10,12 +10,11 @@
 
 use crate::wake::WakeNode;
 use oasis_mesh::MeshHandle;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Runs until the mesh task stops.
-pub(crate) async fn run(wake: Arc<WakeNode>, mesh: MeshHandle, every: Duration) {
-    wake.set_mesh(mesh.clone());
+pub(crate) async fn run(wake: WakeNode, mesh: MeshHandle, every: Duration) {
+    wake.set_mesh(mesh.clone()).await;
     let mut inbound = mesh.subscribe_devices();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -23,7 +22,7 @@ pub(crate) async fn run(wake: Arc<WakeNode>, mesh: MeshHandle, every: Duration) 
         tokio::select! {
             batch = inbound.recv() => match batch {
                 Some(b) => {
-                    let n = wake.learn_from_sibling(&b.sender, &b.records);
+                    let n = wake.learn_from_sibling(&b.sender, b.records.clone()).await;
                     tracing::debug!(from = %b.sender, records = b.records.len(), learnt = n, "inventory gossip");
                 }
                 None => {
@@ -31,7 +30,7 @@ pub(crate) async fn run(wake: Arc<WakeNode>, mesh: MeshHandle, every: Duration) 
                     return;
                 }
             },
-            _ = tick.tick() => mesh.announce_devices(wake.site_records()),
+            _ = tick.tick() => mesh.announce_devices(wake.site_records().await),
         }
     }
 }

@@ -119,7 +119,7 @@ pub(crate) struct Reflector {
     /// The mesh side (None when the mesh is off).
     siblings: Option<Arc<Siblings>>,
     /// Inventory, wake relay and scheduled delivery.
-    wake: Arc<crate::wake::WakeNode>,
+    wake: crate::wake::WakeNode,
     /// Work spawned on behalf of requests (manifest fetches, pulls ahead, chunk-list reads);
     /// stopping waits for it.
     tasks: TaskTracker,

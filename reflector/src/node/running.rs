@@ -106,21 +106,19 @@ impl RunningReflector {
             ),
             None => None,
         };
-        let wake = {
+        let (wake, wake_task) = {
             let policy = policy.clone();
-            Arc::new(
-                crate::wake::WakeNode::new(
-                    &identity,
-                    &config.state,
-                    cache.store.db(),
-                    addr,
-                    upstream.clone(),
-                    config.wake.clone(),
-                    Box::new(move || policy.timezone()),
-                    &node_metrics,
-                )
-                .context("setting up the wake state directory")?,
+            crate::wake::WakeNode::new(
+                &identity,
+                &config.state,
+                cache.store.db(),
+                addr,
+                upstream.clone(),
+                config.wake.clone(),
+                Box::new(move || policy.timezone()),
+                &node_metrics,
             )
+            .context("setting up the wake state directory")?
         };
         let inner = Arc::new(Reflector {
             cfg: config.clone(),
@@ -136,7 +134,7 @@ impl RunningReflector {
             wake: wake.clone(),
             tasks: work.clone(),
         });
-        let (tasks, cancel) = spawn_tasks(&config, &inner, &endpoint, &node_metrics);
+        let (tasks, cancel) = spawn_tasks(&config, &inner, &endpoint, &node_metrics, wake_task);
         tracing::info!(
             %addr,
             upstream = %config.upstream,
@@ -369,6 +367,7 @@ fn spawn_tasks(
     inner: &Arc<Reflector>,
     endpoint: &quinn::Endpoint,
     node_metrics: &Arc<NodeMetrics>,
+    wake_task: crate::wake::WakeTask,
 ) -> (JoinSet<()>, CancellationToken) {
     let (upstream, fetcher, cache, policy, wake, siblings) = (
         &inner.upstream,
@@ -429,7 +428,7 @@ fn spawn_tasks(
         let gossip = crate::inventory_gossip::run(wake.clone(), s.mesh.clone(), every);
         spawn_task(&mut tasks, &cancel, "inventory-gossip", gossip);
     }
-    spawn_task(&mut tasks, &cancel, "wake", wake.clone().run());
+    spawn_task(&mut tasks, &cancel, "wake", wake_task.run());
     // Not cancelled: `serve` ends when the endpoint closes, once its connections have.
     tasks.spawn(
         net::serve(

@@ -64,7 +64,7 @@ impl ContentSource for ReflectorSource {
         &self,
         peer: &PeerInfo,
     ) -> Result<Vec<oasis_core::wire::Assignment>, SourceError> {
-        Ok(self.0.wake.assignments(peer))
+        Ok(self.0.wake.assignments(peer).await)
     }
 }
 
@@ -81,7 +81,7 @@ impl InventorySource for ReflectorSource {
         &self,
         peer: &PeerInfo,
     ) -> Result<Vec<oasis_core::wake::DeviceEntry>, SourceError> {
-        self.0.wake.devices(peer)
+        self.0.wake.devices(peer).await
     }
 
     async fn wake(

@@ -3,21 +3,20 @@
 
 use super::*;
 
-impl WakeNode {
-    /// Starts runs for windows that are open, feeds them what the inventory shows, sends the
-    /// wakes that are due and records the results.
-    pub(super) async fn drive_runs(&self, assignments: &[oasis_core::wire::Assignment]) {
+impl WakeState {
+    /// Starts runs for the assignments whose windows are open, feeds them what the inventory
+    /// shows, and returns the machines whose wakes are due.
+    pub(super) fn drive_runs(&mut self, fixed: &Fixed) -> Vec<String> {
         let now_ts = jiff::Timestamp::now();
         let now = schedule::since_epoch(now_ts);
         let tz_name = (self.timezone)();
         // The policy's own zone grammar (IANA names, "UTC", "+02:00"); the name passed it when
         // the policy was loaded.
         let tz = oasis_core::policy::time_zone(&tz_name).unwrap_or(jiff::tz::TimeZone::UTC);
-        let devices: Vec<DeviceEntry> =
-            self.devices.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let devices: Vec<&DeviceEntry> = self.devices.values().collect();
         {
-            let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-            for a in assignments.iter().filter(|a| !a.window.is_empty()) {
+            let runs = &mut self.runs;
+            for a in self.assignments.iter().filter(|a| !a.window.is_empty()) {
                 let (start, end) = match schedule::window_at(&a.window, &tz, now_ts) {
                     Ok(w) => w,
                     Err(e) => {
@@ -32,7 +31,7 @@ impl WakeNode {
                 }
                 let machines: Vec<String> = devices
                     .iter()
-                    .filter(|d| d.info.name != self.me.name && !d.info.macs.is_empty())
+                    .filter(|d| d.info.name != fixed.me.name && !d.info.macs.is_empty())
                     .filter(|d| d.info.role == "endpoint" || d.info.role == "reflector")
                     .map(|d| d.info.name.clone())
                     .collect();
@@ -41,7 +40,7 @@ impl WakeNode {
                     machines,
                     schedule::since_epoch(start),
                     Some(schedule::since_epoch(end)),
-                    self.settings.schedule,
+                    fixed.settings.schedule,
                 );
                 // Machines that already hold the layer need no wake.
                 for d in &devices {
@@ -60,49 +59,44 @@ impl WakeNode {
             }
         }
         let mut to_wake: BTreeSet<String> = BTreeSet::new();
-        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        {
-            let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-            for r in runs.iter_mut().filter(|r| !r.run.is_done()) {
-                for d in &devices {
-                    let Some(m) = r.run.results().iter().find(|m| m.name == d.info.name) else {
-                        continue;
-                    };
-                    // Registered here after the wake, or (at a sibling) a later second.
-                    let seen_after_wake = m.woken_at.is_some_and(|w| {
-                        seen.get(&d.info.name).is_some_and(|t| t.as_secs_f64() >= w)
-                            || d.last_seen as f64 > w.floor()
-                    });
-                    if seen_after_wake {
-                        r.run.online(&d.info.name, now);
-                        if d.info.role == "reflector" || d.info.held.contains(&r.layer) {
-                            r.run.delivered(&d.info.name, now);
-                        }
+        let seen = &self.seen;
+        for r in self.runs.iter_mut().filter(|r| !r.run.is_done()) {
+            for d in &devices {
+                let Some(m) = r.run.results().iter().find(|m| m.name == d.info.name) else {
+                    continue;
+                };
+                // Registered here after the wake, or (at a sibling) a later second.
+                let seen_after_wake = m.woken_at.is_some_and(|w| {
+                    seen.get(&d.info.name).is_some_and(|t| t.as_secs_f64() >= w)
+                        || d.last_seen as f64 > w.floor()
+                });
+                if seen_after_wake {
+                    r.run.online(&d.info.name, now);
+                    if d.info.role == "reflector" || d.info.held.contains(&r.layer) {
+                        r.run.delivered(&d.info.name, now);
                     }
                 }
-                to_wake.extend(r.run.poll(now));
             }
+            to_wake.extend(r.run.poll(now));
         }
-        if !to_wake.is_empty() {
-            let names: Vec<String> = to_wake.into_iter().collect();
-            tracing::info!(machines = ?names, "waking a batch");
-            let failures = self.wake_names(&names).await;
-            let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-            for (name, reason) in failures {
-                tracing::warn!(device = %name, %reason, "wake failed");
-                for r in runs.iter_mut() {
-                    r.run.wake_failed(&name, reason.clone());
-                }
-            }
-        }
-        self.record_runs();
+        to_wake.into_iter().collect()
     }
 
-    pub(super) fn record_runs(&self) {
-        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+    /// The wakes of a batch that failed, as (machine, reason).
+    pub(super) fn wake_failed(&mut self, failures: Vec<(String, String)>) {
+        for (name, reason) in failures {
+            tracing::warn!(device = %name, %reason, "wake failed");
+            for r in self.runs.iter_mut() {
+                r.run.wake_failed(&name, reason.clone());
+            }
+        }
+    }
+
+    /// Counts what the runs reached in the metrics and writes `runs.json`.
+    pub(super) fn record_runs(&mut self, metrics: &WakeMetrics) {
         let mut active = 0;
         let mut out = Vec::new();
-        for r in runs.iter_mut() {
+        for r in self.runs.iter_mut() {
             if !r.run.is_done() {
                 active += 1;
             }
@@ -128,10 +122,10 @@ impl WakeNode {
                     }
                     if r.counted.insert((m.name.clone(), s)) {
                         match *s {
-                            "woken" => self.metrics.woken.inc(),
-                            "online" => self.metrics.online.inc(),
-                            "delivered" => self.metrics.delivered.inc(),
-                            _ => self.metrics.failed.inc(),
+                            "woken" => metrics.woken.inc(),
+                            "online" => metrics.online.inc(),
+                            "delivered" => metrics.delivered.inc(),
+                            _ => metrics.failed.inc(),
                         };
                     }
                 }
@@ -150,10 +144,10 @@ impl WakeNode {
                     .collect(),
             });
         }
-        self.metrics.runs_active.set(active);
+        metrics.runs_active.set(active);
         // Finished runs older than a day are dropped from memory.
         let cutoff = unix_now().saturating_sub(86_400);
-        runs.retain(|r| !r.run.is_done() || r.end > cutoff);
+        self.runs.retain(|r| !r.run.is_done() || r.end > cutoff);
         if let Err(e) = write_json(&self.dir.join("runs.json"), &out) {
             tracing::warn!(error = %e, "cannot write the wake run status");
         }

@@ -4,9 +4,9 @@
 
 use super::*;
 
-impl WakeNode {
+impl WakeState {
     /// Persists `changed` entries in the sled tree, then exports the whole inventory file.
-    pub(super) fn save_devices(&self, changed: &[DeviceEntry]) {
+    fn save_devices(&self, changed: &[DeviceEntry]) {
         let stored = changed.iter().try_for_each(|d| -> Result<(), String> {
             let v = serde_json::to_vec(d).map_err(|e| e.to_string())?;
             self.tree.insert(d.info.name.as_bytes(), v).map_err(|e| e.to_string())?;
@@ -16,33 +16,23 @@ impl WakeNode {
         {
             tracing::warn!(error = %e, "cannot store the device inventory");
         }
-        let list: Vec<DeviceEntry> =
-            self.devices.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let list: Vec<&DeviceEntry> = self.devices.values().collect();
         if let Err(e) = write_json(&self.dir.join("devices.json"), &list) {
             tracing::warn!(error = %e, "cannot write the device inventory file");
         }
     }
 
-    /// Merges entries learnt elsewhere (the seed, a sibling) by last-seen; returns those that
-    /// replaced what was known. This reflector's own entry is never taken from others.
-    pub(super) fn merge(&self, entries: Vec<DeviceEntry>) -> Vec<DeviceEntry> {
-        let changed = self.merge_in_memory(entries);
-        self.save_devices(&changed);
-        changed
-    }
-
-    /// [`Self::merge`] without persisting: the caller saves once it has counted the change.
-    pub(super) fn merge_in_memory(&self, entries: Vec<DeviceEntry>) -> Vec<DeviceEntry> {
+    /// Merges entries learnt elsewhere (the seed, a sibling) by last-seen, without persisting;
+    /// returns those that replaced what was known. This reflector's own entry is never taken
+    /// from others.
+    fn merge_in_memory(&mut self, me: &str, entries: Vec<DeviceEntry>) -> Vec<DeviceEntry> {
         let mut changed = Vec::new();
-        {
-            let mut d = self.devices.lock().unwrap_or_else(|e| e.into_inner());
-            for e in entries {
-                if e.info.name != self.me.name
-                    && oasis_core::gossip::inventory::supersedes(d.get(&e.info.name), &e)
-                {
-                    d.insert(e.info.name.clone(), e.clone());
-                    changed.push(e);
-                }
+        for e in entries {
+            if e.info.name != me
+                && oasis_core::gossip::inventory::supersedes(self.devices.get(&e.info.name), &e)
+            {
+                self.devices.insert(e.info.name.clone(), e.clone());
+                changed.push(e);
             }
         }
         changed
@@ -50,40 +40,90 @@ impl WakeNode {
 
     /// Device records gossiped by a verified reflector of this site (checked by the mesh):
     /// merged by last-seen. Records of another site are ignored here too.
-    pub fn learn_from_sibling(&self, sender: &str, records: &[InventoryRecord]) -> usize {
+    pub(super) fn learn_from_sibling(
+        &mut self,
+        fixed: &Fixed,
+        sender: &str,
+        records: &[InventoryRecord],
+    ) -> usize {
         let entries: Vec<DeviceEntry> = records
             .iter()
-            .filter(|r| Some(&r.site) == self.me.site.as_ref() && r.check().is_ok())
+            .filter(|r| Some(&r.site) == fixed.me.site.as_ref() && r.check().is_ok())
             .map(InventoryRecord::to_entry)
             .collect();
-        let changed = self.merge_in_memory(entries);
+        let changed = self.merge_in_memory(&fixed.me.name, entries);
         if !changed.is_empty() {
             let names: Vec<&str> = changed.iter().map(|d| d.info.name.as_str()).collect();
             tracing::info!(from = %sender, devices = ?names, "inventory learnt from a sibling");
             // Counted before the inventory file shows it: whoever reads the file then the
             // metric sees both.
-            self.metrics.gossip_learned.inc_by(changed.len() as u64);
+            fixed.metrics.gossip_learned.inc_by(changed.len() as u64);
             self.save_devices(&changed);
-            // Scheduled runs see machines that came online at a sibling.
-            self.changed.notify_one();
         }
         changed.len()
     }
 
     /// What this reflector gossips: every device of its site it knows, and itself.
-    pub fn site_records(&self) -> Vec<InventoryRecord> {
+    pub(super) fn site_records(&self, fixed: &Fixed) -> Vec<InventoryRecord> {
         let mut out: Vec<InventoryRecord> = self
             .devices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .values()
-            .filter(|d| Some(&d.info.site) == self.me.site.as_ref())
+            .filter(|d| Some(&d.info.site) == fixed.me.site.as_ref())
             .map(InventoryRecord::from_entry)
             .collect();
-        out.push(InventoryRecord::from_entry(&self.self_entry()));
+        out.push(InventoryRecord::from_entry(&fixed.self_entry()));
         out
     }
 
+    /// Stores a registration received here, gossips it and queues it for the seed.
+    pub(super) fn register(&mut self, entry: DeviceEntry, metrics: &WakeMetrics) {
+        let name = entry.info.name.clone();
+        self.devices.insert(name.clone(), entry.clone());
+        if let Some(mesh) = &self.mesh {
+            mesh.announce_devices(vec![InventoryRecord::from_entry(&entry)]);
+        }
+        self.unsent.insert(name.clone());
+        self.seen.insert(name.clone(), schedule::since_epoch(jiff::Timestamp::now()));
+        metrics.registrations.inc();
+        tracing::info!(device = %name, "device registered");
+        self.save_devices(&[entry]);
+    }
+
+    /// The registrations to forward to the seed now, with what they said.
+    pub(super) fn take_unsent(&mut self) -> Vec<(String, DeviceInfo)> {
+        std::mem::take(&mut self.unsent)
+            .into_iter()
+            .filter_map(|n| self.devices.get(&n).map(|d| (n, d.info.clone())))
+            .collect()
+    }
+
+    /// Takes in what a sync with the seed brought back.
+    pub(super) fn synced(&mut self, s: Synced) {
+        self.unsent.extend(s.not_forwarded);
+        if let Some(site) = s.site {
+            let changed = self.merge_in_memory(&s.me, site);
+            self.save_devices(&changed);
+        }
+        match s.assignments {
+            Some(Ok(a)) => self.assignments = a,
+            Some(Err(e)) => tracing::warn!(error = %e, "cannot read site assignments"),
+            None => {}
+        }
+        if let Some(e) = s.error {
+            tracing::warn!(error = %e, "cannot sync the device inventory with the seed");
+        }
+    }
+
+    /// Every device known, this reflector's own entry as it stands now.
+    pub(super) fn inventory_with(&self, me: DeviceEntry) -> Vec<DeviceEntry> {
+        let mut v: Vec<DeviceEntry> =
+            self.devices.values().filter(|d| d.info.name != me.info.name).cloned().collect();
+        v.push(me);
+        v
+    }
+}
+
+impl Fixed {
     pub(super) fn self_entry(&self) -> DeviceEntry {
         DeviceEntry {
             info: self.self_info(),
@@ -93,7 +133,7 @@ impl WakeNode {
     }
 
     /// This reflector's own registration.
-    pub fn self_info(&self) -> DeviceInfo {
+    pub(super) fn self_info(&self) -> DeviceInfo {
         let mut info = wol::iface::self_info(
             &self.me,
             concat!("oasis-reflector ", env!("CARGO_PKG_VERSION")),
@@ -105,7 +145,9 @@ impl WakeNode {
         }
         info
     }
+}
 
+impl WakeNode {
     /// A `Register` from a peer: endpoints register themselves, siblings themselves.
     pub async fn register(&self, peer: &PeerInfo, mut info: DeviceInfo) -> Result<(), SourceError> {
         if info.name != peer.name {
@@ -116,7 +158,7 @@ impl WakeNode {
         }
         match peer.role {
             Role::Endpoint => {}
-            Role::Reflector if self.same_site(peer) => {}
+            Role::Reflector if self.fixed.same_site(peer) => {}
             _ => {
                 return Err(SourceError::Refused(format!(
                     "{} {} may not register here",
@@ -126,75 +168,98 @@ impl WakeNode {
         }
         info.role = peer.role.to_string();
         info.site = peer.site.clone().unwrap_or_default();
-        let name = info.name.clone();
-        let entry = DeviceEntry { info, last_seen: unix_now(), reported_by: self.me.name.clone() };
-        self.devices.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), entry.clone());
-        if let Some(mesh) = &*self.mesh.lock().unwrap_or_else(|e| e.into_inner()) {
-            mesh.announce_devices(vec![InventoryRecord::from_entry(&entry)]);
-        }
-        self.unsent.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone());
-        self.seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.clone(), schedule::since_epoch(jiff::Timestamp::now()));
-        self.metrics.registrations.inc();
-        tracing::info!(device = %name, "device registered");
-        self.save_devices(&[entry]);
-        self.changed.notify_one();
-        Ok(())
+        let reported_by = self.fixed.me.name.clone();
+        let entry = DeviceEntry { info, last_seen: unix_now(), reported_by };
+        self.ask(|done| Command::Register { entry, done })
+            .await
+            .ok_or_else(|| SourceError::Unavailable("the reflector is shutting down".into()))
     }
 
     /// The site's assignments for an endpoint of the site (what a woken machine fetches).
-    pub fn assignments(&self, peer: &PeerInfo) -> Vec<oasis_core::wire::Assignment> {
-        if !self.same_site(peer) {
+    pub async fn assignments(&self, peer: &PeerInfo) -> Vec<oasis_core::wire::Assignment> {
+        if !self.fixed.same_site(peer) {
             return Vec::new();
         }
-        self.assignments.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.ask(Command::Assignments).await.unwrap_or_default()
     }
 
     /// The site inventory, for siblings.
-    pub fn devices(&self, peer: &PeerInfo) -> Result<Vec<DeviceEntry>, SourceError> {
-        if !(peer.role == Role::Seed || peer.role == Role::Reflector && self.same_site(peer)) {
+    pub async fn devices(&self, peer: &PeerInfo) -> Result<Vec<DeviceEntry>, SourceError> {
+        if !(peer.role == Role::Seed || peer.role == Role::Reflector && self.fixed.same_site(peer))
+        {
             return Err(SourceError::Refused(format!(
                 "{} {} may not read this site's inventory",
                 peer.role, peer.name
             )));
         }
-        Ok(self.devices.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect())
+        self.ask(Command::Devices)
+            .await
+            .ok_or_else(|| SourceError::Unavailable("the reflector is shutting down".into()))
     }
 
-    /// Pushes our own and unsent registrations to the seed and pulls the site's inventory.
-    pub(super) async fn sync_with_seed(&self) -> Result<Option<Client>, String> {
-        let Some(client) = self.upstream.wait(Duration::from_secs(3)).await else {
-            return Err(self.upstream.trouble());
-        };
-        client.register(&self.self_info()).await.map_err(|e| e.to_string())?;
-        let unsent: Vec<String> =
-            std::mem::take(&mut *self.unsent.lock().unwrap_or_else(|e| e.into_inner()))
-                .into_iter()
-                .collect();
-        for (i, name) in unsent.iter().enumerate() {
-            let info = self
-                .devices
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(name)
-                .map(|d| d.info.clone());
-            let Some(info) = info else { continue };
-            if let Err(e) = client.register(&info).await {
-                if e.remote_code() == Some(oasis_core::wire::ErrorCode::Forbidden) {
-                    // The seed will never take it (e.g. a device of another site): say so once.
-                    tracing::warn!(device = %name, error = %e, "the seed refused a forwarded registration");
-                    continue;
-                }
-                // Keep what is not forwarded yet for the next sync.
-                let mut u = self.unsent.lock().unwrap_or_else(|e| e.into_inner());
-                u.extend(unsent[i..].iter().cloned());
-                return Err(format!("forwarding the registration of {name}: {e}"));
-            }
-        }
-        let site = client.devices().await.map_err(|e| e.to_string())?;
-        self.merge(site);
-        Ok(Some(client))
+    /// Device records gossiped by a verified reflector of this site; how many were new.
+    pub async fn learn_from_sibling(&self, sender: &str, records: Vec<InventoryRecord>) -> usize {
+        let sender = sender.to_string();
+        self.ask(|learnt| Command::FromSibling { sender, records, learnt }).await.unwrap_or(0)
     }
+
+    /// What this reflector gossips: every device of its site it knows, and itself.
+    pub async fn site_records(&self) -> Vec<InventoryRecord> {
+        self.ask(Command::SiteRecords).await.unwrap_or_default()
+    }
+}
+
+/// What a sync with the seed brought back, for the wake task to take in.
+pub(super) struct Synced {
+    /// This reflector's name (its own entry is never taken from the seed).
+    me: String,
+    /// Registrations still to forward.
+    not_forwarded: Vec<String>,
+    /// The site's inventory as the seed has it.
+    site: Option<Vec<DeviceEntry>>,
+    assignments: Option<Result<Vec<oasis_core::wire::Assignment>, String>>,
+    error: Option<String>,
+}
+
+/// Pushes our own and the unsent registrations to the seed, then pulls the site's inventory
+/// and assignments. Runs beside the wake task's loop.
+pub(super) async fn sync_with_seed(fixed: Arc<Fixed>, unsent: Vec<(String, DeviceInfo)>) -> Synced {
+    let mut out = Synced {
+        me: fixed.me.name.clone(),
+        not_forwarded: unsent.iter().map(|(n, _)| n.clone()).collect(),
+        site: None,
+        assignments: None,
+        error: None,
+    };
+    let Some(client) = fixed.upstream.wait(Duration::from_secs(3)).await else {
+        out.error = Some(fixed.upstream.trouble());
+        return out;
+    };
+    if let Err(e) = client.register(&fixed.self_info()).await {
+        out.error = Some(e.to_string());
+        return out;
+    }
+    for (i, (name, info)) in unsent.iter().enumerate() {
+        if let Err(e) = client.register(info).await {
+            if e.remote_code() == Some(oasis_core::wire::ErrorCode::Forbidden) {
+                // The seed will never take it (e.g. a device of another site): say so once.
+                tracing::warn!(device = %name, error = %e, "the seed refused a forwarded registration");
+                continue;
+            }
+            // Keep what is not forwarded yet for the next sync.
+            out.not_forwarded = unsent[i..].iter().map(|(n, _)| n.clone()).collect();
+            out.error = Some(format!("forwarding the registration of {name}: {e}"));
+            return out;
+        }
+    }
+    out.not_forwarded.clear();
+    match client.devices().await {
+        Ok(site) => out.site = Some(site),
+        Err(e) => {
+            out.error = Some(e.to_string());
+            return out;
+        }
+    }
+    out.assignments = Some(client.assignments().await.map_err(|e| e.to_string()));
+    out
 }

@@ -10,9 +10,15 @@
 //! and so cannot open its sled database. Scheduled runs go to `STATE/wake/runs.json` (read by
 //! `oasis-reflector wake-status`); both files are replaced atomically.
 //!
+//! One task owns all of this state ([`WakeTask`]: the inventory, the site's assignments, the
+//! scheduled runs) and takes commands over a channel from the rest of the reflector through
+//! [`WakeNode`] handles. Its network work (syncing with the seed, sending a batch of wakes
+//! through the relays) runs as jobs beside the loop, so a slow seed or relay never holds up a
+//! registration; the jobs report back to the loop, which alone changes the state.
+//!
 //! Modules: [`inventory`] (registrations, merging, sync with the seed), [`relay`] (sending
 //! wakes here or through another relay), [`delivery`] (scheduled runs), [`cli`] (the commands
-//! that read the exported files); this file holds the node, its settings and its loop.
+//! that read the exported files); this file holds the handle, the task, its settings and loop.
 
 use crate::upstream::Upstream;
 use oasis_core::gossip::InventoryRecord;
@@ -29,9 +35,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::Notify;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
 
 mod cli;
 mod delivery;
@@ -150,30 +156,73 @@ struct ActiveRun {
     counted: BTreeSet<(String, &'static str)>,
 }
 
-/// The wake side of a running reflector.
+/// The wake side of a running reflector as the other tasks reach it: a handle to the
+/// [`WakeTask`] that owns the state. Relaying a wake needs none of that state and runs here.
+#[derive(Clone)]
 pub struct WakeNode {
+    fixed: Arc<Fixed>,
+    cmds: mpsc::Sender<Command>,
+}
+
+/// What the handle, the task and its jobs share, fixed at start.
+struct Fixed {
     me: PeerInfo,
     identity: NodeIdentity,
-    dir: PathBuf,
     relay_addr: SocketAddr,
-    devices: Mutex<BTreeMap<String, DeviceEntry>>,
+    upstream: Arc<Upstream>,
+    settings: WakeSettings,
+    metrics: WakeMetrics,
+}
+
+/// What the wake task owns.
+struct WakeState {
+    dir: PathBuf,
+    devices: BTreeMap<String, DeviceEntry>,
     /// Persistent copy of `devices`.
     tree: sled::Tree,
     /// Where registrations received here are gossiped to the site's other reflectors.
-    mesh: Mutex<Option<oasis_mesh::MeshHandle>>,
-    unsent: Mutex<BTreeSet<String>>,
+    mesh: Option<oasis_mesh::MeshHandle>,
+    /// Registrations received here and not forwarded to the seed yet.
+    unsent: BTreeSet<String>,
     /// When each device last registered here (finer than the inventory's seconds).
-    seen: Mutex<BTreeMap<String, Duration>>,
-    upstream: Arc<Upstream>,
-    settings: WakeSettings,
+    seen: BTreeMap<String, Duration>,
     timezone: Box<dyn Fn() -> String + Send + Sync>,
-    runs: Mutex<Vec<ActiveRun>>,
+    runs: Vec<ActiveRun>,
     /// The site's assignments as last read from the seed (served to endpoints of the site).
-    assignments: Mutex<Vec<oasis_core::wire::Assignment>>,
-    metrics: WakeMetrics,
-    changed: Notify,
-    client_endpoint: Mutex<Option<quinn::Endpoint>>,
+    assignments: Vec<oasis_core::wire::Assignment>,
+    /// For asking other relays to send wakes; made on first use.
+    client_endpoint: Option<quinn::Endpoint>,
 }
+
+/// What the wake task is asked.
+enum Command {
+    /// A registration, checked by the handle; answered once it is stored.
+    Register {
+        entry: DeviceEntry,
+        done: oneshot::Sender<()>,
+    },
+    Assignments(oneshot::Sender<Vec<oasis_core::wire::Assignment>>),
+    Devices(oneshot::Sender<Vec<DeviceEntry>>),
+    /// Records a sibling gossiped; answered with how many changed the inventory.
+    FromSibling {
+        sender: String,
+        records: Vec<InventoryRecord>,
+        learnt: oneshot::Sender<usize>,
+    },
+    /// The records this reflector gossips.
+    SiteRecords(oneshot::Sender<Vec<InventoryRecord>>),
+    SetMesh(oasis_mesh::MeshHandle),
+}
+
+/// The task that owns the wake state: see the module docs. [`WakeTask::run`] until stopped.
+pub struct WakeTask {
+    fixed: Arc<Fixed>,
+    cmds: mpsc::Receiver<Command>,
+    state: WakeState,
+}
+
+/// Commands waiting for the wake task; senders wait when it is this far behind.
+const COMMAND_QUEUE: usize = 256;
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -226,7 +275,7 @@ impl WakeNode {
         settings: WakeSettings,
         timezone: Box<dyn Fn() -> String + Send + Sync>,
         node_metrics: &NodeMetrics,
-    ) -> std::io::Result<WakeNode> {
+    ) -> std::io::Result<(WakeNode, WakeTask)> {
         let dir = state.join("wake");
         std::fs::create_dir_all(&dir)?;
         let tree = db.open_tree("devices").map_err(std::io::Error::other)?;
@@ -253,81 +302,139 @@ impl WakeNode {
                 devices.insert(d.info.name.clone(), d);
             }
         }
-        Ok(WakeNode {
-            tree,
-            mesh: Mutex::new(None),
+        let fixed = Arc::new(Fixed {
             me: identity.info().clone(),
             identity: identity.clone(),
-            dir,
             relay_addr: reachable(listen),
-            devices: Mutex::new(devices),
-            unsent: Mutex::new(BTreeSet::new()),
-            seen: Mutex::new(BTreeMap::new()),
             upstream,
             settings,
-            timezone,
-            runs: Mutex::new(Vec::new()),
-            assignments: Mutex::new(Vec::new()),
             metrics: WakeMetrics::register(node_metrics),
-            changed: Notify::new(),
-            client_endpoint: Mutex::new(None),
-        })
+        });
+        let state = WakeState {
+            dir,
+            devices,
+            tree,
+            mesh: None,
+            unsent: BTreeSet::new(),
+            seen: BTreeMap::new(),
+            timezone,
+            runs: Vec::new(),
+            assignments: Vec::new(),
+            client_endpoint: None,
+        };
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        Ok((WakeNode { fixed: fixed.clone(), cmds: tx }, WakeTask { fixed, cmds: rx, state }))
     }
 
-    fn same_site(&self, peer: &PeerInfo) -> bool {
-        peer.site.is_some() && peer.site == self.me.site
+    /// Asks the wake task; `None` once it has stopped.
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds.send(command(tx)).await.ok()?;
+        rx.await.ok()
     }
 
     /// From now on, registrations received here are gossiped to the site's other reflectors.
-    pub fn set_mesh(&self, mesh: oasis_mesh::MeshHandle) {
-        *self.mesh.lock().unwrap_or_else(|e| e.into_inner()) = Some(mesh);
+    pub async fn set_mesh(&self, mesh: oasis_mesh::MeshHandle) {
+        // A stopped task has no registrations left to gossip.
+        let _ = self.cmds.send(Command::SetMesh(mesh)).await;
+    }
+}
+
+impl Fixed {
+    fn same_site(&self, peer: &PeerInfo) -> bool {
+        peer.site.is_some() && peer.site == self.me.site
+    }
+}
+
+/// What a job beside the loop brings back.
+enum Job {
+    Synced(inventory::Synced),
+    Woken(Vec<(String, String)>),
+}
+
+impl WakeTask {
+    /// Takes commands, syncs the inventory with the seed and drives scheduled runs until the
+    /// last handle is gone or the task is stopped.
+    pub async fn run(mut self) {
+        let fixed = self.fixed.clone();
+        let mut last_sync: Option<Instant> = None;
+        let mut syncing: Option<tokio::task::JoinHandle<inventory::Synced>> = None;
+        let mut waking: Option<tokio::task::JoinHandle<Vec<(String, String)>>> = None;
+        loop {
+            let due = last_sync.is_none_or(|t| t.elapsed() >= fixed.settings.sync_every)
+                || !self.state.unsent.is_empty();
+            if due && syncing.is_none() {
+                let unsent = self.state.take_unsent();
+                syncing = Some(tokio::spawn(inventory::sync_with_seed(fixed.clone(), unsent)));
+            }
+            if fixed.settings.scheduled && waking.is_none() {
+                let names = self.state.drive_runs(&fixed);
+                if !names.is_empty() {
+                    tracing::info!(machines = ?names, "waking a batch");
+                    let inventory = self.state.inventory_with(fixed.self_entry());
+                    let endpoint = self.state.endpoint(&fixed);
+                    let job = relay::wake_names(fixed.clone(), inventory, endpoint, names);
+                    waking = Some(tokio::spawn(job));
+                }
+                self.state.record_runs(&fixed.metrics);
+            }
+            let active = self.state.runs.iter().any(|r| !r.run.is_done());
+            let wait = if active {
+                fixed.settings.tick
+            } else {
+                fixed.settings.sync_every.min(Duration::from_secs(60)).min(fixed.settings.tick * 5)
+            };
+            let job = tokio::select! {
+                command = self.cmds.recv() => match command {
+                    Some(c) => {
+                        self.handle(c);
+                        continue;
+                    }
+                    None => return,
+                },
+                r = async { syncing.as_mut().expect("guarded").await }, if syncing.is_some() => {
+                    syncing = None;
+                    last_sync = Some(Instant::now());
+                    r.map(Job::Synced)
+                }
+                r = async { waking.as_mut().expect("guarded").await }, if waking.is_some() => {
+                    waking = None;
+                    r.map(Job::Woken)
+                }
+                _ = tokio::time::sleep(wait) => continue,
+            };
+            match job {
+                Ok(Job::Synced(synced)) => self.state.synced(synced),
+                Ok(Job::Woken(failures)) => {
+                    self.state.wake_failed(failures);
+                    self.state.record_runs(&fixed.metrics);
+                }
+                Err(e) => tracing::warn!(error = %e, "a wake job failed"),
+            }
+        }
     }
 
-    /// Syncs the inventory and drives scheduled runs until the task is aborted.
-    pub async fn run(self: Arc<Self>) {
-        let mut last_sync: Option<std::time::Instant> = None;
-        let mut assignments = Vec::new();
-        loop {
-            let due = last_sync.is_none_or(|t| t.elapsed() >= self.settings.sync_every)
-                || !self.unsent.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
-            if due {
-                match self.sync_with_seed().await {
-                    Ok(Some(client)) => {
-                        last_sync = Some(std::time::Instant::now());
-                        match client.assignments().await {
-                            Ok(a) => {
-                                *self.assignments.lock().unwrap_or_else(|e| e.into_inner()) =
-                                    a.clone();
-                                assignments = a;
-                            }
-                            Err(e) => tracing::warn!(error = %e, "cannot read site assignments"),
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        last_sync = Some(std::time::Instant::now());
-                        tracing::warn!(error = %e, "cannot sync the device inventory with the seed");
-                    }
-                }
+    fn handle(&mut self, command: Command) {
+        let fixed = &self.fixed;
+        match command {
+            Command::Register { entry, done } => {
+                self.state.register(entry, &fixed.metrics);
+                let _ = done.send(());
             }
-            if self.settings.scheduled {
-                self.drive_runs(&assignments).await;
+            Command::Assignments(reply) => {
+                let _ = reply.send(self.state.assignments.clone());
             }
-            let active = self
-                .runs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .any(|r| !r.run.is_done());
-            let wait = if active {
-                self.settings.tick
-            } else {
-                self.settings.sync_every.min(Duration::from_secs(60)).min(self.settings.tick * 5)
-            };
-            tokio::select! {
-                _ = self.changed.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+            Command::Devices(reply) => {
+                let _ = reply.send(self.state.devices.values().cloned().collect());
             }
+            Command::FromSibling { sender, records, learnt } => {
+                let n = self.state.learn_from_sibling(fixed, &sender, &records);
+                let _ = learnt.send(n);
+            }
+            Command::SiteRecords(reply) => {
+                let _ = reply.send(self.state.site_records(fixed));
+            }
+            Command::SetMesh(mesh) => self.state.mesh = Some(mesh),
         }
     }
 }
