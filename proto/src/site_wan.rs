@@ -497,19 +497,26 @@ mod tests {
             }
             shares
         }
+
+        /// Runs `rounds` busy rounds, checking that no two nodes ever hold the whole rate;
+        /// the first round in which one does.
+        fn first_full_round(&mut self, rounds: usize) -> Option<usize> {
+            let mut first = None;
+            for k in 0..rounds {
+                let shares = self.round(|_| true);
+                assert!(shares.iter().filter(|s| **s == 1.0).count() <= 1, "round {k}: {shares:?}");
+                if first.is_none() && shares.contains(&1.0) {
+                    first = Some(k);
+                }
+            }
+            first
+        }
     }
 
     #[test]
     fn the_site_wan_names_one_leader_at_the_whole_rate_and_hands_over_when_it_dies() {
         let mut site = Site::new(3, WanSharing::Leader);
-        let mut full_at = None;
-        for k in 0..6 {
-            let shares = site.round(|_| true);
-            assert!(shares.iter().filter(|s| **s == 1.0).count() <= 1, "round {k}: {shares:?}");
-            if full_at.is_none() && shares.contains(&1.0) {
-                full_at = Some(k);
-            }
-        }
+        let full_at = site.first_full_round(6);
         // Alone at first, every node names itself; the views fill after a round and the
         // claims of the others hold everyone back until only the leader claims.
         assert!(full_at.is_some_and(|k| k <= 4), "{full_at:?}");
@@ -526,15 +533,7 @@ mod tests {
 
         // The leader dies: after its entry expires, the next takes over, never two at once.
         site.alive[l] = false;
-        let mut handed = None;
-        for k in 0..10 {
-            let shares = site.round(|_| true);
-            assert!(shares.iter().filter(|s| **s == 1.0).count() <= 1, "{shares:?}");
-            if handed.is_none() && shares.contains(&1.0) {
-                handed = Some(k);
-            }
-        }
-        let k = handed.expect("a new leader takes the rate");
+        let k = site.first_full_round(10).expect("a new leader takes the rate");
         assert!(k >= EXPIRY_HEARTBEATS as usize - 1, "not before the dead one expires: {k}");
         assert!(site.wan[l].share() == 1.0, "the dead one's own state is frozen");
         let live: Vec<usize> = (0..3).filter(|i| *i != l).collect();

@@ -78,6 +78,23 @@ impl<'d, 'a> Tbl<'d, 'a> {
         }
     }
 
+    /// The table's `name`, which none of `taken` (the names of the `what` before it) has;
+    /// `example` shows one in the message when it is missing.
+    pub(super) fn unique_name<'n>(
+        &self,
+        mut taken: impl Iterator<Item = &'n str>,
+        example: &str,
+        what: &str,
+    ) -> Result<String, ScenarioError> {
+        let example = format!("e.g. name = \"{example}\"");
+        let name = self.string("name")?.ok_or_else(|| self.missing("name", &example))?;
+        if taken.any(|n| n == name) {
+            let v = self.get("name").expect("present");
+            return Err(self.bad(v, "name", format!("\"{name}\" is used by two {what}")));
+        }
+        Ok(name)
+    }
+
     pub(super) fn number(&self, k: &str) -> Result<Option<f64>, ScenarioError> {
         let Some(v) = self.get(k) else { return Ok(None) };
         let x = match v.get_ref() {

@@ -167,14 +167,7 @@ fn layers(root: &Tbl<'_, '_>) -> Result<Vec<LayerSpec>, ScenarioError> {
     let mut pending_shared = Vec::new();
     for t in &layer_tables {
         t.check_keys(LAYER_KEYS)?;
-        let name = t.string("name")?.ok_or_else(|| t.missing("name", "e.g. name = \"base\""))?;
-        if layers.iter().any(|l| l.name == name) {
-            return Err(t.bad(
-                t.get("name").expect("present"),
-                "name",
-                format!("\"{name}\" is used by two layers"),
-            ));
-        }
+        let name = t.unique_name(layers.iter().map(|l| l.name.as_str()), "base", "layers")?;
         let size =
             t.size("size", false)?.ok_or_else(|| t.missing("size", "e.g. size = \"4GiB\""))?;
         let shared_with_previous = t.fraction("shared_with_previous")?.unwrap_or(0.0);
@@ -233,14 +226,8 @@ fn groups(root: &Tbl<'_, '_>, timezone: &str) -> Result<Vec<GroupSpec>, Scenario
     }
     for t in &site_tables {
         t.check_keys(SITE_KEYS)?;
-        let name = t.string("name")?.ok_or_else(|| t.missing("name", "e.g. name = \"branch\""))?;
-        if groups.iter().any(|g| g.name == name) {
-            return Err(t.bad(
-                t.get("name").expect("present"),
-                "name",
-                format!("\"{name}\" is used by two site groups"),
-            ));
-        }
+        let name =
+            t.unique_name(groups.iter().map(|g| g.name.as_str()), "branch", "site groups")?;
         let tz = t.string("timezone")?.unwrap_or_else(|| timezone.to_string());
         if let Some(v) = t.get("timezone") {
             time_zone(&tz).map_err(|p| t.bad(v, "timezone", p))?;
