@@ -12,6 +12,6 @@ pub mod iface;
 pub mod packet;
 pub mod relay;
 
-pub use oasis_proto::wake::{msg, route, schedule};
+pub use oasis_proto::wake::{delivery, msg, route, schedule};
 pub use oasis_proto::wake::{DeviceEntry, DeviceInfo, IpNet, WakeSent, WakeTarget};
 pub use packet::{check_packet, send, Mac, Password, SendOptions, WakeError, DEFAULT_PORT};

@@ -25,13 +25,14 @@ use oasis_core::gossip::InventoryRecord;
 use oasis_core::metrics::NodeMetrics;
 use oasis_core::net::{self, Client, SourceError, TransportOptions};
 use oasis_core::pki::{NodeIdentity, PeerInfo, Role};
-use oasis_core::wake::schedule::{self, MachineResult, ScheduleConfig, WakeRun};
+use oasis_core::wake::delivery::Deliveries;
+use oasis_core::wake::schedule::{self, ScheduleConfig};
 use oasis_core::wake::{
     self as wol, route, DeviceEntry, DeviceInfo, SendOptions, WakeSent, WakeTarget,
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -133,28 +134,7 @@ impl WakeMetrics {
     }
 }
 
-/// One scheduled run as persisted and shown.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunStatus {
-    /// "name@version".
-    pub layer: String,
-    pub window: String,
-    /// Unix seconds of the window's start and end.
-    pub start: u64,
-    pub end: u64,
-    pub done: bool,
-    pub machines: Vec<serde_json::Value>,
-}
-
-struct ActiveRun {
-    layer: String,
-    window: String,
-    start: u64,
-    end: u64,
-    run: WakeRun,
-    /// Which machines' online/delivery/failure were counted in the metrics.
-    counted: BTreeSet<(String, &'static str)>,
-}
+pub use oasis_core::wake::delivery::RunStatus;
 
 /// The wake side of a running reflector as the other tasks reach it: a handle to the
 /// [`WakeTask`] that owns the state. Relaying a wake needs none of that state and runs here.
@@ -187,7 +167,8 @@ struct WakeState {
     /// When each device last registered here (finer than the inventory's seconds).
     seen: BTreeMap<String, Duration>,
     timezone: Box<dyn Fn() -> String + Send + Sync>,
-    runs: Vec<ActiveRun>,
+    /// The scheduled runs.
+    deliveries: Deliveries,
     /// The site's assignments as last read from the seed (served to endpoints of the site).
     assignments: Vec<oasis_core::wire::Assignment>,
     /// For asking other relays to send wakes; made on first use.
@@ -318,7 +299,7 @@ impl WakeNode {
             unsent: BTreeSet::new(),
             seen: BTreeMap::new(),
             timezone,
-            runs: Vec::new(),
+            deliveries: Deliveries::new(fixed.settings.schedule),
             assignments: Vec::new(),
             client_endpoint: None,
         };
@@ -378,7 +359,7 @@ impl WakeTask {
                 }
                 self.state.record_runs(&fixed.metrics);
             }
-            let active = self.state.runs.iter().any(|r| !r.run.is_done());
+            let active = self.state.deliveries.active();
             let wait = if active {
                 fixed.settings.tick
             } else {
