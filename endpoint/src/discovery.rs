@@ -5,6 +5,7 @@
 //! given by the user breaks ties. Candidates that do not answer are left at the end (they are
 //! tried, and given up, only if everything before them failed).
 
+use oasis_core::net::accept;
 use oasis_core::net::Client;
 use oasis_core::pki::Role;
 use oasis_core::select::{ProbeAnswer, SourceCandidate};
@@ -78,7 +79,7 @@ fn local_ip_towards(remote: SocketAddr) -> Option<IpAddr> {
 
 async fn probe(endpoint: &quinn::Endpoint, addr: SocketAddr, position: usize) -> Probe {
     let attempt = async {
-        let client = Client::connect(endpoint, addr).await.ok()?;
+        let client = Client::connect(endpoint, addr, accept::CONTENT).await.ok()?;
         let t0 = Instant::now();
         let answered = client.have(&[]).await.is_ok();
         let latency = t0.elapsed();

@@ -5,6 +5,7 @@
 
 use anyhow::Context;
 use oasis_core::metrics::NodeMetrics;
+use oasis_core::net::accept;
 use oasis_core::net::{self, Client, TransportOptions};
 use oasis_core::pki::NodeIdentity;
 use oasis_core::wake::relay::RelayService;
@@ -52,7 +53,7 @@ async fn register_once(
     let mut problems = Vec::new();
     for &s in sources {
         let attempt = async {
-            let c = Client::connect(ep, s).await.map_err(|e| e.to_string())?;
+            let c = Client::connect(ep, s, accept::CONTENT).await.map_err(|e| e.to_string())?;
             let r = c.register(info).await.map_err(|e| e.to_string());
             c.close();
             r

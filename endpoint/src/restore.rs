@@ -29,6 +29,7 @@ use oasis_core::backup::{RecordRef, SnapshotInfo, SnapshotRecord};
 use oasis_core::chunk::ChunkId;
 use oasis_core::fsmeta::MetaReport;
 use oasis_core::manifest::{ChunkRef, LayerManifest};
+use oasis_core::net::accept;
 use oasis_core::net::{self, ChunkReply, Client, TransportOptions};
 use oasis_core::pki::NodeIdentity;
 use oasis_core::store::ChunkStore;
@@ -168,7 +169,7 @@ pub async fn restore(opts: &RestoreOptions) -> anyhow::Result<RestoreReport> {
         check_empty_root(&opts.root)?;
     }
     let (identity, endpoint) = seed_client(&opts.state_dir, opts.seed).await?;
-    let client = Client::connect(&endpoint, opts.seed).await?;
+    let client = Client::connect(&endpoint, opts.seed, accept::SEED).await?;
     let result = restore_with(opts, &identity, &client, t0).await;
     client.close();
     endpoint.close(0u32.into(), b"done");
@@ -545,7 +546,7 @@ pub async fn provision(opts: &ProvisionOptions) -> anyhow::Result<ApplyReport> {
     let name = identity.info().name.clone();
     let plan = loop {
         let asked = async {
-            let client = Client::connect(&endpoint, opts.seed).await?;
+            let client = Client::connect(&endpoint, opts.seed, accept::SEED).await?;
             let plan = client.plan().await;
             client.close();
             plan

@@ -6,6 +6,7 @@
 
 use oasis_core::compress::StoredChunk;
 use oasis_core::manifest::SignedManifest;
+use oasis_core::net::accept;
 use oasis_core::net::{self, Client, NetError, TransportOptions};
 use oasis_core::pki::{NodeIdentity, TrustRoot};
 use oasis_core::store::ChunkStore;
@@ -81,8 +82,10 @@ impl Sources {
         }
         while let Some(&addr) = self.addrs.get(self.next) {
             self.next += 1;
-            let attempt =
-                tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(&self.endpoint, addr));
+            let attempt = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                Client::connect(&self.endpoint, addr, accept::CONTENT),
+            );
             match attempt.await {
                 Ok(Ok(client)) => {
                     tracing::info!(source = %addr, peer = %client.peer(), "connected");

@@ -22,6 +22,7 @@ use oasis_core::backup::{
 };
 use oasis_core::chunk::ChunkId;
 use oasis_core::compress::StoredChunk;
+use oasis_core::net::accept;
 use oasis_core::net::{self, Client, NetError, TransportOptions};
 use oasis_core::pki::NodeIdentity;
 use oasis_core::policy::{BandwidthPolicy, WanLimiter};
@@ -264,7 +265,7 @@ pub async fn upload(opts: &UploadOptions) -> anyhow::Result<UploadReport> {
     let filed = loop {
         report.attempts += 1;
         let attempt = async {
-            let client = Client::connect(&endpoint, opts.seed).await?;
+            let client = Client::connect(&endpoint, opts.seed, accept::SEED).await?;
             let result = upload_once(
                 &client,
                 &want,

@@ -182,9 +182,11 @@ pub async fn check_config(cfg: &ReflectorConfig, upstream_timeout: Duration, r: 
         let ep =
             oasis_core::net::client_endpoint_for(addr, &identity, &TransportOptions::default())
                 .map_err(|e| e.to_string())?;
-        let client = oasis_core::net::Client::connect(&ep, addr).await.map_err(|e| {
-            format!("{e} (is the seed running and UDP {} open on the way?)", addr.port())
-        })?;
+        let client = oasis_core::net::Client::connect(&ep, addr, oasis_core::net::accept::CONTENT)
+            .await
+            .map_err(|e| {
+                format!("{e} (is the seed running and UDP {} open on the way?)", addr.port())
+            })?;
         let peer = client.peer().clone();
         let layers = client.layers().await.map_err(|e| format!("ListLayers: {e}"))?;
         client.close();

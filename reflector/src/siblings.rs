@@ -18,6 +18,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use oasis_core::compress::StoredChunk;
 use oasis_core::gossip::{GossipView, LayerDigest};
 use oasis_core::manifest::{digest_of_signed, ChunkRef, SignedRoot};
+use oasis_core::net::accept;
 use oasis_core::net::{ChunkReply, Client};
 use oasis_core::policy::TrafficClass;
 use oasis_core::site_wan::{SitePlace, WanSharing};
@@ -396,10 +397,13 @@ impl Siblings {
                 return Ok(c.clone());
             }
         }
-        let c = tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(&self.endpoint, addr))
-            .await
-            .map_err(|_| format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))?
-            .map_err(|e| e.to_string())?;
+        let c = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Client::connect(&self.endpoint, addr, accept::REFLECTOR),
+        )
+        .await
+        .map_err(|_| format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
         lock(&self.conns).insert(addr, c.clone());
         Ok(c)
     }

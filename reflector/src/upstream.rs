@@ -57,7 +57,9 @@ pub async fn client_endpoint(
 /// Connects to `target` with `endpoint`, resolving the name first.
 pub async fn connect(endpoint: &quinn::Endpoint, target: &str) -> Result<Client, String> {
     let addr = resolve(target).await?;
-    Client::connect(endpoint, addr).await.map_err(|e| e.to_string())
+    Client::connect(endpoint, addr, oasis_core::net::accept::CONTENT)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 impl Upstream {

@@ -367,7 +367,7 @@ async fn ask_relay(
     addr: SocketAddr,
     target: oasis_core::wake::WakeTarget,
 ) -> Result<oasis_core::wake::WakeSent, String> {
-    let connect = oasis_core::net::Client::connect(endpoint, addr);
+    let connect = oasis_core::net::Client::connect(endpoint, addr, oasis_core::net::accept::RELAY);
     let c = tokio::time::timeout(std::time::Duration::from_secs(5), connect)
         .await
         .map_err(|_| "no answer within 5 s".to_string())?

@@ -30,7 +30,7 @@ fn free_port() -> u16 {
 async fn register(state: &Path, addr: std::net::SocketAddr, info: &DeviceInfo) {
     let id = NodeIdentity::load(state).unwrap();
     let ep = net::client_endpoint(&id, &TransportOptions::default()).unwrap();
-    let c = Client::connect(&ep, addr).await.unwrap();
+    let c = Client::connect(&ep, addr, oasis_core::net::accept::ANY).await.unwrap();
     c.register(info).await.unwrap();
     c.close();
 }

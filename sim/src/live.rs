@@ -9,6 +9,7 @@
 //! reflector, not the endpoints' disks.
 
 use anyhow::Context;
+use oasis_core::net::accept;
 use oasis_core::net::{ChunkReply, Client, TransportOptions};
 use oasis_core::pki::{NodeIdentity, Role};
 use oasis_core::ChunkId;
@@ -177,7 +178,7 @@ pub async fn verify_fetch(
 ) -> anyhow::Result<EndpointRun> {
     let identity = NodeIdentity::load(state)?;
     let ep = oasis_core::net::client_endpoint(&identity, &TransportOptions::default())?;
-    let client = Client::connect(&ep, from).await?;
+    let client = Client::connect(&ep, from, accept::CONTENT).await?;
     let sm = oasis_endpoint::sources::get_manifest(&client, name, Some(version), identity.trust())
         .await?;
     let ids: Vec<ChunkId> = sm.manifest.unique_chunks().iter().map(|c| c.id).collect();

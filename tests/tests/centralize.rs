@@ -207,7 +207,7 @@ async fn second_upload_sends_only_changed_chunks() {
 async fn client(seed: &TestSeed, state: &Path) -> Client {
     let id = oasis_core::pki::NodeIdentity::load(state).unwrap();
     let ep = net::client_endpoint(&id, &TransportOptions::default()).unwrap();
-    Client::connect(&ep, seed.seed.addr).await.unwrap()
+    Client::connect(&ep, seed.seed.addr, oasis_core::net::accept::SEED).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -510,4 +510,93 @@ async fn upload_survives_a_seed_restart() {
         m2.upload_new_chunks.get(),
         r.attempts
     );
+}
+
+/// A server on 127.0.0.1 answering with the real seed's store, content, inventory and backups
+/// alike, under the identity in `state`: what someone holding that node's key could run.
+fn impostor(seed: &TestSeed, state: &Path) -> std::net::SocketAddr {
+    let id = oasis_core::pki::NodeIdentity::load(state).unwrap();
+    let ep =
+        net::server_endpoint("127.0.0.1:0".parse().unwrap(), &id, &TransportOptions::default())
+            .unwrap();
+    let addr = ep.local_addr().unwrap();
+    let source =
+        std::sync::Arc::new(oasis_seed::source::SeedSource { store: seed.seed.store.clone() });
+    let router = net::Router::new(source.clone()).inventory(source.clone()).backup(source);
+    tokio::spawn(net::serve(
+        ep,
+        router,
+        std::sync::Arc::new(oasis_core::metrics::NodeMetrics::new()),
+    ));
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_key_posing_as_the_seed_is_refused_before_any_request() {
+    let f = fixture().await;
+    take_snapshot(&f.state).await;
+    let stolen = enroll(&f.seed, "stolen-laptop", "stolen-state");
+    let fake = impostor(&f.seed, &stolen);
+    let refused = |e: anyhow::Error, accepted: &str| {
+        let e = format!("{e:#}");
+        assert!(
+            e.contains(&format!("{fake} is endpoint stolen-laptop@test, but this connection accepts only a {accepted}")),
+            "{e}"
+        );
+    };
+    let served = f.seed.seed.metrics.served_bytes.get();
+
+    // The device's own data and plan go to the seed alone.
+    let e = upload::upload(&UploadOptions::new(&f.state, fake)).await.unwrap_err();
+    refused(e, "seed");
+    let new_root = f.seed.base().join("restored-by-impostor");
+    let e = restore::restore(&RestoreOptions::new(
+        &f.state,
+        fake,
+        "laptop-1",
+        &new_root,
+        RestoreMode::Full,
+    ))
+    .await
+    .unwrap_err();
+    refused(e, "seed");
+    assert!(!new_root.exists(), "nothing is written before the server is known to be the seed");
+    let provision_root = f.seed.base().join("provisioned-by-impostor");
+    let e = restore::provision(&ProvisionOptions {
+        state_dir: f.state.clone(),
+        seed: fake,
+        sources: vec![fake],
+        root: provision_root.clone(),
+        wait: None,
+        streams: 2,
+        progress: false,
+    })
+    .await
+    .unwrap_err();
+    refused(e, "seed");
+    assert!(!provision_root.exists());
+
+    // Layers come from the seed or a reflector, never from another endpoint.
+    let into = f.seed.base().join("fetched-from-impostor");
+    let e = oasis_endpoint::fetch(&oasis_endpoint::FetchOptions {
+        state_dir: f.state.clone(),
+        sources: vec![fake],
+        name: "base".into(),
+        version: Some("1".into()),
+        into: into.clone(),
+        streams: 2,
+        progress: false,
+    })
+    .await
+    .unwrap_err();
+    refused(e, "seed or reflector");
+    assert!(!into.exists());
+
+    // A reflector is no seed either: it may not receive a device's backup.
+    let refl = f.seed.reflector("refl-1", |_| {}).await.unwrap();
+    let e = upload::upload(&UploadOptions::new(&f.state, refl.addr)).await.unwrap_err();
+    let e = format!("{e:#}");
+    assert!(e.contains("is reflector refl-1@test, but this connection accepts only a seed"), "{e}");
+    assert_eq!(f.seed.seed.metrics.served_bytes.get(), served, "the real seed was never asked");
+    refl.stop().await;
 }

@@ -195,7 +195,7 @@ async fn concurrent_misses_for_one_chunk_cause_one_upstream_fetch() -> anyhow::R
     for _ in 0..20 {
         let (ep, ids, addr) = (ep.clone(), ids.clone(), refl.addr);
         tasks.push(tokio::spawn(async move {
-            let client = Client::connect(&ep, addr).await?;
+            let client = Client::connect(&ep, addr, oasis_core::net::accept::ANY).await?;
             let mut replies = client.chunks(ids).await?;
             let mut got = 0;
             while let Some(reply) = replies.next().await? {

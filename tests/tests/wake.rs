@@ -318,7 +318,7 @@ async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 async fn register_as(state: &Path, to: SocketAddr, info: &DeviceInfo) -> anyhow::Result<()> {
     let id = NodeIdentity::load(state)?;
     let ep = net::client_endpoint(&id, &TransportOptions::default())?;
-    let c = Client::connect(&ep, to).await?;
+    let c = Client::connect(&ep, to, oasis_core::net::accept::ANY).await?;
     let r = c.register(info).await;
     c.close();
     Ok(r?)

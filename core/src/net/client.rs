@@ -4,7 +4,7 @@ use super::{close_code, read_frame, NetError, ReadFrameError, CONNECT_TIMEOUT};
 use crate::chunk::ChunkId;
 use crate::compress::StoredChunk;
 use crate::manifest::{ChunkRef, ManifestError, SignedManifest, SignedRoot};
-use crate::pki::{self, PeerInfo, NODE_SERVER_NAME};
+use crate::pki::{self, PeerInfo, Role, NODE_SERVER_NAME};
 use crate::policy::TrafficClass;
 use crate::wire::{self, Frame, MAX_FRAME_BYTES, MAX_IDS_PER_REQUEST, MAX_NAME_BYTES};
 use bytes::Bytes;
@@ -77,8 +77,14 @@ pub struct ChunkReplies {
 
 impl Client {
     /// Connects to the node at `addr` (TLS server name [`NODE_SERVER_NAME`], verified against the
-    /// Oasis CA), giving up after [`CONNECT_TIMEOUT`].
-    pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<Client, NetError> {
+    /// Oasis CA), giving up after [`CONNECT_TIMEOUT`], and accepts it only if its certificate
+    /// names one of the roles in `accept` (see [`super::accept`]): an endpoint's key cannot
+    /// pose as the seed, nor anything but a reflector as a sibling.
+    pub async fn connect(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        accept: &[Role],
+    ) -> Result<Client, NetError> {
         let connect_err =
             |e: Box<dyn std::error::Error + Send + Sync>| NetError::Connect { addr, source: e };
         let connecting =
@@ -95,6 +101,15 @@ impl Client {
                 return Err(connect_err(e.into()));
             }
         };
+        if !accept.contains(&peer.role) {
+            conn.close(VarInt::from_u32(close_code::FORBIDDEN), b"unexpected server role");
+            let accepted: Vec<&str> = accept.iter().map(|r| r.as_str()).collect();
+            return Err(NetError::Role {
+                addr,
+                peer: peer.to_string(),
+                accepted: accepted.join(" or "),
+            });
+        }
         tracing::debug!(%addr, %peer, "connected");
         Ok(Client { conn, peer: Arc::new(peer), addr })
     }

@@ -141,6 +141,23 @@ impl TransportOptions {
     }
 }
 
+/// Which servers a client accepts, by the role their certificate names ([`Client::connect`]).
+pub mod accept {
+    use crate::pki::Role;
+
+    /// Layers and chunks: the seed or a reflector (fetch, apply, discovery, a reflector's
+    /// upstream, which may be another reflector, and registering for wakes).
+    pub const CONTENT: &[Role] = &[Role::Seed, Role::Reflector];
+    /// The seed alone: a device's own data and plan (upload, restore, provision).
+    pub const SEED: &[Role] = &[Role::Seed];
+    /// A reflector of the mesh (sibling fetches).
+    pub const REFLECTOR: &[Role] = &[Role::Reflector];
+    /// A wake relay: a reflector, or an awake endpoint on the target's subnet.
+    pub const RELAY: &[Role] = &[Role::Reflector, Role::Endpoint];
+    /// Any enrolled node (diagnostics and tests).
+    pub const ANY: &[Role] = &Role::ALL;
+}
+
 /// Everything that can go wrong on the network side; each variant names the peer (or local)
 /// address concerned.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +176,10 @@ pub enum NetError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The server's certificate names a role this connection does not accept (an endpoint
+    /// posing as the seed, say); the connection was closed before any request.
+    #[error("{addr} is {peer}, but this connection accepts only a {accepted}")]
+    Role { addr: SocketAddr, peer: String, accepted: String },
     /// An established connection was lost or closed.
     #[error("connection to {addr} lost: {source}")]
     Connection {
@@ -208,6 +229,7 @@ impl NetError {
         match self {
             NetError::Setup { addr, .. }
             | NetError::Connect { addr, .. }
+            | NetError::Role { addr, .. }
             | NetError::Connection { addr, .. }
             | NetError::Stream { addr, .. }
             | NetError::Wire { addr, .. }

@@ -106,7 +106,7 @@ impl Net {
     }
 
     async fn client(&self) -> Client {
-        Client::connect(&self.client_ep, self.addr).await.unwrap()
+        Client::connect(&self.client_ep, self.addr, accept::ANY).await.unwrap()
     }
 }
 
@@ -510,7 +510,7 @@ async fn roles_not_admitted_and_foreign_ca_are_refused() {
     // A reflector is admitted.
     let refl = net.auth.issue(Role::Reflector, "refl-1", None).unwrap();
     let ep = client_endpoint(&refl, &TransportOptions::default()).unwrap();
-    let c = Client::connect(&ep, net.addr).await.unwrap();
+    let c = Client::connect(&ep, net.addr, accept::ANY).await.unwrap();
     assert!(c.layers().await.unwrap().is_empty());
 
     // A node of another CA fails the handshake.
@@ -518,7 +518,7 @@ async fn roles_not_admitted_and_foreign_ca_are_refused() {
     let other = SeedAuthority::init(other_dir.path()).unwrap();
     let stranger = other.issue(Role::Reflector, "refl-1", None).unwrap();
     let ep = client_endpoint(&stranger, &TransportOptions::default()).unwrap();
-    let err = Client::connect(&ep, net.addr).await.unwrap_err();
+    let err = Client::connect(&ep, net.addr, accept::ANY).await.unwrap_err();
     assert!(matches!(err, NetError::Connect { .. }), "{err}");
 }
 
@@ -570,7 +570,7 @@ async fn client_rejects_bad_chunk_answers() {
     ];
     for (answer, want) in cases {
         let (net, addr) = raw_server(answer).await;
-        let client = Client::connect(&net.client_ep, addr).await.unwrap();
+        let client = Client::connect(&net.client_ep, addr, accept::ANY).await.unwrap();
         assert_eq!(client.peer().name, "liar");
         let mut replies = client.chunks(vec![a.id, b.id]).await.unwrap();
         let err = loop {
@@ -627,7 +627,7 @@ async fn throughput() {
         addr
     };
     for round in 0..2 {
-        let raw = Client::connect(&net.client_ep, raw_addr).await.unwrap();
+        let raw = Client::connect(&net.client_ep, raw_addr, accept::ANY).await.unwrap();
         let t = Instant::now();
         let (mut send, mut recv) = raw.connection().open_bi().await.unwrap();
         send.write_all(b"go").await.unwrap();

@@ -109,10 +109,13 @@ async fn ask_relay(
     relay: &route::RelayChoice,
     targets: Vec<WakeTarget>,
 ) -> Result<Vec<WakeSent>, String> {
-    let c = tokio::time::timeout(Duration::from_secs(5), Client::connect(ep, relay.addr))
-        .await
-        .map_err(|_| format!("no answer from {} within 5 s", relay.addr))?
-        .map_err(|e| e.to_string())?;
+    let c = tokio::time::timeout(
+        Duration::from_secs(5),
+        Client::connect(ep, relay.addr, net::accept::RELAY),
+    )
+    .await
+    .map_err(|_| format!("no answer from {} within 5 s", relay.addr))?
+    .map_err(|e| e.to_string())?;
     let r = c.wake(targets).await.map_err(|e| e.to_string());
     c.close();
     r

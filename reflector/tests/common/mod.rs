@@ -143,7 +143,7 @@ impl World {
         let state = self.enroll(Role::Endpoint, name)?;
         let id = NodeIdentity::load(&state)?;
         let ep = net::client_endpoint(&id, &TransportOptions::default())?;
-        Ok(Client::connect(&ep, to).await?)
+        Ok(Client::connect(&ep, to, oasis_core::net::accept::ANY).await?)
     }
 
     pub fn manifest_key(&self) -> ed25519_dalek::VerifyingKey {
