@@ -32,12 +32,14 @@ pub fn socket_path(data: &Path) -> PathBuf {
 fn bind_private(path: &Path) -> std::io::Result<(tokio::net::UnixListener, u32)> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
-    let staging = dir.join(format!(".admin-sock-{}", std::process::id()));
+    // Short: a Unix socket path has room for 107 bytes, and `.aPID/s` is no longer than
+    // `admin.sock`, so a data directory that fits the final path fits this one.
+    let staging = dir.join(format!(".a{}", std::process::id()));
     // A staging directory left by a crashed seed of the same pid is stale.
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
     let bound = (|| {
-        let inside = staging.join("admin.sock");
+        let inside = staging.join("s");
         let listener = tokio::net::UnixListener::bind(&inside)?;
         std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o600))?;
         let owner = std::fs::symlink_metadata(&inside)?.uid();

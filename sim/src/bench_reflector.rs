@@ -57,7 +57,10 @@ async fn wave(
     let mut tasks = Vec::with_capacity(n);
     let start = t0.elapsed().as_secs_f64();
     for state in states {
-        let into = state.with_file_name("root");
+        // Each endpoint's tree beside its state directory (`base/node-NAME-root`).
+        let mut dir = state.clone().into_os_string();
+        dir.push("-root");
+        let into = std::path::PathBuf::from(dir);
         tasks.push(tokio::spawn(async move {
             if full {
                 let r = live::full_fetch(&state, vec![from], "bench-refl", "1", &into).await?;

@@ -66,7 +66,6 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-/// toml's message plus the short piece of text it points at, e.g. "duplicate key (at `rate`)".
 /// What a value looks like, for "… must be a string, not an integer" messages. Shared with
 /// other TOML readers (the simulator's scenarios) so their messages read the same.
 pub fn shown(v: &DeValue<'_>) -> String {

@@ -97,8 +97,8 @@ impl WakeState {
             .collect()
     }
 
-    /// Takes in what a sync with the seed brought back.
-    pub(super) fn synced(&mut self, s: Synced) {
+    /// Takes in what a sync with the seed brought back; false when it failed.
+    pub(super) fn synced(&mut self, s: Synced) -> bool {
         self.unsent.extend(s.not_forwarded);
         if let Some(site) = s.site {
             let changed = self.merge_in_memory(&s.me, site);
@@ -109,8 +109,12 @@ impl WakeState {
             Some(Err(e)) => tracing::warn!(error = %e, "cannot read site assignments"),
             None => {}
         }
-        if let Some(e) = s.error {
-            tracing::warn!(error = %e, "cannot sync the device inventory with the seed");
+        match s.error {
+            Some(e) => {
+                tracing::warn!(error = %e, "cannot sync the device inventory with the seed");
+                false
+            }
+            None => true,
         }
     }
 

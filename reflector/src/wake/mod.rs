@@ -327,95 +327,111 @@ impl Fixed {
     }
 }
 
-/// What a job beside the loop brings back.
-enum Job {
-    Synced(inventory::Synced),
-    Woken(Vec<(String, String)>),
-}
-
 impl WakeTask {
     /// Takes commands, syncs the inventory with the seed and drives scheduled runs until the
-    /// last handle is gone or the task is stopped.
+    /// last handle is gone or the task is stopped. The jobs run in `JoinSet`s, so stopping the
+    /// task stops them too.
     pub async fn run(mut self) {
         let fixed = self.fixed.clone();
         let mut last_sync: Option<Instant> = None;
-        let mut syncing: Option<tokio::task::JoinHandle<inventory::Synced>> = None;
-        let mut waking: Option<tokio::task::JoinHandle<Vec<(String, String)>>> = None;
+        let mut last_sync_failed = false;
+        let mut syncing: tokio::task::JoinSet<inventory::Synced> = tokio::task::JoinSet::new();
+        // The registrations the running sync forwards, put back if it dies.
+        let mut forwarding: Vec<String> = Vec::new();
+        let mut waking: tokio::task::JoinSet<Vec<(String, String)>> = tokio::task::JoinSet::new();
+        // A failed sync is retried for new registrations no sooner than this.
+        let retry = fixed.settings.tick * 5;
+        // Something changed since the loop last looked (a registration, a job's result, time).
+        let mut changed = true;
         loop {
-            let due = last_sync.is_none_or(|t| t.elapsed() >= fixed.settings.sync_every)
-                || !self.state.unsent.is_empty();
-            if due && syncing.is_none() {
+            let since = last_sync.map(|t| t.elapsed());
+            let backoff = if last_sync_failed { retry } else { Duration::ZERO };
+            let unsent_due = !self.state.unsent.is_empty() && since.is_none_or(|s| s >= backoff);
+            if syncing.is_empty()
+                && (since.is_none_or(|s| s >= fixed.settings.sync_every) || unsent_due)
+            {
                 let unsent = self.state.take_unsent();
-                syncing = Some(tokio::spawn(inventory::sync_with_seed(fixed.clone(), unsent)));
+                forwarding = unsent.iter().map(|(n, _)| n.clone()).collect();
+                syncing.spawn(inventory::sync_with_seed(fixed.clone(), unsent));
             }
-            if fixed.settings.scheduled && waking.is_none() {
+            if changed && fixed.settings.scheduled && waking.is_empty() {
                 let names = self.state.drive_runs(&fixed);
                 if !names.is_empty() {
                     tracing::info!(machines = ?names, "waking a batch");
                     let inventory = self.state.inventory_with(fixed.self_entry());
                     let endpoint = self.state.endpoint(&fixed);
-                    let job = relay::wake_names(fixed.clone(), inventory, endpoint, names);
-                    waking = Some(tokio::spawn(job));
+                    waking.spawn(relay::wake_names(fixed.clone(), inventory, endpoint, names));
                 }
                 self.state.record_runs(&fixed.metrics);
             }
-            let active = self.state.deliveries.active();
-            let wait = if active {
+            let mut wait = if self.state.deliveries.active() {
                 fixed.settings.tick
             } else {
                 fixed.settings.sync_every.min(Duration::from_secs(60)).min(fixed.settings.tick * 5)
             };
-            let job = tokio::select! {
+            if !self.state.unsent.is_empty() && syncing.is_empty() {
+                // Wake up when the registrations waiting may be forwarded.
+                wait = wait.min(backoff.saturating_sub(since.unwrap_or_default()));
+            }
+            tokio::select! {
                 command = self.cmds.recv() => match command {
-                    Some(c) => {
-                        self.handle(c);
-                        continue;
-                    }
+                    Some(c) => changed = self.handle(c),
                     None => return,
                 },
-                r = async { syncing.as_mut().expect("guarded").await }, if syncing.is_some() => {
-                    syncing = None;
+                Some(r) = syncing.join_next() => {
                     last_sync = Some(Instant::now());
-                    r.map(Job::Synced)
+                    changed = true;
+                    match r {
+                        Ok(synced) => last_sync_failed = !self.state.synced(synced),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the sync with the seed failed");
+                            self.state.unsent.extend(std::mem::take(&mut forwarding));
+                            last_sync_failed = true;
+                        }
+                    }
                 }
-                r = async { waking.as_mut().expect("guarded").await }, if waking.is_some() => {
-                    waking = None;
-                    r.map(Job::Woken)
+                Some(r) = waking.join_next() => {
+                    changed = true;
+                    match r {
+                        Ok(failures) => self.state.wake_failed(failures),
+                        Err(e) => tracing::warn!(error = %e, "sending a batch of wakes failed"),
+                    }
                 }
-                _ = tokio::time::sleep(wait) => continue,
-            };
-            match job {
-                Ok(Job::Synced(synced)) => self.state.synced(synced),
-                Ok(Job::Woken(failures)) => {
-                    self.state.wake_failed(failures);
-                    self.state.record_runs(&fixed.metrics);
-                }
-                Err(e) => tracing::warn!(error = %e, "a wake job failed"),
+                _ = tokio::time::sleep(wait) => changed = true,
             }
         }
     }
 
-    fn handle(&mut self, command: Command) {
+    /// Answers a command; true when it changed what the loop acts on.
+    fn handle(&mut self, command: Command) -> bool {
         let fixed = &self.fixed;
         match command {
             Command::Register { entry, done } => {
                 self.state.register(entry, &fixed.metrics);
                 let _ = done.send(());
+                true
             }
             Command::Assignments(reply) => {
                 let _ = reply.send(self.state.assignments.clone());
+                false
             }
             Command::Devices(reply) => {
                 let _ = reply.send(self.state.devices.values().cloned().collect());
+                false
             }
             Command::FromSibling { sender, records, learnt } => {
                 let n = self.state.learn_from_sibling(fixed, &sender, &records);
                 let _ = learnt.send(n);
+                n > 0
             }
             Command::SiteRecords(reply) => {
                 let _ = reply.send(self.state.site_records(fixed));
+                false
             }
-            Command::SetMesh(mesh) => self.state.mesh = Some(mesh),
+            Command::SetMesh(mesh) => {
+                self.state.mesh = Some(mesh);
+                false
+            }
         }
     }
 }
