@@ -256,6 +256,26 @@ pub fn admit_registration(
     Ok(info)
 }
 
+/// May `peer` rewrite the record of the device `info` names, given what is recorded now? A
+/// device may always rewrite its own (its certificate names its site); a reflector forwarding
+/// for a device may not move a device recorded in another site into its own, which would
+/// send that device's wakes and plan to the wrong place.
+pub fn may_rewrite(
+    peer: &PeerInfo,
+    info: &DeviceInfo,
+    existing: Option<&DeviceRecord>,
+) -> Result<(), SourceError> {
+    let forwarded = peer.role == Role::Reflector && info.name != peer.name;
+    match existing.and_then(|r| r.site.as_deref()) {
+        Some(site) if forwarded && site != info.site => Err(SourceError::Refused(format!(
+            "device {} is recorded in site {site:?}; reflector {} of site {:?} may not move it \
+             (the device registers itself with the seed once to change its site)",
+            info.name, peer.name, info.site
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The site whose inventory `peer` may read: a reflector's own site.
 pub fn inventory_site(peer: &PeerInfo) -> Result<String, SourceError> {
     match (peer.role, &peer.site) {
@@ -391,6 +411,39 @@ mod tests {
             addrs: vec!["10.1.2.7/24".parse().unwrap()],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_reflector_cannot_move_a_device_of_another_site_into_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let inv = Inventory::open(&store).unwrap();
+        let peer = |role: Role, name: &str, site: &str| PeerInfo {
+            role,
+            name: name.into(),
+            site: Some(site.into()),
+        };
+        let laptop = peer(Role::Endpoint, "pc-1", "paris");
+        let own = admit_registration(&laptop, info("pc-1")).unwrap();
+        inv.record(&own, "pc-1", 100).unwrap();
+        let existing = inv.get("pc-1").unwrap();
+
+        // A reflector of lyon forwards a registration claiming pc-1 is of lyon.
+        let lyon = peer(Role::Reflector, "refl-lyon", "lyon");
+        let mut forged = info("pc-1");
+        forged.site = "lyon".into();
+        let forged = admit_registration(&lyon, forged).unwrap();
+        let e = may_rewrite(&lyon, &forged, existing.as_ref()).unwrap_err().to_string();
+        assert!(e.contains("pc-1 is recorded in site \"paris\""), "{e}");
+        // Paris's own reflector forwarding it, or the device itself moving, are fine.
+        let paris = peer(Role::Reflector, "refl-paris", "paris");
+        assert!(may_rewrite(&paris, &own, existing.as_ref()).is_ok());
+        let moved =
+            admit_registration(&peer(Role::Endpoint, "pc-1", "lyon"), info("pc-1")).unwrap();
+        assert!(
+            may_rewrite(&peer(Role::Endpoint, "pc-1", "lyon"), &moved, existing.as_ref()).is_ok()
+        );
+        assert!(may_rewrite(&lyon, &forged, None).is_ok(), "a device not yet recorded");
     }
 
     #[test]

@@ -63,6 +63,8 @@ impl InventorySource for SeedSource {
     async fn register(&self, peer: &PeerInfo, info: DeviceInfo) -> Result<(), SourceError> {
         let info = crate::devices::admit_registration(peer, info)?;
         let inv = crate::devices::Inventory::open(&self.store).map_err(internal)?;
+        let existing = inv.get(&info.name).map_err(internal)?;
+        crate::devices::may_rewrite(peer, &info, existing.as_ref())?;
         let r = inv.record(&info, &peer.name, crate::devices::unix_now()).map_err(internal)?;
         tracing::info!(device = %r.name, by = %peer.name, site = ?r.site, "device registered");
         Ok(())

@@ -94,6 +94,16 @@ impl InventoryRecord {
         }
     }
 
+    /// The entry a receiver whose clock reads `now` (Unix seconds) stores for a record it
+    /// admitted: a `last_seen` ahead of its clock (within [`MAX_CLOCK_SKEW_SECS`], or the
+    /// record was refused) is taken as now, so a sender whose clock runs fast does not win
+    /// every merge by last-seen for minutes.
+    pub fn admitted(&self, now: u64) -> DeviceEntry {
+        let mut e = self.to_entry();
+        e.last_seen = e.last_seen.min(now);
+        e
+    }
+
     /// Field bounds, independent of who sent it.
     pub fn check(&self) -> Result<(), String> {
         validate_node_name("device name", &self.name).map_err(|e| e.to_string())?;
@@ -208,6 +218,15 @@ mod tests {
 
     fn msg(records: Vec<InventoryRecord>) -> GossipMsg {
         GossipMsg { seq: 7, body: Body::Inventory(records) }
+    }
+
+    #[test]
+    fn a_record_from_a_clock_that_runs_fast_is_taken_as_now() {
+        let mut r = rec("pc-1", "lyon");
+        r.last_seen = 1_000 + 120;
+        assert_eq!(r.admitted(1_000).last_seen, 1_000);
+        r.last_seen = 900;
+        assert_eq!(r.admitted(1_000).last_seen, 900, "the past is kept as it is");
     }
 
     #[test]

@@ -49,7 +49,7 @@ impl WakeState {
         let entries: Vec<DeviceEntry> = records
             .iter()
             .filter(|r| Some(&r.site) == fixed.me.site.as_ref() && r.check().is_ok())
-            .map(InventoryRecord::to_entry)
+            .map(|r| r.admitted(unix_now()))
             .collect();
         let changed = self.merge_in_memory(&fixed.me.name, entries);
         if !changed.is_empty() {
