@@ -49,12 +49,24 @@ impl Engine<'_> {
             }
         }
         m.view.expire(now_d);
+        // The reflectors the view lists (a dead one until its heartbeat expires): when that
+        // changes, the pulls get new fetchers.
+        let members: Vec<u32> = (0..m.wan.len() as u32)
+            .filter(|&r| {
+                let rec = m.view.peer(m.wan[r as usize].place().me());
+                rec.is_some_and(|rec| rec.serving_addr.is_some())
+            })
+            .collect();
+        let reassign = (members != m.assigned && !members.is_empty()).then_some(members);
         let more = site.eps.iter().any(|e| !e.done_at.is_finite() && e.failed.is_none());
         // The site's reflectors run their rounds together, at the deadline their state
         // machines set.
         let next = site.alive.iter().map(|&r| m.wan[r as usize].next_round()).min();
         if let Some(next) = next.filter(|_| more) {
             self.push(next.as_secs_f64(), Ev::Gossip { site: s as u32 });
+        }
+        if let Some(members) = reassign {
+            self.reassign(s, members);
         }
         // A larger share may admit what waits on the budget now.
         for r in raised {

@@ -226,8 +226,10 @@ struct Mesh {
     view: GossipView,
     /// The site label in heartbeats (a valid site name, whatever the scenario calls the site).
     label: String,
-    /// Per pull: the reflector that pulls it over the WAN ([`site_fetcher`] over the live ones).
+    /// Per pull: the reflector that pulls it over the WAN ([`site_fetcher`] over `assigned`).
     fetcher: Vec<u8>,
+    /// The reflectors the fetchers were named over: those the view listed then.
+    assigned: Vec<u32>,
     sharing: WanSharing,
     /// Each reflector's site-WAN state machine (leader, demand, share).
     wan: Vec<SiteWan>,

@@ -332,6 +332,7 @@ fn site_mesh(
         view,
         label,
         fetcher: vec![0; c.pulls.len()],
+        assigned: Vec::new(),
         sharing: g.wan_sharing,
         wan,
         arrived: vec![false; nr],
@@ -341,6 +342,7 @@ fn site_mesh(
     };
     let all: Vec<u32> = (0..nr as u32).collect();
     assign_fetchers(&mut m, &all, &c.pulls);
+    m.assigned = all;
     m
 }
 

@@ -153,6 +153,30 @@ impl Engine<'_> {
         }
     }
 
+    /// Names the fetchers of the site's pulls anew over `members` (the reflectors its gossip
+    /// view lists), and hands the misses that waited on a reflector no longer listed to the
+    /// new fetchers.
+    pub(super) fn reassign(&mut self, s: usize, members: Vec<u32>) {
+        let c = self.c;
+        let site = &mut self.sites[s];
+        let Some(m) = site.mesh.as_mut() else { return };
+        assign_fetchers(m, &members, &c.pulls);
+        m.assigned = members;
+        let gone: Vec<usize> =
+            (0..site.refl.len()).filter(|r| !m.assigned.contains(&(*r as u32))).collect();
+        for &a in &site.alive {
+            site.refl[a as usize].cursor.iter_mut().for_each(|c| *c = 0);
+        }
+        for r in gone {
+            for (sl, k) in std::mem::take(&mut site.refl[r].demand) {
+                let p = c.layers[site.layers[sl as usize].layer].pulls[k as usize];
+                let o = Self::owner(site, p) as usize;
+                site.refl[o].demand.push((sl, k));
+            }
+        }
+        self.kick_all(s);
+    }
+
     pub(super) fn reflector_down(&mut self, s: usize, r: usize) {
         if r >= self.sites[s].refl.len() || !self.sites[s].refl[r].alive {
             return;
@@ -173,7 +197,6 @@ impl Engine<'_> {
         }
         site.refl[r].holds.iter_mut().for_each(|w| *w = 0);
         site.refl[r].ledger = CacheLedger::new();
-        let demand = std::mem::take(&mut site.refl[r].demand);
         if site.alive.is_empty() {
             for ep in site.eps.iter_mut() {
                 if ep.failed.is_none() && !ep.done_at.is_finite() {
@@ -183,21 +206,14 @@ impl Engine<'_> {
             }
             return;
         }
-        // The survivors split the dead one's pulls by rendezvous hashing over the live set
-        // (siblings.rs: a sibling that does not answer is skipped and the chunk pulled by the
-        // asker, so the new split holds from the death on). Their WAN shares follow the
-        // gossip: the dead one's heartbeat expires after three intervals (`gossip_tick`).
-        if let Some(m) = site.mesh.as_mut() {
-            assign_fetchers(m, &site.alive, &self.c.pulls);
-        }
-        for &a in &site.alive {
-            site.refl[a as usize].cursor.iter_mut().for_each(|c| *c = 0);
-        }
-        let c = self.c;
-        for (sl, k) in demand {
-            let p = c.layers[site.layers[sl as usize].layer].pulls[k as usize];
-            let o = Self::owner(site, p) as usize;
-            site.refl[o].demand.push((sl, k));
+        // The dead one keeps its pulls, and the misses waiting on them, until the survivors'
+        // view lets its heartbeat expire (three intervals) and names their new fetchers
+        // (`gossip_tick` → `reassign`), as the reflectors' siblings wait for the leader until
+        // their view names the next one. Without a mesh the one survivor pulls everything.
+        if site.mesh.is_none() {
+            let demand = std::mem::take(&mut site.refl[r].demand);
+            let a = site.alive[0] as usize;
+            site.refl[a].demand.extend(demand);
         }
         for ep in site.eps.iter_mut() {
             ep.bound_k = ep.k;
