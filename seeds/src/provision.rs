@@ -58,6 +58,7 @@ pub fn snapshot_error(e: SnapshotError) -> SourceError {
         SnapshotError::Incomplete(m) | SnapshotError::NotFound(m) => {
             SourceError::Rejected(ErrorCode::NotFound, m)
         }
+        SnapshotError::Busy(m) => SourceError::Unavailable(m),
         other => SourceError::Internal(other.to_string()),
     }
 }

@@ -12,8 +12,54 @@ use oasis_core::store::{ChunkStore, StoreError};
 use oasis_core::wire::MAX_IDS_PER_REQUEST;
 use serde::{Deserialize, Serialize};
 
+/// Bytes of snapshot records the seed assembles in memory at once, over every upload. A record
+/// is checked and decoded whole, so each one in assembly holds its size in memory; this caps
+/// what uploads can make the seed hold (a record may be up to [`MAX_RECORD_BYTES`], so one of
+/// the largest at a time). An upload over the budget is answered `Unavailable` and retried by
+/// the endpoint.
+pub const RECORD_ASSEMBLY_BYTES: u64 = MAX_RECORD_BYTES;
+
+/// Record bytes in assembly, against a limit.
+pub struct RecordBudget {
+    limit: u64,
+    used: std::sync::Mutex<u64>,
+}
+
+/// The seed's budget of [`RECORD_ASSEMBLY_BYTES`].
+static ASSEMBLY: RecordBudget = RecordBudget::new(RECORD_ASSEMBLY_BYTES);
+
+impl RecordBudget {
+    pub const fn new(limit: u64) -> RecordBudget {
+        RecordBudget { limit, used: std::sync::Mutex::new(0) }
+    }
+
+    fn reserve(&self, bytes: u64) -> Option<Assembly<'_>> {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        (*used + bytes <= self.limit).then(|| {
+            *used += bytes;
+            Assembly { budget: self, bytes }
+        })
+    }
+}
+
+/// A share of a [`RecordBudget`], given back when dropped.
+struct Assembly<'a> {
+    budget: &'a RecordBudget,
+    bytes: u64,
+}
+
+impl Drop for Assembly<'_> {
+    fn drop(&mut self) {
+        let mut used = self.budget.used.lock().unwrap_or_else(|e| e.into_inner());
+        *used = used.saturating_sub(self.bytes);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// Too much is being assembled at once: try again shortly.
+    #[error("{0}")]
+    Busy(String),
     /// The upload is not acceptable (bad record, wrong device, inconsistent sizes).
     #[error("{0}")]
     Invalid(String),
@@ -42,6 +88,7 @@ pub struct Filed {
 pub struct Snapshots<'a> {
     store: &'a ChunkStore,
     tree: sled::Tree,
+    budget: &'a RecordBudget,
 }
 
 fn key(device: &str, id: &str) -> Vec<u8> {
@@ -57,7 +104,15 @@ pub fn unix_now() -> u64 {
 
 impl<'a> Snapshots<'a> {
     pub fn open(store: &'a ChunkStore) -> Result<Snapshots<'a>, SnapshotError> {
-        Ok(Snapshots { tree: store.db().open_tree("device_snapshots")?, store })
+        Snapshots::with_budget(store, &ASSEMBLY)
+    }
+
+    /// [`Snapshots::open`] assembling records under `budget` rather than the seed's.
+    pub fn with_budget(
+        store: &'a ChunkStore,
+        budget: &'a RecordBudget,
+    ) -> Result<Snapshots<'a>, SnapshotError> {
+        Ok(Snapshots { tree: store.db().open_tree("device_snapshots")?, store, budget })
     }
 
     /// Reads and checks an uploaded record: its chunks must be stored and add up to its digest.
@@ -75,8 +130,26 @@ impl<'a> Snapshots<'a> {
                 r.len
             )));
         }
+        // Nothing is read, let alone allocated, before every chunk is known to be here.
+        let ids: Vec<ChunkId> = r.chunks.iter().map(|c| c.id).collect();
+        let mut missing = 0usize;
+        for batch in ids.chunks(MAX_IDS_PER_REQUEST) {
+            missing += self.store.have(batch)?.iter().filter(|h| !**h).count();
+        }
+        if missing > 0 {
+            return Err(SnapshotError::Incomplete(format!(
+                "{missing} of the record's {} chunks are not stored: upload them first",
+                r.chunks.len()
+            )));
+        }
+        let _budget = self.budget.reserve(r.len).ok_or_else(|| {
+            SnapshotError::Busy(format!(
+                "the seed is assembling as many snapshot records as it holds at once ({} \
+                 bytes); this record of {} bytes waits its turn (try again)",
+                self.budget.limit, r.len
+            ))
+        })?;
         let mut bytes = Vec::with_capacity(r.len as usize);
-        let mut missing = 0;
         for c in &r.chunks {
             match self.store.get_plain(&c.id)? {
                 Some(b) if b.len() == c.len as usize => bytes.extend_from_slice(&b),
@@ -86,14 +159,14 @@ impl<'a> Snapshots<'a> {
                         c.id, c.len
                     )))
                 }
-                None => missing += 1,
+                // Dropped as corrupt since the check above.
+                None => {
+                    return Err(SnapshotError::Incomplete(format!(
+                        "record chunk {} is no longer stored: upload it again",
+                        c.id
+                    )))
+                }
             }
-        }
-        if missing > 0 {
-            return Err(SnapshotError::Incomplete(format!(
-                "{missing} of the record's {} chunks are not stored: upload them first",
-                r.chunks.len()
-            )));
         }
         r.check(&bytes).map_err(SnapshotError::Invalid)?;
         SnapshotRecord::decode(&bytes).map_err(|e| SnapshotError::Invalid(e.to_string()))
@@ -298,5 +371,42 @@ mod tests {
         // A record sent under another device's name is refused.
         assert!(matches!(snaps.put("desk", &req), Err(SnapshotError::Invalid(_))));
         assert_eq!(snaps.devices().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn records_in_assembly_stay_within_the_budget_and_a_claim_alone_allocates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let r = record("laptop", "1", b"user data");
+        store.put(&StoredChunk::encode(b"user data")).unwrap();
+        let req = upload_record(&store, &r);
+        let budget: &'static RecordBudget = Box::leak(Box::new(RecordBudget::new(1 << 20)));
+        let snaps = Snapshots::with_budget(&store, budget).unwrap();
+
+        // What the issue described: one stored chunk listed over and over, claiming more than
+        // the budget. Not assembled: the upload is asked to wait.
+        let piece = req.record.chunks[0];
+        let mut huge = req.record.clone();
+        huge.chunks = vec![piece; 16_384];
+        huge.len = u64::from(piece.len) * 16_384;
+        assert!(huge.len > 1 << 20, "{}", huge.len);
+        assert!(matches!(snaps.read_record(&huge), Err(SnapshotError::Busy(_))));
+        // Chunks not stored: refused before any is read.
+        let mut absent = req.record.clone();
+        absent.chunks[0].id = ChunkId::of(b"never uploaded");
+        assert!(matches!(snaps.read_record(&absent), Err(SnapshotError::Incomplete(_))));
+
+        // While the budget is taken, a record waits its turn (Unavailable: the endpoint
+        // retries); once it is free the same record files.
+        let held = budget.reserve(1 << 20).unwrap();
+        let e = snaps.put("laptop", &req).unwrap_err();
+        assert!(matches!(e, SnapshotError::Busy(_)), "{e}");
+        assert!(matches!(
+            crate::provision::snapshot_error(e),
+            oasis_core::net::SourceError::Unavailable(_)
+        ));
+        drop(held);
+        assert_eq!(snaps.put("laptop", &req).unwrap().id, "1");
+        assert_eq!(*budget.used.lock().unwrap(), 0, "every share given back");
     }
 }
