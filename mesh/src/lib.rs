@@ -19,7 +19,7 @@
 
 pub mod binding;
 mod task;
-pub use task::VIEW_PUBLISH;
+pub use task::{MAX_BINDINGS_PER_NODE, MAX_VERIFIED_PEERS, VIEW_PUBLISH};
 
 use std::net::SocketAddr;
 use std::path::Path;

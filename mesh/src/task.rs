@@ -29,6 +29,19 @@ use crate::{binding, peer_ref, Command, DeviceBatch, Holding, MeshConfig, MeshMe
 /// How often a changed view is published at most: readers see a change within this, and a
 /// busy mesh copies its view at most this often.
 pub const VIEW_PUBLISH: Duration = Duration::from_millis(50);
+/// Most peers whose hello verified that the mesh task keeps; hellos beyond are refused
+/// (`too_many_peers`) until silent ones are pruned.
+pub const MAX_VERIFIED_PEERS: usize = 4096;
+/// Most peer ids one certificate (one node name) may bind at once: a node keeps its peer id
+/// across restarts, so more means one key is being used to fill the mesh
+/// (`too_many_bindings`).
+pub const MAX_BINDINGS_PER_NODE: usize = 4;
+
+/// A peer whose hello verified, and when it was last heard from.
+struct Verified {
+    info: PeerInfo,
+    last: Duration,
+}
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -63,7 +76,8 @@ pub(crate) struct MeshTask {
     started: Instant,
     seq: u64,
     view: GossipView,
-    verified: HashMap<PeerId, PeerInfo>,
+    /// Peers whose hello verified; pruned once silent for two hello periods.
+    verified: HashMap<PeerId, Verified>,
     local: HashMap<LayerDigest, LocalLayer>,
     load: Load,
     hello_due: bool,
@@ -300,6 +314,9 @@ impl MeshTask {
             debug!("mesh peer {:?} expired", p);
             self.view_dirty = true;
         }
+        // A live peer says hello every hello period; one silent for two is gone.
+        let (now, keep) = (self.now(), self.hello_period() * 2);
+        self.verified.retain(|_, v| now.saturating_sub(v.last) <= keep);
         self.metrics.peers.set(self.view.len() as i64);
         if self.hello_due && self.publish(Body::Hello(self.hello.clone()), "hello") {
             self.hello_due = false;
@@ -592,8 +609,18 @@ impl MeshTask {
         if let Body::Hello(hello) = &msg.body {
             return match binding::verify_binding(hello, &author, &self.trust) {
                 Ok(info) => {
+                    let known = self.verified.contains_key(&author);
+                    if !known {
+                        if let Err(reason) = self.may_bind(&info) {
+                            debug!("hello from {author} ({info}) refused: {reason}");
+                            self.metrics.count_drop(reason);
+                            return MessageAcceptance::Ignore;
+                        }
+                    }
                     self.metrics.count(kind, "in");
-                    if self.verified.insert(author, info.clone()).is_none() {
+                    let now = self.now();
+                    self.verified.insert(author, Verified { info: info.clone(), last: now });
+                    if !known {
                         debug!("mesh peer {author} verified as {info}");
                         // A node we did not know: it probably does not know us either.
                         self.hello_due = true;
@@ -601,7 +628,7 @@ impl MeshTask {
                             l.dirty = true;
                         }
                     }
-                    let _ = self.view.apply(&msg, &peer_ref(&author), self.now());
+                    let _ = self.view.apply(&msg, &peer_ref(&author), now);
                     self.view_dirty = true;
                     MessageAcceptance::Accept
                 }
@@ -612,11 +639,14 @@ impl MeshTask {
                 }
             };
         }
-        let Some(info) = self.verified.get(&author) else {
+        let now = self.now();
+        let Some(v) = self.verified.get_mut(&author) else {
             self.metrics.count_drop("unverified");
             // Not forwarded, not penalised: its hello may simply not have reached us yet.
             return MessageAcceptance::Ignore;
         };
+        v.last = now;
+        let info = &v.info;
         let mut msg = msg;
         if let Body::Inventory(records) = &msg.body {
             let now = unix_ms() / 1000;
@@ -650,6 +680,24 @@ impl MeshTask {
             }
             Err(e) => self.reject(&author, e),
         }
+    }
+
+    /// How often this node says hello (and, the mesh being configured alike, its peers do).
+    fn hello_period(&self) -> Duration {
+        self.config.heartbeat * (3 * self.config.reannounce_heartbeats.max(1))
+    }
+
+    /// May a newly verified peer with certificate `info` join the verified peers? The reason
+    /// counted when not.
+    fn may_bind(&self, info: &PeerInfo) -> Result<(), &'static str> {
+        if self.verified.len() >= MAX_VERIFIED_PEERS {
+            return Err("too_many_peers");
+        }
+        let same = |v: &&Verified| v.info.role == info.role && v.info.name == info.name;
+        if self.verified.values().filter(same).count() >= MAX_BINDINGS_PER_NODE {
+            return Err("too_many_bindings");
+        }
+        Ok(())
     }
 
     fn reject(&mut self, author: &PeerId, e: GossipReject) -> MessageAcceptance {

@@ -188,3 +188,83 @@ fn peer_id_is_stable_and_key_is_private() {
         std::fs::metadata(dir.path().join(oasis_mesh::P2P_KEY_FILE)).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// Joins the target's mesh as a raw gossipsub peer with a fresh key, says hello with `id`'s
+/// certificate, and keeps the connection polled for `stay`.
+async fn raw_hello(
+    id: oasis_core::pki::NodeIdentity,
+    target: oasis_mesh::libp2p::Multiaddr,
+    target_id: oasis_mesh::libp2p::PeerId,
+    stay: Duration,
+) {
+    let key = Keypair::generate_ed25519();
+    let me = key.public().to_peer_id();
+    let mut raw = raw_swarm(key);
+    let topic = IdentTopic::new(oasis_mesh::TOPIC);
+    raw.behaviour_mut().subscribe(&topic).unwrap();
+    raw.dial(target).unwrap();
+    let hash = topic.hash();
+    let subscribed = pump(&mut raw, Duration::from_secs(10), |ev| {
+        matches!(ev, SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, topic })
+            if *peer_id == target_id && *topic == hash)
+    })
+    .await;
+    assert!(subscribed, "target never subscribed");
+    let hello = binding::sign_binding(&id, &me).unwrap();
+    raw.behaviour_mut()
+        .publish(topic, GossipMsg { seq: 1, body: Body::Hello(hello) }.encode())
+        .expect("publish");
+    pump(&mut raw, stay, |_| false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_certificate_binds_at_most_a_few_peer_ids_until_silent_ones_are_pruned() {
+    let net = Net::new();
+    let (id_t, state_t) = net.enroll("target", "lyon");
+    // A hello period of 3 x 1 s: a peer silent for 6 s is gone. Long enough that every raw
+    // peer below has said hello before the first is pruned, even on a loaded machine.
+    let config = oasis_mesh::MeshConfig {
+        heartbeat: Duration::from_secs(1),
+        reannounce_heartbeats: 1,
+        ..loopback_config(vec![], false)
+    };
+    let (target, target_task) = start(&id_t, &state_t, config).await;
+    let target_addr = addr_of(&target, false).await;
+    let (id_raw, _state_raw) = net.enroll("one-key", "lyon");
+    let n = oasis_mesh::MAX_BINDINGS_PER_NODE + 2;
+    let peers: Vec<_> = (0..n)
+        .map(|_| {
+            tokio::spawn(raw_hello(
+                id_raw.clone(),
+                target_addr.clone(),
+                target.peer_id(),
+                Duration::from_secs(3),
+            ))
+        })
+        .collect();
+    let m = target.metrics().clone();
+    let refused = wait_for(Duration::from_secs(8), || {
+        let m = m.clone();
+        async move { m.dropped("too_many_bindings") >= 2 }
+    })
+    .await;
+    let verified = m.received("hello");
+    assert!(
+        refused.is_some(),
+        "{n} peer ids under one certificate: too_many_bindings {}, hellos accepted {verified}",
+        m.dropped("too_many_bindings")
+    );
+    assert_eq!(verified as usize, oasis_mesh::MAX_BINDINGS_PER_NODE, "the first ones are in");
+    for p in peers {
+        p.await.unwrap();
+    }
+    // They said nothing for two hello periods: pruned, so the certificate binds a new peer id.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let (refused, hellos) = (m.dropped("too_many_bindings"), m.received("hello"));
+    raw_hello(id_raw.clone(), target_addr.clone(), target.peer_id(), Duration::from_secs(1)).await;
+    assert_eq!(m.dropped("too_many_bindings"), refused, "no refusal once the others are gone");
+    assert_eq!(m.received("hello"), hellos + 1);
+    assert!(!target_task.is_finished());
+    target.shutdown();
+    target_task.await.unwrap().unwrap();
+}
