@@ -115,6 +115,16 @@ impl<'a> Snapshots<'a> {
         Ok(Snapshots { tree: store.db().open_tree("device_snapshots")?, store, budget })
     }
 
+    /// How many of `ids` the store lacks.
+    fn missing(&self, ids: impl Iterator<Item = ChunkId>) -> Result<usize, SnapshotError> {
+        let ids: Vec<ChunkId> = ids.collect();
+        let mut missing = 0;
+        for batch in ids.chunks(MAX_IDS_PER_REQUEST) {
+            missing += self.store.have(batch)?.iter().filter(|h| !**h).count();
+        }
+        Ok(missing)
+    }
+
     /// Reads and checks an uploaded record: its chunks must be stored and add up to its digest.
     pub fn read_record(&self, r: &RecordRef) -> Result<SnapshotRecord, SnapshotError> {
         if r.len > MAX_RECORD_BYTES {
@@ -131,11 +141,7 @@ impl<'a> Snapshots<'a> {
             )));
         }
         // Nothing is read, let alone allocated, before every chunk is known to be here.
-        let ids: Vec<ChunkId> = r.chunks.iter().map(|c| c.id).collect();
-        let mut missing = 0usize;
-        for batch in ids.chunks(MAX_IDS_PER_REQUEST) {
-            missing += self.store.have(batch)?.iter().filter(|h| !**h).count();
-        }
+        let missing = self.missing(r.chunks.iter().map(|c| c.id))?;
         if missing > 0 {
             return Err(SnapshotError::Incomplete(format!(
                 "{missing} of the record's {} chunks are not stored: upload them first",
@@ -190,15 +196,11 @@ impl<'a> Snapshots<'a> {
             )));
         }
         let chunks = record.unique_chunks();
-        let ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
-        let mut missing = 0usize;
-        for batch in ids.chunks(MAX_IDS_PER_REQUEST) {
-            missing += self.store.have(batch)?.iter().filter(|h| !**h).count();
-        }
+        let missing = self.missing(chunks.iter().map(|c| c.id))?;
         if missing > 0 {
             return Err(SnapshotError::Incomplete(format!(
                 "{missing} of the {} chunks snapshot {} names are not stored: upload them first",
-                ids.len(),
+                chunks.len(),
                 req.id
             )));
         }
