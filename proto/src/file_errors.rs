@@ -65,11 +65,7 @@ impl TomlProblem {
 
     /// ` line L, column C` (empty without a position).
     pub fn position(&self) -> String {
-        match (self.line, self.column) {
-            (Some(l), Some(c)) => format!(" line {l}, column {c}"),
-            (Some(l), None) => format!(" line {l}"),
-            _ => String::new(),
-        }
+        position(self.line, self.column)
     }
 
     /// `{origin} line L, column C: not valid TOML: {message}`, or without "not valid TOML"
@@ -77,6 +73,15 @@ impl TomlProblem {
     pub fn describe(&self, origin: &str) -> String {
         let what = if self.syntax { "not valid TOML: " } else { "" };
         format!("{origin}{}: {what}{}", self.position(), self.message)
+    }
+}
+
+/// ` line L, column C`, ` line L`, or nothing, as the position of an error in a file.
+pub fn position(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(" line {l}, column {c}"),
+        (Some(l), None) => format!(" line {l}"),
+        _ => String::new(),
     }
 }
 

@@ -34,6 +34,7 @@ mod parse;
 mod schedule;
 pub mod unpaid;
 
+use crate::file_errors::position;
 use std::path::PathBuf;
 
 pub use budget::{Decision, TrafficClass, WanBudget};
@@ -62,7 +63,7 @@ pub enum PolicyError {
         source: std::io::Error,
     },
     /// The file is not valid TOML.
-    #[error("{origin}{}: not valid TOML: {message}", at(.line, .column))]
+    #[error("{origin}{}: not valid TOML: {message}", position(*.line, *.column))]
     Syntax {
         /// The file name as given.
         origin: String,
@@ -74,7 +75,7 @@ pub enum PolicyError {
         message: String,
     },
     /// Valid TOML, but a key is unknown, missing, or has a value that is not allowed.
-    #[error("{origin}{}: {key} {problem}", at(.line, &None))]
+    #[error("{origin}{}: {key} {problem}", position(*.line, None))]
     Invalid {
         /// The file name as given.
         origin: String,
@@ -102,14 +103,6 @@ impl PolicyError {
             PolicyError::Syntax { line, .. } | PolicyError::Invalid { line, .. } => *line,
             PolicyError::Io { .. } => None,
         }
-    }
-}
-
-fn at(line: &Option<usize>, column: &Option<usize>) -> String {
-    match (line, column) {
-        (Some(l), Some(c)) => format!(" line {l}, column {c}"),
-        (Some(l), None) => format!(" line {l}"),
-        _ => String::new(),
     }
 }
 

@@ -97,11 +97,12 @@ impl WakeState {
             .collect()
     }
 
-    /// Takes in what a sync with the seed brought back; false when it failed.
-    pub(super) fn synced(&mut self, s: Synced) -> bool {
+    /// Takes in what a sync with the seed brought back (`me`: this reflector, whose own entry
+    /// is never taken from the seed); false when it failed.
+    pub(super) fn synced(&mut self, me: &str, s: Synced) -> bool {
         self.unsent.extend(s.not_forwarded);
         if let Some(site) = s.site {
-            let changed = self.merge_in_memory(&s.me, site);
+            let changed = self.merge_in_memory(me, site);
             self.save_devices(&changed);
         }
         match s.assignments {
@@ -215,8 +216,6 @@ impl WakeNode {
 
 /// What a sync with the seed brought back, for the wake task to take in.
 pub(super) struct Synced {
-    /// This reflector's name (its own entry is never taken from the seed).
-    me: String,
     /// Registrations still to forward.
     not_forwarded: Vec<String>,
     /// The site's inventory as the seed has it.
@@ -229,7 +228,6 @@ pub(super) struct Synced {
 /// and assignments. Runs beside the wake task's loop.
 pub(super) async fn sync_with_seed(fixed: Arc<Fixed>, unsent: Vec<(String, DeviceInfo)>) -> Synced {
     let mut out = Synced {
-        me: fixed.me.name.clone(),
         not_forwarded: unsent.iter().map(|(n, _)| n.clone()).collect(),
         site: None,
         assignments: None,

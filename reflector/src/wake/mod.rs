@@ -382,7 +382,7 @@ impl WakeTask {
                     last_sync = Some(Instant::now());
                     changed = true;
                     match r {
-                        Ok(synced) => last_sync_failed = !self.state.synced(synced),
+                        Ok(synced) => last_sync_failed = !self.state.synced(&fixed.me.name, synced),
                         Err(e) => {
                             tracing::warn!(error = %e, "the sync with the seed failed");
                             self.state.unsent.extend(std::mem::take(&mut forwarding));

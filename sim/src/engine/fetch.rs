@@ -15,10 +15,13 @@ pub(super) fn owner_of(mesh: Option<&Mesh>, alive: &[u32], p: u32) -> u32 {
 /// rendezvous hashing of the pull's id, over the live reflectors' peer refs), as every
 /// reflector of the site computes it.
 pub(super) fn assign_fetchers(m: &mut Mesh, alive: &[u32], pulls: &[Pull]) {
-    let members: Vec<PeerRef> = alive.iter().map(|&r| m.peers[r as usize].clone()).collect();
+    let members: Vec<PeerRef> =
+        alive.iter().map(|&r| m.wan[r as usize].place().me().clone()).collect();
+    let place = m.wan[alive[0] as usize].place();
+    let (sharing, site) = (place.sharing(), place.site().unwrap_or_default());
     for (p, pull) in pulls.iter().enumerate() {
-        let f = site_fetcher(m.sharing, &m.label, &pull.id, &members)
-            .and_then(|f| m.peers.iter().position(|x| *x == f))
+        let f = site_fetcher(sharing, site, &pull.id, &members)
+            .and_then(|f| m.wan.iter().position(|w| *w.place().me() == f))
             .unwrap_or(alive[0] as usize);
         m.fetcher[p] = f as u8;
     }

@@ -38,7 +38,7 @@ impl Engine<'_> {
             let msg = GossipMsg {
                 seq: m.seq,
                 body: Body::Heartbeat(Heartbeat {
-                    site: Some(m.label.clone()),
+                    site: m.wan[r].place().site().map(str::to_string),
                     serving_addr: Some(format!("127.0.0.1:{}", 7000 + r)),
                     load: Load { wan_demand: demand, ..Load::default() },
                     heartbeat_ms: (m.heartbeat_s * 1000.0) as u32,
@@ -51,12 +51,13 @@ impl Engine<'_> {
         m.view.expire(now_d);
         // The reflectors the view lists (a dead one until its heartbeat expires): when that
         // changes, the pulls get new fetchers.
-        let members: Vec<u32> = (0..m.wan.len() as u32)
-            .filter(|&r| {
-                let rec = m.view.peer(m.wan[r as usize].place().me());
-                rec.is_some_and(|rec| rec.serving_addr.is_some())
-            })
+        let listed = site.alive.first().map(|&a| m.wan[a as usize].place().members(&m.view));
+        let mut members: Vec<u32> = listed
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| m.wan.iter().position(|w| w.place().me() == p).map(|r| r as u32))
             .collect();
+        members.sort_unstable();
         let reassign = (members != m.assigned && !members.is_empty()).then_some(members);
         let more = site.eps.iter().any(|e| !e.done_at.is_finite() && e.failed.is_none());
         // The site's reflectors run their rounds together, at the deadline their state

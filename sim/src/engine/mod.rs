@@ -61,7 +61,7 @@ use oasis_proto::gossip::{Body, GossipMsg, GossipView, Heartbeat, Load, PeerRef}
 use oasis_proto::policy::unpaid::window_limit;
 use oasis_proto::policy::{time_zone, BandwidthPolicy, Decision, TrafficClass, WanBudget};
 use oasis_proto::select::{self, ProbeAnswer, SourceCandidate, LOAD_BUCKET};
-use oasis_proto::site_wan::{site_fetcher, SitePlace, SiteWan, WanSharing};
+use oasis_proto::site_wan::{site_fetcher, SitePlace, SiteWan};
 use oasis_proto::wake::schedule::{
     window_edges, MachineResult, MachineState, ScheduleConfig, WakeRun,
 };
@@ -222,16 +222,13 @@ struct Transfer {
 /// `oasis_proto::gossip::GossipView` holds; one view stands for all of them, since they all
 /// receive the same heartbeats).
 struct Mesh {
-    peers: Vec<PeerRef>,
     view: GossipView,
-    /// The site label in heartbeats (a valid site name, whatever the scenario calls the site).
-    label: String,
     /// Per pull: the reflector that pulls it over the WAN ([`site_fetcher`] over `assigned`).
     fetcher: Vec<u8>,
     /// The reflectors the fetchers were named over: those the view listed then.
     assigned: Vec<u32>,
-    sharing: WanSharing,
-    /// Each reflector's site-WAN state machine (leader, demand, share).
+    /// Each reflector's site-WAN state machine (its peer, the site label in heartbeats, the
+    /// sharing mode; leader, demand, share).
     wan: Vec<SiteWan>,
     /// WAN bytes arrived at the reflector since its last heartbeat.
     arrived: Vec<bool>,

@@ -328,12 +328,9 @@ fn site_mesh(
         rf.budget.set_share(settled.share, Duration::ZERO, sc.start_unix);
     }
     let mut m = Mesh {
-        peers,
         view,
-        label,
         fetcher: vec![0; c.pulls.len()],
         assigned: Vec::new(),
-        sharing: g.wan_sharing,
         wan,
         arrived: vec![false; nr],
         seq,
