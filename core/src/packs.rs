@@ -22,17 +22,23 @@ pub const PACK_TARGET_BYTES: u64 = 256 << 20;
 /// Bytes appended to a pack between two writeback kicks (see [`PackWriter::append`]).
 const WRITEBACK_STEP: u64 = 8 << 20;
 
+/// Bytes appended to a pack between two background syncs (see [`Syncer`]).
+const SYNC_STEP: u64 = 16 << 20;
+
 pub struct PackWriter {
     pub id: u32,
-    file: File,
+    file: Arc<File>,
     pub offset: u64,
     /// Start of the bytes whose writeback has not been started yet.
     unkicked: u64,
+    /// End of the bytes last handed to the syncer.
+    unsynced: u64,
+    syncer: Syncer,
 }
 
 impl PackWriter {
-    fn new(id: u32, file: File) -> PackWriter {
-        PackWriter { id, file, offset: 0, unkicked: 0 }
+    fn new(id: u32, file: File, syncer: Syncer) -> PackWriter {
+        PackWriter { id, file: Arc::new(file), offset: 0, unkicked: 0, unsynced: 0, syncer }
     }
 
     /// Appends `data`, returning its offset. On error the writer must be discarded.
@@ -50,7 +56,72 @@ impl PackWriter {
             start_writeback(&self.file, self.unkicked, self.offset - self.unkicked);
             self.unkicked = self.offset;
         }
+        if self.offset - self.unsynced >= SYNC_STEP {
+            self.syncer.request(&self.file);
+            self.unsynced = self.offset;
+        }
         Ok(at)
+    }
+}
+
+/// Syncs packs on a thread of its own while writers go on appending.
+///
+/// Why: on a disk with a volatile write cache (every virtual disk here, most SSDs), what makes
+/// data durable is the cache flush that `fdatasync` sends, and the flush takes time in
+/// proportion to what was written since the last one: 0.2 s for 200 MB here, even when the
+/// kernel had handed every byte to the device long before. Left to the end of a publish, that
+/// flush was a quarter of its time. Flushed every [`SYNC_STEP`] on the side, the final sync
+/// only pays for the tail (measured 0.18 s → 0.01 s for 207 MB written at 400 MB/s).
+///
+/// A failed background sync is kept and reported by the next [`PackSet::sync_idle`]: Linux
+/// reports a writeback error once per open file, so the final sync would not see it again.
+#[derive(Clone)]
+struct Syncer {
+    tx: std::sync::mpsc::Sender<Arc<File>>,
+    failure: Arc<Mutex<Option<std::io::Error>>>,
+}
+
+impl Syncer {
+    fn start() -> Syncer {
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<File>>();
+        let failure = Arc::new(Mutex::new(None));
+        let failed = failure.clone();
+        // Ends when the last sender (the pack set and its writers) is gone.
+        let spawned = std::thread::Builder::new().name("pack-sync".into()).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                // Requests that queued up while the last sync ran: each file once.
+                let mut files = vec![first];
+                while let Ok(f) = rx.try_recv() {
+                    if !files.iter().any(|g| Arc::ptr_eq(g, &f)) {
+                        files.push(f);
+                    }
+                }
+                for f in files {
+                    if let Err(e) = f.sync_data() {
+                        failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                    }
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            // No thread: every sync happens at the end, as it would without one.
+            tracing::debug!(error = %e, "no background pack sync thread");
+        }
+        Syncer { tx, failure }
+    }
+
+    fn request(&self, file: &Arc<File>) {
+        // A send fails only when the thread is gone; the final sync covers the file then.
+        let _ = self.tx.send(file.clone());
+    }
+
+    fn record(&self, e: std::io::Error) {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+    }
+
+    /// The first failure of a sync since the last call.
+    fn take_failure(&self) -> Option<std::io::Error> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -74,6 +145,7 @@ pub struct PackSet {
     dir: PathBuf,
     target: u64,
     next_id: AtomicU32,
+    syncer: Syncer,
     idle: Mutex<Vec<PackWriter>>,
     /// Packs a writer holds or may append to: never compacted.
     active: Mutex<HashSet<u32>>,
@@ -105,6 +177,7 @@ impl PackSet {
             dir: dir.to_path_buf(),
             target,
             next_id: AtomicU32::new(max),
+            syncer: Syncer::start(),
             idle: Mutex::new(Vec::new()),
             active: Mutex::new(HashSet::new()),
             readers: Mutex::new(HashMap::new()),
@@ -126,13 +199,16 @@ impl PackSet {
         let file =
             OpenOptions::new().read(true).write(true).create_new(true).open(self.path(id))?;
         self.active.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
-        Ok(PackWriter::new(id, file))
+        Ok(PackWriter::new(id, file, self.syncer.clone()))
     }
 
     /// Returns a writer to the pool, or seals its pack when full.
     pub fn give_back(&self, w: PackWriter) {
         if w.offset >= self.target {
-            let _ = w.file.sync_data();
+            // A sealed pack leaves the pool that `sync_idle` syncs: its failure is kept.
+            if let Err(e) = w.file.sync_data() {
+                self.syncer.record(e);
+            }
             self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&w.id);
         } else {
             self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(w);
@@ -145,11 +221,16 @@ impl PackSet {
         self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&w.id);
     }
 
+    /// Makes every pack written so far durable: syncs the packs still open for appends, and
+    /// reports a sync that failed in the background or at sealing since the last call.
     pub fn sync_idle(&self) -> std::io::Result<()> {
         for w in self.idle.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             w.file.sync_data()?;
         }
-        Ok(())
+        match self.syncer.take_failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     pub fn add_live(&self, id: u32, bytes: u64) {

@@ -79,6 +79,27 @@ fn corrupt_chunk_is_dropped_not_served() {
 }
 
 #[test]
+fn entries_with_a_blake3_stored_digest_still_read_and_still_catch_rot() {
+    // Stores written before XXH3 record BLAKE3 of the stored bytes and no FLAG_XXH3.
+    let (_d, s) = store();
+    let c = StoredChunk::encode(&b"an entry from an older store ".repeat(200));
+    s.put(&c).unwrap();
+    let mut e = s.entry(&c.id).unwrap().unwrap();
+    assert_ne!(e.flags & FLAG_XXH3, 0, "new entries record XXH3");
+    e.flags &= !FLAG_XXH3;
+    e.stored_digest = *blake3::hash(&c.data).as_bytes();
+    s.index.insert(c.id.as_bytes(), postcard::to_stdvec(&e).unwrap()).unwrap();
+    assert_eq!(s.get(&c.id).unwrap().unwrap(), c, "the old digest still vouches for its bytes");
+
+    let (path, offset, _) = s.chunk_location(&c.id).unwrap().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[offset as usize + 5] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    assert!(s.get(&c.id).unwrap().is_none(), "one flipped bit is caught by the old digest");
+    assert_eq!(s.corrupt_dropped(), 1);
+}
+
+#[test]
 fn missing_file_is_dropped() {
     let (_d, s) = store();
     let c = StoredChunk::encode(b"gone");
