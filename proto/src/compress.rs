@@ -80,6 +80,14 @@ fn compress_zstd(plain: &[u8]) -> std::io::Result<Vec<u8>> {
     })
 }
 
+/// The zstd form of `plain` when it is worth storing and sending instead: when it saves at
+/// least 1/32 (smaller gains cost more decompression CPU on every read than they save on disk
+/// and wire). `None`: keep the plain bytes (the encoding is then [`Encoding::Raw`]).
+pub fn compress_if_it_pays(plain: &[u8]) -> Option<Vec<u8>> {
+    let z = compress_zstd(plain).ok()?;
+    (z.len() + plain.len() / 32 < plain.len()).then_some(z)
+}
+
 impl StoredChunk {
     /// Compress `plain` when that saves bytes; the id is computed here.
     pub fn encode(plain: &[u8]) -> StoredChunk {
@@ -88,19 +96,17 @@ impl StoredChunk {
 
     pub fn encode_with_id(id: ChunkId, plain: &[u8]) -> StoredChunk {
         let plain_len = plain.len() as u32;
-        if let Ok(z) = compress_zstd(plain) {
-            // Keep compression only when it saves at least 1/32: smaller gains cost more
-            // decompression CPU on every read than they save on disk and wire.
-            if z.len() + plain.len() / 32 < plain.len() {
-                return StoredChunk {
-                    id,
-                    encoding: Encoding::Zstd,
-                    plain_len,
-                    data: Bytes::from(z),
-                };
+        match compress_if_it_pays(plain) {
+            Some(z) => {
+                StoredChunk { id, encoding: Encoding::Zstd, plain_len, data: Bytes::from(z) }
             }
+            None => StoredChunk {
+                id,
+                encoding: Encoding::Raw,
+                plain_len,
+                data: Bytes::copy_from_slice(plain),
+            },
         }
-        StoredChunk { id, encoding: Encoding::Raw, plain_len, data: Bytes::copy_from_slice(plain) }
     }
 
     /// The plain bytes, checked against the id. Nothing unverified leaves this function.

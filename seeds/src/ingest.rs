@@ -14,13 +14,13 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 use oasis_core::chunk::{for_each_batch, ChunkId, ChunkParams};
-use oasis_core::compress::StoredChunk;
+use oasis_core::compress::{compress_if_it_pays, Encoding};
 use oasis_core::fsmeta::read_meta;
 use oasis_core::manifest::{
     digest_of_signed, validate_label, ChunkRef, Entry, LayerKind, LayerManifest, Meta, Node,
     SignedManifest, SignedRoot, MANIFEST_FORMAT,
 };
-use oasis_core::store::{ChunkStore, StoreError};
+use oasis_core::store::{ChunkStore, Counted, StoreError, Stored};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -365,24 +365,34 @@ pub fn publish_with_bar(
         if !lock(&seen).insert(id) {
             return Ok(r);
         }
-        let mut added = false;
-        if !store.contains(&id).map_err(store_err)? {
-            let c = StoredChunk::encode_with_id(id, data);
-            if store.put(&c).map_err(store_err)? {
-                lock(&undo).added.push(id);
-                added = true;
-                tally.new_stored.fetch_add(c.data.len() as u64, Ordering::Relaxed);
-                tally.new_plain.fetch_add(data.len() as u64, Ordering::Relaxed);
-                tally.new_chunks.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let e = store
+        // Already stored (by an earlier layer): one index write counts this layer's reference.
+        let counted = match store
             .update_entry(&id, |e| e.refs = e.refs.saturating_add(1))
             .map_err(store_err)?
-            .ok_or_else(|| invalid(format!("chunk {id} vanished from the store during publish")))?;
-        if !added {
-            lock(&undo).reffed.push((id, e.refs.saturating_sub(1)));
-        }
+        {
+            Some(e) => Counted::Existing(e),
+            None => {
+                let z = compress_if_it_pays(data);
+                let stored = match &z {
+                    Some(z) => Stored { encoding: Encoding::Zstd, plain_len: r.len, data: z },
+                    None => Stored { encoding: Encoding::Raw, plain_len: r.len, data },
+                };
+                store.put_counted(&id, stored).map_err(store_err)?
+            }
+        };
+        let e = match counted {
+            Counted::Added(e) => {
+                lock(&undo).added.push(id);
+                tally.new_stored.fetch_add(e.stored_len as u64, Ordering::Relaxed);
+                tally.new_plain.fetch_add(data.len() as u64, Ordering::Relaxed);
+                tally.new_chunks.fetch_add(1, Ordering::Relaxed);
+                e
+            }
+            Counted::Existing(e) => {
+                lock(&undo).reffed.push((id, e.refs.saturating_sub(1)));
+                e
+            }
+        };
         tally.stored.fetch_add(e.stored_len as u64, Ordering::Relaxed);
         tally.unique_plain.fetch_add(data.len() as u64, Ordering::Relaxed);
         tally.unique_chunks.fetch_add(1, Ordering::Relaxed);

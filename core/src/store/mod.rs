@@ -99,6 +99,24 @@ pub struct IndexEntry {
 }
 
 pub const FLAG_PINNED: u8 = 1;
+
+/// A chunk's bytes as they go into the store: `data` decodes (by `encoding`) to `plain_len`
+/// plain bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Stored<'a> {
+    pub encoding: Encoding,
+    pub plain_len: u32,
+    pub data: &'a [u8],
+}
+
+/// What [`ChunkStore::put_counted`] did: the entry as it now stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    /// Stored by this call, with one reference.
+    Added(IndexEntry),
+    /// Already stored; its count now includes this reference.
+    Existing(IndexEntry),
+}
 /// `stored_digest` is XXH3-128; entries written before it existed carry BLAKE3.
 pub const FLAG_XXH3: u8 = 2;
 
@@ -322,8 +340,39 @@ impl ChunkStore {
         if self.contains(&chunk.id)? {
             return Ok(false);
         }
+        let stored =
+            Stored { encoding: chunk.encoding, plain_len: chunk.plain_len, data: &chunk.data };
+        Ok(self.append(&chunk.id, stored, 0)?.is_some())
+    }
+
+    /// Stores a chunk with one reference, or counts one more reference to the copy already
+    /// stored: what a publish does with every distinct chunk of a layer, in one index write
+    /// for a new chunk. The caller vouches for the bytes as for [`ChunkStore::put`].
+    pub fn put_counted(&self, id: &ChunkId, stored: Stored<'_>) -> Result<Counted, StoreError> {
+        if let Some(entry) = self.append(id, stored, 1)? {
+            return Ok(Counted::Added(entry));
+        }
+        // Stored meanwhile by another writer: count a reference to its copy.
+        match self.update_entry(id, |e| e.refs = e.refs.saturating_add(1))? {
+            Some(after) => Ok(Counted::Existing(after)),
+            None => Err(StoreError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::other(format!("chunk {id} was removed while being stored")),
+            }),
+        }
+    }
+
+    /// Appends the bytes to a pack and indexes them with `refs` references, unless an entry
+    /// for `id` appeared meanwhile (then `None`; the appended bytes are dead space that
+    /// compaction reclaims).
+    fn append(
+        &self,
+        id: &ChunkId,
+        stored: Stored<'_>,
+        refs: u32,
+    ) -> Result<Option<IndexEntry>, StoreError> {
         let mut writer = self.packs.take_writer().map_err(io_err(&self.dir))?;
-        let offset = match writer.append(&chunk.data) {
+        let offset = match writer.append(stored.data) {
             Ok(o) => o,
             Err(e) => {
                 let path = self.packs.path(writer.id);
@@ -334,25 +383,24 @@ impl ChunkStore {
         let pack = writer.id;
         self.packs.give_back(writer);
         let entry = IndexEntry {
-            stored_len: chunk.data.len() as u32,
-            plain_len: chunk.plain_len,
-            encoding: chunk.encoding as u8,
+            stored_len: stored.data.len() as u32,
+            plain_len: stored.plain_len,
+            encoding: stored.encoding as u8,
             flags: FLAG_XXH3,
-            refs: 0,
-            stored_digest: stored_digest(&chunk.data),
+            refs,
+            stored_digest: stored_digest(stored.data),
             pack,
             offset,
         };
         let value = postcard::to_stdvec(&entry).expect("index entries serialize");
         // compare_and_swap so two writers of the same chunk do not both count it as new.
-        let added = self
-            .index
-            .compare_and_swap(chunk.id.as_bytes(), None as Option<&[u8]>, Some(value))?
-            .is_ok();
-        if added {
-            self.packs.add_live(pack, chunk.data.len() as u64);
+        let added =
+            self.index.compare_and_swap(id.as_bytes(), None as Option<&[u8]>, Some(value))?.is_ok();
+        if !added {
+            return Ok(None);
         }
-        Ok(added)
+        self.packs.add_live(pack, stored.data.len() as u64);
+        Ok(Some(entry))
     }
 
     /// Reads and verifies a chunk. A chunk that fails verification is dropped (index entry and
