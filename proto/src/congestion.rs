@@ -86,8 +86,16 @@ pub const CONGESTION_LOSS: f64 = 0.05;
 pub const YIELD_TARGET: Duration = Duration::from_millis(20);
 /// How long a yielding connection grows gently after it last saw another flow's queue.
 pub const YIELD_CALM: Duration = Duration::from_secs(2);
-/// Initial window, in datagrams (RFC 9002's 10, as quinn's controllers).
-const INITIAL_DATAGRAMS: u64 = 10;
+/// Initial window, in datagrams: 32, where RFC 9002 recommends 10 (quinn's controllers use 10).
+///
+/// Why more: a layer's transfer starts with a manifest body of tens of kilobytes and then
+/// grows one doubling per round trip; at 150 ms every doubling costs 0.15 s. With 10 datagrams
+/// a 57 KB body took three round trips and a 300 Mbit/s, 5 ms, 1%-loss Wi-Fi fetch of 128 MiB
+/// reached 67-76% of its link; with 32, 79-87%, and the 150 ms WAN cells gain 3-4 points.
+/// quinn paces the window over the smoothed RTT, which the handshake has measured, in bursts
+/// of at most 10 datagrams (38 KB over 150 ms is 2 Mbit/s): the first flight does not land
+/// on a branch link's queue at once.
+const INITIAL_DATAGRAMS: u64 = 32;
 /// Smallest window, in datagrams.
 const MIN_DATAGRAMS: u64 = 4;
 /// Datagrams of slack above the bandwidth-delay product: ACKs come in batches.
