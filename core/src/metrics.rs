@@ -25,6 +25,11 @@ pub struct NodeMetrics {
     /// Uploaded chunks accepted, and how many of them were new to the store.
     pub upload_chunks: Counter,
     pub upload_new_chunks: Counter,
+    /// Connections refused at the handshake (the server's total) or closed after it (one
+    /// peer's share): [`crate::net::ServeLimits`].
+    pub refused_connections: Counter,
+    /// Answers reset because the peer read none of them for the write-stall limit.
+    pub stalled_answers: Counter,
 }
 
 impl Default for NodeMetrics {
@@ -65,6 +70,17 @@ impl NodeMetrics {
             "Uploaded chunks that were new to the store",
             upload_new_chunks.clone(),
         );
+        let (refused_connections, stalled_answers) = (Counter::default(), Counter::default());
+        registry.register(
+            "refused_connections",
+            "Connections refused over the server's connection limits",
+            refused_connections.clone(),
+        );
+        registry.register(
+            "stalled_answers",
+            "Answers reset because the peer stopped reading them",
+            stalled_answers.clone(),
+        );
         NodeMetrics {
             registry: Mutex::new(registry),
             served_bytes,
@@ -74,6 +90,8 @@ impl NodeMetrics {
             upload_bytes,
             upload_chunks,
             upload_new_chunks,
+            refused_connections,
+            stalled_answers,
         }
     }
 

@@ -6,7 +6,7 @@
 //! `"10s"`, `"250ms"`, `"2m"`.
 
 use oasis_core::logging::LogFormat;
-use oasis_core::net::TransportOptions;
+use oasis_core::net::{ServeLimits, TransportOptions};
 pub use oasis_core::site_wan::WanSharing;
 use oasis_core::units::parse_amount;
 use oasis_mesh::libp2p::Multiaddr;
@@ -108,6 +108,9 @@ pub struct ReflectorConfig {
     pub assignments_poll: Duration,
     /// QUIC parameters of the serving endpoint (not settable from the file).
     pub transport: TransportOptions,
+    /// What each peer may hold of this reflector: `max_connections`, `max_connections_per_peer`
+    /// and `write_stall` in the file.
+    pub limits: ServeLimits,
     /// Wake-on-LAN: scheduled delivery pacing, packet repeats, inventory sync.
     pub wake: crate::wake::WakeSettings,
     /// The reflector mesh; `None` = off (the default in-process; the command line turns it on
@@ -137,6 +140,7 @@ impl ReflectorConfig {
             policy_poll: DEFAULT_POLICY_POLL,
             assignments_poll: Duration::from_secs(60),
             transport: TransportOptions::default(),
+            limits: ServeLimits::default(),
             wake: crate::wake::WakeSettings::default(),
             mesh: None,
             peer_sites: Vec::new(),
@@ -169,6 +173,7 @@ impl ReflectorConfig {
         if !(1..=1024).contains(&self.batches_in_flight) {
             return Err("batches_in_flight must be 1 to 1024".into());
         }
+        self.limits.validate()?;
         Ok(())
     }
 }
@@ -264,6 +269,9 @@ struct FileConfig {
     advertise: Option<toml::Spanned<String>>,
     peer_sites: Option<toml::Spanned<Vec<String>>>,
     wan_sharing: Option<toml::Spanned<String>>,
+    max_connections: Option<u32>,
+    max_connections_per_peer: Option<u32>,
+    write_stall: Option<toml::Spanned<String>>,
 }
 
 /// A number or a string with a unit.
@@ -448,6 +456,11 @@ impl ConfigArgs {
         cfg.policy_poll = duration("policy_poll", &file.policy_poll, cfg.policy_poll)?;
         cfg.assignments_poll =
             duration("assignments_poll", &file.assignments_poll, cfg.assignments_poll)?;
+        cfg.limits.write_stall =
+            duration("write_stall", &file.write_stall, cfg.limits.write_stall)?;
+        cfg.limits.max_connections = file.max_connections.unwrap_or(cfg.limits.max_connections);
+        cfg.limits.max_connections_per_peer =
+            file.max_connections_per_peer.unwrap_or(cfg.limits.max_connections_per_peer);
         if let Some(r) = &file.wake_rate {
             if *r.get_ref() == 0 {
                 return ctx.err(
@@ -721,6 +734,31 @@ mod tests {
         let args = ConfigArgs { config: Some(f.path().to_path_buf()), ..Default::default() };
         let e = args.resolve().unwrap_err();
         assert!(e.contains("line 4: wan_sharing \"half\""), "{e}");
+    }
+
+    #[test]
+    fn connection_limits_from_the_file() {
+        let base = "state = \"s\"\nlisten = \"0.0.0.0:1\"\nupstream = \"x:1\"\n";
+        let resolve = |extra: &str| {
+            let f = file(&format!("{base}{extra}"));
+            ConfigArgs { config: Some(f.path().to_path_buf()), ..Default::default() }.resolve()
+        };
+        assert_eq!(resolve("").unwrap().limits, ServeLimits::default());
+        let c =
+            resolve("max_connections = 500\nmax_connections_per_peer = 4\nwrite_stall = \"10s\"\n")
+                .unwrap();
+        assert_eq!(
+            c.limits,
+            ServeLimits {
+                max_connections: 500,
+                max_connections_per_peer: 4,
+                write_stall: Duration::from_secs(10)
+            }
+        );
+        let e = resolve("max_connections_per_peer = 0\n").unwrap_err();
+        assert!(e.contains("max_connections_per_peer must be at least 1"), "{e}");
+        let e = resolve("write_stall = \"a while\"\n").unwrap_err();
+        assert!(e.contains("line 4: write_stall"), "{e}");
     }
 
     #[test]

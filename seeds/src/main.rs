@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use oasis_core::chunk::ChunkParams;
 use oasis_core::logging::{self, LogFormat};
 use oasis_core::manifest::LayerKind;
+use oasis_core::net::ServeLimits;
 use oasis_core::pki::{Role, SeedAuthority};
 use oasis_core::store::StoreError;
 use oasis_seed::admin::forward;
@@ -115,6 +116,16 @@ enum Cmd {
         /// the mesh (default: the --listen address unless it is 0.0.0.0 or ::).
         #[arg(long, value_name = "ADDR")]
         advertise: Option<SocketAddr>,
+        /// Connections served at once, all peers together; more are refused at the handshake.
+        #[arg(long, value_name = "N", default_value_t = ServeLimits::default().max_connections)]
+        max_connections: u32,
+        /// Connections one node identity may hold at once.
+        #[arg(long, value_name = "N", default_value_t = ServeLimits::default().max_connections_per_peer)]
+        max_connections_per_peer: u32,
+        /// Longest an answer waits for a peer that reads none of it before it is reset
+        /// ("30s", "2m").
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = oasis_core::units::parse_duration)]
+        write_stall: std::time::Duration,
     },
     /// Print the seed's mesh peer id (creating its p2p key on first use; stable afterwards).
     Id {
@@ -383,11 +394,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Serve { data, listen, metrics, p2p_listen, bootstrap, no_mdns, advertise } => {
+        Cmd::Serve {
+            data,
+            listen,
+            metrics,
+            p2p_listen,
+            bootstrap,
+            no_mdns,
+            advertise,
+            max_connections,
+            max_connections_per_peer,
+            write_stall,
+        } => {
             let mesh = mesh_settings(&p2p_listen, &bootstrap, no_mdns, advertise)?;
+            let limits = ServeLimits { max_connections, max_connections_per_peer, write_stall };
+            limits.validate().map_err(|e| anyhow::anyhow!("oasis-seed serve: {e}"))?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
-                let mut seed = RunningSeed::start(&data, listen, metrics).await?;
+                let mut seed =
+                    RunningSeed::start_with_limits(&data, listen, metrics, limits).await?;
                 if let Some(m) = mesh {
                     seed.join_mesh(&data, m)?;
                 }

@@ -6,7 +6,7 @@
 use crate::source::SeedSource;
 use anyhow::Context;
 use oasis_core::metrics::NodeMetrics;
-use oasis_core::net::{self, TransportOptions};
+use oasis_core::net::{self, ServeLimits, TransportOptions};
 use oasis_core::pki::{NodeIdentity, SeedAuthority};
 use oasis_core::store::ChunkStore;
 use std::net::SocketAddr;
@@ -47,6 +47,16 @@ impl RunningSeed {
         listen: SocketAddr,
         metrics_listen: Option<SocketAddr>,
     ) -> anyhow::Result<RunningSeed> {
+        Self::start_with_limits(data, listen, metrics_listen, ServeLimits::default()).await
+    }
+
+    /// [`RunningSeed::start`] holding peers to `limits`.
+    pub async fn start_with_limits(
+        data: &Path,
+        listen: SocketAddr,
+        metrics_listen: Option<SocketAddr>,
+        limits: ServeLimits,
+    ) -> anyhow::Result<RunningSeed> {
         // Loading the authority proves DATA holds a complete root of trust.
         let auth = Arc::new(SeedAuthority::load(data)?);
         let identity = NodeIdentity::load(data)?;
@@ -54,7 +64,7 @@ impl RunningSeed {
         crate::admin::spawn(data, auth, store.clone()).with_context(|| {
             format!("cannot open the admin socket {}", crate::admin::socket_path(data).display())
         })?;
-        Self::start_with(identity, store, listen, metrics_listen).await
+        Self::start_with(identity, store, listen, metrics_listen, limits).await
     }
 
     pub async fn start_with(
@@ -62,6 +72,7 @@ impl RunningSeed {
         store: Arc<ChunkStore>,
         listen: SocketAddr,
         metrics_listen: Option<SocketAddr>,
+        limits: ServeLimits,
     ) -> anyhow::Result<RunningSeed> {
         let endpoint = net::server_endpoint(listen, &identity, &TransportOptions::default())
             .with_context(|| format!("cannot listen for QUIC on {listen}"))?;
@@ -78,7 +89,10 @@ impl RunningSeed {
             None => None,
         };
         let source = Arc::new(SeedSource { store: store.clone() });
-        let router = net::Router::new(source.clone()).inventory(source.clone()).backup(source);
+        let router = net::Router::new(source.clone())
+            .inventory(source.clone())
+            .backup(source)
+            .limits(limits);
         let serving = net::serve(endpoint.clone(), router, metrics.clone());
         let task = tokio::spawn(serving.instrument(tracing::info_span!("task", task = "serve")));
         tracing::info!(%addr, node = %identity.info(), "seed serving");

@@ -489,7 +489,15 @@ async fn upload_survives_a_seed_restart() {
     f.seed.seed = loop {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let identity = oasis_core::pki::NodeIdentity::load(&data).unwrap();
-        match oasis_seed::RunningSeed::start_with(identity, store.clone(), addr, None).await {
+        match oasis_seed::RunningSeed::start_with(
+            identity,
+            store.clone(),
+            addr,
+            None,
+            Default::default(),
+        )
+        .await
+        {
             Ok(s) => break s,
             Err(e) if tries < 30 => {
                 tries += 1;

@@ -529,7 +529,15 @@ async fn seed_dying_mid_transfer_leaves_the_cache_serving() -> anyhow::Result<()
     let identity = NodeIdentity::load(&data)?;
     let mut restarted = None;
     for _ in 0..100 {
-        match RunningSeed::start_with(identity.clone(), store.clone(), addr, None).await {
+        match RunningSeed::start_with(
+            identity.clone(),
+            store.clone(),
+            addr,
+            None,
+            Default::default(),
+        )
+        .await
+        {
             Ok(s) => {
                 restarted = Some(s);
                 break;

@@ -13,11 +13,13 @@
 
 mod client;
 pub mod congestion;
+mod limits;
 mod server;
 #[cfg(test)]
 mod tests;
 
 pub use client::{ChunkReplies, ChunkReply, Client, FetchedManifest};
+pub use limits::ServeLimits;
 pub use server::{
     serve, BackupSource, ContentSource, InventorySource, Refuse, Router, SourceError,
 };
@@ -50,6 +52,9 @@ pub mod close_code {
     pub const PROTOCOL_VIOLATION: u32 = 1;
     /// The peer's certificate carries no usable Oasis identity, or its role is not admitted.
     pub const FORBIDDEN: u32 = 2;
+    /// The peer's node identity holds as many connections as the server allows one node
+    /// ([`super::ServeLimits::max_connections_per_peer`]); retry once one has closed.
+    pub const BUSY: u32 = 3;
 }
 
 /// Application error codes of `STOP_SENDING` / `RESET_STREAM` frames.
@@ -57,6 +62,9 @@ pub mod stream_code {
     /// The receiver wants no more data on this stream (request already answered or refused,
     /// or the reader lost interest in the rest of an answer).
     pub const DONE: u32 = 0;
+    /// The server reset an answer the client read none of for its write-stall limit
+    /// ([`super::ServeLimits::write_stall`]).
+    pub const STALLED: u32 = 1;
 }
 
 /// QUIC transport parameters and UDP socket sizing shared by servers and clients.

@@ -1,6 +1,7 @@
 //! The serving side: accept connections, answer one request per stream from a [`Router`]
 //! over a node's [`ContentSource`], [`InventorySource`] and [`BackupSource`].
 
+use super::limits::{PeerSlots, ServeLimits};
 use super::{
     close_code, read_frame, stream_code, wire_error_code, ReadFrameError, CHUNK_READ_AHEAD,
     MAX_BAD_REQUESTS, REQUEST_TIMEOUT,
@@ -199,6 +200,8 @@ pub struct Router<C, I = Refuse, B = Refuse> {
     pub content: Arc<C>,
     pub inventory: Arc<I>,
     pub backup: Arc<B>,
+    /// What every peer may hold of this server.
+    pub limits: Arc<ServeLimits>,
 }
 
 impl<C, I, B> Clone for Router<C, I, B> {
@@ -207,26 +210,37 @@ impl<C, I, B> Clone for Router<C, I, B> {
             content: self.content.clone(),
             inventory: self.inventory.clone(),
             backup: self.backup.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
 
 impl<C: ContentSource> Router<C> {
-    /// Content only: inventory and backup requests are refused.
+    /// Content only: inventory and backup requests are refused. Default [`ServeLimits`].
     pub fn new(content: Arc<C>) -> Router<C> {
-        Router { content, inventory: Arc::new(Refuse), backup: Arc::new(Refuse) }
+        Router {
+            content,
+            inventory: Arc::new(Refuse),
+            backup: Arc::new(Refuse),
+            limits: Arc::new(ServeLimits::default()),
+        }
     }
 }
 
 impl<C, I, B> Router<C, I, B> {
     /// The same router answering inventory and wake requests from `inventory`.
     pub fn inventory<I2: InventorySource>(self, inventory: Arc<I2>) -> Router<C, I2, B> {
-        Router { content: self.content, inventory, backup: self.backup }
+        Router { content: self.content, inventory, backup: self.backup, limits: self.limits }
     }
 
     /// The same router answering backup requests from `backup`.
     pub fn backup<B2: BackupSource>(self, backup: Arc<B2>) -> Router<C, I, B2> {
-        Router { content: self.content, inventory: self.inventory, backup }
+        Router { content: self.content, inventory: self.inventory, backup, limits: self.limits }
+    }
+
+    /// The same router holding peers to `limits`.
+    pub fn limits(self, limits: ServeLimits) -> Router<C, I, B> {
+        Router { limits: Arc::new(limits), ..self }
     }
 }
 
@@ -283,12 +297,25 @@ pub async fn serve<C: ContentSource, I: InventorySource, B: BackupSource>(
     // (closing the endpoint closes the connections): a node that awaits `serve` knows nothing
     // it serves with is still held.
     let tasks = TaskTracker::new();
+    let live = Arc::new(AtomicU32::new(0));
+    let slots = Arc::new(PeerSlots::default());
+    let max = router.limits.max_connections;
     while let Some(incoming) = endpoint.accept().await {
+        if live.load(Ordering::Relaxed) >= max {
+            metrics.refused_connections.inc();
+            warn!(remote = %incoming.remote_address(), max, "connection refused: the server holds its maximum");
+            incoming.refuse();
+            continue;
+        }
+        live.fetch_add(1, Ordering::Relaxed);
+        let held = LiveConnection(live.clone());
         let (source, metrics, t) = (Arc::new(router.clone()), metrics.clone(), tasks.clone());
+        let slots = slots.clone();
         tasks.spawn(async move {
+            let _held = held;
             let remote = incoming.remote_address();
             match incoming.await {
-                Ok(conn) => serve_connection(conn, source, metrics, t).await,
+                Ok(conn) => serve_connection(conn, source, metrics, t, slots).await,
                 Err(e) => info!(%remote, error = %e, "handshake failed"),
             }
         });
@@ -296,6 +323,15 @@ pub async fn serve<C: ContentSource, I: InventorySource, B: BackupSource>(
     tasks.close();
     tasks.wait().await;
     info!(addr = ?local, "endpoint closed, no longer serving");
+}
+
+/// One connection (or handshake) in the server's total; counted out on drop.
+struct LiveConnection(Arc<AtomicU32>);
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Longest a chunk answer counts for its class after it is written (a stalled client must not
@@ -362,6 +398,7 @@ async fn serve_connection<C: ContentSource, I: InventorySource, B: BackupSource>
     source: Arc<Router<C, I, B>>,
     metrics: Arc<NodeMetrics>,
     tasks: TaskTracker,
+    slots: Arc<PeerSlots>,
 ) {
     let remote = conn.remote_address();
     let peer = match pki::peer_info(&conn) {
@@ -377,6 +414,13 @@ async fn serve_connection<C: ContentSource, I: InventorySource, B: BackupSource>
         conn.close(VarInt::from_u32(close_code::FORBIDDEN), b"role not admitted");
         return;
     }
+    let per_peer = source.limits.max_connections_per_peer;
+    let Some(_slot) = slots.take(&peer.to_string(), per_peer) else {
+        metrics.refused_connections.inc();
+        warn!(%remote, %peer, max = per_peer, "connection closed: the peer holds its share of connections");
+        conn.close(VarInt::from_u32(close_code::BUSY), b"too many connections from this node");
+        return;
+    };
     let span = info_span!(
         "conn",
         peer = %peer.name,
@@ -401,6 +445,7 @@ async fn serve_connection<C: ContentSource, I: InventorySource, B: BackupSource>
                         conn: conn.clone(),
                         bad_requests: bad_requests.clone(),
                         load: load.clone(),
+                        limits: source.limits.clone(),
                     };
                     tasks.spawn(ctx.handle(send, recv).in_current_span());
                 }
@@ -428,6 +473,7 @@ struct StreamCtx<C, I, B> {
     conn: Connection,
     bad_requests: Arc<AtomicU32>,
     load: Arc<ClassLoad>,
+    limits: Arc<ServeLimits>,
 }
 
 /// Why a request could not be served.
@@ -474,7 +520,7 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
                     warn!(?code, %message, "bad request");
                 }
                 self.metrics.request_errors.inc();
-                let result = write_frame(&mut send, &frame).await;
+                let result = self.write_frame(&mut send, &frame).await;
                 let strikes = self.bad_requests.fetch_add(1, Ordering::Relaxed) + 1;
                 if strikes >= MAX_BAD_REQUESTS {
                     warn!(strikes, "closing connection: too many bad requests");
@@ -500,7 +546,7 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
         }
     }
 
-    async fn answer(&self, send: &mut SendStream, req: Frame) -> Result<(), quinn::WriteError> {
+    async fn answer(&self, send: &mut SendStream, req: Frame) -> Result<(), Unwritten> {
         let (content, inventory, backup) =
             (&*self.source.content, &*self.source.inventory, &*self.source.backup);
         let reply = match req {
@@ -583,7 +629,7 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
             )),
         };
         match reply {
-            Ok(frame) => write_frame(send, &frame).await,
+            Ok(frame) => self.write_frame(send, &frame).await,
             Err(frame) => {
                 if let Frame::Error { code, message } = &frame {
                     if *code == ErrorCode::NotFound {
@@ -604,7 +650,7 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
         send: &mut SendStream,
         ids: Vec<ChunkId>,
         class: TrafficClass,
-    ) -> Result<(), quinn::WriteError> {
+    ) -> Result<(), Unwritten> {
         let started = Instant::now();
         let requested = ids.len();
         let source = &*self.source.content;
@@ -627,14 +673,31 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
                     }
                     let len = chunk.data.len() as u64;
                     let header = Bytes::copy_from_slice(&Frame::chunk_header(&chunk));
-                    send.write_all_chunks(&mut [header, chunk.data]).await?;
+                    let stall = self.limits.write_stall;
+                    match tokio::time::timeout(
+                        stall,
+                        send.write_all_chunks(&mut [header, chunk.data]),
+                    )
+                    .await
+                    {
+                        Ok(r) => r?,
+                        Err(_) => return Err(self.stalled(send)),
+                    }
                     self.metrics.served_bytes.inc_by(len);
                     self.metrics.served_chunks.inc();
                     sent += 1;
                     bytes += len;
                 }
                 Ok((id, None)) => {
-                    send.write_all(&missing_frame(&id)).await?;
+                    match tokio::time::timeout(
+                        self.limits.write_stall,
+                        send.write_all(&missing_frame(&id)),
+                    )
+                    .await
+                    {
+                        Ok(r) => r?,
+                        Err(_) => return Err(self.stalled(send)),
+                    }
                     missing += 1;
                 }
                 Err(e) => {
@@ -643,7 +706,10 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
                 }
             }
         }
-        send.write_all(&END_FRAME).await?;
+        match tokio::time::timeout(self.limits.write_stall, send.write_all(&END_FRAME)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(self.stalled(send)),
+        }
         debug!(
             requested,
             sent,
@@ -739,7 +805,7 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
         let result = match outcome {
             Ok(()) => {
                 debug!(received, added, "PutChunks stored");
-                write_frame(&mut send, &Frame::ChunksStored { received, added }).await
+                self.write_frame(&mut send, &Frame::ChunksStored { received, added }).await
             }
             Err(Refusal::Gone(why)) => {
                 debug!(%why, received, "upload stream abandoned by the client");
@@ -759,13 +825,27 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
     }
 
     /// Counts a failed request, then sends its error frame.
-    async fn write_error(
-        &self,
-        send: &mut SendStream,
-        frame: &Frame,
-    ) -> Result<(), quinn::WriteError> {
+    async fn write_error(&self, send: &mut SendStream, frame: &Frame) -> Result<(), Unwritten> {
         self.metrics.request_errors.inc();
-        write_frame(send, frame).await
+        self.write_frame(send, frame).await
+    }
+
+    async fn write_frame(&self, send: &mut SendStream, frame: &Frame) -> Result<(), Unwritten> {
+        let stall = self.limits.write_stall;
+        match tokio::time::timeout(stall, send.write_chunk(frame.to_bytes())).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(self.stalled(send)),
+        }
+    }
+
+    /// The peer took no bytes of an answer for the write-stall limit: the stream is reset so
+    /// that its buffered bytes are dropped and its task ends.
+    fn stalled(&self, send: &mut SendStream) -> Unwritten {
+        let stall = self.limits.write_stall;
+        warn!(stall_s = stall.as_secs_f64(), "answer reset: the peer stopped reading it");
+        self.metrics.stalled_answers.inc();
+        let _ = send.reset(VarInt::from_u32(stream_code::STALLED));
+        Unwritten::Stalled(stall)
     }
 }
 
@@ -782,8 +862,13 @@ pub(super) fn missing_frame(id: &ChunkId) -> [u8; 37] {
     f
 }
 
-async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), quinn::WriteError> {
-    send.write_chunk(frame.to_bytes()).await
+/// Why an answer was not written whole.
+#[derive(Debug, thiserror::Error)]
+enum Unwritten {
+    #[error(transparent)]
+    Write(#[from] quinn::WriteError),
+    #[error("the peer read nothing of the answer for {0:?}")]
+    Stalled(std::time::Duration),
 }
 
 /// Reads the one request frame of a stream, then the end of the stream.

@@ -91,6 +91,10 @@ struct Net {
 
 impl Net {
     async fn start(source: MemSource) -> Net {
+        Self::start_with(source, ServeLimits::default()).await
+    }
+
+    async fn start_with(source: MemSource, limits: ServeLimits) -> Net {
         let dir = tempfile::tempdir().unwrap();
         let auth = SeedAuthority::init(dir.path()).unwrap();
         let seed = auth.node_identity().unwrap();
@@ -98,8 +102,11 @@ impl Net {
         let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &seed, &opts).unwrap();
         let addr = server.local_addr().unwrap();
         let metrics = Arc::new(NodeMetrics::new());
-        let serving =
-            tokio::spawn(serve(server.clone(), Router::new(Arc::new(source)), metrics.clone()));
+        let serving = tokio::spawn(serve(
+            server.clone(),
+            Router::new(Arc::new(source)).limits(limits),
+            metrics.clone(),
+        ));
         let id = auth.issue(Role::Endpoint, "ep-1", Some("lab")).unwrap();
         let client_ep = client_endpoint(&id, &opts).unwrap();
         Net { auth, _dir: dir, addr, server, serving, client_ep, metrics }
@@ -413,6 +420,130 @@ async fn abandoned_streams_do_not_hurt_others() {
     let again = net.client().await;
     let mut replies = again.chunks(ids[..10].to_vec()).await.unwrap();
     check_replies(&ids[..10], &held, &collect(&mut replies).await.unwrap());
+}
+
+/// A client endpoint of its own identity `name`, with `opts`.
+fn client_as(net: &Net, name: &str, opts: &TransportOptions) -> quinn::Endpoint {
+    let id = net.auth.issue(Role::Endpoint, name, Some("lab")).unwrap();
+    client_endpoint(&id, opts).unwrap()
+}
+
+/// Whether a fetch of one chunk over `client` works.
+async fn serves(client: &Client, id: ChunkId) -> bool {
+    match client.chunks(vec![id]).await {
+        Ok(mut replies) => {
+            matches!(collect(&mut replies).await.as_deref(), Ok([ChunkReply::Chunk(_)]))
+        }
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_over_its_share_of_connections_is_turned_away_and_others_are_not() {
+    let mut source = MemSource::default();
+    let id = source.add_chunk(b"a chunk everyone may fetch").id;
+    let limits = ServeLimits { max_connections_per_peer: 2, ..ServeLimits::default() };
+    let net = Net::start_with(source, limits).await;
+    let (a, b) = (net.client().await, net.client().await);
+    assert!(serves(&a, id).await && serves(&b, id).await);
+
+    // A third connection of the same node passes the handshake, then is closed as busy.
+    let third = net.client().await;
+    match third.connection().closed().await {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, VarInt::from_u32(close_code::BUSY));
+            assert!(String::from_utf8_lossy(&c.reason).contains("too many connections"));
+        }
+        other => panic!("expected a busy close, got {other}"),
+    }
+    assert!(!serves(&third, id).await);
+    assert_eq!(net.metrics.refused_connections.get(), 1);
+    // Another node is not held to this one's count, and the first two still work.
+    let other_ep = client_as(&net, "ep-2", &TransportOptions::default());
+    let other = Client::connect(&other_ep, net.addr, accept::ANY).await.unwrap();
+    assert!(serves(&other, id).await && serves(&a, id).await);
+
+    // Once one of its connections closes, the node may connect again.
+    a.connection().close(VarInt::from_u32(close_code::NORMAL), b"done");
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let again = net.client().await;
+        if serves(&again, id).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the closed connection's slot never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_server_total_are_refused_at_the_handshake() {
+    let mut source = MemSource::default();
+    let id = source.add_chunk(b"one chunk").id;
+    let limits = ServeLimits { max_connections: 2, ..ServeLimits::default() };
+    let net = Net::start_with(source, limits).await;
+    let opts = TransportOptions::default();
+    let (ep1, ep2, ep3) =
+        (client_as(&net, "n1", &opts), client_as(&net, "n2", &opts), client_as(&net, "n3", &opts));
+    let one = Client::connect(&ep1, net.addr, accept::ANY).await.unwrap();
+    let two = Client::connect(&ep2, net.addr, accept::ANY).await.unwrap();
+    let refused = Client::connect(&ep3, net.addr, accept::ANY).await;
+    assert!(refused.is_err(), "a third connection is refused");
+    assert!(serves(&one, id).await && serves(&two, id).await, "the two held still work");
+    assert_eq!(net.metrics.refused_connections.get(), 1);
+    two.connection().close(VarInt::from_u32(close_code::NORMAL), b"done");
+    drop(two);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(c) = Client::connect(&ep3, net.addr, accept::ANY).await {
+            if serves(&c, id).await {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the freed connection was never counted out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_client_stops_reading_is_reset_after_the_write_stall() {
+    let mut source = MemSource::default();
+    let mut rng = StdRng::seed_from_u64(11);
+    // 8 MiB of incompressible chunks: far more than the slow reader's windows below.
+    let ids: Vec<ChunkId> =
+        (0..128).map(|_| source.add_chunk(&random_bytes(&mut rng, 64 << 10)).id).collect();
+    let limits = ServeLimits { write_stall: Duration::from_millis(500), ..ServeLimits::default() };
+    let net = Net::start_with(source, limits).await;
+    let small = TransportOptions {
+        stream_receive_window: 64 << 10,
+        receive_window: 256 << 10,
+        ..TransportOptions::default()
+    };
+    let slow_ep = client_as(&net, "slow", &small);
+    let slow = Client::connect(&slow_ep, net.addr, accept::ANY).await.unwrap();
+    let (mut send, mut recv) = slow.connection().open_bi().await.unwrap();
+    send.write_all(&Frame::GetChunks { ids: ids.clone() }.to_bytes()).await.unwrap();
+    send.finish().unwrap();
+    // Read nothing: the server's writes wait on flow control until the stall limit.
+    wait_for(|| net.metrics.stalled_answers.get() == 1).await;
+    let mut sink = vec![0u8; 1 << 20];
+    let reset = loop {
+        match recv.read(&mut sink).await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stalled answer ended as if complete"),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(reset, quinn::ReadError::Reset(code) if code == VarInt::from_u32(stream_code::STALLED)),
+        "{reset}"
+    );
+    // The connection and the server go on: the same client and another are served.
+    assert!(serves(&slow, ids[0]).await);
+    let fine = net.client().await;
+    let mut replies = fine.chunks(ids.clone()).await.unwrap();
+    assert_eq!(collect(&mut replies).await.unwrap().len(), ids.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

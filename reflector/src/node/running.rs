@@ -435,7 +435,7 @@ fn spawn_tasks(
             endpoint.clone(),
             {
                 let source = Arc::new(ReflectorSource(inner.clone()));
-                net::Router::new(source.clone()).inventory(source)
+                net::Router::new(source.clone()).inventory(source).limits(config.limits.clone())
             },
             node_metrics.clone(),
         )
