@@ -65,8 +65,12 @@ pub const MIN_BDP_RTT: Duration = Duration::from_millis(4);
 pub const PROBE_GAINS: [f64; 8] = [1.25, 0.95, 1.2, 1.2, 1.2, 1.2, 1.2, 1.2];
 /// Startup ends after this many rounds without 25% more bandwidth.
 pub const STARTUP_FLAT_ROUNDS: u32 = 3;
-/// Window, in datagrams, from which startup watches the RTT for a filling queue.
-pub const STARTUP_DELAY_MIN_DATAGRAMS: u64 = 32;
+/// Window, in datagrams, from which startup watches the RTT for a filling queue and counts
+/// rounds without growth: twice the initial window, so that the first round, which measures
+/// the handshake and the peer's ACK timing more than the path, never ends startup (at the
+/// initial window itself, 4 lossy cells of the WAN matrix left startup early, filled no queue
+/// and ran at 60-77% of the link where their neighbours ran at 75-87%).
+pub const STARTUP_DELAY_MIN_DATAGRAMS: u64 = 2 * INITIAL_DATAGRAMS;
 /// Datagrams a round must carry before its loss rate is read as congestion.
 pub const CONGESTION_MIN_DATAGRAMS: u64 = 32;
 /// Share of the bandwidth estimate a congested round keeps at least.

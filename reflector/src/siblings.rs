@@ -86,7 +86,10 @@ pub struct Siblings {
     /// Under `leader`, how long a miss waits for the site's leader to be reachable again (or
     /// replaced) before this reflector pulls it itself.
     handover_wait: Duration,
-    conns: Mutex<HashMap<SocketAddr, Client>>,
+    /// One connection per sibling, made by the first ask that needs it: the others wait for
+    /// it instead of connecting too (a burst of misses would open dozens, and a sibling holds
+    /// each node to its `max_connections_per_peer`).
+    conns: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<Client>>>>>,
     /// chunk -> (layer, index in `unique_chunks()`), for every layer whose manifest we know.
     index: Mutex<ChunkIndex>,
     learned: Mutex<HashSet<LayerDigest>>,
@@ -392,7 +395,9 @@ impl Siblings {
     }
 
     async fn client(&self, addr: SocketAddr) -> Result<Client, String> {
-        if let Some(c) = lock(&self.conns).get(&addr) {
+        let slot = lock(&self.conns).entry(addr).or_default().clone();
+        let mut held = slot.lock().await;
+        if let Some(c) = held.as_ref() {
             if c.connection().close_reason().is_none() {
                 return Ok(c.clone());
             }
@@ -404,7 +409,7 @@ impl Siblings {
         .await
         .map_err(|_| format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
-        lock(&self.conns).insert(addr, c.clone());
+        *held = Some(c.clone());
         Ok(c)
     }
 
