@@ -189,11 +189,12 @@ async fn concurrent_misses_for_one_chunk_cause_one_upstream_fetch() -> anyhow::R
     )?);
     let ids: Vec<ChunkId> =
         manifest_of(&seed, "base", "1")?.manifest.unique_chunks().iter().map(|c| c.id).collect();
-    let identity = NodeIdentity::load(&seed.enroll(Role::Endpoint, "raw")?)?;
-    let ep = oasis_core::net::client_endpoint(&identity, &TransportOptions::default())?;
     let mut tasks = Vec::new();
-    for _ in 0..20 {
-        let (ep, ids, addr) = (ep.clone(), ids.clone(), refl.addr);
+    // Twenty endpoints, each with its own identity (one node may hold only a few connections).
+    for i in 0..20 {
+        let identity = NodeIdentity::load(&seed.enroll(Role::Endpoint, &format!("raw-{i}"))?)?;
+        let ep = oasis_core::net::client_endpoint(&identity, &TransportOptions::default())?;
+        let (ids, addr) = (ids.clone(), refl.addr);
         tasks.push(tokio::spawn(async move {
             let client = Client::connect(&ep, addr, oasis_core::net::accept::ANY).await?;
             let mut replies = client.chunks(ids).await?;
