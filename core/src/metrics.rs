@@ -28,7 +28,7 @@ pub struct NodeMetrics {
     /// Connections refused at the handshake (the server's total) or closed after it (one
     /// peer's share): [`crate::net::ServeLimits`].
     pub refused_connections: Counter,
-    /// Answers reset because the peer read none of them for the write-stall limit.
+    /// Answers reset because the peer took none of their bytes for the write-stall limit.
     pub stalled_answers: Counter,
 }
 

@@ -73,19 +73,27 @@ impl PackWriter {
 /// flush was a quarter of its time. Flushed every [`SYNC_STEP`] on the side, the final sync
 /// only pays for the tail (measured 0.18 s → 0.01 s for 207 MB written at 400 MB/s).
 ///
-/// A failed background sync is kept and reported by the next [`PackSet::sync_idle`]: Linux
-/// reports a writeback error once per open file, so the final sync would not see it again.
+/// A failed sync (in the background, or of a pack being sealed) is kept for the life of the
+/// store, and every later [`PackSet::sync_idle`] reports it: Linux reports a writeback error
+/// once per open file, so no later sync would see it again, and the bytes it concerned may be
+/// gone. The store must be reopened (after the disk is checked) to write durably again.
 #[derive(Clone)]
 struct Syncer {
     tx: std::sync::mpsc::Sender<Arc<File>>,
-    failure: Arc<Mutex<Option<std::io::Error>>>,
+    /// Kind and text of the first failed sync (an `io::Error` is not `Clone`).
+    failure: Arc<Mutex<Option<(std::io::ErrorKind, String)>>>,
+    /// Held by the thread during each sync and by [`PackSet::sync_idle`] throughout: a final
+    /// sync never runs beside a background one, so that neither takes the other's error, and
+    /// an error found in the background is recorded before the final sync looks.
+    busy: Arc<Mutex<()>>,
 }
 
 impl Syncer {
     fn start() -> Syncer {
         let (tx, rx) = std::sync::mpsc::channel::<Arc<File>>();
-        let failure = Arc::new(Mutex::new(None));
-        let failed = failure.clone();
+        let syncer =
+            Syncer { tx, failure: Arc::new(Mutex::new(None)), busy: Arc::new(Mutex::new(())) };
+        let (failures, busy) = (syncer.failure.clone(), syncer.busy.clone());
         // Ends when the last sender (the pack set and its writers) is gone.
         let spawned = std::thread::Builder::new().name("pack-sync".into()).spawn(move || {
             while let Ok(first) = rx.recv() {
@@ -97,8 +105,9 @@ impl Syncer {
                     }
                 }
                 for f in files {
+                    let _quiet = busy.lock().unwrap_or_else(|p| p.into_inner());
                     if let Err(e) = f.sync_data() {
-                        failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        record(&failures, e);
                     }
                 }
             }
@@ -107,7 +116,7 @@ impl Syncer {
             // No thread: every sync happens at the end, as it would without one.
             tracing::debug!(error = %e, "no background pack sync thread");
         }
-        Syncer { tx, failure }
+        syncer
     }
 
     fn request(&self, file: &Arc<File>) {
@@ -116,13 +125,24 @@ impl Syncer {
     }
 
     fn record(&self, e: std::io::Error) {
-        self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+        record(&self.failure, e);
     }
 
-    /// The first failure of a sync since the last call.
-    fn take_failure(&self) -> Option<std::io::Error> {
-        self.failure.lock().unwrap_or_else(|p| p.into_inner()).take()
+    /// The first failed sync of this store's life, as an error to report now.
+    fn failure(&self) -> Option<std::io::Error> {
+        let failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        failure.as_ref().map(|(kind, text)| {
+            std::io::Error::new(
+                *kind,
+                format!("an earlier sync of a pack failed ({text}); check the disk and reopen the store"),
+            )
+        })
     }
+}
+
+fn record(failure: &Mutex<Option<(std::io::ErrorKind, String)>>, e: std::io::Error) {
+    tracing::error!(error = %e, "syncing a pack failed; the store refuses to report writes durable");
+    failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert((e.kind(), e.to_string()));
 }
 
 /// Starts writeback of `len` bytes at `offset` of `file` and returns without waiting. Only a
@@ -222,12 +242,17 @@ impl PackSet {
     }
 
     /// Makes every pack written so far durable: syncs the packs still open for appends, and
-    /// reports a sync that failed in the background or at sealing since the last call.
+    /// reports any sync of this store's life that failed (in the background, or at sealing).
     pub fn sync_idle(&self) -> std::io::Result<()> {
+        let _quiet = self.syncer.busy.lock().unwrap_or_else(|p| p.into_inner());
         for w in self.idle.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            w.file.sync_data()?;
+            if let Err(e) = w.file.sync_data() {
+                let reported = std::io::Error::new(e.kind(), e.to_string());
+                self.syncer.record(e);
+                return Err(reported);
+            }
         }
-        match self.syncer.take_failure() {
+        match self.syncer.failure() {
             Some(e) => Err(e),
             None => Ok(()),
         }

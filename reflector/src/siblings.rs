@@ -89,7 +89,7 @@ pub struct Siblings {
     /// One connection per sibling, made by the first ask that needs it: the others wait for
     /// it instead of connecting too (a burst of misses would open dozens, and a sibling holds
     /// each node to its `max_connections_per_peer`).
-    conns: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<Client>>>>>,
+    conns: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<SiblingConn>>>>,
     /// chunk -> (layer, index in `unique_chunks()`), for every layer whose manifest we know.
     index: Mutex<ChunkIndex>,
     learned: Mutex<HashSet<LayerDigest>>,
@@ -115,6 +115,13 @@ pub fn body_layer(layer: &LayerDigest) -> LayerDigest {
 
 /// Marks a packed place that is an index into [`ChunkIndex::many`].
 const MANY: u64 = 1 << 63;
+
+/// The connection to one sibling, and when connecting to it last failed.
+#[derive(Default)]
+struct SiblingConn {
+    client: Option<Client>,
+    failed: Option<(std::time::Instant, String)>,
+}
 
 /// Where each chunk sits in the layers learned: (layer, index in its `unique_chunks()`). Kept
 /// compact, since it holds every chunk of every layer known (a million for a large layer): a
@@ -397,20 +404,37 @@ impl Siblings {
     async fn client(&self, addr: SocketAddr) -> Result<Client, String> {
         let slot = lock(&self.conns).entry(addr).or_default().clone();
         let mut held = slot.lock().await;
-        if let Some(c) = held.as_ref() {
+        if let Some(c) = held.client.as_ref() {
             if c.connection().close_reason().is_none() {
                 return Ok(c.clone());
             }
         }
-        let c = tokio::time::timeout(
+        // The asks that waited for a connect that failed fail with it, rather than each trying
+        // again in turn (a burst of misses to a dead sibling would wait one timeout each).
+        if let Some((at, e)) = &held.failed {
+            if at.elapsed() < CONNECT_TIMEOUT {
+                return Err(e.clone());
+            }
+        }
+        let connected = match tokio::time::timeout(
             CONNECT_TIMEOUT,
             Client::connect(&self.endpoint, addr, accept::REFLECTOR),
         )
         .await
-        .map_err(|_| format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
-        *held = Some(c.clone());
-        Ok(c)
+        {
+            Err(_) => Err(format!("no answer from {addr} within {CONNECT_TIMEOUT:?}")),
+            Ok(r) => r.map_err(|e| e.to_string()),
+        };
+        match connected {
+            Ok(c) => {
+                *held = SiblingConn { client: Some(c.clone()), failed: None };
+                Ok(c)
+            }
+            Err(e) => {
+                held.failed = Some((std::time::Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
     }
 
     /// Asks one sibling for `id`; verifies and caches what it sends. `Ok(None)`: it lacks it.

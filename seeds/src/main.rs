@@ -122,7 +122,7 @@ enum Cmd {
         /// Connections one node identity may hold at once.
         #[arg(long, value_name = "N", default_value_t = ServeLimits::default().max_connections_per_peer)]
         max_connections_per_peer: u32,
-        /// Longest an answer waits for a peer that reads none of it before it is reset
+        /// Longest an answer waits for a peer that takes none of its bytes before it is reset
         /// ("30s", "2m").
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = oasis_core::units::parse_duration)]
         write_stall: std::time::Duration,

@@ -62,7 +62,7 @@ pub mod stream_code {
     /// The receiver wants no more data on this stream (request already answered or refused,
     /// or the reader lost interest in the rest of an answer).
     pub const DONE: u32 = 0;
-    /// The server reset an answer the client read none of for its write-stall limit
+    /// The server reset an answer of which the client took no bytes for its write-stall limit
     /// ([`super::ServeLimits::write_stall`]).
     pub const STALLED: u32 = 1;
 }

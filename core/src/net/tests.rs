@@ -546,6 +546,36 @@ async fn an_answer_the_client_stops_reading_is_reset_after_the_write_stall() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_that_keeps_reading_is_never_reset() {
+    let mut source = MemSource::default();
+    let mut rng = StdRng::seed_from_u64(12);
+    // Chunks of 512 KiB through a 64 KiB window: one chunk's write takes eight window refills,
+    // far longer than the stall limit, but never stands still that long.
+    let ids: Vec<ChunkId> =
+        (0..2).map(|_| source.add_chunk(&random_bytes(&mut rng, 512 << 10)).id).collect();
+    let limits = ServeLimits { write_stall: Duration::from_millis(500), ..ServeLimits::default() };
+    let net = Net::start_with(source, limits).await;
+    let small = TransportOptions {
+        stream_receive_window: 64 << 10,
+        receive_window: 256 << 10,
+        ..TransportOptions::default()
+    };
+    let ep = client_as(&net, "trickle", &small);
+    let client = Client::connect(&ep, net.addr, accept::ANY).await.unwrap();
+    let (mut send, mut recv) = client.connection().open_bi().await.unwrap();
+    send.write_all(&Frame::GetChunks { ids: ids.clone() }.to_bytes()).await.unwrap();
+    send.finish().unwrap();
+    let mut answer = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    while let Some(n) = recv.read(&mut buf).await.expect("the answer is never reset") {
+        answer.extend_from_slice(&buf[..n]);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(answer.len() > 1 << 20, "both chunks arrived ({} bytes)", answer.len());
+    assert_eq!(net.metrics.stalled_answers.get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_exactly_the_payload_served() {
     let mut source = MemSource::default();
     let (ids, held) = chunk_set(&mut source, 5);
