@@ -505,13 +505,17 @@ async fn connections_over_the_server_total_are_refused_at_the_handshake() {
     served_again(&ep3, net.addr, id, "the freed connection was never counted out").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_the_client_stops_reading_is_reset_after_the_write_stall() {
+/// A server with a 0.5 s write stall holding `count` random chunks of `size` bytes, and a
+/// client with a 64 KiB stream window that has asked for all of them (its endpoint, kept open
+/// by the caller, and its answer stream).
+async fn small_window_request(
+    count: usize,
+    size: usize,
+) -> (Net, Vec<ChunkId>, (quinn::Endpoint, Client), quinn::RecvStream) {
     let mut source = MemSource::default();
-    let mut rng = StdRng::seed_from_u64(11);
-    // 8 MiB of incompressible chunks: far more than the slow reader's windows below.
+    let mut rng = StdRng::seed_from_u64(size as u64);
     let ids: Vec<ChunkId> =
-        (0..128).map(|_| source.add_chunk(&random_bytes(&mut rng, 64 << 10)).id).collect();
+        (0..count).map(|_| source.add_chunk(&random_bytes(&mut rng, size)).id).collect();
     let limits = ServeLimits { write_stall: Duration::from_millis(500), ..ServeLimits::default() };
     let net = Net::start_with(source, limits).await;
     let small = TransportOptions {
@@ -519,11 +523,18 @@ async fn an_answer_the_client_stops_reading_is_reset_after_the_write_stall() {
         receive_window: 256 << 10,
         ..TransportOptions::default()
     };
-    let slow_ep = client_as(&net, "slow", &small);
-    let slow = Client::connect(&slow_ep, net.addr, accept::ANY).await.unwrap();
-    let (mut send, mut recv) = slow.connection().open_bi().await.unwrap();
+    let ep = client_as(&net, "small-window", &small);
+    let client = Client::connect(&ep, net.addr, accept::ANY).await.unwrap();
+    let (mut send, recv) = client.connection().open_bi().await.unwrap();
     send.write_all(&Frame::GetChunks { ids: ids.clone() }.to_bytes()).await.unwrap();
     send.finish().unwrap();
+    (net, ids, (ep, client), recv)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_client_stops_reading_is_reset_after_the_write_stall() {
+    // 8 MiB of incompressible chunks: far more than the slow reader's windows.
+    let (net, ids, (_ep, slow), mut recv) = small_window_request(128, 64 << 10).await;
     // Read nothing: the server's writes wait on flow control until the stall limit.
     wait_for(|| net.metrics.stalled_answers.get() == 1).await;
     let mut sink = vec![0u8; 1 << 20];
@@ -547,24 +558,9 @@ async fn an_answer_the_client_stops_reading_is_reset_after_the_write_stall() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_that_keeps_reading_is_never_reset() {
-    let mut source = MemSource::default();
-    let mut rng = StdRng::seed_from_u64(12);
     // Chunks of 512 KiB through a 64 KiB window: one chunk's write takes eight window refills,
     // far longer than the stall limit, but never stands still that long.
-    let ids: Vec<ChunkId> =
-        (0..2).map(|_| source.add_chunk(&random_bytes(&mut rng, 512 << 10)).id).collect();
-    let limits = ServeLimits { write_stall: Duration::from_millis(500), ..ServeLimits::default() };
-    let net = Net::start_with(source, limits).await;
-    let small = TransportOptions {
-        stream_receive_window: 64 << 10,
-        receive_window: 256 << 10,
-        ..TransportOptions::default()
-    };
-    let ep = client_as(&net, "trickle", &small);
-    let client = Client::connect(&ep, net.addr, accept::ANY).await.unwrap();
-    let (mut send, mut recv) = client.connection().open_bi().await.unwrap();
-    send.write_all(&Frame::GetChunks { ids: ids.clone() }.to_bytes()).await.unwrap();
-    send.finish().unwrap();
+    let (net, _ids, _client, mut recv) = small_window_request(2, 512 << 10).await;
     let mut answer = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     while let Some(n) = recv.read(&mut buf).await.expect("the answer is never reset") {
