@@ -14,15 +14,15 @@
 mod client;
 pub mod congestion;
 mod limits;
+mod router;
 mod server;
 #[cfg(test)]
 mod tests;
 
 pub use client::{ChunkReplies, ChunkReply, Client, FetchedManifest};
 pub use limits::ServeLimits;
-pub use server::{
-    serve, BackupSource, ContentSource, InventorySource, Refuse, Router, SourceError,
-};
+pub use router::{BackupSource, ContentSource, InventorySource, Refuse, Router, SourceError};
+pub use server::serve;
 
 use crate::pki::{IdentityError, NodeIdentity};
 use crate::wire::{self, ErrorCode, WireError};
