@@ -49,37 +49,54 @@ pub async fn advertised_addr(bound: SocketAddr, upstream: &str) -> SocketAddr {
 /// announced when it is next asked for).
 pub(crate) async fn announce_cached(inner: Arc<Reflector>, s: Arc<Siblings>) {
     let cache = inner.cache.clone();
-    let r = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
-        let refs = cache.layer_refs()?;
-        for r in &refs {
-            let label = format!("{}@{}", r.name, r.version);
-            if s.knows_layer(&r.digest) {
-                continue;
-            }
-            let announced = cache.cached_root(&r.name, Some(&r.version)).and_then(|root| {
-                let Some(root) = root else { return Ok(false) };
-                s.learn_body(&root);
-                match cache.layer_chunks(&root)? {
-                    Some(chunks) => Ok(s.learn_layer(root.digest, &label, &chunks)),
-                    None => Ok(false),
-                }
-            });
-            match announced {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::debug!(layer = %label, "cached manifest is not whole; its files are announced when it is next asked for")
-                }
-                Err(e) => tracing::warn!(layer = %label, error = %e, "cached manifest not announced"),
-            }
+    let refs = match blocking(&cache, |c| Ok(c.layer_refs()?)).await {
+        Ok(refs) => refs,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list cached layers for the mesh");
+            return;
         }
-        Ok(refs.len())
-    })
-    .await;
-    match r {
-        Ok(Ok(n)) => tracing::debug!(layers = n, "cached layers announced to the mesh"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot list cached layers for the mesh"),
-        Err(e) => tracing::warn!(error = %e, "announcing cached layers failed"),
+    };
+    for r in &refs {
+        let label = format!("{}@{}", r.name, r.version);
+        if s.knows_layer(&r.digest).await {
+            continue;
+        }
+        let (name, version) = (r.name.clone(), r.version.clone());
+        let announced = match blocking(&cache, move |c| c.cached_root(&name, Some(&version))).await
+        {
+            Ok(Some(root)) => {
+                s.learn_body(&root).await;
+                let root = Arc::new(root);
+                let r2 = root.clone();
+                match blocking(&cache, move |c| Ok(c.layer_chunks(&r2)?)).await {
+                    Ok(Some(chunks)) => {
+                        Ok(s.learn_layer(root.digest, &label, Arc::new(chunks)).await)
+                    }
+                    Ok(None) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(e),
+        };
+        match announced {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(layer = %label, "cached manifest is not whole; its files are announced when it is next asked for")
+            }
+            Err(e) => tracing::warn!(layer = %label, error = %e, "cached manifest not announced"),
+        }
     }
+    tracing::debug!(layers = refs.len(), "cached layers announced to the mesh");
+}
+
+/// Runs `f` on the cache off the async threads.
+async fn blocking<T: Send + 'static>(
+    cache: &Arc<Cache>,
+    f: impl FnOnce(&Cache) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let cache = cache.clone();
+    tokio::task::spawn_blocking(move || f(&cache)).await?
 }
 
 /// Every heartbeat: publishes the load (open connections, serving rate, free cache, WAN

@@ -15,7 +15,7 @@ use crate::config::ReflectorConfig;
 use crate::fetcher::{FetchError, Fetcher, Patience};
 use crate::metrics::ReflectorMetrics;
 use crate::policy::{PolicyControl, CHUNK_FRAME_OVERHEAD};
-use crate::siblings::Siblings;
+use crate::siblings::{Siblings, SiblingsTask};
 use crate::upstream::{self, Upstream};
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -386,7 +386,7 @@ impl Reflector {
     /// is announced and siblings' claims about it are usable.
     async fn learn(self: &Arc<Self>, bytes: &Bytes) {
         let Some(s) = &self.siblings else { return };
-        if s.knows_manifest_bytes(bytes) {
+        if s.knows_manifest_bytes(bytes).await {
             return;
         }
         let learned = async {
@@ -417,13 +417,8 @@ impl Reflector {
     /// them instead of going to the WAN.
     async fn learn_body(&self, root: &Arc<SignedRoot>) {
         let Some(s) = &self.siblings else { return };
-        let (sib, r) = (s.clone(), root.clone());
-        match tokio::task::spawn_blocking(move || sib.learn_body(&r)).await {
-            Ok(true) => {
-                let _ = tokio::time::timeout(Duration::from_millis(200), s.refresh()).await;
-            }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "manifest body not announced to the mesh"),
+        if s.learn_body(root).await {
+            let _ = tokio::time::timeout(Duration::from_millis(200), s.refresh()).await;
         }
     }
 
@@ -435,13 +430,7 @@ impl Reflector {
         chunks: Arc<Vec<ChunkRef>>,
     ) -> Result<bool, String> {
         let Some(s) = &self.siblings else { return Ok(false) };
-        if s.knows_layer(&root.digest) {
-            return Ok(false);
-        }
-        let (sib, digest, layer) = (s.clone(), root.digest, root.label());
-        tokio::task::spawn_blocking(move || sib.learn_layer(digest, &layer, &chunks))
-            .await
-            .map_err(|e| e.to_string())
+        Ok(s.learn_layer(root.digest, &root.label(), chunks).await)
     }
 
     async fn manifest_inner(

@@ -22,7 +22,7 @@ pub struct RunningReflector {
     tasks: JoinSet<()>,
     /// Ends every task of `tasks` but `serve` (which ends when the endpoint closes).
     cancel: CancellationToken,
-    /// Work spawned on behalf of requests, by the node, the fetcher and the siblings.
+    /// Work spawned on behalf of requests, by the node and the fetcher.
     work: TaskTracker,
     mesh_task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -94,8 +94,8 @@ impl RunningReflector {
         let endpoint = net::server_endpoint(config.listen, &identity, &config.transport)
             .with_context(|| format!("cannot listen for QUIC on {}", config.listen))?;
         let addr = endpoint.local_addr().context("reading the bound address")?;
-        let (siblings, mesh_task) =
-            start_mesh(&config, &identity, addr, &cache, &metrics, &node_metrics, &work).await?;
+        let (siblings, siblings_task, mesh_task) =
+            start_mesh(&config, &identity, addr, &cache, &metrics, &node_metrics).await?;
         let metrics_addr = match config.metrics {
             Some(m) => Some(
                 node_metrics
@@ -134,7 +134,8 @@ impl RunningReflector {
             wake: wake.clone(),
             tasks: work.clone(),
         });
-        let (tasks, cancel) = spawn_tasks(&config, &inner, &endpoint, &node_metrics, wake_task);
+        let (tasks, cancel) =
+            spawn_tasks(&config, &inner, &endpoint, &node_metrics, wake_task, siblings_task);
         tracing::info!(
             %addr,
             upstream = %config.upstream,
@@ -368,6 +369,7 @@ fn spawn_tasks(
     endpoint: &quinn::Endpoint,
     node_metrics: &Arc<NodeMetrics>,
     wake_task: crate::wake::WakeTask,
+    siblings_task: Option<SiblingsTask>,
 ) -> (JoinSet<()>, CancellationToken) {
     let (upstream, fetcher, cache, policy, wake, siblings) = (
         &inner.upstream,
@@ -412,6 +414,9 @@ fn spawn_tasks(
             }
         });
     }
+    if let Some(task) = siblings_task {
+        spawn_task(&mut tasks, &cancel, "siblings", task.run());
+    }
     if let Some(s) = &siblings {
         let announce = crate::mesh_link::announce_cached(inner.clone(), s.clone());
         spawn_task(&mut tasks, &cancel, "mesh-announce", announce);
@@ -452,10 +457,13 @@ async fn start_mesh(
     cache: &Arc<Cache>,
     metrics: &ReflectorMetrics,
     node_metrics: &Arc<NodeMetrics>,
-    work: &TaskTracker,
-) -> anyhow::Result<(Option<Arc<Siblings>>, Option<JoinHandle<anyhow::Result<()>>>)> {
+) -> anyhow::Result<(
+    Option<Arc<Siblings>>,
+    Option<SiblingsTask>,
+    Option<JoinHandle<anyhow::Result<()>>>,
+)> {
     Ok(match &config.mesh {
-        None => (None, None),
+        None => (None, None, None),
         Some(m) => {
             let advertise = match m.advertise {
                 Some(a) => a,
@@ -481,9 +489,9 @@ async fn start_mesh(
                 sharing: m.wan_sharing,
                 heartbeat: m.heartbeat,
             };
-            let s =
-                Siblings::new(handle, settings, cache, sib_endpoint, metrics.clone(), work.clone());
-            (Some(s), Some(task))
+            let (s, siblings_task) =
+                Siblings::new(handle, settings, cache, sib_endpoint, metrics.clone());
+            (Some(s), Some(siblings_task), Some(task))
         }
     })
 }
