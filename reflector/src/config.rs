@@ -108,8 +108,9 @@ pub struct ReflectorConfig {
     pub assignments_poll: Duration,
     /// QUIC parameters of the serving endpoint (not settable from the file).
     pub transport: TransportOptions,
-    /// What each peer may hold of this reflector: `max_connections`, `max_connections_per_peer`
-    /// and `write_stall` in the file.
+    /// What each peer may hold of this reflector: `max_connections`, `max_connections_per_peer`,
+    /// `write_stall`, `max_streams_per_connection` and `max_answer_bytes_per_connection` in the
+    /// file.
     pub limits: ServeLimits,
     /// Wake-on-LAN: scheduled delivery pacing, packet repeats, inventory sync.
     pub wake: crate::wake::WakeSettings,
@@ -272,6 +273,8 @@ struct FileConfig {
     max_connections: Option<u32>,
     max_connections_per_peer: Option<u32>,
     write_stall: Option<toml::Spanned<String>>,
+    max_streams_per_connection: Option<u32>,
+    max_answer_bytes_per_connection: Option<toml::Spanned<Amount>>,
 }
 
 /// A number or a string with a unit.
@@ -461,6 +464,21 @@ impl ConfigArgs {
         cfg.limits.max_connections = file.max_connections.unwrap_or(cfg.limits.max_connections);
         cfg.limits.max_connections_per_peer =
             file.max_connections_per_peer.unwrap_or(cfg.limits.max_connections_per_peer);
+        cfg.limits.max_streams_per_connection =
+            file.max_streams_per_connection.unwrap_or(cfg.limits.max_streams_per_connection);
+        if let Some(a) = &file.max_answer_bytes_per_connection {
+            let text = a.get_ref().text();
+            match oasis_core::units::parse_amount(&text) {
+                Ok(v) => cfg.limits.max_answer_bytes_per_connection = v,
+                Err(p) => {
+                    return ctx.err(
+                        "max_answer_bytes_per_connection",
+                        a.span(),
+                        format!("{text:?} is not a size ({p}; write e.g. \"64MiB\")"),
+                    )
+                }
+            }
+        }
         if let Some(r) = &file.wake_rate {
             if *r.get_ref() == 0 {
                 return ctx.err(
@@ -744,17 +762,32 @@ mod tests {
             ConfigArgs { config: Some(f.path().to_path_buf()), ..Default::default() }.resolve()
         };
         assert_eq!(resolve("").unwrap().limits, ServeLimits::default());
-        let c =
-            resolve("max_connections = 500\nmax_connections_per_peer = 4\nwrite_stall = \"10s\"\n")
-                .unwrap();
+        let c = resolve(
+            "max_connections = 500\nmax_connections_per_peer = 4\nwrite_stall = \"10s\"\n\
+             max_streams_per_connection = 64\nmax_answer_bytes_per_connection = \"8MiB\"\n",
+        )
+        .unwrap();
         assert_eq!(
             c.limits,
             ServeLimits {
                 max_connections: 500,
                 max_connections_per_peer: 4,
-                write_stall: Duration::from_secs(10)
+                write_stall: Duration::from_secs(10),
+                max_streams_per_connection: 64,
+                max_answer_bytes_per_connection: 8 << 20,
             }
         );
+        let n = resolve("max_answer_bytes_per_connection = 1048576\n").unwrap();
+        assert_eq!(n.limits.max_answer_bytes_per_connection, 1 << 20, "a plain number of bytes");
+        let e = resolve("max_answer_bytes_per_connection = \"lots\"\n").unwrap_err();
+        assert!(
+            e.contains("line 4: max_answer_bytes_per_connection \"lots\" is not a size"),
+            "{e}"
+        );
+        let e = resolve("max_answer_bytes_per_connection = \"16KiB\"\n").unwrap_err();
+        assert!(e.contains("between 64 KiB and 1 GiB"), "{e}");
+        let e = resolve("max_streams_per_connection = 0\n").unwrap_err();
+        assert!(e.contains("max_streams_per_connection must be at least 1"), "{e}");
         let e = resolve("max_connections_per_peer = 0\n").unwrap_err();
         assert!(e.contains("max_connections_per_peer must be at least 1"), "{e}");
         let e = resolve("write_stall = \"a while\"\n").unwrap_err();

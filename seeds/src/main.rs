@@ -126,6 +126,13 @@ enum Cmd {
         /// ("30s", "2m").
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = oasis_core::units::parse_duration)]
         write_stall: std::time::Duration,
+        /// Requests one connection may have open at once; more wait for one to end.
+        #[arg(long, value_name = "N", default_value_t = ServeLimits::default().max_streams_per_connection)]
+        max_streams_per_connection: u32,
+        /// Answer bytes one connection may have in flight, not yet acknowledged ("64MiB",
+        /// 64 KiB to 1 GiB): what answers hold in memory per connection.
+        #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = oasis_core::units::parse_amount)]
+        max_answer_bytes_per_connection: u64,
     },
     /// Print the seed's mesh peer id (creating its p2p key on first use; stable afterwards).
     Id {
@@ -405,9 +412,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_connections,
             max_connections_per_peer,
             write_stall,
+            max_streams_per_connection,
+            max_answer_bytes_per_connection,
         } => {
             let mesh = mesh_settings(&p2p_listen, &bootstrap, no_mdns, advertise)?;
-            let limits = ServeLimits { max_connections, max_connections_per_peer, write_stall };
+            let limits = ServeLimits {
+                max_connections,
+                max_connections_per_peer,
+                write_stall,
+                max_streams_per_connection,
+                max_answer_bytes_per_connection,
+            };
             limits.validate().map_err(|e| anyhow::anyhow!("oasis-seed serve: {e}"))?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {

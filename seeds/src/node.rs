@@ -74,7 +74,8 @@ impl RunningSeed {
         metrics_listen: Option<SocketAddr>,
         limits: ServeLimits,
     ) -> anyhow::Result<RunningSeed> {
-        let endpoint = net::server_endpoint(listen, &identity, &TransportOptions::default())
+        let transport = limits.transport(&TransportOptions::default());
+        let endpoint = net::server_endpoint(listen, &identity, &transport)
             .with_context(|| format!("cannot listen for QUIC on {listen}"))?;
         let addr = endpoint.local_addr().context("reading the bound address")?;
         let metrics = Arc::new(NodeMetrics::new());

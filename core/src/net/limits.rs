@@ -1,11 +1,13 @@
-//! What one server lets its peers hold: connections in total and per node identity, and how
-//! long an answer may wait for a peer that does not read it.
+//! What one server lets its peers hold: connections in total and per node identity, requests
+//! and answer bytes per connection, and how long an answer may wait for a peer that does not
+//! read it.
 //!
 //! Why per identity and not per address: every peer proves a node identity at the handshake,
 //! and several honest nodes can share an address (a NAT, a branch office behind one router),
 //! while one stolen or misbehaving identity can connect from many. The total cap holds the
 //! handshakes of peers without an identity too.
 
+use super::TransportOptions;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,7 +26,19 @@ pub struct ServeLimits {
     /// writer while the peer does not read). The stream is then reset with
     /// [`super::stream_code::STALLED`], so a reader that stopped reading holds no buffers.
     pub write_stall: Duration,
+    /// Requests (bidirectional streams) one connection may have open at once; QUIC's stream
+    /// credit holds the peer to it, so a further request waits until one ends.
+    pub max_streams_per_connection: u32,
+    /// Answer bytes one connection may have written and not yet acknowledged by the peer (QUIC's
+    /// send window); writers wait beyond it. What answers hold in memory is at most this per
+    /// connection, and `max_connections` times it in all.
+    pub max_answer_bytes_per_connection: u64,
 }
+
+/// The smallest answer window accepted: below a few datagrams' worth, a connection barely moves.
+pub const MIN_ANSWER_BYTES_PER_CONNECTION: u64 = 64 << 10;
+/// The largest answer window accepted.
+pub const MAX_ANSWER_BYTES_PER_CONNECTION: u64 = 1 << 30;
 
 impl Default for ServeLimits {
     fn default() -> Self {
@@ -36,6 +50,8 @@ impl Default for ServeLimits {
             // connection is still timing out.
             max_connections_per_peer: 16,
             write_stall: Duration::from_secs(30),
+            max_streams_per_connection: TransportOptions::default().max_concurrent_bidi_streams,
+            max_answer_bytes_per_connection: TransportOptions::default().send_window,
         }
     }
 }
@@ -52,7 +68,26 @@ impl ServeLimits {
         if self.write_stall.is_zero() {
             return Err("write_stall must be longer than 0 s".into());
         }
+        if self.max_streams_per_connection == 0 {
+            return Err("max_streams_per_connection must be at least 1".into());
+        }
+        let answer = self.max_answer_bytes_per_connection;
+        if !(MIN_ANSWER_BYTES_PER_CONNECTION..=MAX_ANSWER_BYTES_PER_CONNECTION).contains(&answer) {
+            return Err(format!(
+                "max_answer_bytes_per_connection must be between 64 KiB and 1 GiB (is {answer} bytes)"
+            ));
+        }
         Ok(())
+    }
+
+    /// `opts` with this server's caps per connection (requests at once, answer bytes in
+    /// flight), for the endpoint the server listens on.
+    pub fn transport(&self, opts: &TransportOptions) -> TransportOptions {
+        TransportOptions {
+            max_concurrent_bidi_streams: self.max_streams_per_connection,
+            send_window: self.max_answer_bytes_per_connection,
+            ..opts.clone()
+        }
     }
 }
 
@@ -127,5 +162,27 @@ mod tests {
         assert!(zero.validate().unwrap_err().contains("max_connections"));
         let stall = ServeLimits { write_stall: Duration::ZERO, ..ServeLimits::default() };
         assert!(stall.validate().unwrap_err().contains("write_stall"));
+        let streams = ServeLimits { max_streams_per_connection: 0, ..ServeLimits::default() };
+        assert!(streams.validate().unwrap_err().contains("max_streams_per_connection"));
+        for bytes in [1000, 2 << 30] {
+            let l =
+                ServeLimits { max_answer_bytes_per_connection: bytes, ..ServeLimits::default() };
+            assert!(
+                l.validate().unwrap_err().contains("max_answer_bytes_per_connection"),
+                "{bytes}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_caps_per_connection_go_into_the_servers_transport() {
+        let l = ServeLimits {
+            max_streams_per_connection: 32,
+            max_answer_bytes_per_connection: 1 << 20,
+            ..ServeLimits::default()
+        };
+        let t = l.transport(&TransportOptions::default());
+        assert_eq!((t.max_concurrent_bidi_streams, t.send_window), (32, 1 << 20));
+        assert_eq!(t.receive_window, TransportOptions::default().receive_window, "the rest kept");
     }
 }

@@ -99,7 +99,9 @@ impl Net {
         let auth = SeedAuthority::init(dir.path()).unwrap();
         let seed = auth.node_identity().unwrap();
         let opts = TransportOptions::default();
-        let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &seed, &opts).unwrap();
+        let server =
+            server_endpoint("127.0.0.1:0".parse().unwrap(), &seed, &limits.transport(&opts))
+                .unwrap();
         let addr = server.local_addr().unwrap();
         let metrics = Arc::new(NodeMetrics::new());
         let serving = tokio::spawn(serve(
@@ -503,6 +505,30 @@ async fn connections_over_the_server_total_are_refused_at_the_handshake() {
     two.connection().close(VarInt::from_u32(close_code::NORMAL), b"done");
     drop(two);
     served_again(&ep3, net.addr, id, "the freed connection was never counted out").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_holds_at_most_its_streams_at_once() {
+    let mut source = MemSource::default();
+    let id = source.add_chunk(b"one chunk").id;
+    let limits = ServeLimits { max_streams_per_connection: 2, ..ServeLimits::default() };
+    let net = Net::start_with(source, limits).await;
+    let greedy = net.client().await;
+    // Two requests left half sent hold the connection's two streams.
+    let request = Frame::GetChunks { ids: vec![id] }.to_bytes();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (mut send, recv) = greedy.connection().open_bi().await.unwrap();
+        send.write_all(&request[..3]).await.unwrap();
+        held.push((send, recv));
+    }
+    let third = tokio::time::timeout(Duration::from_millis(500), greedy.connection().open_bi());
+    assert!(third.await.is_err(), "a third request waits for the server's stream credit");
+    assert!(serves(&net.client().await, id).await, "another connection is served meanwhile");
+    let (mut send, _recv) = held.remove(0);
+    send.reset(VarInt::from_u32(7)).unwrap();
+    let third = tokio::time::timeout(Duration::from_secs(5), greedy.connection().open_bi());
+    assert!(third.await.is_ok(), "a stream that ends gives its credit back");
 }
 
 /// A server with a 0.5 s write stall holding `count` random chunks of `size` bytes, and a

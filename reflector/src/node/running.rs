@@ -91,7 +91,8 @@ impl RunningReflector {
             },
             work.clone(),
         ));
-        let endpoint = net::server_endpoint(config.listen, &identity, &config.transport)
+        let transport = config.limits.transport(&config.transport);
+        let endpoint = net::server_endpoint(config.listen, &identity, &transport)
             .with_context(|| format!("cannot listen for QUIC on {}", config.listen))?;
         let addr = endpoint.local_addr().context("reading the bound address")?;
         let (siblings, siblings_task, mesh_task) =
