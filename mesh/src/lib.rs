@@ -17,13 +17,9 @@
 //! let holders = mesh.holders(digest, chunk_index).await?;
 //! ```
 
-pub mod admission;
 pub mod binding;
 mod task;
-pub use task::{
-    MAX_BINDINGS_PER_NODE, MAX_CONNECTIONS_PER_PEER, MAX_INCOMING_CONNECTIONS,
-    MAX_PENDING_INCOMING, MAX_VERIFIED_PEERS, VIEW_PUBLISH,
-};
+pub use task::{MAX_BINDINGS_PER_NODE, MAX_VERIFIED_PEERS, VIEW_PUBLISH};
 
 use std::net::SocketAddr;
 use std::path::Path;

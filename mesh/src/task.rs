@@ -4,7 +4,6 @@
 #![allow(clippy::collapsible_match)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Result};
@@ -15,21 +14,17 @@ use libp2p::kad::{self, store::MemoryStore, GetProvidersOk, QueryResult, RecordK
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{
-    connection_limits, identify, mdns, noise, request_response, tcp, yamux, PeerId, StreamProtocol,
-    Swarm,
-};
+use libp2p::{identify, mdns, noise, tcp, yamux, PeerId, StreamProtocol, Swarm};
 use oasis_core::gossip::{
     pack_availability, set_bit, Body, GossipMsg, GossipReject, GossipView, Heartbeat, Held, Hello,
     InventoryRecord, LayerAvailability, LayerDigest, Load, MAX_MESSAGE_BYTES,
 };
-use oasis_core::pki::{NodeIdentity, PeerInfo, Role};
+use oasis_core::pki::{NodeIdentity, PeerInfo, Role, TrustRoot};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::admission::{self, Checked, HelloCodec, Verifier, Via};
-use crate::{peer_ref, Command, DeviceBatch, Holding, MeshConfig, MeshMetrics};
+use crate::{binding, peer_ref, Command, DeviceBatch, Holding, MeshConfig, MeshMetrics};
 
 /// How often a changed view is published at most: readers see a change within this, and a
 /// busy mesh copies its view at most this often.
@@ -41,53 +36,19 @@ pub const MAX_VERIFIED_PEERS: usize = 4096;
 /// across restarts, so more means one key is being used to fill the mesh
 /// (`too_many_bindings`).
 pub const MAX_BINDINGS_PER_NODE: usize = 4;
-/// Established connections a node accepts from others; more are refused.
-pub const MAX_INCOMING_CONNECTIONS: u32 = 256;
-/// Incoming connections still handshaking at once.
-pub const MAX_PENDING_INCOMING: u32 = 64;
-/// Connections one peer may hold at once (TCP and QUIC, and a crossed dial).
-pub const MAX_CONNECTIONS_PER_PEER: u32 = 3;
 
-/// A peer whose hello verified, the hello, and when it was last heard from.
+/// A peer whose hello verified, and when it was last heard from.
 struct Verified {
     info: PeerInfo,
-    hello: Hello,
     last: Duration,
-}
-
-/// A gossip message's id: the first 20 bytes of BLAKE3 over the author's peer id (its
-/// multihash bytes) followed by the message data. Content-based, so that nodes of any
-/// implementation name a message alike in IHAVE and IWANT.
-fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
-    let mut h = blake3::Hasher::new();
-    if let Some(source) = &m.source {
-        h.update(&source.to_bytes());
-    }
-    h.update(&m.data);
-    gossipsub::MessageId::new(&h.finalize().as_bytes()[..20])
-}
-
-/// Gossipsub peer scoring: only the application score (whether a peer is admitted) counts.
-/// Colocation is not penalised: a branch's reflectors share one address behind its router.
-fn peer_scoring() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
-    let params = gossipsub::PeerScoreParams {
-        app_specific_weight: 1.0,
-        ip_colocation_factor_weight: 0.0,
-        ..Default::default()
-    };
-    (params, gossipsub::PeerScoreThresholds::default())
 }
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
-    // First: a connection it denies is then never seen by the others, which track
-    // connections and expect to be told when each closes.
-    limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
     gossipsub: gossipsub::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
     mdns: Toggle<mdns::tokio::Behaviour>,
-    exchange: request_response::Behaviour<HelloCodec>,
 }
 
 struct LocalLayer {
@@ -108,6 +69,7 @@ pub(crate) struct MeshTask {
     swarm: Swarm<Behaviour>,
     topic: IdentTopic,
     hello: Hello,
+    trust: TrustRoot,
     my_site: Option<String>,
     metrics: MeshMetrics,
     rx: mpsc::UnboundedReceiver<Command>,
@@ -125,17 +87,6 @@ pub(crate) struct MeshTask {
     inventory_topic: Option<IdentTopic>,
     pending_devices: BTreeMap<String, InventoryRecord>,
     device_subscribers: Vec<mpsc::Sender<DeviceBatch>>,
-    /// Checks hellos off the task; its results arrive on `checked`.
-    verifier: Verifier,
-    checked: mpsc::UnboundedReceiver<Checked>,
-    /// Our hello as the exchange sends it.
-    hello_bytes: Vec<u8>,
-    /// Connected peers whose exchanged hello verified: the only ones given anything.
-    admitted: HashSet<PeerId>,
-    /// Connected peers not admitted yet: when they connected and from which address.
-    admitting: HashMap<PeerId, (Duration, Option<IpAddr>)>,
-    /// Peers whose exchanged hello is being checked.
-    checking: HashSet<PeerId>,
 }
 
 fn unix_ms() -> u64 {
@@ -172,18 +123,15 @@ impl MeshTask {
                     .heartbeat_interval(gossip_heartbeat)
                     .validation_mode(ValidationMode::Strict)
                     .validate_messages()
-                    .message_id_fn(message_id)
                     // Above our own 64 KiB limit so that oversized messages reach the
                     // application and are counted there.
                     .max_transmit_size(4 * MAX_MESSAGE_BYTES)
                     .build()
                     .map_err(|e| format!("gossipsub config: {e}"))?;
-                let mut gossipsub = gossipsub::Behaviour::new(
+                let gossipsub = gossipsub::Behaviour::new(
                     MessageAuthenticity::Signed(key.clone()),
                     gossip_config,
                 )?;
-                let (params, thresholds) = peer_scoring();
-                gossipsub.with_peer_score(params, thresholds)?;
                 let identify = identify::Behaviour::new(
                     identify::Config::new(crate::IDENTIFY_PROTOCOL.into(), key.public())
                         .with_agent_version(format!("{agent}/{}", env!("CARGO_PKG_VERSION"))),
@@ -208,18 +156,7 @@ impl MeshTask {
                 } else {
                     None
                 };
-                let limits = connection_limits::ConnectionLimits::default()
-                    .with_max_established_incoming(Some(MAX_INCOMING_CONNECTIONS))
-                    .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
-                    .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER));
-                Ok(Behaviour {
-                    limits: connection_limits::Behaviour::new(limits),
-                    identify,
-                    gossipsub,
-                    kad,
-                    mdns: Toggle::from(mdns),
-                    exchange: admission::exchange(),
-                })
+                Ok(Behaviour { identify, gossipsub, kad, mdns: Toggle::from(mdns) })
             })
             .map_err(|e| anyhow!("building the mesh behaviour: {e}"))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
@@ -234,15 +171,7 @@ impl MeshTask {
         for addr in &config.listen {
             swarm.listen_on(addr.clone()).map_err(|e| anyhow!("listening on {addr}: {e}"))?;
         }
-        let (verifier, checked) = Verifier::new(identity.trust().clone());
-        let hello_bytes = GossipMsg { seq: 0, body: Body::Hello(hello.clone()) }.encode();
         let mut task = MeshTask {
-            verifier,
-            checked,
-            hello_bytes,
-            admitted: HashSet::new(),
-            admitting: HashMap::new(),
-            checking: HashSet::new(),
             view_tx,
             view_dirty: false,
             view: GossipView::new(config.heartbeat),
@@ -250,6 +179,7 @@ impl MeshTask {
             swarm,
             topic,
             hello,
+            trust: identity.trust().clone(),
             my_site: identity.info().site.clone(),
             metrics,
             rx,
@@ -313,7 +243,6 @@ impl MeshTask {
                 _ = heartbeat.tick() => self.on_heartbeat(),
                 _ = batch.tick() => self.on_batch(),
                 _ = publish.tick(), if self.view_dirty => self.publish_view(),
-                Some(c) = self.checked.recv() => self.on_checked(c),
             }
         }
         info!("mesh stopped");
@@ -370,29 +299,11 @@ impl MeshTask {
         if self.heartbeats.is_multiple_of(3 * every) {
             self.hello_due = true;
         }
-        self.drop_unadmitted();
         if self.heartbeats.is_multiple_of(10) {
             self.dial_bootstrap(false);
         }
         if self.heartbeats.is_multiple_of(60) && self.swarm.connected_peers().next().is_some() {
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
-        }
-    }
-
-    /// Disconnects the peers not admitted within [`admission::ADMISSION_GRACE`].
-    fn drop_unadmitted(&mut self) {
-        let now = self.now();
-        let overdue: Vec<PeerId> = self
-            .admitting
-            .iter()
-            .filter(|(_, (at, _))| now.saturating_sub(*at) > admission::ADMISSION_GRACE)
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in overdue {
-            self.admitting.remove(&peer);
-            debug!("mesh peer {peer} did not prove an enrolled certificate: disconnected");
-            self.metrics.count_drop("not_admitted");
-            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 
@@ -616,27 +527,15 @@ impl MeshTask {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad(ev),
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
                 if num_established.get() == 1 {
                     debug!("connected to {peer_id}");
                     if self.verified.is_empty() {
                         // First contact: a bootstrap query fills the routing table.
                         let _ = self.swarm.behaviour_mut().kad.bootstrap();
                     }
-                    if !self.admitted.contains(&peer_id) {
-                        let from = admission::ip_of(endpoint.get_remote_address());
-                        self.admitting.insert(peer_id, (self.now(), from));
-                        let b = self.swarm.behaviour_mut();
-                        b.gossipsub.set_application_score(&peer_id, admission::UNADMITTED_SCORE);
-                        b.exchange.send_request(&peer_id, self.hello_bytes.clone());
-                    }
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                self.admitted.remove(&peer_id);
-                self.admitting.remove(&peer_id);
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Exchange(ev)) => self.on_exchange(ev),
             _ => {}
         }
     }
@@ -672,153 +571,15 @@ impl MeshTask {
         }
     }
 
-    /// A hello of the exchange, asked or answered.
-    fn on_exchange(&mut self, ev: request_response::Event<Vec<u8>, Vec<u8>>) {
-        match ev {
-            request_response::Event::Message { peer, message, .. } => {
-                let bytes = match message {
-                    request_response::Message::Request { request, channel, .. } => {
-                        let ours = self.hello_bytes.clone();
-                        let _ = self.swarm.behaviour_mut().exchange.send_response(channel, ours);
-                        request
-                    }
-                    request_response::Message::Response { response, .. } => response,
-                };
-                self.exchanged(peer, &bytes);
-            }
-            request_response::Event::OutboundFailure { peer, error, .. } => {
-                debug!("hello exchange with {peer} failed: {error}");
-                // A crossed dial leaves two connections, and the one the hello went on may be
-                // the one closed: ask again on the one left (the grace still bounds it).
-                let closed = matches!(error, request_response::OutboundFailure::ConnectionClosed);
-                if closed && self.admitting.contains_key(&peer) && self.swarm.is_connected(&peer) {
-                    let hello = self.hello_bytes.clone();
-                    self.swarm.behaviour_mut().exchange.send_request(&peer, hello);
-                }
-            }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                debug!("hello exchange from {peer} failed: {error}")
-            }
-            _ => {}
-        }
-    }
-
-    /// Checks the hello a connected peer sent on the exchange (once per connection).
-    fn exchanged(&mut self, peer: PeerId, bytes: &[u8]) {
-        if self.admitted.contains(&peer) || self.checking.contains(&peer) {
-            return;
-        }
-        let hello = match admission::hello_of(bytes) {
-            Ok(h) => h,
-            Err(e) => {
-                debug!("hello exchange from {peer} refused: {e}");
-                self.metrics.count_drop("bad_binding");
-                let _ = self.swarm.disconnect_peer_id(peer);
-                return;
-            }
-        };
-        if self.verified.get(&peer).is_some_and(|v| v.hello == hello) {
-            self.admit(peer);
-            return;
-        }
-        let from = self.admitting.get(&peer).and_then(|a| a.1);
-        match self.verifier.check(peer, hello, Via::Exchange, from) {
-            Ok(()) => {
-                self.checking.insert(peer);
-            }
-            Err(skip) => self.metrics.count_drop(skip.reason()),
-        }
-    }
-
-    /// A hello check came back: binds the author, admits an exchanging peer, and reports a
-    /// gossiped hello's validation.
-    fn on_checked(&mut self, c: Checked) {
-        self.verifier.finished();
-        let Checked { author, hello, via, result } = c;
-        if matches!(via, Via::Exchange) {
-            self.checking.remove(&author);
-        }
-        let acceptance = match result {
-            Ok(info) => self.bind(author, info, hello, &via),
-            Err(e) => {
-                debug!("hello from {author} refused: {e}");
-                self.metrics.count_drop("bad_binding");
-                if matches!(via, Via::Exchange) {
-                    let _ = self.swarm.disconnect_peer_id(author);
-                }
-                MessageAcceptance::Reject
-            }
-        };
-        if let Via::Gossip { id, source, .. } = via {
-            self.swarm
-                .behaviour_mut()
-                .gossipsub
-                .report_message_validation_result(&id, &source, acceptance);
-        }
-    }
-
-    /// Binds `author` to the certificate its verified hello carries.
-    fn bind(
-        &mut self,
-        author: PeerId,
-        info: PeerInfo,
-        hello: Hello,
-        via: &Via,
-    ) -> MessageAcceptance {
-        let known = self.verified.contains_key(&author);
-        if !known {
-            if let Err(reason) = self.may_bind(&info) {
-                debug!("hello from {author} ({info}) refused: {reason}");
-                self.metrics.count_drop(reason);
-                if matches!(via, Via::Exchange) {
-                    let _ = self.swarm.disconnect_peer_id(author);
-                }
-                return MessageAcceptance::Ignore;
-            }
-        }
-        let now = self.now();
-        self.verified.insert(author, Verified { info: info.clone(), hello, last: now });
-        if !known {
-            debug!("mesh peer {author} verified as {info}");
-            // A node we did not know: it probably does not know us either.
-            self.hello_due = true;
-            for l in self.local.values_mut() {
-                l.dirty = true;
-            }
-        }
-        match via {
-            Via::Gossip { msg, .. } => {
-                self.metrics.count("hello", "in");
-                let _ = self.view.apply(msg, &peer_ref(&author), now);
-                self.view_dirty = true;
-            }
-            Via::Exchange => self.admit(author),
-        }
-        MessageAcceptance::Accept
-    }
-
-    /// From now on `peer` (connected) is given messages and mesh slots.
-    fn admit(&mut self, peer: PeerId) {
-        if self.admitting.remove(&peer).is_none() && !self.swarm.is_connected(&peer) {
-            return;
-        }
-        self.admitted.insert(peer);
-        self.swarm.behaviour_mut().gossipsub.set_application_score(&peer, 0.0);
-        debug!("mesh peer {peer} admitted");
-    }
-
     fn on_gossip(&mut self, ev: gossipsub::Event) {
         match ev {
             gossipsub::Event::Message { propagation_source, message_id, message } => {
-                let (id, source) = (&message_id, &propagation_source);
-                if let Some(acceptance) = self.on_message(message.source, &message.data, id, source)
-                {
-                    self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
-                        &message_id,
-                        &propagation_source,
-                        acceptance,
-                    );
-                }
+                let acceptance = self.on_message(message.source, &message.data);
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    acceptance,
+                );
             }
             gossipsub::Event::Subscribed { peer_id, .. } => {
                 if !self.verified.contains_key(&peer_id) {
@@ -830,22 +591,14 @@ impl MeshTask {
         }
     }
 
-    /// How a gossip message is validated; `None` while its hello is being checked (the
-    /// check reports it).
-    fn on_message(
-        &mut self,
-        author: Option<PeerId>,
-        data: &[u8],
-        id: &gossipsub::MessageId,
-        source: &PeerId,
-    ) -> Option<MessageAcceptance> {
+    fn on_message(&mut self, author: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
         let Some(author) = author else {
             self.metrics.count_drop("unverified");
-            return Some(MessageAcceptance::Reject);
+            return MessageAcceptance::Reject;
         };
         let msg = match GossipMsg::decode(data) {
             Ok(m) => m,
-            Err(e) => return Some(self.reject(&author, e)),
+            Err(e) => return self.reject(&author, e),
         };
         let kind = match &msg.body {
             Body::Hello(_) => "hello",
@@ -854,21 +607,35 @@ impl MeshTask {
             Body::Inventory(_) => "inventory",
         };
         if let Body::Hello(hello) = &msg.body {
-            let now = self.now();
-            if let Some(v) = self.verified.get_mut(&author).filter(|v| v.hello == *hello) {
-                // The same hello as verified before: no certificate check again.
-                v.last = now;
-                self.metrics.count(kind, "in");
-                let _ = self.view.apply(&msg, &peer_ref(&author), now);
-                self.view_dirty = true;
-                return Some(MessageAcceptance::Accept);
-            }
-            let via = Via::Gossip { id: id.clone(), source: *source, msg: msg.clone() };
-            return match self.verifier.check(author, hello.clone(), via, None) {
-                Ok(()) => None,
-                Err(skip) => {
-                    self.metrics.count_drop(skip.reason());
-                    Some(MessageAcceptance::Ignore)
+            return match binding::verify_binding(hello, &author, &self.trust) {
+                Ok(info) => {
+                    let known = self.verified.contains_key(&author);
+                    if !known {
+                        if let Err(reason) = self.may_bind(&info) {
+                            debug!("hello from {author} ({info}) refused: {reason}");
+                            self.metrics.count_drop(reason);
+                            return MessageAcceptance::Ignore;
+                        }
+                    }
+                    self.metrics.count(kind, "in");
+                    let now = self.now();
+                    self.verified.insert(author, Verified { info: info.clone(), last: now });
+                    if !known {
+                        debug!("mesh peer {author} verified as {info}");
+                        // A node we did not know: it probably does not know us either.
+                        self.hello_due = true;
+                        for l in self.local.values_mut() {
+                            l.dirty = true;
+                        }
+                    }
+                    let _ = self.view.apply(&msg, &peer_ref(&author), now);
+                    self.view_dirty = true;
+                    MessageAcceptance::Accept
+                }
+                Err(e) => {
+                    debug!("hello from {author} refused: {e:#}");
+                    self.metrics.count_drop("bad_binding");
+                    MessageAcceptance::Reject
                 }
             };
         }
@@ -876,7 +643,7 @@ impl MeshTask {
         let Some(v) = self.verified.get_mut(&author) else {
             self.metrics.count_drop("unverified");
             // Not forwarded, not penalised: its hello may simply not have reached us yet.
-            return Some(MessageAcceptance::Ignore);
+            return MessageAcceptance::Ignore;
         };
         v.last = now;
         let info = &v.info;
@@ -886,14 +653,14 @@ impl MeshTask {
             let site = self.my_site.as_deref();
             if let Err(e) = oasis_core::gossip::inventory::admit_inventory(records, info, site, now)
             {
-                return Some(self.reject(&author, e));
+                return self.reject(&author, e);
             }
             let (sender, records) = (info.name.clone(), records.clone());
             let _ = self.view.apply(&msg, &peer_ref(&author), self.now());
             self.view_dirty = true;
             self.metrics.count(kind, "in");
             self.deliver_devices(author, sender, records);
-            return Some(MessageAcceptance::Accept);
+            return MessageAcceptance::Accept;
         }
         if let Body::Heartbeat(hb) = &mut msg.body {
             // The certificate is authoritative for the site. The seed belongs to no site's
@@ -905,14 +672,14 @@ impl MeshTask {
             };
         }
         self.view_dirty = true;
-        Some(match self.view.apply(&msg, &peer_ref(&author), self.now()) {
+        match self.view.apply(&msg, &peer_ref(&author), self.now()) {
             Ok(()) => {
                 self.metrics.count(kind, "in");
                 self.metrics.peers.set(self.view.len() as i64);
                 MessageAcceptance::Accept
             }
             Err(e) => self.reject(&author, e),
-        })
+        }
     }
 
     /// How often this node says hello (and, the mesh being configured alike, its peers do).
