@@ -22,7 +22,7 @@ pub struct RunningReflector {
     tasks: JoinSet<()>,
     /// Ends every task of `tasks` but `serve` (which ends when the endpoint closes).
     cancel: CancellationToken,
-    /// Work spawned on behalf of requests, by the node and the fetcher.
+    /// Work spawned on behalf of requests, by the node, the fetcher and the siblings.
     work: TaskTracker,
     mesh_task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -96,7 +96,7 @@ impl RunningReflector {
             .with_context(|| format!("cannot listen for QUIC on {}", config.listen))?;
         let addr = endpoint.local_addr().context("reading the bound address")?;
         let (siblings, siblings_task, mesh_task) =
-            start_mesh(&config, &identity, addr, &cache, &metrics, &node_metrics).await?;
+            start_mesh(&config, &identity, addr, &cache, &metrics, &node_metrics, &work).await?;
         let metrics_addr = match config.metrics {
             Some(m) => Some(
                 node_metrics
@@ -458,6 +458,7 @@ async fn start_mesh(
     cache: &Arc<Cache>,
     metrics: &ReflectorMetrics,
     node_metrics: &Arc<NodeMetrics>,
+    work: &TaskTracker,
 ) -> anyhow::Result<(
     Option<Arc<Siblings>>,
     Option<SiblingsTask>,
@@ -491,7 +492,7 @@ async fn start_mesh(
                 heartbeat: m.heartbeat,
             };
             let (s, siblings_task) =
-                Siblings::new(handle, settings, cache, sib_endpoint, metrics.clone());
+                Siblings::new(handle, settings, cache, sib_endpoint, metrics.clone(), work.clone());
             (Some(s), Some(siblings_task), Some(task))
         }
     })

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
 
 /// A holder has the chunk in its cache: it answers at LAN speed.
 const HOLDER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -64,6 +65,9 @@ pub(super) struct Link {
     /// replaced) before this reflector pulls it itself.
     pub handover_wait: Duration,
     pub sharing: WanSharing,
+    /// The reflector's request work: `stop()` waits for it, so a chunk being stored in the
+    /// cache holds the cache no longer than that.
+    pub tasks: TaskTracker,
 }
 
 /// Ends a request's count in flight when the request ends (or is dropped).
@@ -173,18 +177,20 @@ impl Link {
         };
         let len = chunk.data.len() as u64;
         let cache = self.cache.upgrade().ok_or("the reflector is shutting down")?;
-        let verified = tokio::task::spawn_blocking(move || {
-            if chunk.id != id {
-                return Err(format!("sent chunk {} when asked for {id}", chunk.id));
-            }
-            chunk.decode_verified().map_err(|e| e.to_string())?;
-            if let Err(e) = cache.put(&chunk) {
-                tracing::error!(chunk = %id, error = %e, "cannot store chunk in the cache");
-            }
-            Ok(chunk)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        let verified = self
+            .tasks
+            .spawn_blocking(move || {
+                if chunk.id != id {
+                    return Err(format!("sent chunk {} when asked for {id}", chunk.id));
+                }
+                chunk.decode_verified().map_err(|e| e.to_string())?;
+                if let Err(e) = cache.put(&chunk) {
+                    tracing::error!(chunk = %id, error = %e, "cannot store chunk in the cache");
+                }
+                Ok(chunk)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
         match verified {
             Ok(chunk) => {
                 match c.kind {

@@ -32,11 +32,12 @@ use oasis_core::policy::TrafficClass;
 use oasis_core::site_wan::{SitePlace, WanSharing};
 use oasis_core::ChunkId;
 use oasis_mesh::libp2p::PeerId;
-use oasis_mesh::{peer_id_of, peer_ref, Holding, MeshHandle};
-use std::sync::{Arc, Weak};
+use oasis_mesh::{peer_id_of, peer_ref, MeshHandle};
+use std::sync::Arc;
 use std::time::Duration;
 use task::Command;
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 /// How long a sibling that served a bad chunk (or could not be reached) is left out.
 pub const AVOID_FOR: Duration = Duration::from_secs(30);
@@ -65,7 +66,6 @@ pub struct Siblings {
     pub mesh: MeshHandle,
     /// This reflector's site, the site's WAN sharing and its own peer.
     place: SitePlace,
-    cache: Weak<Cache>,
     endpoint: quinn::Endpoint,
     link: Arc<Link>,
     /// The gossip view as the mesh task last published it.
@@ -102,6 +102,7 @@ impl Siblings {
         cache: &Arc<Cache>,
         endpoint: quinn::Endpoint,
         metrics: ReflectorMetrics,
+        tasks: TaskTracker,
     ) -> (Arc<Siblings>, SiblingsTask) {
         let SiblingSettings { peer_sites, delegate_timeout, sharing, heartbeat } = settings;
         let view = mesh.watch_view();
@@ -120,6 +121,7 @@ impl Siblings {
             // the view names the next leader.
             handover_wait: heartbeat * 6 + VIEW_REFRESH,
             sharing,
+            tasks,
         });
         cache.observe(Box::new(Announcer(tx)));
         let task = SiblingsTask::new(
@@ -130,7 +132,7 @@ impl Siblings {
             peer_sites,
             endpoint.clone(),
         );
-        let handle = Siblings { place, mesh, cache: Arc::downgrade(cache), endpoint, link, view };
+        let handle = Siblings { place, mesh, endpoint, link, view };
         (Arc::new(handle), task)
     }
 
@@ -167,43 +169,20 @@ impl Siblings {
     /// Indexes a layer's chunks (`chunks`: its distinct file chunks in first-use order, as
     /// `LayerManifest::unique_chunks` gives them, read from a verified manifest), tells the mesh
     /// the layer's true chunk count (so siblings' claims about it become usable) and announces
-    /// what the cache holds of it. Returns false if the layer was known already.
+    /// what the cache holds of it. Returns false if the layer was known already. The
+    /// announcement runs as tracked work of its own: a caller that gives up waiting does not
+    /// leave the layer learned but unannounced.
     pub async fn learn_layer(
         &self,
         digest: LayerDigest,
         label: &str,
         chunks: Arc<Vec<ChunkRef>>,
     ) -> bool {
-        let (layer, list) = (digest, chunks.clone());
-        let label_owned = label.to_string();
-        let learn = |reply| Command::Learn { layer, label: label_owned, chunks: list, reply };
-        if !self.link.call(learn).await.unwrap_or(false) {
-            return false;
-        }
-        let Some(cache) = self.cache.upgrade() else { return true };
-        // After the task indexed the layer: a chunk stored from now on is announced by it, and
-        // one stored before is seen here.
-        let count = chunks.len() as u32;
-        let scan = move || {
-            let mut bits = vec![0u8; count.div_ceil(8) as usize];
-            let mut held = 0u32;
-            for (i, c) in chunks.iter().enumerate() {
-                if cache.contains(&c.id) {
-                    bits[i / 8] |= 1 << (i % 8);
-                    held += 1;
-                }
-            }
-            let holding = if held == count { Holding::Complete } else { Holding::Partial(bits) };
-            (held, holding)
-        };
-        match tokio::task::spawn_blocking(scan).await {
-            Ok((held, holding)) => {
-                tracing::debug!(layer = %label, chunks = count, held, "layer announced to the mesh");
-                self.mesh.announce_layer(digest, count, holding);
-            }
-            Err(e) => tracing::warn!(layer = %label, error = %e, "layer not announced to the mesh"),
-        }
-        true
+        let (layer, label) = (digest, label.to_string());
+        self.link
+            .call(|reply| Command::Learn { layer, label, chunks, reply })
+            .await
+            .unwrap_or(false)
     }
 
     /// Has the mesh task publish its view now (after every command sent so far, such as a

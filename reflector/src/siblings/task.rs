@@ -14,7 +14,7 @@ use oasis_core::policy::TrafficClass;
 use oasis_core::site_wan::SitePlace;
 use oasis_core::ChunkId;
 use oasis_mesh::libp2p::PeerId;
-use oasis_mesh::{peer_id_of, peer_ref, MeshHandle};
+use oasis_mesh::{peer_id_of, peer_ref, Holding, MeshHandle};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -182,15 +182,16 @@ impl SiblingsTask {
                 let _ = reply.send(self.learned.contains(&layer));
             }
             Command::Learn { layer, label, chunks, reply } => {
-                let new = self.learned.insert(layer);
-                if new {
-                    // Inline: a million-chunk layer takes a fraction of a second, once.
-                    if !self.index.add_chunks_of(layer, &chunks) {
-                        tracing::warn!(layer = %label, "too many layers learned; this one's chunks are not indexed");
-                    }
-                    self.mesh.learn_layer(layer, chunks.len() as u32);
+                if !self.learned.insert(layer) {
+                    let _ = reply.send(false);
+                    return;
                 }
-                let _ = reply.send(new);
+                // Inline: a million-chunk layer takes a fraction of a second, once.
+                if !self.index.add_chunks_of(layer, &chunks) {
+                    tracing::warn!(layer = %label, "too many layers learned; this one's chunks are not indexed");
+                }
+                self.mesh.learn_layer(layer, chunks.len() as u32);
+                self.announce(layer, label, chunks, reply);
             }
             Command::Fetch { id, class, span, reply } => {
                 let key = (id, class);
@@ -231,6 +232,37 @@ impl SiblingsTask {
                 self.avoid(peer, &format!("connection lost: {why}"));
             }
         }
+    }
+
+    /// Announces what the cache holds of a layer just indexed, reading the cache off the
+    /// task as tracked work, then answers `reply`. A chunk stored from now on is announced by
+    /// the task ([`Command::Stored`]); one stored before is seen by the scan.
+    fn announce(
+        &self,
+        layer: LayerDigest,
+        label: String,
+        chunks: Arc<Vec<ChunkRef>>,
+        reply: oneshot::Sender<bool>,
+    ) {
+        let (mesh, cache) = (self.mesh.clone(), self.link.cache.clone());
+        self.link.tasks.spawn_blocking(move || {
+            if let Some(cache) = cache.upgrade() {
+                let count = chunks.len() as u32;
+                let mut bits = vec![0u8; count.div_ceil(8) as usize];
+                let mut held = 0u32;
+                for (i, c) in chunks.iter().enumerate() {
+                    if cache.contains(&c.id) {
+                        bits[i / 8] |= 1 << (i % 8);
+                        held += 1;
+                    }
+                }
+                let holding =
+                    if held == count { Holding::Complete } else { Holding::Partial(bits) };
+                tracing::debug!(layer = %label, chunks = count, held, "layer announced to the mesh");
+                mesh.announce_layer(layer, count, holding);
+            }
+            let _ = reply.send(true);
+        });
     }
 
     fn finished(&mut self, job: Job) {
