@@ -424,6 +424,13 @@ async fn abandoned_streams_do_not_hurt_others() {
     check_replies(&ids[..10], &held, &collect(&mut replies).await.unwrap());
 }
 
+/// A server holding one chunk under `limits`, and the chunk's id.
+async fn one_chunk_server(limits: ServeLimits) -> (Net, ChunkId) {
+    let mut source = MemSource::default();
+    let id = source.add_chunk(b"a chunk everyone may fetch").id;
+    (Net::start_with(source, limits).await, id)
+}
+
 /// A client endpoint of its own identity `name`, with `opts`.
 fn client_as(net: &Net, name: &str, opts: &TransportOptions) -> quinn::Endpoint {
     let id = net.auth.issue(Role::Endpoint, name, Some("lab")).unwrap();
@@ -442,10 +449,9 @@ async fn serves(client: &Client, id: ChunkId) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_over_its_share_of_connections_is_turned_away_and_others_are_not() {
-    let mut source = MemSource::default();
-    let id = source.add_chunk(b"a chunk everyone may fetch").id;
-    let limits = ServeLimits { max_connections_per_peer: 2, ..ServeLimits::default() };
-    let net = Net::start_with(source, limits).await;
+    let (net, id) =
+        one_chunk_server(ServeLimits { max_connections_per_peer: 2, ..ServeLimits::default() })
+            .await;
     let (a, b) = (net.client().await, net.client().await);
     assert!(serves(&a, id).await && serves(&b, id).await);
 
@@ -489,10 +495,8 @@ async fn served_again(ep: &quinn::Endpoint, addr: SocketAddr, id: ChunkId, what:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_server_total_are_refused_at_the_handshake() {
-    let mut source = MemSource::default();
-    let id = source.add_chunk(b"one chunk").id;
-    let limits = ServeLimits { max_connections: 2, ..ServeLimits::default() };
-    let net = Net::start_with(source, limits).await;
+    let (net, id) =
+        one_chunk_server(ServeLimits { max_connections: 2, ..ServeLimits::default() }).await;
     let opts = TransportOptions::default();
     let (ep1, ep2, ep3) =
         (client_as(&net, "n1", &opts), client_as(&net, "n2", &opts), client_as(&net, "n3", &opts));
@@ -509,10 +513,9 @@ async fn connections_over_the_server_total_are_refused_at_the_handshake() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_holds_at_most_its_streams_at_once() {
-    let mut source = MemSource::default();
-    let id = source.add_chunk(b"one chunk").id;
-    let limits = ServeLimits { max_streams_per_connection: 2, ..ServeLimits::default() };
-    let net = Net::start_with(source, limits).await;
+    let (net, id) =
+        one_chunk_server(ServeLimits { max_streams_per_connection: 2, ..ServeLimits::default() })
+            .await;
     let greedy = net.client().await;
     // Two requests left half sent hold the connection's two streams.
     let request = Frame::GetChunks { ids: vec![id] }.to_bytes();
