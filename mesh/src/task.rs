@@ -37,6 +37,18 @@ pub const MAX_VERIFIED_PEERS: usize = 4096;
 /// (`too_many_bindings`).
 pub const MAX_BINDINGS_PER_NODE: usize = 4;
 
+/// A gossip message's id: the first 20 bytes of BLAKE3 over the author's peer id (its
+/// multihash bytes) followed by the message data. Content-based, so that nodes of any
+/// implementation name a message alike in IHAVE and IWANT.
+fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
+    let mut h = blake3::Hasher::new();
+    if let Some(source) = &m.source {
+        h.update(&source.to_bytes());
+    }
+    h.update(&m.data);
+    gossipsub::MessageId::new(&h.finalize().as_bytes()[..20])
+}
+
 /// A peer whose hello verified, and when it was last heard from.
 struct Verified {
     info: PeerInfo,
@@ -123,6 +135,7 @@ impl MeshTask {
                     .heartbeat_interval(gossip_heartbeat)
                     .validation_mode(ValidationMode::Strict)
                     .validate_messages()
+                    .message_id_fn(message_id)
                     // Above our own 64 KiB limit so that oversized messages reach the
                     // application and are counted there.
                     .max_transmit_size(4 * MAX_MESSAGE_BYTES)
