@@ -315,10 +315,22 @@ impl ConfigArgs {
     /// Reads the file (if any), applies the flags over it, and checks the result. Errors name
     /// the file, line and key, or the flag.
     pub fn resolve(&self) -> Result<ReflectorConfig, String> {
-        let (file, text, base) = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        let text = match &self.config {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        self.resolve_text(text.as_deref())
+    }
+
+    /// [`ConfigArgs::resolve`] with the text of the file at `config` given, not read: what
+    /// the checks of a file's contents run on (and what the fuzzer feeds).
+    pub fn resolve_text(&self, text: Option<&str>) -> Result<ReflectorConfig, String> {
+        let (file, text, base) = match (&self.config, text) {
+            (Some(path), Some(text)) => {
+                let text = text.to_string();
                 let file: FileConfig = toml::from_str(&text).map_err(|e| {
                     let origin = format!("config file {}", path.display());
                     oasis_core::file_errors::TomlProblem::of(&text, &e).describe(&origin)
@@ -326,7 +338,7 @@ impl ConfigArgs {
                 let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
                 (file, text, base)
             }
-            None => (FileConfig::default(), String::new(), PathBuf::new()),
+            _ => (FileConfig::default(), String::new(), PathBuf::new()),
         };
         let ctx = FileCtx {
             origin: self
