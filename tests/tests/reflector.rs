@@ -499,8 +499,9 @@ async fn seed_dying_mid_transfer_leaves_the_cache_serving() -> anyhow::Result<()
         .await
     );
     let (seed, base, tmp) = ts.into_parts();
-    let (data, addr, store, served_before) =
-        (base.join("seed"), seed.addr, seed.store.clone(), seed.metrics.served_bytes.get());
+    // The dead seed's count is read at the end: it may still send after this point.
+    let (data, addr, store, first_metrics) =
+        (base.join("seed"), seed.addr, seed.store.clone(), seed.metrics.clone());
     seed.shutdown();
     drop(seed);
     let died = Instant::now();
@@ -558,7 +559,7 @@ async fn seed_dying_mid_transfer_leaves_the_cache_serving() -> anyhow::Result<()
     assert_eq!(snapshot(&into), snapshot(&b_src));
     assert_eq!(r.chunks_refetched, 0);
     let upstream_b = refl.stats.upstream_bytes.get() - upstream_a;
-    let seed_total = served_before + seed2.metrics.served_bytes.get();
+    let seed_total = first_metrics.served_bytes.get() + seed2.metrics.served_bytes.get();
     eprintln!(
         "layer b: {} B stored, {upstream_b} B pulled upstream across the seed's death",
         b.stored_bytes
