@@ -173,7 +173,7 @@ pub async fn restore(opts: &RestoreOptions) -> anyhow::Result<RestoreReport> {
     let result = restore_with(opts, &identity, &client, t0).await;
     client.close();
     endpoint.close(0u32.into(), b"done");
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    oasis_core::net::drain(&endpoint).await;
     result
 }
 

@@ -107,9 +107,7 @@ impl Sources {
     pub async fn close(self) {
         self.endpoint.close(0u32.into(), b"done");
         let endpoint = self.endpoint;
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-        });
+        tokio::spawn(async move { oasis_core::net::drain(&endpoint).await });
     }
 }
 

@@ -309,7 +309,7 @@ pub async fn upload(opts: &UploadOptions) -> anyhow::Result<UploadReport> {
     };
     bar.finish_and_clear();
     endpoint.close(0u32.into(), b"done");
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    oasis_core::net::drain(&endpoint).await;
     drop(lock);
     report.filed = filed;
     report.chunks_sent = counters.chunks.load(Ordering::Relaxed);

@@ -179,4 +179,9 @@ impl Upstream {
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"reflector shutting down");
     }
+
+    /// Waits for the closed connection to drain (see [`net::drain`]).
+    pub async fn drain(&self) {
+        net::drain(&self.endpoint).await;
+    }
 }

@@ -145,11 +145,13 @@ impl RunningSeed {
         }
     }
 
-    /// Serves until SIGINT or SIGTERM, then closes connections.
+    /// Serves until SIGINT or SIGTERM, then closes connections and lets them drain, so that
+    /// reflectors and endpoints hear of it before the process exits.
     pub async fn run_until_signal(self) -> anyhow::Result<()> {
         oasis_core::shutdown::shutdown_signal().await;
         tracing::info!("shutting down");
         self.shutdown();
+        oasis_core::net::drain(&self.endpoint).await;
         Ok(())
     }
 }

@@ -355,6 +355,17 @@ pub fn server_endpoint(
     endpoint(addr, Some(server), client, opts)
 }
 
+/// Longest wait for an endpoint's closed connections to drain: three probe timeouts, about
+/// 0.1 s on a LAN and more over a WAN, during which a lost CONNECTION_CLOSE is sent again.
+pub const CLOSE_DRAIN: Duration = Duration::from_secs(1);
+
+/// Waits (up to [`CLOSE_DRAIN`]) until the connections of an endpoint closed with
+/// `quinn::Endpoint::close` have drained. A process that exits without this can drop the close
+/// frames still queued, and its peers then hold the dead connection until a timeout.
+pub async fn drain(endpoint: &quinn::Endpoint) {
+    let _ = tokio::time::timeout(CLOSE_DRAIN, endpoint.wait_idle()).await;
+}
+
 /// A client-only endpoint on `0.0.0.0:0` (IPv4 peers). Use [`client_endpoint_for`] to reach IPv6
 /// peers. Must be called within a tokio runtime.
 pub fn client_endpoint(

@@ -190,6 +190,8 @@ impl RunningReflector {
             tracing::warn!(left = self.work.len(), "work still in flight after {STOP_WAIT:?}");
         }
         let _ = self.inner.cache.store.db().flush_async().await;
+        // Endpoints and the seed hear the close before the process exits.
+        tokio::join!(net::drain(&self.endpoint), self.inner.upstream.drain());
     }
 
     /// Serves until SIGINT or SIGTERM; reloads the policy file on SIGHUP.
