@@ -15,7 +15,7 @@ use crate::session::{Changes, Session};
 use crate::snapshot::{AppliedLayer, Snapshot};
 use crate::take::TakeReport;
 use anyhow::Context;
-use oasis_core::manifest::{LayerManifest, Node, SignedManifest};
+use oasis_core::manifest::{compare_versions, LayerManifest, Node, SignedManifest};
 use oasis_core::store::ChunkStore;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +31,10 @@ pub struct ApplyOptions {
     pub apps: Vec<(String, String)>,
     pub streams: usize,
     pub progress: bool,
+    /// Allows a layer to go to a lower version than the one applied (by
+    /// [`oasis_core::manifest::compare_versions`]); refused otherwise, so that an old signed
+    /// manifest cannot move a device back to a version with known faults.
+    pub allow_downgrade: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -69,6 +73,22 @@ pub fn parse_exact(s: &str, flag: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
+/// Refuses any of `wanted` whose version is lower than the one of that name applied now.
+fn refuse_downgrades(applied: &[AppliedLayer], wanted: &[(String, String)]) -> anyhow::Result<()> {
+    for (name, version) in wanted {
+        let Some(now) = applied.iter().find(|l| &l.name == name) else { continue };
+        if compare_versions(version, &now.version) == std::cmp::Ordering::Less {
+            anyhow::bail!(
+                "{name}@{version} is older than {name}@{}, which this device has applied; \
+                 going back is refused unless asked for: pass --allow-downgrade, or go back to a \
+                 snapshot with `oasis-endpoint revert`",
+                now.version
+            );
+        }
+    }
+    Ok(())
+}
+
 /// True when what is on disk (`cur`) has the content the layer entry says (content and mode:
 /// a time or owner changed alone does not make a file the user's).
 fn matches_layer(cur: &oasis_core::manifest::Entry, layer: &oasis_core::manifest::Entry) -> bool {
@@ -94,6 +114,9 @@ pub async fn apply(opts: &ApplyOptions) -> anyhow::Result<ApplyReport> {
 
     let mut wanted = vec![opts.base.clone()];
     wanted.extend(opts.apps.iter().cloned());
+    if !opts.allow_downgrade {
+        refuse_downgrades(&session.state.layers, &wanted)?;
+    }
     let check = |ms: &[SignedManifest]| -> anyhow::Result<()> {
         let refs: Vec<&LayerManifest> = ms.iter().map(|m| &m.manifest).collect();
         compose::compose(&refs, true)?;

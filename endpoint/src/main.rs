@@ -96,6 +96,9 @@ enum Cmd {
         /// Concurrent chunk requests.
         #[arg(long, default_value_t = DEFAULT_STREAMS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
         streams: usize,
+        /// Allow a layer to go to a lower version than the one applied (refused otherwise).
+        #[arg(long)]
+        allow_downgrade: bool,
     },
     /// Record a snapshot of the whole device now: every directory, file, symlink and hard link
     /// with its owner, mode, mtime and extended attributes.
@@ -371,7 +374,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let report = until_interrupted(fetch_with(&opts, extraneous)).await?;
             emit(json, &report, print_summary)
         }
-        Cmd::Apply { state, from, root, base, app, json, streams } => {
+        Cmd::Apply { state, from, root, base, app, json, streams, allow_downgrade } => {
             let base = apply::parse_exact(&base, "--base")?;
             let apps = app
                 .iter()
@@ -386,6 +389,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 apps,
                 streams,
                 progress: progress_on(json),
+                allow_downgrade,
             };
             let report = until_interrupted(apply::apply(&opts)).await?;
             emit(json, &report, print_apply)

@@ -278,6 +278,7 @@ async fn restore_with(
             apps: plan.apps,
             streams: opts.streams,
             progress: opts.progress,
+            allow_downgrade: false,
         })
         .await
         .context("applying the layers assigned to this device")?;
@@ -587,6 +588,7 @@ pub async fn provision(opts: &ProvisionOptions) -> anyhow::Result<ApplyReport> {
         apps: plan.apps,
         streams: opts.streams,
         progress: opts.progress,
+        allow_downgrade: false,
     })
     .await
 }

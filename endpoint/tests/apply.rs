@@ -122,6 +122,25 @@ async fn v1_then_v2_with_apps_keeps_user_files() {
 
     let st = d.run_json(&["status"]);
     assert_eq!(st["layers"], serde_json::json!(["base@2", "editor@2", "notes@1"]));
+
+    // Going back to an older version is refused before anything is fetched or written, unless
+    // asked for.
+    let now = oasis_testkit::snapshot(root);
+    let snapshots = d.run_json(&["snapshots"]).as_array().unwrap().len();
+    let out = d.apply_cmd("base@2", &["editor@1", "notes@1"]).output().unwrap();
+    assert!(!out.status.success(), "a downgrade was applied");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("editor@1 is older than editor@2") && err.contains("--allow-downgrade"),
+        "{err}"
+    );
+    assert_eq!(oasis_testkit::snapshot(root), now, "nothing changed");
+    assert_eq!(d.run_json(&["snapshots"]).as_array().unwrap().len(), snapshots);
+    let out = d.apply_cmd("base@2", &["editor@1", "notes@1"]).arg("--allow-downgrade").output();
+    let r = json_ok(out.unwrap(), "apply --allow-downgrade");
+    assert_eq!(r["layers"], serde_json::json!(["base@2", "editor@1", "notes@1"]));
+    let it = expected_it(&[&b2, &a1, &n1]);
+    assert_eq!(split(&oasis_testkit::snapshot(root), &it).0, it, "editor is at v1 again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

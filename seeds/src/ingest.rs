@@ -17,8 +17,8 @@ use oasis_core::chunk::{for_each_batch, ChunkId, ChunkParams};
 use oasis_core::compress::{compress_if_it_pays, Encoding};
 use oasis_core::fsmeta::read_meta;
 use oasis_core::manifest::{
-    digest_of_signed, validate_label, ChunkRef, Entry, LayerKind, LayerManifest, Meta, Node,
-    SignedManifest, SignedRoot, MANIFEST_FORMAT,
+    compare_versions, digest_of_signed, validate_label, ChunkRef, Entry, LayerKind, LayerManifest,
+    Meta, Node, SignedManifest, SignedRoot, MANIFEST_FORMAT,
 };
 use oasis_core::store::{ChunkStore, Counted, StoreError, Stored};
 use rayon::prelude::*;
@@ -40,6 +40,12 @@ pub enum IngestError {
         "publish {layer}: {layer} is already published (digest {digest}); publish a new version"
     )]
     Exists { layer: String, digest: String },
+    #[error(
+        "publish {layer}: {name}@{latest} is published already and {layer} does not come after \
+         it; a layer's versions only increase (runs of digits compare as numbers: 1.10 comes \
+         after 1.9), so that \"latest\" is the newest and endpoints can refuse to go back"
+    )]
+    NotNewer { layer: String, name: String, latest: String },
     #[error("publish {layer}: {source}")]
     Store {
         layer: String,
@@ -327,6 +333,11 @@ pub fn publish_with_bar(
     {
         let digest = hex::encode(digest_of_signed(&existing));
         return Err(IngestError::Exists { layer, digest });
+    }
+    if let Some(latest) = store.latest_version(&opts.name).map_err(store_err)? {
+        if compare_versions(&opts.version, &latest) != std::cmp::Ordering::Greater {
+            return Err(IngestError::NotNewer { layer, name: opts.name.clone(), latest });
+        }
     }
     let started = Instant::now();
     let found = walk(src, &layer)?;

@@ -141,4 +141,15 @@ fn publish_json_reports_what_was_new() {
         seed(&["publish", "--data", d, "--name", "l", "--version", "1", src.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already published"));
+    // So is a version that does not come after the latest: 10 is after 2 (a number), 1.5 is not.
+    let v10 = run("10");
+    assert_eq!(v10["new_bytes"], 0);
+    let out =
+        seed(&["publish", "--data", d, "--name", "l", "--version", "1.5", src.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("l@10 is published already") && err.contains("only increase"), "{err}");
+    let layers = seed(&["list", "--data", d, "--json"]);
+    let listed = String::from_utf8_lossy(&layers.stdout);
+    assert!(!listed.contains("1.5"), "the refused version is not stored: {listed}");
 }

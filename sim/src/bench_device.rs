@@ -78,6 +78,7 @@ async fn bench_apply(
         apps: vec![],
         streams: 8,
         progress: false,
+        allow_downgrade: false,
     };
     // Warm-up: the first apply fetches every chunk into the store.
     apply(&apply_opts).await?;

@@ -176,6 +176,7 @@ impl Uploader {
             apps: Vec::new(),
             streams: 4,
             progress: false,
+            allow_downgrade: false,
         })
         .await
         .context("applying the uploader's base layer")?;

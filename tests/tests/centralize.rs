@@ -74,6 +74,7 @@ async fn apply_layers(seed: &TestSeed, state: &Path, root: &Path, base: &str, ap
         apps: apps.iter().map(|a| p(a)).collect(),
         streams: 4,
         progress: false,
+        allow_downgrade: false,
     })
     .await
     .unwrap();

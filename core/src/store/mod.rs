@@ -723,9 +723,25 @@ impl ChunkStore {
         self.sync()?;
         let m = &sm.manifest;
         self.manifests.insert(Self::manifest_key(&m.name, &m.version), sm.to_bytes())?;
-        self.latest.insert(m.name.as_bytes(), m.version.as_bytes())?;
+        self.advance_latest(&m.name, &m.version)?;
         self.db.flush()?;
         Ok(added)
+    }
+
+    /// Makes `version` the latest of `name` unless a higher one (by
+    /// [`crate::manifest::compare_versions`]) is latest already: "latest" never moves back, so
+    /// a cache that is asked for an older version keeps the newer one as its latest.
+    fn advance_latest(&self, name: &str, version: &str) -> Result<(), StoreError> {
+        self.latest.fetch_and_update(name.as_bytes(), |old| match old {
+            Some(v)
+                if crate::manifest::compare_versions(&String::from_utf8_lossy(v), version)
+                    == std::cmp::Ordering::Greater =>
+            {
+                Some(v.to_vec())
+            }
+            _ => Some(version.as_bytes().to_vec()),
+        })?;
+        Ok(())
     }
 
     /// Stores a manifest body's chunks (compressed where that pays), without references.
@@ -788,7 +804,7 @@ impl ChunkStore {
         bytes: &[u8],
     ) -> Result<(), StoreError> {
         self.manifests.insert(Self::manifest_key(name, version), bytes)?;
-        self.latest.insert(name.as_bytes(), version.as_bytes())?;
+        self.advance_latest(name, version)?;
         self.db.flush()?;
         Ok(())
     }

@@ -210,3 +210,18 @@ fn failed_write_leaves_no_entry() {
     assert!(s.put(&c).is_err());
     assert!(!s.contains(&c.id).unwrap());
 }
+
+#[test]
+fn latest_never_moves_back_to_a_lower_version() {
+    let (_d, s) = store();
+    let put = |v: &str| s.put_manifest_bytes("base", v, v.as_bytes()).unwrap();
+    put("2");
+    assert_eq!(s.latest_version("base").unwrap().as_deref(), Some("2"));
+    // A cache asked for an older version keeps the newer one as its latest.
+    put("1");
+    assert_eq!(s.latest_version("base").unwrap().as_deref(), Some("2"));
+    assert_eq!(s.manifest_bytes("base", None).unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(s.manifest_bytes("base", Some("1")).unwrap().as_deref(), Some(&b"1"[..]));
+    put("10");
+    assert_eq!(s.latest_version("base").unwrap().as_deref(), Some("10"));
+}

@@ -306,3 +306,47 @@ mod documented_example {
         m.validate().unwrap();
     }
 }
+
+#[test]
+fn versions_order_numbers_as_numbers() {
+    use std::cmp::Ordering::*;
+    let cases = [
+        ("1", "2", Less),
+        ("9", "10", Less),
+        ("1.9", "1.10", Less),
+        ("2026.11.30", "2026.12.01", Less),
+        ("1", "1a", Less),
+        ("1", "1.1", Less),
+        ("1.0", "1.0.1", Less),
+        ("1a", "1b", Less),
+        ("01", "1", Less),
+        ("007", "7", Less),
+        ("10", "9a", Greater),
+        ("v2", "v10", Less),
+        ("1", "1", Equal),
+        ("2024.1", "2024.1", Equal),
+    ];
+    for (a, b, want) in cases {
+        assert_eq!(compare_versions(a, b), want, "{a} vs {b}");
+        assert_eq!(compare_versions(b, a), want.reverse(), "{b} vs {a}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn version_order_is_a_total_order(
+        a in "[0-9a-c.]{1,8}", b in "[0-9a-c.]{1,8}", c in "[0-9a-c.]{1,8}"
+    ) {
+        use std::cmp::Ordering::*;
+        prop_assert_eq!(compare_versions(&a, &b) == Equal, a == b);
+        prop_assert_eq!(compare_versions(&a, &b), compare_versions(&b, &a).reverse());
+        if compare_versions(&a, &b) != Greater && compare_versions(&b, &c) != Greater {
+            prop_assert_ne!(compare_versions(&a, &c), Greater, "{} {} {}", a, b, c);
+        }
+    }
+
+    #[test]
+    fn integer_versions_order_as_integers(x in 0u64..1_000_000, y in 0u64..1_000_000) {
+        prop_assert_eq!(compare_versions(&x.to_string(), &y.to_string()), x.cmp(&y));
+    }
+}

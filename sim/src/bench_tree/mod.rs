@@ -391,6 +391,7 @@ async fn bench_one(
         apps: vec![],
         streams: 8,
         progress: false,
+        allow_downgrade: false,
     };
     let mut applies = Vec::new();
     let mut apply_phases: Vec<[f64; 6]> = Vec::new();
