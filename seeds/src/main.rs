@@ -133,6 +133,11 @@ enum Cmd {
         /// 64 KiB to 1 GiB): what answers hold in memory per connection.
         #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = oasis_core::units::parse_amount)]
         max_answer_bytes_per_connection: u64,
+        /// Snapshot record bytes assembled in memory at once over every upload ("1GiB", 1 MiB
+        /// to 64 GiB); each device assembles one record at a time, and a record larger than
+        /// this is refused.
+        #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = oasis_core::units::parse_amount)]
+        max_record_assembly_bytes: u64,
     },
     /// Print the seed's mesh peer id (creating its p2p key on first use; stable afterwards).
     Id {
@@ -414,6 +419,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             write_stall,
             max_streams_per_connection,
             max_answer_bytes_per_connection,
+            max_record_assembly_bytes,
         } => {
             let mesh = mesh_settings(&p2p_listen, &bootstrap, no_mdns, advertise)?;
             let limits = ServeLimits {
@@ -424,6 +430,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_answer_bytes_per_connection,
             };
             limits.validate().map_err(|e| anyhow::anyhow!("oasis-seed serve: {e}"))?;
+            oasis_seed::snapshots::configure_record_budget(max_record_assembly_bytes)
+                .map_err(|e| anyhow::anyhow!("oasis-seed serve: {e}"))?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
                 let mut seed =

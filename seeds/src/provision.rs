@@ -55,6 +55,7 @@ pub fn store_uploaded(store: &ChunkStore, chunk: &StoredChunk) -> Result<bool, S
 pub fn snapshot_error(e: SnapshotError) -> SourceError {
     match e {
         SnapshotError::Invalid(m) => SourceError::Rejected(ErrorCode::Malformed, m),
+        SnapshotError::TooLarge(m) => SourceError::Rejected(ErrorCode::TooLarge, m),
         SnapshotError::Incomplete(m) | SnapshotError::NotFound(m) => {
             SourceError::Rejected(ErrorCode::NotFound, m)
         }

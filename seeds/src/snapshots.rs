@@ -12,33 +12,80 @@ use oasis_core::store::{ChunkStore, StoreError};
 use oasis_core::wire::MAX_IDS_PER_REQUEST;
 use serde::{Deserialize, Serialize};
 
-/// Bytes of snapshot records the seed assembles in memory at once, over every upload. A record
-/// is checked and decoded whole, so each one in assembly holds its size in memory; this caps
-/// what uploads can make the seed hold (a record may be up to [`MAX_RECORD_BYTES`], so one of
-/// the largest at a time). An upload over the budget is answered `Unavailable` and retried by
-/// the endpoint.
+/// Default bytes of snapshot records the seed assembles in memory at once, over every upload
+/// (`oasis-seed serve --max-record-assembly-bytes`). A record is checked and decoded whole, so
+/// each one in assembly holds its size in memory; this caps what uploads can make the seed hold
+/// (a record may be up to [`MAX_RECORD_BYTES`], so one of the largest at a time). An upload over
+/// the budget is answered `Unavailable` and retried by the endpoint; a record larger than the
+/// whole budget is refused for good.
 pub const RECORD_ASSEMBLY_BYTES: u64 = MAX_RECORD_BYTES;
+/// The smallest budget `--max-record-assembly-bytes` takes: a few thousand entries' record.
+pub const MIN_RECORD_ASSEMBLY_BYTES: u64 = 1 << 20;
+/// The largest budget it takes.
+pub const MAX_RECORD_ASSEMBLY_BYTES: u64 = 64 << 30;
 
-/// Record bytes in assembly, against a limit.
+/// Record bytes in assembly, against a limit, and the devices assembling one: each device
+/// assembles one record at a time, so one endpoint cannot take the budget with parallel
+/// uploads.
 pub struct RecordBudget {
     limit: u64,
-    used: std::sync::Mutex<u64>,
+    held: std::sync::Mutex<Held>,
 }
 
-/// The seed's budget of [`RECORD_ASSEMBLY_BYTES`].
-static ASSEMBLY: RecordBudget = RecordBudget::new(RECORD_ASSEMBLY_BYTES);
+#[derive(Default)]
+struct Held {
+    bytes: u64,
+    devices: std::collections::HashSet<String>,
+}
+
+/// The seed process's budget: [`configure_record_budget`] sets it before serving.
+static ASSEMBLY: std::sync::OnceLock<RecordBudget> = std::sync::OnceLock::new();
+
+fn seed_budget() -> &'static RecordBudget {
+    ASSEMBLY.get_or_init(|| RecordBudget::new(RECORD_ASSEMBLY_BYTES))
+}
+
+/// Sets the seed process's record assembly budget (once, before any upload is served).
+pub fn configure_record_budget(limit: u64) -> Result<(), String> {
+    if !(MIN_RECORD_ASSEMBLY_BYTES..=MAX_RECORD_ASSEMBLY_BYTES).contains(&limit) {
+        return Err(format!(
+            "max_record_assembly_bytes must be between 1 MiB and 64 GiB (is {limit} bytes)"
+        ));
+    }
+    ASSEMBLY
+        .set(RecordBudget::new(limit))
+        .map_err(|_| "the record assembly budget is set already".to_string())
+}
+
+/// Why a record cannot be assembled now.
+enum Refusal {
+    /// Over what is free: later.
+    Full,
+    /// The device assembles another record now.
+    DeviceBusy,
+}
 
 impl RecordBudget {
-    pub const fn new(limit: u64) -> RecordBudget {
-        RecordBudget { limit, used: std::sync::Mutex::new(0) }
+    pub fn new(limit: u64) -> RecordBudget {
+        RecordBudget { limit, held: std::sync::Mutex::new(Held::default()) }
     }
 
-    fn reserve(&self, bytes: u64) -> Option<Assembly<'_>> {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        (*used + bytes <= self.limit).then(|| {
-            *used += bytes;
-            Assembly { budget: self, bytes }
-        })
+    fn reserve(&self, device: &str, bytes: u64) -> Result<Assembly<'_>, Refusal> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.devices.contains(device) {
+            return Err(Refusal::DeviceBusy);
+        }
+        if held.bytes + bytes > self.limit {
+            return Err(Refusal::Full);
+        }
+        held.bytes += bytes;
+        held.devices.insert(device.to_string());
+        Ok(Assembly { budget: self, bytes, device: device.to_string() })
+    }
+
+    #[cfg(test)]
+    fn used(&self) -> u64 {
+        self.held.lock().unwrap().bytes
     }
 }
 
@@ -46,12 +93,14 @@ impl RecordBudget {
 struct Assembly<'a> {
     budget: &'a RecordBudget,
     bytes: u64,
+    device: String,
 }
 
 impl Drop for Assembly<'_> {
     fn drop(&mut self) {
-        let mut used = self.budget.used.lock().unwrap_or_else(|e| e.into_inner());
-        *used = used.saturating_sub(self.bytes);
+        let mut held = self.budget.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.bytes = held.bytes.saturating_sub(self.bytes);
+        held.devices.remove(&self.device);
     }
 }
 
@@ -63,6 +112,9 @@ pub enum SnapshotError {
     /// The upload is not acceptable (bad record, wrong device, inconsistent sizes).
     #[error("{0}")]
     Invalid(String),
+    /// The record is larger than this seed ever assembles.
+    #[error("{0}")]
+    TooLarge(String),
     /// Chunks the snapshot needs are not stored (yet): upload them first.
     #[error("{0}")]
     Incomplete(String),
@@ -104,7 +156,7 @@ pub fn unix_now() -> u64 {
 
 impl<'a> Snapshots<'a> {
     pub fn open(store: &'a ChunkStore) -> Result<Snapshots<'a>, SnapshotError> {
-        Snapshots::with_budget(store, &ASSEMBLY)
+        Snapshots::with_budget(store, seed_budget())
     }
 
     /// [`Snapshots::open`] assembling records under `budget` rather than the seed's.
@@ -126,7 +178,11 @@ impl<'a> Snapshots<'a> {
     }
 
     /// Reads and checks an uploaded record: its chunks must be stored and add up to its digest.
-    pub fn read_record(&self, r: &RecordRef) -> Result<SnapshotRecord, SnapshotError> {
+    pub fn read_record(
+        &self,
+        device: &str,
+        r: &RecordRef,
+    ) -> Result<SnapshotRecord, SnapshotError> {
         if r.len > MAX_RECORD_BYTES {
             return Err(SnapshotError::Invalid(format!(
                 "record of {} bytes exceeds the limit of {MAX_RECORD_BYTES}",
@@ -148,12 +204,25 @@ impl<'a> Snapshots<'a> {
                 r.chunks.len()
             )));
         }
-        let _budget = self.budget.reserve(r.len).ok_or_else(|| {
-            SnapshotError::Busy(format!(
-                "the seed is assembling as many snapshot records as it holds at once ({} \
-                 bytes); this record of {} bytes waits its turn (try again)",
-                self.budget.limit, r.len
-            ))
+        if r.len > self.budget.limit {
+            return Err(SnapshotError::TooLarge(format!(
+                "the snapshot record of {} bytes is larger than this seed assembles ({} bytes, \
+                 oasis-seed serve --max-record-assembly-bytes)",
+                r.len, self.budget.limit
+            )));
+        }
+        let _budget = self.budget.reserve(device, r.len).map_err(|why| {
+            SnapshotError::Busy(match why {
+                Refusal::Full => format!(
+                    "the seed is assembling as many snapshot records as it holds at once ({} \
+                     bytes); this record of {} bytes waits its turn (try again)",
+                    self.budget.limit, r.len
+                ),
+                Refusal::DeviceBusy => format!(
+                    "the seed is assembling another snapshot record of {device}; one at a time \
+                     (try again)"
+                ),
+            })
         })?;
         let mut bytes = Vec::with_capacity(r.len as usize);
         for c in &r.chunks {
@@ -188,7 +257,7 @@ impl<'a> Snapshots<'a> {
                 req.device
             )));
         }
-        let record = self.read_record(&req.record)?;
+        let record = self.read_record(device, &req.record)?;
         if record.device != device || record.id != req.id {
             return Err(SnapshotError::Invalid(format!(
                 "the record is snapshot {} of device {}, not {} of {device}",
@@ -385,22 +454,29 @@ mod tests {
         let budget: &'static RecordBudget = Box::leak(Box::new(RecordBudget::new(1 << 20)));
         let snaps = Snapshots::with_budget(&store, budget).unwrap();
 
-        // What the issue described: one stored chunk listed over and over, claiming more than
-        // the budget. Not assembled: the upload is asked to wait.
+        // One stored chunk listed over and over, claiming more than the whole budget: refused
+        // for good (TooLarge), nothing read or allocated.
         let piece = req.record.chunks[0];
         let mut huge = req.record.clone();
         huge.chunks = vec![piece; 16_384];
         huge.len = u64::from(piece.len) * 16_384;
         assert!(huge.len > 1 << 20, "{}", huge.len);
-        assert!(matches!(snaps.read_record(&huge), Err(SnapshotError::Busy(_))));
+        let e = snaps.read_record("laptop", &huge).unwrap_err();
+        assert!(matches!(e, SnapshotError::TooLarge(_)), "{e}");
+        assert!(e.to_string().contains("--max-record-assembly-bytes"), "{e}");
+        assert!(matches!(
+            crate::provision::snapshot_error(e),
+            oasis_core::net::SourceError::Rejected(oasis_core::wire::ErrorCode::TooLarge, _)
+        ));
         // Chunks not stored: refused before any is read.
         let mut absent = req.record.clone();
         absent.chunks[0].id = ChunkId::of(b"never uploaded");
-        assert!(matches!(snaps.read_record(&absent), Err(SnapshotError::Incomplete(_))));
+        let e = snaps.read_record("laptop", &absent).unwrap_err();
+        assert!(matches!(e, SnapshotError::Incomplete(_)), "{e}");
 
         // While the budget is taken, a record waits its turn (Unavailable: the endpoint
         // retries); once it is free the same record files.
-        let held = budget.reserve(1 << 20).unwrap();
+        let held = budget.reserve("desk", 1 << 20).ok().unwrap();
         let e = snaps.put("laptop", &req).unwrap_err();
         assert!(matches!(e, SnapshotError::Busy(_)), "{e}");
         assert!(matches!(
@@ -408,7 +484,12 @@ mod tests {
             oasis_core::net::SourceError::Unavailable(_)
         ));
         drop(held);
+        // A device assembles one record at a time, whatever room is left.
+        let held = budget.reserve("laptop", 1).ok().unwrap();
+        let e = snaps.put("laptop", &req).unwrap_err();
+        assert!(e.to_string().contains("another snapshot record of laptop"), "{e}");
+        drop(held);
         assert_eq!(snaps.put("laptop", &req).unwrap().id, "1");
-        assert_eq!(*budget.used.lock().unwrap(), 0, "every share given back");
+        assert_eq!(budget.used(), 0, "every share given back");
     }
 }
