@@ -19,7 +19,10 @@
 
 pub mod binding;
 mod task;
-pub use task::{MAX_BINDINGS_PER_NODE, MAX_VERIFIED_PEERS, VIEW_PUBLISH};
+pub use task::{
+    HELLOS_PER_NEIGHBOUR, HELLO_RATE_WINDOW, MAX_BINDINGS_PER_NODE, MAX_HELD_PER_CHECK,
+    MAX_HELLO_CHECKS, MAX_VERIFIED_PEERS, VIEW_PUBLISH,
+};
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -36,6 +36,17 @@ pub const MAX_VERIFIED_PEERS: usize = 4096;
 /// across restarts, so more means one key is being used to fill the mesh
 /// (`too_many_bindings`).
 pub const MAX_BINDINGS_PER_NODE: usize = 4;
+/// Hello verifications (an X.509 chain and a signature check each) running off the swarm task
+/// at once; a hello beyond them is ignored, not forwarded. Its sender says hello again.
+pub const MAX_HELLO_CHECKS: usize = 8;
+/// Hello verifications started for messages one neighbour passes on, per
+/// [`HELLO_RATE_WINDOW`]; beyond it they are ignored. Honest neighbours pass on a hello per
+/// node of the mesh per hello period, far fewer.
+pub const HELLOS_PER_NEIGHBOUR: u32 = 32;
+pub const HELLO_RATE_WINDOW: Duration = Duration::from_secs(10);
+/// Messages kept per author while its hello is being checked, applied once it verified: a new
+/// peer's state that follows its hello is not lost to the check. More are ignored.
+pub const MAX_HELD_PER_CHECK: usize = 16;
 
 /// A gossip message's id: the first 20 bytes of BLAKE3 over the author's peer id (its
 /// multihash bytes) followed by the message data. Content-based, so that nodes of any
@@ -52,7 +63,23 @@ fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
 /// A peer whose hello verified, and when it was last heard from.
 struct Verified {
     info: PeerInfo,
+    /// The hello that verified: the same one again (a node signs its binding once) is taken
+    /// without a second check.
+    hello: Hello,
     last: Duration,
+}
+
+/// A message held while its author's hello is checked: its id, the neighbour that passed it
+/// on, and the message.
+type HeldMessage = (gossipsub::MessageId, PeerId, GossipMsg);
+
+/// A hello verified off the task, with what is needed to report and apply it.
+struct HelloCheck {
+    message_id: gossipsub::MessageId,
+    source: PeerId,
+    author: PeerId,
+    msg: GossipMsg,
+    result: std::result::Result<PeerInfo, String>,
 }
 
 #[derive(NetworkBehaviour)]
@@ -90,6 +117,13 @@ pub(crate) struct MeshTask {
     view: GossipView,
     /// Peers whose hello verified; pruned once silent for two hello periods.
     verified: HashMap<PeerId, Verified>,
+    /// Hello verifications in progress, off the task.
+    hello_checks: tokio::task::JoinSet<HelloCheck>,
+    /// Authors whose hello is being checked: the checks in flight and the messages of theirs
+    /// that came meanwhile.
+    held: HashMap<PeerId, (u32, Vec<HeldMessage>)>,
+    /// Per neighbour: when its current rate window began and the verifications it started.
+    hello_rate: HashMap<PeerId, (Instant, u32)>,
     local: HashMap<LayerDigest, LocalLayer>,
     load: Load,
     hello_due: bool,
@@ -199,6 +233,9 @@ impl MeshTask {
             started: Instant::now(),
             seq: unix_ms() << 10,
             verified: HashMap::new(),
+            hello_checks: tokio::task::JoinSet::new(),
+            held: HashMap::new(),
+            hello_rate: HashMap::new(),
             local: HashMap::new(),
             load: Load::default(),
             hello_due: true,
@@ -253,6 +290,11 @@ impl MeshTask {
                     None | Some(Command::Shutdown) => break,
                     Some(cmd) => self.on_command(cmd),
                 },
+                Some(done) = self.hello_checks.join_next(), if !self.hello_checks.is_empty() => {
+                    if let Ok(check) = done {
+                        self.on_hello_checked(check);
+                    }
+                }
                 _ = heartbeat.tick() => self.on_heartbeat(),
                 _ = batch.tick() => self.on_batch(),
                 _ = publish.tick(), if self.view_dirty => self.publish_view(),
@@ -330,6 +372,7 @@ impl MeshTask {
         // A live peer says hello every hello period; one silent for two is gone.
         let (now, keep) = (self.now(), self.hello_period() * 2);
         self.verified.retain(|_, v| now.saturating_sub(v.last) <= keep);
+        self.hello_rate.retain(|_, (since, _)| since.elapsed() < HELLO_RATE_WINDOW);
         self.metrics.peers.set(self.view.len() as i64);
         if self.hello_due && self.publish(Body::Hello(self.hello.clone()), "hello") {
             self.hello_due = false;
@@ -587,7 +630,12 @@ impl MeshTask {
     fn on_gossip(&mut self, ev: gossipsub::Event) {
         match ev {
             gossipsub::Event::Message { propagation_source, message_id, message } => {
-                let acceptance = self.on_message(message.source, &message.data);
+                let Some(acceptance) =
+                    self.on_message(message.source, &message.data, &message_id, propagation_source)
+                else {
+                    // Reported once its hello is checked.
+                    return;
+                };
                 self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
                     &message_id,
                     &propagation_source,
@@ -604,54 +652,142 @@ impl MeshTask {
         }
     }
 
-    fn on_message(&mut self, author: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
+    /// What to report for a gossip message, or None when its hello is being checked off the
+    /// task ([`Self::on_hello_checked`] reports it).
+    fn on_message(
+        &mut self,
+        author: Option<PeerId>,
+        data: &[u8],
+        message_id: &gossipsub::MessageId,
+        source: PeerId,
+    ) -> Option<MessageAcceptance> {
         let Some(author) = author else {
             self.metrics.count_drop("unverified");
-            return MessageAcceptance::Reject;
+            return Some(MessageAcceptance::Reject);
         };
         let msg = match GossipMsg::decode(data) {
             Ok(m) => m,
-            Err(e) => return self.reject(&author, e),
+            Err(e) => return Some(self.reject(&author, e)),
         };
+        if let Body::Hello(hello) = &msg.body {
+            let known = self.verified.get(&author).filter(|v| &v.hello == hello);
+            if let Some(info) = known.map(|v| v.info.clone()) {
+                let hello = hello.clone();
+                return Some(self.admit_hello(author, hello, info, &msg));
+            }
+            if self.hello_checks.len() >= MAX_HELLO_CHECKS {
+                self.metrics.count_drop("hello_busy");
+                return Some(MessageAcceptance::Ignore);
+            }
+            let now = Instant::now();
+            let (since, started) = self.hello_rate.entry(source).or_insert((now, 0));
+            if now.duration_since(*since) >= HELLO_RATE_WINDOW {
+                (*since, *started) = (now, 0);
+            }
+            if *started >= HELLOS_PER_NEIGHBOUR {
+                self.metrics.count_drop("hello_rate");
+                return Some(MessageAcceptance::Ignore);
+            }
+            *started += 1;
+            self.held.entry(author).or_default().0 += 1;
+            let (trust, hello, message_id) =
+                (self.trust.clone(), hello.clone(), message_id.clone());
+            self.hello_checks.spawn_blocking(move || {
+                let result =
+                    binding::verify_binding(&hello, &author, &trust).map_err(|e| format!("{e:#}"));
+                HelloCheck { message_id, source, author, msg, result }
+            });
+            return None;
+        }
+        if !self.verified.contains_key(&author) {
+            if let Some((_, held)) = self.held.get_mut(&author) {
+                if held.len() < MAX_HELD_PER_CHECK {
+                    held.push((message_id.clone(), source, msg));
+                    return None;
+                }
+            }
+        }
+        Some(self.on_state_message(author, msg))
+    }
+
+    /// A hello checked off the task: applied and reported.
+    fn on_hello_checked(&mut self, c: HelloCheck) {
+        let acceptance = match c.result {
+            Ok(info) => {
+                let Body::Hello(hello) = &c.msg.body else {
+                    unreachable!("only hellos are checked")
+                };
+                let hello = hello.clone();
+                self.admit_hello(c.author, hello, info, &c.msg)
+            }
+            Err(e) => {
+                debug!("hello from {} refused: {e}", c.author);
+                self.metrics.count_drop("bad_binding");
+                MessageAcceptance::Reject
+            }
+        };
+        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+            &c.message_id,
+            &c.source,
+            acceptance,
+        );
+        // What the author sent meanwhile: applied once its hello verified, ignored once no check
+        // of its hello is left.
+        let Some((checks, _)) = self.held.get_mut(&c.author) else { return };
+        *checks = checks.saturating_sub(1);
+        if *checks > 0 && !self.verified.contains_key(&c.author) {
+            return;
+        }
+        let (_, held) = self.held.remove(&c.author).unwrap_or_default();
+        for (id, source, msg) in held {
+            let acceptance = self.on_state_message(c.author, msg);
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(&id, &source, acceptance);
+        }
+    }
+
+    /// A hello whose binding verified as `info`.
+    fn admit_hello(
+        &mut self,
+        author: PeerId,
+        hello: Hello,
+        info: PeerInfo,
+        msg: &GossipMsg,
+    ) -> MessageAcceptance {
+        let known = self.verified.contains_key(&author);
+        if !known {
+            if let Err(reason) = self.may_bind(&info) {
+                debug!("hello from {author} ({info}) refused: {reason}");
+                self.metrics.count_drop(reason);
+                return MessageAcceptance::Ignore;
+            }
+        }
+        self.metrics.count("hello", "in");
+        let now = self.now();
+        self.verified.insert(author, Verified { info: info.clone(), hello, last: now });
+        if !known {
+            debug!("mesh peer {author} verified as {info}");
+            // A node we did not know: it probably does not know us either.
+            self.hello_due = true;
+            for l in self.local.values_mut() {
+                l.dirty = true;
+            }
+        }
+        let _ = self.view.apply(msg, &peer_ref(&author), now);
+        self.view_dirty = true;
+        MessageAcceptance::Accept
+    }
+
+    /// A heartbeat, availability or inventory message from a verified author.
+    fn on_state_message(&mut self, author: PeerId, msg: GossipMsg) -> MessageAcceptance {
         let kind = match &msg.body {
             Body::Hello(_) => "hello",
             Body::Heartbeat(_) => "heartbeat",
             Body::Availability(_) => "availability",
             Body::Inventory(_) => "inventory",
         };
-        if let Body::Hello(hello) = &msg.body {
-            return match binding::verify_binding(hello, &author, &self.trust) {
-                Ok(info) => {
-                    let known = self.verified.contains_key(&author);
-                    if !known {
-                        if let Err(reason) = self.may_bind(&info) {
-                            debug!("hello from {author} ({info}) refused: {reason}");
-                            self.metrics.count_drop(reason);
-                            return MessageAcceptance::Ignore;
-                        }
-                    }
-                    self.metrics.count(kind, "in");
-                    let now = self.now();
-                    self.verified.insert(author, Verified { info: info.clone(), last: now });
-                    if !known {
-                        debug!("mesh peer {author} verified as {info}");
-                        // A node we did not know: it probably does not know us either.
-                        self.hello_due = true;
-                        for l in self.local.values_mut() {
-                            l.dirty = true;
-                        }
-                    }
-                    let _ = self.view.apply(&msg, &peer_ref(&author), now);
-                    self.view_dirty = true;
-                    MessageAcceptance::Accept
-                }
-                Err(e) => {
-                    debug!("hello from {author} refused: {e:#}");
-                    self.metrics.count_drop("bad_binding");
-                    MessageAcceptance::Reject
-                }
-            };
-        }
         let now = self.now();
         let Some(v) = self.verified.get_mut(&author) else {
             self.metrics.count_drop("unverified");

@@ -177,6 +177,82 @@ async fn bad_gossip_is_dropped_and_counted() {
     rogue_task.await.unwrap().unwrap();
 }
 
+/// A neighbour that floods hellos (each binding a peer id it does not hold, so each needs the
+/// full check) gets a bounded number checked, off the swarm task; the target keeps gossiping
+/// with an honest sibling meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_flood_is_rate_limited_and_the_mesh_keeps_working() {
+    const FLOOD: u64 = 400;
+    let net = Net::new();
+    let (id_t, state_t) = net.enroll("target", "lyon");
+    let (target, target_task) = start(&id_t, &state_t, loopback_config(vec![], false)).await;
+    let target_addr = addr_of(&target, false).await;
+    let (id_b, state_b) = net.enroll("sibling", "lyon");
+    let (sibling, sibling_task) =
+        start(&id_b, &state_b, loopback_config(vec![target_addr.clone()], false)).await;
+    sibling.learn_layer(LAYER, 10);
+
+    let (id_raw, _) = net.enroll("flooder", "lyon");
+    let mut raw = raw_swarm(Keypair::generate_ed25519());
+    let topic = IdentTopic::new(oasis_mesh::TOPIC);
+    raw.behaviour_mut().subscribe(&topic).unwrap();
+    raw.dial(target_addr.clone()).unwrap();
+    let (target_id, topic_hash) = (target.peer_id(), topic.hash());
+    assert!(
+        pump(&mut raw, Duration::from_secs(10), |ev| matches!(ev,
+            SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, topic })
+                if *peer_id == target_id && *topic == topic_hash))
+        .await,
+        "target never subscribed to the availability topic"
+    );
+    for seq in 0..FLOOD {
+        // A valid certificate bound to somebody else's peer id: it takes the whole check.
+        let other = Keypair::generate_ed25519().public().to_peer_id();
+        let hello = binding::sign_binding(&id_raw, &other).unwrap();
+        let msg = GossipMsg { seq: seq + 1, body: Body::Hello(hello) }.encode();
+        raw.behaviour_mut().publish(topic.clone(), msg).expect("publish");
+    }
+    let m = target.metrics().clone();
+    let counted = |m: &oasis_mesh::MeshMetrics| {
+        m.dropped("bad_binding") + m.dropped("hello_busy") + m.dropped("hello_rate")
+    };
+    let all_seen = tokio::select! {
+        r = wait_for(Duration::from_secs(8), || {
+            let m = m.clone();
+            async move { counted(&m) >= FLOOD }
+        }) => r,
+        _ = pump(&mut raw, Duration::from_secs(9), |_| false) => None,
+    };
+    println!(
+        "flood of {FLOOD} hellos: checked and refused {}, ignored as busy {}, over the rate {}",
+        m.dropped("bad_binding"),
+        m.dropped("hello_busy"),
+        m.dropped("hello_rate")
+    );
+    assert!(all_seen.is_some(), "not every flooded hello was accounted for: {}", counted(&m));
+    assert!(
+        m.dropped("bad_binding") <= u64::from(oasis_mesh::HELLOS_PER_NEIGHBOUR),
+        "more hellos checked than one neighbour may start in a window"
+    );
+    assert!(m.dropped("hello_rate") > 0);
+
+    // Meanwhile the target's task kept working: the sibling learns what it announces.
+    target.announce_layer(LAYER, 10, Holding::Complete);
+    let target_ref = peer_ref(&target.peer_id());
+    let learned = tokio::select! {
+        r = wait_for(Duration::from_secs(8), || async {
+            sibling.view().await.unwrap().holders(&LAYER, 3).contains(&target_ref)
+        }) => r,
+        _ = pump(&mut raw, Duration::from_secs(9), |_| false) => None,
+    };
+    assert!(learned.is_some(), "the sibling never learned the target's layer");
+    assert!(!target_task.is_finished());
+    target.shutdown();
+    sibling.shutdown();
+    target_task.await.unwrap().unwrap();
+    sibling_task.await.unwrap().unwrap();
+}
+
 #[test]
 fn peer_id_is_stable_and_key_is_private() {
     use std::os::unix::fs::PermissionsExt;
