@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Result};
 use futures::StreamExt;
+use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity, ValidationMode};
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore, GetProvidersOk, QueryResult, RecordKey};
@@ -36,6 +37,14 @@ pub const MAX_VERIFIED_PEERS: usize = 4096;
 /// across restarts, so more means one key is being used to fill the mesh
 /// (`too_many_bindings`).
 pub const MAX_BINDINGS_PER_NODE: usize = 4;
+/// Inbound connections still in their handshake at once; more are refused.
+pub const MAX_PENDING_INCOMING: u32 = 128;
+/// Inbound connections held at once, as many as there may be verified peers: a seed in the
+/// mesh is dialled by every site's reflectors.
+pub const MAX_ESTABLISHED_INCOMING: u32 = MAX_VERIFIED_PEERS as u32;
+/// Connections with one peer id at once, both ways: two nodes that find each other by mDNS
+/// dial each other at the same moment, so two are normal; more are refused.
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
 /// Hello verifications (an X.509 chain and a signature check each) running off the swarm task
 /// at once; a hello beyond them is ignored, not forwarded. Its sender says hello again.
 pub const MAX_HELLO_CHECKS: usize = 8;
@@ -84,6 +93,7 @@ struct HelloCheck {
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
     gossipsub: gossipsub::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
@@ -203,7 +213,13 @@ impl MeshTask {
                 } else {
                     None
                 };
-                Ok(Behaviour { identify, gossipsub, kad, mdns: Toggle::from(mdns) })
+                let limits = connection_limits::Behaviour::new(
+                    ConnectionLimits::default()
+                        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                        .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
+                        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
+                );
+                Ok(Behaviour { limits, identify, gossipsub, kad, mdns: Toggle::from(mdns) })
             })
             .map_err(|e| anyhow!("building the mesh behaviour: {e}"))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))

@@ -253,6 +253,51 @@ async fn a_hello_flood_is_rate_limited_and_the_mesh_keeps_working() {
     sibling_task.await.unwrap().unwrap();
 }
 
+/// One peer id holds at most a few connections to a mesh node: further dials are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_holds_at_most_a_few_connections() {
+    use oasis_mesh::libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+    const DIALS: u32 = 10;
+    let net = Net::new();
+    let (id_t, state_t) = net.enroll("target", "lyon");
+    let (target, target_task) = start(&id_t, &state_t, loopback_config(vec![], false)).await;
+    let target_addr = addr_of(&target, false).await;
+    let target_id = target.peer_id();
+    let mut raw = raw_swarm(Keypair::generate_ed25519());
+    for _ in 0..DIALS {
+        let opts = DialOpts::peer_id(target_id)
+            .addresses(vec![target_addr.clone()])
+            .condition(PeerCondition::Always)
+            .build();
+        raw.dial(opts).unwrap();
+    }
+    let (mut open, mut refused) = (0i64, 0u32);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    loop {
+        tokio::select! {
+            ev = raw.select_next_some() => match ev {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == target_id => {
+                    open += 1
+                }
+                SwarmEvent::ConnectionClosed { peer_id, .. } if peer_id == target_id => {
+                    open -= 1;
+                    refused += 1;
+                }
+                SwarmEvent::OutgoingConnectionError { .. } => refused += 1,
+                _ => {}
+            },
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    println!("{DIALS} dials: {open} connections open at the end, {refused} refused or closed");
+    let cap = i64::from(oasis_mesh::MAX_CONNECTIONS_PER_PEER);
+    assert!(open >= 1 && open <= cap, "{open} connections open from one peer id");
+    assert!(refused >= DIALS - cap as u32, "only {refused} of {DIALS} dials were refused");
+    assert!(!target_task.is_finished());
+    target.shutdown();
+    target_task.await.unwrap().unwrap();
+}
+
 #[test]
 fn peer_id_is_stable_and_key_is_private() {
     use std::os::unix::fs::PermissionsExt;
