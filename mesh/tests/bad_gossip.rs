@@ -48,6 +48,31 @@ async fn pump(
     }
 }
 
+/// A raw gossipsub peer with a fresh key, connected to `target` and subscribed to the mesh
+/// topic, once the target's own subscription to it is seen. (The target also joins its site's
+/// inventory topic, which may be announced first: waiting for the mesh topic itself keeps a
+/// publish from finding no subscriber.)
+async fn joined_raw(
+    target: &oasis_mesh::MeshHandle,
+    addr: oasis_mesh::libp2p::Multiaddr,
+) -> (Swarm<gossipsub::Behaviour>, oasis_mesh::libp2p::PeerId, IdentTopic) {
+    let key = Keypair::generate_ed25519();
+    let raw_id = key.public().to_peer_id();
+    let mut raw = raw_swarm(key);
+    let topic = IdentTopic::new(oasis_mesh::TOPIC);
+    raw.behaviour_mut().subscribe(&topic).unwrap();
+    raw.dial(addr).unwrap();
+    let (target_id, topic_hash) = (target.peer_id(), topic.hash());
+    assert!(
+        pump(&mut raw, Duration::from_secs(10), |ev| matches!(ev,
+            SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, topic })
+                if *peer_id == target_id && *topic == topic_hash))
+        .await,
+        "target never subscribed to the availability topic"
+    );
+    (raw, raw_id, topic)
+}
+
 fn availability(seq: u64, chunk_count: u32, held: Held) -> Vec<u8> {
     GossipMsg {
         seq,
@@ -66,23 +91,7 @@ async fn bad_gossip_is_dropped_and_counted() {
 
     // An enrolled raw peer that speaks gossipsub directly and sends crafted messages.
     let (id_raw, _state_raw) = net.enroll("raw", "lyon");
-    let key = Keypair::generate_ed25519();
-    let raw_id = key.public().to_peer_id();
-    let mut raw = raw_swarm(key);
-    let topic = IdentTopic::new(oasis_mesh::TOPIC);
-    raw.behaviour_mut().subscribe(&topic).unwrap();
-    raw.dial(target_addr.clone()).unwrap();
-    let target_id = target.peer_id();
-    // The target also joins its site's inventory topic, which may be announced first: wait for
-    // the availability topic itself, or publishing finds no subscriber.
-    let topic_hash = topic.hash();
-    assert!(
-        pump(&mut raw, Duration::from_secs(10), |ev| matches!(ev,
-            SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, topic })
-                if *peer_id == target_id && *topic == topic_hash))
-        .await,
-        "target never subscribed to the availability topic"
-    );
+    let (mut raw, raw_id, topic) = joined_raw(&target, target_addr.clone()).await;
     let publish = |raw: &mut Swarm<gossipsub::Behaviour>, data: Vec<u8>| {
         raw.behaviour_mut().publish(topic.clone(), data).expect("publish");
     };
@@ -193,18 +202,7 @@ async fn a_hello_flood_is_rate_limited_and_the_mesh_keeps_working() {
     sibling.learn_layer(LAYER, 10);
 
     let (id_raw, _) = net.enroll("flooder", "lyon");
-    let mut raw = raw_swarm(Keypair::generate_ed25519());
-    let topic = IdentTopic::new(oasis_mesh::TOPIC);
-    raw.behaviour_mut().subscribe(&topic).unwrap();
-    raw.dial(target_addr.clone()).unwrap();
-    let (target_id, topic_hash) = (target.peer_id(), topic.hash());
-    assert!(
-        pump(&mut raw, Duration::from_secs(10), |ev| matches!(ev,
-            SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, topic })
-                if *peer_id == target_id && *topic == topic_hash))
-        .await,
-        "target never subscribed to the availability topic"
-    );
+    let (mut raw, _, topic) = joined_raw(&target, target_addr.clone()).await;
     for seq in 0..FLOOD {
         // A valid certificate bound to somebody else's peer id: it takes the whole check.
         let other = Keypair::generate_ed25519().public().to_peer_id();

@@ -7,6 +7,7 @@ pub mod rates;
 pub mod seed;
 pub mod sources;
 pub mod trees;
+pub mod wait;
 
 pub use rates::{measure_rate, window_rates, RateSampler, Samples};
 pub use seed::{http_get, TestSeed};
@@ -14,3 +15,4 @@ pub use sources::CorruptingSource;
 pub use trees::{
     copy_tree, mutate_tree, random_tree, snapshot, snapshot_meta, wide_tree, TreeSpec,
 };
+pub use wait::wait_until;

@@ -4,7 +4,7 @@ use oasis_core::net::{self, ChunkReply, Client, TransportOptions};
 use oasis_core::pki::{NodeIdentity, Role};
 use oasis_core::policy::TrafficClass;
 use oasis_endpoint::{fetch, FetchOptions};
-use oasis_testkit::{random_tree, TestSeed, TreeSpec};
+use oasis_testkit::{random_tree, wait_until, TestSeed, TreeSpec};
 use oasis_wanem::{EmulatorThread, WanSpec};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,18 +15,6 @@ fn stored_len(r: &ChunkReply) -> u64 {
         ChunkReply::Chunk(c) => c.data.len() as u64,
         ChunkReply::Missing(_) => 0,
     }
-}
-
-/// Polls `f` every 20 ms until true or `limit` passes.
-async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
 }
 
 /// Over a 40 ms link the seed's congestion window is full for most of a bulk transfer. A

@@ -11,7 +11,9 @@ use oasis_core::ChunkId;
 use oasis_endpoint::{fetch, FetchOptions, FetchReport};
 use oasis_reflector::{ConfigArgs, ReflectorConfig, RunningReflector, WanLimit};
 use oasis_seed::RunningSeed;
-use oasis_testkit::{http_get, random_tree, snapshot, CorruptingSource, TestSeed, TreeSpec};
+use oasis_testkit::{
+    http_get, random_tree, snapshot, wait_until, CorruptingSource, TestSeed, TreeSpec,
+};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,18 +72,6 @@ fn manifest_of(seed: &TestSeed, name: &str, version: &str) -> anyhow::Result<Sig
         .store
         .open_manifest(name, Some(version), id.trust().manifest_key())?
         .expect("published"))
-}
-
-/// Polls `f` every 50 ms until true or `limit` passes.
-async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
