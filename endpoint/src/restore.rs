@@ -278,7 +278,8 @@ async fn restore_with(
             apps: plan.apps,
             streams: opts.streams,
             progress: opts.progress,
-            allow_downgrade: false,
+            // The plan is the administrator's, from the seed (role-pinned): it may go back.
+            allow_downgrade: true,
         })
         .await
         .context("applying the layers assigned to this device")?;
@@ -588,7 +589,8 @@ pub async fn provision(opts: &ProvisionOptions) -> anyhow::Result<ApplyReport> {
         apps: plan.apps,
         streams: opts.streams,
         progress: opts.progress,
-        allow_downgrade: false,
+        // The plan is the administrator's, from the seed (role-pinned): it may go back.
+        allow_downgrade: true,
     })
     .await
 }

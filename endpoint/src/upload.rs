@@ -299,10 +299,19 @@ pub async fn upload(opts: &UploadOptions) -> anyhow::Result<UploadReport> {
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             Err(UploadError::Net(e, _)) => {
+                // A record larger than the seed assembles is refused for good: resuming is no use.
+                let again = if matches!(
+                    e,
+                    oasis_core::net::NetError::Remote { code: ErrorCode::TooLarge, .. }
+                ) {
+                    "the seed's operator can raise oasis-seed serve --max-record-assembly-bytes"
+                } else {
+                    "run upload again to resume"
+                };
                 return Err(anyhow::Error::new(e).context(format!(
-                    "uploading snapshot {} to {} (run upload again to resume)",
+                    "uploading snapshot {} to {} ({again})",
                     snap.id, opts.seed
-                )))
+                )));
             }
             Err(UploadError::Local(e)) => return Err(e),
         }

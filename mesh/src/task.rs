@@ -56,6 +56,9 @@ pub const HELLO_RATE_WINDOW: Duration = Duration::from_secs(10);
 /// Messages kept per author while its hello is being checked, applied once it verified: a new
 /// peer's state that follows its hello is not lost to the check. More are ignored.
 pub const MAX_HELD_PER_CHECK: usize = 16;
+/// A verified peer's unchanged hello is taken without a check for this long; then it is checked
+/// again, so a certificate that expired (or a CA that changed) is noticed.
+pub const HELLO_RECHECK: Duration = Duration::from_secs(3600);
 
 /// A gossip message's id: the first 20 bytes of BLAKE3 over the author's peer id (its
 /// multihash bytes) followed by the message data. Content-based, so that nodes of any
@@ -73,8 +76,9 @@ fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
 struct Verified {
     info: PeerInfo,
     /// The hello that verified: the same one again (a node signs its binding once) is taken
-    /// without a second check.
+    /// without a second check until [`HELLO_RECHECK`] after `checked`.
     hello: Hello,
+    checked: Instant,
     last: Duration,
 }
 
@@ -686,10 +690,13 @@ impl MeshTask {
             Err(e) => return Some(self.reject(&author, e)),
         };
         if let Body::Hello(hello) = &msg.body {
-            let known = self.verified.get(&author).filter(|v| &v.hello == hello);
-            if let Some(info) = known.map(|v| v.info.clone()) {
+            let known = self
+                .verified
+                .get(&author)
+                .filter(|v| &v.hello == hello && v.checked.elapsed() < HELLO_RECHECK);
+            if let Some((info, checked)) = known.map(|v| (v.info.clone(), v.checked)) {
                 let hello = hello.clone();
-                return Some(self.admit_hello(author, hello, info, &msg));
+                return Some(self.admit_hello(author, hello, info, checked, &msg));
             }
             if self.hello_checks.len() >= MAX_HELLO_CHECKS {
                 self.metrics.count_drop("hello_busy");
@@ -709,8 +716,13 @@ impl MeshTask {
             let (trust, hello, message_id) =
                 (self.trust.clone(), hello.clone(), message_id.clone());
             self.hello_checks.spawn_blocking(move || {
-                let result =
-                    binding::verify_binding(&hello, &author, &trust).map_err(|e| format!("{e:#}"));
+                // A check that panics still comes back, so its hello is reported and the
+                // author's held messages are let go.
+                let check = std::panic::AssertUnwindSafe(|| {
+                    binding::verify_binding(&hello, &author, &trust).map_err(|e| format!("{e:#}"))
+                });
+                let result = std::panic::catch_unwind(check)
+                    .unwrap_or_else(|_| Err("the check of its binding failed".to_string()));
                 HelloCheck { message_id, source, author, msg, result }
             });
             return None;
@@ -734,7 +746,7 @@ impl MeshTask {
                     unreachable!("only hellos are checked")
                 };
                 let hello = hello.clone();
-                self.admit_hello(c.author, hello, info, &c.msg)
+                self.admit_hello(c.author, hello, info, Instant::now(), &c.msg)
             }
             Err(e) => {
                 debug!("hello from {} refused: {e}", c.author);
@@ -742,11 +754,7 @@ impl MeshTask {
                 MessageAcceptance::Reject
             }
         };
-        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
-            &c.message_id,
-            &c.source,
-            acceptance,
-        );
+        self.report_late(&c.message_id, &c.source, acceptance);
         // What the author sent meanwhile: applied once its hello verified, ignored once no check
         // of its hello is left.
         let Some((checks, _)) = self.held.get_mut(&c.author) else { return };
@@ -757,19 +765,32 @@ impl MeshTask {
         let (_, held) = self.held.remove(&c.author).unwrap_or_default();
         for (id, source, msg) in held {
             let acceptance = self.on_state_message(c.author, msg);
-            self.swarm
-                .behaviour_mut()
-                .gossipsub
-                .report_message_validation_result(&id, &source, acceptance);
+            self.report_late(&id, &source, acceptance);
         }
     }
 
-    /// A hello whose binding verified as `info`.
+    /// Reports a message validated after it arrived. Gossipsub keeps an unvalidated message for
+    /// a few of its heartbeats only; one reported later is applied here but not passed on.
+    fn report_late(
+        &mut self,
+        id: &gossipsub::MessageId,
+        source: &PeerId,
+        acceptance: MessageAcceptance,
+    ) {
+        let accepted = matches!(acceptance, MessageAcceptance::Accept);
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        if !gossipsub.report_message_validation_result(id, source, acceptance) && accepted {
+            self.metrics.count_drop("not_forwarded");
+        }
+    }
+
+    /// A hello whose binding verified as `info` at `checked`.
     fn admit_hello(
         &mut self,
         author: PeerId,
         hello: Hello,
         info: PeerInfo,
+        checked: Instant,
         msg: &GossipMsg,
     ) -> MessageAcceptance {
         let known = self.verified.contains_key(&author);
@@ -782,7 +803,7 @@ impl MeshTask {
         }
         self.metrics.count("hello", "in");
         let now = self.now();
-        self.verified.insert(author, Verified { info: info.clone(), hello, last: now });
+        self.verified.insert(author, Verified { info: info.clone(), hello, checked, last: now });
         if !known {
             debug!("mesh peer {author} verified as {info}");
             // A node we did not know: it probably does not know us either.
