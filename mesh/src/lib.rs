@@ -18,6 +18,7 @@
 //! ```
 
 pub mod binding;
+pub mod scoring;
 mod task;
 pub use task::{
     HELLOS_PER_NEIGHBOUR, HELLO_RATE_WINDOW, HELLO_RECHECK, MAX_BINDINGS_PER_NODE,

@@ -235,6 +235,14 @@ impl MeshTask {
         if let Some(t) = &inventory_topic {
             swarm.behaviour_mut().gossipsub.subscribe(t)?;
         }
+        let mut scored = vec![topic.hash()];
+        scored.extend(inventory_topic.iter().map(|t| t.hash()));
+        let (params, thresholds) = crate::scoring::peer_score(&scored);
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .with_peer_score(params, thresholds)
+            .map_err(|e| anyhow!("gossipsub peer scoring: {e}"))?;
         for addr in &config.listen {
             swarm.listen_on(addr.clone()).map_err(|e| anyhow!("listening on {addr}: {e}"))?;
         }

@@ -186,9 +186,9 @@ async fn bad_gossip_is_dropped_and_counted() {
     rogue_task.await.unwrap().unwrap();
 }
 
-/// A neighbour that floods hellos (each binding a peer id it does not hold, so each needs the
-/// full check) gets a bounded number checked, off the swarm task; the target keeps gossiping
-/// with an honest sibling meanwhile.
+/// A neighbour that floods hellos (each signed anew, so each needs the full check) gets a
+/// bounded number checked, off the swarm task; the target keeps gossiping with an honest
+/// sibling meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hello_flood_is_rate_limited_and_the_mesh_keeps_working() {
     const FLOOD: u64 = 400;
@@ -196,23 +196,19 @@ async fn a_hello_flood_is_rate_limited_and_the_mesh_keeps_working() {
     let (id_t, state_t) = net.enroll("target", "lyon");
     let (target, target_task) = start(&id_t, &state_t, loopback_config(vec![], false)).await;
     let target_addr = addr_of(&target, false).await;
-    let (id_b, state_b) = net.enroll("sibling", "lyon");
-    let (sibling, sibling_task) =
-        start(&id_b, &state_b, loopback_config(vec![target_addr.clone()], false)).await;
-    sibling.learn_layer(LAYER, 10);
-
     let (id_raw, _) = net.enroll("flooder", "lyon");
-    let (mut raw, _, topic) = joined_raw(&target, target_addr.clone()).await;
+    let (mut raw, raw_id, topic) = joined_raw(&target, target_addr.clone()).await;
     for seq in 0..FLOOD {
-        // A valid certificate bound to somebody else's peer id: it takes the whole check.
-        let other = Keypair::generate_ed25519().public().to_peer_id();
-        let hello = binding::sign_binding(&id_raw, &other).unwrap();
+        // Valid, and a new signature each time: each takes the whole check. (Invalid ones would
+        // get the flooder graylisted first: see the next test.)
+        let hello = binding::sign_binding(&id_raw, &raw_id).unwrap();
         let msg = GossipMsg { seq: seq + 1, body: Body::Hello(hello) }.encode();
         raw.behaviour_mut().publish(topic.clone(), msg).expect("publish");
     }
     let m = target.metrics().clone();
+    let checked = |m: &oasis_mesh::MeshMetrics| m.received("hello");
     let counted = |m: &oasis_mesh::MeshMetrics| {
-        m.dropped("bad_binding") + m.dropped("hello_busy") + m.dropped("hello_rate")
+        checked(m) + m.dropped("hello_busy") + m.dropped("hello_rate")
     };
     let all_seen = tokio::select! {
         r = wait_for(Duration::from_secs(8), || {
@@ -222,19 +218,23 @@ async fn a_hello_flood_is_rate_limited_and_the_mesh_keeps_working() {
         _ = pump(&mut raw, Duration::from_secs(9), |_| false) => None,
     };
     println!(
-        "flood of {FLOOD} hellos: checked and refused {}, ignored as busy {}, over the rate {}",
-        m.dropped("bad_binding"),
+        "flood of {FLOOD} hellos: checked {}, ignored as busy {}, over the rate {}",
+        checked(&m),
         m.dropped("hello_busy"),
         m.dropped("hello_rate")
     );
     assert!(all_seen.is_some(), "not every flooded hello was accounted for: {}", counted(&m));
     assert!(
-        m.dropped("bad_binding") <= u64::from(oasis_mesh::HELLOS_PER_NEIGHBOUR),
+        checked(&m) <= u64::from(oasis_mesh::HELLOS_PER_NEIGHBOUR),
         "more hellos checked than one neighbour may start in a window"
     );
     assert!(m.dropped("hello_rate") > 0);
 
-    // Meanwhile the target's task kept working: the sibling learns what it announces.
+    // The target's task keeps working: a sibling that joins now learns what it announces.
+    let (id_b, state_b) = net.enroll("sibling", "lyon");
+    let (sibling, sibling_task) =
+        start(&id_b, &state_b, loopback_config(vec![target_addr.clone()], false)).await;
+    sibling.learn_layer(LAYER, 10);
     target.announce_layer(LAYER, 10, Holding::Complete);
     let target_ref = peer_ref(&target.peer_id());
     let learned = tokio::select! {
@@ -249,6 +249,31 @@ async fn a_hello_flood_is_rate_limited_and_the_mesh_keeps_working() {
     sibling.shutdown();
     target_task.await.unwrap().unwrap();
     sibling_task.await.unwrap().unwrap();
+}
+
+/// A neighbour that keeps passing on gossip this node rejects is graylisted by gossipsub's peer
+/// scoring: after about nine rejections its messages are no longer taken at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_invalid_gossip_is_graylisted() {
+    const SENT: u64 = 40;
+    let net = Net::new();
+    let (id_t, state_t) = net.enroll("target", "lyon");
+    let (target, target_task) = start(&id_t, &state_t, loopback_config(vec![], false)).await;
+    let target_addr = addr_of(&target, false).await;
+    let (mut raw, _, topic) = joined_raw(&target, target_addr).await;
+    for i in 0..SENT {
+        let garbage = format!("\x01not postcard {i} \u{ff}\u{ff}\u{ff}").into_bytes();
+        raw.behaviour_mut().publish(topic.clone(), garbage).expect("publish");
+        pump(&mut raw, Duration::from_millis(20), |_| false).await;
+    }
+    pump(&mut raw, Duration::from_millis(500), |_| false).await;
+    let taken = target.metrics().dropped("undecodable");
+    println!("{SENT} undecodable messages sent, {taken} taken before the sender was graylisted");
+    assert!(taken >= 1, "none reached the application");
+    assert!(taken < SENT / 2, "{taken} of {SENT} were still taken: the sender was not graylisted");
+    assert!(!target_task.is_finished());
+    target.shutdown();
+    target_task.await.unwrap().unwrap();
 }
 
 /// One peer id holds at most a few connections to a mesh node: further dials are refused.

@@ -664,8 +664,10 @@ async fn a_gossip_flood_is_dropped_and_counted_while_serving_goes_on() -> anyhow
             }
         }
     });
+    // Peer scoring graylists the flooder after about nine rejected messages: the rest of the
+    // flood is not even taken.
     let t0 = Instant::now();
-    while mesh.metrics().dropped("undecodable") + mesh.metrics().dropped("unverified") < 100 {
+    while mesh.metrics().dropped("undecodable") + mesh.metrics().dropped("unverified") < 9 {
         anyhow::ensure!(t0.elapsed() < Duration::from_secs(15), "the flood never arrived");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -684,7 +686,9 @@ async fn a_gossip_flood_is_dropped_and_counted_while_serving_goes_on() -> anyhow
         flooded.as_secs_f64() * 1e3,
         flooded.as_secs_f64() / quiet.as_secs_f64()
     );
-    assert!(dropped >= 100, "the flood was counted");
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(dropped >= 9, "the flood was counted");
+    assert!(dropped * 2 < sent, "{dropped} of {sent} flooded messages were taken: not graylisted");
     assert_eq!(mesh.view().await?.len(), 0, "the flooder never became a mesh peer");
     refl.stop().await;
     Ok(())
