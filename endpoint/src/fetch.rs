@@ -25,6 +25,7 @@
 //!    hash; a chunk whose file was changed or removed since is simply fetched again.
 
 use crate::download::{CacheForm, CacheWriter, Downloader, NetCounters};
+use crate::latest::LatestReport;
 use crate::reuse::{self, LocalData};
 use crate::sources::{self, ManifestTraffic, SourceFailure, Sources};
 use crate::tree_writer::{self, ChunkReader, OnDisk, TreeWriter, WriteStats};
@@ -118,6 +119,9 @@ pub struct FetchReport {
     pub digest: String,
     /// The source that served the manifest.
     pub source: String,
+    /// When "latest" was asked for: the signed statement that said which version it is, and
+    /// whether it was stale. None when a version was named.
+    pub latest: Option<LatestReport>,
     /// Every source that served the manifest or chunks, in the order used.
     pub sources_used: Vec<String>,
     /// Sources skipped or given up, and why.
@@ -229,20 +233,43 @@ pub async fn fetch_with(
 
     // 1. The manifest, from the first source that has a valid one.
     let mut sources = Sources::new(&identity, opts.sources.clone())?;
-    let (client, got) = loop {
+    let (client, got, latest) = loop {
         let Some(client) = sources.connect_next().await else {
             bail!("{}", no_manifest_error(&asked, &sources.failures));
         };
-        let got = sources::get_manifest_with(
-            &client,
-            &opts.name,
-            opts.version.as_deref(),
-            identity.trust(),
-            Some(&cache),
-        )
+        let got = async {
+            // "Latest" is what the seed's signed statement says, not whatever a source holds.
+            let latest = match &opts.version {
+                Some(_) => None,
+                None => Some(
+                    crate::latest::resolve(&client, &opts.name, identity.trust(), &opts.state_dir)
+                        .await?,
+                ),
+            };
+            let version = match &latest {
+                Some((l, _)) => Some(l.version.as_str()),
+                None => opts.version.as_deref(),
+            };
+            let got = sources::get_manifest_with(
+                &client,
+                &opts.name,
+                version,
+                identity.trust(),
+                Some(&cache),
+            )
+            .await?;
+            if let Some((l, _)) = &latest {
+                anyhow::ensure!(
+                    got.manifest.digest == l.digest,
+                    "the manifest of {} differs from the one the latest statement names",
+                    l.label()
+                );
+            }
+            anyhow::Ok((got, latest.map(|(_, r)| r)))
+        }
         .await;
         match got {
-            Ok(got) => break (client, got),
+            Ok((got, latest)) => break (client, got, latest),
             Err(e) => {
                 sources.fail(client.remote_addr(), format!("{e:#}"));
                 client.close();
@@ -396,6 +423,7 @@ pub async fn fetch_with(
         version: manifest.version.clone(),
         digest,
         source,
+        latest,
         sources_used,
         source_problems,
         files: 0,

@@ -22,6 +22,7 @@ pub mod discovery;
 pub mod download;
 pub mod fetch;
 pub mod journal;
+pub mod latest;
 pub mod layer_fetch;
 pub mod materialize;
 pub mod meta;

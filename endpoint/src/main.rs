@@ -52,7 +52,9 @@ enum Cmd {
         /// the seed last). Default: `sources` in the config file.
         #[arg(long = "from")]
         from: Vec<String>,
-        /// NAME or NAME@VERSION (latest when no version is given).
+        /// NAME or NAME@VERSION. Without a version: the version the seed's signed "latest"
+        /// statement names; one older than a latest seen before is refused, and one past its
+        /// expiry (a source cut off from the seed) is used and reported as stale.
         #[arg(long)]
         layer: String,
         /// Directory to write the tree into (created if missing). Files and directories already
@@ -782,6 +784,9 @@ fn print_summary(r: &FetchReport) {
     }
     for p in &r.source_problems {
         println!("  skipped source {}: {}", p.addr, p.problem);
+    }
+    if let Some(w) = r.latest.as_ref().and_then(|l| l.warning(&r.layer)) {
+        println!("  warning: {w}");
     }
 }
 

@@ -27,6 +27,7 @@ pub mod frame_type {
     pub const LIST_LAYERS: u8 = 0x04;
     pub const GET_ASSIGNMENTS: u8 = 0x05;
     pub const GET_CHUNKS_BACKGROUND: u8 = 0x06;
+    pub const GET_LATEST: u8 = 0x07;
     pub const MANIFEST: u8 = 0x81;
     pub const CHUNK: u8 = 0x82;
     pub const MISSING: u8 = 0x83;
@@ -34,6 +35,7 @@ pub mod frame_type {
     pub const END: u8 = 0x85;
     pub const LAYERS: u8 = 0x86;
     pub const ASSIGNMENTS: u8 = 0x87;
+    pub const LATEST: u8 = 0x88;
     // Device inventory and Wake-on-LAN (0x10-0x17, 0x90-0x97): see crate::wake::msg.
     pub const REGISTER: u8 = 0x10;
     pub const WAKE: u8 = 0x11;
@@ -132,6 +134,18 @@ pub enum Frame {
     /// Layers assigned to the requesting node's site (read from its certificate). Answer:
     /// `Assignments`.
     GetAssignments,
+    /// Ask which version of a layer is the newest published. Answer: `Latest`.
+    GetLatest {
+        name: String,
+    },
+    /// A signed statement of a layer's newest version (manifest::Latest, at most
+    /// `MAX_LATEST_BYTES`), and a note from the server, empty when the statement comes
+    /// straight from the seed (a reflector serving its cached copy says why here). The note is
+    /// not signed: it explains, it proves nothing.
+    Latest {
+        statement: Bytes,
+        note: String,
+    },
     /// A signed manifest (see manifest::SignedManifest::to_bytes).
     Manifest {
         signed: Bytes,
@@ -238,6 +252,8 @@ impl Frame {
             Frame::Have { .. } => HAVE,
             Frame::ListLayers => LIST_LAYERS,
             Frame::GetAssignments => GET_ASSIGNMENTS,
+            Frame::GetLatest { .. } => GET_LATEST,
+            Frame::Latest { .. } => LATEST,
             Frame::Manifest { .. } => MANIFEST,
             Frame::Chunk(_) => CHUNK,
             Frame::Missing { .. } => MISSING,
@@ -283,6 +299,12 @@ impl Frame {
             }
             Frame::ListLayers | Frame::GetAssignments | Frame::End => {}
             Frame::Manifest { signed } => out.put_slice(signed),
+            Frame::GetLatest { name } => put_str(out, name),
+            Frame::Latest { statement, note } => {
+                out.put_u16(statement.len() as u16);
+                out.put_slice(statement);
+                put_long_str(out, truncated(note, MAX_NOTE_BYTES));
+            }
             Frame::Chunk(c) => {
                 out.put_slice(c.id.as_bytes());
                 out.put_u8(c.encoding as u8);
@@ -313,11 +335,7 @@ impl Frame {
             Frame::Error { code, message } => {
                 out.put_u16(*code as u16);
                 // Messages are advisory; truncate rather than fail on a long one.
-                let mut end = message.len().min(MAX_NAME_BYTES * 4);
-                while !message.is_char_boundary(end) {
-                    end -= 1;
-                }
-                put_long_str(out, &message[..end]);
+                put_long_str(out, truncated(message, MAX_NOTE_BYTES));
             }
             Frame::Registered | Frame::GetDevices => {}
             Frame::Register { device } => device.encode(out),
@@ -382,6 +400,30 @@ impl Frame {
             HAVE => Frame::Have { ids: get_ids(&mut body, "Have")? },
             LIST_LAYERS => Frame::ListLayers,
             GET_ASSIGNMENTS => Frame::GetAssignments,
+            GET_LATEST => {
+                let name = get_str(&mut body, "GetLatest")?;
+                if name.is_empty() {
+                    return Err(malformed("GetLatest", "empty layer name"));
+                }
+                Frame::GetLatest { name }
+            }
+            LATEST => {
+                need(&body, 2, "Latest")?;
+                let n = body.get_u16() as usize;
+                if n > crate::manifest::latest::MAX_LATEST_BYTES {
+                    return Err(malformed("Latest", format!("statement of {n} bytes over limit")));
+                }
+                need(&body, n, "Latest")?;
+                let statement = body.split_to(n);
+                need(&body, 2, "Latest")?;
+                let m = body.get_u16() as usize;
+                if m > MAX_NOTE_BYTES {
+                    return Err(malformed("Latest", format!("note of {m} bytes over limit")));
+                }
+                need(&body, m, "Latest")?;
+                let note = String::from_utf8_lossy(&body.split_to(m)).into_owned();
+                Frame::Latest { statement, note }
+            }
             MANIFEST => {
                 let signed = body.split_to(body.len());
                 Frame::Manifest { signed }
@@ -554,6 +596,17 @@ pub(crate) fn put_str(out: &mut BytesMut, s: &str) {
     out.put_slice(s.as_bytes());
 }
 
+/// Longest error message or note sent; longer ones are cut (at a character boundary).
+pub const MAX_NOTE_BYTES: usize = MAX_NAME_BYTES * 4;
+
+fn truncated(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn put_long_str(out: &mut BytesMut, s: &str) {
     out.put_u16(s.len() as u16);
     out.put_slice(s.as_bytes());
@@ -629,6 +682,12 @@ mod tests {
         });
         roundtrip(Frame::error(ErrorCode::NotFound, "layer base@9 not found"));
         roundtrip(Frame::GetAssignments);
+        roundtrip(Frame::GetLatest { name: "base".into() });
+        roundtrip(Frame::Latest { statement: Bytes::from_static(b"OAL1"), note: String::new() });
+        roundtrip(Frame::Latest {
+            statement: Bytes::from_static(b"OAL1xyz"),
+            note: "upstream unreachable".into(),
+        });
         roundtrip(Frame::Assignments {
             assignments: vec![
                 Assignment {

@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 
 const PINNED_TREE: &str = "reflector_pinned";
 const LATEST_TREE: &str = "reflector_latest";
+/// The last signed "latest" statement received per layer name (`manifest::Latest`, encoded).
+const LATEST_STATEMENTS_TREE: &str = "reflector_latest_statements";
 
 /// Sizes of the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -52,6 +54,7 @@ pub struct Cache {
     metrics: ReflectorMetrics,
     pinned: sled::Tree,
     latest: sled::Tree,
+    statements: sled::Tree,
     key: VerifyingKey,
     /// Wakes the evictor after inserts that took the cache over its cap.
     pub evict_wanted: tokio::sync::Notify,
@@ -94,6 +97,7 @@ impl Cache {
         let store = Arc::new(ChunkStore::open(dir)?);
         let pinned = store.db().open_tree(PINNED_TREE)?;
         let latest = store.db().open_tree(LATEST_TREE)?;
+        let statements = store.db().open_tree(LATEST_STATEMENTS_TREE)?;
         let mut ledger = CacheLedger::new();
         for item in store.ids() {
             let (id, entry) = item?;
@@ -107,6 +111,7 @@ impl Cache {
             metrics,
             pinned,
             latest,
+            statements,
             key,
             evict_wanted: tokio::sync::Notify::new(),
             overfull: AtomicBool::new(false),
@@ -440,6 +445,17 @@ impl Cache {
         if is_latest {
             self.latest.insert(r.name.as_bytes(), r.version.as_bytes())?;
         }
+        Ok(())
+    }
+
+    /// The last latest statement kept for `name`, as received (verified then). Blocking.
+    pub fn latest_statement(&self, name: &str) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.statements.get(name.as_bytes())?.map(|v| Bytes::copy_from_slice(&v)))
+    }
+
+    /// Keeps a verified latest statement for its layer, replacing the one kept. Blocking.
+    pub fn keep_latest_statement(&self, name: &str, statement: &[u8]) -> Result<(), StoreError> {
+        self.statements.insert(name.as_bytes(), statement)?;
         Ok(())
     }
 

@@ -61,6 +61,9 @@ pub struct ReflectorMetrics {
     pub sibling_delegated: Counter,
     /// `oasis_wan_site_share`: this reflector's share (0..1) of its site's WAN rate.
     pub wan_share: Gauge<f64, AtomicU64>,
+    /// `oasis_latest_served_cached_total`: latest statements answered from the reflector's kept
+    /// copy because upstream did not give one in time (the answer's note says so).
+    pub latest_served_cached: Counter,
 }
 
 impl ReflectorMetrics {
@@ -171,6 +174,11 @@ impl ReflectorMetrics {
                 m.wan_share.clone(),
             );
             m.wan_share.set(1.0);
+            r.register(
+                "latest_served_cached",
+                "Latest statements answered from the kept copy because upstream did not answer in time",
+                m.latest_served_cached.clone(),
+            );
         });
         m
     }

@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+mod latest;
 mod running;
 mod source;
 pub use running::RunningReflector;

@@ -138,6 +138,10 @@ enum Cmd {
         /// this is refused.
         #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = oasis_core::units::parse_amount)]
         max_record_assembly_bytes: u64,
+        /// How long a signed "latest" statement stays fresh ("1h", 1 s to 30 days). A reflector
+        /// cut off from the seed serves its last copy; past this, endpoints report it stale.
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = oasis_core::units::parse_duration)]
+        latest_ttl: std::time::Duration,
     },
     /// Print the seed's mesh peer id (creating its p2p key on first use; stable afterwards).
     Id {
@@ -420,6 +424,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_streams_per_connection,
             max_answer_bytes_per_connection,
             max_record_assembly_bytes,
+            latest_ttl,
         } => {
             let mesh = mesh_settings(&p2p_listen, &bootstrap, no_mdns, advertise)?;
             let limits = ServeLimits {
@@ -432,10 +437,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             limits.validate().map_err(|e| anyhow::anyhow!("oasis-seed serve: {e}"))?;
             oasis_seed::snapshots::configure_record_budget(max_record_assembly_bytes)
                 .map_err(|e| anyhow::anyhow!("oasis-seed serve: {e}"))?;
+            oasis_seed::latest::check_ttl(latest_ttl)
+                .map_err(|e| anyhow::anyhow!("oasis-seed serve: {e}"))?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
                 let mut seed =
-                    RunningSeed::start_with_limits(&data, listen, metrics, limits).await?;
+                    RunningSeed::start_with_limits(&data, listen, metrics, limits, latest_ttl)
+                        .await?;
                 if let Some(m) = mesh {
                     seed.join_mesh(&data, m)?;
                 }

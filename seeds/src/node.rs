@@ -3,6 +3,7 @@
 //! Layout of DATA: trust.pem, ca.pem, ca.key, manifest.key, node.pem, node.key (written by
 //! `oasis-seed init`), and `store/` (the chunk store with layers and manifests).
 
+use crate::latest::{LatestSigner, DEFAULT_LATEST_TTL};
 use crate::source::SeedSource;
 use anyhow::Context;
 use oasis_core::metrics::NodeMetrics;
@@ -12,6 +13,7 @@ use oasis_core::store::ChunkStore;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::Instrument;
 
 pub fn store_dir(data: &Path) -> PathBuf {
@@ -47,29 +49,43 @@ impl RunningSeed {
         listen: SocketAddr,
         metrics_listen: Option<SocketAddr>,
     ) -> anyhow::Result<RunningSeed> {
-        Self::start_with_limits(data, listen, metrics_listen, ServeLimits::default()).await
+        Self::start_with_limits(
+            data,
+            listen,
+            metrics_listen,
+            ServeLimits::default(),
+            DEFAULT_LATEST_TTL,
+        )
+        .await
     }
 
-    /// [`RunningSeed::start`] holding peers to `limits`.
+    /// [`RunningSeed::start`] holding peers to `limits`, its latest statements valid for
+    /// `latest_ttl`.
     pub async fn start_with_limits(
         data: &Path,
         listen: SocketAddr,
         metrics_listen: Option<SocketAddr>,
         limits: ServeLimits,
+        latest_ttl: Duration,
     ) -> anyhow::Result<RunningSeed> {
         // Loading the authority proves DATA holds a complete root of trust.
         let auth = Arc::new(SeedAuthority::load(data)?);
         let identity = NodeIdentity::load(data)?;
         let store = Arc::new(open_store(data)?);
+        let signer = LatestSigner::new(auth.signing_key().clone(), latest_ttl)
+            .map_err(|e| anyhow::anyhow!("oasis-seed serve: {e}"))?;
         crate::admin::spawn(data, auth, store.clone()).with_context(|| {
             format!("cannot open the admin socket {}", crate::admin::socket_path(data).display())
         })?;
-        Self::start_with(identity, store, listen, metrics_listen, limits).await
+        Self::start_with(identity, store, Some(Arc::new(signer)), listen, metrics_listen, limits)
+            .await
     }
 
+    /// A seed over `store`; without `latest`, `GetLatest` is refused.
     pub async fn start_with(
         identity: NodeIdentity,
         store: Arc<ChunkStore>,
+        latest: Option<Arc<LatestSigner>>,
         listen: SocketAddr,
         metrics_listen: Option<SocketAddr>,
         limits: ServeLimits,
@@ -89,7 +105,7 @@ impl RunningSeed {
             ),
             None => None,
         };
-        let source = Arc::new(SeedSource { store: store.clone() });
+        let source = Arc::new(SeedSource { store: store.clone(), latest });
         let router = net::Router::new(source.clone())
             .inventory(source.clone())
             .backup(source)

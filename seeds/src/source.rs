@@ -3,10 +3,11 @@
 //! `GetChunks` like any layer chunk.
 
 use crate::catalog::Catalog;
+use crate::latest::LatestSigner;
 use bytes::Bytes;
 use oasis_core::chunk::ChunkId;
 use oasis_core::compress::StoredChunk;
-use oasis_core::net::{BackupSource, ContentSource, InventorySource, SourceError};
+use oasis_core::net::{BackupSource, ContentSource, InventorySource, LatestAnswer, SourceError};
 use oasis_core::pki::PeerInfo;
 use oasis_core::store::ChunkStore;
 use oasis_core::wake::{DeviceEntry, DeviceInfo};
@@ -15,6 +16,9 @@ use std::sync::Arc;
 
 pub struct SeedSource {
     pub store: Arc<ChunkStore>,
+    /// Signs `GetLatest` answers; None: they are refused (a seed serving without the manifest
+    /// key).
+    pub latest: Option<Arc<LatestSigner>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> SourceError {
@@ -33,6 +37,18 @@ impl ContentSource for SeedSource {
             .await
             .map_err(internal)?
             .map_err(internal)
+    }
+
+    async fn latest(&self, name: &str) -> Result<Option<LatestAnswer>, SourceError> {
+        let Some(signer) = self.latest.clone() else {
+            return Err(SourceError::Refused("this seed signs no latest statements".into()));
+        };
+        let (store, name) = (self.store.clone(), name.to_string());
+        let statement = tokio::task::spawn_blocking(move || signer.statement(&store, &name))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        Ok(statement.map(|s| LatestAnswer { statement: s.into(), note: String::new() }))
     }
 
     async fn chunk(&self, id: ChunkId) -> Result<Option<StoredChunk>, SourceError> {

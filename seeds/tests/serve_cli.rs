@@ -31,4 +31,6 @@ fn out_of_range_limits_are_refused_by_name() {
         "max_answer_bytes_per_connection must be between 64 KiB and 1 GiB",
     );
     serve_fails_with("--max-connections", "0", "max_connections must be at least 1");
+    serve_fails_with("--latest-ttl", "0s", "latest_ttl must be between 1 s and 30 days (is 0 s)");
+    serve_fails_with("--latest-ttl", "31d", "latest_ttl must be between 1 s and 30 days");
 }

@@ -35,6 +35,18 @@ impl TestSeed {
         Ok(TestSeed::from_parts(seed, auth, base))
     }
 
+    /// A signer of latest statements with this seed's key and the default lifetime (for
+    /// servers a test builds over the seed's store).
+    pub fn latest_signer(&self) -> std::sync::Arc<oasis_seed::latest::LatestSigner> {
+        std::sync::Arc::new(
+            oasis_seed::latest::LatestSigner::new(
+                self.auth.signing_key().clone(),
+                oasis_seed::latest::DEFAULT_LATEST_TTL,
+            )
+            .expect("the default lifetime is valid"),
+        )
+    }
+
     /// A seed started elsewhere (with its own options), its state under `base/seed`.
     pub fn from_parts(seed: RunningSeed, auth: SeedAuthority, base: &Path) -> TestSeed {
         TestSeed { _tmp: None, base: base.to_path_buf(), seed, auth }

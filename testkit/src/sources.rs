@@ -14,7 +14,10 @@ pub struct CorruptingSource {
 impl CorruptingSource {
     pub fn new(seed: &TestSeed, first_time_only: bool) -> CorruptingSource {
         CorruptingSource {
-            inner: oasis_seed::source::SeedSource { store: seed.seed.store.clone() },
+            inner: oasis_seed::source::SeedSource {
+                store: seed.seed.store.clone(),
+                latest: Some(seed.latest_signer()),
+            },
             asked: Default::default(),
             first_time_only,
             sent: Default::default(),
@@ -29,6 +32,13 @@ impl oasis_core::net::ContentSource for CorruptingSource {
         v: Option<&str>,
     ) -> Result<Option<bytes::Bytes>, oasis_core::net::SourceError> {
         self.inner.manifest(n, v).await
+    }
+
+    async fn latest(
+        &self,
+        name: &str,
+    ) -> Result<Option<oasis_core::net::LatestAnswer>, oasis_core::net::SourceError> {
+        self.inner.latest(name).await
     }
 
     async fn chunk(

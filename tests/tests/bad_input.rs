@@ -16,12 +16,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+/// Fetches version 1 of `name` (every layer here is planted or published as version 1).
 fn opts(state: &Path, from: SocketAddr, name: &str, into: &Path) -> FetchOptions {
     FetchOptions {
         state_dir: state.to_path_buf(),
         sources: vec![from],
         name: name.into(),
-        version: None,
+        version: Some("1".into()),
         into: into.to_path_buf(),
         streams: 4,
         progress: false,

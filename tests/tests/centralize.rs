@@ -480,6 +480,7 @@ async fn upload_survives_a_seed_restart() {
     }
     // The seed goes away mid-upload and comes back on the same address with the same store.
     let data = f.seed.data();
+    let signer = f.seed.latest_signer();
     let old = f.seed.seed;
     old.shutdown();
     let (store, addr) = (old.store.clone(), old.addr);
@@ -493,6 +494,7 @@ async fn upload_survives_a_seed_restart() {
         match oasis_seed::RunningSeed::start_with(
             identity,
             store.clone(),
+            Some(signer.clone()),
             addr,
             None,
             Default::default(),
@@ -529,8 +531,10 @@ fn impostor(seed: &TestSeed, state: &Path) -> std::net::SocketAddr {
         net::server_endpoint("127.0.0.1:0".parse().unwrap(), &id, &TransportOptions::default())
             .unwrap();
     let addr = ep.local_addr().unwrap();
-    let source =
-        std::sync::Arc::new(oasis_seed::source::SeedSource { store: seed.seed.store.clone() });
+    let source = std::sync::Arc::new(oasis_seed::source::SeedSource {
+        store: seed.seed.store.clone(),
+        latest: Some(seed.latest_signer()),
+    });
     let router = net::Router::new(source.clone()).inventory(source.clone()).backup(source);
     tokio::spawn(net::serve(
         ep,

@@ -1,10 +1,19 @@
-//! A real seed and endpoints over QUIC on 127.0.0.1: trees arrive byte-identical, and a new
-//! version moves only its changed chunks.
+//! A real seed and endpoints over QUIC on 127.0.0.1: trees arrive byte-identical, a new
+//! version moves only its changed chunks, and "latest" is what the seed signed: a replayed
+//! older statement is refused, a reflector's kept copy past its lifetime is reported stale.
 
-use oasis_core::pki::Role;
+use oasis_core::compress::StoredChunk;
+use oasis_core::metrics::NodeMetrics;
+use oasis_core::net::{self, ContentSource, LatestAnswer, SourceError, TransportOptions};
+use oasis_core::pki::{NodeIdentity, Role, SeedAuthority};
+use oasis_core::wire::LayerRef;
+use oasis_core::ChunkId;
 use oasis_endpoint::{fetch, FetchOptions};
+use oasis_seed::RunningSeed;
 use oasis_testkit::{copy_tree, mutate_tree, random_tree, snapshot, TestSeed, TreeSpec};
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 fn opts(state: &Path, seed: &TestSeed, version: &str, into: &Path) -> FetchOptions {
     FetchOptions {
@@ -119,5 +128,140 @@ async fn latest_version_is_fetched_when_none_is_named() -> anyhow::Result<()> {
     let r = fetch(&o).await?;
     assert_eq!(r.version, "2");
     assert_eq!(snapshot(&root), snapshot(&v2));
+    let latest = r.latest.expect("a fetch of latest reports its statement");
+    assert_eq!(latest.version, "2");
+    assert!(!latest.stale && latest.note.is_empty(), "straight from the seed: {latest:?}");
+    assert_eq!(latest.expires - latest.issued, 3600, "the seed's default lifetime");
+    assert!(state.join("latest/base").exists(), "the newest statement seen is kept");
+    Ok(())
+}
+
+/// Serves the seed's store, but answers `GetLatest` with a statement recorded earlier: what a
+/// cache that replays old answers, or someone holding a reflector's key, could do.
+struct Replay {
+    inner: oasis_seed::source::SeedSource,
+    statement: bytes::Bytes,
+}
+
+impl ContentSource for Replay {
+    async fn manifest(
+        &self,
+        n: &str,
+        v: Option<&str>,
+    ) -> Result<Option<bytes::Bytes>, SourceError> {
+        self.inner.manifest(n, v).await
+    }
+    async fn latest(&self, _: &str) -> Result<Option<LatestAnswer>, SourceError> {
+        Ok(Some(LatestAnswer { statement: self.statement.clone(), note: String::new() }))
+    }
+    async fn chunk(&self, id: ChunkId) -> Result<Option<StoredChunk>, SourceError> {
+        self.inner.chunk(id).await
+    }
+    async fn have(&self, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError> {
+        self.inner.have(ids).await
+    }
+    async fn layers(&self) -> Result<Vec<LayerRef>, SourceError> {
+        self.inner.layers().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_older_latest_is_refused_once_a_newer_one_was_seen() -> anyhow::Result<()> {
+    let seed = TestSeed::start().await?;
+    let v1 = seed.base().join("v1");
+    random_tree(&v1, 5, TreeSpec { small_files: 10, large_files: 0, large_size: 0, depth: 2 })?;
+    seed.publish("base", "1", &v1)?;
+    let signer = seed.latest_signer();
+    let old = signer.statement(&seed.seed.store, "base")?.expect("base is published");
+    let v2 = seed.base().join("v2");
+    copy_tree(&v1, &v2)?;
+    mutate_tree(&v2)?;
+    seed.publish("base", "2", &v2)?;
+
+    let rogue = seed.enroll(Role::Reflector, "rogue")?;
+    let id = NodeIdentity::load(&rogue)?;
+    let ep = net::server_endpoint("127.0.0.1:0".parse()?, &id, &TransportOptions::default())?;
+    let replay_addr = ep.local_addr()?;
+    let inner = oasis_seed::source::SeedSource { store: seed.seed.store.clone(), latest: None };
+    let router = net::Router::new(Arc::new(Replay { inner, statement: old.into() }));
+    tokio::spawn(net::serve(ep, router, Arc::new(NodeMetrics::new())));
+
+    let latest_from = |state: &Path, from, into: &Path| {
+        let mut o = opts(state, &seed, "x", into);
+        (o.version, o.sources) = (None, vec![from]);
+        o
+    };
+    // An endpoint that never saw version 2 cannot tell: it takes the replayed statement.
+    let naive = seed.enroll(Role::Endpoint, "naive")?;
+    let r = fetch(&latest_from(&naive, replay_addr, &seed.base().join("naive-root"))).await?;
+    assert_eq!(r.version, "1");
+
+    // One that saw version 2 as latest refuses it, and writes nothing.
+    let state = seed.enroll(Role::Endpoint, "ep")?;
+    let root = seed.base().join("root");
+    let r = fetch(&latest_from(&state, seed.seed.addr, &root)).await?;
+    assert_eq!(r.version, "2");
+    let before = snapshot(&root);
+    let err = fetch(&latest_from(&state, replay_addr, &root)).await.unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("base@1 is the latest, but base@2 was seen as latest before")
+            && msg.contains("replayed or rolled-back"),
+        "{msg}"
+    );
+    assert_eq!(snapshot(&root), before, "nothing was written");
+
+    // Named explicitly, version 1 is still there for whoever asks for it.
+    let mut o = opts(&state, &seed, "1", &seed.base().join("v1-root"));
+    o.sources = vec![replay_addr];
+    assert_eq!(fetch(&o).await?.version, "1");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reflector_cut_off_from_the_seed_serves_its_kept_latest_reported_stale(
+) -> anyhow::Result<()> {
+    // A seed whose statements live one second.
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("seed");
+    let auth = SeedAuthority::init(&data)?;
+    let running = RunningSeed::start_with_limits(
+        &data,
+        "127.0.0.1:0".parse()?,
+        None,
+        Default::default(),
+        Duration::from_secs(1),
+    )
+    .await?;
+    let seed = TestSeed::from_parts(running, auth, tmp.path());
+    let v1 = seed.base().join("v1");
+    random_tree(&v1, 9, TreeSpec { small_files: 10, large_files: 0, large_size: 0, depth: 2 })?;
+    seed.publish("base", "1", &v1)?;
+    let refl = seed.reflector("refl", |c| c.latest_timeout = Duration::from_millis(300)).await?;
+
+    let latest_via = |state: &Path, into: &Path| {
+        let mut o = opts(state, &seed, "x", into);
+        (o.version, o.sources) = (None, vec![refl.addr]);
+        o
+    };
+    let first = seed.enroll(Role::Endpoint, "first")?;
+    let r = fetch(&latest_via(&first, &seed.base().join("first-root"))).await?;
+    let l = r.latest.expect("latest reported");
+    assert_eq!((l.version.as_str(), l.note.as_str()), ("1", ""), "from the seed, through: {l:?}");
+    assert_eq!(refl.stats.latest_served_cached.get(), 0);
+
+    // The seed goes away and the statement the reflector kept expires.
+    seed.seed.shutdown();
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let late = seed.enroll(Role::Endpoint, "late")?;
+    let root = seed.base().join("late-root");
+    let r = fetch(&latest_via(&late, &root)).await?;
+    assert_eq!(snapshot(&root), snapshot(&v1), "the reflector serves what it has");
+    let l = r.latest.expect("latest reported");
+    assert!(l.stale && l.stale_for_s >= 1, "{l:?}");
+    assert!(l.note.contains("reflector refl answers with its kept copy"), "{l:?}");
+    assert_eq!(refl.stats.latest_served_cached.get(), 1);
+    let w = l.warning("base").expect("a stale statement is worth a warning");
+    assert!(w.contains("the latest of base (1) is stale"), "{w}");
     Ok(())
 }

@@ -150,6 +150,22 @@ impl Client {
         }
     }
 
+    /// The signed statement of `name`'s newest version, and the server's note (see
+    /// `Frame::Latest`). The statement is returned as sent: the caller opens it against the
+    /// trusted key (`manifest::Latest::open`).
+    pub async fn latest(&self, name: &str) -> Result<(Bytes, String), NetError> {
+        if name.is_empty() || name.len() > MAX_NAME_BYTES {
+            return Err(self.bad_request(format!(
+                "layer name must be 1 to {MAX_NAME_BYTES} bytes, not {}",
+                name.len()
+            )));
+        }
+        match self.request(&Frame::GetLatest { name: name.to_string() }).await? {
+            Frame::Latest { statement, note } => Ok((statement, note)),
+            other => Err(self.unexpected(&other, "Latest")),
+        }
+    }
+
     /// A layer's manifest, whole: the signed root (checked against `key` and against the
     /// request), then the body chunks that `local` does not give, fetched over a few streams and
     /// each verified against its id. What was fetched comes back beside the manifest, so the

@@ -21,7 +21,9 @@ mod tests;
 
 pub use client::{ChunkReplies, ChunkReply, Client, FetchedManifest};
 pub use limits::ServeLimits;
-pub use router::{BackupSource, ContentSource, InventorySource, Refuse, Router, SourceError};
+pub use router::{
+    BackupSource, ContentSource, InventorySource, LatestAnswer, Refuse, Router, SourceError,
+};
 pub use server::serve;
 
 use crate::pki::{IdentityError, NodeIdentity};

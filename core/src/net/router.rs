@@ -70,11 +70,28 @@ pub trait ContentSource: Send + Sync + 'static {
         async { Ok(Vec::new()) }
     }
 
+    /// A signed statement of `name`'s newest version (`manifest::Latest`, encoded) and a note
+    /// for the client, empty when the statement is fresh from the seed. None when the layer is
+    /// unknown. Default: not served here.
+    fn latest(
+        &self,
+        _name: &str,
+    ) -> impl Future<Output = Result<Option<LatestAnswer>, SourceError>> + Send {
+        async { Err(SourceError::Refused("this node serves no latest statements".into())) }
+    }
+
     /// Which peers may connect (default: every enrolled role). A refused peer's connection is
     /// closed with [`super::close_code::FORBIDDEN`].
     fn admits(&self, _peer: &PeerInfo) -> bool {
         true
     }
+}
+
+/// What [`ContentSource::latest`] answers: the encoded statement and a note.
+#[derive(Clone, Debug)]
+pub struct LatestAnswer {
+    pub statement: Bytes,
+    pub note: String,
 }
 
 /// The device inventory and Wake-on-LAN: seeds and reflectors keep an inventory, relays wake.

@@ -328,6 +328,13 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
                 Ok(layers) => Ok(Frame::Layers { layers }),
                 Err(e) => Err(e.into_frame()),
             },
+            Frame::GetLatest { name } => match content.latest(&name).await {
+                Ok(Some(a)) => Ok(Frame::Latest { statement: a.statement, note: a.note }),
+                Ok(None) => {
+                    Err(Frame::error(ErrorCode::NotFound, format!("layer {name} not found")))
+                }
+                Err(e) => Err(e.into_frame()),
+            },
             Frame::GetAssignments => match content.assignments(&self.peer).await {
                 Ok(assignments) => Ok(Frame::Assignments { assignments }),
                 Err(e) => Err(e.into_frame()),
@@ -635,6 +642,7 @@ async fn read_request(recv: &mut RecvStream) -> Result<Frame, Refusal> {
             | frame_type::HAVE
             | frame_type::LIST_LAYERS
             | frame_type::GET_ASSIGNMENTS
+            | frame_type::GET_LATEST
             | frame_type::REGISTER
             | frame_type::GET_DEVICES
             | frame_type::WAKE

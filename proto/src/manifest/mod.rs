@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+pub mod latest;
+pub use latest::{Freshness, Latest, Succession};
+
 /// Version of the manifest encoding (root and body). Bump on any change to the types below.
 pub const MANIFEST_FORMAT: u16 = 2;
 /// First bytes of a signed manifest root.

@@ -4,7 +4,7 @@
 use super::Reflector;
 use bytes::Bytes;
 use oasis_core::compress::StoredChunk;
-use oasis_core::net::{ContentSource, InventorySource, SourceError};
+use oasis_core::net::{ContentSource, InventorySource, LatestAnswer, SourceError};
 use oasis_core::pki::PeerInfo;
 use oasis_core::policy::TrafficClass;
 use oasis_core::wire::LayerRef;
@@ -22,6 +22,10 @@ impl ContentSource for ReflectorSource {
         version: Option<&str>,
     ) -> Result<Option<Bytes>, SourceError> {
         self.0.manifest(name, version).await
+    }
+
+    async fn latest(&self, name: &str) -> Result<Option<LatestAnswer>, SourceError> {
+        self.0.latest(name).await
     }
 
     async fn chunk(&self, id: ChunkId) -> Result<Option<StoredChunk>, SourceError> {

@@ -1,0 +1,69 @@
+//! The seed's "latest" statements (`manifest::Latest`): which version of a layer is the newest
+//! published, signed afresh for every request with the manifest key and valid for the
+//! configured lifetime. A reflector keeps the last one it received and hands it out while the
+//! seed is out of reach; once that copy is past its lifetime, endpoints report it as stale.
+
+use ed25519_dalek::SigningKey;
+use oasis_core::manifest::{digest_of_signed, Latest};
+use oasis_core::store::{ChunkStore, StoreError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long a statement stays fresh by default (`oasis-seed serve --latest-ttl`): a reflector cut
+/// off from the seed for longer than this serves stale answers, and its endpoints say so.
+pub const DEFAULT_LATEST_TTL: Duration = Duration::from_secs(3600);
+/// Shortest and longest lifetime accepted.
+pub const MIN_LATEST_TTL: Duration = Duration::from_secs(1);
+pub const MAX_LATEST_TTL: Duration = Duration::from_secs(30 * 86_400);
+
+/// Signs latest statements.
+pub struct LatestSigner {
+    key: SigningKey,
+    ttl: Duration,
+}
+
+/// Refuses a lifetime outside [`MIN_LATEST_TTL`]..=[`MAX_LATEST_TTL`], naming the setting.
+pub fn check_ttl(ttl: Duration) -> Result<(), String> {
+    if (MIN_LATEST_TTL..=MAX_LATEST_TTL).contains(&ttl) {
+        Ok(())
+    } else {
+        Err(format!(
+            "latest_ttl must be between {} s and {} days (is {} s)",
+            MIN_LATEST_TTL.as_secs(),
+            MAX_LATEST_TTL.as_secs() / 86_400,
+            ttl.as_secs_f64()
+        ))
+    }
+}
+
+impl LatestSigner {
+    pub fn new(key: SigningKey, ttl: Duration) -> Result<LatestSigner, String> {
+        check_ttl(ttl)?;
+        Ok(LatestSigner { key, ttl })
+    }
+
+    /// The signer of the seed whose data directory is `data` (its manifest key).
+    pub fn load(data: &std::path::Path, ttl: Duration) -> anyhow::Result<LatestSigner> {
+        let auth = oasis_core::pki::SeedAuthority::load(data)?;
+        LatestSigner::new(auth.signing_key().clone(), ttl).map_err(anyhow::Error::msg)
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The encoded statement for `name` now, or None when no version of it is published.
+    /// Blocking (store reads).
+    pub fn statement(&self, store: &ChunkStore, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(version) = store.latest_version(name)? else { return Ok(None) };
+        let Some(root) = store.manifest_bytes(name, Some(&version))? else { return Ok(None) };
+        let issued = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let latest = Latest {
+            name: name.to_string(),
+            version,
+            digest: digest_of_signed(&root),
+            issued,
+            expires: issued.saturating_add(self.ttl.as_secs()),
+        };
+        Ok(Some(latest.sign(&self.key)))
+    }
+}
