@@ -7,8 +7,8 @@
 //! (`wake`), file metadata (`fsmeta`), durable writes, logging and metrics.
 
 pub use oasis_proto::{
-    backup, cache, chunk, compress, file_errors, gossip, manifest, names, select, site_wan, units,
-    wire,
+    backup, cache, chunk, compress, file_errors, gossip, manifest, names, seal, select, site_wan,
+    units, wire,
 };
 
 pub mod durable;

@@ -25,13 +25,14 @@ use crate::snapshot::AppliedLayer;
 use crate::tree_writer::{self, ChunkReader};
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use oasis_core::backup::{RecordRef, SnapshotInfo, SnapshotRecord};
+use oasis_core::backup::{DevicePlan, RecordRef, SnapshotInfo, SnapshotRecord};
 use oasis_core::chunk::ChunkId;
 use oasis_core::fsmeta::MetaReport;
 use oasis_core::manifest::{ChunkRef, LayerManifest};
 use oasis_core::net::accept;
 use oasis_core::net::{self, ChunkReply, Client, TransportOptions};
-use oasis_core::pki::NodeIdentity;
+use oasis_core::pki::{NodeIdentity, TrustRoot};
+use oasis_core::seal::{plan_digest, Seal, Sealed};
 use oasis_core::store::ChunkStore;
 use std::collections::HashSet;
 use std::io;
@@ -212,13 +213,15 @@ fn check_empty_root(root: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
-/// Fetches and checks a snapshot record from the seed.
+/// Fetches a snapshot record from the seed and checks it: the seed's seal on it (before a
+/// byte of it is fetched), then its bytes against the sealed digest.
 pub async fn fetch_record(
     client: &Client,
     device: &str,
     id: Option<&str>,
+    trust: &TrustRoot,
 ) -> anyhow::Result<(SnapshotInfo, SnapshotRecord)> {
-    let (info, rref): (SnapshotInfo, RecordRef) =
+    let (info, rref, seal): (SnapshotInfo, RecordRef, _) =
         client.snapshot(device, id).await.with_context(|| {
             format!(
                 "asking {} for snapshot {device}@{}",
@@ -226,6 +229,13 @@ pub async fn fetch_record(
                 id.unwrap_or("latest")
             )
         })?;
+    let want = Sealed::SnapshotRecord {
+        device: device.to_string(),
+        id: info.id.clone(),
+        digest: rref.digest,
+    };
+    Seal::check(&seal, trust.manifest_key(), &want)
+        .with_context(|| format!("snapshot {device}@{} refused", info.id))?;
     let mut bytes = Vec::with_capacity(rref.len.min(1 << 30) as usize);
     for batch in rref.chunks.chunks(FETCH_BATCH) {
         let mut replies = client.chunks(batch.iter().map(|c| c.id).collect()).await?;
@@ -255,13 +265,16 @@ async fn restore_with(
     client: &Client,
     t0: Instant,
 ) -> anyhow::Result<RestoreReport> {
-    let (info, record) = fetch_record(client, &opts.device, opts.snapshot.as_deref()).await?;
+    let (info, record) =
+        fetch_record(client, &opts.device, opts.snapshot.as_deref(), identity.trust()).await?;
     tracing::info!(device = %opts.device, snapshot = %info.id, files = info.files, mode = %opts.mode, "restoring");
 
     // apps-and-user: the layers assigned now, applied first (apply takes the device lock).
     let mut apply_report = None;
     if opts.mode == RestoreMode::AppsAndUser {
-        let plan = client.plan().await.context("asking the seed for this device's layers")?;
+        let plan = sealed_plan(client, identity)
+            .await
+            .context("asking the seed for this device's layers")?;
         let Some(base) = plan.base else {
             bail!(
                 "no layers are assigned to {} yet (it is pending at the seed): an administrator \
@@ -541,6 +554,16 @@ pub struct ProvisionOptions {
     pub progress: bool,
 }
 
+/// This device's plan from the seed, once the seed's seal on it checks.
+pub async fn sealed_plan(client: &Client, identity: &NodeIdentity) -> anyhow::Result<DevicePlan> {
+    let (plan, seal) = client.plan().await?;
+    let device = identity.info().name.clone();
+    let want = Sealed::DevicePlan { device, digest: plan_digest(&plan) };
+    Seal::check(&seal, identity.trust().manifest_key(), &want)
+        .context("the plan for this device refused")?;
+    Ok(plan)
+}
+
 /// Asks the seed for this device's plan (a device unknown to the seed is listed there as
 /// pending), waits for one if asked to, then applies it onto the root.
 pub async fn provision(opts: &ProvisionOptions) -> anyhow::Result<ApplyReport> {
@@ -549,7 +572,7 @@ pub async fn provision(opts: &ProvisionOptions) -> anyhow::Result<ApplyReport> {
     let plan = loop {
         let asked = async {
             let client = Client::connect(&endpoint, opts.seed, accept::SEED).await?;
-            let plan = client.plan().await;
+            let plan = sealed_plan(&client, &identity).await;
             client.close();
             plan
         }

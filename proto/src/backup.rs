@@ -549,13 +549,16 @@ mod frame_tests {
         roundtrip(Frame::Snapshots { snapshots: vec![info.clone(), info.clone()] });
         roundtrip(Frame::GetSnapshot { device: "laptop-1".into(), id: None });
         roundtrip(Frame::GetSnapshot { device: "laptop-1".into(), id: Some("3".into()) });
-        roundtrip(Frame::Snapshot { info, record });
+        roundtrip(Frame::Snapshot { info, record, seal: Bytes::from_static(b"OSL1seal") });
         roundtrip(Frame::GetPlan);
-        roundtrip(Frame::Plan(DevicePlan::default()));
-        roundtrip(Frame::Plan(DevicePlan {
-            base: Some(("base".into(), "2".into())),
-            apps: vec![("office".into(), "1".into())],
-        }));
+        roundtrip(Frame::Plan { plan: DevicePlan::default(), seal: Bytes::new() });
+        roundtrip(Frame::Plan {
+            plan: DevicePlan {
+                base: Some(("base".into(), "2".into())),
+                apps: vec![("office".into(), "1".into())],
+            },
+            seal: Bytes::from_static(b"OSL1seal"),
+        });
     }
 
     #[test]

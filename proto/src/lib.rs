@@ -10,6 +10,7 @@
 //!
 //! - Content: [`chunk`] (ids and cutting), [`compress`], [`manifest`].
 //! - Codecs: [`wire`] (frames and requests), [`backup`] (snapshot and restore messages),
+//!   [`seal`] (the seed's signature on a record or plan it hands a device),
 //!   [`gossip`] (mesh messages and the peer view), [`wake::msg`] and [`gossip::inventory`].
 //! - Decisions: [`policy`] (schedule, the WAN token bucket, the unpaid window), [`cache`]
 //!   (ledger and miss table), [`select`] (which source serves), [`site_wan`] (who fetches for a
@@ -27,6 +28,7 @@ pub mod gossip;
 pub mod manifest;
 pub mod names;
 pub mod policy;
+pub mod seal;
 pub mod select;
 pub mod site_wan;
 pub mod units;

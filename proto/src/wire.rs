@@ -216,10 +216,16 @@ pub enum Frame {
     Snapshot {
         info: crate::backup::SnapshotInfo,
         record: crate::backup::RecordRef,
+        /// The seed's seal on the record (`seal::Seal`, at most `MAX_SEAL_BYTES`).
+        seal: Bytes,
     },
     /// The layers assigned to the requesting device. Answer: `Plan`.
     GetPlan,
-    Plan(crate::backup::DevicePlan),
+    Plan {
+        plan: crate::backup::DevicePlan,
+        /// The seed's seal on the plan (`seal::Seal`, at most `MAX_SEAL_BYTES`).
+        seal: Bytes,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -277,7 +283,7 @@ impl Frame {
             Frame::GetSnapshot { .. } => GET_SNAPSHOT,
             Frame::Snapshot { .. } => SNAPSHOT,
             Frame::GetPlan => GET_PLAN,
-            Frame::Plan(_) => PLAN,
+            Frame::Plan { .. } => PLAN,
         }
     }
 
@@ -355,9 +361,15 @@ impl Frame {
                 put_str(out, device);
                 put_str(out, id.as_deref().unwrap_or(""));
             }
-            Frame::Snapshot { info, record } => crate::backup::encode_snapshot(info, record, out),
+            Frame::Snapshot { info, record, seal } => {
+                crate::backup::encode_snapshot(info, record, out);
+                put_seal(out, seal);
+            }
             Frame::GetPlan => {}
-            Frame::Plan(p) => crate::backup::encode_plan(p, out),
+            Frame::Plan { plan, seal } => {
+                crate::backup::encode_plan(plan, out);
+                put_seal(out, seal);
+            }
         }
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -533,10 +545,13 @@ impl Frame {
             }
             SNAPSHOT => {
                 let (info, record) = crate::backup::decode_snapshot(&mut body)?;
-                Frame::Snapshot { info, record }
+                Frame::Snapshot { info, record, seal: get_seal(&mut body, "Snapshot")? }
             }
             GET_PLAN => Frame::GetPlan,
-            PLAN => Frame::Plan(crate::backup::decode_plan(&mut body)?),
+            PLAN => {
+                let plan = crate::backup::decode_plan(&mut body)?;
+                Frame::Plan { plan, seal: get_seal(&mut body, "Plan")? }
+            }
             other => return Err(WireError::UnknownType(other)),
         };
         if !body.is_empty() {
@@ -594,6 +609,21 @@ pub(crate) fn put_str(out: &mut BytesMut, s: &str) {
     debug_assert!(s.len() <= MAX_NAME_BYTES);
     out.put_u8(s.len() as u8);
     out.put_slice(s.as_bytes());
+}
+
+fn put_seal(out: &mut BytesMut, seal: &[u8]) {
+    out.put_u16(seal.len() as u16);
+    out.put_slice(seal);
+}
+
+fn get_seal(body: &mut Bytes, what: &'static str) -> Result<Bytes, WireError> {
+    need(body, 2, what)?;
+    let n = body.get_u16() as usize;
+    if n > crate::seal::MAX_SEAL_BYTES {
+        return Err(malformed(what, format!("seal of {n} bytes over limit")));
+    }
+    need(body, n, what)?;
+    Ok(body.split_to(n))
 }
 
 /// Longest error message or note sent; longer ones are cut (at a character boundary).

@@ -5,10 +5,10 @@ pub mod catalog;
 pub mod commands;
 pub mod devices;
 pub mod ingest;
-pub mod latest;
 pub mod mesh;
 pub mod node;
 pub mod provision;
+pub mod signer;
 pub mod snapshots;
 pub mod source;
 

@@ -437,7 +437,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             limits.validate().map_err(|e| anyhow::anyhow!("oasis-seed serve: {e}"))?;
             oasis_seed::snapshots::configure_record_budget(max_record_assembly_bytes)
                 .map_err(|e| anyhow::anyhow!("oasis-seed serve: {e}"))?;
-            oasis_seed::latest::check_ttl(latest_ttl)
+            oasis_seed::signer::check_ttl(latest_ttl)
                 .map_err(|e| anyhow::anyhow!("oasis-seed serve: {e}"))?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {

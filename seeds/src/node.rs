@@ -3,7 +3,7 @@
 //! Layout of DATA: trust.pem, ca.pem, ca.key, manifest.key, node.pem, node.key (written by
 //! `oasis-seed init`), and `store/` (the chunk store with layers and manifests).
 
-use crate::latest::{LatestSigner, DEFAULT_LATEST_TTL};
+use crate::signer::{SeedSigner, DEFAULT_LATEST_TTL};
 use crate::source::SeedSource;
 use anyhow::Context;
 use oasis_core::metrics::NodeMetrics;
@@ -72,7 +72,7 @@ impl RunningSeed {
         let auth = Arc::new(SeedAuthority::load(data)?);
         let identity = NodeIdentity::load(data)?;
         let store = Arc::new(open_store(data)?);
-        let signer = LatestSigner::new(auth.signing_key().clone(), latest_ttl)
+        let signer = SeedSigner::new(auth.signing_key().clone(), latest_ttl)
             .map_err(|e| anyhow::anyhow!("oasis-seed serve: {e}"))?;
         crate::admin::spawn(data, auth, store.clone()).with_context(|| {
             format!("cannot open the admin socket {}", crate::admin::socket_path(data).display())
@@ -81,11 +81,12 @@ impl RunningSeed {
             .await
     }
 
-    /// A seed over `store`; without `latest`, `GetLatest` is refused.
+    /// A seed over `store`; without `signer`, `GetLatest`, `GetSnapshot` and `GetPlan` are
+    /// refused.
     pub async fn start_with(
         identity: NodeIdentity,
         store: Arc<ChunkStore>,
-        latest: Option<Arc<LatestSigner>>,
+        signer: Option<Arc<SeedSigner>>,
         listen: SocketAddr,
         metrics_listen: Option<SocketAddr>,
         limits: ServeLimits,
@@ -105,7 +106,7 @@ impl RunningSeed {
             ),
             None => None,
         };
-        let source = Arc::new(SeedSource { store: store.clone(), latest });
+        let source = Arc::new(SeedSource { store: store.clone(), signer });
         let router = net::Router::new(source.clone())
             .inventory(source.clone())
             .backup(source)

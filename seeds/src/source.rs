@@ -3,12 +3,13 @@
 //! `GetChunks` like any layer chunk.
 
 use crate::catalog::Catalog;
-use crate::latest::LatestSigner;
+use crate::signer::SeedSigner;
 use bytes::Bytes;
 use oasis_core::chunk::ChunkId;
 use oasis_core::compress::StoredChunk;
 use oasis_core::net::{BackupSource, ContentSource, InventorySource, LatestAnswer, SourceError};
 use oasis_core::pki::PeerInfo;
+use oasis_core::seal::{plan_digest, Sealed};
 use oasis_core::store::ChunkStore;
 use oasis_core::wake::{DeviceEntry, DeviceInfo};
 use oasis_core::wire::{Assignment, LayerRef};
@@ -16,13 +17,21 @@ use std::sync::Arc;
 
 pub struct SeedSource {
     pub store: Arc<ChunkStore>,
-    /// Signs `GetLatest` answers; None: they are refused (a seed serving without the manifest
-    /// key).
-    pub latest: Option<Arc<LatestSigner>>,
+    /// Signs `GetLatest` answers and seals records and plans; None: those requests are
+    /// refused (a seed serving without the manifest key).
+    pub signer: Option<Arc<SeedSigner>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> SourceError {
     SourceError::Internal(e.to_string())
+}
+
+impl SeedSource {
+    fn signer(&self) -> Result<Arc<SeedSigner>, SourceError> {
+        self.signer
+            .clone()
+            .ok_or_else(|| SourceError::Refused("this seed serves without its signing key".into()))
+    }
 }
 
 impl ContentSource for SeedSource {
@@ -40,9 +49,7 @@ impl ContentSource for SeedSource {
     }
 
     async fn latest(&self, name: &str) -> Result<Option<LatestAnswer>, SourceError> {
-        let Some(signer) = self.latest.clone() else {
-            return Err(SourceError::Refused("this seed signs no latest statements".into()));
-        };
+        let signer = self.signer()?;
         let (store, name) = (self.store.clone(), name.to_string());
         let statement = tokio::task::spawn_blocking(move || signer.statement(&store, &name))
             .await
@@ -136,20 +143,33 @@ impl BackupSource for SeedSource {
         peer: &PeerInfo,
         device: &str,
         id: Option<&str>,
-    ) -> Result<(oasis_core::backup::SnapshotInfo, oasis_core::backup::RecordRef), SourceError>
+    ) -> Result<(oasis_core::backup::SnapshotInfo, oasis_core::backup::RecordRef, Bytes), SourceError>
     {
         crate::provision::own_device(peer, device)?;
+        let signer = self.signer()?;
         let f = crate::snapshots::Snapshots::open(&self.store)
             .and_then(|s| s.get(device, id))
             .map_err(crate::provision::snapshot_error)?;
-        Ok((f.info, f.record))
+        let seal = signer.seal(Sealed::SnapshotRecord {
+            device: f.info.device.clone(),
+            id: f.info.id.clone(),
+            digest: f.record.digest,
+        });
+        Ok((f.info, f.record, seal.into()))
     }
 
-    async fn plan(&self, peer: &PeerInfo) -> Result<oasis_core::backup::DevicePlan, SourceError> {
+    async fn plan(
+        &self,
+        peer: &PeerInfo,
+    ) -> Result<(oasis_core::backup::DevicePlan, Bytes), SourceError> {
+        let signer = self.signer()?;
         let store = self.store.clone();
+        let device = peer.name.clone();
         let peer = peer.clone();
-        tokio::task::spawn_blocking(move || crate::provision::plan_for(&store, &peer))
+        let plan = tokio::task::spawn_blocking(move || crate::provision::plan_for(&store, &peer))
             .await
-            .map_err(internal)?
+            .map_err(internal)??;
+        let seal = signer.seal(Sealed::DevicePlan { device, digest: plan_digest(&plan) });
+        Ok((plan, seal.into()))
     }
 }

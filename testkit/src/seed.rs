@@ -37,11 +37,11 @@ impl TestSeed {
 
     /// A signer of latest statements with this seed's key and the default lifetime (for
     /// servers a test builds over the seed's store).
-    pub fn latest_signer(&self) -> std::sync::Arc<oasis_seed::latest::LatestSigner> {
+    pub fn signer(&self) -> std::sync::Arc<oasis_seed::signer::SeedSigner> {
         std::sync::Arc::new(
-            oasis_seed::latest::LatestSigner::new(
+            oasis_seed::signer::SeedSigner::new(
                 self.auth.signing_key().clone(),
-                oasis_seed::latest::DEFAULT_LATEST_TTL,
+                oasis_seed::signer::DEFAULT_LATEST_TTL,
             )
             .expect("the default lifetime is valid"),
         )

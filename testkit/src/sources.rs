@@ -16,7 +16,7 @@ impl CorruptingSource {
         CorruptingSource {
             inner: oasis_seed::source::SeedSource {
                 store: seed.seed.store.clone(),
-                latest: Some(seed.latest_signer()),
+                signer: Some(seed.signer()),
             },
             asked: Default::default(),
             first_time_only,

@@ -201,7 +201,7 @@ async fn second_upload_sends_only_changed_chunks() {
         list.iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
         [r1.filed.id, r2.filed.id.clone()]
     );
-    let (latest, _) = ep.snapshot("laptop-1", None).await.unwrap();
+    let (latest, _, _) = ep.snapshot("laptop-1", None).await.unwrap();
     assert_eq!(latest.id, r2.filed.id);
 }
 
@@ -480,7 +480,7 @@ async fn upload_survives_a_seed_restart() {
     }
     // The seed goes away mid-upload and comes back on the same address with the same store.
     let data = f.seed.data();
-    let signer = f.seed.latest_signer();
+    let signer = f.seed.signer();
     let old = f.seed.seed;
     old.shutdown();
     let (store, addr) = (old.store.clone(), old.addr);
@@ -524,8 +524,13 @@ async fn upload_survives_a_seed_restart() {
 }
 
 /// A server on 127.0.0.1 answering with the real seed's store, content, inventory and backups
-/// alike, under the identity in `state`: what someone holding that node's key could run.
-fn impostor(seed: &TestSeed, state: &Path) -> std::net::SocketAddr {
+/// alike, under the identity in `state`, signing with `signer`: what someone holding that
+/// node's key could run.
+fn impostor(
+    seed: &TestSeed,
+    state: &Path,
+    signer: std::sync::Arc<oasis_seed::signer::SeedSigner>,
+) -> std::net::SocketAddr {
     let id = oasis_core::pki::NodeIdentity::load(state).unwrap();
     let ep =
         net::server_endpoint("127.0.0.1:0".parse().unwrap(), &id, &TransportOptions::default())
@@ -533,7 +538,7 @@ fn impostor(seed: &TestSeed, state: &Path) -> std::net::SocketAddr {
     let addr = ep.local_addr().unwrap();
     let source = std::sync::Arc::new(oasis_seed::source::SeedSource {
         store: seed.seed.store.clone(),
-        latest: Some(seed.latest_signer()),
+        signer: Some(signer),
     });
     let router = net::Router::new(source.clone()).inventory(source.clone()).backup(source);
     tokio::spawn(net::serve(
@@ -544,12 +549,72 @@ fn impostor(seed: &TestSeed, state: &Path) -> std::net::SocketAddr {
     addr
 }
 
+/// A server with the seed's TLS key but not its manifest key (a serving host the signing key
+/// was split off, or a stolen TLS key) cannot hand a device a record or a plan of its making.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_and_plans_without_the_seeds_seal_are_refused_before_anything_is_written() {
+    let f = fixture().await;
+    take_snapshot(&f.state).await;
+    upload::upload(&UploadOptions::new(&f.state, f.seed.seed.addr)).await.unwrap();
+    let auth = SeedAuthority::load(&f.seed.data()).unwrap();
+    oasis_seed::provision::provision(&f.seed.seed.store, &auth, "laptop-1", "base@2", &[]).unwrap();
+    let forger = oasis_seed::signer::SeedSigner::new(
+        ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
+        oasis_seed::signer::DEFAULT_LATEST_TTL,
+    )
+    .unwrap();
+    let fake = impostor(&f.seed, &f.seed.data(), std::sync::Arc::new(forger));
+    let state = enroll(&f.seed, "laptop-1", "forged-state");
+
+    let new_root = f.seed.base().join("restored-from-forger");
+    let e = restore::restore(&RestoreOptions::new(
+        &state,
+        fake,
+        "laptop-1",
+        &new_root,
+        RestoreMode::Full,
+    ))
+    .await
+    .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(e.contains("refused") && e.contains("signature does not verify"), "{e}");
+    assert!(!new_root.exists(), "nothing is written before the record's seal checks");
+
+    let provision_root = f.seed.base().join("provisioned-by-forger");
+    let e = restore::provision(&ProvisionOptions {
+        state_dir: state.clone(),
+        seed: fake,
+        sources: vec![f.seed.seed.addr],
+        root: provision_root.clone(),
+        wait: None,
+        streams: 2,
+        progress: false,
+    })
+    .await
+    .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(e.contains("the plan for this device refused"), "{e}");
+    assert!(!provision_root.exists());
+
+    // The real seed's seals check, for the same device and the same request.
+    let r = restore::restore(&RestoreOptions::new(
+        &state,
+        f.seed.seed.addr,
+        "laptop-1",
+        &new_root,
+        RestoreMode::Full,
+    ))
+    .await
+    .unwrap();
+    assert!(r.files > 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_key_posing_as_the_seed_is_refused_before_any_request() {
     let f = fixture().await;
     take_snapshot(&f.state).await;
     let stolen = enroll(&f.seed, "stolen-laptop", "stolen-state");
-    let fake = impostor(&f.seed, &stolen);
+    let fake = impostor(&f.seed, &stolen, f.seed.signer());
     let refused = |e: anyhow::Error, accepted: &str| {
         let e = format!("{e:#}");
         assert!(

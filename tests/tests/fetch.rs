@@ -171,7 +171,7 @@ async fn a_replayed_older_latest_is_refused_once_a_newer_one_was_seen() -> anyho
     let v1 = seed.base().join("v1");
     random_tree(&v1, 5, TreeSpec { small_files: 10, large_files: 0, large_size: 0, depth: 2 })?;
     seed.publish("base", "1", &v1)?;
-    let signer = seed.latest_signer();
+    let signer = seed.signer();
     let old = signer.statement(&seed.seed.store, "base")?.expect("base is published");
     let v2 = seed.base().join("v2");
     copy_tree(&v1, &v2)?;
@@ -182,7 +182,7 @@ async fn a_replayed_older_latest_is_refused_once_a_newer_one_was_seen() -> anyho
     let id = NodeIdentity::load(&rogue)?;
     let ep = net::server_endpoint("127.0.0.1:0".parse()?, &id, &TransportOptions::default())?;
     let replay_addr = ep.local_addr()?;
-    let inner = oasis_seed::source::SeedSource { store: seed.seed.store.clone(), latest: None };
+    let inner = oasis_seed::source::SeedSource { store: seed.seed.store.clone(), signer: None };
     let router = net::Router::new(Arc::new(Replay { inner, statement: old.into() }));
     tokio::spawn(net::serve(ep, router, Arc::new(NodeMetrics::new())));
 

@@ -10,7 +10,7 @@ use oasis_core::policy::BandwidthPolicy;
 use oasis_core::ChunkId;
 use oasis_endpoint::{fetch, FetchOptions, FetchReport};
 use oasis_reflector::{ConfigArgs, ReflectorConfig, RunningReflector, WanLimit};
-use oasis_seed::latest::{LatestSigner, DEFAULT_LATEST_TTL};
+use oasis_seed::signer::{SeedSigner, DEFAULT_LATEST_TTL};
 use oasis_seed::RunningSeed;
 use oasis_testkit::{
     http_get, random_tree, snapshot, wait_until, CorruptingSource, TestSeed, TreeSpec,
@@ -525,7 +525,7 @@ async fn seed_dying_mid_transfer_leaves_the_cache_serving() -> anyhow::Result<()
         match RunningSeed::start_with(
             identity.clone(),
             store.clone(),
-            Some(Arc::new(LatestSigner::load(&data, DEFAULT_LATEST_TTL)?)),
+            Some(Arc::new(SeedSigner::load(&data, DEFAULT_LATEST_TTL)?)),
             addr,
             None,
             Default::default(),

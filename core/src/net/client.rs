@@ -454,24 +454,26 @@ impl Client {
         }
     }
 
-    /// One of `device`'s snapshots (`id` None = latest) and where its record is.
+    /// One of `device`'s snapshots (`id` None = latest), where its record is, and the seed's
+    /// seal on the record (the caller checks it: `seal::Seal::check`).
     pub async fn snapshot(
         &self,
         device: &str,
         id: Option<&str>,
-    ) -> Result<(crate::backup::SnapshotInfo, crate::backup::RecordRef), NetError> {
+    ) -> Result<(crate::backup::SnapshotInfo, crate::backup::RecordRef, Bytes), NetError> {
         self.check_names(&[device, id.unwrap_or("x")])?;
         let req = Frame::GetSnapshot { device: device.to_string(), id: id.map(str::to_string) };
         match self.request(&req).await? {
-            Frame::Snapshot { info, record } => Ok((info, record)),
+            Frame::Snapshot { info, record, seal } => Ok((info, record, seal)),
             other => Err(self.unexpected(&other, "Snapshot")),
         }
     }
 
-    /// The layers assigned to this device (`base` None while it is pending).
-    pub async fn plan(&self) -> Result<crate::backup::DevicePlan, NetError> {
+    /// The layers assigned to this device (`base` None while it is pending) and the seed's
+    /// seal on them (the caller checks it: `seal::Seal::check`).
+    pub async fn plan(&self) -> Result<(crate::backup::DevicePlan, Bytes), NetError> {
         match self.request(&Frame::GetPlan).await? {
-            Frame::Plan(plan) => Ok(plan),
+            Frame::Plan { plan, seal } => Ok((plan, seal)),
             other => Err(self.unexpected(&other, "Plan")),
         }
     }

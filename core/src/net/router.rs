@@ -156,23 +156,28 @@ pub trait BackupSource: Send + Sync + 'static {
         async { Err(SourceError::Refused("this node keeps no device snapshots".into())) }
     }
 
-    /// One snapshot of a device (`id` None = latest) and its record reference. Default: refused.
+    /// One snapshot of a device (`id` None = latest), its record reference and the seal on
+    /// it (`seal::Seal`, encoded). Default: refused.
     fn snapshot(
         &self,
         _peer: &PeerInfo,
         _device: &str,
         _id: Option<&str>,
     ) -> impl Future<
-        Output = Result<(crate::backup::SnapshotInfo, crate::backup::RecordRef), SourceError>,
+        Output = Result<
+            (crate::backup::SnapshotInfo, crate::backup::RecordRef, Bytes),
+            SourceError,
+        >,
     > + Send {
         async { Err(SourceError::Refused("this node keeps no device snapshots".into())) }
     }
 
-    /// The layers assigned to the requesting device. Default: refused.
+    /// The layers assigned to the requesting device and the seal on them (`seal::Seal`,
+    /// encoded). Default: refused.
     fn plan(
         &self,
         _peer: &PeerInfo,
-    ) -> impl Future<Output = Result<crate::backup::DevicePlan, SourceError>> + Send {
+    ) -> impl Future<Output = Result<(crate::backup::DevicePlan, Bytes), SourceError>> + Send {
         async { Err(SourceError::Refused("this node does not provision devices".into())) }
     }
 }

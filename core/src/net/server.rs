@@ -361,12 +361,12 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
             },
             Frame::GetSnapshot { device, id } => {
                 match backup.snapshot(&self.peer, &device, id.as_deref()).await {
-                    Ok((info, record)) => Ok(Frame::Snapshot { info, record }),
+                    Ok((info, record, seal)) => Ok(Frame::Snapshot { info, record, seal }),
                     Err(e) => Err(e.into_frame()),
                 }
             }
             Frame::GetPlan => match backup.plan(&self.peer).await {
-                Ok(plan) => Ok(Frame::Plan(plan)),
+                Ok((plan, seal)) => Ok(Frame::Plan { plan, seal }),
                 Err(e) => Err(e.into_frame()),
             },
             // read_request only lets requests through.

@@ -6,9 +6,10 @@
 use bytes::Bytes;
 use oasis_core::chunk::{self, ChunkParams};
 use oasis_core::compress::{Encoding, StoredChunk};
+use oasis_core::manifest::{digest_of_signed, Latest};
 use oasis_core::manifest::{ChunkRef, Entry, LayerKind, LayerManifest, Node, MANIFEST_FORMAT};
 use oasis_core::metrics::NodeMetrics;
-use oasis_core::net::{self, ContentSource, SourceError, TransportOptions};
+use oasis_core::net::{self, ContentSource, LatestAnswer, SourceError, TransportOptions};
 use oasis_core::pki::{NodeIdentity, Role, SeedAuthority};
 use oasis_core::wire::LayerRef;
 use oasis_core::ChunkId;
@@ -253,6 +254,8 @@ pub struct MemSource {
     pub faults: Faults,
     pub served: AtomicUsize,
     pub endpoint: OnceLock<quinn::Endpoint>,
+    /// Signs latest statements as the seed does.
+    key: ed25519_dalek::SigningKey,
 }
 
 impl MemSource {
@@ -264,6 +267,7 @@ impl MemSource {
             faults: Faults::default(),
             served: AtomicUsize::new(0),
             endpoint: OnceLock::new(),
+            key: pki.authority.signing_key().clone(),
         };
         for l in layers {
             s.add(pki, l);
@@ -300,6 +304,22 @@ impl ContentSource for MemSource {
             },
         };
         Ok(self.manifests.get(&(name.to_string(), version)).cloned())
+    }
+
+    async fn latest(&self, name: &str) -> Result<Option<LatestAnswer>, SourceError> {
+        let Some(version) = self.latest.get(name) else { return Ok(None) };
+        let root = &self.manifests[&(name.to_string(), version.clone())];
+        let issued =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let statement = Latest {
+            name: name.to_string(),
+            version: version.clone(),
+            digest: digest_of_signed(root),
+            issued,
+            expires: issued + 3600,
+        }
+        .sign(&self.key);
+        Ok(Some(LatestAnswer { statement: statement.into(), note: String::new() }))
     }
 
     async fn chunk(&self, id: ChunkId) -> Result<Option<StoredChunk>, SourceError> {

@@ -1,12 +1,19 @@
-//! The seed's "latest" statements (`manifest::Latest`): which version of a layer is the newest
-//! published, signed afresh for every request with the manifest key and valid for the
-//! configured lifetime. A reflector keeps the last one it received and hands it out while the
-//! seed is out of reach; once that copy is past its lifetime, endpoints report it as stale.
+//! What the seed signs while it serves, with the manifest key:
+//! - "latest" statements (`manifest::Latest`): which version of a layer is the newest
+//!   published, signed afresh for every request and valid for the configured lifetime. A
+//!   reflector keeps the last one it received and hands it out while the seed is out of reach;
+//!   once that copy is past its lifetime, endpoints report it as stale;
+//! - seals (`seal::Seal`) on the snapshot records and plans it hands devices.
 
 use ed25519_dalek::SigningKey;
 use oasis_core::manifest::{digest_of_signed, Latest};
+use oasis_core::seal::{Seal, Sealed};
 use oasis_core::store::{ChunkStore, StoreError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
 
 /// How long a statement stays fresh by default (`oasis-seed serve --latest-ttl`): a reflector cut
 /// off from the seed for longer than this serves stale answers, and its endpoints say so.
@@ -15,8 +22,8 @@ pub const DEFAULT_LATEST_TTL: Duration = Duration::from_secs(3600);
 pub const MIN_LATEST_TTL: Duration = Duration::from_secs(1);
 pub const MAX_LATEST_TTL: Duration = Duration::from_secs(30 * 86_400);
 
-/// Signs latest statements.
-pub struct LatestSigner {
+/// Signs latest statements and seals.
+pub struct SeedSigner {
     key: SigningKey,
     ttl: Duration,
 }
@@ -35,20 +42,25 @@ pub fn check_ttl(ttl: Duration) -> Result<(), String> {
     }
 }
 
-impl LatestSigner {
-    pub fn new(key: SigningKey, ttl: Duration) -> Result<LatestSigner, String> {
+impl SeedSigner {
+    pub fn new(key: SigningKey, ttl: Duration) -> Result<SeedSigner, String> {
         check_ttl(ttl)?;
-        Ok(LatestSigner { key, ttl })
+        Ok(SeedSigner { key, ttl })
     }
 
     /// The signer of the seed whose data directory is `data` (its manifest key).
-    pub fn load(data: &std::path::Path, ttl: Duration) -> anyhow::Result<LatestSigner> {
+    pub fn load(data: &std::path::Path, ttl: Duration) -> anyhow::Result<SeedSigner> {
         let auth = oasis_core::pki::SeedAuthority::load(data)?;
-        LatestSigner::new(auth.signing_key().clone(), ttl).map_err(anyhow::Error::msg)
+        SeedSigner::new(auth.signing_key().clone(), ttl).map_err(anyhow::Error::msg)
     }
 
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// A seal on `sealed`, issued now.
+    pub fn seal(&self, sealed: Sealed) -> Vec<u8> {
+        Seal { sealed, issued: now_s() }.sign(&self.key)
     }
 
     /// The encoded statement for `name` now, or None when no version of it is published.
@@ -56,7 +68,7 @@ impl LatestSigner {
     pub fn statement(&self, store: &ChunkStore, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let Some(version) = store.latest_version(name)? else { return Ok(None) };
         let Some(root) = store.manifest_bytes(name, Some(&version))? else { return Ok(None) };
-        let issued = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let issued = now_s();
         let latest = Latest {
             name: name.to_string(),
             version,
