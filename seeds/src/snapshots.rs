@@ -7,7 +7,7 @@
 //! verified, so a filed snapshot is always restorable.
 
 use oasis_core::backup::{PutSnapshot, RecordRef, SnapshotInfo, SnapshotRecord, MAX_RECORD_BYTES};
-use oasis_core::chunk::ChunkId;
+use oasis_core::chunk::{ChunkId, ChunkParams};
 use oasis_core::store::{ChunkStore, StoreError};
 use oasis_core::wire::MAX_IDS_PER_REQUEST;
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,14 @@ pub struct RecordBudget {
 struct Held {
     bytes: u64,
     devices: std::collections::HashSet<String>,
+    /// Devices whose last record turned out invalid, and until when their next one waits.
+    penalized: std::collections::HashMap<String, std::time::Instant>,
 }
+
+/// How long a device whose record did not check waits before the seed assembles another of
+/// its records: reading and hashing a record up to the budget costs the seed a second of CPU
+/// per GiB, and a device that sends bad ones back to back would keep a core busy.
+pub const INVALID_RECORD_BACKOFF: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The seed process's budget: [`configure_record_budget`] sets it before serving.
 static ASSEMBLY: std::sync::OnceLock<RecordBudget> = std::sync::OnceLock::new();
@@ -63,6 +70,8 @@ enum Refusal {
     Full,
     /// The device assembles another record now.
     DeviceBusy,
+    /// The device's last record was invalid: it waits this much longer.
+    Penalized(std::time::Duration),
 }
 
 impl RecordBudget {
@@ -75,12 +84,24 @@ impl RecordBudget {
         if held.devices.contains(device) {
             return Err(Refusal::DeviceBusy);
         }
+        let now = std::time::Instant::now();
+        held.penalized.retain(|_, until| *until > now);
+        if let Some(until) = held.penalized.get(device) {
+            return Err(Refusal::Penalized(*until - now));
+        }
         if held.bytes + bytes > self.limit {
             return Err(Refusal::Full);
         }
         held.bytes += bytes;
         held.devices.insert(device.to_string());
         Ok(Assembly { budget: self, bytes, device: device.to_string() })
+    }
+
+    /// `device` sent a record that did not check: its next one waits [`INVALID_RECORD_BACKOFF`].
+    fn penalize(&self, device: &str) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let until = std::time::Instant::now() + INVALID_RECORD_BACKOFF;
+        held.penalized.insert(device.to_string(), until);
     }
 
     #[cfg(test)]
@@ -189,6 +210,14 @@ impl<'a> Snapshots<'a> {
                 r.len
             )));
         }
+        // Records are cut like files (`RecordRef::cut`): no chunk of one is longer than that.
+        let max = ChunkParams::default().max;
+        if let Some(c) = r.chunks.iter().find(|c| c.len == 0 || c.len > max) {
+            return Err(SnapshotError::Invalid(format!(
+                "record chunk {} of {} bytes: record chunks are 1 to {max} bytes",
+                c.id, c.len
+            )));
+        }
         let sum: u64 = r.chunks.iter().map(|c| c.len as u64).sum();
         if sum != r.len {
             return Err(SnapshotError::Invalid(format!(
@@ -222,29 +251,57 @@ impl<'a> Snapshots<'a> {
                     "the seed is assembling another snapshot record of {device}; one at a time \
                      (try again)"
                 ),
+                Refusal::Penalized(left) => format!(
+                    "the last snapshot record of {device} did not check; the seed takes the next \
+                     one in {} s",
+                    left.as_secs() + 1
+                ),
             })
         })?;
+        let checked = self.assemble(r);
+        if matches!(checked, Err(SnapshotError::Invalid(_))) {
+            self.budget.penalize(device);
+        }
+        checked
+    }
+
+    /// Reads a record whose chunks are all stored: first only hashing them, so that a record
+    /// whose digest does not match costs no memory, then into one buffer to decode.
+    fn assemble(&self, r: &RecordRef) -> Result<SnapshotRecord, SnapshotError> {
+        let mut hasher = blake3::Hasher::new();
+        for c in &r.chunks {
+            hasher.update(&self.record_chunk(c)?);
+        }
+        if *hasher.finalize().as_bytes() != r.digest {
+            return Err(SnapshotError::Invalid(
+                "record bytes do not match the record digest".into(),
+            ));
+        }
         let mut bytes = Vec::with_capacity(r.len as usize);
         for c in &r.chunks {
-            match self.store.get_plain(&c.id)? {
-                Some(b) if b.len() == c.len as usize => bytes.extend_from_slice(&b),
-                Some(_) => {
-                    return Err(SnapshotError::Invalid(format!(
-                        "record chunk {} is not {} bytes long",
-                        c.id, c.len
-                    )))
-                }
-                // Dropped as corrupt since the check above.
-                None => {
-                    return Err(SnapshotError::Incomplete(format!(
-                        "record chunk {} is no longer stored: upload it again",
-                        c.id
-                    )))
-                }
-            }
+            bytes.extend_from_slice(&self.record_chunk(c)?);
         }
         r.check(&bytes).map_err(SnapshotError::Invalid)?;
         SnapshotRecord::decode(&bytes).map_err(|e| SnapshotError::Invalid(e.to_string()))
+    }
+
+    /// One chunk of a record, of the length the record says.
+    fn record_chunk(
+        &self,
+        c: &oasis_core::manifest::ChunkRef,
+    ) -> Result<bytes::Bytes, SnapshotError> {
+        match self.store.get_plain(&c.id)? {
+            Some(b) if b.len() == c.len as usize => Ok(b),
+            Some(_) => Err(SnapshotError::Invalid(format!(
+                "record chunk {} is not {} bytes long",
+                c.id, c.len
+            ))),
+            // Dropped as corrupt since the check above.
+            None => Err(SnapshotError::Incomplete(format!(
+                "record chunk {} is no longer stored: upload it again",
+                c.id
+            ))),
+        }
     }
 
     /// Files `req` as a snapshot of `device` (the caller checked the requester may). Filing the
@@ -491,5 +548,36 @@ mod tests {
         drop(held);
         assert_eq!(snaps.put("laptop", &req).unwrap().id, "1");
         assert_eq!(budget.used(), 0, "every share given back");
+    }
+
+    #[test]
+    fn a_device_sending_a_record_that_does_not_check_waits_before_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let r = record("laptop", "1", b"user data");
+        store.put(&StoredChunk::encode(b"user data")).unwrap();
+        let req = upload_record(&store, &r);
+        let budget: &'static RecordBudget = Box::leak(Box::new(RecordBudget::new(1 << 20)));
+        let snaps = Snapshots::with_budget(&store, budget).unwrap();
+
+        // A chunk longer than records are cut into is refused before anything is read.
+        let mut long = req.record.clone();
+        long.chunks[0].len = (256 << 10) + 1;
+        long.len = u64::from(long.chunks.iter().map(|c| c.len).sum::<u32>());
+        let e = snaps.read_record("laptop", &long).unwrap_err();
+        assert!(e.to_string().contains("record chunks are 1 to 262144 bytes"), "{e}");
+
+        // A digest that does not match: refused, and the device's next record waits.
+        let mut wrong = req.clone();
+        wrong.record.digest = [7; 32];
+        let e = snaps.put("laptop", &wrong).unwrap_err();
+        assert!(e.to_string().contains("do not match the record digest"), "{e}");
+        let e = snaps.put("laptop", &req).unwrap_err();
+        assert!(matches!(e, SnapshotError::Busy(_)), "{e}");
+        assert!(e.to_string().contains("the last snapshot record of laptop did not check"), "{e}");
+        assert_eq!(budget.used(), 0);
+        // Other devices are not held up.
+        let d = record("desk", "1", b"user data");
+        assert_eq!(snaps.put("desk", &upload_record(&store, &d)).unwrap().id, "1");
     }
 }

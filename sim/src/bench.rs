@@ -20,8 +20,8 @@ pub struct BenchArgs {
     /// Runs per measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Which benchmarks: ingest, fetch, reflector, apply, snapshot, tree, tree-rss, wan, yield
-    /// (comma-separated).
+    /// Which benchmarks: ingest, fetch, reflector, apply, snapshot, tree, tree-rss, wan, yield,
+    /// hostile (comma-separated).
     #[arg(long, default_value = "ingest,fetch", value_delimiter = ',')]
     pub only: Vec<String>,
     #[arg(long)]
@@ -34,12 +34,19 @@ pub struct BenchArgs {
     pub wan: crate::bench_wan::WanBenchArgs,
     #[command(flatten)]
     pub yields: crate::bench_yield::YieldBenchArgs,
+    #[command(flatten)]
+    pub hostile: crate::bench_hostile::HostileBenchArgs,
 }
 
 /// CPU time (user + system) this process has used so far, from `/proc/self/stat`, in seconds.
 /// Beside wall-clock rates it shows whether a run had both cores: the machine is shared.
 pub fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_of("self")
+}
+
+/// [`process_cpu_seconds`] of process `pid` ("self" for this one).
+pub fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces, hence the last ')'): utime and
     // stime are the 12th and 13th of them, in clock ticks of 1/100 s on Linux.
     let rest = stat.get(stat.rfind(')')? + 2..)?;
@@ -77,8 +84,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let size = args.size_mib << 20;
     let runs = args.runs.max(1);
     // The tree benchmarks make their own trees; the others share one layer.
-    let tree_only =
-        args.only.iter().all(|s| ["tree", "tree-rss", "wan", "yield"].contains(&s.as_str()));
+    let tree_only = args
+        .only
+        .iter()
+        .all(|s| ["tree", "tree-rss", "wan", "yield", "hostile"].contains(&s.as_str()));
     let data = if tree_only { Vec::new() } else { crate::sample::mixed_bytes(size, 42) };
     let tmp = tempfile::tempdir()?;
     let src = tmp.path().join("layer");
@@ -267,6 +276,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.only.iter().any(|s| s == "yield") {
         let r = crate::bench_yield::run(&args.yields, tmp.path(), args.json).await?;
         out.insert("yield".into(), r);
+    }
+    if args.only.iter().any(|s| s == "hostile") {
+        let r = crate::bench_hostile::run(&args.hostile, tmp.path(), args.json).await?;
+        out.insert("hostile".into(), r);
     }
     if args.json {
         println!("{}", serde_json::Value::Object(out));

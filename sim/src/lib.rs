@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_device;
+pub mod bench_hostile;
 pub mod bench_reflector;
 pub mod bench_tree;
 pub mod bench_wan;

@@ -37,8 +37,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod generate;
-mod refs;
-mod rss;
+pub(crate) mod refs;
+pub(crate) mod rss;
 
 pub use generate::{generate_entries, generate_tree, GenReport};
 use refs::*;

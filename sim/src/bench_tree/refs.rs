@@ -91,7 +91,7 @@ pub(super) fn check_rsync() -> anyhow::Result<()> {
 }
 
 /// A TCP port free on 127.0.0.1 whose UDP twin is free too (QUIC listens on UDP).
-pub(super) fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     for _ in 0..100 {
         let tcp = TcpListener::bind("127.0.0.1:0")?;
         let port = tcp.local_addr()?.port();
@@ -104,7 +104,7 @@ pub(super) fn free_port() -> anyhow::Result<u16> {
 
 /// Waits until something accepts TCP connections on `addr`, or `child` exits (an error
 /// carrying the end of its log), or `limit` passes.
-pub(super) fn wait_listening(
+pub(crate) fn wait_listening(
     addr: SocketAddr,
     child: &mut Child,
     what: &str,
@@ -129,7 +129,7 @@ pub(super) fn wait_listening(
     }
 }
 
-pub(super) fn log_tail(log: &Path) -> String {
+pub(crate) fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(8)..].join(" | ");

@@ -10,18 +10,18 @@ pub(super) fn vm_hwm_kib(pid: u32) -> Option<u64> {
 }
 
 /// A child process whose peak RSS is polled every 20 ms until it exits.
-pub(super) struct Watched {
-    pub(super) child: Child,
+pub(crate) struct Watched {
+    pub(crate) child: Child,
     pub(super) name: String,
     pub(super) started: Instant,
     pub(super) peak_kib: Arc<AtomicU64>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) poller: Option<std::thread::JoinHandle<()>>,
-    pub(super) log: PathBuf,
+    pub(crate) log: PathBuf,
 }
 
 impl Watched {
-    fn spawn(name: &str, cmd: &mut Command, logs: &Path) -> anyhow::Result<Watched> {
+    pub(crate) fn spawn(name: &str, cmd: &mut Command, logs: &Path) -> anyhow::Result<Watched> {
         let log = logs.join(format!("{name}.log"));
         let child = cmd
             .stdin(Stdio::null())
@@ -53,7 +53,7 @@ impl Watched {
         })
     }
 
-    fn peak_bytes(&self) -> u64 {
+    pub(crate) fn peak_bytes(&self) -> u64 {
         if let Some(k) = vm_hwm_kib(self.child.id()) {
             self.peak_kib.fetch_max(k, Ordering::Relaxed);
         }
@@ -73,7 +73,7 @@ impl Watched {
     }
 
     /// Waits for a command that ends by itself.
-    fn wait(mut self) -> anyhow::Result<Measured> {
+    pub(crate) fn wait(mut self) -> anyhow::Result<Measured> {
         loop {
             // VmHWM only grows; the last reading before exit is the peak but for the
             // last 20 ms.
@@ -93,7 +93,7 @@ impl Watched {
     }
 
     /// Reads the peak of a server, then stops it with SIGTERM (SIGKILL after 20 s).
-    fn stop(mut self) -> anyhow::Result<Measured> {
+    pub(crate) fn stop(mut self) -> anyhow::Result<Measured> {
         let peak = self.peak_bytes();
         let mut m = self.finish();
         m.peak_rss_bytes = peak;
@@ -123,9 +123,9 @@ impl Drop for Watched {
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
-pub(super) struct Measured {
+pub(crate) struct Measured {
     pub(super) name: String,
-    pub(super) peak_rss_bytes: u64,
+    pub(crate) peak_rss_bytes: u64,
     pub(super) wall_s: f64,
 }
 
