@@ -25,7 +25,7 @@
 //!    hash; a chunk whose file was changed or removed since is simply fetched again.
 
 use crate::download::{CacheForm, CacheWriter, Downloader, NetCounters};
-use crate::latest::LatestReport;
+use crate::latest::{LatestReport, Resolved};
 use crate::reuse::{self, LocalData};
 use crate::sources::{self, ManifestTraffic, SourceFailure, Sources};
 use crate::tree_writer::{self, ChunkReader, OnDisk, TreeWriter, WriteStats};
@@ -239,15 +239,16 @@ pub async fn fetch_with(
         };
         let got = async {
             // "Latest" is what the seed's signed statement says, not whatever a source holds.
-            let latest = match &opts.version {
-                Some(_) => None,
-                None => Some(
-                    crate::latest::resolve(&client, &opts.name, identity.trust(), &opts.state_dir)
-                        .await?,
-                ),
-            };
-            let version = match &latest {
-                Some((l, _)) => Some(l.version.as_str()),
+            let (mut signed, mut unsigned, mut report) = (None, None, None);
+            if opts.version.is_none() {
+                let (trust, state) = (identity.trust(), &opts.state_dir);
+                match crate::latest::resolve(&client, &opts.name, trust, state).await? {
+                    Resolved::Signed(l, r) => (signed, report) = (Some(l), Some(r)),
+                    Resolved::Unsigned(problem) => unsigned = Some(problem),
+                }
+            }
+            let version = match &signed {
+                Some(l) => Some(l.version.as_str()),
                 None => opts.version.as_deref(),
             };
             let got = sources::get_manifest_with(
@@ -258,14 +259,20 @@ pub async fn fetch_with(
                 Some(&cache),
             )
             .await?;
-            if let Some((l, _)) = &latest {
+            if let Some(l) = &signed {
                 anyhow::ensure!(
                     got.manifest.digest == l.digest,
                     "the manifest of {} differs from the one the latest statement names",
                     l.label()
                 );
             }
-            anyhow::Ok((got, latest.map(|(_, r)| r)))
+            if let Some(problem) = unsigned {
+                let v = &got.manifest.root.version;
+                let trust = identity.trust();
+                report =
+                    Some(crate::latest::unsigned(&opts.state_dir, &opts.name, v, trust, problem)?);
+            }
+            anyhow::Ok((got, report))
         }
         .await;
         match got {

@@ -4,12 +4,16 @@
 //! The newest statement seen per layer is kept in `STATE_DIR/latest/NAME`, as received. A
 //! source whose statement names a lower version is refused: it replays an old answer, or it
 //! would move the endpoint back. A statement past its expiry is used (a reflector cut off from
-//! the seed still serves what it has) and reported as stale.
+//! the seed still serves what it has) and reported as stale. A source that gives no statement
+//! (a reflector that never got one and cannot reach the seed now, or one of an older version)
+//! still serves its own latest, which is refused if it is lower than the newest seen and
+//! otherwise reported as unconfirmed.
 
 use anyhow::{bail, Context};
-use oasis_core::manifest::{Freshness, Latest, Succession};
-use oasis_core::net::Client;
+use oasis_core::manifest::{compare_versions, Freshness, Latest, Succession};
+use oasis_core::net::{Client, NetError};
 use oasis_core::pki::TrustRoot;
+use oasis_core::wire::ErrorCode;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,11 +31,27 @@ pub struct LatestReport {
     pub stale_for_s: u64,
     /// What the source said about it (a reflector answering from its kept copy says why).
     pub note: String,
+    /// False when the source gave no signed statement: the version is the source's own
+    /// latest, and whether a newer one exists is unknown (`issued` and `expires` are 0).
+    pub signed: bool,
+}
+
+/// What [`resolve`] learned from a source.
+pub enum Resolved {
+    Signed(Latest, LatestReport),
+    /// The source gives no statement, for this reason.
+    Unsigned(String),
 }
 
 impl LatestReport {
     /// One line for people, when there is something to say.
     pub fn warning(&self, name: &str) -> Option<String> {
+        if !self.signed {
+            return Some(format!(
+                "the latest of {name} ({}) is unconfirmed: the source gave no signed statement ({}); a newer version may exist",
+                self.version, self.note
+            ));
+        }
         self.stale.then(|| {
             let mut s = format!(
                 "the latest of {name} ({}) is stale: signed {} s before its expiry, which passed {} s ago; a newer version may exist",
@@ -74,10 +94,15 @@ pub async fn resolve(
     name: &str,
     trust: &TrustRoot,
     state_dir: &Path,
-) -> anyhow::Result<(Latest, LatestReport)> {
+) -> anyhow::Result<Resolved> {
     let (bytes, note) = match client.latest(name).await {
         Ok(a) => a,
         Err(e) if e.is_not_found() => bail!("{name} not found: {e}"),
+        Err(NetError::Remote {
+            code: ErrorCode::Unavailable | ErrorCode::Forbidden | ErrorCode::UnknownType,
+            message,
+            ..
+        }) => return Ok(Resolved::Unsigned(message)),
         Err(e) => return Err(e).context(format!("asking for the latest of {name}")),
     };
     let latest = Latest::open(&bytes, trust.manifest_key())
@@ -90,9 +115,13 @@ pub async fn resolve(
             None => true,
             Some(before) => match l.succeeds(&before) {
                 Succession::Rollback => bail!(
-                    "the source says {} is the latest, but {} was seen as latest before (signed at {}): \
-                     a replayed or rolled-back answer, refused",
+                    "the source says {} is the latest{}, but {} was seen as latest before (signed at \
+                     {}): a replayed, rolled-back or stale answer, refused",
                     l.label(),
+                    match l.freshness(now_s()) {
+                        Freshness::Stale { .. } => " in a statement past its expiry",
+                        Freshness::Fresh => "",
+                    },
                     before.label(),
                     before.issued
                 ),
@@ -121,9 +150,43 @@ pub async fn resolve(
         stale: stale_for_s > 0,
         stale_for_s,
         note,
+        signed: true,
     };
     if let Some(w) = report.warning(name) {
         tracing::warn!(layer = %name, "{w}");
     }
-    Ok((latest, report))
+    Ok(Resolved::Signed(latest, report))
+}
+
+/// A source's own latest, `version`, taken without a statement (it gave none, for `problem`):
+/// refused when lower than the newest statement seen, reported as unconfirmed otherwise.
+pub fn unsigned(
+    state_dir: &Path,
+    name: &str,
+    version: &str,
+    trust: &TrustRoot,
+    problem: String,
+) -> anyhow::Result<LatestReport> {
+    if let Some(before) = seen(state_dir, name, trust) {
+        if compare_versions(version, &before.version) == std::cmp::Ordering::Less {
+            bail!(
+                "the source's latest of {name} is {version}, without a signed statement ({problem}), \
+                 but {} was seen as latest before: refused",
+                before.label()
+            );
+        }
+    }
+    let report = LatestReport {
+        version: version.to_string(),
+        issued: 0,
+        expires: 0,
+        stale: false,
+        stale_for_s: 0,
+        note: problem,
+        signed: false,
+    };
+    if let Some(w) = report.warning(name) {
+        tracing::warn!(layer = %name, "{w}");
+    }
+    Ok(report)
 }

@@ -229,6 +229,9 @@ pub async fn fetch_record(
                 id.unwrap_or("latest")
             )
         })?;
+    if let Some(asked) = id.filter(|asked| *asked != info.id) {
+        bail!("asked the seed for snapshot {device}@{asked}, it answered with {}", info.id);
+    }
     let want = Sealed::SnapshotRecord {
         device: device.to_string(),
         id: info.id.clone(),

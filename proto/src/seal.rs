@@ -8,7 +8,8 @@
 //! [`SEAL_CONTEXT`] followed by the BLAKE3 of the postcard bytes, with the manifest key.
 
 use crate::backup::{encode_plan, DevicePlan};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use crate::envelope::{self, Refused};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 pub const SEAL_MAGIC: &[u8; 4] = b"OSL1";
@@ -66,30 +67,23 @@ impl Sealed {
 impl Seal {
     pub fn sign(&self, key: &SigningKey) -> Vec<u8> {
         let body = postcard::to_stdvec(self).expect("a seal always serializes");
-        let signature = key.sign(&signed_message(&body));
-        let mut out = Vec::with_capacity(4 + 64 + body.len());
-        out.extend_from_slice(SEAL_MAGIC);
-        out.extend_from_slice(&signature.to_bytes());
-        out.extend_from_slice(&body);
-        out
+        envelope::seal(SEAL_MAGIC, SEAL_CONTEXT, key, &body)
     }
 
     /// Opens `bytes` against `key` and checks that the seal vouches for exactly `want`.
     pub fn check(bytes: &[u8], key: &VerifyingKey, want: &Sealed) -> Result<Seal, SealError> {
         let bad = |p: &str| SealError::Malformed(p.to_string());
-        if bytes.len() > MAX_SEAL_BYTES {
-            return Err(bad("over the size limit"));
-        }
         if bytes.is_empty() {
             return Err(bad("none was sent (a seed of this version seals every record and plan)"));
         }
-        if bytes.len() < 4 + 64 || &bytes[..4] != SEAL_MAGIC {
-            return Err(bad("truncated, or not a seal (bad magic)"));
-        }
-        let signature: [u8; 64] = bytes[4..68].try_into().expect("length checked");
-        let body = &bytes[68..];
-        key.verify(&signed_message(body), &Signature::from_bytes(&signature))
-            .map_err(|_| SealError::BadSignature)?;
+        let body =
+            envelope::open(bytes, SEAL_MAGIC, SEAL_CONTEXT, key, MAX_SEAL_BYTES).map_err(|r| {
+                match r {
+                    Refused::TooLarge => bad("over the size limit"),
+                    Refused::NotThisKind => bad("truncated, or not a seal (bad magic)"),
+                    Refused::BadSignature => SealError::BadSignature,
+                }
+            })?;
         let seal: Seal = postcard::from_bytes(body).map_err(|_| bad("does not decode"))?;
         if postcard::to_stdvec(&seal).ok().as_deref() != Some(body) {
             return Err(bad("not in canonical form"));
@@ -99,12 +93,6 @@ impl Seal {
         }
         Ok(seal)
     }
-}
-
-fn signed_message(body: &[u8]) -> Vec<u8> {
-    let mut m = SEAL_CONTEXT.to_vec();
-    m.extend_from_slice(blake3::hash(body).as_bytes());
-    m
 }
 
 #[cfg(test)]

@@ -433,7 +433,8 @@ impl Frame {
                     return Err(malformed("Latest", format!("note of {m} bytes over limit")));
                 }
                 need(&body, m, "Latest")?;
-                let note = String::from_utf8_lossy(&body.split_to(m)).into_owned();
+                let note = String::from_utf8(body.split_to(m).to_vec())
+                    .map_err(|_| malformed("Latest", "note is not UTF-8"))?;
                 Frame::Latest { statement, note }
             }
             MANIFEST => {

@@ -9,7 +9,7 @@
 //! each signed anew. They run in this process, on the same two cores as the servers and the
 //! honest endpoints: an attacker elsewhere would cost the servers less.
 
-use crate::bench_tree::refs::{free_port, wait_listening};
+use crate::bench_tree::refs::free_port;
 use crate::bench_tree::rss::Watched;
 use anyhow::Context;
 use futures::StreamExt;
@@ -174,7 +174,7 @@ pub async fn run(
 
     let limit = Duration::from_secs(60);
     let (seed_port, seed_metrics) = (free_port()?, free_port()?);
-    let mut seed = Watched::spawn(
+    let mut seed = Watched::serve(
         "seed",
         Command::new(&seed_bin)
             .args(["serve", "--data"])
@@ -182,11 +182,11 @@ pub async fn run(
             .args(["--listen", &format!("127.0.0.1:{seed_port}")])
             .args(["--metrics", &format!("127.0.0.1:{seed_metrics}")]),
         &logs,
+        ([127, 0, 0, 1], seed_metrics).into(),
+        limit,
     )?;
-    let log = seed.log.clone();
-    wait_listening(([127, 0, 0, 1], seed_metrics).into(), &mut seed.child, "seed", &log, limit)?;
     let (refl_port, refl_metrics, p2p_port) = (free_port()?, free_port()?, free_port()?);
-    let mut refl = Watched::spawn(
+    let mut refl = Watched::serve(
         "reflector",
         Command::new(&refl_bin)
             .args(["serve", "--state"])
@@ -196,10 +196,9 @@ pub async fn run(
             .args(["--metrics", &format!("127.0.0.1:{refl_metrics}")])
             .args(["--p2p-listen", &format!("/ip4/127.0.0.1/tcp/{p2p_port}"), "--no-mdns"]),
         &logs,
+        ([127, 0, 0, 1], refl_metrics).into(),
+        limit,
     )?;
-    let log = refl.log.clone();
-    let refl_m: SocketAddr = ([127, 0, 0, 1], refl_metrics).into();
-    wait_listening(refl_m, &mut refl.child, "reflector", &log, limit)?;
     let seed_addr: SocketAddr = ([127, 0, 0, 1], seed_port).into();
     let refl_addr: SocketAddr = ([127, 0, 0, 1], refl_port).into();
 

@@ -136,11 +136,12 @@ async fn latest_version_is_fetched_when_none_is_named() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves the seed's store, but answers `GetLatest` with a statement recorded earlier: what a
-/// cache that replays old answers, or someone holding a reflector's key, could do.
+/// Serves the seed's store, but answers `GetLatest` with a statement recorded earlier (or with
+/// none), and calls version 1 its latest: what a cache that replays old answers, or someone
+/// holding a reflector's key, could do.
 struct Replay {
     inner: oasis_seed::source::SeedSource,
-    statement: bytes::Bytes,
+    statement: Option<bytes::Bytes>,
 }
 
 impl ContentSource for Replay {
@@ -149,10 +150,13 @@ impl ContentSource for Replay {
         n: &str,
         v: Option<&str>,
     ) -> Result<Option<bytes::Bytes>, SourceError> {
-        self.inner.manifest(n, v).await
+        self.inner.manifest(n, v.or(Some("1"))).await
     }
     async fn latest(&self, _: &str) -> Result<Option<LatestAnswer>, SourceError> {
-        Ok(Some(LatestAnswer { statement: self.statement.clone(), note: String::new() }))
+        match &self.statement {
+            Some(s) => Ok(Some(LatestAnswer { statement: s.clone(), note: String::new() })),
+            None => Err(SourceError::Unavailable("no statement kept".into())),
+        }
     }
     async fn chunk(&self, id: ChunkId) -> Result<Option<StoredChunk>, SourceError> {
         self.inner.chunk(id).await
@@ -180,11 +184,16 @@ async fn a_replayed_older_latest_is_refused_once_a_newer_one_was_seen() -> anyho
 
     let rogue = seed.enroll(Role::Reflector, "rogue")?;
     let id = NodeIdentity::load(&rogue)?;
-    let ep = net::server_endpoint("127.0.0.1:0".parse()?, &id, &TransportOptions::default())?;
-    let replay_addr = ep.local_addr()?;
-    let inner = oasis_seed::source::SeedSource { store: seed.seed.store.clone(), signer: None };
-    let router = net::Router::new(Arc::new(Replay { inner, statement: old.into() }));
-    tokio::spawn(net::serve(ep, router, Arc::new(NodeMetrics::new())));
+    let serve = |statement: Option<bytes::Bytes>| -> anyhow::Result<std::net::SocketAddr> {
+        let ep = net::server_endpoint("127.0.0.1:0".parse()?, &id, &TransportOptions::default())?;
+        let addr = ep.local_addr()?;
+        let inner = oasis_seed::source::SeedSource { store: seed.seed.store.clone(), signer: None };
+        let router = net::Router::new(Arc::new(Replay { inner, statement }));
+        tokio::spawn(net::serve(ep, router, Arc::new(NodeMetrics::new())));
+        Ok(addr)
+    };
+    let replay_addr = serve(Some(old.into()))?;
+    let unsigned_addr = serve(None)?;
 
     let latest_from = |state: &Path, from, into: &Path| {
         let mut o = opts(state, &seed, "x", into);
@@ -206,9 +215,20 @@ async fn a_replayed_older_latest_is_refused_once_a_newer_one_was_seen() -> anyho
     let msg = format!("{err:#}");
     assert!(
         msg.contains("base@1 is the latest, but base@2 was seen as latest before")
-            && msg.contains("replayed or rolled-back"),
+            && msg.contains("a replayed, rolled-back or stale answer"),
         "{msg}"
     );
+    assert_eq!(snapshot(&root), before, "nothing was written");
+
+    // A source with no statement at all: its own latest is taken, unconfirmed, unless it is
+    // lower than one seen.
+    let r = fetch(&latest_from(&naive, unsigned_addr, &seed.base().join("naive-2"))).await?;
+    let l = r.latest.expect("latest reported");
+    assert!(!l.signed && l.version == "1", "{l:?}");
+    assert!(l.warning("base").unwrap().contains("unconfirmed"), "{l:?}");
+    let err = fetch(&latest_from(&state, unsigned_addr, &root)).await.unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("without a signed statement") && msg.contains("base@2 was seen"), "{msg}");
     assert_eq!(snapshot(&root), before, "nothing was written");
 
     // Named explicitly, version 1 is still there for whoever asks for it.

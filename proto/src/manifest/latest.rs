@@ -17,7 +17,8 @@
 //! manifests (trust.pem's manifest key).
 
 use super::{compare_versions, validate_label, ManifestError};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use crate::envelope::{self, Refused};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 
@@ -71,39 +72,35 @@ impl Latest {
     /// The encoded, signed statement.
     pub fn sign(&self, key: &SigningKey) -> Vec<u8> {
         let body = postcard::to_stdvec(self).expect("a statement always serializes");
-        let signature = key.sign(&signed_message(&body));
-        let mut out = Vec::with_capacity(4 + 64 + body.len());
-        out.extend_from_slice(LATEST_MAGIC);
-        out.extend_from_slice(&signature.to_bytes());
-        out.extend_from_slice(&body);
-        out
+        envelope::seal(LATEST_MAGIC, LATEST_CONTEXT, key, &body)
     }
 
     /// Parses an encoded statement and checks its signature against `key`, then its fields.
     /// Nothing in it is trusted before the signature verifies.
     pub fn open(bytes: &[u8], key: &VerifyingKey) -> Result<Latest, ManifestError> {
         let bad = |p: String| ManifestError::Malformed(format!("latest statement: {p}"));
-        if bytes.len() > MAX_LATEST_BYTES {
-            return Err(bad(format!(
-                "{} bytes exceeds the limit of {MAX_LATEST_BYTES}",
-                bytes.len()
-            )));
-        }
-        if bytes.len() < 4 + 64 || &bytes[..4] != LATEST_MAGIC {
-            return Err(bad("truncated, or not a latest statement (bad magic)".into()));
-        }
-        let signature: [u8; 64] = bytes[4..68].try_into().expect("length checked");
-        let body = &bytes[68..];
-        let layer = postcard::from_bytes::<Latest>(body)
-            .map(|l| format!("latest of {}", l.name))
-            .unwrap_or_else(|_| "latest statement".into());
-        key.verify(&signed_message(body), &Signature::from_bytes(&signature))
-            .map_err(|_| ManifestError::BadSignature { layer: layer.clone() })?;
+        let body = match envelope::open(bytes, LATEST_MAGIC, LATEST_CONTEXT, key, MAX_LATEST_BYTES)
+        {
+            Ok(body) => body,
+            Err(Refused::TooLarge) => {
+                return Err(bad(format!(
+                    "{} bytes exceeds the limit of {MAX_LATEST_BYTES}",
+                    bytes.len()
+                )))
+            }
+            Err(Refused::NotThisKind) => {
+                return Err(bad("truncated, or not a latest statement (bad magic)".into()))
+            }
+            Err(Refused::BadSignature) => {
+                return Err(ManifestError::BadSignature { layer: "latest statement".into() })
+            }
+        };
         let latest: Latest =
             postcard::from_bytes(body).map_err(|e| bad(format!("does not decode: {e}")))?;
         if postcard::to_stdvec(&latest).ok().as_deref() != Some(body) {
             return Err(bad("not in canonical form".into()));
         }
+        let layer = format!("latest of {}", latest.name);
         let invalid = |problem: String| ManifestError::Invalid { layer: layer.clone(), problem };
         validate_label("layer name", &latest.name).map_err(invalid)?;
         validate_label("version", &latest.version).map_err(invalid)?;
@@ -147,15 +144,10 @@ impl Latest {
     }
 }
 
-fn signed_message(body: &[u8]) -> Vec<u8> {
-    let mut m = LATEST_CONTEXT.to_vec();
-    m.extend_from_slice(blake3::hash(body).as_bytes());
-    m
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ed25519_dalek::Signer;
 
     fn key(n: u8) -> SigningKey {
         SigningKey::from_bytes(&[n; 32])

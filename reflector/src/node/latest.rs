@@ -59,7 +59,7 @@ impl Reflector {
         let latest = Latest::open(&bytes, self.identity.trust().manifest_key())
             .and_then(|l| l.check_request(name).map(|()| l))
             .map_err(|e| format!("upstream's latest statement refused: {e}"))?;
-        if let Some((_, kept)) = self.kept_latest(name).await {
+        if let Some((kept_bytes, kept)) = self.kept_latest(name).await {
             match latest.succeeds(&kept) {
                 Succession::Rollback => {
                     return Err(format!(
@@ -68,8 +68,10 @@ impl Reflector {
                         kept.label()
                     ))
                 }
+                // Upstream's copy was signed before the one kept (a parent reflector's cache):
+                // pass on the newer.
                 Succession::Older => {
-                    return Ok(Some(LatestAnswer { statement: bytes, note }));
+                    return Ok(Some(LatestAnswer { statement: kept_bytes, note }));
                 }
                 Succession::Newer => {}
             }

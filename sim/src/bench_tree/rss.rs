@@ -53,6 +53,20 @@ impl Watched {
         })
     }
 
+    /// [`Watched::spawn`] for a server, once it listens on `addr` (its metrics port).
+    pub(crate) fn serve(
+        name: &str,
+        cmd: &mut Command,
+        logs: &Path,
+        addr: SocketAddr,
+        limit: Duration,
+    ) -> anyhow::Result<Watched> {
+        let mut w = Watched::spawn(name, cmd, logs)?;
+        let log = w.log.clone();
+        wait_listening(addr, &mut w.child, name, &log, limit)?;
+        Ok(w)
+    }
+
     pub(crate) fn peak_bytes(&self) -> u64 {
         if let Some(k) = vm_hwm_kib(self.child.id()) {
             self.peak_kib.fetch_max(k, Ordering::Relaxed);
@@ -207,7 +221,8 @@ pub(super) fn bench_rss(
     .wait()?;
 
     let (seed_port, seed_metrics) = (free_port()?, free_port()?);
-    let mut seed = Watched::spawn(
+    let limit = Duration::from_secs(120);
+    let seed = Watched::serve(
         "seed-serve",
         Command::new(&seed_bin)
             .args(["serve", "--data"])
@@ -215,18 +230,11 @@ pub(super) fn bench_rss(
             .args(["--listen", &format!("127.0.0.1:{seed_port}")])
             .args(["--metrics", &format!("127.0.0.1:{seed_metrics}")]),
         &logs,
-    )?;
-    let limit = Duration::from_secs(120);
-    let log = seed.log.clone();
-    wait_listening(
         SocketAddr::from(([127, 0, 0, 1], seed_metrics)),
-        &mut seed.child,
-        "oasis-seed serve",
-        &log,
         limit,
     )?;
     let (refl_port, refl_metrics) = (free_port()?, free_port()?);
-    let mut refl = Watched::spawn(
+    let refl = Watched::serve(
         "reflector-serve",
         Command::new(&refl_bin)
             .args(["serve", "--state"])
@@ -236,13 +244,7 @@ pub(super) fn bench_rss(
             .args(["--metrics", &format!("127.0.0.1:{refl_metrics}")])
             .arg("--no-mesh"),
         &logs,
-    )?;
-    let log = refl.log.clone();
-    wait_listening(
         SocketAddr::from(([127, 0, 0, 1], refl_metrics)),
-        &mut refl.child,
-        "oasis-reflector serve",
-        &log,
         limit,
     )?;
     let (seed_idle, refl_idle) = (seed.peak_bytes(), refl.peak_bytes());
