@@ -10,7 +10,8 @@
 //! honest endpoints: an attacker elsewhere would cost the servers less.
 
 use crate::bench_tree::refs::free_port;
-use crate::bench_tree::rss::Watched;
+use crate::bench_tree::rss::{run_quiet, Watched};
+use crate::bench_tree::say;
 use anyhow::Context;
 use futures::StreamExt;
 use oasis_core::backup::{PutSnapshot, RecordRef};
@@ -26,7 +27,7 @@ use oasis_mesh::libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
 use oasis_mesh::libp2p::{identity::Keypair, noise, tcp, yamux, Multiaddr, Swarm};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,23 +100,6 @@ impl Phase {
     fn mb_s(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
     }
-}
-
-fn say(json: bool, s: &str) {
-    if !json {
-        eprintln!("{s}");
-    }
-}
-
-fn run_quiet(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 pub async fn run(

@@ -112,7 +112,7 @@ pub async fn run(
     Ok(serde_json::Value::Object(out))
 }
 
-fn say(json: bool, s: &str) {
+pub(crate) fn say(json: bool, s: &str) {
     if !json {
         eprintln!("{s}");
     }

@@ -136,6 +136,18 @@ impl Drop for Watched {
     }
 }
 
+/// Runs a command to its end, its output kept only for the error when it fails.
+pub(crate) fn run_quiet(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub(crate) struct Measured {
     pub(super) name: String,
@@ -185,21 +197,11 @@ pub(super) fn bench_rss(
     );
     let data = dir.join("seed");
     let (refl_state, ep_state) = (dir.join("reflector"), dir.join("endpoint"));
-    let quiet = |cmd: &mut Command| -> anyhow::Result<()> {
-        let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
-        anyhow::ensure!(
-            out.status.success(),
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    };
-    quiet(Command::new(&seed_bin).arg("init").arg("--data").arg(&data))?;
+    run_quiet(Command::new(&seed_bin).arg("init").arg("--data").arg(&data))?;
     for (role, name, out) in
         [("reflector", "rss-reflector", &refl_state), ("endpoint", "rss-endpoint", &ep_state)]
     {
-        quiet(
+        run_quiet(
             Command::new(&seed_bin)
                 .args(["enroll", "--data"])
                 .arg(&data)
