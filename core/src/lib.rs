@@ -8,7 +8,7 @@
 
 pub use oasis_proto::{
     backup, cache, chunk, compress, file_errors, gossip, manifest, names, seal, select, site_wan,
-    units, wire,
+    units, upstream_fetch, wire,
 };
 
 pub mod durable;

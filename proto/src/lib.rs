@@ -33,6 +33,7 @@ pub mod seal;
 pub mod select;
 pub mod site_wan;
 pub mod units;
+pub mod upstream_fetch;
 pub mod wake;
 pub mod wire;
 

@@ -2,6 +2,9 @@
 //!
 //! * Every request for a chunk the cache lacks registers a waiter in a [`MissTable`]; only the
 //!   first one (the leader) queues the id, so N concurrent requests cause one upstream fetch.
+//! * The decisions (the foreground/background queue, the unpaid window, the payment rule and
+//!   the retries) are [`UpstreamFetch`]'s, the state machine the simulator drives too; this
+//!   module does the waiting, the requests and the verification around it.
 //! * One batcher task drains the queue (foreground first): it waits up to `batch_delay` for
 //!   more misses unless a batch is full, takes up to `batch_max_chunks` ids (fewer when the WAN
 //!   rate is low, so a batch is about 1/8 s of traffic) and sends one GetChunks. Up to
@@ -26,19 +29,18 @@ use crate::upstream::Upstream;
 use oasis_core::cache::{Begin, MissTable};
 use oasis_core::compress::StoredChunk;
 use oasis_core::net::{ChunkReply, Client, NetError};
-use oasis_core::policy::unpaid::{window_limit, UnpaidWindow};
+use oasis_core::policy::unpaid::window_limit;
 use oasis_core::policy::TrafficClass;
+use oasis_core::upstream_fetch::UpstreamFetch;
 use oasis_core::ChunkId;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-/// Times a chunk is asked for when it keeps arriving corrupt or keeps failing, before its
-/// waiters get an error.
-pub const MAX_ATTEMPTS: u8 = 3;
+pub use oasis_core::upstream_fetch::MAX_ATTEMPTS;
 /// Longest wait for the next answer on an upstream chunk stream before the connection is
 /// considered dead (the limiter is paid before a request is sent, so a healthy upstream answers
 /// at once).
@@ -69,69 +71,6 @@ pub struct Patience {
     pub max: Option<Duration>,
 }
 
-#[derive(Default)]
-struct Queue {
-    fg: VecDeque<ChunkId>,
-    bg: VecDeque<ChunkId>,
-    /// Ids queued and their class; deque entries not matching it are stale (upgraded).
-    queued: HashMap<ChunkId, TrafficClass>,
-    fg_live: usize,
-    bg_live: usize,
-}
-
-impl Queue {
-    fn push(&mut self, id: ChunkId, class: TrafficClass, front: bool) {
-        match (self.queued.get(&id).copied(), class) {
-            (Some(TrafficClass::Foreground), _)
-            | (Some(TrafficClass::Background), TrafficClass::Background) => return,
-            (Some(TrafficClass::Background), TrafficClass::Foreground) => {
-                // Upgrade: an endpoint now waits for a chunk prefetch had queued.
-                self.bg_live -= 1;
-            }
-            (None, _) => {}
-        }
-        self.queued.insert(id, class);
-        let (q, live) = match class {
-            TrafficClass::Foreground => (&mut self.fg, &mut self.fg_live),
-            TrafficClass::Background => (&mut self.bg, &mut self.bg_live),
-        };
-        *live += 1;
-        if front {
-            q.push_front(id);
-        } else {
-            q.push_back(id);
-        }
-    }
-
-    /// Moves a background-queued id to the foreground queue (no-op otherwise).
-    fn upgrade(&mut self, id: ChunkId) {
-        if self.queued.get(&id) == Some(&TrafficClass::Background) {
-            self.push(id, TrafficClass::Foreground, false);
-        }
-    }
-
-    fn pop(&mut self, class: TrafficClass) -> Option<ChunkId> {
-        loop {
-            let id = match class {
-                TrafficClass::Foreground => self.fg.pop_front()?,
-                TrafficClass::Background => self.bg.pop_front()?,
-            };
-            if self.queued.get(&id) == Some(&class) {
-                self.queued.remove(&id);
-                match class {
-                    TrafficClass::Foreground => self.fg_live -= 1,
-                    TrafficClass::Background => self.bg_live -= 1,
-                }
-                return Some(id);
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.fg_live + self.bg_live
-    }
-}
-
 enum BatchFailure {
     /// No answer in time: the connection is dropped and rebuilt.
     Timeout,
@@ -144,10 +83,9 @@ pub struct Fetcher {
     policy: Arc<PolicyControl>,
     metrics: ReflectorMetrics,
     table: Mutex<MissTable<Waiter>>,
-    queue: Mutex<Queue>,
+    /// The queue, the unpaid window and the attempts.
+    state: Mutex<UpstreamFetch<ChunkId>>,
     wake: Notify,
-    attempts: Mutex<HashMap<ChunkId, u8>>,
-    window: Mutex<UnpaidWindow>,
     /// Woken when window bytes are released.
     window_freed: Notify,
     in_flight: Arc<Semaphore>,
@@ -186,10 +124,8 @@ impl Fetcher {
             policy,
             metrics,
             table: Mutex::new(MissTable::new()),
-            queue: Mutex::new(Queue::default()),
+            state: Mutex::new(UpstreamFetch::new()),
             wake: Notify::new(),
-            attempts: Mutex::new(HashMap::new()),
-            window: Mutex::new(UnpaidWindow::default()),
             window_freed: Notify::new(),
             in_flight: Arc::new(Semaphore::new(batches_in_flight.max(1))),
             batch_max: batch_max.max(1),
@@ -209,7 +145,13 @@ impl Fetcher {
     }
 
     fn enqueue(&self, id: ChunkId, class: TrafficClass, front: bool) {
-        lock(&self.queue).push(id, class, front);
+        let mut st = lock(&self.state);
+        if front {
+            st.want_again(id, class);
+        } else {
+            st.want(id, class);
+        }
+        drop(st);
         self.wake.notify_one();
     }
 
@@ -223,7 +165,7 @@ impl Fetcher {
             Begin::Follower => {
                 self.metrics.coalesced.inc();
                 if class == TrafficClass::Foreground {
-                    lock(&self.queue).upgrade(id);
+                    lock(&self.state).upgrade(id);
                     self.wake.notify_one();
                 }
             }
@@ -277,7 +219,7 @@ impl Fetcher {
     /// Hands the outcome to every waiter of `id`.
     fn resolve(&self, id: ChunkId, outcome: Outcome) {
         let waiters = lock(&self.table).complete(&id);
-        lock(&self.attempts).remove(&id);
+        lock(&self.state).settled(&id);
         for w in waiters {
             let _ = w.send(outcome.clone());
         }
@@ -285,10 +227,7 @@ impl Fetcher {
 
     /// Counts a failed attempt; true if the id may be tried again.
     fn retry_allowed(&self, id: ChunkId) -> bool {
-        let mut a = lock(&self.attempts);
-        let n = a.entry(id).or_insert(0);
-        *n += 1;
-        *n < MAX_ATTEMPTS
+        lock(&self.state).failed(id)
     }
 
     /// The unpaid window for `class` under the rate in force; None = unlimited. It holds what
@@ -307,26 +246,14 @@ impl Fetcher {
 
     /// The class the next batch would be of.
     fn next_class(&self) -> TrafficClass {
-        if lock(&self.queue).fg_live > 0 {
-            TrafficClass::Foreground
-        } else {
-            TrafficClass::Background
-        }
+        lock(&self.state).next_class()
     }
 
     /// Takes up to `n` ids of one class (foreground first), skipping ids nobody waits for.
     fn take_batch(&self, class: TrafficClass, n: usize) -> Option<Vec<ChunkId>> {
-        let mut q = lock(&self.queue);
-        let mut ids = Vec::with_capacity(n.min(q.len()));
-        while ids.len() < n {
-            let Some(id) = q.pop(class) else { break };
-            // Requests that gave up (timed out, endpoint gone) need no fetch.
-            if lock(&self.table).prune(&id, |w| !w.is_closed()) {
-                lock(&self.attempts).remove(&id);
-                continue;
-            }
-            ids.push(id);
-        }
+        let mut table = lock(&self.table);
+        // Requests that gave up (timed out, endpoint gone) need no fetch.
+        let ids = lock(&self.state).take(class, n, |id| !table.prune(id, |w| !w.is_closed()));
         (!ids.is_empty()).then_some(ids)
     }
 
@@ -338,7 +265,7 @@ impl Fetcher {
                 let notified = self.wake.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                if lock(&self.queue).len() > 0 {
+                if lock(&self.state).queued() > 0 {
                     break;
                 }
                 notified.await;
@@ -359,8 +286,8 @@ impl Fetcher {
                 let class = self.next_class();
                 let limit = self.window_limit(class, client.connection().rtt());
                 let (room, estimate) = {
-                    let w = lock(&self.window);
-                    (w.room(class, limit, self.batch_max), w.estimate())
+                    let st = lock(&self.state);
+                    (st.room(class, limit, self.batch_max), st.estimate())
                 };
                 if room > 0 {
                     break (class, room, estimate);
@@ -368,7 +295,7 @@ impl Fetcher {
                 // The rate may change (reload, schedule) while waiting: look again now and then.
                 let _ = tokio::time::timeout(Duration::from_millis(100), freed).await;
             };
-            if lock(&self.queue).len() < room && !self.batch_delay.is_zero() {
+            if lock(&self.state).queued() < room && !self.batch_delay.is_zero() {
                 tokio::time::sleep(self.batch_delay).await;
             }
             // Foreground may have arrived meanwhile; it goes first.
@@ -385,25 +312,23 @@ impl Fetcher {
             if ids.is_empty() {
                 continue;
             }
-            lock(&self.window).add(class, estimate * ids.len() as u64);
+            lock(&self.state).asked(class, estimate * ids.len() as u64);
             self.tasks.spawn(
                 self.clone().run_batch(client, ids, class, estimate, permit).in_current_span(),
             );
         }
     }
 
-    /// Pays for a chunk that arrived, then releases its estimate from the window.
+    /// Pays for a chunk that arrived, then frees its share of the window.
     async fn pay(&self, class: TrafficClass, actual: u64, estimate: u64) {
         self.policy.limiter.acquire(class, actual).await;
-        let mut w = lock(&self.window);
-        w.release(class, estimate);
-        w.observe(actual);
-        drop(w);
+        lock(&self.state).paid(class, estimate, actual);
         self.window_freed.notify_one();
     }
 
+    /// Bytes asked for that will not come: their share of the window is freed unpaid.
     fn release(&self, class: TrafficClass, bytes: u64) {
-        lock(&self.window).release(class, bytes);
+        lock(&self.state).not_coming(class, bytes);
         self.window_freed.notify_one();
     }
 
@@ -473,11 +398,11 @@ impl Fetcher {
         );
         if connection_trouble {
             // Not the chunks' fault: they go out again once the connection is back.
-            let mut q = lock(&self.queue);
+            let mut st = lock(&self.state);
             for id in unanswered.into_iter().rev() {
-                q.push(id, class, true);
+                st.want_again(id, class);
             }
-            drop(q);
+            drop(st);
             self.wake.notify_one();
             return;
         }
@@ -552,32 +477,5 @@ impl Fetcher {
             }
             Err(e) => self.resolve(id, Err(format!("verifying chunk {id}: {e}"))),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn id(n: u8) -> ChunkId {
-        ChunkId([n; 32])
-    }
-
-    #[test]
-    fn queue_prefers_foreground_and_upgrades() {
-        let mut q = Queue::default();
-        q.push(id(1), TrafficClass::Background, false);
-        q.push(id(2), TrafficClass::Background, false);
-        q.push(id(3), TrafficClass::Foreground, false);
-        q.push(id(3), TrafficClass::Foreground, false);
-        assert_eq!(q.len(), 3);
-        q.upgrade(id(2));
-        assert_eq!((q.fg_live, q.bg_live), (2, 1));
-        assert_eq!(q.pop(TrafficClass::Foreground), Some(id(3)));
-        assert_eq!(q.pop(TrafficClass::Foreground), Some(id(2)));
-        assert_eq!(q.pop(TrafficClass::Foreground), None);
-        assert_eq!(q.pop(TrafficClass::Background), Some(id(1)));
-        assert_eq!(q.pop(TrafficClass::Background), None, "the upgraded entry is stale");
-        assert_eq!(q.len(), 0);
     }
 }

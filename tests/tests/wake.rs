@@ -400,7 +400,21 @@ async fn a_wake_goes_out_from_the_relay_on_the_targets_subnet_never_the_seed() {
 }
 
 #[tokio::test]
-async fn a_sleeping_endpoint_is_woken_for_its_delivery_window_and_fetches() {
+async fn a_sleeping_endpoint_is_woken_for_its_delivery_window_or_at_once_and_fetches() {
+    // A window open now (UTC: the reflector has no policy file, so its site time zone is UTC).
+    let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
+    let from = now.checked_sub(jiff::SignedDuration::from_secs(60)).unwrap();
+    let to = now.checked_add(jiff::SignedDuration::from_secs(1800)).unwrap();
+    let window = format!("{}-{}", from.strftime("%H:%M"), to.strftime("%H:%M"));
+    sleeping_endpoint_is_woken_and_fetches(Some(&window)).await;
+    // An assignment without a window: as soon as possible. In the same test, one after the
+    // other: a process holds one sleeping endpoint's announcement at a time.
+    sleeping_endpoint_is_woken_and_fetches(None).await;
+}
+
+/// A sleeping endpoint of a site assigned "base" (in `window`, or as soon as possible) is woken
+/// by the site's reflector, fetches the layer, and the reflector records it delivered.
+async fn sleeping_endpoint_is_woken_and_fetches(window: Option<&str>) {
     let seed = TestSeed::start().await.unwrap();
     let src = seed.base().join("src");
     random_tree(
@@ -410,14 +424,9 @@ async fn a_sleeping_endpoint_is_woken_for_its_delivery_window_and_fetches() {
     )
     .unwrap();
     seed.publish("base", "1", &src).unwrap();
-    // A window open now (UTC: the reflector has no policy file, so its site time zone is UTC).
-    let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
-    let from = now.checked_sub(jiff::SignedDuration::from_secs(60)).unwrap();
-    let to = now.checked_add(jiff::SignedDuration::from_secs(1800)).unwrap();
-    let window = format!("{}-{}", from.strftime("%H:%M"), to.strftime("%H:%M"));
     oasis_seed::catalog::Catalog::open(&seed.seed.store)
         .unwrap()
-        .assign("branch", "base", "1", Some(&window))
+        .assign("branch", "base", "1", window)
         .unwrap();
     let state = seed.enroll_in_site(Role::Endpoint, "pc-sleepy", "branch").unwrap();
     let into = seed.base().join("root");
@@ -458,6 +467,8 @@ async fn a_sleeping_endpoint_is_woken_for_its_delivery_window_and_fetches() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let run = last.iter().find(|r| r.layer == "base@1").expect("a run for base@1");
+    assert_eq!(run.window, window.unwrap_or_default());
+    assert_eq!(run.end.is_none(), window.is_none(), "a run without a window has no end");
     let m = run.machines.iter().find(|m| m["name"] == "pc-sleepy").expect("pc-sleepy in the run");
     assert_eq!(m["state"], "delivered", "{run:?}");
     assert!(m["wakes"].as_u64().unwrap() >= 1);

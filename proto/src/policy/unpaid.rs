@@ -7,8 +7,8 @@
 //! round trip of requests in flight at the policy's rate). Background shares its window with
 //! foreground; foreground has its own. Without a rate there is no window.
 //!
-//! The reflector's fetcher keeps one [`UnpaidWindow`]; the simulator bounds each reflector's
-//! pulls in flight by the same [`window_limit`].
+//! Each reflector's [`UpstreamFetch`](crate::upstream_fetch::UpstreamFetch) keeps one
+//! [`UnpaidWindow`], in the reflector's fetcher and in the simulator alike.
 
 use super::TrafficClass;
 use std::time::Duration;
@@ -30,7 +30,9 @@ pub fn window_limit(
     rtt: Duration,
 ) -> Option<u64> {
     let rate = rate?;
-    if class == TrafficClass::Background && background_share <= 0.0 {
+    // A rate of zero (the policy pauses the WAN) lets nothing be asked for: it could not be
+    // paid for until the rate comes back.
+    if rate == 0 || (class == TrafficClass::Background && background_share <= 0.0) {
         return Some(0);
     }
     let span = match class {
@@ -68,15 +70,21 @@ impl UnpaidWindow {
         if limit == 0 {
             return 0;
         }
-        let used = match class {
-            TrafficClass::Foreground => self.fg,
-            TrafficClass::Background => self.fg + self.bg,
-        };
+        let used = self.used(class);
         if used == 0 {
             // Always let one batch go, however large the estimate.
             return max.min((limit / self.estimate.max(1)).max(1) as usize);
         }
         (limit.saturating_sub(used) / self.estimate.max(1)).min(max as u64) as usize
+    }
+
+    /// Unpaid bytes that count against `class`'s window: foreground's own; background's and
+    /// foreground's together for background.
+    pub fn used(&self, class: TrafficClass) -> u64 {
+        match class {
+            TrafficClass::Foreground => self.fg,
+            TrafficClass::Background => self.fg + self.bg,
+        }
     }
 
     /// `bytes` of `class` were requested.
@@ -137,6 +145,7 @@ mod tests {
         assert_eq!(window_limit(fg, Some(8_000_000), 1.0, rtt), Some(3_400_000));
         assert_eq!(window_limit(bg, Some(8_000_000), 1.0, rtt), Some(1_000_000));
         assert_eq!(window_limit(bg, Some(8_000_000), 0.0, rtt), Some(0));
+        assert_eq!(window_limit(fg, Some(0), 1.0, rtt), Some(0), "paused: nothing goes");
         assert_eq!(window_limit(fg, Some(1000), 1.0, rtt), Some(MIN_WINDOW));
         let far = window_limit(fg, Some(8_000_000), 1.0, Duration::from_secs(30));
         assert_eq!(far, Some(17_000_000), "the RTT counts up to {MAX_WINDOW_RTT:?}");

@@ -1,6 +1,6 @@
-//! Scheduled delivery for one site: a wake run per assignment whose delivery window opens, fed
-//! what the site's inventory shows, the machines whose wakes are due, and each machine's
-//! progress counted once per stage.
+//! Scheduled delivery for one site: a wake run per assignment whose delivery window opens (and
+//! one when an assignment without a window is first seen), fed what the site's inventory shows,
+//! the machines whose wakes are due, and each machine's progress counted once per stage.
 //!
 //! Pure: the reflector's wake task passes the clock, the zone and the inventory in, sends the
 //! wakes [`Deliveries::poll`] returns and reports the failures back. The per-run logic
@@ -26,15 +26,17 @@ pub enum Stage {
     Failed,
 }
 
-/// One run: the opening of one assignment's delivery window.
+/// One run: the opening of one assignment's delivery window, or the first sight of an
+/// assignment without one.
 #[derive(Clone, Debug)]
 pub struct ActiveRun {
     /// "name@version".
     pub layer: String,
+    /// Empty for an assignment without a window (its run has no end).
     pub window: String,
-    /// Unix seconds of the window's start and end.
+    /// Unix seconds of the window's start and end (no end: an assignment without a window).
     pub start: u64,
-    pub end: u64,
+    pub end: Option<u64>,
     pub run: WakeRun,
     /// Stages already counted, per machine.
     counted: BTreeSet<(String, Stage)>,
@@ -46,9 +48,9 @@ pub struct RunStatus {
     /// "name@version".
     pub layer: String,
     pub window: String,
-    /// Unix seconds of the window's start and end.
+    /// Unix seconds of the window's start and end (null: an assignment without a window).
     pub start: u64,
-    pub end: u64,
+    pub end: Option<u64>,
     pub done: bool,
     pub machines: Vec<serde_json::Value>,
 }
@@ -56,7 +58,8 @@ pub struct RunStatus {
 /// What [`Deliveries::open`] did with an assignment, for the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Opening {
-    /// Its window opened: a run over `machines` machines.
+    /// Its window opened (`window` empty: an assignment without one was first seen): a run
+    /// over `machines` machines.
     Opened { layer: String, window: String, machines: usize },
     /// Its window cannot be read.
     Refused { layer: String, problem: String },
@@ -67,6 +70,8 @@ pub enum Opening {
 pub struct Deliveries {
     cfg: ScheduleConfig,
     runs: Vec<ActiveRun>,
+    /// Assignments without a window whose one run has opened ("name@version").
+    opened_at_once: BTreeSet<String>,
 }
 
 /// Can `d` be woken for a delivery: it has a MAC, takes layers (an endpoint or a reflector),
@@ -79,7 +84,7 @@ fn wakeable(d: &DeviceEntry, me: &str) -> bool {
 
 impl Deliveries {
     pub fn new(cfg: ScheduleConfig) -> Deliveries {
-        Deliveries { cfg, runs: Vec::new() }
+        Deliveries { cfg, runs: Vec::new(), opened_at_once: BTreeSet::new() }
     }
 
     pub fn runs(&self) -> &[ActiveRun] {
@@ -91,11 +96,18 @@ impl Deliveries {
         self.runs.iter().any(|r| !r.run.is_done())
     }
 
+    /// When a run next has something due (a batch, an online or delivery timeout, a window's
+    /// end), on the clock since the epoch; None while no run is going.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.runs.iter().filter_map(|r| r.run.next_deadline()).min()
+    }
+
     /// Opens a run for every assignment whose delivery window is open at `now` in `tz` and
     /// has no run for this opening yet, over every machine of `devices` that can be woken
     /// (`me` is the node that schedules). Machines that already hold the layer are delivered
-    /// at once; they need no wake. Assignments without a window are delivered on demand and
-    /// get no run.
+    /// at once; they need no wake. An assignment without a window means "as soon as
+    /// possible": it gets one run, without an end, the first time it is seen with a machine to
+    /// wake (a node that starts over wakes again those that still lack the layer).
     pub fn open(
         &mut self,
         assignments: &[Assignment],
@@ -105,36 +117,44 @@ impl Deliveries {
         now: Timestamp,
     ) -> Vec<Opening> {
         let mut out = Vec::new();
-        for a in assignments.iter().filter(|a| !a.window.is_empty()) {
+        for a in assignments {
             let layer = format!("{}@{}", a.name, a.version);
-            let (start, end) = match window_at(&a.window, tz, now) {
-                Ok(w) => w,
-                Err(e) => {
-                    out.push(Opening::Refused { layer, problem: e.to_string() });
-                    continue;
-                }
-            };
-            let start_s = start.as_second().max(0) as u64;
-            if now < start || self.runs.iter().any(|r| r.layer == layer && r.start == start_s) {
-                continue;
-            }
             let machines: Vec<String> =
                 devices.iter().filter(|d| wakeable(d, me)).map(|d| d.info.name.clone()).collect();
+            let (start, end) = if a.window.is_empty() {
+                if machines.is_empty() || !self.opened_at_once.insert(layer.clone()) {
+                    continue;
+                }
+                (now, None)
+            } else {
+                let (start, end) = match window_at(&a.window, tz, now) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        out.push(Opening::Refused { layer, problem: e.to_string() });
+                        continue;
+                    }
+                };
+                let start_s = start.as_second().max(0) as u64;
+                if now < start || self.runs.iter().any(|r| r.layer == layer && r.start == start_s) {
+                    continue;
+                }
+                (start, Some(end))
+            };
             out.push(Opening::Opened {
                 layer: layer.clone(),
                 window: a.window.clone(),
                 machines: machines.len(),
             });
-            let mut run =
-                WakeRun::new(machines, since_epoch(start), Some(since_epoch(end)), self.cfg);
+            let run_end = end.map(since_epoch);
+            let mut run = WakeRun::new(machines, since_epoch(start), run_end, self.cfg);
             for d in devices.iter().filter(|d| d.info.held.contains(&layer)) {
                 run.delivered(&d.info.name, since_epoch(now));
             }
             self.runs.push(ActiveRun {
                 layer,
                 window: a.window.clone(),
-                start: start_s,
-                end: end.as_second().max(0) as u64,
+                start: start.as_second().max(0) as u64,
+                end: end.map(|e| e.as_second().max(0) as u64),
                 run,
                 counted: BTreeSet::new(),
             });
@@ -145,8 +165,9 @@ impl Deliveries {
     /// Feeds the runs in progress what the inventory shows at `now` and returns the machines
     /// whose wakes are due, each once. A woken machine is online once it has registered since
     /// its wake: here (`seen`, on the caller's clock since the epoch) or at a sibling (its
-    /// entry's `last_seen`, a later second). An online machine has its layer once it reports
-    /// holding it; a reflector once it is online (it fetches for its site by itself).
+    /// entry's `last_seen`, a later second). A machine has its layer once it reports holding
+    /// it, woken or not (one that fetched before its batch needs no wake); a reflector once it
+    /// is online (it fetches for its site by itself).
     pub fn poll(
         &mut self,
         devices: &[&DeviceEntry],
@@ -154,22 +175,39 @@ impl Deliveries {
         now: Timestamp,
     ) -> Vec<String> {
         let now = since_epoch(now);
+        let by_name: BTreeMap<&str, &DeviceEntry> =
+            devices.iter().map(|d| (d.info.name.as_str(), *d)).collect();
         let mut to_wake: BTreeSet<String> = BTreeSet::new();
         for r in self.runs.iter_mut().filter(|r| !r.run.is_done()) {
-            for d in devices {
-                let Some(m) = r.run.results().iter().find(|m| m.name == d.info.name) else {
+            // What changed, collected first: a run's machines are looked up by name to change.
+            let (mut online, mut delivered) = (Vec::new(), Vec::new());
+            for m in r.run.results() {
+                if m.state == MachineState::Delivered {
                     continue;
-                };
+                }
+                let Some(d) = by_name.get(m.name.as_str()) else { continue };
+                if d.info.held.contains(&r.layer) {
+                    delivered.push(m.name.clone());
+                    continue;
+                }
                 let seen_after_wake = m.woken_at.is_some_and(|w| {
-                    seen.get(&d.info.name).is_some_and(|t| t.as_secs_f64() >= w)
+                    seen.get(&m.name).is_some_and(|t| t.as_secs_f64() >= w)
                         || d.last_seen as f64 > w.floor()
                 });
                 if seen_after_wake {
-                    r.run.online(&d.info.name, now);
-                    if d.info.role == "reflector" || d.info.held.contains(&r.layer) {
-                        r.run.delivered(&d.info.name, now);
+                    if matches!(m.state, MachineState::Waiting | MachineState::Woken) {
+                        online.push(m.name.clone());
+                    }
+                    if d.info.role == "reflector" {
+                        delivered.push(m.name.clone());
                     }
                 }
+            }
+            for name in online {
+                r.run.online(&name, now);
+            }
+            for name in delivered {
+                r.run.delivered(&name, now);
             }
             to_wake.extend(r.run.poll(now));
         }
@@ -229,9 +267,10 @@ impl Deliveries {
             .collect()
     }
 
-    /// Forgets finished runs whose window ended before `before` (Unix seconds).
+    /// Forgets finished runs whose window ended before `before` (Unix seconds); a finished run
+    /// without a window, once it started before then.
     pub fn retire(&mut self, before: u64) {
-        self.runs.retain(|r| !r.run.is_done() || r.end > before);
+        self.runs.retain(|r| !r.run.is_done() || r.end.unwrap_or(r.start) > before);
     }
 }
 
@@ -296,7 +335,7 @@ mod tests {
             "one run per opening"
         );
         let run = &d.runs()[0];
-        assert_eq!((run.end - run.start), 6 * 3600);
+        assert_eq!(run.end, Some(run.start + 6 * 3600));
         let state = |d: &Deliveries, n: &str| {
             d.runs()[0].run.results().iter().find(|m| m.name == n).map(|m| m.state)
         };
@@ -354,19 +393,74 @@ mod tests {
             version: "1".into(),
             window: "25:00-26:00".into(),
         });
-        a.push(Assignment { name: "tools".into(), version: "1".into(), window: String::new() });
         let opened = d.open(&a, &devices, "refl", &TimeZone::UTC, at("2026-12-06T22:00:00Z"));
         assert_eq!(opened.len(), 2, "{opened:?}");
         assert!(
             matches!(&opened[1], Opening::Refused { layer, .. } if layer == "apps@1"),
             "{opened:?}"
         );
-        assert_eq!(d.runs().len(), 1, "no window, no run: fetched on demand");
+        assert_eq!(d.runs().len(), 1);
         assert_eq!(d.poll(&devices, &BTreeMap::new(), at("2026-12-06T22:00:01Z")), vec!["ep1"]);
         d.wake_failed("ep1", "no relay on its subnet");
         let m = &d.runs()[0].run.results()[0];
         assert_eq!(m.state, MachineState::Failed);
         assert_eq!(m.reason.as_deref(), Some("no relay on its subnet"));
         assert_eq!(d.new_stages(), vec![("ep1".to_string(), Stage::Failed)]);
+    }
+
+    #[test]
+    fn an_assignment_without_a_window_wakes_the_site_once_when_first_seen() {
+        let cfg = ScheduleConfig { batch_size: 1, ..ScheduleConfig::default() };
+        let mut d = Deliveries::new(cfg);
+        let tools =
+            vec![Assignment { name: "tools".into(), version: "1".into(), window: String::new() }];
+        let tz = TimeZone::UTC;
+        // Nobody to wake yet (the inventory is still empty): no run, and none spent.
+        assert!(d.open(&tools, &[], "refl", &tz, at("2026-12-06T10:00:00Z")).is_empty());
+        assert_eq!(d.next_deadline(), None);
+
+        let inv = [
+            device("ep1", "endpoint", true, &[], 0),
+            device("ep2", "endpoint", true, &[], 0),
+            device("ep3", "endpoint", true, &[], 0),
+        ];
+        let devices: Vec<&DeviceEntry> = inv.iter().collect();
+        let t0 = at("2026-12-06T10:00:05Z");
+        let opened = d.open(&tools, &devices, "refl", &tz, t0);
+        assert_eq!(
+            opened,
+            vec![Opening::Opened { layer: "tools@1".into(), window: String::new(), machines: 3 }]
+        );
+        assert!(d.open(&tools, &devices, "refl", &tz, at("2026-12-07T10:00:00Z")).is_empty());
+        assert_eq!(d.runs().len(), 1, "one run, whenever it is looked at again");
+        assert_eq!(d.status()[0].end, None, "no window, no end");
+        assert_eq!(d.next_deadline(), Some(since_epoch(t0)), "the first batch is due at once");
+
+        assert_eq!(d.poll(&devices, &BTreeMap::new(), t0), vec!["ep1"]);
+        let next = d.next_deadline().expect("the next batch");
+        assert_eq!(next, since_epoch(t0) + cfg.batch_interval);
+
+        // ep2 fetched by itself before its batch: delivered, never woken.
+        let later = [
+            device("ep1", "endpoint", true, &[], 0),
+            device("ep2", "endpoint", true, &["tools@1"], 0),
+            device("ep3", "endpoint", true, &[], 0),
+        ];
+        let devices: Vec<&DeviceEntry> = later.iter().collect();
+        let t1 = Timestamp::from_duration(next.try_into().unwrap()).unwrap();
+        assert!(d.poll(&devices, &BTreeMap::new(), t1).is_empty(), "ep2 needs no wake");
+        let ep2 = d.runs()[0].run.results().iter().find(|m| m.name == "ep2").unwrap().clone();
+        assert_eq!((ep2.state, ep2.wakes), (MachineState::Delivered, 0));
+        let t2 = Timestamp::from_duration((next + cfg.batch_interval).try_into().unwrap()).unwrap();
+        assert_eq!(d.poll(&devices, &BTreeMap::new(), t2), vec!["ep3"]);
+
+        // Finished a day ago: forgotten, and not opened again.
+        for n in ["ep1", "ep3"] {
+            d.runs[0].run.delivered(n, since_epoch(t2));
+        }
+        assert!(!d.active());
+        d.retire(at("2026-12-08T00:00:00Z").as_second() as u64);
+        assert!(d.runs().is_empty());
+        assert!(d.open(&tools, &devices, "refl", &tz, at("2026-12-08T00:00:01Z")).is_empty());
     }
 }

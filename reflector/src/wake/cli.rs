@@ -147,10 +147,11 @@ pub fn cli_status(state: &Path, json: bool) -> i32 {
         println!("no scheduled wake runs");
     }
     for r in runs {
+        let window = if r.window.is_empty() { "none (as soon as possible)" } else { &r.window };
         println!(
             "{} window {} ({}){}",
             r.layer,
-            r.window,
+            window,
             jiff::Timestamp::from_second(r.start as i64).map(|t| t.to_string()).unwrap_or_default(),
             if r.done { "" } else { " in progress" }
         );

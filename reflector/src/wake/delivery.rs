@@ -18,6 +18,9 @@ impl WakeState {
         let me = &fixed.me.name;
         for o in self.deliveries.open(&self.assignments, &devices, me, &tz, now) {
             match o {
+                Opening::Opened { layer, window, machines } if window.is_empty() => {
+                    tracing::info!(%layer, machines, "assignment without a window: waking the site")
+                }
                 Opening::Opened { layer, window, machines } => {
                     tracing::info!(%layer, %window, machines, "delivery window open: waking the site")
                 }

@@ -128,6 +128,7 @@ impl Engine<'_> {
                 site.refl[r].fg_registered = false;
             }
         }
+        self.pay_arrived(s, r);
         let conc = self.sc.model.fetch_concurrency;
         loop {
             if self.sites[s].refl[r].inflight >= conc {
@@ -151,8 +152,8 @@ impl Engine<'_> {
                 rf.budget.policy().background_share(),
                 Duration::from_secs_f64(site.rtt),
             );
-            if rf.inflight_bytes > 0 && limit.is_some_and(|l| rf.inflight_bytes + bytes > l) {
-                // The unpaid window is full: the next arrival makes room.
+            if !rf.upstream.fits(class, limit, bytes) {
+                // The unpaid window is full: the next payment makes room.
                 break;
             }
             let rate = site.link.min(share);
@@ -173,30 +174,38 @@ impl Engine<'_> {
                 }
                 break;
             }
-            let unix = self.sc.start_unix + now.floor() as i64;
-            match site.refl[r].budget.try_acquire(
-                class,
-                bytes,
-                Duration::from_nanos(self.now_ns),
-                unix,
-            ) {
+            if from_demand {
+                site.refl[r].demand.retain(|&(a, b)| (a, b) != (sl, k));
+            } else {
+                site.refl[r].cursor[sl as usize] = k + 1;
+            }
+            self.start_transfer(s, r, sl, k, p, class, start, end);
+        }
+    }
+
+    /// Pays, in arrival order, for the pulls reflector `r` received, as its fetcher pays for
+    /// each chunk when it arrives: each paid one frees its share of the window. When the
+    /// budget makes one wait, the loop runs again when it may be paid.
+    fn pay_arrived(&mut self, s: usize, r: usize) {
+        let now_ns = self.now_ns;
+        let unix = self.sc.start_unix + self.now().floor() as i64;
+        let rf = &mut self.sites[s].refl[r];
+        while let Some(&(class, bytes)) = rf.unpaid.front() {
+            match rf.budget.try_acquire(class, bytes, Duration::from_nanos(now_ns), unix) {
                 Decision::Admit => {
-                    if from_demand {
-                        site.refl[r].demand.retain(|&(a, b)| (a, b) != (sl, k));
-                    } else {
-                        site.refl[r].cursor[sl as usize] = k + 1;
-                    }
-                    self.start_transfer(s, r, sl, k, p, start, end);
+                    rf.unpaid.pop_front();
+                    rf.upstream.paid(class, bytes, bytes);
+                    rf.inflight -= 1;
                 }
                 Decision::Wait(d) => {
                     if class == TrafficClass::Foreground {
-                        site.refl[r].budget.foreground_waiting(1);
-                        site.refl[r].fg_registered = true;
+                        rf.budget.foreground_waiting(1);
+                        rf.fg_registered = true;
                     }
-                    let t = self.now_ns + (d.as_nanos() as u64).max(1);
-                    let pa = site.refl[r].poll_at;
-                    if !(pa > self.now_ns && pa <= t) {
-                        site.refl[r].poll_at = t;
+                    let t = now_ns + (d.as_nanos() as u64).max(1);
+                    let pa = rf.poll_at;
+                    if !(pa > now_ns && pa <= t) {
+                        rf.poll_at = t;
                         self.seq += 1;
                         self.heap.push(Reverse((
                             t,
@@ -204,7 +213,7 @@ impl Engine<'_> {
                             Ev::Fetch { site: s as u32, r: r as u32, token: t },
                         )));
                     }
-                    break;
+                    return;
                 }
             }
         }
@@ -218,6 +227,7 @@ impl Engine<'_> {
         sl: u32,
         k: u32,
         p: u32,
+        class: TrafficClass,
         start: f64,
         end: f64,
     ) {
@@ -234,12 +244,22 @@ impl Engine<'_> {
             site.misses.begin(id, FETCHER);
         }
         site.refl[r].inflight += 1;
-        site.refl[r].inflight_bytes += bytes;
+        site.refl[r].upstream.asked(class, bytes);
         site.refl[r].started = true;
         site.layers[sl as usize].root_asked = true;
         self.next_tid += 1;
         let tid = self.next_tid;
-        site.transfers.push(Transfer { tid, r: r as u32, sl, k, pull: p, start, end, bytes });
+        site.transfers.push(Transfer {
+            tid,
+            r: r as u32,
+            class,
+            sl,
+            k,
+            pull: p,
+            start,
+            end,
+            bytes,
+        });
         site.wan_bytes += bytes as f64;
         site.pulls_started += 1;
         Self::add_bins(&mut site.bins, bin_s, start, end, bytes as f64);
@@ -273,7 +293,7 @@ impl Engine<'_> {
                 site.outside -= unsent * closed / (t.end - from).max(1e-12);
             }
             site.refl[t.r as usize].inflight -= 1;
-            site.refl[t.r as usize].inflight_bytes -= t.bytes;
+            site.refl[t.r as usize].upstream.not_coming(t.class, t.bytes);
             site.fetching[t.pull as usize] = 0;
             let id = self.c.pulls[t.pull as usize].id;
             site.misses.prune(&id, |&w| w != FETCHER);

@@ -54,7 +54,7 @@ pub(super) fn finish(
         group_caps.push(caps);
     }
     for s in 0..eng.sites.len() {
-        eng.end_wake_run(s);
+        eng.record_runs(s, true);
     }
     let mut total_bins = vec![0.0f64; n_bins];
     let mut sites_out = Vec::with_capacity(eng.sites.len());

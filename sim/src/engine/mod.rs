@@ -16,11 +16,13 @@
 //!   the site's rate, [`site_fetcher`] choosing the one reflector that pulls each piece: the
 //!   site's leader, or under `wan_sharing = "spread"` rendezvous hashing of the piece), source
 //!   selection (`oasis_proto::select::rank`, the endpoint's ranking of its sources, for the
-//!   first choice and the failover) and scheduled wakes ([`WakeRun`]: batches, online timeout,
-//!   rewakes, failures with their reasons).
+//!   first choice and the failover) and scheduled delivery ([`Deliveries`], the reflector's wake
+//!   task's state machine: a run per opening of an assignment's window and one at the first
+//!   sight of an assignment without a window, fed the site's inventory; its runs' batches,
+//!   online timeout, rewakes, failures with their reasons).
 //! * **Sleep**: a sleeping endpoint comes online `wake_delay` + jitter after the first magic
-//!   packet its site's wake run sends it, or never (`never_wakes`). Runs start when the delivery
-//!   window of the site's first windowed assignment opens (t = 0 without windows).
+//!   packet a delivery run sends it, or never (`never_wakes`); an awake one registers at once
+//!   when woken. Its inventory entry lists the layers it finished.
 //! * **Granularity**: a layer is a list of synthetic chunks (deterministic sizes with a
 //!   FastCDC-like spread around `model.chunk_avg`), grouped in content order into *pulls* of
 //!   about `model.pull_bytes` (default 4 MiB ≈ 64 chunks). The WAN moves, admits, caches,
@@ -36,9 +38,10 @@
 //!   policy rate, added to a reflector's first transfer (and again after the link comes back).
 //!   The first byte of a pull arrives one round trip (2 × `wan_latency`) after it is admitted,
 //!   and a layer's first pull one more (the manifest's signed root). A reflector keeps at most
-//!   `model.fetch_concurrency` pulls in flight and, under a rate, no more bytes than the unpaid
-//!   window of `oasis_proto::policy::unpaid` (the reflector's fetcher uses the same one). Pulls
-//!   that hold a manifest's body come before any other pull of the layer.
+//!   `model.fetch_concurrency` pulls unpaid and, under a rate, pays for each when it arrives
+//!   and asks for no more unpaid bytes than the window allows ([`UpstreamFetch`], the
+//!   reflector's fetcher's state machine: window and payment rule). Pulls that hold a
+//!   manifest's body come before any other pull of the layer.
 //! * **Seed egress**: shared by all sites in simple fair share — a pull's rate is fixed when
 //!   it starts at `min(link, seed_egress / sites transferring)`.
 //! * **LAN**: endpoints are fluid flows sharing `lan_rate` equally (each capped at
@@ -51,7 +54,7 @@
 //! * Every site is simulated individually (no replication of identical sites).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -62,9 +65,11 @@ use oasis_proto::policy::unpaid::window_limit;
 use oasis_proto::policy::{time_zone, BandwidthPolicy, Decision, TrafficClass, WanBudget};
 use oasis_proto::select::{self, ProbeAnswer, SourceCandidate, LOAD_BUCKET};
 use oasis_proto::site_wan::{site_fetcher, SitePlace, SiteWan};
-use oasis_proto::wake::schedule::{
-    window_edges, MachineResult, MachineState, ScheduleConfig, WakeRun,
-};
+use oasis_proto::upstream_fetch::UpstreamFetch;
+use oasis_proto::wake::delivery::Deliveries;
+use oasis_proto::wake::msg::{DeviceEntry, DeviceInfo};
+use oasis_proto::wake::schedule::{window_edges, MachineResult, MachineState};
+use oasis_proto::wire::Assignment;
 use oasis_proto::ChunkId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -117,7 +122,7 @@ enum Ev {
         site: u32,
         e: u32,
     },
-    /// The site's wake run has something due ([`WakeRun::next_deadline`]).
+    /// The site's delivery runs have something due ([`Deliveries::next_deadline`]).
     WakePoll {
         site: u32,
     },
@@ -147,9 +152,12 @@ struct Refl {
     budget: WanBudget,
     ledger: CacheLedger,
     holds: Vec<u64>,
+    /// Pulls asked for and not yet paid (in flight, or arrived and waiting for the budget).
     inflight: usize,
-    /// Bytes of the pulls in flight (bounded by the unpaid window under a rate).
-    inflight_bytes: u64,
+    /// The unpaid window and payment rule, as the reflector's fetcher keeps them.
+    upstream: UpstreamFetch<u32>,
+    /// Pulls that arrived and are not yet paid for, in arrival order: (class, bytes).
+    unpaid: VecDeque<(TrafficClass, u64)>,
     /// Its connection upstream has carried data (slow start is behind it).
     started: bool,
     fg_registered: bool,
@@ -210,6 +218,7 @@ struct Ep {
 struct Transfer {
     tid: u64,
     r: u32,
+    class: TrafficClass,
     sl: u32,
     k: u32,
     pull: u32,
@@ -238,15 +247,21 @@ struct Mesh {
     busy_demand: u64,
 }
 
-/// Scheduled wakes of a site with sleeping endpoints: one [`WakeRun`] per opening of the
-/// delivery window (one from t = 0 when the layers have no window).
+/// Scheduled delivery of a site with sleeping endpoints, as its reflector runs it: [`Deliveries`]
+/// over the site's assignments and inventory (its endpoints, named by their index).
 struct SiteWake {
-    cfg: ScheduleConfig,
-    /// Site layer whose delivery window starts the runs.
-    sl: Option<usize>,
-    run: Option<WakeRun>,
+    deliveries: Deliveries,
+    /// The site's assignments as the reflector holds them, in site-layer order.
+    assignments: Vec<Assignment>,
+    /// Each endpoint's inventory entry; `held` grows as it finishes layers.
+    devices: Vec<DeviceEntry>,
+    /// When each endpoint last registered after a wake, on the clock since the epoch.
+    seen: BTreeMap<String, Duration>,
+    tz: jiff::tz::TimeZone,
+    /// Runs whose results were recorded (they finished), by index in `deliveries.runs()`.
+    recorded: Vec<bool>,
     poll_at: u64,
-    /// Each endpoint's result in the last run that included it.
+    /// Each endpoint's result in the last run that included it, in virtual seconds.
     last: Vec<Option<MachineResult>>,
 }
 
@@ -398,8 +413,9 @@ impl Engine<'_> {
                 }
                 {
                     let st = &mut self.sites[s];
-                    st.refl[t.r as usize].inflight -= 1;
-                    st.refl[t.r as usize].inflight_bytes -= t.bytes;
+                    // Paid for on arrival (its budget may make it wait): until then it holds
+                    // its share of the window and its place among the pulls in flight.
+                    st.refl[t.r as usize].unpaid.push_back((t.class, t.bytes));
                     st.fetching[t.pull as usize] = 0;
                     if let Some(m) = st.mesh.as_mut() {
                         m.arrived[t.r as usize] = true;
@@ -449,16 +465,12 @@ impl Engine<'_> {
             }
             Ev::Boot { site, e } => {
                 let s = site as usize;
-                let now_d = Duration::from_nanos(self.now_ns);
                 let now = self.now();
-                let st = &mut self.sites[s];
-                let ep = &mut st.eps[e as usize];
+                let ep = &mut self.sites[s].eps[e as usize];
                 ep.asleep = false;
                 ep.booting = false;
                 ep.wake_at = now;
-                if let Some(run) = st.wake.as_mut().and_then(|w| w.run.as_mut()) {
-                    run.online(&e.to_string(), now_d);
-                }
+                self.registered(s, e as usize);
                 self.wake_poll(s);
                 self.site_update(s);
                 self.kick_all(s);
@@ -494,10 +506,8 @@ impl Engine<'_> {
                         self.push(nt, Ev::Edge { site, sl, idx: idx + 1 });
                     }
                 }
-                let wakes_here =
-                    self.sites[s].wake.as_ref().is_some_and(|w| w.sl == Some(sl as usize));
-                if open && wakes_here {
-                    self.start_wake_run(s);
+                if open {
+                    self.open_deliveries(s);
                 }
                 self.site_update(s);
                 self.kick_all(s);

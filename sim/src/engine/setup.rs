@@ -46,7 +46,7 @@ pub(super) fn build_sites(sc: &Scenario, seed: u64, c: &Content, rng: &mut StdRn
     for (gi, g) in sc.groups.iter().enumerate() {
         for i in 0..g.count {
             let name = g.site_name(i);
-            let layers = site_layers(sc, g, &name, &mut windows);
+            let (layers, assignments) = site_layers(sc, g, &name, c, &mut windows);
             let nr = g.reflectors.max(1);
             let policy = &group_policies[gi];
             let mut refl: Vec<Refl> = (0..nr)
@@ -58,7 +58,8 @@ pub(super) fn build_sites(sc: &Scenario, seed: u64, c: &Content, rng: &mut StdRn
                         ledger: CacheLedger::new(),
                         holds: vec![0; n_pulls.div_ceil(64)],
                         inflight: 0,
-                        inflight_bytes: 0,
+                        upstream: UpstreamFetch::new(),
+                        unpaid: VecDeque::new(),
                         started: false,
                         fg_registered: false,
                         poll_at: 0,
@@ -73,9 +74,12 @@ pub(super) fn build_sites(sc: &Scenario, seed: u64, c: &Content, rng: &mut StdRn
             let link = &links[gi];
             let mesh = (nr > 1).then(|| site_mesh(sc, g, &name, sites.len(), policy, &mut refl, c));
             let wake = (n_asleep > 0).then(|| SiteWake {
-                cfg: g.wake,
-                sl: layers.iter().position(|l| l.sched.is_some()),
-                run: None,
+                deliveries: Deliveries::new(g.wake),
+                assignments,
+                devices: (0..ne).map(|e| inventory_entry(e, &name)).collect(),
+                seen: BTreeMap::new(),
+                tz: time_zone(&g.timezone).unwrap_or(jiff::tz::TimeZone::UTC),
+                recorded: Vec::new(),
                 poll_at: 0,
                 last: vec![None; ne],
             });
@@ -118,18 +122,26 @@ pub(super) fn build_sites(sc: &Scenario, seed: u64, c: &Content, rng: &mut StdRn
     Setup { sites, windows, group_policies }
 }
 
-/// The layers assigned to site `name` of group `g`, each with its delivery window.
+/// The layers assigned to site `name` of group `g`, each with its delivery window, and the
+/// same as the reflector's assignments.
 fn site_layers(
     sc: &Scenario,
     g: &crate::scenario::GroupSpec,
     name: &str,
+    c: &Content,
     windows: &mut Windows,
-) -> Vec<SLayer> {
+) -> (Vec<SLayer>, Vec<Assignment>) {
     let mut layers: Vec<SLayer> = Vec::new();
+    let mut assignments = Vec::new();
     for a in &sc.assignments {
         if !a.sites.matches(&g.name, name) || layers.iter().any(|l| l.layer == a.layer) {
             continue;
         }
+        assignments.push(Assignment {
+            name: c.layers[a.layer].name.clone(),
+            version: "1".into(),
+            window: a.window.clone().unwrap_or_default(),
+        });
         let sched =
             a.window.as_ref().map(|w| windows.of(w, &g.timezone, sc.start_unix, sc.duration_s));
         let (open, open_until) = match sched {
@@ -151,7 +163,7 @@ fn site_layers(
             root_asked: false,
         });
     }
-    layers
+    (layers, assignments)
 }
 
 /// What a site's caches hold before the run, in bytes.
@@ -237,6 +249,25 @@ fn warm_caches(
         }
     }
     Warm { held, unique, needed, evicted }
+}
+
+/// Endpoint `e`'s entry in its site's inventory: a machine with a MAC, holding nothing yet.
+fn inventory_entry(e: usize, site: &str) -> DeviceEntry {
+    DeviceEntry {
+        info: DeviceInfo {
+            name: e.to_string(),
+            role: "endpoint".into(),
+            site: site.into(),
+            agent_version: String::new(),
+            macs: vec![[2, 0, 0, 0, 0, 1]],
+            addrs: Vec::new(),
+            wake_to: None,
+            relay: None,
+            held: Vec::new(),
+        },
+        last_seen: 0,
+        reported_by: "reflector".into(),
+    }
 }
 
 /// A site's `ne` endpoints: a shuffled `asleep` fraction sleeps until woken by the site's wake
@@ -359,11 +390,7 @@ impl Engine<'_> {
             if site.mesh.is_some() && !site.eps.is_empty() {
                 self.push(0.0, Ev::Gossip { site: s as u32 });
             }
-            if let Some(w) = &self.sites[s].wake {
-                if w.sl.is_none_or(|sl| self.sites[s].layers[sl].open) {
-                    self.start_wake_run(s);
-                }
-            }
+            self.open_deliveries(s);
             for sl in 0..self.sites[s].layers.len() {
                 if let Some(w) = self.sites[s].layers[sl].sched {
                     if let Some(&(t, _)) = self.scheds[w].edges.first() {

@@ -25,7 +25,8 @@ impl Engine<'_> {
         }
         let mut flowing = 0usize;
         let mut kicks: Vec<u32> = Vec::new();
-        let mut done_now: Vec<usize> = Vec::new();
+        // A layer finished by some endpoint: the site's deliveries see it in the inventory.
+        let mut held_more = false;
         let n_layers = site.layers.len() as u32;
         for (ei, ep) in site.eps.iter_mut().enumerate() {
             ep.rate = 0.0;
@@ -48,6 +49,7 @@ impl Engine<'_> {
                 }
                 if ep.k >= n {
                     ep.pos += 1;
+                    held_more = true;
                     ep.progress = 0.0;
                     ep.k = 0;
                     ep.bound_k = 0;
@@ -55,7 +57,6 @@ impl Engine<'_> {
                     if ep.pos >= n_layers {
                         ep.done_at = now;
                         self.remaining -= 1;
-                        done_now.push(ei);
                         break;
                     }
                     continue;
@@ -105,14 +106,8 @@ impl Engine<'_> {
             let t = now + next.max(0.0) + 1e-9;
             self.push(t, Ev::Lan { site: s as u32, gen });
         }
-        if !done_now.is_empty() {
-            let now_d = Duration::from_nanos(self.now_ns);
-            if let Some(run) = self.sites[s].wake.as_mut().and_then(|w| w.run.as_mut()) {
-                for e in done_now {
-                    run.delivered(&e.to_string(), now_d);
-                }
-                self.wake_poll(s);
-            }
+        if held_more {
+            self.wake_poll(s);
         }
     }
 
