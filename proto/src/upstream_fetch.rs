@@ -131,6 +131,18 @@ impl<K: Copy + Eq + Hash> UpstreamFetch<K> {
         }
     }
 
+    /// Empties the queues: every id queued, with its class, foreground first, each in order
+    /// (the simulator hands a dead reflector's misses to the one that fetches them now).
+    pub fn drain_queued(&mut self) -> Vec<(K, TrafficClass)> {
+        let mut out = Vec::with_capacity(self.queued());
+        for class in [TrafficClass::Foreground, TrafficClass::Background] {
+            while let Some(id) = self.queue.pop(class) {
+                out.push((id, class));
+            }
+        }
+        out
+    }
+
     /// Chunks queued.
     pub fn queued(&self) -> usize {
         self.queue.fg_live + self.queue.bg_live
@@ -245,6 +257,11 @@ mod tests {
         f.want(5, BG);
         f.want_again(6, BG);
         assert_eq!(f.take(BG, 8, |&id| id != 4), vec![6, 5], "again goes first; 4 is dropped");
+        f.want(8, BG);
+        f.want(9, FG);
+        f.want(10, BG);
+        assert_eq!(f.drain_queued(), vec![(9, FG), (8, BG), (10, BG)]);
+        assert_eq!(f.queued(), 0);
     }
 
     #[test]

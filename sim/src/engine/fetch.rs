@@ -44,36 +44,48 @@ impl Engine<'_> {
         owner_of(site.mesh.as_ref(), &site.alive, p)
     }
 
-    /// The next pull reflector `r` should fetch: (site layer, position, pull, class, from demand).
-    pub(super) fn pick(
-        &mut self,
-        s: usize,
-        r: usize,
-    ) -> Option<(u32, u32, u32, TrafficClass, bool)> {
+    /// The next pull reflector `r` should fetch: (site layer, position, pull, class, the queue
+    /// it was taken from: put it back there if it does not go now).
+    pub(super) fn pick(&mut self, s: usize, r: usize) -> Option<Picked> {
         let look = self.lookahead_pulls;
         let site = &mut self.sites[s];
         let c = self.c;
-        // Demand first.
-        let mut i = 0;
-        while i < site.refl[r].demand.len() {
-            let (sl, k) = site.refl[r].demand[i];
-            let layer = &c.layers[site.layers[sl as usize].layer];
-            let p = layer.pulls[k as usize];
-            if site.held[p as usize] > 0 || site.fetching[p as usize] > 0 {
-                site.refl[r].demand.swap_remove(i);
-                continue;
-            }
-            let sll = &site.layers[sl as usize];
-            if sll.open {
-                let waited = site.misses.waiters(&c.pulls[p as usize].id) > 0;
-                let fg = waited || (sll.active > 0 && k <= sll.lead.saturating_add(look));
-                if fg || sll.prefetch {
-                    let class =
-                        if fg { TrafficClass::Foreground } else { TrafficClass::Background };
-                    return Some((sl, k, p, class, true));
+        // The queue first (misses and cut transfers), foreground before background, as the
+        // fetcher takes it: a pull the site holds or fetches by now is dropped; one that
+        // cannot go yet (its layer's window is closed, or nobody waits for it any more and its
+        // layer is not prefetched) keeps its place.
+        let mut found = None;
+        let mut waiting: Vec<((u32, u32), TrafficClass)> = Vec::new();
+        for from in [TrafficClass::Foreground, TrafficClass::Background] {
+            while found.is_none() {
+                let Some(&(sl, k)) = site.refl[r].upstream.take(from, 1, |_| true).first() else {
+                    break;
+                };
+                let layer = &c.layers[site.layers[sl as usize].layer];
+                let p = layer.pulls[k as usize];
+                if site.held[p as usize] > 0 || site.fetching[p as usize] > 0 {
+                    continue;
+                }
+                let sll = &site.layers[sl as usize];
+                if sll.open {
+                    let waited = site.misses.waiters(&c.pulls[p as usize].id) > 0;
+                    let fg = waited || (sll.active > 0 && k <= sll.lead.saturating_add(look));
+                    if fg || sll.prefetch {
+                        let class =
+                            if fg { TrafficClass::Foreground } else { TrafficClass::Background };
+                        found = Some((sl, k, p, class, Some(from)));
+                    }
+                }
+                if found.is_none() {
+                    waiting.push(((sl, k), from));
                 }
             }
-            i += 1;
+        }
+        for (id, class) in waiting.into_iter().rev() {
+            site.refl[r].upstream.want_again(id, class);
+        }
+        if found.is_some() {
+            return found;
         }
         if !site.alive.contains(&(r as u32)) {
             return None;
@@ -110,7 +122,7 @@ impl Engine<'_> {
             let fg = sll.active > 0 && cur <= sll.lead.saturating_add(look);
             if fg || sll.prefetch {
                 let class = if fg { TrafficClass::Foreground } else { TrafficClass::Background };
-                return Some((sl as u32, cur, layer.pulls[cur as usize], class, false));
+                return Some((sl as u32, cur, layer.pulls[cur as usize], class, None));
             }
         }
         None
@@ -134,7 +146,7 @@ impl Engine<'_> {
             if self.sites[s].refl[r].inflight >= conc {
                 break;
             }
-            let Some((sl, k, p, class, from_demand)) = self.pick(s, r) else {
+            let Some((sl, k, p, class, queued)) = self.pick(s, r) else {
                 if self.sites[s].transfers.is_empty() {
                     self.set_wanting(s, false);
                 }
@@ -154,6 +166,9 @@ impl Engine<'_> {
             );
             if !rf.upstream.fits(class, limit, bytes) {
                 // The unpaid window is full: the next payment makes room.
+                if let Some(from) = queued {
+                    site.refl[r].upstream.want_again((sl, k), from);
+                }
                 break;
             }
             let rate = site.link.min(share);
@@ -169,14 +184,15 @@ impl Engine<'_> {
             let end = start + bytes as f64 / rate;
             if site.layers[sl as usize].open_until < end {
                 // Would run past the delivery window's end: wait for the next opening.
+                if let Some(from) = queued {
+                    site.refl[r].upstream.want_again((sl, k), from);
+                }
                 if site.transfers.is_empty() {
                     self.set_wanting(s, false);
                 }
                 break;
             }
-            if from_demand {
-                site.refl[r].demand.retain(|&(a, b)| (a, b) != (sl, k));
-            } else {
+            if queued.is_none() {
                 site.refl[r].cursor[sl as usize] = k + 1;
             }
             self.start_transfer(s, r, sl, k, p, class, start, end);
@@ -299,7 +315,7 @@ impl Engine<'_> {
             site.misses.prune(&id, |&w| w != FETCHER);
             if !site.alive.is_empty() {
                 let o = Self::owner(site, t.pull) as usize;
-                site.refl[o].demand.push((t.sl, t.k));
+                site.refl[o].upstream.want_again((t.sl, t.k), t.class);
             }
         }
         site.link_free = kept.iter().map(|t| t.end).fold(now, f64::max);

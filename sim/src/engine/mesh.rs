@@ -22,7 +22,7 @@ impl Engine<'_> {
             let r = r as usize;
             let rf = &mut site.refl[r];
             let busy =
-                rf.inflight > 0 || rf.poll_at > now_ns || !rf.demand.is_empty() || m.arrived[r];
+                rf.inflight > 0 || rf.poll_at > now_ns || rf.upstream.queued() > 0 || m.arrived[r];
             m.arrived[r] = false;
             let before = m.wan[r].share();
             let round = m.wan[r].round(now_d, &m.view, busy, m.busy_demand);

@@ -154,8 +154,10 @@ struct Refl {
     holds: Vec<u64>,
     /// Pulls asked for and not yet paid (in flight, or arrived and waiting for the budget).
     inflight: usize,
-    /// The unpaid window and payment rule, as the reflector's fetcher keeps them.
-    upstream: UpstreamFetch<u32>,
+    /// The queue of pulls endpoints missed (or whose transfer was cut), the unpaid window and
+    /// the payment rule, as the reflector's fetcher keeps them; a pull is queued as (site
+    /// layer, position).
+    upstream: UpstreamFetch<(u32, u32)>,
     /// Pulls that arrived and are not yet paid for, in arrival order: (class, bytes).
     unpaid: VecDeque<(TrafficClass, u64)>,
     /// Its connection upstream has carried data (slow start is behind it).
@@ -163,8 +165,6 @@ struct Refl {
     fg_registered: bool,
     poll_at: u64,
     cursor: Vec<u32>,
-    /// (site layer, position) pulls to fetch first: endpoint misses and aborted transfers.
-    demand: Vec<(u32, u32)>,
 }
 
 impl Refl {
@@ -214,6 +214,9 @@ struct Ep {
     never: bool,
     boot_s: f64,
 }
+
+/// A pull to fetch: (site layer, position, pull, class, the queue it was taken from).
+type Picked = (u32, u32, u32, TrafficClass, Option<TrafficClass>);
 
 struct Transfer {
     tid: u64,

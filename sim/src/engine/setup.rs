@@ -64,7 +64,6 @@ pub(super) fn build_sites(sc: &Scenario, seed: u64, c: &Content, rng: &mut StdRn
                         fg_registered: false,
                         poll_at: 0,
                         cursor: vec![0; layers.len()],
-                        demand: Vec::new(),
                     }
                 })
                 .collect();

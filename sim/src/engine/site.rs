@@ -77,7 +77,8 @@ impl Engine<'_> {
                             && !site.alive.is_empty()
                         {
                             let o = owner_of(site.mesh.as_ref(), &site.alive, p);
-                            site.refl[o as usize].demand.push((ep.pos, ep.bound_k));
+                            let miss = (ep.pos, ep.bound_k);
+                            site.refl[o as usize].upstream.want(miss, TrafficClass::Foreground);
                             if !kicks.contains(&o) {
                                 kicks.push(o);
                             }
@@ -163,10 +164,10 @@ impl Engine<'_> {
             site.refl[a as usize].cursor.iter_mut().for_each(|c| *c = 0);
         }
         for r in gone {
-            for (sl, k) in std::mem::take(&mut site.refl[r].demand) {
+            for ((sl, k), class) in site.refl[r].upstream.drain_queued() {
                 let p = c.layers[site.layers[sl as usize].layer].pulls[k as usize];
                 let o = Self::owner(site, p) as usize;
-                site.refl[o].demand.push((sl, k));
+                site.refl[o].upstream.want((sl, k), class);
             }
         }
         self.kick_all(s);
@@ -206,9 +207,10 @@ impl Engine<'_> {
         // (`gossip_tick` → `reassign`), as the reflectors' siblings wait for the leader until
         // their view names the next one. Without a mesh the one survivor pulls everything.
         if site.mesh.is_none() {
-            let demand = std::mem::take(&mut site.refl[r].demand);
             let a = site.alive[0] as usize;
-            site.refl[a].demand.extend(demand);
+            for (id, class) in site.refl[r].upstream.drain_queued() {
+                site.refl[a].upstream.want(id, class);
+            }
         }
         for ep in site.eps.iter_mut() {
             ep.bound_k = ep.k;
