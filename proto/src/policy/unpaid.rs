@@ -30,8 +30,8 @@ pub fn window_limit(
     rtt: Duration,
 ) -> Option<u64> {
     let rate = rate?;
-    // A rate of zero (the policy pauses the WAN) lets nothing be asked for: it could not be
-    // paid for until the rate comes back.
+    // A rate of zero lets nothing be asked for, since it could never be paid for. No policy
+    // parses to one today (rates are at least 1 B/s); this keeps the window safe if one does.
     if rate == 0 || (class == TrafficClass::Background && background_share <= 0.0) {
         return Some(0);
     }

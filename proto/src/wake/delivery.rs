@@ -70,8 +70,8 @@ pub enum Opening {
 pub struct Deliveries {
     cfg: ScheduleConfig,
     runs: Vec<ActiveRun>,
-    /// Assignments without a window whose one run has opened ("name@version").
-    opened_at_once: BTreeSet<String>,
+    /// Per assignment without a window ("name@version"), the machines a run was opened for.
+    at_once: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// Can `d` be woken for a delivery: it has a MAC, takes layers (an endpoint or a reflector),
@@ -84,7 +84,7 @@ fn wakeable(d: &DeviceEntry, me: &str) -> bool {
 
 impl Deliveries {
     pub fn new(cfg: ScheduleConfig) -> Deliveries {
-        Deliveries { cfg, runs: Vec::new(), opened_at_once: BTreeSet::new() }
+        Deliveries { cfg, runs: Vec::new(), at_once: BTreeMap::new() }
     }
 
     pub fn runs(&self) -> &[ActiveRun] {
@@ -105,9 +105,11 @@ impl Deliveries {
     /// Opens a run for every assignment whose delivery window is open at `now` in `tz` and
     /// has no run for this opening yet, over every machine of `devices` that can be woken
     /// (`me` is the node that schedules). Machines that already hold the layer are delivered
-    /// at once; they need no wake. An assignment without a window means "as soon as
-    /// possible": it gets one run, without an end, the first time it is seen with a machine to
-    /// wake (a node that starts over wakes again those that still lack the layer).
+    /// at once; they need no wake. A run opened after its window started paces its batches
+    /// from `now`, not from the window's start. An assignment without a window means "as soon
+    /// as possible": a run without an end opens over the machines that lack the layer and no
+    /// run of it covered yet, so machines the inventory learns later get theirs (a node that
+    /// starts over wakes again those that still lack the layer).
     pub fn open(
         &mut self,
         assignments: &[Assignment],
@@ -119,12 +121,18 @@ impl Deliveries {
         let mut out = Vec::new();
         for a in assignments {
             let layer = format!("{}@{}", a.name, a.version);
-            let machines: Vec<String> =
+            let mut machines: Vec<String> =
                 devices.iter().filter(|d| wakeable(d, me)).map(|d| d.info.name.clone()).collect();
             let (start, end) = if a.window.is_empty() {
-                if machines.is_empty() || !self.opened_at_once.insert(layer.clone()) {
+                let covered = self.at_once.entry(layer.clone()).or_default();
+                let lacking = |d: &&&DeviceEntry| !d.info.held.contains(&layer);
+                let lack: BTreeSet<&str> =
+                    devices.iter().filter(lacking).map(|d| d.info.name.as_str()).collect();
+                machines.retain(|m| lack.contains(m.as_str()) && !covered.contains(m));
+                if machines.is_empty() {
                     continue;
                 }
+                covered.extend(machines.iter().cloned());
                 (now, None)
             } else {
                 let (start, end) = match window_at(&a.window, tz, now) {
@@ -146,7 +154,8 @@ impl Deliveries {
                 machines: machines.len(),
             });
             let run_end = end.map(since_epoch);
-            let mut run = WakeRun::new(machines, since_epoch(start), run_end, self.cfg);
+            let paced_from = since_epoch(start.max(now));
+            let mut run = WakeRun::new(machines, paced_from, run_end, self.cfg);
             for d in devices.iter().filter(|d| d.info.held.contains(&layer)) {
                 run.delivered(&d.info.name, since_epoch(now));
             }
@@ -341,11 +350,13 @@ mod tests {
         };
         assert_eq!(state(&d, "ep2"), Some(MachineState::Delivered), "it holds the layer");
 
-        // Batches of two: ep1 now (ep2 of its batch needs no wake), refl2 a batch later.
+        // Batches of two: ep1 now (ep2 of its batch needs no wake), refl2 a batch later, paced
+        // from the run's opening (5 s into the window), not from the window's start.
         let seen = BTreeMap::new();
         assert_eq!(d.poll(&devices, &seen, at("2026-12-06T22:00:06Z")), vec!["ep1"]);
         assert!(d.poll(&devices, &seen, at("2026-12-06T22:00:07Z")).is_empty(), "once");
-        assert_eq!(d.poll(&devices, &seen, at("2026-12-06T22:00:31Z")), vec!["refl2"]);
+        assert!(d.poll(&devices, &seen, at("2026-12-06T22:00:31Z")).is_empty());
+        assert_eq!(d.poll(&devices, &seen, at("2026-12-06T22:00:35Z")), vec!["refl2"]);
 
         // ep1 registers here after its wake and reports the layer; refl2 is seen at a sibling.
         let mut seen = BTreeMap::new();
@@ -409,7 +420,7 @@ mod tests {
     }
 
     #[test]
-    fn an_assignment_without_a_window_wakes_the_site_once_when_first_seen() {
+    fn an_assignment_without_a_window_wakes_each_machine_that_lacks_it_once() {
         let cfg = ScheduleConfig { batch_size: 1, ..ScheduleConfig::default() };
         let mut d = Deliveries::new(cfg);
         let tools =
@@ -423,13 +434,15 @@ mod tests {
             device("ep1", "endpoint", true, &[], 0),
             device("ep2", "endpoint", true, &[], 0),
             device("ep3", "endpoint", true, &[], 0),
+            device("ep0", "endpoint", true, &["tools@1"], 0),
         ];
         let devices: Vec<&DeviceEntry> = inv.iter().collect();
         let t0 = at("2026-12-06T10:00:05Z");
         let opened = d.open(&tools, &devices, "refl", &tz, t0);
         assert_eq!(
             opened,
-            vec![Opening::Opened { layer: "tools@1".into(), window: String::new(), machines: 3 }]
+            vec![Opening::Opened { layer: "tools@1".into(), window: String::new(), machines: 3 }],
+            "ep0 holds it already"
         );
         assert!(d.open(&tools, &devices, "refl", &tz, at("2026-12-07T10:00:00Z")).is_empty());
         assert_eq!(d.runs().len(), 1, "one run, whenever it is looked at again");
@@ -454,10 +467,22 @@ mod tests {
         let t2 = Timestamp::from_duration((next + cfg.batch_interval).try_into().unwrap()).unwrap();
         assert_eq!(d.poll(&devices, &BTreeMap::new(), t2), vec!["ep3"]);
 
+        // A machine the inventory learns later gets a run of its own; the others none again.
+        let ep4 = device("ep4", "endpoint", true, &[], 0);
+        let more = [later[0].clone(), later[1].clone(), later[2].clone(), ep4];
+        let devices: Vec<&DeviceEntry> = more.iter().collect();
+        let opened = d.open(&tools, &devices, "refl", &tz, t2);
+        assert_eq!(
+            opened,
+            vec![Opening::Opened { layer: "tools@1".into(), window: String::new(), machines: 1 }]
+        );
+        assert_eq!(d.poll(&devices, &BTreeMap::new(), t2), vec!["ep4"]);
+
         // Finished a day ago: forgotten, and not opened again.
         for n in ["ep1", "ep3"] {
             d.runs[0].run.delivered(n, since_epoch(t2));
         }
+        d.runs[1].run.delivered("ep4", since_epoch(t2));
         assert!(!d.active());
         d.retire(at("2026-12-08T00:00:00Z").as_second() as u64);
         assert!(d.runs().is_empty());

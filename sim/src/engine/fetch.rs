@@ -158,9 +158,12 @@ impl Engine<'_> {
             let share = self.sc.seed_egress / busy.max(self.wanting) as f64;
             let site = &mut self.sites[s];
             let rf = &site.refl[r];
+            // The rate in force now, as the fetcher reads its limiter's (the bucket's own is
+            // brought up to date only when it is paid from).
+            let unix = self.sc.start_unix + now.floor() as i64;
             let limit = window_limit(
                 class,
-                rf.budget.current_rate(),
+                rf.budget.rate_at(unix),
                 rf.budget.policy().background_share(),
                 Duration::from_secs_f64(site.rtt),
             );
@@ -199,39 +202,45 @@ impl Engine<'_> {
         }
     }
 
-    /// Pays, in arrival order, for the pulls reflector `r` received, as its fetcher pays for
-    /// each chunk when it arrives: each paid one frees its share of the window. When the
-    /// budget makes one wait, the loop runs again when it may be paid.
+    /// Pays for the pulls reflector `r` received, as its fetcher pays for each chunk when it
+    /// arrives: foreground first (its payment waits as foreground, ahead of background), each
+    /// class in arrival order; each paid one frees its share of the window. When the budget
+    /// makes one wait, the loop runs again when it may be paid.
     fn pay_arrived(&mut self, s: usize, r: usize) {
         let now_ns = self.now_ns;
         let unix = self.sc.start_unix + self.now().floor() as i64;
         let rf = &mut self.sites[s].refl[r];
-        while let Some(&(class, bytes)) = rf.unpaid.front() {
-            match rf.budget.try_acquire(class, bytes, Duration::from_nanos(now_ns), unix) {
-                Decision::Admit => {
-                    rf.unpaid.pop_front();
-                    rf.upstream.paid(class, bytes, bytes);
-                    rf.inflight -= 1;
-                }
-                Decision::Wait(d) => {
-                    if class == TrafficClass::Foreground {
-                        rf.budget.foreground_waiting(1);
-                        rf.fg_registered = true;
+        'pay: loop {
+            for class in [TrafficClass::Foreground, TrafficClass::Background] {
+                let Some(&bytes) = rf.unpaid[class as usize].front() else { continue };
+                match rf.budget.try_acquire(class, bytes, Duration::from_nanos(now_ns), unix) {
+                    Decision::Admit => {
+                        rf.unpaid[class as usize].pop_front();
+                        rf.upstream.paid(class, bytes, bytes);
+                        rf.inflight -= 1;
+                        continue 'pay;
                     }
-                    let t = now_ns + (d.as_nanos() as u64).max(1);
-                    let pa = rf.poll_at;
-                    if !(pa > now_ns && pa <= t) {
-                        rf.poll_at = t;
-                        self.seq += 1;
-                        self.heap.push(Reverse((
-                            t,
-                            self.seq,
-                            Ev::Fetch { site: s as u32, r: r as u32, token: t },
-                        )));
+                    Decision::Wait(d) => {
+                        if class == TrafficClass::Foreground {
+                            rf.budget.foreground_waiting(1);
+                            rf.fg_registered = true;
+                        }
+                        let t = now_ns + (d.as_nanos() as u64).max(1);
+                        let pa = rf.poll_at;
+                        if !(pa > now_ns && pa <= t) {
+                            rf.poll_at = t;
+                            self.seq += 1;
+                            self.heap.push(Reverse((
+                                t,
+                                self.seq,
+                                Ev::Fetch { site: s as u32, r: r as u32, token: t },
+                            )));
+                        }
+                        return;
                     }
-                    return;
                 }
             }
+            return;
         }
     }
 
@@ -293,6 +302,7 @@ impl Engine<'_> {
         let site = &mut self.sites[s];
         let was_busy = !site.transfers.is_empty();
         let mut kept = Vec::new();
+        let mut again: Vec<(usize, (u32, u32), TrafficClass)> = Vec::new();
         for t in std::mem::take(&mut site.transfers) {
             if !which(&t) {
                 kept.push(t);
@@ -314,9 +324,13 @@ impl Engine<'_> {
             let id = self.c.pulls[t.pull as usize].id;
             site.misses.prune(&id, |&w| w != FETCHER);
             if !site.alive.is_empty() {
-                let o = Self::owner(site, t.pull) as usize;
-                site.refl[o].upstream.want_again((t.sl, t.k), t.class);
+                again.push((Self::owner(site, t.pull) as usize, (t.sl, t.k), t.class));
             }
+        }
+        // Back at the front of the queue in the order they were asked for, as the fetcher
+        // puts back a failed batch's unanswered chunks.
+        for (o, id, class) in again.into_iter().rev() {
+            site.refl[o].upstream.want_again(id, class);
         }
         site.link_free = kept.iter().map(|t| t.end).fold(now, f64::max);
         site.transfers = kept;

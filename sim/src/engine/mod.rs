@@ -36,11 +36,12 @@
 //!   (`oasis_proto::congestion::Pipe`) over a packet-level model of that link once per
 //!   group, which also gives the time a fresh connection's slow start costs at the site's
 //!   policy rate, added to a reflector's first transfer (and again after the link comes back).
-//!   The first byte of a pull arrives one round trip (2 × `wan_latency`) after it is admitted,
+//!   The first byte of a pull arrives one round trip (2 × `wan_latency`) after it is asked for,
 //!   and a layer's first pull one more (the manifest's signed root). A reflector keeps at most
 //!   `model.fetch_concurrency` pulls unpaid and, under a rate, pays for each when it arrives
 //!   and asks for no more unpaid bytes than the window allows ([`UpstreamFetch`], the
-//!   reflector's fetcher's state machine: window and payment rule). Pulls that hold a
+//!   reflector's fetcher's state machine: the queue of misses, the window and the payment
+//!   rule). Pulls that hold a
 //!   manifest's body come before any other pull of the layer.
 //! * **Seed egress**: shared by all sites in simple fair share — a pull's rate is fixed when
 //!   it starts at `min(link, seed_egress / sites transferring)`.
@@ -158,8 +159,9 @@ struct Refl {
     /// the payment rule, as the reflector's fetcher keeps them; a pull is queued as (site
     /// layer, position).
     upstream: UpstreamFetch<(u32, u32)>,
-    /// Pulls that arrived and are not yet paid for, in arrival order: (class, bytes).
-    unpaid: VecDeque<(TrafficClass, u64)>,
+    /// Bytes of the pulls that arrived and are not yet paid for, per class (indexed by
+    /// `TrafficClass as usize`), in arrival order.
+    unpaid: [VecDeque<u64>; 2],
     /// Its connection upstream has carried data (slow start is behind it).
     started: bool,
     fg_registered: bool,
@@ -418,7 +420,7 @@ impl Engine<'_> {
                     let st = &mut self.sites[s];
                     // Paid for on arrival (its budget may make it wait): until then it holds
                     // its share of the window and its place among the pulls in flight.
-                    st.refl[t.r as usize].unpaid.push_back((t.class, t.bytes));
+                    st.refl[t.r as usize].unpaid[t.class as usize].push_back(t.bytes);
                     st.fetching[t.pull as usize] = 0;
                     if let Some(m) = st.mesh.as_mut() {
                         m.arrived[t.r as usize] = true;

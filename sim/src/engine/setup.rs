@@ -59,7 +59,7 @@ pub(super) fn build_sites(sc: &Scenario, seed: u64, c: &Content, rng: &mut StdRn
                         holds: vec![0; n_pulls.div_ceil(64)],
                         inflight: 0,
                         upstream: UpstreamFetch::new(),
-                        unpaid: VecDeque::new(),
+                        unpaid: [VecDeque::new(), VecDeque::new()],
                         started: false,
                         fg_registered: false,
                         poll_at: 0,

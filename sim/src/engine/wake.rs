@@ -85,8 +85,9 @@ impl Engine<'_> {
         }
     }
 
-    /// Records the results of the site's finished runs (with `all`, of every run: the
-    /// simulation ends), each machine's latest in virtual seconds. A machine that will never
+    /// Records the results of the site's finished runs (with `all`, of every run in the order
+    /// they opened: the simulation ends, and a machine's newest run has the last word), each
+    /// machine's latest in virtual seconds. A machine that will never
     /// come online and was failed by a run (not merely cut off by the window's end, after
     /// which the next opening tries again) has failed for good.
     pub(super) fn record_runs(&mut self, s: usize, all: bool) {
@@ -96,7 +97,7 @@ impl Engine<'_> {
         let runs = w.deliveries.runs();
         w.recorded.resize(runs.len(), false);
         for (i, r) in runs.iter().enumerate() {
-            if w.recorded[i] || !(all || r.run.is_done()) {
+            if !all && (w.recorded[i] || !r.run.is_done()) {
                 continue;
             }
             w.recorded[i] = true;
