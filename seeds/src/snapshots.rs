@@ -501,14 +501,22 @@ mod tests {
         assert_eq!(snaps.devices().unwrap().len(), 1);
     }
 
-    #[test]
-    fn records_in_assembly_stay_within_the_budget_and_a_claim_alone_allocates_nothing() {
+    /// A store holding one uploaded record of "laptop" (its request) and a 1 MiB record
+    /// budget of its own.
+    fn one_record_and_a_budget(
+    ) -> (tempfile::TempDir, ChunkStore, PutSnapshot, &'static RecordBudget) {
         let dir = tempfile::tempdir().unwrap();
         let store = ChunkStore::open(dir.path()).unwrap();
         let r = record("laptop", "1", b"user data");
         store.put(&StoredChunk::encode(b"user data")).unwrap();
         let req = upload_record(&store, &r);
         let budget: &'static RecordBudget = Box::leak(Box::new(RecordBudget::new(1 << 20)));
+        (dir, store, req, budget)
+    }
+
+    #[test]
+    fn records_in_assembly_stay_within_the_budget_and_a_claim_alone_allocates_nothing() {
+        let (_dir, store, req, budget) = one_record_and_a_budget();
         let snaps = Snapshots::with_budget(&store, budget).unwrap();
 
         // One stored chunk listed over and over, claiming more than the whole budget: refused
@@ -552,12 +560,7 @@ mod tests {
 
     #[test]
     fn a_device_sending_a_record_that_does_not_check_waits_before_the_next() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ChunkStore::open(dir.path()).unwrap();
-        let r = record("laptop", "1", b"user data");
-        store.put(&StoredChunk::encode(b"user data")).unwrap();
-        let req = upload_record(&store, &r);
-        let budget: &'static RecordBudget = Box::leak(Box::new(RecordBudget::new(1 << 20)));
+        let (_dir, store, req, budget) = one_record_and_a_budget();
         let snaps = Snapshots::with_budget(&store, budget).unwrap();
 
         // A chunk longer than records are cut into is refused before anything is read.

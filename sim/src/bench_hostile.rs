@@ -157,32 +157,12 @@ pub async fn run(
     )?;
 
     let limit = Duration::from_secs(60);
-    let (seed_port, seed_metrics) = (free_port()?, free_port()?);
-    let mut seed = Watched::serve(
-        "seed",
-        Command::new(&seed_bin)
-            .args(["serve", "--data"])
-            .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{seed_port}")])
-            .args(["--metrics", &format!("127.0.0.1:{seed_metrics}")]),
-        &logs,
-        ([127, 0, 0, 1], seed_metrics).into(),
-        limit,
-    )?;
-    let (refl_port, refl_metrics, p2p_port) = (free_port()?, free_port()?, free_port()?);
-    let mut refl = Watched::serve(
-        "reflector",
-        Command::new(&refl_bin)
-            .args(["serve", "--state"])
-            .arg(&refl_state)
-            .args(["--listen", &format!("127.0.0.1:{refl_port}")])
-            .args(["--upstream", &format!("127.0.0.1:{seed_port}")])
-            .args(["--metrics", &format!("127.0.0.1:{refl_metrics}")])
-            .args(["--p2p-listen", &format!("/ip4/127.0.0.1/tcp/{p2p_port}"), "--no-mdns"]),
-        &logs,
-        ([127, 0, 0, 1], refl_metrics).into(),
-        limit,
-    )?;
+    let (mut seed, seed_port) = Watched::seed("seed", &seed_bin, &data, &logs, limit)?;
+    let p2p_port = free_port()?;
+    let mesh =
+        ["--p2p-listen".to_string(), format!("/ip4/127.0.0.1/tcp/{p2p_port}"), "--no-mdns".into()];
+    let (mut refl, refl_port) =
+        Watched::reflector("reflector", &refl_bin, &refl_state, seed_port, &mesh, &logs, limit)?;
     let seed_addr: SocketAddr = ([127, 0, 0, 1], seed_port).into();
     let refl_addr: SocketAddr = ([127, 0, 0, 1], refl_port).into();
 

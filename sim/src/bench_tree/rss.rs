@@ -67,6 +67,55 @@ impl Watched {
         Ok(w)
     }
 
+    /// `oasis-seed serve` of `data` on free loopback ports, watched once it listens; and
+    /// its port.
+    pub(crate) fn seed(
+        name: &str,
+        bin: &Path,
+        data: &Path,
+        logs: &Path,
+        limit: Duration,
+    ) -> anyhow::Result<(Watched, u16)> {
+        let mut cmd = Command::new(bin);
+        cmd.args(["serve", "--data"]).arg(data);
+        Watched::on_free_ports(name, &mut cmd, logs, limit)
+    }
+
+    /// `oasis-reflector serve` of `state` under the seed on loopback port `upstream`, with
+    /// `extra` arguments, on free loopback ports, watched once it listens; and its port.
+    pub(crate) fn reflector(
+        name: &str,
+        bin: &Path,
+        state: &Path,
+        upstream: u16,
+        extra: &[String],
+        logs: &Path,
+        limit: Duration,
+    ) -> anyhow::Result<(Watched, u16)> {
+        let mut cmd = Command::new(bin);
+        cmd.args(["serve", "--state"])
+            .arg(state)
+            .args(["--upstream", &format!("127.0.0.1:{upstream}")])
+            .args(extra);
+        Watched::on_free_ports(name, &mut cmd, logs, limit)
+    }
+
+    /// Serves `cmd` with `--listen` and `--metrics` on free loopback ports, watched once its
+    /// metrics answer; and its listening port.
+    fn on_free_ports(
+        name: &str,
+        cmd: &mut Command,
+        logs: &Path,
+        limit: Duration,
+    ) -> anyhow::Result<(Watched, u16)> {
+        let (port, metrics) = (free_port()?, free_port()?);
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics", &format!("127.0.0.1:{metrics}")]);
+        let w =
+            Watched::serve(name, cmd, logs, SocketAddr::from(([127, 0, 0, 1], metrics)), limit)?;
+        Ok((w, port))
+    }
+
     pub(crate) fn peak_bytes(&self) -> u64 {
         if let Some(k) = vm_hwm_kib(self.child.id()) {
             self.peak_kib.fetch_max(k, Ordering::Relaxed);
@@ -222,31 +271,16 @@ pub(super) fn bench_rss(
     )?
     .wait()?;
 
-    let (seed_port, seed_metrics) = (free_port()?, free_port()?);
     let limit = Duration::from_secs(120);
-    let seed = Watched::serve(
-        "seed-serve",
-        Command::new(&seed_bin)
-            .args(["serve", "--data"])
-            .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{seed_port}")])
-            .args(["--metrics", &format!("127.0.0.1:{seed_metrics}")]),
-        &logs,
-        SocketAddr::from(([127, 0, 0, 1], seed_metrics)),
-        limit,
-    )?;
-    let (refl_port, refl_metrics) = (free_port()?, free_port()?);
-    let refl = Watched::serve(
+    let (seed, seed_port) = Watched::seed("seed-serve", &seed_bin, &data, &logs, limit)?;
+    let no_mesh = ["--no-mesh".to_string()];
+    let (refl, refl_port) = Watched::reflector(
         "reflector-serve",
-        Command::new(&refl_bin)
-            .args(["serve", "--state"])
-            .arg(&refl_state)
-            .args(["--listen", &format!("127.0.0.1:{refl_port}")])
-            .args(["--upstream", &format!("127.0.0.1:{seed_port}")])
-            .args(["--metrics", &format!("127.0.0.1:{refl_metrics}")])
-            .arg("--no-mesh"),
+        &refl_bin,
+        &refl_state,
+        seed_port,
+        &no_mesh,
         &logs,
-        SocketAddr::from(([127, 0, 0, 1], refl_metrics)),
         limit,
     )?;
     let (seed_idle, refl_idle) = (seed.peak_bytes(), refl.peak_bytes());
