@@ -19,6 +19,9 @@ pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 pub const MAX_IDS_PER_REQUEST: usize = 16_384;
 /// Longest layer name or version, in bytes.
 pub const MAX_NAME_BYTES: usize = 255;
+/// Largest revocation list (a DER X.509 CRL) a `Revocations` frame carries: about 40 bytes per
+/// revoked certificate, some 50,000 of them.
+pub const MAX_REVOCATION_LIST_BYTES: usize = 2 << 20;
 
 pub mod frame_type {
     pub const GET_MANIFEST: u8 = 0x01;
@@ -28,6 +31,7 @@ pub mod frame_type {
     pub const GET_ASSIGNMENTS: u8 = 0x05;
     pub const GET_CHUNKS_BACKGROUND: u8 = 0x06;
     pub const GET_LATEST: u8 = 0x07;
+    pub const GET_REVOCATIONS: u8 = 0x08;
     pub const MANIFEST: u8 = 0x81;
     pub const CHUNK: u8 = 0x82;
     pub const MISSING: u8 = 0x83;
@@ -36,6 +40,7 @@ pub mod frame_type {
     pub const LAYERS: u8 = 0x86;
     pub const ASSIGNMENTS: u8 = 0x87;
     pub const LATEST: u8 = 0x88;
+    pub const REVOCATIONS: u8 = 0x89;
     // Device inventory and Wake-on-LAN (0x10-0x17, 0x90-0x97): see crate::wake::msg.
     pub const REGISTER: u8 = 0x10;
     pub const WAKE: u8 = 0x11;
@@ -145,6 +150,17 @@ pub enum Frame {
     Latest {
         statement: Bytes,
         note: String,
+    },
+    /// Ask for the revocation list the server holds, if its CRL number is above `known` (the
+    /// number of the list the client holds; 0 for none). Answer: `Revocations`.
+    GetRevocations {
+        known: u64,
+    },
+    /// The CA-signed revocation list (DER X.509 CRL, at most `MAX_REVOCATION_LIST_BYTES`); empty
+    /// when the server holds none above the number asked about. The client checks the
+    /// signature; the server proves nothing.
+    Revocations {
+        crl: Bytes,
     },
     /// A signed manifest (see manifest::SignedManifest::to_bytes).
     Manifest {
@@ -260,6 +276,8 @@ impl Frame {
             Frame::GetAssignments => GET_ASSIGNMENTS,
             Frame::GetLatest { .. } => GET_LATEST,
             Frame::Latest { .. } => LATEST,
+            Frame::GetRevocations { .. } => GET_REVOCATIONS,
+            Frame::Revocations { .. } => REVOCATIONS,
             Frame::Manifest { .. } => MANIFEST,
             Frame::Chunk(_) => CHUNK,
             Frame::Missing { .. } => MISSING,
@@ -304,7 +322,9 @@ impl Frame {
                 }
             }
             Frame::ListLayers | Frame::GetAssignments | Frame::End => {}
+            Frame::GetRevocations { known } => out.put_u64(*known),
             Frame::Manifest { signed } => out.put_slice(signed),
+            Frame::Revocations { crl } => out.put_slice(crl),
             Frame::GetLatest { name } => put_str(out, name),
             Frame::Latest { statement, note } => {
                 out.put_u16(statement.len() as u16);
@@ -549,6 +569,19 @@ impl Frame {
                 Frame::Snapshot { info, record, seal: get_seal(&mut body, "Snapshot")? }
             }
             GET_PLAN => Frame::GetPlan,
+            GET_REVOCATIONS => {
+                need(&body, 8, "GetRevocations")?;
+                Frame::GetRevocations { known: body.get_u64() }
+            }
+            REVOCATIONS => {
+                if body.len() > MAX_REVOCATION_LIST_BYTES {
+                    return Err(malformed(
+                        "Revocations",
+                        format!("list of {} bytes over limit", body.len()),
+                    ));
+                }
+                Frame::Revocations { crl: std::mem::take(&mut body) }
+            }
             PLAN => {
                 let plan = crate::backup::decode_plan(&mut body)?;
                 Frame::Plan { plan, seal: get_seal(&mut body, "Plan")? }
@@ -714,6 +747,10 @@ mod tests {
         roundtrip(Frame::error(ErrorCode::NotFound, "layer base@9 not found"));
         roundtrip(Frame::GetAssignments);
         roundtrip(Frame::GetLatest { name: "base".into() });
+        roundtrip(Frame::GetRevocations { known: 0 });
+        roundtrip(Frame::GetRevocations { known: u64::MAX });
+        roundtrip(Frame::Revocations { crl: Bytes::new() });
+        roundtrip(Frame::Revocations { crl: Bytes::from_static(b"0\x03\x02\x01\x00") });
         roundtrip(Frame::Latest { statement: Bytes::from_static(b"OAL1"), note: String::new() });
         roundtrip(Frame::Latest {
             statement: Bytes::from_static(b"OAL1xyz"),

@@ -121,6 +121,8 @@ pub(crate) struct Reflector {
     siblings: Option<Arc<Siblings>>,
     /// Inventory, wake relay and scheduled delivery.
     wake: crate::wake::WakeNode,
+    /// The revocation list peers are refused by.
+    pub(crate) revocations: oasis_core::pki::Revocations,
     /// Work spawned on behalf of requests (manifest fetches, pulls ahead, chunk-list reads);
     /// stopping waits for it.
     tasks: TaskTracker,

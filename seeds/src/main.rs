@@ -6,7 +6,7 @@ use oasis_core::chunk::ChunkParams;
 use oasis_core::logging::{self, LogFormat};
 use oasis_core::manifest::LayerKind;
 use oasis_core::net::ServeLimits;
-use oasis_core::pki::{Role, SeedAuthority};
+use oasis_core::pki::{RevokeTarget, Role, SeedAuthority};
 use oasis_core::store::StoreError;
 use oasis_seed::admin::forward;
 use oasis_seed::commands::{execute, StoreCommand};
@@ -59,6 +59,31 @@ enum Cmd {
         /// Replace an identity already in --out.
         #[arg(long)]
         force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a node's certificate (every unrevoked one of NAME, or one by --serial) and sign a
+    /// new revocation list; the serving seed takes it within a second and reflectors soon after,
+    /// and from then on refuse the node's connections and its gossip.
+    Revoke {
+        #[arg(long)]
+        data: PathBuf,
+        /// The node name to revoke.
+        #[arg(required_unless_present = "serial", conflicts_with = "serial")]
+        name: Option<String>,
+        /// Only the certificates of this role (with NAME).
+        #[arg(long, requires = "name")]
+        role: Option<Role>,
+        /// The certificate serial (hex, as `oasis-seed certs` lists it).
+        #[arg(long)]
+        serial: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the certificates this seed issued, and which are revoked.
+    Certs {
+        #[arg(long)]
+        data: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -301,6 +326,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             } else {
                 println!("enrolled {} into {}", id.info(), out.display());
+            }
+        }
+        Cmd::Revoke { data, name, role, serial, json } => {
+            let auth = SeedAuthority::load(&data)?;
+            let target = match (name, serial) {
+                (_, Some(serial)) => RevokeTarget::Serial(serial),
+                (Some(name), None) => RevokeTarget::Name { name, role },
+                (None, None) => bail!("revoke: give a node NAME or --serial"),
+            };
+            let revoked = auth.revoke(&target)?;
+            if json {
+                println!("{}", serde_json::json!({ "revoked": revoked }));
+            } else {
+                for c in &revoked {
+                    println!("revoked {} {} (serial {})", c.role, c.name, c.serial);
+                }
+            }
+        }
+        Cmd::Certs { data, json } => {
+            let certs = SeedAuthority::load(&data)?.issued()?;
+            if json {
+                println!("{}", serde_json::to_string(&certs)?);
+            } else {
+                println!(
+                    "{:<10} {:<24} {:<12} {:<34} {:<10}  state",
+                    "role", "name", "site", "serial", "expires"
+                );
+                for c in &certs {
+                    println!(
+                        "{:<10} {:<24} {:<12} {:<34} {:<10}  {}",
+                        c.role.as_str(),
+                        c.name,
+                        c.site.as_deref().unwrap_or("-"),
+                        c.serial,
+                        day_of(c.not_after),
+                        c.revoked_at
+                            .map_or("valid".to_string(), |t| format!("revoked {}", day_of(t)))
+                    );
+                }
             }
         }
         Cmd::Publish { data, name, version, kind, chunk_sizes, src_dir, json } => {
@@ -576,6 +640,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Runs a store command here, or in the running seed when it holds the store.
+/// A unix time as its UTC day (YYYY-MM-DD).
+fn day_of(unix: u64) -> String {
+    jiff::Timestamp::from_second(unix as i64)
+        .map_or_else(|_| unix.to_string(), |t| t.strftime("%Y-%m-%d").to_string())
+}
+
 fn run_store_command(
     data: &Path,
     cmd: &StoreCommand,

@@ -8,7 +8,7 @@ use crate::source::SeedSource;
 use anyhow::Context;
 use oasis_core::metrics::NodeMetrics;
 use oasis_core::net::{self, ServeLimits, TransportOptions};
-use oasis_core::pki::{NodeIdentity, SeedAuthority};
+use oasis_core::pki::{NodeIdentity, Revocations, SeedAuthority};
 use oasis_core::store::ChunkStore;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,6 +38,8 @@ pub struct RunningSeed {
     pub metrics_addr: Option<SocketAddr>,
     pub store: Arc<ChunkStore>,
     pub metrics: Arc<NodeMetrics>,
+    /// The revocation list the seed holds: what `oasis-seed revoke` last signed.
+    pub revocations: Revocations,
     endpoint: quinn::Endpoint,
     task: tokio::task::JoinHandle<()>,
     mesh: Option<crate::mesh::SeedMesh>,
@@ -74,10 +76,14 @@ impl RunningSeed {
         let store = Arc::new(open_store(data)?);
         let signer = SeedSigner::new(auth.signing_key().clone(), latest_ttl)
             .map_err(|e| anyhow::anyhow!("oasis-seed serve: {e}"))?;
+        let trust = auth.trust().clone();
         crate::admin::spawn(data, auth, store.clone()).with_context(|| {
             format!("cannot open the admin socket {}", crate::admin::socket_path(data).display())
         })?;
-        Self::start_with(identity, store, Some(Arc::new(signer)), listen, metrics_listen, limits)
+        let revocations = Revocations::default();
+        crate::revocations::watch_file(data, trust, revocations.clone())?;
+        let signer = Some(Arc::new(signer));
+        Self::start_serving(identity, store, signer, listen, metrics_listen, limits, revocations)
             .await
     }
 
@@ -90,6 +96,20 @@ impl RunningSeed {
         listen: SocketAddr,
         metrics_listen: Option<SocketAddr>,
         limits: ServeLimits,
+    ) -> anyhow::Result<RunningSeed> {
+        let revocations = Revocations::default();
+        Self::start_serving(identity, store, signer, listen, metrics_listen, limits, revocations)
+            .await
+    }
+
+    async fn start_serving(
+        identity: NodeIdentity,
+        store: Arc<ChunkStore>,
+        signer: Option<Arc<SeedSigner>>,
+        listen: SocketAddr,
+        metrics_listen: Option<SocketAddr>,
+        limits: ServeLimits,
+        revocations: Revocations,
     ) -> anyhow::Result<RunningSeed> {
         let transport = limits.transport(&TransportOptions::default());
         let endpoint = net::server_endpoint(listen, &identity, &transport)
@@ -110,11 +130,21 @@ impl RunningSeed {
         let router = net::Router::new(source.clone())
             .inventory(source.clone())
             .backup(source)
-            .limits(limits);
+            .limits(limits)
+            .revocations(revocations.clone());
         let serving = net::serve(endpoint.clone(), router, metrics.clone());
         let task = tokio::spawn(serving.instrument(tracing::info_span!("task", task = "serve")));
         tracing::info!(%addr, node = %identity.info(), "seed serving");
-        Ok(RunningSeed { addr, metrics_addr, store, metrics, endpoint, task, mesh: None })
+        Ok(RunningSeed {
+            addr,
+            metrics_addr,
+            store,
+            metrics,
+            revocations,
+            endpoint,
+            task,
+            mesh: None,
+        })
     }
 
     /// Joins the reflector mesh with the identity in `data` (see [`crate::mesh`]). Without a

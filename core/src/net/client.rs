@@ -323,6 +323,15 @@ impl Client {
         }
     }
 
+    /// The revocation list the server holds, as sent (DER), when its number is above `known`;
+    /// empty otherwise. The caller checks it against the CA (`pki::RevocationList::from_der`).
+    pub async fn revocations(&self, known: u64) -> Result<Bytes, NetError> {
+        match self.request(&Frame::GetRevocations { known }).await? {
+            Frame::Revocations { crl } => Ok(crl),
+            other => Err(self.unexpected(&other, "Revocations")),
+        }
+    }
+
     /// Layers the server assigns to this node's site (or to this device).
     pub async fn assignments(&self) -> Result<Vec<wire::Assignment>, NetError> {
         match self.request(&Frame::GetAssignments).await? {

@@ -213,6 +213,9 @@ pub struct Router<C, I = Refuse, B = Refuse> {
     pub backup: Arc<B>,
     /// What every peer may hold of this server.
     pub limits: Arc<ServeLimits>,
+    /// The revocation list peers are checked against (at connection and whenever a newer list
+    /// arrives) and `GetRevocations` is answered from.
+    pub revocations: crate::pki::Revocations,
 }
 
 impl<C, I, B> Clone for Router<C, I, B> {
@@ -222,6 +225,7 @@ impl<C, I, B> Clone for Router<C, I, B> {
             inventory: self.inventory.clone(),
             backup: self.backup.clone(),
             limits: self.limits.clone(),
+            revocations: self.revocations.clone(),
         }
     }
 }
@@ -234,6 +238,7 @@ impl<C: ContentSource> Router<C> {
             inventory: Arc::new(Refuse),
             backup: Arc::new(Refuse),
             limits: Arc::new(ServeLimits::default()),
+            revocations: crate::pki::Revocations::default(),
         }
     }
 }
@@ -241,17 +246,34 @@ impl<C: ContentSource> Router<C> {
 impl<C, I, B> Router<C, I, B> {
     /// The same router answering inventory and wake requests from `inventory`.
     pub fn inventory<I2: InventorySource>(self, inventory: Arc<I2>) -> Router<C, I2, B> {
-        Router { content: self.content, inventory, backup: self.backup, limits: self.limits }
+        Router {
+            content: self.content,
+            inventory,
+            backup: self.backup,
+            limits: self.limits,
+            revocations: self.revocations,
+        }
     }
 
     /// The same router answering backup requests from `backup`.
     pub fn backup<B2: BackupSource>(self, backup: Arc<B2>) -> Router<C, I, B2> {
-        Router { content: self.content, inventory: self.inventory, backup, limits: self.limits }
+        Router {
+            content: self.content,
+            inventory: self.inventory,
+            backup,
+            limits: self.limits,
+            revocations: self.revocations,
+        }
     }
 
     /// The same router holding peers to `limits`.
     pub fn limits(self, limits: ServeLimits) -> Router<C, I, B> {
         Router { limits: Arc::new(limits), ..self }
+    }
+
+    /// The same router refusing the peers `revocations` revokes.
+    pub fn revocations(self, revocations: crate::pki::Revocations) -> Router<C, I, B> {
+        Router { revocations, ..self }
     }
 }
 

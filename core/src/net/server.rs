@@ -65,6 +65,9 @@ pub async fn serve<C: ContentSource, I: InventorySource, B: BackupSource>(
     info!(addr = ?local, "endpoint closed, no longer serving");
 }
 
+/// The close reason a peer whose certificate is revoked reads.
+const REVOKED_REASON: &[u8] = b"certificate revoked";
+
 /// One connection (or handshake) in the server's total; counted out on drop.
 struct LiveConnection(Arc<AtomicU32>);
 
@@ -141,7 +144,7 @@ async fn serve_connection<C: ContentSource, I: InventorySource, B: BackupSource>
     slots: Arc<PeerSlots>,
 ) {
     let remote = conn.remote_address();
-    let peer = match pki::peer_info(&conn) {
+    let peer = match pki::peer_cert(&conn).and_then(|c| Ok((pki::peer_info_from_cert(&c)?, c))) {
         Ok(p) => p,
         Err(e) => {
             warn!(%remote, error = %e, "refusing peer without a usable Oasis identity");
@@ -149,6 +152,14 @@ async fn serve_connection<C: ContentSource, I: InventorySource, B: BackupSource>
             return;
         }
     };
+    let (peer, cert) = peer;
+    let mut revocations = source.revocations.subscribe();
+    if source.revocations.revokes(&cert) {
+        metrics.refused_connections.inc();
+        warn!(%remote, %peer, "refusing peer: its certificate is revoked");
+        conn.close(VarInt::from_u32(close_code::FORBIDDEN), REVOKED_REASON);
+        return;
+    }
     if !source.content.admits(&peer) {
         info!(%remote, %peer, "refusing peer: role not admitted here");
         conn.close(VarInt::from_u32(close_code::FORBIDDEN), b"role not admitted");
@@ -176,7 +187,17 @@ async fn serve_connection<C: ContentSource, I: InventorySource, B: BackupSource>
         let bad_requests = Arc::new(AtomicU32::new(0));
         let load = Arc::new(ClassLoad::new(super::congestion::yield_switch(&conn)));
         let reason = loop {
-            match conn.accept_bi().await {
+            let next = tokio::select! {
+                next = conn.accept_bi() => next,
+                Ok(()) = revocations.changed() => {
+                    if source.revocations.revokes(&cert) {
+                        warn!("closing connection: the peer's certificate is revoked");
+                        conn.close(VarInt::from_u32(close_code::FORBIDDEN), REVOKED_REASON);
+                    }
+                    continue;
+                }
+            };
+            match next {
                 Ok((send, recv)) => {
                     let ctx = StreamCtx {
                         source: source.clone(),
@@ -335,6 +356,15 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
                 }
                 Err(e) => Err(e.into_frame()),
             },
+            Frame::GetRevocations { known } => Ok(Frame::Revocations {
+                crl: self
+                    .source
+                    .revocations
+                    .current()
+                    .filter(|l| l.number() > known)
+                    .map(|l| Bytes::copy_from_slice(l.der()))
+                    .unwrap_or_default(),
+            }),
             Frame::GetAssignments => match content.assignments(&self.peer).await {
                 Ok(assignments) => Ok(Frame::Assignments { assignments }),
                 Err(e) => Err(e.into_frame()),
@@ -643,6 +673,7 @@ async fn read_request(recv: &mut RecvStream) -> Result<Frame, Refusal> {
             | frame_type::LIST_LAYERS
             | frame_type::GET_ASSIGNMENTS
             | frame_type::GET_LATEST
+            | frame_type::GET_REVOCATIONS
             | frame_type::REGISTER
             | frame_type::GET_DEVICES
             | frame_type::WAKE

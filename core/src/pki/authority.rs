@@ -97,6 +97,7 @@ impl SeedAuthority {
                 other => other,
             })?;
         }
+        authority.record_issued(&node, false)?;
         Ok(authority)
     }
 
@@ -169,7 +170,8 @@ impl SeedAuthority {
     ///
     /// The certificate has subject CN = `name`, DNS SAN [`NODE_SERVER_NAME`], URI SAN
     /// `urn:oasis:node:<role>:<name>[:<site>]`, both serverAuth and clientAuth usages, and is
-    /// valid for [`NODE_CERT_VALIDITY_YEARS`] years (no renewal yet: re-enroll on expiry).
+    /// valid for [`NODE_CERT_VALIDITY_YEARS`] years (no renewal yet: re-enroll on expiry). It is
+    /// not recorded: [`SeedAuthority::enroll`] records what it hands out.
     pub fn issue(
         &self,
         role: Role,
@@ -213,6 +215,12 @@ impl SeedAuthority {
         }
         let node = self.issue(role, name, site)?;
         node.save(out_dir, force)?;
+        // Recorded once saved: a certificate that never reached its node revokes nothing.
+        // Enrolling a name again replaces its certificate, so the old one is revoked.
+        let replaced = self.record_issued(&node, true)?;
+        for c in &replaced {
+            tracing::info!(serial = %c.serial, node = %node.info, "revoked the certificate this enrollment replaces");
+        }
         Ok(node)
     }
 }

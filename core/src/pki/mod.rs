@@ -22,6 +22,8 @@
 //! | `manifest.key` | seed data dir (0600)             | manifest signing key (ed25519, PKCS#8)         |
 //! | `node.pem`     | seed data dir, node state dirs   | the node's certificate                         |
 //! | `node.key`     | seed data dir, node state dirs (0600) | the node's private key (PKCS#8)           |
+//! | `issued.jsonl` | seed data dir                    | every certificate issued, and its revocation   |
+//! | `revoked.crl`  | seed data dir, reflector state   | the CA-signed revocation list (X.509 CRL)      |
 //!
 //! Secret files are written to a temporary file with mode 0600, synced, then renamed (or linked)
 //! into place, so a crash never leaves a half-written key behind.
@@ -45,6 +47,7 @@ mod authority;
 mod files;
 mod node;
 mod peer;
+mod revocation;
 #[cfg(test)]
 mod tests;
 mod trust;
@@ -53,6 +56,7 @@ pub use authority::*;
 use files::*;
 pub use node::*;
 pub use peer::*;
+pub use revocation::*;
 pub use trust::*;
 
 /// ALPN protocol identifier of the Oasis QUIC protocol.

@@ -44,9 +44,13 @@ pub fn peer_info_from_cert(cert: &CertificateDer<'_>) -> Result<PeerInfo, Identi
 /// The certificate was verified against the CA during the handshake (both sides require it), so
 /// this only decodes it.
 pub fn peer_info(conn: &quinn::Connection) -> Result<PeerInfo, IdentityError> {
+    peer_info_from_cert(&peer_cert(conn)?)
+}
+
+/// The end-entity certificate a connection's peer presented (verified during the handshake).
+pub fn peer_cert(conn: &quinn::Connection) -> Result<CertificateDer<'static>, IdentityError> {
     let no_cert = || IdentityError::NoPeerCertificate { remote: conn.remote_address().to_string() };
     let identity = conn.peer_identity().ok_or_else(no_cert)?;
     let certs = identity.downcast::<Vec<CertificateDer<'static>>>().map_err(|_| no_cert())?;
-    let first = certs.first().ok_or_else(no_cert)?;
-    peer_info_from_cert(first)
+    certs.first().cloned().ok_or_else(no_cert)
 }

@@ -376,3 +376,61 @@ async fn quic_server_from_another_ca_is_refused() {
     );
     server_side.expect_err("server side survived");
 }
+
+#[test]
+fn revoking_records_it_and_signs_a_list_that_checks_only_against_our_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = SeedAuthority::init(&dir.path().join("seed")).unwrap();
+    let a = auth.enroll(Role::Endpoint, "a", None, &dir.path().join("a"), false).unwrap();
+    let b = auth.enroll(Role::Endpoint, "b", None, &dir.path().join("b"), false).unwrap();
+    let crl_path = dir.path().join("seed").join(REVOKED_FILE);
+    assert!(!crl_path.exists(), "no list before anything is revoked");
+
+    // Nothing matches: an error naming it, and nothing written.
+    let err = auth.revoke(&RevokeTarget::Name { name: "c".into(), role: None }).unwrap_err();
+    assert!(err.to_string().contains("\"c\""), "{err}");
+    assert!(!crl_path.exists());
+    let err = auth.revoke(&RevokeTarget::Name { name: "a".into(), role: Some(Role::Reflector) });
+    assert!(err.is_err(), "a is an endpoint, not a reflector");
+    // The seed's own certificate is never revoked this way.
+    assert!(auth.revoke(&RevokeTarget::Name { name: "seed".into(), role: None }).is_err());
+
+    let revoked = auth.revoke(&RevokeTarget::Name { name: "a".into(), role: None }).unwrap();
+    assert_eq!(revoked.len(), 1);
+    let list = load_revocation_file(&crl_path, auth.trust()).unwrap().unwrap();
+    assert_eq!((list.number(), list.len()), (1, 1));
+    assert!(list.revokes(a.cert_der()) && !list.revokes(b.cert_der()));
+    // Revoking what is revoked already is refused; by serial it works for the next one.
+    assert!(auth.revoke(&RevokeTarget::Name { name: "a".into(), role: None }).is_err());
+    let serial = cert_serial(b.cert_der()).unwrap();
+    auth.revoke(&RevokeTarget::Serial(serial.to_uppercase())).unwrap();
+    let list2 = load_revocation_file(&crl_path, auth.trust()).unwrap().unwrap();
+    assert_eq!((list2.number(), list2.len()), (2, 2));
+
+    let issued = auth.issued().unwrap();
+    let names: Vec<_> =
+        issued.iter().map(|c| (c.name.as_str(), c.role, c.revoked_at.is_some())).collect();
+    assert_eq!(
+        names,
+        [("seed", Role::Seed, false), ("a", Role::Endpoint, true), ("b", Role::Endpoint, true)]
+    );
+
+    // A list signed by another CA does not check, nor does a damaged one.
+    let other = tempfile::tempdir().unwrap();
+    let other = SeedAuthority::init(other.path()).unwrap();
+    let foreign = RevocationList::from_der(list2.der(), other.trust()).unwrap_err();
+    // Every seed's CA has the same name: the signature is what tells them apart.
+    assert!(foreign.to_string().contains("signature does not verify with the CA"), "{foreign}");
+    let mut bent = list2.der().to_vec();
+    let last = bent.len() - 3;
+    bent[last] ^= 0x55;
+    let bad = RevocationList::from_der(&bent, auth.trust()).unwrap_err();
+    assert!(bad.to_string().contains("revocation list"), "{bad}");
+
+    // A node moves only to higher numbers: an older list replayed changes nothing.
+    let held = Revocations::default();
+    assert!(held.offer(list2.clone()));
+    assert!(!held.offer(list.clone()), "an older list replaced a newer one");
+    assert_eq!(held.number(), 2);
+    assert!(held.revokes(b.cert_der()));
+}

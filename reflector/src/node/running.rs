@@ -133,6 +133,7 @@ impl RunningReflector {
             chunk_lists: Mutex::new(HashMap::new()),
             siblings: siblings.clone(),
             wake: wake.clone(),
+            revocations: crate::revocations::load_saved(&config.state, identity.trust()),
             tasks: work.clone(),
         });
         let (tasks, cancel) =
@@ -437,13 +438,24 @@ fn spawn_tasks(
         spawn_task(&mut tasks, &cancel, "inventory-gossip", gossip);
     }
     spawn_task(&mut tasks, &cancel, "wake", wake_task.run());
+    let revocations = crate::revocations::run(
+        upstream.clone(),
+        inner.revocations.clone(),
+        inner.identity.trust().clone(),
+        config.state.clone(),
+        crate::revocations::UPSTREAM_POLL,
+    );
+    spawn_task(&mut tasks, &cancel, "revocations", revocations);
     // Not cancelled: `serve` ends when the endpoint closes, once its connections have.
     tasks.spawn(
         net::serve(
             endpoint.clone(),
             {
                 let source = Arc::new(ReflectorSource(inner.clone()));
-                net::Router::new(source.clone()).inventory(source).limits(config.limits.clone())
+                net::Router::new(source.clone())
+                    .inventory(source)
+                    .limits(config.limits.clone())
+                    .revocations(inner.revocations.clone())
             },
             node_metrics.clone(),
         )

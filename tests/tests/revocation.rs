@@ -1,0 +1,113 @@
+//! Revocation with a real seed, real reflectors and real endpoints over QUIC on 127.0.0.1: a
+//! revoked endpoint is refused by the seed and by every reflector of its site within seconds,
+//! its open connections are closed, and enrolling a name again revokes the certificate it
+//! replaces.
+
+use oasis_core::net::{self, Client, TransportOptions};
+use oasis_core::pki::{self, NodeIdentity, RevokeTarget, Role};
+use oasis_testkit::TestSeed;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// What a user would check first: can this node still talk to `addr`? Ok when a request is
+/// answered, Err with the error text when the server refuses it.
+async fn ask(state: &Path, addr: SocketAddr) -> Result<(), String> {
+    let id = NodeIdentity::load(state).map_err(|e| e.to_string())?;
+    let endpoint =
+        net::client_endpoint(&id, &TransportOptions::default()).map_err(|e| e.to_string())?;
+    let client = Client::connect(&endpoint, addr, &[Role::Seed, Role::Reflector])
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let r = client.layers().await.map(|_| ()).map_err(|e| format!("{e:#}"));
+    client.close();
+    r
+}
+
+/// Seconds from `t0` until `addr` refuses `state`'s node, polled; None if it never did within
+/// `limit`.
+async fn refused_after(
+    state: &Path,
+    addr: SocketAddr,
+    t0: Instant,
+    limit: Duration,
+) -> Option<f64> {
+    while t0.elapsed() < limit {
+        if let Err(e) = ask(state, addr).await {
+            assert!(e.contains("revoked"), "refused for another reason than revocation: {e}");
+            return Some(t0.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_endpoint_is_refused_by_the_seed_and_every_reflector_of_its_site_within_seconds(
+) -> anyhow::Result<()> {
+    let seed = TestSeed::start().await?;
+    let r1 = seed.reflector("r1", |_| {}).await?;
+    let r2 = seed.reflector("r2", |_| {}).await?;
+    let bad = seed.enroll(Role::Endpoint, "stolen-laptop")?;
+    let good = seed.enroll(Role::Endpoint, "desk")?;
+    for addr in [seed.seed.addr, r1.addr, r2.addr] {
+        ask(&bad, addr).await.map_err(anyhow::Error::msg)?;
+    }
+    // A connection open before the revocation is closed by it, not only new ones refused.
+    let held = {
+        let id = NodeIdentity::load(&bad)?;
+        let endpoint = net::client_endpoint(&id, &TransportOptions::default())?;
+        Client::connect(&endpoint, r1.addr, &[Role::Reflector]).await?
+    };
+
+    let t0 = Instant::now();
+    let revoked =
+        seed.auth.revoke(&RevokeTarget::Name { name: "stolen-laptop".into(), role: None })?;
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0].role, Role::Endpoint);
+
+    let limit = Duration::from_secs(10);
+    let at_seed = refused_after(&bad, seed.seed.addr, t0, limit).await;
+    let at_r1 = refused_after(&bad, r1.addr, t0, limit).await;
+    let at_r2 = refused_after(&bad, r2.addr, t0, limit).await;
+    eprintln!("revoke to refusal: seed {at_seed:?} s, r1 {at_r1:?} s, r2 {at_r2:?} s");
+    assert!(at_seed.is_some(), "the seed still serves the revoked endpoint after {limit:?}");
+    assert!(at_r1.is_some(), "reflector r1 still serves the revoked endpoint after {limit:?}");
+    assert!(at_r2.is_some(), "reflector r2 still serves the revoked endpoint after {limit:?}");
+    let closed = held.connection().close_reason();
+    assert!(
+        closed.as_ref().is_some_and(|r| r.to_string().contains("revoked")),
+        "the connection open before the revocation is not closed as revoked: {closed:?}"
+    );
+
+    // Everyone else is served as before.
+    for addr in [seed.seed.addr, r1.addr, r2.addr] {
+        ask(&good, addr).await.map_err(anyhow::Error::msg)?;
+    }
+    // A reflector keeps the list it adopted, for a restart cut off from the seed.
+    let saved = seed.base().join("node-r1").join(pki::REVOKED_FILE);
+    let list = pki::load_revocation_file(&saved, seed.auth.trust())?;
+    let bad_cert = NodeIdentity::load(&bad)?;
+    assert!(list.is_some_and(|l| l.revokes(bad_cert.cert_der())), "r1 saved no list revoking it");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolling_a_name_again_revokes_the_certificate_it_replaces() -> anyhow::Result<()> {
+    let seed = TestSeed::start().await?;
+    let old = seed.enroll(Role::Endpoint, "kiosk")?;
+    ask(&old, seed.seed.addr).await.map_err(anyhow::Error::msg)?;
+    // The same device enrolled again (a new disk, a leaked key): a new identity elsewhere.
+    let new = seed.base().join("kiosk-again");
+    seed.auth.enroll(Role::Endpoint, "kiosk", Some("test"), &new, false)?;
+
+    let refused =
+        refused_after(&old, seed.seed.addr, Instant::now(), Duration::from_secs(10)).await;
+    assert!(refused.is_some(), "the replaced certificate is still accepted");
+    ask(&new, seed.seed.addr).await.map_err(anyhow::Error::msg)?;
+
+    let kiosk: Vec<_> = seed.auth.issued()?.into_iter().filter(|c| c.name == "kiosk").collect();
+    assert_eq!(kiosk.len(), 2, "both certificates are in the register: {kiosk:?}");
+    assert!(kiosk[0].revoked_at.is_some() && kiosk[1].revoked_at.is_none(), "{kiosk:?}");
+    Ok(())
+}
