@@ -129,6 +129,9 @@ pub struct MeshConfig {
     pub serving_addr: Option<SocketAddr>,
     /// The mesh dials peers it learns of (Kademlia, mDNS) while it has fewer connections.
     pub target_connections: usize,
+    /// The node's revocation list: hellos of revoked certificates are refused, verified peers
+    /// it revokes are dropped, newer lists are passed on to and taken from the mesh.
+    pub revocations: oasis_core::pki::Revocations,
 }
 
 impl Default for MeshConfig {
@@ -147,6 +150,7 @@ impl Default for MeshConfig {
             reannounce_heartbeats: 10,
             serving_addr: None,
             target_connections: 8,
+            revocations: oasis_core::pki::Revocations::default(),
         }
     }
 }

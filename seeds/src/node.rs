@@ -167,6 +167,7 @@ impl RunningSeed {
                 settings.serving_addr = Some(self.addr);
             }
         }
+        settings.revocations = self.revocations.clone();
         let identity = NodeIdentity::load(data)?;
         let mesh = crate::mesh::SeedMesh::start(
             settings,

@@ -10,9 +10,10 @@ use oasis_endpoint::{fetch, FetchOptions, FetchReport};
 use oasis_mesh::libp2p::multiaddr::Protocol;
 use oasis_mesh::libp2p::Multiaddr;
 use oasis_mesh::{Holding, Mesh, MeshConfig};
-use oasis_reflector::{MeshSettings, ReflectorConfig, RunningReflector, WanLimit, WanSharing};
+use oasis_reflector::{ReflectorConfig, RunningReflector, WanLimit, WanSharing};
 use oasis_testkit::{
-    http_get, random_tree, snapshot, CorruptingSource, RateSampler, TestSeed, TreeSpec,
+    http_get, loopback_mesh, mesh_addr, random_tree, settle, snapshot, CorruptingSource,
+    RateSampler, TestSeed, TreeSpec,
 };
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,20 +23,6 @@ use std::time::{Duration, Instant};
 
 const SITE: &str = "lyon";
 const HEARTBEAT: Duration = Duration::from_millis(500);
-
-fn loopback_mesh(bootstrap: Vec<Multiaddr>) -> MeshSettings {
-    MeshSettings {
-        listen: vec![
-            "/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("multiaddr"),
-            "/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"),
-        ],
-        bootstrap,
-        mdns: false,
-        heartbeat: HEARTBEAT,
-        advertise: None,
-        wan_sharing: Default::default(),
-    }
-}
 
 /// A reflector of `SITE` with the mesh on, bootstrapping from `bootstrap`.
 async fn site_reflector(
@@ -51,23 +38,9 @@ async fn site_reflector(
     let mut cfg = ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, seed.seed.addr.to_string());
     cfg.metrics = Some("127.0.0.1:0".parse()?);
     cfg.assignments_poll = Duration::ZERO;
-    cfg.mesh = Some(loopback_mesh(bootstrap));
+    cfg.mesh = Some(loopback_mesh(HEARTBEAT, bootstrap));
     tweak(&mut cfg);
     RunningReflector::start(cfg).await
-}
-
-/// The QUIC mesh address of a running reflector, with `/p2p/PEER_ID`.
-async fn mesh_addr(r: &RunningReflector) -> anyhow::Result<Multiaddr> {
-    let mesh = r.mesh().expect("mesh on");
-    let t0 = Instant::now();
-    loop {
-        let addrs = mesh.listen_addrs().await?;
-        if let Some(a) = addrs.into_iter().find(|a| a.iter().any(|p| p == Protocol::QuicV1)) {
-            return Ok(a.with(Protocol::P2p(mesh.peer_id())));
-        }
-        anyhow::ensure!(t0.elapsed() < Duration::from_secs(5), "mesh never listened");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Starts `n` reflectors of one site, each bootstrapping from the first.
@@ -78,35 +51,13 @@ async fn site_of(
     tweak: impl Fn(&mut ReflectorConfig),
 ) -> anyhow::Result<Vec<RunningReflector>> {
     let first = site_reflector(seed, &format!("{prefix}0"), vec![], &tweak).await?;
-    let boot = mesh_addr(&first).await?;
+    let boot = mesh_addr(&first, false).await?;
     let mut out = vec![first];
     for i in 1..n {
         out.push(site_reflector(seed, &format!("{prefix}{i}"), vec![boot.clone()], &tweak).await?);
     }
-    settle(&out, n - 1).await?;
+    settle(&out, SITE, n - 1).await?;
     Ok(out)
-}
-
-/// Waits until every reflector sees `peers` live siblings that publish a serving address.
-async fn settle(refls: &[RunningReflector], peers: usize) -> anyhow::Result<Duration> {
-    let t0 = Instant::now();
-    loop {
-        let mut ok = true;
-        for r in refls {
-            let v = r.mesh().expect("mesh on").view().await?;
-            let live = v
-                .live_peers(SITE)
-                .iter()
-                .filter(|p| v.peer(p).is_some_and(|rec| rec.serving_addr.is_some()))
-                .count();
-            ok &= live >= peers;
-        }
-        if ok {
-            return Ok(t0.elapsed());
-        }
-        anyhow::ensure!(t0.elapsed() < Duration::from_secs(20), "mesh did not settle in 20 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn opts(state: &Path, sources: Vec<SocketAddr>, layer: &str, into: &Path) -> FetchOptions {
@@ -505,7 +456,7 @@ async fn a_sibling_serving_corrupt_chunks_is_avoided() -> anyhow::Result<()> {
     ));
     let cfg = MeshConfig {
         listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse()?],
-        bootstrap: vec![mesh_addr(&good).await?],
+        bootstrap: vec![mesh_addr(&good, false).await?],
         mdns: false,
         heartbeat: HEARTBEAT,
         serving_addr: Some(ep.local_addr()?),
@@ -521,7 +472,7 @@ async fn a_sibling_serving_corrupt_chunks_is_avoided() -> anyhow::Result<()> {
         bad.announce_layer(sm.digest, count, Holding::Complete);
         digests.push(sm.digest);
     }
-    settle(std::slice::from_ref(&good), 1).await?;
+    settle(std::slice::from_ref(&good), SITE, 1).await?;
     // The claim reached the good reflector.
     let (t0, mesh) = (Instant::now(), good.mesh().expect("mesh on"));
     while mesh.view().await?.layer_peers(&digests[1]).is_empty() {
@@ -706,7 +657,7 @@ async fn reflectors_bootstrapped_from_the_seed_alone_find_each_other() -> anyhow
     let (src, published) = publish_tree(&seed, "base", 27, spec)?;
     let data = seed.data();
     let settings = MeshConfig {
-        listen: loopback_mesh(vec![]).listen,
+        listen: loopback_mesh(HEARTBEAT, vec![]).listen,
         mdns: false,
         heartbeat: HEARTBEAT,
         ..MeshConfig::default()
@@ -732,7 +683,7 @@ async fn reflectors_bootstrapped_from_the_seed_alone_find_each_other() -> anyhow
     for i in 0..3 {
         refls.push(site_reflector(&seed, &format!("s{i}"), vec![seed_addr.clone()], |_| {}).await?);
     }
-    let took = settle(&refls, 2).await?;
+    let took = settle(&refls, SITE, 2).await?;
     let ids: Vec<_> = refls.iter().map(|r| r.mesh().expect("mesh on").peer_id()).collect();
     // Direct connections between the reflectors: they learned each other's addresses from
     // the seed (Kademlia) and identify, not from any configuration.

@@ -1,11 +1,12 @@
-//! Revocation with a real seed, real reflectors and real endpoints over QUIC on 127.0.0.1: a
-//! revoked endpoint is refused by the seed and by every reflector of its site within seconds,
-//! its open connections are closed, and enrolling a name again revokes the certificate it
-//! replaces.
+//! Revocation with a real seed, real reflectors and real endpoints over QUIC on 127.0.0.1, and
+//! real libp2p meshes: a revoked endpoint is refused by the seed and by every reflector of its
+//! site within seconds, its open connections are closed, a revoked reflector's gossip is
+//! dropped by its siblings, the list crosses the mesh to a reflector cut off from the seed, and
+//! enrolling a name again revokes the certificate it replaces.
 
 use oasis_core::net::{self, Client, TransportOptions};
 use oasis_core::pki::{self, NodeIdentity, RevokeTarget, Role};
-use oasis_testkit::TestSeed;
+use oasis_testkit::{http_get, loopback_mesh, mesh_addr, settle, TestSeed};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -109,5 +110,80 @@ async fn enrolling_a_name_again_revokes_the_certificate_it_replaces() -> anyhow:
     let kiosk: Vec<_> = seed.auth.issued()?.into_iter().filter(|c| c.name == "kiosk").collect();
     assert_eq!(kiosk.len(), 2, "both certificates are in the register: {kiosk:?}");
     assert!(kiosk[0].revoked_at.is_some() && kiosk[1].revoked_at.is_none(), "{kiosk:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_reflectors_gossip_is_dropped_and_the_list_crosses_the_mesh() -> anyhow::Result<()>
+{
+    const SITE: &str = "lyon";
+    let heartbeat = Duration::from_millis(500);
+    let seed = TestSeed::start().await?;
+    // `cut`: an upstream nobody answers at, so the list can reach it only over the mesh.
+    let start = |name: &'static str, boot: Vec<_>, cut: bool| {
+        let seed = &seed;
+        async move {
+            seed.enroll_in_site(Role::Reflector, name, SITE)?;
+            seed.reflector(name, |c| {
+                c.mesh = Some(loopback_mesh(heartbeat, boot));
+                c.assignments_poll = Duration::ZERO;
+                if cut {
+                    c.upstream = "127.0.0.1:9".into();
+                }
+            })
+            .await
+        }
+    };
+    let r0 = start("r0", vec![], false).await?;
+    let boot = vec![mesh_addr(&r0, false).await?];
+    let rogue = start("rogue", boot.clone(), false).await?;
+    let cut = start("cut-off", boot, true).await?;
+    let refls = [r0, rogue, cut];
+    settle(&refls, SITE, 2).await?;
+    let [r0, rogue, cut] = refls;
+    let rogue_id = oasis_mesh::peer_ref(&rogue.mesh().expect("mesh on").peer_id());
+
+    let t0 = Instant::now();
+    seed.auth.revoke(&RevokeTarget::Name { name: "rogue".into(), role: Some(Role::Reflector) })?;
+    let sees_rogue = |r: &oasis_reflector::RunningReflector| {
+        let (mesh, id) = (r.mesh().expect("mesh on").clone(), rogue_id.clone());
+        async move { mesh.view().await.map(|v| v.live_peers(SITE).contains(&id)) }
+    };
+    let saved = seed.base().join("node-cut-off").join(pki::REVOKED_FILE);
+    let rogue_cert = NodeIdentity::load(&seed.base().join("node-rogue"))?;
+    let mut dropped_at = [None, None];
+    let mut cut_has_list = None;
+    while t0.elapsed() < Duration::from_secs(10) {
+        for (i, r) in [&r0, &cut].into_iter().enumerate() {
+            if dropped_at[i].is_none() && !sees_rogue(r).await? {
+                dropped_at[i] = Some(t0.elapsed().as_secs_f64());
+            }
+        }
+        if cut_has_list.is_none()
+            && pki::load_revocation_file(&saved, seed.auth.trust())?
+                .is_some_and(|l| l.revokes(rogue_cert.cert_der()))
+        {
+            cut_has_list = Some(t0.elapsed().as_secs_f64());
+        }
+        if dropped_at.iter().all(Option::is_some) && cut_has_list.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "revoke to rogue dropped: r0 {:?} s, cut-off {:?} s; list at cut-off {cut_has_list:?} s",
+        dropped_at[0], dropped_at[1]
+    );
+    assert!(cut_has_list.is_some(), "the reflector cut off from the seed never got the list");
+    assert!(dropped_at.iter().all(Option::is_some), "a sibling still takes the rogue's gossip");
+    // The rogue keeps sending heartbeats and hellos: they stay dropped.
+    tokio::time::sleep(heartbeat * 4).await;
+    for r in [&r0, &cut] {
+        assert!(!sees_rogue(r).await?, "the rogue came back into a sibling's view");
+    }
+    let text = http_get(r0.metrics_addr.expect("metrics on"), "/metrics").await?;
+    let dropped =
+        oasis_core::metrics::sample_value(&text, "oasis_gossip_dropped_total{reason=\"revoked\"}");
+    assert!(dropped.is_some_and(|n| n >= 1.0), "no revoked drop counted:\n{text}");
     Ok(())
 }

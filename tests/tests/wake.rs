@@ -7,11 +7,10 @@ use oasis_core::net::{self, Client, TransportOptions};
 use oasis_core::pki::{NodeIdentity, Role};
 use oasis_core::wake::schedule::{self, MachineState, ScheduleConfig, WakeRun};
 use oasis_core::wake::{self as wol, check_packet, DeviceInfo, Mac, Password, SendOptions};
-use oasis_mesh::libp2p::multiaddr::Protocol;
 use oasis_mesh::libp2p::Multiaddr;
-use oasis_reflector::{MeshSettings, ReflectorConfig, RunningReflector};
+use oasis_reflector::{ReflectorConfig, RunningReflector};
 use oasis_seed::devices::Inventory;
-use oasis_testkit::{random_tree, snapshot, TestSeed, TreeSpec};
+use oasis_testkit::{loopback_mesh, mesh_addr, random_tree, snapshot, TestSeed, TreeSpec};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -483,36 +482,6 @@ async fn sleeping_endpoint_is_woken_and_fetches(window: Option<&str>) {
 const MESH_HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// The mesh on 127.0.0.1 (loopback has no multicast: siblings meet through `bootstrap`).
-fn loopback_mesh(bootstrap: Vec<Multiaddr>) -> MeshSettings {
-    MeshSettings {
-        listen: vec![
-            "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
-            "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
-        ],
-        bootstrap,
-        mdns: false,
-        heartbeat: MESH_HEARTBEAT,
-        advertise: None,
-        wan_sharing: Default::default(),
-    }
-}
-
-/// A mesh address of a running reflector with `/p2p/PEER_ID` (`tcp`: the TCP one, else QUIC).
-async fn mesh_addr(r: &RunningReflector, tcp: bool) -> Multiaddr {
-    let mesh = r.mesh().expect("mesh on");
-    for _ in 0..250 {
-        let found = mesh.listen_addrs().await.unwrap().into_iter().find(|a| {
-            a.iter()
-                .any(|p| if tcp { matches!(p, Protocol::Tcp(_)) } else { p == Protocol::QuicV1 })
-        });
-        if let Some(a) = found {
-            return a.with(Protocol::P2p(mesh.peer_id()));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the mesh never listened");
-}
-
 /// Waits until `r` sees each of `peers` (reflector, site) as a verified live mesh peer.
 async fn wait_meshed(r: &RunningReflector, peers: &[(&RunningReflector, &str)]) {
     let mesh = r.mesh().expect("mesh on");
@@ -567,10 +536,11 @@ fn gossip_count(r: &RunningReflector, direction: &'static str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflectors_of_a_site_share_the_inventory_over_the_mesh_even_without_the_seed() {
     let seed = TestSeed::start().await.unwrap();
-    let mesh =
-        |boot: Vec<Multiaddr>| move |c: &mut ReflectorConfig| c.mesh = Some(loopback_mesh(boot));
+    let mesh = |boot: Vec<Multiaddr>| {
+        move |c: &mut ReflectorConfig| c.mesh = Some(loopback_mesh(MESH_HEARTBEAT, boot))
+    };
     let a = reflector(&seed, "inv-a", mesh(vec![])).await.unwrap();
-    let boot = mesh_addr(&a, false).await;
+    let boot = mesh_addr(&a, false).await.unwrap();
     let b = reflector(&seed, "inv-b", mesh(vec![boot.clone()])).await.unwrap();
     // A reflector of another site on the same mesh.
     seed.enroll_in_site(Role::Reflector, "inv-other", "elsewhere").unwrap();
@@ -658,8 +628,11 @@ async fn inventory_gossip_from_outside_the_site_is_dropped_and_counted() {
     use oasis_mesh::libp2p::gossipsub::{Event, IdentTopic};
     use oasis_mesh::libp2p::swarm::SwarmEvent;
     let seed = TestSeed::start().await.unwrap();
-    let a = reflector(&seed, "inv-target", |c| c.mesh = Some(loopback_mesh(vec![]))).await.unwrap();
-    let addr = mesh_addr(&a, true).await;
+    let a =
+        reflector(&seed, "inv-target", |c| c.mesh = Some(loopback_mesh(MESH_HEARTBEAT, vec![])))
+            .await
+            .unwrap();
+    let addr = mesh_addr(&a, true).await.unwrap();
     let a_state = seed.base().join("node-inv-target");
     let metrics = a.mesh().expect("mesh on").metrics().clone();
 

@@ -42,6 +42,11 @@ impl MeshTask {
         message_id: &gossipsub::MessageId,
         source: PeerId,
     ) -> Option<MessageAcceptance> {
+        if self.revocations.revokes(&hello.cert_der) {
+            debug!("hello from {author} refused: its certificate is revoked");
+            self.metrics.count_drop("revoked");
+            return Some(MessageAcceptance::Reject);
+        }
         let known = self
             .verified
             .get(&author)
@@ -81,6 +86,12 @@ impl MeshTask {
     /// A hello checked off the task: applied and reported.
     pub(super) fn on_hello_checked(&mut self, c: HelloCheck) {
         let acceptance = match c.result {
+            Ok(_) if matches!(&c.msg.body, Body::Hello(h) if self.revocations.revokes(&h.cert_der)) =>
+            {
+                // Revoked while it was being checked.
+                self.metrics.count_drop("revoked");
+                MessageAcceptance::Reject
+            }
             Ok(info) => {
                 let Body::Hello(hello) = &c.msg.body else {
                     unreachable!("only hellos are checked")
@@ -148,6 +159,7 @@ impl MeshTask {
             debug!("mesh peer {author} verified as {info}");
             // A node we did not know: it probably does not know us either.
             self.hello_due = true;
+            self.revocations_due = true;
             for l in self.local.values_mut() {
                 l.dirty = true;
             }

@@ -20,7 +20,7 @@ use oasis_core::gossip::{
     pack_availability, set_bit, Body, GossipMsg, GossipReject, GossipView, Heartbeat, Held, Hello,
     InventoryRecord, LayerAvailability, LayerDigest, Load, MAX_MESSAGE_BYTES,
 };
-use oasis_core::pki::{NodeIdentity, PeerInfo, Role, TrustRoot};
+use oasis_core::pki::{NodeIdentity, PeerInfo, RevocationList, Revocations, Role, TrustRoot};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -125,6 +125,14 @@ pub(crate) struct MeshTask {
     inventory_topic: Option<IdentTopic>,
     pending_devices: BTreeMap<String, InventoryRecord>,
     device_subscribers: Vec<mpsc::Sender<DeviceBatch>>,
+    revocations: Revocations,
+    /// Woken when `revocations` holds a newer list.
+    revocations_rx: watch::Receiver<Option<Arc<RevocationList>>>,
+    /// The number of the last list this node published, or took from the mesh (which passes
+    /// it on by itself); a newer held list is published.
+    revocations_sent: u64,
+    /// A new neighbour came: the held list is published again.
+    revocations_due: bool,
 }
 
 fn unix_ms() -> u64 {
@@ -142,6 +150,7 @@ impl MeshTask {
         view_tx: watch::Sender<Arc<GossipView>>,
     ) -> Result<MeshTask> {
         let mdns_enabled = config.mdns;
+        let revocations = config.revocations.clone();
         let agent = match identity.info().role {
             Role::Seed => "oasis-seed",
             _ => "oasis-reflector",
@@ -250,6 +259,10 @@ impl MeshTask {
             inventory_topic,
             pending_devices: BTreeMap::new(),
             device_subscribers: Vec::new(),
+            revocations_rx: revocations.subscribe(),
+            revocations,
+            revocations_sent: 0,
+            revocations_due: false,
         };
         task.dial_bootstrap(true);
         Ok(task)
@@ -304,10 +317,48 @@ impl MeshTask {
                 _ = heartbeat.tick() => self.on_heartbeat(),
                 _ = batch.tick() => self.on_batch(),
                 _ = publish.tick(), if self.view_dirty => self.publish_view(),
+                Ok(()) = self.revocations_rx.changed() => self.on_revocations(),
             }
         }
         info!("mesh stopped");
         Ok(())
+    }
+
+    /// A newer revocation list is held: the verified peers it revokes are dropped (their
+    /// messages are no longer taken, their connections closed, their peer ids ignored by
+    /// gossipsub), and the list is passed on.
+    fn on_revocations(&mut self) {
+        let Some(list) = self.revocations_rx.borrow_and_update().clone() else { return };
+        let revoked: Vec<PeerId> = self
+            .verified
+            .iter()
+            .filter(|(_, v)| list.revokes(&v.hello.cert_der))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in revoked {
+            if let Some(v) = self.verified.remove(&peer) {
+                warn!(%peer, node = %v.info, "mesh peer's certificate is revoked: dropped");
+            }
+            self.view.forget(&peer_ref(&peer));
+            self.view_dirty = true;
+            self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+            self.metrics.count_drop("revoked");
+        }
+        self.send_revocations(false);
+    }
+
+    /// Publishes the held list when it is newer than the one last sent (or, `again`, for a new
+    /// neighbour) and fits a message.
+    fn send_revocations(&mut self, again: bool) {
+        let Some(list) = self.revocations.current() else { return };
+        let sent = list.number() <= self.revocations_sent && !again;
+        if sent || list.der().len() + 64 > MAX_MESSAGE_BYTES {
+            return;
+        }
+        if self.publish(Body::Revocations(list.der().to_vec()), "revocations") {
+            self.revocations_sent = list.number();
+        }
     }
 
     /// Publishes the view as it is now to every [`watch`] reader.
@@ -383,6 +434,13 @@ impl MeshTask {
         if self.hello_due && self.publish(Body::Hello(self.hello.clone()), "hello") {
             self.hello_due = false;
         }
+        if std::mem::take(&mut self.revocations_due) {
+            // A new neighbour learns the list from whoever holds it; not newer, it goes no
+            // further.
+            self.send_revocations(true);
+        }
+        // A list that found no peer to go to when it came.
+        self.send_revocations(false);
         self.flush_devices();
         let mut records = Vec::new();
         let mut evicted = Vec::new();
@@ -652,6 +710,7 @@ impl MeshTask {
                 if !self.verified.contains_key(&peer_id) {
                     // A new neighbour: tell it who we are (and our state) soon.
                     self.hello_due = true;
+                    self.revocations_due = true;
                 }
             }
             _ => {}
@@ -697,6 +756,7 @@ impl MeshTask {
             Body::Heartbeat(_) => "heartbeat",
             Body::Availability(_) => "availability",
             Body::Inventory(_) => "inventory",
+            Body::Revocations(_) => "revocations",
         };
         let now = self.now();
         let Some(v) = self.verified.get_mut(&author) else {
@@ -707,6 +767,22 @@ impl MeshTask {
         v.last = now;
         let info = &v.info;
         let mut msg = msg;
+        if let Body::Revocations(der) = &msg.body {
+            return match RevocationList::from_der(der, &self.trust) {
+                Ok(list) => {
+                    let number = list.number();
+                    if !self.revocations.offer(list) {
+                        // Not newer: nothing to pass on.
+                        return MessageAcceptance::Ignore;
+                    }
+                    info!(number, from = %info, "revocation list adopted from the mesh");
+                    self.revocations_sent = self.revocations_sent.max(number);
+                    self.metrics.count(kind, "in");
+                    MessageAcceptance::Accept
+                }
+                Err(e) => self.reject(&author, GossipReject::BadField(e.to_string())),
+            };
+        }
         if let Body::Inventory(records) = &msg.body {
             let now = unix_ms() / 1000;
             let site = self.my_site.as_deref();

@@ -188,6 +188,10 @@ pub enum Body {
     /// Device inventory records of the sender's site (Wake-on-LAN), published on the site's
     /// inventory topic. Appended last: the variant index is the wire format.
     Inventory(Vec<InventoryRecord>),
+    /// The CA-signed revocation list the sender holds (DER X.509 CRL), sent when it adopts a
+    /// newer one. The receiver checks the CA's signature; a list that does not fit a message
+    /// travels only by `GetRevocations`.
+    Revocations(Vec<u8>),
 }
 
 /// One gossip message. `seq` increases with every message a sender publishes (it starts from
@@ -282,6 +286,11 @@ impl GossipMsg {
                 }
                 if h.signature.is_empty() || h.signature.len() > MAX_SIGNATURE_BYTES {
                     return bad(format!("hello signature of {} bytes", h.signature.len()));
+                }
+            }
+            Body::Revocations(crl) => {
+                if crl.is_empty() {
+                    return bad("empty revocation list".to_string());
                 }
             }
             Body::Heartbeat(hb) => {
@@ -478,7 +487,7 @@ impl GossipView {
     ) -> Result<(), GossipReject> {
         msg.check()?;
         match &msg.body {
-            Body::Hello(_) | Body::Inventory(_) => {
+            Body::Hello(_) | Body::Inventory(_) | Body::Revocations(_) => {
                 self.touch(from, now);
             }
             Body::Heartbeat(hb) => {

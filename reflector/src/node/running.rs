@@ -95,8 +95,18 @@ impl RunningReflector {
         let endpoint = net::server_endpoint(config.listen, &identity, &transport)
             .with_context(|| format!("cannot listen for QUIC on {}", config.listen))?;
         let addr = endpoint.local_addr().context("reading the bound address")?;
-        let (siblings, siblings_task, mesh_task) =
-            start_mesh(&config, &identity, addr, &cache, &metrics, &node_metrics, &work).await?;
+        let revocations = crate::revocations::load_saved(&config.state, identity.trust());
+        let (siblings, siblings_task, mesh_task) = start_mesh(
+            &config,
+            &identity,
+            addr,
+            &cache,
+            &metrics,
+            &node_metrics,
+            &work,
+            &revocations,
+        )
+        .await?;
         let metrics_addr = match config.metrics {
             Some(m) => Some(
                 node_metrics
@@ -133,7 +143,7 @@ impl RunningReflector {
             chunk_lists: Mutex::new(HashMap::new()),
             siblings: siblings.clone(),
             wake: wake.clone(),
-            revocations: crate::revocations::load_saved(&config.state, identity.trust()),
+            revocations,
             tasks: work.clone(),
         });
         let (tasks, cancel) =
@@ -465,6 +475,7 @@ fn spawn_tasks(
 }
 
 /// Starts the mesh and the sibling logic when the config has a `[mesh]` section.
+#[allow(clippy::too_many_arguments)]
 async fn start_mesh(
     config: &ReflectorConfig,
     identity: &NodeIdentity,
@@ -473,6 +484,7 @@ async fn start_mesh(
     metrics: &ReflectorMetrics,
     node_metrics: &Arc<NodeMetrics>,
     work: &TaskTracker,
+    revocations: &oasis_core::pki::Revocations,
 ) -> anyhow::Result<(
     Option<Arc<Siblings>>,
     Option<SiblingsTask>,
@@ -491,6 +503,7 @@ async fn start_mesh(
                 mdns: m.mdns,
                 heartbeat: m.heartbeat,
                 serving_addr: Some(advertise),
+                revocations: revocations.clone(),
                 ..oasis_mesh::MeshConfig::default()
             };
             let (handle, task) = oasis_mesh::Mesh::start(mesh_config, identity, &config.state)
