@@ -22,6 +22,8 @@ pub const MAX_NAME_BYTES: usize = 255;
 /// Largest revocation list (a DER X.509 CRL) a `Revocations` frame carries: about 40 bytes per
 /// revoked certificate, some 50,000 of them.
 pub const MAX_REVOCATION_LIST_BYTES: usize = 2 << 20;
+/// Largest certificate or certificate signing request a `Renew` or `Renewed` frame carries.
+pub const MAX_CERT_BYTES: usize = 8 << 10;
 
 pub mod frame_type {
     pub const GET_MANIFEST: u8 = 0x01;
@@ -32,6 +34,7 @@ pub mod frame_type {
     pub const GET_CHUNKS_BACKGROUND: u8 = 0x06;
     pub const GET_LATEST: u8 = 0x07;
     pub const GET_REVOCATIONS: u8 = 0x08;
+    pub const RENEW: u8 = 0x09;
     pub const MANIFEST: u8 = 0x81;
     pub const CHUNK: u8 = 0x82;
     pub const MISSING: u8 = 0x83;
@@ -41,6 +44,7 @@ pub mod frame_type {
     pub const ASSIGNMENTS: u8 = 0x87;
     pub const LATEST: u8 = 0x88;
     pub const REVOCATIONS: u8 = 0x89;
+    pub const RENEWED: u8 = 0x8A;
     // Device inventory and Wake-on-LAN (0x10-0x17, 0x90-0x97): see crate::wake::msg.
     pub const REGISTER: u8 = 0x10;
     pub const WAKE: u8 = 0x11;
@@ -162,6 +166,17 @@ pub enum Frame {
     Revocations {
         crl: Bytes,
     },
+    /// Renew a node certificate: the certificate (DER) and a PKCS#10 request (DER) for its
+    /// key, signed with it. Answered by the seed, passed on towards it by reflectors. Answer:
+    /// `Renewed`.
+    Renew {
+        cert: Bytes,
+        csr: Bytes,
+    },
+    /// The renewed certificate (DER).
+    Renewed {
+        cert: Bytes,
+    },
     /// A signed manifest (see manifest::SignedManifest::to_bytes).
     Manifest {
         signed: Bytes,
@@ -278,6 +293,8 @@ impl Frame {
             Frame::Latest { .. } => LATEST,
             Frame::GetRevocations { .. } => GET_REVOCATIONS,
             Frame::Revocations { .. } => REVOCATIONS,
+            Frame::Renew { .. } => RENEW,
+            Frame::Renewed { .. } => RENEWED,
             Frame::Manifest { .. } => MANIFEST,
             Frame::Chunk(_) => CHUNK,
             Frame::Missing { .. } => MISSING,
@@ -325,6 +342,11 @@ impl Frame {
             Frame::GetRevocations { known } => out.put_u64(*known),
             Frame::Manifest { signed } => out.put_slice(signed),
             Frame::Revocations { crl } => out.put_slice(crl),
+            Frame::Renew { cert, csr } => {
+                put_cert(out, cert);
+                put_cert(out, csr);
+            }
+            Frame::Renewed { cert } => out.put_slice(cert),
             Frame::GetLatest { name } => put_str(out, name),
             Frame::Latest { statement, note } => {
                 out.put_u16(statement.len() as u16);
@@ -569,6 +591,16 @@ impl Frame {
                 Frame::Snapshot { info, record, seal: get_seal(&mut body, "Snapshot")? }
             }
             GET_PLAN => Frame::GetPlan,
+            RENEW => {
+                let cert = get_cert(&mut body, "Renew")?;
+                Frame::Renew { cert, csr: get_cert(&mut body, "Renew")? }
+            }
+            RENEWED => {
+                if body.is_empty() || body.len() > MAX_CERT_BYTES {
+                    return Err(malformed("Renewed", format!("certificate of {} bytes", body.len())));
+                }
+                Frame::Renewed { cert: std::mem::take(&mut body) }
+            }
             GET_REVOCATIONS => {
                 need(&body, 8, "GetRevocations")?;
                 Frame::GetRevocations { known: body.get_u64() }
@@ -648,6 +680,22 @@ pub(crate) fn put_str(out: &mut BytesMut, s: &str) {
 fn put_seal(out: &mut BytesMut, seal: &[u8]) {
     out.put_u16(seal.len() as u16);
     out.put_slice(seal);
+}
+
+fn put_cert(out: &mut BytesMut, der: &[u8]) {
+    out.put_u16(der.len() as u16);
+    out.put_slice(der);
+}
+
+/// A `bytes16` of 1..=`MAX_CERT_BYTES`.
+fn get_cert(body: &mut Bytes, what: &'static str) -> Result<Bytes, WireError> {
+    need(body, 2, what)?;
+    let n = body.get_u16() as usize;
+    if n == 0 || n > MAX_CERT_BYTES {
+        return Err(malformed(what, format!("certificate or request of {n} bytes")));
+    }
+    need(body, n, what)?;
+    Ok(body.split_to(n))
 }
 
 fn get_seal(body: &mut Bytes, what: &'static str) -> Result<Bytes, WireError> {
@@ -748,6 +796,8 @@ mod tests {
         roundtrip(Frame::GetAssignments);
         roundtrip(Frame::GetLatest { name: "base".into() });
         roundtrip(Frame::GetRevocations { known: 0 });
+        roundtrip(Frame::Renew { cert: Bytes::from_static(b"c"), csr: Bytes::from_static(b"r") });
+        roundtrip(Frame::Renewed { cert: Bytes::from_static(b"c") });
         roundtrip(Frame::GetRevocations { known: u64::MAX });
         roundtrip(Frame::Revocations { crl: Bytes::new() });
         roundtrip(Frame::Revocations { crl: Bytes::from_static(b"0\x03\x02\x01\x00") });

@@ -32,6 +32,13 @@ pub fn open_store(data: &Path) -> anyhow::Result<ChunkStore> {
     Ok(ChunkStore::open(&store_dir(data))?)
 }
 
+/// What a serving seed refuses peers by and renews certificates with.
+struct Serving {
+    revocations: Revocations,
+    /// None: `Renew` is refused.
+    authority: Option<Arc<SeedAuthority>>,
+}
+
 /// A seed serving on QUIC (and metrics over HTTP when asked).
 pub struct RunningSeed {
     pub addr: SocketAddr,
@@ -77,14 +84,15 @@ impl RunningSeed {
         let signer = SeedSigner::new(auth.signing_key().clone(), latest_ttl)
             .map_err(|e| anyhow::anyhow!("oasis-seed serve: {e}"))?;
         let trust = auth.trust().clone();
+        let authority = Some(auth.clone());
         crate::admin::spawn(data, auth, store.clone()).with_context(|| {
             format!("cannot open the admin socket {}", crate::admin::socket_path(data).display())
         })?;
         let revocations = Revocations::default();
         crate::revocations::watch_file(data, trust, revocations.clone())?;
         let signer = Some(Arc::new(signer));
-        Self::start_serving(identity, store, signer, listen, metrics_listen, limits, revocations)
-            .await
+        let serving = Serving { revocations, authority };
+        Self::start_serving(identity, store, signer, listen, metrics_listen, limits, serving).await
     }
 
     /// A seed over `store`; without `signer`, `GetLatest`, `GetSnapshot` and `GetPlan` are
@@ -97,9 +105,8 @@ impl RunningSeed {
         metrics_listen: Option<SocketAddr>,
         limits: ServeLimits,
     ) -> anyhow::Result<RunningSeed> {
-        let revocations = Revocations::default();
-        Self::start_serving(identity, store, signer, listen, metrics_listen, limits, revocations)
-            .await
+        let serving = Serving { revocations: Revocations::default(), authority: None };
+        Self::start_serving(identity, store, signer, listen, metrics_listen, limits, serving).await
     }
 
     async fn start_serving(
@@ -109,7 +116,7 @@ impl RunningSeed {
         listen: SocketAddr,
         metrics_listen: Option<SocketAddr>,
         limits: ServeLimits,
-        revocations: Revocations,
+        Serving { revocations, authority }: Serving,
     ) -> anyhow::Result<RunningSeed> {
         let transport = limits.transport(&TransportOptions::default());
         let endpoint = net::server_endpoint(listen, &identity, &transport)
@@ -126,7 +133,7 @@ impl RunningSeed {
             ),
             None => None,
         };
-        let source = Arc::new(SeedSource { store: store.clone(), signer });
+        let source = Arc::new(SeedSource { store: store.clone(), signer, authority });
         let router = net::Router::new(source.clone())
             .inventory(source.clone())
             .backup(source)

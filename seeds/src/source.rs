@@ -8,7 +8,8 @@ use bytes::Bytes;
 use oasis_core::chunk::ChunkId;
 use oasis_core::compress::StoredChunk;
 use oasis_core::net::{BackupSource, ContentSource, InventorySource, LatestAnswer, SourceError};
-use oasis_core::pki::PeerInfo;
+use oasis_core::pki::{PeerInfo, SeedAuthority};
+use oasis_core::wire::ErrorCode;
 use oasis_core::seal::{plan_digest, Sealed};
 use oasis_core::store::ChunkStore;
 use oasis_core::wake::{DeviceEntry, DeviceInfo};
@@ -20,6 +21,9 @@ pub struct SeedSource {
     /// Signs `GetLatest` answers and seals records and plans; None: those requests are
     /// refused (a seed serving without the manifest key).
     pub signer: Option<Arc<SeedSigner>>,
+    /// Issues certificate renewals; None: `Renew` is refused (a seed serving without the CA
+    /// key).
+    pub authority: Option<Arc<SeedAuthority>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> SourceError {
@@ -65,6 +69,19 @@ impl ContentSource for SeedSource {
             .await
             .map_err(internal)?
             .map_err(internal)
+    }
+
+    async fn renew(&self, peer: &PeerInfo, cert: Bytes, csr: Bytes) -> Result<Bytes, SourceError> {
+        let Some(authority) = self.authority.clone() else {
+            return Err(SourceError::Refused("this seed serves without its CA key".into()));
+        };
+        // An ECDSA signature and a durable append to the register: off the async threads.
+        let renewed = tokio::task::spawn_blocking(move || authority.renew(&cert, &csr))
+            .await
+            .map_err(internal)?
+            .map_err(|e| SourceError::Rejected(ErrorCode::Forbidden, e.to_string()))?;
+        tracing::info!(by = %peer, "certificate renewed");
+        Ok(Bytes::from(renewed.to_vec()))
     }
 
     async fn have(&self, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError> {

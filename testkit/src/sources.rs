@@ -17,6 +17,7 @@ impl CorruptingSource {
             inner: oasis_seed::source::SeedSource {
                 store: seed.seed.store.clone(),
                 signer: Some(seed.signer()),
+                authority: None,
             },
             asked: Default::default(),
             first_time_only,

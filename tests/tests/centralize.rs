@@ -539,6 +539,7 @@ fn impostor(
     let source = std::sync::Arc::new(oasis_seed::source::SeedSource {
         store: seed.seed.store.clone(),
         signer: Some(signer),
+        authority: None,
     });
     let router = net::Router::new(source.clone()).inventory(source.clone()).backup(source);
     tokio::spawn(net::serve(

@@ -187,7 +187,11 @@ async fn a_replayed_older_latest_is_refused_once_a_newer_one_was_seen() -> anyho
     let serve = |statement: Option<bytes::Bytes>| -> anyhow::Result<std::net::SocketAddr> {
         let ep = net::server_endpoint("127.0.0.1:0".parse()?, &id, &TransportOptions::default())?;
         let addr = ep.local_addr()?;
-        let inner = oasis_seed::source::SeedSource { store: seed.seed.store.clone(), signer: None };
+        let inner = oasis_seed::source::SeedSource {
+            store: seed.seed.store.clone(),
+            signer: None,
+            authority: None,
+        };
         let router = net::Router::new(Arc::new(Replay { inner, statement }));
         tokio::spawn(net::serve(ep, router, Arc::new(NodeMetrics::new())));
         Ok(addr)

@@ -332,6 +332,15 @@ impl Client {
         }
     }
 
+    /// Asks for the renewal of a certificate (`pki::NodeIdentity::renewal_request`); the answer
+    /// is the new certificate as sent, which the caller checks (`NodeIdentity::renewed`).
+    pub async fn renew(&self, cert: Bytes, csr: Bytes) -> Result<Bytes, NetError> {
+        match self.request(&Frame::Renew { cert, csr }).await? {
+            Frame::Renewed { cert } => Ok(cert),
+            other => Err(self.unexpected(&other, "Renewed")),
+        }
+    }
+
     /// Layers the server assigns to this node's site (or to this device).
     pub async fn assignments(&self) -> Result<Vec<wire::Assignment>, NetError> {
         match self.request(&Frame::GetAssignments).await? {

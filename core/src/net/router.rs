@@ -80,6 +80,17 @@ pub trait ContentSource: Send + Sync + 'static {
         async { Err(SourceError::Refused("this node serves no latest statements".into())) }
     }
 
+    /// Renews a node certificate (see `pki::renewal`): the seed issues, a reflector passes the
+    /// request on upstream. `cert` is not revoked (the server checked). Default: refused.
+    fn renew(
+        &self,
+        _peer: &PeerInfo,
+        _cert: Bytes,
+        _csr: Bytes,
+    ) -> impl Future<Output = Result<Bytes, SourceError>> + Send {
+        async { Err(SourceError::Refused("this node renews no certificates".into())) }
+    }
+
     /// Which peers may connect (default: every enrolled role). A refused peer's connection is
     /// closed with [`super::close_code::FORBIDDEN`].
     fn admits(&self, _peer: &PeerInfo) -> bool {

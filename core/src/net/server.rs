@@ -365,6 +365,16 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
                     .map(|l| Bytes::copy_from_slice(l.der()))
                     .unwrap_or_default(),
             }),
+            Frame::Renew { cert, csr } => {
+                if self.source.revocations.revokes(&cert) {
+                    Err(Frame::error(ErrorCode::Forbidden, "the certificate to renew is revoked"))
+                } else {
+                    match content.renew(&self.peer, cert, csr).await {
+                        Ok(cert) => Ok(Frame::Renewed { cert }),
+                        Err(e) => Err(e.into_frame()),
+                    }
+                }
+            }
             Frame::GetAssignments => match content.assignments(&self.peer).await {
                 Ok(assignments) => Ok(Frame::Assignments { assignments }),
                 Err(e) => Err(e.into_frame()),
@@ -674,6 +684,7 @@ async fn read_request(recv: &mut RecvStream) -> Result<Frame, Refusal> {
             | frame_type::GET_ASSIGNMENTS
             | frame_type::GET_LATEST
             | frame_type::GET_REVOCATIONS
+            | frame_type::RENEW
             | frame_type::REGISTER
             | frame_type::GET_DEVICES
             | frame_type::WAKE

@@ -169,20 +169,31 @@ impl SeedAuthority {
     /// Issues a certificate (and a fresh ECDSA P-256 key) for a named node.
     ///
     /// The certificate has subject CN = `name`, DNS SAN [`NODE_SERVER_NAME`], URI SAN
-    /// `urn:oasis:node:<role>:<name>[:<site>]`, both serverAuth and clientAuth usages, and is
-    /// valid for [`NODE_CERT_VALIDITY_YEARS`] years (no renewal yet: re-enroll on expiry). It is
-    /// not recorded: [`SeedAuthority::enroll`] records what it hands out.
+    /// `urn:oasis:node:<role>:<name>[:<site>]`, both serverAuth and clientAuth usages, and
+    /// lives [`DEFAULT_NODE_CERT_LIFETIME`]. It is not recorded: [`SeedAuthority::enroll`]
+    /// records what it hands out.
     pub fn issue(
         &self,
         role: Role,
         name: &str,
         site: Option<&str>,
     ) -> Result<NodeIdentity, IdentityError> {
+        self.issue_for(role, name, site, DEFAULT_NODE_CERT_LIFETIME)
+    }
+
+    /// [`SeedAuthority::issue`], the certificate living `lifetime`.
+    pub fn issue_for(
+        &self,
+        role: Role,
+        name: &str,
+        site: Option<&str>,
+        lifetime: Duration,
+    ) -> Result<NodeIdentity, IdentityError> {
         let info = PeerInfo::new(role, name, site)?;
         let what = format!("issuing a certificate for {info}");
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(rcgen_err(&what))?;
-        let params = node_params(&info, &what)?;
+        let params = node_params(&info, &what, lifetime)?;
         let issuer = rcgen::Issuer::from_ca_cert_der(&self.trust.ca, &self.ca_key)
             .map_err(rcgen_err(&what))?;
         let cert = params.signed_by(&key, &issuer).map_err(rcgen_err(&what))?;
@@ -205,6 +216,20 @@ impl SeedAuthority {
         out_dir: &Path,
         force: bool,
     ) -> Result<NodeIdentity, IdentityError> {
+        self.enroll_for(role, name, site, out_dir, force, DEFAULT_NODE_CERT_LIFETIME)
+    }
+
+    /// [`SeedAuthority::enroll`], the certificate living `lifetime` (and each renewal of it
+    /// as long).
+    pub fn enroll_for(
+        &self,
+        role: Role,
+        name: &str,
+        site: Option<&str>,
+        out_dir: &Path,
+        force: bool,
+        lifetime: Duration,
+    ) -> Result<NodeIdentity, IdentityError> {
         let key_path = out_dir.join(NODE_KEY_FILE);
         // Check before issuing so a refused enroll does no work; save() checks again.
         if !force && exists(&key_path)? {
@@ -213,7 +238,7 @@ impl SeedAuthority {
                 hint: " (this directory already holds a node identity; use --force to replace it)",
             });
         }
-        let node = self.issue(role, name, site)?;
+        let node = self.issue_for(role, name, site, lifetime)?;
         node.save(out_dir, force)?;
         // Recorded once saved: a certificate that never reached its node revokes nothing.
         // Enrolling a name again replaces its certificate, so the old one is revoked.
@@ -225,13 +250,13 @@ impl SeedAuthority {
     }
 }
 
-/// Unix time now as rcgen's date type, plus helpers; we avoid naming the `time` crate directly.
-pub(super) fn set_validity(params: &mut rcgen::CertificateParams, years: u64) {
+/// Valid from [`BACKDATE`] ago for `lifetime` from now, as rcgen's date type (we avoid naming
+/// the `time` crate directly).
+pub(super) fn set_lifetime(params: &mut rcgen::CertificateParams, lifetime: Duration) {
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
-    let days = years * 365 + years / 4;
     params.not_before = now - BACKDATE;
-    params.not_after = now + Duration::from_secs(days * 86_400);
+    params.not_after = now + lifetime;
 }
 
 pub(super) fn random_serial() -> Result<rcgen::SerialNumber, IdentityError> {
@@ -253,13 +278,15 @@ pub(super) fn ca_params() -> Result<rcgen::CertificateParams, IdentityError> {
         rcgen::KeyUsagePurpose::DigitalSignature,
     ];
     params.serial_number = Some(random_serial()?);
-    set_validity(&mut params, CA_CERT_VALIDITY_YEARS);
+    let years = CA_CERT_VALIDITY_YEARS;
+    set_lifetime(&mut params, Duration::from_secs((years * 365 + years / 4) * 86_400));
     Ok(params)
 }
 
 pub(super) fn node_params(
     info: &PeerInfo,
     what: &str,
+    lifetime: Duration,
 ) -> Result<rcgen::CertificateParams, IdentityError> {
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
@@ -277,6 +304,6 @@ pub(super) fn node_params(
     ];
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(random_serial()?);
-    set_validity(&mut params, NODE_CERT_VALIDITY_YEARS);
+    set_lifetime(&mut params, lifetime);
     Ok(params)
 }

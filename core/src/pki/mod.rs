@@ -47,6 +47,7 @@ mod authority;
 mod files;
 mod node;
 mod peer;
+pub mod renewal;
 mod revocation;
 #[cfg(test)]
 mod tests;
@@ -86,9 +87,10 @@ const MANIFEST_KEY_PEM_TAG: &str = "OASIS MANIFEST KEY";
 const CERT_PEM_TAG: &str = "CERTIFICATE";
 const PRIVATE_KEY_PEM_TAG: &str = "PRIVATE KEY";
 
-/// Validity of node certificates. There is no renewal yet: a node certificate simply stops
-/// working after this long and the node has to be enrolled again.
-pub const NODE_CERT_VALIDITY_YEARS: u64 = 10;
+/// Lifetime of a node certificate unless `enroll --days` says otherwise. Nodes renew theirs
+/// over their connections once a third of it is left (see [`renewal`]), so a fleet in use never
+/// needs enrolling again; a node silent for the whole lifetime does.
+pub const DEFAULT_NODE_CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
 /// Validity of the CA certificate (and so of the whole root of trust).
 pub const CA_CERT_VALIDITY_YEARS: u64 = 20;
 /// `not_before` is backdated by this much to tolerate clock skew between nodes.

@@ -5,8 +5,8 @@ use super::*;
 /// A node's own certificate and key plus the trust root, as loaded from a state dir (`node.pem`,
 /// `node.key`, `trust.pem`).
 ///
-/// Node certificates are valid for [`NODE_CERT_VALIDITY_YEARS`] years. There is no renewal yet:
-/// when one expires the node must be enrolled again.
+/// Node certificates live [`DEFAULT_NODE_CERT_LIFETIME`] unless enrolled otherwise, and are
+/// renewed for the same key before they expire ([`renewal`]).
 #[derive(Clone)]
 pub struct NodeIdentity {
     pub(super) info: PeerInfo,
