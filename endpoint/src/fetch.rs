@@ -232,7 +232,7 @@ pub async fn fetch_with(
     };
 
     // 1. The manifest, from the first source that has a valid one.
-    let mut sources = Sources::new(&identity, opts.sources.clone())?;
+    let mut sources = Sources::new(&identity, &opts.state_dir, opts.sources.clone())?;
     let (client, got, latest) = loop {
         let Some(client) = sources.connect_next().await else {
             bail!("{}", no_manifest_error(&asked, &sources.failures));

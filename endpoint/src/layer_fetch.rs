@@ -66,7 +66,7 @@ pub async fn fetch_layers(
         }
         let sources = match &mut net {
             Some(s) => s,
-            None => net.insert(Sources::new(identity, addrs.to_vec())?),
+            None => net.insert(Sources::new(identity, state_dir, addrs.to_vec())?),
         };
         let sm = loop {
             let c = match &client {
@@ -128,7 +128,7 @@ pub async fn fetch_layers(
     }
     let mut sources = match net {
         Some(s) => s,
-        None => Sources::new(identity, addrs.to_vec())?,
+        None => Sources::new(identity, state_dir, addrs.to_vec())?,
     };
     progress.set_message("fetch");
     progress.set_length(missing.iter().map(|c| c.len as u64).sum());

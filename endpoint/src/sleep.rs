@@ -141,7 +141,8 @@ pub async fn sleep(opts: &SleepOptions) -> anyhow::Result<SleepReport> {
     // Announce ourselves (the connect registers), then drop the connection: a sleeping machine
     // keeps none.
     {
-        let mut sources = crate::sources::Sources::new(&identity, opts.sources.clone())?;
+        let mut sources =
+            crate::sources::Sources::new(&identity, &opts.state_dir, opts.sources.clone())?;
         let client = sources
             .connect_next()
             .await
@@ -156,7 +157,8 @@ pub async fn sleep(opts: &SleepOptions) -> anyhow::Result<SleepReport> {
     tracing::info!(%mac, %from, "magic packet received: waking up");
     drop(sock);
     let layers = if opts.layers.is_empty() {
-        let mut sources = crate::sources::Sources::new(&identity, opts.sources.clone())?;
+        let mut sources =
+            crate::sources::Sources::new(&identity, &opts.state_dir, opts.sources.clone())?;
         let client = sources.connect_next().await.context("no source answered after waking")?;
         let a = client.assignments().await?;
         client.close();
@@ -183,7 +185,8 @@ pub async fn sleep(opts: &SleepOptions) -> anyhow::Result<SleepReport> {
     }
     // Tell the inventory what we hold now.
     set_announce(announce);
-    let mut sources = crate::sources::Sources::new(&identity, opts.sources.clone())?;
+    let mut sources =
+        crate::sources::Sources::new(&identity, &opts.state_dir, opts.sources.clone())?;
     if let Some(c) = sources.connect_next().await {
         c.close();
     }

@@ -11,6 +11,7 @@ use oasis_core::net::{self, Client, NetError, TransportOptions};
 use oasis_core::pki::{NodeIdentity, TrustRoot};
 use oasis_core::store::ChunkStore;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,11 +39,19 @@ pub struct Sources {
     ranked: bool,
     /// Who we are, for the registration sent on every connection.
     me: oasis_core::pki::PeerInfo,
+    /// Our identity and where it is kept: renewed over the first connection once due.
+    identity: NodeIdentity,
+    state_dir: PathBuf,
+    renewal_tried: bool,
 }
 
 impl Sources {
     /// Must be called within a tokio runtime.
-    pub fn new(identity: &NodeIdentity, addrs: Vec<SocketAddr>) -> Result<Sources, NetError> {
+    pub fn new(
+        identity: &NodeIdentity,
+        state_dir: &Path,
+        addrs: Vec<SocketAddr>,
+    ) -> Result<Sources, NetError> {
         let opts = TransportOptions::default();
         // An IPv6 socket is dual-stack where the system allows it, so it reaches both families.
         let endpoint = match addrs.iter().find(|a| a.is_ipv6()) {
@@ -57,6 +66,9 @@ impl Sources {
             site: identity.info().site.clone(),
             ranked: false,
             me: identity.info().clone(),
+            identity: identity.clone(),
+            state_dir: state_dir.to_path_buf(),
+            renewal_tried: false,
         })
     }
 
@@ -90,6 +102,7 @@ impl Sources {
                 Ok(Ok(client)) => {
                     tracing::info!(source = %addr, peer = %client.peer(), "connected");
                     crate::sleep::register(&client, &crate::sleep::agent_info(&self.me)).await;
+                    self.renew_if_due(&client).await;
                     return Some(client);
                 }
                 Ok(Err(e)) => self.fail(addr, e),
@@ -97,6 +110,20 @@ impl Sources {
             }
         }
         None
+    }
+
+    /// Renews this node's certificate over `client` once it is due (a third of its lifetime
+    /// left), at most once per run; a failure is reported and the run goes on with the
+    /// certificate it has.
+    async fn renew_if_due(&mut self, client: &Client) {
+        if self.renewal_tried || !self.identity.renewal_due() {
+            return;
+        }
+        self.renewal_tried = true;
+        match oasis_core::net::renew::renew(client, &self.identity, &self.state_dir).await {
+            Ok(renewed) => self.identity = renewed,
+            Err(e) => tracing::warn!(error = %e, "certificate not renewed; trying again next run"),
+        }
     }
 
     /// Closes the endpoint. The close frames are queued at once and sent by the endpoint's

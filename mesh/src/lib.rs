@@ -232,6 +232,7 @@ pub(crate) enum Command {
     ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
     FindProviders { layer: LayerDigest, reply: oneshot::Sender<Vec<PeerId>> },
     Dial(Multiaddr),
+    SetHello(oasis_core::gossip::Hello),
     AnnounceDevices(Vec<InventoryRecord>),
     SubscribeDevices(mpsc::Sender<DeviceBatch>),
     Shutdown,
@@ -384,6 +385,13 @@ impl MeshHandle {
     /// Dials an address (like a bootstrap address added at run time).
     pub fn dial(&self, addr: Multiaddr) {
         self.send(Command::Dial(addr));
+    }
+
+    /// Binds this node's peer id with `identity` (a renewed certificate) and says hello with
+    /// it from now on, so that siblings keep verifying this node once the old one expires.
+    pub fn set_identity(&self, identity: &NodeIdentity) -> Result<()> {
+        self.send(Command::SetHello(binding::sign_binding(identity, &self.peer_id)?));
+        Ok(())
     }
 
     /// Publishes device records on this site's inventory topic (batched with the next

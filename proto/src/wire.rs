@@ -597,7 +597,10 @@ impl Frame {
             }
             RENEWED => {
                 if body.is_empty() || body.len() > MAX_CERT_BYTES {
-                    return Err(malformed("Renewed", format!("certificate of {} bytes", body.len())));
+                    return Err(malformed(
+                        "Renewed",
+                        format!("certificate of {} bytes", body.len()),
+                    ));
                 }
                 Frame::Renewed { cert: std::mem::take(&mut body) }
             }

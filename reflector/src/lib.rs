@@ -36,6 +36,7 @@ mod mesh_link;
 pub mod metrics;
 pub mod node;
 pub mod policy;
+mod renewal;
 pub mod revocations;
 pub mod siblings;
 pub mod upstream;

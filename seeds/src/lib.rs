@@ -8,6 +8,7 @@ pub mod ingest;
 pub mod mesh;
 pub mod node;
 pub mod provision;
+pub mod renewal;
 pub mod revocations;
 pub mod signer;
 pub mod snapshots;

@@ -59,6 +59,10 @@ enum Cmd {
         /// Replace an identity already in --out.
         #[arg(long)]
         force: bool,
+        /// Lifetime of the certificate in days; the node renews it over its connections once a
+        /// third is left, each renewal as long.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=3650))]
+        days: u64,
         #[arg(long)]
         json: bool,
     },
@@ -312,20 +316,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             drop(auth);
         }
-        Cmd::Enroll { data, role, name, site, out, force, json } => {
+        Cmd::Enroll { data, role, name, site, out, force, days, json } => {
             if role == Role::Seed {
                 bail!("enroll --role seed: the seed's identity is made by `oasis-seed init`; enroll reflectors and endpoints");
             }
             let auth = SeedAuthority::load(&data)?;
-            let id = auth.enroll(role, &name, site.as_deref(), &out, force)?;
+            let lifetime = std::time::Duration::from_secs(days * 86_400);
+            let id = auth.enroll_for(role, &name, site.as_deref(), &out, force, lifetime)?;
+            let expires = id.expires_at().max(0) as u64;
             if json {
                 println!(
                     "{}",
                     serde_json::json!({ "role": role.to_string(), "name": name, "site": site,
-                        "state_dir": out, "uri": id.info().to_uri() })
+                        "state_dir": out, "uri": id.info().to_uri(), "expires": expires })
                 );
             } else {
-                println!("enrolled {} into {}", id.info(), out.display());
+                println!(
+                    "enrolled {} into {} (certificate valid until {}, renewed while in use)",
+                    id.info(),
+                    out.display(),
+                    day_of(expires)
+                );
             }
         }
         Cmd::Revoke { data, name, role, serial, json } => {

@@ -12,7 +12,7 @@ use oasis_core::pki::{NodeIdentity, Revocations, SeedAuthority};
 use oasis_core::store::ChunkStore;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -50,6 +50,10 @@ pub struct RunningSeed {
     endpoint: quinn::Endpoint,
     task: tokio::task::JoinHandle<()>,
     mesh: Option<crate::mesh::SeedMesh>,
+    /// The mesh handle, for the task renewing the seed's certificate.
+    mesh_for_renewal: Arc<OnceLock<oasis_mesh::MeshHandle>>,
+    /// Following the revocation list and renewing the certificate: stopped with the seed.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningSeed {
@@ -79,7 +83,10 @@ impl RunningSeed {
     ) -> anyhow::Result<RunningSeed> {
         // Loading the authority proves DATA holds a complete root of trust.
         let auth = Arc::new(SeedAuthority::load(data)?);
-        let identity = NodeIdentity::load(data)?;
+        let mut identity = NodeIdentity::load(data)?;
+        if let Some(renewed) = crate::renewal::renew_if_due(&auth, &identity, data)? {
+            identity = renewed;
+        }
         let store = Arc::new(open_store(data)?);
         let signer = SeedSigner::new(auth.signing_key().clone(), latest_ttl)
             .map_err(|e| anyhow::anyhow!("oasis-seed serve: {e}"))?;
@@ -89,10 +96,19 @@ impl RunningSeed {
             format!("cannot open the admin socket {}", crate::admin::socket_path(data).display())
         })?;
         let revocations = Revocations::default();
-        crate::revocations::watch_file(data, trust, revocations.clone())?;
+        let watching = crate::revocations::watch_file(data, trust, revocations.clone())?;
         let signer = Some(Arc::new(signer));
-        let serving = Serving { revocations, authority };
-        Self::start_serving(identity, store, signer, listen, metrics_listen, limits, serving).await
+        let serving = Serving { revocations, authority: authority.clone() };
+        let (renewing, data) = (identity.clone(), data.to_path_buf());
+        let mut seed =
+            Self::start_serving(identity, store, signer, listen, metrics_listen, limits, serving)
+                .await?;
+        seed.background.push(watching);
+        if let Some(auth) = authority {
+            let mesh = seed.mesh_for_renewal.clone();
+            seed.background.push(crate::renewal::spawn(auth, renewing, data, mesh));
+        }
+        Ok(seed)
     }
 
     /// A seed over `store`; without `signer`, `GetLatest`, `GetSnapshot` and `GetPlan` are
@@ -151,6 +167,8 @@ impl RunningSeed {
             endpoint,
             task,
             mesh: None,
+            mesh_for_renewal: Arc::default(),
+            background: Vec::new(),
         })
     }
 
@@ -183,6 +201,7 @@ impl RunningSeed {
             self.store.clone(),
             &self.metrics,
         )?;
+        let _ = self.mesh_for_renewal.set(mesh.handle.clone());
         Ok(&self.mesh.insert(mesh).handle)
     }
 
@@ -195,6 +214,9 @@ impl RunningSeed {
     pub fn shutdown(&self) {
         self.endpoint.close(0u32.into(), b"seed shutting down");
         self.task.abort();
+        for t in &self.background {
+            t.abort();
+        }
         if let Some(m) = &self.mesh {
             m.shutdown();
         }

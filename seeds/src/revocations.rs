@@ -11,7 +11,11 @@ pub const FILE_POLL: Duration = Duration::from_secs(1);
 
 /// Loads DATA's `revoked.crl` into `revocations` now (a broken file is an error: the seed must
 /// not serve revoked nodes because its list does not parse), then follows it from a task.
-pub fn watch_file(data: &Path, trust: TrustRoot, revocations: Revocations) -> anyhow::Result<()> {
+pub fn watch_file(
+    data: &Path,
+    trust: TrustRoot,
+    revocations: Revocations,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let path = data.join(pki::REVOKED_FILE);
     if let Some(list) = pki::load_revocation_file(&path, &trust)? {
         tracing::info!(number = list.number(), revoked = list.len(), "revocation list loaded");
@@ -22,7 +26,7 @@ pub fn watch_file(data: &Path, trust: TrustRoot, revocations: Revocations) -> an
         Some((m.modified().ok()?, m.len()))
     };
     let mut seen = stamp(&path);
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         let mut tick = tokio::time::interval(FILE_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -45,6 +49,5 @@ pub fn watch_file(data: &Path, trust: TrustRoot, revocations: Revocations) -> an
                 }
             }
         }
-    });
-    Ok(())
+    }))
 }

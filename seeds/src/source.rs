@@ -9,10 +9,10 @@ use oasis_core::chunk::ChunkId;
 use oasis_core::compress::StoredChunk;
 use oasis_core::net::{BackupSource, ContentSource, InventorySource, LatestAnswer, SourceError};
 use oasis_core::pki::{PeerInfo, SeedAuthority};
-use oasis_core::wire::ErrorCode;
 use oasis_core::seal::{plan_digest, Sealed};
 use oasis_core::store::ChunkStore;
 use oasis_core::wake::{DeviceEntry, DeviceInfo};
+use oasis_core::wire::ErrorCode;
 use oasis_core::wire::{Assignment, LayerRef};
 use std::sync::Arc;
 

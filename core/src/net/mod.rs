@@ -14,6 +14,7 @@
 mod client;
 pub mod congestion;
 mod limits;
+pub mod renew;
 mod router;
 mod server;
 #[cfg(test)]

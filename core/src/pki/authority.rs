@@ -202,6 +202,7 @@ impl SeedAuthority {
             cert: cert.der().clone(),
             key: Arc::new(key.serialize_der()),
             trust: self.trust.clone(),
+            presented: Default::default(),
         })
     }
 

@@ -14,6 +14,41 @@ pub struct NodeIdentity {
     /// PKCS#8 DER of the node's private key.
     pub(super) key: Arc<Vec<u8>>,
     pub(super) trust: TrustRoot,
+    /// What the TLS configs built from this identity (and its renewals) present: set when the
+    /// first is built, replaced by [`NodeIdentity::install`], read at every handshake.
+    pub(super) presented: Presented,
+}
+
+/// The certificate and key a node presents in TLS handshakes, shared by every config built from
+/// one identity and its renewals, so that installing a renewed certificate reaches every QUIC
+/// endpoint of the process at once, serving and connecting.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Presented(Arc<std::sync::RwLock<Option<Arc<CertifiedKey>>>>);
+
+impl Presented {
+    fn get(&self) -> Option<Arc<CertifiedKey>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, key: Arc<CertifiedKey>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Presented {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.get()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Presented {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.get()
+    }
 }
 
 impl fmt::Debug for NodeIdentity {
@@ -45,19 +80,15 @@ impl NodeIdentity {
         let key_path = state_dir.join(NODE_KEY_FILE);
         let key = read_single_pem(&key_path, PRIVATE_KEY_PEM_TAG, HINT_ENROLL)?;
 
-        let identity = NodeIdentity { info, cert, key: Arc::new(key), trust };
+        let identity =
+            NodeIdentity { info, cert, key: Arc::new(key), trust, presented: Presented::default() };
         identity.check(&cert_what, &key_path.display().to_string())?;
         Ok(identity)
     }
 
     /// Checks key/cert consistency and that the certificate chains to the trust root.
     pub(super) fn check(&self, cert_what: &str, key_what: &str) -> Result<(), IdentityError> {
-        rustls::sign::CertifiedKey::from_der(
-            vec![self.cert.clone()],
-            self.private_key(),
-            &provider(),
-        )
-        .map_err(|e| match e {
+        self.certified_key().map_err(|e| match e {
             rustls::Error::InconsistentKeys(_) => {
                 invalid(key_what, format!("does not match the certificate in {cert_what}"))
             }
@@ -75,6 +106,27 @@ impl NodeIdentity {
                     ),
                 )
             })?;
+        Ok(())
+    }
+
+    fn certified_key(&self) -> Result<CertifiedKey, rustls::Error> {
+        CertifiedKey::from_der(vec![self.cert.clone()], self.private_key(), &provider())
+    }
+
+    /// What TLS configs built from this identity present: its own certificate, unless a
+    /// renewal was installed since.
+    fn presented(&self, what: &str) -> Result<Presented, IdentityError> {
+        if self.presented.get().is_none() {
+            self.presented.set(Arc::new(self.certified_key().map_err(tls_err(what))?));
+        }
+        Ok(self.presented.clone())
+    }
+
+    /// Presents this identity's certificate from now on in every TLS config built from it or
+    /// from the identity it renews (new handshakes only; open connections keep theirs).
+    pub fn install(&self) -> Result<(), IdentityError> {
+        let key = self.certified_key().map_err(tls_err("installing a renewed certificate"))?;
+        self.presented.set(Arc::new(key));
         Ok(())
     }
 
@@ -141,8 +193,7 @@ impl NodeIdentity {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err(what))?
             .with_client_cert_verifier(self.trust.client_verifier()?)
-            .with_single_cert(vec![self.cert.clone()], self.private_key())
-            .map_err(tls_err(what))?;
+            .with_cert_resolver(Arc::new(self.presented(what)?));
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(Arc::new(config))
     }
@@ -155,8 +206,7 @@ impl NodeIdentity {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err(what))?
             .with_root_certificates(self.trust.root_store()?)
-            .with_client_auth_cert(vec![self.cert.clone()], self.private_key())
-            .map_err(tls_err(what))?;
+            .with_client_cert_resolver(Arc::new(self.presented(what)?));
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(Arc::new(config))
     }

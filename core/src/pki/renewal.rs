@@ -73,7 +73,13 @@ impl NodeIdentity {
         if info != self.info {
             return Err(invalid(what, format!("is for {info}, not for this node ({})", self.info)));
         }
-        let node = NodeIdentity { info, cert, key: self.key.clone(), trust: self.trust.clone() };
+        let node = NodeIdentity {
+            info,
+            cert,
+            key: self.key.clone(),
+            trust: self.trust.clone(),
+            presented: self.presented.clone(),
+        };
         node.check(what, "this node's key")?;
         Ok(node)
     }
@@ -108,7 +114,10 @@ impl SeedAuthority {
             .map_err(|e| invalid(what, format!("cannot parse X.509: {e}")))?;
         use rcgen::PublicKeyData;
         if request.public_key.der_bytes() != x509.public_key().subject_public_key.data.as_ref() {
-            return Err(invalid(what, "the signing request is for another key than the certificate"));
+            return Err(invalid(
+                what,
+                "the signing request is for another key than the certificate",
+            ));
         }
         let params = node_params(&info, what, issued_lifetime(cert)?)?;
         let issuer = rcgen::Issuer::from_ca_cert_der(&self.trust.ca, &self.ca_key)
@@ -119,6 +128,7 @@ impl SeedAuthority {
             cert: renewed.der().clone(),
             key: Arc::new(Vec::new()),
             trust: self.trust.clone(),
+            presented: Default::default(),
         };
         self.record_issued(&node, false)?;
         Ok(node.cert)

@@ -609,6 +609,10 @@ impl MeshTask {
                 let id = self.swarm.behaviour_mut().kad.get_providers(RecordKey::new(&layer));
                 self.provider_queries.insert(id, (reply, HashSet::new()));
             }
+            Command::SetHello(hello) => {
+                self.hello = hello;
+                self.hello_due = true;
+            }
             Command::Dial(addr) => {
                 if let Err(e) = self.swarm.dial(addr.clone()) {
                     debug!("dialing {addr}: {e}");

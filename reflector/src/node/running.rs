@@ -456,6 +456,13 @@ fn spawn_tasks(
         crate::revocations::UPSTREAM_POLL,
     );
     spawn_task(&mut tasks, &cancel, "revocations", revocations);
+    let renewal = crate::renewal::run(
+        upstream.clone(),
+        inner.identity.clone(),
+        config.state.clone(),
+        siblings.clone(),
+    );
+    spawn_task(&mut tasks, &cancel, "renewal", renewal);
     // Not cancelled: `serve` ends when the endpoint closes, once its connections have.
     tasks.spawn(
         net::serve(

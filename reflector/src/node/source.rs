@@ -56,6 +56,20 @@ impl ContentSource for ReflectorSource {
         }
     }
 
+    async fn renew(&self, peer: &PeerInfo, cert: Bytes, csr: Bytes) -> Result<Bytes, SourceError> {
+        // Passed on as it came: the request proves itself to the seed (pki::renewal).
+        let Some(upstream) = self.0.upstream.current() else {
+            return Err(SourceError::Unavailable("the upstream is unreachable".into()));
+        };
+        tracing::info!(for_node = %peer, "passing a certificate renewal upstream");
+        upstream.renew(cert, csr).await.map_err(|e| match e {
+            oasis_core::net::NetError::Remote { code, message, .. } => {
+                SourceError::Rejected(code, message)
+            }
+            other => SourceError::Unavailable(other.to_string()),
+        })
+    }
+
     async fn have(&self, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError> {
         self.0.cache.store.have(ids).map_err(|e| SourceError::Internal(e.to_string()))
     }

@@ -1,8 +1,10 @@
-//! Revocation with a real seed, real reflectors and real endpoints over QUIC on 127.0.0.1, and
-//! real libp2p meshes: a revoked endpoint is refused by the seed and by every reflector of its
-//! site within seconds, its open connections are closed, a revoked reflector's gossip is
-//! dropped by its siblings, the list crosses the mesh to a reflector cut off from the seed, and
-//! enrolling a name again revokes the certificate it replaces.
+//! Certificates with a real seed, real reflectors and real endpoints over QUIC on 127.0.0.1, and
+//! real libp2p meshes. Revocation: a revoked endpoint is refused by the seed and by every
+//! reflector of its site within seconds, its open connections are closed, a revoked reflector's
+//! gossip is dropped by its siblings, the list crosses the mesh to a reflector cut off from the
+//! seed, and enrolling a name again revokes the certificate it replaces. Renewal: endpoints
+//! (through a reflector) and reflectors renew short-lived certificates before they expire and
+//! keep working past the old ones' expiry.
 
 use oasis_core::net::{self, Client, TransportOptions};
 use oasis_core::pki::{self, NodeIdentity, RevokeTarget, Role};
@@ -185,5 +187,89 @@ async fn a_revoked_reflectors_gossip_is_dropped_and_the_list_crosses_the_mesh() 
     let dropped =
         oasis_core::metrics::sample_value(&text, "oasis_gossip_dropped_total{reason=\"revoked\"}");
     assert!(dropped.is_some_and(|n| n >= 1.0), "no revoked drop counted:\n{text}");
+    Ok(())
+}
+
+/// Copies a node's state directory as it is now (its certificate and key) into `to`.
+fn copy_identity(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for f in [pki::NODE_CERT_FILE, pki::NODE_KEY_FILE, pki::TRUST_FILE] {
+        std::fs::copy(from.join(f), to.join(f))?;
+    }
+    Ok(())
+}
+
+/// Sleeps until `unix` seconds (plus a margin) have passed.
+async fn sleep_past(unix: i64) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let until = Duration::from_secs(unix.max(0) as u64) + Duration::from_millis(1200);
+    tokio::time::sleep(until.saturating_sub(now)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_renews_its_certificate_through_a_reflector_before_it_expires(
+) -> anyhow::Result<()> {
+    let seed = TestSeed::start().await?;
+    let src = seed.base().join("src");
+    let spec =
+        oasis_testkit::TreeSpec { small_files: 10, large_files: 1, large_size: 1 << 20, depth: 2 };
+    oasis_testkit::random_tree(&src, 5, spec)?;
+    seed.publish("base", "1", &src)?;
+    let refl = seed.reflector("r1", |_| {}).await?;
+    let state = seed.base().join("roamer");
+    let lifetime = Duration::from_secs(6);
+    seed.auth.enroll_for(Role::Endpoint, "roamer", Some("test"), &state, false, lifetime)?;
+    let old = NodeIdentity::load(&state)?;
+    let stale = seed.base().join("roamer-old-copy");
+    copy_identity(&state, &stale)?;
+    assert!(!old.renewal_due(), "a fresh certificate is not due for renewal");
+
+    // Two thirds of its life gone: the next run renews it over its source, a reflector.
+    sleep_past(old.expires_at() - 3).await;
+    assert!(NodeIdentity::load(&state)?.renewal_due());
+    let into = seed.base().join("roamer-root");
+    let opts = oasis_endpoint::FetchOptions {
+        state_dir: state.clone(),
+        sources: vec![refl.addr],
+        name: "base".into(),
+        version: Some("1".into()),
+        into,
+        streams: 4,
+        progress: false,
+    };
+    oasis_endpoint::fetch(&opts).await?;
+    let renewed = NodeIdentity::load(&state)?;
+    assert_ne!(renewed.cert_der(), old.cert_der(), "node.pem was not renewed");
+    assert!(renewed.expires_at() > old.expires_at());
+    assert_eq!(renewed.info(), old.info());
+    let roamer: Vec<_> = seed.auth.issued()?.into_iter().filter(|c| c.name == "roamer").collect();
+    assert_eq!(roamer.len(), 2, "{roamer:?}");
+    assert!(roamer.iter().all(|c| c.revoked_at.is_none()), "a renewal revokes nothing: {roamer:?}");
+
+    // Past the old certificate's expiry: the renewed node works, the old certificate does not.
+    sleep_past(old.expires_at()).await;
+    for addr in [refl.addr, seed.seed.addr] {
+        ask(&state, addr).await.map_err(anyhow::Error::msg)?;
+        let e = ask(&stale, addr).await.expect_err("an expired certificate was accepted");
+        assert!(e.to_lowercase().contains("expired"), "{e}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reflector_renews_its_own_certificate_and_serves_past_the_old_ones_expiry(
+) -> anyhow::Result<()> {
+    let seed = TestSeed::start().await?;
+    let state = seed.base().join("node-short");
+    let lifetime = Duration::from_secs(6);
+    seed.auth.enroll_for(Role::Reflector, "short", Some("test"), &state, false, lifetime)?;
+    let old = NodeIdentity::load(&state)?;
+    let refl = seed.reflector("short", |_| {}).await?;
+    sleep_past(old.expires_at()).await;
+    let renewed = NodeIdentity::load(&state)?;
+    assert!(renewed.expires_at() > old.expires_at(), "the reflector did not renew");
+    // A new connection sees the renewed certificate: the old one would fail the handshake.
+    let ep = seed.enroll(Role::Endpoint, "visitor")?;
+    ask(&ep, refl.addr).await.map_err(anyhow::Error::msg)?;
     Ok(())
 }

@@ -1,0 +1,61 @@
+//! The seed's own certificate: renewed by its own CA before it expires, at start and while it
+//! serves, and installed in its QUIC endpoint and its mesh hello.
+
+use oasis_core::pki::{NodeIdentity, SeedAuthority};
+use oasis_mesh::MeshHandle;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// How often the certificate is looked at: a tenth of what is left of it, within these bounds.
+const CHECK_BOUNDS: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(60));
+
+/// Renews `identity` with `auth` when due: written to DATA/node.pem and installed.
+pub fn renew_if_due(
+    auth: &SeedAuthority,
+    identity: &NodeIdentity,
+    data: &Path,
+) -> anyhow::Result<Option<NodeIdentity>> {
+    if !identity.renewal_due() {
+        return Ok(None);
+    }
+    let (cert, csr) = identity.renewal_request()?;
+    let renewed = identity.renewed(&auth.renew(&cert, &csr)?)?;
+    renewed.save_cert(data)?;
+    renewed.install()?;
+    tracing::info!(expires = renewed.expires_at(), "the seed's certificate renewed");
+    Ok(Some(renewed))
+}
+
+/// Keeps renewing for as long as the seed runs; the mesh, once joined, says hello with the new
+/// certificate.
+pub fn spawn(
+    auth: Arc<SeedAuthority>,
+    mut identity: NodeIdentity,
+    data: PathBuf,
+    mesh: Arc<OnceLock<MeshHandle>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let left = Duration::from_secs((identity.expires_at() - now).max(0) as u64);
+            tokio::time::sleep((left / 10).clamp(CHECK_BOUNDS.0, CHECK_BOUNDS.1)).await;
+            let (a, id, d) = (auth.clone(), identity.clone(), data.clone());
+            match tokio::task::spawn_blocking(move || renew_if_due(&a, &id, &d)).await {
+                Ok(Ok(Some(renewed))) => {
+                    if let Some(m) = mesh.get() {
+                        if let Err(e) = m.set_identity(&renewed) {
+                            tracing::warn!(error = %e, "the mesh keeps the hello of the old certificate");
+                        }
+                    }
+                    identity = renewed;
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "the seed's certificate not renewed"),
+                Err(e) => tracing::warn!(error = %e, "renewing the seed's certificate failed"),
+            }
+        }
+    })
+}
