@@ -30,6 +30,12 @@ pub struct NodeMetrics {
     pub refused_connections: Counter,
     /// Answers reset because the peer took none of their bytes for the write-stall limit.
     pub stalled_answers: Counter,
+    /// Connections refused, or closed, because the peer's certificate is revoked.
+    pub revoked_peers: Counter,
+    /// The CRL number of the revocation list held (0: none).
+    pub revocation_list: Gauge,
+    /// When this node's certificate expires (Unix seconds): renewal moves it on.
+    pub certificate_expiry: Gauge,
 }
 
 impl Default for NodeMetrics {
@@ -81,6 +87,23 @@ impl NodeMetrics {
             "Answers reset because the peer stopped reading them",
             stalled_answers.clone(),
         );
+        let (revoked_peers, revocation_list, certificate_expiry) =
+            (Counter::default(), Gauge::default(), Gauge::default());
+        registry.register(
+            "revoked_peers",
+            "Connections refused or closed because the peer's certificate is revoked",
+            revoked_peers.clone(),
+        );
+        registry.register(
+            "revocation_list_number",
+            "CRL number of the revocation list this node holds (0: none)",
+            revocation_list.clone(),
+        );
+        registry.register(
+            "certificate_expiry_seconds",
+            "When this node's certificate expires, in Unix seconds",
+            certificate_expiry.clone(),
+        );
         NodeMetrics {
             registry: Mutex::new(registry),
             served_bytes,
@@ -92,6 +115,9 @@ impl NodeMetrics {
             upload_new_chunks,
             refused_connections,
             stalled_answers,
+            revoked_peers,
+            revocation_list,
+            certificate_expiry,
         }
     }
 

@@ -18,8 +18,10 @@ pub async fn run(
     mut identity: NodeIdentity,
     state: PathBuf,
     siblings: Option<Arc<Siblings>>,
+    metrics: Arc<oasis_core::metrics::NodeMetrics>,
 ) {
     loop {
+        metrics.certificate_expiry.set(identity.expires_at());
         let left = (identity.expires_at() - unix_now()).max(0) as u64;
         let every = (Duration::from_secs(left) / 10).clamp(CHECK_BOUNDS.0, CHECK_BOUNDS.1);
         tokio::time::sleep(every).await;

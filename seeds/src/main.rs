@@ -322,13 +322,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let auth = SeedAuthority::load(&data)?;
             let lifetime = std::time::Duration::from_secs(days * 86_400);
+            let valid = |c: &oasis_core::pki::IssuedCert| {
+                c.role == role && c.name == name && c.revoked_at.is_none()
+            };
+            let before: Vec<String> =
+                auth.issued()?.into_iter().filter(valid).map(|c| c.serial).collect();
             let id = auth.enroll_for(role, &name, site.as_deref(), &out, force, lifetime)?;
             let expires = id.expires_at().max(0) as u64;
             if json {
                 println!(
                     "{}",
                     serde_json::json!({ "role": role.to_string(), "name": name, "site": site,
-                        "state_dir": out, "uri": id.info().to_uri(), "expires": expires })
+                        "state_dir": out, "uri": id.info().to_uri(), "expires": expires,
+                        "revoked": before })
                 );
             } else {
                 println!(
@@ -337,6 +343,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     out.display(),
                     day_of(expires)
                 );
+                for serial in &before {
+                    println!("revoked the certificate it replaces (serial {serial})");
+                }
             }
         }
         Cmd::Revoke { data, name, role, serial, json } => {

@@ -105,8 +105,8 @@ impl RunningSeed {
                 .await?;
         seed.background.push(watching);
         if let Some(auth) = authority {
-            let mesh = seed.mesh_for_renewal.clone();
-            seed.background.push(crate::renewal::spawn(auth, renewing, data, mesh));
+            let (mesh, metrics) = (seed.mesh_for_renewal.clone(), seed.metrics.clone());
+            seed.background.push(crate::renewal::spawn(auth, renewing, data, mesh, metrics));
         }
         Ok(seed)
     }
@@ -139,6 +139,7 @@ impl RunningSeed {
             .with_context(|| format!("cannot listen for QUIC on {listen}"))?;
         let addr = endpoint.local_addr().context("reading the bound address")?;
         let metrics = Arc::new(NodeMetrics::new());
+        metrics.certificate_expiry.set(identity.expires_at());
         let metrics_addr = match metrics_listen {
             Some(m) => Some(
                 metrics

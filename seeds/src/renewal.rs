@@ -34,9 +34,11 @@ pub fn spawn(
     mut identity: NodeIdentity,
     data: PathBuf,
     mesh: Arc<OnceLock<MeshHandle>>,
+    metrics: Arc<oasis_core::metrics::NodeMetrics>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
+            metrics.certificate_expiry.set(identity.expires_at());
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64);

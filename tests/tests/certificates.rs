@@ -87,6 +87,14 @@ async fn a_revoked_endpoint_is_refused_by_the_seed_and_every_reflector_of_its_si
     for addr in [seed.seed.addr, r1.addr, r2.addr] {
         ask(&good, addr).await.map_err(anyhow::Error::msg)?;
     }
+    // What an operator sees on each reflector.
+    for r in [&r1, &r2] {
+        let text = http_get(r.metrics_addr.expect("metrics on"), "/metrics").await?;
+        let metric = |name| oasis_core::metrics::sample_value(&text, name);
+        assert_eq!(metric("oasis_revocation_list_number"), Some(1.0), "{text}");
+        assert!(metric("oasis_revoked_peers_total").is_some_and(|n| n >= 1.0), "{text}");
+        assert!(metric("oasis_certificate_expiry_seconds").is_some_and(|t| t > 1.7e9), "{text}");
+    }
     // A reflector keeps the list it adopted, for a restart cut off from the seed.
     let saved = seed.base().join("node-r1").join(pki::REVOKED_FILE);
     let list = pki::load_revocation_file(&saved, seed.auth.trust())?;

@@ -37,6 +37,18 @@ pub async fn serve<C: ContentSource, I: InventorySource, B: BackupSource>(
     // (closing the endpoint closes the connections): a node that awaits `serve` knows nothing
     // it serves with is still held.
     let tasks = TaskTracker::new();
+    // The gauge follows the list for as long as anything holds it.
+    let mut lists = router.revocations.subscribe();
+    let gauge = metrics.revocation_list.clone();
+    tokio::spawn(async move {
+        loop {
+            let number = lists.borrow_and_update().as_ref().map_or(0, |l| l.number());
+            gauge.set(number as i64);
+            if lists.changed().await.is_err() {
+                return;
+            }
+        }
+    });
     let live = Arc::new(AtomicU32::new(0));
     let slots = Arc::new(PeerSlots::default());
     let max = router.limits.max_connections;
@@ -155,7 +167,7 @@ async fn serve_connection<C: ContentSource, I: InventorySource, B: BackupSource>
     let (peer, cert) = peer;
     let mut revocations = source.revocations.subscribe();
     if source.revocations.revokes(&cert) {
-        metrics.refused_connections.inc();
+        metrics.revoked_peers.inc();
         warn!(%remote, %peer, "refusing peer: its certificate is revoked");
         conn.close(VarInt::from_u32(close_code::FORBIDDEN), REVOKED_REASON);
         return;
@@ -191,6 +203,7 @@ async fn serve_connection<C: ContentSource, I: InventorySource, B: BackupSource>
                 next = conn.accept_bi() => next,
                 Ok(()) = revocations.changed() => {
                     if source.revocations.revokes(&cert) {
+                        metrics.revoked_peers.inc();
                         warn!("closing connection: the peer's certificate is revoked");
                         conn.close(VarInt::from_u32(close_code::FORBIDDEN), REVOKED_REASON);
                     }

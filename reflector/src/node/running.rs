@@ -461,6 +461,7 @@ fn spawn_tasks(
         inner.identity.clone(),
         config.state.clone(),
         siblings.clone(),
+        node_metrics.clone(),
     );
     spawn_task(&mut tasks, &cancel, "renewal", renewal);
     // Not cancelled: `serve` ends when the endpoint closes, once its connections have.
