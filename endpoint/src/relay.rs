@@ -88,7 +88,10 @@ impl RelayListener {
             info.addrs = a.clone();
         }
         let service = Arc::new(RelayService::new(identity.info().clone(), opts.send));
-        let router = net::Router::new(Arc::new(net::Refuse)).inventory(service.clone());
+        let revocations = net::credentials::load_saved_revocations(&opts.state, identity.trust());
+        let router = net::Router::new(Arc::new(net::Refuse))
+            .inventory(service.clone())
+            .revocations(revocations);
         let serving = net::serve(endpoint.clone(), router, Arc::new(NodeMetrics::new()));
         let mut tasks =
             vec![tokio::spawn(serving.instrument(tracing::info_span!("task", task = "serve")))];

@@ -7,7 +7,7 @@
 use oasis_core::compress::StoredChunk;
 use oasis_core::manifest::SignedManifest;
 use oasis_core::net::accept;
-use oasis_core::net::{self, Client, NetError, TransportOptions};
+use oasis_core::net::{self, credentials, Client, NetError, TransportOptions};
 use oasis_core::pki::{NodeIdentity, TrustRoot};
 use oasis_core::store::ChunkStore;
 use std::net::SocketAddr;
@@ -43,6 +43,9 @@ pub struct Sources {
     identity: NodeIdentity,
     state_dir: PathBuf,
     renewal_tried: bool,
+    /// The revocation list held (STATE/revoked.crl), refreshed from every source connected
+    /// to: a source whose certificate it revokes is given up.
+    revocations: oasis_core::pki::Revocations,
 }
 
 impl Sources {
@@ -69,6 +72,7 @@ impl Sources {
             identity: identity.clone(),
             state_dir: state_dir.to_path_buf(),
             renewal_tried: false,
+            revocations: credentials::load_saved_revocations(state_dir, identity.trust()),
         })
     }
 
@@ -100,6 +104,11 @@ impl Sources {
             );
             match attempt.await {
                 Ok(Ok(client)) => {
+                    if let Err(why) = self.check_revocation(&client).await {
+                        client.close();
+                        self.fail(addr, why);
+                        continue;
+                    }
                     tracing::info!(source = %addr, peer = %client.peer(), "connected");
                     crate::sleep::register(&client, &crate::sleep::agent_info(&self.me)).await;
                     self.renew_if_due(&client).await;
@@ -112,6 +121,27 @@ impl Sources {
         None
     }
 
+    /// Refreshes the revocation list from `client`'s server (saved when newer) and refuses the
+    /// server if the list revokes its certificate.
+    async fn check_revocation(&mut self, client: &Client) -> Result<(), String> {
+        let trust = self.identity.trust().clone();
+        match credentials::refresh_revocations(client, &self.revocations, &trust).await {
+            Ok(true) => {
+                if let Some(list) = self.revocations.current() {
+                    tracing::info!(number = list.number(), "revocation list adopted from a source");
+                    credentials::save_revocations(&self.state_dir, &list).await;
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "revocation list not refreshed"),
+        }
+        let cert = oasis_core::pki::peer_cert(client.connection()).map_err(|e| e.to_string())?;
+        if self.revocations.revokes(&cert) {
+            return Err(format!("{} holds a revoked certificate", client.peer()));
+        }
+        Ok(())
+    }
+
     /// Renews this node's certificate over `client` once it is due (a third of its lifetime
     /// left), at most once per run; a failure is reported and the run goes on with the
     /// certificate it has.
@@ -120,7 +150,7 @@ impl Sources {
             return;
         }
         self.renewal_tried = true;
-        match oasis_core::net::renew::renew(client, &self.identity, &self.state_dir).await {
+        match oasis_core::net::credentials::renew(client, &self.identity, &self.state_dir).await {
             Ok(renewed) => self.identity = renewed,
             Err(e) => tracing::warn!(error = %e, "certificate not renewed; trying again next run"),
         }

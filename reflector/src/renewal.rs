@@ -29,7 +29,7 @@ pub async fn run(
             continue;
         }
         let Some(client) = upstream.current() else { continue };
-        match oasis_core::net::renew::renew(&client, &identity, &state).await {
+        match oasis_core::net::credentials::renew(&client, &identity, &state).await {
             Ok(renewed) => {
                 if let Some(s) = &siblings {
                     if let Err(e) = s.mesh.set_identity(&renewed) {

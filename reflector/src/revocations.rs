@@ -3,29 +3,15 @@
 //! restarts cut off from the seed still refuses what was revoked.
 
 use crate::upstream::Upstream;
-use oasis_core::pki::{self, Revocations, TrustRoot};
-use std::path::{Path, PathBuf};
+use oasis_core::net::credentials;
+use oasis_core::pki::{Revocations, TrustRoot};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How often a connected reflector asks its upstream for a newer list. The question carries the
 /// number held, so an unchanged list costs a few bytes each way.
 pub const UPSTREAM_POLL: Duration = Duration::from_secs(2);
-
-/// The list saved in `state` (a damaged file is reported and skipped: the upstream gives the
-/// list again).
-pub fn load_saved(state: &Path, trust: &TrustRoot) -> Revocations {
-    let revocations = Revocations::default();
-    match pki::load_revocation_file(&state.join(pki::REVOKED_FILE), trust) {
-        Ok(Some(list)) => {
-            tracing::info!(number = list.number(), revoked = list.len(), "revocation list loaded");
-            revocations.offer(list);
-        }
-        Ok(None) => {}
-        Err(e) => tracing::warn!(error = %e, "saved revocation list not taken"),
-    }
-    revocations
-}
 
 /// Asks the upstream for newer lists, and saves every list adopted (from the upstream or the
 /// mesh) into `state`.
@@ -43,14 +29,11 @@ pub async fn run(
         tokio::select! {
             _ = tick.tick() => {
                 let Some(client) = upstream.current() else { continue };
-                match client.revocations(revocations.number()).await {
-                    Ok(der) if der.is_empty() => {}
-                    Ok(der) => match revocations.offer_der(&der, &trust) {
-                        Ok(true) => tracing::info!(number = revocations.number(), "revocation list adopted from upstream"),
-                        Ok(false) => {}
-                        Err(e) => tracing::warn!(error = %e, "upstream sent a revocation list that does not check"),
-                    },
-                    Err(e) => tracing::debug!(error = %e, "cannot ask upstream for revocations"),
+                match credentials::refresh_revocations(&client, &revocations, &trust).await {
+                    Ok(true) => tracing::info!(number = revocations.number(), "revocation list adopted from upstream"),
+                    Ok(false) => {}
+                    Err(e @ credentials::RefreshError::Invalid(_)) => tracing::warn!(error = %e, "upstream"),
+                    Err(e) => tracing::debug!(error = %e, "upstream"),
                 }
             }
             changed = adopted.changed() => {
@@ -58,24 +41,8 @@ pub async fn run(
                     return;
                 }
                 let Some(list) = adopted.borrow_and_update().clone() else { continue };
-                save(&state, &list).await;
+                credentials::save_revocations(&state, &list).await;
             }
         }
-    }
-}
-
-async fn save(state: &Path, list: &pki::RevocationList) {
-    let (path, text) = (state.join(pki::REVOKED_FILE), list.to_pem());
-    let write = tokio::task::spawn_blocking(move || {
-        oasis_core::durable::write_with(
-            &path,
-            text.as_bytes(),
-            oasis_core::durable::Options { mode: 0o644, overwrite: true },
-        )
-    });
-    match write.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the revocation list"),
-        Err(e) => tracing::warn!(error = %e, "saving the revocation list failed"),
     }
 }

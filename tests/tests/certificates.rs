@@ -281,3 +281,38 @@ async fn a_reflector_renews_its_own_certificate_and_serves_past_the_old_ones_exp
     ask(&ep, refl.addr).await.map_err(anyhow::Error::msg)?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_gives_up_a_source_whose_certificate_is_revoked() -> anyhow::Result<()> {
+    let seed = TestSeed::start().await?;
+    let src = seed.base().join("src");
+    let spec = oasis_testkit::TreeSpec { small_files: 10, large_files: 0, large_size: 0, depth: 2 };
+    oasis_testkit::random_tree(&src, 9, spec)?;
+    seed.publish("base", "1", &src)?;
+    let stolen = seed.reflector("stolen-box", |_| {}).await?;
+    let state = seed.enroll(Role::Endpoint, "desk")?;
+    let fetch_from = |sources: Vec<SocketAddr>, into: &str| oasis_endpoint::FetchOptions {
+        state_dir: state.clone(),
+        sources,
+        name: "base".into(),
+        version: Some("1".into()),
+        into: seed.base().join(into),
+        streams: 4,
+        progress: false,
+    };
+    // The box serves the layer from its cache, as any reflector would.
+    let before = oasis_endpoint::fetch(&fetch_from(vec![stolen.addr], "a")).await?;
+    assert_eq!(before.source, stolen.addr.to_string());
+
+    seed.auth.revoke(&RevokeTarget::Name { name: "stolen-box".into(), role: None })?;
+    // The seed holds the new list within a second; the endpoint learns it from any source.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    oasis_endpoint::fetch(&fetch_from(vec![seed.seed.addr], "b")).await?;
+    assert!(state.join(pki::REVOKED_FILE).exists(), "the endpoint kept no list");
+
+    let after = oasis_endpoint::fetch(&fetch_from(vec![stolen.addr, seed.seed.addr], "c")).await?;
+    assert_eq!(after.source, seed.seed.addr.to_string(), "fetched from the revoked box");
+    let problems = format!("{:?}", after.source_problems);
+    assert!(problems.contains("revoked"), "{problems}");
+    Ok(())
+}

@@ -13,8 +13,8 @@
 
 mod client;
 pub mod congestion;
+pub mod credentials;
 mod limits;
-pub mod renew;
 mod router;
 mod server;
 #[cfg(test)]

@@ -95,7 +95,8 @@ impl RunningReflector {
         let endpoint = net::server_endpoint(config.listen, &identity, &transport)
             .with_context(|| format!("cannot listen for QUIC on {}", config.listen))?;
         let addr = endpoint.local_addr().context("reading the bound address")?;
-        let revocations = crate::revocations::load_saved(&config.state, identity.trust());
+        let revocations =
+            oasis_core::net::credentials::load_saved_revocations(&config.state, identity.trust());
         let (siblings, siblings_task, mesh_task) = start_mesh(
             &config,
             &identity,
