@@ -33,10 +33,11 @@ pub fn open_store(data: &Path) -> anyhow::Result<ChunkStore> {
 }
 
 /// What a serving seed refuses peers by and renews certificates with.
-struct Serving {
-    revocations: Revocations,
+#[derive(Default)]
+pub struct Serving {
+    pub revocations: Revocations,
     /// None: `Renew` is refused.
-    authority: Option<Arc<SeedAuthority>>,
+    pub authority: Option<Arc<SeedAuthority>>,
 }
 
 /// A seed serving on QUIC (and metrics over HTTP when asked).
@@ -101,7 +102,7 @@ impl RunningSeed {
         let serving = Serving { revocations, authority: authority.clone() };
         let (renewing, data) = (identity.clone(), data.to_path_buf());
         let mut seed =
-            Self::start_serving(identity, store, signer, listen, metrics_listen, limits, serving)
+            Self::start_with(identity, store, signer, listen, metrics_listen, limits, serving)
                 .await?;
         seed.background.push(watching);
         if let Some(auth) = authority {
@@ -112,20 +113,8 @@ impl RunningSeed {
     }
 
     /// A seed over `store`; without `signer`, `GetLatest`, `GetSnapshot` and `GetPlan` are
-    /// refused.
+    /// refused, and without `serving.authority`, `Renew`.
     pub async fn start_with(
-        identity: NodeIdentity,
-        store: Arc<ChunkStore>,
-        signer: Option<Arc<SeedSigner>>,
-        listen: SocketAddr,
-        metrics_listen: Option<SocketAddr>,
-        limits: ServeLimits,
-    ) -> anyhow::Result<RunningSeed> {
-        let serving = Serving { revocations: Revocations::default(), authority: None };
-        Self::start_serving(identity, store, signer, listen, metrics_listen, limits, serving).await
-    }
-
-    async fn start_serving(
         identity: NodeIdentity,
         store: Arc<ChunkStore>,
         signer: Option<Arc<SeedSigner>>,

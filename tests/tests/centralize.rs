@@ -498,6 +498,7 @@ async fn upload_survives_a_seed_restart() {
             addr,
             None,
             Default::default(),
+            Default::default(),
         )
         .await
         {

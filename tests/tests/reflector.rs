@@ -529,6 +529,7 @@ async fn seed_dying_mid_transfer_leaves_the_cache_serving() -> anyhow::Result<()
             addr,
             None,
             Default::default(),
+            Default::default(),
         )
         .await
         {
