@@ -1,6 +1,6 @@
 //! `oasis-seed`: the datacenter seed node's command line.
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use oasis_core::chunk::ChunkParams;
 use oasis_core::logging::{self, LogFormat};
@@ -73,14 +73,18 @@ enum Cmd {
         #[arg(long)]
         data: PathBuf,
         /// The node name to revoke.
-        #[arg(required_unless_present = "serial", conflicts_with = "serial")]
+        #[arg(required_unless_present_any = ["serial", "cert"], conflicts_with_all = ["serial", "cert"])]
         name: Option<String>,
         /// Only the certificates of this role (with NAME).
         #[arg(long, requires = "name")]
         role: Option<Role>,
         /// The certificate serial (hex, as `oasis-seed certs` lists it).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cert")]
         serial: Option<String>,
+        /// A certificate file (a node's node.pem): also revokes one issued before the seed kept
+        /// its register.
+        #[arg(long)]
+        cert: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -348,12 +352,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Revoke { data, name, role, serial, json } => {
+        Cmd::Revoke { data, name, role, serial, cert, json } => {
             let auth = SeedAuthority::load(&data)?;
-            let target = match (name, serial) {
-                (_, Some(serial)) => RevokeTarget::Serial(serial),
-                (Some(name), None) => RevokeTarget::Name { name, role },
-                (None, None) => bail!("revoke: give a node NAME or --serial"),
+            let target = match (name, serial, cert) {
+                (_, _, Some(path)) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let pem = pem::parse(&text)
+                        .with_context(|| format!("{}: not a PEM certificate", path.display()))?;
+                    RevokeTarget::Cert(pem.into_contents())
+                }
+                (_, Some(serial), None) => RevokeTarget::Serial(serial),
+                (Some(name), None, None) => RevokeTarget::Name { name, role },
+                (None, None, None) => bail!("revoke: give a node NAME, --serial or --cert"),
             };
             let revoked = auth.revoke(&target)?;
             if json {

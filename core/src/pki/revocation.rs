@@ -47,6 +47,9 @@ pub enum RevokeTarget {
     Name { name: String, role: Option<Role> },
     /// The certificate with this serial (hex).
     Serial(String),
+    /// This certificate (DER), issued by this seed's CA, recorded in the register or not (a
+    /// certificate issued before the register existed is recorded from itself).
+    Cert(Vec<u8>),
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -187,16 +190,22 @@ impl SeedAuthority {
     /// (`revoked.crl`). Returns what was revoked; an error when nothing matched, naming why.
     pub fn revoke(&self, target: &RevokeTarget) -> Result<Vec<IssuedCert>, IdentityError> {
         let mut register = Register::open(&self.data)?;
+        if let RevokeTarget::Cert(der) = target {
+            return self.revoke_cert(&mut register, der);
+        }
         let revoked = self.revoke_locked(&mut register, target, None)?;
         if revoked.is_empty() {
             let what = match target {
                 RevokeTarget::Name { name, role: Some(r) } => format!("{r} {name:?}"),
                 RevokeTarget::Name { name, role: None } => format!("node {name:?}"),
                 RevokeTarget::Serial(s) => format!("serial {s}"),
+                RevokeTarget::Cert(_) => unreachable!("handled above"),
             };
             return Err(invalid(
                 what,
-                "no unrevoked certificate issued by this seed matches (see `oasis-seed certs`)",
+                "no unrevoked certificate in this seed's register matches (see `oasis-seed \
+                 certs`; a certificate issued before the register existed is revoked with \
+                 --cert NODE.PEM)",
             ));
         }
         Ok(revoked)
@@ -214,6 +223,7 @@ impl SeedAuthority {
                 c.name == *name && role.is_none_or(|r| r == c.role)
             }
             RevokeTarget::Serial(s) => c.serial.eq_ignore_ascii_case(s.trim()),
+            RevokeTarget::Cert(_) => false,
         };
         let now = unix_now();
         let mut revoked = Vec::new();
@@ -228,6 +238,42 @@ impl SeedAuthority {
             self.sign_revocation_list(&register.read()?)?;
         }
         Ok(revoked)
+    }
+
+    /// Revokes one certificate given whole: it must verify against this CA (expired or not);
+    /// recorded from itself when the register does not know it.
+    fn revoke_cert(
+        &self,
+        register: &mut Register,
+        der: &[u8],
+    ) -> Result<Vec<IssuedCert>, IdentityError> {
+        let what = "certificate to revoke";
+        let (_, x509) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| invalid(what, format!("cannot parse X.509: {e}")))?;
+        let (_, ca) = x509_parser::parse_x509_certificate(self.trust.ca.as_ref())
+            .map_err(|e| invalid("trust root CA", format!("cannot parse X.509: {e}")))?;
+        x509.verify_signature(Some(ca.public_key()))
+            .map_err(|_| invalid(what, "not issued by this seed's CA"))?;
+        let info = peer_info_from_cert(&CertificateDer::from(der.to_vec()))?;
+        if info.role == Role::Seed {
+            return Err(invalid(what, "the seed's own certificate is not revoked this way"));
+        }
+        let serial = hex::encode(x509.raw_serial());
+        let known = register.read()?.into_iter().find(|c| c.serial == serial);
+        if known.as_ref().is_some_and(|c| c.revoked_at.is_some()) {
+            return Err(invalid(what, format!("serial {serial} is revoked already")));
+        }
+        if known.is_none() {
+            register.append(&RegisterLine::Issued {
+                serial: serial.clone(),
+                role: info.role.to_string(),
+                name: info.name.clone(),
+                site: info.site.clone(),
+                at: x509.validity().not_before.timestamp().max(0) as u64,
+                not_after: x509.validity().not_after.timestamp().max(0) as u64,
+            })?;
+        }
+        self.revoke_locked(register, &RevokeTarget::Serial(serial), None)
     }
 
     /// Signs the list of every revoked certificate not yet expired, numbered one past the

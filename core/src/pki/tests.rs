@@ -434,3 +434,26 @@ fn revoking_records_it_and_signs_a_list_that_checks_only_against_our_ca() {
     assert_eq!(held.number(), 2);
     assert!(held.revokes(b.cert_der()));
 }
+
+#[test]
+fn a_certificate_the_register_never_saw_is_revoked_from_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = SeedAuthority::init(&dir.path().join("seed")).unwrap();
+    // `issue` records nothing: as a certificate issued before the seed kept its register.
+    let old = auth.issue(Role::Reflector, "old-box", Some("lyon")).unwrap();
+    let by_name = auth.revoke(&RevokeTarget::Name { name: "old-box".into(), role: None });
+    assert!(by_name.unwrap_err().to_string().contains("--cert"), "the error names the way out");
+
+    let revoked = auth.revoke(&RevokeTarget::Cert(old.cert_der().to_vec())).unwrap();
+    assert_eq!((revoked[0].name.as_str(), revoked[0].site.as_deref()), ("old-box", Some("lyon")));
+    let list = load_revocation_file(&dir.path().join("seed").join(REVOKED_FILE), auth.trust());
+    assert!(list.unwrap().unwrap().revokes(old.cert_der()));
+    let again = auth.revoke(&RevokeTarget::Cert(old.cert_der().to_vec())).unwrap_err();
+    assert!(again.to_string().contains("revoked already"), "{again}");
+
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = SeedAuthority::init(other_dir.path()).unwrap();
+    let foreign = other.issue(Role::Endpoint, "x", None).unwrap();
+    let err = auth.revoke(&RevokeTarget::Cert(foreign.cert_der().to_vec())).unwrap_err();
+    assert!(err.to_string().contains("not issued by this seed's CA"), "{err}");
+}
