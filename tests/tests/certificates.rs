@@ -225,15 +225,16 @@ async fn an_endpoint_renews_its_certificate_through_a_reflector_before_it_expire
     seed.publish("base", "1", &src)?;
     let refl = seed.reflector("r1", |_| {}).await?;
     let state = seed.base().join("roamer");
-    let lifetime = Duration::from_secs(6);
+    let lifetime = Duration::from_secs(12);
     seed.auth.enroll_for(Role::Endpoint, "roamer", Some("test"), &state, false, lifetime)?;
     let old = NodeIdentity::load(&state)?;
     let stale = seed.base().join("roamer-old-copy");
     copy_identity(&state, &stale)?;
     assert!(!old.renewal_due(), "a fresh certificate is not due for renewal");
 
-    // Two thirds of its life gone: the next run renews it over its source, a reflector.
-    sleep_past(old.expires_at() - 3).await;
+    // Two thirds of its life gone (12 s, due under 4 s left, counted in whole seconds): the
+    // next run renews it over its source, a reflector.
+    sleep_past(old.expires_at() - 4).await;
     assert!(NodeIdentity::load(&state)?.renewal_due());
     let into = seed.base().join("roamer-root");
     let opts = oasis_endpoint::FetchOptions {
@@ -269,7 +270,7 @@ async fn a_reflector_renews_its_own_certificate_and_serves_past_the_old_ones_exp
 ) -> anyhow::Result<()> {
     let seed = TestSeed::start().await?;
     let state = seed.base().join("node-short");
-    let lifetime = Duration::from_secs(6);
+    let lifetime = Duration::from_secs(12);
     seed.auth.enroll_for(Role::Reflector, "short", Some("test"), &state, false, lifetime)?;
     let old = NodeIdentity::load(&state)?;
     let refl = seed.reflector("short", |_| {}).await?;
