@@ -8,7 +8,8 @@
 //! hold. The seed checks that the certificate is its CA's, valid now and not revoked, that the
 //! request's signature verifies and that its key is the certificate's; it then issues a
 //! certificate with the same role, name and site for that key, living as long as the one
-//! renewed.
+//! renewed. It refuses a certificate more than half of whose lifetime is left, so a node holding
+//! a valid key cannot make it sign again and again.
 
 use super::*;
 
@@ -98,8 +99,8 @@ impl NodeIdentity {
 
 impl SeedAuthority {
     /// Issues the renewal of `cert` for the key of `csr` (see the module documentation) and
-    /// records it; the certificate renewed stays valid until it expires. The caller refuses a
-    /// revoked `cert` before asking.
+    /// records it; the certificate renewed stays valid until it expires. Refuses a certificate
+    /// the register lists as revoked, and one with more than half of its lifetime left.
     pub fn renew(&self, cert: &[u8], csr: &[u8]) -> Result<CertificateDer<'static>, IdentityError> {
         let what = "certificate renewal";
         let old = CertificateDer::from(cert.to_vec());
@@ -107,6 +108,27 @@ impl SeedAuthority {
             |e| invalid(what, format!("the certificate to renew is not valid here: {e}")),
         )?;
         let info = peer_info_from_cert(&old)?;
+        // The seed's own register decides, not only the list a server last loaded: a
+        // certificate revoked a moment ago is not renewed in the second before `serve` reloads.
+        let serial = cert_serial(&old)?;
+        if self.issued()?.iter().any(|c| c.serial == serial && c.revoked_at.is_some()) {
+            return Err(invalid(what, "the certificate to renew is revoked"));
+        }
+        // Every renewal costs a signature and a durable append to the register: a holder of a
+        // valid key asking again and again gets nothing before its certificate is half-way
+        // through its life (nodes ask with a third left; half leaves room for their clocks).
+        let (_, not_after) = validity_of(cert)?;
+        let lifetime = issued_lifetime(cert)?.as_secs() as i64;
+        let left = not_after - unix_now();
+        if left > lifetime / 2 {
+            return Err(invalid(
+                what,
+                format!(
+                    "the certificate to renew is not due: {left} s of its {lifetime} s are left, \
+                     and renewal opens with half left"
+                ),
+            ));
+        }
         let csr_der = rustls::pki_types::CertificateSigningRequestDer::from(csr);
         let request = rcgen::CertificateSigningRequestParams::from_der(&csr_der)
             .map_err(|e| invalid(what, format!("the signing request does not check: {e}")))?;

@@ -457,3 +457,21 @@ fn a_certificate_the_register_never_saw_is_revoked_from_itself() {
     let err = auth.revoke(&RevokeTarget::Cert(foreign.cert_der().to_vec())).unwrap_err();
     assert!(err.to_string().contains("not issued by this seed's CA"), "{err}");
 }
+
+#[test]
+fn renewal_is_refused_before_half_the_lifetime_and_for_a_revoked_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = SeedAuthority::init(&dir.path().join("seed")).unwrap();
+    let lifetime = Duration::from_secs(3600);
+    let a =
+        auth.enroll_for(Role::Endpoint, "a", None, &dir.path().join("a"), false, lifetime).unwrap();
+    let (cert, csr) = a.renewal_request().unwrap();
+    let err = auth.renew(&cert, &csr).unwrap_err().to_string();
+    assert!(err.contains("not due") && err.contains("3600 s"), "{err}");
+    let issued = auth.issued().unwrap().len();
+
+    auth.revoke(&RevokeTarget::Name { name: "a".into(), role: None }).unwrap();
+    let err = auth.renew(&cert, &csr).unwrap_err().to_string();
+    assert!(err.contains("revoked"), "{err}");
+    assert_eq!(auth.issued().unwrap().len(), issued, "a refused renewal issued a certificate");
+}
