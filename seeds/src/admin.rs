@@ -12,8 +12,8 @@
 //! `{"result":...}` or `{"error":"..."}`.
 
 use crate::commands::{execute, StoreCommand};
+use crate::keys::Keys;
 use indicatif::ProgressBar;
-use oasis_core::pki::SeedAuthority;
 use oasis_core::store::ChunkStore;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -26,10 +26,13 @@ pub fn socket_path(data: &Path) -> PathBuf {
     data.join("admin.sock")
 }
 
-/// Binds the admin socket at `path` with mode 0600 from its first moment (see the module
-/// docs).
+/// Binds a socket at `path` with `mode` from its first moment (see the module docs): 0600 for
+/// the admin socket.
 /// Returns the listener and the uid that owns the socket (this process's effective uid).
-fn bind_private(path: &Path) -> std::io::Result<(tokio::net::UnixListener, u32)> {
+pub(crate) fn bind_private(
+    path: &Path,
+    mode: u32,
+) -> std::io::Result<(tokio::net::UnixListener, u32)> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
     // Short: a Unix socket path has room for 107 bytes, and `.aPID/s` is no longer than
@@ -41,7 +44,7 @@ fn bind_private(path: &Path) -> std::io::Result<(tokio::net::UnixListener, u32)>
     let bound = (|| {
         let inside = staging.join("s");
         let listener = tokio::net::UnixListener::bind(&inside)?;
-        std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(mode))?;
         let owner = std::fs::symlink_metadata(&inside)?.uid();
         std::fs::rename(&inside, path)?;
         Ok((listener, owner))
@@ -66,12 +69,12 @@ fn caller(conn: &tokio::net::UnixStream, owner: u32) -> Result<(u32, Option<i32>
 }
 
 /// Serves the admin socket until the process ends.
-pub fn spawn(data: &Path, auth: Arc<SeedAuthority>, store: Arc<ChunkStore>) -> std::io::Result<()> {
+pub fn spawn(data: &Path, keys: Arc<dyn Keys>, store: Arc<ChunkStore>) -> std::io::Result<()> {
     let path = socket_path(data);
     // A socket file left by a crashed seed is stale: we hold the store lock, so no other live
     // seed can be using it.
     let _ = std::fs::remove_file(&path);
-    let (listener, owner) = bind_private(&path)?;
+    let (listener, owner) = bind_private(&path, 0o600)?;
     tokio::spawn(
         async move {
             loop {
@@ -82,10 +85,10 @@ pub fn spawn(data: &Path, auth: Arc<SeedAuthority>, store: Arc<ChunkStore>) -> s
                         continue;
                     }
                 };
-                let (auth, store) = (auth.clone(), store.clone());
+                let (keys, store) = (keys.clone(), store.clone());
                 tokio::spawn(
                     async move {
-                        if let Err(e) = handle(conn, owner, auth, store).await {
+                        if let Err(e) = handle(conn, owner, keys, store).await {
                             tracing::warn!(error = %e, "admin request failed");
                         }
                     }
@@ -101,7 +104,7 @@ pub fn spawn(data: &Path, auth: Arc<SeedAuthority>, store: Arc<ChunkStore>) -> s
 async fn handle(
     conn: tokio::net::UnixStream,
     owner: u32,
-    auth: Arc<SeedAuthority>,
+    keys: Arc<dyn Keys>,
     store: Arc<ChunkStore>,
 ) -> std::io::Result<()> {
     let who = caller(&conn, owner);
@@ -129,7 +132,7 @@ async fn handle(
     let bar = ProgressBar::hidden();
     let work = {
         let bar = bar.clone();
-        tokio::task::spawn_blocking(move || execute(&cmd, &auth, &store, Some(bar)))
+        tokio::task::spawn_blocking(move || execute(&cmd, &*keys, &store, Some(bar)))
     };
     tokio::pin!(work);
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
@@ -205,7 +208,7 @@ mod tests {
     async fn the_socket_is_private_from_its_first_moment_and_names_its_caller() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("admin.sock");
-        let (listener, owner) = bind_private(&path).unwrap();
+        let (listener, owner) = bind_private(&path, 0o600).unwrap();
         let md = std::fs::symlink_metadata(&path).unwrap();
         assert_eq!(md.permissions().mode() & 0o777, 0o600);
         assert_eq!(md.uid(), owner);

@@ -3,11 +3,11 @@
 
 use crate::catalog::Catalog;
 use crate::ingest::PublishOptions;
+use crate::keys::Keys;
 use anyhow::Context;
 use indicatif::ProgressBar;
 use oasis_core::chunk::ChunkParams;
 use oasis_core::manifest::{self, LayerKind, SignedRoot};
-use oasis_core::pki::SeedAuthority;
 use oasis_core::store::ChunkStore;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -73,7 +73,7 @@ pub fn split_layer(s: &str) -> (&str, Option<&str>) {
 /// be hidden: a remote caller polls its position).
 pub fn execute(
     cmd: &StoreCommand,
-    auth: &SeedAuthority,
+    keys: &dyn Keys,
     store: &ChunkStore,
     bar: Option<ProgressBar>,
 ) -> anyhow::Result<Value> {
@@ -87,7 +87,7 @@ pub fn execute(
                 progress: false,
             };
             let (_, report) =
-                crate::ingest::publish_with_bar(store, auth.signing_key(), src_dir, &opts, bar)?;
+                crate::ingest::publish_with_bar(store, keys.root_signer(), src_dir, &opts, bar)?;
             Ok(serde_json::to_value(report)?)
         }
         StoreCommand::List => {
@@ -95,7 +95,7 @@ pub fn execute(
             for item in store.manifests() {
                 let (name, version, bytes) = item?;
                 // The signed root carries every total a listing shows: no body to assemble.
-                let sr = SignedRoot::open(&bytes, auth.trust().manifest_key())
+                let sr = SignedRoot::open(&bytes, keys.trust().manifest_key())
                     .with_context(|| format!("stored manifest {name}@{version}"))?;
                 let r = &sr.root;
                 rows.push(json!({
@@ -111,7 +111,7 @@ pub fn execute(
         StoreCommand::Show { layer } => {
             let (name, version) = split_layer(layer);
             let sm = store
-                .open_manifest(name, version, auth.trust().manifest_key())
+                .open_manifest(name, version, keys.trust().manifest_key())
                 .with_context(|| format!("stored manifest {layer}"))?
                 .with_context(|| format!("layer {layer} is not published"))?;
             Ok(manifest::to_json(&sm))
@@ -139,7 +139,7 @@ pub fn execute(
             Ok(serde_json::to_value(crate::devices::Inventory::open(store)?.list(*pending)?)?)
         }
         StoreCommand::Provision { device, base, apps } => {
-            crate::provision::provision(store, auth, device, base, apps)
+            crate::provision::provision(store, keys.trust(), device, base, apps)
         }
         StoreCommand::Snapshots { device, forget } => {
             let snaps = crate::snapshots::Snapshots::open(store)?;
@@ -179,7 +179,7 @@ pub fn execute(
             let (mut layers_ok, mut layers_bad) = (0u64, Vec::new());
             for item in store.manifests() {
                 let (name, version, root) = item?;
-                match store.open_manifest_bytes(&root, auth.trust().manifest_key()) {
+                match store.open_manifest_bytes(&root, keys.trust().manifest_key()) {
                     Ok(_) => layers_ok += 1,
                     Err(e) => layers_bad.push(json!({
                         "layer": format!("{name}@{version}"), "problem": e.to_string(),

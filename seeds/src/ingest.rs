@@ -46,6 +46,8 @@ pub enum IngestError {
          after 1.9), so that \"latest\" is the newest and endpoints can refuse to go back"
     )]
     NotNewer { layer: String, name: String, latest: String },
+    #[error("publish {layer}: the manifest key did not sign: {problem}")]
+    Signing { layer: String, problem: String },
     #[error("publish {layer}: {source}")]
     Store {
         layer: String,
@@ -307,7 +309,7 @@ impl Undo {
 /// Publishes `src` as a layer. On error the store holds exactly what it held before.
 pub fn publish(
     store: &ChunkStore,
-    key: &ed25519_dalek::SigningKey,
+    key: &dyn oasis_core::manifest::RootSigner,
     src: &Path,
     opts: &PublishOptions,
 ) -> Result<(SignedManifest, PublishReport), IngestError> {
@@ -317,7 +319,7 @@ pub fn publish(
 /// [`publish`] reporting progress (plain bytes read) on `bar` instead of its own terminal bar.
 pub fn publish_with_bar(
     store: &ChunkStore,
-    key: &ed25519_dalek::SigningKey,
+    key: &dyn oasis_core::manifest::RootSigner,
     src: &Path,
     opts: &PublishOptions,
     bar: Option<ProgressBar>,
@@ -520,10 +522,12 @@ pub fn publish_with_bar(
     };
     let finish = |undo: &mut Undo| -> Result<(SignedManifest, PublishReport), IngestError> {
         manifest.validate().map_err(|e| invalid(e.to_string()))?;
-        let (signed, body) = manifest.sign(key);
-        // What every receiver checks of the root (limits on entries and body size): refuse
-        // here a layer nobody could open.
-        SignedRoot::open(&signed.to_bytes(), &key.verifying_key())
+        let (signed, body) = manifest
+            .sign_by(key)
+            .map_err(|problem| IngestError::Signing { layer: layer.clone(), problem })?;
+        // What every receiver checks of the root (limits on entries and body size, and the
+        // signature a separate signer sent back): refuse here a layer nobody could open.
+        SignedRoot::open(&signed.to_bytes(), &key.manifest_key())
             .map_err(|e| invalid(e.to_string()))?;
         // The body's chunks first, so that a failure further on knows which to take back;
         // `put_manifest` then finds them stored and counts one reference to each.

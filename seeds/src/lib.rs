@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod commands;
 pub mod devices;
 pub mod ingest;
+pub mod keys;
 pub mod mesh;
 pub mod node;
 pub mod provision;

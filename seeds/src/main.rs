@@ -109,6 +109,10 @@ enum Cmd {
         #[arg(long, default_value = "16K/64K/256K", value_parser = ChunkParams::parse)]
         chunk_sizes: ChunkParams,
         src_dir: PathBuf,
+        /// Sign the manifest through the `oasis-seed signer` on this socket (a DATA whose keys
+        /// were split off, with no seed serving it).
+        #[arg(long, value_name = "SOCKET")]
+        signer: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -175,6 +179,38 @@ enum Cmd {
         /// cut off from the seed serves its last copy; past this, endpoints report it stale.
         #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = oasis_core::units::parse_duration)]
         latest_ttl: std::time::Duration,
+        /// Sign through the `oasis-seed signer` answering on this socket instead of with keys
+        /// in DATA, which must then hold none (see `split-keys`).
+        #[arg(long, value_name = "SOCKET")]
+        signer: Option<PathBuf>,
+    },
+    /// Hold the seed's private keys (the CA key and the manifest key) in a process of their
+    /// own and sign for `oasis-seed serve --signer` over a Unix socket. KEYS is the directory
+    /// `split-keys` moved them to; `enroll`, `revoke` and `certs` run with --data KEYS.
+    Signer {
+        /// The keys directory (ca.key, manifest.key, trust.pem, ca.pem, the register).
+        #[arg(long)]
+        data: PathBuf,
+        /// The socket to answer on (default KEYS/signer.sock), created with mode 0600, or
+        /// 0666 when --allow-uid admits other users (every caller's uid is checked).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Also answer this uid (repeatable): the user `serve` runs as, or sshd's when the
+        /// socket is forwarded from another host. The signer's own uid and root always may.
+        #[arg(long = "allow-uid", value_name = "UID")]
+        allow_uid: Vec<u32>,
+    },
+    /// Move the CA key and the manifest key (with the register of issued certificates and the
+    /// revocation list) out of DATA into KEYS, for `oasis-seed signer --data KEYS`; then run
+    /// `serve --signer`. Stop `serve` first.
+    SplitKeys {
+        #[arg(long)]
+        data: PathBuf,
+        /// The new keys directory (created with mode 0700; must not hold keys already).
+        #[arg(long, value_name = "KEYS")]
+        to: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Print the seed's mesh peer id (creating its p2p key on first use; stable afterwards).
     Id {
@@ -398,11 +434,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Publish { data, name, version, kind, chunk_sizes, src_dir, json } => {
+        Cmd::Publish { data, name, version, kind, chunk_sizes, src_dir, signer, json } => {
             // The running seed resolves paths in its own working directory: send it an absolute one.
             let src_dir = std::path::absolute(&src_dir).unwrap_or(src_dir);
             let cmd = StoreCommand::Publish { name, version, kind, chunking: chunk_sizes, src_dir };
-            let r = run_store_command(&data, &cmd, !json)?;
+            let r = run_store_command_with(&data, &cmd, !json, signer.as_deref())?;
             if json {
                 println!("{r}");
             } else {
@@ -520,6 +556,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_answer_bytes_per_connection,
             max_record_assembly_bytes,
             latest_ttl,
+            signer,
         } => {
             let mesh = mesh_settings(&p2p_listen, &bootstrap, no_mdns, advertise)?;
             let limits = ServeLimits {
@@ -536,9 +573,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("oasis-seed serve: {e}"))?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
-                let mut seed =
-                    RunningSeed::start_with_limits(&data, listen, metrics, limits, latest_ttl)
-                        .await?;
+                let mut seed = RunningSeed::start_with_limits(
+                    &data,
+                    listen,
+                    metrics,
+                    limits,
+                    latest_ttl,
+                    signer.as_deref(),
+                )
+                .await?;
                 if let Some(m) = mesh {
                     seed.join_mesh(&data, m)?;
                 }
@@ -547,6 +590,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 seed.run_until_signal().await
             })?;
+        }
+        Cmd::Signer { data, socket, allow_uid } => {
+            let socket = socket.unwrap_or_else(|| oasis_seed::keys::daemon::default_socket(&data));
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let signer = oasis_seed::keys::daemon::start(&data, &socket, &allow_uid)?;
+                println!("signer answering on {}", signer.socket.display());
+                oasis_core::shutdown::shutdown_signal().await;
+                tracing::info!("signer stopping");
+                drop(signer);
+                anyhow::Ok(())
+            })?;
+        }
+        Cmd::SplitKeys { data, to, json } => {
+            if std::os::unix::net::UnixStream::connect(oasis_seed::admin::socket_path(&data))
+                .is_ok()
+            {
+                bail!(
+                    "a seed is serving {}: stop it first (it holds the keys in memory), then \
+                     split, start `oasis-seed signer --data {}` and serve with --signer",
+                    data.display(),
+                    to.display()
+                );
+            }
+            let written = SeedAuthority::split_keys(&data, &to)?;
+            let socket = oasis_seed::keys::daemon::default_socket(&to);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "keys": to, "written": written, "socket": socket })
+                );
+            } else {
+                println!(
+                    "moved the private keys of {} to {}\nnext: oasis-seed signer --data {}\n      \
+                     oasis-seed serve --data {} --signer {} ...",
+                    data.display(),
+                    to.display(),
+                    to.display(),
+                    data.display(),
+                    socket.display()
+                );
+            }
         }
         Cmd::Id { data } => {
             if !data.join(oasis_core::pki::TRUST_FILE).exists() {
@@ -682,7 +767,17 @@ fn run_store_command(
     cmd: &StoreCommand,
     progress: bool,
 ) -> anyhow::Result<serde_json::Value> {
-    let auth = SeedAuthority::load(data)?;
+    run_store_command_with(data, cmd, progress, None)
+}
+
+/// [`run_store_command`], signing through the signer at `signer` when given.
+fn run_store_command_with(
+    data: &Path,
+    cmd: &StoreCommand,
+    progress: bool,
+    signer: Option<&Path>,
+) -> anyhow::Result<serde_json::Value> {
+    let keys = oasis_seed::keys::open(data, signer)?;
     let bar = (progress && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
@@ -696,7 +791,7 @@ fn run_store_command(
         b
     });
     let result = match open_store(data) {
-        Ok(store) => execute(cmd, &auth, &store, bar.clone()),
+        Ok(store) => execute(cmd, &*keys, &store, bar.clone()),
         Err(e) if e.downcast_ref::<StoreError>().is_some_and(|s| s.is_locked()) => {
             tracing::debug!("store is held by a running seed; using its admin socket");
             forward(data, cmd, bar.as_ref())

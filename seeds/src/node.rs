@@ -1,20 +1,47 @@
 //! A seed's data directory and a running seed server, for the binary, tests and the demo.
 //!
 //! Layout of DATA: trust.pem, ca.pem, ca.key, manifest.key, node.pem, node.key (written by
-//! `oasis-seed init`), and `store/` (the chunk store with layers and manifests).
+//! `oasis-seed init`; `split-keys` moves the two private keys away), and `store/` (the chunk
+//! store with layers and manifests).
 
+use crate::keys::{self, Keys, SignerClient};
 use crate::signer::{SeedSigner, DEFAULT_LATEST_TTL};
 use crate::source::SeedSource;
 use anyhow::Context;
 use oasis_core::metrics::NodeMetrics;
 use oasis_core::net::{self, ServeLimits, TransportOptions};
-use oasis_core::pki::{NodeIdentity, Revocations, SeedAuthority};
+use oasis_core::pki::{NodeIdentity, Revocations, SeedAuthority, TrustRoot};
 use oasis_core::store::ChunkStore;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tracing::Instrument;
+
+/// The keys a serving seed signs with: DATA's, or the signer's at `signer`, checked to be this
+/// seed's. With a signer, DATA must hold no private key: an operator who split them off must not
+/// be left with a copy on the serving host by mistake.
+async fn open_keys(data: &Path, signer: Option<&Path>) -> anyhow::Result<Arc<dyn Keys>> {
+    let Some(socket) = signer else {
+        // Loading the authority proves DATA holds a complete root of trust.
+        return Ok(Arc::new(SeedAuthority::load(data)?));
+    };
+    if keys::holds_private_keys(data) {
+        anyhow::bail!(
+            "{} still holds {} or {}: a seed serving with --signer keeps no private key on its \
+             host; move them to the signer's directory with `oasis-seed split-keys`",
+            data.display(),
+            oasis_core::pki::CA_KEY_FILE,
+            oasis_core::pki::MANIFEST_KEY_FILE
+        );
+    }
+    let trust = TrustRoot::load(&data.join(oasis_core::pki::TRUST_FILE))?;
+    let socket = socket.to_path_buf();
+    let client =
+        tokio::task::spawn_blocking(move || SignerClient::connect(&socket, trust)).await??;
+    tracing::info!(signer = %client.socket().display(), "signing through a separate signer");
+    Ok(Arc::new(client))
+}
 
 pub fn store_dir(data: &Path) -> PathBuf {
     data.join("store")
@@ -36,8 +63,8 @@ pub fn open_store(data: &Path) -> anyhow::Result<ChunkStore> {
 #[derive(Default)]
 pub struct Serving {
     pub revocations: Revocations,
-    /// None: `Renew` is refused.
-    pub authority: Option<Arc<SeedAuthority>>,
+    /// The CA key, here or in a signer; None: `Renew` is refused.
+    pub authority: Option<Arc<dyn Keys>>,
 }
 
 /// A seed serving on QUIC (and metrics over HTTP when asked).
@@ -69,46 +96,48 @@ impl RunningSeed {
             metrics_listen,
             ServeLimits::default(),
             DEFAULT_LATEST_TTL,
+            None,
         )
         .await
     }
 
     /// [`RunningSeed::start`] holding peers to `limits`, its latest statements valid for
-    /// `latest_ttl`.
+    /// `latest_ttl`, signing with the keys in DATA or, given `signer`, with those of the
+    /// `oasis-seed signer` answering on that socket.
     pub async fn start_with_limits(
         data: &Path,
         listen: SocketAddr,
         metrics_listen: Option<SocketAddr>,
         limits: ServeLimits,
         latest_ttl: Duration,
+        signer: Option<&Path>,
     ) -> anyhow::Result<RunningSeed> {
-        // Loading the authority proves DATA holds a complete root of trust.
-        let auth = Arc::new(SeedAuthority::load(data)?);
+        let keys = open_keys(data, signer).await?;
         let mut identity = NodeIdentity::load(data)?;
-        if let Some(renewed) = crate::renewal::renew_if_due(&auth, &identity, data)? {
+        let (k, id, d) = (keys.clone(), identity.clone(), data.to_path_buf());
+        if let Some(renewed) =
+            tokio::task::spawn_blocking(move || crate::renewal::renew_if_due(&*k, &id, &d))
+                .await??
+        {
             identity = renewed;
         }
         let store = Arc::new(open_store(data)?);
-        let signer = SeedSigner::new(auth.signing_key().clone(), latest_ttl)
+        let signer = SeedSigner::new(keys.clone(), latest_ttl)
             .map_err(|e| anyhow::anyhow!("oasis-seed serve: {e}"))?;
-        let trust = auth.trust().clone();
-        let authority = Some(auth.clone());
-        crate::admin::spawn(data, auth, store.clone()).with_context(|| {
+        crate::admin::spawn(data, keys.clone(), store.clone()).with_context(|| {
             format!("cannot open the admin socket {}", crate::admin::socket_path(data).display())
         })?;
         let revocations = Revocations::default();
-        let watching = crate::revocations::watch_file(data, trust, revocations.clone())?;
+        let following = crate::revocations::follow(keys.clone(), revocations.clone()).await?;
         let signer = Some(Arc::new(signer));
-        let serving = Serving { revocations, authority: authority.clone() };
+        let serving = Serving { revocations, authority: Some(keys.clone()) };
         let (renewing, data) = (identity.clone(), data.to_path_buf());
         let mut seed =
             Self::start_with(identity, store, signer, listen, metrics_listen, limits, serving)
                 .await?;
-        seed.background.push(watching);
-        if let Some(auth) = authority {
-            let (mesh, metrics) = (seed.mesh_for_renewal.clone(), seed.metrics.clone());
-            seed.background.push(crate::renewal::spawn(auth, renewing, data, mesh, metrics));
-        }
+        seed.background.push(following);
+        let (mesh, metrics) = (seed.mesh_for_renewal.clone(), seed.metrics.clone());
+        seed.background.push(crate::renewal::spawn(keys, renewing, data, mesh, metrics));
         Ok(seed)
     }
 

@@ -16,7 +16,7 @@ use oasis_core::backup;
 use oasis_core::compress::StoredChunk;
 use oasis_core::manifest::LayerKind;
 use oasis_core::net::SourceError;
-use oasis_core::pki::{PeerInfo, Role, SeedAuthority};
+use oasis_core::pki::{PeerInfo, Role, TrustRoot};
 use oasis_core::store::ChunkStore;
 use oasis_core::wire::ErrorCode;
 
@@ -97,7 +97,7 @@ pub fn plan_for(store: &ChunkStore, peer: &PeerInfo) -> Result<backup::DevicePla
 /// device's plan. Returns the device record as JSON.
 pub fn provision(
     store: &ChunkStore,
-    auth: &SeedAuthority,
+    trust: &TrustRoot,
     device: &str,
     base: &str,
     apps: &[String],
@@ -118,7 +118,7 @@ pub fn provision(
                 .with_context(|| format!("layer {name} is not published"))?,
         };
         let sm = store
-            .open_manifest(name, Some(&version), auth.trust().manifest_key())
+            .open_manifest(name, Some(&version), trust.manifest_key())
             .with_context(|| format!("stored manifest {name}@{version}"))?
             .with_context(|| format!("layer {name}@{version} is not published"))?;
         if !want.contains(&sm.manifest.kind) {

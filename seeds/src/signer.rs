@@ -5,15 +5,11 @@
 //!   once that copy is past its lifetime, endpoints report it as stale;
 //! - seals (`seal::Seal`) on the snapshot records and plans it hands devices.
 
-use ed25519_dalek::SigningKey;
-use oasis_core::manifest::{digest_of_signed, Latest};
-use oasis_core::seal::{Seal, Sealed};
-use oasis_core::store::{ChunkStore, StoreError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-fn now_s() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
-}
+use crate::keys::{KeyError, Keys};
+use oasis_core::seal::Sealed;
+use oasis_core::store::ChunkStore;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// How long a statement stays fresh by default (`oasis-seed serve --latest-ttl`): a reflector cut
 /// off from the seed for longer than this serves stale answers, and its endpoints say so.
@@ -22,9 +18,9 @@ pub const DEFAULT_LATEST_TTL: Duration = Duration::from_secs(3600);
 pub const MIN_LATEST_TTL: Duration = Duration::from_secs(1);
 pub const MAX_LATEST_TTL: Duration = Duration::from_secs(30 * 86_400);
 
-/// Signs latest statements and seals.
+/// Signs latest statements and seals, with the seed's keys wherever they are.
 pub struct SeedSigner {
-    key: SigningKey,
+    keys: Arc<dyn Keys>,
     ttl: Duration,
 }
 
@@ -43,39 +39,36 @@ pub fn check_ttl(ttl: Duration) -> Result<(), String> {
 }
 
 impl SeedSigner {
-    pub fn new(key: SigningKey, ttl: Duration) -> Result<SeedSigner, String> {
+    pub fn new(keys: Arc<dyn Keys>, ttl: Duration) -> Result<SeedSigner, String> {
         check_ttl(ttl)?;
-        Ok(SeedSigner { key, ttl })
+        Ok(SeedSigner { keys, ttl })
     }
 
-    /// The signer of the seed whose data directory is `data` (its manifest key).
+    /// The signer of the seed whose data directory is `data` (its own keys).
     pub fn load(data: &std::path::Path, ttl: Duration) -> anyhow::Result<SeedSigner> {
         let auth = oasis_core::pki::SeedAuthority::load(data)?;
-        SeedSigner::new(auth.signing_key().clone(), ttl).map_err(anyhow::Error::msg)
+        SeedSigner::new(Arc::new(auth), ttl).map_err(anyhow::Error::msg)
     }
 
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
 
-    /// A seal on `sealed`, issued now.
-    pub fn seal(&self, sealed: Sealed) -> Vec<u8> {
-        Seal { sealed, issued: now_s() }.sign(&self.key)
+    /// A seal on `sealed`, issued now. Blocking with a separate signer.
+    pub fn seal(&self, sealed: Sealed) -> Result<Vec<u8>, KeyError> {
+        self.keys.seal(&sealed)
     }
 
     /// The encoded statement for `name` now, or None when no version of it is published.
-    /// Blocking (store reads).
-    pub fn statement(&self, store: &ChunkStore, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(version) = store.latest_version(name)? else { return Ok(None) };
-        let Some(root) = store.manifest_bytes(name, Some(&version))? else { return Ok(None) };
-        let issued = now_s();
-        let latest = Latest {
-            name: name.to_string(),
-            version,
-            digest: digest_of_signed(&root),
-            issued,
-            expires: issued.saturating_add(self.ttl.as_secs()),
+    /// Blocking (store reads, and the signer when separate).
+    pub fn statement(&self, store: &ChunkStore, name: &str) -> Result<Option<Vec<u8>>, KeyError> {
+        let unavailable = |e: oasis_core::store::StoreError| KeyError::Unavailable(e.to_string());
+        let Some(version) = store.latest_version(name).map_err(unavailable)? else {
+            return Ok(None);
         };
-        Ok(Some(latest.sign(&self.key)))
+        let Some(root) = store.manifest_bytes(name, Some(&version)).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        self.keys.latest(&root, self.ttl).map(Some)
     }
 }

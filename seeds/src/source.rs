@@ -3,16 +3,16 @@
 //! `GetChunks` like any layer chunk.
 
 use crate::catalog::Catalog;
+use crate::keys::Keys;
 use crate::signer::SeedSigner;
 use bytes::Bytes;
 use oasis_core::chunk::ChunkId;
 use oasis_core::compress::StoredChunk;
 use oasis_core::net::{BackupSource, ContentSource, InventorySource, LatestAnswer, SourceError};
-use oasis_core::pki::{PeerInfo, SeedAuthority};
+use oasis_core::pki::PeerInfo;
 use oasis_core::seal::{plan_digest, Sealed};
 use oasis_core::store::ChunkStore;
 use oasis_core::wake::{DeviceEntry, DeviceInfo};
-use oasis_core::wire::ErrorCode;
 use oasis_core::wire::{Assignment, LayerRef};
 use std::sync::Arc;
 
@@ -21,13 +21,20 @@ pub struct SeedSource {
     /// Signs `GetLatest` answers and seals records and plans; None: those requests are
     /// refused (a seed serving without the manifest key).
     pub signer: Option<Arc<SeedSigner>>,
-    /// Issues certificate renewals; None: `Renew` is refused (a seed serving without the CA
-    /// key).
-    pub authority: Option<Arc<SeedAuthority>>,
+    /// Issues certificate renewals (the CA key, here or in a signer); None: `Renew` is
+    /// refused.
+    pub authority: Option<Arc<dyn Keys>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> SourceError {
     SourceError::Internal(e.to_string())
+}
+
+/// A seal by `signer`, off the async threads (a separate signer is a socket away).
+async fn seal(signer: Arc<SeedSigner>, sealed: Sealed) -> Result<Bytes, SourceError> {
+    let seal =
+        tokio::task::spawn_blocking(move || signer.seal(sealed)).await.map_err(internal)??;
+    Ok(seal.into())
 }
 
 impl SeedSource {
@@ -57,8 +64,7 @@ impl ContentSource for SeedSource {
         let (store, name) = (self.store.clone(), name.to_string());
         let statement = tokio::task::spawn_blocking(move || signer.statement(&store, &name))
             .await
-            .map_err(internal)?
-            .map_err(internal)?;
+            .map_err(internal)??;
         Ok(statement.map(|s| LatestAnswer { statement: s.into(), note: String::new() }))
     }
 
@@ -75,11 +81,11 @@ impl ContentSource for SeedSource {
         let Some(authority) = self.authority.clone() else {
             return Err(SourceError::Refused("this seed serves without its CA key".into()));
         };
-        // An ECDSA signature and a durable append to the register: off the async threads.
+        // An ECDSA signature and a durable append to the register, or a signer's socket: off
+        // the async threads.
         let renewed = tokio::task::spawn_blocking(move || authority.renew(&cert, &csr))
             .await
-            .map_err(internal)?
-            .map_err(|e| SourceError::Rejected(ErrorCode::Forbidden, e.to_string()))?;
+            .map_err(internal)??;
         tracing::info!(by = %peer, "certificate renewed");
         Ok(Bytes::from(renewed.to_vec()))
     }
@@ -167,12 +173,13 @@ impl BackupSource for SeedSource {
         let f = crate::snapshots::Snapshots::open(&self.store)
             .and_then(|s| s.get(device, id))
             .map_err(crate::provision::snapshot_error)?;
-        let seal = signer.seal(Sealed::SnapshotRecord {
+        let sealed = Sealed::SnapshotRecord {
             device: f.info.device.clone(),
             id: f.info.id.clone(),
             digest: f.record.digest,
-        });
-        Ok((f.info, f.record, seal.into()))
+        };
+        let seal = seal(signer, sealed).await?;
+        Ok((f.info, f.record, seal))
     }
 
     async fn plan(
@@ -186,7 +193,7 @@ impl BackupSource for SeedSource {
         let plan = tokio::task::spawn_blocking(move || crate::provision::plan_for(&store, &peer))
             .await
             .map_err(internal)??;
-        let seal = signer.seal(Sealed::DevicePlan { device, digest: plan_digest(&plan) });
-        Ok((plan, seal.into()))
+        let seal = seal(signer, Sealed::DevicePlan { device, digest: plan_digest(&plan) }).await?;
+        Ok((plan, seal))
     }
 }

@@ -39,11 +39,11 @@ impl TestSeed {
     /// servers a test builds over the seed's store).
     pub fn signer(&self) -> std::sync::Arc<oasis_seed::signer::SeedSigner> {
         std::sync::Arc::new(
-            oasis_seed::signer::SeedSigner::new(
-                self.auth.signing_key().clone(),
+            oasis_seed::signer::SeedSigner::load(
+                &self.data(),
                 oasis_seed::signer::DEFAULT_LATEST_TTL,
             )
-            .expect("the default lifetime is valid"),
+            .expect("the seed's keys load, and the default lifetime is valid"),
         )
     }
 

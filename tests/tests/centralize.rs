@@ -271,7 +271,7 @@ async fn each_restore_mode_rebuilds_what_it_promises() {
     assert!(format!("{:#}", pending.unwrap_err()).contains("pending"));
     oasis_seed::provision::provision(
         &f.seed.seed.store,
-        &auth,
+        auth.trust(),
         "laptop-1",
         "base@2",
         &["office@1".into()],
@@ -323,8 +323,14 @@ async fn pending_device_is_provisioned_to_a_complete_device() {
     let pending = cmd(oasis_seed::commands::StoreCommand::Devices { pending: true });
     assert_eq!(pending[0]["name"], "kiosk-7");
     // Provisioning checks kinds: an app layer is no base.
-    assert!(oasis_seed::provision::provision(&seed.seed.store, &auth, "kiosk-7", "office@1", &[])
-        .is_err());
+    assert!(oasis_seed::provision::provision(
+        &seed.seed.store,
+        auth.trust(),
+        "kiosk-7",
+        "office@1",
+        &[]
+    )
+    .is_err());
     cmd(oasis_seed::commands::StoreCommand::Provision {
         device: "kiosk-7".into(),
         base: "base@1".into(),
@@ -559,9 +565,12 @@ async fn records_and_plans_without_the_seeds_seal_are_refused_before_anything_is
     take_snapshot(&f.state).await;
     upload::upload(&UploadOptions::new(&f.state, f.seed.seed.addr)).await.unwrap();
     let auth = SeedAuthority::load(&f.seed.data()).unwrap();
-    oasis_seed::provision::provision(&f.seed.seed.store, &auth, "laptop-1", "base@2", &[]).unwrap();
+    oasis_seed::provision::provision(&f.seed.seed.store, auth.trust(), "laptop-1", "base@2", &[])
+        .unwrap();
+    // Another seed's keys: a manifest key this device does not trust.
+    let other = tempfile::tempdir().unwrap();
     let forger = oasis_seed::signer::SeedSigner::new(
-        ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
+        std::sync::Arc::new(SeedAuthority::init(other.path()).unwrap()),
         oasis_seed::signer::DEFAULT_LATEST_TTL,
     )
     .unwrap();

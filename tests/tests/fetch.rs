@@ -255,6 +255,7 @@ async fn a_reflector_cut_off_from_the_seed_serves_its_kept_latest_reported_stale
         None,
         Default::default(),
         Duration::from_secs(1),
+        None,
     )
     .await?;
     let seed = TestSeed::from_parts(running, auth, tmp.path());

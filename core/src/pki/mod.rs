@@ -50,6 +50,7 @@ mod node;
 mod peer;
 pub mod renewal;
 mod revocation;
+mod split;
 #[cfg(test)]
 mod tests;
 mod trust;

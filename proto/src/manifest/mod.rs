@@ -429,13 +429,51 @@ impl LayerManifest {
     /// Cuts the body, builds and signs the root. The body's chunks must be stored (or sent)
     /// beside the root: the root names them but does not hold them.
     pub fn sign(&self, key: &SigningKey) -> (SignedManifest, ManifestBody) {
+        self.sign_by(key).expect("a root built here always checks")
+    }
+
+    /// [`LayerManifest::sign`] by whatever holds the manifest key: this process, or a signer
+    /// reached over a socket, which may refuse.
+    pub fn sign_by(
+        &self,
+        signer: &dyn RootSigner,
+    ) -> Result<(SignedManifest, ManifestBody), String> {
         let body = self.body();
         let root = self.root(&body);
         let root_body = root.encode();
         let digest = *blake3::hash(&root_body).as_bytes();
-        let signature = key.sign(&signed_message(&digest)).to_bytes();
+        let signature = signer.sign_root(&root_body)?;
         let sm = SignedManifest { root_body, digest, signature, root, manifest: self.clone() };
-        (sm, body)
+        Ok((sm, body))
+    }
+}
+
+/// What signs manifest roots: the manifest key, here or in another process.
+pub trait RootSigner {
+    /// The public half, for checking what comes back.
+    fn manifest_key(&self) -> VerifyingKey;
+    /// The signature over the root whose canonical encoding is `root_body`: what
+    /// [`SignedRoot::open`] checks.
+    fn sign_root(&self, root_body: &[u8]) -> Result<[u8; 64], String>;
+}
+
+impl RootSigner for SigningKey {
+    fn manifest_key(&self) -> VerifyingKey {
+        self.verifying_key()
+    }
+
+    /// Signs only a root that decodes, is canonical and within every limit: a signer that
+    /// others send roots to signs nothing that clients would refuse anyway.
+    fn sign_root(&self, root_body: &[u8]) -> Result<[u8; 64], String> {
+        if root_body.len() + 4 + 64 > MAX_MANIFEST_ROOT_BYTES {
+            return Err(format!(
+                "a root of {} bytes exceeds the limit of {MAX_MANIFEST_ROOT_BYTES}",
+                root_body.len() + 4 + 64
+            ));
+        }
+        ManifestRoot::from_canonical(root_body)?;
+        let digest = *blake3::hash(root_body).as_bytes();
+        Ok(self.sign(&signed_message(&digest)).to_bytes())
     }
 }
 
@@ -550,6 +588,17 @@ fn check_path(path: &str) -> Result<(), String> {
 }
 
 impl ManifestRoot {
+    /// Decodes an unsigned root and checks it: canonical, within every limit.
+    pub fn from_canonical(root_body: &[u8]) -> Result<ManifestRoot, String> {
+        let root: ManifestRoot =
+            postcard::from_bytes(root_body).map_err(|e| format!("root does not decode: {e}"))?;
+        if root.encode() != root_body {
+            return Err(format!("{}: root is not in canonical form", root.label()));
+        }
+        root.validate().map_err(|e| e.to_string())?;
+        Ok(root)
+    }
+
     pub fn label(&self) -> String {
         format!("{}@{}", self.name, self.version)
     }
