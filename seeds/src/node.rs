@@ -23,6 +23,14 @@ use tracing::Instrument;
 /// be left with a copy on the serving host by mistake.
 async fn open_keys(data: &Path, signer: Option<&Path>) -> anyhow::Result<Arc<dyn Keys>> {
     let Some(socket) = signer else {
+        if !keys::holds_private_keys(data) && data.join(oasis_core::pki::TRUST_FILE).exists() {
+            anyhow::bail!(
+                "{} holds no {} (its private keys were split off to an `oasis-seed signer`): \
+                 serve with --signer SOCKET",
+                data.display(),
+                oasis_core::pki::CA_KEY_FILE
+            );
+        }
         // Loading the authority proves DATA holds a complete root of trust.
         return Ok(Arc::new(SeedAuthority::load(data)?));
     };

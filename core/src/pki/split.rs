@@ -16,6 +16,12 @@ impl SeedAuthority {
     /// there. Nothing is removed from `data` before `keys` holds a root of trust that loads:
     /// a failure part way leaves copies in both, never a key in neither.
     pub fn split_keys(data: &Path, keys: &Path) -> Result<Vec<PathBuf>, IdentityError> {
+        if exists(&data.join(TRUST_FILE))? && !exists(&data.join(CA_KEY_FILE))? {
+            return Err(invalid(
+                data.display(),
+                "holds no CA key to move (split off already? `oasis-seed signer` runs where it went)",
+            ));
+        }
         let auth = SeedAuthority::load(data)?;
         create_private_dir(keys)?;
         for file in MOVED.iter().chain(&COPIED) {

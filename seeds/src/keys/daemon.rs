@@ -45,7 +45,9 @@ pub fn start(keys: &Path, socket: &Path, allow_uids: &[u32]) -> anyhow::Result<R
     let mode = if allow_uids.is_empty() { 0o600 } else { 0o666 };
     let (listener, owner) = crate::admin::bind_private(socket, mode)
         .map_err(|e| anyhow::anyhow!("cannot open the signer socket {}: {e}", socket.display()))?;
-    let allowed: Vec<u32> = [owner, 0].into_iter().chain(allow_uids.iter().copied()).collect();
+    let mut allowed: Vec<u32> = [owner, 0].into_iter().chain(allow_uids.iter().copied()).collect();
+    allowed.sort_unstable();
+    allowed.dedup();
     tracing::info!(socket = %socket.display(), ?allowed, "signer answering");
     let task = tokio::spawn(
         async move {
@@ -100,8 +102,14 @@ async fn handle(
                     let op = request.op();
                     let done = tokio::task::spawn_blocking(move || answer(&auth, &request)).await;
                     match done {
-                        Ok(Ok((result, what))) => {
+                        // What signs is worth a line each; the list polled every second and the
+                        // start-up check are not.
+                        Ok(Ok((result, what))) if request_signs(op) => {
                             tracing::info!(uid, pid, op, %what, "signed");
+                            Answer { result: Some(result), ..Answer::default() }
+                        }
+                        Ok(Ok((result, what))) => {
+                            tracing::debug!(uid, pid, op, %what, "answered");
                             Answer { result: Some(result), ..Answer::default() }
                         }
                         Ok(Err(e)) => {
@@ -141,6 +149,10 @@ async fn handle(
     tokio::time::timeout(IO_TIMEOUT, wr.write_all(&out))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "writing the answer"))?
+}
+
+fn request_signs(op: &str) -> bool {
+    !matches!(op, "hello" | "revocations")
 }
 
 /// Does what `request` asks with `keys`: the result and what the log says it signed.
