@@ -25,6 +25,9 @@
 //! | `issued.jsonl` | seed data dir                    | every certificate issued, and its revocation   |
 //! | `revoked.crl`  | seed data dir, reflector state   | the CA-signed revocation list (X.509 CRL)      |
 //!
+//! `ca.key`, `manifest.key`, `issued.jsonl` and `revoked.crl` move to a keys directory of their
+//! own when the seed's keys are split off to a signer (`split`).
+//!
 //! Secret files are written to a temporary file with mode 0600, synced, then renamed (or linked)
 //! into place, so a crash never leaves a half-written key behind.
 
