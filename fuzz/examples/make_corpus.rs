@@ -14,6 +14,10 @@ use oasis_proto::manifest::{ChunkRef, Entry, LayerKind, LayerManifest, Node, MAN
 use oasis_proto::wire::{Assignment, ErrorCode, Frame, LayerRef};
 use oasis_proto::{ChunkId, ChunkParams};
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::create_dir_all(dir).expect("corpus dir");
     std::fs::write(dir.join(name), bytes).expect("corpus file");
@@ -171,6 +175,25 @@ fn main() {
             .collect::<Vec<_>>()
             .join("\n");
         write(&corpus.join(target), "all-keys", all.as_bytes());
+    }
+    // Every request the signer answers, valid in form (the root and the certificates are made
+    // here; the signer answers each with a result or a refusal).
+    let key = SigningKey::from_bytes(&[3; 32]);
+    let (signed, _) = m.sign(&key);
+    let root_body = hex(&signed.root_body);
+    let signed_root = hex(&signed.to_bytes());
+    for (name, line) in [
+        ("hello", r#"{"op":"hello"}"#.to_string()),
+        ("sign_root", format!(r#"{{"op":"sign_root","root_body":"{root_body}"}}"#)),
+        ("latest", format!(r#"{{"op":"latest","signed_root":"{signed_root}","ttl_s":3600}}"#)),
+        (
+            "seal",
+            format!(r#"{{"op":"seal","sealed":{{"DevicePlan":{{"device":"pc-1","digest":{:?}}}}}}}"#, [7u8; 32]),
+        ),
+        ("renew", r#"{"op":"renew","cert":"3082","csr":"3082"}"#.to_string()),
+        ("revocations", r#"{"op":"revocations","known":0}"#.to_string()),
+    ] {
+        write(&corpus.join("signer_request"), name, format!("{line}\n").as_bytes());
     }
     println!("corpus written to {}", corpus.display());
 }

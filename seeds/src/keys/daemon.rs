@@ -96,39 +96,15 @@ async fn handle(
         )
         .await;
         match read {
-            Ok(Ok(_)) if line.last() == Some(&b'\n') => match serde_json::from_slice(&line) {
-                Ok(request) => {
-                    let request: Request = request;
-                    let op = request.op();
-                    let done = tokio::task::spawn_blocking(move || answer(&auth, &request)).await;
-                    match done {
-                        // What signs is worth a line each; the list polled every second and the
-                        // start-up check are not.
-                        Ok(Ok((result, what))) if request_signs(op) => {
-                            tracing::info!(uid, pid, op, %what, "signed");
-                            Answer { result: Some(result), ..Answer::default() }
-                        }
-                        Ok(Ok((result, what))) => {
-                            tracing::debug!(uid, pid, op, %what, "answered");
-                            Answer { result: Some(result), ..Answer::default() }
-                        }
-                        Ok(Err(e)) => {
-                            tracing::warn!(uid, pid, op, error = %e, "signer request refused");
-                            let refused = matches!(e, KeyError::Refused(_));
-                            Answer { error: Some(e.to_string()), refused, ..Answer::default() }
-                        }
-                        Err(e) => Answer {
-                            error: Some(format!("signer task failed: {e}")),
-                            ..Answer::default()
-                        },
-                    }
+            Ok(Ok(_)) if line.last() == Some(&b'\n') => {
+                match tokio::task::spawn_blocking(move || respond(&auth, &line, uid, pid)).await {
+                    Ok(answer) => answer,
+                    Err(e) => Answer {
+                        error: Some(format!("signer task failed: {e}")),
+                        ..Answer::default()
+                    },
                 }
-                Err(e) => Answer {
-                    error: Some(format!("signer request does not decode: {e}")),
-                    refused: true,
-                    ..Answer::default()
-                },
-            },
+            }
             Ok(Ok(_)) => Answer {
                 error: Some(format!(
                     "signer request ended early or exceeds {MAX_LINE_BYTES} bytes"
@@ -149,6 +125,39 @@ async fn handle(
     tokio::time::timeout(IO_TIMEOUT, wr.write_all(&out))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "writing the answer"))?
+}
+
+/// The answer to one request line from caller `uid`/`pid`, logged. Blocking (the keys'
+/// files: the register, the revocation list).
+pub fn respond(keys: &SeedAuthority, line: &[u8], uid: u32, pid: Option<i32>) -> Answer {
+    let request: Request = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(e) => {
+            return Answer {
+                error: Some(format!("signer request does not decode: {e}")),
+                refused: true,
+                ..Answer::default()
+            }
+        }
+    };
+    let op = request.op();
+    match answer(keys, &request) {
+        // What signs is worth a line each; the list polled every second and the start-up
+        // check are not.
+        Ok((result, what)) => {
+            if request_signs(op) {
+                tracing::info!(uid, pid, op, %what, "signed");
+            } else {
+                tracing::debug!(uid, pid, op, %what, "answered");
+            }
+            Answer { result: Some(result), ..Answer::default() }
+        }
+        Err(e) => {
+            tracing::warn!(uid, pid, op, error = %e, "signer request refused");
+            let refused = matches!(e, KeyError::Refused(_));
+            Answer { error: Some(e.to_string()), refused, ..Answer::default() }
+        }
+    }
 }
 
 fn request_signs(op: &str) -> bool {
