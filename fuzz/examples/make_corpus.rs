@@ -188,7 +188,10 @@ fn main() {
         ("latest", format!(r#"{{"op":"latest","signed_root":"{signed_root}","ttl_s":3600}}"#)),
         (
             "seal",
-            format!(r#"{{"op":"seal","sealed":{{"DevicePlan":{{"device":"pc-1","digest":{:?}}}}}}}"#, [7u8; 32]),
+            format!(
+                r#"{{"op":"seal","sealed":{{"DevicePlan":{{"device":"pc-1","digest":{:?}}}}}}}"#,
+                [7u8; 32]
+            ),
         ),
         ("renew", r#"{"op":"renew","cert":"3082","csr":"3082"}"#.to_string()),
         ("revocations", r#"{"op":"revocations","known":0}"#.to_string()),
