@@ -542,6 +542,10 @@ pub fn publish_with_bar(
                 }
             }
         }
+        // The layer's chunks become readable by the fleet (`readers`) before the layer exists.
+        crate::readers::Readers::open(store)
+            .and_then(|r| r.add_layer(&signed))
+            .map_err(|e| store_err(e.into()))?;
         store.put_manifest(&signed, &body).map_err(store_err)?;
         let seconds = started.elapsed().as_secs_f64();
         let bytes = manifest.total_bytes();

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod mesh;
 pub mod node;
 pub mod provision;
+pub mod readers;
 pub mod renewal;
 pub mod revocations;
 pub mod signer;

@@ -176,8 +176,16 @@ impl RunningSeed {
             ),
             None => None,
         };
+        let readers = crate::readers::Readers::open(&store)?;
+        let (r, st, key) = (readers.clone(), store.clone(), *identity.trust().manifest_key());
+        let (layers, records) =
+            tokio::task::spawn_blocking(move || r.backfill(&st, &key)).await??;
+        if layers + records > 0 {
+            tracing::info!(layers, records, "indexed who may read the chunks stored before");
+        }
         let source = Arc::new(SeedSource { store: store.clone(), signer, authority });
         let router = net::Router::new(source.clone())
+            .chunk_access(Arc::new(crate::readers::SeedReaders(readers)))
             .inventory(source.clone())
             .backup(source)
             .limits(limits)

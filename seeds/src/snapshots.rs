@@ -161,6 +161,7 @@ pub struct Filed {
 pub struct Snapshots<'a> {
     store: &'a ChunkStore,
     tree: sled::Tree,
+    readers: crate::readers::Readers,
     budget: &'a RecordBudget,
 }
 
@@ -185,17 +186,47 @@ impl<'a> Snapshots<'a> {
         store: &'a ChunkStore,
         budget: &'a RecordBudget,
     ) -> Result<Snapshots<'a>, SnapshotError> {
-        Ok(Snapshots { tree: store.db().open_tree("device_snapshots")?, store, budget })
+        let readers = crate::readers::Readers::open(store)?;
+        Ok(Snapshots { tree: store.db().open_tree("device_snapshots")?, readers, store, budget })
     }
 
-    /// How many of `ids` the store lacks.
-    fn missing(&self, ids: impl Iterator<Item = ChunkId>) -> Result<usize, SnapshotError> {
+    /// How many of `ids` the store lacks, or `device` may not read (another device's chunk,
+    /// named by its id without its bytes ever sent): to the device, both are chunks to upload.
+    fn missing(
+        &self,
+        device: &str,
+        ids: impl Iterator<Item = ChunkId>,
+    ) -> Result<usize, SnapshotError> {
         let ids: Vec<ChunkId> = ids.collect();
         let mut missing = 0;
         for batch in ids.chunks(MAX_IDS_PER_REQUEST) {
-            missing += self.store.have(batch)?.iter().filter(|h| !**h).count();
+            for (id, stored) in batch.iter().zip(self.store.have(batch)?) {
+                if !stored || !self.readers.device_may_read(device, id)? {
+                    missing += 1;
+                }
+            }
         }
         Ok(missing)
+    }
+
+    /// Every filing, of every device.
+    pub fn all(&self) -> Result<Vec<(String, Filed)>, SnapshotError> {
+        let mut out = Vec::new();
+        for kv in self.tree.iter() {
+            let (k, v) = kv?;
+            let corrupt =
+                || SnapshotError::Corrupt { key: String::from_utf8_lossy(&k).replace('\0', "@") };
+            let device = k.split(|b| *b == 0).next().ok_or_else(corrupt)?;
+            let device = String::from_utf8(device.to_vec()).map_err(|_| corrupt())?;
+            let filed: Filed = serde_json::from_slice(&v).map_err(|_| corrupt())?;
+            out.push((device, filed));
+        }
+        Ok(out)
+    }
+
+    /// The record of a filed snapshot.
+    pub fn read_filed(&self, f: &Filed) -> Result<SnapshotRecord, SnapshotError> {
+        self.assemble(&f.record)
     }
 
     /// Reads and checks an uploaded record: its chunks must be stored and add up to its digest.
@@ -226,7 +257,7 @@ impl<'a> Snapshots<'a> {
             )));
         }
         // Nothing is read, let alone allocated, before every chunk is known to be here.
-        let missing = self.missing(r.chunks.iter().map(|c| c.id))?;
+        let missing = self.missing(device, r.chunks.iter().map(|c| c.id))?;
         if missing > 0 {
             return Err(SnapshotError::Incomplete(format!(
                 "{missing} of the record's {} chunks are not stored: upload them first",
@@ -322,7 +353,7 @@ impl<'a> Snapshots<'a> {
             )));
         }
         let chunks = record.unique_chunks();
-        let missing = self.missing(chunks.iter().map(|c| c.id))?;
+        let missing = self.missing(device, chunks.iter().map(|c| c.id))?;
         if missing > 0 {
             return Err(SnapshotError::Incomplete(format!(
                 "{missing} of the {} chunks snapshot {} names are not stored: upload them first",
@@ -467,10 +498,17 @@ mod tests {
         }
     }
 
+    /// Stores `bytes` as `device` sent them (`PutChunk`).
+    fn uploaded(store: &ChunkStore, device: &str, bytes: &[u8]) {
+        let chunk = StoredChunk::encode(bytes);
+        store.put(&chunk).unwrap();
+        crate::readers::Readers::open(store).unwrap().add_upload(device, &chunk.id).unwrap();
+    }
+
     fn upload_record(store: &ChunkStore, r: &SnapshotRecord) -> PutSnapshot {
         let (rref, pieces) = RecordRef::cut(&r.encode());
         for (_, b) in pieces {
-            store.put(&StoredChunk::encode(&b)).unwrap();
+            uploaded(store, &r.device, &b);
         }
         PutSnapshot { device: r.device.clone(), id: r.id.clone(), record: rref }
     }
@@ -484,13 +522,16 @@ mod tests {
         let req = upload_record(&store, &r);
         assert!(matches!(snaps.put("laptop", &req), Err(SnapshotError::Incomplete(_))));
         assert!(snaps.list("laptop").unwrap().is_empty(), "nothing filed on refusal");
-        store.put(&StoredChunk::encode(b"user data")).unwrap();
+        // Stored, but sent by another device: naming it does not make it laptop's.
+        uploaded(&store, "desk", b"user data");
+        assert!(matches!(snaps.put("laptop", &req), Err(SnapshotError::Incomplete(_))));
+        uploaded(&store, "laptop", b"user data");
         let info = snaps.put("laptop", &req).unwrap();
         assert_eq!((info.files, info.bytes, info.id.as_str()), (1, 9, "1"));
         assert_eq!(snaps.put("laptop", &req).unwrap(), info, "same record: same filing");
         // A reset device reusing id 1 for other content gets 1+2.
         let r2 = record("laptop", "1", b"user data 2");
-        store.put(&StoredChunk::encode(b"user data 2")).unwrap();
+        uploaded(&store, "laptop", b"user data 2");
         let req2 = upload_record(&store, &r2);
         assert_eq!(snaps.put("laptop", &req2).unwrap().id, "1+2");
         assert_eq!(snaps.list("laptop").unwrap().len(), 2);
@@ -508,7 +549,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ChunkStore::open(dir.path()).unwrap();
         let r = record("laptop", "1", b"user data");
-        store.put(&StoredChunk::encode(b"user data")).unwrap();
+        uploaded(&store, "laptop", b"user data");
         let req = upload_record(&store, &r);
         let budget: &'static RecordBudget = Box::leak(Box::new(RecordBudget::new(1 << 20)));
         (dir, store, req, budget)
@@ -581,6 +622,7 @@ mod tests {
         assert_eq!(budget.used(), 0);
         // Other devices are not held up.
         let d = record("desk", "1", b"user data");
+        uploaded(&store, "desk", b"user data");
         assert_eq!(snaps.put("desk", &upload_record(&store, &d)).unwrap().id, "1");
     }
 }

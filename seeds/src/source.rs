@@ -126,11 +126,18 @@ impl InventorySource for SeedSource {
 impl BackupSource for SeedSource {
     async fn put_chunk(&self, peer: &PeerInfo, chunk: StoredChunk) -> Result<bool, SourceError> {
         crate::provision::may_upload(peer)?;
-        let store = self.store.clone();
+        let (store, device) = (self.store.clone(), peer.name.clone());
         // Decompressing and hashing burn CPU: keep them off the async threads.
-        tokio::task::spawn_blocking(move || crate::provision::store_uploaded(&store, &chunk))
-            .await
-            .map_err(internal)?
+        tokio::task::spawn_blocking(move || {
+            let new = crate::provision::store_uploaded(&store, &chunk)?;
+            // The bytes checked against the id: from now on the device may read this chunk.
+            crate::readers::Readers::open(&store)
+                .and_then(|r| r.add_upload(&device, &chunk.id))
+                .map_err(internal)?;
+            Ok(new)
+        })
+        .await
+        .map_err(internal)?
     }
 
     async fn put_snapshot(

@@ -49,6 +49,10 @@ fn dir_entry(path: &str) -> Entry {
 fn signed(seed: &TestSeed, m: LayerManifest, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
     let (sm, body) = m.sign(key);
     seed.seed.store.put_manifest_body(&body).expect("store body chunks");
+    // Planted as a published layer would be: its chunks readable by the fleet.
+    oasis_seed::readers::Readers::open(&seed.seed.store)
+        .and_then(|r| r.add_layer(&sm))
+        .expect("index the planted layer");
     sm.to_bytes()
 }
 

@@ -689,3 +689,97 @@ async fn an_endpoint_key_posing_as_the_seed_is_refused_before_any_request() {
     assert_eq!(f.seed.seed.metrics.served_bytes.get(), served, "the real seed was never asked");
     refl.stop().await;
 }
+
+/// The answer `state`'s node gets to `GetChunks` of `ids` from the seed: the first chunk's bytes,
+/// or the error's text.
+async fn read_chunks(seed: &TestSeed, state: &Path, ids: Vec<ChunkId>) -> Result<usize, String> {
+    let c = client(seed, state).await;
+    let mut replies = c.chunks(ids).await.map_err(|e| e.to_string())?;
+    let mut n = 0;
+    while let Some(r) = replies.next().await.map_err(|e| format!("{e:#}"))? {
+        n += matches!(r, oasis_core::net::ChunkReply::Chunk(_)) as usize;
+    }
+    Ok(n)
+}
+
+/// The confirmation-of-file oracle, asked directly: one device asks about a chunk that only
+/// another device's backup holds, and gets the answer it gets for a chunk stored nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_devices_backup_chunks_are_unreadable_and_their_existence_unknowable() {
+    let f = fixture().await;
+    take_snapshot(&f.state).await;
+    upload::upload(&upload_opts(&f)).await.unwrap();
+    // photo.raw is laptop-1's alone (random bytes): in its backup, in no layer.
+    let snap = take_snapshot(&f.state).await;
+    let layer_ids: HashSet<ChunkId> = {
+        let mut ids = HashSet::new();
+        for (n, v) in [("base", "1"), ("base", "2"), ("office", "1")] {
+            let key = f.seed.auth.trust().manifest_key();
+            let m = f.seed.seed.store.open_manifest(n, Some(v), key).unwrap().unwrap();
+            ids.extend(m.manifest.unique_chunks().iter().map(|c| c.id));
+        }
+        ids
+    };
+    let private: Vec<ChunkId> =
+        needed_ids(&snap, "laptop-1").into_iter().filter(|id| !layer_ids.contains(id)).collect();
+    assert!(!private.is_empty());
+    let theirs = private[0];
+    assert!(f.seed.seed.store.contains(&theirs).unwrap(), "the seed holds laptop-1's chunk");
+    let nowhere = ChunkId::of(b"a chunk no device ever had");
+    let shared = *layer_ids.iter().next().unwrap();
+
+    // The owner reads it; another endpoint and a reflector cannot, and cannot tell it exists.
+    assert_eq!(read_chunks(&f.seed, &f.state, vec![theirs]).await, Ok(1));
+    let other = enroll(&f.seed, "desk-2", "desk-2-state");
+    let refl = f.seed.enroll(Role::Reflector, "refl-1").unwrap();
+    for state in [&other, &refl] {
+        let on_theirs = read_chunks(&f.seed, state, vec![theirs]).await.unwrap_err();
+        let on_nowhere = read_chunks(&f.seed, state, vec![nowhere]).await.unwrap_err();
+        assert!(
+            on_theirs.contains("Forbidden") || on_theirs.contains("not readable"),
+            "{on_theirs}"
+        );
+        assert_eq!(on_theirs, on_nowhere, "the refusal tells a stored chunk from a missing one");
+        let c = client(&f.seed, state).await;
+        assert_eq!(c.have(&[theirs, nowhere]).await.unwrap(), [false, false]);
+        // Layer chunks stay the fleet's.
+        assert_eq!(c.have(&[shared]).await.unwrap(), [true]);
+        assert_eq!(read_chunks(&f.seed, state, vec![shared]).await, Ok(1));
+    }
+    let c = client(&f.seed, &f.state).await;
+    assert_eq!(c.have(&[theirs, nowhere]).await.unwrap(), [true, false], "the owner's view");
+
+    // Naming another device's chunk in a snapshot without sending its bytes claims nothing:
+    // the seed asks for the chunk to be uploaded.
+    // desk-2 files laptop-1's entries as its own, as if it had learnt their hashes.
+    let mut record = upload::to_record(&snap, "desk-2");
+    record.layers.clear();
+    record.entries.retain(|e| match &e.entry.node {
+        oasis_core::manifest::Node::File { chunks, .. } => chunks.iter().any(|c| c.id == theirs),
+        _ => false,
+    });
+    for e in &mut record.entries {
+        e.layer = None;
+        e.entry.path = "stolen".into();
+    }
+    assert_eq!(record.entries.len(), 1);
+    let (rref, pieces) = RecordRef::cut(&record.encode());
+    let c = client(&f.seed, &other).await;
+    let sent: Vec<_> =
+        pieces.iter().map(|(_, b)| oasis_core::compress::StoredChunk::encode(b)).collect();
+    c.put_chunks(&sent, None).await.unwrap();
+    let e = c
+        .put_snapshot(oasis_core::backup::PutSnapshot {
+            device: "desk-2".into(),
+            id: record.id.clone(),
+            record: rref,
+        })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("upload them first"), "{e}");
+    assert_eq!(
+        read_chunks(&f.seed, &other, vec![theirs]).await,
+        read_chunks(&f.seed, &other, vec![nowhere]).await,
+        "still unreadable"
+    );
+}

@@ -23,7 +23,8 @@ mod tests;
 pub use client::{ChunkReplies, ChunkReply, Client, FetchedManifest};
 pub use limits::ServeLimits;
 pub use router::{
-    BackupSource, ContentSource, InventorySource, LatestAnswer, Refuse, Router, SourceError,
+    BackupSource, ChunkAccess, ContentSource, InventorySource, LatestAnswer, Refuse, Router,
+    SourceError,
 };
 pub use server::serve;
 

@@ -227,6 +227,18 @@ pub struct Router<C, I = Refuse, B = Refuse> {
     /// The revocation list peers are checked against (at connection and whenever a newer list
     /// arrives) and `GetRevocations` is answered from.
     pub revocations: crate::pki::Revocations,
+    /// Who may read which chunk; None: every peer may read every chunk.
+    pub chunk_access: Option<Arc<dyn ChunkAccess>>,
+}
+
+/// Who may read which chunks of a server: asked before `GetChunks` and `GetChunksBackground`
+/// (one chunk not readable refuses the request with `Forbidden`) and `Have` (a chunk not
+/// readable is answered "not stored"). Answers must not depend on whether a chunk is stored,
+/// so that neither answer tells a peer about chunks it may not read.
+pub trait ChunkAccess: Send + Sync + 'static {
+    /// For each of `ids`, whether `peer` may read it. Called on the async threads: quick
+    /// lookups only.
+    fn may_read(&self, peer: &PeerInfo, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError>;
 }
 
 impl<C, I, B> Clone for Router<C, I, B> {
@@ -237,6 +249,7 @@ impl<C, I, B> Clone for Router<C, I, B> {
             backup: self.backup.clone(),
             limits: self.limits.clone(),
             revocations: self.revocations.clone(),
+            chunk_access: self.chunk_access.clone(),
         }
     }
 }
@@ -250,6 +263,7 @@ impl<C: ContentSource> Router<C> {
             backup: Arc::new(Refuse),
             limits: Arc::new(ServeLimits::default()),
             revocations: crate::pki::Revocations::default(),
+            chunk_access: None,
         }
     }
 }
@@ -263,6 +277,7 @@ impl<C, I, B> Router<C, I, B> {
             backup: self.backup,
             limits: self.limits,
             revocations: self.revocations,
+            chunk_access: self.chunk_access,
         }
     }
 
@@ -274,12 +289,18 @@ impl<C, I, B> Router<C, I, B> {
             backup,
             limits: self.limits,
             revocations: self.revocations,
+            chunk_access: self.chunk_access,
         }
     }
 
     /// The same router holding peers to `limits`.
     pub fn limits(self, limits: ServeLimits) -> Router<C, I, B> {
         Router { limits: Arc::new(limits), ..self }
+    }
+
+    /// The same router letting peers read only the chunks `access` allows them.
+    pub fn chunk_access(self, access: Arc<dyn ChunkAccess>) -> Router<C, I, B> {
+        Router { chunk_access: Some(access), ..self }
     }
 
     /// The same router refusing the peers `revocations` revokes.

@@ -3,7 +3,7 @@
 //! [`super::router`]).
 
 use super::limits::{PeerSlots, ServeLimits};
-use super::router::{BackupSource, ContentSource, InventorySource, Router};
+use super::router::{BackupSource, ContentSource, InventorySource, Router, SourceError};
 use super::{
     close_code, read_frame, stream_code, wire_error_code, ReadFrameError, CHUNK_READ_AHEAD,
     MAX_BAD_REQUESTS, REQUEST_TIMEOUT,
@@ -347,17 +347,7 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
                 )),
                 Err(e) => Err(e.into_frame()),
             },
-            Frame::Have { ids } => match content.have(&ids).await {
-                Ok(flags) if flags.len() == ids.len() => Ok(Frame::HaveReply {
-                    count: flags.len() as u32,
-                    bitmap: wire::pack_bits(&flags),
-                }),
-                Ok(flags) => Err(Frame::error(
-                    ErrorCode::Internal,
-                    format!("source answered {} flags for {} ids", flags.len(), ids.len()),
-                )),
-                Err(e) => Err(e.into_frame()),
-            },
+            Frame::Have { ids } => self.have(ids).await,
             Frame::ListLayers => match content.layers().await {
                 Ok(layers) => Ok(Frame::Layers { layers }),
                 Err(e) => Err(e.into_frame()),
@@ -445,12 +435,61 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
 
     /// The hot path: one Chunk or Missing frame per id in request order, then End. Lookups run
     /// up to CHUNK_READ_AHEAD ahead of the writes; payloads are written without a copy.
+    /// For each of `ids`, whether this peer may read it; None when the router lets every peer
+    /// read every chunk.
+    fn readable(&self, ids: &[ChunkId]) -> Result<Option<Vec<bool>>, SourceError> {
+        let Some(access) = &self.source.chunk_access else { return Ok(None) };
+        let may = access.may_read(&self.peer, ids)?;
+        if may.len() != ids.len() {
+            return Err(SourceError::Internal(format!(
+                "chunk access answered {} flags for {} ids",
+                may.len(),
+                ids.len()
+            )));
+        }
+        Ok(Some(may))
+    }
+
+    async fn have(&self, ids: Vec<ChunkId>) -> Result<Frame, Frame> {
+        let may = self.readable(&ids).map_err(SourceError::into_frame)?;
+        let mut flags = self.source.content.have(&ids).await.map_err(SourceError::into_frame)?;
+        if flags.len() != ids.len() {
+            return Err(Frame::error(
+                ErrorCode::Internal,
+                format!("source answered {} flags for {} ids", flags.len(), ids.len()),
+            ));
+        }
+        // What the peer may not read is "not stored" to it, whether it is or not.
+        for (f, m) in flags.iter_mut().zip(may.into_iter().flatten()) {
+            *f &= m;
+        }
+        Ok(Frame::HaveReply { count: flags.len() as u32, bitmap: wire::pack_bits(&flags) })
+    }
+
     async fn send_chunks(
         &self,
         send: &mut SendStream,
         ids: Vec<ChunkId>,
         class: TrafficClass,
     ) -> Result<(), Unwritten> {
+        match self.readable(&ids) {
+            Ok(Some(may)) if may.iter().any(|m| !m) => {
+                let refused = may.iter().filter(|m| !**m).count();
+                // The same words whether the chunks are stored or not.
+                let frame = Frame::error(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "{refused} of the {} chunks asked for are not readable by {}: they are in \
+                         no published layer and not among its own uploads",
+                        ids.len(),
+                        self.peer
+                    ),
+                );
+                return self.write_error(send, &frame).await;
+            }
+            Ok(_) => {}
+            Err(e) => return self.write_error(send, &e.into_frame()).await,
+        }
         let started = Instant::now();
         let requested = ids.len();
         let source = &*self.source.content;
