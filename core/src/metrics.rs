@@ -73,7 +73,8 @@ impl NodeMetrics {
         registry.register("upload_chunks", "Uploaded chunks accepted", upload_chunks.clone());
         registry.register(
             "upload_new_chunks",
-            "Uploaded chunks that were new to the store",
+            "Uploaded chunks new to the device that sent them (the seed's store may hold one \
+             already, from a layer or another device)",
             upload_new_chunks.clone(),
         );
         let (refused_connections, stalled_answers) = (Counter::default(), Counter::default());

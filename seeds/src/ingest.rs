@@ -542,11 +542,14 @@ pub fn publish_with_bar(
                 }
             }
         }
-        // The layer's chunks become readable by the fleet (`readers`) before the layer exists.
-        crate::readers::Readers::open(store)
-            .and_then(|r| r.add_layer(&signed))
-            .map_err(|e| store_err(e.into()))?;
         store.put_manifest(&signed, &body).map_err(store_err)?;
+        // The layer's chunks become readable by the fleet (`readers`) once it is published: a
+        // publish that fails before leaves none readable. Should this fail, the layer is
+        // published all the same and indexed at the seed's next start.
+        if let Err(e) = crate::readers::Readers::open(store).and_then(|r| r.add_layer(&signed)) {
+            tracing::warn!(layer = %layer, error = %e,
+                "layer published, but its chunks are readable only after the seed restarts");
+        }
         let seconds = started.elapsed().as_secs_f64();
         let bytes = manifest.total_bytes();
         let report = PublishReport {

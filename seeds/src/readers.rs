@@ -10,7 +10,7 @@
 //!   (proof that it holds the bytes: the seed checks them against the id).
 //!
 //! An endpoint may read a layer chunk or one of its own; a reflector (which never handles
-//! backups) a layer chunk. For anything else `GetChunks` is refused with `Forbidden` and `Have`
+//! backups), or anything else, a layer chunk. For anything else `GetChunks` is refused with `Forbidden` and `Have`
 //! answers "not stored", whether or not the store holds the chunk, so the answer tells nothing.
 //! A snapshot names only chunks its device may read: a device cannot claim another device's
 //! chunk by its id alone.
@@ -51,8 +51,7 @@ impl Readers {
         })
     }
 
-    /// Records the chunks of a layer being published (files and manifest body) as the
-    /// fleet's. Called before the manifest is stored, so no published layer lacks its entries.
+    /// Records the chunks of a published layer (files and manifest body) as the fleet's.
     pub fn add_layer(&self, m: &SignedManifest) -> Result<(), sled::Error> {
         let mut batch = sled::Batch::default();
         for c in m.manifest.unique_chunks().iter().chain(m.root.unique_body_chunks().iter()) {
@@ -63,10 +62,10 @@ impl Readers {
         Ok(())
     }
 
-    /// Records that `device` sent chunk `id` (its bytes checked against the id).
-    pub fn add_upload(&self, device: &str, id: &ChunkId) -> Result<(), sled::Error> {
-        self.device.insert(device_key(device, id), &[])?;
-        Ok(())
+    /// Records that `device` sent chunk `id` (its bytes checked against the id); true when
+    /// the device had not sent it before.
+    pub fn add_upload(&self, device: &str, id: &ChunkId) -> Result<bool, sled::Error> {
+        Ok(self.device.insert(device_key(device, id), &[])?.is_none())
     }
 
     pub fn in_layer(&self, id: &ChunkId) -> Result<bool, sled::Error> {
@@ -82,8 +81,9 @@ impl Readers {
     pub fn may_read(&self, peer: &PeerInfo, ids: &[ChunkId]) -> Result<Vec<bool>, sled::Error> {
         ids.iter()
             .map(|id| match peer.role {
-                Role::Seed => Ok(true),
-                Role::Reflector => self.in_layer(id),
+                // No node reaches the seed as a seed; a stolen seed identity must not read
+                // backups, so it gets what a reflector gets.
+                Role::Seed | Role::Reflector => self.in_layer(id),
                 Role::Endpoint => self.device_may_read(&peer.name, id),
             })
             .collect()
@@ -103,9 +103,16 @@ impl Readers {
             if self.indexed.contains_key(format!("layer\0{name}\0{version}"))? {
                 continue;
             }
-            let m = store.open_manifest_bytes(&bytes, manifest_key)?;
-            self.add_layer(&m)?;
-            layers += 1;
+            // One broken item must not keep the seed from serving the rest: it stays
+            // unindexed (its chunks unreadable) and is tried again at the next start.
+            match store.open_manifest_bytes(&bytes, manifest_key) {
+                Ok(m) => {
+                    self.add_layer(&m)?;
+                    layers += 1;
+                }
+                Err(e) => tracing::warn!(layer = %format!("{name}@{version}"), error = %e,
+                    "stored layer not indexed: its chunks stay unreadable"),
+            }
         }
         let snapshots = crate::snapshots::Snapshots::open(store)?;
         for (device, filed) in snapshots.all()? {
@@ -113,7 +120,14 @@ impl Readers {
             if self.indexed.contains_key(&mark)? {
                 continue;
             }
-            let record = snapshots.read_filed(&filed)?;
+            let record = match snapshots.read_filed(&filed) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(%device, snapshot = %filed.info.id, error = %e,
+                        "snapshot not indexed: its chunks stay unreadable to its device");
+                    continue;
+                }
+            };
             let mut batch = sled::Batch::default();
             for c in filed.record.chunks.iter().chain(record.unique_chunks().iter()) {
                 batch.insert(device_key(&device, &c.id), &[]);

@@ -1,6 +1,7 @@
 //! What the seed signs while it serves, with the manifest key:
 //! - "latest" statements (`manifest::Latest`): which version of a layer is the newest
-//!   published, signed afresh for every request and valid for the configured lifetime. A
+//!   published, valid for the configured lifetime and reused for a tenth of it (a minute at
+//!   most) while the latest stays the same. A
 //!   reflector keeps the last one it received and hands it out while the seed is out of reach;
 //!   once that copy is past its lifetime, endpoints report it as stale;
 //! - seals (`seal::Seal`) on the snapshot records and plans it hands devices.
@@ -22,7 +23,20 @@ pub const MAX_LATEST_TTL: Duration = Duration::from_secs(30 * 86_400);
 pub struct SeedSigner {
     keys: Arc<dyn Keys>,
     ttl: Duration,
+    /// The last statement made per layer: every fetch asks for one, and making one verifies
+    /// the root (up to 4 MiB, sent to a separate signer), so a statement is reused for a
+    /// tenth of its lifetime while the layer's latest stays the same.
+    made: std::sync::Mutex<std::collections::HashMap<String, Made>>,
 }
+
+struct Made {
+    root: [u8; 32],
+    at: std::time::Instant,
+    statement: Vec<u8>,
+}
+
+/// Longest a statement is reused.
+const MAX_REUSE: Duration = Duration::from_secs(60);
 
 /// Refuses a lifetime outside [`MIN_LATEST_TTL`]..=[`MAX_LATEST_TTL`], naming the setting.
 pub fn check_ttl(ttl: Duration) -> Result<(), String> {
@@ -41,7 +55,7 @@ pub fn check_ttl(ttl: Duration) -> Result<(), String> {
 impl SeedSigner {
     pub fn new(keys: Arc<dyn Keys>, ttl: Duration) -> Result<SeedSigner, String> {
         check_ttl(ttl)?;
-        Ok(SeedSigner { keys, ttl })
+        Ok(SeedSigner { keys, ttl, made: Default::default() })
     }
 
     /// The signer of the seed whose data directory is `data` (its own keys).
@@ -69,6 +83,16 @@ impl SeedSigner {
         let Some(root) = store.manifest_bytes(name, Some(&version)).map_err(unavailable)? else {
             return Ok(None);
         };
-        self.keys.latest(&root, self.ttl).map(Some)
+        let digest = oasis_core::manifest::digest_of_signed(&root);
+        let reuse = (self.ttl / 10).min(MAX_REUSE);
+        let made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = made.get(name).filter(|m| m.root == digest && m.at.elapsed() < reuse) {
+            return Ok(Some(m.statement.clone()));
+        }
+        drop(made);
+        let statement = self.keys.latest(&root, self.ttl)?;
+        let m = Made { root: digest, at: std::time::Instant::now(), statement: statement.clone() };
+        self.made.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), m);
+        Ok(Some(statement))
     }
 }

@@ -502,7 +502,8 @@ mod tests {
     fn uploaded(store: &ChunkStore, device: &str, bytes: &[u8]) {
         let chunk = StoredChunk::encode(bytes);
         store.put(&chunk).unwrap();
-        crate::readers::Readers::open(store).unwrap().add_upload(device, &chunk.id).unwrap();
+        let _ =
+            crate::readers::Readers::open(store).unwrap().add_upload(device, &chunk.id).unwrap();
     }
 
     fn upload_record(store: &ChunkStore, r: &SnapshotRecord) -> PutSnapshot {

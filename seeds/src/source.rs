@@ -81,6 +81,14 @@ impl ContentSource for SeedSource {
         let Some(authority) = self.authority.clone() else {
             return Err(SourceError::Refused("this seed serves without its CA key".into()));
         };
+        // The seed renews its own certificate itself; one arriving over the wire is someone
+        // else holding a seed key, who must not keep it alive.
+        let role = oasis_core::pki::peer_info_from_cert(&cert.to_vec().into()).map(|p| p.role);
+        if role.is_ok_and(|r| r == oasis_core::pki::Role::Seed) {
+            return Err(SourceError::Refused(
+                "a seed certificate is renewed by the seed itself, not over the network".into(),
+            ));
+        }
         // An ECDSA signature and a durable append to the register, or a signer's socket: off
         // the async threads.
         let renewed = tokio::task::spawn_blocking(move || authority.renew(&cert, &csr))
@@ -129,12 +137,13 @@ impl BackupSource for SeedSource {
         let (store, device) = (self.store.clone(), peer.name.clone());
         // Decompressing and hashing burn CPU: keep them off the async threads.
         tokio::task::spawn_blocking(move || {
-            let new = crate::provision::store_uploaded(&store, &chunk)?;
+            crate::provision::store_uploaded(&store, &chunk)?;
             // The bytes checked against the id: from now on the device may read this chunk.
+            // "New" is new to this device, never to the store: whether another device stored
+            // the chunk first is not this device's to learn.
             crate::readers::Readers::open(&store)
                 .and_then(|r| r.add_upload(&device, &chunk.id))
-                .map_err(internal)?;
-            Ok(new)
+                .map_err(internal)
         })
         .await
         .map_err(internal)?

@@ -14,13 +14,16 @@ use oasis_testkit::{random_tree, snapshot, TestSeed, TreeSpec};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// Statements live 10 s here, so the seed reuses one for at most a second.
+const LATEST_TTL: Duration = Duration::from_secs(10);
+
 async fn serve(data: &Path, signer: Option<&Path>) -> anyhow::Result<RunningSeed> {
     RunningSeed::start_with_limits(
         data,
         "127.0.0.1:0".parse()?,
         None,
         Default::default(),
-        oasis_seed::signer::DEFAULT_LATEST_TTL,
+        LATEST_TTL,
         signer,
     )
     .await
@@ -132,6 +135,7 @@ async fn a_seed_serves_publishes_renews_and_revokes_through_a_separate_signer() 
     // The signer stopped: no statement can be signed, so a fetch of latest goes on with the
     // seed's own word for it, reported unconfirmed with the reason; the seed stays up.
     drop(signer);
+    tokio::time::sleep(LATEST_TTL / 10 + Duration::from_millis(100)).await;
     let other_ep = seed.enroll(Role::Endpoint, "kiosk")?;
     let unconfirmed =
         FetchOptions { state_dir: other_ep.clone(), into: tmp.path().join("k"), ..opts.clone() };

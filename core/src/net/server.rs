@@ -433,8 +433,6 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
         }
     }
 
-    /// The hot path: one Chunk or Missing frame per id in request order, then End. Lookups run
-    /// up to CHUNK_READ_AHEAD ahead of the writes; payloads are written without a copy.
     /// For each of `ids`, whether this peer may read it; None when the router lets every peer
     /// read every chunk.
     fn readable(&self, ids: &[ChunkId]) -> Result<Option<Vec<bool>>, SourceError> {
@@ -466,13 +464,23 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
         Ok(Frame::HaveReply { count: flags.len() as u32, bitmap: wire::pack_bits(&flags) })
     }
 
+    /// The hot path: one Chunk or Missing frame per id in request order, then End. Lookups run
+    /// up to CHUNK_READ_AHEAD ahead of the writes; payloads are written without a copy.
+    ///
+    /// Chunks the peer may not read: an endpoint's request is refused whole with `Forbidden`; a
+    /// reflector's batch gathers many endpoints' misses, so there each such id is answered
+    /// `Missing` and the rest are served. Either answer is what a chunk stored nowhere gets.
     async fn send_chunks(
         &self,
         send: &mut SendStream,
         ids: Vec<ChunkId>,
         class: TrafficClass,
     ) -> Result<(), Unwritten> {
+        let mut unreadable = std::collections::HashSet::new();
         match self.readable(&ids) {
+            Ok(Some(may)) if self.peer.role == pki::Role::Reflector => {
+                unreadable.extend(ids.iter().zip(&may).filter(|(_, m)| !**m).map(|(id, _)| *id));
+            }
             Ok(Some(may)) if may.iter().any(|m| !m) => {
                 let refused = may.iter().filter(|m| !**m).count();
                 // The same words whether the chunks are stored or not.
@@ -495,8 +503,14 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
         let source = &*self.source.content;
         let peer = &*self.peer;
         source.pull_ahead(peer, &ids[CHUNK_READ_AHEAD.min(ids.len())..], class);
+        let unreadable = &unreadable;
         let mut lookups = futures::stream::iter(ids)
-            .map(|id| async move { source.chunk_in(peer, id, class).await.map(|c| (id, c)) })
+            .map(|id| async move {
+                if unreadable.contains(&id) {
+                    return Ok((id, None));
+                }
+                source.chunk_in(peer, id, class).await.map(|c| (id, c))
+            })
             .buffered(CHUNK_READ_AHEAD);
         let (mut sent, mut missing, mut bytes) = (0usize, 0usize, 0u64);
         while let Some(item) = lookups.next().await {

@@ -16,6 +16,17 @@ impl SeedAuthority {
     /// there. Nothing is removed from `data` before `keys` holds a root of trust that loads:
     /// a failure part way leaves copies in both, never a key in neither.
     pub fn split_keys(data: &Path, keys: &Path) -> Result<Vec<PathBuf>, IdentityError> {
+        let partly_moved =
+            !exists(&data.join(CA_KEY_FILE))? || !exists(&data.join(MANIFEST_KEY_FILE))?;
+        if partly_moved && exists(&data.join(TRUST_FILE))? {
+            // A split cut off while removing from DATA: KEYS loads as this seed's root of
+            // trust, so finishing the removal is all that is left.
+            let trust = TrustRoot::load(&data.join(TRUST_FILE))?;
+            if SeedAuthority::load(keys).is_ok_and(|moved| moved.trust == trust) {
+                remove_moved(data)?;
+                return Ok(Vec::new());
+            }
+        }
         if exists(&data.join(TRUST_FILE))? && !exists(&data.join(CA_KEY_FILE))? {
             return Err(invalid(
                 data.display(),
@@ -59,17 +70,27 @@ impl SeedAuthority {
                 "does not hold the same root of trust after the copy",
             ));
         }
-        for file in MOVED {
-            let path = data.join(file);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&path, "removing after the copy")(e)),
-            }
-        }
-        fs::File::open(data)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(data, "syncing the directory"))?;
+        // KEYS' own entry in its parent must survive a power loss before DATA lets go.
+        let parent = keys.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        sync_dir(parent)?;
+        remove_moved(data)?;
         Ok(written)
     }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), IdentityError> {
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir, "syncing the directory"))
+}
+
+/// Removes what moved from DATA (what is gone already is fine), then syncs DATA.
+fn remove_moved(data: &Path) -> Result<(), IdentityError> {
+    for file in MOVED {
+        let path = data.join(file);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path, "removing after the copy")(e)),
+        }
+    }
+    sync_dir(data)
 }

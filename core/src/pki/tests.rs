@@ -475,3 +475,28 @@ fn renewal_is_refused_before_half_the_lifetime_and_for_a_revoked_certificate() {
     assert!(err.contains("revoked"), "{err}");
     assert_eq!(auth.issued().unwrap().len(), issued, "a refused renewal issued a certificate");
 }
+
+#[test]
+fn splitting_the_keys_moves_them_whole_and_finishes_a_split_cut_off_part_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, keys) = (dir.path().join("seed"), dir.path().join("keys"));
+    let auth = SeedAuthority::init(&data).unwrap();
+    auth.enroll(Role::Endpoint, "a", None, &dir.path().join("a"), false).unwrap();
+    let written = SeedAuthority::split_keys(&data, &keys).unwrap();
+    assert_eq!(written.len(), 5, "two keys, the register, trust.pem and ca.pem: {written:?}");
+    for f in [CA_KEY_FILE, MANIFEST_KEY_FILE, ISSUED_FILE] {
+        assert!(!data.join(f).exists() && keys.join(f).exists(), "{f}");
+    }
+    assert_eq!(mode(&keys.join(CA_KEY_FILE)), 0o600);
+    let moved = SeedAuthority::load(&keys).unwrap();
+    assert_eq!(moved.trust(), auth.trust());
+    assert_eq!(moved.issued().unwrap().len(), 2, "the register moved with the CA key");
+    let again = SeedAuthority::split_keys(&data, &dir.path().join("k2")).unwrap_err();
+    assert!(again.to_string().contains("no CA key to move"), "{again}");
+
+    // Cut off after the copy, with manifest.key not yet removed: running it again finishes.
+    fs::copy(keys.join(MANIFEST_KEY_FILE), data.join(MANIFEST_KEY_FILE)).unwrap();
+    assert!(SeedAuthority::split_keys(&data, &keys).unwrap().is_empty());
+    assert!(!data.join(MANIFEST_KEY_FILE).exists());
+    assert!(SeedAuthority::load(&keys).is_ok());
+}

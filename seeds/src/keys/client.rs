@@ -75,6 +75,13 @@ impl SignerClient {
         }
     }
 
+    fn bad_answer(&self, e: impl std::fmt::Display) -> KeyError {
+        KeyError::Unavailable(format!(
+            "signer {}: answered what does not verify against trust.pem: {e}",
+            self.socket.display()
+        ))
+    }
+
     fn call_bytes(&self, request: &Request) -> Result<Vec<u8>, KeyError> {
         let v = self.call(request)?;
         let text = v.as_str().ok_or_else(|| {
@@ -111,11 +118,20 @@ impl Keys for SignerClient {
 
     fn latest(&self, signed_root: &[u8], ttl: Duration) -> Result<Vec<u8>, KeyError> {
         let ttl_s = ttl.as_secs();
-        self.call_bytes(&Request::Latest { signed_root: hex::encode(signed_root), ttl_s })
+        let statement =
+            self.call_bytes(&Request::Latest { signed_root: hex::encode(signed_root), ttl_s })?;
+        // Whatever answers on the socket passed only a hello of public keys: what it signs is
+        // checked before the seed hands it out.
+        oasis_core::manifest::Latest::open(&statement, self.trust.manifest_key())
+            .map_err(|e| self.bad_answer(e))?;
+        Ok(statement)
     }
 
     fn seal(&self, sealed: &Sealed) -> Result<Vec<u8>, KeyError> {
-        self.call_bytes(&Request::Seal { sealed: sealed.clone() })
+        let seal = self.call_bytes(&Request::Seal { sealed: sealed.clone() })?;
+        oasis_core::seal::Seal::check(&seal, self.trust.manifest_key(), sealed)
+            .map_err(|e| self.bad_answer(e))?;
+        Ok(seal)
     }
 
     fn renew(&self, cert: &[u8], csr: &[u8]) -> Result<Vec<u8>, KeyError> {

@@ -29,7 +29,15 @@ pub struct RunningSigner {
 impl Drop for RunningSigner {
     fn drop(&mut self) {
         self.task.abort();
-        let _ = std::fs::remove_file(&self.socket);
+        remove_socket(&self.socket);
+    }
+}
+
+/// Removes `path` if it is a socket: `--socket` naming a key file by mistake must not delete it.
+fn remove_socket(path: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -41,7 +49,13 @@ pub fn start(keys: &Path, socket: &Path, allow_uids: &[u32]) -> anyhow::Result<R
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
         anyhow::bail!("{} is answered by a signer already running", socket.display());
     }
-    let _ = std::fs::remove_file(socket);
+    if std::fs::symlink_metadata(socket).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        !m.file_type().is_socket()
+    }) {
+        anyhow::bail!("{} exists and is not a socket: give another --socket", socket.display());
+    }
+    remove_socket(socket);
     let mode = if allow_uids.is_empty() { 0o600 } else { 0o666 };
     let (listener, owner) = crate::admin::bind_private(socket, mode)
         .map_err(|e| anyhow::anyhow!("cannot open the signer socket {}: {e}", socket.display()))?;
