@@ -23,6 +23,7 @@ pub mod cache;
 pub mod chunk;
 pub mod compress;
 pub mod congestion;
+pub mod entitlement;
 mod envelope;
 pub mod file_errors;
 pub mod gossip;

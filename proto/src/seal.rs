@@ -25,6 +25,9 @@ pub enum Sealed {
     SnapshotRecord { device: String, id: String, digest: [u8; 32] },
     /// `device`'s plan, whose `Plan` encoding has this BLAKE3 digest ([`plan_digest`]).
     DevicePlan { device: String, digest: [u8; 32] },
+    /// The entitlement statement of `site` (`entitlement::Entitlements`), whose encoding has
+    /// this BLAKE3 digest.
+    Entitlements { site: String, digest: [u8; 32] },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +62,9 @@ impl Sealed {
             }
             Sealed::DevicePlan { device, digest } => {
                 format!("the plan of {device} ({})", hex::encode(&digest[..8]))
+            }
+            Sealed::Entitlements { site, digest } => {
+                format!("the entitlements of site {site} ({})", hex::encode(&digest[..8]))
             }
         }
     }

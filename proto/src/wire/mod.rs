@@ -35,6 +35,7 @@ pub mod frame_type {
     pub const GET_LATEST: u8 = 0x07;
     pub const GET_REVOCATIONS: u8 = 0x08;
     pub const RENEW: u8 = 0x09;
+    pub const GET_ENTITLEMENTS: u8 = 0x0A;
     pub const MANIFEST: u8 = 0x81;
     pub const CHUNK: u8 = 0x82;
     pub const MISSING: u8 = 0x83;
@@ -45,6 +46,7 @@ pub mod frame_type {
     pub const LATEST: u8 = 0x88;
     pub const REVOCATIONS: u8 = 0x89;
     pub const RENEWED: u8 = 0x8A;
+    pub const ENTITLEMENTS: u8 = 0x8B;
     // Device inventory and Wake-on-LAN (0x10-0x17, 0x90-0x97): see crate::wake::msg.
     pub const REGISTER: u8 = 0x10;
     pub const WAKE: u8 = 0x11;
@@ -177,6 +179,21 @@ pub enum Frame {
     Renewed {
         cert: Bytes,
     },
+    /// Ask for the entitlement statement of `site` (None: the client's own), if its BLAKE3
+    /// differs from `known` (the digest of the statement the client holds; zeros for none).
+    /// Asked by reflectors; another site's statement is asked for by a reflector whose
+    /// downstream, chained reflector belongs to that site. Answer: `Entitlements`.
+    GetEntitlements {
+        site: Option<String>,
+        known: [u8; 32],
+    },
+    /// The site's entitlement statement (`entitlement::Entitlements`, at most
+    /// `entitlement::MAX_ENTITLEMENTS_BYTES`) and the seed's seal on it; both empty when the
+    /// statement's digest is the one asked about.
+    Entitlements {
+        statement: Bytes,
+        seal: Bytes,
+    },
     /// A signed manifest (see manifest::SignedManifest::to_bytes).
     Manifest {
         signed: Bytes,
@@ -295,6 +312,8 @@ impl Frame {
             Frame::Revocations { .. } => REVOCATIONS,
             Frame::Renew { .. } => RENEW,
             Frame::Renewed { .. } => RENEWED,
+            Frame::GetEntitlements { .. } => GET_ENTITLEMENTS,
+            Frame::Entitlements { .. } => ENTITLEMENTS,
             Frame::Manifest { .. } => MANIFEST,
             Frame::Chunk(_) => CHUNK,
             Frame::Missing { .. } => MISSING,
@@ -347,6 +366,15 @@ impl Frame {
                 put_cert(out, csr);
             }
             Frame::Renewed { cert } => out.put_slice(cert),
+            Frame::GetEntitlements { site, known } => {
+                put_str(out, site.as_deref().unwrap_or(""));
+                out.put_slice(known);
+            }
+            Frame::Entitlements { statement, seal } => {
+                out.put_u32(statement.len() as u32);
+                out.put_slice(statement);
+                put_seal(out, seal);
+            }
             Frame::GetLatest { name } => put_str(out, name),
             Frame::Latest { statement, note } => {
                 out.put_u16(statement.len() as u16);
@@ -604,6 +632,28 @@ impl Frame {
                 }
                 Frame::Renewed { cert: std::mem::take(&mut body) }
             }
+            GET_ENTITLEMENTS => {
+                let site = get_str(&mut body, "GetEntitlements")?;
+                if body.len() != 32 {
+                    return Err(malformed(
+                        "GetEntitlements",
+                        format!("{} bytes, not a 32-byte digest", body.len()),
+                    ));
+                }
+                let mut known = [0u8; 32];
+                body.copy_to_slice(&mut known);
+                Frame::GetEntitlements { site: (!site.is_empty()).then_some(site), known }
+            }
+            ENTITLEMENTS => {
+                need(&body, 4, "Entitlements")?;
+                let n = body.get_u32() as usize;
+                if n > crate::entitlement::MAX_ENTITLEMENTS_BYTES {
+                    return Err(malformed("Entitlements", format!("statement of {n} bytes")));
+                }
+                need(&body, n, "Entitlements")?;
+                let statement = body.split_to(n);
+                Frame::Entitlements { statement, seal: get_seal(&mut body, "Entitlements")? }
+            }
             GET_REVOCATIONS => {
                 need(&body, 8, "GetRevocations")?;
                 Frame::GetRevocations { known: body.get_u64() }
@@ -766,108 +816,4 @@ fn get_ids(body: &mut Bytes, what: &'static str) -> Result<Vec<ChunkId>, WireErr
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn roundtrip(f: Frame) {
-        let mut buf = BytesMut::new();
-        f.encode(&mut buf);
-        let got = split_frame(&mut buf, MAX_FRAME_BYTES).unwrap().unwrap();
-        assert_eq!(got, f);
-        assert!(buf.is_empty());
-    }
-
-    #[test]
-    fn every_frame_roundtrips() {
-        let id = ChunkId::of(b"x");
-        roundtrip(Frame::GetManifest { name: "base".into(), version: Some("2".into()) });
-        roundtrip(Frame::GetManifest { name: "base".into(), version: None });
-        roundtrip(Frame::GetChunks { ids: vec![id, id] });
-        roundtrip(Frame::GetChunksBackground { ids: vec![id] });
-        roundtrip(Frame::Have { ids: vec![] });
-        roundtrip(Frame::ListLayers);
-        roundtrip(Frame::Manifest { signed: Bytes::from_static(b"abc") });
-        roundtrip(Frame::Chunk(StoredChunk::encode(&[7u8; 1000])));
-        roundtrip(Frame::Missing { id });
-        roundtrip(Frame::HaveReply { count: 9, bitmap: pack_bits(&[true; 9]) });
-        roundtrip(Frame::End);
-        roundtrip(Frame::Layers {
-            layers: vec![LayerRef { name: "a".into(), version: "1".into(), digest: [3; 32] }],
-        });
-        roundtrip(Frame::error(ErrorCode::NotFound, "layer base@9 not found"));
-        roundtrip(Frame::GetAssignments);
-        roundtrip(Frame::GetLatest { name: "base".into() });
-        roundtrip(Frame::GetRevocations { known: 0 });
-        roundtrip(Frame::Renew { cert: Bytes::from_static(b"c"), csr: Bytes::from_static(b"r") });
-        roundtrip(Frame::Renewed { cert: Bytes::from_static(b"c") });
-        roundtrip(Frame::GetRevocations { known: u64::MAX });
-        roundtrip(Frame::Revocations { crl: Bytes::new() });
-        roundtrip(Frame::Revocations { crl: Bytes::from_static(b"0\x03\x02\x01\x00") });
-        roundtrip(Frame::Latest { statement: Bytes::from_static(b"OAL1"), note: String::new() });
-        roundtrip(Frame::Latest {
-            statement: Bytes::from_static(b"OAL1xyz"),
-            note: "upstream unreachable".into(),
-        });
-        roundtrip(Frame::Assignments {
-            assignments: vec![
-                Assignment {
-                    name: "base".into(),
-                    version: "2".into(),
-                    window: "02:00-05:00".into(),
-                },
-                Assignment { name: "app".into(), version: "1".into(), window: String::new() },
-            ],
-        });
-    }
-
-    #[test]
-    fn chunk_header_matches_encoding() {
-        let c = StoredChunk::encode(b"hello world");
-        let full = Frame::Chunk(c.clone()).to_bytes();
-        assert_eq!(&full[..42], &Frame::chunk_header(&c)[..]);
-        assert_eq!(&full[42..], &c.data[..]);
-    }
-
-    #[test]
-    fn oversized_frame_is_refused_before_buffering() {
-        let mut buf = BytesMut::new();
-        buf.put_u32((MAX_REQUEST_BYTES + 1) as u32);
-        buf.put_u8(frame_type::GET_CHUNKS);
-        assert_eq!(
-            split_frame(&mut buf, MAX_REQUEST_BYTES),
-            Err(WireError::TooLarge { len: MAX_REQUEST_BYTES + 1, max: MAX_REQUEST_BYTES })
-        );
-    }
-
-    #[test]
-    fn truncated_and_unknown_frames_are_errors() {
-        assert!(matches!(
-            Frame::decode(frame_type::GET_CHUNKS, Bytes::from_static(&[0, 0, 0, 2, 1])),
-            Err(WireError::Malformed { .. })
-        ));
-        assert_eq!(Frame::decode(0x42, Bytes::new()), Err(WireError::UnknownType(0x42)));
-        assert!(matches!(
-            Frame::decode(frame_type::GET_MANIFEST, Bytes::from_static(&[0, 0])),
-            Err(WireError::Malformed { .. })
-        ));
-    }
-
-    proptest! {
-        #[test]
-        fn decode_never_panics(ty in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = Frame::decode(ty, Bytes::from(body));
-        }
-
-        #[test]
-        fn bits_roundtrip(flags in proptest::collection::vec(any::<bool>(), 0..200)) {
-            prop_assert_eq!(unpack_bits(&pack_bits(&flags), flags.len()), flags);
-        }
-
-        #[test]
-        fn id_lists_roundtrip(seeds in proptest::collection::vec(any::<u64>(), 0..50)) {
-            let ids: Vec<ChunkId> = seeds.iter().map(|s| ChunkId::of(&s.to_le_bytes())).collect();
-            roundtrip(Frame::GetChunks { ids });
-        }
-    }
-}
+mod tests;
