@@ -28,7 +28,7 @@ use oasis_core::metrics::NodeMetrics;
 use oasis_core::net::{self, SourceError, TransportOptions};
 use oasis_core::pki::{NodeIdentity, PeerInfo, Role};
 use oasis_core::policy::{BandwidthPolicy, PolicyError, TrafficClass};
-use oasis_core::store::ChunkStore;
+use oasis_core::store::{ChunkStore, StoreError};
 use oasis_core::wire::LayerRef;
 use oasis_core::ChunkId;
 use std::collections::HashMap;
@@ -41,9 +41,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+mod access;
 mod latest;
 mod running;
 mod source;
+pub use access::ReflectorAccess;
 pub use running::RunningReflector;
 pub use source::ReflectorSource;
 
@@ -123,6 +125,13 @@ pub(crate) struct Reflector {
     wake: crate::wake::WakeNode,
     /// The revocation list peers are refused by.
     pub(crate) revocations: oasis_core::pki::Revocations,
+    /// The site's entitlements, as the seed sealed them.
+    pub(crate) entitlements: Arc<crate::entitlements::SiteEntitlements>,
+    /// Which layer each chunk belongs to, for the entitlement checks.
+    pub(crate) index: crate::readers::LayerIndex,
+    /// When the upstream's layers were last listed to index what an endpoint asks about
+    /// (`index_upstream_layers`); held while listing, so that askers share one listing.
+    listed: tokio::sync::Mutex<Option<Instant>>,
     /// Work spawned on behalf of requests (manifest fetches, pulls ahead, chunk-list reads);
     /// stopping waits for it.
     tasks: TaskTracker,
@@ -262,7 +271,13 @@ impl Reflector {
         self.learn_body(&root).await;
         self.fill_body(&root, Some(progress)).await?;
         let (cache, r, is_latest) = (self.cache.clone(), root.clone(), version.is_none());
-        match tokio::task::spawn_blocking(move || cache.put_manifest(&r, is_latest)).await {
+        let index = self.index.clone();
+        let put = move || {
+            cache.put_manifest(&r, is_latest)?;
+            // Its endpoints ask for the body chunks next: readable before the files are indexed.
+            index.add_body(&r).map_err(StoreError::from)
+        };
+        match tokio::task::spawn_blocking(put).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(layer = %what, error = %e, "cannot cache manifest"),
             Err(e) => tracing::error!(layer = %what, error = %e, "cannot cache manifest"),
@@ -351,13 +366,87 @@ impl Reflector {
         for _ in 0..2 {
             let (cache, r) = (self.cache.clone(), root.clone());
             match tokio::task::spawn_blocking(move || cache.layer_chunks(&r)).await {
-                Ok(Ok(Some(chunks))) => return Ok(chunks),
+                Ok(Ok(Some(chunks))) => {
+                    let (index, r) = (self.index.clone(), root.clone());
+                    return tokio::task::spawn_blocking(move || {
+                        index.add(&r, &chunks).map(|()| chunks).map_err(|e| {
+                            format!("manifest {}: indexing its chunks: {e}", r.label())
+                        })
+                    })
+                    .await
+                    .map_err(|e| format!("manifest {}: indexing its chunks: {e}", root.label()))?;
+                }
                 Ok(Ok(None)) => self.fill_body(root, None).await?,
                 Ok(Err(e)) => return Err(e.to_string()),
                 Err(e) => return Err(format!("manifest {}: reading its body: {e}", root.label())),
             }
         }
         Err(format!("manifest {}: its body chunks keep leaving the cache", root.label()))
+    }
+
+    /// Indexes every cached manifest of a layer in `names` not indexed yet (a cache filled
+    /// before the index, or a manifest whose chunk list nobody has read). Returns whether it
+    /// indexed any.
+    pub(crate) async fn index_cached_layers(
+        self: &Arc<Self>,
+        names: &[String],
+    ) -> Result<bool, SourceError> {
+        let internal = |e: String| SourceError::Internal(e);
+        let (cache, index, wanted) = (self.cache.clone(), self.index.clone(), names.to_vec());
+        let roots = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<SignedRoot>> {
+            let mut roots = Vec::new();
+            for r in cache.layer_refs()? {
+                if wanted.contains(&r.name) && !index.is_indexed(&r.digest)? {
+                    roots.extend(cache.cached_root(&r.name, Some(&r.version))?);
+                }
+            }
+            Ok(roots)
+        })
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .map_err(|e| internal(format!("looking for unindexed manifests: {e:#}")))?;
+        let any = !roots.is_empty();
+        for root in roots {
+            self.layer_chunks(&Arc::new(root)).await.map_err(internal)?;
+        }
+        Ok(any)
+    }
+
+    /// Indexes the manifests of the layers in `names` the upstream lists and this reflector
+    /// has not indexed: an endpoint may ask for chunks of a layer whose manifest it got
+    /// elsewhere (another source, an earlier run), and the reflector learns which layer they
+    /// belong to from the manifest. Lists at most once a second. Returns whether it indexed any.
+    pub(crate) async fn index_upstream_layers(
+        self: &Arc<Self>,
+        names: &[String],
+    ) -> Result<bool, SourceError> {
+        let mut listed = self.listed.lock().await;
+        if listed.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return Ok(false);
+        }
+        *listed = Some(Instant::now());
+        let Some(client) = self.upstream.current() else { return Ok(false) };
+        let Ok(refs) = client.layers().await else { return Ok(false) };
+        let mut any = false;
+        for r in refs.into_iter().filter(|r| names.contains(&r.name)) {
+            if self.index.is_indexed(&r.digest).map_err(|e| SourceError::Internal(e.to_string()))? {
+                continue;
+            }
+            if self.manifest(&r.name, Some(&r.version)).await?.is_none() {
+                continue;
+            }
+            let (cache, name, version) = (self.cache.clone(), r.name.clone(), r.version.clone());
+            let root =
+                tokio::task::spawn_blocking(move || cache.cached_root(&name, Some(&version)))
+                    .await
+                    .map_err(|e| SourceError::Internal(e.to_string()))?
+                    .map_err(|e| SourceError::Internal(format!("{e:#}")))?;
+            if let Some(root) = root {
+                self.layer_chunks(&Arc::new(root)).await.map_err(SourceError::Internal)?;
+                any = true;
+            }
+        }
+        Ok(any)
     }
 
     fn cached_manifest(&self, name: &str, version: Option<&str>) -> Option<Bytes> {

@@ -1,7 +1,13 @@
 //! The catalog: which layer version goes to which site, and in which delivery window.
 //!
 //! Kept in the store's sled database (tree `assignments`), keyed `site\0layer name`, so a
-//! site holds at most one version of each layer: assigning base@2 replaces base@1.
+//! site holds at most one version of each layer: assigning base@2 replaces base@1. The value
+//! is `version \0 window [\0 available]`.
+//!
+//! An assignment is delivered (the site's reflectors pin and prefetch it, and wake its devices
+//! in the window) unless it is only *available*: then the site's endpoints may fetch it when
+//! they ask, and nothing is pushed. Both entitle the site's endpoints to the layer
+//! (`crate::entitlements`).
 
 use oasis_core::store::{ChunkStore, StoreError};
 use oasis_core::wire::Assignment;
@@ -24,6 +30,8 @@ pub struct SiteAssignment {
     pub version: String,
     /// "HH:MM-HH:MM" in the site's time zone, or empty for any time.
     pub window: String,
+    /// Fetched on demand only: not delivered (`assign --available`).
+    pub available: bool,
 }
 
 impl SiteAssignment {
@@ -56,13 +64,36 @@ impl<'a> Catalog<'a> {
         [site.as_bytes(), b"\0", name.as_bytes()].concat()
     }
 
-    /// Assigns a published layer version to a site; returns the version it replaced, if any.
+    /// Assigns a published layer version to a site, to be delivered; returns the version it
+    /// replaced, if any.
     pub fn assign(
         &self,
         site: &str,
         name: &str,
         version: &str,
         window: Option<&str>,
+    ) -> Result<Option<String>, CatalogError> {
+        self.put(site, name, version, window, false)
+    }
+
+    /// Makes a published layer version available to a site's endpoints on demand, without
+    /// delivering it; returns the version it replaced, if any.
+    pub fn make_available(
+        &self,
+        site: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<String>, CatalogError> {
+        self.put(site, name, version, None, true)
+    }
+
+    fn put(
+        &self,
+        site: &str,
+        name: &str,
+        version: &str,
+        window: Option<&str>,
+        available: bool,
     ) -> Result<Option<String>, CatalogError> {
         oasis_core::pki::validate_node_name("site", site)
             .map_err(|e| CatalogError::Invalid(e.to_string()))?;
@@ -74,7 +105,8 @@ impl<'a> Catalog<'a> {
                 "layer {name}@{version} is not published; publish it before assigning it"
             )));
         }
-        let value = [version.as_bytes(), b"\0", window.unwrap_or("").as_bytes()].concat();
+        let mode: &[u8] = if available { b"\0available" } else { b"" };
+        let value = [version.as_bytes(), b"\0", window.unwrap_or("").as_bytes(), mode].concat();
         let old = self.tree.insert(Self::key(site, name), value)?;
         self.tree.flush()?;
         Ok(old.map(|v| split_value(&v).0))
@@ -90,12 +122,18 @@ impl<'a> Catalog<'a> {
         let key = Self::key(site, name);
         let current = self.tree.get(&key)?.map(|v| split_value(&v));
         match current {
-            Some((v, w)) if version.is_none_or(|want| want == v) => {
+            Some((v, w, available)) if version.is_none_or(|want| want == v) => {
                 self.tree.remove(&key)?;
                 self.tree.flush()?;
-                Ok(SiteAssignment { site: site.into(), name: name.into(), version: v, window: w })
+                Ok(SiteAssignment {
+                    site: site.into(),
+                    name: name.into(),
+                    version: v,
+                    window: w,
+                    available,
+                })
             }
-            Some((v, _)) => Err(CatalogError::Invalid(format!(
+            Some((v, _, _)) => Err(CatalogError::Invalid(format!(
                 "site {site} has {name}@{v} assigned, not {name}@{}",
                 version.unwrap_or("")
             ))),
@@ -114,19 +152,25 @@ impl<'a> Catalog<'a> {
             let (k, v) = kv?;
             let key = String::from_utf8_lossy(&k).into_owned();
             let (site, name) = key.split_once('\0').unwrap_or((&key, ""));
-            let (version, window) = split_value(&v);
-            out.push(SiteAssignment { site: site.into(), name: name.into(), version, window });
+            let (version, window, available) = split_value(&v);
+            out.push(SiteAssignment {
+                site: site.into(),
+                name: name.into(),
+                version,
+                window,
+                available,
+            });
         }
         Ok(out)
     }
 }
 
-fn split_value(v: &[u8]) -> (String, String) {
+fn split_value(v: &[u8]) -> (String, String, bool) {
     let s = String::from_utf8_lossy(v);
-    match s.split_once('\0') {
-        Some((a, b)) => (a.to_string(), b.to_string()),
-        None => (s.into_owned(), String::new()),
-    }
+    let mut parts = s.split('\0');
+    let version = parts.next().unwrap_or_default().to_string();
+    let window = parts.next().unwrap_or_default().to_string();
+    (version, window, parts.next() == Some("available"))
 }
 
 #[cfg(test)]

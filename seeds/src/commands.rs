@@ -31,6 +31,8 @@ pub enum StoreCommand {
         site: String,
         layer: String,
         window: Option<String>,
+        /// Available on demand, not delivered.
+        available: bool,
     },
     Unassign {
         site: String,
@@ -116,7 +118,7 @@ pub fn execute(
                 .with_context(|| format!("layer {layer} is not published"))?;
             Ok(manifest::to_json(&sm))
         }
-        StoreCommand::Assign { site, layer, window } => {
+        StoreCommand::Assign { site, layer, window, available } => {
             let (name, version) = split_layer(layer);
             let version = match version {
                 Some(v) => v.to_string(),
@@ -124,9 +126,18 @@ pub fn execute(
                     .latest_version(name)?
                     .with_context(|| format!("layer {name} is not published"))?,
             };
-            let replaced = Catalog::open(store)?.assign(site, name, &version, window.as_deref())?;
+            let catalog = Catalog::open(store)?;
+            let replaced = match (available, window) {
+                (true, Some(_)) => anyhow::bail!(
+                    "--available and --window do not go together: an available layer is fetched \
+                     when an endpoint asks, and never delivered in a window"
+                ),
+                (true, None) => catalog.make_available(site, name, &version)?,
+                (false, w) => catalog.assign(site, name, &version, w.as_deref())?,
+            };
             Ok(json!({ "site": site, "name": name, "version": version,
-                       "window": window.clone().unwrap_or_default(), "replaced": replaced }))
+                       "window": window.clone().unwrap_or_default(), "available": available,
+                       "replaced": replaced }))
         }
         StoreCommand::Unassign { site, layer } => {
             let (name, version) = split_layer(layer);

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod catalog;
 pub mod commands;
 pub mod devices;
+pub mod entitlements;
 pub mod ingest;
 pub mod keys;
 pub mod mesh;

@@ -228,6 +228,11 @@ enum Cmd {
         /// Delivery window in the site's time zone, HH:MM-HH:MM.
         #[arg(long)]
         window: Option<String>,
+        /// Make the layer available to the site's endpoints on demand, without delivering it
+        /// (no pin, no prefetch, no wake). Either way the site's endpoints may fetch it, and no
+        /// other site's may.
+        #[arg(long, conflicts_with = "window")]
+        available: bool,
         #[arg(long)]
         json: bool,
     },
@@ -484,13 +489,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let v = run_store_command(&data, &StoreCommand::Show { layer }, false)?;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Cmd::Assign { data, site, layer, window, json } => {
-            let v = run_store_command(&data, &StoreCommand::Assign { site, layer, window }, false)?;
+        Cmd::Assign { data, site, layer, window, available, json } => {
+            let v = run_store_command(
+                &data,
+                &StoreCommand::Assign { site, layer, window, available },
+                false,
+            )?;
             if json {
                 println!("{v}");
             } else {
                 println!(
-                    "assigned {}@{} to site {}{}{}",
+                    "{} {}@{} to site {}{}{}",
+                    if available { "made available" } else { "assigned" },
                     v["name"].as_str().unwrap_or(""),
                     v["version"].as_str().unwrap_or(""),
                     v["site"].as_str().unwrap_or(""),
@@ -533,8 +543,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         a["site"].as_str().unwrap_or(""),
                         a["name"].as_str().unwrap_or(""),
                         a["version"].as_str().unwrap_or(""),
-                        match a["window"].as_str() {
-                            Some(w) if !w.is_empty() => format!("  window {w}"),
+                        match (a["available"].as_bool(), a["window"].as_str()) {
+                            (Some(true), _) => "  available (not delivered)".to_string(),
+                            (_, Some(w)) if !w.is_empty() => format!("  window {w}"),
                             _ => String::new(),
                         }
                     );

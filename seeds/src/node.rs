@@ -185,7 +185,7 @@ impl RunningSeed {
         }
         let source = Arc::new(SeedSource { store: store.clone(), signer, authority });
         let router = net::Router::new(source.clone())
-            .chunk_access(Arc::new(crate::readers::SeedReaders(readers)))
+            .access(Arc::new(crate::readers::SeedReaders { readers, store: store.clone() }))
             .inventory(source.clone())
             .backup(source)
             .limits(limits)

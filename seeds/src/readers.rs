@@ -1,33 +1,40 @@
-//! Who may read which chunk at the seed: the chunks of published layers are the fleet's, the
-//! chunks a device uploaded are that device's alone.
+//! Who may read which chunk at the seed: the chunks of a published layer are for the nodes
+//! entitled to that layer ([`crate::entitlements`]), the chunks a device uploaded are that
+//! device's alone.
 //!
 //! Layer and backup chunks share one store (a file that is also in a layer is stored once), so
 //! without this any enrolled node could ask `Have` or `GetChunks` about a chunk and learn
 //! whether some device's backup holds it: a confirmation-of-file oracle on every user's data.
 //! Two sled trees answer instead:
-//! - `layer_chunks`, key a chunk id: every file and manifest-body chunk of a published layer;
+//! - `chunk_layers`, key `chunk id | layer name`: every file and manifest-body chunk of each
+//!   published layer, under the layer's name (every version of a layer under one name);
 //! - `device_chunks`, key `device \0 chunk id`: every chunk a device sent with `PutChunk`
 //!   (proof that it holds the bytes: the seed checks them against the id).
 //!
-//! An endpoint may read a layer chunk or one of its own; a reflector (which never handles
-//! backups), or anything else, a layer chunk. For anything else `GetChunks` is refused with `Forbidden` and `Have`
-//! answers "not stored", whether or not the store holds the chunk, so the answer tells nothing.
-//! A snapshot names only chunks its device may read: a device cannot claim another device's
-//! chunk by its id alone.
+//! An endpoint may read a chunk of a layer it may fetch, or one of its own; a reflector (which
+//! never handles backups) a chunk of a layer its site may fetch. For anything else `GetChunks`
+//! is refused with `Forbidden` and `Have` answers "not stored", whether or not the store holds
+//! the chunk, so the answer tells nothing. A snapshot names only chunks its device may read: a
+//! device cannot claim another device's chunk by its id alone.
 //!
 //! Stores written before the trees existed are indexed once at start ([`Readers::backfill`]):
 //! every published layer, and every filed snapshot's chunks for its device.
 
+use futures::future::{BoxFuture, FutureExt};
 use oasis_core::chunk::ChunkId;
 use oasis_core::manifest::SignedManifest;
 use oasis_core::net::SourceError;
 use oasis_core::pki::{PeerInfo, Role};
 use oasis_core::store::ChunkStore;
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
-const LAYER_TREE: &str = "layer_chunks";
+const LAYER_TREE: &str = "chunk_layers";
+/// The index of an earlier form (chunk id alone, no layer name), dropped at open.
+const OLD_LAYER_TREE: &str = "layer_chunks";
 const DEVICE_TREE: &str = "device_chunks";
-/// What was indexed from what existed before: `layer \0 name \0 version`, `record \0 device \0
-/// id`.
+/// What was indexed from what existed before: `named \0 name \0 version`, `record \0 device
+/// \0 id`.
 const INDEXED_TREE: &str = "readers_indexed";
 
 #[derive(Clone)]
@@ -41,9 +48,20 @@ fn device_key(device: &str, id: &ChunkId) -> Vec<u8> {
     [device.as_bytes(), b"\0", id.as_bytes()].concat()
 }
 
+fn layer_key(id: &ChunkId, name: &str) -> Vec<u8> {
+    [id.as_bytes().as_slice(), name.as_bytes()].concat()
+}
+
+fn layer_mark(name: &str, version: &str) -> String {
+    format!("named\0{name}\0{version}")
+}
+
 impl Readers {
     pub fn open(store: &ChunkStore) -> Result<Readers, sled::Error> {
         let db = store.db();
+        if db.tree_names().iter().any(|n| n.as_ref() == OLD_LAYER_TREE.as_bytes()) {
+            db.drop_tree(OLD_LAYER_TREE)?;
+        }
         Ok(Readers {
             layer: db.open_tree(LAYER_TREE)?,
             device: db.open_tree(DEVICE_TREE)?,
@@ -51,14 +69,15 @@ impl Readers {
         })
     }
 
-    /// Records the chunks of a published layer (files and manifest body) as the fleet's.
+    /// Records the chunks of a published layer (files and manifest body) under its name.
     pub fn add_layer(&self, m: &SignedManifest) -> Result<(), sled::Error> {
+        let name = &m.root.name;
         let mut batch = sled::Batch::default();
         for c in m.manifest.unique_chunks().iter().chain(m.root.unique_body_chunks().iter()) {
-            batch.insert(c.id.as_bytes().as_slice(), &[]);
+            batch.insert(layer_key(&c.id, name), &[]);
         }
         self.layer.apply_batch(batch)?;
-        self.indexed.insert(format!("layer\0{}\0{}", m.root.name, m.root.version), &[])?;
+        self.indexed.insert(layer_mark(name, &m.root.version), &[])?;
         Ok(())
     }
 
@@ -68,23 +87,41 @@ impl Readers {
         Ok(self.device.insert(device_key(device, id), &[])?.is_none())
     }
 
-    pub fn in_layer(&self, id: &ChunkId) -> Result<bool, sled::Error> {
-        self.layer.contains_key(id.as_bytes())
+    /// Whether chunk `id` is in a layer named in `names`.
+    pub fn in_layers(&self, id: &ChunkId, names: &BTreeSet<String>) -> Result<bool, sled::Error> {
+        if names.is_empty() {
+            return Ok(false);
+        }
+        for key in self.layer.scan_prefix(id.as_bytes()).keys() {
+            let key = key?;
+            if names.contains(String::from_utf8_lossy(&key[32..]).as_ref()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
-    /// Whether an endpoint named `device` may read chunk `id`: a layer chunk or its own.
-    pub fn device_may_read(&self, device: &str, id: &ChunkId) -> Result<bool, sled::Error> {
-        Ok(self.in_layer(id)? || self.device.contains_key(device_key(device, id))?)
+    /// Whether chunk `id` is in some published layer.
+    pub fn in_any_layer(&self, id: &ChunkId) -> Result<bool, sled::Error> {
+        Ok(self.layer.scan_prefix(id.as_bytes()).next().transpose()?.is_some())
     }
 
-    /// For each of `ids`, whether `peer` may read it here.
-    pub fn may_read(&self, peer: &PeerInfo, ids: &[ChunkId]) -> Result<Vec<bool>, sled::Error> {
+    /// Whether `device` sent chunk `id` itself.
+    pub fn uploaded_by(&self, device: &str, id: &ChunkId) -> Result<bool, sled::Error> {
+        self.device.contains_key(device_key(device, id))
+    }
+
+    /// For each of `ids`, whether `peer`, entitled to the layers `names`, may read it here.
+    pub fn may_read(
+        &self,
+        peer: &PeerInfo,
+        names: &BTreeSet<String>,
+        ids: &[ChunkId],
+    ) -> Result<Vec<bool>, sled::Error> {
         ids.iter()
-            .map(|id| match peer.role {
-                // No node reaches the seed as a seed; a stolen seed identity must not read
-                // backups, so it gets what a reflector gets.
-                Role::Seed | Role::Reflector => self.in_layer(id),
-                Role::Endpoint => self.device_may_read(&peer.name, id),
+            .map(|id| {
+                Ok(self.in_layers(id, names)?
+                    || (peer.role == Role::Endpoint && self.uploaded_by(&peer.name, id)?))
             })
             .collect()
     }
@@ -100,7 +137,7 @@ impl Readers {
         let (mut layers, mut records) = (0, 0);
         for item in store.manifests() {
             let (name, version, bytes) = item?;
-            if self.indexed.contains_key(format!("layer\0{name}\0{version}"))? {
+            if self.indexed.contains_key(layer_mark(&name, &version))? {
                 continue;
             }
             // One broken item must not keep the seed from serving the rest: it stays
@@ -140,11 +177,51 @@ impl Readers {
     }
 }
 
-/// The seed's [`oasis_core::net::ChunkAccess`]: [`Readers`] over its store.
-pub struct SeedReaders(pub Readers);
+/// The seed's [`oasis_core::net::Access`]: the entitlements of [`crate::entitlements`] and
+/// [`Readers`] over its store. Each request looks its entitlements up anew, so that an
+/// assignment or a plan takes effect at the next request.
+pub struct SeedReaders {
+    pub readers: Readers,
+    pub store: Arc<ChunkStore>,
+}
 
-impl oasis_core::net::ChunkAccess for SeedReaders {
-    fn may_read(&self, peer: &PeerInfo, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError> {
-        self.0.may_read(peer, ids).map_err(|e| SourceError::Internal(e.to_string()))
+fn internal(e: impl std::fmt::Display) -> SourceError {
+    SourceError::Internal(e.to_string())
+}
+
+impl oasis_core::net::Access for SeedReaders {
+    fn may_fetch_layer<'a>(
+        &'a self,
+        peer: &'a PeerInfo,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<bool, SourceError>> {
+        let (store, peer, name) = (self.store.clone(), peer.clone(), name.to_string());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                crate::entitlements::layers_of(&store, &peer).map(|n| n.contains(&name))
+            })
+            .await
+            .map_err(internal)?
+            .map_err(internal)
+        }
+        .boxed()
+    }
+
+    fn may_read<'a>(
+        &'a self,
+        peer: &'a PeerInfo,
+        ids: &'a [ChunkId],
+    ) -> BoxFuture<'a, Result<Vec<bool>, SourceError>> {
+        let (store, readers, peer, ids) =
+            (self.store.clone(), self.readers.clone(), peer.clone(), ids.to_vec());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let names = crate::entitlements::layers_of(&store, &peer).map_err(internal)?;
+                readers.may_read(&peer, &names, &ids).map_err(internal)
+            })
+            .await
+            .map_err(internal)?
+        }
+        .boxed()
     }
 }

@@ -145,6 +145,8 @@ pub enum SnapshotError {
     Store(#[from] StoreError),
     #[error("device snapshots index: {0}")]
     Index(#[from] sled::Error),
+    #[error("device snapshots: {0}")]
+    Entitlements(#[from] crate::entitlements::EntitlementError),
     #[error("device snapshots: entry {key} is unreadable")]
     Corrupt { key: String },
 }
@@ -198,10 +200,13 @@ impl<'a> Snapshots<'a> {
         ids: impl Iterator<Item = ChunkId>,
     ) -> Result<usize, SnapshotError> {
         let ids: Vec<ChunkId> = ids.collect();
+        let names = crate::entitlements::layers_of_device(self.store, device)?;
         let mut missing = 0;
         for batch in ids.chunks(MAX_IDS_PER_REQUEST) {
             for (id, stored) in batch.iter().zip(self.store.have(batch)?) {
-                if !stored || !self.readers.device_may_read(device, id)? {
+                let readable =
+                    self.readers.in_layers(id, &names)? || self.readers.uploaded_by(device, id)?;
+                if !stored || !readable {
                     missing += 1;
                 }
             }

@@ -106,10 +106,46 @@ impl ContentSource for SeedSource {
         self.store.layer_refs().map_err(internal)
     }
 
+    async fn entitlements(
+        &self,
+        peer: &PeerInfo,
+        site: Option<&str>,
+        known: [u8; 32],
+    ) -> Result<(Bytes, Bytes), SourceError> {
+        // A reflector enforces its site's statement for the site's endpoints (and one of
+        // another site asks for the site of a reflector chained below it); an endpoint is
+        // checked by whoever serves it and needs none.
+        let site = match (peer.role, site.or(peer.site.as_deref())) {
+            (oasis_core::pki::Role::Reflector, Some(site)) => site.to_string(),
+            _ => {
+                return Err(SourceError::Refused(format!(
+                    "{peer} asked for a site's entitlements: only reflectors get them"
+                )))
+            }
+        };
+        oasis_core::pki::validate_node_name("site", &site).map_err(|e| {
+            SourceError::Rejected(oasis_core::wire::ErrorCode::Malformed, e.to_string())
+        })?;
+        let (store, site_name) = (self.store.clone(), site.clone());
+        let statement = tokio::task::spawn_blocking(move || {
+            crate::entitlements::site_statement(&store, &site).map(|s| s.encode())
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        let digest = oasis_core::entitlement::Entitlements::digest_of(&statement);
+        if digest == known {
+            return Ok((Bytes::new(), Bytes::new()));
+        }
+        let seal = seal(self.signer()?, Sealed::Entitlements { site: site_name, digest }).await?;
+        Ok((statement.into(), seal))
+    }
+
     async fn assignments(&self, peer: &PeerInfo) -> Result<Vec<Assignment>, SourceError> {
         let Some(site) = peer.site.as_deref() else { return Ok(Vec::new()) };
         let list = Catalog::open(&self.store).and_then(|c| c.list(Some(site))).map_err(internal)?;
-        Ok(list.iter().map(|a| a.to_wire()).collect())
+        // What reflectors deliver; layers only available are fetched on demand.
+        Ok(list.iter().filter(|a| !a.available).map(|a| a.to_wire()).collect())
     }
 }
 

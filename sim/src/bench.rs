@@ -182,8 +182,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             progress: false,
         };
         let (_, pubr) = publish(&seed.store, auth.signing_key(), &src, &opts)?;
+        oasis_seed::catalog::Catalog::open(&seed.store)?.make_available("bench", "bench", "1")?;
         let ep = tmp.path().join("endpoint");
-        auth.enroll(Role::Endpoint, "bench-endpoint", None, &ep, true)?;
+        auth.enroll(Role::Endpoint, "bench-endpoint", Some("bench"), &ep, true)?;
         let mut reference = Vec::new();
         let mut ours = Vec::new();
         let (mut raw_cpu, mut fetch_cpu) = (Vec::new(), Vec::new());

@@ -67,8 +67,9 @@ async fn bench_apply(
         progress: false,
     };
     let (_, pubr) = publish(&seed.store, auth.signing_key(), src, &opts)?;
+    oasis_seed::catalog::Catalog::open(&seed.store)?.make_available("bench", "bench-base", "1")?;
     let state = tmp.join("device-endpoint");
-    auth.enroll(Role::Endpoint, "bench-device", None, &state, true)?;
+    auth.enroll(Role::Endpoint, "bench-device", Some("bench"), &state, true)?;
     let root = tmp.join("device-root");
     let apply_opts = ApplyOptions {
         state_dir: state.clone(),

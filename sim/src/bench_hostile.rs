@@ -155,6 +155,12 @@ pub async fn run(
             .args(["--name", "bench", "--version", "1"])
             .arg(&src),
     )?;
+    run_quiet(Command::new(&seed_bin).args(["assign", "--data"]).arg(&data).args([
+        "--site",
+        "bench",
+        "--available",
+        "bench@1",
+    ]))?;
 
     let limit = Duration::from_secs(60);
     let (mut seed, seed_port) = Watched::seed("seed", &seed_bin, &data, &logs, limit)?;

@@ -100,6 +100,7 @@ pub async fn run(
     std::fs::create_dir_all(&base)?;
     let seed = TestSeed::start_in(&base).await?;
     let layer = seed.publish_blocking("bench-refl", "1", src).await?;
+    seed.make_available("bench", "bench-refl", "1")?;
     let refl = live::site_reflector(&seed, "reflector", "bench", WanLimit::Flat(rate)).await?;
     let burst = oasis_core::policy::BandwidthPolicy::flat(rate).burst_bytes();
     let say = |s: String| {

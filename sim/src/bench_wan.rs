@@ -165,6 +165,7 @@ impl Uploader {
         std::fs::create_dir_all(src.join("etc"))?;
         std::fs::write(src.join("etc/hostname"), b"bench-uploader\n")?;
         seed.publish_blocking("bench-uploader-base", "1", &src).await?;
+        seed.make_available("uploads", "bench-uploader-base", "1")?;
         let state = seed.enroll_in_site(Role::Endpoint, "uploader", "uploads")?;
         let root = base.join("uploader-root");
         std::fs::create_dir_all(&root)?;
@@ -225,6 +226,7 @@ async fn pull(
     body: u64,
 ) -> anyhow::Result<Transfer> {
     let state = seed.enroll_in_site(Role::Reflector, &format!("{tag}-refl"), tag)?;
+    seed.make_available(tag, "bench-wan", "1")?;
     let mut cfg = ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, via.to_string());
     cfg.wan = WanLimit::Flat(cap);
     cfg.assignments_poll = Duration::ZERO;
@@ -340,6 +342,7 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
     let hub = if paths.contains(&WanPath::Sibling) {
         // Another site's reflector, next to the seed and warm with the layer.
         let state = seed.enroll_in_site(Role::Reflector, "hub-refl", "hub")?;
+        seed.make_available("hub", "bench-wan", "1")?;
         let mut cfg =
             ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, seed.seed.addr.to_string());
         cfg.assignments_poll = Duration::ZERO;
@@ -467,6 +470,7 @@ async fn lan_cells(
         .parse()
         .map_err(|e| anyhow::anyhow!("clean link of {link}: {e}"))?;
     let state = seed.enroll_in_site(Role::Reflector, "lan-refl", "lan")?;
+    seed.make_available("lan", "bench-wan", "1")?;
     let mut cfg = ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, seed.seed.addr.to_string());
     cfg.assignments_poll = Duration::ZERO;
     let refl = RunningReflector::start(cfg).await?;

@@ -137,6 +137,7 @@ fn start_reflector_config(
     upstream: SocketAddr,
 ) -> anyhow::Result<ReflectorConfig> {
     let state = seed.enroll_in_site(Role::Reflector, &format!("{tag}-refl"), tag)?;
+    seed.make_available(tag, "bench-yield", "1")?;
     let mut cfg = ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, upstream.to_string());
     cfg.wan = WanLimit::Unlimited;
     cfg.assignments_poll = Duration::ZERO;

@@ -264,6 +264,9 @@ pub async fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
             say("changed a few files: publishing version 2");
         }
         let report = seed.publish_blocking("demo-base", version, &src).await?;
+        for site in &sites {
+            seed.make_available(site.name, "demo-base", version)?;
+        }
         let previous = (version == "2").then_some("1");
         // What a site that holds the previous version must pull: the new file chunks and the
         // manifest body chunks that changed.

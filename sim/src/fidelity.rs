@@ -177,6 +177,7 @@ pub async fn run_with(
             let reflectors =
                 live::site_reflectors_via(&seed, &name, g.reflectors, wan, link.local_addr())
                     .await?;
+            seed.make_available(&name, &layer.name, "1")?;
             let mut endpoints = Vec::new();
             for e in 0..g.endpoints {
                 endpoints.push(seed.enroll_in_site(

@@ -69,19 +69,49 @@ impl TestSeed {
     }
 
     fn publish_options(name: &str, version: &str) -> PublishOptions {
+        TestSeed::publish_options_of(name, version, LayerKind::Base)
+    }
+
+    fn publish_options_of(name: &str, version: &str, kind: LayerKind) -> PublishOptions {
         PublishOptions {
             name: name.into(),
             version: version.into(),
-            kind: LayerKind::Base,
+            kind,
             chunking: Default::default(),
             progress: false,
         }
     }
 
-    /// Publishes the tree at `src` as base layer `name@version`.
+    /// Publishes the tree at `src` as a layer of `kind`, available to site "test" like
+    /// [`TestSeed::publish`].
+    pub fn publish_as(
+        &self,
+        name: &str,
+        version: &str,
+        kind: LayerKind,
+        src: &Path,
+    ) -> anyhow::Result<PublishReport> {
+        let opts = TestSeed::publish_options_of(name, version, kind);
+        let report = publish(&self.seed.store, self.auth.signing_key(), src, &opts)?.1;
+        self.make_available("test", name, version)?;
+        Ok(report)
+    }
+
+    /// Publishes the tree at `src` as base layer `name@version`, available to site "test"
+    /// (the site [`TestSeed::enroll`] puts nodes in; nothing is delivered).
     pub fn publish(&self, name: &str, version: &str, src: &Path) -> anyhow::Result<PublishReport> {
-        let opts = TestSeed::publish_options(name, version);
-        Ok(publish(&self.seed.store, self.auth.signing_key(), src, &opts)?.1)
+        self.publish_as(name, version, LayerKind::Base, src)
+    }
+
+    /// Makes `name@version` available to the endpoints of `site` (an entitlement, without
+    /// delivery: `oasis-seed assign --available`), unless the site has `name` assigned already
+    /// (a test's own assignment stays as the test made it).
+    pub fn make_available(&self, site: &str, name: &str, version: &str) -> anyhow::Result<()> {
+        let catalog = oasis_seed::catalog::Catalog::open(&self.seed.store)?;
+        if !catalog.list(Some(site))?.iter().any(|a| a.name == name) {
+            catalog.make_available(site, name, version)?;
+        }
+        Ok(())
     }
 
     /// [`TestSeed::publish`] off the async threads.
@@ -94,7 +124,10 @@ impl TestSeed {
         let opts = TestSeed::publish_options(name, version);
         let (store, key, src) =
             (self.seed.store.clone(), self.auth.signing_key().clone(), src.to_owned());
-        Ok(tokio::task::spawn_blocking(move || publish(&store, &key, &src, &opts)).await??.1)
+        let report =
+            tokio::task::spawn_blocking(move || publish(&store, &key, &src, &opts)).await??.1;
+        self.make_available("test", name, version)?;
+        Ok(report)
     }
 
     /// Enrolls a node of site "test" and returns its state directory (`base/node-NAME`).

@@ -70,4 +70,13 @@ impl oasis_core::net::ContentSource for CorruptingSource {
     ) -> Result<Vec<oasis_core::wire::LayerRef>, oasis_core::net::SourceError> {
         self.inner.layers().await
     }
+
+    async fn entitlements(
+        &self,
+        peer: &oasis_core::pki::PeerInfo,
+        site: Option<&str>,
+        known: [u8; 32],
+    ) -> Result<(bytes::Bytes, bytes::Bytes), oasis_core::net::SourceError> {
+        self.inner.entitlements(peer, site, known).await
+    }
 }

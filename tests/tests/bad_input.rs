@@ -159,6 +159,7 @@ async fn unsafe_or_badly_signed_manifests_are_refused_and_nothing_is_written() -
     let state = seed.enroll(Role::Endpoint, "ep")?;
     for (name, bytes, word) in cases {
         seed.seed.store.put_manifest_bytes(name, "1", &bytes)?;
+        seed.make_available("test", name, "1")?;
         let into = seed.base().join(format!("root-{name}"));
         std::fs::create_dir_all(&into)?;
         let err = fetch(&opts(&state, seed.seed.addr, name, &into)).await.unwrap_err();

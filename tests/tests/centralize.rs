@@ -12,7 +12,6 @@ use oasis_endpoint::restore::{self, ProvisionOptions, RestoreMode, RestoreOption
 use oasis_endpoint::session::Session;
 use oasis_endpoint::snapshot::Snapshot;
 use oasis_endpoint::upload::{self, UploadOptions};
-use oasis_seed::{publish, PublishOptions};
 use oasis_testkit::{random_tree, snapshot as tree, TestSeed, TreeSpec};
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashSet};
@@ -22,15 +21,7 @@ const SMALL: TreeSpec =
     TreeSpec { small_files: 120, large_files: 1, large_size: 600 << 10, depth: 4 };
 
 fn publish_kind(seed: &TestSeed, name: &str, version: &str, kind: LayerKind, src: &Path) {
-    let auth = SeedAuthority::load(&seed.data()).unwrap();
-    let opts = PublishOptions {
-        name: name.into(),
-        version: version.into(),
-        kind,
-        chunking: Default::default(),
-        progress: false,
-    };
-    publish(&seed.seed.store, auth.signing_key(), src, &opts).unwrap();
+    seed.publish_as(name, version, kind, src).unwrap();
 }
 
 /// An app layer's tree: a few files under opt/office.

@@ -80,6 +80,7 @@ fn publish_tree(
     let src = seed.base().join(format!("src-{name}"));
     random_tree(&src, seed_n, spec)?;
     let report = seed.publish(name, "1", &src)?;
+    seed.make_available(SITE, name, "1")?;
     Ok((src, report))
 }
 

@@ -85,8 +85,18 @@ async fn a_seed_serves_publishes_renews_and_revokes_through_a_separate_signer() 
         chunking: Default::default(),
         src_dir: v1.clone(),
     };
+    let assign = StoreCommand::Assign {
+        site: "test".into(),
+        layer: "base@1".into(),
+        window: None,
+        available: true,
+    };
     let d = data.clone();
-    tokio::task::spawn_blocking(move || oasis_seed::admin::forward(&d, &publish, None)).await??;
+    tokio::task::spawn_blocking(move || {
+        oasis_seed::admin::forward(&d, &publish, None)?;
+        oasis_seed::admin::forward(&d, &assign, None)
+    })
+    .await??;
 
     // An endpoint fetches "latest": the manifest and the statement both verify against trust.pem.
     let state = seed.enroll(Role::Endpoint, "desk")?;

@@ -341,6 +341,21 @@ impl Client {
         }
     }
 
+    /// The entitlement statement of `site` (None: this node's own) and its seal, unless its
+    /// digest is `known` (then both are empty). The caller opens them
+    /// (`entitlement::Entitlements::open`).
+    pub async fn entitlements(
+        &self,
+        site: Option<&str>,
+        known: [u8; 32],
+    ) -> Result<(Bytes, Bytes), NetError> {
+        let site = site.map(str::to_string);
+        match self.request(&Frame::GetEntitlements { site, known }).await? {
+            Frame::Entitlements { statement, seal } => Ok((statement, seal)),
+            other => Err(self.unexpected(&other, "Entitlements")),
+        }
+    }
+
     /// Layers the server assigns to this node's site (or to this device).
     pub async fn assignments(&self) -> Result<Vec<wire::Assignment>, NetError> {
         match self.request(&Frame::GetAssignments).await? {

@@ -23,8 +23,7 @@ mod tests;
 pub use client::{ChunkReplies, ChunkReply, Client, FetchedManifest};
 pub use limits::ServeLimits;
 pub use router::{
-    BackupSource, ChunkAccess, ContentSource, InventorySource, LatestAnswer, Refuse, Router,
-    SourceError,
+    Access, BackupSource, ContentSource, InventorySource, LatestAnswer, Refuse, Router, SourceError,
 };
 pub use server::serve;
 

@@ -9,6 +9,7 @@ use crate::pki::PeerInfo;
 use crate::policy::TrafficClass;
 use crate::wire::{self, ErrorCode, Frame};
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -89,6 +90,17 @@ pub trait ContentSource: Send + Sync + 'static {
         _csr: Bytes,
     ) -> impl Future<Output = Result<Bytes, SourceError>> + Send {
         async { Err(SourceError::Refused("this node renews no certificates".into())) }
+    }
+
+    /// The entitlement statement of `site` (None: `peer`'s own) and the seal on it
+    /// (`entitlement`), both empty when its digest is `known`. Default: not served here.
+    fn entitlements(
+        &self,
+        _peer: &PeerInfo,
+        _site: Option<&str>,
+        _known: [u8; 32],
+    ) -> impl Future<Output = Result<(Bytes, Bytes), SourceError>> + Send {
+        async { Err(SourceError::Refused("this node serves no entitlement statements".into())) }
     }
 
     /// Which peers may connect (default: every enrolled role). A refused peer's connection is
@@ -227,18 +239,33 @@ pub struct Router<C, I = Refuse, B = Refuse> {
     /// The revocation list peers are checked against (at connection and whenever a newer list
     /// arrives) and `GetRevocations` is answered from.
     pub revocations: crate::pki::Revocations,
-    /// Who may read which chunk; None: every peer may read every chunk.
-    pub chunk_access: Option<Arc<dyn ChunkAccess>>,
+    /// Who may fetch which layer and read which chunk; None: every peer may read everything.
+    pub access: Option<Arc<dyn Access>>,
 }
 
-/// Who may read which chunks of a server: asked before `GetChunks` and `GetChunksBackground`
-/// (one chunk not readable refuses the request with `Forbidden`) and `Have` (a chunk not
-/// readable is answered "not stored"). Answers must not depend on whether a chunk is stored,
-/// so that neither answer tells a peer about chunks it may not read.
-pub trait ChunkAccess: Send + Sync + 'static {
-    /// For each of `ids`, whether `peer` may read it. Called on the async threads: quick
-    /// lookups only.
-    fn may_read(&self, peer: &PeerInfo, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError>;
+/// Who may fetch which layers and read which chunks of a server (the entitlements):
+/// - `GetManifest` and `GetLatest` of a layer the peer may not fetch are refused with
+///   `Forbidden`, and `ListLayers` leaves it out;
+/// - `GetChunks` and `GetChunksBackground` naming a chunk the peer may not read are refused with
+///   `Forbidden` (a reflector's batch: such ids are answered `Missing`), and `Have` answers it
+///   "not stored".
+///
+/// Answers must not depend on whether a layer or chunk is stored, so that no answer tells a peer
+/// about what it may not read.
+pub trait Access: Send + Sync + 'static {
+    /// Whether `peer` may fetch layer `name` (any version of it).
+    fn may_fetch_layer<'a>(
+        &'a self,
+        peer: &'a PeerInfo,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<bool, SourceError>>;
+
+    /// For each of `ids`, whether `peer` may read it.
+    fn may_read<'a>(
+        &'a self,
+        peer: &'a PeerInfo,
+        ids: &'a [ChunkId],
+    ) -> BoxFuture<'a, Result<Vec<bool>, SourceError>>;
 }
 
 impl<C, I, B> Clone for Router<C, I, B> {
@@ -249,7 +276,7 @@ impl<C, I, B> Clone for Router<C, I, B> {
             backup: self.backup.clone(),
             limits: self.limits.clone(),
             revocations: self.revocations.clone(),
-            chunk_access: self.chunk_access.clone(),
+            access: self.access.clone(),
         }
     }
 }
@@ -263,7 +290,7 @@ impl<C: ContentSource> Router<C> {
             backup: Arc::new(Refuse),
             limits: Arc::new(ServeLimits::default()),
             revocations: crate::pki::Revocations::default(),
-            chunk_access: None,
+            access: None,
         }
     }
 }
@@ -277,7 +304,7 @@ impl<C, I, B> Router<C, I, B> {
             backup: self.backup,
             limits: self.limits,
             revocations: self.revocations,
-            chunk_access: self.chunk_access,
+            access: self.access,
         }
     }
 
@@ -289,7 +316,7 @@ impl<C, I, B> Router<C, I, B> {
             backup,
             limits: self.limits,
             revocations: self.revocations,
-            chunk_access: self.chunk_access,
+            access: self.access,
         }
     }
 
@@ -298,9 +325,9 @@ impl<C, I, B> Router<C, I, B> {
         Router { limits: Arc::new(limits), ..self }
     }
 
-    /// The same router letting peers read only the chunks `access` allows them.
-    pub fn chunk_access(self, access: Arc<dyn ChunkAccess>) -> Router<C, I, B> {
-        Router { chunk_access: Some(access), ..self }
+    /// The same router letting peers fetch only the layers and chunks `access` allows them.
+    pub fn access(self, access: Arc<dyn Access>) -> Router<C, I, B> {
+        Router { access: Some(access), ..self }
     }
 
     /// The same router refusing the peers `revocations` revokes.

@@ -330,35 +330,47 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
             Frame::GetChunksBackground { ids } => {
                 return self.send_chunks(send, ids, TrafficClass::Background).await
             }
-            Frame::GetManifest { name, version } => match content
-                .manifest(&name, version.as_deref())
-                .await
-            {
-                Ok(Some(signed)) if signed.len() < MAX_FRAME_BYTES => {
-                    Ok(Frame::Manifest { signed })
-                }
-                Ok(Some(signed)) => Err(Frame::error(
-                    ErrorCode::Internal,
-                    format!("manifest root of {} bytes exceeds the frame limit", signed.len()),
-                )),
-                Ok(None) => Err(Frame::error(
-                    ErrorCode::NotFound,
-                    format!("layer {name}@{} not found", version.as_deref().unwrap_or("latest")),
-                )),
-                Err(e) => Err(e.into_frame()),
+            Frame::GetManifest { name, version } => match self.fetchable(&name).await {
+                Err(refused) => Err(refused),
+                Ok(()) => match content.manifest(&name, version.as_deref()).await {
+                    Ok(Some(signed)) if signed.len() < MAX_FRAME_BYTES => {
+                        Ok(Frame::Manifest { signed })
+                    }
+                    Ok(Some(signed)) => Err(Frame::error(
+                        ErrorCode::Internal,
+                        format!("manifest root of {} bytes exceeds the frame limit", signed.len()),
+                    )),
+                    Ok(None) => Err(Frame::error(
+                        ErrorCode::NotFound,
+                        format!(
+                            "layer {name}@{} not found",
+                            version.as_deref().unwrap_or("latest")
+                        ),
+                    )),
+                    Err(e) => Err(e.into_frame()),
+                },
             },
             Frame::Have { ids } => self.have(ids).await,
             Frame::ListLayers => match content.layers().await {
-                Ok(layers) => Ok(Frame::Layers { layers }),
+                Ok(layers) => self.listable(layers).await.map(|layers| Frame::Layers { layers }),
                 Err(e) => Err(e.into_frame()),
             },
-            Frame::GetLatest { name } => match content.latest(&name).await {
-                Ok(Some(a)) => Ok(Frame::Latest { statement: a.statement, note: a.note }),
-                Ok(None) => {
-                    Err(Frame::error(ErrorCode::NotFound, format!("layer {name} not found")))
+            Frame::GetLatest { name } => match self.fetchable(&name).await {
+                Err(refused) => Err(refused),
+                Ok(()) => match content.latest(&name).await {
+                    Ok(Some(a)) => Ok(Frame::Latest { statement: a.statement, note: a.note }),
+                    Ok(None) => {
+                        Err(Frame::error(ErrorCode::NotFound, format!("layer {name} not found")))
+                    }
+                    Err(e) => Err(e.into_frame()),
+                },
+            },
+            Frame::GetEntitlements { site, known } => {
+                match content.entitlements(&self.peer, site.as_deref(), known).await {
+                    Ok((statement, seal)) => Ok(Frame::Entitlements { statement, seal }),
+                    Err(e) => Err(e.into_frame()),
                 }
-                Err(e) => Err(e.into_frame()),
-            },
+            }
             Frame::GetRevocations { known } => Ok(Frame::Revocations {
                 crl: self
                     .source
@@ -433,11 +445,40 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
         }
     }
 
+    /// Refuses a layer this peer may not fetch, with the same words whether it exists or not.
+    async fn fetchable(&self, name: &str) -> Result<(), Frame> {
+        let Some(access) = &self.source.access else { return Ok(()) };
+        match access.may_fetch_layer(&self.peer, name).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Frame::error(
+                ErrorCode::Forbidden,
+                format!(
+                    "layer {name} is not assigned to {} (nor to its site); ask an administrator \
+                     to assign it",
+                    self.peer
+                ),
+            )),
+            Err(e) => Err(e.into_frame()),
+        }
+    }
+
+    /// The layers of a listing this peer may fetch.
+    async fn listable(&self, layers: Vec<wire::LayerRef>) -> Result<Vec<wire::LayerRef>, Frame> {
+        let Some(access) = &self.source.access else { return Ok(layers) };
+        let mut out = Vec::with_capacity(layers.len());
+        for l in layers {
+            if access.may_fetch_layer(&self.peer, &l.name).await.map_err(|e| e.into_frame())? {
+                out.push(l);
+            }
+        }
+        Ok(out)
+    }
+
     /// For each of `ids`, whether this peer may read it; None when the router lets every peer
     /// read every chunk.
-    fn readable(&self, ids: &[ChunkId]) -> Result<Option<Vec<bool>>, SourceError> {
-        let Some(access) = &self.source.chunk_access else { return Ok(None) };
-        let may = access.may_read(&self.peer, ids)?;
+    async fn readable(&self, ids: &[ChunkId]) -> Result<Option<Vec<bool>>, SourceError> {
+        let Some(access) = &self.source.access else { return Ok(None) };
+        let may = access.may_read(&self.peer, ids).await?;
         if may.len() != ids.len() {
             return Err(SourceError::Internal(format!(
                 "chunk access answered {} flags for {} ids",
@@ -449,7 +490,7 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
     }
 
     async fn have(&self, ids: Vec<ChunkId>) -> Result<Frame, Frame> {
-        let may = self.readable(&ids).map_err(SourceError::into_frame)?;
+        let may = self.readable(&ids).await.map_err(SourceError::into_frame)?;
         let mut flags = self.source.content.have(&ids).await.map_err(SourceError::into_frame)?;
         if flags.len() != ids.len() {
             return Err(Frame::error(
@@ -477,7 +518,7 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
         class: TrafficClass,
     ) -> Result<(), Unwritten> {
         let mut unreadable = std::collections::HashSet::new();
-        match self.readable(&ids) {
+        match self.readable(&ids).await {
             Ok(Some(may)) if self.peer.role == pki::Role::Reflector => {
                 unreadable.extend(ids.iter().zip(&may).filter(|(_, m)| !**m).map(|(id, _)| *id));
             }
@@ -488,7 +529,7 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
                     ErrorCode::Forbidden,
                     format!(
                         "{refused} of the {} chunks asked for are not readable by {}: they are in \
-                         no published layer and not among its own uploads",
+                         no layer assigned to it or its site, and not among its own uploads",
                         ids.len(),
                         self.peer
                     ),
@@ -751,6 +792,7 @@ async fn read_request(recv: &mut RecvStream) -> Result<Frame, Refusal> {
             | frame_type::GET_LATEST
             | frame_type::GET_REVOCATIONS
             | frame_type::RENEW
+            | frame_type::GET_ENTITLEMENTS
             | frame_type::REGISTER
             | frame_type::GET_DEVICES
             | frame_type::WAKE

@@ -3,8 +3,7 @@
 #![allow(dead_code)]
 
 use oasis_core::manifest::LayerKind;
-use oasis_core::pki::{Role, SeedAuthority};
-use oasis_seed::{publish, PublishOptions};
+use oasis_core::pki::Role;
 use oasis_testkit::TestSeed;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,15 +31,7 @@ impl Device {
     }
 
     pub fn publish(&self, name: &str, version: &str, kind: LayerKind, src: &Path) {
-        let auth = SeedAuthority::load(&self.seed.data()).unwrap();
-        let opts = PublishOptions {
-            name: name.into(),
-            version: version.into(),
-            kind,
-            chunking: Default::default(),
-            progress: false,
-        };
-        publish(&self.seed.seed.store, auth.signing_key(), src, &opts).expect("publish");
+        self.seed.publish_as(name, version, kind, src).expect("publish");
     }
 
     pub fn apply_cmd(&self, base: &str, apps: &[&str]) -> Command {

@@ -132,6 +132,12 @@ impl RunningReflector {
             )
             .context("setting up the wake state directory")?
         };
+        let site = identity.info().site.clone().unwrap_or_default();
+        let entitlements = Arc::new(crate::entitlements::SiteEntitlements::load(
+            &config.state,
+            *identity.trust().manifest_key(),
+            &site,
+        ));
         let inner = Arc::new(Reflector {
             cfg: config.clone(),
             identity: identity.clone(),
@@ -145,6 +151,10 @@ impl RunningReflector {
             siblings: siblings.clone(),
             wake: wake.clone(),
             revocations,
+            entitlements: entitlements.clone(),
+            index: crate::readers::LayerIndex::open(cache.store.db())
+                .context("opening the chunk index of the cache")?,
+            listed: tokio::sync::Mutex::new(None),
             tasks: work.clone(),
         });
         let (tasks, cancel) =
@@ -457,6 +467,12 @@ fn spawn_tasks(
         crate::revocations::UPSTREAM_POLL,
     );
     spawn_task(&mut tasks, &cancel, "revocations", revocations);
+    let entitlements = crate::entitlements::run(
+        upstream.clone(),
+        inner.entitlements.clone(),
+        crate::entitlements::UPSTREAM_POLL,
+    );
+    spawn_task(&mut tasks, &cancel, "entitlements", entitlements);
     let renewal = crate::renewal::run(
         upstream.clone(),
         inner.identity.clone(),
@@ -475,6 +491,7 @@ fn spawn_tasks(
                     .inventory(source)
                     .limits(config.limits.clone())
                     .revocations(inner.revocations.clone())
+                    .access(Arc::new(super::ReflectorAccess(inner.clone())))
             },
             node_metrics.clone(),
         )

@@ -78,6 +78,43 @@ impl ContentSource for ReflectorSource {
         self.0.layers().await
     }
 
+    async fn entitlements(
+        &self,
+        peer: &PeerInfo,
+        site: Option<&str>,
+        known: [u8; 32],
+    ) -> Result<(Bytes, Bytes), SourceError> {
+        if peer.role != oasis_core::pki::Role::Reflector {
+            return Err(SourceError::Refused(format!(
+                "{peer} asked for a site's entitlements: only reflectors get them"
+            )));
+        }
+        let ents = &self.0.entitlements;
+        let site = site.or(peer.site.as_deref()).unwrap_or_default();
+        if site == ents.site() {
+            let Some(held) = ents.current() else {
+                return Err(SourceError::Unavailable(format!(
+                    "this reflector holds no entitlement statement for site {site} yet"
+                )));
+            };
+            if held.digest == known {
+                return Ok((Bytes::new(), Bytes::new()));
+            }
+            return Ok((held.encoded.clone(), held.seal.clone()));
+        }
+        // A reflector of another site chained below this one: its site's statement comes from
+        // the seed, passed on as sealed.
+        let Some(upstream) = self.0.upstream.current() else {
+            return Err(SourceError::Unavailable("the upstream is unreachable".into()));
+        };
+        upstream.entitlements(Some(site), known).await.map_err(|e| match e {
+            oasis_core::net::NetError::Remote { code, message, .. } => {
+                SourceError::Rejected(code, message)
+            }
+            other => SourceError::Unavailable(other.to_string()),
+        })
+    }
+
     async fn assignments(
         &self,
         peer: &PeerInfo,

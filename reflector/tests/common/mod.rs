@@ -37,6 +37,8 @@ pub struct Upstream {
     pub lie: Mutex<Option<Bytes>>,
     /// What `GetAssignments` answers.
     pub assigned: Mutex<Vec<Assignment>>,
+    /// Seals the entitlement statements: every layer stored is every site's.
+    pub manifest_key: ed25519_dalek::SigningKey,
 }
 
 impl ContentSource for Upstream {
@@ -80,6 +82,27 @@ impl ContentSource for Upstream {
     async fn assignments(&self, _peer: &PeerInfo) -> Result<Vec<Assignment>, SourceError> {
         Ok(self.assigned.lock().unwrap().clone())
     }
+
+    async fn entitlements(
+        &self,
+        peer: &PeerInfo,
+        site: Option<&str>,
+        known: [u8; 32],
+    ) -> Result<(Bytes, Bytes), SourceError> {
+        use oasis_core::entitlement::Entitlements;
+        use oasis_core::seal::{Seal, Sealed};
+        let site = site.or(peer.site.as_deref()).unwrap_or_default().to_string();
+        let names = self.store.layer_refs().map_err(|e| SourceError::Internal(e.to_string()))?;
+        let statement =
+            Entitlements::new(site.clone(), names.into_iter().map(|l| l.name), []).encode();
+        let digest = Entitlements::digest_of(&statement);
+        if digest == known {
+            return Ok((Bytes::new(), Bytes::new()));
+        }
+        let seal = Seal { sealed: Sealed::Entitlements { site, digest }, issued: 1 }
+            .sign(&self.manifest_key);
+        Ok((statement.into(), seal.into()))
+    }
 }
 
 /// A published layer as the tests see it.
@@ -111,6 +134,7 @@ impl World {
             sent: Sent::default(),
             lie: Mutex::new(None),
             assigned: Mutex::new(Vec::new()),
+            manifest_key: authority.signing_key().clone(),
         });
         let id = authority.node_identity()?;
         let endpoint =

@@ -319,6 +319,7 @@ async fn bench_one(
     });
     drop(sm);
     let seed = TestSeed::from_parts(seed, auth, work);
+    seed.make_available("bench", LAYER, VERSION)?;
 
     // 2. A reflector in front of the seed, warmed by one endpoint's fetch.
     let refl = live::site_reflector(&seed, "tree-reflector", "bench", WanLimit::Unlimited).await?;

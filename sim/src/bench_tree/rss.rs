@@ -270,6 +270,12 @@ pub(super) fn bench_rss(
         &logs,
     )?
     .wait()?;
+    run_quiet(Command::new(&seed_bin).args(["assign", "--data"]).arg(&data).args([
+        "--site",
+        "bench",
+        "--available",
+        "rss@1",
+    ]))?;
 
     let limit = Duration::from_secs(120);
     let (seed, seed_port) = Watched::seed("seed-serve", &seed_bin, &data, &logs, limit)?;

@@ -1,0 +1,198 @@
+//! The reflector's copy of its site's entitlements: the seed's sealed statement of which layers
+//! the site's endpoints may fetch (`oasis_core::entitlement`). Asked of the upstream every few
+//! seconds while connected (an unchanged statement costs a digest each way), kept in
+//! `STATE/entitlements.bin` so that a reflector restarting cut off from the seed still serves
+//! its endpoints, and only what they may have.
+//!
+//! A statement is adopted only when its seal verifies against the manifest key, it is for this
+//! reflector's site, and it was sealed no earlier than the one held: an upstream replaying an
+//! older statement (one from before an assignment was removed) changes nothing.
+
+use bytes::{Buf, BufMut, Bytes};
+use ed25519_dalek::VerifyingKey;
+use oasis_core::entitlement::Entitlements;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often a connected reflector asks its upstream for a newer statement: an assignment or a
+/// plan takes effect at the reflectors within about this long.
+pub const UPSTREAM_POLL: Duration = Duration::from_secs(2);
+/// How long a request waits for the first statement of a reflector that holds none yet.
+pub const FIRST_WAIT: Duration = Duration::from_secs(10);
+/// Shortest time between two questions to the upstream: a refusal asks at once whether the
+/// statement changed (a layer assigned a moment ago is served at once), and a peer asking for
+/// what it may not have again and again costs the upstream no more than this.
+const MIN_ASK_INTERVAL: Duration = Duration::from_millis(250);
+const FILE: &str = "entitlements.bin";
+
+/// A statement held, as received.
+pub struct Held {
+    pub statement: Entitlements,
+    pub encoded: Bytes,
+    pub seal: Bytes,
+    pub digest: [u8; 32],
+    /// When the seed sealed it (Unix seconds).
+    pub issued: u64,
+}
+
+/// The statement of this reflector's site, shared by the serving side and the poller.
+pub struct SiteEntitlements {
+    site: String,
+    key: VerifyingKey,
+    held: watch::Sender<Option<Arc<Held>>>,
+    state: PathBuf,
+    /// When the upstream was last asked; held while asking, so that askers share one question.
+    asked: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl SiteEntitlements {
+    /// The statement saved in `state`, if one is there and still opens.
+    pub fn load(state: &Path, key: VerifyingKey, site: &str) -> SiteEntitlements {
+        let me = SiteEntitlements {
+            site: site.to_string(),
+            key,
+            held: watch::Sender::new(None),
+            state: state.to_path_buf(),
+            asked: tokio::sync::Mutex::new(None),
+        };
+        let path = state.join(FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => match split(&bytes).and_then(|(s, l)| me.adopt(s, l)) {
+                Ok(_) => tracing::info!(path = %path.display(), "entitlements loaded"),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e,
+                    "saved entitlements not used; asking the upstream"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read saved entitlements")
+            }
+        }
+        me
+    }
+
+    pub fn site(&self) -> &str {
+        &self.site
+    }
+
+    pub fn current(&self) -> Option<Arc<Held>> {
+        self.held.borrow().clone()
+    }
+
+    /// The statement held, waiting up to `max` for the first one.
+    pub async fn wait(&self, max: Duration) -> Option<Arc<Held>> {
+        let mut rx = self.held.subscribe();
+        let got = tokio::time::timeout(max, rx.wait_for(|h| h.is_some())).await;
+        got.ok().and_then(|r| r.ok().and_then(|h| h.clone()))
+    }
+
+    /// Opens a statement and its seal; adopts it when it is newer than the one held. Returns
+    /// whether it was adopted.
+    pub fn adopt(&self, statement: Bytes, seal: Bytes) -> Result<bool, String> {
+        let (e, s) = Entitlements::open(&statement, &seal, &self.key, &self.site)
+            .map_err(|e| e.to_string())?;
+        let held = Arc::new(Held {
+            statement: e,
+            digest: Entitlements::digest_of(&statement),
+            encoded: statement,
+            seal,
+            issued: s.issued,
+        });
+        let mut adopted = false;
+        self.held.send_if_modified(|h| {
+            adopted =
+                h.as_ref().is_none_or(|old| held.issued >= old.issued && held.digest != old.digest);
+            if adopted {
+                *h = Some(held.clone());
+            }
+            adopted
+        });
+        Ok(adopted)
+    }
+}
+
+fn split(bytes: &[u8]) -> Result<(Bytes, Bytes), String> {
+    let mut b = Bytes::copy_from_slice(bytes);
+    if b.len() < 4 {
+        return Err("truncated".into());
+    }
+    let n = b.get_u32() as usize;
+    if b.len() < n {
+        return Err("truncated".into());
+    }
+    let statement = b.split_to(n);
+    Ok((statement, b))
+}
+
+fn joined(held: &Held) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + held.encoded.len() + held.seal.len());
+    out.put_u32(held.encoded.len() as u32);
+    out.put_slice(&held.encoded);
+    out.put_slice(&held.seal);
+    out
+}
+
+impl SiteEntitlements {
+    /// Asks the upstream for a newer statement (unless it was asked within
+    /// `MIN_ASK_INTERVAL`), adopts and saves it. Returns whether one was adopted.
+    pub async fn refresh(&self, upstream: &crate::upstream::Upstream) -> bool {
+        let mut asked = self.asked.lock().await;
+        if asked.is_some_and(|t| t.elapsed() < MIN_ASK_INTERVAL) {
+            return false;
+        }
+        *asked = Some(tokio::time::Instant::now());
+        let Some(client) = upstream.current() else { return false };
+        let known = self.current().map_or([0; 32], |h| h.digest);
+        let (statement, seal) = match client.entitlements(None, known).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream gave no entitlements");
+                return false;
+            }
+        };
+        if statement.is_empty() {
+            return false;
+        }
+        match self.adopt(statement, seal) {
+            Ok(true) => {
+                let held = self.current().expect("just adopted");
+                tracing::info!(
+                    site_layers = held.statement.site_layers.len(),
+                    devices = held.statement.devices.len(),
+                    "entitlements adopted from upstream"
+                );
+                let (path, bytes) = (self.state.join(FILE), joined(&held));
+                let saved = tokio::task::spawn_blocking(move || {
+                    oasis_core::durable::write_durably(&path, &bytes)
+                })
+                .await;
+                if !matches!(saved, Ok(Ok(()))) {
+                    tracing::warn!(
+                        "cannot save the entitlements: a restart cut off from the seed asks again"
+                    );
+                }
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream's entitlements refused");
+                false
+            }
+        }
+    }
+}
+
+/// Asks the upstream for a newer statement every `every`.
+pub async fn run(
+    upstream: Arc<crate::upstream::Upstream>,
+    ents: Arc<SiteEntitlements>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        ents.refresh(&upstream).await;
+    }
+}

@@ -1,0 +1,132 @@
+//! What the reflector lets each peer fetch ([`oasis_core::net::Access`]), from its site's
+//! sealed entitlements (`crate::entitlements`) and the chunk index (`crate::readers`):
+//! - an endpoint of this site: the layers the statement gives the site and the device, and
+//!   the chunks of those layers; an endpoint of another site: nothing (its own site's
+//!   reflectors serve it, on its own site's WAN);
+//! - a reflector: everything (a sibling of the site holds what the site may have; a reflector
+//!   chained below this one gets what this site may, the seed's check on this site's pulls
+//!   being the bound);
+//! - anything else: nothing.
+
+use super::Reflector;
+use crate::entitlements::{Held, FIRST_WAIT};
+use futures::future::{BoxFuture, FutureExt};
+use oasis_core::net::{Access, SourceError};
+use oasis_core::pki::{PeerInfo, Role};
+use oasis_core::ChunkId;
+use std::sync::Arc;
+
+pub struct ReflectorAccess(pub(super) Arc<Reflector>);
+
+fn internal(e: impl std::fmt::Display) -> SourceError {
+    SourceError::Internal(e.to_string())
+}
+
+/// How a peer is checked here.
+enum Checked {
+    Everything,
+    Nothing,
+    /// An endpoint of this site, against the statement held.
+    Endpoint(Arc<Held>),
+}
+
+impl ReflectorAccess {
+    async fn checked(&self, peer: &PeerInfo) -> Result<Checked, SourceError> {
+        let ents = &self.0.entitlements;
+        match peer.role {
+            Role::Reflector => Ok(Checked::Everything),
+            Role::Seed => Ok(Checked::Nothing),
+            Role::Endpoint if peer.site.as_deref() != Some(ents.site()) => Ok(Checked::Nothing),
+            Role::Endpoint => match ents.wait(FIRST_WAIT).await {
+                Some(held) => Ok(Checked::Endpoint(held)),
+                None => Err(SourceError::Unavailable(format!(
+                    "this reflector holds no entitlement statement for site {} yet: {}",
+                    ents.site(),
+                    self.0.upstream.trouble()
+                ))),
+            },
+        }
+    }
+}
+
+impl Access for ReflectorAccess {
+    fn may_fetch_layer<'a>(
+        &'a self,
+        peer: &'a PeerInfo,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<bool, SourceError>> {
+        async move {
+            let held = match self.checked(peer).await? {
+                Checked::Everything => return Ok(true),
+                Checked::Nothing => return Ok(false),
+                Checked::Endpoint(held) => held,
+            };
+            if held.statement.device_may_fetch(&peer.name, name) {
+                return Ok(true);
+            }
+            // Perhaps assigned a moment ago: ask before refusing.
+            Ok(self
+                .refreshed()
+                .await
+                .is_some_and(|h| h.statement.device_may_fetch(&peer.name, name)))
+        }
+        .boxed()
+    }
+
+    fn may_read<'a>(
+        &'a self,
+        peer: &'a PeerInfo,
+        ids: &'a [ChunkId],
+    ) -> BoxFuture<'a, Result<Vec<bool>, SourceError>> {
+        async move {
+            let held = match self.checked(peer).await? {
+                Checked::Everything => return Ok(vec![true; ids.len()]),
+                Checked::Nothing => return Ok(vec![false; ids.len()]),
+                Checked::Endpoint(held) => held,
+            };
+            let flags = self.indexed(&names_of(&held, peer), ids).await?;
+            if flags.iter().all(|f| *f) {
+                return Ok(flags);
+            }
+            // Perhaps assigned a moment ago, or of a cached manifest not indexed yet.
+            let held = self.refreshed().await.unwrap_or(held);
+            let names = names_of(&held, peer);
+            self.0.index_cached_layers(&names).await?;
+            let flags = self.indexed(&names, ids).await?;
+            if flags.iter().all(|f| *f) {
+                return Ok(flags);
+            }
+            // Perhaps of a manifest this reflector has not seen (the endpoint got it elsewhere);
+            // asked again even when another request did the listing, which it waited for.
+            self.0.index_upstream_layers(&names).await?;
+            self.indexed(&names, ids).await
+        }
+        .boxed()
+    }
+}
+
+/// The layers `peer`, an endpoint of the site, may fetch.
+fn names_of(held: &Held, peer: &PeerInfo) -> Vec<String> {
+    let s = &held.statement;
+    s.site_layers.iter().chain(s.device_layers(&peer.name)).cloned().collect()
+}
+
+impl ReflectorAccess {
+    /// The statement after asking the upstream for a newer one.
+    async fn refreshed(&self) -> Option<Arc<Held>> {
+        self.0.entitlements.refresh(&self.0.upstream).await;
+        self.0.entitlements.current()
+    }
+
+    /// For each of `ids`, whether the index has it under one of `names`.
+    async fn indexed(&self, names: &[String], ids: &[ChunkId]) -> Result<Vec<bool>, SourceError> {
+        let (index, names, ids) = (self.0.index.clone(), names.to_vec(), ids.to_vec());
+        tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            ids.iter().map(|id| index.in_layers(id, &names)).collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)
+    }
+}
