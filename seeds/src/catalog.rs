@@ -108,6 +108,7 @@ impl<'a> Catalog<'a> {
         let mode: &[u8] = if available { b"\0available" } else { b"" };
         let value = [version.as_bytes(), b"\0", window.unwrap_or("").as_bytes(), mode].concat();
         let old = self.tree.insert(Self::key(site, name), value)?;
+        crate::entitlements::bump(&crate::entitlements::generation_tree(self.store)?)?;
         self.tree.flush()?;
         Ok(old.map(|v| split_value(&v).0))
     }
@@ -124,6 +125,7 @@ impl<'a> Catalog<'a> {
         match current {
             Some((v, w, available)) if version.is_none_or(|want| want == v) => {
                 self.tree.remove(&key)?;
+                crate::entitlements::bump(&crate::entitlements::generation_tree(self.store)?)?;
                 self.tree.flush()?;
                 Ok(SiteAssignment {
                     site: site.into(),

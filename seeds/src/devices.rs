@@ -94,6 +94,8 @@ impl DeviceRecord {
 #[derive(Clone)]
 pub struct Inventory {
     tree: sled::Tree,
+    /// Bumped at every change: plans and sites are entitlements (`crate::entitlements`).
+    generation: sled::Tree,
 }
 
 /// Now, in Unix seconds.
@@ -106,7 +108,10 @@ pub fn unix_now() -> u64 {
 
 impl Inventory {
     pub fn open(store: &ChunkStore) -> Result<Inventory, DeviceError> {
-        Ok(Inventory { tree: store.db().open_tree("devices")? })
+        Ok(Inventory {
+            tree: store.db().open_tree("devices")?,
+            generation: crate::entitlements::generation_tree(store)?,
+        })
     }
 
     fn decode(name: &[u8], v: &[u8]) -> Result<DeviceRecord, DeviceError> {
@@ -120,6 +125,7 @@ impl Inventory {
         let v = serde_json::to_vec(r)
             .map_err(|source| DeviceError::Corrupt { name: r.name.clone(), source })?;
         self.tree.insert(r.name.as_bytes(), v)?;
+        crate::entitlements::bump(&self.generation)?;
         self.tree.flush()?;
         Ok(())
     }
@@ -207,6 +213,7 @@ impl Inventory {
     /// Forgets a device; returns whether it was known.
     pub fn remove(&self, device: &str) -> Result<bool, DeviceError> {
         let had = self.tree.remove(device.as_bytes())?.is_some();
+        crate::entitlements::bump(&self.generation)?;
         self.tree.flush()?;
         Ok(had)
     }

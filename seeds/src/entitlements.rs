@@ -9,14 +9,103 @@
 //!
 //! Layers are named by name alone: every version of an entitled layer may be fetched. The same
 //! rules reach reflectors as a sealed statement ([`oasis_core::entitlement::Entitlements`]),
-//! built here by [`site_statement`].
+//! built here ([`Fleet::site`]).
+//!
+//! A site's statement reads the whole inventory (devices are keyed by name, not site), so the
+//! serving seed keeps every site's statement in a [`FleetCache`], built in one pass and built
+//! again only after a change: the catalog and the inventory bump a counter (sled tree
+//! `entitlements_generation`) at every write, and the cache compares it at each use.
 
 use crate::catalog::Catalog;
 use crate::devices::Inventory;
 use oasis_core::entitlement::Entitlements;
 use oasis_core::pki::{PeerInfo, Role};
 use oasis_core::store::ChunkStore;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+const GENERATION_TREE: &str = "entitlements_generation";
+const GENERATION_KEY: &[u8] = b"g";
+
+/// The tree holding the change counter.
+pub(crate) fn generation_tree(store: &ChunkStore) -> Result<sled::Tree, sled::Error> {
+    store.db().open_tree(GENERATION_TREE)
+}
+
+/// Marks the catalog or the inventory changed.
+pub(crate) fn bump(tree: &sled::Tree) -> Result<(), sled::Error> {
+    tree.update_and_fetch(GENERATION_KEY, |old| {
+        let n = old.and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, u64::from_be_bytes);
+        Some((n + 1).to_be_bytes().to_vec())
+    })?;
+    Ok(())
+}
+
+fn generation(tree: &sled::Tree) -> Result<u64, sled::Error> {
+    Ok(tree
+        .get(GENERATION_KEY)?
+        .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+        .map_or(0, u64::from_be_bytes))
+}
+
+/// Every site's statement, from one pass over the catalog and the inventory.
+pub struct Fleet {
+    sites: HashMap<String, Arc<Entitlements>>,
+}
+
+impl Fleet {
+    fn build(store: &ChunkStore) -> Result<Fleet, EntitlementError> {
+        let mut layers: HashMap<String, Vec<String>> = HashMap::new();
+        for a in Catalog::open(store)?.list(None)? {
+            layers.entry(a.site).or_default().push(a.name);
+        }
+        let mut plans: HashMap<String, Vec<(String, Vec<String>)>> = HashMap::new();
+        for d in Inventory::open(store)?.list(false)? {
+            if let (Some(site), Some(plan)) = (d.site.clone(), d.plan.as_ref()) {
+                plans.entry(site).or_default().push((d.name.clone(), plan_names(plan).collect()));
+            }
+        }
+        let mut sites = HashMap::new();
+        for site in layers.keys().chain(plans.keys()).cloned().collect::<BTreeSet<_>>() {
+            let e = Entitlements::new(
+                site.clone(),
+                layers.remove(&site).unwrap_or_default(),
+                plans.remove(&site).unwrap_or_default(),
+            );
+            sites.insert(site, Arc::new(e));
+        }
+        Ok(Fleet { sites })
+    }
+
+    /// The statement of `site` (empty when nothing is assigned there).
+    pub fn site(&self, site: &str) -> Arc<Entitlements> {
+        self.sites.get(site).cloned().unwrap_or_else(|| {
+            Arc::new(Entitlements::new(site.to_string(), Vec::<String>::new(), Vec::new()))
+        })
+    }
+}
+
+/// The [`Fleet`] as of the last change. Blocking.
+#[derive(Default)]
+pub struct FleetCache {
+    cached: Mutex<Option<(u64, Arc<Fleet>)>>,
+}
+
+impl FleetCache {
+    pub fn get(&self, store: &ChunkStore) -> Result<Arc<Fleet>, EntitlementError> {
+        let now = generation(&generation_tree(store)?)?;
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((g, fleet)) = cached.as_ref() {
+            if *g == now {
+                return Ok(fleet.clone());
+            }
+        }
+        // Built under the lock: concurrent askers wait for one pass instead of each making one.
+        let fleet = Arc::new(Fleet::build(store)?);
+        *cached = Some((now, fleet.clone()));
+        Ok(fleet)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EntitlementError {
@@ -24,23 +113,12 @@ pub enum EntitlementError {
     Catalog(#[from] crate::catalog::CatalogError),
     #[error("entitlements: {0}")]
     Inventory(#[from] crate::devices::DeviceError),
+    #[error("entitlements: {0}")]
+    Index(#[from] sled::Error),
 }
 
 fn plan_names(plan: &crate::devices::DevicePlan) -> impl Iterator<Item = String> + '_ {
     std::iter::once(plan.base.0.clone()).chain(plan.apps.iter().map(|(n, _)| n.clone()))
-}
-
-/// The statement of `site`: its assignments, and the layers of its devices' plans.
-pub fn site_statement(store: &ChunkStore, site: &str) -> Result<Entitlements, EntitlementError> {
-    let assigned = Catalog::open(store)?.list(Some(site))?;
-    let devices = Inventory::open(store)?.site(site)?;
-    Ok(Entitlements::new(
-        site.to_string(),
-        assigned.into_iter().map(|a| a.name),
-        devices
-            .into_iter()
-            .filter_map(|d| d.plan.as_ref().map(|p| (d.name.clone(), plan_names(p).collect()))),
-    ))
 }
 
 /// The layer names the endpoint `device` may fetch, by its inventory record (its site and
@@ -60,9 +138,10 @@ pub fn layers_of_device(
     Ok(names)
 }
 
-/// The layer names `peer` may fetch from the seed.
+/// The layer names `peer` may fetch from the seed, a reflector's from `fleet`.
 pub fn layers_of(
     store: &ChunkStore,
+    fleet: &FleetCache,
     peer: &PeerInfo,
 ) -> Result<BTreeSet<String>, EntitlementError> {
     let mut names = BTreeSet::new();
@@ -78,9 +157,9 @@ pub fn layers_of(
         }
         Role::Reflector => {
             if let Some(site) = peer.site.as_deref() {
-                let s = site_statement(store, site)?;
-                names.extend(s.site_layers);
-                names.extend(s.devices.into_iter().flat_map(|d| d.layers));
+                let s = fleet.get(store)?.site(site);
+                names.extend(s.site_layers.iter().cloned());
+                names.extend(s.devices.iter().flat_map(|d| d.layers.iter().cloned()));
             }
         }
         // No node reaches the seed as a seed: a stolen seed identity fetches nothing.

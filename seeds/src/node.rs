@@ -183,9 +183,12 @@ impl RunningSeed {
         if layers + records > 0 {
             tracing::info!(layers, records, "indexed who may read the chunks stored before");
         }
-        let source = Arc::new(SeedSource { store: store.clone(), signer, authority });
+        let fleet = Arc::new(crate::entitlements::FleetCache::default());
+        let source =
+            Arc::new(SeedSource { store: store.clone(), signer, authority, fleet: fleet.clone() });
+        let access = crate::readers::SeedReaders { readers, store: store.clone(), fleet };
         let router = net::Router::new(source.clone())
-            .access(Arc::new(crate::readers::SeedReaders { readers, store: store.clone() }))
+            .access(Arc::new(access))
             .inventory(source.clone())
             .backup(source)
             .limits(limits)

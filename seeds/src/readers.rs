@@ -183,6 +183,7 @@ impl Readers {
 pub struct SeedReaders {
     pub readers: Readers,
     pub store: Arc<ChunkStore>,
+    pub fleet: Arc<crate::entitlements::FleetCache>,
 }
 
 fn internal(e: impl std::fmt::Display) -> SourceError {
@@ -195,10 +196,11 @@ impl oasis_core::net::Access for SeedReaders {
         peer: &'a PeerInfo,
         name: &'a str,
     ) -> BoxFuture<'a, Result<bool, SourceError>> {
-        let (store, peer, name) = (self.store.clone(), peer.clone(), name.to_string());
+        let (store, fleet, peer, name) =
+            (self.store.clone(), self.fleet.clone(), peer.clone(), name.to_string());
         async move {
             tokio::task::spawn_blocking(move || {
-                crate::entitlements::layers_of(&store, &peer).map(|n| n.contains(&name))
+                crate::entitlements::layers_of(&store, &fleet, &peer).map(|n| n.contains(&name))
             })
             .await
             .map_err(internal)?
@@ -212,11 +214,17 @@ impl oasis_core::net::Access for SeedReaders {
         peer: &'a PeerInfo,
         ids: &'a [ChunkId],
     ) -> BoxFuture<'a, Result<Vec<bool>, SourceError>> {
-        let (store, readers, peer, ids) =
-            (self.store.clone(), self.readers.clone(), peer.clone(), ids.to_vec());
+        let (store, fleet, readers, peer, ids) = (
+            self.store.clone(),
+            self.fleet.clone(),
+            self.readers.clone(),
+            peer.clone(),
+            ids.to_vec(),
+        );
         async move {
             tokio::task::spawn_blocking(move || {
-                let names = crate::entitlements::layers_of(&store, &peer).map_err(internal)?;
+                let names =
+                    crate::entitlements::layers_of(&store, &fleet, &peer).map_err(internal)?;
                 readers.may_read(&peer, &names, &ids).map_err(internal)
             })
             .await

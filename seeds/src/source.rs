@@ -24,6 +24,8 @@ pub struct SeedSource {
     /// Issues certificate renewals (the CA key, here or in a signer); None: `Renew` is
     /// refused.
     pub authority: Option<Arc<dyn Keys>>,
+    /// Every site's entitlements, for `GetEntitlements`.
+    pub fleet: Arc<crate::entitlements::FleetCache>,
 }
 
 fn internal(e: impl std::fmt::Display) -> SourceError {
@@ -126,13 +128,12 @@ impl ContentSource for SeedSource {
         oasis_core::pki::validate_node_name("site", &site).map_err(|e| {
             SourceError::Rejected(oasis_core::wire::ErrorCode::Malformed, e.to_string())
         })?;
-        let (store, site_name) = (self.store.clone(), site.clone());
-        let statement = tokio::task::spawn_blocking(move || {
-            crate::entitlements::site_statement(&store, &site).map(|s| s.encode())
-        })
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+        let (store, fleet, site_name) = (self.store.clone(), self.fleet.clone(), site.clone());
+        let statement =
+            tokio::task::spawn_blocking(move || fleet.get(&store).map(|f| f.site(&site).encode()))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?;
         let digest = oasis_core::entitlement::Entitlements::digest_of(&statement);
         if digest == known {
             return Ok((Bytes::new(), Bytes::new()));

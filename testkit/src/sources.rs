@@ -18,6 +18,7 @@ impl CorruptingSource {
                 store: seed.seed.store.clone(),
                 signer: Some(seed.signer()),
                 authority: None,
+                fleet: Default::default(),
             },
             asked: Default::default(),
             first_time_only,

@@ -538,6 +538,7 @@ fn impostor(
         store: seed.seed.store.clone(),
         signer: Some(signer),
         authority: None,
+        fleet: Default::default(),
     });
     let router = net::Router::new(source.clone()).inventory(source.clone()).backup(source);
     tokio::spawn(net::serve(

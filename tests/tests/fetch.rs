@@ -191,6 +191,7 @@ async fn a_replayed_older_latest_is_refused_once_a_newer_one_was_seen() -> anyho
             store: seed.seed.store.clone(),
             signer: None,
             authority: None,
+            fleet: Default::default(),
         };
         let router = net::Router::new(Arc::new(Replay { inner, statement }));
         tokio::spawn(net::serve(ep, router, Arc::new(NodeMetrics::new())));

@@ -49,11 +49,7 @@ fn every_frame_roundtrips() {
     });
     roundtrip(Frame::Assignments {
         assignments: vec![
-            Assignment {
-                name: "base".into(),
-                version: "2".into(),
-                window: "02:00-05:00".into(),
-            },
+            Assignment { name: "base".into(), version: "2".into(), window: "02:00-05:00".into() },
             Assignment { name: "app".into(), version: "1".into(), window: String::new() },
         ],
     });
