@@ -109,6 +109,9 @@ pub fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {
     Ok(addr)
 }
 
+/// How long a new neighbour has to prove its certificate (`MeshConfig::stranger_timeout`).
+pub const DEFAULT_STRANGER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Mesh configuration; the reflector and the seed map their flags onto it.
 #[derive(Clone, Debug)]
 pub struct MeshConfig {
@@ -132,6 +135,9 @@ pub struct MeshConfig {
     /// The node's revocation list: hellos of revoked certificates are refused, verified peers
     /// it revokes are dropped, newer lists are passed on to and taken from the mesh.
     pub revocations: oasis_core::pki::Revocations,
+    /// A neighbour whose hello has not verified this long after it connected is disconnected
+    /// (until then it is sent no gossip).
+    pub stranger_timeout: Duration,
 }
 
 impl Default for MeshConfig {
@@ -151,6 +157,7 @@ impl Default for MeshConfig {
             serving_addr: None,
             target_connections: 8,
             revocations: oasis_core::pki::Revocations::default(),
+            stranger_timeout: DEFAULT_STRANGER_TIMEOUT,
         }
     }
 }

@@ -24,6 +24,8 @@ pub fn peer_score(topics: &[TopicHash]) -> (PeerScoreParams, PeerScoreThresholds
     let mut params = PeerScoreParams {
         ip_colocation_factor_weight: 0.0,
         behaviour_penalty_weight: 0.0,
+        // The application score is the gate of `task::direct`, in score units.
+        app_specific_weight: 1.0,
         decay_interval: Duration::from_secs(1),
         ..PeerScoreParams::default()
     };

@@ -616,10 +616,11 @@ async fn a_gossip_flood_is_dropped_and_counted_while_serving_goes_on() -> anyhow
             }
         }
     });
-    // Peer scoring graylists the flooder after about nine rejected messages: the rest of the
-    // flood is not even taken.
+    // Peer scoring graylists the flooder after about five rejected messages (an unverified
+    // neighbour starts at -60, the graylist is at -80, each invalid message costs its count
+    // squared): the rest of the flood is not even taken.
     let t0 = Instant::now();
-    while mesh.metrics().dropped("undecodable") + mesh.metrics().dropped("unverified") < 9 {
+    while mesh.metrics().dropped("undecodable") + mesh.metrics().dropped("unverified") < 5 {
         anyhow::ensure!(t0.elapsed() < Duration::from_secs(15), "the flood never arrived");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -639,7 +640,7 @@ async fn a_gossip_flood_is_dropped_and_counted_while_serving_goes_on() -> anyhow
         flooded.as_secs_f64() / quiet.as_secs_f64()
     );
     let sent = sent.load(Ordering::Relaxed);
-    assert!(dropped >= 9, "the flood was counted");
+    assert!(dropped >= 5, "the flood was counted");
     assert!(dropped * 2 < sent, "{dropped} of {sent} flooded messages were taken: not graylisted");
     assert_eq!(mesh.view().await?.len(), 0, "the flooder never became a mesh peer");
     refl.stop().await;

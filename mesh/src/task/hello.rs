@@ -22,9 +22,17 @@ pub const HELLO_RECHECK: Duration = Duration::from_secs(3600);
 /// on, and the message.
 pub(super) type HeldMessage = (gossipsub::MessageId, PeerId, GossipMsg);
 
+/// Where a hello came from: a gossip message (reported to gossipsub once checked), or a
+/// neighbour directly (`super::direct`).
+#[derive(Clone)]
+pub(super) enum Origin {
+    Gossip(gossipsub::MessageId),
+    Direct,
+}
+
 /// A hello verified off the task, with what is needed to report and apply it.
 pub(super) struct HelloCheck {
-    message_id: gossipsub::MessageId,
+    origin: Origin,
     source: PeerId,
     author: PeerId,
     msg: GossipMsg,
@@ -39,7 +47,7 @@ impl MeshTask {
         author: PeerId,
         hello: Hello,
         msg: GossipMsg,
-        message_id: &gossipsub::MessageId,
+        origin: Origin,
         source: PeerId,
     ) -> Option<MessageAcceptance> {
         if self.revocations.revokes(&hello.cert_der) {
@@ -69,7 +77,7 @@ impl MeshTask {
         }
         *started += 1;
         self.held.entry(author).or_default().0 += 1;
-        let (trust, hello, message_id) = (self.trust.clone(), hello, message_id.clone());
+        let (trust, hello) = (self.trust.clone(), hello);
         self.hello_checks.spawn_blocking(move || {
             // A check that panics still comes back, so its hello is reported and the
             // author's held messages are let go.
@@ -78,7 +86,7 @@ impl MeshTask {
             });
             let result = std::panic::catch_unwind(check)
                 .unwrap_or_else(|_| Err("the check of its binding failed".to_string()));
-            HelloCheck { message_id, source, author, msg, result }
+            HelloCheck { origin, source, author, msg, result }
         });
         None
     }
@@ -105,7 +113,10 @@ impl MeshTask {
                 MessageAcceptance::Reject
             }
         };
-        self.report_late(&c.message_id, &c.source, acceptance);
+        match &c.origin {
+            Origin::Gossip(id) => self.report_late(id, &c.source, acceptance),
+            Origin::Direct => self.on_direct_checked(c.author),
+        }
         // What the author sent meanwhile: applied once its hello verified, ignored once no check
         // of its hello is left.
         let Some((checks, _)) = self.held.get_mut(&c.author) else { return };
@@ -155,6 +166,7 @@ impl MeshTask {
         self.metrics.count("hello", "in");
         let now = self.now();
         self.verified.insert(author, Verified { info: info.clone(), hello, checked, last: now });
+        self.open_gate(&author);
         if !known {
             debug!("mesh peer {author} verified as {info}");
             // A node we did not know: it probably does not know us either.

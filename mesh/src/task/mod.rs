@@ -25,8 +25,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+mod direct;
 mod hello;
-use hello::{HeldMessage, HelloCheck};
+use hello::{HeldMessage, HelloCheck, Origin};
 pub use hello::{
     HELLOS_PER_NEIGHBOUR, HELLO_RATE_WINDOW, HELLO_RECHECK, MAX_HELD_PER_CHECK, MAX_HELLO_CHECKS,
 };
@@ -80,6 +81,7 @@ pub(crate) struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    hello: libp2p::request_response::Behaviour<direct::HelloCodec>,
 }
 
 struct LocalLayer {
@@ -133,6 +135,10 @@ pub(crate) struct MeshTask {
     revocations_sent: u64,
     /// A new neighbour came: the held list is published again.
     revocations_due: bool,
+    /// Neighbours whose hello has not verified yet, and since when (`direct`).
+    unverified: HashMap<PeerId, Instant>,
+    /// Neighbours' direct hellos waiting for their check before they are answered.
+    hello_replies: HashMap<PeerId, libp2p::request_response::ResponseChannel<Vec<u8>>>,
 }
 
 fn unix_ms() -> u64 {
@@ -210,7 +216,14 @@ impl MeshTask {
                         .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
                         .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
                 );
-                Ok(Behaviour { limits, identify, gossipsub, kad, mdns: Toggle::from(mdns) })
+                Ok(Behaviour {
+                    limits,
+                    identify,
+                    gossipsub,
+                    kad,
+                    mdns: Toggle::from(mdns),
+                    hello: direct::behaviour(),
+                })
             })
             .map_err(|e| anyhow!("building the mesh behaviour: {e}"))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
@@ -263,6 +276,8 @@ impl MeshTask {
             revocations,
             revocations_sent: 0,
             revocations_due: false,
+            unverified: HashMap::new(),
+            hello_replies: HashMap::new(),
         };
         task.dial_bootstrap(true);
         Ok(task)
@@ -395,6 +410,7 @@ impl MeshTask {
 
     fn on_heartbeat(&mut self) {
         self.heartbeats += 1;
+        self.disconnect_strangers();
         let hb = Heartbeat {
             site: self.my_site.clone(),
             serving_addr: self.config.serving_addr.map(|a| a.to_string()),
@@ -651,9 +667,14 @@ impl MeshTask {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Hello(ev)) => self.on_direct_hello(ev),
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.on_neighbour_gone(&peer_id);
+            }
             SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
                 if num_established.get() == 1 {
                     debug!("connected to {peer_id}");
+                    self.on_new_neighbour(peer_id);
                     if self.verified.is_empty() {
                         // First contact: a bootstrap query fills the routing table.
                         let _ = self.swarm.behaviour_mut().kad.bootstrap();
@@ -740,7 +761,7 @@ impl MeshTask {
         };
         if let Body::Hello(hello) = &msg.body {
             let hello = hello.clone();
-            return self.on_hello(author, hello, msg, message_id, source);
+            return self.on_hello(author, hello, msg, Origin::Gossip(message_id.clone()), source);
         }
         if !self.verified.contains_key(&author) {
             if let Some((_, held)) = self.held.get_mut(&author) {
