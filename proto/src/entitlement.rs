@@ -21,6 +21,10 @@ pub const MAX_ENTITLEMENTS_BYTES: usize = 2 << 20;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entitlements {
     pub site: String,
+    /// The seed's count of changes to its catalog and inventory when it made the statement:
+    /// a reflector takes a statement only with a higher count than the one it holds, so an
+    /// older statement replayed changes nothing (the seed's clock plays no part).
+    pub generation: u64,
     /// Layer names assigned to the whole site: every endpoint of the site may fetch them.
     pub site_layers: Vec<String>,
     /// Layer names one device may fetch beside the site's (its plan), by device name.
@@ -48,6 +52,7 @@ impl Entitlements {
     /// their own left out.
     pub fn new(
         site: String,
+        generation: u64,
         site_layers: impl IntoIterator<Item = String>,
         devices: impl IntoIterator<Item = (String, Vec<String>)>,
     ) -> Entitlements {
@@ -74,7 +79,12 @@ impl Entitlements {
         for d in &mut devices {
             d.layers = sorted(std::mem::take(&mut d.layers));
         }
-        Entitlements { site, site_layers: sorted(site_layers.into_iter().collect()), devices }
+        Entitlements {
+            site,
+            generation,
+            site_layers: sorted(site_layers.into_iter().collect()),
+            devices,
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -105,6 +115,7 @@ impl Entitlements {
         }
         let canonical = Entitlements::new(
             e.site.clone(),
+            e.generation,
             e.site_layers.clone(),
             e.devices.iter().map(|d| (d.device.clone(), d.layers.clone())),
         );
@@ -163,6 +174,7 @@ mod tests {
     fn statement() -> Entitlements {
         Entitlements::new(
             "branch-1".into(),
+            3,
             ["base".into(), "office".into(), "base".into()],
             [
                 ("pc-2".into(), vec!["cad".into()]),

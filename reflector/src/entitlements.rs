@@ -5,8 +5,12 @@
 //! its endpoints, and only what they may have.
 //!
 //! A statement is adopted only when its seal verifies against the manifest key, it is for this
-//! reflector's site, and it was sealed no earlier than the one held: an upstream replaying an
-//! older statement (one from before an assignment was removed) changes nothing.
+//! reflector's site, and its generation (the seed's count of changes) is above the held one's:
+//! an upstream replaying an older statement (one from before an assignment was removed)
+//! changes nothing.
+//!
+//! The statements of other sites, for reflectors of those sites chained below this one, are
+//! asked for when such a reflector asks for something, and kept for [`UPSTREAM_POLL`].
 
 use bytes::{Buf, BufMut, Bytes};
 use ed25519_dalek::VerifyingKey;
@@ -45,7 +49,14 @@ pub struct SiteEntitlements {
     state: PathBuf,
     /// When the upstream was last asked; held while asking, so that askers share one question.
     asked: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Other sites' statements and when each was asked for; held while asking.
+    others: tokio::sync::Mutex<
+        std::collections::HashMap<String, (tokio::time::Instant, Arc<Entitlements>)>,
+    >,
 }
+
+/// Longest wait for the upstream's answer to `GetEntitlements`.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl SiteEntitlements {
     /// The statement saved in `state`, if one is there and still opens.
@@ -56,6 +67,7 @@ impl SiteEntitlements {
             held: watch::Sender::new(None),
             state: state.to_path_buf(),
             asked: tokio::sync::Mutex::new(None),
+            others: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         };
         let path = state.join(FILE);
         match std::fs::read(&path) {
@@ -102,7 +114,7 @@ impl SiteEntitlements {
         let mut adopted = false;
         self.held.send_if_modified(|h| {
             adopted =
-                h.as_ref().is_none_or(|old| held.issued >= old.issued && held.digest != old.digest);
+                h.as_ref().is_none_or(|old| held.statement.generation > old.statement.generation);
             if adopted {
                 *h = Some(held.clone());
             }
@@ -137,17 +149,31 @@ impl SiteEntitlements {
     /// Asks the upstream for a newer statement (unless it was asked within
     /// `MIN_ASK_INTERVAL`), adopts and saves it. Returns whether one was adopted.
     pub async fn refresh(&self, upstream: &crate::upstream::Upstream) -> bool {
+        let wanted = tokio::time::Instant::now();
         let mut asked = self.asked.lock().await;
-        if asked.is_some_and(|t| t.elapsed() < MIN_ASK_INTERVAL) {
-            return false;
+        match *asked {
+            // A question asked since this caller wanted one answers it too.
+            Some(t) if t >= wanted => return false,
+            // One asked just before: this caller's question waits out the interval (the
+            // callers behind it then find it fresh enough), so that what the seed says now is
+            // what a refusal rests on.
+            Some(t) if t.elapsed() < MIN_ASK_INTERVAL => {
+                tokio::time::sleep(MIN_ASK_INTERVAL - t.elapsed()).await;
+            }
+            _ => {}
         }
         *asked = Some(tokio::time::Instant::now());
         let Some(client) = upstream.current() else { return false };
         let known = self.current().map_or([0; 32], |h| h.digest);
-        let (statement, seal) = match client.entitlements(None, known).await {
-            Ok(answer) => answer,
-            Err(e) => {
+        let answer = tokio::time::timeout(ASK_TIMEOUT, client.entitlements(None, known)).await;
+        let (statement, seal) = match answer {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "upstream gave no entitlements");
+                return false;
+            }
+            Err(_) => {
+                tracing::debug!("upstream gave no entitlements within {ASK_TIMEOUT:?}");
                 return false;
             }
         };
@@ -178,6 +204,51 @@ impl SiteEntitlements {
             Err(e) => {
                 tracing::warn!(error = %e, "upstream's entitlements refused");
                 false
+            }
+        }
+    }
+}
+
+impl SiteEntitlements {
+    /// The statement of another `site`, asked of the upstream (which passes the question to
+    /// the seed) at most every [`UPSTREAM_POLL`]; the last one held when the upstream does not
+    /// answer. None when none was ever had.
+    pub async fn of_site(
+        &self,
+        upstream: &crate::upstream::Upstream,
+        site: &str,
+    ) -> Option<Arc<Entitlements>> {
+        let mut others = self.others.lock().await;
+        let held = others.get(site).cloned();
+        if let Some((t, e)) = &held {
+            if t.elapsed() < UPSTREAM_POLL {
+                return Some(e.clone());
+            }
+        }
+        let held = held.map(|(_, e)| e);
+        let Some(client) = upstream.current() else { return held };
+        let answer = tokio::time::timeout(ASK_TIMEOUT, client.entitlements(Some(site), [0; 32]));
+        let opened = match answer.await {
+            Ok(Ok((statement, seal))) => Entitlements::open(&statement, &seal, &self.key, site)
+                .map(|(e, _)| e)
+                .map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {ASK_TIMEOUT:?}")),
+        };
+        match opened {
+            Ok(e) if held.as_ref().is_none_or(|h| e.generation >= h.generation) => {
+                let e = Arc::new(e);
+                // A few sites chain below one reflector; a bound all the same.
+                if others.len() >= 256 {
+                    others.clear();
+                }
+                others.insert(site.to_string(), (tokio::time::Instant::now(), e.clone()));
+                Some(e)
+            }
+            Ok(_) => held,
+            Err(e) => {
+                tracing::debug!(%site, error = %e, "no entitlements of another site from upstream");
+                held
             }
         }
     }

@@ -385,68 +385,69 @@ impl Reflector {
     }
 
     /// Indexes every cached manifest of a layer in `names` not indexed yet (a cache filled
-    /// before the index, or a manifest whose chunk list nobody has read). Returns whether it
-    /// indexed any.
-    pub(crate) async fn index_cached_layers(
-        self: &Arc<Self>,
-        names: &[String],
-    ) -> Result<bool, SourceError> {
-        let internal = |e: String| SourceError::Internal(e);
+    /// before the index, or a manifest whose chunk list nobody has read). One that cannot be
+    /// read is skipped (its chunks stay unreadable until it is fetched again) and logged.
+    pub(crate) async fn index_cached_layers(self: &Arc<Self>, names: &[String]) {
         let (cache, index, wanted) = (self.cache.clone(), self.index.clone(), names.to_vec());
-        let roots = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<SignedRoot>> {
+        let roots = tokio::task::spawn_blocking(move || {
             let mut roots = Vec::new();
-            for r in cache.layer_refs()? {
-                if wanted.contains(&r.name) && !index.is_indexed(&r.digest)? {
-                    roots.extend(cache.cached_root(&r.name, Some(&r.version))?);
+            for r in cache.layer_refs().unwrap_or_default() {
+                if wanted.contains(&r.name) && !index.is_indexed(&r.digest).unwrap_or(true) {
+                    match cache.cached_root(&r.name, Some(&r.version)) {
+                        Ok(root) => roots.extend(root),
+                        Err(e) => tracing::warn!(layer = %format!("{}@{}", r.name, r.version),
+                            error = %format!("{e:#}"), "cached manifest not indexed"),
+                    }
                 }
             }
-            Ok(roots)
+            roots
         })
         .await
-        .map_err(|e| internal(e.to_string()))?
-        .map_err(|e| internal(format!("looking for unindexed manifests: {e:#}")))?;
-        let any = !roots.is_empty();
+        .unwrap_or_default();
         for root in roots {
-            self.layer_chunks(&Arc::new(root)).await.map_err(internal)?;
+            if let Err(e) = self.layer_chunks(&Arc::new(root)).await {
+                tracing::warn!(error = %e, "cached manifest not indexed");
+            }
         }
-        Ok(any)
     }
 
     /// Indexes the manifests of the layers in `names` the upstream lists and this reflector
     /// has not indexed: an endpoint may ask for chunks of a layer whose manifest it got
     /// elsewhere (another source, an earlier run), and the reflector learns which layer they
-    /// belong to from the manifest. Lists at most once a second. Returns whether it indexed any.
-    pub(crate) async fn index_upstream_layers(
-        self: &Arc<Self>,
-        names: &[String],
-    ) -> Result<bool, SourceError> {
+    /// belong to from the manifest. Lists at most once a second (a listing started after the
+    /// caller asked answers it too); a manifest that cannot be had is skipped and logged.
+    pub(crate) async fn index_upstream_layers(self: &Arc<Self>, names: &[String]) {
+        let wanted = Instant::now();
         let mut listed = self.listed.lock().await;
-        if listed.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-            return Ok(false);
+        if listed.is_some_and(|t| t >= wanted || t.elapsed() < Duration::from_secs(1)) {
+            return;
         }
         *listed = Some(Instant::now());
-        let Some(client) = self.upstream.current() else { return Ok(false) };
-        let Ok(refs) = client.layers().await else { return Ok(false) };
-        let mut any = false;
+        let Some(client) = self.upstream.current() else { return };
+        let listing = tokio::time::timeout(self.cfg.latest_timeout, client.layers()).await;
+        let Ok(Ok(refs)) = listing else { return };
         for r in refs.into_iter().filter(|r| names.contains(&r.name)) {
-            if self.index.is_indexed(&r.digest).map_err(|e| SourceError::Internal(e.to_string()))? {
+            if self.index.is_indexed(&r.digest).unwrap_or(true) {
                 continue;
             }
-            if self.manifest(&r.name, Some(&r.version)).await?.is_none() {
-                continue;
+            let label = format!("{}@{}", r.name, r.version);
+            match self.manifest(&r.name, Some(&r.version)).await {
+                Ok(Some(_)) => {}
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(layer = %label, error = %e, "manifest not indexed");
+                    continue;
+                }
             }
             let (cache, name, version) = (self.cache.clone(), r.name.clone(), r.version.clone());
             let root =
-                tokio::task::spawn_blocking(move || cache.cached_root(&name, Some(&version)))
-                    .await
-                    .map_err(|e| SourceError::Internal(e.to_string()))?
-                    .map_err(|e| SourceError::Internal(format!("{e:#}")))?;
-            if let Some(root) = root {
-                self.layer_chunks(&Arc::new(root)).await.map_err(SourceError::Internal)?;
-                any = true;
+                tokio::task::spawn_blocking(move || cache.cached_root(&name, Some(&version))).await;
+            if let Ok(Ok(Some(root))) = root {
+                if let Err(e) = self.layer_chunks(&Arc::new(root)).await {
+                    tracing::warn!(layer = %label, error = %e, "manifest not indexed");
+                }
             }
         }
-        Ok(any)
     }
 
     fn cached_manifest(&self, name: &str, version: Option<&str>) -> Option<Bytes> {

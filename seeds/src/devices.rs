@@ -124,8 +124,13 @@ impl Inventory {
     fn put(&self, r: &DeviceRecord) -> Result<(), DeviceError> {
         let v = serde_json::to_vec(r)
             .map_err(|source| DeviceError::Corrupt { name: r.name.clone(), source })?;
-        self.tree.insert(r.name.as_bytes(), v)?;
-        crate::entitlements::bump(&self.generation)?;
+        let old = self.tree.insert(r.name.as_bytes(), v)?;
+        // Registrations rewrite records all the time; only a new site or plan changes what
+        // anyone may fetch.
+        let old = old.and_then(|o| Self::decode(r.name.as_bytes(), &o).ok());
+        if old.is_none_or(|o| o.site != r.site || o.plan != r.plan) {
+            crate::entitlements::bump(&self.generation)?;
+        }
         self.tree.flush()?;
         Ok(())
     }
@@ -213,7 +218,9 @@ impl Inventory {
     /// Forgets a device; returns whether it was known.
     pub fn remove(&self, device: &str) -> Result<bool, DeviceError> {
         let had = self.tree.remove(device.as_bytes())?.is_some();
-        crate::entitlements::bump(&self.generation)?;
+        if had {
+            crate::entitlements::bump(&self.generation)?;
+        }
         self.tree.flush()?;
         Ok(had)
     }

@@ -50,11 +50,15 @@ fn generation(tree: &sled::Tree) -> Result<u64, sled::Error> {
 
 /// Every site's statement, from one pass over the catalog and the inventory.
 pub struct Fleet {
+    generation: u64,
     sites: HashMap<String, Arc<Entitlements>>,
+    /// Seals made on the statements of this generation, by site: a reflector asking again
+    /// with an old digest costs no new signature.
+    seals: Mutex<HashMap<String, bytes::Bytes>>,
 }
 
 impl Fleet {
-    fn build(store: &ChunkStore) -> Result<Fleet, EntitlementError> {
+    fn build(store: &ChunkStore, generation: u64) -> Result<Fleet, EntitlementError> {
         let mut layers: HashMap<String, Vec<String>> = HashMap::new();
         for a in Catalog::open(store)?.list(None)? {
             layers.entry(a.site).or_default().push(a.name);
@@ -69,19 +73,30 @@ impl Fleet {
         for site in layers.keys().chain(plans.keys()).cloned().collect::<BTreeSet<_>>() {
             let e = Entitlements::new(
                 site.clone(),
+                generation,
                 layers.remove(&site).unwrap_or_default(),
                 plans.remove(&site).unwrap_or_default(),
             );
             sites.insert(site, Arc::new(e));
         }
-        Ok(Fleet { sites })
+        Ok(Fleet { generation, sites, seals: Mutex::new(HashMap::new()) })
     }
 
     /// The statement of `site` (empty when nothing is assigned there).
     pub fn site(&self, site: &str) -> Arc<Entitlements> {
         self.sites.get(site).cloned().unwrap_or_else(|| {
-            Arc::new(Entitlements::new(site.to_string(), Vec::<String>::new(), Vec::new()))
+            let none = Vec::<String>::new();
+            Arc::new(Entitlements::new(site.to_string(), self.generation, none, Vec::new()))
         })
+    }
+
+    /// The seal made on `site`'s statement of this generation, if one was.
+    pub fn seal_of(&self, site: &str) -> Option<bytes::Bytes> {
+        self.seals.lock().unwrap_or_else(|e| e.into_inner()).get(site).cloned()
+    }
+
+    pub fn keep_seal(&self, site: &str, seal: bytes::Bytes) {
+        self.seals.lock().unwrap_or_else(|e| e.into_inner()).insert(site.to_string(), seal);
     }
 }
 
@@ -101,7 +116,7 @@ impl FleetCache {
             }
         }
         // Built under the lock: concurrent askers wait for one pass instead of each making one.
-        let fleet = Arc::new(Fleet::build(store)?);
+        let fleet = Arc::new(Fleet::build(store, now)?);
         *cached = Some((now, fleet.clone()));
         Ok(fleet)
     }

@@ -129,16 +129,33 @@ impl ContentSource for SeedSource {
             SourceError::Rejected(oasis_core::wire::ErrorCode::Malformed, e.to_string())
         })?;
         let (store, fleet, site_name) = (self.store.clone(), self.fleet.clone(), site.clone());
-        let statement =
-            tokio::task::spawn_blocking(move || fleet.get(&store).map(|f| f.site(&site).encode()))
-                .await
-                .map_err(internal)?
-                .map_err(internal)?;
+        let (fleet, statement) = tokio::task::spawn_blocking(move || {
+            fleet.get(&store).map(|f| {
+                let statement = f.site(&site).encode();
+                (f, statement)
+            })
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        let limit = oasis_core::entitlement::MAX_ENTITLEMENTS_BYTES;
+        if statement.len() > limit {
+            return Err(SourceError::Internal(format!(
+                "the entitlement statement of site {site_name} is {} bytes, over the limit of \
+                 {limit}: fewer device plans or layers per site",
+                statement.len()
+            )));
+        }
         let digest = oasis_core::entitlement::Entitlements::digest_of(&statement);
         if digest == known {
             return Ok((Bytes::new(), Bytes::new()));
         }
-        let seal = seal(self.signer()?, Sealed::Entitlements { site: site_name, digest }).await?;
+        if let Some(seal) = fleet.seal_of(&site_name) {
+            return Ok((statement.into(), seal));
+        }
+        let sealed = Sealed::Entitlements { site: site_name.clone(), digest };
+        let seal = seal(self.signer()?, sealed).await?;
+        fleet.keep_seal(&site_name, seal.clone());
         Ok((statement.into(), seal))
     }
 

@@ -462,16 +462,18 @@ impl<C: ContentSource, I: InventorySource, B: BackupSource> StreamCtx<C, I, B> {
         }
     }
 
-    /// The layers of a listing this peer may fetch.
+    /// The layers of a listing this peer may fetch: one check per layer name, whatever the
+    /// number of versions.
     async fn listable(&self, layers: Vec<wire::LayerRef>) -> Result<Vec<wire::LayerRef>, Frame> {
         let Some(access) = &self.source.access else { return Ok(layers) };
-        let mut out = Vec::with_capacity(layers.len());
-        for l in layers {
-            if access.may_fetch_layer(&self.peer, &l.name).await.map_err(|e| e.into_frame())? {
-                out.push(l);
+        let mut names = std::collections::HashMap::new();
+        for l in &layers {
+            if !names.contains_key(&l.name) {
+                let may = access.may_fetch_layer(&self.peer, &l.name).await;
+                names.insert(l.name.clone(), may.map_err(|e| e.into_frame())?);
             }
         }
-        Ok(out)
+        Ok(layers.into_iter().filter(|l| names[&l.name]).collect())
     }
 
     /// For each of `ids`, whether this peer may read it; None when the router lets every peer

@@ -3,14 +3,16 @@
 //! - an endpoint of this site: the layers the statement gives the site and the device, and
 //!   the chunks of those layers; an endpoint of another site: nothing (its own site's
 //!   reflectors serve it, on its own site's WAN);
-//! - a reflector: everything (a sibling of the site holds what the site may have; a reflector
-//!   chained below this one gets what this site may, the seed's check on this site's pulls
-//!   being the bound);
+//! - a reflector of this site: everything (a sibling holds what the site may have);
+//! - a reflector of another site (chained below this one): what its own site's statement
+//!   allows, asked of the upstream for it; and since this reflector pulls misses with its own
+//!   identity, only what both sites may;
 //! - anything else: nothing.
 
 use super::Reflector;
 use crate::entitlements::{Held, FIRST_WAIT};
 use futures::future::{BoxFuture, FutureExt};
+use oasis_core::entitlement::Entitlements;
 use oasis_core::net::{Access, SourceError};
 use oasis_core::pki::{PeerInfo, Role};
 use oasis_core::ChunkId;
@@ -28,15 +30,43 @@ enum Checked {
     Nothing,
     /// An endpoint of this site, against the statement held.
     Endpoint(Arc<Held>),
+    /// A reflector of another site, against that site's statement.
+    Site(Arc<Entitlements>),
+}
+
+/// The layers `peer`, an endpoint of the site, may fetch.
+fn names_of(held: &Held, peer: &PeerInfo) -> Vec<String> {
+    let s = &held.statement;
+    s.site_layers.iter().chain(s.device_layers(&peer.name)).cloned().collect()
+}
+
+/// Every layer some node of a site may fetch.
+fn site_names(s: &Entitlements) -> Vec<String> {
+    let devices = s.devices.iter().flat_map(|d| d.layers.iter());
+    let mut names: Vec<String> = s.site_layers.iter().chain(devices).cloned().collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 impl ReflectorAccess {
     async fn checked(&self, peer: &PeerInfo) -> Result<Checked, SourceError> {
         let ents = &self.0.entitlements;
+        let own_site = peer.site.as_deref() == Some(ents.site());
         match peer.role {
-            Role::Reflector => Ok(Checked::Everything),
+            Role::Reflector if own_site => Ok(Checked::Everything),
+            Role::Reflector => {
+                let Some(site) = peer.site.as_deref() else { return Ok(Checked::Nothing) };
+                match ents.of_site(&self.0.upstream, site).await {
+                    Some(s) => Ok(Checked::Site(s)),
+                    None => Err(SourceError::Unavailable(format!(
+                        "no entitlement statement of site {site} from upstream: {}",
+                        self.0.upstream.trouble()
+                    ))),
+                }
+            }
             Role::Seed => Ok(Checked::Nothing),
-            Role::Endpoint if peer.site.as_deref() != Some(ents.site()) => Ok(Checked::Nothing),
+            Role::Endpoint if !own_site => Ok(Checked::Nothing),
             Role::Endpoint => match ents.wait(FIRST_WAIT).await {
                 Some(held) => Ok(Checked::Endpoint(held)),
                 None => Err(SourceError::Unavailable(format!(
@@ -47,71 +77,7 @@ impl ReflectorAccess {
             },
         }
     }
-}
 
-impl Access for ReflectorAccess {
-    fn may_fetch_layer<'a>(
-        &'a self,
-        peer: &'a PeerInfo,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<bool, SourceError>> {
-        async move {
-            let held = match self.checked(peer).await? {
-                Checked::Everything => return Ok(true),
-                Checked::Nothing => return Ok(false),
-                Checked::Endpoint(held) => held,
-            };
-            if held.statement.device_may_fetch(&peer.name, name) {
-                return Ok(true);
-            }
-            // Perhaps assigned a moment ago: ask before refusing.
-            Ok(self
-                .refreshed()
-                .await
-                .is_some_and(|h| h.statement.device_may_fetch(&peer.name, name)))
-        }
-        .boxed()
-    }
-
-    fn may_read<'a>(
-        &'a self,
-        peer: &'a PeerInfo,
-        ids: &'a [ChunkId],
-    ) -> BoxFuture<'a, Result<Vec<bool>, SourceError>> {
-        async move {
-            let held = match self.checked(peer).await? {
-                Checked::Everything => return Ok(vec![true; ids.len()]),
-                Checked::Nothing => return Ok(vec![false; ids.len()]),
-                Checked::Endpoint(held) => held,
-            };
-            let flags = self.indexed(&names_of(&held, peer), ids).await?;
-            if flags.iter().all(|f| *f) {
-                return Ok(flags);
-            }
-            // Perhaps assigned a moment ago, or of a cached manifest not indexed yet.
-            let held = self.refreshed().await.unwrap_or(held);
-            let names = names_of(&held, peer);
-            self.0.index_cached_layers(&names).await?;
-            let flags = self.indexed(&names, ids).await?;
-            if flags.iter().all(|f| *f) {
-                return Ok(flags);
-            }
-            // Perhaps of a manifest this reflector has not seen (the endpoint got it elsewhere);
-            // asked again even when another request did the listing, which it waited for.
-            self.0.index_upstream_layers(&names).await?;
-            self.indexed(&names, ids).await
-        }
-        .boxed()
-    }
-}
-
-/// The layers `peer`, an endpoint of the site, may fetch.
-fn names_of(held: &Held, peer: &PeerInfo) -> Vec<String> {
-    let s = &held.statement;
-    s.site_layers.iter().chain(s.device_layers(&peer.name)).cloned().collect()
-}
-
-impl ReflectorAccess {
     /// The statement after asking the upstream for a newer one.
     async fn refreshed(&self) -> Option<Arc<Held>> {
         self.0.entitlements.refresh(&self.0.upstream).await;
@@ -128,5 +94,74 @@ impl ReflectorAccess {
         .await
         .map_err(internal)?
         .map_err(internal)
+    }
+
+    /// For each of `ids`, whether it is a chunk of a layer named in `names`, indexing first the
+    /// manifests of those layers not indexed yet: cached ones, then those the upstream lists
+    /// (an endpoint may have got a manifest elsewhere).
+    async fn read_by_names(
+        &self,
+        names: &[String],
+        ids: &[ChunkId],
+    ) -> Result<Vec<bool>, SourceError> {
+        let flags = self.indexed(names, ids).await?;
+        if flags.iter().all(|f| *f) {
+            return Ok(flags);
+        }
+        self.0.index_cached_layers(names).await;
+        let flags = self.indexed(names, ids).await?;
+        if flags.iter().all(|f| *f) {
+            return Ok(flags);
+        }
+        // Asked again even when another request did the listing, which it waited for.
+        self.0.index_upstream_layers(names).await;
+        self.indexed(names, ids).await
+    }
+}
+
+impl Access for ReflectorAccess {
+    fn may_fetch_layer<'a>(
+        &'a self,
+        peer: &'a PeerInfo,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<bool, SourceError>> {
+        async move {
+            let held = match self.checked(peer).await? {
+                Checked::Everything => return Ok(true),
+                Checked::Nothing => return Ok(false),
+                Checked::Site(s) => return Ok(s.site_may_fetch(name)),
+                Checked::Endpoint(held) => held,
+            };
+            if held.statement.device_may_fetch(&peer.name, name) {
+                return Ok(true);
+            }
+            // Perhaps assigned a moment ago: ask before refusing.
+            let now = self.refreshed().await;
+            Ok(now.is_some_and(|h| h.statement.device_may_fetch(&peer.name, name)))
+        }
+        .boxed()
+    }
+
+    fn may_read<'a>(
+        &'a self,
+        peer: &'a PeerInfo,
+        ids: &'a [ChunkId],
+    ) -> BoxFuture<'a, Result<Vec<bool>, SourceError>> {
+        async move {
+            let held = match self.checked(peer).await? {
+                Checked::Everything => return Ok(vec![true; ids.len()]),
+                Checked::Nothing => return Ok(vec![false; ids.len()]),
+                Checked::Site(s) => return self.read_by_names(&site_names(&s), ids).await,
+                Checked::Endpoint(held) => held,
+            };
+            let flags = self.indexed(&names_of(&held, peer), ids).await?;
+            if flags.iter().all(|f| *f) {
+                return Ok(flags);
+            }
+            // Perhaps assigned a moment ago.
+            let held = self.refreshed().await.unwrap_or(held);
+            self.read_by_names(&names_of(&held, peer), ids).await
+        }
+        .boxed()
     }
 }

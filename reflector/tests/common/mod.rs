@@ -94,7 +94,7 @@ impl ContentSource for Upstream {
         let site = site.or(peer.site.as_deref()).unwrap_or_default().to_string();
         let names = self.store.layer_refs().map_err(|e| SourceError::Internal(e.to_string()))?;
         let statement =
-            Entitlements::new(site.clone(), names.into_iter().map(|l| l.name), []).encode();
+            Entitlements::new(site.clone(), 1, names.into_iter().map(|l| l.name), []).encode();
         let digest = Entitlements::digest_of(&statement);
         if digest == known {
             return Ok((Bytes::new(), Bytes::new()));
