@@ -254,16 +254,17 @@ impl SiteEntitlements {
     }
 }
 
-/// Asks the upstream for a newer statement every `every`.
+/// Asks the upstream for a newer statement every `every` (more often while it holds none).
 pub async fn run(
     upstream: Arc<crate::upstream::Upstream>,
     ents: Arc<SiteEntitlements>,
     every: Duration,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
         ents.refresh(&upstream).await;
+        // Until the first statement arrives, endpoints' requests wait for it: ask as soon as
+        // the upstream is connected (every `MIN_ASK_INTERVAL`), not at the next poll.
+        let pause = if ents.current().is_some() { every } else { MIN_ASK_INTERVAL };
+        tokio::time::sleep(pause).await;
     }
 }
