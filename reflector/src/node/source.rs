@@ -15,6 +15,27 @@ use tracing::Instrument;
 /// The sources endpoints are served from: content, and the inventory and wakes.
 pub struct ReflectorSource(pub(super) Arc<Reflector>);
 
+impl ReflectorSource {
+    /// The upstream connection, for a request passed on as it came.
+    fn upstream(&self) -> Result<oasis_core::net::Client, SourceError> {
+        self.0
+            .upstream
+            .current()
+            .ok_or_else(|| SourceError::Unavailable("the upstream is unreachable".into()))
+    }
+}
+
+/// The upstream's answer to a request passed on: its refusal as it gave it, anything else as
+/// this reflector being unable to answer now.
+fn relayed(e: oasis_core::net::NetError) -> SourceError {
+    match e {
+        oasis_core::net::NetError::Remote { code, message, .. } => {
+            SourceError::Rejected(code, message)
+        }
+        other => SourceError::Unavailable(other.to_string()),
+    }
+}
+
 impl ContentSource for ReflectorSource {
     async fn manifest(
         &self,
@@ -58,16 +79,8 @@ impl ContentSource for ReflectorSource {
 
     async fn renew(&self, peer: &PeerInfo, cert: Bytes, csr: Bytes) -> Result<Bytes, SourceError> {
         // Passed on as it came: the request proves itself to the seed (pki::renewal).
-        let Some(upstream) = self.0.upstream.current() else {
-            return Err(SourceError::Unavailable("the upstream is unreachable".into()));
-        };
         tracing::info!(for_node = %peer, "passing a certificate renewal upstream");
-        upstream.renew(cert, csr).await.map_err(|e| match e {
-            oasis_core::net::NetError::Remote { code, message, .. } => {
-                SourceError::Rejected(code, message)
-            }
-            other => SourceError::Unavailable(other.to_string()),
-        })
+        self.upstream()?.renew(cert, csr).await.map_err(relayed)
     }
 
     async fn have(&self, ids: &[ChunkId]) -> Result<Vec<bool>, SourceError> {
@@ -104,15 +117,7 @@ impl ContentSource for ReflectorSource {
         }
         // A reflector of another site chained below this one: its site's statement comes from
         // the seed, passed on as sealed.
-        let Some(upstream) = self.0.upstream.current() else {
-            return Err(SourceError::Unavailable("the upstream is unreachable".into()));
-        };
-        upstream.entitlements(Some(site), known).await.map_err(|e| match e {
-            oasis_core::net::NetError::Remote { code, message, .. } => {
-                SourceError::Rejected(code, message)
-            }
-            other => SourceError::Unavailable(other.to_string()),
-        })
+        self.upstream()?.entitlements(Some(site), known).await.map_err(relayed)
     }
 
     async fn assignments(
