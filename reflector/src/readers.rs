@@ -12,6 +12,7 @@
 //! chunk stays readable by the layer's endpoints while the layer stays assigned.
 
 use oasis_core::manifest::{ChunkRef, SignedRoot};
+use oasis_core::store::chunk_layers::ChunkLayers;
 use oasis_core::ChunkId;
 
 const CHUNKS_TREE: &str = "reflector_chunk_layers";
@@ -19,17 +20,16 @@ const INDEXED_TREE: &str = "reflector_layers_indexed";
 
 #[derive(Clone)]
 pub struct LayerIndex {
-    chunks: sled::Tree,
+    chunks: ChunkLayers,
     indexed: sled::Tree,
-}
-
-fn key(id: &ChunkId, name: &str) -> Vec<u8> {
-    [id.as_bytes().as_slice(), name.as_bytes()].concat()
 }
 
 impl LayerIndex {
     pub fn open(db: &sled::Db) -> Result<LayerIndex, sled::Error> {
-        Ok(LayerIndex { chunks: db.open_tree(CHUNKS_TREE)?, indexed: db.open_tree(INDEXED_TREE)? })
+        Ok(LayerIndex {
+            chunks: ChunkLayers::new(db.open_tree(CHUNKS_TREE)?),
+            indexed: db.open_tree(INDEXED_TREE)?,
+        })
     }
 
     pub fn is_indexed(&self, digest: &[u8; 32]) -> Result<bool, sled::Error> {
@@ -41,12 +41,8 @@ impl LayerIndex {
         if self.is_indexed(&root.digest)? {
             return Ok(());
         }
-        let name = &root.root.name;
-        let mut batch = sled::Batch::default();
-        for c in files.iter().chain(root.root.unique_body_chunks().iter()) {
-            batch.insert(key(&c.id, name), &[]);
-        }
-        self.chunks.apply_batch(batch)?;
+        let body = root.root.unique_body_chunks();
+        self.chunks.add(&root.root.name, files.iter().chain(body.iter()).map(|c| &c.id))?;
         self.indexed.insert(root.digest, &[])?;
         Ok(())
     }
@@ -54,22 +50,12 @@ impl LayerIndex {
     /// Indexes only `root`'s body chunks (its files are indexed once its body is read): an
     /// endpoint asks for them right after the root. Blocking.
     pub fn add_body(&self, root: &SignedRoot) -> Result<(), sled::Error> {
-        let name = &root.root.name;
-        let mut batch = sled::Batch::default();
-        for c in root.root.unique_body_chunks() {
-            batch.insert(key(&c.id, name), &[]);
-        }
-        self.chunks.apply_batch(batch)
+        let body = root.root.unique_body_chunks();
+        self.chunks.add(&root.root.name, body.iter().map(|c| &c.id))
     }
 
     /// Whether chunk `id` belongs to a layer named in `names`. Blocking.
     pub fn in_layers(&self, id: &ChunkId, names: &[&str]) -> Result<bool, sled::Error> {
-        for k in self.chunks.scan_prefix(id.as_bytes()).keys() {
-            let k = k?;
-            if names.iter().any(|n| n.as_bytes() == &k[32..]) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        self.chunks.any_layer(id, |name| names.contains(&name))
     }
 }

@@ -25,6 +25,7 @@ use oasis_core::chunk::ChunkId;
 use oasis_core::manifest::SignedManifest;
 use oasis_core::net::SourceError;
 use oasis_core::pki::{PeerInfo, Role};
+use oasis_core::store::chunk_layers::ChunkLayers;
 use oasis_core::store::ChunkStore;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -39,17 +40,13 @@ const INDEXED_TREE: &str = "readers_indexed";
 
 #[derive(Clone)]
 pub struct Readers {
-    layer: sled::Tree,
+    layer: ChunkLayers,
     device: sled::Tree,
     indexed: sled::Tree,
 }
 
 fn device_key(device: &str, id: &ChunkId) -> Vec<u8> {
     [device.as_bytes(), b"\0", id.as_bytes()].concat()
-}
-
-fn layer_key(id: &ChunkId, name: &str) -> Vec<u8> {
-    [id.as_bytes().as_slice(), name.as_bytes()].concat()
 }
 
 fn layer_mark(name: &str, version: &str) -> String {
@@ -63,7 +60,7 @@ impl Readers {
             db.drop_tree(OLD_LAYER_TREE)?;
         }
         Ok(Readers {
-            layer: db.open_tree(LAYER_TREE)?,
+            layer: ChunkLayers::new(db.open_tree(LAYER_TREE)?),
             device: db.open_tree(DEVICE_TREE)?,
             indexed: db.open_tree(INDEXED_TREE)?,
         })
@@ -71,13 +68,9 @@ impl Readers {
 
     /// Records the chunks of a published layer (files and manifest body) under its name.
     pub fn add_layer(&self, m: &SignedManifest) -> Result<(), sled::Error> {
-        let name = &m.root.name;
-        let mut batch = sled::Batch::default();
-        for c in m.manifest.unique_chunks().iter().chain(m.root.unique_body_chunks().iter()) {
-            batch.insert(layer_key(&c.id, name), &[]);
-        }
-        self.layer.apply_batch(batch)?;
-        self.indexed.insert(layer_mark(name, &m.root.version), &[])?;
+        let (files, body) = (m.manifest.unique_chunks(), m.root.unique_body_chunks());
+        self.layer.add(&m.root.name, files.iter().chain(body.iter()).map(|c| &c.id))?;
+        self.indexed.insert(layer_mark(&m.root.name, &m.root.version), &[])?;
         Ok(())
     }
 
@@ -92,18 +85,7 @@ impl Readers {
         if names.is_empty() {
             return Ok(false);
         }
-        for key in self.layer.scan_prefix(id.as_bytes()).keys() {
-            let key = key?;
-            if names.contains(String::from_utf8_lossy(&key[32..]).as_ref()) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    /// Whether chunk `id` is in some published layer.
-    pub fn in_any_layer(&self, id: &ChunkId) -> Result<bool, sled::Error> {
-        Ok(self.layer.scan_prefix(id.as_bytes()).next().transpose()?.is_some())
+        self.layer.any_layer(id, |name| names.contains(name))
     }
 
     /// Whether `device` sent chunk `id` itself.

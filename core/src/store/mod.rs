@@ -20,6 +20,8 @@
 //! [`ChunkStore::read_file_ref`] do, checking the stamp, then the bytes against the chunk id,
 //! and dropping a reference that fails either.
 
+pub mod chunk_layers;
+
 use crate::chunk::ChunkId;
 use crate::compress::{Encoding, StoredChunk};
 use crate::manifest::{ManifestBody, ManifestError, SignedManifest};
