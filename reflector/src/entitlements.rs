@@ -37,8 +37,6 @@ pub struct Held {
     pub encoded: Bytes,
     pub seal: Bytes,
     pub digest: [u8; 32],
-    /// When the seed sealed it (Unix seconds).
-    pub issued: u64,
 }
 
 /// The statement of this reflector's site, shared by the serving side and the poller.
@@ -102,14 +100,13 @@ impl SiteEntitlements {
     /// Opens a statement and its seal; adopts it when it is newer than the one held. Returns
     /// whether it was adopted.
     pub fn adopt(&self, statement: Bytes, seal: Bytes) -> Result<bool, String> {
-        let (e, s) = Entitlements::open(&statement, &seal, &self.key, &self.site)
+        let (e, _) = Entitlements::open(&statement, &seal, &self.key, &self.site)
             .map_err(|e| e.to_string())?;
         let held = Arc::new(Held {
             statement: e,
             digest: Entitlements::digest_of(&statement),
             encoded: statement,
             seal,
-            issued: s.issued,
         });
         let mut adopted = false;
         self.held.send_if_modified(|h| {
