@@ -25,8 +25,6 @@ use tokio::sync::watch;
 pub const UPSTREAM_POLL: Duration = Duration::from_secs(2);
 /// How long a request waits for the first statement of a reflector that holds none yet.
 pub const FIRST_WAIT: Duration = Duration::from_secs(10);
-/// How long a starting reflector with no saved statement waits for one before it serves.
-pub const FIRST_AT_START: Duration = Duration::from_secs(3);
 /// Shortest time between two questions to the upstream: a refusal asks at once whether the
 /// statement changed (a layer assigned a moment ago is served at once), and a peer asking for
 /// what it may not have again and again costs the upstream no more than this.

@@ -159,15 +159,6 @@ impl RunningReflector {
         });
         let (tasks, cancel) =
             spawn_tasks(&config, &inner, &endpoint, &node_metrics, wake_task, siblings_task);
-        // A reflector with no saved statement answers its endpoints only once it has one:
-        // give the upstream a moment to deliver it before saying we serve. A seed that does
-        // not answer delays nothing further (the requests then wait, see `node::access`).
-        if inner.entitlements.current().is_none()
-            && inner.entitlements.wait(crate::entitlements::FIRST_AT_START).await.is_none()
-        {
-            tracing::warn!(upstream = %config.upstream,
-                "no entitlement statement from upstream yet: endpoints wait for one");
-        }
         tracing::info!(
             %addr,
             upstream = %config.upstream,
