@@ -400,7 +400,14 @@ async fn policy_reload_changes_the_rate_mid_transfer() -> anyhow::Result<()> {
     let o = opts(&state, refl.addr, "big", Some("1"), &into);
     let transfer = tokio::spawn(async move { fetch(&o).await });
 
-    tokio::time::sleep(Duration::from_millis(700)).await; // past the initial burst
+    // Measure only once the start-up burst (256 KiB plus the in-flight allowance) has gone
+    // upstream: when the transfer starts depends on the reflector's first entitlement
+    // statement and the manifest, not on a fixed delay.
+    let upstream = refl.stats.upstream_bytes.clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || upstream.get() > 1_000_000).await,
+        "the transfer did not start"
+    );
     let slow = measure(&refl, Duration::from_secs(2)).await;
 
     // A bad file is refused; the rate in force stays.
