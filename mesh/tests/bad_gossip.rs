@@ -251,6 +251,59 @@ async fn a_hello_flood_is_rate_limited_and_the_mesh_keeps_working() {
     sibling_task.await.unwrap().unwrap();
 }
 
+/// A flooder that comes back under many peer ids from one address gains nothing: hello checks
+/// are limited per source address as well as per neighbour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hellos_from_many_peer_ids_of_one_address_are_limited_together() {
+    const PEERS: u64 = 8;
+    const EACH: u64 = 30; // under the per-neighbour limit, so only the address limit applies
+    let net = Net::new();
+    let (id_t, state_t) = net.enroll("target", "lyon");
+    let (target, target_task) = start(&id_t, &state_t, loopback_config(vec![], false)).await;
+    let target_addr = addr_of(&target, false).await;
+    assert!(EACH < u64::from(oasis_mesh::HELLOS_PER_NEIGHBOUR));
+    assert!(PEERS * EACH > u64::from(oasis_mesh::HELLOS_PER_ADDRESS));
+    let mut flooders = Vec::new();
+    for i in 0..PEERS {
+        // A certificate of its own each, so that every check ends in a counted hello (one
+        // certificate binds only a few peer ids).
+        let (id, _) = net.enroll(&format!("flooder-{i}"), "lyon");
+        let (mut raw, raw_id, topic) = joined_raw(&target, target_addr.clone()).await;
+        flooders.push(tokio::spawn(async move {
+            for seq in 0..EACH {
+                let hello = binding::sign_binding(&id, &raw_id).unwrap();
+                let msg = GossipMsg { seq: seq + 1, body: Body::Hello(hello) }.encode();
+                raw.behaviour_mut().publish(topic.clone(), msg).expect("publish");
+                // Slow enough that the checks at once (8) are not what turns them away.
+                pump(&mut raw, Duration::from_millis(5), |_| false).await;
+            }
+            pump(&mut raw, Duration::from_secs(3), |_| false).await;
+        }));
+    }
+    for f in flooders {
+        f.await.unwrap();
+    }
+    let m = target.metrics().clone();
+    println!(
+        "{} hellos from {PEERS} peer ids of 127.0.0.1: checked {}, over the address rate {}, \
+         over the neighbour rate {}, busy {}",
+        PEERS * EACH,
+        m.received("hello"),
+        m.dropped("hello_rate_address"),
+        m.dropped("hello_rate"),
+        m.dropped("hello_busy")
+    );
+    assert!(
+        m.received("hello") <= u64::from(oasis_mesh::HELLOS_PER_ADDRESS),
+        "more hellos checked than one address may start in a window"
+    );
+    assert!(m.dropped("hello_rate_address") > 0, "the address limit never applied");
+    assert_eq!(m.dropped("hello_rate"), 0, "no single neighbour went over its own limit");
+    assert!(!target_task.is_finished());
+    target.shutdown();
+    target_task.await.unwrap().unwrap();
+}
+
 /// A neighbour that keeps passing on gossip this node rejects is graylisted by gossipsub's peer
 /// scoring: after about nine rejections its messages are no longer taken at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,6 +127,7 @@ impl MeshTask {
     pub(super) fn on_neighbour_gone(&mut self, peer: &PeerId) {
         self.unverified.remove(peer);
         self.hello_replies.remove(peer);
+        self.neighbour_address.remove(peer);
     }
 
     /// `author` verified: if it is a neighbour, the gossip opens to it.

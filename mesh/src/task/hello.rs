@@ -10,6 +10,9 @@ pub const MAX_HELLO_CHECKS: usize = 8;
 /// [`HELLO_RATE_WINDOW`]; beyond it they are ignored. Honest neighbours pass on a hello per
 /// node of the mesh per hello period, far fewer.
 pub const HELLOS_PER_NEIGHBOUR: u32 = 32;
+/// The same over all neighbours connected from one IP address: several honest nodes may share
+/// one (behind a NAT, or on one host), each passing on a few new hellos per hello period.
+pub const HELLOS_PER_ADDRESS: u32 = 128;
 pub const HELLO_RATE_WINDOW: Duration = Duration::from_secs(10);
 /// Messages kept per author while its hello is being checked, applied once it verified: a new
 /// peer's state that follows its hello is not lost to the check. More are ignored.
@@ -67,15 +70,30 @@ impl MeshTask {
             return Some(MessageAcceptance::Ignore);
         }
         let now = Instant::now();
-        let (since, started) = self.hello_rate.entry(source).or_insert((now, 0));
-        if now.duration_since(*since) >= HELLO_RATE_WINDOW {
-            (*since, *started) = (now, 0);
+        let address = self.neighbour_address.get(&source).copied();
+        let by_address = address.map(|ip| self.hello_rate_by_address.entry(ip).or_insert((now, 0)));
+        if !within_rate(by_address, HELLOS_PER_ADDRESS, now) {
+            self.metrics.count_drop("hello_rate_address");
+            return Some(MessageAcceptance::Ignore);
         }
-        if *started >= HELLOS_PER_NEIGHBOUR {
+        if !within_rate(
+            Some(self.hello_rate.entry(source).or_insert((now, 0))),
+            HELLOS_PER_NEIGHBOUR,
+            now,
+        ) {
             self.metrics.count_drop("hello_rate");
             return Some(MessageAcceptance::Ignore);
         }
-        *started += 1;
+        // Both windows had room: count the check in each.
+        for window in [
+            address.and_then(|ip| self.hello_rate_by_address.get_mut(&ip)),
+            self.hello_rate.get_mut(&source),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            window.1 += 1;
+        }
         self.held.entry(author).or_default().0 += 1;
         let (trust, hello) = (self.trust.clone(), hello);
         self.hello_checks.spawn_blocking(move || {
@@ -193,4 +211,14 @@ impl MeshTask {
         }
         Ok(())
     }
+}
+
+/// Whether a rate window (when it began, checks started in it) has room for one more check
+/// under `limit`; a window older than [`HELLO_RATE_WINDOW`] starts again. None has room.
+fn within_rate(window: Option<&mut (Instant, u32)>, limit: u32, now: Instant) -> bool {
+    let Some((since, started)) = window else { return true };
+    if now.duration_since(*since) >= HELLO_RATE_WINDOW {
+        (*since, *started) = (now, 0);
+    }
+    *started < limit
 }

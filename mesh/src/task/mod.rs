@@ -29,7 +29,8 @@ mod direct;
 mod hello;
 use hello::{HeldMessage, HelloCheck, Origin};
 pub use hello::{
-    HELLOS_PER_NEIGHBOUR, HELLO_RATE_WINDOW, HELLO_RECHECK, MAX_HELD_PER_CHECK, MAX_HELLO_CHECKS,
+    HELLOS_PER_ADDRESS, HELLOS_PER_NEIGHBOUR, HELLO_RATE_WINDOW, HELLO_RECHECK, MAX_HELD_PER_CHECK,
+    MAX_HELLO_CHECKS,
 };
 
 use crate::{binding, peer_ref, Command, DeviceBatch, Holding, MeshConfig, MeshMetrics};
@@ -118,6 +119,11 @@ pub(crate) struct MeshTask {
     held: HashMap<PeerId, (u32, Vec<HeldMessage>)>,
     /// Per neighbour: when its current rate window began and the verifications it started.
     hello_rate: HashMap<PeerId, (Instant, u32)>,
+    /// The same per source address, over all the neighbours connected from it: a stranger
+    /// cannot buy more checks by coming back under new peer ids.
+    hello_rate_by_address: HashMap<std::net::IpAddr, (Instant, u32)>,
+    /// Each neighbour's address (of its first connection), for the limit above.
+    neighbour_address: HashMap<PeerId, std::net::IpAddr>,
     local: HashMap<LayerDigest, LocalLayer>,
     load: Load,
     hello_due: bool,
@@ -264,6 +270,8 @@ impl MeshTask {
             hello_checks: tokio::task::JoinSet::new(),
             held: HashMap::new(),
             hello_rate: HashMap::new(),
+            hello_rate_by_address: HashMap::new(),
+            neighbour_address: HashMap::new(),
             local: HashMap::new(),
             load: Load::default(),
             hello_due: true,
@@ -446,6 +454,7 @@ impl MeshTask {
         let (now, keep) = (self.now(), self.hello_period() * 2);
         self.verified.retain(|_, v| now.saturating_sub(v.last) <= keep);
         self.hello_rate.retain(|_, (since, _)| since.elapsed() < HELLO_RATE_WINDOW);
+        self.hello_rate_by_address.retain(|_, (since, _)| since.elapsed() < HELLO_RATE_WINDOW);
         self.metrics.peers.set(self.view.len() as i64);
         if self.hello_due && self.publish(Body::Hello(self.hello.clone()), "hello") {
             self.hello_due = false;
@@ -671,9 +680,12 @@ impl MeshTask {
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.on_neighbour_gone(&peer_id);
             }
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
                 if num_established.get() == 1 {
                     debug!("connected to {peer_id}");
+                    if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                        self.neighbour_address.insert(peer_id, ip);
+                    }
                     self.on_new_neighbour(peer_id);
                     if self.verified.is_empty() {
                         // First contact: a bootstrap query fills the routing table.
@@ -852,4 +864,13 @@ impl MeshTask {
         self.metrics.count_drop(e.reason());
         MessageAcceptance::Reject
     }
+}
+
+/// The IP address a multiaddr starts with, if any.
+fn ip_of(addr: &libp2p::Multiaddr) -> Option<std::net::IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(ip.into()),
+        Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    })
 }
