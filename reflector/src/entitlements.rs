@@ -159,8 +159,9 @@ impl SiteEntitlements {
             }
             _ => {}
         }
-        *asked = Some(tokio::time::Instant::now());
+        // No connection, no question: the next caller may ask the moment one is up.
         let Some(client) = upstream.current() else { return false };
+        *asked = Some(tokio::time::Instant::now());
         let known = self.current().map_or([0; 32], |h| h.digest);
         let answer = tokio::time::timeout(ASK_TIMEOUT, client.entitlements(None, known)).await;
         let (statement, seal) = match answer {
@@ -258,9 +259,12 @@ pub async fn run(
     every: Duration,
 ) {
     loop {
+        if ents.current().is_none() {
+            // Until the first statement arrives, endpoints' requests wait for it: ask the
+            // moment the upstream is connected, not at the next poll.
+            upstream.wait(every).await;
+        }
         ents.refresh(&upstream).await;
-        // Until the first statement arrives, endpoints' requests wait for it: ask as soon as
-        // the upstream is connected (every `MIN_ASK_INTERVAL`), not at the next poll.
         let pause = if ents.current().is_some() { every } else { MIN_ASK_INTERVAL };
         tokio::time::sleep(pause).await;
     }

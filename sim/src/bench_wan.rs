@@ -102,6 +102,18 @@ fn steady_rate(samples: &[(f64, u64)]) -> f64 {
     }
 }
 
+/// Where a cell's time goes before the link is full: seconds from the start until the data
+/// direction has carried 1 MB (handshakes, entitlements, manifest and the first flights), and
+/// until a 300 ms window first runs at 90% of `limit`.
+fn ramp(samples: &[(f64, u64)], limit: f64) -> (Option<f64>, Option<f64>) {
+    let started = samples.iter().find(|s| s.1 >= 1_000_000).map(|s| s.0);
+    let full = samples.windows(4).find_map(|w| {
+        let (a, b) = (w[0], w[3]);
+        ((b.1 - a.1) as f64 / (b.0 - a.0) >= 0.9 * limit).then_some(a.0)
+    });
+    (started, full)
+}
+
 /// One cell of the matrix.
 #[derive(Debug, serde::Serialize)]
 struct Cell {
@@ -118,6 +130,10 @@ struct Cell {
     /// link's data-direction counter sampled every 100 ms), as stored bytes.
     steady_rate_bytes_per_s: f64,
     steady_over_limit: f64,
+    /// Seconds until the link carried 1 MB, and until it first ran at 90% of the limit
+    /// (`ramp`).
+    started_seconds: Option<f64>,
+    full_seconds: Option<f64>,
     wan_bytes: u64,
     wan_over_stored: f64,
     /// Bytes offered to the link, queue drops included.
@@ -290,6 +306,7 @@ async fn cell(
     let rate = t.moved as f64 / t.seconds;
     let steady =
         steady_rate(&samples) * t.moved as f64 / samples.last().map_or(0, |s| s.1).max(1) as f64;
+    let (started_seconds, full_seconds) = ramp(&samples, limit);
     let offered_bytes = c.down.offered_bytes + c.up.offered_bytes;
     let wan_bytes = offered_bytes - c.down.queue_dropped_bytes - c.up.queue_dropped_bytes;
     let floor = if limited_by == "cap" { CAP_FLOOR } else { LINK_FLOOR };
@@ -305,6 +322,8 @@ async fn cell(
         rate_over_limit: rate / limit,
         steady_rate_bytes_per_s: steady,
         steady_over_limit: steady / limit,
+        started_seconds,
+        full_seconds,
         wan_bytes,
         wan_over_stored,
         offered_bytes,
@@ -386,7 +405,7 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
                 n += 1;
                 let c = cell(&cx, path, n, spec, cap).await?;
                 say(format!(
-                "wan: {:<7} cap {cap_text:>8} link {:<28}{} {:>6.2} MB/s = {:>5.1}% of the {} ({}; steady {:.1}%); WAN bytes {:.3}x stored ({:.3}x offered, {} queue drops)",
+                "wan: {:<7} cap {cap_text:>8} link {:<28}{} {:>6.2} MB/s = {:>5.1}% of the {} ({}; steady {:.1}%; 1 MB at {}, full at {}); WAN bytes {:.3}x stored ({:.3}x offered, {} queue drops)",
                 path.name(),
                 c.link,
                 if reference { " (reference)" } else { "" },
@@ -395,6 +414,8 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
                 c.limited_by,
                 if c.pass { "met" } else { "NOT MET" },
                 c.steady_over_limit * 100.0,
+                c.started_seconds.map_or("-".into(), |t| format!("{t:.2} s")),
+                c.full_seconds.map_or("-".into(), |t| format!("{t:.2} s")),
                 c.wan_over_stored,
                 c.offered_bytes as f64 / c.moved_bytes as f64,
                 c.queue_drops

@@ -97,9 +97,8 @@ impl ReflectorAccess {
     }
 
     /// For each of `ids`, whether it is a chunk of a layer named in `names`, indexing first the
-    /// manifests of those layers not indexed yet: cached ones, then those the upstream lists
-    /// (an endpoint may have got a manifest elsewhere).
-    async fn read_by_names(
+    /// cached manifests of those layers not indexed yet. Asks the upstream nothing.
+    async fn read_cached(
         &self,
         names: &[String],
         ids: &[ChunkId],
@@ -109,7 +108,17 @@ impl ReflectorAccess {
             return Ok(flags);
         }
         self.0.index_cached_layers(names).await;
-        let flags = self.indexed(names, ids).await?;
+        self.indexed(names, ids).await
+    }
+
+    /// The same as [`Self::read_cached`], then indexing the manifests the upstream lists (an
+    /// endpoint may have got a manifest elsewhere).
+    async fn read_by_names(
+        &self,
+        names: &[String],
+        ids: &[ChunkId],
+    ) -> Result<Vec<bool>, SourceError> {
+        let flags = self.read_cached(names, ids).await?;
         if flags.iter().all(|f| *f) {
             return Ok(flags);
         }
@@ -154,7 +163,9 @@ impl Access for ReflectorAccess {
                 Checked::Site(s) => return self.read_by_names(&site_names(&s), ids).await,
                 Checked::Endpoint(held) => held,
             };
-            let flags = self.indexed(&names_of(&held, peer), ids).await?;
+            // The first chunks of a layer whose manifest this reflector just fetched are found
+            // by indexing that manifest, with no round trip to the upstream.
+            let flags = self.read_cached(&names_of(&held, peer), ids).await?;
             if flags.iter().all(|f| *f) {
                 return Ok(flags);
             }
