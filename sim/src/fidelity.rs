@@ -173,11 +173,13 @@ pub async fn run_with(
             let link = EmulatorThread::start("127.0.0.1:0".parse()?, seed.seed.addr, spec.clone())
                 .with_context(|| format!("starting the emulated WAN link of {name}"))?;
             say(format!("fidelity: {name} reaches the seed over an emulated link: {spec}"));
+            // Entitled before its reflectors start, as the scenario's assignments hold from its
+            // start: the first statement a reflector fetches already names the layer.
+            seed.make_available(&name, &layer.name, "1")?;
             let wan = live::SitePolicy::Policy(&policy);
             let reflectors =
                 live::site_reflectors_via(&seed, &name, g.reflectors, wan, link.local_addr())
                     .await?;
-            seed.make_available(&name, &layer.name, "1")?;
             let mut endpoints = Vec::new();
             for e in 0..g.endpoints {
                 endpoints.push(seed.enroll_in_site(
