@@ -28,6 +28,9 @@ pub struct NodeMetrics {
     /// Connections refused at the handshake (the server's total) or closed after it (one
     /// peer's share): [`crate::net::ServeLimits`].
     pub refused_connections: Counter,
+    /// Connections refused before the handshake because their source address was turned away
+    /// within [`crate::net::ServeLimits::source_ban`].
+    pub banned_connections: Counter,
     /// Answers reset because the peer took none of their bytes for the write-stall limit.
     pub stalled_answers: Counter,
     /// Connections refused, or closed, because the peer's certificate is revoked.
@@ -83,6 +86,13 @@ impl NodeMetrics {
             "Connections refused over the server's connection limits",
             refused_connections.clone(),
         );
+        let banned_connections = Counter::default();
+        registry.register(
+            "banned_connections",
+            "Connections refused before the handshake: their source address (IP and port) was \
+             turned away within source_ban",
+            banned_connections.clone(),
+        );
         registry.register(
             "stalled_answers",
             "Answers reset because the peer stopped reading them",
@@ -115,6 +125,7 @@ impl NodeMetrics {
             upload_chunks,
             upload_new_chunks,
             refused_connections,
+            banned_connections,
             stalled_answers,
             revoked_peers,
             revocation_list,

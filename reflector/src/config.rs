@@ -109,8 +109,8 @@ pub struct ReflectorConfig {
     /// QUIC parameters of the serving endpoint (not settable from the file).
     pub transport: TransportOptions,
     /// What each peer may hold of this reflector: `max_connections`, `max_connections_per_peer`,
-    /// `write_stall`, `max_streams_per_connection` and `max_answer_bytes_per_connection` in the
-    /// file.
+    /// `write_stall`, `max_streams_per_connection`, `max_answer_bytes_per_connection` and
+    /// `source_ban` in the file.
     pub limits: ServeLimits,
     /// Wake-on-LAN: scheduled delivery pacing, packet repeats, inventory sync.
     pub wake: crate::wake::WakeSettings,
@@ -275,6 +275,7 @@ struct FileConfig {
     write_stall: Option<toml::Spanned<String>>,
     max_streams_per_connection: Option<u32>,
     max_answer_bytes_per_connection: Option<toml::Spanned<Amount>>,
+    source_ban: Option<toml::Spanned<String>>,
 }
 
 /// A number or a string with a unit.
@@ -473,6 +474,7 @@ impl ConfigArgs {
             duration("assignments_poll", &file.assignments_poll, cfg.assignments_poll)?;
         cfg.limits.write_stall =
             duration("write_stall", &file.write_stall, cfg.limits.write_stall)?;
+        cfg.limits.source_ban = duration("source_ban", &file.source_ban, cfg.limits.source_ban)?;
         cfg.limits.max_connections = file.max_connections.unwrap_or(cfg.limits.max_connections);
         cfg.limits.max_connections_per_peer =
             file.max_connections_per_peer.unwrap_or(cfg.limits.max_connections_per_peer);
@@ -776,7 +778,8 @@ mod tests {
         assert_eq!(resolve("").unwrap().limits, ServeLimits::default());
         let c = resolve(
             "max_connections = 500\nmax_connections_per_peer = 4\nwrite_stall = \"10s\"\n\
-             max_streams_per_connection = 64\nmax_answer_bytes_per_connection = \"8MiB\"\n",
+             max_streams_per_connection = 64\nmax_answer_bytes_per_connection = \"8MiB\"\n\
+             source_ban = \"0s\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -787,6 +790,7 @@ mod tests {
                 write_stall: Duration::from_secs(10),
                 max_streams_per_connection: 64,
                 max_answer_bytes_per_connection: 8 << 20,
+                source_ban: Duration::ZERO,
             }
         );
         let n = resolve("max_answer_bytes_per_connection = 1048576\n").unwrap();

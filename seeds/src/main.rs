@@ -170,6 +170,11 @@ enum Cmd {
         /// 64 KiB to 1 GiB): what answers hold in memory per connection.
         #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = oasis_core::units::parse_amount)]
         max_answer_bytes_per_connection: u64,
+        /// How long a client socket (IP and port) whose connection was turned away after its
+        /// handshake (over its share, revoked, refused by TLS) has further connections refused
+        /// before the handshake ("10s"; "0s" turns it off).
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = oasis_core::units::parse_duration)]
+        source_ban: std::time::Duration,
         /// Snapshot record bytes assembled in memory at once over every upload ("1GiB", 1 MiB
         /// to 64 GiB); each device assembles one record at a time, and a record larger than
         /// this is refused.
@@ -565,6 +570,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             write_stall,
             max_streams_per_connection,
             max_answer_bytes_per_connection,
+            source_ban,
             max_record_assembly_bytes,
             latest_ttl,
             signer,
@@ -576,6 +582,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 write_stall,
                 max_streams_per_connection,
                 max_answer_bytes_per_connection,
+                source_ban,
             };
             limits.validate().map_err(|e| anyhow::anyhow!("oasis-seed serve: {e}"))?;
             oasis_seed::snapshots::configure_record_budget(max_record_assembly_bytes)

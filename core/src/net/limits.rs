@@ -6,11 +6,18 @@
 //! and several honest nodes can share an address (a NAT, a branch office behind one router),
 //! while one stolen or misbehaving identity can connect from many. The total cap holds the
 //! handshakes of peers without an identity too.
+//!
+//! A source address (IP and port: one client socket) whose connection was turned away after
+//! its handshake (over its identity's share, revoked, refused by TLS, role not admitted) has
+//! its next connections refused before the handshake for [`ServeLimits::source_ban`]: a flood
+//! from one socket then costs no handshakes. The port is part of it because honest nodes
+//! behind one NAT share the IP.
 
 use super::TransportOptions;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The limits [`super::serve`] holds every peer to. Defaults in docs/deploy-seed.md and
 /// docs/deploy-reflector.md.
@@ -33,6 +40,9 @@ pub struct ServeLimits {
     /// send window); writers wait beyond it. What answers hold in memory is at most this per
     /// connection, and `max_connections` times it in all.
     pub max_answer_bytes_per_connection: u64,
+    /// How long a source address (IP and port) whose connection was turned away after its
+    /// handshake has its next connections refused before the handshake. Zero turns it off.
+    pub source_ban: Duration,
 }
 
 /// The smallest answer window accepted: below a few datagrams' worth, a connection barely moves.
@@ -52,6 +62,9 @@ impl Default for ServeLimits {
             write_stall: Duration::from_secs(30),
             max_streams_per_connection: TransportOptions::default().max_concurrent_bidi_streams,
             max_answer_bytes_per_connection: TransportOptions::default().send_window,
+            // Long enough that a flood from one socket costs a handshake per ban, short enough
+            // that an honest node that went over its share once is soon back.
+            source_ban: Duration::from_secs(10),
         }
     }
 }
@@ -87,6 +100,44 @@ impl ServeLimits {
             max_concurrent_bidi_streams: self.max_streams_per_connection,
             send_window: self.max_answer_bytes_per_connection,
             ..opts.clone()
+        }
+    }
+}
+
+/// Source addresses banned until an instant, bounded: when full, expired bans are dropped, and
+/// if none has expired a new ban is not recorded (the other limits still hold).
+#[derive(Debug, Default)]
+pub(crate) struct SourceBans {
+    until: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+/// Most source addresses banned at once.
+pub const MAX_BANNED_SOURCES: usize = 65_536;
+
+impl SourceBans {
+    pub(crate) fn ban(&self, source: SocketAddr, hold: Duration) {
+        if hold.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        if until.len() >= MAX_BANNED_SOURCES {
+            until.retain(|_, t| *t > now);
+        }
+        if until.len() < MAX_BANNED_SOURCES || until.contains_key(&source) {
+            until.insert(source, now + hold);
+        }
+    }
+
+    pub(crate) fn is_banned(&self, source: &SocketAddr) -> bool {
+        let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        match until.get(source) {
+            Some(t) if *t > Instant::now() => true,
+            Some(_) => {
+                until.remove(source);
+                false
+            }
+            None => false,
         }
     }
 }

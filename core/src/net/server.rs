@@ -2,7 +2,7 @@
 //! over a node's [`ContentSource`], [`InventorySource`] and [`BackupSource`] (see
 //! [`super::router`]).
 
-use super::limits::{PeerSlots, ServeLimits};
+use super::limits::{PeerSlots, ServeLimits, SourceBans};
 use super::router::{BackupSource, ContentSource, InventorySource, Router, SourceError};
 use super::{
     close_code, read_frame, stream_code, wire_error_code, ReadFrameError, CHUNK_READ_AHEAD,
@@ -51,8 +51,15 @@ pub async fn serve<C: ContentSource, I: InventorySource, B: BackupSource>(
     });
     let live = Arc::new(AtomicU32::new(0));
     let slots = Arc::new(PeerSlots::default());
+    let bans = Arc::new(SourceBans::default());
     let max = router.limits.max_connections;
     while let Some(incoming) = endpoint.accept().await {
+        if bans.is_banned(&incoming.remote_address()) {
+            metrics.banned_connections.inc();
+            debug!(remote = %incoming.remote_address(), "connection refused: its source was turned away within source_ban");
+            incoming.refuse();
+            continue;
+        }
         if live.load(Ordering::Relaxed) >= max {
             metrics.refused_connections.inc();
             warn!(remote = %incoming.remote_address(), max, "connection refused: the server holds its maximum");
@@ -62,13 +69,26 @@ pub async fn serve<C: ContentSource, I: InventorySource, B: BackupSource>(
         live.fetch_add(1, Ordering::Relaxed);
         let held = LiveConnection(live.clone());
         let (source, metrics, t) = (Arc::new(router.clone()), metrics.clone(), tasks.clone());
-        let slots = slots.clone();
+        let (slots, bans) = (slots.clone(), bans.clone());
         tasks.spawn(async move {
             let _held = held;
             let remote = incoming.remote_address();
+            let hold = source.limits.source_ban;
             match incoming.await {
-                Ok(conn) => serve_connection(conn, source, metrics, t, slots).await,
-                Err(e) => info!(%remote, error = %e, "handshake failed"),
+                Ok(conn) => {
+                    if !serve_connection(conn, source, metrics, t, slots).await {
+                        bans.ban(remote, hold);
+                    }
+                }
+                Err(e) => {
+                    info!(%remote, error = %e, "handshake failed");
+                    // Refused by TLS (no certificate, an unknown CA, a bad signature): the
+                    // same source is not handshaken with again for a while. A handshake that
+                    // timed out (a lossy link) bans nothing.
+                    if matches!(e, quinn::ConnectionError::TransportError(_)) {
+                        bans.ban(remote, hold);
+                    }
+                }
             }
         });
     }
@@ -148,20 +168,22 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// Serves one connection to its end. Returns false when the peer was turned away right after
+/// its handshake (no identity, revoked, role not admitted, over its share of connections).
 async fn serve_connection<C: ContentSource, I: InventorySource, B: BackupSource>(
     conn: Connection,
     source: Arc<Router<C, I, B>>,
     metrics: Arc<NodeMetrics>,
     tasks: TaskTracker,
     slots: Arc<PeerSlots>,
-) {
+) -> bool {
     let remote = conn.remote_address();
     let peer = match pki::peer_cert(&conn).and_then(|c| Ok((pki::peer_info_from_cert(&c)?, c))) {
         Ok(p) => p,
         Err(e) => {
             warn!(%remote, error = %e, "refusing peer without a usable Oasis identity");
             conn.close(VarInt::from_u32(close_code::FORBIDDEN), b"no Oasis node identity");
-            return;
+            return false;
         }
     };
     let (peer, cert) = peer;
@@ -170,19 +192,19 @@ async fn serve_connection<C: ContentSource, I: InventorySource, B: BackupSource>
         metrics.revoked_peers.inc();
         warn!(%remote, %peer, "refusing peer: its certificate is revoked");
         conn.close(VarInt::from_u32(close_code::FORBIDDEN), REVOKED_REASON);
-        return;
+        return false;
     }
     if !source.content.admits(&peer) {
         info!(%remote, %peer, "refusing peer: role not admitted here");
         conn.close(VarInt::from_u32(close_code::FORBIDDEN), b"role not admitted");
-        return;
+        return false;
     }
     let per_peer = source.limits.max_connections_per_peer;
     let Some(_slot) = slots.take(&peer.to_string(), per_peer) else {
         metrics.refused_connections.inc();
         warn!(%remote, %peer, max = per_peer, "connection closed: the peer holds its share of connections");
         conn.close(VarInt::from_u32(close_code::BUSY), b"too many connections from this node");
-        return;
+        return false;
     };
     let span = info_span!(
         "conn",
@@ -237,7 +259,8 @@ async fn serve_connection<C: ContentSource, I: InventorySource, B: BackupSource>
         }
     }
     .instrument(span)
-    .await
+    .await;
+    true
 }
 
 struct StreamCtx<C, I, B> {

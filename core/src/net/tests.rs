@@ -449,9 +449,13 @@ async fn serves(client: &Client, id: ChunkId) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_over_its_share_of_connections_is_turned_away_and_others_are_not() {
-    let (net, id) =
-        one_chunk_server(ServeLimits { max_connections_per_peer: 2, ..ServeLimits::default() })
-            .await;
+    // No source ban here: this is about the node's count (the next test has the ban).
+    let limits = ServeLimits {
+        max_connections_per_peer: 2,
+        source_ban: Duration::ZERO,
+        ..ServeLimits::default()
+    };
+    let (net, id) = one_chunk_server(limits).await;
     let (a, b) = (net.client().await, net.client().await);
     assert!(serves(&a, id).await && serves(&b, id).await);
 
@@ -476,6 +480,36 @@ async fn a_node_over_its_share_of_connections_is_turned_away_and_others_are_not(
     drop(a);
     served_again(&net.client_ep, net.addr, id, "the closed connection's slot never came back")
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_turned_away_is_refused_before_the_handshake_for_a_while() {
+    let limits = ServeLimits {
+        max_connections_per_peer: 1,
+        source_ban: Duration::from_millis(1500),
+        ..ServeLimits::default()
+    };
+    let (net, id) = one_chunk_server(limits).await;
+    let first = net.client().await;
+    assert!(serves(&first, id).await);
+    // A second connection from the same socket passes the handshake and is closed as busy...
+    let second = net.client().await;
+    assert!(matches!(second.connection().closed().await,
+        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(close_code::BUSY)));
+    // ... and the next one from that socket is refused before any handshake.
+    let banned = Client::connect(&net.client_ep, net.addr, accept::ANY).await;
+    assert!(banned.is_err(), "a banned socket was handshaken with");
+    assert_eq!(net.metrics.banned_connections.get(), 1);
+    assert_eq!(net.metrics.refused_connections.get(), 1, "the busy close only");
+    // Other sockets are not held to it, and the connection the socket holds still works.
+    let other_ep = client_as(&net, "ep-2", &TransportOptions::default());
+    let other = Client::connect(&other_ep, net.addr, accept::ANY).await.unwrap();
+    assert!(serves(&other, id).await && serves(&first, id).await);
+    // Once the ban is over (and a slot free), the socket is served again.
+    first.connection().close(VarInt::from_u32(close_code::NORMAL), b"done");
+    drop(first);
+    served_again(&net.client_ep, net.addr, id, "the socket stayed banned").await;
+    assert!(net.metrics.banned_connections.get() >= 1);
 }
 
 /// Connects from `ep` and fetches `id` until that works, for up to 5 s: the server counts a
