@@ -171,8 +171,8 @@ enum Cmd {
         #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = oasis_core::units::parse_amount)]
         max_answer_bytes_per_connection: u64,
         /// How long a client socket (IP and port) whose connection was turned away after its
-        /// handshake (over its share, revoked, refused by TLS) has further connections refused
-        /// before the handshake ("10s"; "0s" turns it off).
+        /// handshake (over its share, revoked, refused by TLS, bad requests) has further
+        /// connections refused before the handshake ("10s"; "0s" turns it off).
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = oasis_core::units::parse_duration)]
         source_ban: std::time::Duration,
         /// Snapshot record bytes assembled in memory at once over every upload ("1GiB", 1 MiB

@@ -8,7 +8,8 @@
 //! handshakes of peers without an identity too.
 //!
 //! A source address (IP and port: one client socket) whose connection was turned away after
-//! its handshake (over its identity's share, revoked, refused by TLS, role not admitted) has
+//! its handshake (over its identity's share, revoked, refused by TLS, role not admitted), or
+//! closed for its bad requests, has
 //! its next connections refused before the handshake for [`ServeLimits::source_ban`]: a flood
 //! from one socket then costs no handshakes. The port is part of it because honest nodes
 //! behind one NAT share the IP.

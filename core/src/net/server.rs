@@ -168,8 +168,9 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// Serves one connection to its end. Returns false when the peer was turned away right after
-/// its handshake (no identity, revoked, role not admitted, over its share of connections).
+/// Serves one connection to its end. Returns false when the peer was turned away: right after
+/// its handshake (no identity, revoked, role not admitted, over its share of connections), or
+/// later for [`MAX_BAD_REQUESTS`] bad requests.
 async fn serve_connection<C: ContentSource, I: InventorySource, B: BackupSource>(
     conn: Connection,
     source: Arc<Router<C, I, B>>,
@@ -257,10 +258,11 @@ async fn serve_connection<C: ContentSource, I: InventorySource, B: BackupSource>
             quinn::ConnectionError::LocallyClosed => info!("connection closed by us"),
             e => info!(reason = %e, "connection ended"),
         }
+        // Closed for its bad requests: turned away like a peer over its share.
+        bad_requests.load(Ordering::Relaxed) < MAX_BAD_REQUESTS
     }
     .instrument(span)
-    .await;
-    true
+    .await
 }
 
 struct StreamCtx<C, I, B> {
