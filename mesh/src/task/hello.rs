@@ -72,27 +72,19 @@ impl MeshTask {
         let now = Instant::now();
         let address = self.neighbour_address.get(&source).copied();
         let by_address = address.map(|ip| self.hello_rate_by_address.entry(ip).or_insert((now, 0)));
-        if !within_rate(by_address, HELLOS_PER_ADDRESS, now) {
+        if by_address.is_some_and(|w| !has_room(w, HELLOS_PER_ADDRESS, now)) {
             self.metrics.count_drop("hello_rate_address");
             return Some(MessageAcceptance::Ignore);
         }
-        if !within_rate(
-            Some(self.hello_rate.entry(source).or_insert((now, 0))),
-            HELLOS_PER_NEIGHBOUR,
-            now,
-        ) {
+        let by_neighbour = self.hello_rate.entry(source).or_insert((now, 0));
+        if !has_room(by_neighbour, HELLOS_PER_NEIGHBOUR, now) {
             self.metrics.count_drop("hello_rate");
             return Some(MessageAcceptance::Ignore);
         }
-        // Both windows had room: count the check in each.
-        for window in [
-            address.and_then(|ip| self.hello_rate_by_address.get_mut(&ip)),
-            self.hello_rate.get_mut(&source),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            window.1 += 1;
+        by_neighbour.1 += 1;
+        // Counted in both windows only once both had room.
+        if let Some(w) = address.and_then(|ip| self.hello_rate_by_address.get_mut(&ip)) {
+            w.1 += 1;
         }
         self.held.entry(author).or_default().0 += 1;
         let (trust, hello) = (self.trust.clone(), hello);
@@ -214,9 +206,9 @@ impl MeshTask {
 }
 
 /// Whether a rate window (when it began, checks started in it) has room for one more check
-/// under `limit`; a window older than [`HELLO_RATE_WINDOW`] starts again. None has room.
-fn within_rate(window: Option<&mut (Instant, u32)>, limit: u32, now: Instant) -> bool {
-    let Some((since, started)) = window else { return true };
+/// under `limit`; a window older than [`HELLO_RATE_WINDOW`] starts again.
+fn has_room(window: &mut (Instant, u32), limit: u32, now: Instant) -> bool {
+    let (since, started) = window;
     if now.duration_since(*since) >= HELLO_RATE_WINDOW {
         (*since, *started) = (now, 0);
     }
