@@ -270,6 +270,12 @@ impl RunningReflector {
         self.inner.upstream.is_connected()
     }
 
+    /// The upstream connection's smoothed round trip, while it is up: what the fetcher's
+    /// unpaid window grows with.
+    pub fn upstream_rtt(&self) -> Option<std::time::Duration> {
+        self.inner.upstream.current().map(|c| c.connection().rtt())
+    }
+
     pub fn cache_stats(&self) -> CacheStats {
         self.inner.cache.stats()
     }
