@@ -467,3 +467,46 @@ fn a_long_lossy_link_costs_time_and_never_beats_the_link() {
     assert!(a > floor && b > floor, "{a} s, {b} s: faster than the link ({floor} s)");
     assert!(b > a + 0.5, "slow start and round trips on the long link: {a} s vs {b} s");
 }
+
+#[test]
+fn a_reflectors_first_request_waits_for_its_connection_and_statement() {
+    // A link of no bandwidth limit and a 2 s round trip: only round trips take time. The
+    // reflector connects (a round trip), fetches its site's entitlement statement (one more),
+    // asks for the manifest's root (one more) and then for the pull (one more).
+    let text = r#"
+name = "round-trips"
+start = "2025-06-02T12:00:00Z"
+duration = "1h"
+seed_egress = "unlimited"
+
+[policy]
+[policy.wan]
+rate = "unlimited"
+
+[[layers]]
+name = "base"
+size = "64KiB"
+
+[[sites]]
+name = "far"
+endpoints = 1
+wan_rate = "unlimited"
+wan_latency = "1s"
+lan_rate = "10Gbit/s"
+
+[[assignments]]
+layer = "base"
+prefetch = false
+"#;
+    let v = run(text, 1);
+    let done = f(&v, "completion_max_s");
+    assert!((8.0..8.5).contains(&done), "four round trips of 2 s: {done} s\n{v}");
+
+    // After the link comes back, the connection is made again before anything is asked.
+    let outage = format!(
+        "{text}\n[[failures]]\nkind = \"wan_down\"\nsites = \"all\"\nfrom = \"0s\"\nto = \"60s\"\n"
+    );
+    let v = run(&outage, 1);
+    let done = f(&v, "completion_max_s");
+    assert!((68.0..68.5).contains(&done), "back at 60 s, then four round trips: {done} s\n{v}");
+}

@@ -175,14 +175,15 @@ impl Engine<'_> {
                 break;
             }
             let rate = site.link.min(share);
-            let mut start = (now + site.rtt).max(site.link_free);
+            let asked = now.max(rf.ready_at);
+            // The manifest's root comes first, one round trip; the pull is asked for once it
+            // is in.
+            let root_at = site.layers[sl as usize].root_at.unwrap_or(asked + site.rtt);
+            let pull_asked = asked.max(root_at);
+            let mut start = (pull_asked + site.rtt).max(site.link_free);
             if !rf.started {
                 // A fresh connection's slow start.
-                start = start.max(now + site.rtt + site.start_lag);
-            }
-            if !site.layers[sl as usize].root_asked {
-                // The manifest's root comes first, one round trip.
-                start += site.rtt;
+                start = start.max(pull_asked + site.rtt + site.start_lag);
             }
             let end = start + bytes as f64 / rate;
             if site.layers[sl as usize].open_until < end {
@@ -198,6 +199,7 @@ impl Engine<'_> {
             if queued.is_none() {
                 site.refl[r].cursor[sl as usize] = k + 1;
             }
+            site.layers[sl as usize].root_at = Some(root_at);
             self.start_transfer(s, r, sl, k, p, class, start, end);
         }
     }
@@ -271,7 +273,6 @@ impl Engine<'_> {
         site.refl[r].inflight += 1;
         site.refl[r].upstream.asked(class, bytes);
         site.refl[r].started = true;
-        site.layers[sl as usize].root_asked = true;
         self.next_tid += 1;
         let tid = self.next_tid;
         site.transfers.push(Transfer {

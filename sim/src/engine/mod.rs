@@ -36,8 +36,10 @@
 //!   (`oasis_proto::congestion::Pipe`) over a packet-level model of that link once per
 //!   group, which also gives the time a fresh connection's slow start costs at the site's
 //!   policy rate, added to a reflector's first transfer (and again after the link comes back).
-//!   The first byte of a pull arrives one round trip (2 × `wan_latency`) after it is asked for,
-//!   and a layer's first pull one more (the manifest's signed root). A reflector keeps at most
+//!   A reflector's connection carries its first request two round trips (2 × `wan_latency`
+//!   each) after the reflector comes up or its link comes back: the handshake, then the site's
+//!   entitlement statement. The first byte of a pull arrives one round trip after it is asked
+//!   for, and a layer's first pull one more (the manifest's signed root). A reflector keeps at most
 //!   `model.fetch_concurrency` pulls unpaid and, under a rate, pays for each when it arrives
 //!   and asks for no more unpaid bytes than the window allows ([`UpstreamFetch`], the
 //!   reflector's fetcher's state machine: the queue of misses, the window and the payment
@@ -99,6 +101,10 @@ const NONE: u32 = u32::MAX;
 const FETCHER: u32 = u32::MAX;
 
 const NS: f64 = 1e9;
+
+/// Round trips a reflector's upstream connection takes before it carries a request: the QUIC
+/// handshake, then the site's entitlement statement.
+const CONNECT_ROUND_TRIPS: f64 = 2.0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
@@ -164,6 +170,11 @@ struct Refl {
     unpaid: [VecDeque<u64>; 2],
     /// Its connection upstream has carried data (slow start is behind it).
     started: bool,
+    /// When its connection upstream can first carry a request, virtual seconds: a reflector
+    /// that comes up (or whose link comes back) connects, one round trip for the handshake, and
+    /// asks for its site's entitlement statement, one more, before it serves an endpoint's
+    /// request (it must know what the endpoint may fetch).
+    ready_at: f64,
     fg_registered: bool,
     poll_at: u64,
     cursor: Vec<u32>,
@@ -192,8 +203,8 @@ struct SLayer {
     open_until: f64,
     lead: u32,
     active: u32,
-    /// The site has asked upstream for the layer's signed manifest root.
-    root_asked: bool,
+    /// When the layer's signed manifest root reaches the site (once it has been asked for).
+    root_at: Option<f64>,
 }
 
 #[derive(Clone)]
@@ -522,6 +533,11 @@ impl Engine<'_> {
                 let s = site as usize;
                 self.sites[s].link_up = false;
                 self.abort(s, |_| true);
+                // A root still on its way is lost with the connection.
+                let now = self.now();
+                for l in &mut self.sites[s].layers {
+                    l.root_at = l.root_at.filter(|&t| t <= now);
+                }
                 self.set_wanting(s, false);
             }
             Ev::LinkUp { site } => {
@@ -529,8 +545,10 @@ impl Engine<'_> {
                 self.sites[s].link_up = true;
                 self.sites[s].link_free = self.now();
                 // Connections upstream start over.
+                let ready_at = self.now() + CONNECT_ROUND_TRIPS * self.sites[s].rtt;
                 for rf in &mut self.sites[s].refl {
                     rf.started = false;
+                    rf.ready_at = ready_at;
                 }
                 self.site_update(s);
                 self.kick_all(s);

@@ -61,6 +61,7 @@ pub(super) fn build_sites(sc: &Scenario, seed: u64, c: &Content, rng: &mut StdRn
                         upstream: UpstreamFetch::new(),
                         unpaid: [VecDeque::new(), VecDeque::new()],
                         started: false,
+                        ready_at: CONNECT_ROUND_TRIPS * 2.0 * g.wan_latency_s,
                         fg_registered: false,
                         poll_at: 0,
                         cursor: vec![0; layers.len()],
@@ -159,7 +160,7 @@ fn site_layers(
             open_until,
             lead: 0,
             active: 0,
-            root_asked: false,
+            root_at: None,
         });
     }
     (layers, assignments)
