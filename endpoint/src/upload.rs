@@ -101,6 +101,11 @@ pub struct UploadReport {
     pub attempts: u32,
     /// Bytes per second the policy allowed at the start (`None`: unlimited).
     pub rate_limit: Option<u64>,
+    /// From the start until the seed had filed the snapshot.
+    pub filed_seconds: f64,
+    /// From the start until the command's connection had closed (a closed QUIC connection
+    /// drains for up to [`net::CLOSE_DRAIN`], about three round trips, so that the seed hears
+    /// of the close).
     pub seconds: f64,
 }
 
@@ -316,6 +321,7 @@ pub async fn upload(opts: &UploadOptions) -> anyhow::Result<UploadReport> {
             Err(UploadError::Local(e)) => return Err(e),
         }
     };
+    report.filed_seconds = t0.elapsed().as_secs_f64();
     bar.finish_and_clear();
     endpoint.close(0u32.into(), b"done");
     oasis_core::net::drain(&endpoint).await;
