@@ -104,7 +104,7 @@ pub struct UploadReport {
     /// From the start until the seed had filed the snapshot.
     pub filed_seconds: f64,
     /// From the start until the command's connection had closed (a closed QUIC connection
-    /// drains for up to [`net::CLOSE_DRAIN`], about three round trips, so that the seed hears
+    /// drains for three probe timeouts, at most [`net::CLOSE_DRAIN`], so that the seed hears
     /// of the close).
     pub seconds: f64,
 }

@@ -502,11 +502,18 @@ prefetch = false
     let done = f(&v, "completion_max_s");
     assert!((8.0..8.5).contains(&done), "four round trips of 2 s: {done} s\n{v}");
 
-    // After the link comes back, the connection is made again before anything is asked.
-    let outage = format!(
-        "{text}\n[[failures]]\nkind = \"wan_down\"\nsites = \"all\"\nfrom = \"0s\"\nto = \"60s\"\n"
-    );
-    let v = run(&outage, 1);
+    let outage = |from: &str| {
+        let failure =
+            format!("kind = \"wan_down\"\nsites = \"all\"\nfrom = \"{from}\"\nto = \"60s\"");
+        run(&format!("{text}\n[[failures]]\n{failure}\n"), 1)
+    };
+    // Down before the statement came: after the link comes back, all four again.
+    let v = outage("0s");
     let done = f(&v, "completion_max_s");
     assert!((68.0..68.5).contains(&done), "back at 60 s, then four round trips: {done} s\n{v}");
+    // Down at 5 s, with the statement held (since 4 s) and the root on its way (asked at 4 s):
+    // the handshake, the root again, then the pull.
+    let v = outage("5s");
+    let done = f(&v, "completion_max_s");
+    assert!((66.0..66.5).contains(&done), "back at 60 s, then three round trips: {done} s\n{v}");
 }

@@ -178,7 +178,7 @@ impl Engine<'_> {
             let asked = now.max(rf.ready_at);
             // The manifest's root comes first, one round trip; the pull is asked for once it
             // is in.
-            let root_at = site.layers[sl as usize].root_at.unwrap_or(asked + site.rtt);
+            let root_at = site.layers[sl as usize].root_at.map_or(asked + site.rtt, |(t, _)| t);
             let pull_asked = asked.max(root_at);
             let mut start = (pull_asked + site.rtt).max(site.link_free);
             if !rf.started {
@@ -199,7 +199,8 @@ impl Engine<'_> {
             if queued.is_none() {
                 site.refl[r].cursor[sl as usize] = k + 1;
             }
-            site.layers[sl as usize].root_at = Some(root_at);
+            let asker = site.layers[sl as usize].root_at.map_or(r as u32, |(_, by)| by);
+            site.layers[sl as usize].root_at = Some((root_at, asker));
             self.start_transfer(s, r, sl, k, p, class, start, end);
         }
     }

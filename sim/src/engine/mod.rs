@@ -37,8 +37,8 @@
 //!   group, which also gives the time a fresh connection's slow start costs at the site's
 //!   policy rate, added to a reflector's first transfer (and again after the link comes back).
 //!   A reflector's connection carries its first request two round trips (2 × `wan_latency`
-//!   each) after the reflector comes up or its link comes back: the handshake, then the site's
-//!   entitlement statement. The first byte of a pull arrives one round trip after it is asked
+//!   each) after the reflector comes up: the handshake, then the site's entitlement statement;
+//!   when its link comes back, one (the handshake) if it held a statement by then. The first byte of a pull arrives one round trip after it is asked
 //!   for, and a layer's first pull one more (the manifest's signed root). A reflector keeps at most
 //!   `model.fetch_concurrency` pulls unpaid and, under a rate, pays for each when it arrives
 //!   and asks for no more unpaid bytes than the window allows ([`UpstreamFetch`], the
@@ -102,9 +102,12 @@ const FETCHER: u32 = u32::MAX;
 
 const NS: f64 = 1e9;
 
-/// Round trips a reflector's upstream connection takes before it carries a request: the QUIC
-/// handshake, then the site's entitlement statement.
+/// Round trips a new reflector's upstream connection takes before it carries a request: the
+/// QUIC handshake, then the site's entitlement statement.
 const CONNECT_ROUND_TRIPS: f64 = 2.0;
+/// The same when the link comes back to a reflector that holds its statement (it keeps it
+/// across connections): the handshake alone.
+const RECONNECT_ROUND_TRIPS: f64 = 1.0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
@@ -171,10 +174,13 @@ struct Refl {
     /// Its connection upstream has carried data (slow start is behind it).
     started: bool,
     /// When its connection upstream can first carry a request, virtual seconds: a reflector
-    /// that comes up (or whose link comes back) connects, one round trip for the handshake, and
-    /// asks for its site's entitlement statement, one more, before it serves an endpoint's
-    /// request (it must know what the endpoint may fetch).
+    /// that comes up connects, one round trip for the handshake, and asks for its site's
+    /// entitlement statement, one more, before it serves an endpoint's request (it must know
+    /// what the endpoint may fetch); when its link comes back, the handshake alone if it held a
+    /// statement by then.
     ready_at: f64,
+    /// It held its site's statement when its link last went down.
+    stated: bool,
     fg_registered: bool,
     poll_at: u64,
     cursor: Vec<u32>,
@@ -203,8 +209,9 @@ struct SLayer {
     open_until: f64,
     lead: u32,
     active: u32,
-    /// When the layer's signed manifest root reaches the site (once it has been asked for).
-    root_at: Option<f64>,
+    /// When the layer's signed manifest root reaches the site, and the reflector that asked
+    /// for it (once it has been asked for).
+    root_at: Option<(f64, u32)>,
 }
 
 #[derive(Clone)]
@@ -533,11 +540,11 @@ impl Engine<'_> {
                 let s = site as usize;
                 self.sites[s].link_up = false;
                 self.abort(s, |_| true);
-                // A root still on its way is lost with the connection.
                 let now = self.now();
-                for l in &mut self.sites[s].layers {
-                    l.root_at = l.root_at.filter(|&t| t <= now);
+                for rf in &mut self.sites[s].refl {
+                    rf.stated |= rf.ready_at <= now;
                 }
+                self.drop_unkept_roots(s, None);
                 self.set_wanting(s, false);
             }
             Ev::LinkUp { site } => {
@@ -545,10 +552,11 @@ impl Engine<'_> {
                 self.sites[s].link_up = true;
                 self.sites[s].link_free = self.now();
                 // Connections upstream start over.
-                let ready_at = self.now() + CONNECT_ROUND_TRIPS * self.sites[s].rtt;
+                let (now, rtt) = (self.now(), self.sites[s].rtt);
                 for rf in &mut self.sites[s].refl {
                     rf.started = false;
-                    rf.ready_at = ready_at;
+                    let trips = if rf.stated { RECONNECT_ROUND_TRIPS } else { CONNECT_ROUND_TRIPS };
+                    rf.ready_at = now + trips * rtt;
                 }
                 self.site_update(s);
                 self.kick_all(s);

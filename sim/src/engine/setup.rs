@@ -48,6 +48,7 @@ pub(super) fn build_sites(sc: &Scenario, seed: u64, c: &Content, rng: &mut StdRn
             let name = g.site_name(i);
             let (layers, assignments) = site_layers(sc, g, &name, c, &mut windows);
             let nr = g.reflectors.max(1);
+            let rtt = 2.0 * g.wan_latency_s;
             let policy = &group_policies[gi];
             let mut refl: Vec<Refl> = (0..nr)
                 .map(|_| {
@@ -61,7 +62,8 @@ pub(super) fn build_sites(sc: &Scenario, seed: u64, c: &Content, rng: &mut StdRn
                         upstream: UpstreamFetch::new(),
                         unpaid: [VecDeque::new(), VecDeque::new()],
                         started: false,
-                        ready_at: CONNECT_ROUND_TRIPS * 2.0 * g.wan_latency_s,
+                        ready_at: CONNECT_ROUND_TRIPS * rtt,
+                        stated: false,
                         fg_registered: false,
                         poll_at: 0,
                         cursor: vec![0; layers.len()],
@@ -91,7 +93,7 @@ pub(super) fn build_sites(sc: &Scenario, seed: u64, c: &Content, rng: &mut StdRn
                 link: link.rate,
                 start_lag: link
                     .start_lag(policy.default_rate().map_or(f64::INFINITY, |r| r as f64)),
-                rtt: 2.0 * g.wan_latency_s,
+                rtt,
                 lan: g.lan_rate,
                 ep_rate: g.endpoint_rate,
                 cache_cap: g.cache,

@@ -173,6 +173,28 @@ impl Engine<'_> {
         self.kick_all(s);
     }
 
+    /// Forgets the manifest roots site `s` no longer has once a connection is gone: with
+    /// `None` its link's (every root still on its way, and every root whose body is not all
+    /// in, since a reflector keeps a manifest only once its body is), with `Some(r)` reflector
+    /// `r`'s (the roots it asked for that are still on their way).
+    pub(super) fn drop_unkept_roots(&mut self, s: usize, r: Option<usize>) {
+        let now = self.now();
+        let site = &mut self.sites[s];
+        for l in &mut site.layers {
+            let Some((at, by)) = l.root_at else { continue };
+            let layer = &self.c.layers[l.layer];
+            let body_in =
+                layer.pulls[..layer.body_pulls as usize].iter().all(|&p| site.held[p as usize] > 0);
+            let lost = match r {
+                None => at > now || !body_in,
+                Some(r) => at > now && by as usize == r,
+            };
+            if lost {
+                l.root_at = None;
+            }
+        }
+    }
+
     pub(super) fn reflector_down(&mut self, s: usize, r: usize) {
         if r >= self.sites[s].refl.len() || !self.sites[s].refl[r].alive {
             return;
@@ -182,6 +204,7 @@ impl Engine<'_> {
         self.sites[s].refl[r].alive = false;
         self.sites[s].alive.retain(|&a| a as usize != r);
         self.abort(s, |t| t.r as usize == r);
+        self.drop_unkept_roots(s, Some(r));
         let failover = self.sc.model.failover_s;
         let site = &mut self.sites[s];
         // Its cache is gone.
