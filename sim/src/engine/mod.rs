@@ -38,13 +38,13 @@
 //!   policy rate, added to a reflector's first transfer (and again after the link comes back).
 //!   A reflector's connection carries its first request two round trips (2 × `wan_latency`
 //!   each) after the reflector comes up: the handshake, then the site's entitlement statement;
-//!   when its link comes back, one (the handshake) if it held a statement by then. The first byte of a pull arrives one round trip after it is asked
-//!   for, and a layer's first pull one more (the manifest's signed root). A reflector keeps at most
-//!   `model.fetch_concurrency` pulls unpaid and, under a rate, pays for each when it arrives
-//!   and asks for no more unpaid bytes than the window allows ([`UpstreamFetch`], the
-//!   reflector's fetcher's state machine: the queue of misses, the window and the payment
-//!   rule). Pulls that hold a
-//!   manifest's body come before any other pull of the layer.
+//!   when its link comes back, one (the handshake) if it held a statement by then. The first
+//!   byte of a pull arrives one round trip after it is asked for, and a layer's first pull one
+//!   more (the manifest's signed root). A reflector keeps at most `model.fetch_concurrency`
+//!   pulls unpaid and, under a rate, pays for each when it arrives and asks for no more unpaid
+//!   bytes than the window allows ([`UpstreamFetch`], the reflector's fetcher's state machine:
+//!   the queue of misses, the window and the payment rule). Pulls that hold a manifest's body
+//!   come before any other pull of the layer.
 //! * **Seed egress**: shared by all sites in simple fair share — a pull's rate is fixed when
 //!   it starts at `min(link, seed_egress / sites transferring)`.
 //! * **LAN**: endpoints are fluid flows sharing `lan_rate` equally (each capped at
