@@ -31,6 +31,11 @@ impl LayerData {
     pub(super) fn bytes(&self) -> u64 {
         *self.cum.last().unwrap_or(&0)
     }
+
+    /// Whether a site holds the whole manifest body (`held`: copies per pull at the site).
+    pub(super) fn body_held(&self, held: &[u8]) -> bool {
+        self.pulls[..self.body_pulls as usize].iter().all(|&p| held[p as usize] > 0)
+    }
 }
 
 /// The synthetic content of a scenario.

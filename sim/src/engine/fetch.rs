@@ -96,9 +96,8 @@ impl Engine<'_> {
                 continue;
             }
             let layer = &c.layers[sll.layer];
-            let body = layer.pulls[..layer.body_pulls as usize].iter();
             // Until the manifest's body is in, its pulls are all there is to ask for.
-            let n = if body.clone().all(|&p| site.held[p as usize] > 0) {
+            let n = if layer.body_held(&site.held) {
                 layer.pulls.len() as u32
             } else {
                 layer.body_pulls

@@ -182,11 +182,8 @@ impl Engine<'_> {
         let site = &mut self.sites[s];
         for l in &mut site.layers {
             let Some((at, by)) = l.root_at else { continue };
-            let layer = &self.c.layers[l.layer];
-            let body_in =
-                layer.pulls[..layer.body_pulls as usize].iter().all(|&p| site.held[p as usize] > 0);
             let lost = match r {
-                None => at > now || !body_in,
+                None => at > now || !self.c.layers[l.layer].body_held(&site.held),
                 Some(r) => at > now && by as usize == r,
             };
             if lost {
