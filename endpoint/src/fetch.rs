@@ -240,23 +240,43 @@ pub async fn fetch_with(
         let got = async {
             // "Latest" is what the seed's signed statement says, not whatever a source holds.
             let (mut signed, mut unsigned, mut report) = (None, None, None);
+            let mut early_root = None;
             if opts.version.is_none() {
                 let (trust, state) = (identity.trust(), &opts.state_dir);
-                match crate::latest::resolve(&client, &opts.name, trust, state).await? {
+                // The source's latest root is asked for beside the signed statement: the two
+                // name the same version but for a publish in between, and the manifest then
+                // costs no round trip of its own (a WAN round trip at a cold reflector).
+                let root = tokio::time::timeout(
+                    sources::MANIFEST_TIMEOUT,
+                    client.manifest(&opts.name, None),
+                );
+                let (resolved, root) =
+                    tokio::join!(crate::latest::resolve(&client, &opts.name, trust, state), root);
+                match resolved? {
                     Resolved::Signed(l, r) => (signed, report) = (Some(l), Some(r)),
                     Resolved::Unsigned(problem) => unsigned = Some(problem),
                 }
+                early_root = root.ok().and_then(Result::ok);
             }
             let version = match &signed {
                 Some(l) => Some(l.version.as_str()),
                 None => opts.version.as_deref(),
             };
-            let got = sources::get_manifest_with(
+            // Used only when it is the root of the version asked for; any other (a refusal,
+            // another version) is asked for again by version, and answered as such.
+            let early_root = early_root.filter(|r| match version {
+                Some(v) => {
+                    sources::root_version(r, &opts.name, identity.trust()).as_deref() == Some(v)
+                }
+                None => true,
+            });
+            let got = sources::get_manifest_from(
                 &client,
                 &opts.name,
                 version,
                 identity.trust(),
                 Some(&cache),
+                early_root,
             )
             .await?;
             if let Some(l) = &signed {

@@ -4,8 +4,9 @@
 //! reached within [`CONNECT_TIMEOUT`] is skipped, and once a source has been given up it is not
 //! tried again.
 
+use bytes::Bytes;
 use oasis_core::compress::StoredChunk;
-use oasis_core::manifest::SignedManifest;
+use oasis_core::manifest::{SignedManifest, SignedRoot};
 use oasis_core::net::accept;
 use oasis_core::net::{self, credentials, Client, NetError, TransportOptions};
 use oasis_core::pki::{NodeIdentity, TrustRoot};
@@ -233,6 +234,26 @@ pub async fn get_manifest_with(
     trust: &TrustRoot,
     store: Option<&Arc<ChunkStore>>,
 ) -> anyhow::Result<GotManifest> {
+    get_manifest_from(client, name, version, trust, store, None).await
+}
+
+/// The version a signed root names, when it opens against `trust`'s manifest key and is a
+/// root of `name`.
+pub fn root_version(signed: &[u8], name: &str, trust: &TrustRoot) -> Option<String> {
+    let root = SignedRoot::open(signed, trust.manifest_key()).ok()?;
+    (root.root.name == name).then_some(root.root.version)
+}
+
+/// [`get_manifest_with`], starting from `root` when the signed root of this request
+/// (`name`, `version`) has already been received: it is checked as an answer would be.
+pub async fn get_manifest_from(
+    client: &Client,
+    name: &str,
+    version: Option<&str>,
+    trust: &TrustRoot,
+    store: Option<&Arc<ChunkStore>>,
+    root: Option<Bytes>,
+) -> anyhow::Result<GotManifest> {
     let asked = match version {
         Some(v) => format!("{name}@{v}"),
         None => name.to_string(),
@@ -241,9 +262,13 @@ pub async fn get_manifest_with(
     // Local reads are short (the chunks lie in the store's packs) and happen before the
     // body's chunks are requested, while nothing else is in flight on this connection.
     let local = |id: &oasis_core::ChunkId| store.and_then(|s| s.get_plain(id).ok().flatten());
-    let got =
-        tokio::time::timeout(MANIFEST_TIMEOUT, client.open_manifest(name, version, &key, local))
-            .await;
+    let open = async {
+        match root {
+            Some(signed) => client.open_manifest_root(signed, name, version, &key, local).await,
+            None => client.open_manifest(name, version, &key, local).await,
+        }
+    };
+    let got = tokio::time::timeout(MANIFEST_TIMEOUT, open).await;
     let fetched = match got {
         Err(_) => anyhow::bail!("no manifest within {MANIFEST_TIMEOUT:?}"),
         // The layer, or a body chunk of its manifest: the source's message says which.

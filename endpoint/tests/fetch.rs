@@ -111,6 +111,30 @@ async fn works_on_a_current_thread_runtime_and_updates_a_tree() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_asks_for_the_root_beside_the_statement_and_again_when_they_differ() {
+    let pki = pki();
+    let (v1, v2) = (sample_layer("1"), sample_layer("2"));
+    // Both requests go out at once: one manifest request, without a version.
+    let (addr, src) = serve(&pki, Role::Seed, "seed", MemSource::new(&pki, &[&v1, &v2]));
+    let into = pki.dir.path().join("out");
+    let r = fetch(&opts(&pki, vec![addr], None, &into)).await.unwrap();
+    assert_eq!(r.version, "2");
+    assert_tree(&into, &v2);
+    assert_eq!(*src.manifest_asks.lock().unwrap(), vec![None]);
+
+    // A source whose unversioned root lags its statement: the statement's version is asked
+    // for by name, and that is what is fetched.
+    let mut lagging = MemSource::new(&pki, &[&v1, &v2]);
+    lagging.faults.unversioned_root = Some("1".into());
+    let (addr, src) = serve(&pki, Role::Seed, "seed", lagging);
+    let into = pki.dir.path().join("out-lagging");
+    let r = fetch(&opts(&pki, vec![addr], None, &into)).await.unwrap();
+    assert_eq!(r.version, "2", "the signed statement decides, not the unversioned root");
+    assert_tree(&into, &v2);
+    assert_eq!(*src.manifest_asks.lock().unwrap(), vec![None, Some("2".to_string())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_chunks_are_discarded_and_fetched_again() {
     let pki = pki();
     let l = sample_layer("1");

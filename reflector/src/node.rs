@@ -116,6 +116,9 @@ pub(crate) struct Reflector {
     policy: Arc<PolicyControl>,
     metrics: ReflectorMetrics,
     flights: Mutex<HashMap<(String, Option<String>), ManifestFlight>>,
+    /// Upstream `GetLatest`s in flight, by layer name: an endpoint's `GetLatest` and its
+    /// `GetManifest` of the latest (and other endpoints asking at once) share one question.
+    latest_flights: Mutex<HashMap<String, latest::LatestFlight>>,
     /// Chunk lists being read from cached bodies, by layer digest: concurrent askers (an
     /// endpoint's manifest for the mesh, an assignment's pin) share one read and one list.
     chunk_lists: Mutex<HashMap<[u8; 32], ChunkListFlight>>,
@@ -547,6 +550,16 @@ impl Reflector {
                     self.cfg.miss_timeout.as_secs_f64()
                 ))),
             };
+        }
+        // A version of the layer is here: the signed statement (the upstream's, or the kept
+        // copy when the upstream is slow) says whether it is the latest, for a few hundred
+        // bytes instead of the root. Nothing here: the latest root is needed anyway.
+        if self.cached_manifest(name, None).is_some() {
+            if let Some(version) = self.latest_version(name).await {
+                if let Some(b) = self.cached_manifest(name, Some(&version)) {
+                    return Ok(Some(b));
+                }
+            }
         }
         let flight = self.upstream_manifest(name, None);
         let started = Instant::now();

@@ -136,6 +136,45 @@ async fn latest_version_is_fetched_when_none_is_named() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_latest_through_a_warm_reflector_moves_only_its_statement_upstream(
+) -> anyhow::Result<()> {
+    let seed = TestSeed::start().await?;
+    let v1 = seed.base().join("v1");
+    random_tree(&v1, 5, TreeSpec { small_files: 20, large_files: 0, large_size: 0, depth: 2 })?;
+    seed.publish("base", "1", &v1)?;
+    let refl = seed.reflector("refl", |_| {}).await?;
+    let via = |state: &Path, into: &Path| {
+        let mut o = opts(state, &seed, "x", into);
+        (o.version, o.sources) = (None, vec![refl.addr]);
+        o
+    };
+    let roots = || refl.stats.upstream_manifest_bytes.get();
+    let first = seed.enroll(Role::Endpoint, "first")?;
+    assert_eq!(fetch(&via(&first, &seed.base().join("first"))).await?.version, "1");
+    let (root_bytes, chunk_bytes) = (roots(), refl.stats.upstream_bytes.get());
+    assert!(root_bytes > 0, "the cold reflector fetched the root");
+
+    // The endpoint asks for the root of the latest beside the statement; the reflector holds
+    // a version of the layer, so it answers from the statement and its cache.
+    let second = seed.enroll(Role::Endpoint, "second")?;
+    let into = seed.base().join("second");
+    assert_eq!(fetch(&via(&second, &into)).await?.version, "1");
+    assert_eq!(snapshot(&into), snapshot(&v1));
+    assert_eq!((roots(), refl.stats.upstream_bytes.get()), (root_bytes, chunk_bytes));
+
+    // A new version: the statement names it, and its root comes from upstream.
+    let v2 = seed.base().join("v2");
+    copy_tree(&v1, &v2)?;
+    mutate_tree(&v2)?;
+    seed.publish("base", "2", &v2)?;
+    let into = seed.base().join("second-v2");
+    assert_eq!(fetch(&via(&second, &into)).await?.version, "2");
+    assert_eq!(snapshot(&into), snapshot(&v2));
+    assert!(roots() > root_bytes, "v2's root came from upstream");
+    Ok(())
+}
+
 /// Serves the seed's store, but answers `GetLatest` with a statement recorded earlier (or with
 /// none), and calls version 1 its latest: what a cache that replays old answers, or someone
 /// holding a reflector's key, could do.

@@ -177,9 +177,22 @@ impl Client {
         key: &ed25519_dalek::VerifyingKey,
         local: impl Fn(&ChunkId) -> Option<Bytes>,
     ) -> Result<FetchedManifest, NetError> {
+        let signed = self.manifest(name, version).await?;
+        self.open_manifest_root(signed, name, version, key, local).await
+    }
+
+    /// [`Self::open_manifest`] from a signed root already received for the same request
+    /// (`name`, `version`): checked the same way, then its body fetched.
+    pub async fn open_manifest_root(
+        &self,
+        signed: Bytes,
+        name: &str,
+        version: Option<&str>,
+        key: &ed25519_dalek::VerifyingKey,
+        local: impl Fn(&ChunkId) -> Option<Bytes>,
+    ) -> Result<FetchedManifest, NetError> {
         let addr = self.addr;
         let bad = |source| NetError::Manifest { addr, source };
-        let signed = self.manifest(name, version).await?;
         let root = SignedRoot::open(&signed, key).map_err(bad)?;
         root.check_request(name, version).map_err(bad)?;
         let mut have: HashMap<ChunkId, Bytes> = HashMap::new();

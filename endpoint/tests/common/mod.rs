@@ -245,6 +245,9 @@ pub struct Faults {
     pub missing: HashSet<ChunkId>,
     /// Close the whole endpoint after serving this many chunks.
     pub die_after: Option<usize>,
+    /// Answer a manifest request without a version with this version's root, whatever the
+    /// latest statement says (a cache that has not caught up with a publish).
+    pub unversioned_root: Option<String>,
 }
 
 pub struct MemSource {
@@ -253,6 +256,8 @@ pub struct MemSource {
     pub chunks: HashMap<ChunkId, StoredChunk>,
     pub faults: Faults,
     pub served: AtomicUsize,
+    /// The version of every manifest request, in the order they came.
+    pub manifest_asks: Mutex<Vec<Option<String>>>,
     pub endpoint: OnceLock<quinn::Endpoint>,
     /// Signs latest statements as the seed does.
     key: ed25519_dalek::SigningKey,
@@ -266,6 +271,7 @@ impl MemSource {
             chunks: HashMap::new(),
             faults: Faults::default(),
             served: AtomicUsize::new(0),
+            manifest_asks: Mutex::new(Vec::new()),
             endpoint: OnceLock::new(),
             key: pki.authority.signing_key().clone(),
         };
@@ -296,9 +302,11 @@ impl ContentSource for MemSource {
         name: &str,
         version: Option<&str>,
     ) -> Result<Option<Bytes>, SourceError> {
-        let version = match version {
-            Some(v) => v.to_string(),
-            None => match self.latest.get(name) {
+        self.manifest_asks.lock().unwrap().push(version.map(str::to_string));
+        let version = match (version, &self.faults.unversioned_root) {
+            (Some(v), _) => v.to_string(),
+            (None, Some(v)) => v.clone(),
+            (None, None) => match self.latest.get(name) {
                 Some(v) => v.clone(),
                 None => return Ok(None),
             },

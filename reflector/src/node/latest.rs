@@ -1,22 +1,53 @@
 //! `GetLatest` at a reflector: upstream's signed statement when upstream answers within
 //! `latest_timeout`, else the copy kept from the last answer, with a note that says why. The
 //! statement carries its own expiry, so an endpoint can tell a copy that has gone stale.
+//! Endpoints asking at once share one question upstream.
 
-use super::Reflector;
+use super::{locked, Reflector};
 use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use oasis_core::manifest::{Latest, Succession};
 use oasis_core::net::{LatestAnswer, SourceError};
 use std::sync::Arc;
+use tracing::Instrument;
+
+/// An upstream `GetLatest` in flight, shared by everyone asking for the same layer meanwhile.
+pub(super) type LatestFlight = Shared<BoxFuture<'static, Result<Option<LatestAnswer>, String>>>;
 
 impl Reflector {
+    /// The answer to an endpoint's `GetLatest`.
     pub(crate) async fn latest(
         self: &Arc<Self>,
         name: &str,
     ) -> Result<Option<LatestAnswer>, SourceError> {
+        let (answer, kept) = self.latest_or_kept(name).await?;
+        if let (Some(a), Some((version, problem))) = (&answer, kept) {
+            self.metrics.latest_served_cached.inc();
+            tracing::warn!(layer = %name, %version, %problem, "serving the kept latest statement");
+            let me = &self.identity.info().name;
+            let note = format!("reflector {me} answers with its kept copy: {problem}");
+            return Ok(Some(LatestAnswer { statement: a.statement.clone(), note }));
+        }
+        Ok(answer)
+    }
+
+    /// The version the upstream's statement names, or the kept statement's when the upstream
+    /// does not answer in time; None when there is neither, or the layer is not published.
+    pub(super) async fn latest_version(self: &Arc<Self>, name: &str) -> Option<String> {
+        let answer = self.latest_or_kept(name).await.ok()?.0?;
+        let latest = Latest::open(&answer.statement, self.identity.trust().manifest_key()).ok()?;
+        Some(latest.version)
+    }
+
+    /// The upstream's statement when it answers within `latest_timeout`, else the kept one
+    /// with (its version, why the upstream's was not had).
+    async fn latest_or_kept(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<(Option<LatestAnswer>, Option<(String, String)>), SourceError> {
         let problem =
-            match tokio::time::timeout(self.cfg.latest_timeout, self.upstream_latest(name)).await {
-                Ok(Ok(Some(a))) => return Ok(Some(a)),
-                Ok(Ok(None)) => return Ok(None),
+            match tokio::time::timeout(self.cfg.latest_timeout, self.shared_latest(name)).await {
+                Ok(Ok(answer)) => return Ok((answer, None)),
                 Ok(Err(e)) => e,
                 Err(_) => format!(
                     "upstream {} gave no answer within {} s",
@@ -24,23 +55,43 @@ impl Reflector {
                     self.cfg.latest_timeout.as_secs_f64()
                 ),
             };
-        let kept = self.kept_latest(name).await;
-        match kept {
-            Some((bytes, latest)) => {
-                self.metrics.latest_served_cached.inc();
-                tracing::warn!(layer = %name, version = %latest.version, issued = latest.issued, %problem, "serving the kept latest statement");
-                Ok(Some(LatestAnswer {
-                    statement: bytes,
-                    note: format!(
-                        "reflector {} answers with its kept copy: {problem}",
-                        self.identity.info().name
-                    ),
-                }))
-            }
+        match self.kept_latest(name).await {
+            Some((statement, latest)) => Ok((
+                Some(LatestAnswer { statement, note: String::new() }),
+                Some((latest.version, problem)),
+            )),
             None => Err(SourceError::Unavailable(format!(
                 "latest of {name}: {problem}; no kept statement"
             ))),
         }
+    }
+
+    /// [`Self::upstream_latest`], joined to the question in flight for `name` if there is one.
+    async fn shared_latest(self: &Arc<Self>, name: &str) -> Result<Option<LatestAnswer>, String> {
+        let flight = {
+            let mut flights = locked(&self.latest_flights);
+            match flights.get(name) {
+                Some(f) => f.clone(),
+                None => {
+                    let (me, n) = (self.clone(), name.to_string());
+                    let task = self.tasks.spawn(
+                        async move {
+                            let r = me.upstream_latest(&n).await;
+                            locked(&me.latest_flights).remove(&n);
+                            r
+                        }
+                        .in_current_span(),
+                    );
+                    let f = task
+                        .map(|r| r.unwrap_or_else(|e| Err(format!("latest task failed: {e}"))))
+                        .boxed()
+                        .shared();
+                    flights.insert(name.to_string(), f.clone());
+                    f
+                }
+            }
+        };
+        flight.await
     }
 
     /// Asks upstream, verifies the answer and keeps it. A statement naming a lower version
