@@ -1,8 +1,10 @@
 //! `oasis-sim bench --only wan`: a cold reflector pulls a layer from the seed under its WAN
 //! policy through the WAN emulator ([`oasis_wanem`]), over a matrix of links (RTT × random
 //! loss, one bottleneck rate) and policy caps. Per cell: the achieved WAN rate (stored bytes of
-//! the layer over the time the endpoint's fetch through the reflector took, handshakes and
-//! manifest included) against the cap where the cap is below the bottleneck, against the
+//! the layer over the time the endpoint's fetch through the reflector took, from its first
+//! request to its last verified chunk, manifest and the connection's slow start included; the
+//! reflector is new, and has only connected to its upstream and got its site's statement, as
+//! a deployed reflector does when it starts) against the cap where the cap is below the bottleneck, against the
 //! bottleneck where the link is the limit; and the WAN bytes over the layer's stored bytes:
 //! every UDP payload byte that crossed the bottleneck, both directions, QUIC headers, ACKs and
 //! retransmissions included (a packet the path loses at random crossed it and counts; a packet
@@ -39,6 +41,8 @@ pub const LINK_FLOOR: f64 = 0.85;
 pub const WAN_BYTES_CEILING: f64 = 1.05;
 /// An endpoint's rate from a warm reflector over a Wi-Fi-like link, over the link.
 pub const LAN_FLOOR: f64 = 0.70;
+/// Longest a cell's new reflector may take to connect and get its site's statement.
+const READY_WITHIN: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct WanBenchArgs {
@@ -64,6 +68,10 @@ pub struct WanBenchArgs {
     /// against a clean link of the same rate ("" to skip).
     #[arg(long, default_value = "5ms,1%,300Mbit")]
     pub wan_lan: String,
+    /// wan: write each cell's link series (`NN-PATH.csv`: the data direction's bytes every
+    /// 100 ms from the transfer's start) and its rate chart (`NN-PATH.svg`) into this directory.
+    #[arg(long)]
+    pub wan_out: Option<PathBuf>,
     /// wan: the paths the matrix runs over (comma-separated: seed, sibling, upload).
     #[arg(long, value_enum, default_value = "seed,sibling,upload", value_delimiter = ',')]
     pub wan_paths: Vec<WanPath>,
@@ -102,6 +110,53 @@ fn steady_rate(samples: &[(f64, u64)]) -> f64 {
     }
 }
 
+/// `samples` (seconds from the sampler's start, bytes so far) counted from `from` on: what the
+/// link carried before (a reflector's connection and statement) is left out.
+fn since(samples: Vec<(f64, u64)>, from: Duration) -> Vec<(f64, u64)> {
+    let from = from.as_secs_f64();
+    let before = samples.iter().take_while(|s| s.0 < from).last().map_or(0, |s| s.1);
+    samples.into_iter().filter(|s| s.0 >= from).map(|(at, b)| (at - from, b - before)).collect()
+}
+
+/// `NAME.csv` (seconds, bytes so far, MB/s over the last 100 ms) and `NAME.svg` (that rate
+/// against the cap) of one cell, into `dir`.
+fn write_series(
+    dir: &Path,
+    name: &str,
+    spec: &WanSpec,
+    cap: u64,
+    samples: &[(f64, u64)],
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut csv = String::from("t_s,bytes,mb_per_s\n");
+    let mut rates = Vec::with_capacity(samples.len());
+    let mut last = (0.0, 0u64);
+    for &(t, b) in samples {
+        let rate = if t > last.0 { (b - last.1) as f64 / (t - last.0) / 1e6 } else { 0.0 };
+        csv.push_str(&format!("{t:.3},{b},{rate:.3}\n"));
+        rates.push((t, rate));
+        last = (t, b);
+    }
+    std::fs::write(dir.join(format!("{name}.csv")), csv)?;
+    let end = samples.last().map_or(0.0, |s| s.0);
+    let cap_mb = cap as f64 / 1e6;
+    let mut lines = vec![("data direction, 100 ms".to_string(), rates)];
+    // The limit the cell is judged against: the cap, or the link's payload rate.
+    match payload_rate(spec) {
+        Some(link) if link <= cap as f64 => {
+            lines.push(("link payload rate".into(), vec![(0.0, link / 1e6), (end, link / 1e6)]))
+        }
+        _ => lines.push(("cap".into(), vec![(0.0, cap_mb), (end, cap_mb)])),
+    }
+    crate::report::line_chart(
+        &dir.join(format!("{name}.svg")),
+        &format!("{name}: {spec}"),
+        "seconds from the first request",
+        "MB/s",
+        &lines,
+    )
+}
+
 /// Where a cell's time goes before the link is full: seconds from the start until the data
 /// direction has carried 1 MB (handshakes, entitlements, manifest and the first flights), and
 /// until a 300 ms window first runs at 90% of `limit`.
@@ -134,6 +189,8 @@ struct Cell {
     /// (`ramp`).
     started_seconds: Option<f64>,
     full_seconds: Option<f64>,
+    /// Seconds the reflector took to connect and get its statement before the pull (untimed).
+    ready_seconds: Option<f64>,
     wan_bytes: u64,
     wan_over_stored: f64,
     /// Bytes offered to the link, queue drops included.
@@ -158,9 +215,14 @@ fn payload_rate(spec: &WanSpec) -> Option<f64> {
 
 /// What a cell's transfer did, before it is judged.
 struct Transfer {
+    /// When the timed part began: the endpoint's first request, or the upload's start.
+    started: Instant,
     seconds: f64,
     /// Stored bytes moved.
     moved: u64,
+    /// How long the reflector took to connect to its upstream and get its site's statement,
+    /// before the endpoint asked (pull cells).
+    ready_seconds: Option<f64>,
 }
 
 /// The warm reflector of another site that `sibling` cells pull from.
@@ -219,6 +281,7 @@ impl Uploader {
         let mut opts = UploadOptions::new(&self.state, via);
         let text = format!("[wan]\nrate = {cap}\nburst = \"1MiB\"\n");
         opts.policy = Some(BandwidthPolicy::from_toml_str(&text, "bench upload policy")?);
+        let started = Instant::now();
         let report = upload::upload(&opts).await.context("uploading the snapshot")?;
         // Until the seed filed the snapshot, as a pull cell runs until the endpoint verified
         // its last chunk: the connection's close and drain after that carry nothing.
@@ -228,7 +291,7 @@ impl Uploader {
             "the upload sent {} plain bytes of a {size}-byte snapshot",
             report.bytes_sent_plain
         );
-        Ok(Transfer { seconds, moved: report.bytes_sent })
+        Ok(Transfer { started, seconds, moved: report.bytes_sent, ready_seconds: None })
     }
 }
 
@@ -247,8 +310,19 @@ async fn pull(
     let mut cfg = ReflectorConfig::new(&state, "127.0.0.1:0".parse()?, via.to_string());
     cfg.wan = WanLimit::Flat(cap);
     cfg.assignments_poll = Duration::ZERO;
-    let refl = RunningReflector::start(cfg).await?;
     let ep = seed.enroll_in_site(Role::Endpoint, &format!("{tag}-ep"), tag)?;
+    let booted = Instant::now();
+    let refl = RunningReflector::start(cfg).await?;
+    // A deployed reflector connects to its upstream and gets its site's statement when it
+    // starts, long before a layer is assigned: the cell times the pull, from the endpoint's
+    // request, and reports the reflector's start beside it. Its connection has carried
+    // nothing else, so the pull still pays the manifest and the controller's whole start.
+    anyhow::ensure!(
+        refl.wait_ready(READY_WITHIN).await,
+        "the reflector did not connect through {via} and get its site's statement within {} s",
+        READY_WITHIN.as_secs()
+    );
+    let ready_seconds = Some(booted.elapsed().as_secs_f64());
     let t0 = Instant::now();
     let run = live::verify_fetch(&ep, refl.addr, "bench-wan", "1", 8, t0).await?;
     let seconds = t0.elapsed().as_secs_f64();
@@ -259,7 +333,7 @@ async fn pull(
         run.bytes_network,
         stored - body
     );
-    Ok(Transfer { seconds, moved: stored })
+    Ok(Transfer { started: t0, seconds, moved: stored, ready_seconds })
 }
 
 struct Ctx<'a> {
@@ -269,6 +343,7 @@ struct Ctx<'a> {
     stored: u64,
     body: u64,
     upload_size: usize,
+    out: Option<&'a Path>,
 }
 
 async fn cell(
@@ -293,12 +368,17 @@ async fn cell(
             c.down.delivered_bytes
         }
     };
-    let sampler = RateSampler::start_at(Instant::now(), Duration::from_millis(100), data_direction);
+    let sampled_from = Instant::now();
+    let sampler = RateSampler::start_at(sampled_from, Duration::from_millis(100), data_direction);
     let t = match (path, cx.uploader) {
         (WanPath::Upload, Some(u)) => u.upload(cx.upload_size, n, via, cap).await?,
         _ => pull(cx.seed, &format!("w{n:02}"), via, cap, cx.stored, cx.body).await?,
     };
-    let samples = sampler.finish().await?.0;
+    let samples = since(sampler.finish().await?.0, t.started.duration_since(sampled_from));
+    if let Some(dir) = &cx.out {
+        write_series(dir, &format!("{n:02}-{}", path.name()), &spec, cap, &samples)
+            .with_context(|| format!("writing cell {n}'s series into {}", dir.display()))?;
+    }
     let c = emu.counters();
     drop(emu);
     let link = payload_rate(&spec).unwrap_or(f64::INFINITY);
@@ -325,6 +405,7 @@ async fn cell(
         steady_over_limit: steady / limit,
         started_seconds,
         full_seconds,
+        ready_seconds: t.ready_seconds,
         wan_bytes,
         wan_over_stored,
         offered_bytes,
@@ -385,6 +466,7 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
         stored,
         body,
         upload_size: args.wan_mib << 20,
+        out: args.wan_out.as_deref(),
     };
     let mut cells = Vec::new();
     let mut n = 0;
@@ -406,7 +488,7 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
                 n += 1;
                 let c = cell(&cx, path, n, spec, cap).await?;
                 say(format!(
-                "wan: {:<7} cap {cap_text:>8} link {:<28}{} {:>6.2} MB/s = {:>5.1}% of the {} ({}; steady {:.1}%; 1 MB at {}, full at {}); WAN bytes {:.3}x stored ({:.3}x offered, {} queue drops)",
+                "wan: {:<7} cap {cap_text:>8} link {:<28}{} {:>6.2} MB/s = {:>5.1}% of the {} ({}; steady {:.1}%; 1 MB at {}, full at {}); WAN bytes {:.3}x stored ({:.3}x offered, {} queue drops){}",
                 path.name(),
                 c.link,
                 if reference { " (reference)" } else { "" },
@@ -419,7 +501,8 @@ pub async fn run(args: &WanBenchArgs, tmp: &Path, json: bool) -> anyhow::Result<
                 c.full_seconds.map_or("-".into(), |t| format!("{t:.2} s")),
                 c.wan_over_stored,
                 c.offered_bytes as f64 / c.moved_bytes as f64,
-                c.queue_drops
+                c.queue_drops,
+                c.ready_seconds.map_or(String::new(), |t| format!("; reflector up in {t:.2} s")),
             ));
                 cells.push((cap_text.clone(), loss, reference, c));
             }

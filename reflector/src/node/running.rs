@@ -147,6 +147,7 @@ impl RunningReflector {
             policy: policy.clone(),
             metrics: metrics.clone(),
             flights: Mutex::new(HashMap::new()),
+            latest_flights: Mutex::new(HashMap::new()),
             chunk_lists: Mutex::new(HashMap::new()),
             siblings: siblings.clone(),
             wake: wake.clone(),
@@ -268,6 +269,16 @@ impl RunningReflector {
     /// Is the upstream connection up?
     pub fn upstream_connected(&self) -> bool {
         self.inner.upstream.is_connected()
+    }
+
+    /// Waits up to `within` until the reflector is connected to its upstream and holds its
+    /// site's entitlement statement, as a reflector that has been running a while does: an
+    /// endpoint's first request then goes straight upstream. Returns whether it got there.
+    pub async fn wait_ready(&self, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        let held = self.inner.entitlements.wait(within).await.is_some();
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        held && self.inner.upstream.wait(left).await.is_some()
     }
 
     /// The upstream connection's smoothed round trip, while it is up: what the fetcher's
