@@ -29,7 +29,12 @@
 //! [`STARTUP_FLAT_ROUNDS`] rounds, as soon as [`STARTUP_DELAYED_ACKS`] acknowledgements in a
 //! row come back more than an eighth of the base RTT late (the queue is filling: leave before
 //! it overflows, taking the rate those acknowledgements arrived at as the bandwidth), or when a
-//! round loses more than [`CONGESTION_LOSS`] of its packets.
+//! round loses more than [`CONGESTION_LOSS`] of its packets. A receiver busy for a few
+//! milliseconds delays every acknowledgement it owes at once, the oldest most, and a start
+//! ended on that leaves the link at a fraction of its rate for seconds while the probing gain
+//! finds the rest: when the delays fell along the row that ended it, the start resumes once
+//! [`STARTUP_RESUME_ROUNDS`] probing rounds, each with the window the limit, saw no queue and
+//! the bandwidth grew by [`STARTUP_GROWTH`] (at most [`STARTUP_RESUMES`] times a connection).
 //!
 //! Random loss of a few percent does not slow it; a round of at least
 //! [`CONGESTION_MIN_DATAGRAMS`] that was not short of data and lost more than
@@ -63,8 +68,10 @@ pub const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 pub const MIN_BDP_RTT: Duration = Duration::from_millis(4);
 /// Window gains over the bandwidth-delay product, one per round, cycled.
 pub const PROBE_GAINS: [f64; 8] = [1.25, 0.95, 1.2, 1.2, 1.2, 1.2, 1.2, 1.2];
-/// Startup ends after this many rounds without 25% more bandwidth.
+/// Startup ends after this many rounds without [`STARTUP_GROWTH`] times the bandwidth.
 pub const STARTUP_FLAT_ROUNDS: u32 = 3;
+/// Growth of the bandwidth estimate that says a start has not found the link's rate yet.
+pub const STARTUP_GROWTH: f64 = 1.25;
 /// Window, in datagrams, from which startup watches the RTT for a filling queue and counts
 /// rounds without growth: twice the initial window, so that the first round, which measures
 /// the handshake and the peer's ACK timing more than the path, never ends startup (at the
@@ -82,6 +89,11 @@ pub const CONGESTION_MIN_LOST_DATAGRAMS: u64 = 4;
 pub const COMPETING_QUEUE_SHARE: f64 = 0.5;
 /// Consecutive acknowledgements delayed by a filling queue that end startup.
 pub const STARTUP_DELAYED_ACKS: u32 = 8;
+/// Rounds after a delay-ended startup, each with the window the limit and no queue, after
+/// which startup resumes: the delay was the receiver's, not a queue's.
+pub const STARTUP_RESUME_ROUNDS: u32 = 2;
+/// Times a connection's startup may resume.
+pub const STARTUP_RESUMES: u32 = 3;
 /// Share of a round's bytes lost above which the loss is read as congestion, not as the
 /// random loss every radio and long-haul link has.
 pub const CONGESTION_LOSS: f64 = 0.05;
@@ -176,6 +188,18 @@ pub struct Pipe {
     startup_best: u64,
     startup_flat: u32,
     startup_delayed: u32,
+    /// The first and the longest RTT sample of the delayed acknowledgements in a row, while
+    /// startup counts them.
+    startup_first_delayed: Duration,
+    startup_peak_delayed: Duration,
+    /// Startup ended on delayed acknowledgements that a queue does not explain, and no round
+    /// since has seen a queue.
+    startup_unconfirmed: bool,
+    /// Rounds since then with the window the limit and no queue.
+    startup_room_rounds: u32,
+    /// The bandwidth estimate when that startup ended.
+    startup_exit_bw: u64,
+    startup_resumes: u32,
     min_rtt: Option<Duration>,
     min_rtt_at: Instant,
     cycle_min_rtt: Option<Duration>,
@@ -209,6 +233,12 @@ impl Pipe {
             startup_best: 0,
             startup_flat: 0,
             startup_delayed: 0,
+            startup_first_delayed: Duration::ZERO,
+            startup_peak_delayed: Duration::ZERO,
+            startup_unconfirmed: false,
+            startup_room_rounds: 0,
+            startup_exit_bw: 0,
+            startup_resumes: 0,
             min_rtt: None,
             min_rtt_at: now,
             cycle_min_rtt: None,
@@ -304,7 +334,7 @@ impl Pipe {
         match self.mode {
             Mode::Startup => {
                 let bw = self.bandwidth();
-                if bw as f64 >= self.startup_best as f64 * 1.25 {
+                if bw as f64 >= self.startup_best as f64 * STARTUP_GROWTH {
                     self.startup_best = bw;
                     self.startup_flat = 0;
                 } else if !self.round_app_limited
@@ -353,6 +383,9 @@ impl Pipe {
                     self.cycle_min_rtt = None;
                 }
                 self.mode = Mode::Probe(next);
+                if self.startup_unconfirmed && i != 1 {
+                    self.check_startup_exit(queue_delay, congested);
+                }
             }
         }
         if let Mode::Probe(i) = self.mode {
@@ -460,8 +493,12 @@ impl Pipe {
         // Below a few dozen packets in flight, the peer's delayed ACKs alone add more than
         // the threshold; a queue worth noticing needs a window of that size anyway.
         if self.window >= STARTUP_DELAY_MIN_DATAGRAMS * self.mtu
-            && sample > base + (base / 8).max(Duration::from_millis(4))
+            && sample > base + Self::startup_queue(base)
         {
+            if self.startup_delayed == 0 {
+                (self.startup_first_delayed, self.startup_peak_delayed) = (sample, sample);
+            }
+            self.startup_peak_delayed = self.startup_peak_delayed.max(sample);
             self.startup_delayed += 1;
         } else {
             self.startup_delayed = 0;
@@ -472,8 +509,58 @@ impl Pipe {
             }
             return;
         }
-        tracing::trace!(?sample, ?base, window = self.window, "slow start ends: queue building");
+        // A filling queue delays each packet more than the one before it. A receiver that was
+        // busy for a moment acknowledges at once what arrived meanwhile, the oldest first,
+        // so the delays fall along the row, or from a peak (a queue was building when it
+        // stalled): that start may resume.
+        let shrinking = sample < self.startup_first_delayed
+            || sample + Self::startup_queue(base) / 2 < self.startup_peak_delayed;
+        tracing::trace!(
+            ?sample,
+            ?base,
+            window = self.window,
+            shrinking,
+            "slow start ends: acks delayed"
+        );
         self.leave_startup(now);
+        self.startup_unconfirmed = shrinking && self.startup_resumes < STARTUP_RESUMES;
+        self.startup_room_rounds = 0;
+        self.startup_exit_bw = self.bandwidth();
+    }
+
+    /// The queue that delayed acknowledgements must show to end startup: an eighth of the
+    /// base RTT, at least 4 ms.
+    fn startup_queue(base: Duration) -> Duration {
+        (base / 8).max(Duration::from_millis(4))
+    }
+
+    /// After startup ended on delayed acknowledgements, one probing round (not the draining
+    /// one): a queue confirms the exit; the window the limit with no queue means the delay was
+    /// the receiver's (a host busy for a few milliseconds delays every acknowledgement it owes
+    /// at once), and the path has room the probing gain would take many rounds to find.
+    fn check_startup_exit(&mut self, queue_delay: Duration, congested: bool) {
+        let Some(base) = self.min_rtt else { return };
+        let threshold = Self::startup_queue(base);
+        if queue_delay >= threshold || congested {
+            self.startup_unconfirmed = false;
+            return;
+        }
+        if self.round_app_limited || self.yielding() || queue_delay >= threshold / 2 {
+            return;
+        }
+        self.startup_room_rounds += 1;
+        // And the rate still climbing as fast as the probing gain lets it: the link takes
+        // more than what the start ended at.
+        let climbing = self.bandwidth() as f64 >= STARTUP_GROWTH * self.startup_exit_bw as f64;
+        if self.startup_room_rounds >= STARTUP_RESUME_ROUNDS && climbing {
+            tracing::trace!(window = self.window, bw = self.bandwidth(), "slow start resumes");
+            self.mode = Mode::Startup;
+            self.startup_best = self.bandwidth();
+            self.startup_flat = 0;
+            self.startup_delayed = 0;
+            self.startup_unconfirmed = false;
+            self.startup_resumes += 1;
+        }
     }
 
     /// Ends slow start in the middle of a round: the bottleneck is busy, so this round's acks

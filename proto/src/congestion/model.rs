@@ -38,13 +38,16 @@ pub struct Link {
     pub rate: f64,
     pub queue: f64,
     pub loss: f64,
+    /// The receiver acknowledges nothing from `.0` for `.1` (a host busy with other work),
+    /// then everything that arrived meanwhile at once.
+    pub receiver_stall: Option<(Duration, Duration)>,
 }
 
 impl Link {
     /// A link whose queue holds 50 ms of its rate (at least 64 KiB), as the WAN emulator's
     /// default queue does.
     pub fn new(rtt: Duration, rate: f64, loss: f64) -> Link {
-        Link { rtt, rate, queue: (rate * 0.05).max(65536.0), loss }
+        Link { rtt, rate, queue: (rate * 0.05).max(65536.0), loss, receiver_stall: None }
     }
 }
 
@@ -155,6 +158,11 @@ pub fn simulate(
     let mtu = u64::from(mtu);
     let (mut now, mut in_flight, mut pn, mut largest_acked) = (Duration::ZERO, 0u64, 0u64, None);
     let one_way = link.rtt / 2;
+    // When an acknowledgement made at `t` leaves the receiver.
+    let ack_leaves = |t: Duration| match link.receiver_stall {
+        Some((from, len)) if t >= from && t < from + len => from + len,
+        _ => t,
+    };
     // The receiver: datagrams not yet acknowledged, and its timer's generation.
     let (mut unacked, mut timer_gen): (Vec<Datagram>, u64) = (Vec::new(), 0);
     if let Some(c) = &competitor {
@@ -194,14 +202,14 @@ pub fn simulate(
                 unacked.push(d);
                 timer_gen += 1;
                 if unacked.len() >= 2 {
-                    events.push(now + one_way, Ev::Ack(std::mem::take(&mut unacked)));
+                    events.push(ack_leaves(now) + one_way, Ev::Ack(std::mem::take(&mut unacked)));
                 } else {
                     events.push(now + MAX_ACK_DELAY, Ev::AckTimer { gen: timer_gen });
                 }
             }
             Ev::AckTimer { gen } => {
                 if gen == timer_gen && !unacked.is_empty() {
-                    events.push(now + one_way, Ev::Ack(std::mem::take(&mut unacked)));
+                    events.push(ack_leaves(now) + one_way, Ev::Ack(std::mem::take(&mut unacked)));
                 }
             }
             Ev::Ack(datagrams) => {

@@ -67,6 +67,41 @@ fn random_loss_does_not_end_slow_start_early_on_a_long_link() {
 }
 
 #[test]
+fn a_receiver_busy_for_a_moment_in_slow_start_does_not_keep_the_link_half_used() {
+    // Acknowledgements held back by a busy receiver look like a queue filling, and slow start
+    // ends on them; once the rounds show the window is the limit and there is no queue, the
+    // link has room, and startup goes on. Without that, a 40 ms stall at the wrong moment put
+    // 80% of the link at 1.8-2.4 s after the start at 80 ms and at 2.2-4 s at 150 ms, where
+    // an undisturbed start gets there in 0.8 and 1 s.
+    for rtt in [80u64, 150] {
+        let run = |stall: Option<Duration>| {
+            let mut link = link(rtt, 100.0, 0.0);
+            link.receiver_stall = stall.map(|at| (at, Duration::from_millis(40)));
+            let mut pipe = Pipe::new(start(), MTU, None);
+            let out = simulate(&mut pipe, &link, None, Duration::from_secs(6), 1);
+            let bucket = Duration::from_millis(100);
+            let full = (0..60u32)
+                .map(|i| bucket * i)
+                .find(|&t| out.rate(t, t + bucket) >= 0.8 * link.rate)
+                .expect("the link fills within 6 s");
+            (full, out.sent as f64 / out.unique as f64)
+        };
+        let (undisturbed, _) = run(None);
+        // Stalls in the first four round trips of the start, while the window is well below
+        // the path's (a stall as the queue fills is a queue as well).
+        for at in (0..16).map(|i| Duration::from_millis(60 + i * rtt / 4)) {
+            let (full, overhead) = run(Some(at));
+            let by = undisturbed + Duration::from_millis(6 * rtt);
+            assert!(
+                full <= by,
+                "{rtt} ms, receiver busy at {at:?}: 80% of the link at {full:?}, not by {by:?}"
+            );
+            assert!(overhead <= 1.05, "{rtt} ms, busy at {at:?}: sent {overhead:.3}x");
+        }
+    }
+}
+
+#[test]
 fn a_yielding_connection_backs_off_for_a_competitor_and_comes_back() {
     let link = link(80, 100.0, 0.0);
     let switch = Arc::new(YieldSwitch::default());
