@@ -353,6 +353,8 @@ impl Fetcher {
         _permit: OwnedSemaphorePermit,
     ) {
         let mut unanswered: VecDeque<ChunkId> = ids.iter().copied().collect();
+        let (sent, n) = (Instant::now(), ids.len());
+        tracing::trace!(chunks = n, ?class, "chunk batch sent upstream");
         let result = async {
             let mut replies =
                 match tokio::time::timeout(REPLY_TIMEOUT, client.chunks_in(ids, class)).await {
@@ -364,7 +366,11 @@ impl Fetcher {
                 match tokio::time::timeout(REPLY_TIMEOUT, replies.next()).await {
                     Err(_) => return Err(BatchFailure::Timeout),
                     Ok(Err(e)) => return Err(BatchFailure::Net(e)),
-                    Ok(Ok(None)) => return Ok(()),
+                    Ok(Ok(None)) => {
+                        let ms = sent.elapsed().as_secs_f64() * 1e3;
+                        tracing::trace!(chunks = n, ms, "chunk batch answered");
+                        return Ok(());
+                    }
                     Ok(Ok(Some(reply))) => {
                         unanswered.pop_front();
                         self.handle_reply(reply, class, estimate).await;
