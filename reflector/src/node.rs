@@ -172,21 +172,29 @@ impl Reflector {
         let k = key.clone();
         let progress = Arc::new(AtomicU64::new(0));
         let p = progress.clone();
-        let task = self.tasks.spawn(
-            async move {
-                let r = me.fetch_manifest_now(&k.0, k.1.as_deref(), &p).await;
-                locked(&me.flights).remove(&k);
-                r
-            }
-            .in_current_span(),
-        );
-        let result = task
-            .map(|r| r.unwrap_or_else(|e| Err(format!("manifest fetch task failed: {e}"))))
-            .boxed()
-            .shared();
+        let work = async move {
+            let r = me.fetch_manifest_now(&k.0, k.1.as_deref(), &p).await;
+            locked(&me.flights).remove(&k);
+            r
+        };
+        let result = self.spawn_shared(work, "manifest fetch");
         let flight = ManifestFlight { result, progress };
         flights.insert(key, flight.clone());
         flight
+    }
+
+    /// Runs `work` among the reflector's tasks, its result shared by everyone who awaits the
+    /// returned future (a flight: `work` takes itself out of its table when it ends).
+    fn spawn_shared<T: Clone + Send + Sync + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, String>> + Send + 'static,
+        what: &'static str,
+    ) -> Shared<BoxFuture<'static, Result<T, String>>> {
+        self.tasks
+            .spawn(work.in_current_span())
+            .map(move |r| r.unwrap_or_else(|e| Err(format!("{what} task failed: {e}"))))
+            .boxed()
+            .shared()
     }
 
     /// Waits for a manifest fetch: `first` at most, then on as long as it makes progress (the

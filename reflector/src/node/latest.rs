@@ -5,11 +5,10 @@
 
 use super::{locked, Reflector};
 use bytes::Bytes;
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::{BoxFuture, Shared};
 use oasis_core::manifest::{Latest, Succession};
 use oasis_core::net::{LatestAnswer, SourceError};
 use std::sync::Arc;
-use tracing::Instrument;
 
 /// An upstream `GetLatest` in flight, shared by everyone asking for the same layer meanwhile.
 pub(super) type LatestFlight = Shared<BoxFuture<'static, Result<Option<LatestAnswer>, String>>>;
@@ -74,18 +73,12 @@ impl Reflector {
                 Some(f) => f.clone(),
                 None => {
                     let (me, n) = (self.clone(), name.to_string());
-                    let task = self.tasks.spawn(
-                        async move {
-                            let r = me.upstream_latest(&n).await;
-                            locked(&me.latest_flights).remove(&n);
-                            r
-                        }
-                        .in_current_span(),
-                    );
-                    let f = task
-                        .map(|r| r.unwrap_or_else(|e| Err(format!("latest task failed: {e}"))))
-                        .boxed()
-                        .shared();
+                    let work = async move {
+                        let r = me.upstream_latest(&n).await;
+                        locked(&me.latest_flights).remove(&n);
+                        r
+                    };
+                    let f = self.spawn_shared(work, "latest");
                     flights.insert(name.to_string(), f.clone());
                     f
                 }
