@@ -4,8 +4,9 @@
 //! the layer over the time the endpoint's fetch through the reflector took, from its first
 //! request to its last verified chunk, manifest and the connection's slow start included; the
 //! reflector is new, and has only connected to its upstream and got its site's statement, as
-//! a deployed reflector does when it starts) against the cap where the cap is below the bottleneck, against the
-//! bottleneck where the link is the limit; and the WAN bytes over the layer's stored bytes:
+//! a deployed reflector does when it starts) against the cap where the cap is below the
+//! bottleneck, against the bottleneck where the link is the limit; and the WAN bytes over the
+//! layer's stored bytes:
 //! every UDP payload byte that crossed the bottleneck, both directions, QUIC headers, ACKs and
 //! retransmissions included (a packet the path loses at random crossed it and counts; a packet
 //! the bottleneck's queue drops never did, and is reported beside as offered bytes). A
@@ -119,7 +120,7 @@ fn since(samples: Vec<(f64, u64)>, from: Duration) -> Vec<(f64, u64)> {
 }
 
 /// `NAME.csv` (seconds, bytes so far, MB/s over the last 100 ms) and `NAME.svg` (that rate
-/// against the cap) of one cell, into `dir`.
+/// against the limit the cell is judged by) of one cell, into `dir`.
 fn write_series(
     dir: &Path,
     name: &str,
