@@ -7,8 +7,8 @@
 //! (`wake`), file metadata (`fsmeta`), durable writes, logging and metrics.
 
 pub use oasis_proto::{
-    backup, cache, chunk, compress, entitlement, file_errors, gossip, manifest, names, seal,
-    select, site_wan, units, upstream_fetch, wire,
+    backup, cache, chunk, compress, entitlement, file_errors, gossip, manifest, names, pull_ahead,
+    seal, select, site_wan, units, upstream_fetch, wire,
 };
 
 pub mod durable;

@@ -13,7 +13,8 @@
 //!   [`seal`] (the seed's signature on a record or plan it hands a device),
 //!   [`gossip`] (mesh messages and the peer view), [`wake::msg`] and [`gossip::inventory`].
 //! - Decisions: [`policy`] (schedule, the WAN token bucket, the unpaid window), [`cache`]
-//!   (ledger and miss table), [`select`] (which source serves), [`site_wan`] (who fetches for a
+//!   (ledger and miss table), [`pull_ahead`] (what a reflector asks for before a request's
+//!   lookups reach it), [`select`] (which source serves), [`site_wan`] (who fetches for a
 //!   site and its share), [`wake::schedule`] and [`wake::route`], [`congestion`] (the transport's
 //!   controller and the link model the simulator predicts with).
 //! - [`names`]: roles, node names and sites.
@@ -30,6 +31,7 @@ pub mod gossip;
 pub mod manifest;
 pub mod names;
 pub mod policy;
+pub mod pull_ahead;
 pub mod seal;
 pub mod select;
 pub mod site_wan;

@@ -71,6 +71,17 @@ pub struct Patience {
     pub max: Option<Duration>,
 }
 
+impl Patience {
+    /// How long a reflector's miss waits, with `miss_timeout` from its config.
+    pub fn for_miss(capped: bool, miss_timeout: Duration) -> Patience {
+        // Under a WAN cap a miss may queue behind others by policy: it waits as long as the
+        // upstream keeps delivering (a stall still ends it after `miss_timeout`). Without a cap
+        // a slow upstream is trouble, and the wait is bounded.
+        let max = if capped { None } else { Some(miss_timeout * 5 / 2) };
+        Patience { idle: miss_timeout, max }
+    }
+}
+
 enum BatchFailure {
     /// No answer in time: the connection is dropped and rebuilt.
     Timeout,
@@ -88,6 +99,8 @@ pub struct Fetcher {
     wake: Notify,
     /// Woken when window bytes are released.
     window_freed: Notify,
+    /// Woken when fetches end (pull-ahead waits for room on it).
+    settled: Notify,
     in_flight: Arc<Semaphore>,
     batch_max: usize,
     batch_delay: Duration,
@@ -127,6 +140,7 @@ impl Fetcher {
             state: Mutex::new(UpstreamFetch::new()),
             wake: Notify::new(),
             window_freed: Notify::new(),
+            settled: Notify::new(),
             in_flight: Arc::new(Semaphore::new(batches_in_flight.max(1))),
             batch_max: batch_max.max(1),
             batch_delay,
@@ -144,6 +158,19 @@ impl Fetcher {
         lock(&self.table).len()
     }
 
+    /// Waits until fewer than `limit` chunks are being fetched.
+    pub async fn pending_below(&self, limit: usize) {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if self.pending() < limit {
+                return;
+            }
+            settled.await;
+        }
+    }
+
     fn enqueue(&self, id: ChunkId, class: TrafficClass, front: bool) {
         let mut st = lock(&self.state);
         if front {
@@ -159,7 +186,12 @@ impl Fetcher {
     /// unless one is in flight.
     pub fn start(&self, id: ChunkId, class: TrafficClass) -> (oneshot::Receiver<Outcome>, Begin) {
         let (tx, rx) = oneshot::channel();
-        let role = lock(&self.table).begin(id, tx);
+        let role = {
+            let mut table = lock(&self.table);
+            let role = table.begin(id, tx);
+            self.metrics.upstream_pending.set(table.len() as i64);
+            role
+        };
         match role {
             Begin::Leader => self.enqueue(id, class, false),
             Begin::Follower => {
@@ -180,7 +212,17 @@ impl Fetcher {
         class: TrafficClass,
         patience: Patience,
     ) -> Result<Option<StoredChunk>, FetchError> {
-        let (mut rx, _) = self.start(id, class);
+        let (rx, _) = self.start(id, class);
+        self.wait(id, rx, patience).await
+    }
+
+    /// Waits for the fetch of `id` that [`Fetcher::start`] registered `rx` with.
+    pub async fn wait(
+        &self,
+        id: ChunkId,
+        mut rx: oneshot::Receiver<Outcome>,
+        patience: Patience,
+    ) -> Result<Option<StoredChunk>, FetchError> {
         let started = Instant::now();
         let mut slice = patience.idle;
         loop {
@@ -209,6 +251,8 @@ impl Fetcher {
     /// Fails every request waiting on upstream (shutdown), so that none waits for nothing.
     pub fn abort_all(&self, why: &str) {
         let all = lock(&self.table).drain();
+        self.metrics.upstream_pending.set(0);
+        self.settled.notify_waiters();
         for (_, waiters) in all {
             for w in waiters {
                 let _ = w.send(Err(why.to_string()));
@@ -218,8 +262,14 @@ impl Fetcher {
 
     /// Hands the outcome to every waiter of `id`.
     fn resolve(&self, id: ChunkId, outcome: Outcome) {
-        let waiters = lock(&self.table).complete(&id);
+        let waiters = {
+            let mut table = lock(&self.table);
+            let waiters = table.complete(&id);
+            self.metrics.upstream_pending.set(table.len() as i64);
+            waiters
+        };
         lock(&self.state).settled(&id);
+        self.settled.notify_waiters();
         for w in waiters {
             let _ = w.send(outcome.clone());
         }
@@ -254,6 +304,10 @@ impl Fetcher {
         let mut table = lock(&self.table);
         // Requests that gave up (timed out, endpoint gone) need no fetch.
         let ids = lock(&self.state).take(class, n, |id| !table.prune(id, |w| !w.is_closed()));
+        self.metrics.upstream_pending.set(table.len() as i64);
+        drop(table);
+        // Pruned ids no longer count as pending.
+        self.settled.notify_waiters();
         (!ids.is_empty()).then_some(ids)
     }
 

@@ -37,6 +37,7 @@ mod mesh_link;
 pub mod metrics;
 pub mod node;
 pub mod policy;
+pub mod pull_ahead;
 pub mod readers;
 mod renewal;
 pub mod revocations;

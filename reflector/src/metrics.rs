@@ -24,6 +24,9 @@ pub struct ReflectorMetrics {
     pub upstream_errors: Counter,
     /// `oasis_upstream_connected`: 1 while a connection to the upstream is up.
     pub upstream_connected: Gauge,
+    /// `oasis_upstream_pending_chunks`: chunks being fetched from upstream (queued or asked
+    /// for, not yet here).
+    pub upstream_pending: Gauge,
     /// `oasis_cache_hits_total`: chunk requests answered from the cache.
     pub cache_hits: Counter,
     /// `oasis_cache_misses_total`: chunk requests the cache could not answer (each request,
@@ -100,6 +103,11 @@ impl ReflectorMetrics {
                 "upstream_connected",
                 "1 while the connection to the upstream is up",
                 m.upstream_connected.clone(),
+            );
+            r.register(
+                "upstream_pending_chunks",
+                "Chunks being fetched from upstream (queued or asked for, not yet here)",
+                m.upstream_pending.clone(),
             );
             r.register(
                 "cache_hits",

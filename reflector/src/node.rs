@@ -103,10 +103,6 @@ pub struct PrefetchReport {
 }
 
 /// Everything the serving side and the API share.
-/// Chunks being pulled (queued or in flight) above which a request's later chunks are not
-/// pulled ahead: about 12 MB, several bandwidth-delay products of a 100 Mbit/s, 150 ms link.
-const PULL_AHEAD_PENDING: usize = 192;
-
 pub(crate) struct Reflector {
     cfg: ReflectorConfig,
     identity: NodeIdentity,
@@ -138,6 +134,8 @@ pub(crate) struct Reflector {
     /// Work spawned on behalf of requests (manifest fetches, pulls ahead, chunk-list reads);
     /// stopping waits for it.
     tasks: TaskTracker,
+    /// Requests' ids to the pull-ahead task.
+    ahead: tokio::sync::mpsc::Sender<crate::pull_ahead::Ahead>,
 }
 
 fn label(name: &str, version: Option<&str>) -> String {
@@ -149,14 +147,7 @@ fn label(name: &str, version: Option<&str>) -> String {
 
 impl Reflector {
     fn miss_patience(&self) -> Patience {
-        // Under a WAN cap a miss may queue behind others by policy: it waits as long as the
-        // upstream keeps delivering (a stall still ends it after `miss_timeout`). Without a cap
-        // a slow upstream is trouble, and the wait is bounded.
-        let max = match self.policy.limiter.rate_now() {
-            Some(_) => None,
-            None => Some(self.cfg.miss_timeout * 5 / 2),
-        };
-        Patience { idle: self.cfg.miss_timeout, max }
+        Patience::for_miss(self.policy.limiter.rate_now().is_some(), self.cfg.miss_timeout)
     }
 
     /// Fetches, verifies and caches a manifest (root and body) from upstream. One fetch per
@@ -656,13 +647,13 @@ impl Reflector {
         self.fetcher.fetch(id, class, self.miss_patience()).await
     }
 
-    /// Starts pulling the chunks of `ids` the cache lacks, without waiting for them. The server
-    /// looks up only a few chunks of a request ahead of what it has written (memory stays
-    /// bounded); without this a long link would carry no more than those few chunks per
-    /// request at a time, and a lost packet holding one back would idle it. The pulled chunks
-    /// land in the cache, where the lookups find them, or join the fetch in flight. Counted
-    /// neither as hits nor as misses: the lookups that follow are.
-    async fn pull_ahead(self: Arc<Self>, peer: PeerInfo, ids: Vec<ChunkId>, class: TrafficClass) {
+    /// Pulls the chunks of `ids` the cache lacks ahead of the request's lookups, without
+    /// waiting for them. The server looks up only a few chunks of a request ahead of what it
+    /// has written (memory stays bounded); without this a long link would carry no more than
+    /// those few chunks per request at a time, and a lost packet holding one back would idle
+    /// it. The pulled chunks land in the cache, where the lookups find them, or join the fetch
+    /// in flight. Counted neither as hits nor as misses: the lookups that follow are.
+    fn pull_ahead(&self, ids: Vec<ChunkId>, class: TrafficClass) {
         // In a mesh a miss goes to a sibling one chunk per request, and the site's WAN is
         // shared out by the gossip's shares: pulling ahead there multiplies small requests
         // between siblings and under-uses the site's cap (with it, 10 s windows of a site of
@@ -670,28 +661,8 @@ impl Reflector {
         if self.siblings.is_some() {
             return;
         }
-        let store = self.cache.store.clone();
-        let held =
-            match tokio::task::spawn_blocking(move || store.have(&ids).map(|h| (ids, h))).await {
-                Ok(Ok(held)) => held,
-                // The lookups report what is wrong with the cache.
-                _ => return,
-            };
-        let peer = Arc::new(peer);
-        for (id, _) in held.0.into_iter().zip(held.1).filter(|(_, held)| !held) {
-            // Enough ahead to fill a long link through lost packets; not so much that a miss
-            // asked for later waits behind minutes of pulled-ahead chunks on a slow one.
-            if self.fetcher.pending() >= PULL_AHEAD_PENDING {
-                break;
-            }
-            let (me, peer) = (self.clone(), peer.clone());
-            self.tasks.spawn(
-                async move {
-                    // Failures reach the lookup that waits on the same fetch.
-                    let _ = me.pull(Some(&peer), id, class).await;
-                }
-                .in_current_span(),
-            );
+        if self.ahead.try_send((ids, class)).is_err() {
+            tracing::debug!("pull-ahead busy: the request's lookups fetch its chunks");
         }
     }
 

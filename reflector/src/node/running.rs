@@ -138,6 +138,7 @@ impl RunningReflector {
             *identity.trust().manifest_key(),
             &site,
         ));
+        let (ahead, ahead_rx) = crate::pull_ahead::channel();
         let inner = Arc::new(Reflector {
             cfg: config.clone(),
             identity: identity.clone(),
@@ -157,9 +158,25 @@ impl RunningReflector {
                 .context("opening the chunk index of the cache")?,
             listed: tokio::sync::Mutex::new(None),
             tasks: work.clone(),
+            ahead,
         });
-        let (tasks, cancel) =
-            spawn_tasks(&config, &inner, &endpoint, &node_metrics, wake_task, siblings_task);
+        let pull_ahead = crate::pull_ahead::PullAheadTask {
+            rx: ahead_rx,
+            fetcher: fetcher.clone(),
+            store: cache.store.clone(),
+            policy: policy.clone(),
+            miss_timeout: config.miss_timeout,
+            tasks: work.clone(),
+        };
+        let (tasks, cancel) = spawn_tasks(
+            &config,
+            &inner,
+            &endpoint,
+            &node_metrics,
+            wake_task,
+            siblings_task,
+            pull_ahead,
+        );
         tracing::info!(
             %addr,
             upstream = %config.upstream,
@@ -412,6 +429,7 @@ fn spawn_tasks(
     node_metrics: &Arc<NodeMetrics>,
     wake_task: crate::wake::WakeTask,
     siblings_task: Option<SiblingsTask>,
+    pull_ahead: crate::pull_ahead::PullAheadTask,
 ) -> (JoinSet<()>, CancellationToken) {
     let (upstream, fetcher, cache, policy, wake, siblings) = (
         &inner.upstream,
@@ -424,6 +442,7 @@ fn spawn_tasks(
     let (mut tasks, cancel) = (JoinSet::new(), CancellationToken::new());
     spawn_task(&mut tasks, &cancel, "upstream", upstream.clone().run());
     spawn_task(&mut tasks, &cancel, "fetcher", fetcher.clone().run());
+    spawn_task(&mut tasks, &cancel, "pull-ahead", pull_ahead.run());
     {
         let cache = cache.clone();
         spawn_task(&mut tasks, &cancel, "evictor", async move {

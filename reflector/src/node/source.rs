@@ -10,7 +10,6 @@ use oasis_core::policy::TrafficClass;
 use oasis_core::wire::LayerRef;
 use oasis_core::ChunkId;
 use std::sync::Arc;
-use tracing::Instrument;
 
 /// The sources endpoints are served from: content, and the inventory and wakes.
 pub struct ReflectorSource(pub(super) Arc<Reflector>);
@@ -70,10 +69,9 @@ impl ContentSource for ReflectorSource {
         self.0.chunk(Some(peer), id, class).await
     }
 
-    fn pull_ahead(&self, peer: &PeerInfo, ids: &[ChunkId], class: TrafficClass) {
+    fn pull_ahead(&self, _peer: &PeerInfo, ids: &[ChunkId], class: TrafficClass) {
         if !ids.is_empty() {
-            let work = self.0.clone().pull_ahead(peer.clone(), ids.to_vec(), class);
-            self.0.tasks.spawn(work.in_current_span());
+            self.0.pull_ahead(ids.to_vec(), class);
         }
     }
 
