@@ -3,6 +3,7 @@
 //! and compare ([`trees`]), reflector meshes on loopback ([`mesh`]), misbehaving sources ([`sources`]) and byte-counter samplers
 //! ([`rates`]). A development crate: no daemon depends on it.
 
+pub mod chunks;
 pub mod mesh;
 pub mod rates;
 pub mod seed;
@@ -10,6 +11,7 @@ pub mod sources;
 pub mod trees;
 pub mod wait;
 
+pub use chunks::get_verified;
 pub use mesh::{loopback_mesh, mesh_addr, settle};
 pub use rates::{measure_rate, window_rates, RateSampler, Samples};
 pub use seed::{http_get, TestSeed};

@@ -3,11 +3,11 @@
 //! chunks pulled at once goes out as earlier pulls complete, instead of being left to the
 //! lookups, a few chunks per round trip.
 
-use oasis_core::net::{ChunkReply, Client, TransportOptions};
+use oasis_core::net::{Client, TransportOptions};
 use oasis_core::pki::{NodeIdentity, Role};
 use oasis_core::ChunkId;
 use oasis_reflector::pull_ahead::PULL_AHEAD_PENDING;
-use oasis_testkit::{random_tree, TestSeed, TreeSpec};
+use oasis_testkit::{get_verified, random_tree, TestSeed, TreeSpec};
 use oasis_wanem::{EmulatorThread, WanSpec};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -51,17 +51,7 @@ async fn a_long_request_is_pulled_ahead_to_its_end_over_a_long_link() -> anyhow:
         })
     };
     // One request for every chunk, as a fetch with a single stream would make.
-    let mut replies = client.chunks(ids.clone()).await?;
-    let mut got = 0;
-    while let Some(reply) = replies.next().await? {
-        match reply {
-            ChunkReply::Chunk(c) => {
-                c.decode_verified()?;
-                got += 1;
-            }
-            ChunkReply::Missing(id) => anyhow::bail!("the reflector lacks {id}"),
-        }
-    }
+    let got = get_verified(&client, ids.clone()).await?;
     done.store(true, Ordering::Relaxed);
     let samples = sampler.await?;
     assert_eq!(got, ids.len());

@@ -4,7 +4,7 @@
 
 use oasis_core::manifest::SignedManifest;
 use oasis_core::metrics::sample_value;
-use oasis_core::net::{ChunkReply, Client, TransportOptions};
+use oasis_core::net::{Client, TransportOptions};
 use oasis_core::pki::{NodeIdentity, Role};
 use oasis_core::policy::unpaid::window_limit;
 use oasis_core::policy::{BandwidthPolicy, TrafficClass};
@@ -14,7 +14,7 @@ use oasis_reflector::{ConfigArgs, ReflectorConfig, RunningReflector, WanLimit};
 use oasis_seed::signer::{SeedSigner, DEFAULT_LATEST_TTL};
 use oasis_seed::RunningSeed;
 use oasis_testkit::{
-    http_get, random_tree, snapshot, wait_until, CorruptingSource, TestSeed, TreeSpec,
+    get_verified, http_get, random_tree, snapshot, wait_until, CorruptingSource, TestSeed, TreeSpec,
 };
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -201,17 +201,7 @@ async fn concurrent_misses_for_one_chunk_cause_one_upstream_fetch() -> anyhow::R
         let (ids, addr) = (ids.clone(), refl.addr);
         tasks.push(tokio::spawn(async move {
             let client = Client::connect(&ep, addr, oasis_core::net::accept::ANY).await?;
-            let mut replies = client.chunks(ids).await?;
-            let mut got = 0;
-            while let Some(reply) = replies.next().await? {
-                match reply {
-                    ChunkReply::Chunk(c) => {
-                        c.decode_verified()?;
-                        got += 1;
-                    }
-                    ChunkReply::Missing(id) => anyhow::bail!("reflector lacks {id}"),
-                }
-            }
+            let got = get_verified(&client, ids).await?;
             client.close();
             anyhow::Ok(got)
         }));
